@@ -1,0 +1,193 @@
+"""Compiling discovered definitions into a :class:`~features.plan.Plan`.
+
+Everything a definition can get wrong is checked here, before anything is stored: unknown columns, types
+that do not fit, duplicate names, keys missing from a source. Each error names the file, the line and the
+valid choices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from datetime import timedelta
+
+from features.config import RepoConfig
+from features.definitions import Entity, FeatureRef, FeatureService, FeatureView, SqlSource
+from features.discovery import Discovered
+from features.dtypes import DType
+from features.errors import DefinitionError
+from features.expressions import ExpressionError, parse_expression
+from features.plan import (
+    ColumnSpec,
+    EntityPlan,
+    FeaturePlan,
+    FeatureRefPlan,
+    Plan,
+    ServicePlan,
+    SourcePlan,
+    ViewPlan,
+    stable_hash,
+)
+from features.sources import SourceUnavailableError, merge_declared, reflect_columns
+
+# Reads a source's columns: (connection url, table, query) -> {column: type or None}.
+ColumnReader = Callable[[str, str | None, str | None], Mapping[str, DType | None]]
+
+
+def reflect_with(config: RepoConfig) -> ColumnReader:
+    def read(connection: str, table: str | None, query: str | None) -> Mapping[str, DType | None]:
+        return reflect_columns(config.connection_url(connection), table=table, query=query)
+
+    return read
+
+
+def compile_plan(discovered: Discovered, read_columns: ColumnReader) -> Plan:
+    """Turn definitions into a plan, checking each against its source's real columns."""
+    compiler = _Compiler(discovered, read_columns)
+    views = tuple(compiler.view(name, v) for name, v in discovered.of_kind(FeatureView))  # type: ignore[arg-type]
+    entities = tuple(sorted(compiler.entities.values(), key=lambda e: e.name))
+    services = tuple(compiler.service(name, s, views)
+                     for name, s in discovered.of_kind(FeatureService))  # type: ignore[arg-type]
+    return Plan(entities=entities, views=tuple(sorted(views, key=lambda v: v.name)),
+                services=tuple(sorted(services, key=lambda s: s.name)))
+
+
+class _Compiler:
+    def __init__(self, discovered: Discovered, read_columns: ColumnReader) -> None:
+        self.discovered = discovered
+        self.read_columns = read_columns
+        self.entities: dict[str, EntityPlan] = {}
+        self.source_columns: dict[int, Mapping[str, DType | None]] = {}
+
+    def entity(self, entity: Entity) -> EntityPlan:
+        name = self.discovered.name_of(entity) or "_".join(entity.key_names)
+        plan = EntityPlan(name, tuple(ColumnSpec(k, t) for k, t in entity.join_keys),  # type: ignore[misc]
+                          str(entity.location))
+        existing = self.entities.get(name)
+        if existing is not None and existing.join_keys != plan.join_keys:
+            raise DefinitionError(f"two different entities are named '{name}' (other at {existing.location})",
+                                  location=plan.location)
+        self.entities[name] = plan
+        return plan
+
+    def columns_of(self, source: SqlSource) -> Mapping[str, DType | None]:
+        if id(source) not in self.source_columns:
+            try:
+                reflected = self.read_columns(source.connection, source.table, source.query)
+            except (SourceUnavailableError, ValueError) as exc:
+                raise DefinitionError(f"cannot read the source's columns: {exc}",
+                                      location=str(source.location)) from exc
+            declared = dict(source.schema or ())  # type: ignore[arg-type]
+            self.source_columns[id(source)] = merge_declared(reflected, declared)
+        return self.source_columns[id(source)]
+
+    def source(self, source: SqlSource, view_name: str, used: set[str]) -> SourcePlan:
+        columns = self.columns_of(source)
+        where = str(source.location)
+        for role, column, expected in (("timestamp", source.timestamp, DType.TIMESTAMP),
+                                       ("created", source.created, DType.TIMESTAMP)):
+            if column is None:
+                continue
+            _require_column(columns, column, f"{role} column", where)
+            if columns[column] is not expected:
+                raise DefinitionError(f"{role} column '{column}' has type {_type_name(columns[column])}; "
+                                      f"it must be a timestamp", location=where)
+        unknown_types = sorted(c for c in used if columns.get(c) is None)
+        if unknown_types:
+            raise DefinitionError(f"the database does not tell the type of column(s) {unknown_types}; "
+                                  f"declare them with schema={{...}} on the SqlSource", location=where)
+        keep = [c for c in columns if c in used]
+        name = self.discovered.name_of(source) or f"{view_name}_source"
+        return SourcePlan(
+            name=name,
+            connection=source.connection,
+            table=source.table,
+            query=source.query,
+            timestamp_column=source.timestamp,
+            created_column=source.created,
+            columns=tuple(ColumnSpec(c, columns[c]) for c in keep),  # type: ignore[arg-type]
+        )
+
+    def view(self, name: str, view: FeatureView) -> ViewPlan:
+        entity_plans = [self.entity(e) for e in view.entities]
+        join_keys: list[ColumnSpec] = []
+        for entity in entity_plans:
+            join_keys.extend(k for k in entity.join_keys if k not in join_keys)
+        columns = self.columns_of(view.source)
+        for key in join_keys:
+            _require_column(columns, key.name, "join key column", str(view.location))
+            found = columns[key.name]
+            if found is not None and found is not key.dtype:
+                raise DefinitionError(f"join key '{key.name}' is {key.dtype.value} on the entity but "
+                                      f"{found.value} in the source", location=str(view.location))
+        typed = {c: t for c, t in columns.items() if t is not None}
+        key_names = {k.name for k in join_keys}
+        features: list[FeaturePlan] = []
+        used: set[str] = set(key_names)
+        for feature in view.features:
+            where = str(feature.location)
+            if feature.name in key_names:
+                raise DefinitionError(f"feature '{feature.name}' has the name of a join key", location=where)
+            try:
+                expr = parse_expression(feature.expression, typed)
+            except ExpressionError as exc:
+                hint = ""
+                untyped = sorted(c for c, t in columns.items() if t is None)
+                if untyped:
+                    hint = f" (columns of unknown type, declare them in schema=: {', '.join(untyped)})"
+                raise DefinitionError(f"feature '{feature.name}': {exc}{hint}", location=where) from None
+            if not feature.dtype.accepts(expr.dtype):
+                raise DefinitionError(
+                    f"feature '{feature.name}' is declared {feature.dtype.value} but `{feature.expression}` is "
+                    f"{expr.dtype.value}; declare dtype={expr.dtype.value} or use cast()", location=where)
+            used |= expr.columns()
+            features.append(FeaturePlan(feature.name, feature.dtype, expr, "", where))
+        used.add(view.source.timestamp)
+        if view.source.created:
+            used.add(view.source.created)
+        source = self.source(view.source, name, used)
+        source_identity = {k: v for k, v in source.to_dict().items() if k not in ("name", "columns")}
+        keys = [k.to_dict() for k in join_keys]
+        features = [
+            FeaturePlan(f.name, f.dtype, f.expr,
+                        stable_hash({"source": source_identity, "keys": keys, "expr": f.expr.to_dict(),
+                                     "dtype": f.dtype.value}), f.location)
+            for f in features
+        ]
+        storage = stable_hash({"source": source_identity, "keys": keys,
+                               "features": [[f.name, f.fingerprint] for f in features]})
+        return ViewPlan(
+            name=name,
+            entities=tuple(e.name for e in entity_plans),
+            join_keys=tuple(join_keys),
+            source=source,
+            features=tuple(features),
+            ttl_seconds=_seconds(view.ttl),
+            online=view.online,
+            storage_fingerprint=storage,
+            location=str(view.location),
+        )
+
+    def service(self, name: str, service: FeatureService, views: tuple[ViewPlan, ...]) -> ServicePlan:
+        refs: list[FeatureRefPlan] = []
+        for item in service.features:
+            view_obj = item.view if isinstance(item, FeatureRef) else item
+            view_name = self.discovered.name_of(view_obj) or view_obj.name
+            if view_name is None:
+                raise DefinitionError("a feature service uses a view that is not bound to a module-level name "
+                                      "in definitions/", location=str(service.location))
+            names = item.feature_names if isinstance(item, FeatureRef) else tuple(f.name for f in item.features)
+            refs.extend(FeatureRefPlan(view_name, n) for n in names if FeatureRefPlan(view_name, n) not in refs)
+        return ServicePlan(name, tuple(refs), str(service.location))
+
+
+def _require_column(columns: Mapping[str, DType | None], column: str, role: str, where: str) -> None:
+    if column not in columns:
+        raise DefinitionError(f"unknown {role} '{column}'; the source has: {', '.join(columns)}", location=where)
+
+
+def _type_name(dtype: DType | None) -> str:
+    return dtype.value if dtype is not None else "unknown"
+
+
+def _seconds(ttl: timedelta | None) -> int | None:
+    return None if ttl is None else int(ttl.total_seconds())

@@ -1,0 +1,112 @@
+"""Finding definitions in a repository's ``definitions/`` folder.
+
+Each ``*.py`` file (not starting with ``_``) is imported as its own module. Only objects *defined in that
+module* are taken, so importing a view from another file does not define it twice; the object's name is
+the variable it is bound to, unless it was given ``name=...``. An import error stops discovery with the file
+and line: it is never logged and skipped.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+from features.definitions import Entity, FeatureService, FeatureView, SqlSource
+from features.errors import DefinitionError
+
+Definition = Entity | SqlSource | FeatureView | FeatureService
+_KINDS: tuple[type, ...] = (Entity, SqlSource, FeatureView, FeatureService)
+
+
+@dataclass(frozen=True, slots=True)
+class Discovered:
+    """The definitions found in a folder, with the names discovery gave them (by object identity)."""
+
+    objects: tuple[tuple[str, Definition], ...]
+
+    def of_kind(self, kind: type) -> Iterator[tuple[str, Definition]]:
+        return ((n, o) for n, o in self.objects if isinstance(o, kind))
+
+    def name_of(self, obj: Definition) -> str | None:
+        for name, candidate in self.objects:
+            if candidate is obj:
+                return name
+        return None
+
+
+def discover(folder: str | os.PathLike[str]) -> Discovered:
+    """Import every definition file under ``folder`` and collect its definitions."""
+    root = Path(folder).resolve()
+    if not root.is_dir():
+        raise DefinitionError(f"definitions folder {root} does not exist")
+    found: list[tuple[str, Definition]] = []
+    seen_names: dict[tuple[str, str], str] = {}
+    for path in sorted(root.rglob("*.py")):
+        if any(part.startswith(("_", ".")) for part in path.relative_to(root).parts):
+            continue
+        module = _import_file(path, root)
+        for name, obj in _defined_in(module, path):
+            key = (_kind_name(obj), name)
+            where = str(obj.location)
+            if key in seen_names:
+                raise DefinitionError(
+                    f"duplicate {key[0]} name '{name}' (also defined at {seen_names[key]})", location=where)
+            seen_names[key] = where
+            found.append((name, obj))
+    return Discovered(tuple(found))
+
+
+def _kind_name(obj: Definition) -> str:
+    return {Entity: "entity", SqlSource: "source", FeatureView: "feature view",
+            FeatureService: "feature service"}[type(obj)]
+
+
+def _import_file(path: Path, root: Path) -> ModuleType:
+    relative = path.relative_to(root).with_suffix("")
+    module_name = "skewless_definitions." + ".".join(relative.parts)
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise DefinitionError(f"cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except DefinitionError:
+        raise
+    except Exception as exc:
+        sys.modules.pop(module_name, None)
+        line = _line_in(path, exc)
+        raise DefinitionError(f"importing this file failed: {type(exc).__name__}: {exc}",
+                              location=f"{path}:{line}") from exc
+    return module
+
+
+def _line_in(path: Path, exc: BaseException) -> int:
+    """The deepest traceback line inside ``path`` (for SyntaxError, the error's own line)."""
+    if isinstance(exc, SyntaxError) and exc.lineno:
+        return exc.lineno
+    line = 0
+    for frame in traceback.extract_tb(exc.__traceback__):
+        if Path(frame.filename).resolve() == path and frame.lineno:
+            line = frame.lineno
+    return line
+
+
+def _defined_in(module: ModuleType, path: Path) -> Iterator[tuple[str, Definition]]:
+    names_by_id: dict[int, str] = {}
+    for attr, obj in vars(module).items():
+        if attr.startswith("_") or not isinstance(obj, _KINDS):
+            continue
+        if Path(obj.location.file).resolve() != path:
+            continue  # imported from another definitions file: defined there, not here
+        if id(obj) in names_by_id:
+            raise DefinitionError(f"the same definition is bound to two names, "
+                                  f"'{names_by_id[id(obj)]}' and '{attr}'; keep one", location=str(obj.location))
+        names_by_id[id(obj)] = attr
+        yield (obj.name or attr), obj

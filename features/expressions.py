@@ -1,0 +1,269 @@
+"""Row expressions: parsed once from the user's text into plain, serialisable plan nodes.
+
+A feature written as ``expr="amount * fx_rate"`` becomes a small tree of :class:`Expr` nodes that every engine
+evaluates from the plan, never from the user's text. The grammar is a safe subset of Python expressions:
+
+- column names, and literals (int, float, str, bool, None);
+- arithmetic ``+ - * / %`` (``+`` also joins strings), unary ``-``;
+- comparisons ``== != < <= > >=``, and ``and``, ``or``, ``not``;
+- functions: ``abs(x)``, ``coalesce(a, b, ...)``, ``lower(s)``, ``upper(s)``, ``length(s)``,
+  ``if_else(cond, a, b)``, ``is_null(x)``, ``cast(x, "float64")``.
+
+Typing is strict: an int mixes with a float (the result is a float), anything else needs ``cast``.
+Semantics follow SQL: any null input gives a null result (except ``coalesce``, ``is_null`` and the
+three-valued ``and``/``or``); ``/`` always gives a float64 and dividing by zero gives null.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from features.dtypes import DType
+
+ARITHMETIC_OPS = {ast.Add: "add", ast.Sub: "sub", ast.Mult: "mul", ast.Div: "div", ast.Mod: "mod"}
+COMPARISON_OPS = {ast.Eq: "eq", ast.NotEq: "ne", ast.Lt: "lt", ast.LtE: "le", ast.Gt: "gt", ast.GtE: "ge"}
+FUNCTIONS = ("abs", "coalesce", "lower", "upper", "length", "if_else", "is_null", "cast")
+
+
+class ExpressionError(ValueError):
+    """An expression is invalid; ``fragment`` is the offending part of the text."""
+
+    def __init__(self, message: str, fragment: str) -> None:
+        self.fragment = fragment
+        super().__init__(f"{message} (in `{fragment}`)")
+
+
+@dataclass(frozen=True, slots=True)
+class Expr:
+    """Base of plan expression nodes. ``dtype`` is the inferred result type."""
+
+    dtype: DType
+
+    def to_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def columns(self) -> frozenset[str]:
+        """Source columns this expression reads."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, slots=True)
+class Column(Expr):
+    name: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"node": "column", "name": self.name, "dtype": self.dtype.value}
+
+    def columns(self) -> frozenset[str]:
+        return frozenset({self.name})
+
+
+@dataclass(frozen=True, slots=True)
+class Literal(Expr):
+    value: Any
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"node": "literal", "value": self.value, "dtype": self.dtype.value}
+
+    def columns(self) -> frozenset[str]:
+        return frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class Call(Expr):
+    """An operator or function applied to arguments: ``op`` is ``add``, ``eq``, ``and``, ``coalesce``..."""
+
+    op: str
+    args: tuple[Expr, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"node": "call", "op": self.op, "args": [a.to_dict() for a in self.args], "dtype": self.dtype.value}
+
+    def columns(self) -> frozenset[str]:
+        return frozenset().union(*(a.columns() for a in self.args))
+
+
+def expr_from_dict(data: Mapping[str, Any]) -> Expr:
+    """Rebuild an expression tree from its plan form."""
+    dtype = DType(data["dtype"])
+    node = data["node"]
+    if node == "column":
+        return Column(dtype, data["name"])
+    if node == "literal":
+        return Literal(dtype, data["value"])
+    if node == "call":
+        return Call(dtype, data["op"], tuple(expr_from_dict(a) for a in data["args"]))
+    raise ValueError(f"unknown expression node {node!r}")
+
+
+def parse_expression(text: str, columns: Mapping[str, DType]) -> Expr:
+    """Parse ``text`` against the available ``columns`` and infer its type.
+
+    >>> parse_expression("amount * 2", {"amount": DType.FLOAT64}).dtype
+    <DType.FLOAT64: 'float64'>
+    """
+    try:
+        tree = ast.parse(text.strip(), mode="eval")
+    except SyntaxError as exc:
+        raise ExpressionError(f"not a valid expression: {exc.msg}", text) from None
+    return _Parser(text.strip(), columns).visit(tree.body)
+
+
+class _Parser:
+    def __init__(self, text: str, columns: Mapping[str, DType]) -> None:
+        self.text = text
+        self.available = columns
+
+    def fragment(self, node: ast.AST) -> str:
+        return ast.get_source_segment(self.text, node) or self.text
+
+    def fail(self, message: str, node: ast.AST) -> ExpressionError:
+        return ExpressionError(message, self.fragment(node))
+
+    def visit(self, node: ast.expr) -> Expr:
+        method = getattr(self, f"visit_{type(node).__name__}", None)
+        if method is None:
+            raise self.fail(f"unsupported syntax {type(node).__name__}; use columns, literals, "
+                            f"+ - * / %, comparisons, and/or/not, or the functions {', '.join(FUNCTIONS)}", node)
+        result: Expr = method(node)
+        return result
+
+    def visit_Name(self, node: ast.Name) -> Expr:
+        if node.id not in self.available:
+            known = ", ".join(sorted(self.available))
+            raise self.fail(f"unknown column '{node.id}'; known: {known}", node)
+        return Column(self.available[node.id], node.id)
+
+    def visit_Constant(self, node: ast.Constant) -> Expr:
+        value = node.value
+        if isinstance(value, bool):
+            return Literal(DType.BOOL, value)
+        if isinstance(value, int):
+            if not -(2**63) <= value < 2**63:
+                raise self.fail("integer literal out of int64 range", node)
+            return Literal(DType.INT64, value)
+        if isinstance(value, float):
+            return Literal(DType.FLOAT64, value)
+        if isinstance(value, str):
+            return Literal(DType.STRING, value)
+        raise self.fail(f"unsupported literal {value!r}", node)
+
+    def visit_UnaryOp(self, node: ast.UnaryOp) -> Expr:
+        operand = self.visit(node.operand)
+        if isinstance(node.op, ast.USub):
+            if not operand.dtype.is_numeric:
+                raise self.fail(f"unary minus needs a number, got {operand.dtype.value}", node)
+            if isinstance(operand, Literal):
+                return Literal(operand.dtype, -operand.value)
+            return Call(operand.dtype, "neg", (operand,))
+        if isinstance(node.op, ast.Not):
+            self.require(operand, DType.BOOL, node)
+            return Call(DType.BOOL, "not", (operand,))
+        raise self.fail("unsupported unary operator", node)
+
+    def visit_BinOp(self, node: ast.BinOp) -> Expr:
+        op = ARITHMETIC_OPS.get(type(node.op))
+        if op is None:
+            raise self.fail("unsupported operator; use + - * / %", node)
+        left, right = self.visit(node.left), self.visit(node.right)
+        if op == "add" and left.dtype is DType.STRING and right.dtype is DType.STRING:
+            return Call(DType.STRING, "concat", (left, right))
+        if not (left.dtype.is_numeric and right.dtype.is_numeric):
+            raise self.fail(
+                f"cannot apply '{op}' to {left.dtype.value} and {right.dtype.value}; cast one side first", node)
+        if op == "div":
+            return Call(DType.FLOAT64, op, (left, right))
+        both_int = left.dtype is DType.INT64 and right.dtype is DType.INT64
+        return Call(DType.INT64 if both_int else DType.FLOAT64, op, (left, right))
+
+    def visit_Compare(self, node: ast.Compare) -> Expr:
+        if len(node.ops) != 1:
+            raise self.fail("chained comparisons are not supported; combine with 'and'", node)
+        op = COMPARISON_OPS.get(type(node.ops[0]))
+        if op is None:
+            raise self.fail("unsupported comparison; use == != < <= > >=", node)
+        left, right = self.visit(node.left), self.visit(node.comparators[0])
+        comparable = left.dtype is right.dtype or (left.dtype.is_numeric and right.dtype.is_numeric)
+        if not comparable:
+            raise self.fail(f"cannot compare {left.dtype.value} with {right.dtype.value}; cast one side", node)
+        return Call(DType.BOOL, op, (left, right))
+
+    def visit_BoolOp(self, node: ast.BoolOp) -> Expr:
+        op = "and" if isinstance(node.op, ast.And) else "or"
+        args = [self.visit(v) for v in node.values]
+        for arg, raw in zip(args, node.values, strict=True):
+            self.require(arg, DType.BOOL, raw)
+        result = args[0]
+        for arg in args[1:]:
+            result = Call(DType.BOOL, op, (result, arg))
+        return result
+
+    def visit_Call(self, node: ast.Call) -> Expr:
+        if not isinstance(node.func, ast.Name) or node.func.id not in FUNCTIONS:
+            raise self.fail(f"unknown function; valid choices: {', '.join(FUNCTIONS)}", node.func)
+        if node.keywords:
+            raise self.fail("keyword arguments are not supported", node)
+        name = node.func.id
+        if name == "cast":
+            return self.cast(node)
+        args = tuple(self.visit(a) for a in node.args)
+        return self.function(name, args, node)
+
+    def cast(self, node: ast.Call) -> Expr:
+        if len(node.args) != 2 or not isinstance(node.args[1], ast.Constant):
+            raise self.fail('cast takes a value and a type name, e.g. cast(x, "float64")', node)
+        try:
+            target = DType.parse(node.args[1].value)
+        except ValueError as exc:
+            raise self.fail(str(exc), node.args[1]) from None
+        value = self.visit(node.args[0])
+        if target is DType.TIMESTAMP or (value.dtype is DType.TIMESTAMP and target is not DType.STRING):
+            raise self.fail(f"cannot cast {value.dtype.value} to {target.value}", node)
+        return Call(target, "cast", (value,))
+
+    def function(self, name: str, args: tuple[Expr, ...], node: ast.Call) -> Expr:
+        def arity(n: int) -> None:
+            if len(args) != n:
+                raise self.fail(f"{name}() takes {n} argument(s), got {len(args)}", node)
+
+        if name == "abs":
+            arity(1)
+            if not args[0].dtype.is_numeric:
+                raise self.fail(f"abs() needs a number, got {args[0].dtype.value}", node)
+            return Call(args[0].dtype, name, args)
+        if name in ("lower", "upper"):
+            arity(1)
+            self.require(args[0], DType.STRING, node)
+            return Call(DType.STRING, name, args)
+        if name == "length":
+            arity(1)
+            self.require(args[0], DType.STRING, node)
+            return Call(DType.INT64, name, args)
+        if name == "is_null":
+            arity(1)
+            return Call(DType.BOOL, name, args)
+        if name == "if_else":
+            arity(3)
+            self.require(args[0], DType.BOOL, node)
+            return Call(self.common_type(args[1:], node), name, args)
+        if name == "coalesce":
+            if len(args) < 2:
+                raise self.fail("coalesce() takes at least 2 arguments", node)
+            return Call(self.common_type(args, node), name, args)
+        raise self.fail(f"unknown function {name}", node)  # unreachable: FUNCTIONS is checked first
+
+    def common_type(self, args: tuple[Expr, ...], node: ast.AST) -> DType:
+        types = {a.dtype for a in args}
+        if len(types) == 1:
+            return types.pop()
+        if types == {DType.INT64, DType.FLOAT64}:
+            return DType.FLOAT64
+        names = ", ".join(sorted(t.value for t in types))
+        raise self.fail(f"arguments mix types ({names}); cast them to one type", node)
+
+    def require(self, expr: Expr, dtype: DType, node: ast.AST) -> None:
+        if expr.dtype is not dtype:
+            raise self.fail(f"expected {dtype.value}, got {expr.dtype.value}", node)

@@ -1,0 +1,282 @@
+"""The compiled plan: pure, serialisable data that every engine executes.
+
+Neither Spark nor the serving path reads the user's Python files; they read a :class:`Plan`. The plan is
+stored in the registry as JSON, versioned, with a fingerprint per feature: a hash of everything that
+determines its values (source, keys, expression, type). A changed fingerprint means values computed
+before are stale.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from features.dtypes import DType
+from features.errors import UnknownNameError
+from features.expressions import Expr, expr_from_dict
+
+# Columns every offline feature table and point-in-time join uses besides keys and features.
+EVENT_TIMESTAMP = "event_timestamp"
+CREATED_TIMESTAMP = "created_timestamp"
+PUBLISHED_AT = "published_at"
+
+
+def stable_hash(data: Any) -> str:
+    """A short, stable hash of JSON-able data."""
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnSpec:
+    name: str
+    dtype: DType
+
+    def to_dict(self) -> dict[str, str]:
+        return {"name": self.name, "dtype": self.dtype.value}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, str]) -> ColumnSpec:
+        return cls(data["name"], DType(data["dtype"]))
+
+
+@dataclass(frozen=True, slots=True)
+class SourcePlan:
+    """A SQL source as the engines see it. ``connection`` is kept as written (secrets stay unresolved)."""
+
+    name: str
+    connection: str
+    table: str | None
+    query: str | None
+    timestamp_column: str
+    created_column: str | None
+    columns: tuple[ColumnSpec, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "connection": self.connection,
+            "table": self.table,
+            "query": self.query,
+            "timestamp_column": self.timestamp_column,
+            "created_column": self.created_column,
+            "columns": [c.to_dict() for c in self.columns],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SourcePlan:
+        return cls(
+            name=data["name"],
+            connection=data["connection"],
+            table=data["table"],
+            query=data["query"],
+            timestamp_column=data["timestamp_column"],
+            created_column=data["created_column"],
+            columns=tuple(ColumnSpec.from_dict(c) for c in data["columns"]),
+        )
+
+    def column_types(self) -> dict[str, DType]:
+        return {c.name: c.dtype for c in self.columns}
+
+
+@dataclass(frozen=True, slots=True)
+class FeaturePlan:
+    name: str
+    dtype: DType
+    expr: Expr
+    fingerprint: str
+    location: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "dtype": self.dtype.value,
+            "expr": self.expr.to_dict(),
+            "fingerprint": self.fingerprint,
+            "location": self.location,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FeaturePlan:
+        return cls(data["name"], DType(data["dtype"]), expr_from_dict(data["expr"]), data["fingerprint"],
+                   data["location"])
+
+
+@dataclass(frozen=True, slots=True)
+class ViewPlan:
+    """A feature view. ``storage_fingerprint`` names the offline table: it changes when stored values would."""
+
+    name: str
+    entities: tuple[str, ...]
+    join_keys: tuple[ColumnSpec, ...]
+    source: SourcePlan
+    features: tuple[FeaturePlan, ...]
+    ttl_seconds: int | None
+    online: bool
+    storage_fingerprint: str
+    location: str
+
+    @property
+    def key_names(self) -> tuple[str, ...]:
+        return tuple(k.name for k in self.join_keys)
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.features)
+
+    def feature(self, name: str) -> FeaturePlan:
+        for f in self.features:
+            if f.name == name:
+                return f
+        raise UnknownNameError("feature", name, self.feature_names, context=f"in view '{self.name}'")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "entities": list(self.entities),
+            "join_keys": [k.to_dict() for k in self.join_keys],
+            "source": self.source.to_dict(),
+            "features": [f.to_dict() for f in self.features],
+            "ttl_seconds": self.ttl_seconds,
+            "online": self.online,
+            "storage_fingerprint": self.storage_fingerprint,
+            "location": self.location,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ViewPlan:
+        return cls(
+            name=data["name"],
+            entities=tuple(data["entities"]),
+            join_keys=tuple(ColumnSpec.from_dict(k) for k in data["join_keys"]),
+            source=SourcePlan.from_dict(data["source"]),
+            features=tuple(FeaturePlan.from_dict(f) for f in data["features"]),
+            ttl_seconds=data["ttl_seconds"],
+            online=data["online"],
+            storage_fingerprint=data["storage_fingerprint"],
+            location=data["location"],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class EntityPlan:
+    name: str
+    join_keys: tuple[ColumnSpec, ...]
+    location: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "join_keys": [k.to_dict() for k in self.join_keys], "location": self.location}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> EntityPlan:
+        return cls(data["name"], tuple(ColumnSpec.from_dict(k) for k in data["join_keys"]), data["location"])
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureRefPlan:
+    """One ``view:feature`` reference; its output column is ``view__feature``."""
+
+    view: str
+    feature: str
+
+    @property
+    def column(self) -> str:
+        return f"{self.view}__{self.feature}"
+
+    def __str__(self) -> str:
+        return f"{self.view}:{self.feature}"
+
+    @classmethod
+    def parse(cls, text: str) -> FeatureRefPlan:
+        view, sep, feature = text.partition(":")
+        if not sep or not view or not feature:
+            raise ValueError(f"feature reference {text!r} must look like 'view:feature'")
+        return cls(view, feature)
+
+
+@dataclass(frozen=True, slots=True)
+class ServicePlan:
+    name: str
+    features: tuple[FeatureRefPlan, ...]
+    location: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "features": [str(f) for f in self.features], "location": self.location}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ServicePlan:
+        return cls(data["name"], tuple(FeatureRefPlan.parse(f) for f in data["features"]), data["location"])
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Everything the engines need, and nothing they would have to re-derive from Python files."""
+
+    entities: tuple[EntityPlan, ...]
+    views: tuple[ViewPlan, ...]
+    services: tuple[ServicePlan, ...]
+
+    @property
+    def fingerprint(self) -> str:
+        """Identity of the plan's meaning; source locations are left out so moving a line changes nothing."""
+        return stable_hash(_without_locations(self.to_dict()))
+
+    def view(self, name: str) -> ViewPlan:
+        for v in self.views:
+            if v.name == name:
+                return v
+        raise UnknownNameError("feature view", name, [v.name for v in self.views])
+
+    def service(self, name: str) -> ServicePlan:
+        for s in self.services:
+            if s.name == name:
+                return s
+        raise UnknownNameError("feature service", name, [s.name for s in self.services])
+
+    def resolve_refs(self, refs: Iterable[str | FeatureRefPlan]) -> tuple[FeatureRefPlan, ...]:
+        """Check ``view:feature`` references (``view:*`` selects the whole view) against the plan."""
+        resolved: list[FeatureRefPlan] = []
+        for ref in refs:
+            parsed = ref if isinstance(ref, FeatureRefPlan) else FeatureRefPlan.parse(ref)
+            view = self.view(parsed.view)
+            if parsed.feature == "*":
+                resolved.extend(FeatureRefPlan(view.name, f) for f in view.feature_names)
+            else:
+                view.feature(parsed.feature)
+                resolved.append(parsed)
+        seen: set[FeatureRefPlan] = set()
+        return tuple(r for r in resolved if not (r in seen or seen.add(r)))  # type: ignore[func-returns-value]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": 1,
+            "entities": [e.to_dict() for e in self.entities],
+            "views": [v.to_dict() for v in self.views],
+            "services": [s.to_dict() for s in self.services],
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Plan:
+        return cls(
+            entities=tuple(EntityPlan.from_dict(e) for e in data["entities"]),
+            views=tuple(ViewPlan.from_dict(v) for v in data["views"]),
+            services=tuple(ServicePlan.from_dict(s) for s in data["services"]),
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Plan:
+        return cls.from_dict(json.loads(text))
+
+
+def _without_locations(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {k: _without_locations(v) for k, v in data.items() if k != "location"}
+    if isinstance(data, list):
+        return [_without_locations(v) for v in data]
+    return data

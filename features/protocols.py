@@ -1,0 +1,133 @@
+"""The contracts between the layers: what an offline engine and an online store must provide.
+
+They live in ``features/`` so the facade can drive both, while ``offline/`` and ``online/`` never import
+each other: the materialization job receives an :class:`OnlineStore` as an argument and hands it rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from features.plan import FeatureRefPlan, Plan, ViewPlan
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from features.config import RepoConfig
+
+
+class Publication(Protocol):
+    """One atomic publish of one view's latest rows to the online store.
+
+    Picklable: :meth:`write` runs inside Spark executors, each call on one partition's Arrow batches, whose
+    columns are the view's join keys, its features (plan order), ``event_timestamp`` and
+    ``created_timestamp``, one row per entity. Readers keep seeing the previous values until :meth:`commit`;
+    :meth:`abort` (or a crash) leaves them untouched.
+    """
+
+    def write(self, batches: Iterable[pa.RecordBatch]) -> int:
+        """Stage rows; returns how many were written."""
+        ...
+
+    def commit(self) -> bool:
+        """Make the staged rows visible at once. False when a newer publication already won."""
+        ...
+
+    def abort(self) -> None:
+        """Drop the staged rows."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class OnlineValues:
+    """What the online store holds for one view and a list of entities, in request order.
+
+    ``values[i]`` is the tuple of the requested features of entity ``i`` (None when the store has no row);
+    ``event_timestamps[i]`` the row's event time. Status (present / missing / expired) is derived by the caller
+    from the view's TTL, so every reader applies the same rule.
+    """
+
+    view: str
+    features: tuple[str, ...]
+    values: list[tuple[Any, ...] | None]
+    event_timestamps: list[datetime | None]
+
+
+@runtime_checkable
+class OnlineStore(Protocol):
+    """A key-value store serving the latest published row per entity and view."""
+
+    def start_publication(self, view: ViewPlan, *, watermark: int) -> Publication:
+        """Begin publishing ``view``. ``watermark`` orders publications (the offline table version the
+        rows come from): a commit with a lower watermark than the live one is refused."""
+        ...
+
+    def read(self, requests: Sequence[tuple[ViewPlan, Sequence[str]]],
+             entity_keys: Sequence[Sequence[Any]]) -> list[OnlineValues]:
+        """Read features for many entities across many views in one round trip.
+
+        ``entity_keys[i]`` holds the values of every join key of every requested view, in the order of
+        :func:`online_key_columns`."""
+        ...
+
+    def ping(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> OnlineStore: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+def online_key_columns(views: Sequence[ViewPlan]) -> tuple[str, ...]:
+    """The union of the views' join keys, in first-seen order: the columns a lookup request must give."""
+    columns: list[str] = []
+    for view in views:
+        columns.extend(k for k in view.key_names if k not in columns)
+    return tuple(columns)
+
+
+@dataclass(frozen=True, slots=True)
+class MaterializationResult:
+    view: str
+    rows_read: int
+    rows_written_offline: int
+    offline_version: int | None
+    rows_published: int
+    online_committed: bool
+    seconds: float
+
+
+class Progress(Protocol):
+    """Where long jobs report progress; the CLI shows it as a progress bar."""
+
+    def start(self, task: str, total: int | None = None) -> None: ...
+
+    def advance(self, task: str, amount: int = 1) -> None: ...
+
+    def finish(self, task: str) -> None: ...
+
+
+class OfflineEngine(Protocol):
+    """Batch computation: materialization and point-in-time training sets."""
+
+    def __init__(self, config: RepoConfig) -> None: ...
+
+    def materialize(self, plan: Plan, view: ViewPlan, *, start: datetime | None, end: datetime | None,
+                    online: OnlineStore | None, progress: Progress | None = None) -> MaterializationResult: ...
+
+    def training_dataset(self, plan: Plan, plan_version: int, entities: Any,
+                         refs: Sequence[FeatureRefPlan], *, timestamp_column: str = "event_timestamp",
+                         output: str | None = None, output_format: str = "pandas") -> Any: ...
+
+    def reproduce(self, plan: Plan, manifest_path: str, *, output: str | None = None) -> Any: ...
+
+    def stop(self) -> None: ...
+
+
+def iter_batches(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """Skip empty batches (Spark hands some to every partition)."""
+    return (b for b in batches if b.num_rows)

@@ -1,0 +1,143 @@
+"""The registry: versioned plans and materialization runs in a SQL database, through SQLAlchemy.
+
+SQLite file by default, any SQLAlchemy URL (PostgreSQL in production). A plan version is written only when
+the plan's fingerprint differs from the latest one, so applying the same definitions twice is a no-op.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from features.errors import RegistryError
+from features.plan import Plan
+
+_metadata = sa.MetaData()
+
+plan_versions = sa.Table(
+    "skewless_plan_versions",
+    _metadata,
+    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("fingerprint", sa.String(32), nullable=False),
+    sa.Column("applied_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("plan_json", sa.Text, nullable=False),
+)
+
+materialization_runs = sa.Table(
+    "skewless_materialization_runs",
+    _metadata,
+    sa.Column("run_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("view", sa.String(200), nullable=False, index=True),
+    sa.Column("storage_fingerprint", sa.String(32), nullable=False),
+    sa.Column("plan_version", sa.Integer, nullable=False),
+    sa.Column("window_start", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("window_end", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("rows_read", sa.BigInteger, nullable=False),
+    sa.Column("rows_written_offline", sa.BigInteger, nullable=False),
+    sa.Column("offline_version", sa.BigInteger, nullable=True),
+    sa.Column("rows_published", sa.BigInteger, nullable=False),
+    sa.Column("finished_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class PlanVersion:
+    version: int
+    fingerprint: str
+    applied_at: datetime
+    plan: Plan
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    view: str
+    storage_fingerprint: str
+    plan_version: int
+    window_start: datetime | None
+    window_end: datetime | None
+    rows_read: int
+    rows_written_offline: int
+    offline_version: int | None
+    rows_published: int
+    finished_at: datetime
+
+
+class Registry:
+    """Plan versions and run history in one SQL database."""
+
+    def __init__(self, url: str) -> None:
+        if url.startswith("sqlite:///"):
+            Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        self.url = url
+        try:
+            self.engine = sa.create_engine(url)
+            _metadata.create_all(self.engine)
+        except sa.exc.SQLAlchemyError as exc:
+            raise RegistryError(f"cannot open the registry at {sa.engine.make_url(url)!r}: {exc}") from exc
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def latest(self) -> PlanVersion | None:
+        return self._one(sa.select(plan_versions).order_by(plan_versions.c.version.desc()).limit(1))
+
+    def get(self, version: int) -> PlanVersion:
+        found = self._one(sa.select(plan_versions).where(plan_versions.c.version == version))
+        if found is None:
+            raise RegistryError(f"plan version {version} is not in the registry")
+        return found
+
+    def apply(self, plan: Plan) -> tuple[PlanVersion, bool]:
+        """Store ``plan`` as a new version unless it equals the latest; returns (version, created)."""
+        try:
+            with self.engine.begin() as conn:
+                row = conn.execute(sa.select(plan_versions.c.version, plan_versions.c.fingerprint)
+                                   .order_by(plan_versions.c.version.desc()).limit(1)).first()
+                if row is not None and row.fingerprint == plan.fingerprint:
+                    latest = self.get(row.version)
+                    return latest, False
+                version = (row.version if row else 0) + 1
+                applied_at = datetime.now(UTC)
+                conn.execute(plan_versions.insert().values(
+                    version=version, fingerprint=plan.fingerprint, applied_at=applied_at, plan_json=plan.to_json()))
+        except sa.exc.IntegrityError as exc:
+            raise RegistryError("another apply wrote a plan version at the same time; run apply again") from exc
+        except sa.exc.SQLAlchemyError as exc:
+            raise RegistryError(f"cannot write the registry: {exc}") from exc
+        return PlanVersion(version, plan.fingerprint, applied_at, plan), True
+
+    def record_run(self, record: RunRecord) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(materialization_runs.insert().values(**_as_row(record)))
+
+    def runs(self, view: str | None = None) -> list[RunRecord]:
+        query = sa.select(materialization_runs).order_by(materialization_runs.c.run_id)
+        if view is not None:
+            query = query.where(materialization_runs.c.view == view)
+        with self.engine.connect() as conn:
+            return [RunRecord(**{k: v for k, v in row._mapping.items() if k != "run_id"})
+                    for row in conn.execute(query)]
+
+    def materialized_storage(self) -> set[tuple[str, str]]:
+        """(view, storage fingerprint) pairs that have data: what a breaking change would orphan."""
+        query = sa.select(materialization_runs.c.view, materialization_runs.c.storage_fingerprint).distinct()
+        with self.engine.connect() as conn:
+            return {(r.view, r.storage_fingerprint) for r in conn.execute(query)}
+
+    def _one(self, query: sa.Select[tuple[object, ...]]) -> PlanVersion | None:
+        try:
+            with self.engine.connect() as conn:
+                row = conn.execute(query).first()
+        except sa.exc.SQLAlchemyError as exc:
+            raise RegistryError(f"cannot read the registry: {exc}") from exc
+        if row is None:
+            return None
+        applied_at = row.applied_at if row.applied_at.tzinfo else row.applied_at.replace(tzinfo=UTC)
+        return PlanVersion(row.version, row.fingerprint, applied_at, Plan.from_json(row.plan_json))
+
+
+def _as_row(record: RunRecord) -> dict[str, object]:
+    return {name: getattr(record, name) for name in RunRecord.__dataclass_fields__}

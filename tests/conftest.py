@@ -1,0 +1,34 @@
+"""Shared fixtures: one Spark session, one redis-server and one PostgreSQL per test run."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests import servers
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """URL of a real redis-server started for this test run (flush it yourself if a test needs it empty)."""
+    with servers.redis_server() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """SQLAlchemy URL of a real PostgreSQL started for this test run."""
+    with servers.postgres_server() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def spark() -> Iterator[Any]:
+    """The one local Spark session (with Delta Lake and the JDBC drivers) of this test run."""
+    from offline.session import get_spark, stop_spark
+
+    session = get_spark()
+    yield session
+    stop_spark()
