@@ -1,1 +1,51 @@
-"""skewless."""
+"""skewless: define features once in Python; train and serve the same values.
+
+The definitions SDK, the compiled plan, the registry, and the :class:`FeatureStore` facade.
+"""
+
+from features.definitions import (
+    Entity,
+    Feature,
+    FeatureRef,
+    FeatureService,
+    FeatureView,
+    SqlSource,
+)
+from features.dtypes import Bool, DType, Float64, Int64, String, Timestamp
+from features.errors import (
+    ConfigError,
+    DefinitionError,
+    EntityKeyError,
+    MaterializationError,
+    OnlineStoreError,
+    RegistryError,
+    SchemaMismatchError,
+    SkewlessError,
+    UnknownNameError,
+)
+from features.store import FeatureStore
+
+__all__ = [
+    "Bool",
+    "ConfigError",
+    "DType",
+    "DefinitionError",
+    "Entity",
+    "EntityKeyError",
+    "Feature",
+    "FeatureRef",
+    "FeatureService",
+    "FeatureStore",
+    "FeatureView",
+    "Float64",
+    "Int64",
+    "MaterializationError",
+    "OnlineStoreError",
+    "RegistryError",
+    "SchemaMismatchError",
+    "SkewlessError",
+    "SqlSource",
+    "String",
+    "Timestamp",
+    "UnknownNameError",
+]

@@ -43,6 +43,8 @@ def reflect_with(config: RepoConfig) -> ColumnReader:
 def compile_plan(discovered: Discovered, read_columns: ColumnReader) -> Plan:
     """Turn definitions into a plan, checking each against its source's real columns."""
     compiler = _Compiler(discovered, read_columns)
+    for _, entity in discovered.of_kind(Entity):
+        compiler.entity(entity)  # type: ignore[arg-type]
     views = tuple(compiler.view(name, v) for name, v in discovered.of_kind(FeatureView))  # type: ignore[arg-type]
     entities = tuple(sorted(compiler.entities.values(), key=lambda e: e.name))
     services = tuple(compiler.service(name, s, views)
@@ -61,7 +63,7 @@ class _Compiler:
     def entity(self, entity: Entity) -> EntityPlan:
         name = self.discovered.name_of(entity) or "_".join(entity.key_names)
         plan = EntityPlan(name, tuple(ColumnSpec(k, t) for k, t in entity.join_keys),  # type: ignore[misc]
-                          str(entity.location))
+                          self.discovered.where(entity))
         existing = self.entities.get(name)
         if existing is not None and existing.join_keys != plan.join_keys:
             raise DefinitionError(f"two different entities are named '{name}' (other at {existing.location})",
@@ -75,14 +77,14 @@ class _Compiler:
                 reflected = self.read_columns(source.connection, source.table, source.query)
             except (SourceUnavailableError, ValueError) as exc:
                 raise DefinitionError(f"cannot read the source's columns: {exc}",
-                                      location=str(source.location)) from exc
+                                      location=self.discovered.where(source)) from exc
             declared = dict(source.schema or ())  # type: ignore[arg-type]
             self.source_columns[id(source)] = merge_declared(reflected, declared)
         return self.source_columns[id(source)]
 
     def source(self, source: SqlSource, view_name: str, used: set[str]) -> SourcePlan:
         columns = self.columns_of(source)
-        where = str(source.location)
+        where = self.discovered.where(source)
         for role, column, expected in (("timestamp", source.timestamp, DType.TIMESTAMP),
                                        ("created", source.created, DType.TIMESTAMP)):
             if column is None:
@@ -114,17 +116,17 @@ class _Compiler:
             join_keys.extend(k for k in entity.join_keys if k not in join_keys)
         columns = self.columns_of(view.source)
         for key in join_keys:
-            _require_column(columns, key.name, "join key column", str(view.location))
+            _require_column(columns, key.name, "join key column", self.discovered.where(view))
             found = columns[key.name]
             if found is not None and found is not key.dtype:
                 raise DefinitionError(f"join key '{key.name}' is {key.dtype.value} on the entity but "
-                                      f"{found.value} in the source", location=str(view.location))
+                                      f"{found.value} in the source", location=self.discovered.where(view))
         typed = {c: t for c, t in columns.items() if t is not None}
         key_names = {k.name for k in join_keys}
         features: list[FeaturePlan] = []
         used: set[str] = set(key_names)
         for feature in view.features:
-            where = str(feature.location)
+            where = self.discovered.where(feature)
             if feature.name in key_names:
                 raise DefinitionError(f"feature '{feature.name}' has the name of a join key", location=where)
             try:
@@ -164,7 +166,7 @@ class _Compiler:
             ttl_seconds=_seconds(view.ttl),
             online=view.online,
             storage_fingerprint=storage,
-            location=str(view.location),
+            location=self.discovered.where(view),
         )
 
     def service(self, name: str, service: FeatureService, views: tuple[ViewPlan, ...]) -> ServicePlan:
@@ -174,10 +176,10 @@ class _Compiler:
             view_name = self.discovered.name_of(view_obj) or view_obj.name
             if view_name is None:
                 raise DefinitionError("a feature service uses a view that is not bound to a module-level name "
-                                      "in definitions/", location=str(service.location))
+                                      "in definitions/", location=self.discovered.where(service))
             names = item.feature_names if isinstance(item, FeatureRef) else tuple(f.name for f in item.features)
             refs.extend(FeatureRefPlan(view_name, n) for n in names if FeatureRefPlan(view_name, n) not in refs)
-        return ServicePlan(name, tuple(refs), str(service.location))
+        return ServicePlan(name, tuple(refs), self.discovered.where(service))
 
 
 def _require_column(columns: Mapping[str, DType | None], column: str, role: str, where: str) -> None:

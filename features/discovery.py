@@ -8,7 +8,7 @@ and line: it is never logged and skipped.
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import os
 import sys
 import traceback
@@ -29,6 +29,16 @@ class Discovered:
     """The definitions found in a folder, with the names discovery gave them (by object identity)."""
 
     objects: tuple[tuple[str, Definition], ...]
+    root: Path
+
+    def where(self, obj: object) -> str:
+        """``definitions/cards.py:12``: a definition's location relative to the repository, for the plan
+        (so the plan does not depend on where the repository is checked out) and for messages."""
+        location = obj.location  # type: ignore[attr-defined]
+        try:
+            return f"{Path(location.file).resolve().relative_to(self.root.parent)}:{location.line}"
+        except ValueError:
+            return str(location)
 
     def of_kind(self, kind: type) -> Iterator[tuple[str, Definition]]:
         return ((n, o) for n, o in self.objects if isinstance(o, kind))
@@ -45,6 +55,10 @@ def discover(folder: str | os.PathLike[str]) -> Discovered:
     root = Path(folder).resolve()
     if not root.is_dir():
         raise DefinitionError(f"definitions folder {root} does not exist")
+    # Import afresh every time: the files may have changed, or a folder of the same name (another repository,
+    # the installed example) may have been imported before.
+    for name in [m for m in sys.modules if m == root.name or m.startswith(root.name + ".")]:
+        del sys.modules[name]
     found: list[tuple[str, Definition]] = []
     seen_names: dict[tuple[str, str], str] = {}
     for path in sorted(root.rglob("*.py")):
@@ -59,7 +73,7 @@ def discover(folder: str | os.PathLike[str]) -> Discovered:
                     f"duplicate {key[0]} name '{name}' (also defined at {seen_names[key]})", location=where)
             seen_names[key] = where
             found.append((name, obj))
-    return Discovered(tuple(found))
+    return Discovered(tuple(found), root)
 
 
 def _kind_name(obj: Definition) -> str:
@@ -68,15 +82,16 @@ def _kind_name(obj: Definition) -> str:
 
 
 def _import_file(path: Path, root: Path) -> ModuleType:
+    """Import ``root/a/b.py`` as module ``<root name>.a.b`` with the repository on ``sys.path``, so that
+    definition files import each other (``from definitions.entities import card``) as the same objects."""
+    package = root.name
     relative = path.relative_to(root).with_suffix("")
-    module_name = "skewless_definitions." + ".".join(relative.parts)
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    if spec is None or spec.loader is None:
-        raise DefinitionError(f"cannot import {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
+    module_name = ".".join((package, *relative.parts))
+    repo = str(root.parent)
+    if not sys.path or sys.path[0] != repo:
+        sys.path.insert(0, repo)
     try:
-        spec.loader.exec_module(module)
+        return importlib.import_module(module_name)
     except DefinitionError:
         raise
     except Exception as exc:
@@ -84,7 +99,6 @@ def _import_file(path: Path, root: Path) -> ModuleType:
         line = _line_in(path, exc)
         raise DefinitionError(f"importing this file failed: {type(exc).__name__}: {exc}",
                               location=f"{path}:{line}") from exc
-    return module
 
 
 def _line_in(path: Path, exc: BaseException) -> int:

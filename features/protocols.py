@@ -54,6 +54,9 @@ class OnlineValues:
     features: tuple[str, ...]
     values: list[tuple[Any, ...] | None]
     event_timestamps: list[datetime | None]
+    #: Requested features the live snapshot does not hold (never published, or published from a different
+    #: definition: another feature fingerprint). Their values are None and callers report them as missing.
+    unavailable: frozenset[str] = frozenset()
 
 
 @runtime_checkable

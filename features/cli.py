@@ -1,0 +1,184 @@
+"""The ``skewless`` command line: init, plan, apply, materialize, dataset (serve and demo plug in)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from features.console import console, progress_bars, table
+from features.errors import SkewlessError
+from features.plugins import all_plugins
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    try:
+        result: int = args.handler(args)
+        return result
+    except SkewlessError as exc:
+        console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+        return 1
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="skewless", description="A feature store without training/serving skew.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    p = sub.add_parser("init", help="create a feature repository from the example")
+    p.add_argument("path", nargs="?", default=".", help="folder to create (default: here)")
+    p.set_defaults(handler=cmd_init)
+
+    p = sub.add_parser("plan", help="show what apply would change in the registry")
+    _repo_arg(p)
+    p.set_defaults(handler=cmd_plan)
+
+    p = sub.add_parser("apply", help="store the definitions as a new plan version")
+    _repo_arg(p)
+    p.set_defaults(handler=cmd_apply)
+
+    p = sub.add_parser("materialize", help="compute feature views into Delta Lake and publish them online")
+    _repo_arg(p)
+    p.add_argument("views", nargs="*", metavar="VIEW", help="views to materialize (default: all)")
+    p.add_argument("--start", type=_timestamp, help="window start, inclusive (ISO date or time, UTC)")
+    p.add_argument("--end", type=_timestamp, help="window end, exclusive (ISO date or time, UTC)")
+    p.set_defaults(handler=cmd_materialize)
+
+    p = sub.add_parser("dataset", help="build a point-in-time correct training set")
+    _repo_arg(p)
+    p.add_argument("--entities", help="entity rows: a Parquet or CSV file with join keys and a timestamp column")
+    p.add_argument("--features", help="a feature service name, or view:feature[,view:feature...]")
+    p.add_argument("--timestamp-column", default="event_timestamp", help="timestamp column of the entity rows")
+    p.add_argument("--out", help="output Parquet file (a manifest is written beside it)")
+    p.add_argument("--reproduce", metavar="MANIFEST", help="rebuild a dataset from its manifest")
+    p.set_defaults(handler=cmd_dataset)
+
+    for name, register in sorted(all_plugins("skewless.commands").items()):
+        register(sub)
+        _ = name
+    return parser
+
+
+def _repo_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--repo", default=".", help="feature repository folder (default: here)")
+
+
+def _timestamp(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO date or time: {text!r} (e.g. 2024-05-01 or 2024-05-01T12:00)")
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _store(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from features.store import FeatureStore
+
+    return FeatureStore(args.repo)
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    """Copy the example repository (definitions and configuration) into a folder."""
+    import definitions
+
+    target = Path(args.path).resolve()
+    source = Path(definitions.__file__).parent
+    (target / "definitions").mkdir(parents=True, exist_ok=True)
+    for item in source.glob("*.py"):
+        if item.name != "__init__.py":
+            shutil.copy(item, target / "definitions" / item.name)
+    config = target / "skewless.yaml"
+    if not config.exists():
+        shutil.copy(source / "skewless.example.yaml", config)
+    console.print(f"created a feature repository in {target}")
+    console.print("next: create the example data with 'skewless demo', or point skewless.yaml at your database")
+    return 0
+
+
+def print_diff(diff) -> None:  # type: ignore[no-untyped-def]
+    if diff.empty:
+        console.print("no changes: the registry already holds these definitions")
+        return
+    rows = [(c.kind, c.name, c.change, c.detail, "yes" if c.breaking else "") for c in diff.changes]
+    console.print(table("Plan", ["kind", "name", "change", "detail", "re-materialize"], rows))
+    if diff.breaking:
+        console.print(f"[yellow]{len(diff.breaking)} change(s) orphan materialized data: run 'skewless materialize' "
+                      f"for the views marked above after apply.[/]")
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    with _store(args) as store:
+        _, diff = store.plan()
+        print_diff(diff)
+    return 0
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    with _store(args) as store:
+        result = store.apply()
+        print_diff(result.diff)
+        if result.created:
+            console.print(f"applied plan version {result.version.version} ({result.version.fingerprint})")
+        else:
+            console.print(f"plan version {result.version.version} is current; nothing written")
+    return 0
+
+
+def cmd_materialize(args: argparse.Namespace) -> int:
+    with _store(args) as store, progress_bars() as progress:
+        results = store.materialize(args.views or None, start=args.start, end=args.end, progress=progress)
+    rows = [(r.view, r.rows_read, r.rows_written_offline, r.offline_version, r.rows_published,
+             "yes" if r.online_committed else "no", f"{r.seconds:.1f}s") for r in results]
+    console.print(table("Materialized", ["view", "rows read", "rows written (Delta)", "Delta version",
+                                         "keys published", "online", "time"], rows))
+    return 0
+
+
+def cmd_dataset(args: argparse.Namespace) -> int:
+    with _store(args) as store:
+        if args.reproduce:
+            store.reproduce_training_dataset(args.reproduce, output=args.out)
+            console.print(f"rebuilt the dataset of {args.reproduce}" + (f" into {args.out}" if args.out else ""))
+            return 0
+        if not (args.entities and args.features and args.out):
+            console.print("dataset needs --entities, --features and --out (or --reproduce MANIFEST)")
+            return 2
+        entities = _read_table(args.entities)
+        plan = store.plan_version().plan
+        if ":" in args.features:
+            kwargs = {"features": [f.strip() for f in args.features.split(",") if f.strip()]}
+        else:
+            kwargs = {"feature_service": args.features}
+        _ = plan
+        frame = store.get_training_dataset(entities, timestamp_column=args.timestamp_column, output=args.out,
+                                           **kwargs)
+        console.print(f"wrote {len(frame)} rows x {len(frame.columns)} columns to {args.out} "
+                      f"(manifest: {args.out}.manifest.json)")
+        console.print(frame.head(10).to_string())
+    return 0
+
+
+def _read_table(path: str):  # type: ignore[no-untyped-def]
+    import pandas as pd
+
+    if path.endswith(".csv"):
+        return pd.read_csv(path)
+    return pd.read_parquet(path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""What ``skewless plan`` shows: the difference between the applied plan and the definitions on disk."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from features.plan import Plan, ViewPlan
+
+Change = Literal["added", "removed", "changed"]
+
+
+@dataclass(frozen=True, slots=True)
+class PlanChange:
+    kind: str  # entity, feature view, feature, feature service
+    name: str
+    change: Change
+    detail: str = ""
+    breaking: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PlanDiff:
+    changes: tuple[PlanChange, ...]
+
+    @property
+    def empty(self) -> bool:
+        return not self.changes
+
+    @property
+    def breaking(self) -> tuple[PlanChange, ...]:
+        return tuple(c for c in self.changes if c.breaking)
+
+
+def diff_plans(old: Plan | None, new: Plan, materialized: set[tuple[str, str]] | None = None) -> PlanDiff:
+    """Changes from ``old`` to ``new``. A change is *breaking* when it orphans materialized data: the view's
+    stored values were computed by a definition that no longer exists, so it must be materialized again."""
+    materialized = materialized or set()
+    old = old or Plan((), (), ())
+    changes: list[PlanChange] = []
+
+    def by_name(items: tuple[object, ...]) -> dict[str, object]:
+        return {getattr(i, "name"): i for i in items}  # noqa: B009 - all plan nodes have .name
+
+    for kind, old_items, new_items in (("entity", old.entities, new.entities),
+                                       ("feature service", old.services, new.services)):
+        before, after = by_name(old_items), by_name(new_items)
+        changes += [PlanChange(kind, n, "added") for n in sorted(after.keys() - before.keys())]
+        changes += [PlanChange(kind, n, "removed") for n in sorted(before.keys() - after.keys())]
+        changes += [PlanChange(kind, n, "changed", _describe(before[n], after[n]))
+                    for n in sorted(before.keys() & after.keys()) if _comparable(before[n]) != _comparable(after[n])]
+
+    old_views = {v.name: v for v in old.views}
+    new_views = {v.name: v for v in new.views}
+    for name in sorted(new_views.keys() - old_views.keys()):
+        changes.append(PlanChange("feature view", name, "added", f"{len(new_views[name].features)} feature(s)"))
+    for name in sorted(old_views.keys() - new_views.keys()):
+        had_data = any(view == name for view, _ in materialized)
+        changes.append(PlanChange("feature view", name, "removed",
+                                  "its materialized data is no longer served" if had_data else "", had_data))
+    for name in sorted(old_views.keys() & new_views.keys()):
+        changes += _view_changes(old_views[name], new_views[name], materialized)
+    return PlanDiff(tuple(changes))
+
+
+def _view_changes(old: ViewPlan, new: ViewPlan, materialized: set[tuple[str, str]]) -> list[PlanChange]:
+    changes: list[PlanChange] = []
+    breaking = old.storage_fingerprint != new.storage_fingerprint and (old.name, old.storage_fingerprint) in materialized
+    if old.join_keys != new.join_keys:
+        changes.append(PlanChange("feature view", new.name, "changed",
+                                  f"join keys {list(old.key_names)} -> {list(new.key_names)}", breaking))
+    if _source_identity(old) != _source_identity(new):
+        changes.append(PlanChange("feature view", new.name, "changed", "source changed", breaking))
+    if old.ttl_seconds != new.ttl_seconds:
+        changes.append(PlanChange("feature view", new.name, "changed", f"ttl {old.ttl_seconds}s -> {new.ttl_seconds}s"))
+    if old.online != new.online:
+        changes.append(PlanChange("feature view", new.name, "changed", f"online {old.online} -> {new.online}"))
+    before = {f.name: f for f in old.features}
+    after = {f.name: f for f in new.features}
+    for feature in sorted(after.keys() - before.keys()):
+        changes.append(PlanChange("feature", f"{new.name}:{feature}", "added", "", breaking))
+    for feature in sorted(before.keys() - after.keys()):
+        changes.append(PlanChange("feature", f"{new.name}:{feature}", "removed", "", breaking))
+    for feature in sorted(before.keys() & after.keys()):
+        if before[feature].fingerprint != after[feature].fingerprint:
+            detail = f"fingerprint {before[feature].fingerprint[:8]} -> {after[feature].fingerprint[:8]}"
+            changes.append(PlanChange("feature", f"{new.name}:{feature}", "changed", detail, breaking))
+    if breaking and not changes:
+        changes.append(PlanChange("feature view", new.name, "changed", "stored columns changed", True))
+    return changes
+
+
+def _source_identity(view: ViewPlan) -> dict[str, object]:
+    """The source as a reader sees it; which of its columns are used shows up as feature changes."""
+    return {k: v for k, v in view.source.to_dict().items() if k not in ("columns", "name")}
+
+
+def _comparable(item: object) -> object:
+    data = item.to_dict()  # type: ignore[attr-defined]
+    data.pop("location", None)
+    return data
+
+
+def _describe(old: object, new: object) -> str:
+    before, after = _comparable(old), _comparable(new)
+    assert isinstance(before, dict) and isinstance(after, dict)
+    return ", ".join(sorted(k for k in after if before.get(k) != after.get(k)))

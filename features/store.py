@@ -1,0 +1,180 @@
+"""``FeatureStore``: the Python API over one feature repository.
+
+>>> store = FeatureStore("path/to/repo")                      # doctest: +SKIP
+>>> store.apply()                                             # doctest: +SKIP
+>>> store.materialize()                                       # doctest: +SKIP
+>>> training = store.get_training_dataset(entity_df, feature_service="fraud_model")  # doctest: +SKIP
+>>> store.get_online_features({"card_id": [1, 2]}, features=["card_profile:credit_limit"])  # doctest: +SKIP
+
+The facade drives the offline engine (Spark) and the online store (Redis) through the protocols in
+:mod:`features.protocols`; which implementation runs is chosen by name in ``skewless.yaml``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from functools import cached_property
+from typing import Any
+
+from features.compiler import compile_plan, reflect_with
+from features.config import RepoConfig
+from features.diff import PlanDiff, diff_plans
+from features.discovery import discover
+from features.errors import DefinitionError, RegistryError
+from features.plan import FeatureRefPlan, Plan
+from features.plugins import load_plugin
+from features.protocols import MaterializationResult, OfflineEngine, OnlineStore, Progress
+from features.registry import PlanVersion, Registry, RunRecord
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    version: PlanVersion
+    created: bool
+    diff: PlanDiff
+
+
+class FeatureStore:
+    """One feature repository: its definitions, registry, offline engine and online store."""
+
+    def __init__(self, repo_path: str | os.PathLike[str] = ".", *, config: RepoConfig | None = None) -> None:
+        self.config = config or RepoConfig.load(repo_path)
+        self._lock = threading.Lock()
+        self._cached_version: PlanVersion | None = None
+        self._checked_at = 0.0
+
+    # -- definitions and the registry -------------------------------------------------------------------------
+    @cached_property
+    def registry(self) -> Registry:
+        return Registry(self.config.resolved_registry_url())
+
+    def compile(self) -> Plan:
+        """Compile the definitions on disk (without storing anything)."""
+        discovered = discover(self.config.root / self.config.definitions)
+        return compile_plan(discovered, reflect_with(self.config))
+
+    def plan(self) -> tuple[Plan, PlanDiff]:
+        """What ``apply`` would change: the compiled plan and its diff against the registry."""
+        new = self.compile()
+        latest = self.registry.latest()
+        return new, diff_plans(latest.plan if latest else None, new, self.registry.materialized_storage())
+
+    def apply(self) -> ApplyResult:
+        """Store the definitions as a new plan version; a no-op when nothing changed."""
+        new, diff = self.plan()
+        version, created = self.registry.apply(new)
+        self._cached_version = version
+        return ApplyResult(version, created, diff)
+
+    def plan_version(self, *, max_age: float = 0.0) -> PlanVersion:
+        """The latest applied plan, re-read from the registry when older than ``max_age`` seconds."""
+        with self._lock:
+            now = time.monotonic()
+            if self._cached_version is None or now - self._checked_at >= max_age:
+                latest = self.registry.latest()
+                if latest is None:
+                    raise RegistryError("no plan has been applied to the registry yet; run 'skewless apply'")
+                if self._cached_version is None or latest.version != self._cached_version.version:
+                    self._cached_version = latest
+                self._checked_at = now
+            return self._cached_version
+
+    # -- engines ----------------------------------------------------------------------------------------------
+    @cached_property
+    def offline(self) -> OfflineEngine:
+        engine_class = load_plugin("skewless.offline_engines", self.config.offline_engine)
+        engine: OfflineEngine = engine_class(self.config)
+        return engine
+
+    def online_store(self) -> OnlineStore:
+        """The online store of this repository (opened once, then shared)."""
+        return self._online
+
+    @cached_property
+    def _online(self) -> OnlineStore:
+        store_class = load_plugin("skewless.online_stores", self.config.online_store)
+        store: OnlineStore = store_class.from_config(self.config)
+        return store
+
+    # -- batch ------------------------------------------------------------------------------------------------
+    def materialize(self, views: Sequence[str] | None = None, *, start: datetime | None = None,
+                    end: datetime | None = None, progress: Progress | None = None) -> list[MaterializationResult]:
+        """Compute ``views`` (default: all) over ``[start, end)`` into Delta Lake and publish them online."""
+        version = self.plan_version()
+        plan = version.plan
+        selected = [plan.view(name) for name in views] if views else list(plan.views)
+        online = self.online_store() if any(v.online for v in selected) else None
+        results = []
+        for view in selected:
+            result = self.offline.materialize(plan, view, start=start, end=end,
+                                              online=online if view.online else None, progress=progress)
+            self.registry.record_run(RunRecord(
+                view=view.name, storage_fingerprint=view.storage_fingerprint, plan_version=version.version,
+                window_start=start, window_end=end, rows_read=result.rows_read,
+                rows_written_offline=result.rows_written_offline, offline_version=result.offline_version,
+                rows_published=result.rows_published, finished_at=datetime.now().astimezone()))
+            results.append(result)
+        return results
+
+    def get_training_dataset(self, entities: Any, *, features: Sequence[str] | None = None,
+                             feature_service: str | None = None, timestamp_column: str = "event_timestamp",
+                             output: str | None = None, output_format: str = "pandas") -> Any:
+        """A point-in-time correct training set: for each entity row, each feature as of its timestamp.
+
+        ``entities``: a pandas DataFrame, pyarrow Table or Spark DataFrame with the join keys and
+        ``timestamp_column``. ``output``: a Parquet path; a manifest to rebuild it is written beside it.
+        """
+        version = self.plan_version()
+        refs = self.resolve_features(version.plan, features, feature_service)
+        return self.offline.training_dataset(version.plan, version.version, entities, refs,
+                                             timestamp_column=timestamp_column, output=output,
+                                             output_format=output_format)
+
+    def reproduce_training_dataset(self, manifest_path: str, *, output: str | None = None) -> Any:
+        """Rebuild a dataset bit for bit from its manifest (the same plan version and Delta versions)."""
+        import json
+
+        with open(manifest_path) as f:
+            manifest = json.load(f)
+        plan = self.registry.get(int(manifest["plan_version"])).plan
+        return self.offline.reproduce(plan, manifest_path, output=output)
+
+    # -- online -----------------------------------------------------------------------------------------------
+    def get_online_features(self, entities: Mapping[str, Sequence[Any]], *, features: Sequence[str] | None = None,
+                            feature_service: str | None = None) -> Any:
+        """The latest published values for ``entities`` (columns of join-key values), read from the online
+        store directly. Returns a :class:`features.lookup.LookupResult` (``.to_dict()``, ``.to_pandas()``)."""
+        from features.lookup import lookup
+
+        version = self.plan_version(max_age=1.0)
+        refs = self.resolve_features(version.plan, features, feature_service)
+        return lookup(version.plan, self.online_store(), refs, entities, plan_version=version.version)
+
+    @staticmethod
+    def resolve_features(plan: Plan, features: Sequence[str] | None,
+                         feature_service: str | None) -> tuple[FeatureRefPlan, ...]:
+        if (features is None) == (feature_service is None):
+            raise DefinitionError("give exactly one of features=[...] or feature_service=...")
+        if feature_service is not None:
+            return plan.service(feature_service).features
+        assert features is not None
+        return plan.resolve_refs(features)
+
+    def close(self) -> None:
+        if "_online" in self.__dict__:
+            self._online.close()
+        if "offline" in self.__dict__:
+            self.offline.stop()
+        if "registry" in self.__dict__:
+            self.registry.close()
+
+    def __enter__(self) -> FeatureStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

