@@ -1,0 +1,235 @@
+"""The online read path: the one function both ``FeatureStore.get_online_features`` and the HTTP service call.
+
+It checks the entity columns against the views' join keys, reads every view in one ``OnlineStore.read``
+call, and gives each value a status:
+
+- ``present``: the store holds a row for the entity and it is not older than the view's TTL
+  (``now - event_timestamp <= ttl``: exactly at the TTL is still present, the same rule as the offline
+  point-in-time join);
+- ``expired``: the row is older than the TTL; its value is returned as null;
+- ``missing``: no row for the entity, or the live snapshot does not hold this feature (not published yet, or
+  published from a different definition of it).
+
+>>> result = lookup(plan, store, plan.resolve_refs(["card_profile:credit_limit"]), {"card_id": [1, 2]})
+... # doctest: +SKIP
+>>> result.to_dict()["features"]["card_profile__credit_limit"]["statuses"]  # doctest: +SKIP
+['present', 'missing']
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from features.dtypes import DType
+from features.errors import EntityKeyError, SkewlessError
+from features.plan import FeatureRefPlan, Plan, ViewPlan
+from features.protocols import OnlineStore, online_key_columns
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+PRESENT = "present"
+MISSING = "missing"
+EXPIRED = "expired"
+
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_KEY_TYPE_NAMES = {DType.INT64: "an integer", DType.STRING: "a string", DType.BOOL: "a boolean",
+                   DType.TIMESTAMP: "a timezone-aware datetime", DType.FLOAT64: "a number"}
+
+
+class OfflineOnlyViewError(SkewlessError, LookupError):
+    """A lookup asked for a feature of a view that is not published online (``online=False``)."""
+
+    def __init__(self, view: str, online_views: Sequence[str]) -> None:
+        self.view = view
+        self.online_views = sorted(online_views)
+        choices = ", ".join(self.online_views) or "(none)"
+        super().__init__(f"feature view '{view}' is offline-only (online=False) and cannot be looked up; "
+                         f"views served online: {choices}")
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureValues:
+    """One output column: a value, a status and the row's event time per entity."""
+
+    dtype: DType
+    values: list[Any]
+    statuses: list[str]
+    event_timestamps: list[datetime | None]
+
+
+@dataclass(frozen=True, slots=True)
+class LookupResult:
+    """The answer to one lookup, columnar: the entity columns as given, then ``<view>__<feature>``."""
+
+    plan_version: int | None
+    entities: dict[str, list[Any]]
+    features: dict[str, FeatureValues]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (the HTTP answer).
+
+        Timestamps become ISO-8601 strings in UTC (``"2024-01-01T00:00:00Z"``, with ``.ffffff`` when there
+        are microseconds). JSON has no NaN or infinity: non-finite floats become the strings ``"NaN"``,
+        ``"Infinity"`` and ``"-Infinity"``, so they stay distinct from null (no value).
+        """
+        return {
+            "plan_version": self.plan_version,
+            "entities": {name: [_json_value(v) for v in values] for name, values in self.entities.items()},
+            "features": {
+                column: {
+                    "values": [_json_value(v) for v in fv.values],
+                    "statuses": list(fv.statuses),
+                    "event_timestamps": [None if t is None else iso_utc(t) for t in fv.event_timestamps],
+                }
+                for column, fv in self.features.items()
+            },
+        }
+
+    def to_pandas(self, *, statuses: bool = False) -> pd.DataFrame:
+        """A DataFrame: entity columns, then one column per feature (nulls for missing and expired values).
+
+        ``statuses=True`` adds ``<column>__status`` and ``<column>__event_timestamp`` after each feature.
+        """
+        import pandas as pd
+
+        data: dict[str, Any] = dict(self.entities)
+        for column, fv in self.features.items():
+            data[column] = pd.Series(fv.values, dtype=_pandas_dtype(fv.dtype))
+            if statuses:
+                data[f"{column}__status"] = fv.statuses
+                data[f"{column}__event_timestamp"] = pd.to_datetime(
+                    pd.Series(fv.event_timestamps, dtype=object), utc=True)
+        return pd.DataFrame(data)
+
+
+def lookup(plan: Plan, store: OnlineStore, refs: Sequence[FeatureRefPlan], entities: Mapping[str, Sequence[Any]],
+           *, now: datetime | None = None, plan_version: int | None = None) -> LookupResult:
+    """Read ``refs`` for the entities given as columns of join-key values (``{"card_id": [1, 2]}``)."""
+    views: list[ViewPlan] = []
+    wanted: dict[str, list[str]] = {}
+    for ref in refs:
+        view = plan.view(ref.view)
+        if not view.online:
+            raise OfflineOnlyViewError(view.name, [v.name for v in plan.views if v.online])
+        view.feature(ref.feature)
+        if view.name not in wanted:
+            views.append(view)
+            wanted[view.name] = []
+        if ref.feature not in wanted[view.name]:
+            wanted[view.name].append(ref.feature)
+    columns = online_key_columns(views)
+    key_types = {k.name: k.dtype for v in views for k in v.join_keys}
+    given = _check_entities(entities, columns, key_types)
+    count = len(given[columns[0]]) if columns else 0
+    rows = [tuple(given[c][i] for c in columns) for i in range(count)]
+    answers = store.read([(v, wanted[v.name]) for v in views], rows) if views else []
+    now = _utc(now or datetime.now(UTC))
+    features: dict[str, FeatureValues] = {}
+    for view, answer in zip(views, answers, strict=True):
+        ttl = None if view.ttl_seconds is None else timedelta(seconds=view.ttl_seconds)
+        for j, name in enumerate(answer.features):
+            dtype = view.feature(name).dtype
+            values: list[Any] = []
+            statuses: list[str] = []
+            stamps: list[datetime | None] = []
+            unavailable = name in answer.unavailable
+            for row, stamp in zip(answer.values, answer.event_timestamps, strict=True):
+                if row is None or unavailable:
+                    values.append(None)
+                    statuses.append(MISSING)
+                    stamps.append(None)
+                elif ttl is not None and stamp is not None and now - stamp > ttl:
+                    values.append(None)
+                    statuses.append(EXPIRED)
+                    stamps.append(stamp)
+                else:
+                    values.append(row[j])
+                    statuses.append(PRESENT)
+                    stamps.append(stamp)
+            features[FeatureRefPlan(view.name, name).column] = FeatureValues(dtype, values, statuses, stamps)
+    ordered = {ref.column: features[ref.column] for ref in refs}
+    return LookupResult(plan_version, {c: list(given[c]) for c in columns}, ordered)
+
+
+def _check_entities(entities: Mapping[str, Sequence[Any]], columns: Sequence[str],
+                    key_types: Mapping[str, DType]) -> dict[str, list[Any]]:
+    """The entity columns as lists of normalised key values; EntityKeyError names what is wrong."""
+    expected = ", ".join(f"{c} ({key_types[c].value})" for c in columns) or "(none)"
+    if not isinstance(entities, Mapping):
+        raise EntityKeyError(f"entities must map join-key columns to lists of values; expected columns: {expected}")
+    missing = [c for c in columns if c not in entities]
+    if missing:
+        raise EntityKeyError(f"missing entity column(s) {', '.join(missing)}; the requested features need "
+                             f"{expected}")
+    extra = sorted(str(c) for c in entities if c not in columns)
+    if extra:
+        raise EntityKeyError(f"unknown entity column(s) {', '.join(extra)}; the requested features need "
+                             f"{expected}")
+    checked: dict[str, list[Any]] = {}
+    lengths: dict[str, int] = {}
+    for column in columns:
+        values = entities[column]
+        if isinstance(values, str | bytes) or not hasattr(values, "__len__"):
+            raise EntityKeyError(f"entity column '{column}' must be a list of values, not {type(values).__name__}")
+        dtype = key_types[column]
+        checked[column] = [_check_key(column, dtype, v, i) for i, v in enumerate(values)]
+        lengths[column] = len(checked[column])
+    if len(set(lengths.values())) > 1:
+        shown = ", ".join(f"{c}: {n}" for c, n in lengths.items())
+        raise EntityKeyError(f"entity columns must have the same length; got {shown}")
+    return checked
+
+
+def _check_key(column: str, dtype: DType, value: Any, index: int) -> Any:
+    ok = False
+    if dtype is DType.INT64:
+        ok = isinstance(value, numbers.Integral) and not _is_bool(value) and _INT64_MIN <= int(value) <= _INT64_MAX
+        value = int(value) if ok else value
+    elif dtype is DType.STRING:
+        ok = isinstance(value, str)
+        value = str(value) if ok else value
+    elif dtype is DType.BOOL:
+        ok = _is_bool(value)
+        value = bool(value) if ok else value
+    elif dtype is DType.TIMESTAMP:
+        ok = isinstance(value, datetime) and value.tzinfo is not None
+    if not ok:
+        raise EntityKeyError(f"entity column '{column}' is {dtype.value}: value {index} ({value!r}, "
+                             f"{type(value).__name__}) is not {_KEY_TYPE_NAMES[dtype]}")
+    return value
+
+
+def _is_bool(value: Any) -> bool:
+    return isinstance(value, bool) or type(value).__name__ == "bool_"  # numpy.bool_ without importing numpy
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+def iso_utc(value: datetime) -> str:
+    """``2024-01-01T00:00:00Z`` (``.ffffff`` added when there are microseconds)."""
+    value = _utc(value).astimezone(UTC)
+    text = value.strftime("%Y-%m-%dT%H:%M:%S")
+    if value.microsecond:
+        text += f".{value.microsecond:06d}"
+    return text + "Z"
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, datetime):
+        return iso_utc(value)
+    return value
+
+
+def _pandas_dtype(dtype: DType) -> str:
+    return {DType.INT64: "Int64", DType.FLOAT64: "float64", DType.STRING: "object", DType.BOOL: "boolean",
+            DType.TIMESTAMP: "datetime64[us, UTC]"}[dtype]

@@ -1,0 +1,213 @@
+"""Reading SQL sources into Spark through JDBC, checked against the plan before any data moves.
+
+The plan records each source's columns and types as they were when it was applied; :func:`read_source`
+compares the live JDBC schema with them first and raises :class:`~features.errors.SchemaMismatchError`
+naming every difference, so a changed source never reaches a feature table.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+from urllib.parse import urlencode
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from features.dtypes import DType
+from features.errors import ConfigError, SchemaMismatchError
+from features.plan import SourcePlan
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql.types import DataType
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PARTITIONS = 4
+
+
+@dataclass(frozen=True, slots=True)
+class JdbcTarget:
+    """Where and how Spark connects: JDBC URL, driver class and connection properties."""
+
+    url: str
+    driver: str
+    properties: dict[str, str] = field(default_factory=dict)
+
+    def options(self) -> dict[str, str]:
+        return {"url": self.url, "driver": self.driver, **self.properties}
+
+
+def jdbc_target(sqlalchemy_url: str) -> JdbcTarget:
+    """Map a SQLAlchemy URL to JDBC.
+
+    >>> jdbc_target("sqlite:////data/shop.db").url
+    'jdbc:sqlite:/data/shop.db'
+    >>> jdbc_target("postgresql+psycopg2://me:pw@db:5433/shop").url
+    'jdbc:postgresql://db:5433/shop'
+    """
+    try:
+        url = make_url(sqlalchemy_url)
+    except ArgumentError as exc:
+        raise ConfigError(f"not a database URL: {sqlalchemy_url!r}") from exc
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        if not url.database or url.database == ":memory:":
+            raise ConfigError("an in-memory SQLite database cannot be read by Spark; use a file path")
+        return JdbcTarget(f"jdbc:sqlite:{url.database}", "org.sqlite.JDBC")
+    if backend == "postgresql":
+        host = url.host or "localhost"
+        port = url.port or 5432
+        query = {k: v if isinstance(v, str) else v[-1] for k, v in url.query.items()}
+        suffix = f"?{urlencode(query)}" if query else ""
+        props = {}
+        if url.username:
+            props["user"] = url.username
+        if url.password is not None:
+            props["password"] = str(url.password)
+        return JdbcTarget(f"jdbc:postgresql://{host}:{port}/{url.database or ''}{suffix}", "org.postgresql.Driver",
+                          props)
+    raise ConfigError(f"unsupported source database '{backend}'; valid choices: sqlite, postgresql")
+
+
+# Spark types a JDBC column may come as, per plan type. Ints may widen to float64, as DType.accepts says.
+_INTEGRAL = ("ByteType", "ShortType", "IntegerType", "LongType")
+_COMPATIBLE: dict[DType, tuple[str, ...]] = {
+    DType.INT64: _INTEGRAL,
+    DType.FLOAT64: (*_INTEGRAL, "FloatType", "DoubleType", "DecimalType"),
+    DType.STRING: ("StringType", "VarcharType", "CharType"),
+    DType.BOOL: ("BooleanType",),
+    DType.TIMESTAMP: ("TimestampType", "TimestampNTZType", "DateType"),
+}
+# What the JDBC reader is told to fetch (``customSchema``): SQLite reports INTEGER as int32, which would wrap.
+_FETCH_AS = {DType.INT64: "BIGINT", DType.FLOAT64: "DOUBLE"}
+
+
+def spark_type(dtype: DType) -> DataType:
+    """The Spark type that stores a plan type."""
+    from pyspark.sql import types as T
+
+    return {
+        DType.INT64: T.LongType(),
+        DType.FLOAT64: T.DoubleType(),
+        DType.STRING: T.StringType(),
+        DType.BOOL: T.BooleanType(),
+        DType.TIMESTAMP: T.TimestampType(),
+    }[dtype]
+
+
+def quote(name: str) -> str:
+    """An SQL identifier in double quotes (understood by SQLite and PostgreSQL)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def base_query(source: SourcePlan) -> str:
+    """The source as a SELECT: its query, or all columns of its table."""
+    if source.query is not None:
+        return source.query.strip().rstrip(";")
+    assert source.table is not None  # SourcePlan has exactly one of table / query
+    table = ".".join(quote(part) for part in source.table.split("."))
+    return f"SELECT * FROM {table}"
+
+
+def check_schema(source: SourcePlan, found: dict[str, str]) -> None:
+    """Raise SchemaMismatchError when a planned column is missing or has an incompatible type.
+
+    ``found`` maps the live column names to Spark type names (``"IntegerType"``).
+    """
+    problems: list[str] = []
+    missing = [c.name for c in source.columns if c.name not in found]
+    if missing:
+        problems.append(f"missing column(s) {', '.join(missing)} (found: {', '.join(found)})")
+    for column in source.columns:
+        actual = found.get(column.name)
+        if actual is not None and actual not in _COMPATIBLE[column.dtype]:
+            problems.append(f"column '{column.name}': expected {column.dtype.value}, found {actual}")
+    if problems:
+        raise SchemaMismatchError(
+            f"source '{source.name}' no longer matches the applied plan: {'; '.join(problems)}. "
+            f"Fix the source or update the definitions and run 'skewless apply'")
+
+
+def _sql_timestamp(value: datetime) -> str:
+    """A UTC timestamp literal that compares correctly with SQLite text timestamps and PostgreSQL columns."""
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC).replace(tzinfo=None)
+    return "'" + value.isoformat(sep=" ", timespec="microseconds" if value.microsecond else "seconds") + "'"
+
+
+def window_query(source: SourcePlan, start: datetime | None, end: datetime | None) -> str:
+    """The source restricted to ``start <= timestamp < end`` (either bound optional), as SQL."""
+    ts = quote(source.timestamp_column)
+    conditions = ["1 = 1"]
+    if start is not None:
+        conditions.append(f"{ts} >= {_sql_timestamp(start)}")
+    if end is not None:
+        conditions.append(f"{ts} < {_sql_timestamp(end)}")
+    return f"SELECT * FROM ({base_query(source)}) AS skewless_src WHERE {' AND '.join(conditions)}"
+
+
+def read_source(spark: SparkSession, source: SourcePlan, url: str, start: datetime | None = None,
+                end: datetime | None = None, *, num_partitions: int = DEFAULT_PARTITIONS) -> DataFrame:
+    """Read a source's rows with ``start <= timestamp < end``, partitioned on the timestamp column.
+
+    The schema is checked first (only metadata is read). The result has exactly the plan's source columns,
+    cast to their plan types.
+    """
+    from pyspark.sql import functions as F
+
+    target = jdbc_target(url)
+    reader = spark.read.format("jdbc").options(**target.options())
+    probe = reader.option("dbtable", f"({base_query(source)}) skewless_probe").load()
+    check_schema(source, {f.name: type(f.dataType).__name__ for f in probe.schema.fields})
+
+    query = window_query(source, start, end)
+    fetch = ", ".join(f"{quote(c.name)} {_FETCH_AS[c.dtype]}" for c in source.columns if c.dtype in _FETCH_AS)
+    reader = spark.read.format("jdbc").options(**target.options()).option("dbtable", f"({query}) skewless_q")
+    if fetch:
+        reader = reader.option("customSchema", fetch)
+    if start is not None and end is not None:
+        lower, upper = _bound_text(start), _bound_text(end)
+    else:
+        lower, upper = _bounds(spark, target, source, query)
+    if lower is not None and upper is not None and upper > lower and num_partitions > 1:
+        reader = (reader.option("partitionColumn", source.timestamp_column)
+                  .option("lowerBound", lower).option("upperBound", upper)
+                  .option("numPartitions", str(num_partitions)))
+    frame = reader.load()
+    return frame.select(*(F.col(quote_spark(c.name)).cast(spark_type(c.dtype)).alias(c.name)
+                          for c in source.columns))
+
+
+def quote_spark(name: str) -> str:
+    """A column name in backticks, so names with dots or spaces resolve literally in Spark."""
+    return "`" + name.replace("`", "``") + "`"
+
+
+def _bound_text(value: datetime) -> str:
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC).replace(tzinfo=None)
+    return value.strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def _bounds(spark: SparkSession, target: JdbcTarget, source: SourcePlan,
+            query: str) -> tuple[str | None, str | None]:
+    """MIN and MAX of the timestamp column within the window, computed by the database (one small row).
+
+    They come back formatted by Spark in the session time zone (UTC), never through Python's local zone.
+    """
+    from pyspark.sql import functions as F
+
+    ts = quote(source.timestamp_column)
+    pattern = "yyyy-MM-dd HH:mm:ss.SSSSSS"
+    row = (spark.read.format("jdbc").options(**target.options())
+           .option("dbtable", f"(SELECT MIN({ts}) AS lo, MAX({ts}) AS hi FROM ({query}) AS w) skewless_bounds")
+           .option("customSchema", "lo TIMESTAMP, hi TIMESTAMP")
+           .load().select(F.date_format("lo", pattern).alias("lo"), F.date_format("hi", pattern).alias("hi"))
+           .first())
+    if row is None:
+        return None, None
+    return row["lo"], row["hi"]

@@ -1,0 +1,143 @@
+"""Materialization: source rows → features → Delta MERGE → the latest row per entity to the online store.
+
+The order makes a crash harmless. The schema check comes before any write; the Delta commit is atomic; the
+online publication stays invisible until ``commit()``, and it always publishes the latest row per entity of
+the whole table at the version just written, so a rerun after any failure completes the work.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from features.config import RepoConfig
+from features.errors import MaterializationError, SkewlessError
+from features.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP, Plan, ViewPlan
+from features.protocols import MaterializationResult, OnlineStore, Progress, Publication, iter_batches
+from offline.jdbc import quote_spark, read_source, spark_type
+from offline.tables import merge_rows, prepare_rows, read_table, table_path, table_version
+from offline.translate import SparkTranslator
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    from pyspark.sql import DataFrame, SparkSession
+
+log = logging.getLogger(__name__)
+
+
+def compute_features(view: ViewPlan, source: DataFrame) -> DataFrame:
+    """Join keys, features (plan order and types), event_timestamp and created_timestamp of each source row."""
+    from pyspark.sql import functions as F
+
+    translator = SparkTranslator()
+    src = view.source
+    created = (F.col(quote_spark(src.created_column)) if src.created_column else F.lit(None)).cast("timestamp")
+    return source.select(
+        *(F.col(quote_spark(k)).alias(k) for k in view.key_names),
+        *(translator.translate(f.expr).cast(spark_type(f.dtype)).alias(f.name) for f in view.features),
+        F.col(quote_spark(src.timestamp_column)).cast("timestamp").alias(EVENT_TIMESTAMP),
+        created.alias(CREATED_TIMESTAMP),
+    )
+
+
+def latest_rows(view: ViewPlan, table: DataFrame) -> DataFrame:
+    """One row per entity: the latest by event_timestamp, then created_timestamp (null created sorts first).
+
+    The columns are exactly what a :class:`~features.protocols.Publication` expects.
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    order = Window.partitionBy(*(F.col(quote_spark(k)) for k in view.key_names)).orderBy(
+        F.col(EVENT_TIMESTAMP).desc(), F.col(CREATED_TIMESTAMP).desc_nulls_last())
+    columns = [*view.key_names, *view.feature_names, EVENT_TIMESTAMP, CREATED_TIMESTAMP]
+    return (table.withColumn("__rank", F.row_number().over(order)).where(F.col("__rank") == 1)
+            .select(*(F.col(quote_spark(c)) for c in columns)))
+
+
+def publish(latest: DataFrame, publication: Publication) -> int:
+    """Write ``latest`` through ``publication`` from the executors; returns the number of rows written.
+
+    Only one count per partition comes back to the driver, never the rows.
+    """
+    import pyarrow as pa
+    from pyspark.sql import functions as F
+
+    def write(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        written = publication.write(iter_batches(batches))
+        yield pa.RecordBatch.from_pydict({"written": pa.array([written], pa.int64())})
+
+    row = latest.mapInArrow(write, "written long").agg(F.sum("written").alias("n")).first()
+    return int(row["n"] or 0) if row is not None else 0
+
+
+def materialize(spark: SparkSession, config: RepoConfig, plan: Plan, view: ViewPlan, *,
+                start: datetime | None, end: datetime | None, online: OnlineStore | None,
+                progress: Progress | None = None) -> MaterializationResult:
+    """Compute ``view`` for source rows with ``start <= event time < end`` and publish it.
+
+    Raises :class:`~features.errors.SchemaMismatchError` (before anything is written) when the source changed,
+    and :class:`~features.errors.MaterializationError` when a later step failed; either way the offline table
+    and the online store hold what they held before, or the complete result of this run.
+    """
+    began = time.monotonic()
+    task = f"materialize {view.name}"
+    if progress is not None:
+        progress.start(task, total=None)
+    url = config.connection_url(view.source.connection)
+    source = read_source(spark, view.source, url, start, end)  # the schema check happens here
+    cached = compute_features(view, source).persist()
+    try:
+        rows_read = cached.count()
+        log.info("view '%s': read %d source row(s) from '%s'", view.name, rows_read, view.source.name)
+        if progress is not None:
+            progress.advance(task, rows_read)
+        prepared = prepare_rows(view, cached)
+        path = table_path(config, view)
+        try:
+            written = merge_rows(spark, path, view, prepared.frame, datetime.now(UTC))
+        except SkewlessError:
+            raise
+        except Exception as exc:
+            raise MaterializationError(f"view '{view.name}': writing the offline table {path} failed: {exc}") \
+                from exc
+        version = table_version(spark, path)
+    finally:
+        cached.unpersist()
+    log.info("view '%s': %d row(s) inserted or updated in %s (version %s)", view.name, written, path, version)
+
+    published, committed = 0, False
+    if view.online and online is not None and version is not None:
+        published, committed = _publish_online(spark, view, path, version, online)
+        if progress is not None:
+            progress.advance(task, published)
+    if progress is not None:
+        progress.finish(task)
+    return MaterializationResult(view=view.name, rows_read=rows_read, rows_written_offline=written,
+                                 offline_version=version, rows_published=published, online_committed=committed,
+                                 seconds=time.monotonic() - began)
+
+
+def _publish_online(spark: SparkSession, view: ViewPlan, path: object, version: int,
+                    online: OnlineStore) -> tuple[int, bool]:
+    latest = latest_rows(view, read_table(spark, str(path), version))
+    publication = online.start_publication(view, watermark=version)
+    try:
+        published = publish(latest, publication)
+        committed = publication.commit()
+    except Exception as exc:
+        try:
+            publication.abort()
+        except Exception:  # the original failure matters more than a failed cleanup
+            log.exception("view '%s': aborting the online publication failed", view.name)
+        raise MaterializationError(
+            f"view '{view.name}': publishing to the online store failed; the previous values are still served "
+            f"and a rerun will publish version {version}: {exc}") from exc
+    if not committed:
+        log.warning("view '%s': a newer publication is live; version %d was not made visible", view.name, version)
+    log.info("view '%s': published %d row(s) online (offline version %d)", view.name, published, version)
+    return published, committed
+

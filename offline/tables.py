@@ -1,0 +1,128 @@
+"""Delta Lake feature tables: one per view and storage fingerprint, holding every value ever published.
+
+A table lives at ``<offline path>/<view>/<storage fingerprint>``, so a definition change that alters stored
+values starts a new table instead of mixing old and new values. Each row is one value of the view's features
+for one entity at one ``event_timestamp`` (and ``created_timestamp``), with the time it was ``published_at``.
+Writes are a single MERGE, hence atomic, and re-running a window changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from features.config import RepoConfig
+from features.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP, PUBLISHED_AT, ViewPlan
+from offline.jdbc import quote_spark, spark_type
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql.types import StructType
+
+log = logging.getLogger(__name__)
+
+
+def table_path(config: RepoConfig, view: ViewPlan) -> Path:
+    """Where the view's Delta table lives."""
+    return config.resolved_offline_path() / view.name / view.storage_fingerprint
+
+
+def table_schema(view: ViewPlan) -> StructType:
+    """Join keys, features (plan types), event_timestamp, created_timestamp, published_at."""
+    from pyspark.sql import types as T
+
+    fields = [T.StructField(k.name, spark_type(k.dtype), True) for k in view.join_keys]
+    fields += [T.StructField(f.name, spark_type(f.dtype), True) for f in view.features]
+    fields += [T.StructField(name, T.TimestampType(), True)
+               for name in (EVENT_TIMESTAMP, CREATED_TIMESTAMP, PUBLISHED_AT)]
+    return T.StructType(fields)
+
+
+def table_version(spark: SparkSession, path: Path | str) -> int | None:
+    """The current version of the Delta table at ``path``; None when there is no table yet."""
+    from delta.tables import DeltaTable
+
+    if not DeltaTable.isDeltaTable(spark, str(path)):
+        return None
+    row = DeltaTable.forPath(spark, str(path)).history(1).select("version").first()
+    return None if row is None else int(row["version"])
+
+
+def read_table(spark: SparkSession, path: Path | str, version: int | None = None) -> DataFrame:
+    """The table's rows, pinned at ``version`` (time travel) when given."""
+    reader = spark.read.format("delta")
+    if version is not None:
+        reader = reader.option("versionAsOf", version)
+    return reader.load(str(path))
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedRows:
+    """Rows ready to merge, with how many source rows were dropped and why."""
+
+    frame: DataFrame
+    null_keys_or_time: int
+    duplicates: int
+
+
+def prepare_rows(view: ViewPlan, computed: DataFrame) -> PreparedRows:
+    """Drop rows without keys or event time, and keep one row per (keys, event, created) deterministically.
+
+    ``computed`` has the join keys, the features, ``event_timestamp`` and ``created_timestamp``. Among rows
+    sharing a key, the one whose feature values sort first is kept, so every run keeps the same row.
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    keys = [*view.key_names, EVENT_TIMESTAMP]
+    valid = F.lit(True)
+    for name in keys:
+        valid = valid & F.col(quote_spark(name)).isNotNull()
+    counts = computed.agg(F.count(F.lit(1)).alias("n"), F.sum(F.when(valid, 1).otherwise(0)).alias("ok")).first()
+    total, ok = (int(counts["n"]), int(counts["ok"] or 0)) if counts is not None else (0, 0)
+    rows = computed.where(valid)
+    partition = [F.col(quote_spark(n)) for n in (*keys, CREATED_TIMESTAMP)]
+    order = [F.col(quote_spark(f)).asc_nulls_first() for f in view.feature_names] or [F.lit(1)]
+    ranked = rows.withColumn("__rank", F.row_number().over(Window.partitionBy(*partition).orderBy(*order)))
+    deduped = ranked.where(F.col("__rank") == 1).drop("__rank")
+    distinct = deduped.count()
+    if total != ok:
+        log.warning("view '%s': dropped %d source row(s) with a null join key or event time", view.name, total - ok)
+    if ok != distinct:
+        log.warning("view '%s': dropped %d duplicate source row(s) (same keys, event and created time)",
+                    view.name, ok - distinct)
+    return PreparedRows(deduped, total - ok, ok - distinct)
+
+
+def merge_rows(spark: SparkSession, path: Path | str, view: ViewPlan, rows: DataFrame,
+               published_at: datetime) -> int:
+    """MERGE ``rows`` into the view's table in one Delta commit; returns rows inserted or updated.
+
+    Matched on (join keys, event_timestamp, created_timestamp null-safe). A matched row is updated only when a
+    feature value differs (null-safe), so re-running a window commits nothing.
+    """
+    from delta.tables import DeltaTable
+    from pyspark.sql import functions as F
+
+    (DeltaTable.createIfNotExists(spark).location(str(path)).addColumns(table_schema(view)).execute())
+    source = rows.select(*(F.col(quote_spark(f.name)) for f in table_schema(view).fields if f.name != PUBLISHED_AT),
+                         F.lit(published_at).cast("timestamp").alias(PUBLISHED_AT))
+
+    def col(side: str, name: str) -> str:
+        return f"{side}.{quote_spark(name)}"
+
+    on = " AND ".join([*(f"{col('t', k)} <=> {col('s', k)}" for k in view.key_names),
+                       f"{col('t', EVENT_TIMESTAMP)} = {col('s', EVENT_TIMESTAMP)}",
+                       f"{col('t', CREATED_TIMESTAMP)} <=> {col('s', CREATED_TIMESTAMP)}"])
+    changed = " OR ".join(f"NOT ({col('t', f)} <=> {col('s', f)})" for f in view.feature_names) or "false"
+    updates = {quote_spark(f): col("s", f) for f in (*view.feature_names, PUBLISHED_AT)}
+    metrics = (DeltaTable.forPath(spark, str(path)).alias("t").merge(source.alias("s"), on)
+               .whenMatchedUpdate(condition=changed, set=updates)
+               .whenNotMatchedInsertAll()
+               .execute()).first()
+    if metrics is None:
+        return 0
+    return int(metrics["num_inserted_rows"]) + int(metrics["num_updated_rows"])

@@ -1,0 +1,471 @@
+"""The Redis online store: atomic per-view snapshots and one-round-trip reads.
+
+Key layout (``P`` = project, ``V`` = view, ``N`` = publication version)::
+
+    P:V:_live              hash: version, previous, watermark, storage_fingerprint, features, published_at
+    P:V:_counter           INCR counter handing out publication versions
+    P:V:_staged            hash: version -> watermark of publications started but not committed
+    P:V:vN:<entity key>    one row (see online.encoding) of snapshot N
+
+Publish: :meth:`RedisOnlineStore.start_publication` takes a new version ``N``; :meth:`RedisPublication.write`
+(from any process) writes ``P:V:vN:*`` with ``MSET`` in batches of 1000; :meth:`RedisPublication.commit`
+flips ``P:V:_live`` to ``N`` in one Lua script, only if its watermark is >= the live one. Then versions
+other than the live and the previous one are deleted (SCAN + UNLINK, each batch re-checked in Lua against the
+pointer so a concurrent commit is never undone).
+
+Read: one Lua script per :meth:`RedisOnlineStore.read` call reads every view's pointer and ``MGET``\\s the
+entity keys of that version. The script runs atomically, so a read sees one snapshot per view and is never
+stale: the first read after a commit returns the new values.
+
+The Lua scripts build key names from the pointer, which Redis Cluster does not allow: standalone Redis (or
+Valkey, or a primary with replicas) only, for now.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from features.dtypes import DType
+from features.errors import ConfigError, OnlineStoreError
+from features.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP, ViewPlan
+from features.protocols import OnlineValues, iter_batches
+from online.encoding import encode_batch, encode_entity_key, from_micros, row_decoder
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    import redis
+
+    from features.config import RepoConfig
+
+WRITE_BATCH = 1000
+SCAN_BATCH = 1000
+_MGET_CHUNK = 500  # Lua's unpack() has a stack limit of ~8000 values
+
+# KEYS: one pointer per view. ARGV[1]: entity count n; ARGV[2..V+1]: "P:V:v" per view;
+# then n encoded entity keys per view, view after view.
+_READ_LUA = """
+local n = tonumber(ARGV[1])
+local nviews = #KEYS
+local out = {}
+for i = 1, nviews do
+  local ptr = redis.call('HMGET', KEYS[i], 'version', 'features')
+  local values = {}
+  if ptr[1] then
+    local prefix = ARGV[1 + i] .. ptr[1] .. ':'
+    local base = 1 + nviews + (i - 1) * n
+    local chunk = {}
+    for j = 1, n do
+      chunk[#chunk + 1] = prefix .. ARGV[base + j]
+      if #chunk == MGET_CHUNK or j == n then
+        local got = redis.call('MGET', unpack(chunk))
+        for k = 1, #chunk do values[#values + 1] = got[k] end
+        chunk = {}
+      end
+    end
+  end
+  out[i] = {ptr[1], ptr[2], values}
+end
+return out
+""".replace("MGET_CHUNK", str(_MGET_CHUNK))
+
+# KEYS[1]: pointer, KEYS[2]: staged hash. ARGV: version, watermark, storage fingerprint, features, published_at.
+# Returns {status, previous version}: 1 committed, 0 refused (older watermark), -1 no longer staged.
+_COMMIT_LUA = """
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 0 then return {-1, false} end
+redis.call('HDEL', KEYS[2], ARGV[1])
+local live = redis.call('HMGET', KEYS[1], 'version', 'watermark')
+if live[2] and tonumber(live[2]) > tonumber(ARGV[2]) then return {0, live[1]} end
+redis.call('HSET', KEYS[1], 'version', ARGV[1], 'previous', live[1] or '', 'watermark', ARGV[2],
+           'storage_fingerprint', ARGV[3], 'features', ARGV[4], 'published_at', ARGV[5])
+return {1, live[1]}
+"""
+
+# KEYS[1]: pointer, KEYS[2]: staged hash, KEYS[3..]: data keys; ARGV[i]: the version of KEYS[i + 2].
+# Keeps the live and previous versions, and staged publications that may still commit (a higher watermark
+# than the live one, or the same watermark and a later version). Everything else is garbage.
+_CLEAN_LUA = """
+local ptr = redis.call('HMGET', KEYS[1], 'version', 'previous', 'watermark')
+local live = tonumber(ptr[1] or '0')
+local livewm = tonumber(ptr[3] or '-1')
+local keep = {}
+local deleted = 0
+for i = 1, #ARGV do
+  local v = ARGV[i]
+  local k = keep[v]
+  if k == nil then
+    k = false
+    if v == ptr[1] or v == ptr[2] then
+      k = true
+    else
+      local wm = redis.call('HGET', KEYS[2], v)
+      if wm then
+        wm = tonumber(wm)
+        if wm > livewm or (wm == livewm and tonumber(v) > live) then
+          k = true
+        else
+          redis.call('HDEL', KEYS[2], v)
+        end
+      end
+    end
+    keep[v] = k
+  end
+  if not k then
+    redis.call('UNLINK', KEYS[i + 2])
+    deleted = deleted + 1
+  end
+end
+return deleted
+"""
+
+
+def connect(url: str, *, connect_timeout: float, timeout: float) -> redis.Redis:
+    """A client with bounded waits: connect and socket timeouts, one immediate retry on a dropped connection
+    (a pooled connection may have been closed by a server restart), never on a timeout."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    try:
+        return redis.Redis.from_url(
+            url, socket_connect_timeout=connect_timeout, socket_timeout=timeout,
+            retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)), retry_on_timeout=False,
+            health_check_interval=0)
+    except ValueError as exc:
+        raise ConfigError(f"invalid online store URL {redact(url)!r}: {exc}") from exc
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages."""
+    return re.sub(r"//([^:/@]*):[^@/]*@", r"//\1:***@", url)
+
+
+@contextlib.contextmanager
+def translate_errors(url: str, action: str) -> Iterator[None]:
+    """Turn redis and socket errors into :class:`OnlineStoreError` naming the server and what was tried."""
+    import redis
+
+    try:
+        yield
+    except redis.RedisError as exc:
+        kind = "did not answer in time" if isinstance(exc, redis.TimeoutError) else "failed"
+        raise OnlineStoreError(f"online store at {redact(url)} {kind} while {action}: {exc}") from exc
+    except OSError as exc:
+        raise OnlineStoreError(f"online store at {redact(url)} failed while {action}: {exc}") from exc
+
+
+def _glob_escape(text: str) -> str:
+    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
+
+
+class _Keys:
+    """The key names of one view."""
+
+    def __init__(self, project: str, view: str) -> None:
+        base = f"{project}:{view}:"
+        self.pointer = base + "_live"
+        self.counter = base + "_counter"
+        self.staged = base + "_staged"
+        self.data_prefix = base + "v"
+        self.data_pattern = _glob_escape(base) + "v[0-9]*"
+
+    def version_prefix(self, version: int) -> bytes:
+        return f"{self.data_prefix}{version}:".encode()
+
+    def version_of(self, key: bytes) -> str | None:
+        rest = key[len(self.data_prefix):]
+        version, sep, _ = rest.partition(b":")
+        return version.decode() if sep and version.isdigit() else None
+
+
+class RedisOnlineStore:
+    """The online store on one Redis (or Valkey) server.
+
+    ``url`` is a ``redis://`` / ``rediss://`` / ``unix://`` URL, or ``"embedded"``: a server for this
+    repository started on first use (see :mod:`online.embedded`), which needs ``state_dir``.
+
+    >>> store = RedisOnlineStore("redis://localhost:6379/0", project="fraud")  # doctest: +SKIP
+    >>> store.read([(view, ["amount_sum_7d"])], [[42]])                       # doctest: +SKIP
+    """
+
+    def __init__(self, url: str, *, project: str = "skewless", state_dir: Path | None = None,
+                 connect_timeout: float = 1.0, timeout: float = 2.0) -> None:
+        if url == "embedded" and state_dir is None:
+            raise ConfigError("the embedded online store needs a state directory (state_dir=)")
+        if not project or any(c in project for c in ":{}"):
+            raise ConfigError(f"project name {project!r} may not be empty or contain ':', '{{' or '}}'")
+        self.url = url
+        self.project = project
+        self.state_dir = state_dir
+        self.connect_timeout = connect_timeout
+        self.timeout = timeout
+        self._client: redis.Redis | None = None
+        self._resolved: str | None = None
+        self._read_script: Any = None
+
+    @classmethod
+    def from_config(cls, config: RepoConfig) -> RedisOnlineStore:
+        """The store ``skewless.yaml`` describes (``online: url:``)."""
+        return cls(config.resolved_online_url(), project=config.project, state_dir=config.state_dir())
+
+    # -- connection -------------------------------------------------------------------------------------------
+    @property
+    def resolved_url(self) -> str:
+        """The server's URL; for ``"embedded"``, starts (or finds) the repository's server."""
+        if self._resolved is None:
+            if self.url == "embedded":
+                from online.embedded import ensure_embedded_server
+
+                assert self.state_dir is not None
+                self._resolved = ensure_embedded_server(self.state_dir)
+            else:
+                self._resolved = self.url
+        return self._resolved
+
+    def client(self) -> redis.Redis:
+        if self._client is None:
+            self._client = connect(self.resolved_url, connect_timeout=self.connect_timeout, timeout=self.timeout)
+            self._read_script = self._client.register_script(_READ_LUA)
+        return self._client
+
+    def ping(self) -> None:
+        """Raise :class:`OnlineStoreError` unless the server answers."""
+        with translate_errors(self.url, "pinging"):
+            self.client().ping()
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def __enter__(self) -> RedisOnlineStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"RedisOnlineStore({redact(self.url)!r}, project={self.project!r})"
+
+    # -- publish ----------------------------------------------------------------------------------------------
+    def start_publication(self, view: ViewPlan, *, watermark: int) -> RedisPublication:
+        """Reserve a new version of ``view``; rows written to it stay invisible until ``commit()``."""
+        keys = _Keys(self.project, view.name)
+        with translate_errors(self.url, f"starting a publication of view '{view.name}'"):
+            client = self.client()
+            version = int(client.incr(keys.counter))
+            client.hset(keys.staged, str(version), str(int(watermark)))
+        return RedisPublication(
+            url=self.resolved_url, project=self.project, view=view.name,
+            key_names=view.key_names, key_dtypes=tuple(k.dtype for k in view.join_keys),
+            features=tuple((f.name, f.dtype, f.fingerprint) for f in view.features),
+            storage_fingerprint=view.storage_fingerprint, watermark=int(watermark), version=version,
+            connect_timeout=self.connect_timeout, timeout=self.timeout)
+
+    def live_version(self, view: str) -> dict[str, str] | None:
+        """The pointer of ``view`` (version, watermark, storage_fingerprint, ...) or None before any commit."""
+        with translate_errors(self.url, f"reading the pointer of view '{view}'"):
+            raw = self.client().hgetall(_Keys(self.project, view).pointer)
+        return {_text(k): _text(v) for k, v in raw.items()} if raw else None
+
+    # -- read -------------------------------------------------------------------------------------------------
+    def read(self, requests: Sequence[tuple[ViewPlan, Sequence[str]]],
+             entity_keys: Sequence[Sequence[Any]]) -> list[OnlineValues]:
+        """Read features of many entities across many views in one round trip (one Lua script call).
+
+        ``entity_keys[i]`` holds the join-key values in :func:`features.protocols.online_key_columns` order,
+        already checked against the key types (see :func:`features.lookup.lookup`).
+        """
+        if not requests:
+            return []
+        columns: list[str] = []
+        for view, _ in requests:
+            columns.extend(k for k in view.key_names if k not in columns)
+        script_keys: list[str] = []
+        args: list[Any] = [len(entity_keys)]
+        encoded: list[bytes] = []
+        for view, _ in requests:
+            keys = _Keys(self.project, view.name)
+            script_keys.append(keys.pointer)
+            args.append(keys.data_prefix)
+            positions = [columns.index(k) for k in view.key_names]
+            encoded.extend(encode_entity_key([row[p] for p in positions]) for row in entity_keys)
+        args.extend(encoded)
+        with translate_errors(self.url, "reading features"):
+            self.client()
+            answer = self._read_script(keys=script_keys, args=args)
+        return [self._decode(view, names, version, features, values, len(entity_keys))
+                for (view, names), (version, features, values) in zip(requests, answer, strict=True)]
+
+    @staticmethod
+    def _decode(view: ViewPlan, names: Sequence[str], version: bytes | None, features: bytes | None,
+                values: list[bytes | None], count: int) -> OnlineValues:
+        names = tuple(names)
+        plans = [view.feature(n) for n in names]
+        if version is None:
+            return OnlineValues(view.name, names, [None] * count, [None] * count, frozenset(names))
+        stored = {(name, fingerprint): i for i, (name, fingerprint) in enumerate(orjson.loads(features or b"[]"))}
+        positions = [stored.get((f.name, f.fingerprint)) for f in plans]
+        unavailable = frozenset(n for n, p in zip(names, positions, strict=True) if p is None)
+        decode = row_decoder([f.dtype for f in plans], positions)
+        rows: list[tuple[Any, ...] | None] = []
+        stamps: list[Any] = []
+        for raw in values:
+            if raw is None:
+                rows.append(None)
+                stamps.append(None)
+            else:
+                event, _, row = decode(raw)
+                rows.append(row)
+                stamps.append(from_micros(event))
+        return OnlineValues(view.name, names, rows, stamps, unavailable)
+
+
+class RedisPublication:
+    """One atomic publish of one view (see :class:`features.protocols.Publication`).
+
+    Picklable: it holds only the URL and the view's layout, and opens its own connection on first use in
+    whichever process calls :meth:`write` (Spark executors).
+    """
+
+    def __init__(self, *, url: str, project: str, view: str, key_names: tuple[str, ...],
+                 key_dtypes: tuple[DType, ...], features: tuple[tuple[str, DType, str], ...],
+                 storage_fingerprint: str, watermark: int, version: int, connect_timeout: float = 1.0,
+                 timeout: float = 2.0) -> None:
+        self.url = url
+        self.project = project
+        self.view = view
+        self.key_names = key_names
+        self.key_dtypes = key_dtypes
+        self.features = features
+        self.storage_fingerprint = storage_fingerprint
+        self.watermark = watermark
+        self.version = version
+        self.connect_timeout = connect_timeout
+        self.timeout = timeout
+        self._client: redis.Redis | None = None
+        self._done = False
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_client"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    def __repr__(self) -> str:
+        return f"RedisPublication(view={self.view!r}, version={self.version}, watermark={self.watermark})"
+
+    @property
+    def _keys(self) -> _Keys:
+        return _Keys(self.project, self.view)
+
+    def _redis(self) -> redis.Redis:
+        if self._client is None:
+            self._client = connect(self.url, connect_timeout=self.connect_timeout, timeout=self.timeout)
+        return self._client
+
+    def write(self, batches: Iterable[pa.RecordBatch]) -> int:
+        """Stage the rows of ``batches`` (one row per entity); returns how many were written."""
+        prefix = self._keys.version_prefix(self.version)
+        names = [f[0] for f in self.features]
+        dtypes = [f[1] for f in self.features]
+        written = 0
+        pending: list[bytes] = []
+        with translate_errors(self.url, f"writing view '{self.view}'"):
+            client = self._redis()
+            for batch in iter_batches(batches):
+                for key, row in encode_batch(batch, self.key_names, self.key_dtypes, names, dtypes,
+                                             EVENT_TIMESTAMP, CREATED_TIMESTAMP):
+                    pending.append(prefix + key)
+                    pending.append(row)
+                    if len(pending) >= 2 * WRITE_BATCH:
+                        client.execute_command("MSET", *pending)
+                        written += len(pending) // 2
+                        pending = []
+            if pending:
+                client.execute_command("MSET", *pending)
+                written += len(pending) // 2
+        return written
+
+    def commit(self) -> bool:
+        """Make the staged snapshot live at once; False (and the staged rows dropped) when a publication with
+        a newer watermark is already live, or a newer one of the same watermark committed meanwhile."""
+        if self._done:
+            raise OnlineStoreError(f"publication {self.version} of view '{self.view}' is already finished")
+        keys = self._keys
+        features = orjson.dumps([[name, fingerprint] for name, _, fingerprint in self.features])
+        with translate_errors(self.url, f"committing view '{self.view}'"):
+            status, _previous = self._redis().eval(
+                _COMMIT_LUA, 2, keys.pointer, keys.staged, str(self.version), str(self.watermark),
+                self.storage_fingerprint, features, str(to_micros_now()))
+        self._done = True
+        if int(status) != 1:
+            self._delete_version()
+            return False
+        self._clean()
+        return True
+
+    def abort(self) -> None:
+        """Drop the staged rows; readers keep the values they had."""
+        if self._done:
+            return
+        self._done = True
+        with translate_errors(self.url, f"aborting a publication of view '{self.view}'"):
+            self._redis().hdel(self._keys.staged, str(self.version))
+        self._delete_version()
+
+    def _delete_version(self) -> None:
+        pattern = _glob_escape(self._keys.version_prefix(self.version).decode()) + "*"
+        with translate_errors(self.url, f"deleting staged rows of view '{self.view}'"):
+            client = self._redis()
+            batch: list[bytes] = []
+            for key in client.scan_iter(match=pattern, count=SCAN_BATCH):
+                batch.append(key)
+                if len(batch) >= SCAN_BATCH:
+                    client.unlink(*batch)
+                    batch = []
+            if batch:
+                client.unlink(*batch)
+
+    def _clean(self) -> None:
+        """Delete every version but the live and previous ones (and publications that may still commit)."""
+        keys = self._keys
+        script_keys: list[bytes] = []
+        versions: list[str] = []
+
+        def flush() -> None:
+            if script_keys:
+                client.eval(_CLEAN_LUA, 2 + len(script_keys), keys.pointer, keys.staged, *script_keys, *versions)
+                script_keys.clear()
+                versions.clear()
+
+        with translate_errors(self.url, f"deleting old versions of view '{self.view}'"):
+            client = self._redis()
+            pointer = client.hmget(keys.pointer, "version", "previous")
+            keep = {_text(v) for v in pointer if v}
+            for key in client.scan_iter(match=keys.data_pattern, count=SCAN_BATCH):
+                version = keys.version_of(key)
+                if version is None or version in keep:
+                    continue
+                script_keys.append(key)
+                versions.append(version)
+                if len(script_keys) >= SCAN_BATCH:
+                    flush()
+            flush()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def to_micros_now() -> int:
+    return int(time.time() * 1_000_000)
+
