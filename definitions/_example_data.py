@@ -62,7 +62,7 @@ def write_tables(url: str, rows: dict[str, list[tuple[Any, ...]]]) -> None:
                 conn.exec_driver_sql(f"CREATE TABLE {table} ({ddl})")
                 marks = ", ".join(["?" if sqlite else "%s"] * len(columns))
                 values = [_for_sqlite(r) for r in data] if sqlite else data
-                conn.exec_driver_sql(f"INSERT INTO {table} VALUES ({marks})", values)  # type: ignore[arg-type]
+                conn.exec_driver_sql(f"INSERT INTO {table} VALUES ({marks})", values)
     finally:
         engine.dispose()
 

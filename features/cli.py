@@ -81,7 +81,8 @@ def _timestamp(text: str) -> datetime:
     try:
         value = datetime.fromisoformat(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not an ISO date or time: {text!r} (e.g. 2024-05-01 or 2024-05-01T12:00)")
+        raise argparse.ArgumentTypeError(
+            f"not an ISO date or time: {text!r} (e.g. 2024-05-01 or 2024-05-01T12:00)") from None
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 

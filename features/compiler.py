@@ -44,11 +44,10 @@ def compile_plan(discovered: Discovered, read_columns: ColumnReader) -> Plan:
     """Turn definitions into a plan, checking each against its source's real columns."""
     compiler = _Compiler(discovered, read_columns)
     for _, entity in discovered.of_kind(Entity):
-        compiler.entity(entity)  # type: ignore[arg-type]
-    views = tuple(compiler.view(name, v) for name, v in discovered.of_kind(FeatureView))  # type: ignore[arg-type]
+        compiler.entity(entity)
+    views = tuple(compiler.view(name, v) for name, v in discovered.of_kind(FeatureView))
     entities = tuple(sorted(compiler.entities.values(), key=lambda e: e.name))
-    services = tuple(compiler.service(name, s, views)
-                     for name, s in discovered.of_kind(FeatureService))  # type: ignore[arg-type]
+    services = tuple(compiler.service(name, s, views) for name, s in discovered.of_kind(FeatureService))
     return Plan(entities=entities, views=tuple(sorted(views, key=lambda v: v.name)),
                 services=tuple(sorted(services, key=lambda s: s.name)))
 
@@ -62,8 +61,7 @@ class _Compiler:
 
     def entity(self, entity: Entity) -> EntityPlan:
         name = self.discovered.name_of(entity) or "_".join(entity.key_names)
-        plan = EntityPlan(name, tuple(ColumnSpec(k, t) for k, t in entity.join_keys),  # type: ignore[misc]
-                          self.discovered.where(entity))
+        plan = EntityPlan(name, tuple(ColumnSpec(k, t) for k, t in entity.keys), self.discovered.where(entity))
         existing = self.entities.get(name)
         if existing is not None and existing.join_keys != plan.join_keys:
             raise DefinitionError(f"two different entities are named '{name}' (other at {existing.location})",
@@ -78,7 +76,7 @@ class _Compiler:
             except (SourceUnavailableError, ValueError) as exc:
                 raise DefinitionError(f"cannot read the source's columns: {exc}",
                                       location=self.discovered.where(source)) from exc
-            declared = dict(source.schema or ())  # type: ignore[arg-type]
+            declared = dict(source.schema or ())
             self.source_columns[id(source)] = merge_declared(reflected, declared)
         return self.source_columns[id(source)]
 

@@ -96,8 +96,8 @@ class RepoConfig:
         return cls(
             root=root,
             project=str(data.get("project", "skewless")),
-            registry_url=str(data.get("registry", cls.registry_url)),
-            offline_path=str(offline.get("path", cls.offline_path)),
+            registry_url=str(data.get("registry", "sqlite:///.skewless/registry.db")),
+            offline_path=str(offline.get("path", ".skewless/offline")),
             spark={str(k): str(v) for k, v in (offline.get("spark") or {}).items()},
             offline_engine=str(offline.get("engine", "spark")),
             online_url=str(online.get("url", "embedded")),

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 from features.dtypes import Bool, DType, Float64, Int64, String, Timestamp
 from features.errors import DefinitionError
@@ -107,8 +107,9 @@ class Entity:
             except ValueError as exc:
                 raise DefinitionError(f"join key '{pair[0]}': {exc}", location=str(self.location)) from None
             if dtype in (DType.FLOAT64, DType.TIMESTAMP):
-                raise DefinitionError(f"join key '{pair[0]}' has type {dtype.value}; valid choices: int64, string, bool",
-                                      location=str(self.location))
+                raise DefinitionError(
+                    f"join key '{pair[0]}' has type {dtype.value}; valid choices: int64, string, bool",
+                    location=str(self.location))
             keys.append((pair[0], dtype))
         names = [k for k, _ in keys]
         if len(set(names)) != len(names):
@@ -117,8 +118,13 @@ class Entity:
         object.__setattr__(self, "join_keys", tuple(keys))
 
     @property
+    def keys(self) -> tuple[tuple[str, DType], ...]:
+        """The join keys as (name, type) pairs, in key order."""
+        return cast(tuple[tuple[str, DType], ...], self.join_keys)
+
+    @property
     def key_names(self) -> tuple[str, ...]:
-        return tuple(k for k, _ in self.join_keys)  # type: ignore[misc]
+        return tuple(name for name, _ in self.keys)
 
 
 @dataclass(frozen=True, slots=True)

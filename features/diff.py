@@ -65,7 +65,8 @@ def diff_plans(old: Plan | None, new: Plan, materialized: set[tuple[str, str]] |
 
 def _view_changes(old: ViewPlan, new: ViewPlan, materialized: set[tuple[str, str]]) -> list[PlanChange]:
     changes: list[PlanChange] = []
-    breaking = old.storage_fingerprint != new.storage_fingerprint and (old.name, old.storage_fingerprint) in materialized
+    had_data = (old.name, old.storage_fingerprint) in materialized
+    breaking = old.storage_fingerprint != new.storage_fingerprint and had_data
     if old.join_keys != new.join_keys:
         changes.append(PlanChange("feature view", new.name, "changed",
                                   f"join keys {list(old.key_names)} -> {list(new.key_names)}", breaking))

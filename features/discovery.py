@@ -16,12 +16,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import TypeVar
 
 from features.definitions import Entity, FeatureService, FeatureView, SqlSource
 from features.errors import DefinitionError
 
 Definition = Entity | SqlSource | FeatureView | FeatureService
-_KINDS: tuple[type, ...] = (Entity, SqlSource, FeatureView, FeatureService)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +41,7 @@ class Discovered:
         except ValueError:
             return str(location)
 
-    def of_kind(self, kind: type) -> Iterator[tuple[str, Definition]]:
+    def of_kind(self, kind: type[T]) -> Iterator[tuple[str, T]]:
         return ((n, o) for n, o in self.objects if isinstance(o, kind))
 
     def name_of(self, obj: Definition) -> str | None:
@@ -115,7 +116,7 @@ def _line_in(path: Path, exc: BaseException) -> int:
 def _defined_in(module: ModuleType, path: Path) -> Iterator[tuple[str, Definition]]:
     names_by_id: dict[int, str] = {}
     for attr, obj in vars(module).items():
-        if attr.startswith("_") or not isinstance(obj, _KINDS):
+        if attr.startswith("_") or not isinstance(obj, Entity | SqlSource | FeatureView | FeatureService):
             continue
         if Path(obj.location.file).resolve() != path:
             continue  # imported from another definitions file: defined there, not here

@@ -216,7 +216,7 @@ class _Parser:
         if len(node.args) != 2 or not isinstance(node.args[1], ast.Constant):
             raise self.fail('cast takes a value and a type name, e.g. cast(x, "float64")', node)
         try:
-            target = DType.parse(node.args[1].value)
+            target = DType.parse(str(node.args[1].value))
         except ValueError as exc:
             raise self.fail(str(exc), node.args[1]) from None
         value = self.visit(node.args[0])

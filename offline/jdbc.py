@@ -165,10 +165,12 @@ def read_source(spark: SparkSession, source: SourcePlan, url: str, start: dateti
     check_schema(source, {f.name: type(f.dataType).__name__ for f in probe.schema.fields})
 
     query = window_query(source, start, end)
-    fetch = ", ".join(f"{quote(c.name)} {_FETCH_AS[c.dtype]}" for c in source.columns if c.dtype in _FETCH_AS)
+    fetch = ", ".join(f"{quote_spark(c.name)} {_FETCH_AS[c.dtype]}" for c in source.columns if c.dtype in _FETCH_AS)
     reader = spark.read.format("jdbc").options(**target.options()).option("dbtable", f"({query}) skewless_q")
     if fetch:
         reader = reader.option("customSchema", fetch)
+    lower: str | None
+    upper: str | None
     if start is not None and end is not None:
         lower, upper = _bound_text(start), _bound_text(end)
     else:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -66,7 +66,7 @@ def publish(latest: DataFrame, publication: Publication) -> int:
     import pyarrow as pa
     from pyspark.sql import functions as F
 
-    def write(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    def write(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         written = publication.write(iter_batches(batches))
         yield pa.RecordBatch.from_pydict({"written": pa.array([written], pa.int64())})
 

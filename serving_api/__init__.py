@@ -1,1 +1,11 @@
-"""skewless."""
+"""The HTTP lookup service (FastAPI) and its Python client."""
+
+from serving_api.app import create_app
+from serving_api.client import (
+    InvalidRequestError,
+    ServerError,
+    ServiceUnavailableError,
+    SkewlessClient,
+)
+
+__all__ = ["InvalidRequestError", "ServerError", "ServiceUnavailableError", "SkewlessClient", "create_app"]

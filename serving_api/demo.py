@@ -119,9 +119,10 @@ def _serve_and_query(store: FeatureStore, port: int) -> dict[str, Any]:
             try:
                 client.health()
                 break
-            except Exception:
+            except Exception as exc:
                 if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the service did not start: {server.stderr.read() if server.stderr else ''}")
+                    log = server.stderr.read() if server.stderr else ""
+                    raise RuntimeError(f"the service did not start: {log}") from exc
                 time.sleep(0.3)
         console.print(f"service up at http://127.0.0.1:{port} (OpenAPI at /docs)")
         return dict(client.get_features({"card_id": [1, 2, 3, 999_999], "merchant_id": [10, 20, 30, 40]},

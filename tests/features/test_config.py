@@ -23,12 +23,12 @@ def test_relative_sqlite_paths_are_anchored_at_the_repository(tmp_path: Path) ->
     assert config.connection_url("db") == f"sqlite:///{tmp_path.resolve()}/data/x.db"
     assert config.resolved_registry_url() == f"sqlite:///{tmp_path.resolve()}/r.db"
     assert config.connection_url("sqlite:////abs.db") == "sqlite:////abs.db"
-    with pytest.raises(ConfigError, match="unknown connection 'nope'; known in skewless.yaml: db"):
+    with pytest.raises(ConfigError, match=r"unknown connection 'nope'; known in skewless.yaml: db"):
         config.connection_url("nope")
 
 
 def test_unknown_keys_and_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="no skewless.yaml"):
+    with pytest.raises(ConfigError, match=r"no skewless\.yaml"):
         RepoConfig.load(tmp_path)
     (tmp_path / "skewless.yaml").write_text("registy: x\n")
     with pytest.raises(ConfigError, match=r"unknown key\(s\) \['registy'\]; valid choices"):

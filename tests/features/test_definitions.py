@@ -108,7 +108,7 @@ def test_objects_are_validated_when_built() -> None:
         Entity(join_keys={})
     with pytest.raises(DefinitionError, match="valid choices: int64, string, bool"):
         Entity(join_keys={"x": Float64})
-    with pytest.raises(DefinitionError, match="exactly one of table=... or query="):
+    with pytest.raises(DefinitionError, match=r"exactly one of table=\.\.\. or query="):
         SqlSource(connection="c", timestamp="ts")
     card = Entity(join_keys={"id": Int64})
     source = SqlSource(connection="c", table="t", timestamp="ts")

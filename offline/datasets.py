@@ -1,0 +1,211 @@
+"""Point-in-time training sets, their manifests, and reproducing them with Delta time travel.
+
+Every feature table is read pinned at the Delta version current when the set is built. With ``output``, the
+set is written as Parquet next to ``<output>.manifest.json`` (plan version and fingerprint, feature
+fingerprints, each table path and version read, TTLs and keys, hashes of the entity rows and of the result)
+and ``<output>.entities.parquet`` (a copy of the entity rows), which is all :func:`reproduce` needs to
+rebuild the identical set later, however much data was materialized since.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from features.config import RepoConfig
+from features.dtypes import DType
+from features.errors import EntityKeyError, SkewlessError
+from features.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP, FeatureRefPlan, Plan
+from offline.point_in_time import ROW_ID, ViewInput, point_in_time_join, with_row_id
+from offline.tables import read_table, table_path, table_version
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    from pyspark.sql import DataFrame, SparkSession
+
+log = logging.getLogger(__name__)
+
+OUTPUT_FORMATS = ("pandas", "spark", "arrow")
+MANIFEST_FORMAT = 1
+
+
+class DatasetError(SkewlessError, ValueError):
+    """A training set cannot be built or reproduced as asked."""
+
+
+def table_sha256(table: pa.Table) -> str:
+    """A sha256 of a table's schema and values (Arrow IPC of the combined chunks, without metadata)."""
+    import pyarrow as pa
+
+    table = table.replace_schema_metadata(None).combine_chunks()
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()
+
+
+def training_dataset(spark: SparkSession, config: RepoConfig, plan: Plan, plan_version: int, entities: Any,
+                     refs: Sequence[FeatureRefPlan | str], *, timestamp_column: str = EVENT_TIMESTAMP,
+                     output: str | None = None, output_format: str = "pandas") -> Any:
+    """Join ``refs`` onto ``entities`` point-in-time; returns pandas, a Spark DataFrame or a pyarrow Table.
+
+    ``entities`` (pandas, pyarrow or Spark) holds the join keys of every referenced view and
+    ``timestamp_column``. The columns come back as given, in order, followed by ``<view>__<feature>``.
+    """
+    if output_format not in OUTPUT_FORMATS:
+        raise DatasetError(f"unknown output_format {output_format!r}; valid choices: {', '.join(OUTPUT_FORMATS)}")
+    resolved = plan.resolve_refs(refs)
+    views: dict[str, dict[str, Any]] = {}
+    for ref in resolved:
+        view = plan.view(ref.view)
+        if view.name not in views:
+            path = table_path(config, view)
+            version = table_version(spark, path)
+            if version is None:
+                raise DatasetError(f"view '{view.name}' has no offline table yet ({path}); run 'skewless "
+                                   f"materialize' first")
+            views[view.name] = {"path": str(path), "version": version, "ttl_seconds": view.ttl_seconds,
+                                "storage_fingerprint": view.storage_fingerprint,
+                                "join_keys": [k.to_dict() for k in view.join_keys], "features": []}
+        views[view.name]["features"].append(ref.feature)
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "created_at": datetime.now(UTC).isoformat(),
+        "plan_version": plan_version,
+        "plan_fingerprint": plan.fingerprint,
+        "refs": [str(r) for r in resolved],
+        "feature_fingerprints": {str(r): plan.view(r.view).feature(r.feature).fingerprint for r in resolved},
+        "timestamp_column": timestamp_column,
+        "output_format": output_format,
+        "views": views,
+    }
+    return _build(spark, manifest, entities, output)[0]
+
+
+def reproduce(spark: SparkSession, config: RepoConfig, plan: Plan, manifest_path: str,
+              output: str | None = None) -> Any:
+    """Rebuild the training set described by a manifest, reading each table at the recorded version.
+
+    The result equals the original (its sha256 is checked); a :class:`DatasetError` says why it cannot be.
+    """
+    import pyarrow.parquet as pq
+
+    path = Path(manifest_path)
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"cannot read the manifest {path}: {exc}") from exc
+    for ref, fingerprint in manifest["feature_fingerprints"].items():
+        view_name, _, feature = ref.partition(":")
+        current = next((f.fingerprint for v in plan.views if v.name == view_name for f in v.features
+                        if f.name == feature), None)
+        if current != fingerprint:
+            log.warning("feature %s changed since the dataset was built; reproducing the recorded values", ref)
+    entities = pq.read_table(manifest["entities"]["path"])
+    if table_sha256(entities) != manifest["entities"]["sha256"]:
+        raise DatasetError(f"the entity rows in {manifest['entities']['path']} changed since the manifest was "
+                           f"written")
+    result, table = _build(spark, {**manifest, "created_at": datetime.now(UTC).isoformat()}, entities, output)
+    if table is None or table_sha256(table) != manifest["result"]["sha256"]:
+        raise DatasetError("the reproduced dataset differs from the original (was an old Delta version vacuumed?)")
+    return result
+
+
+def _build(spark: SparkSession, manifest: dict[str, Any], entities: Any,
+           output: str | None) -> tuple[Any, pa.Table | None]:
+    """Run the join described by ``manifest``; with ``output``, write the set, the entities and the manifest.
+
+    Returns the result in the manifest's output format, and the result as Arrow when it was built in Arrow.
+    """
+    import pyarrow.parquet as pq
+
+    output_format = manifest["output_format"]
+    arrow_entities: pa.Table | None = _as_arrow(entities) if not _is_spark(entities) else None
+    if output is not None:
+        if arrow_entities is None:
+            arrow_entities = entities.toArrow()
+        entities_path = f"{output}.entities.parquet"
+        pq.write_table(arrow_entities, entities_path)
+        # The copy on disk is the canonical entity table: what reproduce() will read back.
+        arrow_entities = pq.read_table(entities_path)
+        manifest["entities"] = {"path": str(Path(entities_path).resolve()), "sha256": table_sha256(arrow_entities),
+                                "rows": arrow_entities.num_rows}
+    joined = _join(spark, manifest, arrow_entities if arrow_entities is not None else entities)
+    if arrow_entities is None:  # Spark in, no output: stay in Spark
+        frame = joined.drop(ROW_ID)
+        return {"spark": lambda: frame, "pandas": frame.toPandas, "arrow": frame.toArrow}[output_format](), None
+    table = _attach(arrow_entities, joined, manifest)
+    if output is not None:
+        pq.write_table(table, output)
+        manifest["result"] = {"path": str(Path(output).resolve()), "sha256": table_sha256(table),
+                              "rows": table.num_rows}
+        Path(f"{output}.manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    if output_format == "arrow":
+        return table, table
+    if output_format == "pandas":
+        return table.to_pandas(), table
+    return spark.createDataFrame(table), table
+
+
+def _join(spark: SparkSession, manifest: dict[str, Any], entities: Any) -> DataFrame:
+    """The Spark point-in-time join of ``entities`` (arrow with row order, or Spark) per the manifest."""
+    import pyarrow as pa
+
+    timestamp_column = manifest["timestamp_column"]
+    if isinstance(entities, pa.Table):
+        # Row ids from the Arrow row order, so the result aligns with the input without relying on Spark.
+        with_ids = entities.append_column(ROW_ID, pa.array(range(entities.num_rows), pa.int64()))
+        frame = spark.createDataFrame(with_ids)
+    else:
+        frame = with_row_id(entities)
+    inputs = []
+    for name, info in manifest["views"].items():
+        keys = tuple((k["name"], DType(k["dtype"])) for k in info["join_keys"])
+        missing = [c for c in (*(k for k, _ in keys), timestamp_column) if c not in frame.columns]
+        if missing:
+            raise EntityKeyError(f"the entity rows lack column(s) {', '.join(missing)} needed by view '{name}'; "
+                                 f"they have: {', '.join(c for c in frame.columns if c != ROW_ID)}")
+        try:
+            table = read_table(spark, info["path"], info["version"])
+            columns = [k for k, _ in keys] + [*info["features"], EVENT_TIMESTAMP, CREATED_TIMESTAMP]
+            table = table.select(*columns)
+        except Exception as exc:
+            raise DatasetError(f"cannot read view '{name}' at version {info['version']} from {info['path']}: "
+                               f"{exc}") from exc
+        inputs.append(ViewInput(name, keys, tuple(info["features"]), info["ttl_seconds"], table))
+    return point_in_time_join(frame, timestamp_column, inputs)
+
+
+def _attach(entities: pa.Table, joined: DataFrame, manifest: dict[str, Any]) -> pa.Table:
+    """The entity table as given, with the feature columns of ``joined`` appended in row order."""
+    feature_columns = [f"{name}__{f}" for name, info in manifest["views"].items() for f in info["features"]]
+    features = joined.select(ROW_ID, *(f"`{c}`" for c in feature_columns)).toArrow().sort_by(ROW_ID)
+    if features.num_rows != entities.num_rows:
+        raise DatasetError(f"internal error: {features.num_rows} result rows for {entities.num_rows} entity rows")
+    table = entities
+    for column in feature_columns:
+        table = table.append_column(column, features.column(column))
+    return table
+
+
+def _as_arrow(entities: Any) -> pa.Table:
+    import pandas as pd
+    import pyarrow as pa
+
+    if isinstance(entities, pa.Table):
+        return entities
+    if isinstance(entities, pd.DataFrame):
+        return pa.Table.from_pandas(entities, preserve_index=False)
+    raise DatasetError(f"entities must be a pandas DataFrame, a pyarrow Table or a Spark DataFrame, "
+                       f"not {type(entities).__name__}")
+
+
+def _is_spark(entities: Any) -> bool:
+    from pyspark.sql import DataFrame
+
+    return isinstance(entities, DataFrame)

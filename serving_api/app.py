@@ -1,0 +1,272 @@
+"""The HTTP lookup service: ``POST /v1/features``, ``GET /health``, OpenAPI at ``/docs``.
+
+It calls :func:`features.lookup.lookup`, the same read path as ``FeatureStore.get_online_features``, and is
+the only place where errors become HTTP statuses:
+
+==============================================  ======
+unknown feature, view or feature service        404
+malformed body, wrong key type, missing key,    422
+offline-only view
+online store or registry unreachable            503
+anything else                                   500 (``{"error": ...}``, never a traceback)
+==============================================  ======
+
+Run it with ``skewless serve`` or ``uvicorn --factory serving_api.app:app_from_env`` (``SKEWLESS_REPO``
+names the repository).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from features.errors import (
+    EntityKeyError,
+    OnlineStoreError,
+    RegistryError,
+    SkewlessError,
+    UnknownNameError,
+)
+from features.lookup import OfflineOnlyViewError, lookup
+from features.plan import FeatureRefPlan, Plan
+from features.protocols import OnlineStore
+from features.registry import PlanVersion
+
+logger = logging.getLogger(__name__)
+
+ENV_REPO = "SKEWLESS_REPO"
+PlanProvider = Callable[[], PlanVersion]
+
+
+class JSONAnswer(Response):
+    """A JSON response rendered by orjson (the lookup answer is already JSON-ready: no NaN, no datetimes)."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+# -- request and answer models (they make the OpenAPI schema at /docs useful) ---------------------------------
+
+class FeaturesRequest(BaseModel):
+    """Which features, for which entities. Give exactly one of ``features`` and ``feature_service``."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"features": ["card_profile:credit_limit"], "entities": {"card_id": [1, 2]}},
+        {"feature_service": "fraud_model", "entities": {"card_id": [1]}},
+    ]})
+
+    features: list[str] | None = Field(None, min_length=1, description="feature references, 'view:feature' "
+                                       "('view:*' for every feature of a view)")
+    feature_service: str | None = Field(None, description="a feature service name")
+    entities: dict[str, list[Any]] = Field(description="join-key columns: one list of values per key, "
+                                           "equal lengths")
+    request_data: dict[str, Any] | None = Field(None, description="request-time values (reserved for "
+                                                "on-demand features)")
+
+    @model_validator(mode="after")
+    def _one_selection(self) -> FeaturesRequest:
+        if (self.features is None) == (self.feature_service is None):
+            raise ValueError("give exactly one of 'features' and 'feature_service'")
+        return self
+
+
+class FeatureColumn(BaseModel):
+    values: list[Any] = Field(description="null when missing or expired; non-finite floats as 'NaN', "
+                              "'Infinity', '-Infinity'; timestamps as ISO-8601 UTC")
+    statuses: list[str] = Field(description="'present', 'missing' or 'expired' per entity")
+    event_timestamps: list[str | None] = Field(description="event time of the row served, ISO-8601 UTC")
+
+
+class FeaturesAnswer(BaseModel):
+    plan_version: int | None
+    entities: dict[str, list[Any]]
+    features: dict[str, FeatureColumn] = Field(description="one column per feature, named '<view>__<feature>'")
+
+
+class ErrorAnswer(BaseModel):
+    error: str
+    type: str
+    known: list[str] | None = None
+
+
+class HealthAnswer(BaseModel):
+    status: str
+    plan_version: int | None = None
+    error: str | None = None
+
+
+# -- the plan cache -------------------------------------------------------------------------------------------
+
+class PlanCache:
+    """The latest plan version, re-read from ``provider`` at most every ``refresh_seconds``.
+
+    A failed refresh keeps serving the plan it has (and logs why); only the first read can fail.
+    """
+
+    def __init__(self, provider: PlanProvider, refresh_seconds: float = 1.0) -> None:
+        self.provider = provider
+        self.refresh_seconds = refresh_seconds
+        self._lock = threading.Lock()
+        self._current: PlanVersion | None = None
+        self._checked_at = 0.0
+
+    def get(self) -> PlanVersion:
+        current = self._current
+        if current is not None and time.monotonic() - self._checked_at < self.refresh_seconds:
+            return current
+        # One thread refreshes; the others keep using the plan they have rather than wait.
+        if not self._lock.acquire(blocking=current is None):
+            assert current is not None
+            return current
+        try:
+            if self._current is not None and time.monotonic() - self._checked_at < self.refresh_seconds:
+                return self._current
+            try:
+                latest = self.provider()
+            except SkewlessError:
+                if self._current is None:
+                    raise
+                logger.warning("could not refresh the plan; serving plan version %s", self._current.version,
+                               exc_info=True)
+                latest = self._current
+            if self._current is None or latest.version != self._current.version:
+                logger.info("serving plan version %s", latest.version)
+                self._current = latest
+            self._checked_at = time.monotonic()
+            return self._current
+        finally:
+            self._lock.release()
+
+
+# -- the app --------------------------------------------------------------------------------------------------
+
+def create_app(repo_path: str | os.PathLike[str] | None = None, *, plan_provider: PlanProvider | None = None,
+               store: OnlineStore | None = None, refresh_seconds: float = 1.0) -> FastAPI:
+    """The service for a feature repository (``repo_path``), or for a plan provider and a store (tests, or
+    embedding the service in another app).
+
+    >>> app = create_app("path/to/repo")                                    # doctest: +SKIP
+    >>> app = create_app(plan_provider=registry.latest, store=RedisOnlineStore(url))  # doctest: +SKIP
+    """
+    owned: Any = None
+    if repo_path is not None:
+        if plan_provider is not None or store is not None:
+            raise TypeError("give either repo_path or plan_provider and store, not both")
+        from features.store import FeatureStore
+
+        owned = FeatureStore(repo_path)
+        plan_provider = owned.plan_version
+        store = owned.online_store()
+    if plan_provider is None or store is None:
+        raise TypeError("create_app needs repo_path, or both plan_provider and store")
+    plans = PlanCache(plan_provider, refresh_seconds)
+    online: OnlineStore = store
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        if owned is not None:
+            owned.close()
+
+    app = FastAPI(title="skewless feature serving", version="1", lifespan=lifespan,
+                  description="Online feature lookups: the values a model trained on, served.")
+    app.state.plans = plans
+    app.state.store = online
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_body(request: Request, exc: RequestValidationError) -> Response:
+        problems = [f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body') or 'body'}: {e.get('msg')}"
+                    for e in exc.errors()]
+        return _error(422, "RequestValidationError", "invalid request: " + "; ".join(problems))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        return _unexpected(exc)
+
+    @app.post("/v1/features", response_class=JSONAnswer, summary="Look up online feature values",
+              responses={200: {"model": FeaturesAnswer}, 404: {"model": ErrorAnswer},
+                         422: {"model": ErrorAnswer}, 503: {"model": ErrorAnswer}, 500: {"model": ErrorAnswer}})
+    def get_features(body: FeaturesRequest) -> Response:
+        """The latest published values of the features for each entity, with statuses and event times."""
+        try:
+            version = plans.get()
+            plan = version.plan
+            if body.feature_service is not None:
+                refs: tuple[FeatureRefPlan, ...] = plan.service(body.feature_service).features
+            else:
+                assert body.features is not None
+                refs = _resolve(plan, body.features)
+            result = lookup(plan, online, refs, body.entities, plan_version=version.version)
+            return JSONAnswer(result.to_dict())
+        except Exception as exc:
+            return _error_answer(exc)
+
+    @app.get("/health", response_class=JSONAnswer, responses={200: {"model": HealthAnswer},
+                                                               503: {"model": HealthAnswer}})
+    def health() -> Response:
+        """200 when the online store answers and a plan is applied; 503 otherwise."""
+        try:
+            version = plans.get()
+            online.ping()
+        except SkewlessError as exc:
+            return JSONAnswer({"status": "unavailable", "error": str(exc)}, status_code=503)
+        except Exception as exc:
+            return _unexpected(exc)
+        return JSONAnswer({"status": "ok", "plan_version": version.version})
+
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """The app for the repository named by ``$SKEWLESS_REPO`` (default: the current folder); uvicorn factory."""
+    return create_app(os.environ.get(ENV_REPO, "."))
+
+
+class BadRequestError(SkewlessError, ValueError):
+    """The request is well-formed JSON but asks for something malformed (e.g. a reference without ':')."""
+
+
+def _resolve(plan: Plan, features: list[str]) -> tuple[FeatureRefPlan, ...]:
+    try:
+        return plan.resolve_refs(features)
+    except SkewlessError:
+        raise
+    except ValueError as exc:
+        raise BadRequestError(str(exc)) from exc
+
+
+def _error_answer(exc: Exception) -> Response:
+    if isinstance(exc, UnknownNameError):
+        return _error(404, type(exc).__name__, str(exc), known=exc.known, kind=exc.kind, name=exc.name)
+    if isinstance(exc, OfflineOnlyViewError):
+        return _error(422, type(exc).__name__, str(exc), known=exc.online_views)
+    if isinstance(exc, EntityKeyError | BadRequestError) or (isinstance(exc, SkewlessError)
+                                                             and isinstance(exc, ValueError)):
+        return _error(422, type(exc).__name__, str(exc))
+    if isinstance(exc, OnlineStoreError | RegistryError):
+        logger.warning("lookup failed: %s", exc)
+        return _error(503, type(exc).__name__, str(exc))
+    return _unexpected(exc)
+
+
+def _unexpected(exc: Exception) -> Response:
+    logger.error("unexpected error while serving a request", exc_info=exc)
+    message = str(exc) if isinstance(exc, SkewlessError) else "internal error; see the server log"
+    return _error(500, type(exc).__name__, message)
+
+
+def _error(status: int, error_type: str, message: str, **extra: Any) -> Response:
+    return JSONAnswer({"error": message, "type": error_type, **extra}, status_code=status)

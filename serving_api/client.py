@@ -1,0 +1,99 @@
+"""A small Python client for the serving API.
+
+>>> with SkewlessClient("http://127.0.0.1:6566") as client:                     # doctest: +SKIP
+...     answer = client.get_features({"card_id": [1, 2]}, features=["card_profile:credit_limit"])
+>>> answer["features"]["card_profile__credit_limit"]["values"]                  # doctest: +SKIP
+[5000.0, None]
+
+HTTP errors come back as :class:`~features.errors.SkewlessError` subclasses: 404 as
+:class:`~features.errors.UnknownNameError` (with ``.known``), 422 as :class:`InvalidRequestError` (or
+:class:`~features.errors.EntityKeyError` for entity keys), 503 as :class:`ServiceUnavailableError`, anything
+else as :class:`ServerError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import httpx
+
+from features.errors import EntityKeyError, SkewlessError, UnknownNameError
+
+
+class InvalidRequestError(SkewlessError, ValueError):
+    """The service refused the request as malformed (HTTP 422)."""
+
+
+class ServiceUnavailableError(SkewlessError, ConnectionError):
+    """The service, or the online store behind it, cannot answer now (HTTP 503, or no connection)."""
+
+
+class ServerError(SkewlessError, RuntimeError):
+    """The service failed unexpectedly (HTTP 500 or another status)."""
+
+
+class SkewlessClient:
+    """Looks up features over HTTP; one connection pool per client, so reuse the client."""
+
+    def __init__(self, base_url: str, *, timeout: float = 5.0, transport: httpx.BaseTransport | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport)
+
+    def get_features(self, entities: Mapping[str, Sequence[Any]], features: Sequence[str] | None = None,
+                     feature_service: str | None = None, request_data: Mapping[str, Any] | None = None
+                     ) -> dict[str, Any]:
+        """The columnar answer of ``POST /v1/features`` (see ``LookupResult.to_dict``)."""
+        if (features is None) == (feature_service is None):
+            raise InvalidRequestError("give exactly one of features=[...] or feature_service=...")
+        body: dict[str, Any] = {"entities": {k: list(v) for k, v in entities.items()}}
+        if features is not None:
+            body["features"] = list(features)
+        else:
+            body["feature_service"] = feature_service
+        if request_data is not None:
+            body["request_data"] = dict(request_data)
+        return self._call("POST", "/v1/features", body)
+
+    def health(self) -> dict[str, Any]:
+        """``{"status": "ok", "plan_version": N}``; raises :class:`ServiceUnavailableError` when unhealthy."""
+        return self._call("GET", "/health", None)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> SkewlessClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, method: str, path: str, body: Any) -> dict[str, Any]:
+        try:
+            response = self._http.request(method, path, json=body)
+        except httpx.TimeoutException as exc:
+            raise ServiceUnavailableError(f"{self.base_url}{path} did not answer in time: {exc}") from exc
+        except httpx.TransportError as exc:
+            raise ServiceUnavailableError(f"cannot reach {self.base_url}{path}: {exc}") from exc
+        try:
+            data = response.json()
+        except ValueError:
+            data = {"error": response.text[:500]}
+        if response.status_code == 200:
+            answer: dict[str, Any] = data
+            return answer
+        raise _error_from(response.status_code, data if isinstance(data, dict) else {"error": str(data)})
+
+
+def _error_from(status: int, data: dict[str, Any]) -> SkewlessError:
+    message = str(data.get("error") or data.get("detail") or f"HTTP {status}")
+    kind = data.get("type")
+    if status == 404 and "kind" in data and "name" in data:
+        return UnknownNameError(str(data["kind"]), str(data["name"]), data.get("known") or [])
+    if status == 422:
+        return EntityKeyError(message) if kind == "EntityKeyError" else InvalidRequestError(message)
+    if status == 503:
+        return ServiceUnavailableError(message)
+    if status == 404:
+        return InvalidRequestError(f"HTTP 404: {message}")
+    return ServerError(f"HTTP {status}: {message}")

@@ -1,0 +1,158 @@
+"""The whole path on real components: SQL source -> Spark -> Delta Lake -> Redis -> lookup and HTTP.
+
+Every expected value comes from tests/integration/oracle.py (pandas over the source tables), never from
+skewless itself.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from definitions._example_data import create_example_data
+from features.store import FeatureStore
+from tests.integration import oracle
+
+pytestmark = [pytest.mark.spark, pytest.mark.redis, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+TTL = {"card_profile": timedelta(days=90), "card_last_payment": timedelta(days=7), "merchant_risk": timedelta(days=2)}
+
+
+def make_repo(path: Path, source_url: str, registry_url: str, online_url: str) -> Path:
+    shutil.copytree(ROOT / "definitions", path / "definitions", ignore=shutil.ignore_patterns("__pycache__"))
+    (path / "skewless.yaml").write_text(
+        f"project: e2e_{uuid.uuid4().hex[:8]}\n"
+        f"registry: {registry_url}\n"
+        "offline:\n  path: offline\n"
+        f"online:\n  url: {online_url}\n"
+        f"connections:\n  payments: {source_url}\n")
+    return path
+
+
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def materialized(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+                 spark: Any, redis_url: str) -> Iterator[tuple[FeatureStore, dict[str, pd.DataFrame]]]:
+    tmp = tmp_path_factory.mktemp(f"e2e_{request.param}")
+    if request.param == "sqlite":
+        source_url = registry_url = f"sqlite:///{tmp / 'payments.db'}"
+    else:
+        source_url = registry_url = request.getfixturevalue("postgres_url")
+    create_example_data(source_url, cards=150, merchants=30, payments=2_500, days=20)
+    store = FeatureStore(make_repo(tmp / "repo", source_url, registry_url, redis_url))
+    store.apply()
+    results = store.materialize()
+    assert {r.view for r in results} == set(TTL)
+    yield store, oracle.read_sources(source_url)
+    store.close()
+
+
+def equal(a: Any, b: Any) -> bool:
+    if a is None or (isinstance(a, float) and math.isnan(a)):
+        return b is None or (isinstance(b, float) and math.isnan(b)) or b is pd.NA
+    if isinstance(a, float) or isinstance(b, float):
+        return b is not None and math.isclose(float(a), float(b), rel_tol=1e-12, abs_tol=1e-12)
+    return bool(a == b)
+
+
+def test_online_holds_the_latest_source_row_per_entity(materialized: tuple[FeatureStore, Any]) -> None:
+    store, sources = materialized
+    plan = store.plan_version().plan
+    for view_name, (rows, keys, ts, created) in oracle.example_features(sources).items():
+        view = plan.view(view_name)
+        expected = oracle.latest_per_entity(rows, keys, ts, created)
+        entity_keys = [[int(v) for v in row] for row in expected[keys].itertuples(index=False)]
+        entity_keys.append([10_000_000])  # unknown entity
+        [found] = store.online_store().read([(view, view.feature_names)], entity_keys)
+        assert found.values[-1] is None
+        for i, row in enumerate(expected.itertuples(index=False)):
+            got = found.values[i]
+            assert got is not None, f"{view_name}: no online row for {entity_keys[i]}"
+            for name, value in zip(view.feature_names, got, strict=True):
+                assert equal(getattr(row, name), value), (view_name, entity_keys[i], name, getattr(row, name), value)
+            assert found.event_timestamps[i] == getattr(row, ts).to_pydatetime()
+
+
+def test_training_set_matches_the_merge_asof_oracle(materialized: tuple[FeatureStore, Any]) -> None:
+    store, sources = materialized
+    views = oracle.example_features(sources)
+    rng = np.random.default_rng(3)
+    payments = sources["payments"]
+    picks = payments.sample(300, random_state=1)
+    entities = pd.DataFrame({
+        "card_id": picks["card_id"].to_numpy(),
+        "merchant_id": picks["merchant_id"].to_numpy(),
+        "ts": picks["paid_at"].to_numpy(),  # exactly at event times: ties must be included
+    })
+    extra = pd.DataFrame({
+        "card_id": rng.integers(1, 160, 200),
+        "merchant_id": rng.integers(1, 35, 200),
+        "ts": payments["paid_at"].min() + pd.to_timedelta(rng.integers(-86_400, 86_400 * 21, 200), unit="s"),
+    })
+    entities = pd.concat([entities, extra, entities.head(20)], ignore_index=True)  # duplicates on purpose
+    refs = [f"{v}:*" for v in views]
+    result = store.get_training_dataset(entities, features=refs, timestamp_column="ts")
+    assert len(result) == len(entities)
+    assert list(result.columns[:3]) == ["card_id", "merchant_id", "ts"]
+    pd.testing.assert_frame_equal(result[["card_id", "merchant_id"]].reset_index(drop=True),
+                                  entities[["card_id", "merchant_id"]], check_dtype=False)
+    for view_name, (rows, keys, ts, created) in views.items():
+        features = [c for c in rows.columns if c not in (*keys, ts, created)]
+        expected = oracle.point_in_time(entities, rows, keys, "ts", ts, created, TTL[view_name], features, view_name)
+        for column in expected.columns:
+            mismatches = [(i, expected[column][i], result[column][i]) for i in range(len(entities))
+                          if not equal(_py(expected[column][i]), _py(result[column][i]))]
+            assert mismatches == [], f"{column}: {len(mismatches)} wrong, e.g. {mismatches[:3]}"
+
+
+def _py(value: Any) -> Any:
+    if value is pd.NA or value is pd.NaT or value is None:
+        return None
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def test_rematerializing_changes_nothing(materialized: tuple[FeatureStore, Any]) -> None:
+    store, _ = materialized
+    from delta.tables import DeltaTable
+
+    offline = store.config.resolved_offline_path()
+    plan = store.plan_version().plan
+    before = {}
+    for view in plan.views:
+        path = str(offline / view.name / view.storage_fingerprint)
+        before[view.name] = DeltaTable.forPath(store.offline.spark, path).toDF()  # type: ignore[attr-defined]
+    counts = {name: df.count() for name, df in before.items()}
+    snapshots = {name: sorted(map(tuple, df.drop("published_at").collect())) for name, df in before.items()}
+    store.materialize()
+    for view in plan.views:
+        path = str(offline / view.name / view.storage_fingerprint)
+        after = DeltaTable.forPath(store.offline.spark, path).toDF()  # type: ignore[attr-defined]
+        assert after.count() == counts[view.name]
+        assert sorted(map(tuple, after.drop("published_at").collect())) == snapshots[view.name]
+
+
+def test_online_lookup_through_the_facade(materialized: tuple[FeatureStore, Any]) -> None:
+    store, sources = materialized
+    result = store.get_online_features({"card_id": [1, 999_999], "merchant_id": [1, 2]},
+                                       feature_service="fraud_model").to_dict()
+    assert result["entities"] == {"card_id": [1, 999_999], "merchant_id": [1, 2]}
+    assert set(result["features"]) == {
+        "card_profile__credit_limit", "card_profile__card_tier", "card_profile__is_blocked",
+        "card_profile__limit_utilisation", "card_last_payment__amount_eur", "card_last_payment__is_foreign",
+        "merchant_risk__chargeback_rate", "merchant_risk__high_risk"}
+    assert result["features"]["card_profile__card_tier"]["statuses"][1] == "missing"
+    accounts = oracle.latest_per_entity(sources["card_accounts"], ["card_id"], "updated_at", "ingested_at")
+    tier = accounts.loc[accounts["card_id"] == 1, "card_tier"].item()
+    assert result["features"]["card_profile__card_tier"]["values"][0] == tier
+    assert result["features"]["card_profile__card_tier"]["statuses"][0] == "present"
