@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -78,14 +78,24 @@ class LookupResult:
         are microseconds). JSON has no NaN or infinity: non-finite floats become the strings ``"NaN"``,
         ``"Infinity"`` and ``"-Infinity"``, so they stay distinct from null (no value).
         """
+        iso: dict[datetime, str] = {}  # the features of one view share their event times
+
+        def stamp(value: datetime | None) -> str | None:
+            if value is None:
+                return None
+            text = iso.get(value)
+            if text is None:
+                text = iso[value] = iso_utc(value)
+            return text
+
         return {
             "plan_version": self.plan_version,
             "entities": {name: [_json_value(v) for v in values] for name, values in self.entities.items()},
             "features": {
                 column: {
-                    "values": [_json_value(v) for v in fv.values],
+                    "values": _json_column(fv.dtype, fv.values),
                     "statuses": list(fv.statuses),
-                    "event_timestamps": [None if t is None else iso_utc(t) for t in fv.event_timestamps],
+                    "event_timestamps": [stamp(t) for t in fv.event_timestamps],
                 }
                 for column, fv in self.features.items()
             },
@@ -108,7 +118,7 @@ class LookupResult:
         return pd.DataFrame(data)
 
 
-def lookup(plan: Plan, store: OnlineStore, refs: Sequence[FeatureRefPlan], entities: Mapping[str, Sequence[Any]],
+def lookup(plan: Plan, store: OnlineStore, refs: Sequence[FeatureRefPlan], entities: Mapping[str, Iterable[Any]],
            *, now: datetime | None = None, plan_version: int | None = None) -> LookupResult:
     """Read ``refs`` for the entities given as columns of join-key values (``{"card_id": [1, 2]}``)."""
     views: list[ViewPlan] = []
@@ -132,32 +142,28 @@ def lookup(plan: Plan, store: OnlineStore, refs: Sequence[FeatureRefPlan], entit
     now = _utc(now or datetime.now(UTC))
     features: dict[str, FeatureValues] = {}
     for view, answer in zip(views, answers, strict=True):
-        ttl = None if view.ttl_seconds is None else timedelta(seconds=view.ttl_seconds)
+        # Status and event time depend on the row only: computed once per view, shared by its features.
+        limit = None if view.ttl_seconds is None else now - timedelta(seconds=view.ttl_seconds)
+        row_statuses = [MISSING if row is None else EXPIRED if limit is not None and stamp is not None
+                        and stamp < limit else PRESENT
+                        for row, stamp in zip(answer.values, answer.event_timestamps, strict=True)]
         for j, name in enumerate(answer.features):
             dtype = view.feature(name).dtype
-            values: list[Any] = []
-            statuses: list[str] = []
-            stamps: list[datetime | None] = []
-            unavailable = name in answer.unavailable
-            for row, stamp in zip(answer.values, answer.event_timestamps, strict=True):
-                if row is None or unavailable:
-                    values.append(None)
-                    statuses.append(MISSING)
-                    stamps.append(None)
-                elif ttl is not None and stamp is not None and now - stamp > ttl:
-                    values.append(None)
-                    statuses.append(EXPIRED)
-                    stamps.append(stamp)
-                else:
-                    values.append(row[j])
-                    statuses.append(PRESENT)
-                    stamps.append(stamp)
+            if name in answer.unavailable:
+                values: list[Any] = [None] * count
+                statuses = [MISSING] * count
+                stamps: list[datetime | None] = [None] * count
+            else:
+                values = [row[j] if status is PRESENT else None  # type: ignore[index]
+                          for row, status in zip(answer.values, row_statuses, strict=True)]
+                statuses = list(row_statuses)
+                stamps = list(answer.event_timestamps)
             features[FeatureRefPlan(view.name, name).column] = FeatureValues(dtype, values, statuses, stamps)
     ordered = {ref.column: features[ref.column] for ref in refs}
     return LookupResult(plan_version, {c: list(given[c]) for c in columns}, ordered)
 
 
-def _check_entities(entities: Mapping[str, Sequence[Any]], columns: Sequence[str],
+def _check_entities(entities: Mapping[str, Iterable[Any]], columns: Sequence[str],
                     key_types: Mapping[str, DType]) -> dict[str, list[Any]]:
     """The entity columns as lists of normalised key values; EntityKeyError names what is wrong."""
     expected = ", ".join(f"{c} ({key_types[c].value})" for c in columns) or "(none)"
@@ -206,7 +212,8 @@ def _check_key(column: str, dtype: DType, value: Any, index: int) -> Any:
 
 
 def _is_bool(value: Any) -> bool:
-    return isinstance(value, bool) or type(value).__name__ == "bool_"  # numpy.bool_ without importing numpy
+    kind = type(value)  # numpy.bool_ too, without importing numpy
+    return kind is bool or (kind.__module__ == "numpy" and kind.__name__ in ("bool", "bool_"))
 
 
 def _utc(value: datetime) -> datetime:
@@ -215,11 +222,9 @@ def _utc(value: datetime) -> datetime:
 
 def iso_utc(value: datetime) -> str:
     """``2024-01-01T00:00:00Z`` (``.ffffff`` added when there are microseconds)."""
-    value = _utc(value).astimezone(UTC)
-    text = value.strftime("%Y-%m-%dT%H:%M:%S")
-    if value.microsecond:
-        text += f".{value.microsecond:06d}"
-    return text + "Z"
+    if value.tzinfo is not UTC:
+        value = _utc(value).astimezone(UTC)
+    return value.isoformat()[:-6] + "Z"  # drop "+00:00"
 
 
 def _json_value(value: Any) -> Any:
@@ -228,6 +233,15 @@ def _json_value(value: Any) -> Any:
     if isinstance(value, datetime):
         return iso_utc(value)
     return value
+
+
+def _json_column(dtype: DType, values: list[Any]) -> list[Any]:
+    if dtype is DType.FLOAT64:
+        isfinite = math.isfinite
+        return [v if v is None or isfinite(v) else _json_value(v) for v in values]
+    if dtype is DType.TIMESTAMP:
+        return [None if v is None else iso_utc(v) for v in values]
+    return list(values)
 
 
 def _pandas_dtype(dtype: DType) -> str:

@@ -84,6 +84,10 @@ _COMPATIBLE: dict[DType, tuple[str, ...]] = {
 }
 # What the JDBC reader is told to fetch (``customSchema``): SQLite reports INTEGER as int32, which would wrap.
 _FETCH_AS = {DType.INT64: "BIGINT", DType.FLOAT64: "DOUBLE"}
+# SQLite types are per value; a computed column of a query has no declared type and the driver reports
+# NUMERIC (DecimalType). The plan knows its type (declared with schema= on the source), so it is read as that.
+_SQLITE_UNDECLARED = ("DecimalType",)
+_SQLITE_FETCH_AS = {**_FETCH_AS, DType.STRING: "STRING", DType.BOOL: "BOOLEAN", DType.TIMESTAMP: "TIMESTAMP"}
 
 
 def spark_type(dtype: DType) -> DataType:
@@ -113,10 +117,11 @@ def base_query(source: SourcePlan) -> str:
     return f"SELECT * FROM {table}"
 
 
-def check_schema(source: SourcePlan, found: dict[str, str]) -> None:
+def check_schema(source: SourcePlan, found: dict[str, str], *, undeclared: tuple[str, ...] = ()) -> None:
     """Raise SchemaMismatchError when a planned column is missing or has an incompatible type.
 
-    ``found`` maps the live column names to Spark type names (``"IntegerType"``).
+    ``found`` maps the live column names to Spark type names (``"IntegerType"``); a type in ``undeclared``
+    means "the database does not know" and fits any plan type.
     """
     problems: list[str] = []
     missing = [c.name for c in source.columns if c.name not in found]
@@ -124,7 +129,7 @@ def check_schema(source: SourcePlan, found: dict[str, str]) -> None:
         problems.append(f"missing column(s) {', '.join(missing)} (found: {', '.join(found)})")
     for column in source.columns:
         actual = found.get(column.name)
-        if actual is not None and actual not in _COMPATIBLE[column.dtype]:
+        if actual is not None and actual not in _COMPATIBLE[column.dtype] and actual not in undeclared:
             problems.append(f"column '{column.name}': expected {column.dtype.value}, found {actual}")
     if problems:
         raise SchemaMismatchError(
@@ -162,10 +167,13 @@ def read_source(spark: SparkSession, source: SourcePlan, url: str, start: dateti
     target = jdbc_target(url)
     reader = spark.read.format("jdbc").options(**target.options())
     probe = reader.option("dbtable", f"({base_query(source)}) skewless_probe").load()
-    check_schema(source, {f.name: type(f.dataType).__name__ for f in probe.schema.fields})
+    sqlite = target.driver == "org.sqlite.JDBC"
+    check_schema(source, {f.name: type(f.dataType).__name__ for f in probe.schema.fields},
+                 undeclared=_SQLITE_UNDECLARED if sqlite else ())
 
     query = window_query(source, start, end)
-    fetch = ", ".join(f"{quote_spark(c.name)} {_FETCH_AS[c.dtype]}" for c in source.columns if c.dtype in _FETCH_AS)
+    fetch_as = _SQLITE_FETCH_AS if sqlite else _FETCH_AS
+    fetch = ", ".join(f"{quote_spark(c.name)} {fetch_as[c.dtype]}" for c in source.columns if c.dtype in fetch_as)
     reader = spark.read.format("jdbc").options(**target.options()).option("dbtable", f"({query}) skewless_q")
     if fetch:
         reader = reader.option("customSchema", fetch)

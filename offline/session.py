@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import threading
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -93,6 +94,10 @@ def get_spark(config: RepoConfig | None = None) -> SparkSession:
         if config is not None:
             conf.update(config.resolved_spark_conf())
         ensure_java()
+        if conf.get("spark.master", "").startswith("local"):
+            # Python workers must be this interpreter (with pyarrow and skewless), not whatever python3 is first
+            # on PATH. On a cluster the executors' Python is the cluster's business (spark.pyspark.python).
+            os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         try:
             _session = _build(conf)
         except Exception as exc:

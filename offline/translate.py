@@ -79,9 +79,13 @@ class SparkTranslator:
         from pyspark.sql import functions as F
 
         t = spark_type(expr.dtype)
-        # pmod has Python's sign rule (the result takes the divisor's sign), matching the serving evaluator.
-        # CASE is evaluated lazily, so pmod never sees a zero divisor under ANSI mode.
-        return F.when(b.cast(t) == 0, F.lit(None).cast(t)).otherwise(F.pmod(a.cast(t), b.cast(t)))
+        a, b = a.cast(t), b.cast(t)
+        # Spark's % takes the dividend's sign; Python's (the serving evaluator's) takes the divisor's, so a
+        # remainder whose sign differs from the divisor's moves by one divisor. CASE is evaluated lazily, so
+        # the remainder never sees a zero divisor under ANSI mode.
+        remainder = a % b
+        floored = F.when((remainder != 0) & ((remainder < 0) != (b < 0)), remainder + b).otherwise(remainder)
+        return F.when(b == 0, F.lit(None).cast(t)).otherwise(floored)
 
     def op_neg(self, expr: Call, a: SparkColumn) -> SparkColumn:
         return -a

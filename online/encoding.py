@@ -112,8 +112,14 @@ def row_decoder(dtypes: Sequence[DType], positions: Sequence[int | None]
         values = [None if o is None else row[o] for o in offsets]
         for i, dtype in fixes:
             value = values[i]
-            if value is not None:
-                values[i] = float_from_json(value) if dtype is DType.FLOAT64 else from_micros(value)
+            if value is None:
+                continue
+            if dtype is DType.TIMESTAMP:
+                values[i] = from_micros(value)
+            elif type(value) is str:
+                values[i] = _NON_FINITE[value]
+            elif type(value) is int:  # a float column written by something that wrote 1 for 1.0
+                values[i] = float(value)
         return row[0], row[1], tuple(values)
 
     return decode
@@ -148,6 +154,9 @@ def encode_batch(batch: pa.RecordBatch, key_names: Sequence[str], key_dtypes: Se
                  event_column: str, created_column: str) -> Iterable[tuple[bytes, bytes]]:
     """``(entity key, row)`` pairs of one Arrow batch (one row per entity)."""
     names = batch.schema.names
+    absent = [c for c in (*key_names, *feature_names, event_column) if c not in names]
+    if absent:
+        raise ValueError(f"the batch to publish lacks column(s) {', '.join(absent)}; it has: {', '.join(names)}")
     keys = [arrow_column(batch.column(names.index(k)), d) for k, d in zip(key_names, key_dtypes, strict=True)]
     features = [arrow_column(batch.column(names.index(f)), d)
                 for f, d in zip(feature_names, feature_dtypes, strict=True)]

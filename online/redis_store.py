@@ -24,7 +24,9 @@ Valkey, or a primary with replicas) only, for now.
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -43,6 +45,8 @@ if TYPE_CHECKING:
     import redis
 
     from features.config import RepoConfig
+
+logger = logging.getLogger(__name__)
 
 WRITE_BATCH = 1000
 SCAN_BATCH = 1000
@@ -208,6 +212,7 @@ class RedisOnlineStore:
         self._client: redis.Redis | None = None
         self._resolved: str | None = None
         self._read_script: Any = None
+        self._lock = threading.Lock()  # the serving API shares one store between threads
 
     @classmethod
     def from_config(cls, config: RepoConfig) -> RedisOnlineStore:
@@ -218,25 +223,35 @@ class RedisOnlineStore:
     @property
     def resolved_url(self) -> str:
         """The server's URL; for ``"embedded"``, starts (or finds) the repository's server."""
-        if self._resolved is None:
-            if self.url == "embedded":
-                from online.embedded import ensure_embedded_server
+        with self._lock:
+            if self._resolved is None:
+                if self.url == "embedded":
+                    from online.embedded import ensure_embedded_server
 
-                assert self.state_dir is not None
-                self._resolved = ensure_embedded_server(self.state_dir)
-            else:
-                self._resolved = self.url
-        return self._resolved
+                    assert self.state_dir is not None  # checked in __init__
+                    self._resolved = ensure_embedded_server(self.state_dir)
+                else:
+                    self._resolved = self.url
+            return self._resolved
+
+    @property
+    def _where(self) -> str:
+        return self._resolved or self.url
 
     def client(self) -> redis.Redis:
+        """The (thread-safe, pooled) redis client, connected on first use."""
         if self._client is None:
-            self._client = connect(self.resolved_url, connect_timeout=self.connect_timeout, timeout=self.timeout)
-            self._read_script = self._client.register_script(_READ_LUA)
+            url = self.resolved_url
+            with self._lock:
+                if self._client is None:
+                    client = connect(url, connect_timeout=self.connect_timeout, timeout=self.timeout)
+                    self._read_script = client.register_script(_READ_LUA)
+                    self._client = client
         return self._client
 
     def ping(self) -> None:
         """Raise :class:`OnlineStoreError` unless the server answers."""
-        with translate_errors(self.url, "pinging"):
+        with translate_errors(self._where, "pinging"):
             self.client().ping()
 
     def close(self) -> None:
@@ -250,6 +265,13 @@ class RedisOnlineStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Picklable (Spark may ship it to executors): the connection and lock are per process.
+        return {k: v for k, v in self.__dict__.items() if k not in ("_client", "_read_script", "_lock")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, _client=None, _read_script=None, _lock=threading.Lock())
+
     def __repr__(self) -> str:
         return f"RedisOnlineStore({redact(self.url)!r}, project={self.project!r})"
 
@@ -257,7 +279,7 @@ class RedisOnlineStore:
     def start_publication(self, view: ViewPlan, *, watermark: int) -> RedisPublication:
         """Reserve a new version of ``view``; rows written to it stay invisible until ``commit()``."""
         keys = _Keys(self.project, view.name)
-        with translate_errors(self.url, f"starting a publication of view '{view.name}'"):
+        with translate_errors(self._where, f"starting a publication of view '{view.name}'"):
             client = self.client()
             version = int(client.incr(keys.counter))
             client.hset(keys.staged, str(version), str(int(watermark)))
@@ -270,7 +292,7 @@ class RedisOnlineStore:
 
     def live_version(self, view: str) -> dict[str, str] | None:
         """The pointer of ``view`` (version, watermark, storage_fingerprint, ...) or None before any commit."""
-        with translate_errors(self.url, f"reading the pointer of view '{view}'"):
+        with translate_errors(self._where, f"reading the pointer of view '{view}'"):
             raw = self.client().hgetall(_Keys(self.project, view).pointer)
         return {_text(k): _text(v) for k, v in raw.items()} if raw else None
 
@@ -297,7 +319,7 @@ class RedisOnlineStore:
             positions = [columns.index(k) for k in view.key_names]
             encoded.extend(encode_entity_key([row[p] for p in positions]) for row in entity_keys)
         args.extend(encoded)
-        with translate_errors(self.url, "reading features"):
+        with translate_errors(self._where, "reading features"):
             self.client()
             answer = self._read_script(keys=script_keys, args=args)
         return [self._decode(view, names, version, features, values, len(entity_keys))
@@ -374,6 +396,8 @@ class RedisPublication:
 
     def write(self, batches: Iterable[pa.RecordBatch]) -> int:
         """Stage the rows of ``batches`` (one row per entity); returns how many were written."""
+        if self._done:
+            raise OnlineStoreError(f"publication {self.version} of view '{self.view}' is already finished")
         prefix = self._keys.version_prefix(self.version)
         names = [f[0] for f in self.features]
         dtypes = [f[1] for f in self.features]
@@ -407,11 +431,17 @@ class RedisPublication:
                 _COMMIT_LUA, 2, keys.pointer, keys.staged, str(self.version), str(self.watermark),
                 self.storage_fingerprint, features, str(to_micros_now()))
         self._done = True
-        if int(status) != 1:
-            self._delete_version()
-            return False
-        self._clean()
-        return True
+        committed = int(status) == 1
+        # The decision is made; failing to tidy up must not report it otherwise (a later publish cleans up).
+        try:
+            if committed:
+                self._clean()
+            else:
+                self._delete_version()
+        except OnlineStoreError:
+            logger.warning("publication %s of view '%s': could not delete old rows", self.version, self.view,
+                           exc_info=True)
+        return committed
 
     def abort(self) -> None:
         """Drop the staged rows; readers keep the values they had."""

@@ -46,6 +46,7 @@ from features.registry import PlanVersion
 logger = logging.getLogger(__name__)
 
 ENV_REPO = "SKEWLESS_REPO"
+MAX_ENTITIES = 10_000
 PlanProvider = Callable[[], PlanVersion]
 
 
@@ -154,9 +155,11 @@ class PlanCache:
 # -- the app --------------------------------------------------------------------------------------------------
 
 def create_app(repo_path: str | os.PathLike[str] | None = None, *, plan_provider: PlanProvider | None = None,
-               store: OnlineStore | None = None, refresh_seconds: float = 1.0) -> FastAPI:
+               store: OnlineStore | None = None, refresh_seconds: float = 1.0,
+               max_entities: int = MAX_ENTITIES) -> FastAPI:
     """The service for a feature repository (``repo_path``), or for a plan provider and a store (tests, or
-    embedding the service in another app).
+    embedding the service in another app). A request may ask for at most ``max_entities`` entities, so one
+    request cannot hold the online store for long.
 
     >>> app = create_app("path/to/repo")                                    # doctest: +SKIP
     >>> app = create_app(plan_provider=registry.latest, store=RedisOnlineStore(url))  # doctest: +SKIP
@@ -202,6 +205,10 @@ def create_app(repo_path: str | os.PathLike[str] | None = None, *, plan_provider
     def get_features(body: FeaturesRequest) -> Response:
         """The latest published values of the features for each entity, with statuses and event times."""
         try:
+            count = max((len(v) for v in body.entities.values()), default=0)
+            if count > max_entities:
+                raise BadRequestError(f"too many entities: {count}; at most {max_entities} per request "
+                                      f"(split the request)")
             version = plans.get()
             plan = version.plan
             if body.feature_service is not None:

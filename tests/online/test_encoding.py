@@ -20,7 +20,7 @@ MAX_TS = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
 VALUES = {
     DType.INT64: st.integers(-(2**63), 2**63 - 1),
     DType.FLOAT64: st.floats(allow_nan=True, allow_infinity=True),
-    DType.STRING: st.text(st.characters(blacklist_categories=("Cs",)), max_size=20),
+    DType.STRING: st.text(st.characters(exclude_categories=["Cs"]), max_size=20),
     DType.BOOL: st.booleans(),
     DType.TIMESTAMP: st.datetimes(min_value=MIN_TS.replace(tzinfo=None), max_value=MAX_TS.replace(tzinfo=None),
                                   timezones=st.just(UTC)),
@@ -45,7 +45,7 @@ def typed_rows(draw: st.DrawFn, max_rows: int = 5) -> tuple[list[DType], list[li
     return dtypes, rows
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, database=None)
 @given(typed_rows(), st.integers(to_micros(MIN_TS), to_micros(MAX_TS)), st.none() | st.integers(0, 2**62))
 def test_row_round_trip(data: tuple[list[DType], list[list[Any]]], event: int, created: int | None) -> None:
     dtypes, rows = data
@@ -57,16 +57,16 @@ def test_row_round_trip(data: tuple[list[DType], list[list[Any]]], event: int, c
         assert all(same(a, b) for a, b in zip(values, row, strict=True)), (values, row)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, database=None)
 @given(st.data())
 def test_arrow_batches_round_trip_and_keys_match_the_lookup_encoding(data: st.DataObject) -> None:
     key_types = data.draw(st.lists(st.sampled_from([*KEY_TYPES, DType.TIMESTAMP]), min_size=1, max_size=3))
     feature_types = data.draw(st.lists(st.sampled_from(list(DType)), max_size=5))
     n = data.draw(st.integers(1, 6))
-    keys = [[data.draw(VALUES[t]) for t in key_types] for _ in range(n)]
+    keys: list[list[Any]] = [[data.draw(VALUES[t]) for t in key_types] for _ in range(n)]
     features = [[data.draw(st.none() | VALUES[t]) for t in feature_types] for _ in range(n)]
-    events = [data.draw(VALUES[DType.TIMESTAMP]) for _ in range(n)]
-    created = [data.draw(st.none() | VALUES[DType.TIMESTAMP]) for _ in range(n)]
+    events: list[Any] = [data.draw(VALUES[DType.TIMESTAMP]) for _ in range(n)]
+    created: list[Any] = [data.draw(st.none() | VALUES[DType.TIMESTAMP]) for _ in range(n)]
     key_names = [f"k{i}" for i in range(len(key_types))]
     feature_names = [f"f{i}" for i in range(len(feature_types))]
     arrays = {name: pa.array([row[i] for row in keys], ARROW_TYPES[t])
@@ -82,7 +82,7 @@ def test_arrow_batches_round_trip_and_keys_match_the_lookup_encoding(data: st.Da
     assert len(pairs) == n
     for i, (key, row) in enumerate(pairs):
         assert key == encode_entity_key(keys[i])
-        expected_key = [to_micros(v) if isinstance(v, datetime) else v for v in keys[i]]
+        expected_key: list[Any] = [to_micros(v) if isinstance(v, datetime) else v for v in keys[i]]
         assert decode_entity_key(key) == expected_key
         event, created_us, values = decode_row(row, feature_types)
         assert event == to_micros(events[i])
@@ -93,14 +93,14 @@ def test_arrow_batches_round_trip_and_keys_match_the_lookup_encoding(data: st.Da
 tricky_text = st.text(alphabet=st.sampled_from(['a', 'b', '|', ',', '"', '\\', ':', ' ', '\x00', 'é']), max_size=6)
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=500, deadline=None, database=None)
 @given(st.lists(st.tuples(tricky_text, tricky_text), min_size=2, max_size=8, unique=True))
 def test_composite_string_keys_never_collide(keys: list[tuple[str, str]]) -> None:
     encoded = {encode_entity_key(k) for k in keys}
     assert len(encoded) == len(keys)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, database=None)
 @given(st.lists(st.tuples(st.integers(-(2**63), 2**63 - 1), tricky_text, st.booleans()), min_size=2, max_size=8,
                 unique=True))
 def test_mixed_composite_keys_never_collide(keys: list[tuple[int, str, bool]]) -> None:

@@ -1,0 +1,172 @@
+"""Training sets: values against a merge_asof oracle, manifests, output formats, and exact reproduction."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from features.config import RepoConfig
+from features.dtypes import DType
+from features.errors import EntityKeyError
+from offline.datasets import DatasetError, reproduce, training_dataset
+from offline.materialize import materialize
+from offline.tables import table_path, table_version
+from tests.offline.support import make_plan, make_view
+
+BASE = datetime(2024, 6, 1)
+TTL = 2 * 86400
+REFS = ["acct:balance", "acct:low", "spend:amount"]
+
+
+def balances(extra: bool = False) -> list[tuple[Any, ...]]:
+    rows = [(1 + i % 4, round(3.5 * i, 2) if i % 6 else None, BASE + timedelta(hours=9 * i)) for i in range(30)]
+    if extra:  # arrives later but is dated before the entity times: a rebuilt set would see it
+        rows += [(a, -1.0, BASE + timedelta(hours=9 * i + 1)) for i in range(30) for a in (1, 2, 3, 4)]
+    return rows
+
+
+def spends(extra: bool = False) -> list[tuple[Any, ...]]:
+    rows = [(1 + i % 3, ["m1", "m2"][i % 2], i * 10, BASE + timedelta(hours=7 * i)) for i in range(30)]
+    if extra:
+        rows += [(1 + i % 3, ["m1", "m2"][i % 2], -5, BASE + timedelta(hours=7 * i + 1)) for i in range(30)]
+    return rows
+
+
+def write_db(path: Path, extra: bool = False) -> None:
+    path.unlink(missing_ok=True)
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE balances (account_id INTEGER, balance REAL, ts TIMESTAMP)")
+        conn.execute("CREATE TABLE spend (account_id INTEGER, merchant TEXT, amount INTEGER, ts TIMESTAMP)")
+        conn.executemany("INSERT INTO balances VALUES (?, ?, ?)",
+                         [(a, b, t.strftime("%Y-%m-%d %H:%M:%S")) for a, b, t in balances(extra)])
+        conn.executemany("INSERT INTO spend VALUES (?, ?, ?, ?)",
+                         [(a, m, x, t.strftime("%Y-%m-%d %H:%M:%S")) for a, m, x, t in spends(extra)])
+
+
+def entities() -> pd.DataFrame:
+    times = [BASE + timedelta(hours=5 * i + 3) for i in range(40)]
+    return pd.DataFrame({
+        "account_id": pd.array([1 + i % 5 for i in range(40)], dtype="int64"),
+        "merchant": [["m1", "m2", None][i % 3] for i in range(40)],
+        "event_timestamp": pd.to_datetime(times),
+        "label": [i % 2 for i in range(40)],
+    }).iloc[::-1].reset_index(drop=True)  # not in time order
+
+
+def oracle(frame: pd.DataFrame) -> pd.DataFrame:
+    """pandas merge_asof straight from the source rows (no Delta involved)."""
+    left = frame.reset_index().rename(columns={"index": "_row"})
+    acct = pd.DataFrame(balances(), columns=["account_id", "balance", "ts"]).sort_values("ts")
+    acct["low"] = acct["balance"].map(lambda b: None if pd.isna(b) else bool(b < 10))
+    spend = pd.DataFrame(spends(), columns=["account_id", "merchant", "amount", "ts"]).sort_values("ts")
+    ordered = left.sort_values("event_timestamp")
+    a = pd.merge_asof(ordered, acct, left_on="event_timestamp", right_on="ts", by="account_id",
+                      tolerance=pd.Timedelta(seconds=TTL))
+    usable = ordered.dropna(subset=["merchant"])
+    s = pd.merge_asof(usable, spend, left_on="event_timestamp", right_on="ts", by=["account_id", "merchant"])
+    out = left[["_row"]].merge(a[["_row", "balance", "low"]], on="_row", how="left")
+    out = out.merge(s[["_row", "amount"]], on="_row", how="left").sort_values("_row")
+    return out.rename(columns={"balance": "acct__balance", "low": "acct__low", "amount": "spend__amount"})
+
+
+def plain(values: Any) -> list[Any]:
+    return [None if pd.isna(v) else (v.item() if hasattr(v, "item") else v) for v in values]
+
+
+@pytest.fixture(scope="module")
+def repo(spark: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = Path(tmp_path_factory.mktemp("datasets"))
+    write_db(root / "bank.db")
+    config = RepoConfig(root=root, connections={"bank": "sqlite:///bank.db"})
+    acct = make_view("acct", connection="bank", table="balances", keys={"account_id": DType.INT64},
+                     columns={"balance": DType.FLOAT64, "ts": DType.TIMESTAMP},
+                     features={"balance": "balance", "low": "balance < 10"}, ttl_seconds=TTL, online=False)
+    spend = make_view("spend", connection="bank", table="spend",
+                      keys={"account_id": DType.INT64, "merchant": DType.STRING},
+                      columns={"amount": DType.INT64, "ts": DType.TIMESTAMP}, features={"amount": "amount"},
+                      online=False)
+    plan = make_plan(acct, spend)
+    for view in plan.views:
+        materialize(spark, config, plan, view, start=None, end=None, online=None)
+    out = str(root / "train.parquet")
+    first = training_dataset(spark, config, plan, 7, entities(), REFS, output=out)
+    versions = {v.name: table_version(spark, table_path(config, v)) for v in plan.views}
+    # More data arrives, dated inside the period the training set covers.
+    write_db(root / "bank.db", extra=True)
+    for view in plan.views:
+        materialize(spark, config, plan, view, start=None, end=None, online=None)
+    return {"root": root, "config": config, "plan": plan, "out": out, "first": first, "versions": versions}
+
+
+@pytest.mark.spark
+def test_values_match_merge_asof(repo: dict[str, Any]) -> None:
+    first, frame = repo["first"], entities()
+    assert list(first.columns) == [*frame.columns, "acct__balance", "acct__low", "spend__amount"]
+    pd.testing.assert_frame_equal(first[list(frame.columns)], frame)  # entity columns exactly as given
+    expected = oracle(frame)
+    for column in ("acct__balance", "acct__low", "spend__amount"):
+        assert plain(first[column]) == plain(expected[column]), column
+    assert first["acct__balance"].notna().sum() > 10 and first["spend__amount"].notna().sum() > 5
+
+
+@pytest.mark.spark
+def test_manifest_records_what_was_read(repo: dict[str, Any]) -> None:
+    out, plan = repo["out"], repo["plan"]
+    manifest = json.loads(Path(f"{out}.manifest.json").read_text())
+    assert manifest["plan_version"] == 7 and manifest["plan_fingerprint"] == plan.fingerprint
+    assert manifest["refs"] == REFS and manifest["timestamp_column"] == "event_timestamp"
+    assert manifest["feature_fingerprints"]["acct:low"] == plan.view("acct").feature("low").fingerprint
+    for view in plan.views:
+        info = manifest["views"][view.name]
+        assert info["path"] == str(table_path(repo["config"], view))
+        assert info["version"] == repo["versions"][view.name]
+    assert len(manifest["entities"]["sha256"]) == 64 and len(manifest["result"]["sha256"]) == 64
+    assert pq.read_table(f"{out}.entities.parquet").num_rows == len(entities())
+    pd.testing.assert_frame_equal(pq.read_table(out).to_pandas(), repo["first"])
+
+
+@pytest.mark.spark
+def test_reproduce_is_identical_after_more_data(spark: Any, repo: dict[str, Any], tmp_path: Path) -> None:
+    config, plan = repo["config"], repo["plan"]
+    fresh = training_dataset(spark, config, plan, 8, entities(), REFS)
+    assert not fresh.equals(repo["first"])  # the new rows do change a rebuilt set...
+    again = reproduce(spark, config, plan, f"{repo['out']}.manifest.json", output=str(tmp_path / "again.parquet"))
+    pd.testing.assert_frame_equal(again, repo["first"])  # ...but not the reproduced one
+    first_manifest = json.loads(Path(f"{repo['out']}.manifest.json").read_text())
+    again_manifest = json.loads((tmp_path / "again.parquet.manifest.json").read_text())
+    assert again_manifest["result"]["sha256"] == first_manifest["result"]["sha256"]
+
+
+@pytest.mark.spark
+def test_output_formats_and_spark_input(spark: Any, repo: dict[str, Any]) -> None:
+    config, plan, frame = repo["config"], repo["plan"], entities()
+    pandas_result = training_dataset(spark, config, plan, 8, frame, REFS)
+    arrow_result = training_dataset(spark, config, plan, 8, pa.Table.from_pandas(frame), REFS, output_format="arrow")
+    assert isinstance(arrow_result, pa.Table)
+    pd.testing.assert_frame_equal(arrow_result.to_pandas(), pandas_result)
+    spark_in = spark.createDataFrame(frame)
+    spark_out = training_dataset(spark, config, plan, 8, spark_in, ["acct:*", "spend:amount"], output_format="spark")
+    assert spark_out.columns == list(pandas_result.columns)
+    got = spark_out.toPandas()
+    for column in ("account_id", "label", "acct__balance", "acct__low", "spend__amount"):
+        assert plain(got[column]) == plain(pandas_result[column]), column
+
+
+@pytest.mark.spark
+def test_errors_name_the_problem(spark: Any, repo: dict[str, Any], tmp_path: Path) -> None:
+    config, plan = repo["config"], repo["plan"]
+    with pytest.raises(DatasetError, match="valid choices: pandas, spark, arrow"):
+        training_dataset(spark, config, plan, 8, entities(), REFS, output_format="csv")
+    with pytest.raises(EntityKeyError, match="merchant"):
+        training_dataset(spark, config, plan, 8, entities().drop(columns=["merchant"]), REFS)
+    empty = RepoConfig(root=tmp_path, connections=config.connections)
+    with pytest.raises(DatasetError, match="run 'skewless materialize'"):
+        training_dataset(spark, empty, plan, 8, entities(), REFS)

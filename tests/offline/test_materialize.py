@@ -1,0 +1,234 @@
+"""Materialization from a SQLite source into Delta and a file-backed online store, against plain Python."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from features.config import RepoConfig
+from features.dtypes import DType
+from features.errors import MaterializationError, SchemaMismatchError
+from features.plan import ViewPlan
+from offline.materialize import materialize
+from offline.tables import read_table, table_path, table_version
+from tests.offline.support import FileOnlineStore, make_plan, make_view
+
+BASE = datetime(2024, 5, 1)
+MID = BASE + timedelta(days=3)
+END = BASE + timedelta(days=6)
+Row = tuple[Any, ...]  # (user_id, merchant, amount, qty, ts, created)
+
+
+def source_rows() -> list[Row]:
+    rows: list[Row] = []
+    for i in range(60):
+        user = 1 + i % 5
+        ts = BASE + timedelta(hours=2 * (i // 2))  # pairs of rows share an event time (ties)
+        created = None if i % 4 == 0 else ts + timedelta(minutes=i)
+        rows.append((user, ["Shop", "CAFE", None][i % 3], round(1.5 * i, 2) if i % 7 else None, i % 4, ts, created))
+    rows.append((2, "dup", 1.0, 1, BASE + timedelta(hours=5), None))  # duplicates of one key, other values
+    rows.append((2, "dup", 9.0, 1, BASE + timedelta(hours=5), None))
+    rows.append((None, "nokey", 1.0, 1, BASE + timedelta(hours=7), None))
+    rows.append((3, "notime", 1.0, 1, None, None))
+    return rows
+
+
+def features_of(row: Row) -> tuple[Any, ...]:
+    """The view's features in plain Python: amount * 2, amount * qty, lower(merchant), qty > 2."""
+    _, merchant, amount, qty, _, _ = row
+    return (None if amount is None else amount * 2, None if amount is None else amount * qty,
+            None if merchant is None else merchant.lower(), qty > 2)
+
+
+def expected_table(rows: list[Row], start: datetime | None, end: datetime | None) -> set[Row]:
+    """Rows (keys, features, event, created) the Delta table should hold; duplicates keep the smallest features."""
+    kept: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+    for row in rows:
+        user, ts, created = row[0], row[4], row[5]
+        if user is None or ts is None or (start and ts < start) or (end and ts >= end):
+            continue
+        feats = features_of(row)
+        key = (user, ts, created)
+        if key not in kept or _sort_key(feats) < _sort_key(kept[key]):
+            kept[key] = feats
+    return {(k[0], *f, k[1], k[2]) for k, f in kept.items()}
+
+
+def _sort_key(values: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple((v is not None, v) for v in values)
+
+
+def expected_latest(table: set[Row]) -> set[Row]:
+    latest: dict[Any, Row] = {}
+    for row in table:
+        rank = (row[5], row[6] or datetime.min)
+        if row[0] not in latest or rank > (latest[row[0]][5], latest[row[0]][6] or datetime.min):
+            latest[row[0]] = row
+    return set(latest.values())
+
+
+def write_source(path: Path, rows: list[Row], *, amount_type: str = "REAL", with_qty: bool = True) -> None:
+    path.unlink(missing_ok=True)
+    with sqlite3.connect(path) as conn:
+        qty = ", qty INTEGER" if with_qty else ""
+        conn.execute(f"CREATE TABLE txns (user_id INTEGER, merchant TEXT, amount {amount_type}{qty}, "
+                     f"ts TIMESTAMP, created TIMESTAMP)")
+        text = [(u, m, a, q, _text(t), _text(c)) if with_qty else (u, m, a, _text(t), _text(c))
+                for u, m, a, q, t, c in rows]
+        conn.executemany(f"INSERT INTO txns VALUES ({', '.join('?' * len(text[0]))})", text)
+
+
+def _text(value: datetime | None) -> str | None:
+    return None if value is None else value.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def the_view(name: str = "user_txn") -> ViewPlan:
+    return make_view(name, connection="shop", table="txns", keys={"user_id": DType.INT64},
+                     columns={"merchant": DType.STRING, "amount": DType.FLOAT64, "qty": DType.INT64,
+                              "ts": DType.TIMESTAMP, "created": DType.TIMESTAMP},
+                     features={"amount_x2": "amount * 2", "total": "amount * qty", "merchant_lc": "lower(merchant)",
+                               "bulk": "qty > 2"},
+                     created="created", ttl_seconds=86400)
+
+
+def delta_rows(spark: Any, path: Path, version: int | None = None) -> set[Row]:
+    columns = ["user_id", "amount_x2", "total", "merchant_lc", "bulk", "event_timestamp", "created_timestamp"]
+    return {tuple(r) for r in read_table(spark, path, version).select(*columns).collect()}
+
+
+def live_rows(store: FileOnlineStore, view: str) -> set[Row]:
+    table = store.live(view)
+    if table is None:
+        return set()
+    # The batches carry UTC-aware timestamps; the oracle uses naive UTC.
+    return {tuple(v.replace(tzinfo=None) if isinstance(v, datetime) else v for v in r.values())
+            for r in table.to_pylist()}
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, Any]] = []
+
+    def start(self, task: str, total: int | None = None) -> None:
+        self.calls.append(("start", task, total))
+
+    def advance(self, task: str, amount: int = 1) -> None:
+        self.calls.append(("advance", task, amount))
+
+    def finish(self, task: str) -> None:
+        self.calls.append(("finish", task, None))
+
+
+@pytest.fixture(scope="module")
+def world(spark: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = Path(tmp_path_factory.mktemp("repo"))
+    write_source(root / "shop.db", source_rows())
+    config = RepoConfig(root=root, connections={"shop": "sqlite:///shop.db"})
+    view = the_view()
+    plan = make_plan(view)
+    store = FileOnlineStore(root / "online")
+    recorder = Recorder()
+    first = materialize(spark, config, plan, view, start=BASE, end=MID, online=store, progress=recorder)
+    after_first = delta_rows(spark, table_path(config, view))
+    second = materialize(spark, config, plan, view, start=MID, end=END, online=store)
+    return {"root": root, "config": config, "view": view, "plan": plan, "store": store, "first": first,
+            "second": second, "after_first": after_first, "recorder": recorder}
+
+
+@pytest.mark.spark
+def test_windows_fill_the_table_as_plain_python_says(spark: Any, world: dict[str, Any]) -> None:
+    rows = source_rows()
+    assert world["after_first"] == expected_table(rows, BASE, MID)
+    path = table_path(world["config"], world["view"])
+    assert delta_rows(spark, path) == expected_table(rows, None, None)
+    assert world["first"].rows_read == sum(1 for r in rows if r[4] is not None and BASE <= r[4] < MID)
+    assert world["second"].offline_version == table_version(spark, path)
+    schema = read_table(spark, path).schema.names
+    assert schema == ["user_id", "amount_x2", "total", "merchant_lc", "bulk", "event_timestamp",
+                      "created_timestamp", "published_at"]
+    assert ("advance", "materialize user_txn", world["first"].rows_read) in world["recorder"].calls
+    assert world["recorder"].calls[-1] == ("finish", "materialize user_txn", None)
+
+
+@pytest.mark.spark
+def test_online_gets_the_latest_row_per_entity(world: dict[str, Any]) -> None:
+    store = world["store"]
+    table = store.live("user_txn")
+    assert table.column_names == ["user_id", "amount_x2", "total", "merchant_lc", "bulk", "event_timestamp",
+                                  "created_timestamp"]
+    assert live_rows(store, "user_txn") == expected_latest(expected_table(source_rows(), None, None))
+    assert world["second"].rows_published == 5 and world["second"].online_committed
+
+
+@pytest.mark.spark
+def test_rerunning_a_window_changes_nothing(spark: Any, world: dict[str, Any]) -> None:
+    path = table_path(world["config"], world["view"])
+    version = table_version(spark, path)
+    before = {tuple(r) for r in read_table(spark, path).collect()}  # published_at included
+    result = materialize(spark, world["config"], world["plan"], world["view"], start=MID, end=END, online=None)
+    assert result.rows_written_offline == 0
+    assert table_version(spark, path) == version
+    assert {tuple(r) for r in read_table(spark, path).collect()} == before
+
+
+@pytest.mark.spark
+@pytest.mark.parametrize("change", ["column dropped", "type changed"])
+def test_schema_mismatch_stops_before_any_write(spark: Any, world: dict[str, Any], change: str) -> None:
+    root: Path = world["root"]
+    altered = root / f"altered-{change.replace(' ', '_')}.db"
+    write_source(altered, source_rows(), amount_type="REAL" if change == "column dropped" else "TEXT",
+                 with_qty=change != "column dropped")
+    config = RepoConfig(root=root, connections={"shop": f"sqlite:///{altered}"})
+    path = table_path(config, world["view"])
+    version = table_version(spark, path)
+    store = FileOnlineStore(root / "online-mismatch")
+    pattern = "missing column\\(s\\) qty" if change == "column dropped" else "'amount': expected float64, found"
+    with pytest.raises(SchemaMismatchError, match=pattern):
+        materialize(spark, config, world["plan"], world["view"], start=None, end=None, online=store)
+    assert table_version(spark, path) == version
+    assert store.started == [] and store.live("user_txn") is None
+
+
+@pytest.mark.spark
+def test_failed_publication_keeps_old_values_and_rerun_completes(spark: Any, tmp_path: Path) -> None:
+    rows = source_rows()
+    write_source(tmp_path / "shop.db", rows)
+    config = RepoConfig(root=tmp_path, connections={"shop": "sqlite:///shop.db"})
+    view = the_view("fail_txn")
+    plan = make_plan(view)
+    store = FileOnlineStore(tmp_path / "online")
+    materialize(spark, config, plan, view, start=None, end=None, online=store)
+    old_live = live_rows(store, "fail_txn")
+    assert old_live == expected_latest(expected_table(rows, None, None))
+
+    # New and corrected data: a later event for user 1, and user 4's latest amount restated.
+    later = BASE + timedelta(days=9)
+    latest4 = max((r for r in rows if r[0] == 4 and r[4] is not None), key=lambda r: (r[4], r[5] or datetime.min))
+    rows = [*rows, (1, "Late", 100.0, 3, later, None)]
+    rows = [(*r[:2], 77.0, *r[3:]) if r == latest4 else r for r in rows]
+    write_source(tmp_path / "shop.db", rows)
+    path = table_path(config, view)
+    published_before = {r["user_id"]: r["published_at"] for r in read_table(spark, path).collect()
+                        if r["user_id"] != 4}
+
+    failing = FileOnlineStore(tmp_path / "online", fail_on_write=True)
+    with pytest.raises(MaterializationError, match="previous values are still served") as info:
+        materialize(spark, config, plan, view, start=None, end=None, online=failing)
+    assert info.value.__cause__ is not None
+    assert live_rows(store, "fail_txn") == old_live  # readers still see the old values
+    assert failing.staged_dirs() == []  # the publication was aborted
+    assert delta_rows(spark, path) == expected_table(rows, None, None)  # the offline commit is complete
+
+    result = materialize(spark, config, plan, view, start=None, end=None, online=store)
+    assert result.rows_written_offline == 0 and result.online_committed
+    assert live_rows(store, "fail_txn") == expected_latest(expected_table(rows, None, None))
+    assert store.started[-1] == table_version(spark, path)
+    # Only the restated row got a new published_at.
+    changed = {r["user_id"] for r in read_table(spark, path).collect()
+               if r["user_id"] != 4 and r["published_at"] != published_before.get(r["user_id"])}
+    assert changed == {1}  # user 1's new row is new; nobody else's rows were rewritten

@@ -1,0 +1,181 @@
+"""``features.lookup``: entity checks, one read per lookup, and statuses against a plain-Python oracle."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from features.dtypes import DType
+from features.errors import EntityKeyError, UnknownNameError
+from features.lookup import EXPIRED, MISSING, PRESENT, OfflineOnlyViewError, lookup
+from features.plan import ViewPlan
+from features.protocols import OnlineValues
+from online.redis_store import RedisOnlineStore
+from tests.online.plans import make_plan, make_view, publish, ts
+
+CARD = make_view("card", [("card_id", DType.INT64)], [("limit", DType.FLOAT64), ("seen", DType.TIMESTAMP)],
+                 ttl_seconds=3600)
+MERCHANT = make_view("merchant", [("merchant", DType.STRING), ("card_id", DType.INT64)],
+                     [("risk", DType.INT64), ("flag", DType.BOOL)])
+HISTORY = make_view("history", [("card_id", DType.INT64)], [("total", DType.FLOAT64)], online=False)
+VIP = make_view("vip", [("is_vip", DType.BOOL)], [("bonus", DType.INT64)])
+PLAN = make_plan([CARD, MERCHANT, HISTORY, VIP], services={"fraud": ["card:limit", "merchant:risk"]})
+NOW = ts("2024-06-01T12:00:00")
+
+
+class RecordingStore:
+    """An OnlineStore with no rows that records its reads (entity checks happen before any read)."""
+
+    def __init__(self, inner: Any = None) -> None:
+        self.inner = inner
+        self.reads: list[Any] = []
+
+    def read(self, requests: Sequence[tuple[ViewPlan, Sequence[str]]],
+             entity_keys: Sequence[Sequence[Any]]) -> list[OnlineValues]:
+        self.reads.append((requests, entity_keys))
+        if self.inner is not None:
+            return list(self.inner.read(requests, entity_keys))
+        n = len(entity_keys)
+        return [OnlineValues(v.name, tuple(f), [None] * n, [None] * n) for v, f in requests]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def refs(*texts: str) -> Any:
+    return PLAN.resolve_refs(texts)
+
+
+@pytest.mark.parametrize(("entities", "message"), [
+    ({}, r"missing entity column\(s\) card_id; the requested features need card_id \(int64\)"),
+    ({"card_id": [1], "user": [2]}, r"unknown entity column\(s\) user; .* card_id \(int64\)"),
+    ({"card_id": ["abc"]}, r"'card_id' is int64: value 0 \('abc', str\) is not an integer"),
+    ({"card_id": [1, 1.5]}, r"'card_id' is int64: value 1 \(1.5, float\) is not an integer"),
+    ({"card_id": [True]}, r"'card_id' is int64: value 0 \(True, bool\)"),
+    ({"card_id": [None]}, r"'card_id' is int64: value 0 \(None"),
+    ({"card_id": [2**63]}, r"'card_id' is int64"),
+    ({"card_id": 1}, r"'card_id' must be a list of values"),
+])
+def test_entity_errors_name_the_column_and_the_expected_type(entities: Any, message: str) -> None:
+    store = RecordingStore()
+    with pytest.raises(EntityKeyError, match=message):
+        lookup(PLAN, store, refs("card:limit"), entities)
+    assert store.reads == []
+
+
+def test_entity_errors_for_several_views() -> None:
+    store = RecordingStore()
+    with pytest.raises(EntityKeyError, match=r"need card_id \(int64\), merchant \(string\)"):
+        lookup(PLAN, store, refs("card:limit", "merchant:risk"), {"card_id": [1]})
+    with pytest.raises(EntityKeyError, match="same length; got card_id: 2, merchant: 1"):
+        lookup(PLAN, store, refs("card:limit", "merchant:risk"),
+               {"card_id": [1, 2], "merchant": ["m"]})
+    with pytest.raises(EntityKeyError, match=r"'merchant' is string: value 0 \(7, int\)"):
+        lookup(PLAN, store, refs("merchant:risk"), {"card_id": [1], "merchant": [7]})
+    with pytest.raises(EntityKeyError, match=r"'is_vip' is bool: value 0 \(1, int\) is not a boolean"):
+        lookup(PLAN, store, refs("vip:bonus"), {"is_vip": [1]})
+
+
+def test_unknown_and_offline_only_names() -> None:
+    store = RecordingStore()
+    with pytest.raises(OfflineOnlyViewError, match=r"'history' is offline-only.*online: card, merchant, vip"):
+        lookup(PLAN, store, refs("history:total"), {"card_id": [1]})
+    assert issubclass(OfflineOnlyViewError, LookupError)
+    with pytest.raises(UnknownNameError, match="unknown feature 'nope' in view 'card'; known: limit, seen"):
+        lookup(PLAN, store, [type(refs("card:limit")[0])("card", "nope")], {"card_id": [1]})
+
+
+def test_numpy_and_pandas_keys_are_accepted() -> None:
+    import numpy as np
+    import pandas as pd
+
+    store = RecordingStore()
+    result = lookup(PLAN, store, refs("card:limit", "vip:bonus"),
+                    {"card_id": pd.Series([1, 2], dtype="int64"), "is_vip": np.array([True, False])})
+    assert store.reads[0][1] == [(1, True), (2, False)]
+    assert all(type(v) is int for v in result.entities["card_id"])
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("seed", range(5))
+def test_statuses_match_an_oracle(redis_url: str, project: str, seed: int) -> None:
+    rng = random.Random(seed)
+    ttl_us = CARD.ttl_seconds * 1_000_000  # type: ignore[operator]
+    card_rows: dict[int, dict[str, Any]] = {}
+    for card_id in rng.sample(range(60), 40):
+        # Around the TTL boundary, to the microsecond, and far on both sides of it.
+        age_us = rng.choice([ttl_us - 1, ttl_us, ttl_us + 1, 0, -5, rng.randrange(0, 3 * ttl_us)])
+        card_rows[card_id] = {"card_id": card_id, "limit": rng.choice([1.5, math.nan, -math.inf, None]),
+                              "seen": NOW - timedelta(days=rng.randrange(1000)),
+                              "event_timestamp": NOW - timedelta(microseconds=age_us)}
+    merchant_rows = {(f"m{i % 3}", i): {"merchant": f"m{i % 3}", "card_id": i, "risk": rng.randrange(-5, 5),
+                                        "flag": rng.random() < 0.5,
+                                        "event_timestamp": NOW - timedelta(days=rng.randrange(10_000))}
+                     for i in rng.sample(range(60), 20)}
+    with RedisOnlineStore(redis_url, project=project) as redis_store:
+        assert publish(redis_store, CARD, list(card_rows.values()))
+        assert publish(redis_store, MERCHANT, list(merchant_rows.values()))
+        store = RecordingStore(redis_store)
+        entities: dict[str, list[Any]] = {"card_id": list(range(60)), "merchant": [f"m{i % 3}" for i in range(60)]}
+        result = lookup(PLAN, store, refs("merchant:*", "card:*"), entities, now=NOW,
+                        plan_version=7)
+    assert len(store.reads) == 1
+
+    def expect(row: dict[str, Any] | None, feature: str, ttl: int | None) -> tuple[Any, str]:
+        if row is None:
+            return None, MISSING
+        age = (NOW - row["event_timestamp"]) // timedelta(microseconds=1)
+        if ttl is not None and age > ttl:
+            return None, EXPIRED
+        return row[feature], PRESENT
+
+    assert list(result.features) == ["merchant__risk", "merchant__flag", "card__limit", "card__seen"]
+    for i in range(60):
+        for view, rows, key, ttl in [("card", card_rows, i, ttl_us), ("merchant", merchant_rows, (f"m{i % 3}", i),
+                                                                      None)]:
+            row = rows.get(key)  # type: ignore[attr-defined]
+            for feature in (["limit", "seen"] if view == "card" else ["risk", "flag"]):
+                column = result.features[f"{view}__{feature}"]
+                value, status = expect(row, feature, ttl)
+                assert column.statuses[i] == status, (view, feature, i)
+                got = column.values[i]
+                assert got == value or (isinstance(got, float) and math.isnan(got) and math.isnan(value))
+                assert column.event_timestamps[i] == (None if row is None else row["event_timestamp"])
+    statuses = {s for c in result.features.values() for s in c.statuses}
+    assert statuses == {PRESENT, MISSING, EXPIRED}
+
+
+@pytest.mark.redis
+def test_to_dict_and_to_pandas(redis_url: str, project: str) -> None:
+    with RedisOnlineStore(redis_url, project=project) as store:
+        assert publish(store, CARD, [
+            {"card_id": 1, "limit": math.nan, "seen": ts("2024-05-01T00:00:00.000001"), "event_timestamp": NOW},
+            {"card_id": 2, "limit": -math.inf, "seen": None, "event_timestamp": NOW - timedelta(days=1)},
+            {"card_id": 3, "limit": 2.5, "seen": None, "event_timestamp": NOW - timedelta(hours=1)},
+        ])
+        result = lookup(PLAN, store, refs("card:*"), {"card_id": [1, 2, 3, 4]}, now=NOW, plan_version=3)
+    answer = result.to_dict()
+    assert answer == {
+        "plan_version": 3,
+        "entities": {"card_id": [1, 2, 3, 4]},
+        "features": {
+            "card__limit": {"values": ["NaN", None, 2.5, None], "statuses": [PRESENT, EXPIRED, PRESENT, MISSING],
+                            "event_timestamps": ["2024-06-01T12:00:00Z", "2024-05-31T12:00:00Z",
+                                                 "2024-06-01T11:00:00Z", None]},
+            "card__seen": {"values": ["2024-05-01T00:00:00.000001Z", None, None, None],
+                           "statuses": [PRESENT, EXPIRED, PRESENT, MISSING],
+                           "event_timestamps": ["2024-06-01T12:00:00Z", "2024-05-31T12:00:00Z",
+                                                "2024-06-01T11:00:00Z", None]},
+        },
+    }
+    frame = result.to_pandas()
+    assert list(frame.columns) == ["card_id", "card__limit", "card__seen"]
+    assert frame["card__limit"].isna().tolist() == [True, True, False, True]
+    assert str(frame["card__seen"].dtype) == "datetime64[us, UTC]"
+    detailed = result.to_pandas(statuses=True)
+    assert detailed["card__limit__status"].tolist() == [PRESENT, EXPIRED, PRESENT, MISSING]

@@ -1,0 +1,181 @@
+"""The HTTP service in-process (TestClient) against a real redis-server."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from starlette.exceptions import StarletteDeprecationWarning
+
+from features.dtypes import DType
+from features.errors import RegistryError
+from features.registry import PlanVersion
+from online.redis_store import RedisOnlineStore
+from serving_api.app import create_app
+from tests import servers
+from tests.online.plans import make_plan, make_view
+from tests.serving.conftest import CARD, MERCHANT, PLAN, plan_version
+
+with warnings.catch_warnings():
+    # Starlette >= 0.50 prefers the httpx2 package for its TestClient; httpx works the same here.
+    warnings.simplefilter("ignore", StarletteDeprecationWarning)
+    from fastapi.testclient import TestClient
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture
+def client(online: RedisOnlineStore) -> Iterator[TestClient]:
+    with TestClient(create_app(plan_provider=plan_version, store=online), raise_server_exceptions=False) as c:
+        yield c
+
+
+def post(client: TestClient, body: Any) -> Any:
+    return client.post("/v1/features", json=body)
+
+
+def test_features_by_name(client: TestClient) -> None:
+    response = post(client, {"features": ["card:limit", "card:tier"], "entities": {"card_id": [1, 2, 3, 9]}})
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["plan_version"] == 1
+    assert answer["entities"] == {"card_id": [1, 2, 3, 9]}
+    limit = answer["features"]["card__limit"]
+    assert limit["values"] == [1000.0, None, "NaN", None]
+    assert limit["statuses"] == ["present", "expired", "present", "missing"]
+    assert limit["event_timestamps"][0].endswith("Z") and limit["event_timestamps"][3] is None
+    assert answer["features"]["card__tier"]["values"] == ["gold", None, None, None]
+
+
+def test_feature_service_and_view_star(client: TestClient) -> None:
+    response = post(client, {"feature_service": "fraud", "entities": {"card_id": [1], "merchant": ["acme"]},
+                             "request_data": {"amount": 12.5}})
+    assert response.status_code == 200, response.text
+    features = response.json()["features"]
+    assert list(features) == ["card__limit", "merchant__risk"]
+    assert features["merchant__risk"]["values"] == [7]
+    response = post(client, {"features": ["card:*"], "entities": {"card_id": [1]}})
+    assert list(response.json()["features"]) == ["card__limit", "card__tier"]
+
+
+@pytest.mark.parametrize(("body", "known"), [
+    ({"features": ["card:nope"], "entities": {"card_id": [1]}}, ["limit", "tier"]),
+    ({"features": ["nope:limit"], "entities": {"card_id": [1]}}, ["card", "history", "merchant"]),
+    ({"feature_service": "nope", "entities": {"card_id": [1]}}, ["fraud"]),
+])
+def test_unknown_names_are_404_with_the_known_ones(client: TestClient, body: Any, known: list[str]) -> None:
+    response = post(client, body)
+    assert response.status_code == 404
+    answer = response.json()
+    assert answer["known"] == known and answer["name"] == "nope"
+    assert "unknown" in answer["error"] and ", ".join(known) in answer["error"]
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ({"features": ["card:limit"]}, "entities: Field required"),
+    ({"features": ["card:limit"], "feature_service": "fraud", "entities": {"card_id": [1]}}, "exactly one"),
+    ({"entities": {"card_id": [1]}}, "exactly one"),
+    ({"features": [], "entities": {"card_id": [1]}}, "features"),
+    ({"features": "card:limit", "entities": {"card_id": [1]}}, "features"),
+    ({"features": ["card:limit"], "entities": {"card_id": [1]}, "extra": 1}, "extra"),
+    ({"features": ["card:limit"], "entities": {"card_id": [1]}, "request_data": [1]}, "request_data"),
+    ({"features": ["card:limit"], "entities": {"card_id": "1"}}, "entities.card_id"),
+    ({"features": ["cardlimit"], "entities": {"card_id": [1]}}, "must look like 'view:feature'"),
+    ({"features": ["card:limit"], "entities": {"card_id": ["1"]}}, "'card_id' is int64: value 0 ('1', str)"),
+    ({"features": ["card:limit"], "entities": {"card_id": [1.5]}}, "is not an integer"),
+    ({"features": ["card:limit"], "entities": {"user": [1]}}, "missing entity column(s) card_id"),
+    ({"features": ["card:limit"], "entities": {"card_id": [1], "user": [1]}}, "unknown entity column(s) user"),
+    ({"features": ["history:total"], "entities": {"card_id": [1]}}, "offline-only"),
+    ([1, 2], "body"),
+])
+def test_bad_requests_are_422_with_a_clear_message(client: TestClient, body: Any, message: str) -> None:
+    response = post(client, body)
+    assert response.status_code == 422, response.text
+    assert message in response.json()["error"]
+
+
+def test_malformed_json_is_422(client: TestClient) -> None:
+    response = client.post("/v1/features", content=b"{not json", headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    assert "JSON" in response.json()["error"]
+
+
+def test_health_docs_and_openapi(client: TestClient) -> None:
+    assert client.get("/health").json() == {"status": "ok", "plan_version": 1}
+    assert client.get("/docs").status_code == 200
+    schema = client.get("/openapi.json").json()
+    assert "FeaturesRequest" in schema["components"]["schemas"]
+    assert "/v1/features" in schema["paths"]
+
+
+def test_an_unreachable_store_is_503_quickly() -> None:
+    down = RedisOnlineStore(f"redis://127.0.0.1:{servers.free_port()}/0")
+    with TestClient(create_app(plan_provider=plan_version, store=down), raise_server_exceptions=False) as client:
+        started = time.monotonic()
+        response = post(client, {"features": ["card:limit"], "entities": {"card_id": [1]}})
+        assert response.status_code == 503
+        assert "online store at redis://127.0.0.1" in response.json()["error"]
+        health = client.get("/health")
+        assert health.status_code == 503 and health.json()["status"] == "unavailable"
+        assert time.monotonic() - started < 3
+
+
+class BrokenStore:
+    def read(self, *args: Any) -> Any:
+        raise RuntimeError("secret internals at /srv/app.py line 12")
+
+    def ping(self) -> None:
+        raise KeyError("boom")
+
+
+def test_unexpected_errors_are_500_without_a_traceback() -> None:
+    app = create_app(plan_provider=plan_version, store=BrokenStore())  # type: ignore[arg-type]
+    with TestClient(app, raise_server_exceptions=False) as client:
+        for response in (post(client, {"features": ["card:limit"], "entities": {"card_id": [1]}}),
+                         client.get("/health")):
+            assert response.status_code == 500
+            assert set(response.json()) == {"error", "type"}
+            assert "Traceback" not in response.text and "secret" not in response.text
+
+
+def test_no_applied_plan_is_503(online: RedisOnlineStore) -> None:
+    def nothing() -> PlanVersion:
+        raise RegistryError("no plan has been applied to the registry yet; run 'skewless apply'")
+
+    with TestClient(create_app(plan_provider=nothing, store=online), raise_server_exceptions=False) as client:
+        response = post(client, {"features": ["card:limit"], "entities": {"card_id": [1]}})
+        assert response.status_code == 503 and "skewless apply" in response.json()["error"]
+        assert client.get("/health").status_code == 503
+
+
+def test_a_new_plan_version_is_picked_up_without_reading_the_registry_per_request(online: RedisOnlineStore) -> None:
+    calls: list[int] = []
+    current = [plan_version()]
+    extra = make_view("extra", [("card_id", DType.INT64)], [])
+
+    def provider() -> PlanVersion:
+        calls.append(1)
+        return current[0]
+
+    app = create_app(plan_provider=provider, store=online, refresh_seconds=0.2)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        body = {"features": ["card:limit"], "entities": {"card_id": [1]}}
+        for _ in range(20):
+            assert post(client, body).json()["plan_version"] == 1
+        assert len(calls) <= 2
+        current[0] = plan_version(make_plan([CARD, MERCHANT, extra]), version=2)
+        time.sleep(0.25)
+        assert post(client, body).json()["plan_version"] == 2
+        assert post(client, {"features": ["history:total"], "entities": {"card_id": [1]}}).status_code == 404
+    assert PLAN.view("history")
+
+
+def test_too_many_entities_is_422(online: RedisOnlineStore) -> None:
+    app = create_app(plan_provider=plan_version, store=online, max_entities=3)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        assert post(client, {"features": ["card:limit"], "entities": {"card_id": [1, 2, 3]}}).status_code == 200
+        response = post(client, {"features": ["card:limit"], "entities": {"card_id": [1, 2, 3, 4]}})
+        assert response.status_code == 422 and "at most 3" in response.json()["error"]

@@ -1,0 +1,95 @@
+"""``skewless serve`` for real: uvicorn in a subprocess on a repository, queried with SkewlessClient."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from features.errors import EntityKeyError, UnknownNameError
+from features.registry import Registry
+from online.redis_store import RedisOnlineStore
+from serving_api.client import InvalidRequestError, ServiceUnavailableError, SkewlessClient
+from tests import servers
+from tests.serving.conftest import PLAN, publish_rows
+
+pytestmark = [pytest.mark.redis, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVE = """
+import argparse, sys
+from serving_api.commands import register_serve
+parser = argparse.ArgumentParser()
+register_serve(parser.add_subparsers())
+args = parser.parse_args(sys.argv[1:])
+sys.exit(args.handler(args))
+"""
+
+
+@pytest.fixture
+def repo(tmp_path: Path, redis_url: str, project: str) -> Path:
+    (tmp_path / "skewless.yaml").write_text(
+        f"project: {project}\nregistry: sqlite:///.skewless/registry.db\nonline:\n  url: {redis_url}\n")
+    registry = Registry(f"sqlite:///{tmp_path}/.skewless/registry.db")
+    registry.apply(PLAN)
+    registry.close()
+    with RedisOnlineStore(redis_url, project=project) as store:
+        publish_rows(store)
+    return tmp_path
+
+
+@pytest.fixture
+def service(repo: Path) -> Iterator[str]:
+    port = servers.free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-c", SERVE, "serve", "--repo", str(repo), "--port", str(port)],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        with SkewlessClient(url, timeout=2) as client:
+            while True:
+                try:
+                    client.health()
+                    break
+                except ServiceUnavailableError:
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        stderr = proc.stderr.read().decode() if proc.stderr else ""
+                        pytest.fail(f"the service did not start: {stderr[-2000:]}")
+                    time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        if proc.stderr:
+            proc.stderr.close()
+
+
+def test_serve_and_query_with_the_client(service: str) -> None:
+    with SkewlessClient(service) as client:
+        assert client.health() == {"status": "ok", "plan_version": 1}
+        answer = client.get_features({"card_id": [1, 2, 5]}, features=["card:limit"])
+        assert answer["features"]["card__limit"]["values"] == [1000.0, None, None]
+        assert answer["features"]["card__limit"]["statuses"] == ["present", "expired", "missing"]
+        answer = client.get_features({"card_id": [3], "merchant": ["acme"]}, feature_service="fraud")
+        assert answer["features"]["card__limit"]["values"] == ["NaN"]
+        assert answer["features"]["merchant__risk"]["values"] == [7]
+
+        with pytest.raises(UnknownNameError) as unknown:
+            client.get_features({"card_id": [1]}, feature_service="nope")
+        assert unknown.value.known == ["fraud"]
+        with pytest.raises(EntityKeyError, match="'card_id' is int64"):
+            client.get_features({"card_id": ["x"]}, features=["card:limit"])
+        with pytest.raises(InvalidRequestError, match="exactly one"):
+            client.get_features({"card_id": [1]})
+
+
+def test_client_reports_a_service_that_is_not_there() -> None:
+    with SkewlessClient(f"http://127.0.0.1:{servers.free_port()}", timeout=1) as client, \
+            pytest.raises(ServiceUnavailableError, match="cannot reach"):
+        client.health()
