@@ -19,6 +19,7 @@ from sqlalchemy.exc import ArgumentError
 from features.dtypes import DType
 from features.errors import ConfigError, SchemaMismatchError
 from features.plan import SourcePlan
+from features.sources import SourceUnavailableError
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -166,7 +167,11 @@ def read_source(spark: SparkSession, source: SourcePlan, url: str, start: dateti
 
     target = jdbc_target(url)
     reader = spark.read.format("jdbc").options(**target.options())
-    probe = reader.option("dbtable", f"({base_query(source)}) skewless_probe").load()
+    try:
+        probe = reader.option("dbtable", f"({base_query(source)}) skewless_probe").load()
+    except Exception as exc:  # Py4J/JDBC errors: translate at the boundary, without the password
+        raise SourceUnavailableError(f"cannot read source '{source.name}' at {target.url}: "
+                                     f"{error_summary(exc)}") from exc
     sqlite = target.driver == "org.sqlite.JDBC"
     check_schema(source, {f.name: type(f.dataType).__name__ for f in probe.schema.fields},
                  undeclared=_SQLITE_UNDECLARED if sqlite else ())
@@ -190,6 +195,18 @@ def read_source(spark: SparkSession, source: SourcePlan, url: str, start: dateti
     frame = reader.load()
     return frame.select(*(F.col(quote_spark(c.name)).cast(spark_type(c.dtype)).alias(c.name)
                           for c in source.columns))
+
+
+def error_summary(exc: BaseException) -> str:
+    """One line for an error from Spark; the full text (a Java or worker stack trace) stays on ``__cause__``."""
+    java = getattr(exc, "java_exception", None)
+    if java is not None:
+        return str(java.toString())
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    # A Python worker's traceback ends with the error itself.
+    return lines[-1] if type(exc).__name__ == "PythonException" else lines[0]
 
 
 def quote_spark(name: str) -> str:

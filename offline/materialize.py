@@ -17,7 +17,7 @@ from features.config import RepoConfig
 from features.errors import MaterializationError, SkewlessError
 from features.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP, Plan, ViewPlan
 from features.protocols import MaterializationResult, OnlineStore, Progress, Publication, iter_batches
-from offline.jdbc import quote_spark, read_source, spark_type
+from offline.jdbc import error_summary, quote_spark, read_source, spark_type
 from offline.tables import merge_rows, prepare_rows, read_table, table_path, table_version
 from offline.translate import SparkTranslator
 
@@ -90,21 +90,21 @@ def materialize(spark: SparkSession, config: RepoConfig, plan: Plan, view: ViewP
     url = config.connection_url(view.source.connection)
     source = read_source(spark, view.source, url, start, end)  # the schema check happens here
     cached = compute_features(view, source).persist()
+    path = table_path(config, view)
     try:
         rows_read = cached.count()
         log.info("view '%s': read %d source row(s) from '%s'", view.name, rows_read, view.source.name)
         if progress is not None:
             progress.advance(task, rows_read)
         prepared = prepare_rows(view, cached)
-        path = table_path(config, view)
-        try:
-            written = merge_rows(spark, path, view, prepared.frame, datetime.now(UTC))
-        except SkewlessError:
-            raise
-        except Exception as exc:
-            raise MaterializationError(f"view '{view.name}': writing the offline table {path} failed: {exc}") \
-                from exc
+        written = merge_rows(spark, path, view, prepared.frame, datetime.now(UTC))
         version = table_version(spark, path)
+    except SkewlessError:
+        raise
+    except Exception as exc:  # Spark/JDBC/Delta errors, translated at the boundary
+        raise MaterializationError(
+            f"view '{view.name}': computing or writing the offline table {path} failed (the table is unchanged "
+            f"unless its commit completed): {error_summary(exc)}") from exc
     finally:
         cached.unpersist()
     log.info("view '%s': %d row(s) inserted or updated in %s (version %s)", view.name, written, path, version)
@@ -135,7 +135,7 @@ def _publish_online(spark: SparkSession, view: ViewPlan, path: object, version: 
             log.exception("view '%s': aborting the online publication failed", view.name)
         raise MaterializationError(
             f"view '{view.name}': publishing to the online store failed; the previous values are still served "
-            f"and a rerun will publish version {version}: {exc}") from exc
+            f"and a rerun will publish version {version}: {error_summary(exc)}") from exc
     if not committed:
         log.warning("view '%s': a newer publication is live; version %d was not made visible", view.name, version)
     log.info("view '%s': published %d row(s) online (offline version %d)", view.name, published, version)

@@ -31,11 +31,3 @@ def cmd_serve(args: argparse.Namespace) -> int:
     uvicorn.run("serving_api.app:app_from_env", factory=True, host=args.host, port=args.port,
                 workers=args.workers, log_level="info")
     return 0
-
-
-
-def register_demo(subparsers: Any) -> None:
-    """Alias of :func:`serving_api.demo.register` for installs whose entry-point metadata predates it."""
-    from serving_api.demo import register
-
-    register(subparsers)

@@ -68,11 +68,14 @@ def point_in_time(entities: pd.DataFrame, rows: pd.DataFrame, keys: Sequence[str
     probe = left[usable].copy()
     for key in keys:
         probe[key] = probe[key].astype(rows[key].dtype)
+    # Feature columns get their output names first: a feature may share a name with an entity column.
+    right = rows[[*keys, ts, *features]].rename(columns={f: f"{prefix}__{f}" for f in features})
+    right = right.rename(columns={ts: "_feature_ts"})
     matched = pd.merge_asof(
-        probe.sort_values(entity_ts, kind="stable"),
-        rows[[*keys, ts, *features]].sort_values(ts, kind="stable"),
-        left_on=entity_ts, right_on=ts, by=list(keys), direction="backward", allow_exact_matches=True,
+        probe[["_row", *keys, entity_ts]].sort_values(entity_ts, kind="stable"),
+        right.sort_values("_feature_ts", kind="stable"),
+        left_on=entity_ts, right_on="_feature_ts", by=list(keys), direction="backward", allow_exact_matches=True,
         tolerance=pd.Timedelta(ttl) if ttl is not None else None,
     )
     matched = matched.set_index("_row").reindex(range(len(left)))
-    return pd.DataFrame({f"{prefix}__{f}": matched[f].to_numpy() for f in features})
+    return pd.DataFrame({f"{prefix}__{f}": matched[f"{prefix}__{f}"].to_numpy() for f in features})

@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from features.dtypes import DType
 from features.errors import ConfigError, SchemaMismatchError
 from features.plan import ColumnSpec, SourcePlan
+from features.sources import SourceUnavailableError
 from offline.jdbc import check_schema, jdbc_target, read_source
 
 BASE = datetime(2024, 3, 1)
@@ -96,6 +97,12 @@ def test_sqlite_unbounded_and_query_sources(spark: Any, sqlite_url: str) -> None
 def test_sqlite_schema_mismatch(spark: Any, sqlite_url: str) -> None:
     with pytest.raises(SchemaMismatchError, match=r"missing column\(s\) vanished.*'note': expected bool"):
         read_source(spark, _source({**COLUMNS, "vanished": DType.STRING, "note": DType.BOOL}), sqlite_url)
+
+
+@pytest.mark.spark
+def test_missing_table_is_a_named_error(spark: Any, sqlite_url: str) -> None:
+    with pytest.raises(SourceUnavailableError, match=r"cannot read source 'events' at jdbc:sqlite:.*no such table"):
+        read_source(spark, _source(COLUMNS, table="nope"), sqlite_url)
 
 
 @pytest.mark.spark

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
+import logging
 import sqlite3
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -195,14 +195,19 @@ def test_schema_mismatch_stops_before_any_write(spark: Any, world: dict[str, Any
 
 
 @pytest.mark.spark
-def test_failed_publication_keeps_old_values_and_rerun_completes(spark: Any, tmp_path: Path) -> None:
+def test_failed_publication_keeps_old_values_and_rerun_completes(spark: Any, tmp_path: Path,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
     rows = source_rows()
     write_source(tmp_path / "shop.db", rows)
     config = RepoConfig(root=tmp_path, connections={"shop": "sqlite:///shop.db"})
     view = the_view("fail_txn")
     plan = make_plan(view)
     store = FileOnlineStore(tmp_path / "online")
-    materialize(spark, config, plan, view, start=None, end=None, online=store)
+    with caplog.at_level(logging.INFO, logger="offline"):
+        materialize(spark, config, plan, view, start=None, end=None, online=store)
+    assert f"read {len(rows)} source row(s)" in caplog.text
+    assert "dropped 2 source row(s) with a null join key or event time" in caplog.text
+    assert "dropped 1 duplicate source row(s)" in caplog.text
     old_live = live_rows(store, "fail_txn")
     assert old_live == expected_latest(expected_table(rows, None, None))
 
@@ -217,7 +222,7 @@ def test_failed_publication_keeps_old_values_and_rerun_completes(spark: Any, tmp
                         if r["user_id"] != 4}
 
     failing = FileOnlineStore(tmp_path / "online", fail_on_write=True)
-    with pytest.raises(MaterializationError, match="previous values are still served") as info:
+    with pytest.raises(MaterializationError, match=r"previous values are still served.*injected failure") as info:
         materialize(spark, config, plan, view, start=None, end=None, online=failing)
     assert info.value.__cause__ is not None
     assert live_rows(store, "fail_txn") == old_live  # readers still see the old values

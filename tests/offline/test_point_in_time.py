@@ -146,9 +146,10 @@ def test_matches_merge_asof_oracle(joined: Any) -> None:
 
 @pytest.mark.spark
 def test_ttl_boundary_is_inclusive_and_rows_before_any_feature_are_null(joined: Any) -> None:
-    entities, _, _, result = joined
+    _, _, _, result = joined
     edge = result[result["user_id"] == BOUNDARY_USER]
-    by_time = {pd.Timestamp(t).to_pydatetime(): _plain(v) for t, v in zip(edge["ts"], edge["u__f_str"], strict=True)}
+    by_time = {pd.Timestamp(t).to_pydatetime(): _plain(v)
+               for t, v in zip(edge["ts"], edge["u__f_str"], strict=True)}
     ttl = timedelta(seconds=TTL)
     assert by_time[BOUNDARY_EVENT - timedelta(microseconds=1)] is None
     assert by_time[BOUNDARY_EVENT] == "edge"

@@ -157,12 +157,13 @@ def test_every_operator_matches_plain_python(spark: Any) -> None:
 def test_division_by_literal_zero_is_null_under_ansi(spark: Any) -> None:
     assert spark.conf.get("spark.sql.ansi.enabled") == "true"
     expr = parse_expression("a / 0 + a % 0", {"a": DType.INT64})
-    assert spark.range(2).withColumnRenamed("id", "a").select(SparkTranslator().translate(expr).alias("v")).collect()[0]["v"] is None
+    frame = spark.range(2).withColumnRenamed("id", "a")
+    assert frame.select(SparkTranslator().translate(expr).alias("v")).collect()[0]["v"] is None
 
 
 def test_unknown_operator_has_a_named_error() -> None:
     bad = Call(DType.INT64, "power", (Column(DType.INT64, "a"), Literal(DType.INT64, 2)))
-    with pytest.raises(UnsupportedExpressionError, match="power.*supported: .*add"):
+    with pytest.raises(UnsupportedExpressionError, match=r"power.*supported: .*add"):
         SparkTranslator().translate(bad)
     assert issubclass(UnsupportedExpressionError, NotImplementedError)
 

