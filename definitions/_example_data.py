@@ -14,6 +14,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -50,6 +51,8 @@ def create_example_data(url: str, *, now: datetime | None = None, cards: int = 1
 
 
 def write_tables(url: str, rows: dict[str, list[tuple[Any, ...]]]) -> None:
+    if url.startswith("sqlite:///"):
+        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     engine = sa.create_engine(url)
     sqlite = engine.dialect.name == "sqlite"
     try:
