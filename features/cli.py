@@ -158,13 +158,11 @@ def cmd_dataset(args: argparse.Namespace) -> int:
         if not (args.entities and args.features and args.out):
             console.print("dataset needs --entities, --features and --out (or --reproduce MANIFEST)")
             return 2
-        entities = _read_table(args.entities)
-        plan = store.plan_version().plan
+        entities = _read_table(args.entities, args.timestamp_column)
         if ":" in args.features:
             kwargs = {"features": [f.strip() for f in args.features.split(",") if f.strip()]}
         else:
             kwargs = {"feature_service": args.features}
-        _ = plan
         frame = store.get_training_dataset(entities, timestamp_column=args.timestamp_column, output=args.out,
                                            **kwargs)
         console.print(f"wrote {len(frame)} rows x {len(frame.columns)} columns to {args.out} "
@@ -173,12 +171,21 @@ def cmd_dataset(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_table(path: str):  # type: ignore[no-untyped-def]
+def _read_table(path: str, timestamp_column: str):  # type: ignore[no-untyped-def]
     import pandas as pd
 
-    if path.endswith(".csv"):
-        return pd.read_csv(path)
-    return pd.read_parquet(path)
+    from features.errors import ConfigError
+
+    if not Path(path).exists():
+        raise ConfigError(f"entity file {path} does not exist")
+    frame = pd.read_csv(path) if path.endswith(".csv") else pd.read_parquet(path)
+    if timestamp_column not in frame.columns:
+        raise ConfigError(f"the entity file has no column '{timestamp_column}' (use --timestamp-column); "
+                          f"its columns: {', '.join(map(str, frame.columns))}")
+    if not pd.api.types.is_datetime64_any_dtype(frame[timestamp_column]):
+        # CSV has no timestamp type: parse the text, naive values being UTC like everywhere in skewless.
+        frame[timestamp_column] = pd.to_datetime(frame[timestamp_column], utc=True)
+    return frame
 
 
 if __name__ == "__main__":

@@ -9,11 +9,14 @@ and line: it is never logged and skipped.
 from __future__ import annotations
 
 import importlib
+import importlib.abc
+import importlib.util
 import os
 import sys
 import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
+from importlib.machinery import ModuleSpec
 from pathlib import Path
 from types import ModuleType
 from typing import TypeVar
@@ -56,10 +59,7 @@ def discover(folder: str | os.PathLike[str]) -> Discovered:
     root = Path(folder).resolve()
     if not root.is_dir():
         raise DefinitionError(f"definitions folder {root} does not exist")
-    # Import afresh every time: the files may have changed, or a folder of the same name (another repository,
-    # the installed example) may have been imported before.
-    for name in [m for m in sys.modules if m == root.name or m.startswith(root.name + ".")]:
-        del sys.modules[name]
+    _install_finder(root)
     found: list[tuple[str, Definition]] = []
     seen_names: dict[tuple[str, str], str] = {}
     for path in sorted(root.rglob("*.py")):
@@ -82,15 +82,57 @@ def _kind_name(obj: Definition) -> str:
             FeatureService: "feature service"}[type(obj)]
 
 
-def _import_file(path: Path, root: Path) -> ModuleType:
-    """Import ``root/a/b.py`` as module ``<root name>.a.b`` with the repository on ``sys.path``, so that
-    definition files import each other (``from definitions.entities import card``) as the same objects."""
+class _RepositoryFinder(importlib.abc.MetaPathFinder):
+    """Resolves ``<folder>`` and ``<folder>.*`` to the files of one definitions folder.
+
+    It sits first on ``sys.meta_path`` so that a repository's ``definitions`` package wins over any other of
+    the same name (the installed example, an editable install's finder, another repository imported before).
+    """
+
+    def __init__(self, package: str, root: Path) -> None:
+        self.package = package
+        self.root = root
+
+    def find_spec(self, fullname: str, path: object = None, target: object = None) -> ModuleSpec | None:
+        if fullname == self.package:
+            return self._package_spec(fullname, self.root)
+        if not fullname.startswith(self.package + "."):
+            return None
+        candidate = self.root.joinpath(*fullname.split(".")[1:])
+        if candidate.is_dir():
+            return self._package_spec(fullname, candidate)
+        if candidate.with_suffix(".py").is_file():
+            return importlib.util.spec_from_file_location(fullname, candidate.with_suffix(".py"))
+        return None
+
+    @staticmethod
+    def _package_spec(fullname: str, folder: Path) -> ModuleSpec | None:
+        init = folder / "__init__.py"
+        if init.is_file():
+            return importlib.util.spec_from_file_location(fullname, init, submodule_search_locations=[str(folder)])
+        spec = ModuleSpec(fullname, None, is_package=True)
+        spec.submodule_search_locations = [str(folder)]
+        return spec
+
+
+def _install_finder(root: Path) -> str:
+    """Route imports of the definitions package to ``root``; forget modules imported from elsewhere."""
     package = root.name
+    sys.meta_path[:] = [f for f in sys.meta_path
+                        if not (isinstance(f, _RepositoryFinder) and f.package == package)]
+    sys.meta_path.insert(0, _RepositoryFinder(package, root))
+    # Import afresh every time: the files may have changed since the last discovery.
+    for name in [m for m in sys.modules if m == package or m.startswith(package + ".")]:
+        del sys.modules[name]
+    importlib.invalidate_caches()
+    return package
+
+
+def _import_file(path: Path, root: Path) -> ModuleType:
+    """Import ``root/a/b.py`` as module ``<root name>.a.b``, so that definition files import each other
+    (``from definitions.entities import card``) as the same objects discovery sees."""
     relative = path.relative_to(root).with_suffix("")
-    module_name = ".".join((package, *relative.parts))
-    repo = str(root.parent)
-    if not sys.path or sys.path[0] != repo:
-        sys.path.insert(0, repo)
+    module_name = ".".join((root.name, *relative.parts))
     try:
         return importlib.import_module(module_name)
     except DefinitionError:

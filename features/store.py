@@ -166,10 +166,11 @@ class FeatureStore:
         return plan.resolve_refs(features)
 
     def close(self) -> None:
+        """Close the online store and registry connections. The Spark session is the process's (one per
+        process, shared by every store and by the user's own Spark code): stop it with ``store.offline.stop()``
+        when the process has no more Spark work."""
         if "_online" in self.__dict__:
             self._online.close()
-        if "offline" in self.__dict__:
-            self.offline.stop()
         if "registry" in self.__dict__:
             self.registry.close()
 

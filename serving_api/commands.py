@@ -31,3 +31,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     uvicorn.run("serving_api.app:app_from_env", factory=True, host=args.host, port=args.port,
                 workers=args.workers, log_level="info")
     return 0
+
+
+def register_stop(subparsers: Any) -> None:
+    """Add ``stop`` to the CLI's subcommands: stop the repository's embedded online server."""
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "stop", help="stop the embedded online server of a repository (its data is kept)")
+    p.add_argument("--repo", default=".", help="feature repository folder (default: here)")
+    p.set_defaults(handler=cmd_stop)
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    from features.console import console
+    from online.embedded import server_info, stop_embedded_server
+
+    state_dir = RepoConfig.load(Path(args.repo).resolve()).state_dir()
+    info = server_info(state_dir)
+    stop_embedded_server(state_dir)
+    console.print("stopped the embedded online server" if info else "no embedded online server was running")
+    return 0
