@@ -25,18 +25,47 @@ CATEGORIES = ["grocery", "travel", "electronics", "fuel", "restaurants", "gaming
 TIERS = ["classic", "gold", "platinum"]
 
 _TABLES = {
-    "card_accounts": [("card_id", "BIGINT"), ("updated_at", "TIMESTAMP"), ("ingested_at", "TIMESTAMP"),
-                      ("credit_limit", "REAL"), ("balance", "REAL"), ("card_tier", "TEXT"), ("is_blocked", "BOOLEAN")],
-    "payments": [("payment_id", "BIGINT"), ("card_id", "BIGINT"), ("merchant_id", "BIGINT"),
-                 ("paid_at", "TIMESTAMP"), ("recorded_at", "TIMESTAMP"), ("amount", "REAL"), ("currency", "TEXT"),
-                 ("fx_rate", "REAL"), ("country", "TEXT"), ("home_country", "TEXT")],
-    "merchant_risk": [("merchant_id", "BIGINT"), ("scored_at", "TIMESTAMP"), ("category", "TEXT"),
-                      ("chargeback_rate", "REAL"), ("disputes_30d", "BIGINT")],
+    "card_accounts": [
+        ("card_id", "BIGINT"),
+        ("updated_at", "TIMESTAMP"),
+        ("ingested_at", "TIMESTAMP"),
+        ("credit_limit", "REAL"),
+        ("balance", "REAL"),
+        ("card_tier", "TEXT"),
+        ("is_blocked", "BOOLEAN"),
+    ],
+    "payments": [
+        ("payment_id", "BIGINT"),
+        ("card_id", "BIGINT"),
+        ("merchant_id", "BIGINT"),
+        ("paid_at", "TIMESTAMP"),
+        ("recorded_at", "TIMESTAMP"),
+        ("amount", "REAL"),
+        ("currency", "TEXT"),
+        ("fx_rate", "REAL"),
+        ("country", "TEXT"),
+        ("home_country", "TEXT"),
+    ],
+    "merchant_risk": [
+        ("merchant_id", "BIGINT"),
+        ("scored_at", "TIMESTAMP"),
+        ("category", "TEXT"),
+        ("chargeback_rate", "REAL"),
+        ("disputes_30d", "BIGINT"),
+    ],
 }
 
 
-def create_example_data(url: str, *, now: datetime | None = None, cards: int = 1_000, merchants: int = 200,
-                        payments: int = 30_000, days: int = 30, seed: int = 7) -> dict[str, int]:
+def create_example_data(
+    url: str,
+    *,
+    now: datetime | None = None,
+    cards: int = 1_000,
+    merchants: int = 200,
+    payments: int = 30_000,
+    days: int = 30,
+    seed: int = 7,
+) -> dict[str, int]:
     """(Re)create the example tables at ``url``; returns the row count per table."""
     rng = random.Random(seed)
     now = (now or datetime.now(UTC)).replace(minute=0, second=0, microsecond=0)
@@ -52,15 +81,16 @@ def create_example_data(url: str, *, now: datetime | None = None, cards: int = 1
 
 def write_tables(url: str, rows: dict[str, list[tuple[Any, ...]]]) -> None:
     if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
     engine = sa.create_engine(url)
     sqlite = engine.dialect.name == "sqlite"
     try:
         with engine.begin() as conn:
             for table, data in rows.items():
                 columns = _TABLES[table]
-                ddl = ", ".join(f"{name} {'DOUBLE PRECISION' if t == 'REAL' and not sqlite else t}"
-                                for name, t in columns)
+                ddl = ", ".join(
+                    f"{name} {'DOUBLE PRECISION' if t == 'REAL' and not sqlite else t}" for name, t in columns
+                )
                 conn.exec_driver_sql(f"DROP TABLE IF EXISTS {table}")
                 conn.exec_driver_sql(f"CREATE TABLE {table} ({ddl})")
                 marks = ", ".join(["?" if sqlite else "%s"] * len(columns))
@@ -91,16 +121,26 @@ def _card_accounts(rng: random.Random, cards: int, start: datetime, now: datetim
             ingested = updated + timedelta(minutes=rng.randrange(1, 90))
             rows.append((card_id, _naive(updated), _naive(ingested), limit, balance, tier, blocked))
             if rng.random() < 0.1:  # a correction: same event time, later ingestion, new balance
-                rows.append((card_id, _naive(updated), _naive(ingested + timedelta(hours=2)), limit,
-                             round(balance * 0.9, 2), tier, blocked))
+                rows.append(
+                    (
+                        card_id,
+                        _naive(updated),
+                        _naive(ingested + timedelta(hours=2)),
+                        limit,
+                        round(balance * 0.9, 2),
+                        tier,
+                        blocked,
+                    )
+                )
             if rng.random() < 0.15:
                 limit = limit * 2
             updated += timedelta(days=rng.uniform(2, 12))
     return rows
 
 
-def _payments(rng: random.Random, cards: int, merchants: int, count: int, start: datetime,
-              now: datetime) -> list[tuple[Any, ...]]:
+def _payments(
+    rng: random.Random, cards: int, merchants: int, count: int, start: datetime, now: datetime
+) -> list[tuple[Any, ...]]:
     span = int((now - start).total_seconds())
     home = {c: rng.choice(COUNTRIES[:5]) for c in range(1, cards + 1)}
     rows = []
@@ -112,8 +152,20 @@ def _payments(rng: random.Random, cards: int, merchants: int, count: int, start:
         fx_rate = CURRENCIES[currency] if rng.random() > 0.01 else None  # a few rates missing upstream
         amount = round(rng.lognormvariate(3.2, 1.0), 2)
         recorded = paid + timedelta(seconds=rng.randrange(1, 600))
-        rows.append((payment_id, card_id, rng.randint(1, merchants), _naive(paid), _naive(recorded), amount,
-                     currency, fx_rate, country, home[card_id]))
+        rows.append(
+            (
+                payment_id,
+                card_id,
+                rng.randint(1, merchants),
+                _naive(paid),
+                _naive(recorded),
+                amount,
+                currency,
+                fx_rate,
+                country,
+                home[card_id],
+            )
+        )
     return rows
 
 

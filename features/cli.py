@@ -18,8 +18,9 @@ from features.plugins import all_plugins
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
@@ -82,7 +83,8 @@ def _timestamp(text: str) -> datetime:
         value = datetime.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"not an ISO date or time: {text!r} (e.g. 2024-05-01 or 2024-05-01T12:00)") from None
+            f"not an ISO date or time: {text!r} (e.g. 2024-05-01 or 2024-05-01T12:00)"
+        ) from None
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
@@ -117,8 +119,10 @@ def print_diff(diff) -> None:  # type: ignore[no-untyped-def]
     rows = [(c.kind, c.name, c.change, c.detail, "yes" if c.breaking else "") for c in diff.changes]
     console.print(table("Plan", ["kind", "name", "change", "detail", "re-materialize"], rows))
     if diff.breaking:
-        console.print(f"[yellow]{len(diff.breaking)} change(s) orphan materialized data: run 'skewless materialize' "
-                      f"for the views marked above after apply.[/]")
+        console.print(
+            f"[yellow]{len(diff.breaking)} change(s) orphan materialized data: run 'skewless materialize' "
+            f"for the views marked above after apply.[/]"
+        )
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -142,10 +146,25 @@ def cmd_apply(args: argparse.Namespace) -> int:
 def cmd_materialize(args: argparse.Namespace) -> int:
     with _store(args) as store, progress_bars() as progress:
         results = store.materialize(args.views or None, start=args.start, end=args.end, progress=progress)
-    rows = [(r.view, r.rows_read, r.rows_written_offline, r.offline_version, r.rows_published,
-             "yes" if r.online_committed else "no", f"{r.seconds:.1f}s") for r in results]
-    console.print(table("Materialized", ["view", "rows read", "rows written (Delta)", "Delta version",
-                                         "keys published", "online", "time"], rows))
+    rows = [
+        (
+            r.view,
+            r.rows_read,
+            r.rows_written_offline,
+            r.offline_version,
+            r.rows_published,
+            "yes" if r.online_committed else "no",
+            f"{r.seconds:.1f}s",
+        )
+        for r in results
+    ]
+    console.print(
+        table(
+            "Materialized",
+            ["view", "rows read", "rows written (Delta)", "Delta version", "keys published", "online", "time"],
+            rows,
+        )
+    )
     return 0
 
 
@@ -163,10 +182,10 @@ def cmd_dataset(args: argparse.Namespace) -> int:
             kwargs = {"features": [f.strip() for f in args.features.split(",") if f.strip()]}
         else:
             kwargs = {"feature_service": args.features}
-        frame = store.get_training_dataset(entities, timestamp_column=args.timestamp_column, output=args.out,
-                                           **kwargs)
-        console.print(f"wrote {len(frame)} rows x {len(frame.columns)} columns to {args.out} "
-                      f"(manifest: {args.out}.manifest.json)")
+        frame = store.get_training_dataset(entities, timestamp_column=args.timestamp_column, output=args.out, **kwargs)
+        console.print(
+            f"wrote {len(frame)} rows x {len(frame.columns)} columns to {args.out} (manifest: {args.out}.manifest.json)"
+        )
         console.print(frame.head(10).to_string())
     return 0
 
@@ -180,8 +199,10 @@ def _read_table(path: str, timestamp_column: str):  # type: ignore[no-untyped-de
         raise ConfigError(f"entity file {path} does not exist")
     frame = pd.read_csv(path) if path.endswith(".csv") else pd.read_parquet(path)
     if timestamp_column not in frame.columns:
-        raise ConfigError(f"the entity file has no column '{timestamp_column}' (use --timestamp-column); "
-                          f"its columns: {', '.join(map(str, frame.columns))}")
+        raise ConfigError(
+            f"the entity file has no column '{timestamp_column}' (use --timestamp-column); "
+            f"its columns: {', '.join(map(str, frame.columns))}"
+        )
     if not pd.api.types.is_datetime64_any_dtype(frame[timestamp_column]):
         # CSV has no timestamp type: parse the text, naive values being UTC like everywhere in skewless.
         frame[timestamp_column] = pd.to_datetime(frame[timestamp_column], utc=True)

@@ -48,8 +48,11 @@ def compile_plan(discovered: Discovered, read_columns: ColumnReader) -> Plan:
     views = tuple(compiler.view(name, v) for name, v in discovered.of_kind(FeatureView))
     entities = tuple(sorted(compiler.entities.values(), key=lambda e: e.name))
     services = tuple(compiler.service(name, s, views) for name, s in discovered.of_kind(FeatureService))
-    return Plan(entities=entities, views=tuple(sorted(views, key=lambda v: v.name)),
-                services=tuple(sorted(services, key=lambda s: s.name)))
+    return Plan(
+        entities=entities,
+        views=tuple(sorted(views, key=lambda v: v.name)),
+        services=tuple(sorted(services, key=lambda s: s.name)),
+    )
 
 
 class _Compiler:
@@ -64,8 +67,9 @@ class _Compiler:
         plan = EntityPlan(name, tuple(ColumnSpec(k, t) for k, t in entity.keys), self.discovered.where(entity))
         existing = self.entities.get(name)
         if existing is not None and existing.join_keys != plan.join_keys:
-            raise DefinitionError(f"two different entities are named '{name}' (other at {existing.location})",
-                                  location=plan.location)
+            raise DefinitionError(
+                f"two different entities are named '{name}' (other at {existing.location})", location=plan.location
+            )
         self.entities[name] = plan
         return plan
 
@@ -74,8 +78,9 @@ class _Compiler:
             try:
                 reflected = self.read_columns(source.connection, source.table, source.query)
             except (SourceUnavailableError, ValueError) as exc:
-                raise DefinitionError(f"cannot read the source's columns: {exc}",
-                                      location=self.discovered.where(source)) from exc
+                raise DefinitionError(
+                    f"cannot read the source's columns: {exc}", location=self.discovered.where(source)
+                ) from exc
             declared = dict(source.schema or ())
             self.source_columns[id(source)] = merge_declared(reflected, declared)
         return self.source_columns[id(source)]
@@ -83,18 +88,25 @@ class _Compiler:
     def source(self, source: SqlSource, view_name: str, used: set[str]) -> SourcePlan:
         columns = self.columns_of(source)
         where = self.discovered.where(source)
-        for role, column, expected in (("timestamp", source.timestamp, DType.TIMESTAMP),
-                                       ("created", source.created, DType.TIMESTAMP)):
+        for role, column, expected in (
+            ("timestamp", source.timestamp, DType.TIMESTAMP),
+            ("created", source.created, DType.TIMESTAMP),
+        ):
             if column is None:
                 continue
             _require_column(columns, column, f"{role} column", where)
             if columns[column] is not expected:
-                raise DefinitionError(f"{role} column '{column}' has type {_type_name(columns[column])}; "
-                                      f"it must be a timestamp", location=where)
+                raise DefinitionError(
+                    f"{role} column '{column}' has type {_type_name(columns[column])}; it must be a timestamp",
+                    location=where,
+                )
         unknown_types = sorted(c for c in used if columns.get(c) is None)
         if unknown_types:
-            raise DefinitionError(f"the database does not tell the type of column(s) {unknown_types}; "
-                                  f"declare them with schema={{...}} on the SqlSource", location=where)
+            raise DefinitionError(
+                f"the database does not tell the type of column(s) {unknown_types}; "
+                f"declare them with schema={{...}} on the SqlSource",
+                location=where,
+            )
         keep = [c for c in columns if c in used]
         name = self.discovered.name_of(source) or f"{view_name}_source"
         return SourcePlan(
@@ -117,8 +129,10 @@ class _Compiler:
             _require_column(columns, key.name, "join key column", self.discovered.where(view))
             found = columns[key.name]
             if found is not None and found is not key.dtype:
-                raise DefinitionError(f"join key '{key.name}' is {key.dtype.value} on the entity but "
-                                      f"{found.value} in the source", location=self.discovered.where(view))
+                raise DefinitionError(
+                    f"join key '{key.name}' is {key.dtype.value} on the entity but {found.value} in the source",
+                    location=self.discovered.where(view),
+                )
         typed = {c: t for c, t in columns.items() if t is not None}
         key_names = {k.name for k in join_keys}
         features: list[FeaturePlan] = []
@@ -138,7 +152,9 @@ class _Compiler:
             if not feature.dtype.accepts(expr.dtype):
                 raise DefinitionError(
                     f"feature '{feature.name}' is declared {feature.dtype.value} but `{feature.expression}` is "
-                    f"{expr.dtype.value}; declare dtype={expr.dtype.value} or use cast()", location=where)
+                    f"{expr.dtype.value}; declare dtype={expr.dtype.value} or use cast()",
+                    location=where,
+                )
             used |= expr.columns()
             features.append(FeaturePlan(feature.name, feature.dtype, expr, "", where))
         used.add(view.source.timestamp)
@@ -148,13 +164,20 @@ class _Compiler:
         source_identity = {k: v for k, v in source.to_dict().items() if k not in ("name", "columns")}
         keys = [k.to_dict() for k in join_keys]
         features = [
-            FeaturePlan(f.name, f.dtype, f.expr,
-                        stable_hash({"source": source_identity, "keys": keys, "expr": f.expr.to_dict(),
-                                     "dtype": f.dtype.value}), f.location)
+            FeaturePlan(
+                f.name,
+                f.dtype,
+                f.expr,
+                stable_hash(
+                    {"source": source_identity, "keys": keys, "expr": f.expr.to_dict(), "dtype": f.dtype.value}
+                ),
+                f.location,
+            )
             for f in features
         ]
-        storage = stable_hash({"source": source_identity, "keys": keys,
-                               "features": [[f.name, f.fingerprint] for f in features]})
+        storage = stable_hash(
+            {"source": source_identity, "keys": keys, "features": [[f.name, f.fingerprint] for f in features]}
+        )
         return ViewPlan(
             name=name,
             entities=tuple(e.name for e in entity_plans),
@@ -173,8 +196,10 @@ class _Compiler:
             view_obj = item.view if isinstance(item, FeatureRef) else item
             view_name = self.discovered.name_of(view_obj) or view_obj.name
             if view_name is None:
-                raise DefinitionError("a feature service uses a view that is not bound to a module-level name "
-                                      "in definitions/", location=self.discovered.where(service))
+                raise DefinitionError(
+                    "a feature service uses a view that is not bound to a module-level name in definitions/",
+                    location=self.discovered.where(service),
+                )
             names = item.feature_names if isinstance(item, FeatureRef) else tuple(f.name for f in item.features)
             refs.extend(FeatureRefPlan(view_name, n) for n in names if FeatureRefPlan(view_name, n) not in refs)
         return ServicePlan(name, tuple(refs), self.discovered.where(service))

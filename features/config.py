@@ -51,7 +51,7 @@ def resolve_sqlite_url(url: str, base: Path) -> str:
     """Make ``sqlite:///relative.db`` relative to ``base`` rather than to the current directory."""
     prefix = "sqlite:///"
     if url.startswith(prefix) and not url.startswith(prefix + "/") and url != "sqlite:///:memory:":
-        return prefix + str((base / url[len(prefix):]).resolve())
+        return prefix + str((base / url[len(prefix) :]).resolve())
     return url
 
 

@@ -96,8 +96,9 @@ class Entity:
     def __post_init__(self) -> None:
         pairs = list(self.join_keys.items()) if isinstance(self.join_keys, Mapping) else list(self.join_keys)
         if not pairs:
-            raise DefinitionError("an entity needs at least one join key, e.g. join_keys={'card_id': Int64}",
-                                  location=str(self.location))
+            raise DefinitionError(
+                "an entity needs at least one join key, e.g. join_keys={'card_id': Int64}", location=str(self.location)
+            )
         keys: list[tuple[str, DType]] = []
         for pair in pairs:
             if not (isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[0], str)):
@@ -109,7 +110,8 @@ class Entity:
             if dtype in (DType.FLOAT64, DType.TIMESTAMP):
                 raise DefinitionError(
                     f"join key '{pair[0]}' has type {dtype.value}; valid choices: int64, string, bool",
-                    location=str(self.location))
+                    location=str(self.location),
+                )
             keys.append((pair[0], dtype))
         names = [k for k, _ in keys]
         if len(set(names)) != len(names):
@@ -152,8 +154,9 @@ class SqlSource:
         if (self.table is None) == (self.query is None):
             raise DefinitionError("a SqlSource needs exactly one of table=... or query=...", location=where)
         if not self.connection:
-            raise DefinitionError("a SqlSource needs a connection: a SQLAlchemy URL or a name from skewless.yaml",
-                                  location=where)
+            raise DefinitionError(
+                "a SqlSource needs a connection: a SQLAlchemy URL or a name from skewless.yaml", location=where
+            )
         if self.schema is not None:
             try:
                 parsed = tuple((str(k), DType.parse(v)) for k, v in dict(self.schema).items())
@@ -230,8 +233,9 @@ class FeatureView:
         known = [f.name for f in self.features]
         for name in feature_names:
             if name not in known:
-                raise DefinitionError(f"unknown feature '{name}'; known: {', '.join(known)}",
-                                      location=str(_caller_location()))
+                raise DefinitionError(
+                    f"unknown feature '{name}'; known: {', '.join(known)}", location=str(_caller_location())
+                )
         return FeatureRef(self, tuple(feature_names))
 
 
@@ -255,8 +259,9 @@ class FeatureService:
     def __post_init__(self) -> None:
         items = tuple(self.features)
         if not items or not all(isinstance(i, FeatureView | FeatureRef) for i in items):
-            raise DefinitionError("features must be a non-empty list of FeatureView or view['feature'] items",
-                                  location=str(self.location))
+            raise DefinitionError(
+                "features must be a non-empty list of FeatureView or view['feature'] items", location=str(self.location)
+            )
         _check_name(self.name, "feature service", self.location)
         object.__setattr__(self, "features", items)
 

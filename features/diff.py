@@ -42,13 +42,18 @@ def diff_plans(old: Plan | None, new: Plan, materialized: set[tuple[str, str]] |
     def by_name(items: tuple[object, ...]) -> dict[str, object]:
         return {getattr(i, "name"): i for i in items}  # noqa: B009 - all plan nodes have .name
 
-    for kind, old_items, new_items in (("entity", old.entities, new.entities),
-                                       ("feature service", old.services, new.services)):
+    for kind, old_items, new_items in (
+        ("entity", old.entities, new.entities),
+        ("feature service", old.services, new.services),
+    ):
         before, after = by_name(old_items), by_name(new_items)
         changes += [PlanChange(kind, n, "added") for n in sorted(after.keys() - before.keys())]
         changes += [PlanChange(kind, n, "removed") for n in sorted(before.keys() - after.keys())]
-        changes += [PlanChange(kind, n, "changed", _describe(before[n], after[n]))
-                    for n in sorted(before.keys() & after.keys()) if _comparable(before[n]) != _comparable(after[n])]
+        changes += [
+            PlanChange(kind, n, "changed", _describe(before[n], after[n]))
+            for n in sorted(before.keys() & after.keys())
+            if _comparable(before[n]) != _comparable(after[n])
+        ]
 
     old_views = {v.name: v for v in old.views}
     new_views = {v.name: v for v in new.views}
@@ -56,8 +61,15 @@ def diff_plans(old: Plan | None, new: Plan, materialized: set[tuple[str, str]] |
         changes.append(PlanChange("feature view", name, "added", f"{len(new_views[name].features)} feature(s)"))
     for name in sorted(old_views.keys() - new_views.keys()):
         had_data = any(view == name for view, _ in materialized)
-        changes.append(PlanChange("feature view", name, "removed",
-                                  "its materialized data is no longer served" if had_data else "", had_data))
+        changes.append(
+            PlanChange(
+                "feature view",
+                name,
+                "removed",
+                "its materialized data is no longer served" if had_data else "",
+                had_data,
+            )
+        )
     for name in sorted(old_views.keys() & new_views.keys()):
         changes += _view_changes(old_views[name], new_views[name], materialized)
     return PlanDiff(tuple(changes))
@@ -68,8 +80,15 @@ def _view_changes(old: ViewPlan, new: ViewPlan, materialized: set[tuple[str, str
     had_data = (old.name, old.storage_fingerprint) in materialized
     breaking = old.storage_fingerprint != new.storage_fingerprint and had_data
     if old.join_keys != new.join_keys:
-        changes.append(PlanChange("feature view", new.name, "changed",
-                                  f"join keys {list(old.key_names)} -> {list(new.key_names)}", breaking))
+        changes.append(
+            PlanChange(
+                "feature view",
+                new.name,
+                "changed",
+                f"join keys {list(old.key_names)} -> {list(new.key_names)}",
+                breaking,
+            )
+        )
     if _source_identity(old) != _source_identity(new):
         changes.append(PlanChange("feature view", new.name, "changed", "source changed", breaking))
     if old.ttl_seconds != new.ttl_seconds:

@@ -71,15 +71,17 @@ def discover(folder: str | os.PathLike[str]) -> Discovered:
             where = str(obj.location)
             if key in seen_names:
                 raise DefinitionError(
-                    f"duplicate {key[0]} name '{name}' (also defined at {seen_names[key]})", location=where)
+                    f"duplicate {key[0]} name '{name}' (also defined at {seen_names[key]})", location=where
+                )
             seen_names[key] = where
             found.append((name, obj))
     return Discovered(tuple(found), root)
 
 
 def _kind_name(obj: Definition) -> str:
-    return {Entity: "entity", SqlSource: "source", FeatureView: "feature view",
-            FeatureService: "feature service"}[type(obj)]
+    return {Entity: "entity", SqlSource: "source", FeatureView: "feature view", FeatureService: "feature service"}[
+        type(obj)
+    ]
 
 
 class _RepositoryFinder(importlib.abc.MetaPathFinder):
@@ -118,8 +120,7 @@ class _RepositoryFinder(importlib.abc.MetaPathFinder):
 def _install_finder(root: Path) -> str:
     """Route imports of the definitions package to ``root``; forget modules imported from elsewhere."""
     package = root.name
-    sys.meta_path[:] = [f for f in sys.meta_path
-                        if not (isinstance(f, _RepositoryFinder) and f.package == package)]
+    sys.meta_path[:] = [f for f in sys.meta_path if not (isinstance(f, _RepositoryFinder) and f.package == package)]
     sys.meta_path.insert(0, _RepositoryFinder(package, root))
     # Import afresh every time: the files may have changed since the last discovery.
     for name in [m for m in sys.modules if m == package or m.startswith(package + ".")]:
@@ -140,8 +141,9 @@ def _import_file(path: Path, root: Path) -> ModuleType:
     except Exception as exc:
         sys.modules.pop(module_name, None)
         line = _line_in(path, exc)
-        raise DefinitionError(f"importing this file failed: {type(exc).__name__}: {exc}",
-                              location=f"{path}:{line}") from exc
+        raise DefinitionError(
+            f"importing this file failed: {type(exc).__name__}: {exc}", location=f"{path}:{line}"
+        ) from exc
 
 
 def _line_in(path: Path, exc: BaseException) -> int:
@@ -163,7 +165,9 @@ def _defined_in(module: ModuleType, path: Path) -> Iterator[tuple[str, Definitio
         if Path(obj.location.file).resolve() != path:
             continue  # imported from another definitions file: defined there, not here
         if id(obj) in names_by_id:
-            raise DefinitionError(f"the same definition is bound to two names, "
-                                  f"'{names_by_id[id(obj)]}' and '{attr}'; keep one", location=str(obj.location))
+            raise DefinitionError(
+                f"the same definition is bound to two names, '{names_by_id[id(obj)]}' and '{attr}'; keep one",
+                location=str(obj.location),
+            )
         names_by_id[id(obj)] = attr
         yield (obj.name or attr), obj

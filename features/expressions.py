@@ -126,8 +126,11 @@ class _Parser:
     def visit(self, node: ast.expr) -> Expr:
         method = getattr(self, f"visit_{type(node).__name__}", None)
         if method is None:
-            raise self.fail(f"unsupported syntax {type(node).__name__}; use columns, literals, "
-                            f"+ - * / %, comparisons, and/or/not, or the functions {', '.join(FUNCTIONS)}", node)
+            raise self.fail(
+                f"unsupported syntax {type(node).__name__}; use columns, literals, "
+                f"+ - * / %, comparisons, and/or/not, or the functions {', '.join(FUNCTIONS)}",
+                node,
+            )
         result: Expr = method(node)
         return result
 
@@ -173,7 +176,8 @@ class _Parser:
             return Call(DType.STRING, "concat", (left, right))
         if not (left.dtype.is_numeric and right.dtype.is_numeric):
             raise self.fail(
-                f"cannot apply '{op}' to {left.dtype.value} and {right.dtype.value}; cast one side first", node)
+                f"cannot apply '{op}' to {left.dtype.value} and {right.dtype.value}; cast one side first", node
+            )
         if op == "div":
             return Call(DType.FLOAT64, op, (left, right))
         both_int = left.dtype is DType.INT64 and right.dtype is DType.INT64

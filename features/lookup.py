@@ -38,8 +38,13 @@ MISSING = "missing"
 EXPIRED = "expired"
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
-_KEY_TYPE_NAMES = {DType.INT64: "an integer", DType.STRING: "a string", DType.BOOL: "a boolean",
-                   DType.TIMESTAMP: "a timezone-aware datetime", DType.FLOAT64: "a number"}
+_KEY_TYPE_NAMES = {
+    DType.INT64: "an integer",
+    DType.STRING: "a string",
+    DType.BOOL: "a boolean",
+    DType.TIMESTAMP: "a timezone-aware datetime",
+    DType.FLOAT64: "a number",
+}
 
 
 class OfflineOnlyViewError(SkewlessError, LookupError):
@@ -49,8 +54,10 @@ class OfflineOnlyViewError(SkewlessError, LookupError):
         self.view = view
         self.online_views = sorted(online_views)
         choices = ", ".join(self.online_views) or "(none)"
-        super().__init__(f"feature view '{view}' is offline-only (online=False) and cannot be looked up; "
-                         f"views served online: {choices}")
+        super().__init__(
+            f"feature view '{view}' is offline-only (online=False) and cannot be looked up; "
+            f"views served online: {choices}"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,12 +121,20 @@ class LookupResult:
             if statuses:
                 data[f"{column}__status"] = fv.statuses
                 data[f"{column}__event_timestamp"] = pd.to_datetime(
-                    pd.Series(fv.event_timestamps, dtype=object), utc=True)
+                    pd.Series(fv.event_timestamps, dtype=object), utc=True
+                )
         return pd.DataFrame(data)
 
 
-def lookup(plan: Plan, store: OnlineStore, refs: Sequence[FeatureRefPlan], entities: Mapping[str, Iterable[Any]],
-           *, now: datetime | None = None, plan_version: int | None = None) -> LookupResult:
+def lookup(
+    plan: Plan,
+    store: OnlineStore,
+    refs: Sequence[FeatureRefPlan],
+    entities: Mapping[str, Iterable[Any]],
+    *,
+    now: datetime | None = None,
+    plan_version: int | None = None,
+) -> LookupResult:
     """Read ``refs`` for the entities given as columns of join-key values (``{"card_id": [1, 2]}``)."""
     views: list[ViewPlan] = []
     wanted: dict[str, list[str]] = {}
@@ -144,9 +159,14 @@ def lookup(plan: Plan, store: OnlineStore, refs: Sequence[FeatureRefPlan], entit
     for view, answer in zip(views, answers, strict=True):
         # Status and event time depend on the row only: computed once per view, shared by its features.
         limit = None if view.ttl_seconds is None else now - timedelta(seconds=view.ttl_seconds)
-        row_statuses = [MISSING if row is None else EXPIRED if limit is not None and stamp is not None
-                        and stamp < limit else PRESENT
-                        for row, stamp in zip(answer.values, answer.event_timestamps, strict=True)]
+        row_statuses = [
+            MISSING
+            if row is None
+            else EXPIRED
+            if limit is not None and stamp is not None and stamp < limit
+            else PRESENT
+            for row, stamp in zip(answer.values, answer.event_timestamps, strict=True)
+        ]
         for j, name in enumerate(answer.features):
             dtype = view.feature(name).dtype
             if name in answer.unavailable:
@@ -154,8 +174,10 @@ def lookup(plan: Plan, store: OnlineStore, refs: Sequence[FeatureRefPlan], entit
                 statuses = [MISSING] * count
                 stamps: list[datetime | None] = [None] * count
             else:
-                values = [row[j] if status is PRESENT else None  # type: ignore[index]
-                          for row, status in zip(answer.values, row_statuses, strict=True)]
+                values = [
+                    row[j] if status is PRESENT else None  # type: ignore[index]
+                    for row, status in zip(answer.values, row_statuses, strict=True)
+                ]
                 statuses = list(row_statuses)
                 stamps = list(answer.event_timestamps)
             features[FeatureRefPlan(view.name, name).column] = FeatureValues(dtype, values, statuses, stamps)
@@ -163,20 +185,19 @@ def lookup(plan: Plan, store: OnlineStore, refs: Sequence[FeatureRefPlan], entit
     return LookupResult(plan_version, {c: list(given[c]) for c in columns}, ordered)
 
 
-def _check_entities(entities: Mapping[str, Iterable[Any]], columns: Sequence[str],
-                    key_types: Mapping[str, DType]) -> dict[str, list[Any]]:
+def _check_entities(
+    entities: Mapping[str, Iterable[Any]], columns: Sequence[str], key_types: Mapping[str, DType]
+) -> dict[str, list[Any]]:
     """The entity columns as lists of normalised key values; EntityKeyError names what is wrong."""
     expected = ", ".join(f"{c} ({key_types[c].value})" for c in columns) or "(none)"
     if not isinstance(entities, Mapping):
         raise EntityKeyError(f"entities must map join-key columns to lists of values; expected columns: {expected}")
     missing = [c for c in columns if c not in entities]
     if missing:
-        raise EntityKeyError(f"missing entity column(s) {', '.join(missing)}; the requested features need "
-                             f"{expected}")
+        raise EntityKeyError(f"missing entity column(s) {', '.join(missing)}; the requested features need {expected}")
     extra = sorted(str(c) for c in entities if c not in columns)
     if extra:
-        raise EntityKeyError(f"unknown entity column(s) {', '.join(extra)}; the requested features need "
-                             f"{expected}")
+        raise EntityKeyError(f"unknown entity column(s) {', '.join(extra)}; the requested features need {expected}")
     checked: dict[str, list[Any]] = {}
     lengths: dict[str, int] = {}
     for column in columns:
@@ -206,8 +227,10 @@ def _check_key(column: str, dtype: DType, value: Any, index: int) -> Any:
     elif dtype is DType.TIMESTAMP:
         ok = isinstance(value, datetime) and value.tzinfo is not None
     if not ok:
-        raise EntityKeyError(f"entity column '{column}' is {dtype.value}: value {index} ({value!r}, "
-                             f"{type(value).__name__}) is not {_KEY_TYPE_NAMES[dtype]}")
+        raise EntityKeyError(
+            f"entity column '{column}' is {dtype.value}: value {index} ({value!r}, "
+            f"{type(value).__name__}) is not {_KEY_TYPE_NAMES[dtype]}"
+        )
     return value
 
 
@@ -245,5 +268,10 @@ def _json_column(dtype: DType, values: list[Any]) -> list[Any]:
 
 
 def _pandas_dtype(dtype: DType) -> str:
-    return {DType.INT64: "Int64", DType.FLOAT64: "float64", DType.STRING: "object", DType.BOOL: "boolean",
-            DType.TIMESTAMP: "datetime64[us, UTC]"}[dtype]
+    return {
+        DType.INT64: "Int64",
+        DType.FLOAT64: "float64",
+        DType.STRING: "object",
+        DType.BOOL: "boolean",
+        DType.TIMESTAMP: "datetime64[us, UTC]",
+    }[dtype]

@@ -101,8 +101,9 @@ class FeaturePlan:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> FeaturePlan:
-        return cls(data["name"], DType(data["dtype"]), expr_from_dict(data["expr"]), data["fingerprint"],
-                   data["location"])
+        return cls(
+            data["name"], DType(data["dtype"]), expr_from_dict(data["expr"]), data["fingerprint"], data["location"]
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -68,8 +68,9 @@ class OnlineStore(Protocol):
         rows come from): a commit with a lower watermark than the live one is refused."""
         ...
 
-    def read(self, requests: Sequence[tuple[ViewPlan, Sequence[str]]],
-             entity_keys: Sequence[Sequence[Any]]) -> list[OnlineValues]:
+    def read(
+        self, requests: Sequence[tuple[ViewPlan, Sequence[str]]], entity_keys: Sequence[Sequence[Any]]
+    ) -> list[OnlineValues]:
         """Read features for many entities across many views in one round trip.
 
         ``entity_keys[i]`` holds the values of every join key of every requested view, in the order of
@@ -119,12 +120,28 @@ class OfflineEngine(Protocol):
 
     def __init__(self, config: RepoConfig) -> None: ...
 
-    def materialize(self, plan: Plan, view: ViewPlan, *, start: datetime | None, end: datetime | None,
-                    online: OnlineStore | None, progress: Progress | None = None) -> MaterializationResult: ...
+    def materialize(
+        self,
+        plan: Plan,
+        view: ViewPlan,
+        *,
+        start: datetime | None,
+        end: datetime | None,
+        online: OnlineStore | None,
+        progress: Progress | None = None,
+    ) -> MaterializationResult: ...
 
-    def training_dataset(self, plan: Plan, plan_version: int, entities: Any,
-                         refs: Sequence[FeatureRefPlan], *, timestamp_column: str = "event_timestamp",
-                         output: str | None = None, output_format: str = "pandas") -> Any: ...
+    def training_dataset(
+        self,
+        plan: Plan,
+        plan_version: int,
+        entities: Any,
+        refs: Sequence[FeatureRefPlan],
+        *,
+        timestamp_column: str = "event_timestamp",
+        output: str | None = None,
+        output_format: str = "pandas",
+    ) -> Any: ...
 
     def reproduce(self, plan: Plan, manifest_path: str, *, output: str | None = None) -> Any: ...
 

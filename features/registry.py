@@ -70,7 +70,7 @@ class Registry:
 
     def __init__(self, url: str) -> None:
         if url.startswith("sqlite:///"):
-            Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+            Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
         self.url = url
         try:
             self.engine = sa.create_engine(url)
@@ -94,15 +94,21 @@ class Registry:
         """Store ``plan`` as a new version unless it equals the latest; returns (version, created)."""
         try:
             with self.engine.begin() as conn:
-                row = conn.execute(sa.select(plan_versions.c.version, plan_versions.c.fingerprint)
-                                   .order_by(plan_versions.c.version.desc()).limit(1)).first()
+                row = conn.execute(
+                    sa.select(plan_versions.c.version, plan_versions.c.fingerprint)
+                    .order_by(plan_versions.c.version.desc())
+                    .limit(1)
+                ).first()
                 if row is not None and row.fingerprint == plan.fingerprint:
                     latest = self.get(row.version)
                     return latest, False
                 version = (row.version if row else 0) + 1
                 applied_at = datetime.now(UTC)
-                conn.execute(plan_versions.insert().values(
-                    version=version, fingerprint=plan.fingerprint, applied_at=applied_at, plan_json=plan.to_json()))
+                conn.execute(
+                    plan_versions.insert().values(
+                        version=version, fingerprint=plan.fingerprint, applied_at=applied_at, plan_json=plan.to_json()
+                    )
+                )
         except sa.exc.IntegrityError as exc:
             raise RegistryError("another apply wrote a plan version at the same time; run apply again") from exc
         except sa.exc.SQLAlchemyError as exc:
@@ -118,8 +124,9 @@ class Registry:
         if view is not None:
             query = query.where(materialization_runs.c.view == view)
         with self.engine.connect() as conn:
-            return [RunRecord(**{k: v for k, v in row._mapping.items() if k != "run_id"})
-                    for row in conn.execute(query)]
+            return [
+                RunRecord(**{k: v for k, v in row._mapping.items() if k != "run_id"}) for row in conn.execute(query)
+            ]
 
     def materialized_storage(self) -> set[tuple[str, str]]:
         """(view, storage fingerprint) pairs that have data: what a breaking change would orphan."""

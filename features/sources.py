@@ -16,11 +16,19 @@ from features.errors import SkewlessError
 
 # PostgreSQL type OIDs, for the columns of a query (psycopg2 reports them in cursor.description).
 _POSTGRES_OIDS = {
-    20: DType.INT64, 21: DType.INT64, 23: DType.INT64,
-    700: DType.FLOAT64, 701: DType.FLOAT64, 1700: DType.FLOAT64,
-    25: DType.STRING, 1042: DType.STRING, 1043: DType.STRING,
+    20: DType.INT64,
+    21: DType.INT64,
+    23: DType.INT64,
+    700: DType.FLOAT64,
+    701: DType.FLOAT64,
+    1700: DType.FLOAT64,
+    25: DType.STRING,
+    1042: DType.STRING,
+    1043: DType.STRING,
     16: DType.BOOL,
-    1082: DType.TIMESTAMP, 1114: DType.TIMESTAMP, 1184: DType.TIMESTAMP,
+    1082: DType.TIMESTAMP,
+    1114: DType.TIMESTAMP,
+    1184: DType.TIMESTAMP,
 }
 
 

@@ -102,8 +102,14 @@ class FeatureStore:
         return store
 
     # -- batch ------------------------------------------------------------------------------------------------
-    def materialize(self, views: Sequence[str] | None = None, *, start: datetime | None = None,
-                    end: datetime | None = None, progress: Progress | None = None) -> list[MaterializationResult]:
+    def materialize(
+        self,
+        views: Sequence[str] | None = None,
+        *,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        progress: Progress | None = None,
+    ) -> list[MaterializationResult]:
         """Compute ``views`` (default: all) over ``[start, end)`` into Delta Lake and publish them online."""
         version = self.plan_version()
         plan = version.plan
@@ -111,19 +117,36 @@ class FeatureStore:
         online = self.online_store() if any(v.online for v in selected) else None
         results = []
         for view in selected:
-            result = self.offline.materialize(plan, view, start=start, end=end,
-                                              online=online if view.online else None, progress=progress)
-            self.registry.record_run(RunRecord(
-                view=view.name, storage_fingerprint=view.storage_fingerprint, plan_version=version.version,
-                window_start=start, window_end=end, rows_read=result.rows_read,
-                rows_written_offline=result.rows_written_offline, offline_version=result.offline_version,
-                rows_published=result.rows_published, finished_at=datetime.now().astimezone()))
+            result = self.offline.materialize(
+                plan, view, start=start, end=end, online=online if view.online else None, progress=progress
+            )
+            self.registry.record_run(
+                RunRecord(
+                    view=view.name,
+                    storage_fingerprint=view.storage_fingerprint,
+                    plan_version=version.version,
+                    window_start=start,
+                    window_end=end,
+                    rows_read=result.rows_read,
+                    rows_written_offline=result.rows_written_offline,
+                    offline_version=result.offline_version,
+                    rows_published=result.rows_published,
+                    finished_at=datetime.now().astimezone(),
+                )
+            )
             results.append(result)
         return results
 
-    def get_training_dataset(self, entities: Any, *, features: Sequence[str] | None = None,
-                             feature_service: str | None = None, timestamp_column: str = "event_timestamp",
-                             output: str | None = None, output_format: str = "pandas") -> Any:
+    def get_training_dataset(
+        self,
+        entities: Any,
+        *,
+        features: Sequence[str] | None = None,
+        feature_service: str | None = None,
+        timestamp_column: str = "event_timestamp",
+        output: str | None = None,
+        output_format: str = "pandas",
+    ) -> Any:
         """A point-in-time correct training set: for each entity row, each feature as of its timestamp.
 
         ``entities``: a pandas DataFrame, pyarrow Table or Spark DataFrame with the join keys and
@@ -131,9 +154,15 @@ class FeatureStore:
         """
         version = self.plan_version()
         refs = self.resolve_features(version.plan, features, feature_service)
-        return self.offline.training_dataset(version.plan, version.version, entities, refs,
-                                             timestamp_column=timestamp_column, output=output,
-                                             output_format=output_format)
+        return self.offline.training_dataset(
+            version.plan,
+            version.version,
+            entities,
+            refs,
+            timestamp_column=timestamp_column,
+            output=output,
+            output_format=output_format,
+        )
 
     def reproduce_training_dataset(self, manifest_path: str, *, output: str | None = None) -> Any:
         """Rebuild a dataset bit for bit from its manifest (the same plan version and Delta versions)."""
@@ -145,8 +174,13 @@ class FeatureStore:
         return self.offline.reproduce(plan, manifest_path, output=output)
 
     # -- online -----------------------------------------------------------------------------------------------
-    def get_online_features(self, entities: Mapping[str, Sequence[Any]], *, features: Sequence[str] | None = None,
-                            feature_service: str | None = None) -> Any:
+    def get_online_features(
+        self,
+        entities: Mapping[str, Sequence[Any]],
+        *,
+        features: Sequence[str] | None = None,
+        feature_service: str | None = None,
+    ) -> Any:
         """The latest published values for ``entities`` (columns of join-key values), read from the online
         store directly. Returns a :class:`features.lookup.LookupResult` (``.to_dict()``, ``.to_pandas()``)."""
         from features.lookup import lookup
@@ -156,8 +190,9 @@ class FeatureStore:
         return lookup(version.plan, self.online_store(), refs, entities, plan_version=version.version)
 
     @staticmethod
-    def resolve_features(plan: Plan, features: Sequence[str] | None,
-                         feature_service: str | None) -> tuple[FeatureRefPlan, ...]:
+    def resolve_features(
+        plan: Plan, features: Sequence[str] | None, feature_service: str | None
+    ) -> tuple[FeatureRefPlan, ...]:
         if (features is None) == (feature_service is None):
             raise DefinitionError("give exactly one of features=[...] or feature_service=...")
         if feature_service is not None:

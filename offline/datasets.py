@@ -49,9 +49,18 @@ def table_sha256(table: pa.Table) -> str:
     return hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()
 
 
-def training_dataset(spark: SparkSession, config: RepoConfig, plan: Plan, plan_version: int, entities: Any,
-                     refs: Sequence[FeatureRefPlan | str], *, timestamp_column: str = EVENT_TIMESTAMP,
-                     output: str | None = None, output_format: str = "pandas") -> Any:
+def training_dataset(
+    spark: SparkSession,
+    config: RepoConfig,
+    plan: Plan,
+    plan_version: int,
+    entities: Any,
+    refs: Sequence[FeatureRefPlan | str],
+    *,
+    timestamp_column: str = EVENT_TIMESTAMP,
+    output: str | None = None,
+    output_format: str = "pandas",
+) -> Any:
     """Join ``refs`` onto ``entities`` point-in-time; returns pandas, a Spark DataFrame or a pyarrow Table.
 
     ``entities`` (pandas, pyarrow or Spark) holds the join keys of every referenced view and
@@ -67,11 +76,17 @@ def training_dataset(spark: SparkSession, config: RepoConfig, plan: Plan, plan_v
             path = table_path(config, view)
             version = table_version(spark, path)
             if version is None:
-                raise DatasetError(f"view '{view.name}' has no offline table yet ({path}); run 'skewless "
-                                   f"materialize' first")
-            views[view.name] = {"path": str(path), "version": version, "ttl_seconds": view.ttl_seconds,
-                                "storage_fingerprint": view.storage_fingerprint,
-                                "join_keys": [k.to_dict() for k in view.join_keys], "features": []}
+                raise DatasetError(
+                    f"view '{view.name}' has no offline table yet ({path}); run 'skewless materialize' first"
+                )
+            views[view.name] = {
+                "path": str(path),
+                "version": version,
+                "ttl_seconds": view.ttl_seconds,
+                "storage_fingerprint": view.storage_fingerprint,
+                "join_keys": [k.to_dict() for k in view.join_keys],
+                "features": [],
+            }
         views[view.name]["features"].append(ref.feature)
     manifest = {
         "format": MANIFEST_FORMAT,
@@ -87,8 +102,9 @@ def training_dataset(spark: SparkSession, config: RepoConfig, plan: Plan, plan_v
     return _build(spark, manifest, entities, output)[0]
 
 
-def reproduce(spark: SparkSession, config: RepoConfig, plan: Plan, manifest_path: str,
-              output: str | None = None) -> Any:
+def reproduce(
+    spark: SparkSession, config: RepoConfig, plan: Plan, manifest_path: str, output: str | None = None
+) -> Any:
     """Rebuild the training set described by a manifest, reading each table at the recorded version.
 
     The result equals the original (its sha256 is checked); a :class:`DatasetError` says why it cannot be.
@@ -102,22 +118,23 @@ def reproduce(spark: SparkSession, config: RepoConfig, plan: Plan, manifest_path
         raise DatasetError(f"cannot read the manifest {path}: {exc}") from exc
     for ref, fingerprint in manifest["feature_fingerprints"].items():
         view_name, _, feature = ref.partition(":")
-        current = next((f.fingerprint for v in plan.views if v.name == view_name for f in v.features
-                        if f.name == feature), None)
+        current = next(
+            (f.fingerprint for v in plan.views if v.name == view_name for f in v.features if f.name == feature), None
+        )
         if current != fingerprint:
             log.warning("feature %s changed since the dataset was built; reproducing the recorded values", ref)
     entities = pq.read_table(manifest["entities"]["path"])
     if table_sha256(entities) != manifest["entities"]["sha256"]:
-        raise DatasetError(f"the entity rows in {manifest['entities']['path']} changed since the manifest was "
-                           f"written")
+        raise DatasetError(f"the entity rows in {manifest['entities']['path']} changed since the manifest was written")
     result, table = _build(spark, {**manifest, "created_at": datetime.now(UTC).isoformat()}, entities, output)
     if table is None or table_sha256(table) != manifest["result"]["sha256"]:
         raise DatasetError("the reproduced dataset differs from the original (was an old Delta version vacuumed?)")
     return result
 
 
-def _build(spark: SparkSession, manifest: dict[str, Any], entities: Any,
-           output: str | None) -> tuple[Any, pa.Table | None]:
+def _build(
+    spark: SparkSession, manifest: dict[str, Any], entities: Any, output: str | None
+) -> tuple[Any, pa.Table | None]:
     """Run the join described by ``manifest``; with ``output``, write the set, the entities and the manifest.
 
     Returns the result in the manifest's output format, and the result as Arrow when it was built in Arrow.
@@ -133,8 +150,11 @@ def _build(spark: SparkSession, manifest: dict[str, Any], entities: Any,
         pq.write_table(arrow_entities, entities_path)
         # The copy on disk is the canonical entity table: what reproduce() will read back.
         arrow_entities = pq.read_table(entities_path)
-        manifest["entities"] = {"path": str(Path(entities_path).resolve()), "sha256": table_sha256(arrow_entities),
-                                "rows": arrow_entities.num_rows}
+        manifest["entities"] = {
+            "path": str(Path(entities_path).resolve()),
+            "sha256": table_sha256(arrow_entities),
+            "rows": arrow_entities.num_rows,
+        }
     joined = _join(spark, manifest, arrow_entities if arrow_entities is not None else entities)
     if arrow_entities is None:  # Spark in, no output: stay in Spark
         frame = joined.drop(ROW_ID)
@@ -142,8 +162,11 @@ def _build(spark: SparkSession, manifest: dict[str, Any], entities: Any,
     table = _attach(arrow_entities, joined, manifest)
     if output is not None:
         pq.write_table(table, output)
-        manifest["result"] = {"path": str(Path(output).resolve()), "sha256": table_sha256(table),
-                              "rows": table.num_rows}
+        manifest["result"] = {
+            "path": str(Path(output).resolve()),
+            "sha256": table_sha256(table),
+            "rows": table.num_rows,
+        }
         Path(f"{output}.manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     if output_format == "arrow":
         return table, table
@@ -168,15 +191,18 @@ def _join(spark: SparkSession, manifest: dict[str, Any], entities: Any) -> DataF
         keys = tuple((k["name"], DType(k["dtype"])) for k in info["join_keys"])
         missing = [c for c in (*(k for k, _ in keys), timestamp_column) if c not in frame.columns]
         if missing:
-            raise EntityKeyError(f"the entity rows lack column(s) {', '.join(missing)} needed by view '{name}'; "
-                                 f"they have: {', '.join(c for c in frame.columns if c != ROW_ID)}")
+            raise EntityKeyError(
+                f"the entity rows lack column(s) {', '.join(missing)} needed by view '{name}'; "
+                f"they have: {', '.join(c for c in frame.columns if c != ROW_ID)}"
+            )
         try:
             table = read_table(spark, info["path"], info["version"])
             columns = [k for k, _ in keys] + [*info["features"], EVENT_TIMESTAMP, CREATED_TIMESTAMP]
             table = table.select(*columns)
         except Exception as exc:
-            raise DatasetError(f"cannot read view '{name}' at version {info['version']} from {info['path']}: "
-                               f"{exc}") from exc
+            raise DatasetError(
+                f"cannot read view '{name}' at version {info['version']} from {info['path']}: {exc}"
+            ) from exc
         inputs.append(ViewInput(name, keys, tuple(info["features"]), info["ttl_seconds"], table))
     return point_in_time_join(frame, timestamp_column, inputs)
 
@@ -201,8 +227,9 @@ def _as_arrow(entities: Any) -> pa.Table:
         return entities
     if isinstance(entities, pd.DataFrame):
         return pa.Table.from_pandas(entities, preserve_index=False)
-    raise DatasetError(f"entities must be a pandas DataFrame, a pyarrow Table or a Spark DataFrame, "
-                       f"not {type(entities).__name__}")
+    raise DatasetError(
+        f"entities must be a pandas DataFrame, a pyarrow Table or a Spark DataFrame, not {type(entities).__name__}"
+    )
 
 
 def _is_spark(entities: Any) -> bool:

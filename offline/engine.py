@@ -34,19 +34,44 @@ class SparkEngine:
     def spark(self) -> SparkSession:
         return get_spark(self.config)
 
-    def materialize(self, plan: Plan, view: ViewPlan, *, start: datetime | None, end: datetime | None,
-                    online: OnlineStore | None, progress: Progress | None = None) -> MaterializationResult:
+    def materialize(
+        self,
+        plan: Plan,
+        view: ViewPlan,
+        *,
+        start: datetime | None,
+        end: datetime | None,
+        online: OnlineStore | None,
+        progress: Progress | None = None,
+    ) -> MaterializationResult:
         """Compute ``view`` for ``start <= event time < end`` into Delta, then publish it online."""
-        return materialize_module.materialize(self.spark, self.config, plan, view, start=start, end=end,
-                                              online=online, progress=progress)
+        return materialize_module.materialize(
+            self.spark, self.config, plan, view, start=start, end=end, online=online, progress=progress
+        )
 
-    def training_dataset(self, plan: Plan, plan_version: int, entities: Any, refs: Sequence[FeatureRefPlan],
-                         *, timestamp_column: str = EVENT_TIMESTAMP, output: str | None = None,
-                         output_format: str = "pandas") -> Any:
+    def training_dataset(
+        self,
+        plan: Plan,
+        plan_version: int,
+        entities: Any,
+        refs: Sequence[FeatureRefPlan],
+        *,
+        timestamp_column: str = EVENT_TIMESTAMP,
+        output: str | None = None,
+        output_format: str = "pandas",
+    ) -> Any:
         """A point-in-time training set; see :func:`offline.datasets.training_dataset`."""
-        return datasets.training_dataset(self.spark, self.config, plan, plan_version, entities, refs,
-                                         timestamp_column=timestamp_column, output=output,
-                                         output_format=output_format)
+        return datasets.training_dataset(
+            self.spark,
+            self.config,
+            plan,
+            plan_version,
+            entities,
+            refs,
+            timestamp_column=timestamp_column,
+            output=output,
+            output_format=output_format,
+        )
 
     def reproduce(self, plan: Plan, manifest_path: str, *, output: str | None = None) -> Any:
         """Rebuild a training set from its manifest with Delta time travel."""

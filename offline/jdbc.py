@@ -69,8 +69,9 @@ def jdbc_target(sqlalchemy_url: str) -> JdbcTarget:
             props["user"] = url.username
         if url.password is not None:
             props["password"] = str(url.password)
-        return JdbcTarget(f"jdbc:postgresql://{host}:{port}/{url.database or ''}{suffix}", "org.postgresql.Driver",
-                          props)
+        return JdbcTarget(
+            f"jdbc:postgresql://{host}:{port}/{url.database or ''}{suffix}", "org.postgresql.Driver", props
+        )
     raise ConfigError(f"unsupported source database '{backend}'; valid choices: sqlite, postgresql")
 
 
@@ -135,7 +136,8 @@ def check_schema(source: SourcePlan, found: dict[str, str], *, undeclared: tuple
     if problems:
         raise SchemaMismatchError(
             f"source '{source.name}' no longer matches the applied plan: {'; '.join(problems)}. "
-            f"Fix the source or update the definitions and run 'skewless apply'")
+            f"Fix the source or update the definitions and run 'skewless apply'"
+        )
 
 
 def _sql_timestamp(value: datetime) -> str:
@@ -156,8 +158,15 @@ def window_query(source: SourcePlan, start: datetime | None, end: datetime | Non
     return f"SELECT * FROM ({base_query(source)}) AS skewless_src WHERE {' AND '.join(conditions)}"
 
 
-def read_source(spark: SparkSession, source: SourcePlan, url: str, start: datetime | None = None,
-                end: datetime | None = None, *, num_partitions: int = DEFAULT_PARTITIONS) -> DataFrame:
+def read_source(
+    spark: SparkSession,
+    source: SourcePlan,
+    url: str,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    *,
+    num_partitions: int = DEFAULT_PARTITIONS,
+) -> DataFrame:
     """Read a source's rows with ``start <= timestamp < end``, partitioned on the timestamp column.
 
     The schema is checked first (only metadata is read). The result has exactly the plan's source columns,
@@ -170,11 +179,15 @@ def read_source(spark: SparkSession, source: SourcePlan, url: str, start: dateti
     try:
         probe = reader.option("dbtable", f"({base_query(source)}) skewless_probe").load()
     except Exception as exc:  # Py4J/JDBC errors: translate at the boundary, without the password
-        raise SourceUnavailableError(f"cannot read source '{source.name}' at {target.url}: "
-                                     f"{error_summary(exc)}") from exc
+        raise SourceUnavailableError(
+            f"cannot read source '{source.name}' at {target.url}: {error_summary(exc)}"
+        ) from exc
     sqlite = target.driver == "org.sqlite.JDBC"
-    check_schema(source, {f.name: type(f.dataType).__name__ for f in probe.schema.fields},
-                 undeclared=_SQLITE_UNDECLARED if sqlite else ())
+    check_schema(
+        source,
+        {f.name: type(f.dataType).__name__ for f in probe.schema.fields},
+        undeclared=_SQLITE_UNDECLARED if sqlite else (),
+    )
 
     query = window_query(source, start, end)
     fetch_as = _SQLITE_FETCH_AS if sqlite else _FETCH_AS
@@ -189,12 +202,14 @@ def read_source(spark: SparkSession, source: SourcePlan, url: str, start: dateti
     else:
         lower, upper = _bounds(spark, target, source, query)
     if lower is not None and upper is not None and upper > lower and num_partitions > 1:
-        reader = (reader.option("partitionColumn", source.timestamp_column)
-                  .option("lowerBound", lower).option("upperBound", upper)
-                  .option("numPartitions", str(num_partitions)))
+        reader = (
+            reader.option("partitionColumn", source.timestamp_column)
+            .option("lowerBound", lower)
+            .option("upperBound", upper)
+            .option("numPartitions", str(num_partitions))
+        )
     frame = reader.load()
-    return frame.select(*(F.col(quote_spark(c.name)).cast(spark_type(c.dtype)).alias(c.name)
-                          for c in source.columns))
+    return frame.select(*(F.col(quote_spark(c.name)).cast(spark_type(c.dtype)).alias(c.name) for c in source.columns))
 
 
 def error_summary(exc: BaseException) -> str:
@@ -220,8 +235,7 @@ def _bound_text(value: datetime) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
-def _bounds(spark: SparkSession, target: JdbcTarget, source: SourcePlan,
-            query: str) -> tuple[str | None, str | None]:
+def _bounds(spark: SparkSession, target: JdbcTarget, source: SourcePlan, query: str) -> tuple[str | None, str | None]:
     """MIN and MAX of the timestamp column within the window, computed by the database (one small row).
 
     They come back formatted by Spark in the session time zone (UTC), never through Python's local zone.
@@ -230,11 +244,15 @@ def _bounds(spark: SparkSession, target: JdbcTarget, source: SourcePlan,
 
     ts = quote(source.timestamp_column)
     pattern = "yyyy-MM-dd HH:mm:ss.SSSSSS"
-    row = (spark.read.format("jdbc").options(**target.options())
-           .option("dbtable", f"(SELECT MIN({ts}) AS lo, MAX({ts}) AS hi FROM ({query}) AS w) skewless_bounds")
-           .option("customSchema", "lo TIMESTAMP, hi TIMESTAMP")
-           .load().select(F.date_format("lo", pattern).alias("lo"), F.date_format("hi", pattern).alias("hi"))
-           .first())
+    row = (
+        spark.read.format("jdbc")
+        .options(**target.options())
+        .option("dbtable", f"(SELECT MIN({ts}) AS lo, MAX({ts}) AS hi FROM ({query}) AS w) skewless_bounds")
+        .option("customSchema", "lo TIMESTAMP, hi TIMESTAMP")
+        .load()
+        .select(F.date_format("lo", pattern).alias("lo"), F.date_format("hi", pattern).alias("hi"))
+        .first()
+    )
     if row is None:
         return None, None
     return row["lo"], row["hi"]

@@ -52,10 +52,14 @@ def latest_rows(view: ViewPlan, table: DataFrame) -> DataFrame:
     from pyspark.sql import functions as F
 
     order = Window.partitionBy(*(F.col(quote_spark(k)) for k in view.key_names)).orderBy(
-        F.col(EVENT_TIMESTAMP).desc(), F.col(CREATED_TIMESTAMP).desc_nulls_last())
+        F.col(EVENT_TIMESTAMP).desc(), F.col(CREATED_TIMESTAMP).desc_nulls_last()
+    )
     columns = [*view.key_names, *view.feature_names, EVENT_TIMESTAMP, CREATED_TIMESTAMP]
-    return (table.withColumn("__rank", F.row_number().over(order)).where(F.col("__rank") == 1)
-            .select(*(F.col(quote_spark(c)) for c in columns)))
+    return (
+        table.withColumn("__rank", F.row_number().over(order))
+        .where(F.col("__rank") == 1)
+        .select(*(F.col(quote_spark(c)) for c in columns))
+    )
 
 
 def publish(latest: DataFrame, publication: Publication) -> int:
@@ -74,9 +78,17 @@ def publish(latest: DataFrame, publication: Publication) -> int:
     return int(row["n"] or 0) if row is not None else 0
 
 
-def materialize(spark: SparkSession, config: RepoConfig, plan: Plan, view: ViewPlan, *,
-                start: datetime | None, end: datetime | None, online: OnlineStore | None,
-                progress: Progress | None = None) -> MaterializationResult:
+def materialize(
+    spark: SparkSession,
+    config: RepoConfig,
+    plan: Plan,
+    view: ViewPlan,
+    *,
+    start: datetime | None,
+    end: datetime | None,
+    online: OnlineStore | None,
+    progress: Progress | None = None,
+) -> MaterializationResult:
     """Compute ``view`` for source rows with ``start <= event time < end`` and publish it.
 
     Raises :class:`~features.errors.SchemaMismatchError` (before anything is written) when the source changed,
@@ -104,7 +116,8 @@ def materialize(spark: SparkSession, config: RepoConfig, plan: Plan, view: ViewP
     except Exception as exc:  # Spark/JDBC/Delta errors, translated at the boundary
         raise MaterializationError(
             f"view '{view.name}': computing or writing the offline table {path} failed (the table is unchanged "
-            f"unless its commit completed): {error_summary(exc)}") from exc
+            f"unless its commit completed): {error_summary(exc)}"
+        ) from exc
     finally:
         cached.unpersist()
     log.info("view '%s': %d row(s) inserted or updated in %s (version %s)", view.name, written, path, version)
@@ -116,13 +129,20 @@ def materialize(spark: SparkSession, config: RepoConfig, plan: Plan, view: ViewP
             progress.advance(task, published)
     if progress is not None:
         progress.finish(task)
-    return MaterializationResult(view=view.name, rows_read=rows_read, rows_written_offline=written,
-                                 offline_version=version, rows_published=published, online_committed=committed,
-                                 seconds=time.monotonic() - began)
+    return MaterializationResult(
+        view=view.name,
+        rows_read=rows_read,
+        rows_written_offline=written,
+        offline_version=version,
+        rows_published=published,
+        online_committed=committed,
+        seconds=time.monotonic() - began,
+    )
 
 
-def _publish_online(spark: SparkSession, view: ViewPlan, path: object, version: int,
-                    online: OnlineStore) -> tuple[int, bool]:
+def _publish_online(
+    spark: SparkSession, view: ViewPlan, path: object, version: int, online: OnlineStore
+) -> tuple[int, bool]:
     latest = latest_rows(view, read_table(spark, str(path), version))
     publication = online.start_publication(view, watermark=version)
     try:
@@ -135,9 +155,9 @@ def _publish_online(spark: SparkSession, view: ViewPlan, path: object, version: 
             log.exception("view '%s': aborting the online publication failed", view.name)
         raise MaterializationError(
             f"view '{view.name}': publishing to the online store failed; the previous values are still served "
-            f"and a rerun will publish version {version}: {error_summary(exc)}") from exc
+            f"and a rerun will publish version {version}: {error_summary(exc)}"
+        ) from exc
     if not committed:
         log.warning("view '%s': a newer publication is live; version %d was not made visible", view.name, version)
     log.info("view '%s': published %d row(s) online (offline version %d)", view.name, published, version)
     return published, committed
-

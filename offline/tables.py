@@ -36,8 +36,9 @@ def table_schema(view: ViewPlan) -> StructType:
 
     fields = [T.StructField(k.name, spark_type(k.dtype), True) for k in view.join_keys]
     fields += [T.StructField(f.name, spark_type(f.dtype), True) for f in view.features]
-    fields += [T.StructField(name, T.TimestampType(), True)
-               for name in (EVENT_TIMESTAMP, CREATED_TIMESTAMP, PUBLISHED_AT)]
+    fields += [
+        T.StructField(name, T.TimestampType(), True) for name in (EVENT_TIMESTAMP, CREATED_TIMESTAMP, PUBLISHED_AT)
+    ]
     return T.StructType(fields)
 
 
@@ -92,13 +93,15 @@ def prepare_rows(view: ViewPlan, computed: DataFrame) -> PreparedRows:
     if total != ok:
         log.warning("view '%s': dropped %d source row(s) with a null join key or event time", view.name, total - ok)
     if ok != distinct:
-        log.warning("view '%s': dropped %d duplicate source row(s) (same keys, event and created time)",
-                    view.name, ok - distinct)
+        log.warning(
+            "view '%s': dropped %d duplicate source row(s) (same keys, event and created time)",
+            view.name,
+            ok - distinct,
+        )
     return PreparedRows(deduped, total - ok, ok - distinct)
 
 
-def merge_rows(spark: SparkSession, path: Path | str, view: ViewPlan, rows: DataFrame,
-               published_at: datetime) -> int:
+def merge_rows(spark: SparkSession, path: Path | str, view: ViewPlan, rows: DataFrame, published_at: datetime) -> int:
     """MERGE ``rows`` into the view's table in one Delta commit; returns rows inserted or updated.
 
     Matched on (join keys, event_timestamp, created_timestamp null-safe). A matched row is updated only when a
@@ -108,21 +111,31 @@ def merge_rows(spark: SparkSession, path: Path | str, view: ViewPlan, rows: Data
     from pyspark.sql import functions as F
 
     (DeltaTable.createIfNotExists(spark).location(str(path)).addColumns(table_schema(view)).execute())
-    source = rows.select(*(F.col(quote_spark(f.name)) for f in table_schema(view).fields if f.name != PUBLISHED_AT),
-                         F.lit(published_at).cast("timestamp").alias(PUBLISHED_AT))
+    source = rows.select(
+        *(F.col(quote_spark(f.name)) for f in table_schema(view).fields if f.name != PUBLISHED_AT),
+        F.lit(published_at).cast("timestamp").alias(PUBLISHED_AT),
+    )
 
     def col(side: str, name: str) -> str:
         return f"{side}.{quote_spark(name)}"
 
-    on = " AND ".join([*(f"{col('t', k)} <=> {col('s', k)}" for k in view.key_names),
-                       f"{col('t', EVENT_TIMESTAMP)} = {col('s', EVENT_TIMESTAMP)}",
-                       f"{col('t', CREATED_TIMESTAMP)} <=> {col('s', CREATED_TIMESTAMP)}"])
+    on = " AND ".join(
+        [
+            *(f"{col('t', k)} <=> {col('s', k)}" for k in view.key_names),
+            f"{col('t', EVENT_TIMESTAMP)} = {col('s', EVENT_TIMESTAMP)}",
+            f"{col('t', CREATED_TIMESTAMP)} <=> {col('s', CREATED_TIMESTAMP)}",
+        ]
+    )
     changed = " OR ".join(f"NOT ({col('t', f)} <=> {col('s', f)})" for f in view.feature_names) or "false"
     updates: dict[str, str | Column] = {quote_spark(f): col("s", f) for f in (*view.feature_names, PUBLISHED_AT)}
-    metrics = (DeltaTable.forPath(spark, str(path)).alias("t").merge(source.alias("s"), on)
-               .whenMatchedUpdate(condition=changed, set=updates)
-               .whenNotMatchedInsertAll()
-               .execute()).first()
+    metrics = (
+        DeltaTable.forPath(spark, str(path))
+        .alias("t")
+        .merge(source.alias("s"), on)
+        .whenMatchedUpdate(condition=changed, set=updates)
+        .whenNotMatchedInsertAll()
+        .execute()
+    ).first()
     if metrics is None:
         return 0
     return int(metrics["num_inserted_rows"]) + int(metrics["num_updated_rows"])

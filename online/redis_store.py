@@ -138,9 +138,13 @@ def connect(url: str, *, connect_timeout: float, timeout: float) -> redis.Redis:
 
     try:
         return redis.Redis.from_url(
-            url, socket_connect_timeout=connect_timeout, socket_timeout=timeout,
-            retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)), retry_on_timeout=False,
-            health_check_interval=0)
+            url,
+            socket_connect_timeout=connect_timeout,
+            socket_timeout=timeout,
+            retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
+            retry_on_timeout=False,
+            health_check_interval=0,
+        )
     except ValueError as exc:
         raise ConfigError(f"invalid online store URL {redact(url)!r}: {exc}") from exc
 
@@ -183,7 +187,7 @@ class _Keys:
         return f"{self.data_prefix}{version}:".encode()
 
     def version_of(self, key: bytes) -> str | None:
-        rest = key[len(self.data_prefix):]
+        rest = key[len(self.data_prefix) :]
         version, sep, _ = rest.partition(b":")
         return version.decode() if sep and version.isdigit() else None
 
@@ -198,8 +202,15 @@ class RedisOnlineStore:
     >>> store.read([(view, ["amount_sum_7d"])], [[42]])                       # doctest: +SKIP
     """
 
-    def __init__(self, url: str, *, project: str = "skewless", state_dir: Path | None = None,
-                 connect_timeout: float = 1.0, timeout: float = 2.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        project: str = "skewless",
+        state_dir: Path | None = None,
+        connect_timeout: float = 1.0,
+        timeout: float = 2.0,
+    ) -> None:
         if url == "embedded" and state_dir is None:
             raise ConfigError("the embedded online store needs a state directory (state_dir=)")
         if not project or any(c in project for c in ":{}"):
@@ -284,11 +295,18 @@ class RedisOnlineStore:
             version = int(client.incr(keys.counter))
             client.hset(keys.staged, str(version), str(int(watermark)))
         return RedisPublication(
-            url=self.resolved_url, project=self.project, view=view.name,
-            key_names=view.key_names, key_dtypes=tuple(k.dtype for k in view.join_keys),
+            url=self.resolved_url,
+            project=self.project,
+            view=view.name,
+            key_names=view.key_names,
+            key_dtypes=tuple(k.dtype for k in view.join_keys),
             features=tuple((f.name, f.dtype, f.fingerprint) for f in view.features),
-            storage_fingerprint=view.storage_fingerprint, watermark=int(watermark), version=version,
-            connect_timeout=self.connect_timeout, timeout=self.timeout)
+            storage_fingerprint=view.storage_fingerprint,
+            watermark=int(watermark),
+            version=version,
+            connect_timeout=self.connect_timeout,
+            timeout=self.timeout,
+        )
 
     def live_version(self, view: str) -> dict[str, str] | None:
         """The pointer of ``view`` (version, watermark, storage_fingerprint, ...) or None before any commit."""
@@ -297,8 +315,9 @@ class RedisOnlineStore:
         return {_text(k): _text(v) for k, v in raw.items()} if raw else None
 
     # -- read -------------------------------------------------------------------------------------------------
-    def read(self, requests: Sequence[tuple[ViewPlan, Sequence[str]]],
-             entity_keys: Sequence[Sequence[Any]]) -> list[OnlineValues]:
+    def read(
+        self, requests: Sequence[tuple[ViewPlan, Sequence[str]]], entity_keys: Sequence[Sequence[Any]]
+    ) -> list[OnlineValues]:
         """Read features of many entities across many views in one round trip (one Lua script call).
 
         ``entity_keys[i]`` holds the join-key values in :func:`features.protocols.online_key_columns` order,
@@ -322,12 +341,20 @@ class RedisOnlineStore:
         with translate_errors(self._where, "reading features"):
             self.client()
             answer = self._read_script(keys=script_keys, args=args)
-        return [self._decode(view, names, version, features, values, len(entity_keys))
-                for (view, names), (version, features, values) in zip(requests, answer, strict=True)]
+        return [
+            self._decode(view, names, version, features, values, len(entity_keys))
+            for (view, names), (version, features, values) in zip(requests, answer, strict=True)
+        ]
 
     @staticmethod
-    def _decode(view: ViewPlan, names: Sequence[str], version: bytes | None, features: bytes | None,
-                values: list[bytes | None], count: int) -> OnlineValues:
+    def _decode(
+        view: ViewPlan,
+        names: Sequence[str],
+        version: bytes | None,
+        features: bytes | None,
+        values: list[bytes | None],
+        count: int,
+    ) -> OnlineValues:
         names = tuple(names)
         plans = [view.feature(n) for n in names]
         if version is None:
@@ -356,10 +383,21 @@ class RedisPublication:
     whichever process calls :meth:`write` (Spark executors).
     """
 
-    def __init__(self, *, url: str, project: str, view: str, key_names: tuple[str, ...],
-                 key_dtypes: tuple[DType, ...], features: tuple[tuple[str, DType, str], ...],
-                 storage_fingerprint: str, watermark: int, version: int, connect_timeout: float = 1.0,
-                 timeout: float = 2.0) -> None:
+    def __init__(
+        self,
+        *,
+        url: str,
+        project: str,
+        view: str,
+        key_names: tuple[str, ...],
+        key_dtypes: tuple[DType, ...],
+        features: tuple[tuple[str, DType, str], ...],
+        storage_fingerprint: str,
+        watermark: int,
+        version: int,
+        connect_timeout: float = 1.0,
+        timeout: float = 2.0,
+    ) -> None:
         self.url = url
         self.project = project
         self.view = view
@@ -406,8 +444,9 @@ class RedisPublication:
         with translate_errors(self.url, f"writing view '{self.view}'"):
             client = self._redis()
             for batch in iter_batches(batches):
-                for key, row in encode_batch(batch, self.key_names, self.key_dtypes, names, dtypes,
-                                             EVENT_TIMESTAMP, CREATED_TIMESTAMP):
+                for key, row in encode_batch(
+                    batch, self.key_names, self.key_dtypes, names, dtypes, EVENT_TIMESTAMP, CREATED_TIMESTAMP
+                ):
                     pending.append(prefix + key)
                     pending.append(row)
                     if len(pending) >= 2 * WRITE_BATCH:
@@ -428,8 +467,16 @@ class RedisPublication:
         features = orjson.dumps([[name, fingerprint] for name, _, fingerprint in self.features])
         with translate_errors(self.url, f"committing view '{self.view}'"):
             status, _previous = self._redis().eval(
-                _COMMIT_LUA, 2, keys.pointer, keys.staged, str(self.version), str(self.watermark),
-                self.storage_fingerprint, features, str(to_micros_now()))
+                _COMMIT_LUA,
+                2,
+                keys.pointer,
+                keys.staged,
+                str(self.version),
+                str(self.watermark),
+                self.storage_fingerprint,
+                features,
+                str(to_micros_now()),
+            )
         self._done = True
         committed = int(status) == 1
         # The decision is made; failing to tidy up must not report it otherwise (a later publish cleans up).
@@ -439,8 +486,9 @@ class RedisPublication:
             else:
                 self._delete_version()
         except OnlineStoreError:
-            logger.warning("publication %s of view '%s': could not delete old rows", self.version, self.view,
-                           exc_info=True)
+            logger.warning(
+                "publication %s of view '%s': could not delete old rows", self.version, self.view, exc_info=True
+            )
         return committed
 
     def abort(self) -> None:
@@ -498,4 +546,3 @@ def _text(value: bytes | str) -> str:
 
 def to_micros_now() -> int:
     return int(time.time() * 1_000_000)
-

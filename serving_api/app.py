@@ -61,21 +61,28 @@ class JSONAnswer(Response):
 
 # -- request and answer models (they make the OpenAPI schema at /docs useful) ---------------------------------
 
+
 class FeaturesRequest(BaseModel):
     """Which features, for which entities. Give exactly one of ``features`` and ``feature_service``."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
-        {"features": ["card_profile:credit_limit"], "entities": {"card_id": [1, 2]}},
-        {"feature_service": "fraud_model", "entities": {"card_id": [1]}},
-    ]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"features": ["card_profile:credit_limit"], "entities": {"card_id": [1, 2]}},
+                {"feature_service": "fraud_model", "entities": {"card_id": [1]}},
+            ]
+        },
+    )
 
-    features: list[str] | None = Field(None, min_length=1, description="feature references, 'view:feature' "
-                                       "('view:*' for every feature of a view)")
+    features: list[str] | None = Field(
+        None, min_length=1, description="feature references, 'view:feature' ('view:*' for every feature of a view)"
+    )
     feature_service: str | None = Field(None, description="a feature service name")
-    entities: dict[str, list[Any]] = Field(description="join-key columns: one list of values per key, "
-                                           "equal lengths")
-    request_data: dict[str, Any] | None = Field(None, description="request-time values (reserved for "
-                                                "on-demand features)")
+    entities: dict[str, list[Any]] = Field(description="join-key columns: one list of values per key, equal lengths")
+    request_data: dict[str, Any] | None = Field(
+        None, description="request-time values (reserved for on-demand features)"
+    )
 
     @model_validator(mode="after")
     def _one_selection(self) -> FeaturesRequest:
@@ -85,8 +92,10 @@ class FeaturesRequest(BaseModel):
 
 
 class FeatureColumn(BaseModel):
-    values: list[Any] = Field(description="null when missing or expired; non-finite floats as 'NaN', "
-                              "'Infinity', '-Infinity'; timestamps as ISO-8601 UTC")
+    values: list[Any] = Field(
+        description="null when missing or expired; non-finite floats as 'NaN', "
+        "'Infinity', '-Infinity'; timestamps as ISO-8601 UTC"
+    )
     statuses: list[str] = Field(description="'present', 'missing' or 'expired' per entity")
     event_timestamps: list[str | None] = Field(description="event time of the row served, ISO-8601 UTC")
 
@@ -110,6 +119,7 @@ class HealthAnswer(BaseModel):
 
 
 # -- the plan cache -------------------------------------------------------------------------------------------
+
 
 class PlanCache:
     """The latest plan version, re-read from ``provider`` at most every ``refresh_seconds``.
@@ -140,8 +150,9 @@ class PlanCache:
             except SkewlessError:
                 if self._current is None:
                     raise
-                logger.warning("could not refresh the plan; serving plan version %s", self._current.version,
-                               exc_info=True)
+                logger.warning(
+                    "could not refresh the plan; serving plan version %s", self._current.version, exc_info=True
+                )
                 latest = self._current
             if self._current is None or latest.version != self._current.version:
                 logger.info("serving plan version %s", latest.version)
@@ -154,9 +165,15 @@ class PlanCache:
 
 # -- the app --------------------------------------------------------------------------------------------------
 
-def create_app(repo_path: str | os.PathLike[str] | None = None, *, plan_provider: PlanProvider | None = None,
-               store: OnlineStore | None = None, refresh_seconds: float = 1.0,
-               max_entities: int = MAX_ENTITIES) -> FastAPI:
+
+def create_app(
+    repo_path: str | os.PathLike[str] | None = None,
+    *,
+    plan_provider: PlanProvider | None = None,
+    store: OnlineStore | None = None,
+    refresh_seconds: float = 1.0,
+    max_entities: int = MAX_ENTITIES,
+) -> FastAPI:
     """The service for a feature repository (``repo_path``), or for a plan provider and a store (tests, or
     embedding the service in another app). A request may ask for at most ``max_entities`` entities, so one
     request cannot hold the online store for long.
@@ -184,31 +201,47 @@ def create_app(repo_path: str | os.PathLike[str] | None = None, *, plan_provider
         if owned is not None:
             owned.close()
 
-    app = FastAPI(title="skewless feature serving", version="1", lifespan=lifespan,
-                  description="Online feature lookups: the values a model trained on, served.")
+    app = FastAPI(
+        title="skewless feature serving",
+        version="1",
+        lifespan=lifespan,
+        description="Online feature lookups: the values a model trained on, served.",
+    )
     app.state.plans = plans
     app.state.store = online
 
     @app.exception_handler(RequestValidationError)
     async def invalid_body(request: Request, exc: RequestValidationError) -> Response:
-        problems = [f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body') or 'body'}: {e.get('msg')}"
-                    for e in exc.errors()]
+        problems = [
+            f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body') or 'body'}: {e.get('msg')}"
+            for e in exc.errors()
+        ]
         return _error(422, "RequestValidationError", "invalid request: " + "; ".join(problems))
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:
         return _unexpected(exc)
 
-    @app.post("/v1/features", response_class=JSONAnswer, summary="Look up online feature values",
-              responses={200: {"model": FeaturesAnswer}, 404: {"model": ErrorAnswer},
-                         422: {"model": ErrorAnswer}, 503: {"model": ErrorAnswer}, 500: {"model": ErrorAnswer}})
+    @app.post(
+        "/v1/features",
+        response_class=JSONAnswer,
+        summary="Look up online feature values",
+        responses={
+            200: {"model": FeaturesAnswer},
+            404: {"model": ErrorAnswer},
+            422: {"model": ErrorAnswer},
+            503: {"model": ErrorAnswer},
+            500: {"model": ErrorAnswer},
+        },
+    )
     def get_features(body: FeaturesRequest) -> Response:
         """The latest published values of the features for each entity, with statuses and event times."""
         try:
             count = max((len(v) for v in body.entities.values()), default=0)
             if count > max_entities:
-                raise BadRequestError(f"too many entities: {count}; at most {max_entities} per request "
-                                      f"(split the request)")
+                raise BadRequestError(
+                    f"too many entities: {count}; at most {max_entities} per request (split the request)"
+                )
             version = plans.get()
             plan = version.plan
             if body.feature_service is not None:
@@ -221,8 +254,9 @@ def create_app(repo_path: str | os.PathLike[str] | None = None, *, plan_provider
         except Exception as exc:
             return _error_answer(exc)
 
-    @app.get("/health", response_class=JSONAnswer, responses={200: {"model": HealthAnswer},
-                                                               503: {"model": HealthAnswer}})
+    @app.get(
+        "/health", response_class=JSONAnswer, responses={200: {"model": HealthAnswer}, 503: {"model": HealthAnswer}}
+    )
     def health() -> Response:
         """200 when the online store answers and a plan is applied; 503 otherwise."""
         try:
@@ -260,8 +294,9 @@ def _error_answer(exc: Exception) -> Response:
         return _error(404, type(exc).__name__, str(exc), known=exc.known, kind=exc.kind, name=exc.name)
     if isinstance(exc, OfflineOnlyViewError):
         return _error(422, type(exc).__name__, str(exc), known=exc.online_views)
-    if isinstance(exc, EntityKeyError | BadRequestError) or (isinstance(exc, SkewlessError)
-                                                             and isinstance(exc, ValueError)):
+    if isinstance(exc, EntityKeyError | BadRequestError) or (
+        isinstance(exc, SkewlessError) and isinstance(exc, ValueError)
+    ):
         return _error(422, type(exc).__name__, str(exc))
     if isinstance(exc, OnlineStoreError | RegistryError):
         logger.warning("lookup failed: %s", exc)

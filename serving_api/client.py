@@ -40,9 +40,13 @@ class SkewlessClient:
         self.base_url = base_url.rstrip("/")
         self._http = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport)
 
-    def get_features(self, entities: Mapping[str, Sequence[Any]], features: Sequence[str] | None = None,
-                     feature_service: str | None = None, request_data: Mapping[str, Any] | None = None
-                     ) -> dict[str, Any]:
+    def get_features(
+        self,
+        entities: Mapping[str, Sequence[Any]],
+        features: Sequence[str] | None = None,
+        feature_service: str | None = None,
+        request_data: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
         """The columnar answer of ``POST /v1/features`` (see ``LookupResult.to_dict``)."""
         if (features is None) == (feature_service is None):
             raise InvalidRequestError("give exactly one of features=[...] or feature_service=...")

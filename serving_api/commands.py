@@ -14,7 +14,8 @@ from serving_api.app import ENV_REPO
 def register_serve(subparsers: Any) -> None:
     """Add ``serve`` to the CLI's subcommands."""
     p: argparse.ArgumentParser = subparsers.add_parser(
-        "serve", help="serve online features over HTTP (POST /v1/features, GET /health, /docs)")
+        "serve", help="serve online features over HTTP (POST /v1/features, GET /health, /docs)"
+    )
     p.add_argument("--repo", default=".", help="feature repository folder (default: here)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=6566, help="port to listen on (default: 6566)")
@@ -28,15 +29,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     repo = Path(args.repo).resolve()
     RepoConfig.load(repo)  # a missing or invalid skewless.yaml fails here, with its message, not in a worker
     os.environ[ENV_REPO] = str(repo)
-    uvicorn.run("serving_api.app:app_from_env", factory=True, host=args.host, port=args.port,
-                workers=args.workers, log_level="info")
+    uvicorn.run(
+        "serving_api.app:app_from_env",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level="info",
+    )
     return 0
 
 
 def register_stop(subparsers: Any) -> None:
     """Add ``stop`` to the CLI's subcommands: stop the repository's embedded online server."""
     p: argparse.ArgumentParser = subparsers.add_parser(
-        "stop", help="stop the embedded online server of a repository (its data is kept)")
+        "stop", help="stop the embedded online server of a repository (its data is kept)"
+    )
     p.add_argument("--repo", default=".", help="feature repository folder (default: here)")
     p.set_defaults(handler=cmd_stop)
 

@@ -46,22 +46,29 @@ def run_demo(args: argparse.Namespace) -> int:
     result = store.apply()
     print_diff(result.diff)
     plan = result.version.plan
-    console.print(f"plan version {result.version.version}: {len(plan.views)} feature views, "
-                  f"{sum(len(v.features) for v in plan.views)} features, {len(plan.services)} feature service(s)")
+    console.print(
+        f"plan version {result.version.version}: {len(plan.views)} feature views, "
+        f"{sum(len(v.features) for v in plan.views)} features, {len(plan.services)} feature service(s)"
+    )
 
     step(3, "Materialize: SQL source -> Spark -> Delta Lake -> online store")
     with progress_bars() as progress:
         runs = store.materialize(progress=progress)
-    console.print(table("Materialized", ["view", "rows read", "rows in Delta", "Delta version", "keys online"],
-                        [(r.view, r.rows_read, r.rows_written_offline, r.offline_version, r.rows_published)
-                         for r in runs]))
+    console.print(
+        table(
+            "Materialized",
+            ["view", "rows read", "rows in Delta", "Delta version", "keys online"],
+            [(r.view, r.rows_read, r.rows_written_offline, r.offline_version, r.rows_published) for r in runs],
+        )
+    )
 
     step(4, "Build a point-in-time correct training set for the fraud model")
     entities = _training_entities(url)
     out = store.config.state_dir() / "datasets" / "fraud_model_training.parquet"
     out.parent.mkdir(parents=True, exist_ok=True)
-    training = store.get_training_dataset(entities, feature_service="fraud_model", timestamp_column="paid_at",
-                                          output=str(out))
+    training = store.get_training_dataset(
+        entities, feature_service="fraud_model", timestamp_column="paid_at", output=str(out)
+    )
     filled = training.drop(columns=list(entities.columns)).notna().mean().round(3)
     console.print(f"{len(training)} rows x {len(training.columns)} columns -> {out}")
     console.print(table("Share of rows with a value, per feature", ["feature", "filled"], list(filled.items())))
@@ -75,10 +82,17 @@ def run_demo(args: argparse.Namespace) -> int:
     for name, column in answer["features"].items():
         for i, value in enumerate(column["values"]):
             rows.append((keys["card_id"][i], keys["merchant_id"][i], name, value, column["statuses"][i]))
-    console.print(table("POST /v1/features  {feature_service: fraud_model}",
-                        ["card_id", "merchant_id", "feature", "value", "status"], rows))
-    console.print(f"\n[bold green]demo finished in {time.monotonic() - started:.0f}s.[/] "
-                  f"Next: 'skewless serve' and open http://127.0.0.1:6566/docs")
+    console.print(
+        table(
+            "POST /v1/features  {feature_service: fraud_model}",
+            ["card_id", "merchant_id", "feature", "value", "status"],
+            rows,
+        )
+    )
+    console.print(
+        f"\n[bold green]demo finished in {time.monotonic() - started:.0f}s.[/] "
+        f"Next: 'skewless serve' and open http://127.0.0.1:6566/docs"
+    )
     store.close()
     return 0
 
@@ -90,7 +104,8 @@ def _training_entities(url: str) -> Any:
     engine = sa.create_engine(url)
     with engine.connect() as conn:
         frame = pd.read_sql_query(
-            "SELECT card_id, merchant_id, paid_at FROM payments ORDER BY payment_id LIMIT 2000", conn)
+            "SELECT card_id, merchant_id, paid_at FROM payments ORDER BY payment_id LIMIT 2000", conn
+        )
     engine.dispose()
     frame["paid_at"] = pd.to_datetime(frame["paid_at"], utc=True)
     return frame
@@ -109,8 +124,16 @@ def _serve_and_query(store: FeatureStore, port: int) -> dict[str, Any]:
 
     port = port or _free_port()
     env = dict(os.environ)
-    command = [sys.executable, "-m", "features.cli", "serve", "--repo", str(Path(store.config.root)),
-               "--port", str(port)]
+    command = [
+        sys.executable,
+        "-m",
+        "features.cli",
+        "serve",
+        "--repo",
+        str(Path(store.config.root)),
+        "--port",
+        str(port),
+    ]
     server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         client = SkewlessClient(f"http://127.0.0.1:{port}", timeout=5.0)
@@ -125,8 +148,11 @@ def _serve_and_query(store: FeatureStore, port: int) -> dict[str, Any]:
                     raise RuntimeError(f"the service did not start: {log}") from exc
                 time.sleep(0.3)
         console.print(f"service up at http://127.0.0.1:{port} (OpenAPI at /docs)")
-        return dict(client.get_features({"card_id": [1, 2, 3, 999_999], "merchant_id": [10, 20, 30, 40]},
-                                        feature_service="fraud_model"))
+        return dict(
+            client.get_features(
+                {"card_id": [1, 2, 3, 999_999], "merchant_id": [10, 20, 30, 40]}, feature_service="fraud_model"
+            )
+        )
     finally:
         server.terminate()
         server.wait(timeout=20)

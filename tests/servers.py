@@ -51,9 +51,24 @@ def redis_server() -> Iterator[str]:
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="skewless-redis-") as data_dir:
         proc = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", data_dir, "--save", "",
-             "--appendonly", "no", "--protected-mode", "yes"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                binary,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                data_dir,
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "yes",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             wait_for_port(port)
             yield f"redis://127.0.0.1:{port}/0"
@@ -72,17 +87,27 @@ def postgres_server() -> Iterator[str]:
     with tempfile.TemporaryDirectory(prefix="skewless-pg-") as tmp:
         data = Path(tmp) / "data"
         run_as = _postgres_user_prefix(tmp)
-        subprocess.run([*run_as, initdb, "-D", str(data), "-U", "skewless", "--auth=trust", "-E", "UTF8"],
-                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        subprocess.run(
+            [*run_as, initdb, "-D", str(data), "-U", "skewless", "--auth=trust", "-E", "UTF8"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         options = f"-p {port} -k {tmp} -c listen_addresses=127.0.0.1 -c fsync=off"
-        subprocess.run([*run_as, pg_ctl, "-D", str(data), "-o", options, "-l", str(Path(tmp) / "log"), "-w",
-                        "start"], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [*run_as, pg_ctl, "-D", str(data), "-o", options, "-l", str(Path(tmp) / "log"), "-w", "start"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         try:
             wait_for_port(port)
             yield f"postgresql://skewless@127.0.0.1:{port}/postgres"
         finally:
-            subprocess.run([*run_as, pg_ctl, "-D", str(data), "-m", "immediate", "-w", "stop"],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            subprocess.run(
+                [*run_as, pg_ctl, "-D", str(data), "-m", "immediate", "-w", "stop"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
 
 
 def _postgres_user_prefix(tmp: str) -> list[str]:

@@ -49,10 +49,30 @@ def test_the_checker_sees_lazy_imports(tmp_path: Path) -> None:
 
 
 PUBLIC_API = {
-    "features": ["Bool", "ConfigError", "DType", "DefinitionError", "Entity", "EntityKeyError", "Feature",
-                 "FeatureRef", "FeatureService", "FeatureStore", "FeatureView", "Float64", "Int64",
-                 "MaterializationError", "OnlineStoreError", "RegistryError", "SchemaMismatchError", "SkewlessError",
-                 "SqlSource", "String", "Timestamp", "UnknownNameError"],
+    "features": [
+        "Bool",
+        "ConfigError",
+        "DType",
+        "DefinitionError",
+        "Entity",
+        "EntityKeyError",
+        "Feature",
+        "FeatureRef",
+        "FeatureService",
+        "FeatureStore",
+        "FeatureView",
+        "Float64",
+        "Int64",
+        "MaterializationError",
+        "OnlineStoreError",
+        "RegistryError",
+        "SchemaMismatchError",
+        "SkewlessError",
+        "SqlSource",
+        "String",
+        "Timestamp",
+        "UnknownNameError",
+    ],
 }
 
 
@@ -70,6 +90,14 @@ def test_error_hierarchy_matches_builtins() -> None:
     assert issubclass(errors.DefinitionError, ValueError)
     assert issubclass(errors.UnknownNameError, LookupError)
     assert issubclass(errors.OnlineStoreError, ConnectionError)
-    for name in ("DefinitionError", "ConfigError", "RegistryError", "UnknownNameError", "SchemaMismatchError",
-                 "MaterializationError", "OnlineStoreError", "EntityKeyError"):
+    for name in (
+        "DefinitionError",
+        "ConfigError",
+        "RegistryError",
+        "UnknownNameError",
+        "SchemaMismatchError",
+        "MaterializationError",
+        "OnlineStoreError",
+        "EntityKeyError",
+    ):
         assert issubclass(getattr(errors, name), errors.SkewlessError)

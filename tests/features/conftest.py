@@ -42,8 +42,10 @@ svc = FeatureService(features=[card_txn["amount_eur"]])
 def make_db(path: Path) -> str:
     con = sqlite3.connect(path)
     con.execute("DROP TABLE IF EXISTS txns")
-    con.execute("CREATE TABLE txns (card_id BIGINT, ts TIMESTAMP, created TIMESTAMP, amount REAL, "
-                "fx_rate REAL, label TEXT, n INTEGER)")
+    con.execute(
+        "CREATE TABLE txns (card_id BIGINT, ts TIMESTAMP, created TIMESTAMP, amount REAL, "
+        "fx_rate REAL, label TEXT, n INTEGER)"
+    )
     con.execute("INSERT INTO txns VALUES (1, '2024-01-01 00:00:00', '2024-01-01 00:00:01', 10.0, 1.1, 'a', 3)")
     con.commit()
     con.close()
@@ -61,7 +63,8 @@ def make_repo(tmp_path: Path) -> Callable[..., RepoConfig]:
         for name, text in (files if files is not None else {"entities.py": ENTITIES, "views.py": VIEWS}).items():
             (defs / name).write_text(textwrap.dedent(text))
         (tmp_path / "skewless.yaml").write_text(
-            f"project: t\nregistry: sqlite:///registry.db\nconnections:\n  main: {url}\ndefinitions: repo_defs\n")
+            f"project: t\nregistry: sqlite:///registry.db\nconnections:\n  main: {url}\ndefinitions: repo_defs\n"
+        )
         return RepoConfig.load(tmp_path)
 
     return build

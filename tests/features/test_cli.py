@@ -16,7 +16,11 @@ def test_init_plan_apply(tmp_path: Path, capsys: pytest.CaptureFixture[str], mon
     repo = tmp_path / "fraud"
     assert main(["init", str(repo)]) == 0
     assert sorted(p.name for p in (repo / "definitions").glob("*.py")) == [
-        "_example_data.py", "cards.py", "entities.py", "merchants.py"]
+        "_example_data.py",
+        "cards.py",
+        "entities.py",
+        "merchants.py",
+    ]
     assert (repo / "skewless.yaml").exists()
     config = RepoConfig.load(repo)
     create_example_data(config.connection_url("payments"), cards=5, merchants=3, payments=20)

@@ -47,22 +47,35 @@ def test_fingerprints_change_only_with_meaning(make_repo: Repo) -> None:
 BAD_CASES = [
     # (replace in VIEWS, expected message, line of the error in views.py)
     ('Feature("amount", Float64)', 'Feature("amount", Float64, expr="amount * rate")', "unknown column 'rate'", 13),
-    ('Feature("big", Bool, expr="amount > 100")', 'Feature("big", Int64, expr="amount > 100")',
-     "declared int64 but `amount > 100` is bool", 15),
+    (
+        'Feature("big", Bool, expr="amount > 100")',
+        'Feature("big", Int64, expr="amount > 100")',
+        "declared int64 but `amount > 100` is bool",
+        15,
+    ),
     ('timestamp="ts"', 'timestamp="when"', "unknown timestamp column 'when'; the source has: card_id, ts", 6),
     ('table="txns"', 'table="txn"', "table 'txn' not found; tables there: txns", 6),
     ('Feature("amount", Float64)', 'Feature("amount", "decimal")', "unknown dtype 'decimal'; valid choices: int64", 13),
-    ('Feature("big", Bool, expr="amount > 100")', 'Feature("amount", Bool, expr="amount > 100")',
-     "duplicate feature name(s) ['amount']", 8),
-    ('card_txn["amount_eur"]', 'card_txn["amount_usd"]', "unknown feature 'amount_usd'; known: amount, amount_eur, big",
-     19),
+    (
+        'Feature("big", Bool, expr="amount > 100")',
+        'Feature("amount", Bool, expr="amount > 100")',
+        "duplicate feature name(s) ['amount']",
+        8,
+    ),
+    (
+        'card_txn["amount_eur"]',
+        'card_txn["amount_usd"]',
+        "unknown feature 'amount_usd'; known: amount, amount_eur, big",
+        19,
+    ),
     ('created="created"', 'created="label"', "created column 'label' has type string; it must be a timestamp", 6),
 ]
 
 
 @pytest.mark.parametrize(("old", "new", "message", "line"), BAD_CASES)
-def test_bad_definitions_name_file_line_and_choices(make_repo: Repo, old: str, new: str, message: str,
-                                                    line: int) -> None:
+def test_bad_definitions_name_file_line_and_choices(
+    make_repo: Repo, old: str, new: str, message: str, line: int
+) -> None:
     assert old in VIEWS
     config = make_repo({"entities.py": ENTITIES, "views.py": VIEWS.replace(old, new)})
     store = FeatureStore(config=config)
@@ -95,9 +108,10 @@ def test_duplicate_names_across_files(make_repo: Repo) -> None:
 
 
 def test_wrong_key_type_against_source(make_repo: Repo) -> None:
-    views = VIEWS.replace("from repo_defs.entities import card",
-                          "from features import Entity\ncard2 = Entity(join_keys={'card_id': String})") \
-        .replace("entities=[card]", "entities=[card2]")
+    views = VIEWS.replace(
+        "from repo_defs.entities import card",
+        "from features import Entity\ncard2 = Entity(join_keys={'card_id': String})",
+    ).replace("entities=[card]", "entities=[card2]")
     store = FeatureStore(config=make_repo({"entities.py": ENTITIES, "views.py": views}))
     with pytest.raises(DefinitionError, match="join key 'card_id' is string on the entity but int64 in the source"):
         store.compile()
@@ -132,7 +146,8 @@ def test_apply_twice_is_a_no_op_and_plan_shows_changes(make_repo: Repo) -> None:
     make_repo({"entities.py": ENTITIES, "views.py": VIEWS.replace("days=1", "days=2")})
     _, diff = store.plan()
     assert [(c.kind, c.name, c.change, c.breaking) for c in diff.changes] == [
-        ("feature view", "card_txn", "changed", False)]
+        ("feature view", "card_txn", "changed", False)
+    ]
     assert store.apply().version.version == 2
 
 
@@ -144,8 +159,9 @@ def test_breaking_change_is_flagged_once_data_is_materialized(make_repo: Repo) -
     config = make_repo()
     store = FeatureStore(config=config)
     view = store.apply().version.plan.view("card_txn")
-    store.registry.record_run(RunRecord("card_txn", view.storage_fingerprint, 1, None, None, 1, 1, 0, 1,
-                                        datetime.now(UTC)))
+    store.registry.record_run(
+        RunRecord("card_txn", view.storage_fingerprint, 1, None, None, 1, 1, 0, 1, datetime.now(UTC))
+    )
     make_repo({"entities.py": ENTITIES, "views.py": VIEWS.replace("amount * fx_rate", "amount * 2")})
     _, diff = store.plan()
     assert [(c.name, c.change, c.breaking) for c in diff.breaking] == [("card_txn:amount_eur", "changed", True)]

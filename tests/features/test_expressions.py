@@ -5,8 +5,7 @@ import pytest
 from features.dtypes import DType
 from features.expressions import Call, Column, ExpressionError, Literal, expr_from_dict, parse_expression
 
-COLUMNS = {"amount": DType.FLOAT64, "n": DType.INT64, "name": DType.STRING, "flag": DType.BOOL,
-           "ts": DType.TIMESTAMP}
+COLUMNS = {"amount": DType.FLOAT64, "n": DType.INT64, "name": DType.STRING, "flag": DType.BOOL, "ts": DType.TIMESTAMP}
 
 
 @pytest.mark.parametrize(

@@ -32,8 +32,9 @@ def example_features(sources: dict[str, pd.DataFrame]) -> dict[str, tuple[pd.Dat
     """Per view: (rows with keys, event time, created time and features), keys, event column, created column."""
     accounts = sources["card_accounts"].copy()
     accounts["is_blocked"] = accounts["is_blocked"].astype(bool)
-    accounts["limit_utilisation"] = np.where(accounts["credit_limit"] > 0,
-                                             accounts["balance"] / accounts["credit_limit"], 0.0)
+    accounts["limit_utilisation"] = np.where(
+        accounts["credit_limit"] > 0, accounts["balance"] / accounts["credit_limit"], 0.0
+    )
     payments = sources["payments"].copy()
     payments["amount_eur"] = payments["amount"] * payments["fx_rate"]  # a missing rate gives a missing amount
     payments["is_foreign"] = payments["country"] != payments["home_country"]
@@ -41,12 +42,28 @@ def example_features(sources: dict[str, pd.DataFrame]) -> dict[str, tuple[pd.Dat
     risk = risk[risk["category"].notna()].copy()
     risk["high_risk"] = risk["chargeback_rate"] > 0.02
     return {
-        "card_profile": (accounts[["card_id", "updated_at", "ingested_at", "credit_limit", "card_tier", "is_blocked",
-                                   "limit_utilisation"]], ["card_id"], "updated_at", "ingested_at"),
-        "card_last_payment": (payments[["card_id", "paid_at", "recorded_at", "amount", "amount_eur", "currency",
-                                        "is_foreign", "merchant_id"]], ["card_id"], "paid_at", "recorded_at"),
-        "merchant_risk": (risk[["merchant_id", "scored_at", "category", "chargeback_rate", "disputes_30d",
-                                "high_risk"]], ["merchant_id"], "scored_at", None),
+        "card_profile": (
+            accounts[
+                ["card_id", "updated_at", "ingested_at", "credit_limit", "card_tier", "is_blocked", "limit_utilisation"]
+            ],
+            ["card_id"],
+            "updated_at",
+            "ingested_at",
+        ),
+        "card_last_payment": (
+            payments[
+                ["card_id", "paid_at", "recorded_at", "amount", "amount_eur", "currency", "is_foreign", "merchant_id"]
+            ],
+            ["card_id"],
+            "paid_at",
+            "recorded_at",
+        ),
+        "merchant_risk": (
+            risk[["merchant_id", "scored_at", "category", "chargeback_rate", "disputes_30d", "high_risk"]],
+            ["merchant_id"],
+            "scored_at",
+            None,
+        ),
     }
 
 
@@ -55,8 +72,17 @@ def latest_per_entity(rows: pd.DataFrame, keys: Sequence[str], ts: str, created:
     return rows.sort_values(order, kind="stable").drop_duplicates(list(keys), keep="last").reset_index(drop=True)
 
 
-def point_in_time(entities: pd.DataFrame, rows: pd.DataFrame, keys: Sequence[str], entity_ts: str, ts: str,
-                  created: str | None, ttl: timedelta | None, features: Sequence[str], prefix: str) -> pd.DataFrame:
+def point_in_time(
+    entities: pd.DataFrame,
+    rows: pd.DataFrame,
+    keys: Sequence[str],
+    entity_ts: str,
+    ts: str,
+    created: str | None,
+    ttl: timedelta | None,
+    features: Sequence[str],
+    prefix: str,
+) -> pd.DataFrame:
     """``pd.merge_asof`` per view: latest row at or before the entity time, within the TTL (inclusive),
     ties on event time won by the later created time. Returns one row per entity row, in order."""
     rows = rows.dropna(subset=[*keys, ts])
@@ -74,7 +100,11 @@ def point_in_time(entities: pd.DataFrame, rows: pd.DataFrame, keys: Sequence[str
     matched = pd.merge_asof(
         probe[["_row", *keys, entity_ts]].sort_values(entity_ts, kind="stable"),
         right.sort_values("_feature_ts", kind="stable"),
-        left_on=entity_ts, right_on="_feature_ts", by=list(keys), direction="backward", allow_exact_matches=True,
+        left_on=entity_ts,
+        right_on="_feature_ts",
+        by=list(keys),
+        direction="backward",
+        allow_exact_matches=True,
         tolerance=pd.Timedelta(ttl) if ttl is not None else None,
     )
     matched = matched.set_index("_row").reindex(range(len(left)))

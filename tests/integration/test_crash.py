@@ -40,15 +40,21 @@ def write_generation(db: Path, generation: int) -> None:
     con = sqlite3.connect(db)
     con.execute("CREATE TABLE IF NOT EXISTS balances (account_id BIGINT, ts TIMESTAMP, balance REAL)")
     ts = f"2024-01-{generation + 1:02d} 00:00:00"
-    con.executemany("INSERT INTO balances VALUES (?, ?, ?)",
-                    ((i, ts, generation * 1_000_000.0 + i) for i in range(ENTITIES)))
+    con.executemany(
+        "INSERT INTO balances VALUES (?, ?, ?)", ((i, ts, generation * 1_000_000.0 + i) for i in range(ENTITIES))
+    )
     con.commit()
     con.close()
 
 
 def materialize(repo: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "features.cli", "materialize", "--repo", str(repo)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "features.cli", "materialize", "--repo", str(repo)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def kill_group(proc: subprocess.Popen[str]) -> None:
@@ -80,7 +86,8 @@ def test_killed_runs_leave_stores_before_or_after(tmp_path: Path, redis_url: str
     (repo / "defs" / "balances.py").write_text(DEFINITIONS)
     (repo / "skewless.yaml").write_text(
         f"project: crash_{uuid.uuid4().hex[:6]}\nregistry: sqlite:///registry.db\ndefinitions: defs\n"
-        f"online:\n  url: {redis_url}\nconnections:\n  db: sqlite:///{db}\n")
+        f"online:\n  url: {redis_url}\nconnections:\n  db: sqlite:///{db}\n"
+    )
     write_generation(db, 1)
     store = FeatureStore(repo)
     store.apply()

@@ -25,11 +25,22 @@ def test_demo_runs_the_whole_path(tmp_path: Path) -> None:
     try:
         done = subprocess.run(
             [sys.executable, "-m", "features.cli", "demo", "--repo", str(repo), "--cards", "60", "--payments", "800"],
-            env=env, capture_output=True, text=True, timeout=600)
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         out = done.stdout
-        for step in ("1. Create the example payments database", "2. Apply", "3. Materialize",
-                     "4. Build a point-in-time", "5. Serve", "POST /v1/features", "demo finished"):
+        for step in (
+            "1. Create the example payments database",
+            "2. Apply",
+            "3. Materialize",
+            "4. Build a point-in-time",
+            "5. Serve",
+            "POST /v1/features",
+            "demo finished",
+        ):
             assert step in out, out[-3000:]
         dataset = repo / ".skewless" / "datasets" / "fraud_model_training.parquet"
         frame = pd.read_parquet(dataset)
@@ -39,7 +50,11 @@ def test_demo_runs_the_whole_path(tmp_path: Path) -> None:
         # Running it again works on the same repository (embedded server reused, plan unchanged).
         again = subprocess.run(
             [sys.executable, "-m", "features.cli", "demo", "--repo", str(repo), "--cards", "60", "--payments", "800"],
-            env=env, capture_output=True, text=True, timeout=600)
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     finally:
         from online.embedded import stop_embedded_server

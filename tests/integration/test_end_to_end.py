@@ -35,13 +35,15 @@ def make_repo(path: Path, source_url: str, registry_url: str, online_url: str) -
         f"registry: {registry_url}\n"
         "offline:\n  path: offline\n"
         f"online:\n  url: {online_url}\n"
-        f"connections:\n  payments: {source_url}\n")
+        f"connections:\n  payments: {source_url}\n"
+    )
     return path
 
 
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def materialized(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
-                 spark: Any, redis_url: str) -> Iterator[tuple[FeatureStore, dict[str, pd.DataFrame]]]:
+def materialized(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, spark: Any, redis_url: str
+) -> Iterator[tuple[FeatureStore, dict[str, pd.DataFrame]]]:
     tmp = tmp_path_factory.mktemp(f"e2e_{request.param}")
     if request.param == "sqlite":
         source_url = registry_url = f"sqlite:///{tmp / 'payments.db'}"
@@ -88,29 +90,39 @@ def test_training_set_matches_the_merge_asof_oracle(materialized: tuple[FeatureS
     rng = np.random.default_rng(3)
     payments = sources["payments"]
     picks = payments.sample(300, random_state=1)
-    entities = pd.DataFrame({
-        "card_id": picks["card_id"].to_numpy(),
-        "merchant_id": picks["merchant_id"].to_numpy(),
-        "ts": picks["paid_at"].to_numpy(),  # exactly at event times: ties must be included
-    })
-    extra = pd.DataFrame({
-        "card_id": rng.integers(1, 160, 200),
-        "merchant_id": rng.integers(1, 35, 200),
-        "ts": payments["paid_at"].min() + pd.to_timedelta(rng.integers(-86_400, 86_400 * 21, 200), unit="s"),
-    })
+    entities = pd.DataFrame(
+        {
+            "card_id": picks["card_id"].to_numpy(),
+            "merchant_id": picks["merchant_id"].to_numpy(),
+            "ts": picks["paid_at"].to_numpy(),  # exactly at event times: ties must be included
+        }
+    )
+    extra = pd.DataFrame(
+        {
+            "card_id": rng.integers(1, 160, 200),
+            "merchant_id": rng.integers(1, 35, 200),
+            "ts": payments["paid_at"].min() + pd.to_timedelta(rng.integers(-86_400, 86_400 * 21, 200), unit="s"),
+        }
+    )
     entities = pd.concat([entities, extra, entities.head(20)], ignore_index=True)  # duplicates on purpose
     refs = [f"{v}:*" for v in views]
     result = store.get_training_dataset(entities, features=refs, timestamp_column="ts")
     assert len(result) == len(entities)
     assert list(result.columns[:3]) == ["card_id", "merchant_id", "ts"]
-    pd.testing.assert_frame_equal(result[["card_id", "merchant_id"]].reset_index(drop=True),
-                                  entities[["card_id", "merchant_id"]], check_dtype=False)
+    pd.testing.assert_frame_equal(
+        result[["card_id", "merchant_id"]].reset_index(drop=True),
+        entities[["card_id", "merchant_id"]],
+        check_dtype=False,
+    )
     for view_name, (rows, keys, ts, created) in views.items():
         features = [c for c in rows.columns if c not in (*keys, ts, created)]
         expected = oracle.point_in_time(entities, rows, keys, "ts", ts, created, TTL[view_name], features, view_name)
         for column in expected.columns:
-            mismatches = [(i, expected[column][i], result[column][i]) for i in range(len(entities))
-                          if not equal(_py(expected[column][i]), _py(result[column][i]))]
+            mismatches = [
+                (i, expected[column][i], result[column][i])
+                for i in range(len(entities))
+                if not equal(_py(expected[column][i]), _py(result[column][i]))
+            ]
             assert mismatches == [], f"{column}: {len(mismatches)} wrong, e.g. {mismatches[:3]}"
 
 
@@ -144,13 +156,20 @@ def test_rematerializing_changes_nothing(materialized: tuple[FeatureStore, Any])
 
 def test_online_lookup_through_the_facade(materialized: tuple[FeatureStore, Any]) -> None:
     store, sources = materialized
-    result = store.get_online_features({"card_id": [1, 999_999], "merchant_id": [1, 2]},
-                                       feature_service="fraud_model").to_dict()
+    result = store.get_online_features(
+        {"card_id": [1, 999_999], "merchant_id": [1, 2]}, feature_service="fraud_model"
+    ).to_dict()
     assert result["entities"] == {"card_id": [1, 999_999], "merchant_id": [1, 2]}
     assert set(result["features"]) == {
-        "card_profile__credit_limit", "card_profile__card_tier", "card_profile__is_blocked",
-        "card_profile__limit_utilisation", "card_last_payment__amount_eur", "card_last_payment__is_foreign",
-        "merchant_risk__chargeback_rate", "merchant_risk__high_risk"}
+        "card_profile__credit_limit",
+        "card_profile__card_tier",
+        "card_profile__is_blocked",
+        "card_profile__limit_utilisation",
+        "card_last_payment__amount_eur",
+        "card_last_payment__is_foreign",
+        "merchant_risk__chargeback_rate",
+        "merchant_risk__high_risk",
+    }
     assert result["features"]["card_profile__card_tier"]["statuses"][1] == "missing"
     accounts = oracle.latest_per_entity(sources["card_accounts"], ["card_id"], "updated_at", "ingested_at")
     tier = accounts.loc[accounts["card_id"] == 1, "card_tier"].item()

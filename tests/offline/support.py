@@ -19,10 +19,20 @@ from features.plan import ColumnSpec, EntityPlan, FeaturePlan, Plan, SourcePlan,
 from features.protocols import OnlineValues
 
 
-def make_view(name: str, *, connection: str, table: str | None = None, query: str | None = None,
-              keys: dict[str, DType], columns: dict[str, DType], features: dict[str, str],
-              timestamp: str = "ts", created: str | None = None, ttl_seconds: int | None = None,
-              online: bool = True) -> ViewPlan:
+def make_view(
+    name: str,
+    *,
+    connection: str,
+    table: str | None = None,
+    query: str | None = None,
+    keys: dict[str, DType],
+    columns: dict[str, DType],
+    features: dict[str, str],
+    timestamp: str = "ts",
+    created: str | None = None,
+    ttl_seconds: int | None = None,
+    online: bool = True,
+) -> ViewPlan:
     """A ViewPlan built the way the compiler would (expressions parsed against the source columns)."""
     all_columns = {**keys, **columns}
     feats = []
@@ -32,16 +42,33 @@ def make_view(name: str, *, connection: str, table: str | None = None, query: st
     used = set(keys) | {timestamp} | ({created} if created else set())
     for f in feats:
         used |= f.expr.columns()
-    source = SourcePlan(f"{name}_source", connection, table, query, timestamp, created,
-                        tuple(ColumnSpec(c, t) for c, t in all_columns.items() if c in used))
+    source = SourcePlan(
+        f"{name}_source",
+        connection,
+        table,
+        query,
+        timestamp,
+        created,
+        tuple(ColumnSpec(c, t) for c, t in all_columns.items() if c in used),
+    )
     storage = stable_hash([name, [f.fingerprint for f in feats], sorted(keys), table, query])
-    return ViewPlan(name, (name + "_entity",), tuple(ColumnSpec(k, t) for k, t in keys.items()), source,
-                    tuple(feats), ttl_seconds, online, storage, "test")
+    return ViewPlan(
+        name,
+        (name + "_entity",),
+        tuple(ColumnSpec(k, t) for k, t in keys.items()),
+        source,
+        tuple(feats),
+        ttl_seconds,
+        online,
+        storage,
+        "test",
+    )
 
 
 def make_plan(*views: ViewPlan) -> Plan:
-    return Plan(entities=tuple(EntityPlan(v.entities[0], v.join_keys, "test") for v in views),
-                views=tuple(views), services=())
+    return Plan(
+        entities=tuple(EntityPlan(v.entities[0], v.join_keys, "test") for v in views), views=tuple(views), services=()
+    )
 
 
 class FilePublication:
@@ -108,11 +135,13 @@ class FileOnlineStore:
 
     def staged_dirs(self) -> list[str]:
         staging = os.path.join(self.root, "staging")
-        return [d for d in os.listdir(staging) if os.listdir(os.path.join(staging, d))] if os.path.isdir(
-            staging) else []
+        return (
+            [d for d in os.listdir(staging) if os.listdir(os.path.join(staging, d))] if os.path.isdir(staging) else []
+        )
 
-    def read(self, requests: Sequence[tuple[ViewPlan, Sequence[str]]],
-             entity_keys: Sequence[Sequence[Any]]) -> list[OnlineValues]:
+    def read(
+        self, requests: Sequence[tuple[ViewPlan, Sequence[str]]], entity_keys: Sequence[Sequence[Any]]
+    ) -> list[OnlineValues]:
         raise NotImplementedError("not needed by the offline tests")
 
     def ping(self) -> None:

@@ -45,20 +45,30 @@ def write_db(path: Path, extra: bool = False) -> None:
     with sqlite3.connect(path) as conn:
         conn.execute("CREATE TABLE balances (account_id INTEGER, balance REAL, ts TIMESTAMP)")
         conn.execute("CREATE TABLE spend (account_id INTEGER, merchant TEXT, amount INTEGER, ts TIMESTAMP)")
-        conn.executemany("INSERT INTO balances VALUES (?, ?, ?)",
-                         [(a, b, t.strftime("%Y-%m-%d %H:%M:%S")) for a, b, t in balances(extra)])
-        conn.executemany("INSERT INTO spend VALUES (?, ?, ?, ?)",
-                         [(a, m, x, t.strftime("%Y-%m-%d %H:%M:%S")) for a, m, x, t in spends(extra)])
+        conn.executemany(
+            "INSERT INTO balances VALUES (?, ?, ?)",
+            [(a, b, t.strftime("%Y-%m-%d %H:%M:%S")) for a, b, t in balances(extra)],
+        )
+        conn.executemany(
+            "INSERT INTO spend VALUES (?, ?, ?, ?)",
+            [(a, m, x, t.strftime("%Y-%m-%d %H:%M:%S")) for a, m, x, t in spends(extra)],
+        )
 
 
 def entities() -> pd.DataFrame:
     times = [BASE + timedelta(hours=5 * i + 3) for i in range(40)]
-    return pd.DataFrame({
-        "account_id": pd.array([1 + i % 5 for i in range(40)], dtype="int64"),
-        "merchant": [["m1", "m2", None][i % 3] for i in range(40)],
-        "event_timestamp": pd.to_datetime(times),
-        "label": [i % 2 for i in range(40)],
-    }).iloc[::-1].reset_index(drop=True)  # not in time order
+    return (
+        pd.DataFrame(
+            {
+                "account_id": pd.array([1 + i % 5 for i in range(40)], dtype="int64"),
+                "merchant": [["m1", "m2", None][i % 3] for i in range(40)],
+                "event_timestamp": pd.to_datetime(times),
+                "label": [i % 2 for i in range(40)],
+            }
+        )
+        .iloc[::-1]
+        .reset_index(drop=True)
+    )  # not in time order
 
 
 def oracle(frame: pd.DataFrame) -> pd.DataFrame:
@@ -68,8 +78,9 @@ def oracle(frame: pd.DataFrame) -> pd.DataFrame:
     acct["low"] = acct["balance"].map(lambda b: None if pd.isna(b) else bool(b < 10))
     spend = pd.DataFrame(spends(), columns=["account_id", "merchant", "amount", "ts"]).sort_values("ts")
     ordered = left.sort_values("event_timestamp")
-    a = pd.merge_asof(ordered, acct, left_on="event_timestamp", right_on="ts", by="account_id",
-                      tolerance=pd.Timedelta(seconds=TTL))
+    a = pd.merge_asof(
+        ordered, acct, left_on="event_timestamp", right_on="ts", by="account_id", tolerance=pd.Timedelta(seconds=TTL)
+    )
     usable = ordered.dropna(subset=["merchant"])
     s = pd.merge_asof(usable, spend, left_on="event_timestamp", right_on="ts", by=["account_id", "merchant"])
     out = left[["_row"]].merge(a[["_row", "balance", "low"]], on="_row", how="left")
@@ -86,13 +97,25 @@ def repo(spark: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]
     root = Path(tmp_path_factory.mktemp("datasets"))
     write_db(root / "bank.db")
     config = RepoConfig(root=root, connections={"bank": "sqlite:///bank.db"})
-    acct = make_view("acct", connection="bank", table="balances", keys={"account_id": DType.INT64},
-                     columns={"balance": DType.FLOAT64, "ts": DType.TIMESTAMP},
-                     features={"balance": "balance", "low": "balance < 10"}, ttl_seconds=TTL, online=False)
-    spend = make_view("spend", connection="bank", table="spend",
-                      keys={"account_id": DType.INT64, "merchant": DType.STRING},
-                      columns={"amount": DType.INT64, "ts": DType.TIMESTAMP}, features={"amount": "amount"},
-                      online=False)
+    acct = make_view(
+        "acct",
+        connection="bank",
+        table="balances",
+        keys={"account_id": DType.INT64},
+        columns={"balance": DType.FLOAT64, "ts": DType.TIMESTAMP},
+        features={"balance": "balance", "low": "balance < 10"},
+        ttl_seconds=TTL,
+        online=False,
+    )
+    spend = make_view(
+        "spend",
+        connection="bank",
+        table="spend",
+        keys={"account_id": DType.INT64, "merchant": DType.STRING},
+        columns={"amount": DType.INT64, "ts": DType.TIMESTAMP},
+        features={"amount": "amount"},
+        online=False,
+    )
     plan = make_plan(acct, spend)
     for view in plan.views:
         materialize(spark, config, plan, view, start=None, end=None, online=None)

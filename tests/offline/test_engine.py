@@ -26,8 +26,18 @@ def test_engine_has_every_protocol_method(tmp_path: Path) -> None:
 
 def test_public_api_is_pinned() -> None:
     assert sorted(offline.__all__) == [
-        "DatasetError", "JavaNotFoundError", "SparkEngine", "SparkTranslator", "UnsupportedExpressionError",
-        "ViewInput", "get_spark", "materialize", "point_in_time_join", "reproduce", "stop_spark", "to_spark",
+        "DatasetError",
+        "JavaNotFoundError",
+        "SparkEngine",
+        "SparkTranslator",
+        "UnsupportedExpressionError",
+        "ViewInput",
+        "get_spark",
+        "materialize",
+        "point_in_time_join",
+        "reproduce",
+        "stop_spark",
+        "to_spark",
         "training_dataset",
     ]
 

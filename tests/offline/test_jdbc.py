@@ -45,8 +45,10 @@ def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     path = Path(tmp_path_factory.mktemp("jdbc")) / "shop.db"
     with sqlite3.connect(path) as conn:
         conn.execute("CREATE TABLE events (user_id INTEGER, amount REAL, note TEXT, extra TEXT, ts TIMESTAMP)")
-        conn.executemany("INSERT INTO events VALUES (?, ?, ?, 'x', ?)",
-                         [(u, a, n, t.strftime("%Y-%m-%d %H:%M:%S")) for u, a, n, t in _rows()])
+        conn.executemany(
+            "INSERT INTO events VALUES (?, ?, ?, 'x', ?)",
+            [(u, a, n, t.strftime("%Y-%m-%d %H:%M:%S")) for u, a, n, t in _rows()],
+        )
     return f"sqlite:///{path}"
 
 
@@ -87,8 +89,11 @@ def test_sqlite_unbounded_and_query_sources(spark: Any, sqlite_url: str) -> None
     whole = read_source(spark, _source(COLUMNS), sqlite_url)
     assert whole.rdd.getNumPartitions() == 4  # bounds came from MIN/MAX
     assert _collected(whole) == _expected(None, None)
-    query = _source({"user_id": DType.INT64, "amount": DType.FLOAT64, "note": DType.STRING, "ts": DType.TIMESTAMP},
-                    table=None, query="SELECT user_id, amount, upper(note) AS note, ts FROM events WHERE note <> 'n1'")
+    query = _source(
+        {"user_id": DType.INT64, "amount": DType.FLOAT64, "note": DType.STRING, "ts": DType.TIMESTAMP},
+        table=None,
+        query="SELECT user_id, amount, upper(note) AS note, ts FROM events WHERE note <> 'n1'",
+    )
     rows = _collected(read_source(spark, query, sqlite_url, START, None))
     assert rows == {(u, a, n.upper(), t) for u, a, n, t in _expected(START, None) if n != "n1"}
 
@@ -111,13 +116,17 @@ def test_postgres_windowed_partitioned_read(spark: Any, postgres_url: str) -> No
     engine = sa.create_engine(postgres_url)
     with engine.begin() as conn:
         conn.exec_driver_sql("DROP TABLE IF EXISTS pg_events")
-        conn.exec_driver_sql("CREATE TABLE pg_events (user_id BIGINT, amount NUMERIC(12, 2), note VARCHAR(20), "
-                             "ts TIMESTAMPTZ)")
-        conn.execute(sa.text("INSERT INTO pg_events VALUES (:u, :a, :n, :t)"),
-                     [{"u": u, "a": a, "n": n, "t": t.replace(tzinfo=UTC)} for u, a, n, t in _rows()])
+        conn.exec_driver_sql(
+            "CREATE TABLE pg_events (user_id BIGINT, amount NUMERIC(12, 2), note VARCHAR(20), ts TIMESTAMPTZ)"
+        )
+        conn.execute(
+            sa.text("INSERT INTO pg_events VALUES (:u, :a, :n, :t)"),
+            [{"u": u, "a": a, "n": n, "t": t.replace(tzinfo=UTC)} for u, a, n, t in _rows()],
+        )
     engine.dispose()
-    source = SourcePlan("events", "db", "pg_events", None, "ts", None,
-                        tuple(ColumnSpec(c, t) for c, t in COLUMNS.items()))
+    source = SourcePlan(
+        "events", "db", "pg_events", None, "ts", None, tuple(ColumnSpec(c, t) for c, t in COLUMNS.items())
+    )
     frame = read_source(spark, source, postgres_url, START.replace(tzinfo=UTC), END.replace(tzinfo=UTC))
     assert frame.rdd.getNumPartitions() == 4
     assert frame.schema["amount"].dataType.typeName() == "double"

@@ -41,8 +41,12 @@ def source_rows() -> list[Row]:
 def features_of(row: Row) -> tuple[Any, ...]:
     """The view's features in plain Python: amount * 2, amount * qty, lower(merchant), qty > 2."""
     _, merchant, amount, qty, _, _ = row
-    return (None if amount is None else amount * 2, None if amount is None else amount * qty,
-            None if merchant is None else merchant.lower(), qty > 2)
+    return (
+        None if amount is None else amount * 2,
+        None if amount is None else amount * qty,
+        None if merchant is None else merchant.lower(),
+        qty > 2,
+    )
 
 
 def expected_table(rows: list[Row], start: datetime | None, end: datetime | None) -> set[Row]:
@@ -76,10 +80,13 @@ def write_source(path: Path, rows: list[Row], *, amount_type: str = "REAL", with
     path.unlink(missing_ok=True)
     with sqlite3.connect(path) as conn:
         qty = ", qty INTEGER" if with_qty else ""
-        conn.execute(f"CREATE TABLE txns (user_id INTEGER, merchant TEXT, amount {amount_type}{qty}, "
-                     f"ts TIMESTAMP, created TIMESTAMP)")
-        text = [(u, m, a, q, _text(t), _text(c)) if with_qty else (u, m, a, _text(t), _text(c))
-                for u, m, a, q, t, c in rows]
+        conn.execute(
+            f"CREATE TABLE txns (user_id INTEGER, merchant TEXT, amount {amount_type}{qty}, "
+            f"ts TIMESTAMP, created TIMESTAMP)"
+        )
+        text = [
+            (u, m, a, q, _text(t), _text(c)) if with_qty else (u, m, a, _text(t), _text(c)) for u, m, a, q, t, c in rows
+        ]
         conn.executemany(f"INSERT INTO txns VALUES ({', '.join('?' * len(text[0]))})", text)
 
 
@@ -88,12 +95,27 @@ def _text(value: datetime | None) -> str | None:
 
 
 def the_view(name: str = "user_txn") -> ViewPlan:
-    return make_view(name, connection="shop", table="txns", keys={"user_id": DType.INT64},
-                     columns={"merchant": DType.STRING, "amount": DType.FLOAT64, "qty": DType.INT64,
-                              "ts": DType.TIMESTAMP, "created": DType.TIMESTAMP},
-                     features={"amount_x2": "amount * 2", "total": "amount * qty", "merchant_lc": "lower(merchant)",
-                               "bulk": "qty > 2"},
-                     created="created", ttl_seconds=86400)
+    return make_view(
+        name,
+        connection="shop",
+        table="txns",
+        keys={"user_id": DType.INT64},
+        columns={
+            "merchant": DType.STRING,
+            "amount": DType.FLOAT64,
+            "qty": DType.INT64,
+            "ts": DType.TIMESTAMP,
+            "created": DType.TIMESTAMP,
+        },
+        features={
+            "amount_x2": "amount * 2",
+            "total": "amount * qty",
+            "merchant_lc": "lower(merchant)",
+            "bulk": "qty > 2",
+        },
+        created="created",
+        ttl_seconds=86400,
+    )
 
 
 def delta_rows(spark: Any, path: Path, version: int | None = None) -> set[Row]:
@@ -106,8 +128,9 @@ def live_rows(store: FileOnlineStore, view: str) -> set[Row]:
     if table is None:
         return set()
     # The batches carry UTC-aware timestamps; the oracle uses naive UTC.
-    return {tuple(v.replace(tzinfo=None) if isinstance(v, datetime) else v for v in r.values())
-            for r in table.to_pylist()}
+    return {
+        tuple(v.replace(tzinfo=None) if isinstance(v, datetime) else v for v in r.values()) for r in table.to_pylist()
+    }
 
 
 class Recorder:
@@ -136,8 +159,17 @@ def world(spark: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any
     first = materialize(spark, config, plan, view, start=BASE, end=MID, online=store, progress=recorder)
     after_first = delta_rows(spark, table_path(config, view))
     second = materialize(spark, config, plan, view, start=MID, end=END, online=store)
-    return {"root": root, "config": config, "view": view, "plan": plan, "store": store, "first": first,
-            "second": second, "after_first": after_first, "recorder": recorder}
+    return {
+        "root": root,
+        "config": config,
+        "view": view,
+        "plan": plan,
+        "store": store,
+        "first": first,
+        "second": second,
+        "after_first": after_first,
+        "recorder": recorder,
+    }
 
 
 @pytest.mark.spark
@@ -149,8 +181,16 @@ def test_windows_fill_the_table_as_plain_python_says(spark: Any, world: dict[str
     assert world["first"].rows_read == sum(1 for r in rows if r[4] is not None and BASE <= r[4] < MID)
     assert world["second"].offline_version == table_version(spark, path)
     schema = read_table(spark, path).schema.names
-    assert schema == ["user_id", "amount_x2", "total", "merchant_lc", "bulk", "event_timestamp",
-                      "created_timestamp", "published_at"]
+    assert schema == [
+        "user_id",
+        "amount_x2",
+        "total",
+        "merchant_lc",
+        "bulk",
+        "event_timestamp",
+        "created_timestamp",
+        "published_at",
+    ]
     assert ("advance", "materialize user_txn", world["first"].rows_read) in world["recorder"].calls
     assert world["recorder"].calls[-1] == ("finish", "materialize user_txn", None)
 
@@ -159,8 +199,15 @@ def test_windows_fill_the_table_as_plain_python_says(spark: Any, world: dict[str
 def test_online_gets_the_latest_row_per_entity(world: dict[str, Any]) -> None:
     store = world["store"]
     table = store.live("user_txn")
-    assert table.column_names == ["user_id", "amount_x2", "total", "merchant_lc", "bulk", "event_timestamp",
-                                  "created_timestamp"]
+    assert table.column_names == [
+        "user_id",
+        "amount_x2",
+        "total",
+        "merchant_lc",
+        "bulk",
+        "event_timestamp",
+        "created_timestamp",
+    ]
     assert live_rows(store, "user_txn") == expected_latest(expected_table(source_rows(), None, None))
     assert world["second"].rows_published == 5 and world["second"].online_committed
 
@@ -181,8 +228,12 @@ def test_rerunning_a_window_changes_nothing(spark: Any, world: dict[str, Any]) -
 def test_schema_mismatch_stops_before_any_write(spark: Any, world: dict[str, Any], change: str) -> None:
     root: Path = world["root"]
     altered = root / f"altered-{change.replace(' ', '_')}.db"
-    write_source(altered, source_rows(), amount_type="REAL" if change == "column dropped" else "TEXT",
-                 with_qty=change != "column dropped")
+    write_source(
+        altered,
+        source_rows(),
+        amount_type="REAL" if change == "column dropped" else "TEXT",
+        with_qty=change != "column dropped",
+    )
     config = RepoConfig(root=root, connections={"shop": f"sqlite:///{altered}"})
     path = table_path(config, world["view"])
     version = table_version(spark, path)
@@ -195,8 +246,9 @@ def test_schema_mismatch_stops_before_any_write(spark: Any, world: dict[str, Any
 
 
 @pytest.mark.spark
-def test_failed_publication_keeps_old_values_and_rerun_completes(spark: Any, tmp_path: Path,
-                                                                 caplog: pytest.LogCaptureFixture) -> None:
+def test_failed_publication_keeps_old_values_and_rerun_completes(
+    spark: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     rows = source_rows()
     write_source(tmp_path / "shop.db", rows)
     config = RepoConfig(root=tmp_path, connections={"shop": "sqlite:///shop.db"})
@@ -218,8 +270,7 @@ def test_failed_publication_keeps_old_values_and_rerun_completes(spark: Any, tmp
     rows = [(*r[:2], 77.0, *r[3:]) if r == latest4 else r for r in rows]
     write_source(tmp_path / "shop.db", rows)
     path = table_path(config, view)
-    published_before = {r["user_id"]: r["published_at"] for r in read_table(spark, path).collect()
-                        if r["user_id"] != 4}
+    published_before = {r["user_id"]: r["published_at"] for r in read_table(spark, path).collect() if r["user_id"] != 4}
 
     failing = FileOnlineStore(tmp_path / "online", fail_on_write=True)
     with pytest.raises(MaterializationError, match=r"previous values are still served.*injected failure") as info:
@@ -234,6 +285,9 @@ def test_failed_publication_keeps_old_values_and_rerun_completes(spark: Any, tmp
     assert live_rows(store, "fail_txn") == expected_latest(expected_table(rows, None, None))
     assert store.started[-1] == table_version(spark, path)
     # Only the restated row got a new published_at.
-    changed = {r["user_id"] for r in read_table(spark, path).collect()
-               if r["user_id"] != 4 and r["published_at"] != published_before.get(r["user_id"])}
+    changed = {
+        r["user_id"]
+        for r in read_table(spark, path).collect()
+        if r["user_id"] != 4 and r["published_at"] != published_before.get(r["user_id"])
+    }
     assert changed == {1}  # user 1's new row is new; nobody else's rows were rewritten

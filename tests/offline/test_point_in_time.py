@@ -25,14 +25,33 @@ def _feature_rows(rng: random.Random) -> tuple[pd.DataFrame, pd.DataFrame]:
     for _ in range(160):
         event = BASE + timedelta(minutes=10 * rng.randint(0, 30))
         created = rng.choice([None, event + timedelta(seconds=rng.randint(0, 5000))])
-        user_rows.append({"user_id": rng.randint(1, 6), "f_num": rng.choice([None, round(rng.uniform(0, 99), 2)]),
-                          "f_str": rng.choice([None, "a", "b", "c"]), "event_timestamp": event,
-                          "created_timestamp": created})
-        pair_rows.append({"user_id": rng.randint(1, 4), "merchant": rng.choice(["m1", "m2"]),
-                          "amt": rng.choice([None, rng.randint(-100, 100)]), "event_timestamp": event,
-                          "created_timestamp": created})
-    user_rows.append({"user_id": BOUNDARY_USER, "f_num": 1.5, "f_str": "edge", "event_timestamp": BOUNDARY_EVENT,
-                      "created_timestamp": None})
+        user_rows.append(
+            {
+                "user_id": rng.randint(1, 6),
+                "f_num": rng.choice([None, round(rng.uniform(0, 99), 2)]),
+                "f_str": rng.choice([None, "a", "b", "c"]),
+                "event_timestamp": event,
+                "created_timestamp": created,
+            }
+        )
+        pair_rows.append(
+            {
+                "user_id": rng.randint(1, 4),
+                "merchant": rng.choice(["m1", "m2"]),
+                "amt": rng.choice([None, rng.randint(-100, 100)]),
+                "event_timestamp": event,
+                "created_timestamp": created,
+            }
+        )
+    user_rows.append(
+        {
+            "user_id": BOUNDARY_USER,
+            "f_num": 1.5,
+            "f_str": "edge",
+            "event_timestamp": BOUNDARY_EVENT,
+            "created_timestamp": None,
+        }
+    )
     users = pd.DataFrame(user_rows).drop_duplicates(["user_id", "event_timestamp", "created_timestamp"])
     pairs = pd.DataFrame(pair_rows).drop_duplicates(["user_id", "merchant", "event_timestamp", "created_timestamp"])
     for frame in (users, pairs):
@@ -47,12 +66,22 @@ def _entities(rng: random.Random) -> pd.DataFrame:
     for _ in range(150):
         minutes = rng.choice([10 * rng.randint(-2, 34), rng.randint(-20, 340)])  # on the grid (ties) or off it
         ts = BASE + timedelta(minutes=minutes)
-        rows.append({"user_id": rng.choice([None, 1, 2, 3, 4, 5, 6, 7]), "merchant": rng.choice([None, "m1", "m2"]),
-                     "label": rng.randint(0, 1), "ts": ts})
+        rows.append(
+            {
+                "user_id": rng.choice([None, 1, 2, 3, 4, 5, 6, 7]),
+                "merchant": rng.choice([None, "m1", "m2"]),
+                "label": rng.randint(0, 1),
+                "ts": ts,
+            }
+        )
     rows += rows[:10]  # duplicate entity rows
     ttl = timedelta(seconds=TTL)
-    for ts in (BOUNDARY_EVENT - timedelta(microseconds=1), BOUNDARY_EVENT, BOUNDARY_EVENT + ttl,
-               BOUNDARY_EVENT + ttl + timedelta(microseconds=1)):
+    for ts in (
+        BOUNDARY_EVENT - timedelta(microseconds=1),
+        BOUNDARY_EVENT,
+        BOUNDARY_EVENT + ttl,
+        BOUNDARY_EVENT + ttl + timedelta(microseconds=1),
+    ):
         rows.append({"user_id": BOUNDARY_USER, "merchant": "m1", "label": 1, "ts": ts})
     rows.append({"user_id": 1, "merchant": "m1", "label": 0, "ts": None})  # no timestamp
     frame = pd.DataFrame(rows)
@@ -61,8 +90,9 @@ def _entities(rng: random.Random) -> pd.DataFrame:
     return frame
 
 
-def oracle(entities: pd.DataFrame, table: pd.DataFrame, keys: list[str], features: list[str], ttl: int | None,
-           prefix: str) -> pd.DataFrame:
+def oracle(
+    entities: pd.DataFrame, table: pd.DataFrame, keys: list[str], features: list[str], ttl: int | None, prefix: str
+) -> pd.DataFrame:
     """pandas merge_asof per view: backward on time, by the keys, TTL as an inclusive tolerance.
 
     Ties on event time are resolved by sorting the table so the winner (the later created time, null first)
@@ -74,9 +104,15 @@ def oracle(entities: pd.DataFrame, table: pd.DataFrame, keys: list[str], feature
         usable[key] = usable[key].astype(table[key].dtype)
     right = table.assign(_created=table["created_timestamp"].fillna(pd.Timestamp.min))
     right = right.sort_values(["event_timestamp", "_created"], kind="stable")
-    merged = pd.merge_asof(usable.sort_values("ts", kind="stable"), right[[*keys, *features, "event_timestamp"]],
-                           left_on="ts", right_on="event_timestamp", by=keys, direction="backward",
-                           tolerance=pd.Timedelta(seconds=ttl) if ttl is not None else None)
+    merged = pd.merge_asof(
+        usable.sort_values("ts", kind="stable"),
+        right[[*keys, *features, "event_timestamp"]],
+        left_on="ts",
+        right_on="event_timestamp",
+        by=keys,
+        direction="backward",
+        tolerance=pd.Timedelta(seconds=ttl) if ttl is not None else None,
+    )
     out = left[["_row"]].merge(merged[["_row", *features]], on="_row", how="left").sort_values("_row")
     return out[features].rename(columns={f: f"{prefix}__{f}" for f in features}).reset_index(drop=True)
 
@@ -97,15 +133,33 @@ def joined(spark: Any) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.Dat
     users, pairs = _feature_rows(rng)
     entities = _entities(rng)
     ts = T.TimestampType()
-    user_schema = T.StructType([T.StructField("user_id", T.LongType()), T.StructField("f_num", T.DoubleType()),
-                                T.StructField("f_str", T.StringType()), T.StructField("event_timestamp", ts),
-                                T.StructField("created_timestamp", ts)])
-    pair_schema = T.StructType([T.StructField("user_id", T.LongType()), T.StructField("merchant", T.StringType()),
-                                T.StructField("amt", T.LongType()), T.StructField("event_timestamp", ts),
-                                T.StructField("created_timestamp", ts)])
-    entity_schema = T.StructType([T.StructField("user_id", T.LongType()), T.StructField("merchant", T.StringType()),
-                                  T.StructField("label", T.LongType()), T.StructField("ts", ts),
-                                  T.StructField(ROW_ID, T.LongType())])
+    user_schema = T.StructType(
+        [
+            T.StructField("user_id", T.LongType()),
+            T.StructField("f_num", T.DoubleType()),
+            T.StructField("f_str", T.StringType()),
+            T.StructField("event_timestamp", ts),
+            T.StructField("created_timestamp", ts),
+        ]
+    )
+    pair_schema = T.StructType(
+        [
+            T.StructField("user_id", T.LongType()),
+            T.StructField("merchant", T.StringType()),
+            T.StructField("amt", T.LongType()),
+            T.StructField("event_timestamp", ts),
+            T.StructField("created_timestamp", ts),
+        ]
+    )
+    entity_schema = T.StructType(
+        [
+            T.StructField("user_id", T.LongType()),
+            T.StructField("merchant", T.StringType()),
+            T.StructField("label", T.LongType()),
+            T.StructField("ts", ts),
+            T.StructField(ROW_ID, T.LongType()),
+        ]
+    )
 
     def rows(frame: pd.DataFrame) -> list[tuple[Any, ...]]:
         return [tuple(_plain(v) for v in r) for r in frame.astype(object).itertuples(index=False)]
@@ -113,10 +167,16 @@ def joined(spark: Any) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.Dat
     # Shuffle the input so that row order is something the join must actually preserve.
     entity_rows = [(*r, i) for i, r in enumerate(rows(entities))]
     views = [
-        ViewInput("u", (("user_id", DType.INT64),), ("f_num", "f_str"), TTL,
-                  spark.createDataFrame(rows(users), user_schema)),
-        ViewInput("um", (("user_id", DType.INT64), ("merchant", DType.STRING)), ("amt",), None,
-                  spark.createDataFrame(rows(pairs), pair_schema)),
+        ViewInput(
+            "u", (("user_id", DType.INT64),), ("f_num", "f_str"), TTL, spark.createDataFrame(rows(users), user_schema)
+        ),
+        ViewInput(
+            "um",
+            (("user_id", DType.INT64), ("merchant", DType.STRING)),
+            ("amt",),
+            None,
+            spark.createDataFrame(rows(pairs), pair_schema),
+        ),
     ]
     frame = spark.createDataFrame(entity_rows, entity_schema).repartition(3)
     result = point_in_time_join(frame, "ts", views).toPandas()
@@ -134,8 +194,13 @@ def test_every_entity_row_once_in_input_order(joined: Any) -> None:
 @pytest.mark.spark
 def test_matches_merge_asof_oracle(joined: Any) -> None:
     entities, users, pairs, result = joined
-    expected = pd.concat([oracle(entities, users, ["user_id"], ["f_num", "f_str"], TTL, "u"),
-                          oracle(entities, pairs, ["user_id", "merchant"], ["amt"], None, "um")], axis=1)
+    expected = pd.concat(
+        [
+            oracle(entities, users, ["user_id"], ["f_num", "f_str"], TTL, "u"),
+            oracle(entities, pairs, ["user_id", "merchant"], ["amt"], None, "um"),
+        ],
+        axis=1,
+    )
     assert int(expected.notna().sum().sum()) > 100  # the data exercises matches, not just nulls
     for column in expected.columns:
         got = [_plain(v) for v in result[column]]
@@ -148,8 +213,7 @@ def test_matches_merge_asof_oracle(joined: Any) -> None:
 def test_ttl_boundary_is_inclusive_and_rows_before_any_feature_are_null(joined: Any) -> None:
     _, _, _, result = joined
     edge = result[result["user_id"] == BOUNDARY_USER]
-    by_time = {pd.Timestamp(t).to_pydatetime(): _plain(v)
-               for t, v in zip(edge["ts"], edge["u__f_str"], strict=True)}
+    by_time = {pd.Timestamp(t).to_pydatetime(): _plain(v) for t, v in zip(edge["ts"], edge["u__f_str"], strict=True)}
     ttl = timedelta(seconds=TTL)
     assert by_time[BOUNDARY_EVENT - timedelta(microseconds=1)] is None
     assert by_time[BOUNDARY_EVENT] == "edge"

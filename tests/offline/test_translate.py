@@ -12,17 +12,71 @@ from features.dtypes import DType
 from features.expressions import Call, Column, Expr, Literal, parse_expression
 from offline.translate import SparkTranslator, UnsupportedExpressionError
 
-COLUMNS = {"a": DType.INT64, "b": DType.INT64, "x": DType.FLOAT64, "y": DType.FLOAT64,
-           "s": DType.STRING, "t": DType.STRING, "p": DType.BOOL, "q": DType.BOOL}
+COLUMNS = {
+    "a": DType.INT64,
+    "b": DType.INT64,
+    "x": DType.FLOAT64,
+    "y": DType.FLOAT64,
+    "s": DType.STRING,
+    "t": DType.STRING,
+    "p": DType.BOOL,
+    "q": DType.BOOL,
+}
 
 EXPRESSIONS = [
-    "a + b", "a - b", "a * b", "a / b", "a % b", "-a", "x + a", "x - y", "x * y", "x / y", "x % y", "a / x",
-    "x % b", "-x", "abs(a)", "abs(x)", "s + t", "lower(s)", "upper(s)", "length(s)",
-    "a == b", "a != b", "a < b", "a <= b", "a > b", "a >= b", "x == a", "x < y", "s == t", "s < t", "p == q",
-    "p and q", "p or q", "not p", "p and a > 0", "coalesce(a, b)", "coalesce(x, a, 0)", "coalesce(s, t, 'z')",
-    "if_else(p, a, b)", "if_else(p, x, a)", "if_else(q, s, t)", "is_null(a)", "is_null(s)",
-    'cast(a, "float64")', 'cast(x, "int64")', 'cast(a, "string")', 'cast(s, "int64")', 'cast(a, "bool")',
-    'cast(s, "float64")', "a / 0", "a % 0", "x / 0.0", "(a + 1) * 2 - b % 3",
+    "a + b",
+    "a - b",
+    "a * b",
+    "a / b",
+    "a % b",
+    "-a",
+    "x + a",
+    "x - y",
+    "x * y",
+    "x / y",
+    "x % y",
+    "a / x",
+    "x % b",
+    "-x",
+    "abs(a)",
+    "abs(x)",
+    "s + t",
+    "lower(s)",
+    "upper(s)",
+    "length(s)",
+    "a == b",
+    "a != b",
+    "a < b",
+    "a <= b",
+    "a > b",
+    "a >= b",
+    "x == a",
+    "x < y",
+    "s == t",
+    "s < t",
+    "p == q",
+    "p and q",
+    "p or q",
+    "not p",
+    "p and a > 0",
+    "coalesce(a, b)",
+    "coalesce(x, a, 0)",
+    "coalesce(s, t, 'z')",
+    "if_else(p, a, b)",
+    "if_else(p, x, a)",
+    "if_else(q, s, t)",
+    "is_null(a)",
+    "is_null(s)",
+    'cast(a, "float64")',
+    'cast(x, "int64")',
+    'cast(a, "string")',
+    'cast(s, "int64")',
+    'cast(a, "bool")',
+    'cast(s, "float64")',
+    "a / 0",
+    "a % 0",
+    "x / 0.0",
+    "(a + 1) * 2 - b % 3",
 ]
 
 
@@ -72,14 +126,26 @@ def _cast(value: Any, dtype: DType) -> Any:
 
 
 OPS: dict[str, Any] = {
-    "add": _null_safe(lambda a, b: a + b), "sub": _null_safe(lambda a, b: a - b),
-    "mul": _null_safe(lambda a, b: a * b), "div": _null_safe(_div), "mod": _null_safe(_mod),
-    "neg": _null_safe(lambda a: -a), "abs": _null_safe(abs), "concat": _null_safe(lambda a, b: a + b),
-    "lower": _null_safe(str.lower), "upper": _null_safe(str.upper), "length": _null_safe(len),
-    "eq": _null_safe(lambda a, b: a == b), "ne": _null_safe(lambda a, b: a != b),
-    "lt": _null_safe(lambda a, b: a < b), "le": _null_safe(lambda a, b: a <= b),
-    "gt": _null_safe(lambda a, b: a > b), "ge": _null_safe(lambda a, b: a >= b),
-    "and": _and, "or": _or, "not": _null_safe(lambda a: not a),
+    "add": _null_safe(lambda a, b: a + b),
+    "sub": _null_safe(lambda a, b: a - b),
+    "mul": _null_safe(lambda a, b: a * b),
+    "div": _null_safe(_div),
+    "mod": _null_safe(_mod),
+    "neg": _null_safe(lambda a: -a),
+    "abs": _null_safe(abs),
+    "concat": _null_safe(lambda a, b: a + b),
+    "lower": _null_safe(str.lower),
+    "upper": _null_safe(str.upper),
+    "length": _null_safe(len),
+    "eq": _null_safe(lambda a, b: a == b),
+    "ne": _null_safe(lambda a, b: a != b),
+    "lt": _null_safe(lambda a, b: a < b),
+    "le": _null_safe(lambda a, b: a <= b),
+    "gt": _null_safe(lambda a, b: a > b),
+    "ge": _null_safe(lambda a, b: a >= b),
+    "and": _and,
+    "or": _or,
+    "not": _null_safe(lambda a: not a),
     "coalesce": lambda *args: next((a for a in args if a is not None), None),
     "if_else": lambda c, a, b: a if c is True else b,
     "is_null": lambda a: a is None,
@@ -106,24 +172,27 @@ def _rows() -> list[dict[str, Any]]:
     words = ["Alpha", "beta", "ÉCOLE", "", "42", " 7", "x1", "Zeta"]
     rows = []
     for i in range(60):
-        rows.append({
-            "a": rng.choice([None, 0, -7, 3, rng.randint(-50, 50)]),
-            "b": rng.choice([None, 0, 3, -4, rng.randint(-9, 9)]),
-            "x": rng.choice([None, 0.0, -2.5, 1.25, round(rng.uniform(-10, 10), 3)]),
-            "y": rng.choice([None, 0.0, 4.0, -0.5, round(rng.uniform(-10, 10), 3)]),
-            "s": rng.choice([None, *words]),
-            "t": rng.choice([None, *words]),
-            "p": rng.choice([None, True, False]),
-            "q": rng.choice([None, True, False]),
-            "i": i,
-        })
+        rows.append(
+            {
+                "a": rng.choice([None, 0, -7, 3, rng.randint(-50, 50)]),
+                "b": rng.choice([None, 0, 3, -4, rng.randint(-9, 9)]),
+                "x": rng.choice([None, 0.0, -2.5, 1.25, round(rng.uniform(-10, 10), 3)]),
+                "y": rng.choice([None, 0.0, 4.0, -0.5, round(rng.uniform(-10, 10), 3)]),
+                "s": rng.choice([None, *words]),
+                "t": rng.choice([None, *words]),
+                "p": rng.choice([None, True, False]),
+                "q": rng.choice([None, True, False]),
+                "i": i,
+            }
+        )
     return rows
 
 
 def _same(actual: Any, expected: Any) -> bool:
     if isinstance(expected, float) and isinstance(actual, float):
-        return math.isclose(actual, expected, rel_tol=1e-12, abs_tol=1e-12) or (math.isnan(actual) and
-                                                                                 math.isnan(expected))
+        return math.isclose(actual, expected, rel_tol=1e-12, abs_tol=1e-12) or (
+            math.isnan(actual) and math.isnan(expected)
+        )
     return type(actual) is type(expected) and actual == expected
 
 
@@ -133,11 +202,19 @@ def test_every_operator_matches_plain_python(spark: Any) -> None:
     from pyspark.sql import types as T
 
     rows = _rows()
-    schema = T.StructType([
-        T.StructField("a", T.LongType()), T.StructField("b", T.LongType()), T.StructField("x", T.DoubleType()),
-        T.StructField("y", T.DoubleType()), T.StructField("s", T.StringType()), T.StructField("t", T.StringType()),
-        T.StructField("p", T.BooleanType()), T.StructField("q", T.BooleanType()), T.StructField("i", T.LongType()),
-    ])
+    schema = T.StructType(
+        [
+            T.StructField("a", T.LongType()),
+            T.StructField("b", T.LongType()),
+            T.StructField("x", T.DoubleType()),
+            T.StructField("y", T.DoubleType()),
+            T.StructField("s", T.StringType()),
+            T.StructField("t", T.StringType()),
+            T.StructField("p", T.BooleanType()),
+            T.StructField("q", T.BooleanType()),
+            T.StructField("i", T.LongType()),
+        ]
+    )
     frame = spark.createDataFrame([tuple(r[c] for c in schema.names) for r in rows], schema)
     translator = SparkTranslator()
     exprs = [parse_expression(text, COLUMNS) for text in EXPRESSIONS]

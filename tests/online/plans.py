@@ -25,21 +25,35 @@ from features.plan import (
 )
 from features.protocols import OnlineStore
 
-ARROW_TYPES = {DType.INT64: pa.int64(), DType.FLOAT64: pa.float64(), DType.STRING: pa.string(),
-               DType.BOOL: pa.bool_(), DType.TIMESTAMP: pa.timestamp("us", tz="UTC")}
+ARROW_TYPES = {
+    DType.INT64: pa.int64(),
+    DType.FLOAT64: pa.float64(),
+    DType.STRING: pa.string(),
+    DType.BOOL: pa.bool_(),
+    DType.TIMESTAMP: pa.timestamp("us", tz="UTC"),
+}
 
 
-def make_view(name: str, keys: Sequence[tuple[str, DType]], features: Sequence[tuple[str, DType]], *,
-              ttl_seconds: int | None = None, online: bool = True, salt: str = "") -> ViewPlan:
+def make_view(
+    name: str,
+    keys: Sequence[tuple[str, DType]],
+    features: Sequence[tuple[str, DType]],
+    *,
+    ttl_seconds: int | None = None,
+    online: bool = True,
+    salt: str = "",
+) -> ViewPlan:
     """A view whose features are plain source columns; ``salt`` changes every feature fingerprint."""
     join_keys = tuple(ColumnSpec(k, t) for k, t in keys)
     columns = (*join_keys, *(ColumnSpec(f, t) for f, t in features), ColumnSpec("ts", DType.TIMESTAMP))
     source = SourcePlan(f"{name}_source", "sqlite:///test.db", name, None, "ts", None, columns)
-    plans = tuple(FeaturePlan(f, t, Column(t, f), stable_hash([name, f, t.value, salt]), "test.py:1")
-                  for f, t in features)
+    plans = tuple(
+        FeaturePlan(f, t, Column(t, f), stable_hash([name, f, t.value, salt]), "test.py:1") for f, t in features
+    )
     storage = stable_hash([name, [p.fingerprint for p in plans]])
-    return ViewPlan(name, tuple(k for k, _ in keys), join_keys, source, plans, ttl_seconds, online, storage,
-                    "test.py:1")
+    return ViewPlan(
+        name, tuple(k for k, _ in keys), join_keys, source, plans, ttl_seconds, online, storage, "test.py:1"
+    )
 
 
 def make_plan(views: Sequence[ViewPlan], services: dict[str, Sequence[str]] | None = None) -> Plan:
@@ -47,8 +61,10 @@ def make_plan(views: Sequence[ViewPlan], services: dict[str, Sequence[str]] | No
     for view in views:
         for key in view.join_keys:
             entities.setdefault(key.name, EntityPlan(key.name, (key,), "test.py:1"))
-    service_plans = tuple(ServicePlan(name, tuple(FeatureRefPlan.parse(r) for r in refs), "test.py:1")
-                          for name, refs in (services or {}).items())
+    service_plans = tuple(
+        ServicePlan(name, tuple(FeatureRefPlan.parse(r) for r in refs), "test.py:1")
+        for name, refs in (services or {}).items()
+    )
     return Plan(tuple(entities.values()), tuple(views), service_plans)
 
 

@@ -22,8 +22,9 @@ VALUES = {
     DType.FLOAT64: st.floats(allow_nan=True, allow_infinity=True),
     DType.STRING: st.text(st.characters(exclude_categories=["Cs"]), max_size=20),
     DType.BOOL: st.booleans(),
-    DType.TIMESTAMP: st.datetimes(min_value=MIN_TS.replace(tzinfo=None), max_value=MAX_TS.replace(tzinfo=None),
-                                  timezones=st.just(UTC)),
+    DType.TIMESTAMP: st.datetimes(
+        min_value=MIN_TS.replace(tzinfo=None), max_value=MAX_TS.replace(tzinfo=None), timezones=st.just(UTC)
+    ),
 }
 KEY_TYPES = [DType.INT64, DType.STRING, DType.BOOL]
 
@@ -40,8 +41,7 @@ def same(a: Any, b: Any) -> bool:
 @st.composite
 def typed_rows(draw: st.DrawFn, max_rows: int = 5) -> tuple[list[DType], list[list[Any]]]:
     dtypes = draw(st.lists(st.sampled_from(list(DType)), min_size=0, max_size=6))
-    rows = draw(st.lists(st.tuples(*(st.none() | VALUES[d] for d in dtypes)).map(list), min_size=1,
-                         max_size=max_rows))
+    rows = draw(st.lists(st.tuples(*(st.none() | VALUES[d] for d in dtypes)).map(list), min_size=1, max_size=max_rows))
     return dtypes, rows
 
 
@@ -69,16 +69,23 @@ def test_arrow_batches_round_trip_and_keys_match_the_lookup_encoding(data: st.Da
     created: list[Any] = [data.draw(st.none() | VALUES[DType.TIMESTAMP]) for _ in range(n)]
     key_names = [f"k{i}" for i in range(len(key_types))]
     feature_names = [f"f{i}" for i in range(len(feature_types))]
-    arrays = {name: pa.array([row[i] for row in keys], ARROW_TYPES[t])
-              for i, (name, t) in enumerate(zip(key_names, key_types, strict=True))}
-    arrays.update({name: pa.array([row[i] for row in features], ARROW_TYPES[t])
-                   for i, (name, t) in enumerate(zip(feature_names, feature_types, strict=True))})
+    arrays = {
+        name: pa.array([row[i] for row in keys], ARROW_TYPES[t])
+        for i, (name, t) in enumerate(zip(key_names, key_types, strict=True))
+    }
+    arrays.update(
+        {
+            name: pa.array([row[i] for row in features], ARROW_TYPES[t])
+            for i, (name, t) in enumerate(zip(feature_names, feature_types, strict=True))
+        }
+    )
     arrays["event_timestamp"] = pa.array(events, ARROW_TYPES[DType.TIMESTAMP])
     arrays["created_timestamp"] = pa.array(created, ARROW_TYPES[DType.TIMESTAMP])
     batch = pa.RecordBatch.from_pydict(arrays)
 
-    pairs = list(encode_batch(batch, key_names, key_types, feature_names, feature_types,
-                              "event_timestamp", "created_timestamp"))
+    pairs = list(
+        encode_batch(batch, key_names, key_types, feature_names, feature_types, "event_timestamp", "created_timestamp")
+    )
     assert len(pairs) == n
     for i, (key, row) in enumerate(pairs):
         assert key == encode_entity_key(keys[i])
@@ -90,7 +97,7 @@ def test_arrow_batches_round_trip_and_keys_match_the_lookup_encoding(data: st.Da
         assert all(same(a, b) for a, b in zip(values, features[i], strict=True)), (values, features[i])
 
 
-tricky_text = st.text(alphabet=st.sampled_from(['a', 'b', '|', ',', '"', '\\', ':', ' ', '\x00', 'é']), max_size=6)
+tricky_text = st.text(alphabet=st.sampled_from(["a", "b", "|", ",", '"', "\\", ":", " ", "\x00", "é"]), max_size=6)
 
 
 @settings(max_examples=500, deadline=None, database=None)
@@ -101,8 +108,11 @@ def test_composite_string_keys_never_collide(keys: list[tuple[str, str]]) -> Non
 
 
 @settings(max_examples=300, deadline=None, database=None)
-@given(st.lists(st.tuples(st.integers(-(2**63), 2**63 - 1), tricky_text, st.booleans()), min_size=2, max_size=8,
-                unique=True))
+@given(
+    st.lists(
+        st.tuples(st.integers(-(2**63), 2**63 - 1), tricky_text, st.booleans()), min_size=2, max_size=8, unique=True
+    )
+)
 def test_mixed_composite_keys_never_collide(keys: list[tuple[int, str, bool]]) -> None:
     encoded = [encode_entity_key(k) for k in keys]
     assert len(set(encoded)) == len(keys)

@@ -18,10 +18,12 @@ from features.protocols import OnlineValues
 from online.redis_store import RedisOnlineStore
 from tests.online.plans import make_plan, make_view, publish, ts
 
-CARD = make_view("card", [("card_id", DType.INT64)], [("limit", DType.FLOAT64), ("seen", DType.TIMESTAMP)],
-                 ttl_seconds=3600)
-MERCHANT = make_view("merchant", [("merchant", DType.STRING), ("card_id", DType.INT64)],
-                     [("risk", DType.INT64), ("flag", DType.BOOL)])
+CARD = make_view(
+    "card", [("card_id", DType.INT64)], [("limit", DType.FLOAT64), ("seen", DType.TIMESTAMP)], ttl_seconds=3600
+)
+MERCHANT = make_view(
+    "merchant", [("merchant", DType.STRING), ("card_id", DType.INT64)], [("risk", DType.INT64), ("flag", DType.BOOL)]
+)
 HISTORY = make_view("history", [("card_id", DType.INT64)], [("total", DType.FLOAT64)], online=False)
 VIP = make_view("vip", [("is_vip", DType.BOOL)], [("bonus", DType.INT64)])
 PLAN = make_plan([CARD, MERCHANT, HISTORY, VIP], services={"fraud": ["card:limit", "merchant:risk"]})
@@ -35,8 +37,9 @@ class RecordingStore:
         self.inner = inner
         self.reads: list[Any] = []
 
-    def read(self, requests: Sequence[tuple[ViewPlan, Sequence[str]]],
-             entity_keys: Sequence[Sequence[Any]]) -> list[OnlineValues]:
+    def read(
+        self, requests: Sequence[tuple[ViewPlan, Sequence[str]]], entity_keys: Sequence[Sequence[Any]]
+    ) -> list[OnlineValues]:
         self.reads.append((requests, entity_keys))
         if self.inner is not None:
             return list(self.inner.read(requests, entity_keys))
@@ -51,16 +54,19 @@ def refs(*texts: str) -> Any:
     return PLAN.resolve_refs(texts)
 
 
-@pytest.mark.parametrize(("entities", "message"), [
-    ({}, r"missing entity column\(s\) card_id; the requested features need card_id \(int64\)"),
-    ({"card_id": [1], "user": [2]}, r"unknown entity column\(s\) user; .* card_id \(int64\)"),
-    ({"card_id": ["abc"]}, r"'card_id' is int64: value 0 \('abc', str\) is not an integer"),
-    ({"card_id": [1, 1.5]}, r"'card_id' is int64: value 1 \(1.5, float\) is not an integer"),
-    ({"card_id": [True]}, r"'card_id' is int64: value 0 \(True, bool\)"),
-    ({"card_id": [None]}, r"'card_id' is int64: value 0 \(None"),
-    ({"card_id": [2**63]}, r"'card_id' is int64"),
-    ({"card_id": 1}, r"'card_id' must be a list of values"),
-])
+@pytest.mark.parametrize(
+    ("entities", "message"),
+    [
+        ({}, r"missing entity column\(s\) card_id; the requested features need card_id \(int64\)"),
+        ({"card_id": [1], "user": [2]}, r"unknown entity column\(s\) user; .* card_id \(int64\)"),
+        ({"card_id": ["abc"]}, r"'card_id' is int64: value 0 \('abc', str\) is not an integer"),
+        ({"card_id": [1, 1.5]}, r"'card_id' is int64: value 1 \(1.5, float\) is not an integer"),
+        ({"card_id": [True]}, r"'card_id' is int64: value 0 \(True, bool\)"),
+        ({"card_id": [None]}, r"'card_id' is int64: value 0 \(None"),
+        ({"card_id": [2**63]}, r"'card_id' is int64"),
+        ({"card_id": 1}, r"'card_id' must be a list of values"),
+    ],
+)
 def test_entity_errors_name_the_column_and_the_expected_type(entities: Any, message: str) -> None:
     store = RecordingStore()
     with pytest.raises(EntityKeyError, match=message):
@@ -73,8 +79,7 @@ def test_entity_errors_for_several_views() -> None:
     with pytest.raises(EntityKeyError, match=r"need card_id \(int64\), merchant \(string\)"):
         lookup(PLAN, store, refs("card:limit", "merchant:risk"), {"card_id": [1]})
     with pytest.raises(EntityKeyError, match="same length; got card_id: 2, merchant: 1"):
-        lookup(PLAN, store, refs("card:limit", "merchant:risk"),
-               {"card_id": [1, 2], "merchant": ["m"]})
+        lookup(PLAN, store, refs("card:limit", "merchant:risk"), {"card_id": [1, 2], "merchant": ["m"]})
     with pytest.raises(EntityKeyError, match=r"'merchant' is string: value 0 \(7, int\)"):
         lookup(PLAN, store, refs("merchant:risk"), {"card_id": [1], "merchant": [7]})
     with pytest.raises(EntityKeyError, match=r"'is_vip' is bool: value 0 \(1, int\) is not a boolean"):
@@ -95,8 +100,12 @@ def test_numpy_and_pandas_keys_are_accepted() -> None:
     import pandas as pd
 
     store = RecordingStore()
-    result = lookup(PLAN, store, refs("card:limit", "vip:bonus"),
-                    {"card_id": pd.Series([1, 2], dtype="int64"), "is_vip": np.array([True, False])})
+    result = lookup(
+        PLAN,
+        store,
+        refs("card:limit", "vip:bonus"),
+        {"card_id": pd.Series([1, 2], dtype="int64"), "is_vip": np.array([True, False])},
+    )
     assert store.reads[0][1] == [(1, True), (2, False)]
     assert all(type(v) is int for v in result.entities["card_id"])
 
@@ -110,20 +119,28 @@ def test_statuses_match_an_oracle(redis_url: str, project: str, seed: int) -> No
     for card_id in rng.sample(range(60), 40):
         # Around the TTL boundary, to the microsecond, and far on both sides of it.
         age_us = rng.choice([ttl_us - 1, ttl_us, ttl_us + 1, 0, -5, rng.randrange(0, 3 * ttl_us)])
-        card_rows[card_id] = {"card_id": card_id, "limit": rng.choice([1.5, math.nan, -math.inf, None]),
-                              "seen": NOW - timedelta(days=rng.randrange(1000)),
-                              "event_timestamp": NOW - timedelta(microseconds=age_us)}
-    merchant_rows = {(f"m{i % 3}", i): {"merchant": f"m{i % 3}", "card_id": i, "risk": rng.randrange(-5, 5),
-                                        "flag": rng.random() < 0.5,
-                                        "event_timestamp": NOW - timedelta(days=rng.randrange(10_000))}
-                     for i in rng.sample(range(60), 20)}
+        card_rows[card_id] = {
+            "card_id": card_id,
+            "limit": rng.choice([1.5, math.nan, -math.inf, None]),
+            "seen": NOW - timedelta(days=rng.randrange(1000)),
+            "event_timestamp": NOW - timedelta(microseconds=age_us),
+        }
+    merchant_rows = {
+        (f"m{i % 3}", i): {
+            "merchant": f"m{i % 3}",
+            "card_id": i,
+            "risk": rng.randrange(-5, 5),
+            "flag": rng.random() < 0.5,
+            "event_timestamp": NOW - timedelta(days=rng.randrange(10_000)),
+        }
+        for i in rng.sample(range(60), 20)
+    }
     with RedisOnlineStore(redis_url, project=project) as redis_store:
         assert publish(redis_store, CARD, list(card_rows.values()))
         assert publish(redis_store, MERCHANT, list(merchant_rows.values()))
         store = RecordingStore(redis_store)
         entities: dict[str, list[Any]] = {"card_id": list(range(60)), "merchant": [f"m{i % 3}" for i in range(60)]}
-        result = lookup(PLAN, store, refs("merchant:*", "card:*"), entities, now=NOW,
-                        plan_version=7)
+        result = lookup(PLAN, store, refs("merchant:*", "card:*"), entities, now=NOW, plan_version=7)
     assert len(store.reads) == 1
 
     def expect(row: dict[str, Any] | None, feature: str, ttl: int | None) -> tuple[Any, str]:
@@ -136,10 +153,12 @@ def test_statuses_match_an_oracle(redis_url: str, project: str, seed: int) -> No
 
     assert list(result.features) == ["merchant__risk", "merchant__flag", "card__limit", "card__seen"]
     for i in range(60):
-        for view, rows, key, ttl in [("card", card_rows, i, ttl_us), ("merchant", merchant_rows, (f"m{i % 3}", i),
-                                                                      None)]:
+        for view, rows, key, ttl in [
+            ("card", card_rows, i, ttl_us),
+            ("merchant", merchant_rows, (f"m{i % 3}", i), None),
+        ]:
             row = rows.get(key)  # type: ignore[attr-defined]
-            for feature in (["limit", "seen"] if view == "card" else ["risk", "flag"]):
+            for feature in ["limit", "seen"] if view == "card" else ["risk", "flag"]:
                 column = result.features[f"{view}__{feature}"]
                 value, status = expect(row, feature, ttl)
                 assert column.statuses[i] == status, (view, feature, i)
@@ -153,24 +172,31 @@ def test_statuses_match_an_oracle(redis_url: str, project: str, seed: int) -> No
 @pytest.mark.redis
 def test_to_dict_and_to_pandas(redis_url: str, project: str) -> None:
     with RedisOnlineStore(redis_url, project=project) as store:
-        assert publish(store, CARD, [
-            {"card_id": 1, "limit": math.nan, "seen": ts("2024-05-01T00:00:00.000001"), "event_timestamp": NOW},
-            {"card_id": 2, "limit": -math.inf, "seen": None, "event_timestamp": NOW - timedelta(days=1)},
-            {"card_id": 3, "limit": 2.5, "seen": None, "event_timestamp": NOW - timedelta(hours=1)},
-        ])
+        assert publish(
+            store,
+            CARD,
+            [
+                {"card_id": 1, "limit": math.nan, "seen": ts("2024-05-01T00:00:00.000001"), "event_timestamp": NOW},
+                {"card_id": 2, "limit": -math.inf, "seen": None, "event_timestamp": NOW - timedelta(days=1)},
+                {"card_id": 3, "limit": 2.5, "seen": None, "event_timestamp": NOW - timedelta(hours=1)},
+            ],
+        )
         result = lookup(PLAN, store, refs("card:*"), {"card_id": [1, 2, 3, 4]}, now=NOW, plan_version=3)
     answer = result.to_dict()
     assert answer == {
         "plan_version": 3,
         "entities": {"card_id": [1, 2, 3, 4]},
         "features": {
-            "card__limit": {"values": ["NaN", None, 2.5, None], "statuses": [PRESENT, EXPIRED, PRESENT, MISSING],
-                            "event_timestamps": ["2024-06-01T12:00:00Z", "2024-05-31T12:00:00Z",
-                                                 "2024-06-01T11:00:00Z", None]},
-            "card__seen": {"values": ["2024-05-01T00:00:00.000001Z", None, None, None],
-                           "statuses": [PRESENT, EXPIRED, PRESENT, MISSING],
-                           "event_timestamps": ["2024-06-01T12:00:00Z", "2024-05-31T12:00:00Z",
-                                                "2024-06-01T11:00:00Z", None]},
+            "card__limit": {
+                "values": ["NaN", None, 2.5, None],
+                "statuses": [PRESENT, EXPIRED, PRESENT, MISSING],
+                "event_timestamps": ["2024-06-01T12:00:00Z", "2024-05-31T12:00:00Z", "2024-06-01T11:00:00Z", None],
+            },
+            "card__seen": {
+                "values": ["2024-05-01T00:00:00.000001Z", None, None, None],
+                "statuses": [PRESENT, EXPIRED, PRESENT, MISSING],
+                "event_timestamps": ["2024-06-01T12:00:00Z", "2024-05-31T12:00:00Z", "2024-06-01T11:00:00Z", None],
+            },
         },
     }
     frame = result.to_pandas()

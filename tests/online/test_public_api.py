@@ -12,10 +12,22 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_public_names_are_pinned() -> None:
-    assert online.__all__ == ["RedisOnlineStore", "RedisPublication", "decode_row", "encode_entity_key",
-                              "encode_row", "ensure_embedded_server", "stop_embedded_server"]
-    assert serving_api.__all__ == ["InvalidRequestError", "ServerError", "ServiceUnavailableError",
-                                   "SkewlessClient", "create_app"]
+    assert online.__all__ == [
+        "RedisOnlineStore",
+        "RedisPublication",
+        "decode_row",
+        "encode_entity_key",
+        "encode_row",
+        "ensure_embedded_server",
+        "stop_embedded_server",
+    ]
+    assert serving_api.__all__ == [
+        "InvalidRequestError",
+        "ServerError",
+        "ServiceUnavailableError",
+        "SkewlessClient",
+        "create_app",
+    ]
     assert all(hasattr(online, n) for n in online.__all__)
     assert all(hasattr(serving_api, n) for n in serving_api.__all__)
 
@@ -36,5 +48,11 @@ def test_imports_run_one_way() -> None:
     for path in (ROOT / "serving_api").glob("*.py"):
         if path.name != "demo.py":  # the demo drives the whole store, Spark included
             assert not imported_roots(path) & {"offline", "pyspark"}, path
-    assert not imported_roots(ROOT / "features" / "lookup.py") & {"redis", "fastapi", "online", "offline",
-                                                                   "pyspark", "httpx"}
+    assert not imported_roots(ROOT / "features" / "lookup.py") & {
+        "redis",
+        "fastapi",
+        "online",
+        "offline",
+        "pyspark",
+        "httpx",
+    }

@@ -22,8 +22,7 @@ from tests.online.plans import make_batch, make_view, publish, ts
 pytestmark = pytest.mark.redis
 
 CARD = make_view("card", [("card_id", DType.INT64)], [("limit", DType.FLOAT64), ("tier", DType.STRING)])
-MERCHANT = make_view("merchant", [("merchant", DType.STRING), ("country", DType.STRING)],
-                     [("risk", DType.INT64)])
+MERCHANT = make_view("merchant", [("merchant", DType.STRING), ("country", DType.STRING)], [("risk", DType.INT64)])
 T0 = ts("2024-01-01T00:00:00")
 
 
@@ -117,8 +116,9 @@ def test_a_pickled_publication_writes_from_other_processes(store: RedisOnlineSto
     pickled = pickle.dumps(publication)
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(2) as pool:
-        counts = pool.starmap(_write_partition, [(pickled, card_rows(3.0, range(0, 1500))),
-                                                 (pickled, card_rows(3.0, range(1500, 2600)))])
+        counts = pool.starmap(
+            _write_partition, [(pickled, card_rows(3.0, range(0, 1500))), (pickled, card_rows(3.0, range(1500, 2600)))]
+        )
     assert counts == [1500, 1100]
     assert limits(store, [0, 2599]) == [None, None]
     assert publication.commit() is True
@@ -183,12 +183,17 @@ def test_one_read_is_one_round_trip_across_views(store: RedisOnlineStore, monkey
 
 def test_features_of_another_definition_are_unavailable(store: RedisOnlineStore) -> None:
     assert publish(store, CARD, card_rows(1.0))
-    changed = make_view("card", [("card_id", DType.INT64)], [("limit", DType.FLOAT64), ("tier", DType.STRING)],
-                        salt="changed expression")
+    changed = make_view(
+        "card",
+        [("card_id", DType.INT64)],
+        [("limit", DType.FLOAT64), ("tier", DType.STRING)],
+        salt="changed expression",
+    )
     (answer,) = store.read([(changed, ["limit"])], [[1]])
     assert answer.unavailable == {"limit"} and answer.values == [(None,)]
-    grown = make_view("card", [("card_id", DType.INT64)],
-                      [("limit", DType.FLOAT64), ("tier", DType.STRING), ("new", DType.BOOL)])
+    grown = make_view(
+        "card", [("card_id", DType.INT64)], [("limit", DType.FLOAT64), ("tier", DType.STRING), ("new", DType.BOOL)]
+    )
     (answer,) = store.read([(grown, ["new", "limit"])], [[1]])
     assert answer.unavailable == {"new"} and answer.values == [(None, 1.0)]
 

@@ -15,8 +15,9 @@ from features.registry import PlanVersion
 from online.redis_store import RedisOnlineStore
 from tests.online.plans import make_plan, make_view, publish
 
-CARD = make_view("card", [("card_id", DType.INT64)], [("limit", DType.FLOAT64), ("tier", DType.STRING)],
-                 ttl_seconds=86400)
+CARD = make_view(
+    "card", [("card_id", DType.INT64)], [("limit", DType.FLOAT64), ("tier", DType.STRING)], ttl_seconds=86400
+)
 MERCHANT = make_view("merchant", [("merchant", DType.STRING)], [("risk", DType.INT64)])
 HISTORY = make_view("history", [("card_id", DType.INT64)], [("total", DType.FLOAT64)], online=False)
 PLAN = make_plan([CARD, MERCHANT, HISTORY], services={"fraud": ["card:limit", "merchant:risk"]})
@@ -29,11 +30,15 @@ def plan_version(plan: Plan = PLAN, version: int = 1) -> PlanVersion:
 
 
 def publish_rows(store: RedisOnlineStore) -> None:
-    assert publish(store, CARD, [
-        {"card_id": 1, "limit": 1000.0, "tier": "gold", "event_timestamp": RECENT},
-        {"card_id": 2, "limit": math.inf, "tier": "", "event_timestamp": OLD},
-        {"card_id": 3, "limit": math.nan, "tier": None, "event_timestamp": RECENT},
-    ])
+    assert publish(
+        store,
+        CARD,
+        [
+            {"card_id": 1, "limit": 1000.0, "tier": "gold", "event_timestamp": RECENT},
+            {"card_id": 2, "limit": math.inf, "tier": "", "event_timestamp": OLD},
+            {"card_id": 3, "limit": math.nan, "tier": None, "event_timestamp": RECENT},
+        ],
+    )
     assert publish(store, MERCHANT, [{"merchant": "acme", "risk": 7, "event_timestamp": RECENT}])
 
 

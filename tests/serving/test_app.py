@@ -51,8 +51,14 @@ def test_features_by_name(client: TestClient) -> None:
 
 
 def test_feature_service_and_view_star(client: TestClient) -> None:
-    response = post(client, {"feature_service": "fraud", "entities": {"card_id": [1], "merchant": ["acme"]},
-                             "request_data": {"amount": 12.5}})
+    response = post(
+        client,
+        {
+            "feature_service": "fraud",
+            "entities": {"card_id": [1], "merchant": ["acme"]},
+            "request_data": {"amount": 12.5},
+        },
+    )
     assert response.status_code == 200, response.text
     features = response.json()["features"]
     assert list(features) == ["card__limit", "merchant__risk"]
@@ -61,11 +67,14 @@ def test_feature_service_and_view_star(client: TestClient) -> None:
     assert list(response.json()["features"]) == ["card__limit", "card__tier"]
 
 
-@pytest.mark.parametrize(("body", "known"), [
-    ({"features": ["card:nope"], "entities": {"card_id": [1]}}, ["limit", "tier"]),
-    ({"features": ["nope:limit"], "entities": {"card_id": [1]}}, ["card", "history", "merchant"]),
-    ({"feature_service": "nope", "entities": {"card_id": [1]}}, ["fraud"]),
-])
+@pytest.mark.parametrize(
+    ("body", "known"),
+    [
+        ({"features": ["card:nope"], "entities": {"card_id": [1]}}, ["limit", "tier"]),
+        ({"features": ["nope:limit"], "entities": {"card_id": [1]}}, ["card", "history", "merchant"]),
+        ({"feature_service": "nope", "entities": {"card_id": [1]}}, ["fraud"]),
+    ],
+)
 def test_unknown_names_are_404_with_the_known_ones(client: TestClient, body: Any, known: list[str]) -> None:
     response = post(client, body)
     assert response.status_code == 404
@@ -74,23 +83,26 @@ def test_unknown_names_are_404_with_the_known_ones(client: TestClient, body: Any
     assert "unknown" in answer["error"] and ", ".join(known) in answer["error"]
 
 
-@pytest.mark.parametrize(("body", "message"), [
-    ({"features": ["card:limit"]}, "entities: Field required"),
-    ({"features": ["card:limit"], "feature_service": "fraud", "entities": {"card_id": [1]}}, "exactly one"),
-    ({"entities": {"card_id": [1]}}, "exactly one"),
-    ({"features": [], "entities": {"card_id": [1]}}, "features"),
-    ({"features": "card:limit", "entities": {"card_id": [1]}}, "features"),
-    ({"features": ["card:limit"], "entities": {"card_id": [1]}, "extra": 1}, "extra"),
-    ({"features": ["card:limit"], "entities": {"card_id": [1]}, "request_data": [1]}, "request_data"),
-    ({"features": ["card:limit"], "entities": {"card_id": "1"}}, "entities.card_id"),
-    ({"features": ["cardlimit"], "entities": {"card_id": [1]}}, "must look like 'view:feature'"),
-    ({"features": ["card:limit"], "entities": {"card_id": ["1"]}}, "'card_id' is int64: value 0 ('1', str)"),
-    ({"features": ["card:limit"], "entities": {"card_id": [1.5]}}, "is not an integer"),
-    ({"features": ["card:limit"], "entities": {"user": [1]}}, "missing entity column(s) card_id"),
-    ({"features": ["card:limit"], "entities": {"card_id": [1], "user": [1]}}, "unknown entity column(s) user"),
-    ({"features": ["history:total"], "entities": {"card_id": [1]}}, "offline-only"),
-    ([1, 2], "body"),
-])
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"features": ["card:limit"]}, "entities: Field required"),
+        ({"features": ["card:limit"], "feature_service": "fraud", "entities": {"card_id": [1]}}, "exactly one"),
+        ({"entities": {"card_id": [1]}}, "exactly one"),
+        ({"features": [], "entities": {"card_id": [1]}}, "features"),
+        ({"features": "card:limit", "entities": {"card_id": [1]}}, "features"),
+        ({"features": ["card:limit"], "entities": {"card_id": [1]}, "extra": 1}, "extra"),
+        ({"features": ["card:limit"], "entities": {"card_id": [1]}, "request_data": [1]}, "request_data"),
+        ({"features": ["card:limit"], "entities": {"card_id": "1"}}, "entities.card_id"),
+        ({"features": ["cardlimit"], "entities": {"card_id": [1]}}, "must look like 'view:feature'"),
+        ({"features": ["card:limit"], "entities": {"card_id": ["1"]}}, "'card_id' is int64: value 0 ('1', str)"),
+        ({"features": ["card:limit"], "entities": {"card_id": [1.5]}}, "is not an integer"),
+        ({"features": ["card:limit"], "entities": {"user": [1]}}, "missing entity column(s) card_id"),
+        ({"features": ["card:limit"], "entities": {"card_id": [1], "user": [1]}}, "unknown entity column(s) user"),
+        ({"features": ["history:total"], "entities": {"card_id": [1]}}, "offline-only"),
+        ([1, 2], "body"),
+    ],
+)
 def test_bad_requests_are_422_with_a_clear_message(client: TestClient, body: Any, message: str) -> None:
     response = post(client, body)
     assert response.status_code == 422, response.text
@@ -134,8 +146,10 @@ class BrokenStore:
 def test_unexpected_errors_are_500_without_a_traceback() -> None:
     app = create_app(plan_provider=plan_version, store=BrokenStore())  # type: ignore[arg-type]
     with TestClient(app, raise_server_exceptions=False) as client:
-        for response in (post(client, {"features": ["card:limit"], "entities": {"card_id": [1]}}),
-                         client.get("/health")):
+        for response in (
+            post(client, {"features": ["card:limit"], "entities": {"card_id": [1]}}),
+            client.get("/health"),
+        ):
             assert response.status_code == 500
             assert set(response.json()) == {"error", "type"}
             assert "Traceback" not in response.text and "secret" not in response.text

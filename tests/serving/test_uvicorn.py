@@ -34,7 +34,8 @@ sys.exit(args.handler(args))
 @pytest.fixture
 def repo(tmp_path: Path, redis_url: str, project: str) -> Path:
     (tmp_path / "skewless.yaml").write_text(
-        f"project: {project}\nregistry: sqlite:///.skewless/registry.db\nonline:\n  url: {redis_url}\n")
+        f"project: {project}\nregistry: sqlite:///.skewless/registry.db\nonline:\n  url: {redis_url}\n"
+    )
     registry = Registry(f"sqlite:///{tmp_path}/.skewless/registry.db")
     registry.apply(PLAN)
     registry.close()
@@ -47,8 +48,13 @@ def repo(tmp_path: Path, redis_url: str, project: str) -> Path:
 def service(repo: Path) -> Iterator[str]:
     port = servers.free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-c", SERVE, "serve", "--repo", str(repo), "--port", str(port)],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SERVE, "serve", "--repo", str(repo), "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
@@ -90,6 +96,8 @@ def test_serve_and_query_with_the_client(service: str) -> None:
 
 
 def test_client_reports_a_service_that_is_not_there() -> None:
-    with SkewlessClient(f"http://127.0.0.1:{servers.free_port()}", timeout=1) as client, \
-            pytest.raises(ServiceUnavailableError, match="cannot reach"):
+    with (
+        SkewlessClient(f"http://127.0.0.1:{servers.free_port()}", timeout=1) as client,
+        pytest.raises(ServiceUnavailableError, match="cannot reach"),
+    ):
         client.health()
