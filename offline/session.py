@@ -98,15 +98,16 @@ def get_spark(config: RepoConfig | None = None) -> SparkSession:
             # Python workers must be this interpreter (with pyarrow and skewless), not whatever python3 is first
             # on PATH. On a cluster the executors' Python is the cluster's business (spark.pyspark.python).
             os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        log_file = config.state_dir() / "logs" / "spark.log" if config is not None else None
         try:
-            _session = _build(conf)
+            _session = _build(conf, log_file)
         except Exception as exc:
             if "spark.jars" in (config.resolved_spark_conf() if config else {}):
                 raise
             log.warning("Spark could not start with spark.jars.packages (%s); copying the jars with Maven", exc)
             conf.pop("spark.jars.packages", None)
             conf["spark.jars"] = ",".join(str(p) for p in maven_jars(jvm_packages() + _transitive()))
-            _session = _build(conf)
+            _session = _build(conf, log_file)
         _session.sparkContext.setLogLevel("WARN")
         return _session
 
@@ -120,13 +121,27 @@ def stop_spark() -> None:
             _session = None
 
 
-def _build(conf: dict[str, str]) -> SparkSession:
+def _build(conf: dict[str, str], log_file: Path | None = None) -> SparkSession:
+    """Start the session. With ``log_file``, the JVM's own output (package resolution, log4j warnings) goes
+    there instead of the user's terminal: errors still reach Python as exceptions."""
     from pyspark.sql import SparkSession
 
     builder = SparkSession.builder
     for key, value in conf.items():
         builder = builder.config(key, value)
-    return builder.getOrCreate()
+    if log_file is None:
+        return builder.getOrCreate()
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    # The JVM inherits file descriptor 2 when pyspark launches it: point it at the log while it starts.
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(log_file, "ab") as log:
+            os.dup2(log.fileno(), 2)
+            return builder.getOrCreate()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _transitive() -> list[str]:

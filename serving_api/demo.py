@@ -72,29 +72,32 @@ def run_demo(args: argparse.Namespace) -> int:
     filled = training.drop(columns=list(entities.columns)).notna().mean().round(3)
     console.print(f"{len(training)} rows x {len(training.columns)} columns -> {out}")
     console.print(table("Share of rows with a value, per feature", ["feature", "filled"], list(filled.items())))
-    console.print(table("First rows", list(training.columns), training.head(5).astype(str).values.tolist()))
+    head = training.head(3)
+    rows = [(column, *(_cell(v, "present") for v in head[column])) for column in training.columns]
+    console.print(table("First training rows (one column per row)", ["column", "row 1", "row 2", "row 3"], rows))
     console.print(f"manifest (rebuild with 'skewless dataset --reproduce ...'): {out}.manifest.json")
 
     step(5, "Serve: start the HTTP service and ask it for online features")
     answer = _serve_and_query(store, args.port)
     keys = answer["entities"]
-    rows = []
-    for name, column in answer["features"].items():
-        for i, value in enumerate(column["values"]):
-            rows.append((keys["card_id"][i], keys["merchant_id"][i], name, value, column["statuses"][i]))
-    console.print(
-        table(
-            "POST /v1/features  {feature_service: fraud_model}",
-            ["card_id", "merchant_id", "feature", "value", "status"],
-            rows,
-        )
-    )
+    entities = [f"card {c} @ merchant {m}" for c, m in zip(keys["card_id"], keys["merchant_id"], strict=True)]
+    rows = [
+        (name, *(_cell(v, s) for v, s in zip(column["values"], column["statuses"], strict=True)))
+        for name, column in answer["features"].items()
+    ]
+    console.print(table("POST /v1/features  {feature_service: fraud_model}", ["feature", *entities], rows))
     console.print(
         f"\n[bold green]demo finished in {time.monotonic() - started:.0f}s.[/] "
         f"Next: 'skewless serve' and open http://127.0.0.1:6566/docs"
     )
     store.close()
     return 0
+
+
+def _cell(value: Any, status: str) -> str:
+    if status != "present":
+        return f"({status})"
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
 def _training_entities(url: str) -> Any:
