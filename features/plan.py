@@ -237,6 +237,17 @@ class Plan:
                 return s
         raise UnknownNameError("feature service", name, [s.name for s in self.services])
 
+    def select(
+        self, *, features: Iterable[str] | None = None, feature_service: str | None = None
+    ) -> tuple[FeatureRefPlan, ...]:
+        """The features a request names: a feature service's, or ``view:feature`` references."""
+        if (features is None) == (feature_service is None):
+            raise ValueError("give exactly one of features=[...] or feature_service=...")
+        if feature_service is not None:
+            return self.service(feature_service).features
+        assert features is not None
+        return self.resolve_refs(features)
+
     def resolve_refs(self, refs: Iterable[str | FeatureRefPlan]) -> tuple[FeatureRefPlan, ...]:
         """Check ``view:feature`` references (``view:*`` selects the whole view) against the plan."""
         resolved: list[FeatureRefPlan] = []

@@ -25,8 +25,8 @@ from features.compiler import compile_plan, reflect_with
 from features.config import RepoConfig
 from features.diff import PlanDiff, diff_plans
 from features.discovery import discover
-from features.errors import DefinitionError, RegistryError
-from features.plan import FeatureRefPlan, Plan
+from features.errors import RegistryError
+from features.plan import Plan
 from features.plugins import load_plugin
 from features.protocols import MaterializationResult, OfflineEngine, OnlineStore, Progress
 from features.registry import PlanVersion, Registry, RunRecord
@@ -153,7 +153,7 @@ class FeatureStore:
         ``timestamp_column``. ``output``: a Parquet path; a manifest to rebuild it is written beside it.
         """
         version = self.plan_version()
-        refs = self.resolve_features(version.plan, features, feature_service)
+        refs = version.plan.select(features=features, feature_service=feature_service)
         return self.offline.training_dataset(
             version.plan,
             version.version,
@@ -186,19 +186,8 @@ class FeatureStore:
         from features.lookup import lookup
 
         version = self.plan_version(max_age=1.0)
-        refs = self.resolve_features(version.plan, features, feature_service)
+        refs = version.plan.select(features=features, feature_service=feature_service)
         return lookup(version.plan, self.online_store(), refs, entities, plan_version=version.version)
-
-    @staticmethod
-    def resolve_features(
-        plan: Plan, features: Sequence[str] | None, feature_service: str | None
-    ) -> tuple[FeatureRefPlan, ...]:
-        if (features is None) == (feature_service is None):
-            raise DefinitionError("give exactly one of features=[...] or feature_service=...")
-        if feature_service is not None:
-            return plan.service(feature_service).features
-        assert features is not None
-        return plan.resolve_refs(features)
 
     def close(self) -> None:
         """Close the online store and registry connections. The Spark session is the process's (one per

@@ -244,11 +244,7 @@ def create_app(
                 )
             version = plans.get()
             plan = version.plan
-            if body.feature_service is not None:
-                refs: tuple[FeatureRefPlan, ...] = plan.service(body.feature_service).features
-            else:
-                assert body.features is not None
-                refs = _resolve(plan, body.features)
+            refs = _resolve(plan, body.features, body.feature_service)
             result = lookup(plan, online, refs, body.entities, plan_version=version.version)
             return JSONAnswer(result.to_dict())
         except Exception as exc:
@@ -280,9 +276,9 @@ class BadRequestError(SkewlessError, ValueError):
     """The request is well-formed JSON but asks for something malformed (e.g. a reference without ':')."""
 
 
-def _resolve(plan: Plan, features: list[str]) -> tuple[FeatureRefPlan, ...]:
+def _resolve(plan: Plan, features: list[str] | None, feature_service: str | None) -> tuple[FeatureRefPlan, ...]:
     try:
-        return plan.resolve_refs(features)
+        return plan.select(features=features, feature_service=feature_service)
     except SkewlessError:
         raise
     except ValueError as exc:
