@@ -66,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timestamp-column", default="event_timestamp", help="timestamp column of the entity rows")
     p.add_argument("--out", help="output Parquet file (a manifest is written beside it)")
     p.add_argument("--reproduce", metavar="MANIFEST", help="rebuild a dataset from its manifest")
+    p.add_argument("--plot", metavar="PNG", help="also draw the feature coverage per day into this PNG file")
     p.set_defaults(handler=cmd_dataset)
 
     for name, register in sorted(all_plugins("skewless.commands").items()):
@@ -187,6 +188,10 @@ def cmd_dataset(args: argparse.Namespace) -> int:
             f"wrote {len(frame)} rows x {len(frame.columns)} columns to {args.out} (manifest: {args.out}.manifest.json)"
         )
         console.print(frame.head(10).to_string())
+        if args.plot:
+            from features.plots import plot_coverage
+
+            console.print(f"coverage picture: {plot_coverage(frame, args.timestamp_column, args.plot)}")
     return 0
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from features.cli import print_diff
 from features.console import console, progress_bars, table
+from features.plots import plot_coverage
 from features.store import FeatureStore
 
 
@@ -76,6 +77,8 @@ def run_demo(args: argparse.Namespace) -> int:
     rows = [(column, *(_cell(v, "present") for v in head[column])) for column in training.columns]
     console.print(table("First training rows (one column per row)", ["column", "row 1", "row 2", "row 3"], rows))
     console.print(f"manifest (rebuild with 'skewless dataset --reproduce ...'): {out}.manifest.json")
+    picture = plot_coverage(training, "paid_at", out.with_suffix(".coverage.png"))
+    console.print(f"picture of the feature coverage per day: {picture}")
 
     step(5, "Serve: start the HTTP service and ask it for online features")
     answer = _serve_and_query(store, args.port)

@@ -1,0 +1,56 @@
+"""Pictures a person would rather look at than read: how well a training set is covered by its features.
+
+A training row gets a null feature when no value existed yet, or the latest one was older than the view's TTL.
+Coverage per day and per view shows both at a glance: the warm-up before a view's first values, gaps where a
+source stopped, and TTLs that are too short.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+def daily_coverage(training: pd.DataFrame, timestamp_column: str) -> pd.DataFrame:
+    """Share of rows with a value, per day (rows) and per view (columns): a view counts as covered on a row
+    when any of its features has a value there."""
+    import pandas as pd
+
+    views = sorted({c.split("__", 1)[0] for c in training.columns if "__" in c})
+    day = pd.to_datetime(training[timestamp_column], utc=True).dt.floor("D")
+    covered = pd.DataFrame(
+        {
+            view: training[[c for c in training.columns if c.startswith(f"{view}__")]].notna().any(axis=1)
+            for view in views
+        }
+    )
+    return covered.groupby(day.rename("day")).mean()
+
+
+def plot_coverage(training: pd.DataFrame, timestamp_column: str, path: str | Path, *, title: str = "") -> Path:
+    """Draw :func:`daily_coverage` as one line per view into a PNG file; returns its path."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed, works on servers and in CI
+    import matplotlib.pyplot as plt
+
+    coverage = daily_coverage(training, timestamp_column)
+    figure, axes = plt.subplots(figsize=(9, 4.5), dpi=110)
+    for view in coverage.columns:
+        axes.plot(coverage.index, coverage[view] * 100, marker="o", markersize=3, label=view)
+    axes.set_ylim(-2, 102)
+    axes.set_ylabel("training rows with a value (%)")
+    axes.set_xlabel(f"day of {timestamp_column} (UTC)")
+    axes.set_title(title or f"Feature coverage of {len(training):,} training rows")
+    axes.grid(alpha=0.3)
+    axes.legend(loc="lower right")
+    figure.autofmt_xdate()
+    figure.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out)
+    plt.close(figure)
+    return out
