@@ -3,8 +3,7 @@
 from datetime import timedelta
 
 from definitions.entities import card
-from definitions.merchants import merchant_risk
-from features import Bool, Feature, FeatureService, FeatureView, Float64, Int64, SqlSource, String
+from features import Bool, Feature, FeatureView, Float64, Int64, SqlSource, String
 
 # Snapshots of the card account, one row each time the bank changes it.
 card_accounts = SqlSource(
@@ -48,13 +47,4 @@ card_last_payment = FeatureView(
         Feature("merchant_id", Int64),
     ],
     description="The card's most recent payment.",
-)
-
-fraud_model = FeatureService(
-    features=[
-        card_profile,
-        card_last_payment.select("amount_eur", "is_foreign"),
-        merchant_risk.select("chargeback_rate", "high_risk"),
-    ],
-    description="Features of the card-fraud model.",
 )

@@ -9,6 +9,8 @@ from features.definitions import (
     FeatureRef,
     FeatureService,
     FeatureView,
+    OnDemandFeatureView,
+    RequestSource,
     SqlSource,
 )
 from features.dtypes import Bool, DType, Float64, Int64, String, Timestamp
@@ -40,8 +42,10 @@ __all__ = [
     "Float64",
     "Int64",
     "MaterializationError",
+    "OnDemandFeatureView",
     "OnlineStoreError",
     "RegistryError",
+    "RequestSource",
     "SchemaMismatchError",
     "SkewlessError",
     "SqlSource",

@@ -11,7 +11,15 @@ from collections.abc import Callable, Mapping
 from datetime import timedelta
 
 from features.config import RepoConfig
-from features.definitions import Entity, FeatureRef, FeatureService, FeatureView, SqlSource
+from features.definitions import (
+    Entity,
+    FeatureRef,
+    FeatureService,
+    FeatureView,
+    OnDemandFeatureView,
+    RequestSource,
+    SqlSource,
+)
 from features.discovery import Discovered
 from features.dtypes import DType
 from features.errors import DefinitionError
@@ -21,7 +29,9 @@ from features.plan import (
     EntityPlan,
     FeaturePlan,
     FeatureRefPlan,
+    OnDemandViewPlan,
     Plan,
+    RequestSourcePlan,
     ServicePlan,
     SourcePlan,
     ViewPlan,
@@ -47,8 +57,11 @@ def compile_plan(discovered: Discovered, read_columns: ColumnReader) -> Plan:
         compiler.entity(entity)
     views = tuple(compiler.view(name, v) for name, v in discovered.of_kind(FeatureView))
     entities = tuple(sorted(compiler.entities.values(), key=lambda e: e.name))
+    by_name = {v.name: v for v in views}
+    on_demand = tuple(compiler.on_demand(name, v, by_name) for name, v in discovered.of_kind(OnDemandFeatureView))
     services = tuple(compiler.service(name, s, views) for name, s in discovered.of_kind(FeatureService))
     return Plan(
+        on_demand_views=tuple(sorted(on_demand, key=lambda v: v.name)),
         entities=entities,
         views=tuple(sorted(views, key=lambda v: v.name)),
         services=tuple(sorted(services, key=lambda s: s.name)),
@@ -189,6 +202,58 @@ class _Compiler:
             storage_fingerprint=storage,
             location=self.discovered.where(view),
         )
+
+    def on_demand(self, name: str, view: OnDemandFeatureView, views: dict[str, ViewPlan]) -> OnDemandViewPlan:
+        """Type the expressions against ``<source>.<field>`` inputs: request fields and stored features."""
+        available: dict[str, DType] = {}
+        requests: list[RequestSourcePlan] = []
+        stored: dict[str, ViewPlan] = {}
+        for source in view.sources:
+            if isinstance(source, RequestSource):
+                source_name = self.discovered.name_of(source) or f"{name}_request"
+                requests.append(
+                    RequestSourcePlan(
+                        source_name, tuple(ColumnSpec(f, t) for f, t in source.fields), self.discovered.where(source)
+                    )
+                )
+                available.update({f"{source_name}.{f}": t for f, t in source.fields})
+            else:
+                view_name = self.discovered.name_of(source) or source.name
+                if view_name is None or view_name not in views:
+                    raise DefinitionError(
+                        "an on-demand view reads a feature view that is not bound to a module-level name "
+                        "in definitions/",
+                        location=self.discovered.where(view),
+                    )
+                stored[view_name] = views[view_name]
+                available.update({f"{view_name}.{f.name}": f.dtype for f in views[view_name].features})
+        features: list[FeaturePlan] = []
+        inputs: list[FeatureRefPlan] = []
+        for feature in view.features:
+            where = self.discovered.where(feature)
+            try:
+                expr = parse_expression(feature.expression, available)
+            except ExpressionError as exc:
+                raise DefinitionError(f"feature '{feature.name}': {exc}", location=where) from None
+            if not feature.dtype.accepts(expr.dtype):
+                raise DefinitionError(
+                    f"feature '{feature.name}' is declared {feature.dtype.value} but `{feature.expression}` is "
+                    f"{expr.dtype.value}; declare dtype={expr.dtype.value} or use cast()",
+                    location=where,
+                )
+            used = sorted(expr.columns())
+            refs = [FeatureRefPlan(*c.split(".", 1)) for c in used if c.split(".", 1)[0] in stored]
+            inputs.extend(r for r in refs if r not in inputs)
+            fingerprint = stable_hash(
+                {
+                    "expr": expr.to_dict(),
+                    "dtype": feature.dtype.value,
+                    "inputs": {str(r): stored[r.view].feature(r.feature).fingerprint for r in refs},
+                    "request": [c for c in used if c.split(".", 1)[0] not in stored],
+                }
+            )
+            features.append(FeaturePlan(feature.name, feature.dtype, expr, fingerprint, where))
+        return OnDemandViewPlan(name, tuple(requests), tuple(inputs), tuple(features), self.discovered.where(view))
 
     def service(self, name: str, service: FeatureService, views: tuple[ViewPlan, ...]) -> ServicePlan:
         refs: list[FeatureRefPlan] = []

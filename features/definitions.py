@@ -34,6 +34,8 @@ __all__ = [
     "FeatureView",
     "Float64",
     "Int64",
+    "OnDemandFeatureView",
+    "RequestSource",
     "SourceLocation",
     "SqlSource",
     "String",
@@ -240,10 +242,94 @@ class FeatureView:
 
 
 @dataclass(frozen=True, slots=True)
+class RequestSource:
+    """Values that arrive with each request: ``request_data`` over HTTP, columns of the entity rows in
+    training. ``RequestSource(schema={"amount": Float64})``; expressions read them as ``<name>.amount``."""
+
+    schema: Mapping[str, DType]
+    description: str = ""
+    name: str | None = None
+    location: SourceLocation = field(default_factory=_location, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        where = str(self.location)
+        try:
+            fields = tuple((str(k), DType.parse(v)) for k, v in dict(self.schema).items())
+        except ValueError as exc:
+            raise DefinitionError(f"schema: {exc}", location=where) from None
+        if not fields:
+            raise DefinitionError("a RequestSource needs at least one field in schema={...}", location=where)
+        for field_name, _ in fields:
+            _check_name(field_name, "request field", self.location)
+        _check_name(self.name, "request source", self.location)
+        object.__setattr__(self, "schema", fields)
+
+    @property
+    def fields(self) -> tuple[tuple[str, DType], ...]:
+        return cast(tuple[tuple[str, DType], ...], self.schema)
+
+
+@dataclass(frozen=True, slots=True)
+class OnDemandFeatureView:
+    """Features computed at request time from request data and stored features, with one definition that
+    runs both in training sets (Spark, through Arrow) and in serving.
+
+    >>> payment = RequestSource(schema={"amount": Float64})                      # doctest: +SKIP
+    >>> payment_checks = OnDemandFeatureView(                                   # doctest: +SKIP
+    ...     sources=[payment, card_profile],
+    ...     features=[Feature("amount_vs_limit", Float64, expr="payment.amount / card_profile.credit_limit")],
+    ... )
+
+    Expressions name inputs as ``<source>.<field>``: a request source's field, or a feature view's feature.
+    """
+
+    sources: Sequence[RequestSource | FeatureView]
+    features: Sequence[Feature]
+    description: str = ""
+    name: str | None = None
+    location: SourceLocation = field(default_factory=_location, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        where = str(self.location)
+        sources = tuple(self.sources)
+        if not sources or not all(isinstance(s, RequestSource | FeatureView) for s in sources):
+            raise DefinitionError(
+                "sources must be a non-empty list of RequestSource and FeatureView objects", location=where
+            )
+        features = tuple(self.features)
+        if not features or not all(isinstance(f, Feature) for f in features):
+            raise DefinitionError("features must be a non-empty list of Feature objects", location=where)
+        missing = [f.name for f in features if f.expr is None]
+        if missing:
+            raise DefinitionError(
+                f"on-demand feature(s) {missing} need expr=...: they have no source column", location=where
+            )
+        names = [f.name for f in features]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise DefinitionError(f"duplicate feature name(s) {duplicates} in one view", location=where)
+        _check_name(self.name, "on-demand feature view", self.location)
+        object.__setattr__(self, "sources", sources)
+        object.__setattr__(self, "features", features)
+
+    def __getitem__(self, feature_name: str) -> FeatureRef:
+        return self.select(feature_name)
+
+    def select(self, *feature_names: str) -> FeatureRef:
+        known = [f.name for f in self.features]
+        for name in feature_names:
+            if name not in known:
+                raise DefinitionError(
+                    f"unknown feature '{name}'; known: {', '.join(known)}", location=str(_caller_location())
+                )
+        return FeatureRef(self, tuple(feature_names))
+
+
+@dataclass(frozen=True, slots=True)
 class FeatureRef:
     """A selection of features from one view, made with ``view["feature"]`` or ``view.select(...)``."""
 
-    view: FeatureView
+    view: FeatureView | OnDemandFeatureView
     feature_names: tuple[str, ...]
 
 
@@ -251,14 +337,14 @@ class FeatureRef:
 class FeatureService:
     """A named selection of features served together to one model."""
 
-    features: Sequence[FeatureView | FeatureRef]
+    features: Sequence[FeatureView | OnDemandFeatureView | FeatureRef]
     description: str = ""
     name: str | None = None
     location: SourceLocation = field(default_factory=_location, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         items = tuple(self.features)
-        if not items or not all(isinstance(i, FeatureView | FeatureRef) for i in items):
+        if not items or not all(isinstance(i, FeatureView | OnDemandFeatureView | FeatureRef) for i in items):
             raise DefinitionError(
                 "features must be a non-empty list of FeatureView or view['feature'] items", location=str(self.location)
             )
@@ -266,7 +352,7 @@ class FeatureService:
         object.__setattr__(self, "features", items)
 
 
-Definition = Entity | SqlSource | FeatureView | FeatureService
+Definition = Entity | SqlSource | FeatureView | FeatureService | RequestSource | OnDemandFeatureView
 
 # Re-exported so a definitions file needs one import line.
 _ = (Bool, Float64, Int64, String, Timestamp, Any)

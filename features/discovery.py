@@ -21,10 +21,17 @@ from pathlib import Path
 from types import ModuleType
 from typing import TypeVar
 
-from features.definitions import Entity, FeatureService, FeatureView, SqlSource
+from features.definitions import (
+    Definition,
+    Entity,
+    FeatureService,
+    FeatureView,
+    OnDemandFeatureView,
+    RequestSource,
+    SqlSource,
+)
 from features.errors import DefinitionError
 
-Definition = Entity | SqlSource | FeatureView | FeatureService
 T = TypeVar("T")
 
 
@@ -79,9 +86,16 @@ def discover(folder: str | os.PathLike[str]) -> Discovered:
 
 
 def _kind_name(obj: Definition) -> str:
-    return {Entity: "entity", SqlSource: "source", FeatureView: "feature view", FeatureService: "feature service"}[
-        type(obj)
-    ]
+    # Feature views and on-demand views share one namespace: both are named in "view:feature" references.
+    kinds: dict[type, str] = {
+        Entity: "entity",
+        SqlSource: "source",
+        RequestSource: "request source",
+        FeatureView: "feature view",
+        OnDemandFeatureView: "feature view",
+        FeatureService: "feature service",
+    }
+    return kinds[type(obj)]
 
 
 class _RepositoryFinder(importlib.abc.MetaPathFinder):
@@ -160,7 +174,7 @@ def _line_in(path: Path, exc: BaseException) -> int:
 def _defined_in(module: ModuleType, path: Path) -> Iterator[tuple[str, Definition]]:
     names_by_id: dict[int, str] = {}
     for attr, obj in vars(module).items():
-        if attr.startswith("_") or not isinstance(obj, Entity | SqlSource | FeatureView | FeatureService):
+        if attr.startswith("_") or not isinstance(obj, Definition):
             continue
         if Path(obj.location.file).resolve() != path:
             continue  # imported from another definitions file: defined there, not here

@@ -140,6 +140,16 @@ class _Parser:
             raise self.fail(f"unknown column '{node.id}'; known: {known}", node)
         return Column(self.available[node.id], node.id)
 
+    def visit_Attribute(self, node: ast.Attribute) -> Expr:
+        """``source.field``: how on-demand features name a request field or another view's feature."""
+        if not isinstance(node.value, ast.Name):
+            raise self.fail("only 'source.field' references are supported", node)
+        name = f"{node.value.id}.{node.attr}"
+        if name not in self.available:
+            known = ", ".join(sorted(self.available))
+            raise self.fail(f"unknown input '{name}'; known: {known}", node)
+        return Column(self.available[name], name)
+
     def visit_Constant(self, node: ast.Constant) -> Expr:
         value = node.value
         if isinstance(value, bool):

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from features.dtypes import DType
 from features.errors import EntityKeyError, SkewlessError
+from features.on_demand import arrow_type, compute
 from features.plan import FeatureRefPlan, Plan, ViewPlan
 from features.protocols import OnlineStore, online_key_columns
 
@@ -134,8 +135,32 @@ def lookup(
     *,
     now: datetime | None = None,
     plan_version: int | None = None,
+    request_data: Mapping[str, Iterable[Any]] | None = None,
 ) -> LookupResult:
-    """Read ``refs`` for the entities given as columns of join-key values (``{"card_id": [1, 2]}``)."""
+    """Read ``refs`` for the entities given as columns of join-key values (``{"card_id": [1, 2]}``).
+
+    On-demand features are computed here, after the one store read that also fetched their stored inputs,
+    by :mod:`features.evaluator` (the code that computes them in training sets too), from ``request_data``
+    (one list per request field, one value per entity) and those inputs. Their status is the worst status of
+    their stored inputs: a value computed from an expired input is flagged ``expired``.
+    """
+    on_demand = [r for r in refs if plan.is_on_demand(r.view)]
+    stored = [r for r in refs if not plan.is_on_demand(r.view)]
+    hidden = [i for r in on_demand for i in plan.on_demand_view(r.view).inputs if i not in stored]
+    given, features = _read_stored(plan, store, [*stored, *dict.fromkeys(hidden)], entities, now)
+    if on_demand:
+        features.update(_compute_on_demand(plan, on_demand, features, given, request_data or {}))
+    ordered = {ref.column: features[ref.column] for ref in refs}
+    return LookupResult(plan_version, given, ordered)
+
+
+def _read_stored(
+    plan: Plan,
+    store: OnlineStore,
+    refs: Sequence[FeatureRefPlan],
+    entities: Mapping[str, Iterable[Any]],
+    now: datetime | None,
+) -> tuple[dict[str, list[Any]], dict[str, FeatureValues]]:
     views: list[ViewPlan] = []
     wanted: dict[str, list[str]] = {}
     for ref in refs:
@@ -181,8 +206,82 @@ def lookup(
                 statuses = list(row_statuses)
                 stamps = list(answer.event_timestamps)
             features[FeatureRefPlan(view.name, name).column] = FeatureValues(dtype, values, statuses, stamps)
-    ordered = {ref.column: features[ref.column] for ref in refs}
-    return LookupResult(plan_version, {c: list(given[c]) for c in columns}, ordered)
+    return {c: list(given[c]) for c in columns}, features
+
+
+class RequestDataError(SkewlessError, ValueError):
+    """``request_data`` lacks a field an on-demand feature needs, or holds a value of the wrong type."""
+
+
+_STATUS_RANK = {PRESENT: 0, EXPIRED: 1, MISSING: 2}
+
+
+def _compute_on_demand(
+    plan: Plan,
+    refs: Sequence[FeatureRefPlan],
+    stored: Mapping[str, FeatureValues],
+    entities: Mapping[str, list[Any]],
+    request_data: Mapping[str, Iterable[Any]],
+) -> dict[str, FeatureValues]:
+    import pyarrow as pa
+
+    lengths = {len(v) for v in entities.values()}
+    count = lengths.pop() if lengths else None
+    out: dict[str, FeatureValues] = {}
+    for view_name in dict.fromkeys(r.view for r in refs):
+        view = plan.on_demand_view(view_name)
+        inputs: dict[str, pa.Array] = {}
+        for source, spec in view.request_fields():
+            values = _request_field(request_data, spec.name, spec.dtype, count)
+            count = len(values) if count is None else count
+            inputs[f"{source}.{spec.name}"] = pa.array(values, type=arrow_type(spec.dtype))
+        count = count or 0
+        for ref in view.inputs:
+            found = stored[ref.column]
+            inputs[f"{ref.view}.{ref.feature}"] = pa.array(found.values, type=arrow_type(found.dtype))
+        names = [r.feature for r in refs if r.view == view_name]
+        for name, array in compute(view, names, inputs, count).items():
+            # A value is as good as the stored inputs it was computed from: the worst of their statuses.
+            statuses = [PRESENT] * count
+            used = view.feature(name).expr.columns()
+            for ref in view.inputs:
+                if f"{ref.view}.{ref.feature}" in used:
+                    worse = stored[ref.column].statuses
+                    statuses = [max(a, b, key=_STATUS_RANK.__getitem__) for a, b in zip(statuses, worse, strict=True)]
+            out[FeatureRefPlan(view_name, name).column] = FeatureValues(
+                view.feature(name).dtype, array.to_pylist(), statuses, [None] * count
+            )
+    return out
+
+
+def _request_field(request_data: Mapping[str, Iterable[Any]], name: str, dtype: DType, count: int | None) -> list[Any]:
+    if name not in request_data:
+        known = ", ".join(sorted(map(str, request_data))) or "(none)"
+        raise RequestDataError(f"request_data lacks the field '{name}' ({dtype.value}); it has: {known}")
+    values = request_data[name]
+    if isinstance(values, str | bytes) or not hasattr(values, "__len__"):
+        raise RequestDataError(f"request_data field '{name}' must be a list with one value per entity")
+    values = list(values)
+    if count is not None and len(values) != count:
+        raise RequestDataError(f"request_data field '{name}' has {len(values)} values for {count} entities")
+    return [None if v is None else _request_value(name, dtype, v, i) for i, v in enumerate(values)]
+
+
+def _request_value(name: str, dtype: DType, value: Any, index: int) -> Any:
+    if dtype is DType.FLOAT64 and isinstance(value, numbers.Real) and not _is_bool(value):
+        return float(value)
+    if dtype is DType.TIMESTAMP and isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise RequestDataError(
+                f"request_data field '{name}': value {index} ({value!r}) is not an ISO time"
+            ) from None
+        return _utc(parsed)
+    try:
+        return _check_key(name, dtype, value, index)
+    except EntityKeyError as exc:
+        raise RequestDataError(str(exc).replace("entity column", "request_data field")) from None
 
 
 def _check_entities(
@@ -226,6 +325,9 @@ def _check_key(column: str, dtype: DType, value: Any, index: int) -> Any:
         value = bool(value) if ok else value
     elif dtype is DType.TIMESTAMP:
         ok = isinstance(value, datetime) and value.tzinfo is not None
+    elif dtype is DType.FLOAT64:
+        ok = isinstance(value, numbers.Real) and not _is_bool(value)
+        value = float(value) if ok else value
     if not ok:
         raise EntityKeyError(
             f"entity column '{column}' is {dtype.value}: value {index} ({value!r}, "

@@ -213,12 +213,77 @@ class ServicePlan:
 
 
 @dataclass(frozen=True, slots=True)
+class RequestSourcePlan:
+    """Fields a request carries (``request_data`` online, entity-row columns in training)."""
+
+    name: str
+    fields: tuple[ColumnSpec, ...]
+    location: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "fields": [f.to_dict() for f in self.fields], "location": self.location}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RequestSourcePlan:
+        return cls(data["name"], tuple(ColumnSpec.from_dict(f) for f in data["fields"]), data["location"])
+
+
+@dataclass(frozen=True, slots=True)
+class OnDemandViewPlan:
+    """Features computed per request from request fields and stored features.
+
+    Expressions read columns named ``<request source>.<field>`` and ``<view>.<feature>``; ``inputs`` lists the
+    stored features they need, which are fetched (online) or joined point-in-time (offline) first.
+    """
+
+    name: str
+    request_sources: tuple[RequestSourcePlan, ...]
+    inputs: tuple[FeatureRefPlan, ...]
+    features: tuple[FeaturePlan, ...]
+    location: str
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.features)
+
+    def feature(self, name: str) -> FeaturePlan:
+        for f in self.features:
+            if f.name == name:
+                return f
+        raise UnknownNameError("feature", name, self.feature_names, context=f"in view '{self.name}'")
+
+    def request_fields(self) -> tuple[tuple[str, ColumnSpec], ...]:
+        """(source name, field) pairs, in definition order."""
+        return tuple((s.name, f) for s in self.request_sources for f in s.fields)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "request_sources": [s.to_dict() for s in self.request_sources],
+            "inputs": [str(r) for r in self.inputs],
+            "features": [f.to_dict() for f in self.features],
+            "location": self.location,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> OnDemandViewPlan:
+        return cls(
+            name=data["name"],
+            request_sources=tuple(RequestSourcePlan.from_dict(s) for s in data["request_sources"]),
+            inputs=tuple(FeatureRefPlan.parse(r) for r in data["inputs"]),
+            features=tuple(FeaturePlan.from_dict(f) for f in data["features"]),
+            location=data["location"],
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Plan:
     """Everything the engines need, and nothing they would have to re-derive from Python files."""
 
     entities: tuple[EntityPlan, ...]
     views: tuple[ViewPlan, ...]
     services: tuple[ServicePlan, ...]
+    on_demand_views: tuple[OnDemandViewPlan, ...] = ()
 
     @property
     def fingerprint(self) -> str:
@@ -226,10 +291,34 @@ class Plan:
         return stable_hash(_without_locations(self.to_dict()))
 
     def view(self, name: str) -> ViewPlan:
+        """A stored feature view (for an on-demand one, see :meth:`on_demand_view`)."""
         for v in self.views:
             if v.name == name:
                 return v
-        raise UnknownNameError("feature view", name, [v.name for v in self.views])
+        raise UnknownNameError("feature view", name, self.view_names())
+
+    def on_demand_view(self, name: str) -> OnDemandViewPlan:
+        for v in self.on_demand_views:
+            if v.name == name:
+                return v
+        raise UnknownNameError("on-demand feature view", name, [v.name for v in self.on_demand_views])
+
+    def is_on_demand(self, name: str) -> bool:
+        return any(v.name == name for v in self.on_demand_views)
+
+    def view_names(self) -> list[str]:
+        """Every name a ``view:feature`` reference may start with."""
+        return [v.name for v in self.views] + [v.name for v in self.on_demand_views]
+
+    def any_view(self, name: str) -> ViewPlan | OnDemandViewPlan:
+        views: tuple[ViewPlan | OnDemandViewPlan, ...] = (*self.views, *self.on_demand_views)
+        for v in views:
+            if v.name == name:
+                return v
+        raise UnknownNameError("feature view", name, self.view_names())
+
+    def feature_plan(self, ref: FeatureRefPlan) -> FeaturePlan:
+        return self.any_view(ref.view).feature(ref.feature)
 
     def service(self, name: str) -> ServicePlan:
         for s in self.services:
@@ -253,7 +342,7 @@ class Plan:
         resolved: list[FeatureRefPlan] = []
         for ref in refs:
             parsed = ref if isinstance(ref, FeatureRefPlan) else FeatureRefPlan.parse(ref)
-            view = self.view(parsed.view)
+            view = self.any_view(parsed.view)
             if parsed.feature == "*":
                 resolved.extend(FeatureRefPlan(view.name, f) for f in view.feature_names)
             else:
@@ -263,12 +352,15 @@ class Plan:
         return tuple(r for r in resolved if not (r in seen or seen.add(r)))  # type: ignore[func-returns-value]
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "format": 1,
             "entities": [e.to_dict() for e in self.entities],
             "views": [v.to_dict() for v in self.views],
             "services": [s.to_dict() for s in self.services],
         }
+        if self.on_demand_views:  # absent when unused, so plans without them keep their fingerprints
+            data["on_demand_views"] = [v.to_dict() for v in self.on_demand_views]
+        return data
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
@@ -279,6 +371,7 @@ class Plan:
             entities=tuple(EntityPlan.from_dict(e) for e in data["entities"]),
             views=tuple(ViewPlan.from_dict(v) for v in data["views"]),
             services=tuple(ServicePlan.from_dict(s) for s in data["services"]),
+            on_demand_views=tuple(OnDemandViewPlan.from_dict(v) for v in data.get("on_demand_views", ())),
         )
 
     @classmethod

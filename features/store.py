@@ -180,6 +180,7 @@ class FeatureStore:
         *,
         features: Sequence[str] | None = None,
         feature_service: str | None = None,
+        request_data: Mapping[str, Sequence[Any]] | None = None,
     ) -> Any:
         """The latest published values for ``entities`` (columns of join-key values), read from the online
         store directly. Returns a :class:`features.lookup.LookupResult` (``.to_dict()``, ``.to_pandas()``)."""
@@ -187,7 +188,9 @@ class FeatureStore:
 
         version = self.plan_version(max_age=1.0)
         refs = version.plan.select(features=features, feature_service=feature_service)
-        return lookup(version.plan, self.online_store(), refs, entities, plan_version=version.version)
+        return lookup(
+            version.plan, self.online_store(), refs, entities, plan_version=version.version, request_data=request_data
+        )
 
     def close(self) -> None:
         """Close the online store and registry connections. The Spark session is the process's (one per

@@ -21,6 +21,7 @@ from features.config import RepoConfig
 from features.dtypes import DType
 from features.errors import EntityKeyError, SkewlessError
 from features.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP, FeatureRefPlan, Plan
+from offline.on_demand import add_on_demand, add_on_demand_spark, on_demand_spec
 from offline.point_in_time import ROW_ID, ViewInput, point_in_time_join, with_row_id
 from offline.tables import read_table, table_path, table_version
 
@@ -69,8 +70,13 @@ def training_dataset(
     if output_format not in OUTPUT_FORMATS:
         raise DatasetError(f"unknown output_format {output_format!r}; valid choices: {', '.join(OUTPUT_FORMATS)}")
     resolved = plan.resolve_refs(refs)
+    on_demand = [r for r in resolved if plan.is_on_demand(r.view)]
+    stored = [r for r in resolved if not plan.is_on_demand(r.view)]
+    # Stored inputs of on-demand features are joined too, then dropped unless they were asked for.
+    hidden = [i for r in on_demand for i in plan.on_demand_view(r.view).inputs if i not in stored]
+    hidden = list(dict.fromkeys(hidden))
     views: dict[str, dict[str, Any]] = {}
-    for ref in resolved:
+    for ref in [*stored, *hidden]:
         view = plan.view(ref.view)
         if view.name not in views:
             path = table_path(config, view)
@@ -94,11 +100,17 @@ def training_dataset(
         "plan_version": plan_version,
         "plan_fingerprint": plan.fingerprint,
         "refs": [str(r) for r in resolved],
-        "feature_fingerprints": {str(r): plan.view(r.view).feature(r.feature).fingerprint for r in resolved},
+        "feature_fingerprints": {str(r): plan.feature_plan(r).fingerprint for r in resolved},
         "timestamp_column": timestamp_column,
         "output_format": output_format,
         "views": views,
     }
+    if on_demand:
+        requested: dict[str, list[str]] = {}
+        for ref in on_demand:
+            requested.setdefault(ref.view, []).append(ref.feature)
+        odfvs = {name: plan.on_demand_view(name) for name in requested}
+        manifest["on_demand"] = on_demand_spec(odfvs, requested, [h.column for h in hidden])
     return _build(spark, manifest, entities, output)[0]
 
 
@@ -118,9 +130,10 @@ def reproduce(
         raise DatasetError(f"cannot read the manifest {path}: {exc}") from exc
     for ref, fingerprint in manifest["feature_fingerprints"].items():
         view_name, _, feature = ref.partition(":")
-        current = next(
-            (f.fingerprint for v in plan.views if v.name == view_name for f in v.features if f.name == feature), None
-        )
+        try:
+            current: str | None = plan.feature_plan(FeatureRefPlan(view_name, feature)).fingerprint
+        except SkewlessError:
+            current = None
         if current != fingerprint:
             log.warning("feature %s changed since the dataset was built; reproducing the recorded values", ref)
     entities = pq.read_table(manifest["entities"]["path"])
@@ -158,8 +171,12 @@ def _build(
     joined = _join(spark, manifest, arrow_entities if arrow_entities is not None else entities)
     if arrow_entities is None:  # Spark in, no output: stay in Spark
         frame = joined.drop(ROW_ID)
+        if "on_demand" in manifest:
+            frame = add_on_demand_spark(frame, manifest["on_demand"])
         return {"spark": lambda: frame, "pandas": frame.toPandas, "arrow": frame.toArrow}[output_format](), None
     table = _attach(arrow_entities, joined, manifest)
+    if "on_demand" in manifest:
+        table = add_on_demand(table, manifest["on_demand"])
     if output is not None:
         pq.write_table(table, output)
         manifest["result"] = {

@@ -1,9 +1,11 @@
 """Translating plan expressions into Spark columns: one method per node, one per operator.
 
-The semantics are those documented in :mod:`features.expressions` and shared with the serving path:
-SQL null propagation, ``/`` always float64, division or modulo by zero gives null, three-valued
-``and``/``or``. Spark 4 runs with ANSI mode on, so the zero cases are guarded explicitly rather than by
-switching ANSI off for the whole session.
+The semantics are those documented in :mod:`features.expressions` and :mod:`features.evaluator` (the
+serving path's evaluator, proven equal to this translator by ``tests/conformance``): SQL null propagation,
+``/`` always float64, division or modulo by zero gives null, three-valued ``and``/``or``, int64 overflow gives
+null, a ``cast`` that does not convert gives null. Spark 4 runs with ANSI mode on, so every operator is
+written with functions that cannot fail (``try_add``, ``try_mod``, ``try_cast``...) rather than by switching
+ANSI off for the whole session: no row can fail a job, whatever order Spark evaluates it in.
 
 >>> from features.expressions import parse_expression
 >>> from features.dtypes import DType
@@ -16,7 +18,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from features.errors import SkewlessError
+from features.dtypes import DType
+from features.evaluator import (
+    FALSE_TEXT,
+    FLOAT_TEXT,
+    INT64_MIN,
+    INT_TEXT,
+    TRUE_TEXT,
+    UnsupportedExpressionError,
+    text_pattern,
+)
 from features.expressions import Call, Column, Expr, Literal
 from offline.jdbc import quote_spark, spark_type
 
@@ -24,8 +35,7 @@ if TYPE_CHECKING:
     from pyspark.sql import Column as SparkColumn
 
 
-class UnsupportedExpressionError(SkewlessError, NotImplementedError):
-    """A plan expression node or operator that the Spark translator has no rule for."""
+__all__ = ["SparkTranslator", "UnsupportedExpressionError", "to_spark"]
 
 
 class SparkTranslator:
@@ -56,23 +66,30 @@ class SparkTranslator:
         args = [self.translate(a) for a in expr.args]
         return rule(expr, *args).cast(spark_type(expr.dtype))
 
-    # Arithmetic. Operands are cast to the result type first, so int + float is a float addition.
+    # Arithmetic. Operands are cast to the result type first, so int + float is a float addition; int64
+    # overflow gives null (try_*), float64 follows IEEE 754.
     def op_add(self, expr: Call, a: SparkColumn, b: SparkColumn) -> SparkColumn:
+        from pyspark.sql import functions as F
+
         t = spark_type(expr.dtype)
-        return a.cast(t) + b.cast(t)
+        return F.try_add(a.cast(t), b.cast(t)) if expr.dtype is DType.INT64 else a.cast(t) + b.cast(t)
 
     def op_sub(self, expr: Call, a: SparkColumn, b: SparkColumn) -> SparkColumn:
+        from pyspark.sql import functions as F
+
         t = spark_type(expr.dtype)
-        return a.cast(t) - b.cast(t)
+        return F.try_subtract(a.cast(t), b.cast(t)) if expr.dtype is DType.INT64 else a.cast(t) - b.cast(t)
 
     def op_mul(self, expr: Call, a: SparkColumn, b: SparkColumn) -> SparkColumn:
+        from pyspark.sql import functions as F
+
         t = spark_type(expr.dtype)
-        return a.cast(t) * b.cast(t)
+        return F.try_multiply(a.cast(t), b.cast(t)) if expr.dtype is DType.INT64 else a.cast(t) * b.cast(t)
 
     def op_div(self, expr: Call, a: SparkColumn, b: SparkColumn) -> SparkColumn:
         from pyspark.sql import functions as F
 
-        # try_divide is null for a zero divisor whatever ANSI says; both sides as double give a float64.
+        # try_divide is null for a zero divisor (-0.0 included) whatever ANSI says; as doubles: a float64.
         return F.try_divide(a.cast("double"), b.cast("double"))
 
     def op_mod(self, expr: Call, a: SparkColumn, b: SparkColumn) -> SparkColumn:
@@ -80,19 +97,32 @@ class SparkTranslator:
 
         t = spark_type(expr.dtype)
         a, b = a.cast(t), b.cast(t)
-        # Spark's % takes the dividend's sign; Python's (the serving evaluator's) takes the divisor's, so a
-        # remainder whose sign differs from the divisor's moves by one divisor. CASE is evaluated lazily, so
-        # the remainder never sees a zero divisor under ANSI mode.
-        remainder = a % b
-        floored = F.when((remainder != 0) & ((remainder < 0) != (b < 0)), remainder + b).otherwise(remainder)
-        return F.when(b == 0, F.lit(None).cast(t)).otherwise(floored)
+        # Spark's % takes the dividend's sign (Java's, C's fmod); Python's (the evaluator's) takes the divisor's,
+        # so a remainder whose sign differs from the divisor's moves by one divisor, and a zero remainder takes
+        # the divisor's sign (-3.0 % 3.0 is 0.0, 3.0 % -3.0 is -0.0). try_mod is null for a zero divisor.
+        remainder = F.try_mod(a, b)
+        rule = F.when((remainder != 0) & ((remainder < 0) != (b < 0)), remainder + b)
+        if expr.dtype is DType.FLOAT64:
+            # 0.0 * signum(b), not CASE ... THEN -0.0 ELSE 0.0: Spark's optimizer takes those literals for equal
+            # and folds the CASE into 0.0.
+            rule = F.when(remainder == 0, F.lit(0.0) * F.signum(b)).when(
+                (remainder != 0) & ((remainder < 0) != (b < 0)), remainder + b
+            )
+        return rule.otherwise(remainder)
 
     def op_neg(self, expr: Call, a: SparkColumn) -> SparkColumn:
+        from pyspark.sql import functions as F
+
+        if expr.dtype is DType.INT64:
+            return F.try_subtract(F.lit(0).cast("bigint"), a)  # -(-2**63) overflows: null
         return -a
 
     def op_abs(self, expr: Call, a: SparkColumn) -> SparkColumn:
         from pyspark.sql import functions as F
 
+        if expr.dtype is DType.INT64:
+            # Not F.abs: under ANSI it fails on -2**63, whose absolute value is no int64 (null here).
+            return F.when(a < 0, F.try_subtract(F.lit(0).cast("bigint"), a)).otherwise(a)
         return F.abs(a)
 
     # Strings.
@@ -116,7 +146,8 @@ class SparkTranslator:
 
         return F.char_length(a)  # characters (code points), like Python's len
 
-    # Comparisons: numbers compare as float64 when the two sides differ in type.
+    # Comparisons: numbers compare as float64 when the two sides differ in type. Spark orders floats as SQL
+    # does (NaN == NaN, NaN above +inf, -0.0 == 0.0): that is the documented rule, the evaluator follows it.
     def _comparable(self, expr: Call, a: SparkColumn, b: SparkColumn) -> tuple[SparkColumn, SparkColumn]:
         left, right = expr.args
         if left.dtype is not right.dtype:
@@ -168,6 +199,12 @@ class SparkTranslator:
         from pyspark.sql import functions as F
 
         t = spark_type(expr.dtype)
+        _, then, otherwise = expr.args
+        if expr.dtype is DType.FLOAT64 and not (then.columns() or otherwise.columns()):
+            # Two constant branches: Spark's optimizer folds CASE WHEN c THEN -0.0 ELSE 0.0 into 0.0 (it takes
+            # the literals for equal). Picking from a two-element array keeps the sign; every operator is total,
+            # so evaluating both branches cannot fail.
+            return F.element_at(F.array(a.cast(t), b.cast(t)), F.when(cond, F.lit(1)).otherwise(F.lit(2)))
         # A null condition is not true: the "else" branch, as SQL's CASE WHEN.
         return F.when(cond, a.cast(t)).otherwise(b.cast(t))
 
@@ -175,8 +212,32 @@ class SparkTranslator:
         return a.isNull()
 
     def op_cast(self, expr: Call, a: SparkColumn) -> SparkColumn:
-        # try_cast: a value that does not convert ("abc" to int64) becomes null instead of failing the job.
-        return a.try_cast(spark_type(expr.dtype))
+        from pyspark.sql import functions as F
+
+        source, target = expr.args[0].dtype, expr.dtype
+        t = spark_type(target)
+        if source is target:
+            return a
+        if source is DType.FLOAT64 and target is DType.STRING:
+            # Spark writes doubles with the JVM's Double.toString, whose digits changed in Java 19.
+            raise UnsupportedExpressionError(
+                "cast of float64 to string is not supported: its text would differ between engines (and JVM "
+                'versions); cast to int64 first, or compare the number instead, e.g. cast(x, "int64")'
+            )
+        if source is DType.STRING and target in _TEXT_GRAMMAR:
+            # Only the documented text converts (Spark alone would also take "1d", "+NaN", "\u00007"...): the
+            # same regular expression as the evaluator's, anchored with \z (Java's $ allows a final newline).
+            pattern = "^" + text_pattern(_TEXT_GRAMMAR[target]) + r"\z"
+            return F.when(a.rlike(pattern), F.regexp_extract(a, pattern, 1).try_cast(t))
+        if source is DType.FLOAT64 and target is DType.INT64:
+            # try_cast saturates 2.0**63 to 2**63 - 1; outside [-2**63, 2**63) is null (NaN sorts above both).
+            inside = (a >= F.lit(float(INT64_MIN))) & (a < F.lit(2.0**63))
+            return F.when(inside, a.try_cast(t))
+        # try_cast: anything else that does not convert becomes null instead of failing the job.
+        return a.try_cast(t)
+
+
+_TEXT_GRAMMAR = {DType.INT64: INT_TEXT, DType.FLOAT64: FLOAT_TEXT, DType.BOOL: f"{TRUE_TEXT}|{FALSE_TEXT}"}
 
 
 def to_spark(expr: Expr) -> SparkColumn:

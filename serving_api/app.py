@@ -245,7 +245,9 @@ def create_app(
             version = plans.get()
             plan = version.plan
             refs = _resolve(plan, body.features, body.feature_service)
-            result = lookup(plan, online, refs, body.entities, plan_version=version.version)
+            result = lookup(
+                plan, online, refs, body.entities, plan_version=version.version, request_data=body.request_data
+            )
             return JSONAnswer(result.to_dict())
         except Exception as exc:
             return _error_answer(exc)

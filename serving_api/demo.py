@@ -110,7 +110,7 @@ def _training_entities(url: str) -> Any:
     engine = sa.create_engine(url)
     with engine.connect() as conn:
         frame = pd.read_sql_query(
-            "SELECT card_id, merchant_id, paid_at FROM payments ORDER BY payment_id LIMIT 2000", conn
+            "SELECT card_id, merchant_id, paid_at, amount, fx_rate FROM payments ORDER BY payment_id LIMIT 2000", conn
         )
     engine.dispose()
     frame["paid_at"] = pd.to_datetime(frame["paid_at"], utc=True)
@@ -156,7 +156,9 @@ def _serve_and_query(store: FeatureStore, port: int) -> dict[str, Any]:
         console.print(f"service up at http://127.0.0.1:{port} (OpenAPI at /docs)")
         return dict(
             client.get_features(
-                {"card_id": [1, 2, 3, 999_999], "merchant_id": [10, 20, 30, 40]}, feature_service="fraud_model"
+                {"card_id": [1, 2, 3, 999_999], "merchant_id": [10, 20, 30, 40]},
+                feature_service="fraud_model",
+                request_data={"amount": [25.0, 4_800.0, 120.0, 10.0], "fx_rate": [1.0, 1.0, 0.92, 1.0]},
             )
         )
     finally:

@@ -18,8 +18,10 @@ def test_init_plan_apply(tmp_path: Path, capsys: pytest.CaptureFixture[str], mon
     assert sorted(p.name for p in (repo / "definitions").glob("*.py")) == [
         "_example_data.py",
         "cards.py",
+        "checks.py",
         "entities.py",
         "merchants.py",
+        "services.py",
     ]
     assert (repo / "skewless.yaml").exists()
     config = RepoConfig.load(repo)
@@ -39,7 +41,7 @@ def test_init_plan_apply(tmp_path: Path, capsys: pytest.CaptureFixture[str], mon
     cards.write_text(cards.read_text().replace('expr="amount * fx_rate"', 'expr="amount * fx"'))
     assert main(["apply", "--repo", str(repo)]) == 1
     out = capsys.readouterr().out
-    assert "error:" in out and "definitions/cards.py:45" in out and "unknown column 'fx'" in out
+    assert "error:" in out and "definitions/cards.py:44" in out and "unknown column 'fx'" in out
     assert "Traceback" not in out
 
 

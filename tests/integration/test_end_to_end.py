@@ -157,7 +157,9 @@ def test_rematerializing_changes_nothing(materialized: tuple[FeatureStore, Any])
 def test_online_lookup_through_the_facade(materialized: tuple[FeatureStore, Any]) -> None:
     store, sources = materialized
     result = store.get_online_features(
-        {"card_id": [1, 999_999], "merchant_id": [1, 2]}, feature_service="fraud_model"
+        {"card_id": [1, 999_999], "merchant_id": [1, 2]},
+        feature_service="fraud_model",
+        request_data={"amount": [10.0, 20.0], "fx_rate": [1.0, 1.0]},
     ).to_dict()
     assert result["entities"] == {"card_id": [1, 999_999], "merchant_id": [1, 2]}
     assert set(result["features"]) == {
@@ -169,9 +171,87 @@ def test_online_lookup_through_the_facade(materialized: tuple[FeatureStore, Any]
         "card_last_payment__is_foreign",
         "merchant_risk__chargeback_rate",
         "merchant_risk__high_risk",
+        "payment_checks__share_of_limit",
+        "payment_checks__over_available",
     }
     assert result["features"]["card_profile__card_tier"]["statuses"][1] == "missing"
     accounts = oracle.latest_per_entity(sources["card_accounts"], ["card_id"], "updated_at", "ingested_at")
     tier = accounts.loc[accounts["card_id"] == 1, "card_tier"].item()
     assert result["features"]["card_profile__card_tier"]["values"][0] == tier
     assert result["features"]["card_profile__card_tier"]["statuses"][0] == "present"
+
+
+def payment_checks_oracle(amount: float | None, fx_rate: float | None, limit: Any, utilisation: Any) -> dict[str, Any]:
+    """definitions/checks.py, by hand, with SQL null semantics."""
+    amount_eur = None if amount is None or fx_rate is None else amount * fx_rate
+    if limit is None or (isinstance(limit, float) and math.isnan(limit)):
+        limit = None
+    # if_else(null, a, b) is b: an unknown limit takes the else branch, like SQL's CASE WHEN.
+    share = (None if amount_eur is None else amount_eur / limit) if limit is not None and limit > 0 else 0.0
+    over = None
+    if amount_eur is not None and limit is not None and utilisation is not None and not math.isnan(utilisation):
+        over = amount_eur > limit * (1.0 - utilisation)
+    return {"amount_eur": amount_eur, "share_of_limit": share, "over_available": over}
+
+
+def test_on_demand_features_online_match_the_oracle(materialized: tuple[FeatureStore, Any]) -> None:
+    store, sources = materialized
+    accounts = oracle.latest_per_entity(sources["card_accounts"], ["card_id"], "updated_at", "ingested_at")
+    accounts["limit_utilisation"] = np.where(
+        accounts["credit_limit"] > 0, accounts["balance"] / accounts["credit_limit"], 0.0
+    )
+    cards = [int(c) for c in accounts["card_id"].head(40)] + [999_999]
+    amounts = [float(i * 37.5) for i in range(len(cards))]
+    rates = [None if i % 7 == 3 else 0.92 for i in range(len(cards))]
+    result = store.get_online_features(
+        {"card_id": cards},
+        features=["payment_checks:*"],
+        request_data={"amount": amounts, "fx_rate": rates},
+    ).to_dict()["features"]
+    by_card = accounts.set_index("card_id")
+    for i, card in enumerate(cards):
+        row = by_card.loc[card] if card in by_card.index else None
+        expected = payment_checks_oracle(
+            amounts[i],
+            rates[i],
+            None if row is None else float(row["credit_limit"]),
+            None if row is None else float(row["limit_utilisation"]),
+        )
+        for name, value in expected.items():
+            got = result[f"payment_checks__{name}"]
+            assert equal(value, got["values"][i]), (card, name, value, got["values"][i])
+            status = "present" if name == "amount_eur" or row is not None else "missing"
+            assert got["statuses"][i] == status, (card, name)
+
+
+def test_on_demand_features_in_training_sets_match_the_oracle(materialized: tuple[FeatureStore, Any]) -> None:
+    store, sources = materialized
+    payments = sources["payments"].sample(250, random_state=5)
+    entities = pd.DataFrame(
+        {
+            "card_id": payments["card_id"].to_numpy(),
+            "ts": payments["paid_at"].to_numpy(),
+            "amount": payments["amount"].to_numpy(),
+            "fx_rate": payments["fx_rate"].to_numpy(),
+        }
+    )
+    result = store.get_training_dataset(entities, features=["payment_checks:*"], timestamp_column="ts")
+    assert list(result.columns) == [
+        "card_id", "ts", "amount", "fx_rate",
+        "payment_checks__amount_eur", "payment_checks__share_of_limit", "payment_checks__over_available",
+    ]  # fmt: skip
+    rows, keys, ts, created = oracle.example_features(sources)["card_profile"]
+    profile = oracle.point_in_time(
+        entities, rows, keys, "ts", ts, created, TTL["card_profile"], ["credit_limit", "limit_utilisation"],
+        "card_profile",
+    )  # fmt: skip
+    for i in range(len(entities)):
+        expected = payment_checks_oracle(
+            _py(entities["amount"][i]) if pd.notna(entities["amount"][i]) else None,
+            _py(entities["fx_rate"][i]) if pd.notna(entities["fx_rate"][i]) else None,
+            _py(profile["card_profile__credit_limit"][i]),
+            _py(profile["card_profile__limit_utilisation"][i]),
+        )
+        for name, value in expected.items():
+            got = _py(result[f"payment_checks__{name}"][i])
+            assert equal(value, got), (i, name, value, got)

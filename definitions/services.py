@@ -1,0 +1,16 @@
+"""Feature services: the named selection of features each model is trained and served with."""
+
+from definitions.cards import card_last_payment, card_profile
+from definitions.checks import payment_checks
+from definitions.merchants import merchant_risk
+from features import FeatureService
+
+fraud_model = FeatureService(
+    features=[
+        card_profile,
+        card_last_payment.select("amount_eur", "is_foreign"),
+        merchant_risk.select("chargeback_rate", "high_risk"),
+        payment_checks.select("share_of_limit", "over_available"),
+    ],
+    description="Features of the card-fraud model, scored when a payment is authorised.",
+)
