@@ -180,3 +180,55 @@ def test_example_definitions_compile_to_the_golden_plan(tmp_path) -> None:  # ty
     plan = FeatureStore(config=config).compile()
     golden = root / "tests" / "golden" / "definitions_plan.json"
     assert plan.to_json() == golden.read_text(), "definitions changed: run scripts/update_golden.py and review the diff"
+
+
+ON_DEMAND = """
+from features import Feature, Float64, OnDemandFeatureView, RequestSource, Bool
+from repo_defs.views import card_txn
+
+payment = RequestSource(schema={"amount": Float64})
+checks = OnDemandFeatureView(
+    sources=[payment, card_txn],
+    features=[
+        Feature("ratio", Float64, expr="payment.amount / card_txn.amount_eur"),
+        Feature("big", Bool, expr="payment.amount > 100"),
+    ],
+)
+"""
+
+
+def test_on_demand_views_compile_with_their_inputs(make_repo: Repo) -> None:
+    config = make_repo({"entities.py": ENTITIES, "views.py": VIEWS, "checks.py": ON_DEMAND})
+    plan = FeatureStore(config=config).compile()
+    checks = plan.on_demand_view("checks")
+    assert [str(r) for r in checks.inputs] == ["card_txn:amount_eur"]
+    assert [(s, f.name, f.dtype.value) for s, f in checks.request_fields()] == [("payment", "amount", "float64")]
+    assert checks.location == "repo_defs/checks.py:6"
+    assert [str(r) for r in plan.resolve_refs(["checks:*"])] == ["checks:ratio", "checks:big"]
+    # A changed input definition changes the on-demand fingerprint too.
+    make_repo({"entities.py": ENTITIES, "views.py": VIEWS.replace("amount * fx_rate", "amount * 2"),
+               "checks.py": ON_DEMAND})  # fmt: skip
+    changed = FeatureStore(config=config).compile().on_demand_view("checks")
+    assert changed.feature("ratio").fingerprint != checks.feature("ratio").fingerprint
+    assert changed.feature("big").fingerprint == checks.feature("big").fingerprint
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message", "line"),
+    [
+        (
+            "card_txn.amount_eur",
+            "card_txn.amount_usd",
+            "unknown input 'card_txn.amount_usd'; known: card_txn.amount",
+            10,
+        ),
+        ('Feature("big", Bool', 'Feature("big", Float64', "declared float64 but `payment.amount > 100` is bool", 10),
+        ('expr="payment.amount > 100"', 'expr="amount > 100"', "unknown column 'amount'", 10),
+    ],
+)
+def test_bad_on_demand_definitions(make_repo: Repo, old: str, new: str, message: str, line: int) -> None:
+    config = make_repo({"entities.py": ENTITIES, "views.py": VIEWS, "checks.py": ON_DEMAND.replace(old, new)})
+    with pytest.raises(DefinitionError) as info:
+        FeatureStore(config=config).apply()
+    assert message in str(info.value)
+    assert f"checks.py:{line}" in str(info.value)
