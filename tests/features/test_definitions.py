@@ -220,7 +220,7 @@ def test_on_demand_views_compile_with_their_inputs(make_repo: Repo) -> None:
             "card_txn.amount_eur",
             "card_txn.amount_usd",
             "unknown input 'card_txn.amount_usd'; known: card_txn.amount",
-            10,
+            9,
         ),
         ('Feature("big", Bool', 'Feature("big", Float64', "declared float64 but `payment.amount > 100` is bool", 10),
         ('expr="payment.amount > 100"', 'expr="amount > 100"', "unknown column 'amount'", 10),
