@@ -232,13 +232,8 @@ class FeatureView:
         return self.select(feature_name)
 
     def select(self, *feature_names: str) -> FeatureRef:
-        known = [f.name for f in self.features]
-        for name in feature_names:
-            if name not in known:
-                raise DefinitionError(
-                    f"unknown feature '{name}'; known: {', '.join(known)}", location=str(_caller_location())
-                )
-        return FeatureRef(self, tuple(feature_names))
+        """Some of the view's features, for a FeatureService."""
+        return _select(self, feature_names)
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,13 +311,18 @@ class OnDemandFeatureView:
         return self.select(feature_name)
 
     def select(self, *feature_names: str) -> FeatureRef:
-        known = [f.name for f in self.features]
-        for name in feature_names:
-            if name not in known:
-                raise DefinitionError(
-                    f"unknown feature '{name}'; known: {', '.join(known)}", location=str(_caller_location())
-                )
-        return FeatureRef(self, tuple(feature_names))
+        """Some of the view's features, for a FeatureService."""
+        return _select(self, feature_names)
+
+
+def _select(view: FeatureView | OnDemandFeatureView, feature_names: tuple[str, ...]) -> FeatureRef:
+    known = [f.name for f in view.features]
+    for name in feature_names:
+        if name not in known:
+            raise DefinitionError(
+                f"unknown feature '{name}'; known: {', '.join(known)}", location=str(_caller_location())
+            )
+    return FeatureRef(view, feature_names)
 
 
 @dataclass(frozen=True, slots=True)

@@ -129,10 +129,7 @@ class ViewPlan:
         return tuple(f.name for f in self.features)
 
     def feature(self, name: str) -> FeaturePlan:
-        for f in self.features:
-            if f.name == name:
-                return f
-        raise UnknownNameError("feature", name, self.feature_names, context=f"in view '{self.name}'")
+        return _feature_named(self.name, self.features, name)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -247,10 +244,7 @@ class OnDemandViewPlan:
         return tuple(f.name for f in self.features)
 
     def feature(self, name: str) -> FeaturePlan:
-        for f in self.features:
-            if f.name == name:
-                return f
-        raise UnknownNameError("feature", name, self.feature_names, context=f"in view '{self.name}'")
+        return _feature_named(self.name, self.features, name)
 
     def request_fields(self) -> tuple[tuple[str, ColumnSpec], ...]:
         """(source name, field) pairs, in definition order."""
@@ -377,6 +371,13 @@ class Plan:
     @classmethod
     def from_json(cls, text: str) -> Plan:
         return cls.from_dict(json.loads(text))
+
+
+def _feature_named(view: str, features: tuple[FeaturePlan, ...], name: str) -> FeaturePlan:
+    for f in features:
+        if f.name == name:
+            return f
+    raise UnknownNameError("feature", name, [f.name for f in features], context=f"in view '{view}'")
 
 
 def _without_locations(data: Any) -> Any:
