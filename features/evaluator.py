@@ -172,7 +172,7 @@ class Evaluator:
             x = a.fill_null(0.0).to_numpy(zero_copy_only=False)
             y = b.fill_null(1.0).to_numpy(zero_copy_only=False)
             y = np.where(y == 0.0, 1.0, y)
-            with np.errstate(invalid="ignore"):
+            with np.errstate(invalid="ignore", over="ignore"):  # inf % y, and r + y of rows not moved
                 r = np.fmod(x, y)  # the remainder with the dividend's sign (C's fmod, Java's %)...
                 # ...moved by one divisor when its sign differs from the divisor's; a zero takes the divisor's sign.
                 moved = (r != 0) & ((r < 0) != (y < 0))

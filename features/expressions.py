@@ -3,15 +3,34 @@
 A feature written as ``expr="amount * fx_rate"`` becomes a small tree of :class:`Expr` nodes that every engine
 evaluates from the plan, never from the user's text. The grammar is a safe subset of Python expressions:
 
-- column names, and literals (int, float, str, bool, None);
+- column names, and literals (int, float, str, bool);
 - arithmetic ``+ - * / %`` (``+`` also joins strings), unary ``-``;
 - comparisons ``== != < <= > >=``, and ``and``, ``or``, ``not``;
 - functions: ``abs(x)``, ``coalesce(a, b, ...)``, ``lower(s)``, ``upper(s)``, ``length(s)``,
   ``if_else(cond, a, b)``, ``is_null(x)``, ``cast(x, "float64")``.
 
 Typing is strict: an int mixes with a float (the result is a float), anything else needs ``cast``.
-Semantics follow SQL: any null input gives a null result (except ``coalesce``, ``is_null`` and the
-three-valued ``and``/``or``); ``/`` always gives a float64 and dividing by zero gives null.
+Semantics follow SQL, identically in Spark (``offline.translate``) and in :mod:`features.evaluator`, as
+``tests/conformance`` proves on generated data:
+
+- any null input gives a null result, except ``coalesce``, ``is_null`` and the three-valued (Kleene)
+  ``and``/``or``; ``if_else(null, a, b)`` gives ``b``;
+- every operator is total, no row ever raises: ``x / 0`` and ``x % 0`` are null, int64 overflow
+  (``+ - *``, unary ``-``, ``abs``) is null, a ``cast`` of a value that does not convert is null;
+- ``/`` always gives a float64; ``%`` follows Python's sign rule (``-7 % 3 == 2``, ``-3.0 % 3.0 == 0.0``);
+- float64 arithmetic is IEEE 754, bit for bit (``-0.0`` included; which NaN is unspecified); comparisons use
+  SQL's total order: ``NaN == NaN``, NaN above every number including infinity, ``-0.0 == 0.0``; an int64
+  compared with a float64 is converted to float64 first;
+- strings are Unicode code points (``length``, ordering); ``lower``/``upper`` use Unicode 16 full case
+  mappings without locale (``upper("ß") == "SS"``);
+- ``cast`` from text accepts only ``[+-]digits`` (int64), decimal/scientific numbers, ``inf``, ``infinity``,
+  ``nan`` (float64), ``t true y yes 1 f false n no 0`` (bool), case-insensitive, with surrounding ASCII
+  spaces/controls; float64 to int64 truncates (null outside int64, NaN, infinities); numbers to bool are
+  ``x != 0``; ``cast(True, "string")`` is ``"true"``; timestamps print as ``YYYY-MM-DD HH:MM:SS[.ffffff]``
+  (UTC, trailing zeros dropped). ``cast(<float64>, "string")`` is not supported (its text depends on the
+  JVM): the engines raise ``UnsupportedExpressionError``.
+
+The full statement, with the reasons, is in ``docs/ARCHITECTURE.md`` ("Expression semantics").
 """
 
 from __future__ import annotations
@@ -236,6 +255,9 @@ class _Parser:
         value = self.visit(node.args[0])
         if target is DType.TIMESTAMP or (value.dtype is DType.TIMESTAMP and target is not DType.STRING):
             raise self.fail(f"cannot cast {value.dtype.value} to {target.value}", node)
+        if value.dtype is DType.FLOAT64 and target is DType.STRING:
+            # The JVM and Python print some doubles differently: no engine could promise the same text.
+            raise self.fail("cannot cast float64 to string (engines print floats differently); round first", node)
         return Call(target, "cast", (value,))
 
     def function(self, name: str, args: tuple[Expr, ...], node: ast.Call) -> Expr:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from features.dtypes import DType
 from features.errors import SkewlessError
+from features.expressions import Call
 from features.plan import OnDemandViewPlan
 
 if TYPE_CHECKING:
@@ -44,8 +45,11 @@ def compute(
     out = {}
     for name in features:
         feature = view.feature(name)
+        expr = feature.expr
+        if expr.dtype is not feature.dtype:  # an int64 expression stored as float64: the documented cast rule
+            expr = Call(feature.dtype, "cast", (expr,))
         try:
-            out[name] = evaluate(feature.expr, inputs, length).cast(arrow_type(feature.dtype))
+            out[name] = evaluate(expr, inputs, length)
         except SkewlessError:
             raise
         except Exception as exc:

@@ -72,7 +72,10 @@ class SparkTranslator:
         from pyspark.sql import functions as F
 
         t = spark_type(expr.dtype)
-        return F.try_add(a.cast(t), b.cast(t)) if expr.dtype is DType.INT64 else a.cast(t) + b.cast(t)
+        if expr.dtype is DType.INT64:
+            a, b = self._unassociated(expr, a, b)
+            return F.try_add(a.cast(t), b.cast(t))
+        return a.cast(t) + b.cast(t)
 
     def op_sub(self, expr: Call, a: SparkColumn, b: SparkColumn) -> SparkColumn:
         from pyspark.sql import functions as F
@@ -84,7 +87,20 @@ class SparkTranslator:
         from pyspark.sql import functions as F
 
         t = spark_type(expr.dtype)
-        return F.try_multiply(a.cast(t), b.cast(t)) if expr.dtype is DType.INT64 else a.cast(t) * b.cast(t)
+        if expr.dtype is DType.INT64:
+            a, b = self._unassociated(expr, a, b)
+            return F.try_multiply(a.cast(t), b.cast(t))
+        return a.cast(t) * b.cast(t)
+
+    def _unassociated(self, expr: Call, a: SparkColumn, b: SparkColumn) -> tuple[SparkColumn, SparkColumn]:
+        from pyspark.sql import functions as F
+
+        # Spark's optimizer regroups nested integer + and * to fold their constants ((i + 1) + -1 becomes
+        # i + 0), which changes which rows overflow to null. ~~x (the identity) between two operations stops it.
+        def barrier(arg: Expr, column: SparkColumn) -> SparkColumn:
+            return F.bitwise_not(F.bitwise_not(column)) if isinstance(arg, Call) else column
+
+        return barrier(expr.args[0], a), barrier(expr.args[1], b)
 
     def op_div(self, expr: Call, a: SparkColumn, b: SparkColumn) -> SparkColumn:
         from pyspark.sql import functions as F
@@ -131,15 +147,23 @@ class SparkTranslator:
 
         return F.concat(a, b)  # null if either side is null
 
+    # Spark 4 maps case with ICU (Unicode 16, full mappings: upper("ß") is "SS"), without locale.
     def op_lower(self, expr: Call, a: SparkColumn) -> SparkColumn:
         from pyspark.sql import functions as F
 
-        return F.lower(a)
+        return F.lower(self._opaque(expr, a))
 
     def op_upper(self, expr: Call, a: SparkColumn) -> SparkColumn:
         from pyspark.sql import functions as F
 
-        return F.upper(a)
+        return F.upper(self._opaque(expr, a))
+
+    def _opaque(self, expr: Call, a: SparkColumn) -> SparkColumn:
+        from pyspark.sql import functions as F
+
+        # Spark's optimizer rewrites upper(lower(s)) to upper(s), wrong with full case mappings
+        # (upper(lower("İ")) is "I\u0307", upper("İ") is "İ"): a computed argument goes through concat(s, '').
+        return F.concat(a, F.lit("")) if isinstance(expr.args[0], Call) else a
 
     def op_length(self, expr: Call, a: SparkColumn) -> SparkColumn:
         from pyspark.sql import functions as F

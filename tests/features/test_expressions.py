@@ -43,6 +43,7 @@ def test_types_are_inferred(text: str, dtype: DType) -> None:
         ("cast(n, 'decimal')", "'decimal'", "unknown dtype"),
         ("if_else(flag, n, name)", "if_else(flag, n, name)", "mix types"),
         ("amount +", "amount +", "not a valid expression"),
+        ("cast(amount, 'string')", "cast(amount, 'string')", "cannot cast float64 to string"),
     ],
 )
 def test_errors_name_the_offending_part(text: str, fragment: str, message: str) -> None:
