@@ -88,7 +88,13 @@ def run_demo(args: argparse.Namespace) -> int:
         (name, *(_cell(v, s) for v, s in zip(column["values"], column["statuses"], strict=True)))
         for name, column in answer["features"].items()
     ]
-    console.print(table("POST /v1/features  {feature_service: fraud_model}", ["feature", *entities], rows))
+    console.print(
+        table(
+            "POST /v1/features  {feature_service: fraud_model, request_data: {amount, fx_rate}}",
+            ["feature", *entities],
+            rows,
+        )
+    )
     console.print(
         f"\n[bold green]demo finished in {time.monotonic() - started:.0f}s.[/] "
         f"Next: 'skewless serve' and open http://127.0.0.1:6566/docs"
