@@ -24,16 +24,10 @@ class FeatureEvaluationError(SkewlessError, ValueError):
 
 
 def arrow_type(dtype: DType) -> Any:
-    """The Arrow type every engine uses for a plan type."""
-    import pyarrow as pa
+    """The Arrow type every engine uses for a plan type (the evaluator's table, imported lazily)."""
+    from features.evaluator import ARROW_TYPES
 
-    return {
-        DType.INT64: pa.int64(),
-        DType.FLOAT64: pa.float64(),
-        DType.STRING: pa.string(),
-        DType.BOOL: pa.bool_(),
-        DType.TIMESTAMP: pa.timestamp("us", tz="UTC"),
-    }[dtype]
+    return ARROW_TYPES[dtype]
 
 
 def compute(
