@@ -4,6 +4,7 @@ The definitions SDK, the compiled plan, the registry, and the :class:`FeatureSto
 """
 
 from features.definitions import (
+    Aggregation,
     Entity,
     Feature,
     FeatureRef,
@@ -28,6 +29,7 @@ from features.errors import (
 from features.store import FeatureStore
 
 __all__ = [
+    "Aggregation",
     "Bool",
     "ConfigError",
     "DType",

@@ -23,8 +23,9 @@ from features.definitions import (
 from features.discovery import Discovered
 from features.dtypes import DType
 from features.errors import DefinitionError
-from features.expressions import ExpressionError, parse_expression
+from features.expressions import Expr, ExpressionError, Literal, parse_expression
 from features.plan import (
+    AggregatePlan,
     ColumnSpec,
     EntityPlan,
     FeaturePlan,
@@ -148,34 +149,18 @@ class _Compiler:
                 )
         typed = {c: t for c, t in columns.items() if t is not None}
         key_names = {k.name for k in join_keys}
-        features: list[FeaturePlan] = []
         used: set[str] = set(key_names)
-        for feature in view.features:
-            where = self.discovered.where(feature)
-            if feature.name in key_names:
-                raise DefinitionError(f"feature '{feature.name}' has the name of a join key", location=where)
-            try:
-                expr = parse_expression(feature.expression, typed)
-            except ExpressionError as exc:
-                hint = ""
-                untyped = sorted(c for c, t in columns.items() if t is None)
-                if untyped:
-                    hint = f" (columns of unknown type, declare them in schema=: {', '.join(untyped)})"
-                raise DefinitionError(f"feature '{feature.name}': {exc}{hint}", location=where) from None
-            if not feature.dtype.accepts(expr.dtype):
-                raise DefinitionError(
-                    f"feature '{feature.name}' is declared {feature.dtype.value} but `{feature.expression}` is "
-                    f"{expr.dtype.value}; declare dtype={expr.dtype.value} or use cast()",
-                    location=where,
-                )
-            used |= expr.columns()
-            features.append(FeaturePlan(feature.name, feature.dtype, expr, "", where))
+        if view.aggregations:
+            features = self.aggregated_features(view, columns, typed, key_names, used)
+        else:
+            features = self.row_features(view, columns, typed, key_names, used)
         used.add(view.source.timestamp)
         if view.source.created:
             used.add(view.source.created)
         source = self.source(view.source, name, used)
         source_identity = {k: v for k, v in source.to_dict().items() if k not in ("name", "columns")}
         keys = [k.to_dict() for k in join_keys]
+        cadence = view.cadence_seconds
         features = [
             FeaturePlan(
                 f.name,
@@ -183,14 +168,15 @@ class _Compiler:
                 f.expr,
                 stable_hash(
                     {"source": source_identity, "keys": keys, "expr": f.expr.to_dict(), "dtype": f.dtype.value}
+                    | ({} if f.aggregation is None else {"aggregation": f.aggregation.to_dict(), "cadence": cadence})
                 ),
                 f.location,
+                f.aggregation,
             )
             for f in features
         ]
-        storage = stable_hash(
-            {"source": source_identity, "keys": keys, "features": [[f.name, f.fingerprint] for f in features]}
-        )
+        identity = {"source": source_identity, "keys": keys, "features": [[f.name, f.fingerprint] for f in features]}
+        storage = stable_hash(identity if cadence is None else identity | {"cadence": cadence})
         return ViewPlan(
             name=name,
             entities=tuple(e.name for e in entity_plans),
@@ -201,7 +187,74 @@ class _Compiler:
             online=view.online,
             storage_fingerprint=storage,
             location=self.discovered.where(view),
+            cadence_seconds=cadence,
         )
+
+    def row_features(
+        self,
+        view: FeatureView,
+        columns: Mapping[str, DType | None],
+        typed: Mapping[str, DType],
+        key_names: set[str],
+        used: set[str],
+    ) -> list[FeaturePlan]:
+        features: list[FeaturePlan] = []
+        for feature in view.features:
+            where = self.discovered.where(feature)
+            if feature.name in key_names:
+                raise DefinitionError(f"feature '{feature.name}' has the name of a join key", location=where)
+            expr = _parse(feature.expression, typed, columns, f"feature '{feature.name}'", where)
+            if not feature.dtype.accepts(expr.dtype):
+                raise DefinitionError(
+                    f"feature '{feature.name}' is declared {feature.dtype.value} but `{feature.expression}` is "
+                    f"{expr.dtype.value}; declare dtype={expr.dtype.value} or use cast()",
+                    location=where,
+                )
+            used |= expr.columns()
+            features.append(FeaturePlan(feature.name, feature.dtype, expr, "", where))
+        return features
+
+    def aggregated_features(
+        self,
+        view: FeatureView,
+        columns: Mapping[str, DType | None],
+        typed: Mapping[str, DType],
+        key_names: set[str],
+        used: set[str],
+    ) -> list[FeaturePlan]:
+        """One feature per (aggregation, window), typed by the function and its input."""
+        features: list[FeaturePlan] = []
+        for aggregation in view.aggregations:
+            where = self.discovered.where(aggregation)
+            what = f"aggregation '{aggregation.prefix}'"
+            if aggregation.column is None:
+                expr: Expr = Literal(DType.INT64, 1)  # count() counts rows: an input that is never null
+            else:
+                expr = _parse(aggregation.column, typed, columns, what, where)
+            filter_expr = None
+            if aggregation.filter is not None:
+                filter_expr = _parse(aggregation.filter, typed, columns, f"{what} filter", where)
+                if filter_expr.dtype is not DType.BOOL:
+                    raise DefinitionError(
+                        f"{what}: filter `{aggregation.filter}` is {filter_expr.dtype.value}; it must be a boolean "
+                        f"expression such as `amount > 100`",
+                        location=where,
+                    )
+                used |= filter_expr.columns()
+            dtype = _aggregate_type(aggregation.function, expr.dtype)
+            if dtype is None:
+                raise DefinitionError(
+                    f"{what}: {aggregation.function} needs a numeric input (int64 or float64), but "
+                    f"`{aggregation.column}` is {expr.dtype.value}; use cast()",
+                    location=where,
+                )
+            used |= expr.columns()
+            for name, window in zip(aggregation.feature_names(), aggregation.window_seconds, strict=True):
+                if name in key_names:
+                    raise DefinitionError(f"feature '{name}' has the name of a join key", location=where)
+                plan = AggregatePlan(aggregation.function, window, filter_expr)
+                features.append(FeaturePlan(name, dtype, expr, "", where, plan))
+        return features
 
     def on_demand(self, name: str, view: OnDemandFeatureView, views: dict[str, ViewPlan]) -> OnDemandViewPlan:
         """Type the expressions against ``<source>.<field>`` inputs: request fields and stored features."""
@@ -265,9 +318,37 @@ class _Compiler:
                     "a feature service uses a view that is not bound to a module-level name in definitions/",
                     location=self.discovered.where(service),
                 )
-            names = item.feature_names if isinstance(item, FeatureRef) else tuple(f.name for f in item.features)
+            if isinstance(item, FeatureRef | FeatureView):
+                names = item.feature_names
+            else:
+                names = tuple(f.name for f in item.features)
             refs.extend(FeatureRefPlan(view_name, n) for n in names if FeatureRefPlan(view_name, n) not in refs)
         return ServicePlan(name, tuple(refs), self.discovered.where(service))
+
+
+_NUMERIC_ONLY = ("sum", "mean", "stddev")
+
+
+def _aggregate_type(function: str, input_type: DType) -> DType | None:
+    """The type of an aggregate of ``input_type``; None when the function does not apply to it."""
+    if function in ("count", "count_distinct"):
+        return DType.INT64
+    if function in _NUMERIC_ONLY and not input_type.is_numeric:
+        return None
+    if function in ("mean", "stddev"):
+        return DType.FLOAT64
+    return input_type  # sum keeps int64 exact; min, max, first, last keep the input's type
+
+
+def _parse(text: str, typed: Mapping[str, DType], columns: Mapping[str, DType | None], what: str, where: str) -> Expr:
+    try:
+        return parse_expression(text, typed)
+    except ExpressionError as exc:
+        hint = ""
+        untyped = sorted(c for c, t in columns.items() if t is None)
+        if untyped:
+            hint = f" (columns of unknown type, declare them in schema=: {', '.join(untyped)})"
+        raise DefinitionError(f"{what}: {exc}{hint}", location=where) from None
 
 
 def _require_column(columns: Mapping[str, DType | None], column: str, role: str, where: str) -> None:

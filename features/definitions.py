@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import keyword
 import os
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ from features.dtypes import Bool, DType, Float64, Int64, String, Timestamp
 from features.errors import DefinitionError
 
 __all__ = [
+    "AGGREGATION_FUNCTIONS",
+    "Aggregation",
     "Bool",
     "Entity",
     "Feature",
@@ -190,21 +193,123 @@ class Feature:
         return self.expr if self.expr is not None else self.name
 
 
+AGGREGATION_FUNCTIONS = ("count", "sum", "mean", "min", "max", "stddev", "last", "first", "count_distinct")
+
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_window(value: str | timedelta | None) -> int | None:
+    """Seconds of a window or cadence written ``"1h"``, ``"7d"``, a timedelta, or ``"unbounded"``/None (None)."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == "unbounded"):
+        return None
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, str) and (match := _DURATION.match(value.lower())):
+        seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    else:
+        raise ValueError(f"{value!r} is not a duration; write e.g. '1h', '1d', '7d', '30d', 'unbounded' or a timedelta")
+    if seconds <= 0 or seconds != int(seconds):
+        raise ValueError(f"{value!r} must be a positive whole number of seconds")
+    return int(seconds)
+
+
+def window_suffix(seconds: int | None) -> str:
+    """The name part of a window: ``1h``, ``7d``, ``90m``; ``all`` when unbounded."""
+    if seconds is None:
+        return "all"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+@dataclass(frozen=True, slots=True)
+class Aggregation:
+    """An aggregate of a source column per entity over one or more time windows, for a windowed FeatureView.
+
+    ``Aggregation("sum", "amount", windows=["1d", "7d", "30d"])`` yields the features ``amount_sum_1d``,
+    ``amount_sum_7d`` and ``amount_sum_30d``. ``column`` is a column or an expression over the source's
+    columns (then ``name=`` is required); ``count`` without a column counts rows. ``filter`` is a boolean
+    expression: rows where it is not true are left out. ``name`` replaces the ``<column>_<function>`` prefix.
+    Windows are ``"<n>m|h|d|w"``, a timedelta, or ``"unbounded"``; a window may be shorter than the cadence
+    (``"1h"`` at a daily cadence: the last hour before each tick).
+    """
+
+    function: str
+    column: str | None = None
+    windows: Sequence[str | timedelta | None] = ("unbounded",)
+    filter: str | None = None
+    name: str | None = None
+    description: str = ""
+    location: SourceLocation = field(default_factory=_location, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        where = str(self.location)
+        if self.function not in AGGREGATION_FUNCTIONS:
+            raise DefinitionError(
+                f"unknown aggregation {self.function!r}; valid choices: {', '.join(AGGREGATION_FUNCTIONS)}",
+                location=where,
+            )
+        if self.column is None and self.function != "count":
+            raise DefinitionError(f"aggregation '{self.function}' needs a column", location=where)
+        windows = (self.windows,) if isinstance(self.windows, str | timedelta) else tuple(self.windows)
+        if not windows:
+            raise DefinitionError("an aggregation needs at least one window", location=where)
+        try:
+            seconds = tuple(parse_window(w) for w in windows)
+        except ValueError as exc:
+            raise DefinitionError(f"window: {exc}", location=where) from None
+        if len(set(seconds)) != len(seconds):
+            raise DefinitionError(f"duplicate window in {list(windows)}", location=where)
+        _check_name(self.name, "aggregation", self.location)
+        if self.name is None and self.column is not None and not self.column.isidentifier():
+            raise DefinitionError(
+                f"aggregation of the expression `{self.column}` needs name=... (the features are named "
+                f"<name>_<window>)",
+                location=where,
+            )
+        object.__setattr__(self, "windows", seconds)
+
+    @property
+    def window_seconds(self) -> tuple[int | None, ...]:
+        return cast(tuple[int | None, ...], self.windows)
+
+    @property
+    def prefix(self) -> str:
+        if self.name is not None:
+            return self.name
+        return self.function if self.column is None else f"{self.column}_{self.function}"
+
+    def feature_names(self) -> tuple[str, ...]:
+        """One generated name per window, in window order: ``<prefix>_<window>``."""
+        return tuple(f"{self.prefix}_{window_suffix(w)}" for w in self.window_seconds)
+
+
 @dataclass(frozen=True, slots=True)
 class FeatureView:
     """A group of features computed from one source for the same entities.
 
-    ``ttl`` bounds how old a value may be and still be served (and joined into a training row);
-    ``None`` means values never expire. ``online=False`` keeps the view out of the online store.
+    Either row features (``features=[Feature(...)]``: one value per source row, the latest is served) or
+    windowed aggregations (``aggregations=[Aggregation(...)]`` with a ``cadence``: at every tick, a multiple of
+    the cadence since the Unix epoch in UTC, each window aggregates the rows with
+    ``tick - window < event time <= tick``).
+
+    ``ttl`` bounds how old a value may be and still be served (and joined into a training row); ``None`` means
+    values never expire. For a windowed view the age is counted from the last tick materialized, so ``ttl``
+    says how long a missed run may go unnoticed; it must be at least the cadence. ``online=False`` keeps the
+    view out of the online store.
     """
 
     entities: Sequence[Entity]
     source: SqlSource
-    features: Sequence[Feature]
+    features: Sequence[Feature] = ()
     ttl: timedelta | None = None
     online: bool = True
     description: str = ""
     name: str | None = None
+    aggregations: Sequence[Aggregation] = ()
+    cadence: str | timedelta | None = None
     location: SourceLocation = field(default_factory=_location, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -215,17 +320,63 @@ class FeatureView:
         if not isinstance(self.source, SqlSource):
             raise DefinitionError(f"source must be a SqlSource, got {type(self.source).__name__}", location=where)
         features = tuple(self.features)
-        if not features or not all(isinstance(f, Feature) for f in features):
-            raise DefinitionError("features must be a non-empty list of Feature objects", location=where)
-        names = [f.name for f in features]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise DefinitionError(f"duplicate feature name(s) {duplicates} in one view", location=where)
+        aggregations = tuple(self.aggregations)
+        if bool(features) == bool(aggregations):
+            raise DefinitionError(
+                "a feature view needs either features=[Feature(...)] or aggregations=[Aggregation(...)], not both",
+                location=where,
+            )
+        if not all(isinstance(f, Feature) for f in features):
+            raise DefinitionError("features must be a list of Feature objects", location=where)
+        if not all(isinstance(a, Aggregation) for a in aggregations):
+            raise DefinitionError("aggregations must be a list of Aggregation objects", location=where)
         if self.ttl is not None and (not isinstance(self.ttl, timedelta) or self.ttl <= timedelta(0)):
             raise DefinitionError(f"ttl must be a positive timedelta or None, got {self.ttl!r}", location=where)
-        _check_name(self.name, "feature view", self.location)
+        cadence = self._check_cadence(aggregations, where)
         object.__setattr__(self, "entities", entities)
         object.__setattr__(self, "features", features)
+        object.__setattr__(self, "aggregations", aggregations)
+        object.__setattr__(self, "cadence", cadence)
+        names = list(self.feature_names)
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            hint = " (give the aggregations different name=...)" if aggregations else ""
+            raise DefinitionError(f"duplicate feature name(s) {duplicates} in one view{hint}", location=where)
+        _check_name(self.name, "feature view", self.location)
+
+    def _check_cadence(self, aggregations: tuple[Aggregation, ...], where: str) -> int | None:
+        if not aggregations:
+            if self.cadence is not None:
+                raise DefinitionError("cadence= applies to aggregations=[...] only", location=where)
+            return None
+        if self.cadence is None:
+            raise DefinitionError("a view with aggregations needs a cadence, e.g. cadence='1d' or '1h'", location=where)
+        try:
+            cadence = parse_window(self.cadence)
+        except ValueError as exc:
+            raise DefinitionError(f"cadence: {exc}", location=where) from None
+        if cadence is None or cadence < 60:
+            raise DefinitionError(
+                "cadence must be a duration of at least one minute, e.g. '1h' or '1d'", location=where
+            )
+        if self.ttl is not None and self.ttl.total_seconds() < cadence:
+            raise DefinitionError(
+                f"ttl {self.ttl} is shorter than the cadence {window_suffix(cadence)}: every value would expire "
+                f"before the next tick",
+                location=where,
+            )
+        return cadence
+
+    @property
+    def cadence_seconds(self) -> int | None:
+        return cast(int | None, self.cadence)
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        """The view's feature names: declared ones, or the names generated for its aggregations."""
+        if self.aggregations:
+            return tuple(n for a in self.aggregations for n in a.feature_names())
+        return tuple(f.name for f in self.features)
 
     def __getitem__(self, feature_name: str) -> FeatureRef:
         """``view["amount"]`` selects one feature, for a FeatureService."""
@@ -316,7 +467,7 @@ class OnDemandFeatureView:
 
 
 def _select(view: FeatureView | OnDemandFeatureView, feature_names: tuple[str, ...]) -> FeatureRef:
-    known = [f.name for f in view.features]
+    known = list(view.feature_names) if isinstance(view, FeatureView) else [f.name for f in view.features]
     for name in feature_names:
         if name not in known:
             raise DefinitionError(

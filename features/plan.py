@@ -83,32 +83,72 @@ class SourcePlan:
 
 
 @dataclass(frozen=True, slots=True)
+class AggregatePlan:
+    """How a windowed feature aggregates its input (the feature's ``expr``) per entity at each tick.
+
+    ``window_seconds`` None is unbounded; ``filter`` keeps the rows where it is true.
+    """
+
+    function: str
+    window_seconds: int | None
+    filter: Expr | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "function": self.function,
+            "window_seconds": self.window_seconds,
+            "filter": None if self.filter is None else self.filter.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> AggregatePlan:
+        filter_ = data["filter"]
+        return cls(data["function"], data["window_seconds"], None if filter_ is None else expr_from_dict(filter_))
+
+
+@dataclass(frozen=True, slots=True)
 class FeaturePlan:
+    """One feature: ``expr`` over source columns, aggregated per tick when ``aggregation`` is set."""
+
     name: str
     dtype: DType
     expr: Expr
     fingerprint: str
     location: str
+    aggregation: AggregatePlan | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "name": self.name,
             "dtype": self.dtype.value,
             "expr": self.expr.to_dict(),
             "fingerprint": self.fingerprint,
             "location": self.location,
         }
+        if self.aggregation is not None:  # absent for row features, so their plans keep their fingerprints
+            data["aggregation"] = self.aggregation.to_dict()
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> FeaturePlan:
+        aggregation = data.get("aggregation")
         return cls(
-            data["name"], DType(data["dtype"]), expr_from_dict(data["expr"]), data["fingerprint"], data["location"]
+            data["name"],
+            DType(data["dtype"]),
+            expr_from_dict(data["expr"]),
+            data["fingerprint"],
+            data["location"],
+            None if aggregation is None else AggregatePlan.from_dict(aggregation),
         )
 
 
 @dataclass(frozen=True, slots=True)
 class ViewPlan:
-    """A feature view. ``storage_fingerprint`` names the offline table: it changes when stored values would."""
+    """A feature view. ``storage_fingerprint`` names the offline table: it changes when stored values would.
+
+    A windowed view has a ``cadence_seconds`` and only aggregated features; its offline rows are values at
+    ticks (see ``offline/windows.py``).
+    """
 
     name: str
     entities: tuple[str, ...]
@@ -119,6 +159,11 @@ class ViewPlan:
     online: bool
     storage_fingerprint: str
     location: str
+    cadence_seconds: int | None = None
+
+    @property
+    def is_windowed(self) -> bool:
+        return self.cadence_seconds is not None
 
     @property
     def key_names(self) -> tuple[str, ...]:
@@ -132,7 +177,7 @@ class ViewPlan:
         return _feature_named(self.name, self.features, name)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "name": self.name,
             "entities": list(self.entities),
             "join_keys": [k.to_dict() for k in self.join_keys],
@@ -143,6 +188,9 @@ class ViewPlan:
             "storage_fingerprint": self.storage_fingerprint,
             "location": self.location,
         }
+        if self.cadence_seconds is not None:
+            data["cadence_seconds"] = self.cadence_seconds
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ViewPlan:
@@ -156,6 +204,7 @@ class ViewPlan:
             online=data["online"],
             storage_fingerprint=data["storage_fingerprint"],
             location=data["location"],
+            cadence_seconds=data.get("cadence_seconds"),
         )
 
 

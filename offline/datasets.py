@@ -13,17 +13,18 @@ import hashlib
 import json
 import logging
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from features.config import RepoConfig
 from features.dtypes import DType
 from features.errors import EntityKeyError, SkewlessError
-from features.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP, FeatureRefPlan, Plan
+from features.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP, FeatureRefPlan, Plan, ViewPlan
 from offline.on_demand import add_on_demand, add_on_demand_spark, on_demand_spec
 from offline.point_in_time import ROW_ID, ViewInput, point_in_time_join, with_row_id
 from offline.tables import read_table, table_path, table_version
+from offline.windows import read_through
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -89,6 +90,7 @@ def training_dataset(
                 "path": str(path),
                 "version": version,
                 "ttl_seconds": view.ttl_seconds,
+                **_windowed_info(spark, view, path, version),
                 "storage_fingerprint": view.storage_fingerprint,
                 "join_keys": [k.to_dict() for k in view.join_keys],
                 "features": [],
@@ -220,8 +222,23 @@ def _join(spark: SparkSession, manifest: dict[str, Any], entities: Any) -> DataF
             raise DatasetError(
                 f"cannot read view '{name}' at version {info['version']} from {info['path']}: {exc}"
             ) from exc
-        inputs.append(ViewInput(name, keys, tuple(info["features"]), info["ttl_seconds"], table))
+        ttl, valid_until = info["ttl_seconds"], None
+        if "through" in info:  # windowed: rows at change ticks, fresh until the last tick computed + TTL
+            ttl = None
+            if info["ttl_seconds"] is not None:
+                valid_until = datetime.fromisoformat(info["through"]) + timedelta(seconds=info["ttl_seconds"])
+        inputs.append(ViewInput(name, keys, tuple(info["features"]), ttl, table, valid_until))
     return point_in_time_join(frame, timestamp_column, inputs)
+
+
+def _windowed_info(spark: SparkSession, view: ViewPlan, path: Path, version: int) -> dict[str, Any]:
+    """For a windowed view, the last tick its table covers at ``version`` (values count as fresh from there)."""
+    if not view.is_windowed:
+        return {}
+    through = read_through(spark, path, version)
+    if through is None:
+        raise DatasetError(f"view '{view.name}' has no computed ticks yet; run 'skewless materialize' first")
+    return {"through": through.isoformat(), "cadence_seconds": view.cadence_seconds}
 
 
 def _attach(entities: pa.Table, joined: DataFrame, manifest: dict[str, Any]) -> pa.Table:

@@ -3,7 +3,8 @@
 For each entity row (keys, time ``t``) and each view it finds the row the online store would have served at
 ``t``: the latest feature row with ``event_timestamp <= t`` (ties broken by the later ``created_timestamp``,
 a null created time sorting first) that is not older than the view's TTL (``t - event_timestamp <= ttl``,
-inclusive); otherwise nulls.
+inclusive); otherwise nulls. A windowed view stores rows only at the ticks where a value changes, so its
+TTL counts from the last tick computed instead (``valid_until``, see ``offline/windows.py``).
 
 It is a union plus a window rather than a range join: entity rows and feature rows of a view are stacked,
 ordered by time within each key, and every entity row takes the last feature value seen before it
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from features.dtypes import DType
@@ -38,6 +40,7 @@ class ViewInput:
     features: tuple[str, ...]
     ttl_seconds: int | None
     table: DataFrame
+    valid_until: datetime | None = None  # windowed views: the last tick computed plus the TTL
 
     def column(self, feature: str) -> str:
         return f"{self.name}__{feature}"
@@ -104,6 +107,8 @@ def _view_values(entities: DataFrame, timestamp_column: str, view: ViewInput) ->
     if view.ttl_seconds is not None:
         age = F.unix_micros(F.col("__t")) - F.unix_micros(F.col(f"__last.{EVENT_TIMESTAMP}"))
         valid = valid & (age <= F.lit(view.ttl_seconds * 1_000_000))
+    if view.valid_until is not None:
+        valid = valid & (F.col("__t") <= F.lit(view.valid_until).cast("timestamp"))
     return found.select(
         F.col(ROW_ID),
         *(F.when(valid, F.col("__last")[f]).alias(view.column(f)) for f in view.features),

@@ -50,6 +50,7 @@ def test_the_checker_sees_lazy_imports(tmp_path: Path) -> None:
 
 PUBLIC_API = {
     "features": [
+        "Aggregation",
         "Bool",
         "ConfigError",
         "DType",

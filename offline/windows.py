@@ -1,0 +1,363 @@
+"""Windowed aggregations: source rows → tiles → the value of every window at every tick.
+
+The contract (docs/ARCHITECTURE.md, "Windowed aggregations"): ticks are the multiples of the view's cadence
+since the Unix epoch (UTC). The value at tick ``T`` of a window ``w`` aggregates the rows with
+``T - w < event time <= T`` that pass the filter, skipping null inputs; an empty window gives 0 for count and
+count_distinct and null for the others; an unbounded window takes every row up to ``T``.
+
+How it is computed, so that a run over one new day reads one day of source rows:
+
+1. **Tiles.** Source rows are grouped per entity into tiles of ``g`` seconds (``g`` = the gcd of the cadence
+   and every finite window, so every window is a whole number of tiles and every tick ends a tile). A tile
+   holds partial aggregates (count, sum, sum of squares, min, max, first, last, distinct values). Tiles live
+   in their own Delta table beside the feature table and are rewritten per range (``replaceWhere``).
+2. **Values at ticks.** The value of a window at tick ``T`` combines the tiles in ``(T - w, T]``. Rows are
+   written only at the ticks where a value can change: where a tile enters a window (the first tick at or
+   after it) or leaves one (the first tick at or after ``tile + w``). Between two written ticks every value is
+   unchanged, so "the latest row at or before ``t``" is the value at the latest tick ``<= t``, exactly what
+   the point-in-time join and the online publication already read.
+3. **Coverage.** Each feature-table commit records in its Delta ``userMetadata`` the last tick it covers
+   (``through``). Tiles are committed first, values second, so after a crash the recorded ``through`` is never
+   ahead of the tiles; a rerun recomputes from there and, writes being per range, ends in the same state.
+
+Float sums are float64 additions in Spark's order (not fixed); mean is sum / count; stddev is the sample
+standard deviation (null below two values) from count, sum and sum of squares. Integer sums are exact
+(decimal) and null when they leave int64. Training and serving cannot disagree on these values: the online
+store publishes the rows stored here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from features.dtypes import DType
+from features.expressions import Expr
+from features.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP, PUBLISHED_AT, FeaturePlan, ViewPlan
+from offline.jdbc import quote_spark, spark_type
+from offline.tables import table_schema
+from offline.translate import SparkTranslator
+
+if TYPE_CHECKING:
+    from pyspark.sql import Column, DataFrame, SparkSession
+
+log = logging.getLogger(__name__)
+
+TILE = "__tile"  # tile index: the tile covers ((TILE - 1) * g, TILE * g] seconds since the epoch
+THROUGH_KEY = "skewless.through"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def tile_seconds(view: ViewPlan) -> int:
+    """The tile size: the gcd of the cadence and every finite window."""
+    assert view.cadence_seconds is not None
+    size = view.cadence_seconds
+    for feature in view.features:
+        if feature.aggregation is not None and feature.aggregation.window_seconds is not None:
+            size = math.gcd(size, feature.aggregation.window_seconds)
+    return size
+
+
+def floor_tick(view: ViewPlan, moment: datetime) -> datetime:
+    """The latest tick at or before ``moment``."""
+    assert view.cadence_seconds is not None
+    micros = _micros(moment)
+    step = view.cadence_seconds * 1_000_000
+    return _from_micros(micros - micros % step)
+
+
+def tiles_path(feature_table: Path | str) -> str:
+    """The tiles table of a feature table: a sibling folder, so the feature table's folder is Delta only."""
+    return f"{feature_table}.tiles"
+
+
+def read_through(spark: SparkSession, path: Path | str, version: int | None = None) -> datetime | None:
+    """The last tick covered by the feature table at ``path`` (at ``version`` when given); None before any run."""
+    from delta.tables import DeltaTable
+    from pyspark.sql import functions as F
+
+    if not DeltaTable.isDeltaTable(spark, str(path)):
+        return None
+    history = DeltaTable.forPath(spark, str(path)).history().where(F.col("userMetadata").isNotNull())
+    if version is not None:
+        history = history.where(F.col("version") <= version)
+    row = history.orderBy(F.col("version").desc()).select("userMetadata").first()
+    if row is None:
+        return None
+    try:
+        return datetime.fromisoformat(json.loads(row["userMetadata"])[THROUGH_KEY])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class TickRange:
+    """The ticks a run computes, ``(start, end]`` (``start`` None: from the first row), and the source rows it
+    reads, those with ``start < event time <= end``."""
+
+    start: datetime | None
+    end: datetime
+
+    @property
+    def empty(self) -> bool:
+        return self.start is not None and self.start >= self.end
+
+
+def plan_ticks(
+    view: ViewPlan, through: datetime | None, start: datetime | None, end: datetime | None, now: datetime
+) -> TickRange:
+    """Which ticks a run recomputes.
+
+    The first run computes everything up to ``end`` (windows need the history before ``start``). Later runs
+    continue from the recorded ``through``, or from an earlier ``start`` to take late rows in (then up to at
+    least ``through``, so no stored tick is left computed from replaced tiles).
+    """
+    last = floor_tick(view, end if end is not None else now)
+    if through is None:
+        return TickRange(None, last)
+    first = through if start is None else min(floor_tick(view, start), through)
+    return TickRange(first, max(last, through))
+
+
+@dataclass(frozen=True, slots=True)
+class _Input:
+    """One distinct (input expression, filter) pair and the partial aggregates its features need."""
+
+    index: int
+    expr: Expr
+    filter: Expr | None
+    functions: frozenset[str]
+
+    def column(self, state: str) -> str:
+        return f"__i{self.index}_{state}"
+
+
+def _inputs(view: ViewPlan) -> tuple[list[_Input], dict[str, _Input]]:
+    groups: dict[tuple[str, str], list[FeaturePlan]] = {}
+    for feature in view.features:
+        assert feature.aggregation is not None
+        key = (json.dumps(feature.expr.to_dict()), json.dumps(_filter_dict(feature)))
+        groups.setdefault(key, []).append(feature)
+    inputs: list[_Input] = []
+    by_feature: dict[str, _Input] = {}
+    for index, members in enumerate(groups.values()):
+        first = members[0]
+        assert first.aggregation is not None
+        functions = frozenset(f.aggregation.function for f in members if f.aggregation is not None)
+        item = _Input(index, first.expr, first.aggregation.filter, functions)
+        inputs.append(item)
+        by_feature.update({f.name: item for f in members})
+    return inputs, by_feature
+
+
+def _filter_dict(feature: FeaturePlan) -> object:
+    assert feature.aggregation is not None
+    return None if feature.aggregation.filter is None else feature.aggregation.filter.to_dict()
+
+
+def build_tiles(view: ViewPlan, source: DataFrame) -> DataFrame:
+    """Partial aggregates per entity and tile of the source rows (rows without keys or event time dropped)."""
+    from pyspark.sql import functions as F
+
+    translator = SparkTranslator()
+    src = view.source
+    keys = [F.col(quote_spark(k)).alias(k) for k in view.key_names]
+    event = F.col(quote_spark(src.timestamp_column)).cast("timestamp")
+    created = (F.col(quote_spark(src.created_column)) if src.created_column else F.lit(None)).cast("timestamp")
+    inputs, _ = _inputs(view)
+    values = []
+    for item in inputs:
+        value = translator.translate(item.expr)
+        if item.filter is not None:
+            value = F.when(translator.translate(item.filter), value)  # null (skipped) unless the filter is true
+        values.append(value.alias(item.column("v")))
+    step = tile_seconds(view) * 1_000_000
+    micros = F.unix_micros(F.col("__e"))
+    # The tile of an event at e is ceil(e / g): an event exactly on a tick belongs to the window ending there.
+    tile = (micros - F.pmod(micros, F.lit(step))) / F.lit(step) + F.when(F.pmod(micros, F.lit(step)) != 0, 1).otherwise(
+        0
+    )
+    rows = source.select(*keys, event.alias("__e"), created.alias("__c"), *values).withColumn(TILE, tile.cast("long"))
+    valid = F.col("__e").isNotNull()
+    for k in view.key_names:
+        valid = valid & F.col(quote_spark(k)).isNotNull()
+    rows = rows.where(valid)
+    states: list[Column] = []
+    for item in inputs:
+        v = F.col(item.column("v"))
+        needs = item.functions
+        states.append(F.count(v).alias(item.column("n")))
+        if needs & {"sum", "mean", "stddev"}:
+            integral = item.expr.dtype is DType.INT64
+            total = F.sum(v.cast("decimal(38,0)")) if integral else F.sum(v.cast("double"))
+            states.append(total.alias(item.column("s")))
+        if "stddev" in needs:
+            states.append(F.sum(v.cast("double") * v.cast("double")).alias(item.column("q")))
+        if "min" in needs:
+            states.append(F.min(v).alias(item.column("min")))
+        if "max" in needs:
+            states.append(F.max(v).alias(item.column("max")))
+        ordered = F.when(v.isNotNull(), F.struct(F.col("__e").alias("e"), F.col("__c").alias("c"), v.alias("v")))
+        if "last" in needs:
+            states.append(F.max(ordered).alias(item.column("last")))
+        if "first" in needs:
+            states.append(F.min(ordered).alias(item.column("first")))
+        if "count_distinct" in needs:
+            states.append(F.collect_set(v).alias(item.column("set")))
+    return rows.groupBy(*(F.col(quote_spark(k)) for k in view.key_names), F.col(TILE)).agg(*states)
+
+
+def write_tiles(spark: SparkSession, path: str, tiles: DataFrame, ticks: TickRange, view: ViewPlan) -> None:
+    """Replace the tiles of ``ticks`` in one Delta commit."""
+    step = tile_seconds(view)
+    upper = _micros(ticks.end) // (step * 1_000_000)
+    condition = f"{TILE} <= {upper}"
+    if ticks.start is not None:
+        condition = f"{TILE} > {_micros(ticks.start) // (step * 1_000_000)} AND {condition}"
+    (tiles.write.format("delta").mode("overwrite").option("replaceWhere", condition).save(path))
+
+
+def values_at_ticks(spark: SparkSession, view: ViewPlan, tiles: DataFrame, ticks: TickRange) -> DataFrame:
+    """Feature rows at every tick of ``ticks`` where a value can change, from the tiles table's rows."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    assert view.cadence_seconds is not None
+    step = tile_seconds(view)
+    per_tick = view.cadence_seconds // step  # tiles per cadence
+    windows = {f.aggregation.window_seconds for f in view.features if f.aggregation is not None}
+    finite = sorted(w // step for w in windows if w is not None)
+    lo = None if ticks.start is None else _micros(ticks.start) // (step * 1_000_000)
+    hi = _micros(ticks.end) // (step * 1_000_000)
+    keys = [F.col(quote_spark(k)) for k in view.key_names]
+
+    relevant = tiles.where(F.col(TILE) <= hi)
+    if lo is not None and None not in windows:  # unbounded windows need every tile; finite ones a bounded past
+        relevant = relevant.where(F.col(TILE) > lo - (max(finite) if finite else 0))
+
+    def next_tick(tile: Column) -> Column:
+        return (F.ceil(tile / F.lit(per_tick)) * F.lit(per_tick)).cast("long")
+
+    # Ticks where a tile enters a window, and where it leaves each finite window.
+    shifts = [0, *finite]
+    candidates = relevant.select(*keys, F.explode(F.array(*(next_tick(F.col(TILE) + s) for s in shifts))).alias(TILE))
+    in_range = F.col(TILE) <= hi
+    if lo is not None:
+        in_range = in_range & (F.col(TILE) > lo)
+    candidates = candidates.where(in_range).distinct()
+    state_columns = [c for c in relevant.columns if c not in (*view.key_names, TILE)]
+    extra = candidates.join(relevant.select(*keys, TILE), on=[*view.key_names, TILE], how="left_anti")
+    extra = extra.select(
+        *keys, F.col(TILE), *(F.lit(None).cast(relevant.schema[c].dataType).alias(c) for c in state_columns)
+    )
+    stacked = relevant.unionByName(extra)
+
+    _, by_feature = _inputs(view)
+    ordered = Window.partitionBy(*keys).orderBy(F.col(TILE))
+    outputs = []
+    for feature in view.features:
+        assert feature.aggregation is not None
+        window_seconds = feature.aggregation.window_seconds
+        frame = (
+            ordered.rowsBetween(Window.unboundedPreceding, Window.currentRow)
+            if window_seconds is None
+            else ordered.rangeBetween(-(window_seconds // step - 1), 0)
+        )
+        column = _aggregate(feature, by_feature[feature.name], frame)
+        outputs.append(column.cast(spark_type(feature.dtype)).alias(feature.name))
+    tick_time = F.timestamp_micros(F.col(TILE) * F.lit(step * 1_000_000))
+    result = stacked.select(*keys, F.col(TILE), *outputs).where(in_range & (F.col(TILE) % per_tick == 0))
+    return result.select(
+        *keys,
+        *(F.col(quote_spark(f.name)) for f in view.features),
+        tick_time.alias(EVENT_TIMESTAMP),
+        F.lit(None).cast("timestamp").alias(CREATED_TIMESTAMP),
+    )
+
+
+def _aggregate(feature: FeaturePlan, item: _Input, frame: object) -> Column:
+    """One feature's value over ``frame`` of tiles, from the tiles' partial aggregates."""
+    from pyspark.sql import functions as F
+
+    assert feature.aggregation is not None
+    function = feature.aggregation.function
+
+    def over(column: Column) -> Column:
+        return column.over(frame)  # type: ignore[arg-type]
+
+    n = over(F.sum(F.col(item.column("n"))))
+    if function == "count":
+        return F.coalesce(n, F.lit(0).cast("long"))
+    if function == "sum":
+        total = over(F.sum(F.col(item.column("s"))))
+        return total.try_cast("bigint") if feature.dtype is DType.INT64 else total
+    if function == "mean":
+        return F.when(n > 0, over(F.sum(F.col(item.column("s")))).cast("double") / n)
+    if function == "stddev":
+        s = over(F.sum(F.col(item.column("s")))).cast("double")
+        q = over(F.sum(F.col(item.column("q"))))
+        variance = (q - s * s / n) / (n - 1)
+        return F.when(n >= 2, F.sqrt(F.greatest(variance, F.lit(0.0))))
+    if function == "min":
+        return over(F.min(F.col(item.column("min"))))
+    if function == "max":
+        return over(F.max(F.col(item.column("max"))))
+    if function == "last":
+        return over(F.max(F.col(item.column("last"))))["v"]
+    if function == "first":
+        return over(F.min(F.col(item.column("first"))))["v"]
+    if function == "count_distinct":
+        return F.size(F.array_distinct(F.flatten(over(F.collect_list(F.col(item.column("set")))))))
+    raise ValueError(f"unknown aggregation {function!r}")
+
+
+def write_values(
+    spark: SparkSession, path: Path | str, view: ViewPlan, rows: DataFrame, ticks: TickRange, published_at: datetime
+) -> None:
+    """Replace the feature rows of ``ticks`` in one Delta commit that records ``through`` = ``ticks.end``."""
+    from delta.tables import DeltaTable
+    from pyspark.sql import functions as F
+
+    schema = table_schema(view)
+    DeltaTable.createIfNotExists(spark).location(str(path)).addColumns(schema).execute()
+    frame = rows.select(
+        *(F.col(quote_spark(f.name)) for f in schema.fields if f.name != PUBLISHED_AT),
+        F.lit(published_at).cast("timestamp").alias(PUBLISHED_AT),
+    )
+    condition = f"{EVENT_TIMESTAMP} <= '{_sql(ticks.end)}'"
+    if ticks.start is not None:
+        condition = f"{EVENT_TIMESTAMP} > '{_sql(ticks.start)}' AND {condition}"
+    metadata = json.dumps({THROUGH_KEY: ticks.end.isoformat()})
+    (
+        frame.write.format("delta")
+        .mode("overwrite")
+        .option("replaceWhere", condition)
+        .option("userMetadata", metadata)
+        .save(str(path))
+    )
+
+
+def source_bounds(ticks: TickRange) -> tuple[datetime | None, datetime]:
+    """``read_source`` reads ``start <= t < end``; tiles need ``start < t <= end``: shift both by 1 µs."""
+    return (None if ticks.start is None else ticks.start + _MICROSECOND), ticks.end + _MICROSECOND
+
+
+def _micros(moment: datetime) -> int:
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    delta = moment - _EPOCH
+    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _from_micros(micros: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=micros)
+
+
+def _sql(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
