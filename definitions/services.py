@@ -3,6 +3,7 @@
 from definitions.cards import card_last_payment, card_profile
 from definitions.checks import payment_checks
 from definitions.merchants import merchant_risk
+from definitions.spend import card_spend, spend_checks
 from features import FeatureService
 
 fraud_model = FeatureService(
@@ -11,6 +12,8 @@ fraud_model = FeatureService(
         card_last_payment.select("amount_eur", "is_foreign"),
         merchant_risk.select("chargeback_rate", "high_risk"),
         payment_checks.select("share_of_limit", "over_available"),
+        card_spend.select("spend_eur_1d", "count_1h", "foreign_count_7d"),
+        spend_checks,
     ],
     description="Features of the card-fraud model, scored when a payment is authorised.",
 )

@@ -20,10 +20,10 @@ How it is computed, so that a run over one new day reads one day of source rows:
    (``through``). Tiles are committed first, values second, so after a crash the recorded ``through`` is never
    ahead of the tiles; a rerun recomputes from there and, writes being per range, ends in the same state.
 
-Float sums are float64 additions in Spark's order (not fixed); mean is sum / count; stddev is the sample
-standard deviation (null below two values) from count, sum and sum of squares. Integer sums are exact
-(decimal) and null when they leave int64. Training and serving cannot disagree on these values: the online
-store publishes the rows stored here.
+Float sums are float64 additions in Spark's order (not fixed: within the usual bound of (n-1)·2^-53·Σ|x| of
+the exact sum); mean is sum / count; stddev is the sample standard deviation (null below two values) merged
+from per-tile central moments. Integer sums are exact (decimal) and null when they leave int64. Training and
+serving cannot disagree on these values: the online store publishes the rows stored here.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -197,8 +198,9 @@ def build_tiles(view: ViewPlan, source: DataFrame) -> DataFrame:
             integral = item.expr.dtype is DType.INT64
             total = F.sum(v.cast("decimal(38,0)")) if integral else F.sum(v.cast("double"))
             states.append(total.alias(item.column("s")))
-        if "stddev" in needs:
-            states.append(F.sum(v.cast("double") * v.cast("double")).alias(item.column("q")))
+        if "stddev" in needs:  # per tile: mean and sum of squared deviations (Spark's central moments, stable)
+            states.append(F.avg(v.cast("double")).alias(item.column("mean")))
+            states.append((F.var_pop(v.cast("double")) * F.count(v)).alias(item.column("m2")))
         if "min" in needs:
             states.append(F.min(v).alias(item.column("min")))
         if "max" in needs:
@@ -300,10 +302,7 @@ def _aggregate(feature: FeaturePlan, item: _Input, frame: object) -> Column:
     if function == "mean":
         return F.when(n > 0, over(F.sum(F.col(item.column("s")))).cast("double") / n)
     if function == "stddev":
-        s = over(F.sum(F.col(item.column("s")))).cast("double")
-        q = over(F.sum(F.col(item.column("q"))))
-        variance = (q - s * s / n) / (n - 1)
-        return F.when(n >= 2, F.sqrt(F.greatest(variance, F.lit(0.0))))
+        return _stddev(item, over)
     if function == "min":
         return over(F.min(F.col(item.column("min"))))
     if function == "max":
@@ -315,6 +314,37 @@ def _aggregate(feature: FeaturePlan, item: _Input, frame: object) -> Column:
     if function == "count_distinct":
         return F.size(F.array_distinct(F.flatten(over(F.collect_list(F.col(item.column("set")))))))
     raise ValueError(f"unknown aggregation {function!r}")
+
+
+def _stddev(item: _Input, over: Callable[[Column], Column]) -> Column:
+    """Sample standard deviation: the tiles' (count, mean, M2) merged pairwise (Chan et al.), in tile order.
+
+    Merging central moments instead of subtracting sums of squares keeps the precision when the mean is large
+    compared with the spread. NaN when the window holds a NaN or an infinity; null below two values.
+    """
+    from pyspark.sql import functions as F
+
+    n_i = F.col(item.column("n")).cast("double")
+    tile = F.when(
+        n_i > 0, F.struct(n_i.alias("n"), F.col(item.column("mean")).alias("m"), F.col(item.column("m2")).alias("q"))
+    )
+    zero = F.struct(F.lit(0.0).alias("n"), F.lit(0.0).alias("m"), F.lit(0.0).alias("q"))
+
+    def merge(acc: Column, x: Column) -> Column:
+        n = acc["n"] + x["n"]
+        delta = x["m"] - acc["m"]
+        merged = F.struct(
+            n.alias("n"),
+            (acc["m"] + delta * x["n"] / n).alias("m"),
+            (acc["q"] + x["q"] + delta * delta * acc["n"] * x["n"] / n).alias("q"),
+        )
+        return F.when(acc["n"] == 0, x).otherwise(merged)
+
+    total = F.aggregate(over(F.collect_list(tile)), zero, merge)
+    finite = ~F.isnan(total["q"]) & ~F.isnan(total["m"]) & (F.abs(total["q"]) != float("inf"))
+    finite = finite & (F.abs(total["m"]) != float("inf"))
+    value = F.when(finite, F.sqrt(total["q"] / (total["n"] - 1))).otherwise(F.lit(float("nan")))
+    return F.when(total["n"] >= 2, value)
 
 
 def write_values(

@@ -22,6 +22,7 @@ def test_init_plan_apply(tmp_path: Path, capsys: pytest.CaptureFixture[str], mon
         "entities.py",
         "merchants.py",
         "services.py",
+        "spend.py",
     ]
     assert (repo / "skewless.yaml").exists()
     config = RepoConfig.load(repo)

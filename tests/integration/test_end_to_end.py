@@ -25,7 +25,12 @@ from tests.integration import oracle
 pytestmark = [pytest.mark.spark, pytest.mark.redis, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
-TTL = {"card_profile": timedelta(days=90), "card_last_payment": timedelta(days=7), "merchant_risk": timedelta(days=2)}
+TTL = {
+    "card_profile": timedelta(days=90),
+    "card_last_payment": timedelta(days=7),
+    "merchant_risk": timedelta(days=2),
+    "card_spend": timedelta(hours=6),  # windowed: checked in tests/integration/test_windows.py
+}
 
 
 def make_repo(path: Path, source_url: str, registry_url: str, online_url: str) -> Path:
@@ -137,21 +142,30 @@ def _py(value: Any) -> Any:
 def test_rematerializing_changes_nothing(materialized: tuple[FeatureStore, Any]) -> None:
     store, _ = materialized
     from delta.tables import DeltaTable
+    from pyspark.sql import functions as F
+
+    from offline.windows import read_through
 
     offline = store.config.resolved_offline_path()
     plan = store.plan_version().plan
-    before = {}
+    spark = store.offline.spark  # type: ignore[attr-defined]
+    through = {}
+
+    def rows(view: Any, path: str) -> list[tuple[Any, ...]]:
+        frame = DeltaTable.forPath(spark, path).toDF().drop("published_at")
+        if view.is_windowed:  # a rerun in a later hour adds the new ticks: compare the ticks computed before
+            frame = frame.where(F.col("event_timestamp") <= F.lit(through[view.name]))
+        return sorted(map(tuple, frame.collect()), key=repr)
+
+    snapshots = {}
     for view in plan.views:
         path = str(offline / view.name / view.storage_fingerprint)
-        before[view.name] = DeltaTable.forPath(store.offline.spark, path).toDF()  # type: ignore[attr-defined]
-    counts = {name: df.count() for name, df in before.items()}
-    snapshots = {name: sorted(map(tuple, df.drop("published_at").collect())) for name, df in before.items()}
+        through[view.name] = read_through(spark, path)
+        snapshots[view.name] = rows(view, path)
     store.materialize()
     for view in plan.views:
         path = str(offline / view.name / view.storage_fingerprint)
-        after = DeltaTable.forPath(store.offline.spark, path).toDF()  # type: ignore[attr-defined]
-        assert after.count() == counts[view.name]
-        assert sorted(map(tuple, after.drop("published_at").collect())) == snapshots[view.name]
+        assert rows(view, path) == snapshots[view.name], view.name
 
 
 def test_online_lookup_through_the_facade(materialized: tuple[FeatureStore, Any]) -> None:
@@ -173,8 +187,26 @@ def test_online_lookup_through_the_facade(materialized: tuple[FeatureStore, Any]
         "merchant_risk__high_risk",
         "payment_checks__share_of_limit",
         "payment_checks__over_available",
+        "card_spend__spend_eur_1d",
+        "card_spend__count_1h",
+        "card_spend__foreign_count_7d",
+        "spend_checks__amount_vs_avg_30d",
     }
     assert result["features"]["card_profile__card_tier"]["statuses"][1] == "missing"
+    # Windowed: the values at the last tick computed, which the lookup reports as their event time.
+    spend = result["features"]["card_spend__spend_eur_1d"]
+    assert spend["statuses"] == ["present", "missing"]
+    tick = pd.Timestamp(spend["event_timestamps"][0])
+    paid = sources["payments"]
+    mine = paid[(paid["card_id"] == 1) & (paid["paid_at"] <= tick)]
+    day = mine[mine["paid_at"] > tick - pd.Timedelta(days=1)]
+    expected = math.fsum(day["amount"] * day["fx_rate"]) if len(day) else None
+    assert equal(expected, spend["values"][0]) or math.isclose(expected or 0, spend["values"][0] or 0, rel_tol=1e-9)
+    week = mine[mine["paid_at"] > tick - pd.Timedelta(days=7)]
+    foreign = int((week["country"] != week["home_country"]).sum())
+    assert result["features"]["card_spend__foreign_count_7d"]["values"][0] == foreign
+    hour = mine[mine["paid_at"] > tick - pd.Timedelta(hours=1)]
+    assert result["features"]["card_spend__count_1h"]["values"][0] == len(hour)
     accounts = oracle.latest_per_entity(sources["card_accounts"], ["card_id"], "updated_at", "ingested_at")
     tier = accounts.loc[accounts["card_id"] == 1, "card_tier"].item()
     assert result["features"]["card_profile__card_tier"]["values"][0] == tier
