@@ -155,6 +155,7 @@ def cmd_materialize(args: argparse.Namespace) -> int:
             r.offline_version,
             r.rows_published,
             "yes" if r.online_committed else "no",
+            "" if r.ticks_through is None else r.ticks_through.strftime("%Y-%m-%d %H:%M UTC"),
             f"{r.seconds:.1f}s",
         )
         for r in results
@@ -162,7 +163,16 @@ def cmd_materialize(args: argparse.Namespace) -> int:
     console.print(
         table(
             "Materialized",
-            ["view", "rows read", "rows written (Delta)", "Delta version", "keys published", "online", "time"],
+            [
+                "view",
+                "rows read",
+                "rows written (Delta)",
+                "Delta version",
+                "keys published",
+                "online",
+                "ticks through",
+                "time",
+            ],
             rows,
         )
     )

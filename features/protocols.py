@@ -103,6 +103,7 @@ class MaterializationResult:
     rows_published: int
     online_committed: bool
     seconds: float
+    ticks_through: datetime | None = None  # windowed views: the last tick computed, which the values hold at
 
 
 class Progress(Protocol):

@@ -207,6 +207,7 @@ def materialize_windowed(
         rows_published=published,
         online_committed=committed,
         seconds=time.monotonic() - began,
+        ticks_through=through,
     )
 
 

@@ -9,9 +9,15 @@ import pytest
 from tests.conformance.engines import Engine, EvaluatorEngine, SparkEngine
 
 
-@pytest.fixture(params=["evaluator", pytest.param("spark", marks=pytest.mark.spark)])
+@pytest.fixture(
+    params=[
+        "evaluator",
+        pytest.param("spark", marks=pytest.mark.spark),
+        pytest.param("spark-interpreted", marks=pytest.mark.spark),
+    ]
+)
 def engine(request: pytest.FixtureRequest) -> Engine:
-    if request.param == "spark":
+    if request.param.startswith("spark"):
         spark: Any = request.getfixturevalue("spark")
-        return SparkEngine(spark)
+        return SparkEngine(spark, interpreted=request.param == "spark-interpreted")
     return EvaluatorEngine()

@@ -34,10 +34,14 @@ class EvaluatorEngine:
 
 
 class SparkEngine:
-    name = "spark"
+    """Spark as materialization runs it (whole-stage code generation). ``interpreted=True`` turns code
+    generation off, so Spark's interpreted expression evaluation (its fallback when generated code fails to
+    compile) is held to the same rules."""
 
-    def __init__(self, spark: Any) -> None:
+    def __init__(self, spark: Any, *, interpreted: bool = False) -> None:
         self.spark = spark
+        self.interpreted = interpreted
+        self.name = "spark-interpreted" if interpreted else "spark"
 
     def evaluate(self, exprs: Sequence[Expr], table: pa.Table) -> list[pa.Array]:
         from offline.translate import SparkTranslator
@@ -45,16 +49,21 @@ class SparkEngine:
         translator = SparkTranslator()
         columns = [translator.translate(e).alias(f"e{n}") for n, e in enumerate(exprs)]
         frame = self.spark.createDataFrame(table.append_column(ROW, pa.array(range(table.num_rows), pa.int64())))
+        settings = {"spark.sql.optimizer.excludedRules": INTERPRETED_LOCAL_RELATIONS}
+        if self.interpreted:
+            settings |= {"spark.sql.codegen.wholeStage": "false", "spark.sql.codegen.factoryMode": "NO_CODEGEN"}
         conf = self.spark.conf
-        previous = conf.get("spark.sql.optimizer.excludedRules", None)
-        conf.set("spark.sql.optimizer.excludedRules", INTERPRETED_LOCAL_RELATIONS)
+        previous = {key: conf.get(key, None) for key in settings}
+        for key, value in settings.items():
+            conf.set(key, value)
         try:
             result = frame.select(ROW, *columns).toArrow()
         finally:
-            if previous is None:
-                conf.unset("spark.sql.optimizer.excludedRules")
-            else:
-                conf.set("spark.sql.optimizer.excludedRules", previous)
+            for key, value in previous.items():
+                if value is None:
+                    conf.unset(key)
+                else:
+                    conf.set(key, value)
         result = result.sort_by(ROW)
         return [_normalise(result.column(f"e{n}").combine_chunks()) for n in range(len(exprs))]
 

@@ -16,7 +16,7 @@ from tests.conformance.engines import Engine
 
 # Spark answers one query in a fraction of a second, the evaluator in milliseconds: each example is a whole
 # table (up to 120 rows) and a batch of expressions, so Spark needs far fewer examples for the same coverage.
-EXAMPLES = {"evaluator": 50, "spark": 10}
+EXAMPLES = {"evaluator": 50, "spark": 10, "spark-interpreted": 4}
 
 
 def budget(engine: Engine, scale: float = 1.0) -> Callable[[Any], Any]:
