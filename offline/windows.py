@@ -320,7 +320,8 @@ def _stddev(item: _Input, over: Callable[[Column], Column]) -> Column:
     """Sample standard deviation: the tiles' (count, mean, M2) merged pairwise (Chan et al.), in tile order.
 
     Merging central moments instead of subtracting sums of squares keeps the precision when the mean is large
-    compared with the spread. NaN when the window holds a NaN or an infinity; null below two values.
+    compared with the spread. NaN when the window holds a NaN or an infinity, or when the squared deviations
+    overflow float64 (a spread beyond ~1e154); null below two values.
     """
     from pyspark.sql import functions as F
 

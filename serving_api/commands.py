@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -20,24 +21,57 @@ def register_serve(subparsers: Any) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=6566, help="port to listen on (default: 6566)")
     p.add_argument("--workers", type=int, default=1, help="worker processes (default: 1)")
+    p.add_argument("--access-log", action="store_true", help="log every request (off by default: it costs latency)")
     p.set_defaults(handler=cmd_serve)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
+    from uvicorn.supervisors import Multiprocess
 
     repo = Path(args.repo).resolve()
     RepoConfig.load(repo)  # a missing or invalid skewless.yaml fails here, with its message, not in a worker
     os.environ[ENV_REPO] = str(repo)
-    uvicorn.run(
+    config = uvicorn.Config(
         "serving_api.app:app_from_env",
         factory=True,
-        host=args.host,
-        port=args.port,
         workers=args.workers,
         log_level="info",
+        access_log=args.access_log,
     )
-    return 0
+    listener = listen_socket(args.host, args.port)
+    try:
+        if args.workers > 1:
+            Multiprocess(config, sockets=[listener]).run()
+            return 0
+        server = uvicorn.Server(config)
+        server.run(sockets=[listener])
+        return 0 if server.started else 3  # uvicorn's exit code for an app that failed to start
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        listener.close()
+
+
+def listen_socket(host: str, port: int) -> socket.socket:
+    """A TCP listening socket whose accepted connections get ``TCP_NODELAY``.
+
+    uvicorn's own pre-bound socket (used with ``--workers N``) is created with protocol 0; accepted sockets
+    inherit it and asyncio sets ``TCP_NODELAY`` only on sockets that say ``IPPROTO_TCP``, so Nagle's algorithm
+    stayed on and every keep-alive request past the first waited ~40 ms for a delayed ACK (uvicorn#3149).
+    Binding the socket here, with the protocol spelled out, gives every worker the fast path.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+    except OSError as error:
+        listener.close()
+        raise SystemExit(f"skewless serve: cannot listen on {host}:{port}: {error.strerror}") from None
+    listener.listen(2048)
+    listener.set_inheritable(True)
+    return listener
 
 
 def register_stop(subparsers: Any) -> None:

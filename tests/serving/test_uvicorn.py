@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -15,6 +17,7 @@ from features.errors import EntityKeyError, UnknownNameError
 from features.registry import Registry
 from online.redis_store import RedisOnlineStore
 from serving_api.client import InvalidRequestError, ServiceUnavailableError, SkewlessClient
+from serving_api.commands import listen_socket
 from tests import servers
 from tests.serving.conftest import PLAN, publish_rows
 
@@ -44,12 +47,13 @@ def repo(tmp_path: Path, redis_url: str, project: str) -> Path:
     return tmp_path
 
 
-@pytest.fixture
-def service(repo: Path) -> Iterator[str]:
+@pytest.fixture(params=[1, 2], ids=["1-worker", "2-workers"])
+def service(repo: Path, request: pytest.FixtureRequest) -> Iterator[str]:
     port = servers.free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    workers = str(request.param)
     proc = subprocess.Popen(
-        [sys.executable, "-c", SERVE, "serve", "--repo", str(repo), "--port", str(port)],
+        [sys.executable, "-c", SERVE, "serve", "--repo", str(repo), "--port", str(port), "--workers", workers],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -101,3 +105,38 @@ def test_client_reports_a_service_that_is_not_there() -> None:
         pytest.raises(ServiceUnavailableError, match="cannot reach"),
     ):
         client.health()
+
+
+def test_accepted_connections_get_tcp_nodelay() -> None:
+    """Nagle's algorithm off on every accepted connection, or keep-alive requests wait ~40 ms for an ACK."""
+    listener = listen_socket("127.0.0.1", 0)
+    seen: list[int] = []
+
+    class Probe(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            accepted = transport.get_extra_info("socket")
+            seen.append(accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            transport.close()
+
+    async def accept_one() -> None:
+        server = await asyncio.get_running_loop().create_server(Probe, sock=listener)
+        async with server:
+            port = listener.getsockname()[1]
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            for _ in range(100):
+                if seen:
+                    break
+                await asyncio.sleep(0.01)
+            writer.close()
+
+    asyncio.run(accept_one())
+    assert seen and seen[0] != 0
+
+
+def test_serve_names_a_port_it_cannot_take() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(SystemExit, match=f"cannot listen on 127.0.0.1:{port}"):
+            listen_socket("127.0.0.1", port)
