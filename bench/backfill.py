@@ -60,13 +60,16 @@ class Run:
     rows_read: int
     rows_written: int
     peak_rss_mb: float
+    load_avg: float  # the machine's mean 1-minute load average during the run: 2.0 fills the 2 cores
 
 
 class PeakRss:
-    """Samples the resident memory of this process and all its descendants (the Spark JVM) every 0.2 s."""
+    """Samples the resident memory of this process and all its descendants (the Spark JVM) every 0.2 s, and the
+    machine's load average (other work on the machine slows the run: the report says how much there was)."""
 
     def __init__(self) -> None:
         self.peak = 0
+        self.loads: list[float] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
@@ -81,6 +84,11 @@ class PeakRss:
     def _sample(self) -> None:
         while not self._stop.wait(0.2):
             self.peak = max(self.peak, tree_rss(os.getpid()))
+            self.loads.append(os.getloadavg()[0])
+
+    @property
+    def load(self) -> float:
+        return statistics.mean(self.loads) if self.loads else os.getloadavg()[0]
 
 
 def tree_rss(root: int) -> int:
@@ -153,9 +161,9 @@ def measure(store: object, kind: str, end: datetime) -> Run:
     with PeakRss() as rss:
         [result] = store.materialize(end=end)  # type: ignore[attr-defined]
     seconds = time.perf_counter() - began
-    run = Run(kind, seconds, result.rows_read, result.rows_written_offline, rss.peak / 2**20)
+    run = Run(kind, seconds, result.rows_read, result.rows_written_offline, rss.peak / 2**20, rss.load)
     print(f"  {kind}: {seconds:.1f} s, {run.rows_read:,} rows read, {run.rows_written:,} written, "
-          f"peak {run.peak_rss_mb:,.0f} MiB", flush=True)  # fmt: skip
+          f"peak {run.peak_rss_mb:,.0f} MiB, load {run.load_avg:.1f}", flush=True)  # fmt: skip
     return run
 
 
@@ -220,12 +228,13 @@ def write_results(out: Path, args: argparse.Namespace, runs: list[Run]) -> None:
         f"{config['transactions']:,} transactions, {config['cards']:,} cards, {config['days']} days; sum, count and "
         "mean of the amount over 1h, 1d, 7d, 30d at a daily cadence (12 features); local Spark, "
         f"{machine['cores']} cores, {machine['memory_gib']} GiB, pyspark {machine['pyspark']}. Peak memory is the "
-        "resident memory of the Python process and the Spark JVM together.",
+        "resident memory of the Python process and the Spark JVM together. Load is the machine's mean 1-minute "
+        "load average during the run (2.0 keeps both cores busy; more means other work competed for them).",
         "",
-        "| run | wall time (s) | source rows read | value rows written | peak RSS (MiB) |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        "| run | wall time (s) | source rows read | value rows written | peak RSS (MiB) | load |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
         f"| full backfill | {full.seconds:.1f} | {full.rows_read:,} | {full.rows_written:,} "
-        f"| {full.peak_rss_mb:,.0f} |",
+        f"| {full.peak_rss_mb:,.0f} | {full.load_avg:.1f} |",
     ]
     if incremental:
         times = [r.seconds for r in incremental]
@@ -234,7 +243,7 @@ def write_results(out: Path, args: argparse.Namespace, runs: list[Run]) -> None:
             f"| incremental day (min / median / max of {len(times)}) | {min(times):.1f} / "
             f"{statistics.median(times):.1f} / {max(times):.1f} | {int(statistics.median(reads)):,} | "
             f"{int(statistics.median(r.rows_written for r in incremental)):,} | "
-            f"{max(r.peak_rss_mb for r in incremental):,.0f} |"
+            f"{max(r.peak_rss_mb for r in incremental):,.0f} | {statistics.mean(r.load_avg for r in incremental):.1f} |"
         )
     (out / f"backfill-{stamp}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
