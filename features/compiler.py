@@ -335,7 +335,7 @@ class _Compiler:
             if (fields := tuple(f for f in r.fields if f"{r.name}.{f.name}" in request_inputs))
         ]
         identity = {
-            "function": {k: v for k, v in function.to_dict().items() if k != "inputs"},
+            "function": function.to_dict(),  # its source hash, mode and typed inputs
             "inputs": {str(r): stored[r.view].feature(r.feature).fingerprint for r in refs},
             "request": request_inputs,
         }

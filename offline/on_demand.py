@@ -90,25 +90,23 @@ def add_on_demand_spark(frame: DataFrame, spec: dict[str, Any], functions: Funct
 
 
 def _pickle_by_value(functions: dict[str, Callable[..., Any]]) -> bytes:
-    """The functions pickled with their modules' code (by value), not as references to import."""
+    """The functions pickled with the code of their package (by value: helpers of the same package come
+    along), not as references to import; libraries they use (numpy, pandas) are still imported by name."""
     from pyspark import cloudpickle
 
     packages = {f.__module__.split(".")[0] for f in functions.values()} - {"__main__"}
+    packages -= set(cloudpickle.list_registry_pickle_by_value())  # registered by someone else: leave it so
     registered = []
     try:
         for package in sorted(packages):
             module = sys.modules.get(package)
-            if module is not None and package not in _BY_REFERENCE:
+            if module is not None:
                 cloudpickle.register_pickle_by_value(module)
                 registered.append(module)
         return bytes(cloudpickle.dumps(functions))
     finally:
         for module in registered:
             cloudpickle.unregister_pickle_by_value(module)
-
-
-# Installed libraries a function may come from: imported by name in the executors, never copied.
-_BY_REFERENCE = {"features", "offline", "online", "serving_api", "numpy", "pandas", "pyarrow", "math"}
 
 
 def on_demand_spec(views: dict[str, OnDemandViewPlan], features: dict[str, list[str]], hidden: list[str]) -> dict:
