@@ -1,7 +1,14 @@
-"""Request-time checks of the payment being authorised: computed per request, identically in training."""
+"""Request-time checks of the payment being authorised: computed per request, identically in training.
+
+``payment_checks`` are typed expressions; ``payment_shape`` is a plain pandas function, for what an
+expression cannot say (logarithms, digit counts).
+"""
+
+import numpy as np
+import pandas as pd
 
 from definitions.cards import card_profile
-from features import Bool, Feature, Float64, OnDemandFeatureView, RequestSource
+from features import Bool, Feature, Float64, Int64, OnDemandFeatureView, RequestSource, on_demand_function
 
 # Fields of the payment the model scores: HTTP request_data, or columns of the training entity rows.
 payment = RequestSource(
@@ -28,3 +35,34 @@ payment_checks = OnDemandFeatureView(
     ],
     description="How the payment compares with the card's limit and balance.",
 )
+
+
+def _digits(value: float) -> int:
+    """Digits of the whole part of a positive amount: 0.5 -> 1, 99.99 -> 2, 1000.0 -> 4."""
+    return len(str(int(value)))
+
+
+@on_demand_function(
+    sources=[payment, card_profile],
+    inputs=["payment.amount", "card_profile.credit_limit"],
+    outputs={"is_round": Bool, "log10_amount": Float64, "digits": Int64, "digits_below_limit": Int64},
+    mode="pandas",
+)
+def payment_shape(frame: pd.DataFrame) -> pd.DataFrame:
+    """The shape of the amount, as card testers probe it: round amounts, order of magnitude, digit counts.
+
+    A missing, non-positive or infinite amount (or limit) gives nulls.
+    """
+    amount = frame["payment.amount"].astype("float64")
+    limit = frame["card_profile.credit_limit"].astype("float64")
+    usable = amount.where(np.isfinite(amount) & (amount > 0))
+    usable_limit = limit.where(np.isfinite(limit) & (limit > 0))
+    digits = usable.map(_digits, na_action="ignore").astype("Int64")
+    return pd.DataFrame(
+        {
+            "is_round": (usable % 1 == 0).astype("boolean").mask(usable.isna()),
+            "log10_amount": np.log10(usable),
+            "digits": digits,
+            "digits_below_limit": usable_limit.map(_digits, na_action="ignore").astype("Int64") - digits,
+        }
+    )

@@ -13,6 +13,7 @@ from features.definitions import (
     OnDemandFeatureView,
     RequestSource,
     SqlSource,
+    on_demand_function,
 )
 from features.dtypes import Bool, DType, Float64, Int64, String, Timestamp
 from features.errors import (
@@ -26,6 +27,8 @@ from features.errors import (
     SkewlessError,
     UnknownNameError,
 )
+from features.functions import FunctionLoadError
+from features.on_demand import OnDemandFunctionError
 from features.store import FeatureStore
 
 __all__ = [
@@ -42,9 +45,11 @@ __all__ = [
     "FeatureStore",
     "FeatureView",
     "Float64",
+    "FunctionLoadError",
     "Int64",
     "MaterializationError",
     "OnDemandFeatureView",
+    "OnDemandFunctionError",
     "OnlineStoreError",
     "RegistryError",
     "RequestSource",
@@ -54,4 +59,5 @@ __all__ = [
     "String",
     "Timestamp",
     "UnknownNameError",
+    "on_demand_function",
 ]

@@ -7,6 +7,7 @@ valid choices.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Mapping
 from datetime import timedelta
 
@@ -24,12 +25,14 @@ from features.discovery import Discovered
 from features.dtypes import DType
 from features.errors import DefinitionError
 from features.expressions import Expr, ExpressionError, Literal, parse_expression
+from features.functions import resolve_qualname, source_fingerprint
 from features.plan import (
     AggregatePlan,
     ColumnSpec,
     EntityPlan,
     FeaturePlan,
     FeatureRefPlan,
+    FunctionPlan,
     OnDemandViewPlan,
     Plan,
     RequestSourcePlan,
@@ -167,7 +170,7 @@ class _Compiler:
                 f.dtype,
                 f.expr,
                 stable_hash(
-                    {"source": source_identity, "keys": keys, "expr": f.expr.to_dict(), "dtype": f.dtype.value}
+                    {"source": source_identity, "keys": keys, "expr": f.expression.to_dict(), "dtype": f.dtype.value}
                     | ({} if f.aggregation is None else {"aggregation": f.aggregation.to_dict(), "cadence": cadence})
                 ),
                 f.location,
@@ -280,6 +283,8 @@ class _Compiler:
                     )
                 stored[view_name] = views[view_name]
                 available.update({f"{view_name}.{f.name}": f.dtype for f in views[view_name].features})
+        if view.function is not None:
+            return self.function_view(name, view, available, requests, stored)
         features: list[FeaturePlan] = []
         inputs: list[FeatureRefPlan] = []
         for feature in view.features:
@@ -308,6 +313,44 @@ class _Compiler:
             features.append(FeaturePlan(feature.name, feature.dtype, expr, fingerprint, where))
         return OnDemandViewPlan(name, tuple(requests), tuple(inputs), tuple(features), self.discovered.where(view))
 
+    def function_view(
+        self,
+        name: str,
+        view: OnDemandFeatureView,
+        available: dict[str, DType],
+        requests: list[RequestSourcePlan],
+        stored: dict[str, ViewPlan],
+    ) -> OnDemandViewPlan:
+        """A view computed by a plain Python function: check it can be imported by name, resolve its inputs,
+        and fingerprint each output with the function's source."""
+        where = self.discovered.where(view)
+        function = _function_plan(name, view, available, where)
+        names = function.input_names
+        refs = [FeatureRefPlan(*c.split(".", 1)) for c in names if c.split(".", 1)[0] in stored]
+        request_inputs = [c for c in names if c.split(".", 1)[0] not in stored]
+        # Only the request fields the function reads are asked of a request (or of the training rows).
+        requests = [
+            RequestSourcePlan(r.name, fields, r.location)
+            for r in requests
+            if (fields := tuple(f for f in r.fields if f"{r.name}.{f.name}" in request_inputs))
+        ]
+        identity = {
+            "function": function.to_dict(),  # its source hash, mode and typed inputs
+            "inputs": {str(r): stored[r.view].feature(r.feature).fingerprint for r in refs},
+            "request": request_inputs,
+        }
+        features = [
+            FeaturePlan(
+                f.name,
+                f.dtype,
+                None,
+                stable_hash(identity | {"output": f.name, "dtype": f.dtype.value}),
+                self.discovered.where(f),
+            )
+            for f in view.features
+        ]
+        return OnDemandViewPlan(name, tuple(requests), tuple(refs), tuple(features), where, function)
+
     def service(self, name: str, service: FeatureService, views: tuple[ViewPlan, ...]) -> ServicePlan:
         refs: list[FeatureRefPlan] = []
         for item in service.features:
@@ -318,12 +361,49 @@ class _Compiler:
                     "a feature service uses a view that is not bound to a module-level name in definitions/",
                     location=self.discovered.where(service),
                 )
-            if isinstance(item, FeatureRef | FeatureView):
-                names = item.feature_names
-            else:
-                names = tuple(f.name for f in item.features)
+            names = item.feature_names
             refs.extend(FeatureRefPlan(view_name, n) for n in names if FeatureRefPlan(view_name, n) not in refs)
         return ServicePlan(name, tuple(refs), self.discovered.where(service))
+
+
+def _function_plan(name: str, view: OnDemandFeatureView, available: Mapping[str, DType], where: str) -> FunctionPlan:
+    """The plan of an on-demand view's function: importable by module and qualified name, with known inputs."""
+    function = view.function
+    qualname = str(getattr(function, "__qualname__", "") or "")
+    module_name = str(getattr(function, "__module__", "") or "")
+    label = f"function '{qualname or function}' of on-demand view '{name}'"
+    if not qualname or "<" in qualname or not module_name or module_name == "__main__":
+        raise DefinitionError(
+            f"{label} must be defined with 'def' at the top level of a definitions module (not a lambda, a "
+            f"nested function or a method), so that serving and Spark can import it by name",
+            location=where,
+        )
+    module = sys.modules.get(module_name)
+    found = None if module is None else resolve_qualname(module, qualname)
+    if found is not function:
+        raise DefinitionError(
+            f"{label} cannot be imported as {module_name}:{qualname} (is the name bound to something else?); "
+            f"define it with 'def' at the top level of a module",
+            location=where,
+        )
+    try:
+        fingerprint = source_fingerprint(function)  # type: ignore[arg-type]
+    except (OSError, TypeError) as exc:
+        raise DefinitionError(f"cannot read the source of the {label}: {exc}", location=where) from None
+    if view.inputs is None:
+        inputs = tuple(available)
+    else:
+        inputs = tuple(view.inputs)
+        unknown = [i for i in inputs if i not in available]
+        if unknown:
+            raise DefinitionError(
+                f"unknown input(s) {unknown} of {label}; known: {', '.join(available)}", location=where
+            )
+        duplicates = sorted({i for i in inputs if inputs.count(i) > 1})
+        if duplicates:
+            raise DefinitionError(f"duplicate input(s) {duplicates} of {label}", location=where)
+    typed = tuple(ColumnSpec(i, available[i]) for i in inputs)
+    return FunctionPlan(module_name, qualname, view.mode, fingerprint, typed)
 
 
 _NUMERIC_ONLY = ("sum", "mean", "stddev")

@@ -18,7 +18,7 @@ import keyword
 import os
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, cast
@@ -28,6 +28,7 @@ from features.errors import DefinitionError
 
 __all__ = [
     "AGGREGATION_FUNCTIONS",
+    "ON_DEMAND_MODES",
     "Aggregation",
     "Bool",
     "Entity",
@@ -43,6 +44,7 @@ __all__ = [
     "SqlSource",
     "String",
     "Timestamp",
+    "on_demand_function",
 ]
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -415,10 +417,16 @@ class RequestSource:
         return cast(tuple[tuple[str, DType], ...], self.schema)
 
 
+ON_DEMAND_MODES = ("pandas", "arrow")
+
+
 @dataclass(frozen=True, slots=True)
 class OnDemandFeatureView:
     """Features computed at request time from request data and stored features, with one definition that
     runs both in training sets (Spark, through Arrow) and in serving.
+
+    Two forms. Typed expressions (``features=[Feature(name, dtype, expr=...)]``), evaluated by the shared
+    evaluator:
 
     >>> payment = RequestSource(schema={"amount": Float64})                      # doctest: +SKIP
     >>> payment_checks = OnDemandFeatureView(                                   # doctest: +SKIP
@@ -427,29 +435,34 @@ class OnDemandFeatureView:
     ... )
 
     Expressions name inputs as ``<source>.<field>``: a request source's field, or a feature view's feature.
+
+    Or a plain Python function (``function=f, outputs={...}``, usually written with :func:`on_demand_function`)
+    for what an expression cannot say. It receives one pandas DataFrame (``mode="pandas"``) or one
+    ``pyarrow.Table`` (``mode="arrow"``) with a column ``<source>.<field>`` per input, one row per entity, and
+    returns a DataFrame, a Table or a dict of columns holding exactly the ``outputs``. ``inputs`` lists the
+    columns it reads (``["payment.amount", "card_profile.credit_limit"]``); by default every field of every
+    source. The function must be defined with ``def`` at the top level of a module, so that serving and Spark
+    import the same code by name.
     """
 
     sources: Sequence[RequestSource | FeatureView]
-    features: Sequence[Feature]
+    features: Sequence[Feature] = ()
     description: str = ""
     name: str | None = None
+    function: Callable[..., Any] | None = None
+    outputs: Mapping[str, DType] | Sequence[Feature] | None = None
+    mode: str = "pandas"
+    inputs: Sequence[str] | None = None
     location: SourceLocation = field(default_factory=_location, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         where = str(self.location)
-        sources = tuple(self.sources)
+        sources = tuple(self.sources) if isinstance(self.sources, Sequence) else (self.sources,)
         if not sources or not all(isinstance(s, RequestSource | FeatureView) for s in sources):
             raise DefinitionError(
                 "sources must be a non-empty list of RequestSource and FeatureView objects", location=where
             )
-        features = tuple(self.features)
-        if not features or not all(isinstance(f, Feature) for f in features):
-            raise DefinitionError("features must be a non-empty list of Feature objects", location=where)
-        missing = [f.name for f in features if f.expr is None]
-        if missing:
-            raise DefinitionError(
-                f"on-demand feature(s) {missing} need expr=...: they have no source column", location=where
-            )
+        features = self._expression_features(where) if self.function is None else self._function_outputs(where)
         names = [f.name for f in features]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
@@ -457,6 +470,81 @@ class OnDemandFeatureView:
         _check_name(self.name, "on-demand feature view", self.location)
         object.__setattr__(self, "sources", sources)
         object.__setattr__(self, "features", features)
+        if self.function is not None:
+            object.__setattr__(self, "outputs", features)
+
+    def _expression_features(self, where: str) -> tuple[Feature, ...]:
+        if self.outputs is not None or self.inputs is not None or self.mode != "pandas":
+            raise DefinitionError(
+                "outputs=, inputs= and mode= go with function=...; expression features are "
+                "features=[Feature(name, dtype, expr=...)]",
+                location=where,
+            )
+        features = tuple(self.features)
+        if not features or not all(isinstance(f, Feature) for f in features):
+            raise DefinitionError(
+                "an on-demand view needs features=[Feature(name, dtype, expr=...)] or function=... with outputs={...}",
+                location=where,
+            )
+        missing = [f.name for f in features if f.expr is None]
+        if missing:
+            raise DefinitionError(
+                f"on-demand feature(s) {missing} need expr=...: they have no source column", location=where
+            )
+        return features
+
+    def _function_outputs(self, where: str) -> tuple[Feature, ...]:
+        if tuple(self.features):
+            raise DefinitionError(
+                "give either features=[Feature(..., expr=...)] or function=... with outputs=..., not both",
+                location=where,
+            )
+        if not callable(self.function):
+            raise DefinitionError(f"function must be a Python function, got {self.function!r}", location=where)
+        if self.mode not in ON_DEMAND_MODES:
+            raise DefinitionError(
+                f"unknown mode {self.mode!r} for function '{_function_label(self.function)}'; valid choices: "
+                f"{', '.join(ON_DEMAND_MODES)}",
+                location=where,
+            )
+        outputs: tuple[Feature, ...]
+        if isinstance(self.outputs, Mapping):
+            outputs = tuple(Feature(str(n), t, location=self.location) for n, t in self.outputs.items())
+        elif isinstance(self.outputs, Sequence) and not isinstance(self.outputs, str):
+            outputs = tuple(self.outputs)
+            if not all(isinstance(f, Feature) for f in outputs):
+                raise DefinitionError(
+                    "outputs must map names to types ({'log_amount': Float64}) or be a list of Feature objects",
+                    location=where,
+                )
+        else:
+            outputs = ()
+        if not outputs:
+            raise DefinitionError(
+                f"function '{_function_label(self.function)}' needs outputs=..., e.g. outputs={{'log_amount': "
+                f"Float64}}",
+                location=where,
+            )
+        with_expr = [f.name for f in outputs if f.expr is not None]
+        if with_expr:
+            raise DefinitionError(
+                f"output(s) {with_expr} have expr=...: the function computes them, so drop expr", location=where
+            )
+        if self.inputs is not None:
+            inputs = (self.inputs,) if isinstance(self.inputs, str) else tuple(self.inputs)
+            bad = [i for i in inputs if not (isinstance(i, str) and i.count(".") == 1 and all(i.split(".")))]
+            if bad or not inputs:
+                raise DefinitionError(
+                    f"inputs must be a non-empty list of '<source>.<field>' names, e.g. ['payment.amount']; "
+                    f"got {list(inputs)!r}",
+                    location=where,
+                )
+            object.__setattr__(self, "inputs", inputs)
+        return outputs
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.features)
 
     def __getitem__(self, feature_name: str) -> FeatureRef:
         return self.select(feature_name)
@@ -466,8 +554,48 @@ class OnDemandFeatureView:
         return _select(self, feature_names)
 
 
+def on_demand_function(
+    *,
+    sources: Sequence[RequestSource | FeatureView],
+    outputs: Mapping[str, DType] | Sequence[Feature],
+    mode: str = "pandas",
+    inputs: Sequence[str] | None = None,
+    description: str = "",
+    name: str | None = None,
+) -> Callable[[Callable[..., Any]], OnDemandFeatureView]:
+    """Turn a plain Python function into an on-demand feature view (the module-level name is the view's).
+
+    >>> @on_demand_function(                                                   # doctest: +SKIP
+    ...     sources=[payment], inputs=["payment.amount"], outputs={"log_amount": Float64}, mode="pandas"
+    ... )
+    ... def payment_shape(frame):
+    ...     return {"log_amount": np.log10(frame["payment.amount"])}
+
+    See :class:`OnDemandFeatureView` for what the function receives and returns. The description defaults to
+    the first line of the function's docstring.
+    """
+
+    def wrap(function: Callable[..., Any]) -> OnDemandFeatureView:
+        doc = (getattr(function, "__doc__", None) or "").strip().split("\n")[0]
+        return OnDemandFeatureView(
+            sources=sources,
+            function=function,
+            outputs=outputs,
+            mode=mode,
+            inputs=inputs,
+            description=description or doc,
+            name=name,
+        )
+
+    return wrap
+
+
+def _function_label(function: Any) -> str:
+    return str(getattr(function, "__qualname__", None) or getattr(function, "__name__", None) or function)
+
+
 def _select(view: FeatureView | OnDemandFeatureView, feature_names: tuple[str, ...]) -> FeatureRef:
-    known = list(view.feature_names) if isinstance(view, FeatureView) else [f.name for f in view.features]
+    known = list(view.feature_names)
     for name in feature_names:
         if name not in known:
             raise DefinitionError(

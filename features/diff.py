@@ -5,14 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from features.plan import Plan, ViewPlan
+from features.plan import FunctionPlan, OnDemandViewPlan, Plan, ViewPlan
 
 Change = Literal["added", "removed", "changed"]
 
 
 @dataclass(frozen=True, slots=True)
 class PlanChange:
-    kind: str  # entity, feature view, feature, feature service
+    kind: str  # entity, feature view, on-demand view, feature, feature service
     name: str
     change: Change
     detail: str = ""
@@ -72,7 +72,65 @@ def diff_plans(old: Plan | None, new: Plan, materialized: set[tuple[str, str]] |
         )
     for name in sorted(old_views.keys() & new_views.keys()):
         changes += _view_changes(old_views[name], new_views[name], materialized)
+    changes += _on_demand_changes(old.on_demand_views, new.on_demand_views)
     return PlanDiff(tuple(changes))
+
+
+def _on_demand_changes(
+    old_views: tuple[OnDemandViewPlan, ...], new_views: tuple[OnDemandViewPlan, ...]
+) -> list[PlanChange]:
+    """Request-time views store nothing, so none of their changes is breaking; a function's changes are
+    listed one by one (its source, mode, inputs, or which function it is)."""
+    before = {v.name: v for v in old_views}
+    after = {v.name: v for v in new_views}
+    kind = "on-demand view"
+    changes = [PlanChange(kind, n, "added", _on_demand_summary(after[n])) for n in sorted(after.keys() - before.keys())]
+    changes += [PlanChange(kind, n, "removed") for n in sorted(before.keys() - after.keys())]
+    for name in sorted(before.keys() & after.keys()):
+        old, new = before[name], after[name]
+        changes += [PlanChange(kind, name, "changed", d) for d in _function_changes(old.function, new.function)]
+        old_features = {f.name: f for f in old.features}
+        new_features = {f.name: f for f in new.features}
+        changes += [
+            PlanChange("feature", f"{name}:{f}", "added") for f in sorted(new_features.keys() - old_features.keys())
+        ]
+        changes += [
+            PlanChange("feature", f"{name}:{f}", "removed") for f in sorted(old_features.keys() - new_features.keys())
+        ]
+        for feature in sorted(old_features.keys() & new_features.keys()):
+            a, b = old_features[feature], new_features[feature]
+            if a.fingerprint != b.fingerprint:
+                detail = f"fingerprint {a.fingerprint[:8]} -> {b.fingerprint[:8]}"
+                changes.append(PlanChange("feature", f"{name}:{feature}", "changed", detail))
+    return changes
+
+
+def _on_demand_summary(view: OnDemandViewPlan) -> str:
+    features = f"{len(view.features)} feature(s)"
+    if view.function is None:
+        return features
+    return f"{features} from function {view.function} ({view.function.mode})"
+
+
+def _function_changes(old: FunctionPlan | None, new: FunctionPlan | None) -> list[str]:
+    if old is None and new is None:
+        return []
+    if old is None:
+        return [f"now computed by function {new} instead of expressions"]
+    if new is None:
+        return [f"now computed by expressions instead of function {old}"]
+    details = []
+    if (old.module, old.qualname) != (new.module, new.qualname):
+        details.append(f"function {old} -> {new}")
+    if old.source_fingerprint != new.source_fingerprint:
+        details.append(
+            f"function {new} source changed (fingerprint {old.source_fingerprint[:8]} -> {new.source_fingerprint[:8]})"
+        )
+    if old.mode != new.mode:
+        details.append(f"function {new} mode {old.mode} -> {new.mode}")
+    if old.inputs != new.inputs:
+        details.append(f"function {new} inputs {list(old.input_names)} -> {list(new.input_names)}")
+    return details
 
 
 def _view_changes(old: ViewPlan, new: ViewPlan, materialized: set[tuple[str, str]]) -> list[PlanChange]:

@@ -85,6 +85,18 @@ def discover(folder: str | os.PathLike[str]) -> Discovered:
     return Discovered(tuple(found), root)
 
 
+def import_definitions_module(root: str | os.PathLike[str], module_name: str) -> ModuleType:
+    """Import one module of a definitions folder afresh (as discovery does), e.g. ``definitions.checks``
+    from ``<repo>/definitions``; an import error names the file and line."""
+    folder = Path(root).resolve()
+    package = _install_finder(folder)
+    if module_name != package and not module_name.startswith(package + "."):
+        raise DefinitionError(f"module '{module_name}' is not in the definitions folder {folder} ('{package}.*')")
+    path = folder.joinpath(*module_name.split(".")[1:])
+    path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+    return _import_file(path, folder)
+
+
 def _kind_name(obj: Definition) -> str:
     # Feature views and on-demand views share one namespace: both are named in "view:feature" references.
     kinds: dict[type, str] = {

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -136,20 +136,24 @@ def lookup(
     now: datetime | None = None,
     plan_version: int | None = None,
     request_data: Mapping[str, Iterable[Any]] | None = None,
+    functions: Mapping[str, Callable[..., Any]] | None = None,
 ) -> LookupResult:
     """Read ``refs`` for the entities given as columns of join-key values (``{"card_id": [1, 2]}``).
 
     On-demand features are computed here, after the one store read that also fetched their stored inputs,
     by :mod:`features.evaluator` (the code that computes them in training sets too), from ``request_data``
     (one list per request field, one value per entity) and those inputs. Their status is the worst status of
-    their stored inputs: a value computed from an expired input is flagged ``expired``.
+    their stored inputs: a value computed from an expired input is flagged ``expired``. A function view runs
+    its function (``functions[view]``, loaded by :class:`features.functions.FunctionLoader`; imported by
+    name when not given) on the whole batch of entities at once: an error in it is an
+    :class:`~features.on_demand.OnDemandFunctionError`.
     """
     on_demand = [r for r in refs if plan.is_on_demand(r.view)]
     stored = [r for r in refs if not plan.is_on_demand(r.view)]
     hidden = [i for r in on_demand for i in plan.on_demand_view(r.view).inputs if i not in stored]
     given, features = _read_stored(plan, store, [*stored, *dict.fromkeys(hidden)], entities, now)
     if on_demand:
-        features.update(_compute_on_demand(plan, on_demand, features, given, request_data or {}))
+        features.update(_compute_on_demand(plan, on_demand, features, given, request_data or {}, functions or {}))
     ordered = {ref.column: features[ref.column] for ref in refs}
     return LookupResult(plan_version, given, ordered)
 
@@ -222,6 +226,7 @@ def _compute_on_demand(
     stored: Mapping[str, FeatureValues],
     entities: Mapping[str, list[Any]],
     request_data: Mapping[str, Iterable[Any]],
+    functions: Mapping[str, Callable[..., Any]],
 ) -> dict[str, FeatureValues]:
     import pyarrow as pa
 
@@ -240,10 +245,10 @@ def _compute_on_demand(
             found = stored[ref.column]
             inputs[f"{ref.view}.{ref.feature}"] = pa.array(found.values, type=arrow_type(found.dtype))
         names = [r.feature for r in refs if r.view == view_name]
-        for name, array in compute(view, names, inputs, count).items():
+        for name, array in compute(view, names, inputs, count, functions.get(view_name)).items():
             # A value is as good as the stored inputs it was computed from: the worst of their statuses.
             statuses = [PRESENT] * count
-            used = view.feature(name).expr.columns()
+            used = view.used_columns(name)
             for ref in view.inputs:
                 if f"{ref.view}.{ref.feature}" in used:
                     worse = stored[ref.column].statuses

@@ -15,13 +15,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from features.dtypes import DType
-from features.errors import UnknownNameError
+from features.errors import SkewlessError, UnknownNameError
 from features.expressions import Expr, expr_from_dict
 
 # Columns every offline feature table and point-in-time join uses besides keys and features.
 EVENT_TIMESTAMP = "event_timestamp"
 CREATED_TIMESTAMP = "created_timestamp"
 PUBLISHED_AT = "published_at"
+
+
+class PlanError(SkewlessError, ValueError):
+    """A plan node was used in a way its kind does not allow (an internal misuse, not a user error)."""
 
 
 def stable_hash(data: Any) -> str:
@@ -108,23 +112,34 @@ class AggregatePlan:
 
 @dataclass(frozen=True, slots=True)
 class FeaturePlan:
-    """One feature: ``expr`` over source columns, aggregated per tick when ``aggregation`` is set."""
+    """One feature: ``expr`` over source columns, aggregated per tick when ``aggregation`` is set.
+
+    ``expr`` is None only for the outputs of an on-demand function (see :class:`FunctionPlan`).
+    """
 
     name: str
     dtype: DType
-    expr: Expr
+    expr: Expr | None
     fingerprint: str
     location: str
     aggregation: AggregatePlan | None = None
 
+    @property
+    def expression(self) -> Expr:
+        """The feature's expression; an error for a function output, which has none."""
+        if self.expr is None:
+            raise PlanError(f"feature '{self.name}' is computed by an on-demand function, not an expression")
+        return self.expr
+
     def to_dict(self) -> dict[str, Any]:
-        data = {
+        data: dict[str, Any] = {
             "name": self.name,
             "dtype": self.dtype.value,
-            "expr": self.expr.to_dict(),
             "fingerprint": self.fingerprint,
             "location": self.location,
         }
+        if self.expr is not None:
+            data["expr"] = self.expr.to_dict()
         if self.aggregation is not None:  # absent for row features, so their plans keep their fingerprints
             data["aggregation"] = self.aggregation.to_dict()
         return data
@@ -132,10 +147,11 @@ class FeaturePlan:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> FeaturePlan:
         aggregation = data.get("aggregation")
+        expr = data.get("expr")
         return cls(
             data["name"],
             DType(data["dtype"]),
-            expr_from_dict(data["expr"]),
+            None if expr is None else expr_from_dict(expr),
             data["fingerprint"],
             data["location"],
             None if aggregation is None else AggregatePlan.from_dict(aggregation),
@@ -275,11 +291,48 @@ class RequestSourcePlan:
 
 
 @dataclass(frozen=True, slots=True)
+class FunctionPlan:
+    """A plain Python function computing an on-demand view's features, imported by ``module`` and
+    ``qualname`` wherever it runs. ``source_fingerprint`` hashes its source text: a loader refuses a function
+    whose current source differs. ``inputs`` are the ``<source>.<field>`` columns it receives, in order, with
+    their types.
+    """
+
+    module: str
+    qualname: str
+    mode: str
+    source_fingerprint: str
+    inputs: tuple[ColumnSpec, ...]
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.inputs)
+
+    def __str__(self) -> str:
+        return f"{self.module}:{self.qualname}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "module": self.module,
+            "qualname": self.qualname,
+            "mode": self.mode,
+            "source_fingerprint": self.source_fingerprint,
+            "inputs": [c.to_dict() for c in self.inputs],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FunctionPlan:
+        inputs = tuple(ColumnSpec.from_dict(c) for c in data["inputs"])
+        return cls(data["module"], data["qualname"], data["mode"], data["source_fingerprint"], inputs)
+
+
+@dataclass(frozen=True, slots=True)
 class OnDemandViewPlan:
     """Features computed per request from request fields and stored features.
 
-    Expressions read columns named ``<request source>.<field>`` and ``<view>.<feature>``; ``inputs`` lists the
-    stored features they need, which are fetched (online) or joined point-in-time (offline) first.
+    Expressions (or the view's ``function``) read columns named ``<request source>.<field>`` and
+    ``<view>.<feature>``; ``inputs`` lists the stored features they need, which are fetched (online) or joined
+    point-in-time (offline) first. For a function view, ``request_sources`` hold only the fields it reads.
     """
 
     name: str
@@ -287,6 +340,13 @@ class OnDemandViewPlan:
     inputs: tuple[FeatureRefPlan, ...]
     features: tuple[FeaturePlan, ...]
     location: str
+    function: FunctionPlan | None = None
+
+    def used_columns(self, feature: str) -> frozenset[str]:
+        """The ``<source>.<field>`` columns one feature is computed from."""
+        if self.function is not None:
+            return frozenset(self.function.input_names)
+        return self.feature(feature).expression.columns()
 
     @property
     def feature_names(self) -> tuple[str, ...]:
@@ -300,22 +360,27 @@ class OnDemandViewPlan:
         return tuple((s.name, f) for s in self.request_sources for f in s.fields)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "name": self.name,
             "request_sources": [s.to_dict() for s in self.request_sources],
             "inputs": [str(r) for r in self.inputs],
             "features": [f.to_dict() for f in self.features],
             "location": self.location,
         }
+        if self.function is not None:  # absent for expression views, so their plans keep their fingerprints
+            data["function"] = self.function.to_dict()
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> OnDemandViewPlan:
+        function = data.get("function")
         return cls(
             name=data["name"],
             request_sources=tuple(RequestSourcePlan.from_dict(s) for s in data["request_sources"]),
             inputs=tuple(FeatureRefPlan.parse(r) for r in data["inputs"]),
             features=tuple(FeaturePlan.from_dict(f) for f in data["features"]),
             location=data["location"],
+            function=None if function is None else FunctionPlan.from_dict(function),
         )
 
 

@@ -26,6 +26,7 @@ from features.config import RepoConfig
 from features.diff import PlanDiff, diff_plans
 from features.discovery import discover
 from features.errors import RegistryError
+from features.functions import FunctionLoader
 from features.plan import Plan
 from features.plugins import load_plugin
 from features.protocols import MaterializationResult, OfflineEngine, OnlineStore, Progress
@@ -83,6 +84,12 @@ class FeatureStore:
                     self._cached_version = latest
                 self._checked_at = now
             return self._cached_version
+
+    @cached_property
+    def function_loader(self) -> FunctionLoader:
+        """Imports the on-demand functions a plan names from this repository's definitions, checked against
+        the plan's source fingerprints (see :mod:`features.functions`)."""
+        return FunctionLoader(self.config.root / self.config.definitions)
 
     # -- engines ----------------------------------------------------------------------------------------------
     @cached_property
@@ -183,13 +190,23 @@ class FeatureStore:
         request_data: Mapping[str, Sequence[Any]] | None = None,
     ) -> Any:
         """The latest published values for ``entities`` (columns of join-key values), read from the online
-        store directly. Returns a :class:`features.lookup.LookupResult` (``.to_dict()``, ``.to_pandas()``)."""
+        store directly. Returns a :class:`features.lookup.LookupResult` (``.to_dict()``, ``.to_pandas()``).
+
+        An on-demand function that raises gives :class:`features.on_demand.OnDemandFunctionError`; one whose
+        source changed since the plan was applied, :class:`features.functions.FunctionLoadError`."""
         from features.lookup import lookup
 
         version = self.plan_version(max_age=1.0)
         refs = version.plan.select(features=features, feature_service=feature_service)
+        functions = self.function_loader.functions_for(version.plan) if version.plan.on_demand_views else {}
         return lookup(
-            version.plan, self.online_store(), refs, entities, plan_version=version.version, request_data=request_data
+            version.plan,
+            self.online_store(),
+            refs,
+            entities,
+            plan_version=version.version,
+            request_data=request_data,
+            functions=functions,
         )
 
     def close(self) -> None:

@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING, Any
 from features.config import RepoConfig
 from features.dtypes import DType
 from features.errors import EntityKeyError, SkewlessError
+from features.functions import FunctionLoader
 from features.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP, FeatureRefPlan, Plan, ViewPlan
-from offline.on_demand import add_on_demand, add_on_demand_spark, on_demand_spec
+from offline.on_demand import add_on_demand, add_on_demand_spark, load_functions, on_demand_spec
 from offline.point_in_time import ROW_ID, ViewInput, point_in_time_join, with_row_id
 from offline.tables import read_table, table_path, table_version
 from offline.windows import read_through
@@ -113,7 +114,7 @@ def training_dataset(
             requested.setdefault(ref.view, []).append(ref.feature)
         odfvs = {name: plan.on_demand_view(name) for name in requested}
         manifest["on_demand"] = on_demand_spec(odfvs, requested, [h.column for h in hidden])
-    return _build(spark, manifest, entities, output)[0]
+    return _build(spark, manifest, entities, output, function_loader(config))[0]
 
 
 def reproduce(
@@ -141,14 +142,15 @@ def reproduce(
     entities = pq.read_table(manifest["entities"]["path"])
     if table_sha256(entities) != manifest["entities"]["sha256"]:
         raise DatasetError(f"the entity rows in {manifest['entities']['path']} changed since the manifest was written")
-    result, table = _build(spark, {**manifest, "created_at": datetime.now(UTC).isoformat()}, entities, output)
+    manifest = {**manifest, "created_at": datetime.now(UTC).isoformat()}
+    result, table = _build(spark, manifest, entities, output, function_loader(config))
     if table is None or table_sha256(table) != manifest["result"]["sha256"]:
         raise DatasetError("the reproduced dataset differs from the original (was an old Delta version vacuumed?)")
     return result
 
 
 def _build(
-    spark: SparkSession, manifest: dict[str, Any], entities: Any, output: str | None
+    spark: SparkSession, manifest: dict[str, Any], entities: Any, output: str | None, loader: FunctionLoader
 ) -> tuple[Any, pa.Table | None]:
     """Run the join described by ``manifest``; with ``output``, write the set, the entities and the manifest.
 
@@ -171,14 +173,15 @@ def _build(
             "rows": arrow_entities.num_rows,
         }
     joined = _join(spark, manifest, arrow_entities if arrow_entities is not None else entities)
+    functions = load_functions(manifest["on_demand"], loader) if "on_demand" in manifest else {}
     if arrow_entities is None:  # Spark in, no output: stay in Spark
         frame = joined.drop(ROW_ID)
         if "on_demand" in manifest:
-            frame = add_on_demand_spark(frame, manifest["on_demand"])
+            frame = add_on_demand_spark(frame, manifest["on_demand"], functions)
         return {"spark": lambda: frame, "pandas": frame.toPandas, "arrow": frame.toArrow}[output_format](), None
     table = _attach(arrow_entities, joined, manifest)
     if "on_demand" in manifest:
-        table = add_on_demand(table, manifest["on_demand"])
+        table = add_on_demand(table, manifest["on_demand"], functions)
     if output is not None:
         pq.write_table(table, output)
         manifest["result"] = {
@@ -192,6 +195,11 @@ def _build(
     if output_format == "pandas":
         return table.to_pandas(), table
     return spark.createDataFrame(table), table
+
+
+def function_loader(config: RepoConfig) -> FunctionLoader:
+    """Imports on-demand functions from the repository's definitions, checked against the plan."""
+    return FunctionLoader(config.root / config.definitions)
 
 
 def _join(spark: SparkSession, manifest: dict[str, Any], entities: Any) -> DataFrame:

@@ -38,7 +38,7 @@ def compute_features(view: ViewPlan, source: DataFrame) -> DataFrame:
     created = (F.col(quote_spark(src.created_column)) if src.created_column else F.lit(None)).cast("timestamp")
     return source.select(
         *(F.col(quote_spark(k)).alias(k) for k in view.key_names),
-        *(translator.translate(f.expr).cast(spark_type(f.dtype)).alias(f.name) for f in view.features),
+        *(translator.translate(f.expression).cast(spark_type(f.dtype)).alias(f.name) for f in view.features),
         F.col(quote_spark(src.timestamp_column)).cast("timestamp").alias(EVENT_TIMESTAMP),
         created.alias(CREATED_TIMESTAMP),
     )

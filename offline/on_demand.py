@@ -4,13 +4,21 @@ After the point-in-time join, each row holds the stored inputs (``<view>__<featu
 (entity-row columns named like the fields). :func:`add_on_demand` hands them to
 :func:`features.on_demand.compute` as Arrow arrays: on the driver for pandas and Arrow results, inside the
 executors (``mapInArrow``) for Spark results.
+
+Plain-Python functions are imported on the driver by :class:`features.functions.FunctionLoader` (which
+checks their source against the plan) and shipped to the executors pickled *by value* with Spark's
+cloudpickle, so an executor never needs the definitions folder on its import path: the code that runs there
+is the code the driver checked, on local mode and on a cluster alike.
 """
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from features.errors import SkewlessError
+from features.functions import FunctionLoader
 from features.on_demand import arrow_type, compute
 from features.plan import OnDemandViewPlan
 
@@ -23,9 +31,23 @@ class OnDemandInputError(SkewlessError, ValueError):
     """The entity rows lack a request field an on-demand feature needs."""
 
 
-def add_on_demand(table: pa.Table, spec: dict[str, Any]) -> pa.Table:
+Functions = Mapping[str, Callable[..., Any]]
+
+
+def load_functions(spec: dict[str, Any], loader: FunctionLoader) -> dict[str, Callable[..., Any]]:
+    """The functions of the spec's function views, imported and checked against their plans."""
+    out = {}
+    for name, info in spec["views"].items():
+        view = OnDemandViewPlan.from_dict(info["view"])
+        if view.function is not None:
+            out[name] = loader.load(name, view.function)
+    return out
+
+
+def add_on_demand(table: pa.Table, spec: dict[str, Any], functions: Functions | None = None) -> pa.Table:
     """Append the on-demand columns described by ``spec`` (see :func:`on_demand_spec`) and drop the inputs
-    that were joined only to compute them."""
+    that were joined only to compute them. ``functions`` maps function views to their loaded functions."""
+    functions = functions or {}
     for name, info in spec["views"].items():
         view = OnDemandViewPlan.from_dict(info["view"])
         inputs: dict[str, Any] = {}
@@ -38,14 +60,16 @@ def add_on_demand(table: pa.Table, spec: dict[str, Any]) -> pa.Table:
             inputs[f"{source}.{field.name}"] = table.column(field.name).cast(arrow_type(field.dtype))
         for ref in view.inputs:
             inputs[f"{ref.view}.{ref.feature}"] = table.column(ref.column)
-        for feature, values in compute(view, info["features"], inputs, table.num_rows).items():
+        computed = compute(view, info["features"], inputs, table.num_rows, functions.get(name))
+        for feature, values in computed.items():
             table = table.append_column(f"{name}__{feature}", values)
     return table.drop_columns([c for c in spec["hidden"] if c in table.column_names])
 
 
-def add_on_demand_spark(frame: DataFrame, spec: dict[str, Any]) -> DataFrame:
+def add_on_demand_spark(frame: DataFrame, spec: dict[str, Any], functions: Functions | None = None) -> DataFrame:
     """:func:`add_on_demand` over a Spark DataFrame, batch by batch in the executors."""
     import pyarrow as pa
+    from pyspark import cloudpickle
     from pyspark.sql import types as T
 
     from offline.jdbc import spark_type
@@ -55,11 +79,34 @@ def add_on_demand_spark(frame: DataFrame, spec: dict[str, Any]) -> DataFrame:
         view = OnDemandViewPlan.from_dict(info["view"])
         fields += [T.StructField(f"{name}__{f}", spark_type(view.feature(f).dtype)) for f in info["features"]]
 
+    shipped = _pickle_by_value(dict(functions or {}))
+
     def run(batches: Any) -> Any:
+        loaded = cloudpickle.loads(shipped)
         for batch in batches:
-            yield from add_on_demand(pa.Table.from_batches([batch]), spec).to_batches()
+            yield from add_on_demand(pa.Table.from_batches([batch]), spec, loaded).to_batches()
 
     return frame.mapInArrow(run, T.StructType(fields))
+
+
+def _pickle_by_value(functions: dict[str, Callable[..., Any]]) -> bytes:
+    """The functions pickled with the code of their package (by value: helpers of the same package come
+    along), not as references to import; libraries they use (numpy, pandas) are still imported by name."""
+    from pyspark import cloudpickle
+
+    packages = {f.__module__.split(".")[0] for f in functions.values()} - {"__main__"}
+    packages -= set(cloudpickle.list_registry_pickle_by_value())  # registered by someone else: leave it so
+    registered = []
+    try:
+        for package in sorted(packages):
+            module = sys.modules.get(package)
+            if module is not None:
+                cloudpickle.register_pickle_by_value(module)
+                registered.append(module)
+        return bytes(cloudpickle.dumps(functions))
+    finally:
+        for module in registered:
+            cloudpickle.unregister_pickle_by_value(module)
 
 
 def on_demand_spec(views: dict[str, OnDemandViewPlan], features: dict[str, list[str]], hidden: list[str]) -> dict:

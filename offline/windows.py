@@ -143,7 +143,7 @@ def _inputs(view: ViewPlan) -> tuple[list[_Input], dict[str, _Input]]:
     groups: dict[tuple[str, str], list[FeaturePlan]] = {}
     for feature in view.features:
         assert feature.aggregation is not None
-        key = (json.dumps(feature.expr.to_dict()), json.dumps(_filter_dict(feature)))
+        key = (json.dumps(feature.expression.to_dict()), json.dumps(_filter_dict(feature)))
         groups.setdefault(key, []).append(feature)
     inputs: list[_Input] = []
     by_feature: dict[str, _Input] = {}
@@ -151,7 +151,7 @@ def _inputs(view: ViewPlan) -> tuple[list[_Input], dict[str, _Input]]:
         first = members[0]
         assert first.aggregation is not None
         functions = frozenset(f.aggregation.function for f in members if f.aggregation is not None)
-        item = _Input(index, first.expr, first.aggregation.filter, functions)
+        item = _Input(index, first.expression, first.aggregation.filter, functions)
         inputs.append(item)
         by_feature.update({f.name: item for f in members})
     return inputs, by_feature

@@ -6,10 +6,16 @@ the only place where errors become HTTP statuses:
 ==============================================  ======
 unknown feature, view or feature service        404
 malformed body, wrong key type, missing key,    422
-offline-only view
+offline-only view, bad ``request_data``
 online store or registry unreachable            503
+an on-demand function raised or returned        500 (``{"error", "type", "view", "function"}``)
+something other than its outputs
 anything else                                   500 (``{"error": ...}``, never a traceback)
 ==============================================  ======
+
+On-demand functions are imported when a plan version is first served and checked against the plan's source
+fingerprints: a mismatch fails startup, and a refreshed plan whose functions do not load is not served (the
+previous version stays, and the log says why).
 
 Run it with ``skewless serve`` or ``uvicorn --factory serving_api.app:app_from_env`` (``SKEWLESS_REPO``
 names the repository).
@@ -38,7 +44,9 @@ from features.errors import (
     SkewlessError,
     UnknownNameError,
 )
+from features.functions import FunctionLoader, FunctionLoadError
 from features.lookup import OfflineOnlyViewError, lookup
+from features.on_demand import OnDemandFunctionError
 from features.plan import FeatureRefPlan, Plan
 from features.protocols import OnlineStore
 from features.registry import PlanVersion
@@ -81,7 +89,8 @@ class FeaturesRequest(BaseModel):
     feature_service: str | None = Field(None, description="a feature service name")
     entities: dict[str, list[Any]] = Field(description="join-key columns: one list of values per key, equal lengths")
     request_data: dict[str, Any] | None = Field(
-        None, description="request-time values (reserved for on-demand features)"
+        None,
+        description="request-time values of on-demand features: one list per request field, one value per entity",
     )
 
     @model_validator(mode="after")
@@ -110,6 +119,8 @@ class ErrorAnswer(BaseModel):
     error: str
     type: str
     known: list[str] | None = None
+    view: str | None = Field(None, description="the on-demand view whose function failed (500)")
+    function: str | None = Field(None, description="that function, 'module:qualname' (500)")
 
 
 class HealthAnswer(BaseModel):
@@ -124,14 +135,23 @@ class HealthAnswer(BaseModel):
 class PlanCache:
     """The latest plan version, re-read from ``provider`` at most every ``refresh_seconds``.
 
-    A failed refresh keeps serving the plan it has (and logs why); only the first read can fail.
+    A failed refresh keeps serving the plan it has (and logs why); only the first read can fail. ``accept``
+    (loading a version's on-demand functions) runs before a new version is served: when it fails, the version
+    is refused once (and the log says why) and the previous one stays.
     """
 
-    def __init__(self, provider: PlanProvider, refresh_seconds: float = 1.0) -> None:
+    def __init__(
+        self,
+        provider: PlanProvider,
+        refresh_seconds: float = 1.0,
+        accept: Callable[[PlanVersion], object] | None = None,
+    ) -> None:
         self.provider = provider
         self.refresh_seconds = refresh_seconds
+        self.accept = accept
         self._lock = threading.Lock()
         self._current: PlanVersion | None = None
+        self._refused: set[int] = set()
         self._checked_at = 0.0
 
     def get(self) -> PlanVersion:
@@ -155,12 +175,32 @@ class PlanCache:
                 )
                 latest = self._current
             if self._current is None or latest.version != self._current.version:
+                latest = self._accepted(latest)
+            if self._current is None or latest.version != self._current.version:
                 logger.info("serving plan version %s", latest.version)
                 self._current = latest
             self._checked_at = time.monotonic()
             return self._current
         finally:
             self._lock.release()
+
+    def _accepted(self, latest: PlanVersion) -> PlanVersion:
+        """``latest`` when ``accept`` takes it; else the current version (the first version must be taken)."""
+        if self.accept is None:
+            return latest
+        if latest.version in self._refused and self._current is not None:
+            return self._current
+        try:
+            self.accept(latest)
+        except SkewlessError as exc:
+            if self._current is None:
+                raise
+            self._refused.add(latest.version)
+            logger.error(
+                "not serving plan version %s, still serving version %s: %s", latest.version, self._current.version, exc
+            )
+            return self._current
+        return latest
 
 
 # -- the app --------------------------------------------------------------------------------------------------
@@ -173,10 +213,12 @@ def create_app(
     store: OnlineStore | None = None,
     refresh_seconds: float = 1.0,
     max_entities: int = MAX_ENTITIES,
+    function_loader: FunctionLoader | None = None,
 ) -> FastAPI:
     """The service for a feature repository (``repo_path``), or for a plan provider and a store (tests, or
     embedding the service in another app). A request may ask for at most ``max_entities`` entities, so one
-    request cannot hold the online store for long.
+    request cannot hold the online store for long. ``function_loader`` imports the plan's on-demand functions
+    (default: from the repository's definitions folder, or by plain import with a plan provider).
 
     >>> app = create_app("path/to/repo")                                    # doctest: +SKIP
     >>> app = create_app(plan_provider=registry.latest, store=RedisOnlineStore(url))  # doctest: +SKIP
@@ -190,13 +232,26 @@ def create_app(
         owned = FeatureStore(repo_path)
         plan_provider = owned.plan_version
         store = owned.online_store()
+        function_loader = function_loader or owned.function_loader
     if plan_provider is None or store is None:
         raise TypeError("create_app needs repo_path, or both plan_provider and store")
-    plans = PlanCache(plan_provider, refresh_seconds)
+    loader = function_loader or FunctionLoader()
+    plans = PlanCache(plan_provider, refresh_seconds, accept=lambda version: loader.functions_for(version.plan))
     online: OnlineStore = store
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Code that differs from the applied plan must not start serving; an unreachable registry or an
+        # empty one is reported per request (503), as before.
+        try:
+            plans.get()
+        except FunctionLoadError:
+            logger.error("cannot start serving: the on-demand functions do not match the applied plan")
+            if owned is not None:
+                owned.close()
+            raise
+        except SkewlessError as exc:
+            logger.warning("no plan to serve yet: %s", exc)
         yield
         if owned is not None:
             owned.close()
@@ -209,6 +264,7 @@ def create_app(
     )
     app.state.plans = plans
     app.state.store = online
+    app.state.functions = loader
 
     @app.exception_handler(RequestValidationError)
     async def invalid_body(request: Request, exc: RequestValidationError) -> Response:
@@ -246,7 +302,13 @@ def create_app(
             plan = version.plan
             refs = _resolve(plan, body.features, body.feature_service)
             result = lookup(
-                plan, online, refs, body.entities, plan_version=version.version, request_data=body.request_data
+                plan,
+                online,
+                refs,
+                body.entities,
+                plan_version=version.version,
+                request_data=body.request_data,
+                functions=loader.functions_for(plan) if plan.on_demand_views else None,
             )
             return JSONAnswer(result.to_dict())
         except Exception as exc:
@@ -288,6 +350,10 @@ def _resolve(plan: Plan, features: list[str] | None, feature_service: str | None
 
 
 def _error_answer(exc: Exception) -> Response:
+    if isinstance(exc, OnDemandFunctionError):
+        # The user's code failed: say which view and function, log the traceback, never send it.
+        logger.error("on-demand function %s of view %s failed", exc.function, exc.view, exc_info=exc)
+        return JSONAnswer(exc.to_dict(), status_code=500)
     if isinstance(exc, UnknownNameError):
         return _error(404, type(exc).__name__, str(exc), known=exc.known, kind=exc.kind, name=exc.name)
     if isinstance(exc, OfflineOnlyViewError):

@@ -7,8 +7,9 @@
 
 HTTP errors come back as :class:`~features.errors.SkewlessError` subclasses: 404 as
 :class:`~features.errors.UnknownNameError` (with ``.known``), 422 as :class:`InvalidRequestError` (or
-:class:`~features.errors.EntityKeyError` for entity keys), 503 as :class:`ServiceUnavailableError`, anything
-else as :class:`ServerError`.
+:class:`~features.errors.EntityKeyError` for entity keys), 503 as :class:`ServiceUnavailableError`, a failed
+on-demand function (500) as :class:`~features.on_demand.OnDemandFunctionError` (with ``.view`` and
+``.function``), anything else as :class:`ServerError`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 import httpx
 
 from features.errors import EntityKeyError, SkewlessError, UnknownNameError
+from features.on_demand import OnDemandFunctionError
 
 
 class InvalidRequestError(SkewlessError, ValueError):
@@ -100,4 +102,12 @@ def _error_from(status: int, data: dict[str, Any]) -> SkewlessError:
         return ServiceUnavailableError(message)
     if status == 404:
         return InvalidRequestError(f"HTTP 404: {message}")
+    if kind == "OnDemandFunctionError" and "view" in data and "function" in data:
+        return OnDemandFunctionError(
+            message,
+            view=str(data["view"]),
+            function=str(data["function"]),
+            exception=str(data.get("exception") or ""),
+            output=data.get("output"),
+        )
     return ServerError(f"HTTP {status}: {message}")

@@ -63,9 +63,11 @@ PUBLIC_API = {
         "FeatureStore",
         "FeatureView",
         "Float64",
+        "FunctionLoadError",
         "Int64",
         "MaterializationError",
         "OnDemandFeatureView",
+        "OnDemandFunctionError",
         "OnlineStoreError",
         "RegistryError",
         "RequestSource",
@@ -75,6 +77,7 @@ PUBLIC_API = {
         "String",
         "Timestamp",
         "UnknownNameError",
+        "on_demand_function",
     ],
 }
 

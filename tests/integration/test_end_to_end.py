@@ -191,6 +191,10 @@ def test_online_lookup_through_the_facade(materialized: tuple[FeatureStore, Any]
         "card_spend__count_1h",
         "card_spend__foreign_count_7d",
         "spend_checks__amount_vs_avg_30d",
+        "payment_shape__is_round",
+        "payment_shape__log10_amount",
+        "payment_shape__digits",
+        "payment_shape__digits_below_limit",
     }
     assert result["features"]["card_profile__card_tier"]["statuses"][1] == "missing"
     # Windowed: the values at the last tick computed, which the lookup reports as their event time.
@@ -287,3 +291,102 @@ def test_on_demand_features_in_training_sets_match_the_oracle(materialized: tupl
         for name, value in expected.items():
             got = _py(result[f"payment_checks__{name}"][i])
             assert equal(value, got), (i, name, value, got)
+
+
+def payment_shape_oracle(amount: float | None, limit: float | None) -> dict[str, Any]:
+    """definitions/checks.py:payment_shape, by hand in plain Python."""
+
+    def usable(value: float | None) -> float | None:
+        return value if value is not None and math.isfinite(value) and value > 0 else None
+
+    a, lim = usable(amount), usable(limit)
+    digits = None if a is None else len(str(int(a)))
+    return {
+        "is_round": None if a is None else a == math.floor(a),
+        "log10_amount": None if a is None else math.log10(a),
+        "digits": digits,
+        "digits_below_limit": None if digits is None or lim is None else len(str(int(lim))) - digits,
+    }
+
+
+def close(expected: Any, got: Any) -> bool:
+    """Equal, same Python type, floats to the last bits or so (numpy's and libm's log10 may differ by an ulp)."""
+    if expected is None or got is None:
+        return expected is None and got is None
+    if type(expected) is not type(got):
+        return False
+    if isinstance(expected, float):
+        return math.isclose(expected, got, rel_tol=4e-16, abs_tol=0.0)
+    return bool(expected == got)
+
+
+AMOUNTS = [1234.5, 100.0, 0.5, 99.99, None, 0.0, -5.0, math.inf, 42.0]
+
+
+def test_on_demand_function_online_matches_the_oracle(materialized: tuple[FeatureStore, Any]) -> None:
+    store, sources = materialized
+    accounts = oracle.latest_per_entity(sources["card_accounts"], ["card_id"], "updated_at", "ingested_at")
+    cards = [int(c) for c in accounts["card_id"].head(len(AMOUNTS) - 1)] + [999_999]
+    result = store.get_online_features(
+        {"card_id": cards}, features=["payment_shape:*"], request_data={"amount": AMOUNTS}
+    ).to_dict()["features"]
+    limits = accounts.set_index("card_id")["credit_limit"]
+    for i, card in enumerate(cards):
+        limit = float(limits[card]) if card in limits.index else None
+        for name, expected in payment_shape_oracle(AMOUNTS[i], limit).items():
+            column = result[f"payment_shape__{name}"]
+            got = column["values"][i]
+            if isinstance(got, str):  # JSON's spelling of non-finite floats
+                got = float(got)
+            assert close(expected, got), (card, name, expected, got)
+            assert column["statuses"][i] == ("missing" if limit is None else "present"), (card, name)
+
+
+@pytest.mark.parametrize("output_format", ["pandas", "spark"])
+def test_on_demand_function_in_training_sets_matches_the_oracle(
+    materialized: tuple[FeatureStore, Any], output_format: str
+) -> None:
+    """The driver path (pandas) and the executors' mapInArrow path (spark) give the oracle's values and types."""
+    store, sources = materialized
+    payments = sources["payments"].sample(120, random_state=11).reset_index(drop=True)
+    amounts = [float(a) for a in payments["amount"]]
+    amounts[: len(AMOUNTS)] = AMOUNTS  # the edge cases, then real amounts
+    entities = pd.DataFrame(
+        {
+            "row": range(len(amounts)),
+            "card_id": payments["card_id"].to_numpy(),
+            "ts": payments["paid_at"].to_numpy(),
+            "amount": amounts,
+        }
+    )
+    if output_format == "spark":
+        spark = store.offline.spark  # type: ignore[attr-defined]
+        frame = store.get_training_dataset(
+            spark.createDataFrame(entities), features=["payment_shape:*"], timestamp_column="ts", output_format="spark"
+        )
+        types = {f.name: f.dataType.simpleString() for f in frame.schema.fields}
+        assert types["payment_shape__is_round"] == "boolean" and types["payment_shape__digits"] == "bigint"
+        assert types["payment_shape__log10_amount"] == "double"
+        assert types["payment_shape__digits_below_limit"] == "bigint"
+        result = frame.toPandas().sort_values("row").reset_index(drop=True)
+    else:
+        result = store.get_training_dataset(entities, features=["payment_shape:*"], timestamp_column="ts")
+    assert list(result["row"]) == list(range(len(amounts)))
+    assert [c for c in result.columns if c.startswith("payment_shape__")] == [
+        "payment_shape__is_round", "payment_shape__log10_amount", "payment_shape__digits",
+        "payment_shape__digits_below_limit",
+    ]  # fmt: skip
+    assert "card_profile__credit_limit" not in result.columns  # an input joined only to compute the function
+    rows, keys, ts, created = oracle.example_features(sources)["card_profile"]
+    profile = oracle.point_in_time(
+        entities, rows, keys, "ts", ts, created, TTL["card_profile"], ["credit_limit"], "card_profile"
+    )
+    for i in range(len(entities)):
+        limit = _py(profile["card_profile__credit_limit"][i])
+        for name, expected in payment_shape_oracle(amounts[i], limit).items():
+            got = _py(result[f"payment_shape__{name}"][i])
+            if isinstance(got, float) and math.isnan(got):
+                got = None  # pandas' spelling of a null read back from Arrow (the oracle never gives NaN)
+            if name in ("digits", "digits_below_limit") and isinstance(got, float):
+                got = int(got)
+            assert close(expected, got), (i, name, amounts[i], limit, expected, got)
