@@ -63,6 +63,11 @@ async def _worker(host: str, port: int, payload: bytes, deadline: float, budget:
             began = time.perf_counter()
             writer.write(payload)
             status = await reader.readline()
+            if not status:  # the server closed the connection (a worker restarting): count it, reconnect
+                result.errors += 1
+                writer.close()
+                reader, writer = await asyncio.open_connection(host, port)
+                continue
             length, chunked = 0, False
             while True:
                 line = await reader.readline()
@@ -84,8 +89,6 @@ async def _worker(host: str, port: int, payload: bytes, deadline: float, budget:
             result.requests += 1
             if not status.startswith(b"HTTP/1.1 200"):
                 result.errors += 1
-            if not status:
-                break
     finally:
         writer.close()
 

@@ -452,8 +452,7 @@ def main(argv: list[str] | None = None) -> int:
                 (
                     report.REFERENCE,
                     "/v1/features",
-                    f"{sys.executable} -m uvicorn bench.floor_app:app --host 127.0.0.1 --workers 2 --no-access-log "
-                    "--log-level warning --port",
+                    f"{sys.executable} -m bench.floor_app --host 127.0.0.1 --workers 2 --port",
                     floor_env,
                 ),
             ]
