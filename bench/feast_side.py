@@ -39,16 +39,29 @@ from datetime import timedelta
 from feast import Entity, FeatureView, Field, FileSource, ValueType
 from feast.types import Float64, Int64, String
 
+OFFLINE = "{offline}"
+
 user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.INT64)
 
 
 def _view(name, ttl_days, fields):
-    source = FileSource(
-        name=name + "_source",
-        path="{data}/" + name + ".parquet",
-        timestamp_field="event_ts",
-        created_timestamp_column="created_ts",
-    )
+    if OFFLINE == "spark":
+        from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import SparkSource
+
+        source = SparkSource(
+            name=name + "_source",
+            path="{data}/" + name + ".parquet",
+            file_format="parquet",
+            timestamp_field="event_ts",
+            created_timestamp_column="created_ts",
+        )
+    else:
+        source = FileSource(
+            name=name + "_source",
+            path="{data}/" + name + ".parquet",
+            timestamp_field="event_ts",
+            created_timestamp_column="created_ts",
+        )
     return FeatureView(
         name=name,
         entities=[user],
@@ -76,7 +89,7 @@ FEATURE_STORE_YAML = """project: bench
 registry: {repo}/registry.db
 provider: local
 offline_store:
-  type: {offline}
+  type: {offline}{spark_conf}
 online_store:
   type: redis
   connection_string: "127.0.0.1:{redis_port}"
@@ -87,9 +100,17 @@ entity_key_serialization_version: 3
 def write_repo(repo: Path, data: Path, redis_port: int, offline: str = "duckdb") -> None:
     """The Feast feature repository for the workload (called by bench/run.py, from skewless's venv)."""
     repo.mkdir(parents=True, exist_ok=True)
-    (repo / "repo.py").write_text(REPO_PY.replace("{data}", str(data)))
+    (repo / "repo.py").write_text(REPO_PY.replace("{data}", str(data)).replace("{offline}", offline))
+    spark_conf = ""
+    if offline == "spark":  # the same local Spark as skewless's: 2 cores, UTC, no UI
+        spark_conf = (
+            '\n  spark_conf:\n    spark.master: "local[2]"\n    spark.ui.enabled: "false"\n'
+            '    spark.sql.session.timeZone: "UTC"\n    spark.driver.memory: "4g"\n'
+            '    spark.ui.showConsoleProgress: "false"\n'
+            '    spark.sql.shuffle.partitions: "4"'
+        )
     (repo / "feature_store.yaml").write_text(
-        FEATURE_STORE_YAML.format(repo=repo, offline=offline, redis_port=redis_port)
+        FEATURE_STORE_YAML.format(repo=repo, offline=offline, redis_port=redis_port, spark_conf=spark_conf)
     )
 
 
@@ -105,7 +126,8 @@ def store_of(repo: Path) -> Any:
 
 def apply(repo: Path) -> None:
     spec = importlib.util.spec_from_file_location("bench_feast_repo", repo / "repo.py")
-    assert spec and spec.loader
+    if spec is None or spec.loader is None:
+        raise RuntimeError(f"cannot load {repo / 'repo.py'}")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     store = store_of(repo)
@@ -125,6 +147,12 @@ def pit(repo: Path, entities_path: str, out: str) -> None:
 
     entities = pd.read_parquet(entities_path).rename(columns={"ts": "event_timestamp"})
     store = store_of(repo)
+    if store.config.offline_store.type == "spark":  # the JVM starts outside the in-process time, as for skewless
+        from feast.infra.offline_stores.contrib.spark_offline_store.spark import (
+            get_spark_session_or_start_new_with_repoconfig,
+        )
+
+        get_spark_session_or_start_new_with_repoconfig(store.config.offline_store)
     began = time.perf_counter()
     job = store.get_historical_features(entity_df=entities, features=FEATURES, full_feature_names=True)
     frame = job.to_df()

@@ -97,10 +97,10 @@ def run_measured(cmd: list[str], *, logfile: Path, timeout: float, env: dict[str
     seconds = time.perf_counter() - began
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd[:4])} ... failed ({proc.returncode}); see {logfile}")
-    lines = [line for line in out.decode().splitlines() if line.startswith("RESULT ")]
-    if not lines:
+    text = out.decode()
+    if "RESULT " not in text:
         raise RuntimeError(f"{' '.join(cmd[:4])} ... printed no RESULT; see {logfile}")
-    result: dict[str, Any] = json.loads(lines[-1][len("RESULT ") :])
+    result: dict[str, Any] = json.loads(text[text.rindex("RESULT ") + len("RESULT ") :].splitlines()[0])
     result["whole_seconds"] = seconds
     result["peak_rss_mb"] = peak / 2**20
     return result
@@ -154,9 +154,11 @@ class RssSampler:
 # -- data -----------------------------------------------------------------------------------------------------
 def write_data(workload: Workload, data: Path) -> None:
     data.mkdir(parents=True, exist_ok=True)
+    # Microseconds, not pandas' nanoseconds: Spark cannot read TIMESTAMP(NANOS) Parquet columns.
+    options: dict[str, Any] = {"index": False, "coerce_timestamps": "us", "allow_truncated_timestamps": False}
     for name, view in workload.views.items():
-        view.frame.to_parquet(data / f"{name}.parquet", index=False)
-    workload.entities.to_parquet(data / "entities.parquet", index=False)
+        view.frame.to_parquet(data / f"{name}.parquet", **options)
+    workload.entities.to_parquet(data / "entities.parquet", **options)
 
 
 def load_postgres(url: str, workload: Workload) -> None:
@@ -204,6 +206,11 @@ def write_skewless_repo(repo: Path, pg_url: str, redis_url: str) -> None:
         f"    spark.master: local[2]\nonline:\n  url: {redis_url}\nconnections:\n  bench: {pg_url}\n"
         "definitions: definitions\n"
     )
+
+
+def _feast_has_spark() -> bool:
+    probe = [str(FEAST_PY), "-c", "import pyspark"]
+    return subprocess.run(probe, capture_output=True, check=False).returncode == 0
 
 
 def online_users(workload: Workload, now: datetime, count: int, size: int, seed: int) -> list[list[int]]:
@@ -297,7 +304,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--load-seconds", type=float, default=10.0, help="duration of each HTTP load")
     parser.add_argument("--name", default=None, help="results file name (default: the date)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
-    parser.add_argument("--skip", default="", help="comma-separated cases to skip: materialize,pit,client,http")
+    parser.add_argument(
+        "--skip", default="", help="comma-separated cases to skip: materialize,pit,client,http,feast-spark"
+    )
     args = parser.parse_args(argv)
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     if not FEAST_PY.exists():
@@ -327,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     correctness: list[dict[str, Any]] = []
     notes: list[str] = []
     timeout = 600 + 3600 * args.scale
-    sk_repo, feast_repo = work / "skewless", work / "feast"
+    sk_repo, feast_repo, feast_spark_repo = work / "skewless", work / "feast", work / "feast-spark"
     with contextlib.ExitStack() as stack:
         pg_url = stack.enter_context(postgres_server())
         sk_redis = stack.enter_context(redis_server())
@@ -339,6 +348,16 @@ def main(argv: list[str] | None = None) -> int:
         write_skewless_repo(sk_repo, pg_url, sk_redis)
         feast_port = int(feast_redis.rsplit(":", 1)[1].split("/")[0])
         write_repo(feast_repo, work / "data", feast_port)
+        with_spark = "feast-spark" not in skip and _feast_has_spark()
+        if with_spark:
+            write_repo(feast_spark_repo, work / "data", feast_port, offline="spark")
+            run_measured(
+                [str(FEAST_PY), "bench/feast_side.py", str(feast_spark_repo), "apply"],
+                logfile=logs / "feast-spark.log",
+                timeout=600,
+            )
+        else:
+            notes.append("Feast's Spark offline store was not measured (pyspark missing in its venv, or skipped)")
         run_measured(
             [str(FEAST_PY), "bench/feast_side.py", str(feast_repo), "apply"], logfile=logs / "feast.log", timeout=600
         )
@@ -382,7 +401,10 @@ def main(argv: list[str] | None = None) -> int:
             log("case 2: point-in-time training set (and case 6: each one against the oracle)")
             columns = workload.feature_columns()
             for i in range(args.repeats):
-                for system, cmd in ((report.SKEWLESS, sk), (report.FEAST, fe)):
+                systems = [(report.SKEWLESS, sk), (report.FEAST, fe)]
+                if with_spark:
+                    systems.append((report.FEAST_SPARK, [str(FEAST_PY), "bench/feast_side.py", str(feast_spark_repo)]))
+                for system, cmd in systems:
                     out = work / f"training-{system}-{i}.parquet"
                     r = run_measured(
                         [*cmd, "pit", str(entities_path), str(out)], logfile=logs / f"{system}.log", timeout=timeout
