@@ -1,0 +1,224 @@
+"""Results of the side-by-side benchmark: the measurements, the issue's targets, and the Markdown report.
+
+A :class:`Measurement` is one system's repeated values of one metric of one case; :func:`evaluate_targets`
+reads the issue-4 targets off them; :func:`render` makes ``bench/results/<date>.md``. Pure functions over
+plain data, so the tests can check them without running anything.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+SKEWLESS = "skewless"
+FEAST = "feast"  # Feast with its duckdb offline store (its best local setting) and its Redis online store
+FEAST_SPARK = "feast-spark"
+REFERENCE = "reference"  # the floor app for HTTP cases, the raw Redis MGET for the Python client
+SYSTEMS = (SKEWLESS, FEAST, FEAST_SPARK, REFERENCE)
+SYSTEM_TITLES = {
+    SKEWLESS: "skewless",
+    FEAST: "Feast (duckdb)",
+    FEAST_SPARK: "Feast (Spark)",
+    REFERENCE: "floor / raw Redis",
+}
+
+# Case and metric names shared by the harness (which records them) and the targets (which read them).
+MAT_EMPTY = "1. materialize into empty Redis"
+MAT_FILLED = "1. materialize onto filled keys"
+PIT = "2. point-in-time training set"
+CLIENT_1 = "3. Python client, 1 entity"
+CLIENT_100 = "3. Python client, 100 entities"
+HTTP_1 = "4. HTTP, 1 entity"
+HTTP_100 = "4. HTTP, 100 entities"
+
+IN_PROCESS_S = "in-process time (s)"
+WHOLE_PROCESS_S = "whole-process time (s)"
+PEAK_RSS = "peak RSS (MiB)"
+ROWS_PER_S = "feature rows/s (whole process)"
+LATENCY_MS = "latency median (ms)"
+P50_SEQ = "p50 one at a time (ms)"
+P99_SEQ = "p99 one at a time (ms)"
+RPS_LOAD = "req/s, 16 connections"
+P99_LOAD = "p99, 16 connections (ms)"
+
+HIGHER_IS_BETTER = {ROWS_PER_S, RPS_LOAD}
+
+
+@dataclass
+class Measurement:
+    """One system's values (one per repetition) of one metric of one case."""
+
+    case: str
+    metric: str
+    system: str
+    values: list[float] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.values)
+
+
+@dataclass
+class Target:
+    target: str
+    measured: str
+    met: bool | None  # None: not measured in this run
+
+
+def find(measurements: Sequence[Measurement], case: str, metric: str, system: str) -> Measurement | None:
+    for m in measurements:
+        if (m.case, m.metric, m.system) == (case, metric, system) and m.values:
+            return m
+    return None
+
+
+def ratio(measurements: Sequence[Measurement], case: str, metric: str, num: str, den: str) -> float | None:
+    a, b = find(measurements, case, metric, num), find(measurements, case, metric, den)
+    if a is None or b is None or b.median == 0:
+        return None
+    return a.median / b.median
+
+
+def _at_least(value: float | None, threshold: float, what: str, fmt: str = "{:.2f}x") -> tuple[str, bool | None]:
+    if value is None:
+        return "not measured", None
+    return f"{fmt.format(value)} {what}", value >= threshold
+
+
+def evaluate_targets(measurements: Sequence[Measurement], correctness: Sequence[dict[str, Any]]) -> list[Target]:
+    """The targets of issue 4, each with the value this run measured and whether it is met."""
+    ms = measurements
+    targets: list[Target] = []
+
+    def add(text: str, result: tuple[str, bool | None]) -> None:
+        targets.append(Target(text, *result))
+
+    add("HTTP 1 entity: >= 5x Feast's req/s", _at_least(ratio(ms, HTTP_1, RPS_LOAD, SKEWLESS, FEAST), 5, "of Feast"))
+    add(
+        "HTTP 1 entity: >= 85% of the floor's req/s",
+        _at_least(ratio(ms, HTTP_1, RPS_LOAD, SKEWLESS, REFERENCE), 0.85, "of the floor", "{:.0%}"),
+    )
+    p99 = ratio(ms, HTTP_1, P99_SEQ, FEAST, SKEWLESS)
+    add("HTTP 1 entity: p99 one at a time <= 1/5 of Feast's", _at_least(p99, 5, "lower than Feast's"))
+    add(
+        "HTTP 100 entities: >= 20x Feast's req/s",
+        _at_least(ratio(ms, HTTP_100, RPS_LOAD, SKEWLESS, FEAST), 20, "of Feast"),
+    )
+    add(
+        "HTTP 100 entities: >= 60% of the floor's req/s",
+        _at_least(ratio(ms, HTTP_100, RPS_LOAD, SKEWLESS, REFERENCE), 0.60, "of the floor", "{:.0%}"),
+    )
+    client, raw = find(ms, CLIENT_1, LATENCY_MS, SKEWLESS), find(ms, CLIENT_1, LATENCY_MS, REFERENCE)
+    if client and raw:
+        gap = client.median - raw.median
+        add("Python client 1 entity: within 0.2 ms of the raw Redis round trip", (f"+{gap:.3f} ms", gap <= 0.2))
+    else:
+        add("Python client 1 entity: within 0.2 ms of the raw Redis round trip", ("not measured", None))
+    add(
+        "Materialize: >= 3x Feast's rows/s end to end",
+        _at_least(ratio(ms, MAT_EMPTY, ROWS_PER_S, SKEWLESS, FEAST), 3, "of Feast"),
+    )
+    add("Materialize: Redis publishing >= 100k keys/s", ("not measured separately (inside the run)", None))
+    add(
+        "Point-in-time: >= 10x faster than Feast's Spark offline store",
+        _at_least(ratio(ms, PIT, WHOLE_PROCESS_S, FEAST_SPARK, SKEWLESS), 10, "faster"),
+    )
+    pit = ratio(ms, PIT, WHOLE_PROCESS_S, SKEWLESS, FEAST)
+    add(
+        "Point-in-time: whole process no slower than Feast duckdb",
+        ("not measured", None) if pit is None else (f"{pit:.2f}x Feast's time", pit <= 1.0),
+    )
+    ours = [c for c in correctness if c["system"] == SKEWLESS]
+    if ours:
+        lost = sum(c["rows_lost"] + c["rows_extra"] for c in ours)
+        wrong = sum(c["values_wrong"] for c in ours)
+        add(
+            "Correctness: zero rows lost, zero values wrong (skewless, every training set)",
+            (f"{lost} rows lost or extra, {wrong} values wrong in {len(ours)} training sets", lost == 0 and wrong == 0),
+        )
+    else:
+        add("Correctness: zero rows lost, zero values wrong", ("not measured", None))
+    return targets
+
+
+def spread(values: Sequence[float]) -> str:
+    """``min / median / max`` with a precision that suits the size of the numbers."""
+    if not values:
+        return "-"
+
+    def fmt(v: float) -> str:
+        if abs(v) >= 1000:
+            return f"{v:,.0f}"
+        if abs(v) >= 10:
+            return f"{v:.1f}"
+        if abs(v) >= 1:
+            return f"{v:.2f}"
+        return f"{v:.3f}"
+
+    if len(values) == 1:
+        return fmt(values[0])
+    return f"{fmt(min(values))} / {fmt(statistics.median(values))} / {fmt(max(values))}"
+
+
+def render(results: dict[str, Any]) -> str:
+    """The Markdown report of a results document (the same dict that is written as JSON)."""
+    measurements = [Measurement(**m) for m in results["measurements"]]
+    systems = [s for s in SYSTEMS if any(m.system == s for m in measurements)]
+    config, machine = results["config"], results["machine"]
+    lines = [
+        f"# skewless vs Feast, {results['date']}",
+        "",
+        f"Scale {config['scale']} (seed {config['seed']}): {config['users']:,} users, {config['feature_rows']:,} "
+        f"feature rows over 60 days in 2 views (10 features), {config['entity_rows']:,} entity rows; "
+        f"{config['repeats']} repetitions, HTTP loads of {config['load_seconds']:g} s. "
+        f"Machine: {machine['cores']} cores, {machine['memory_gib']} GiB; Python {machine['python']}, "
+        f"Feast {machine.get('feast', '?')}, pyspark {machine.get('pyspark', '?')}; load generator: "
+        f"{machine.get('load_generator', '?')}. Every server has 2 workers; everything on 127.0.0.1.",
+        "",
+        "Values are min / median / max over the repetitions; the ratio is skewless's median over Feast's "
+        "(duckdb offline store, Redis online store). Peak RSS is the whole process tree (the Spark JVM included).",
+        "",
+    ]
+    header = ["case", "metric", *(SYSTEM_TITLES[s] for s in systems), "skewless / Feast"]
+    lines += ["| " + " | ".join(header) + " |", "| --- | --- | " + " | ".join("---:" for _ in header[2:]) + " |"]
+    keys: list[tuple[str, str]] = []
+    for m in measurements:
+        if (m.case, m.metric) not in keys:
+            keys.append((m.case, m.metric))
+    for case, metric in keys:
+        cells = [case, metric]
+        for system in systems:
+            found = find(measurements, case, metric, system)
+            cells.append(spread(found.values) if found else "-")
+        r = ratio(measurements, case, metric, SKEWLESS, FEAST)
+        cells.append(f"{r:.2f}" if r is not None else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+
+    lines += ["", "## Correctness against the pandas `merge_asof` oracle", ""]
+    lines += [
+        "| system | training set | rows expected | rows returned | rows lost | rows extra | rows wrong | values wrong "
+        "| wrong rows by kind |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for c in results.get("correctness", []):
+        kinds = ", ".join(f"{k}: {v}" for k, v in sorted(c.get("wrong_by_kind", {}).items())) or "-"
+        lines.append(
+            f"| {SYSTEM_TITLES.get(c['system'], c['system'])} | {c['run']} | {c['rows_expected']:,} | "
+            f"{c['rows_returned']:,} | {c['rows_lost']:,} | {c['rows_extra']:,} | {c['rows_wrong']:,} | "
+            f"{c['values_wrong']:,} | {kinds} |"
+        )
+
+    lines += ["", "## Targets (issue 4)", "", "| target | measured | met |", "| --- | --- | --- |"]
+    for t in results.get("targets", []):
+        met = "n/a" if t["met"] is None else ("yes" if t["met"] else "**no**")
+        lines.append(f"| {t['target']} | {t['measured']} | {met} |")
+    notes = results.get("notes", [])
+    if notes:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
+    return "\n".join(lines) + "\n"
+
+
+def to_jsonable(measurements: Sequence[Measurement], targets: Sequence[Target]) -> dict[str, Any]:
+    return {"measurements": [asdict(m) for m in measurements], "targets": [asdict(t) for t in targets]}

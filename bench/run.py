@@ -1,0 +1,553 @@
+"""skewless and Feast side by side, on the same data, in one run (issue 4). Start it with ``bash bench/run.sh``.
+
+    python -m bench.run                        # scale 1.0: 100k users, 2M feature rows, 200k entity rows
+    python -m bench.run --scale 0.05 --repeats 2 --load-seconds 3 --name example-small
+
+Generates one workload (bench/workload.py), writes it as Parquet for Feast (duckdb offline store, Redis online
+store) and loads the same rows into a PostgreSQL started here for skewless (a generated feature repository
+under bench/.work/), then measures, each case ``--repeats`` times: materialization into an empty Redis and onto
+filled keys; the point-in-time training set of the entity rows (in-process and whole-process time, peak RSS);
+online lookups through each Python client and the raw Redis round trip; HTTP lookups one at a time and under
+16 connections against each server with 2 workers and against the floor (bench/floor_app.py); and every
+training set against the pandas oracle (bench/oracle.py). Every server is started here on 127.0.0.1, in its
+own process group, and killed at the end. Writes ``bench/results/<name>.md`` and ``.json`` (name: the date).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench import report  # noqa: E402
+from bench.backfill import tree_rss  # noqa: E402
+from bench.feast_side import FEATURES, write_repo  # noqa: E402
+from bench.http_load import percentile  # noqa: E402
+from bench.http_load import run as http_run  # noqa: E402
+from bench.oracle import compare, training_set  # noqa: E402
+from bench.workload import VIEWS, Workload, generate  # noqa: E402
+from tests.servers import free_port, postgres_server, redis_server, wait_for_port  # noqa: E402
+
+FEAST_PY = ROOT / "bench" / ".feast-venv" / "bin" / "python"
+FEAST_CLI = ROOT / "bench" / ".feast-venv" / "bin" / "feast"
+SKEWLESS_CLI = Path(sys.executable).parent / "skewless"
+_T0 = time.monotonic()
+
+
+def log(message: str) -> None:
+    print(f"[{time.monotonic() - _T0:7.1f}s] {message}", flush=True)
+
+
+class Recorder:
+    """Collects measurements, one value per repetition."""
+
+    def __init__(self) -> None:
+        self.items: dict[tuple[str, str, str], report.Measurement] = {}
+
+    def add(self, case: str, metric: str, system: str, value: float) -> None:
+        key = (case, metric, system)
+        self.items.setdefault(key, report.Measurement(case, metric, system)).values.append(round(value, 6))
+
+    def all(self) -> list[report.Measurement]:
+        return list(self.items.values())
+
+
+# -- processes ------------------------------------------------------------------------------------------------
+def run_measured(cmd: list[str], *, logfile: Path, timeout: float, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run ``cmd`` in its own process group; whole-process seconds, peak RSS of its tree, and its RESULT."""
+    began = time.perf_counter()
+    with open(logfile, "ab") as err:
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=err, cwd=ROOT, env=env or os.environ.copy(), start_new_session=True
+        )
+        peak = 0
+        stop = threading.Event()
+
+        def sample() -> None:
+            nonlocal peak
+            while not stop.wait(0.1):
+                peak = max(peak, tree_rss(proc.pid))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        try:
+            out, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            raise RuntimeError(f"{' '.join(cmd[:4])} ... took more than {timeout:.0f} s; see {logfile}") from None
+        finally:
+            stop.set()
+            sampler.join()
+    seconds = time.perf_counter() - began
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:4])} ... failed ({proc.returncode}); see {logfile}")
+    text = out.decode()
+    if "RESULT " not in text:
+        raise RuntimeError(f"{' '.join(cmd[:4])} ... printed no RESULT; see {logfile}")
+    result: dict[str, Any] = json.loads(text[text.rindex("RESULT ") + len("RESULT ") :].splitlines()[0])
+    result["whole_seconds"] = seconds
+    result["peak_rss_mb"] = peak / 2**20
+    return result
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=15)
+
+
+@contextlib.contextmanager
+def server(cmd: list[str], port: int, *, logfile: Path, env: dict[str, str] | None = None) -> Iterator[int]:
+    """A server in its own process group (so its workers go with it); yields its pid."""
+    with open(logfile, "ab") as out:
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=out, cwd=ROOT, env=env or os.environ.copy(), start_new_session=True
+        )
+        try:
+            wait_for_port(port, timeout=120)
+            time.sleep(2.0)  # both workers up, not just the first
+            yield proc.pid
+        finally:
+            _kill_group(proc)
+
+
+class RssSampler:
+    def __init__(self, pid: int) -> None:
+        self.pid, self.peak = pid, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.25):
+            self.peak = max(self.peak, tree_rss(self.pid))
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+# -- data -----------------------------------------------------------------------------------------------------
+def write_data(workload: Workload, data: Path) -> None:
+    data.mkdir(parents=True, exist_ok=True)
+    # Microseconds, not pandas' nanoseconds: Spark cannot read TIMESTAMP(NANOS) Parquet columns.
+    options: dict[str, Any] = {"index": False, "coerce_timestamps": "us", "allow_truncated_timestamps": False}
+    for name, view in workload.views.items():
+        view.frame.to_parquet(data / f"{name}.parquet", **options)
+    workload.entities.to_parquet(data / "entities.parquet", **options)
+
+
+def load_postgres(url: str, workload: Workload) -> None:
+    import io
+
+    import psycopg
+
+    sql_types = {"int64": "BIGINT", "float64": "DOUBLE PRECISION", "string": "TEXT"}
+    with psycopg.connect(url, autocommit=True) as conn:
+        for spec in VIEWS:
+            frame = workload.views[spec.name].frame.copy()
+            for column in ("event_ts", "created_ts"):  # TIMESTAMP columns hold UTC (skewless's rule for naive)
+                frame[column] = frame[column].dt.tz_convert("UTC").dt.tz_localize(None)
+            columns = ", ".join(f"{n} {sql_types[t]}" for n, t in spec.features)
+            conn.execute(f"DROP TABLE IF EXISTS {spec.name}")
+            conn.execute(
+                f"CREATE TABLE {spec.name} (user_id BIGINT, event_ts TIMESTAMP, created_ts TIMESTAMP, {columns})"
+            )
+            buffer = io.StringIO()
+            frame.to_csv(buffer, index=False, header=False, date_format="%Y-%m-%d %H:%M:%S.%f")
+            with conn.cursor().copy(f"COPY {spec.name} FROM STDIN WITH (FORMAT csv)") as copy:
+                copy.write(buffer.getvalue())
+            conn.execute(f"ANALYZE {spec.name}")
+
+
+def write_skewless_repo(repo: Path, pg_url: str, redis_url: str) -> None:
+    (repo / "definitions").mkdir(parents=True, exist_ok=True)
+    views = []
+    for spec in VIEWS:
+        feats = ",\n        ".join(f'Feature("{n}", {t.capitalize()})' for n, t in spec.features)
+        views.append(
+            f"{spec.name}_rows = SqlSource(connection='bench', table='{spec.name}', timestamp='event_ts', "
+            f"created='created_ts')\n\n"
+            f"{spec.name} = FeatureView(\n    entities=[user],\n    source={spec.name}_rows,\n"
+            f"    ttl=timedelta(seconds={int(spec.ttl.total_seconds())}),\n"
+            f"    features=[\n        {feats},\n    ],\n)\n"
+        )
+    (repo / "definitions" / "users.py").write_text(
+        '"""The benchmark workload (generated by bench/run.py)."""\n\nfrom datetime import timedelta\n\n'
+        "from features import Entity, Feature, FeatureView, Float64, Int64, SqlSource, String\n\n"
+        'user = Entity(join_keys={"user_id": Int64})\n\n' + "\n\n".join(views)
+    )
+    (repo / "skewless.yaml").write_text(
+        f"project: bench\nregistry: sqlite:///{repo / 'registry.db'}\noffline:\n  path: offline\n  spark:\n"
+        f"    spark.master: local[2]\nonline:\n  url: {redis_url}\nconnections:\n  bench: {pg_url}\n"
+        "definitions: definitions\n"
+    )
+
+
+def _feast_has_spark() -> bool:
+    probe = [str(FEAST_PY), "-c", "import pyspark"]
+    return subprocess.run(probe, capture_output=True, check=False).returncode == 0
+
+
+def online_users(workload: Workload, now: datetime, count: int, size: int, seed: int) -> list[list[int]]:
+    """Batches of users that have a row in both views recent enough to be served (within TTL of ``now``)."""
+    recent = None
+    for spec in VIEWS:
+        frame = workload.views[spec.name].frame
+        fresh = set(frame.loc[frame["event_ts"] >= now - spec.ttl + timedelta(days=1), "user_id"].tolist())
+        recent = fresh if recent is None else recent & fresh
+    pool = sorted(recent or [])
+    rng = random.Random(seed)
+    if len(pool) < size:
+        pool = pool * (size // max(1, len(pool)) + 1)
+    return [rng.sample(pool, size) for _ in range(count)]
+
+
+# -- HTTP -----------------------------------------------------------------------------------------------------
+def http_body(system: str, ids: list[int]) -> dict[str, Any]:
+    """The request each server takes for ``ids``: the ten features by name (the floor reads the same keys)."""
+    if system == report.REFERENCE:
+        return {"entities": {"user_id": ids}}
+    return {"features": FEATURES, "entities": {"user_id": ids}}
+
+
+def wrk_load(url: str, body: bytes, seconds: float, work: Path) -> tuple[float, float, int]:
+    """(req/s, p99 ms, non-2xx) from wrk with 16 connections for ``seconds``."""
+    script = work / "wrk-post.lua"
+    script.write_text(
+        'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+        f"wrk.body = {json.dumps(body.decode())}\n"
+    )
+    out = subprocess.run(
+        ["wrk", "-t2", "-c16", f"-d{max(1, int(seconds))}s", "--timeout", "5s", "--latency", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+        check=True,
+    ).stdout
+    rps, p99, errors = 0.0, 0.0, 0
+    for line in out.splitlines():
+        parts = line.split()
+        if line.startswith("Requests/sec:"):
+            rps = float(parts[1])
+        elif parts[:1] == ["99%"]:
+            p99 = _wrk_ms(parts[1])
+        elif line.strip().startswith("Non-2xx"):
+            errors = int(parts[-1])
+    return rps, p99, errors
+
+
+def _wrk_ms(text: str) -> float:
+    for unit, factor in (("us", 0.001), ("ms", 1.0), ("s", 1000.0)):
+        if text.endswith(unit):
+            return float(text[: -len(unit)]) * factor
+    return float(text)
+
+
+def measure_http(
+    rec: Recorder, system: str, url: str, bodies: dict[str, list[bytes]], args: argparse.Namespace, work: Path
+) -> list[str]:
+    notes = []
+    for case, batches in bodies.items():
+        for _ in range(args.repeats):
+            seq = http_run(url, batches[0], connections=1, seconds=min(args.load_seconds, 5.0), max_requests=3000)
+            if seq.errors:
+                notes.append(f"{system} {case}: {seq.errors} of {seq.requests} sequential requests were not 200")
+            rec.add(case, report.P50_SEQ, system, seq.percentile_ms(50))
+            rec.add(case, report.P99_SEQ, system, seq.percentile_ms(99))
+            if shutil.which("wrk"):
+                rps, p99, errors = wrk_load(url, batches[0], args.load_seconds, work)
+            else:
+                load = http_run(url, batches[0], connections=16, seconds=args.load_seconds, max_requests=200_000)
+                rps, p99, errors = load.requests_per_s, load.percentile_ms(99), load.errors
+            if errors:
+                notes.append(f"{system} {case}: {errors} requests under load were not 200")
+            rec.add(case, report.RPS_LOAD, system, rps)
+            rec.add(case, report.P99_LOAD, system, p99)
+            log(
+                f"  {system:9s} {case}: one at a time p50 {seq.percentile_ms(50):.2f} ms p99 "
+                f"{seq.percentile_ms(99):.2f} ms; 16 connections {rps:,.0f} req/s p99 {p99:.1f} ms"
+            )
+    return notes
+
+
+# -- main -----------------------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scale", type=float, default=1.0, help="1.0: 100k users, 2M feature rows, 200k entity rows")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=3, help="repetitions of every case (min / median / max)")
+    parser.add_argument("--load-seconds", type=float, default=10.0, help="duration of each HTTP load")
+    parser.add_argument("--name", default=None, help="results file name (default: the date)")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    parser.add_argument(
+        "--skip", default="", help="comma-separated cases to skip: materialize,pit,client,http,feast-spark"
+    )
+    args = parser.parse_args(argv)
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    if not FEAST_PY.exists():
+        print("Feast's venv is missing: run bash bench/run.sh, which creates bench/.feast-venv", file=sys.stderr)
+        return 2
+
+    now = datetime.now(UTC)
+    end = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    work = ROOT / "bench" / ".work" / f"run-{now:%Y%m%d-%H%M%S}"
+    logs = work / "logs"
+    logs.mkdir(parents=True)
+    log(f"workload: scale {args.scale}, seed {args.seed}, data up to {end:%Y-%m-%d}; work dir {work}")
+    workload = generate(args.scale, args.seed, end=end)
+    write_data(workload, work / "data")
+    entities_path = work / "data" / "entities.parquet"
+    log(
+        f"  {workload.users:,} users, {workload.feature_rows:,} feature rows, {len(workload.entities):,} entity rows "
+        f"({', '.join(f'{k}: {v}' for k, v in workload.entities['kind'].value_counts().sort_index().items())})"
+    )
+    expected = training_set(
+        workload.entities,
+        {name: (v.frame, v.spec.ttl, [f for f, _ in v.spec.features]) for name, v in workload.views.items()},
+    )
+    log("  oracle training set computed (pandas merge_asof)")
+
+    rec = Recorder()
+    correctness: list[dict[str, Any]] = []
+    notes: list[str] = []
+    timeout = 600 + 3600 * args.scale
+    sk_repo, feast_repo, feast_spark_repo = work / "skewless", work / "feast", work / "feast-spark"
+    with contextlib.ExitStack() as stack:
+        pg_url = stack.enter_context(postgres_server())
+        sk_redis = stack.enter_context(redis_server())
+        feast_redis = stack.enter_context(redis_server())
+        log(f"PostgreSQL at {pg_url}, Redis for skewless at {sk_redis}, for Feast at {feast_redis}")
+        began = time.perf_counter()
+        load_postgres(pg_url, workload)
+        log(f"  loaded {workload.feature_rows:,} rows into PostgreSQL in {time.perf_counter() - began:.1f} s")
+        write_skewless_repo(sk_repo, pg_url, sk_redis)
+        feast_port = int(feast_redis.rsplit(":", 1)[1].split("/")[0])
+        write_repo(feast_repo, work / "data", feast_port)
+        with_spark = "feast-spark" not in skip and _feast_has_spark()
+        if with_spark:
+            write_repo(feast_spark_repo, work / "data", feast_port, offline="spark")
+            run_measured(
+                [str(FEAST_PY), "bench/feast_side.py", str(feast_spark_repo), "apply"],
+                logfile=logs / "feast-spark.log",
+                timeout=600,
+            )
+        else:
+            notes.append("Feast's Spark offline store was not measured (pyspark missing in its venv, or skipped)")
+        run_measured(
+            [str(FEAST_PY), "bench/feast_side.py", str(feast_repo), "apply"], logfile=logs / "feast.log", timeout=600
+        )
+        sk = [sys.executable, "-m", "bench.skewless_side", str(sk_repo)]
+        fe = [str(FEAST_PY), "bench/feast_side.py", str(feast_repo)]
+        mat_start = (workload.start - timedelta(days=1)).isoformat()
+        mat_end = datetime.now(UTC).isoformat()
+
+        import redis
+
+        def flush(url: str) -> None:
+            client = redis.Redis.from_url(url)
+            client.flushdb()
+            client.close()
+
+        # (1) materialize
+        if "materialize" not in skip:
+            log("case 1: materialize (empty Redis, then onto filled keys)")
+            for i in range(args.repeats):
+                for system, first, again in (
+                    (report.SKEWLESS, [*sk, "materialize", "--fresh"], [*sk, "materialize"]),
+                    (report.FEAST, [*fe, "materialize", mat_start, mat_end], [*fe, "materialize", mat_start, mat_end]),
+                ):
+                    flush(sk_redis if system == report.SKEWLESS else feast_redis)
+                    for case, cmd in ((report.MAT_EMPTY, first), (report.MAT_FILLED, again)):
+                        r = run_measured(cmd, logfile=logs / f"{system}.log", timeout=timeout)
+                        rec.add(case, report.IN_PROCESS_S, system, r["seconds"])
+                        rec.add(case, report.WHOLE_PROCESS_S, system, r["whole_seconds"])
+                        rec.add(case, report.ROWS_PER_S, system, workload.feature_rows / r["whole_seconds"])
+                        rec.add(case, report.PEAK_RSS, system, r["peak_rss_mb"])
+                        log(
+                            f"  [{i + 1}/{args.repeats}] {system:9s} {case[3:]}: {r['seconds']:.1f} s in process, "
+                            f"{r['whole_seconds']:.1f} s whole, peak {r['peak_rss_mb']:,.0f} MiB"
+                        )
+        else:  # the later cases need the data online
+            run_measured([*sk, "materialize", "--fresh"], logfile=logs / "skewless.log", timeout=timeout)
+            run_measured([*fe, "materialize", mat_start, mat_end], logfile=logs / "feast.log", timeout=timeout)
+
+        # (2) point-in-time training sets, each checked against the oracle (6)
+        if "pit" not in skip:
+            log("case 2: point-in-time training set (and case 6: each one against the oracle)")
+            columns = workload.feature_columns()
+            for i in range(args.repeats):
+                systems = [(report.SKEWLESS, sk), (report.FEAST, fe)]
+                if with_spark:
+                    systems.append((report.FEAST_SPARK, [str(FEAST_PY), "bench/feast_side.py", str(feast_spark_repo)]))
+                for system, cmd in systems:
+                    out = work / f"training-{system}-{i}.parquet"
+                    r = run_measured(
+                        [*cmd, "pit", str(entities_path), str(out)], logfile=logs / f"{system}.log", timeout=timeout
+                    )
+                    rec.add(report.PIT, report.IN_PROCESS_S, system, r["seconds"])
+                    rec.add(report.PIT, report.WHOLE_PROCESS_S, system, r["whole_seconds"])
+                    rec.add(report.PIT, report.PEAK_RSS, system, r["peak_rss_mb"])
+                    import pandas as pd
+
+                    check = compare(expected, pd.read_parquet(out), columns)
+                    correctness.append({"system": system, "run": f"point-in-time #{i + 1}", **check})
+                    log(
+                        f"  [{i + 1}/{args.repeats}] {system:9s} {r['seconds']:.1f} s in process, "
+                        f"{r['whole_seconds']:.1f} s whole, peak {r['peak_rss_mb']:,.0f} MiB; lost "
+                        f"{check['rows_lost']}, extra {check['rows_extra']}, wrong values {check['values_wrong']}"
+                    )
+
+        # (3) Python clients
+        batches = {
+            report.CLIENT_1: online_users(workload, now, 200, 1, args.seed),
+            report.CLIENT_100: online_users(workload, now, 20, 100, args.seed),
+        }
+        if "client" not in skip:
+            log("case 3: online lookup through the Python client")
+            for case, users in batches.items():
+                users_file = work / f"users-{len(users[0])}.json"
+                users_file.write_text(json.dumps(users))
+                for i in range(args.repeats):
+                    for system, cmd in ((report.SKEWLESS, sk), (report.FEAST, fe)):
+                        r = run_measured(
+                            [*cmd, "online", str(users_file), "--seconds", str(min(args.load_seconds, 5.0))],
+                            logfile=logs / f"{system}.log",
+                            timeout=300,
+                        )
+                        rec.add(case, report.LATENCY_MS, system, percentile(r["client"], 50) * 1000)
+                        rec.add(case, report.P99_SEQ, system, percentile(r["client"], 99) * 1000)
+                        if "raw_mget" in r:
+                            rec.add(case, report.LATENCY_MS, report.REFERENCE, percentile(r["raw_mget"], 50) * 1000)
+                            rec.add(case, report.P99_SEQ, report.REFERENCE, percentile(r["raw_mget"], 99) * 1000)
+                        log(
+                            f"  [{i + 1}/{args.repeats}] {system:9s} {case[3:]}: median "
+                            f"{percentile(r['client'], 50) * 1000:.3f} ms over {len(r['client'])} calls"
+                            + (f" (raw MGET {percentile(r['raw_mget'], 50) * 1000:.3f} ms)" if "raw_mget" in r else "")
+                            + f"; {r['present']} values present in the first answer"
+                        )
+
+        # (4) and (5): HTTP against each server and the floor
+        if "http" not in skip:
+            log("case 4 and 5: HTTP, one request at a time and 16 connections (servers with 2 workers)")
+            import redis as redis_lib
+
+            client = redis_lib.Redis.from_url(sk_redis)
+            prefixes = ",".join(
+                f"bench:{spec.name}:v{int(client.hget(f'bench:{spec.name}:_live', 'version') or 0)}:" for spec in VIEWS
+            )
+            client.close()
+            http_cases = {report.HTTP_1: batches[report.CLIENT_1], report.HTTP_100: batches[report.CLIENT_100]}
+            floor_env = {**os.environ, "FLOOR_REDIS_URL": sk_redis, "FLOOR_PREFIXES": prefixes}
+            servers = [
+                (report.SKEWLESS, "/v1/features", f"{SKEWLESS_CLI} serve --repo {sk_repo} --workers 2 --port", None),
+                (
+                    report.FEAST,
+                    "/get-online-features",
+                    f"{FEAST_CLI} -c {feast_repo} serve -h 127.0.0.1 --workers 2 --no-access-log -p",
+                    None,
+                ),
+                (
+                    report.REFERENCE,
+                    "/v1/features",
+                    f"{sys.executable} -m bench.floor_app --host 127.0.0.1 --workers 2 --port",
+                    floor_env,
+                ),
+            ]
+            for system, path, command, env in servers:
+                port = free_port()
+                bodies = {
+                    case: [json.dumps(http_body(system, u)).encode() for u in users[:1]]
+                    for case, users in http_cases.items()
+                }
+                with server([*command.split(), str(port)], port, logfile=logs / f"{system}-server.log", env=env) as pid:
+                    url = f"http://127.0.0.1:{port}{path}"
+                    warm = http_run(url, bodies[report.HTTP_1][0], connections=2, seconds=1.0, max_requests=200)
+                    if warm.errors:
+                        notes.append(
+                            f"{system} server answered {warm.errors} of {warm.requests} warm-up requests with an error"
+                        )
+                    with RssSampler(pid) as rss:
+                        notes += measure_http(rec, system, url, bodies, args, work)
+                    rec.add("4. HTTP server (whole run)", report.PEAK_RSS, system, rss.peak / 2**20)
+
+    measurements = rec.all()
+    targets = report.evaluate_targets(measurements, correctness)
+    write_results(Path(args.out), args, workload, measurements, targets, correctness, notes)
+    return 0
+
+
+def write_results(
+    out: Path,
+    args: argparse.Namespace,
+    workload: Workload,
+    measurements: list[report.Measurement],
+    targets: list[report.Target],
+    correctness: list[dict[str, Any]],
+    notes: list[str],
+) -> None:
+    import pyspark
+
+    feast_version = subprocess.run(
+        [str(FEAST_PY), "-c", "import feast; print(feast.__version__)"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    date = datetime.now(UTC).strftime("%Y-%m-%d")
+    name = args.name or date
+    results = {
+        "date": date,
+        "machine": {
+            "cores": os.cpu_count(),
+            "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+            "python": platform.python_version(),
+            "pyspark": pyspark.__version__,
+            "feast": feast_version or "?",
+            "load_generator": "wrk -t2 -c16" if shutil.which("wrk") else "bench/http_load.py (16 connections)",
+        },
+        "config": {
+            "scale": args.scale,
+            "seed": args.seed,
+            "repeats": args.repeats,
+            "load_seconds": args.load_seconds,
+            "users": workload.users,
+            "feature_rows": workload.feature_rows,
+            "entity_rows": len(workload.entities),
+            "entity_kinds": {str(k): int(v) for k, v in workload.entities["kind"].value_counts().sort_index().items()},
+        },
+        **report.to_jsonable(measurements, targets),
+        "correctness": correctness,
+        "notes": notes,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
+    markdown = report.render(results)
+    (out / f"{name}.md").write_text(markdown)
+    print(markdown)
+    log(f"wrote {out / name}.md and .json")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

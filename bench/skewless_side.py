@@ -1,0 +1,134 @@
+"""skewless's side of the side-by-side benchmark, one measured action per process (run by bench/run.py).
+
+    python -m bench.skewless_side REPO materialize [--fresh]
+    python -m bench.skewless_side REPO pit ENTITIES.parquet OUT.parquet
+    python -m bench.skewless_side REPO online USERS_JSON --seconds 5 --max-calls 2000
+
+The last line of stdout is ``RESULT {json}``: the in-process seconds of the measured call (the harness times
+the whole process and samples its memory from outside).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+FEATURES = [
+    "user_profile:credit_score",
+    "user_profile:income",
+    "user_profile:tenure_days",
+    "user_profile:segment",
+    "user_profile:risk",
+    "user_activity:clicks_1d",
+    "user_activity:spend_1d",
+    "user_activity:sessions_7d",
+    "user_activity:last_device",
+    "user_activity:avg_basket",
+]
+
+
+def emit(result: dict[str, Any]) -> None:
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def materialize(repo: Path, fresh: bool) -> None:
+    from features.store import FeatureStore
+
+    if fresh:  # an empty offline store and registry: the first run a new user makes
+        shutil.rmtree(repo / "offline", ignore_errors=True)
+        (repo / "registry.db").unlink(missing_ok=True)
+    with FeatureStore(repo) as store:
+        store.apply()
+        _ = store.offline.spark  # type: ignore[attr-defined]  # the JVM starts outside the in-process time
+        began = time.perf_counter()
+        results = store.materialize()
+        seconds = time.perf_counter() - began
+        emit(
+            {
+                "seconds": seconds,
+                "rows_read": sum(r.rows_read for r in results),
+                "rows_written": sum(r.rows_written_offline for r in results),
+                "rows_published": sum(r.rows_published or 0 for r in results),
+            }
+        )
+
+
+def pit(repo: Path, entities_path: str, out: str) -> None:
+    import pandas as pd
+
+    from features.store import FeatureStore
+
+    entities = pd.read_parquet(entities_path)
+    with FeatureStore(repo) as store:
+        _ = store.offline.spark  # type: ignore[attr-defined]  # the JVM starts outside the in-process time
+        began = time.perf_counter()
+        frame = store.get_training_dataset(entities, features=FEATURES, timestamp_column="ts")
+        seconds = time.perf_counter() - began
+    frame.to_parquet(out)
+    emit({"seconds": seconds, "rows": len(frame)})
+
+
+def online(repo: Path, users: list[list[int]], seconds: float, max_calls: int) -> None:
+    """Latencies of ``get_online_features`` and of the raw Redis round trip (one MGET of the same keys)."""
+    from features.store import FeatureStore
+
+    with FeatureStore(repo) as store:
+        store.get_online_features({"user_id": users[0]}, features=FEATURES)  # warm: plan, connection, script
+        client = store.online_store().client()  # type: ignore[attr-defined]
+        versions = {
+            view: store.online_store().live_version(view)["version"]  # type: ignore[index]
+            for view in ("user_profile", "user_activity")
+        }
+        prefix = store.config.project
+        answer: dict[str, Any] = {}
+        for label in ("client", "raw_mget"):
+            timings: list[float] = []
+            deadline = time.perf_counter() + seconds
+            i = 0
+            while i < max_calls and time.perf_counter() < deadline:
+                entity_ids = users[i % len(users)]
+                began = time.perf_counter()
+                if label == "client":
+                    store.get_online_features({"user_id": entity_ids}, features=FEATURES)
+                else:
+                    keys = [f"{prefix}:{view}:v{versions[view]}:{u}" for view in versions for u in entity_ids]
+                    client.mget(keys)
+                timings.append(time.perf_counter() - began)
+                i += 1
+            answer[label] = timings
+        sample = store.get_online_features({"user_id": users[0]}, features=FEATURES).to_dict()
+        answer["present"] = sum(s == "present" for f in sample["features"].values() for s in f["statuses"])
+    emit(answer)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("repo")
+    sub = parser.add_subparsers(dest="command", required=True)
+    m = sub.add_parser("materialize")
+    m.add_argument("--fresh", action="store_true")
+    p = sub.add_parser("pit")
+    p.add_argument("entities")
+    p.add_argument("out")
+    o = sub.add_parser("online")
+    o.add_argument("users", help="a JSON file: a list of entity batches (lists of user ids)")
+    o.add_argument("--seconds", type=float, default=5.0)
+    o.add_argument("--max-calls", type=int, default=2000)
+    args = parser.parse_args(argv)
+    repo = Path(args.repo).resolve()
+    if args.command == "materialize":
+        materialize(repo, args.fresh)
+    elif args.command == "pit":
+        pit(repo, args.entities, args.out)
+    else:
+        online(repo, json.loads(Path(args.users).read_text()), args.seconds, args.max_calls)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""The report renderer and the targets, on made-up measurements."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench import report
+from bench.report import Measurement, evaluate_targets, render, spread, to_jsonable
+
+
+def measurements() -> list[Measurement]:
+    return [
+        Measurement(report.HTTP_1, report.RPS_LOAD, report.SKEWLESS, [3000.0, 3400.0, 3500.0]),
+        Measurement(report.HTTP_1, report.RPS_LOAD, report.FEAST, [600.0, 650.0, 700.0]),
+        Measurement(report.HTTP_1, report.RPS_LOAD, report.REFERENCE, [4000.0, 4000.0, 4100.0]),
+        Measurement(report.HTTP_1, report.P99_SEQ, report.SKEWLESS, [2.0, 2.5, 9.0]),
+        Measurement(report.HTTP_1, report.P99_SEQ, report.FEAST, [10.0, 10.0, 12.0]),
+        Measurement(report.CLIENT_1, report.LATENCY_MS, report.SKEWLESS, [0.5, 0.45, 0.6]),
+        Measurement(report.CLIENT_1, report.LATENCY_MS, report.REFERENCE, [0.2, 0.2, 0.2]),
+        Measurement(report.PIT, report.WHOLE_PROCESS_S, report.SKEWLESS, [20.0, 22.0, 30.0]),
+        Measurement(report.PIT, report.WHOLE_PROCESS_S, report.FEAST, [15.0, 15.0, 16.0]),
+        Measurement(report.PIT, report.PEAK_RSS, report.SKEWLESS, [1500.0]),
+    ]
+
+
+CORRECT = [
+    {"system": report.SKEWLESS, "run": "point-in-time #1", "rows_expected": 10, "rows_returned": 10, "rows_lost": 0,
+     "rows_extra": 0, "rows_wrong": 0, "values_wrong": 0, "wrong_by_kind": {}},
+    {"system": report.FEAST, "run": "point-in-time #1", "rows_expected": 10, "rows_returned": 9, "rows_lost": 1,
+     "rows_extra": 0, "rows_wrong": 2, "values_wrong": 7, "wrong_by_kind": {"tie": 2, "duplicate": 1}},
+]  # fmt: skip
+
+
+def test_targets_read_ratios_of_medians() -> None:
+    targets = {t.target: t for t in evaluate_targets(measurements(), CORRECT)}
+    assert targets["HTTP 1 entity: >= 5x Feast's req/s"].met is True  # 3400 / 650 = 5.2
+    assert targets["HTTP 1 entity: >= 5x Feast's req/s"].measured == "5.23x of Feast"
+    assert targets["HTTP 1 entity: >= 85% of the floor's req/s"].met is True  # 85%
+    assert targets["HTTP 1 entity: p99 one at a time <= 1/5 of Feast's"].met is False  # 10 / 2.5 = 4
+    assert targets["Python client 1 entity: within 0.2 ms of the raw Redis round trip"].met is False  # +0.3 ms
+    assert targets["Point-in-time: whole process no slower than Feast duckdb"].met is False
+    assert targets["HTTP 100 entities: >= 20x Feast's req/s"].met is None  # not measured
+    assert targets["HTTP 100 entities: >= 20x Feast's req/s"].measured == "not measured"
+    correctness = [t for t in targets.values() if t.target.startswith("Correctness")]
+    assert correctness[0].met is True  # skewless's training sets only; Feast's losses are reported, not a target
+
+
+def test_spread_is_min_median_max() -> None:
+    assert spread([3.0, 1.0, 2.0]) == "1.00 / 2.00 / 3.00"
+    assert spread([1500.0, 2500.5]) == "1,500 / 2,000 / 2,500"
+    assert spread([0.25]) == "0.250"
+    assert spread([]) == "-"
+
+
+def document() -> dict[str, Any]:
+    ms = measurements()
+    return {
+        "date": "2026-11-30",
+        "machine": {"cores": 2, "memory_gib": 24.0, "python": "3.11.7", "pyspark": "4.0.1", "feast": "0.67.0"},
+        "config": {"scale": 0.05, "seed": 7, "repeats": 3, "load_seconds": 5.0, "users": 5000,
+                   "feature_rows": 100000, "entity_rows": 10000},
+        **to_jsonable(ms, evaluate_targets(ms, CORRECT)),
+        "correctness": CORRECT,
+        "notes": ["wrk was not installed"],
+    }  # fmt: skip
+
+
+def test_render_makes_one_table_row_per_case_and_metric() -> None:
+    text = render(document())
+    lines = text.splitlines()
+    assert lines[0] == "# skewless vs Feast, 2026-11-30"
+    header = next(line for line in lines if line.startswith("| case |"))
+    assert header == "| case | metric | skewless | Feast (duckdb) | floor / raw Redis | skewless / Feast |"
+    row = next(line for line in lines if line.startswith(f"| {report.HTTP_1} | {report.RPS_LOAD} |"))
+    cells = "3,000 / 3,400 / 3,500 | 600.0 / 650.0 / 700.0 | 4,000 / 4,000 / 4,100 | 5.23"
+    assert row == f"| {report.HTTP_1} | {report.RPS_LOAD} | {cells} |"
+    rss = next(line for line in lines if line.startswith(f"| {report.PIT} | {report.PEAK_RSS} |"))
+    assert rss.endswith("| 1,500 | - | - | - |")  # skewless only: no ratio
+    assert "| Feast (duckdb) | point-in-time #1 | 10 | 9 | 1 | 0 | 2 | 7 | duplicate: 1, tie: 2 |" in lines
+    assert "| HTTP 1 entity: p99 one at a time <= 1/5 of Feast's | 4.00x lower than Feast's | **no** |" in lines
+    assert lines[-1] == "- wrk was not installed"
