@@ -177,9 +177,11 @@ def test_a_new_plan_version_is_picked_up_without_reading_the_registry_per_reques
     app = create_app(plan_provider=provider, store=online, refresh_seconds=0.2)
     with TestClient(app, raise_server_exceptions=False) as client:
         body = {"features": ["card:limit"], "entities": {"card_id": [1]}}
+        began = time.monotonic()
         for _ in range(20):
             assert post(client, body).json()["plan_version"] == 1
-        assert len(calls) <= 2
+        # at most one read per refresh period (a loaded machine may stretch the 20 requests over several)
+        assert len(calls) <= 2 + (time.monotonic() - began) / 0.2
         current[0] = plan_version(make_plan([CARD, MERCHANT, extra]), version=2)
         time.sleep(0.25)
         assert post(client, body).json()["plan_version"] == 2
