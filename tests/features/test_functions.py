@@ -14,7 +14,7 @@ from features import DefinitionError, FunctionLoadError
 from features.config import RepoConfig
 from features.diff import diff_plans
 from features.functions import FunctionLoader
-from features.on_demand import compute
+from features.on_demand import OnDemandFunctionError, compute
 from features.plan import Plan
 from features.store import FeatureStore
 from tests.features.conftest import ENTITIES, VIEWS
@@ -253,3 +253,44 @@ def test_the_loader_runs_the_planned_function_and_refuses_changed_code(make_repo
     (tmp_path / "repo_defs" / "functions.py").write_text(FUNCTIONS.replace("def shape(", "def renamed("))
     with pytest.raises((FunctionLoadError, DefinitionError)):
         FunctionLoader(tmp_path / "repo_defs").functions_for(plan)
+
+
+REQUEST_ONLY = """
+import pandas as pd
+
+from features import Float64, RequestSource, on_demand_function
+
+payment = RequestSource(schema={"amount": Float64})
+
+
+@on_demand_function(sources=[payment], outputs={"half": Float64})
+def halve(frame):
+    return pd.DataFrame({"half": frame["payment.amount"] / 2})
+
+
+@on_demand_function(sources=[payment], outputs={"x": Float64})
+def boom(frame):
+    raise KeyError("no such merchant")
+"""
+
+
+@pytest.mark.redis
+def test_the_facade_runs_functions_and_raises_typed_errors(make_repo: Repo, tmp_path: Path, redis_url: str) -> None:
+    make_repo({"entities.py": ENTITIES, "views.py": VIEWS, "functions.py": REQUEST_ONLY})
+    yaml = tmp_path / "skewless.yaml"
+    yaml.write_text(yaml.read_text() + f"online:\n  url: {redis_url}\n")
+    with FeatureStore(tmp_path) as store:
+        store.apply()
+        answer = store.get_online_features({}, features=["halve:half"], request_data={"amount": [3.0, None]})
+        assert answer.to_dict()["features"]["halve__half"]["values"] == [1.5, None]
+        with pytest.raises(OnDemandFunctionError) as info:
+            store.get_online_features({}, features=["boom:x"], request_data={"amount": [1.0]})
+        assert (info.value.view, info.value.function, info.value.exception) == (
+            "boom",
+            "repo_defs.functions:boom",
+            "KeyError",
+        )
+    # Code edited after 'apply': a new process refuses to run it.
+    (tmp_path / "repo_defs" / "functions.py").write_text(REQUEST_ONLY.replace("/ 2", "/ 3"))
+    with FeatureStore(tmp_path) as store, pytest.raises(FunctionLoadError, match="changed since the plan"):
+        store.get_online_features({}, features=["halve:half"], request_data={"amount": [3.0]})
