@@ -48,6 +48,7 @@ FEAST_PY = ROOT / "bench" / ".feast-venv" / "bin" / "python"
 FEAST_CLI = ROOT / "bench" / ".feast-venv" / "bin" / "feast"
 SKEWLESS_CLI = Path(sys.executable).parent / "skewless"
 _T0 = time.monotonic()
+LOAD_START = round(os.getloadavg()[0], 1)
 
 
 def log(message: str) -> None:
@@ -542,6 +543,8 @@ def write_results(
             "pyspark": pyspark.__version__,
             "feast": feast_version or "?",
             "load_generator": "wrk -t2 -c16" if shutil.which("wrk") else "bench/http_load.py (16 connections)",
+            "load_start": LOAD_START,
+            "load_end": round(os.getloadavg()[0], 1),
         },
         "config": {
             "scale": args.scale,
