@@ -509,6 +509,13 @@ def main(argv: list[str] | None = None) -> int:
                     with RssSampler(pid) as rss:
                         notes += measure_http(rec, system, url, bodies, args, work)
                     rec.add("4. HTTP server (whole run)", report.PEAK_RSS, system, rss.peak / 2**20)
+                if system == report.FEAST:  # gunicorn restarts a worker every --max-requests (Feast's default: 1000)
+                    boots = (logs / f"{system}-server.log").read_text(errors="replace").count("Booting worker")
+                    if boots > 2:
+                        notes.append(
+                            f"Feast's gunicorn restarted a worker {boots - 2} times during the HTTP cases (its "
+                            "default --max-requests 1000); a request cut by a restart counts as an error"
+                        )
 
     measurements = rec.all()
     targets = report.evaluate_targets(measurements, correctness)
