@@ -175,7 +175,8 @@ def render(results: dict[str, Any]) -> str:
         "",
         f"Scale {config['scale']} (seed {config['seed']}): {config['users']:,} users, {config['feature_rows']:,} "
         f"feature rows over 60 days in 2 views (10 features), {config['entity_rows']:,} entity rows; "
-        f"{config['repeats']} repetitions, HTTP loads of {config['load_seconds']:g} s. "
+        f"{config['repeats']} repetition{'s' if config['repeats'] != 1 else ' (one value per cell)'}, HTTP loads of "
+        f"{config['load_seconds']:g} s. "
         f"Machine: {machine['cores']} cores, {machine['memory_gib']} GiB; Python {machine['python']}, "
         f"Feast {machine.get('feast', '?')}, pyspark {machine.get('pyspark', '?')}; load generator: "
         f"{machine.get('load_generator', '?')}. Every server has 2 workers; everything on 127.0.0.1."
