@@ -34,7 +34,8 @@ async def features(request: Request) -> Response:
     body = orjson.loads(await request.body())
     ids = body["entities"]["user_id"]
     rows = await _redis.mget([f"{prefix}{i}" for prefix in _prefixes for i in ids])
-    return Response(orjson.dumps([r.decode() if r is not None else None for r in rows]), media_type="application/json")
+    values = [r.decode() if isinstance(r, bytes) else r for r in rows]
+    return Response(orjson.dumps(values), media_type="application/json")
 
 
 @app.get("/health")

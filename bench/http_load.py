@@ -55,36 +55,47 @@ def _request_bytes(url: str, body: bytes) -> tuple[str, int, bytes]:
     return parts.hostname, int(parts.port or 80), head.encode() + body
 
 
+async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, payload: bytes) -> bytes:
+    """Send one request and read its whole answer; the status line, or b"" when the connection ended."""
+    writer.write(payload)
+    status = await reader.readline()
+    if not status:
+        return b""
+    length, chunked = 0, False
+    while True:
+        line = await reader.readline()
+        if line in (b"\r\n", b""):
+            break
+        name, _, value = line.partition(b":")
+        name = name.strip().lower()
+        if name == b"content-length":
+            length = int(value)
+        elif name == b"transfer-encoding" and b"chunked" in value.lower():
+            chunked = True
+    if chunked:
+        while size := int((await reader.readline()).split(b";")[0], 16):
+            await reader.readexactly(size + 2)
+        await reader.readline()
+    elif length:
+        await reader.readexactly(length)
+    return status
+
+
 async def _worker(host: str, port: int, payload: bytes, deadline: float, budget: list[int], result: LoadResult) -> None:
     reader, writer = await asyncio.open_connection(host, port)
     try:
         while budget[0] > 0 and time.perf_counter() < deadline:
             budget[0] -= 1
             began = time.perf_counter()
-            writer.write(payload)
-            status = await reader.readline()
-            if not status:  # the server closed the connection (a worker restarting): count it, reconnect
+            try:
+                status = await _exchange(reader, writer, payload)
+            except (ConnectionError, asyncio.IncompleteReadError):
+                status = b""
+            if not status:  # the server closed or reset the connection (a worker restarting): count it, reconnect
                 result.errors += 1
                 writer.close()
                 reader, writer = await asyncio.open_connection(host, port)
                 continue
-            length, chunked = 0, False
-            while True:
-                line = await reader.readline()
-                if line in (b"\r\n", b""):
-                    break
-                name, _, value = line.partition(b":")
-                name = name.strip().lower()
-                if name == b"content-length":
-                    length = int(value)
-                elif name == b"transfer-encoding" and b"chunked" in value.lower():
-                    chunked = True
-            if chunked:
-                while size := int((await reader.readline()).split(b";")[0], 16):
-                    await reader.readexactly(size + 2)
-                await reader.readline()
-            elif length:
-                await reader.readexactly(length)
             result.latencies_s.append(time.perf_counter() - began)
             result.requests += 1
             if not status.startswith(b"HTTP/1.1 200"):

@@ -51,14 +51,14 @@ def training_set(
         expired = (joined[timestamp] - joined["event_ts"]) > pd.Timedelta(ttl)
         columns = [f"{name}__{f}" for f in features]
         for column in columns:
-            joined[column] = joined[column].astype(object).where(~(expired | joined["event_ts"].isna()), None)
+            joined[column] = joined[column].astype(object).mask(expired | joined["event_ts"].isna(), None)
         values = joined.set_index("row_id")[columns]
         for column in columns:
             out[column] = out["row_id"].map(values[column])
     return out
 
 
-def compare(expected: pd.DataFrame, result: pd.DataFrame, columns: Sequence[str]) -> dict[str, int]:
+def compare(expected: pd.DataFrame, result: pd.DataFrame, columns: Sequence[str]) -> dict[str, Any]:
     """Rows lost (an expected ``row_id`` missing), extra (a ``row_id`` returned more than once, or unknown),
     rows with at least one wrong value, wrong values in all, and (when ``expected`` has a ``kind`` column) the
     lost or wrong rows per kind. Nulls (None, NaN, NaT) equal each other;

@@ -48,6 +48,7 @@ FEAST_PY = ROOT / "bench" / ".feast-venv" / "bin" / "python"
 FEAST_CLI = ROOT / "bench" / ".feast-venv" / "bin" / "feast"
 SKEWLESS_CLI = Path(sys.executable).parent / "skewless"
 _T0 = time.monotonic()
+LOAD_START = round(os.getloadavg()[0], 1)
 
 
 def log(message: str) -> None:
@@ -336,6 +337,14 @@ def main(argv: list[str] | None = None) -> int:
     correctness: list[dict[str, Any]] = []
     notes: list[str] = []
     timeout = 600 + 3600 * args.scale
+
+    def checkpoint(done: str) -> None:
+        """Write the results so far, so a run stopped later still leaves what it measured."""
+        partial = [*notes, f"partial results: the run had finished {done} when this was written"]
+        measurements = rec.all()
+        targets = report.evaluate_targets(measurements, correctness)
+        write_results(Path(args.out), args, workload, measurements, targets, correctness, partial, quiet=True)
+
     sk_repo, feast_repo, feast_spark_repo = work / "skewless", work / "feast", work / "feast-spark"
     with contextlib.ExitStack() as stack:
         pg_url = stack.enter_context(postgres_server())
@@ -396,6 +405,8 @@ def main(argv: list[str] | None = None) -> int:
             run_measured([*sk, "materialize", "--fresh"], logfile=logs / "skewless.log", timeout=timeout)
             run_measured([*fe, "materialize", mat_start, mat_end], logfile=logs / "feast.log", timeout=timeout)
 
+        checkpoint("case 1")
+
         # (2) point-in-time training sets, each checked against the oracle (6)
         if "pit" not in skip:
             log("case 2: point-in-time training set (and case 6: each one against the oracle)")
@@ -421,6 +432,8 @@ def main(argv: list[str] | None = None) -> int:
                         f"{r['whole_seconds']:.1f} s whole, peak {r['peak_rss_mb']:,.0f} MiB; lost "
                         f"{check['rows_lost']}, extra {check['rows_extra']}, wrong values {check['values_wrong']}"
                     )
+
+        checkpoint("cases 1-2")
 
         # (3) Python clients
         batches = {
@@ -450,6 +463,8 @@ def main(argv: list[str] | None = None) -> int:
                             + (f" (raw MGET {percentile(r['raw_mget'], 50) * 1000:.3f} ms)" if "raw_mget" in r else "")
                             + f"; {r['present']} values present in the first answer"
                         )
+
+        checkpoint("cases 1-3")
 
         # (4) and (5): HTTP against each server and the floor
         if "http" not in skip:
@@ -494,6 +509,13 @@ def main(argv: list[str] | None = None) -> int:
                     with RssSampler(pid) as rss:
                         notes += measure_http(rec, system, url, bodies, args, work)
                     rec.add("4. HTTP server (whole run)", report.PEAK_RSS, system, rss.peak / 2**20)
+                if system == report.FEAST:  # gunicorn restarts a worker every --max-requests (Feast's default: 1000)
+                    boots = (logs / f"{system}-server.log").read_text(errors="replace").count("Booting worker")
+                    if boots > 2:
+                        notes.append(
+                            f"Feast's gunicorn restarted a worker {boots - 2} times during the HTTP cases (its "
+                            "default --max-requests 1000); a request cut by a restart counts as an error"
+                        )
 
     measurements = rec.all()
     targets = report.evaluate_targets(measurements, correctness)
@@ -509,6 +531,8 @@ def write_results(
     targets: list[report.Target],
     correctness: list[dict[str, Any]],
     notes: list[str],
+    *,
+    quiet: bool = False,
 ) -> None:
     import pyspark
 
@@ -526,6 +550,8 @@ def write_results(
             "pyspark": pyspark.__version__,
             "feast": feast_version or "?",
             "load_generator": "wrk -t2 -c16" if shutil.which("wrk") else "bench/http_load.py (16 connections)",
+            "load_start": LOAD_START,
+            "load_end": round(os.getloadavg()[0], 1),
         },
         "config": {
             "scale": args.scale,
@@ -545,7 +571,8 @@ def write_results(
     (out / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
     markdown = report.render(results)
     (out / f"{name}.md").write_text(markdown)
-    print(markdown)
+    if not quiet:
+        print(markdown)
     log(f"wrote {out / name}.md and .json")
 
 

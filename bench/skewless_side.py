@@ -79,11 +79,9 @@ def online(repo: Path, users: list[list[int]], seconds: float, max_calls: int) -
 
     with FeatureStore(repo) as store:
         store.get_online_features({"user_id": users[0]}, features=FEATURES)  # warm: plan, connection, script
-        client = store.online_store().client()  # type: ignore[attr-defined]
-        versions = {
-            view: store.online_store().live_version(view)["version"]  # type: ignore[index]
-            for view in ("user_profile", "user_activity")
-        }
+        redis_store: Any = store.online_store()  # the Redis store: its client and pointers, beyond the protocol
+        client = redis_store.client()
+        versions = {view: redis_store.live_version(view)["version"] for view in ("user_profile", "user_activity")}
         prefix = store.config.project
         answer: dict[str, Any] = {}
         for label in ("client", "raw_mget"):

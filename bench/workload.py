@@ -164,7 +164,7 @@ def _entities(
     # Before any feature: users with data, one second before their first row.
     users_with_data = first_seen.sample(n=min(n_edge, len(first_seen)), random_state=int(rng.integers(0, 2**31)))
     planted.append(
-        pd.DataFrame({"user_id": users_with_data.index, "ts": users_with_data.values - pd.Timedelta(seconds=1)}).assign(
+        pd.DataFrame({"user_id": users_with_data.index, "ts": users_with_data - pd.Timedelta(seconds=1)}).assign(
             kind="before_any"
         )
     )

@@ -36,7 +36,8 @@ def test_targets_read_ratios_of_medians() -> None:
     assert targets["HTTP 1 entity: >= 5x Feast's req/s"].met is True  # 3400 / 650 = 5.2
     assert targets["HTTP 1 entity: >= 5x Feast's req/s"].measured == "5.23x of Feast"
     assert targets["HTTP 1 entity: >= 85% of the floor's req/s"].met is True  # 85%
-    assert targets["HTTP 1 entity: p99 one at a time <= 1/5 of Feast's"].met is False  # 10 / 2.5 = 4
+    assert targets["HTTP 1 entity: p99 one at a time <= 1/5 of Feast's"].met is False  # 2.5 / 10 = 0.25
+    assert targets["HTTP 1 entity: p99 one at a time <= 1/5 of Feast's"].measured == "0.25x Feast's p99"
     assert targets["Python client 1 entity: within 0.2 ms of the raw Redis round trip"].met is False  # +0.3 ms
     assert targets["Point-in-time: whole process no slower than Feast duckdb"].met is False
     assert targets["HTTP 100 entities: >= 20x Feast's req/s"].met is None  # not measured
@@ -77,5 +78,5 @@ def test_render_makes_one_table_row_per_case_and_metric() -> None:
     rss = next(line for line in lines if line.startswith(f"| {report.PIT} | {report.PEAK_RSS} |"))
     assert rss.endswith("| 1,500 | - | - | - |")  # skewless only: no ratio
     assert "| Feast (duckdb) | point-in-time #1 | 10 | 9 | 1 | 0 | 2 | 7 | duplicate: 1, tie: 2 |" in lines
-    assert "| HTTP 1 entity: p99 one at a time <= 1/5 of Feast's | 4.00x lower than Feast's | **no** |" in lines
+    assert "| HTTP 1 entity: p99 one at a time <= 1/5 of Feast's | 0.25x Feast's p99 | **no** |" in lines
     assert lines[-1] == "- wrk was not installed"
