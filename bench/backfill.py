@@ -64,10 +64,13 @@ class Run:
 
 
 class PeakRss:
-    """Samples the resident memory of this process and all its descendants (the Spark JVM) every 0.2 s, and the
-    machine's load average (other work on the machine slows the run: the report says how much there was)."""
+    """Samples the resident memory of a process (default: this one) and all its descendants (the Spark JVM)
+    every ``every`` seconds, and the machine's load average (other work on the machine slows a run: reports say how much
+    there was)."""
 
-    def __init__(self) -> None:
+    def __init__(self, pid: int | None = None, every: float = 0.2) -> None:
+        self.pid = os.getpid() if pid is None else pid
+        self.every = every
         self.peak = 0
         self.loads: list[float] = []
         self._stop = threading.Event()
@@ -82,8 +85,8 @@ class PeakRss:
         self._thread.join()
 
     def _sample(self) -> None:
-        while not self._stop.wait(0.2):
-            self.peak = max(self.peak, tree_rss(os.getpid()))
+        while not self._stop.wait(self.every):
+            self.peak = max(self.peak, tree_rss(self.pid))
             self.loads.append(os.getloadavg()[0])
 
     @property

@@ -25,7 +25,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -36,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench import report  # noqa: E402
-from bench.backfill import tree_rss  # noqa: E402
+from bench.backfill import PeakRss  # noqa: E402
 from bench.feast_side import FEATURES, write_repo  # noqa: E402
 from bench.http_load import percentile  # noqa: E402
 from bench.http_load import run as http_run  # noqa: E402
@@ -77,24 +76,12 @@ def run_measured(cmd: list[str], *, logfile: Path, timeout: float, env: dict[str
         proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=err, cwd=ROOT, env=env or os.environ.copy(), start_new_session=True
         )
-        peak = 0
-        stop = threading.Event()
-
-        def sample() -> None:
-            nonlocal peak
-            while not stop.wait(0.1):
-                peak = max(peak, tree_rss(proc.pid))
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        try:
-            out, _ = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc)
-            raise RuntimeError(f"{' '.join(cmd[:4])} ... took more than {timeout:.0f} s; see {logfile}") from None
-        finally:
-            stop.set()
-            sampler.join()
+        with PeakRss(proc.pid, every=0.1) as rss:
+            try:
+                out, _ = proc.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                _kill_group(proc)
+                raise RuntimeError(f"{' '.join(cmd[:4])} ... took more than {timeout:.0f} s; see {logfile}") from None
     seconds = time.perf_counter() - began
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd[:4])} ... failed ({proc.returncode}); see {logfile}")
@@ -103,7 +90,7 @@ def run_measured(cmd: list[str], *, logfile: Path, timeout: float, env: dict[str
         raise RuntimeError(f"{' '.join(cmd[:4])} ... printed no RESULT; see {logfile}")
     result: dict[str, Any] = json.loads(text[text.rindex("RESULT ") + len("RESULT ") :].splitlines()[0])
     result["whole_seconds"] = seconds
-    result["peak_rss_mb"] = peak / 2**20
+    result["peak_rss_mb"] = rss.peak / 2**20
     return result
 
 
@@ -131,25 +118,6 @@ def server(cmd: list[str], port: int, *, logfile: Path, env: dict[str, str] | No
             yield proc.pid
         finally:
             _kill_group(proc)
-
-
-class RssSampler:
-    def __init__(self, pid: int) -> None:
-        self.pid, self.peak = pid, 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.25):
-            self.peak = max(self.peak, tree_rss(self.pid))
-
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 # -- data -----------------------------------------------------------------------------------------------------
@@ -506,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
                         notes.append(
                             f"{system} server answered {warm.errors} of {warm.requests} warm-up requests with an error"
                         )
-                    with RssSampler(pid) as rss:
+                    with PeakRss(pid) as rss:
                         notes += measure_http(rec, system, url, bodies, args, work)
                     rec.add("4. HTTP server (whole run)", report.PEAK_RSS, system, rss.peak / 2**20)
                 if system == report.FEAST:  # gunicorn restarts a worker every --max-requests (Feast's default: 1000)

@@ -18,18 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-FEATURES = [
-    "user_profile:credit_score",
-    "user_profile:income",
-    "user_profile:tenure_days",
-    "user_profile:segment",
-    "user_profile:risk",
-    "user_activity:clicks_1d",
-    "user_activity:spend_1d",
-    "user_activity:sessions_7d",
-    "user_activity:last_device",
-    "user_activity:avg_basket",
-]
+from bench.feast_side import FEATURES  # defined there: Feast's venv runs that file on its own
 
 
 def emit(result: dict[str, Any]) -> None:
