@@ -40,8 +40,8 @@ class OnDemandFunctionError(SkewlessError, RuntimeError):
         super().__init__(message)
 
     def to_dict(self) -> dict[str, Any]:
-        data = {"error": str(self), "type": type(self).__name__, "view": self.view, "function": self.function}
-        data["exception"] = self.exception
+        data = {"error": str(self), "type": type(self).__name__, "view": self.view, "function": self.function,
+                "exception": self.exception}  # fmt: skip
         if self.output is not None:
             data["output"] = self.output
         return data
