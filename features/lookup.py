@@ -63,12 +63,17 @@ class OfflineOnlyViewError(SkewlessError, LookupError):
 
 @dataclass(frozen=True, slots=True)
 class FeatureValues:
-    """One output column: a value, a status and the row's event time per entity."""
+    """One output column: a value, a status and the row's event time (microseconds since the epoch, UTC) per
+    entity. The features of one view share their ``statuses`` and ``event_micros`` lists: read, never mutate."""
 
     dtype: DType
     values: list[Any]
     statuses: list[str]
-    event_timestamps: list[datetime | None]
+    event_micros: list[int | None]
+
+    @property
+    def event_timestamps(self) -> list[datetime | None]:
+        return [None if t is None else from_micros(t) for t in self.event_micros]
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,24 +91,22 @@ class LookupResult:
         are microseconds). JSON has no NaN or infinity: non-finite floats become the strings ``"NaN"``,
         ``"Infinity"`` and ``"-Infinity"``, so they stay distinct from null (no value).
         """
-        iso: dict[datetime, str] = {}  # the features of one view share their event times
+        iso: dict[int, list[str | None]] = {}  # the features of one view share one list of event times
 
-        def stamp(value: datetime | None) -> str | None:
-            if value is None:
-                return None
-            text = iso.get(value)
-            if text is None:
-                text = iso[value] = iso_utc(value)
-            return text
+        def stamps(micros: list[int | None]) -> list[str | None]:
+            found = iso.get(id(micros))
+            if found is None:
+                found = iso[id(micros)] = iso_from_micros(micros)
+            return found
 
         return {
             "plan_version": self.plan_version,
-            "entities": {name: [_json_value(v) for v in values] for name, values in self.entities.items()},
+            "entities": {name: _json_values(values) for name, values in self.entities.items()},
             "features": {
                 column: {
                     "values": _json_column(fv.dtype, fv.values),
-                    "statuses": list(fv.statuses),
-                    "event_timestamps": [stamp(t) for t in fv.event_timestamps],
+                    "statuses": fv.statuses,
+                    "event_timestamps": stamps(fv.event_micros),
                 }
                 for column, fv in self.features.items()
             },
@@ -147,70 +150,110 @@ def lookup(
     its function (``functions[view]``, loaded by :class:`features.functions.FunctionLoader`; imported by
     name when not given) on the whole batch of entities at once: an error in it is an
     :class:`~features.on_demand.OnDemandFunctionError`.
+
+    Servers call :func:`prepare` once per selection and :meth:`Lookup.run` per request instead.
     """
-    on_demand = [r for r in refs if plan.is_on_demand(r.view)]
-    stored = [r for r in refs if not plan.is_on_demand(r.view)]
-    hidden = [i for r in on_demand for i in plan.on_demand_view(r.view).inputs if i not in stored]
-    given, features = _read_stored(plan, store, [*stored, *dict.fromkeys(hidden)], entities, now)
-    if on_demand:
-        features.update(_compute_on_demand(plan, on_demand, features, given, request_data or {}, functions or {}))
-    ordered = {ref.column: features[ref.column] for ref in refs}
-    return LookupResult(plan_version, given, ordered)
+    return Lookup(plan, refs).run(
+        store, entities, now=now, plan_version=plan_version, request_data=request_data, functions=functions
+    )
 
 
-def _read_stored(
-    plan: Plan,
-    store: OnlineStore,
-    refs: Sequence[FeatureRefPlan],
-    entities: Mapping[str, Iterable[Any]],
-    now: datetime | None,
-) -> tuple[dict[str, list[Any]], dict[str, FeatureValues]]:
-    views: list[ViewPlan] = []
-    wanted: dict[str, list[str]] = {}
-    for ref in refs:
-        view = plan.view(ref.view)
-        if not view.online:
-            raise OfflineOnlyViewError(view.name, [v.name for v in plan.views if v.online])
-        view.feature(ref.feature)
-        if view.name not in wanted:
-            views.append(view)
-            wanted[view.name] = []
-        if ref.feature not in wanted[view.name]:
-            wanted[view.name].append(ref.feature)
-    columns = online_key_columns(views)
-    key_types = {k.name: k.dtype for v in views for k in v.join_keys}
-    given = _check_entities(entities, columns, key_types)
-    count = len(given[columns[0]]) if columns else 0
-    rows = [tuple(given[c][i] for c in columns) for i in range(count)]
-    answers = store.read([(v, wanted[v.name]) for v in views], rows) if views else []
-    now = _utc(now or datetime.now(UTC))
-    features: dict[str, FeatureValues] = {}
-    for view, answer in zip(views, answers, strict=True):
-        # Status and event time depend on the row only: computed once per view, shared by its features.
-        limit = None if view.ttl_seconds is None else now - timedelta(seconds=view.ttl_seconds)
-        row_statuses = [
-            MISSING
-            if row is None
-            else EXPIRED
-            if limit is not None and stamp is not None and stamp < limit
-            else PRESENT
-            for row, stamp in zip(answer.values, answer.event_timestamps, strict=True)
-        ]
-        for j, name in enumerate(answer.features):
-            dtype = view.feature(name).dtype
-            if name in answer.unavailable:
-                values: list[Any] = [None] * count
-                statuses = [MISSING] * count
-                stamps: list[datetime | None] = [None] * count
+class Lookup:
+    """A lookup worked out for one plan and one selection of features: the views to read and which of their
+    features, the entity columns to check, the on-demand features to compute after the read. Building it
+    walks the plan; :meth:`run` touches only what a request carries."""
+
+    def __init__(self, plan: Plan, refs: Sequence[FeatureRefPlan]) -> None:
+        self.plan = plan
+        self.columns = tuple(ref.column for ref in refs)
+        self.on_demand = tuple(r for r in refs if plan.is_on_demand(r.view))
+        stored = [r for r in refs if not plan.is_on_demand(r.view)]
+        hidden = [i for r in self.on_demand for i in plan.on_demand_view(r.view).inputs if i not in stored]
+        views: list[ViewPlan] = []
+        wanted: dict[str, list[str]] = {}
+        for ref in [*stored, *dict.fromkeys(hidden)]:
+            view = plan.view(ref.view)
+            if not view.online:
+                raise OfflineOnlyViewError(view.name, [v.name for v in plan.views if v.online])
+            view.feature(ref.feature)
+            if view.name not in wanted:
+                views.append(view)
+                wanted[view.name] = []
+            if ref.feature not in wanted[view.name]:
+                wanted[view.name].append(ref.feature)
+        #: What one store read asks for: (view, feature names) per view.
+        self.requests = tuple((v, tuple(wanted[v.name])) for v in views)
+        self.key_columns = online_key_columns(views)
+        self.key_types = {k.name: k.dtype for v in views for k in v.join_keys}
+        #: Per view: its TTL in microseconds (None: never expires) and the (output column, type) of each feature.
+        self.outputs = tuple(
+            (
+                None if v.ttl_seconds is None else v.ttl_seconds * 1_000_000,
+                tuple((FeatureRefPlan(v.name, n).column, v.feature(n).dtype) for n in wanted[v.name]),
+            )
+            for v in views
+        )
+
+    def run(
+        self,
+        store: OnlineStore,
+        entities: Mapping[str, Iterable[Any]],
+        *,
+        now: datetime | None = None,
+        plan_version: int | None = None,
+        request_data: Mapping[str, Iterable[Any]] | None = None,
+        functions: Mapping[str, Callable[..., Any]] | None = None,
+    ) -> LookupResult:
+        """Look the features up for ``entities`` (see :func:`lookup`)."""
+        given = _check_entities(entities, self.key_columns, self.key_types)
+        count = len(given[self.key_columns[0]]) if self.key_columns else 0
+        answers = store.read(self.requests, given) if self.requests else []
+        now_micros = to_micros(_utc(now or datetime.now(UTC)))
+        features: dict[str, FeatureValues] = {}
+        for (ttl, outputs), answer in zip(self.outputs, answers, strict=True):
+            # Status and event time depend on the row only: computed once per view, shared by its features.
+            events = answer.event_micros
+            if ttl is None:
+                statuses = [MISSING if t is None else PRESENT for t in events]
             else:
-                values = [
-                    row[j] if status is PRESENT else None  # type: ignore[index]
-                    for row, status in zip(answer.values, row_statuses, strict=True)
-                ]
-                statuses = list(row_statuses)
-                stamps = list(answer.event_timestamps)
-            features[FeatureRefPlan(view.name, name).column] = FeatureValues(dtype, values, statuses, stamps)
-    return {c: list(given[c]) for c in columns}, features
+                limit = now_micros - ttl  # exactly at the TTL is still present
+                statuses = [MISSING if t is None else EXPIRED if t < limit else PRESENT for t in events]
+            expired = [i for i, s in enumerate(statuses) if s is EXPIRED] if EXPIRED in statuses else []
+            for (column, dtype), name, values in zip(outputs, answer.features, answer.columns, strict=True):
+                if name in answer.unavailable:
+                    features[column] = FeatureValues(dtype, [None] * count, [MISSING] * count, [None] * count)
+                    continue
+                if expired:  # an expired row's values are not served
+                    values = values.copy()
+                    for i in expired:
+                        values[i] = None
+                features[column] = FeatureValues(dtype, values, statuses, events)
+        if self.on_demand:
+            computed = _compute_on_demand(
+                self.plan, self.on_demand, features, given, request_data or {}, functions or {}
+            )
+            features.update(computed)
+        return LookupResult(plan_version, given, {column: features[column] for column in self.columns})
+
+
+_PREPARED: dict[tuple[int, tuple[Any, ...] | None, str | None], Lookup] = {}
+_PREPARED_LIMIT = 256
+
+
+def prepare(plan: Plan, *, features: Iterable[str] | None = None, feature_service: str | None = None) -> Lookup:
+    """The :class:`Lookup` of a selection (``view:feature`` references, or a feature service), built once per
+    plan and selection and kept: a server sees the same few selections over and over. Raises what
+    :meth:`Plan.select` raises for an unknown or malformed selection (nothing is kept then)."""
+    selection = None if features is None else tuple(features)
+    key = (id(plan), selection, feature_service)
+    found = _PREPARED.get(key)
+    if found is not None and found.plan is plan:  # the same plan object, not one that reused its id
+        return found
+    built = Lookup(plan, plan.select(features=selection, feature_service=feature_service))
+    if len(_PREPARED) >= _PREPARED_LIMIT:
+        _PREPARED.clear()
+    _PREPARED[key] = built
+    return built
 
 
 class RequestDataError(SkewlessError, ValueError):
@@ -309,12 +352,23 @@ def _check_entities(
         if isinstance(values, str | bytes) or not hasattr(values, "__len__"):
             raise EntityKeyError(f"entity column '{column}' must be a list of values, not {type(values).__name__}")
         dtype = key_types[column]
-        checked[column] = [_check_key(column, dtype, v, i) for i, v in enumerate(values)]
+        if _plain_keys(dtype, values):
+            checked[column] = list(values)
+        else:
+            checked[column] = [_check_key(column, dtype, v, i) for i, v in enumerate(values)]
         lengths[column] = len(checked[column])
     if len(set(lengths.values())) > 1:
         shown = ", ".join(f"{c}: {n}" for c, n in lengths.items())
         raise EntityKeyError(f"entity columns must have the same length; got {shown}")
     return checked
+
+
+def _plain_keys(dtype: DType, values: Any) -> bool:
+    """Whether every key is already a plain int (in int64 range) or str: the common case, checked in C."""
+    kinds = set(map(type, values))
+    if dtype is DType.INT64 and kinds == {int}:
+        return bool(min(values) >= _INT64_MIN and max(values) <= _INT64_MAX)
+    return dtype is DType.STRING and kinds == {str}
 
 
 def _check_key(column: str, dtype: DType, value: Any, index: int) -> Any:
@@ -357,6 +411,45 @@ def iso_utc(value: datetime) -> str:
     return value.isoformat()[:-6] + "Z"  # drop "+00:00"
 
 
+def iso_from_micros(micros: Sequence[int | None]) -> list[str | None]:
+    """:func:`iso_utc` of many times given as microseconds since the epoch (None stays None); vectorised by
+    numpy beyond a few values, with the same text."""
+    if len(micros) <= _FEW:
+        return [None if t is None else iso_utc(from_micros(t)) for t in micros]
+    import numpy as np
+
+    absent = [t is None for t in micros]
+    missing = True in absent
+    numbers = np.array([0 if t is None else t for t in micros] if missing else micros, dtype=np.int64)
+    whole = numbers % 1_000_000 == 0
+    stamps = numbers.view("datetime64[us]")
+    text = np.datetime_as_string(stamps, unit="s", timezone="UTC")
+    if not whole.all():
+        text = np.where(whole, text, np.datetime_as_string(stamps, unit="us", timezone="UTC"))
+    out: list[str | None] = text.tolist()
+    return [None if gone else t for t, gone in zip(out, absent, strict=True)] if missing else out
+
+
+_FEW = 16
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def to_micros(value: datetime) -> int:
+    """Microseconds since the epoch of an aware datetime."""
+    return (value - _EPOCH) // timedelta(microseconds=1)
+
+
+def from_micros(micros: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=micros)
+
+
+_PLAIN_JSON = frozenset({int, str, bool, type(None)})
+
+
+def _json_values(values: list[Any]) -> list[Any]:
+    return values if set(map(type, values)) <= _PLAIN_JSON else [_json_value(v) for v in values]
+
+
 def _json_value(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
@@ -367,11 +460,14 @@ def _json_value(value: Any) -> Any:
 
 def _json_column(dtype: DType, values: list[Any]) -> list[Any]:
     if dtype is DType.FLOAT64:
+        # A sum is finite only when every term is (a finite sum that overflows only takes the slow path).
+        if math.isfinite(sum(filter(None, values))):
+            return values
         isfinite = math.isfinite
         return [v if v is None or isfinite(v) else _json_value(v) for v in values]
     if dtype is DType.TIMESTAMP:
         return [None if v is None else iso_utc(v) for v in values]
-    return list(values)
+    return values
 
 
 def _pandas_dtype(dtype: DType) -> str:

@@ -6,9 +6,9 @@ each other: the materialization job receives an :class:`OnlineStore` as an argum
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from features.plan import FeatureRefPlan, Plan, ViewPlan
@@ -43,20 +43,35 @@ class Publication(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class OnlineValues:
-    """What the online store holds for one view and a list of entities, in request order.
+    """What the online store holds for one view and a list of entities, column by column, in request order.
 
-    ``values[i]`` is the tuple of the requested features of entity ``i`` (None when the store has no row);
-    ``event_timestamps[i]`` the row's event time. Status (present / missing / expired) is derived by the caller
+    ``columns[j][i]`` is requested feature ``j`` of entity ``i`` (None when the store has no row for it);
+    ``event_micros[i]`` the row's event time in microseconds since the epoch, UTC (None: no row). Columns and
+    integer times keep the read path free of per-value objects; :attr:`values` and :attr:`event_timestamps`
+    give rows and datetimes for tools and tests. Status (present / missing / expired) is derived by the caller
     from the view's TTL, so every reader applies the same rule.
     """
 
     view: str
     features: tuple[str, ...]
-    values: list[tuple[Any, ...] | None]
-    event_timestamps: list[datetime | None]
+    columns: list[list[Any]]
+    event_micros: list[int | None]
     #: Requested features the live snapshot does not hold (never published, or published from a different
     #: definition: another feature fingerprint). Their values are None and callers report them as missing.
     unavailable: frozenset[str] = frozenset()
+
+    @property
+    def values(self) -> list[tuple[Any, ...] | None]:
+        """One tuple of the requested features per entity; None where the store has no row."""
+        rows = zip(*self.columns, strict=True) if self.columns else ((),) * len(self.event_micros)
+        return [None if t is None else row for row, t in zip(rows, self.event_micros, strict=True)]
+
+    @property
+    def event_timestamps(self) -> list[datetime | None]:
+        return [None if t is None else EPOCH + timedelta(microseconds=t) for t in self.event_micros]
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @runtime_checkable
@@ -69,12 +84,12 @@ class OnlineStore(Protocol):
         ...
 
     def read(
-        self, requests: Sequence[tuple[ViewPlan, Sequence[str]]], entity_keys: Sequence[Sequence[Any]]
+        self, requests: Sequence[tuple[ViewPlan, Sequence[str]]], entities: Mapping[str, Sequence[Any]]
     ) -> list[OnlineValues]:
         """Read features for many entities across many views in one round trip.
 
-        ``entity_keys[i]`` holds the values of every join key of every requested view, in the order of
-        :func:`online_key_columns`."""
+        ``entities`` maps every join key of the requested views to its values, one per entity, already checked
+        against the key types (see :func:`features.lookup.lookup`): ``{"card_id": [1, 2]}``."""
         ...
 
     def ping(self) -> None: ...

@@ -194,15 +194,14 @@ class FeatureStore:
 
         An on-demand function that raises gives :class:`features.on_demand.OnDemandFunctionError`; one whose
         source changed since the plan was applied, :class:`features.functions.FunctionLoadError`."""
-        from features.lookup import lookup
+        from features.lookup import prepare
 
         version = self.plan_version(max_age=1.0)
-        refs = version.plan.select(features=features, feature_service=feature_service)
-        functions = self.function_loader.functions_for(version.plan) if version.plan.on_demand_views else {}
-        return lookup(
-            version.plan,
+        plan = version.plan
+        compiled = prepare(plan, features=features, feature_service=feature_service)
+        functions = self.function_loader.functions_for(plan) if plan.on_demand_views else {}
+        return compiled.run(
             self.online_store(),
-            refs,
             entities,
             plan_version=version.version,
             request_data=request_data,

@@ -3,6 +3,7 @@
 Key layout (``P`` = project, ``V`` = view, ``N`` = publication version)::
 
     P:V:_live              hash: version, previous, watermark, storage_fingerprint, features, published_at
+    P:V:_version           string: the live version again, readable by MGET next to the rows
     P:V:_counter           INCR counter handing out publication versions
     P:V:_staged            hash: version -> watermark of publications started but not committed
     P:V:vN:<entity key>    one row (see online.encoding) of snapshot N
@@ -13,9 +14,13 @@ flips ``P:V:_live`` to ``N`` in one Lua script, only if its watermark is >= the 
 other than the live and the previous one are deleted (SCAN + UNLINK, each batch re-checked in Lua against the
 pointer so a concurrent commit is never undone).
 
-Read: one Lua script per :meth:`RedisOnlineStore.read` call reads every view's pointer and ``MGET``\\s the
-entity keys of that version. The script runs atomically, so a read sees one snapshot per view and is never
-stale: the first read after a commit returns the new values.
+Read: one ``MGET`` per :meth:`RedisOnlineStore.read` call fetches every view's ``_version`` key and the entity
+keys of the version this store last saw live. ``MGET`` is atomic: when the versions it returns are the ones
+assumed, the rows are those of the live snapshots at that instant. Otherwise (the first read, or the first one
+after a commit) one Lua script reads every pointer and the rows of the versions it names, atomically too, and
+the store remembers them. Either way a read sees one snapshot per view and is never stale: the first read
+after a commit returns the new values. (The fast path has no Lua: a script's cost inside Redis grows with the
+rows it returns, each one copied into and out of a Lua string.)
 
 The Lua scripts build key names from the pointer, which Redis Cluster does not allow: standalone Redis (or
 Valkey, or a primary with replicas) only, for now.
@@ -24,11 +29,12 @@ Valkey, or a primary with replicas) only, for now.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import re
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,7 +44,7 @@ from features.dtypes import DType
 from features.errors import ConfigError, OnlineStoreError
 from features.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP, ViewPlan
 from features.protocols import OnlineValues, iter_batches
-from online.encoding import encode_batch, encode_entity_key, from_micros, row_decoder
+from online.encoding import encode_batch, encode_entity_keys, rows_decoder
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -51,6 +57,9 @@ logger = logging.getLogger(__name__)
 WRITE_BATCH = 1000
 SCAN_BATCH = 1000
 _MGET_CHUNK = 500  # Lua's unpack() has a stack limit of ~8000 values
+_DECODER_CACHE = 256  # decoders kept per store; a server asks for a handful of feature selections
+# What a snapshot lacks of the requested features, and the decoder of its rows (see RedisOnlineStore._decoder).
+_Decoder = tuple[frozenset[str], Callable[[Sequence[bytes | None]], tuple[list[list[Any]], list[int | None]]]]
 
 # KEYS: one pointer per view. ARGV[1]: entity count n; ARGV[2..V+1]: "P:V:v" per view;
 # then n encoded entity keys per view, view after view.
@@ -79,8 +88,9 @@ end
 return out
 """.replace("MGET_CHUNK", str(_MGET_CHUNK))
 
-# KEYS[1]: pointer, KEYS[2]: staged hash. ARGV: version, watermark, storage fingerprint, features, published_at.
-# Returns {status, previous version}: 1 committed, 0 refused (older watermark), -1 no longer staged.
+# KEYS[1]: pointer, KEYS[2]: staged hash, KEYS[3]: version key. ARGV: version, watermark, storage fingerprint,
+# features, published_at. Returns {status, previous version}: 1 committed, 0 refused (older watermark), -1 no
+# longer staged.
 _COMMIT_LUA = """
 if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 0 then return {-1, false} end
 redis.call('HDEL', KEYS[2], ARGV[1])
@@ -88,6 +98,7 @@ local live = redis.call('HMGET', KEYS[1], 'version', 'watermark')
 if live[2] and tonumber(live[2]) > tonumber(ARGV[2]) then return {0, live[1]} end
 redis.call('HSET', KEYS[1], 'version', ARGV[1], 'previous', live[1] or '', 'watermark', ARGV[2],
            'storage_fingerprint', ARGV[3], 'features', ARGV[4], 'published_at', ARGV[5])
+redis.call('SET', KEYS[3], ARGV[1])
 return {1, live[1]}
 """
 
@@ -175,9 +186,15 @@ def _glob_escape(text: str) -> str:
 class _Keys:
     """The key names of one view."""
 
+    @staticmethod
+    @functools.lru_cache(maxsize=1024)
+    def of(project: str, view: str) -> _Keys:
+        return _Keys(project, view)
+
     def __init__(self, project: str, view: str) -> None:
         base = f"{project}:{view}:"
         self.pointer = base + "_live"
+        self.version = base + "_version"
         self.counter = base + "_counter"
         self.staged = base + "_staged"
         self.data_prefix = base + "v"
@@ -192,6 +209,9 @@ class _Keys:
         return version.decode() if sep and version.isdigit() else None
 
 
+_PER_PROCESS = ("_client", "_read_script", "_lock", "_decoders", "_seen_live")  # not pickled (see __getstate__)
+
+
 class RedisOnlineStore:
     """The online store on one Redis (or Valkey) server.
 
@@ -199,7 +219,7 @@ class RedisOnlineStore:
     repository started on first use (see :mod:`online.embedded`), which needs ``state_dir``.
 
     >>> store = RedisOnlineStore("redis://localhost:6379/0", project="fraud")  # doctest: +SKIP
-    >>> store.read([(view, ["amount_sum_7d"])], [[42]])                       # doctest: +SKIP
+    >>> store.read([(view, ["amount_sum_7d"])], {"card_id": [42]})            # doctest: +SKIP
     """
 
     def __init__(
@@ -224,6 +244,9 @@ class RedisOnlineStore:
         self._resolved: str | None = None
         self._read_script: Any = None
         self._lock = threading.Lock()  # the serving API shares one store between threads
+        # (view name, requested names, snapshot features) -> (the view plan, its decoder); see _decoder
+        self._decoders: dict[tuple[str, tuple[str, ...], bytes], tuple[ViewPlan, _Decoder]] = {}
+        self._seen_live: dict[str, tuple[bytes, bytes]] = {}  # view -> (version, features) last seen live
 
     @classmethod
     def from_config(cls, config: RepoConfig) -> RedisOnlineStore:
@@ -278,10 +301,11 @@ class RedisOnlineStore:
 
     def __getstate__(self) -> dict[str, Any]:
         # Picklable (Spark may ship it to executors): the connection and lock are per process.
-        return {k: v for k, v in self.__dict__.items() if k not in ("_client", "_read_script", "_lock")}
+        return {k: v for k, v in self.__dict__.items() if k not in _PER_PROCESS}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state, _client=None, _read_script=None, _lock=threading.Lock())
+        self.__dict__.update(state)
+        self.__dict__.update(_client=None, _read_script=None, _lock=threading.Lock(), _decoders={}, _seen_live={})
 
     def __repr__(self) -> str:
         return f"RedisOnlineStore({redact(self.url)!r}, project={self.project!r})"
@@ -316,64 +340,110 @@ class RedisOnlineStore:
 
     # -- read -------------------------------------------------------------------------------------------------
     def read(
-        self, requests: Sequence[tuple[ViewPlan, Sequence[str]]], entity_keys: Sequence[Sequence[Any]]
+        self, requests: Sequence[tuple[ViewPlan, Sequence[str]]], entities: Mapping[str, Sequence[Any]]
     ) -> list[OnlineValues]:
         """Read features of many entities across many views in one round trip (one Lua script call).
 
-        ``entity_keys[i]`` holds the join-key values in :func:`features.protocols.online_key_columns` order,
-        already checked against the key types (see :func:`features.lookup.lookup`).
+        ``entities`` maps each join key of the requested views to its values (one per entity), already checked
+        against the key types (see :func:`features.lookup.lookup`).
         """
         if not requests:
             return []
-        columns: list[str] = []
+        count = len(next(iter(entities.values()))) if entities else 0
+        layouts = [_Keys.of(self.project, view.name) for view, _ in requests]
+        encoded: dict[tuple[str, ...], list[bytes]] = {}  # views keyed alike share their encoded keys
         for view, _ in requests:
-            columns.extend(k for k in view.key_names if k not in columns)
-        script_keys: list[str] = []
-        args: list[Any] = [len(entity_keys)]
-        encoded: list[bytes] = []
-        for view, _ in requests:
-            keys = _Keys(self.project, view.name)
-            script_keys.append(keys.pointer)
-            args.append(keys.data_prefix)
-            positions = [columns.index(k) for k in view.key_names]
-            encoded.extend(encode_entity_key([row[p] for p in positions]) for row in entity_keys)
-        args.extend(encoded)
+            if view.key_names not in encoded:
+                columns = [entities[k] for k in view.key_names]
+                encoded[view.key_names] = encode_entity_keys(columns, [k.dtype for k in view.join_keys])
         with translate_errors(self._where, "reading features"):
-            self.client()
-            answer = self._read_script(keys=script_keys, args=args)
+            client = self.client()
+            snapshots = self._read_seen(client, requests, layouts, encoded, count)
+            if snapshots is None:
+                snapshots = self._read_pointers(requests, layouts, encoded, count)
         return [
-            self._decode(view, names, version, features, values, len(entity_keys))
-            for (view, names), (version, features, values) in zip(requests, answer, strict=True)
+            self._decode(view, tuple(names), version, features, values, count)
+            for (view, names), (version, features, values) in zip(requests, snapshots, strict=True)
         ]
 
-    @staticmethod
+    def _read_seen(
+        self,
+        client: redis.Redis,
+        requests: Sequence[tuple[ViewPlan, Sequence[str]]],
+        layouts: Sequence[_Keys],
+        encoded: Mapping[tuple[str, ...], list[bytes]],
+        count: int,
+    ) -> list[tuple[bytes | None, bytes | None, list[bytes | None]]] | None:
+        """One ``MGET`` of the versions last seen live and their rows; None when a version is unknown or moved."""
+        seen: list[tuple[bytes, bytes]] = []
+        for view, _ in requests:
+            found = self._seen_live.get(view.name)
+            if found is None:
+                return None
+            seen.append(found)
+        names: list[bytes | str] = [layout.version for layout in layouts]
+        for (view, _), layout, (version, _features) in zip(requests, layouts, seen, strict=True):
+            prefix = layout.data_prefix.encode() + version + b":"
+            names.extend([prefix + key for key in encoded[view.key_names]])
+        got = client.execute_command("MGET", *names)
+        views = len(requests)
+        if got[:views] != [version for version, _ in seen]:
+            return None
+        return [
+            (version, features, got[views + i * count : views + (i + 1) * count])
+            for i, (version, features) in enumerate(seen)
+        ]
+
+    def _read_pointers(
+        self,
+        requests: Sequence[tuple[ViewPlan, Sequence[str]]],
+        layouts: Sequence[_Keys],
+        encoded: Mapping[tuple[str, ...], list[bytes]],
+        count: int,
+    ) -> list[tuple[bytes | None, bytes | None, list[bytes | None]]]:
+        """The Lua read: every pointer and the rows of the version it names, atomically; remembers the versions."""
+        args: list[Any] = [count, *(layout.data_prefix for layout in layouts)]
+        for view, _ in requests:
+            args.extend(encoded[view.key_names])
+        answer = self._read_script(keys=[layout.pointer for layout in layouts], args=args)
+        for (view, _), (version, features, _values) in zip(requests, answer, strict=True):
+            if version is None:
+                self._seen_live.pop(view.name, None)
+            else:
+                self._seen_live[view.name] = (version, features or b"[]")
+        return [(version, features, values) for version, features, values in answer]
+
     def _decode(
+        self,
         view: ViewPlan,
-        names: Sequence[str],
+        names: tuple[str, ...],
         version: bytes | None,
         features: bytes | None,
         values: list[bytes | None],
         count: int,
     ) -> OnlineValues:
-        names = tuple(names)
-        plans = [view.feature(n) for n in names]
         if version is None:
-            return OnlineValues(view.name, names, [None] * count, [None] * count, frozenset(names))
-        stored = {(name, fingerprint): i for i, (name, fingerprint) in enumerate(orjson.loads(features or b"[]"))}
+            return OnlineValues(view.name, names, [[None] * count for _ in names], [None] * count, frozenset(names))
+        unavailable, decode = self._decoder(view, names, features or b"[]")
+        columns, events = decode(values)
+        return OnlineValues(view.name, names, columns, events, unavailable)
+
+    def _decoder(self, view: ViewPlan, names: tuple[str, ...], features: bytes) -> _Decoder:
+        """How to decode the rows of a snapshot holding ``features`` (the pointer's list of (name, fingerprint)),
+        worked out once per view, requested names and snapshot layout: a server sees the same few."""
+        key = (view.name, names, features)
+        found = self._decoders.get(key)
+        if found is not None and found[0] is view:
+            return found[1]
+        plans = [view.feature(n) for n in names]
+        stored = {(name, fingerprint): i for i, (name, fingerprint) in enumerate(orjson.loads(features))}
         positions = [stored.get((f.name, f.fingerprint)) for f in plans]
         unavailable = frozenset(n for n, p in zip(names, positions, strict=True) if p is None)
-        decode = row_decoder([f.dtype for f in plans], positions)
-        rows: list[tuple[Any, ...] | None] = []
-        stamps: list[Any] = []
-        for raw in values:
-            if raw is None:
-                rows.append(None)
-                stamps.append(None)
-            else:
-                event, _, row = decode(raw)
-                rows.append(row)
-                stamps.append(from_micros(event))
-        return OnlineValues(view.name, names, rows, stamps, unavailable)
+        decoder = (unavailable, rows_decoder([f.dtype for f in plans], positions))
+        if len(self._decoders) >= _DECODER_CACHE:
+            self._decoders.clear()
+        self._decoders[key] = (view, decoder)
+        return decoder
 
 
 class RedisPublication:
@@ -468,9 +538,10 @@ class RedisPublication:
         with translate_errors(self.url, f"committing view '{self.view}'"):
             status, _previous = self._redis().eval(
                 _COMMIT_LUA,
-                2,
+                3,
                 keys.pointer,
                 keys.staged,
+                keys.version,
                 str(self.version),
                 str(self.watermark),
                 self.storage_fingerprint,

@@ -65,7 +65,7 @@ def kill_group(proc: subprocess.Popen[str]) -> None:
 def generations_online(store: FeatureStore, sample: list[int]) -> set[int]:
     plan = store.plan_version().plan
     view = plan.view("balances")
-    [found] = store.online_store().read([(view, ("balance",))], [[i] for i in sample])
+    [found] = store.online_store().read([(view, ("balance",))], {view.key_names[0]: sample})
     return {int(v[0] // 1_000_000) if v is not None else -1 for v in found.values}
 
 

@@ -79,7 +79,8 @@ def test_online_holds_the_latest_source_row_per_entity(materialized: tuple[Featu
         expected = oracle.latest_per_entity(rows, keys, ts, created)
         entity_keys = [[int(v) for v in row] for row in expected[keys].itertuples(index=False)]
         entity_keys.append([10_000_000])  # unknown entity
-        [found] = store.online_store().read([(view, view.feature_names)], entity_keys)
+        columns = {key: [row[j] for row in entity_keys] for j, key in enumerate(view.key_names)}
+        [found] = store.online_store().read([(view, view.feature_names)], columns)
         assert found.values[-1] is None
         for i, row in enumerate(expected.itertuples(index=False)):
             got = found.values[i]

@@ -6,7 +6,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -140,7 +140,7 @@ class FileOnlineStore:
         )
 
     def read(
-        self, requests: Sequence[tuple[ViewPlan, Sequence[str]]], entity_keys: Sequence[Sequence[Any]]
+        self, requests: Sequence[tuple[ViewPlan, Sequence[str]]], entities: Mapping[str, Sequence[Any]]
     ) -> list[OnlineValues]:
         raise NotImplementedError("not needed by the offline tests")
 

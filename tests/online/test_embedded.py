@@ -46,7 +46,7 @@ def test_embedded_server_is_reused_and_persists_across_restarts(state_dir: Path,
         assert publish(first, VIEW, [{"user": "ann", "score": 0.5, "event_timestamp": ts("2024-01-01")}])
         assert first.resolved_url == urls[0]
     with RedisOnlineStore("embedded", state_dir=state_dir, project="demo") as second:
-        (answer,) = second.read([(VIEW, ["score"])], [["ann"]])
+        (answer,) = second.read([(VIEW, ["score"])], {"user": ["ann"]})
         assert answer.values == [(0.5,)]
         assert server_info(state_dir)["pid"] == info["pid"]  # type: ignore[index]
 
@@ -57,7 +57,7 @@ def test_embedded_server_is_reused_and_persists_across_restarts(state_dir: Path,
     restarted = ensure_embedded_server(state_dir, binary=valkey)
     assert server_info(state_dir)["pid"] != info["pid"]  # type: ignore[index]
     with RedisOnlineStore(restarted, project="demo") as third:
-        (answer,) = third.read([(VIEW, ["score"])], [["ann"], ["bob"]])
+        (answer,) = third.read([(VIEW, ["score"])], {"user": ["ann", "bob"]})
         assert answer.values == [(0.5,), None]
     assert (state_dir / "online" / "appendonlydir").is_dir()
 

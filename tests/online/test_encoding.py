@@ -11,7 +11,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from features.dtypes import DType
-from online.encoding import decode_entity_key, decode_row, encode_batch, encode_entity_key, encode_row, to_micros
+from online.encoding import (
+    decode_entity_key,
+    decode_row,
+    encode_batch,
+    encode_entity_key,
+    encode_entity_keys,
+    encode_row,
+    rows_decoder,
+    to_micros,
+)
 from tests.online.plans import ARROW_TYPES
 
 MIN_TS = datetime(1, 1, 1, tzinfo=UTC)
@@ -55,6 +64,37 @@ def test_row_round_trip(data: tuple[list[DType], list[list[Any]]], event: int, c
         assert (got_event, got_created) == (event, created)
         assert len(values) == len(row)
         assert all(same(a, b) for a, b in zip(values, row, strict=True)), (values, row)
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(typed_rows(max_rows=12), st.data())
+def test_many_rows_decode_column_by_column(data: tuple[list[DType], list[list[Any]]], draw: st.DataObject) -> None:
+    dtypes, rows = data
+    stored = draw.draw(st.lists(st.booleans(), min_size=len(rows), max_size=len(rows)))  # False: no row
+    wanted = draw.draw(st.lists(st.none() | st.sampled_from(range(len(dtypes))), max_size=6) if dtypes else st.just([]))
+    encoded = [
+        encode_row(i, None, row, dtypes) if keep else None
+        for i, (row, keep) in enumerate(zip(rows, stored, strict=True))
+    ]
+    types = [DType.INT64 if p is None else dtypes[p] for p in wanted]
+    columns, events = rows_decoder(types, wanted)(encoded)
+    assert len(columns) == len(wanted) and all(len(c) == len(rows) for c in columns)
+    for i, (row, keep) in enumerate(zip(rows, stored, strict=True)):
+        assert events[i] == (i if keep else None)
+        for column, position in zip(columns, wanted, strict=True):
+            expected = row[position] if keep and position is not None else None
+            assert same(column[i], expected), (i, position, column[i], expected)
+
+
+KEY_VALUES = {**{d: VALUES[d] for d in KEY_TYPES}, DType.TIMESTAMP: VALUES[DType.TIMESTAMP]}
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(st.lists(st.sampled_from(list(KEY_VALUES)), min_size=1, max_size=3), st.data())
+def test_keys_encoded_by_column_equal_keys_encoded_one_by_one(dtypes: list[DType], draw: st.DataObject) -> None:
+    rows = draw.draw(st.lists(st.tuples(*(KEY_VALUES[d] for d in dtypes)), max_size=10))
+    columns = [[row[k] for row in rows] for k in range(len(dtypes))]
+    assert encode_entity_keys(columns, dtypes) == [encode_entity_key(list(row)) for row in rows]
 
 
 @settings(max_examples=200, deadline=None, database=None)

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
-from datetime import timedelta
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from features.dtypes import DType
 from features.errors import EntityKeyError, UnknownNameError
-from features.lookup import EXPIRED, MISSING, PRESENT, OfflineOnlyViewError, lookup
+from features.lookup import EXPIRED, MISSING, PRESENT, OfflineOnlyViewError, iso_from_micros, lookup
 from features.plan import ViewPlan
 from features.protocols import OnlineValues
+from online.encoding import to_micros
 from online.redis_store import RedisOnlineStore
 from tests.online.plans import make_plan, make_view, publish, ts
 
@@ -28,6 +31,8 @@ HISTORY = make_view("history", [("card_id", DType.INT64)], [("total", DType.FLOA
 VIP = make_view("vip", [("is_vip", DType.BOOL)], [("bonus", DType.INT64)])
 PLAN = make_plan([CARD, MERCHANT, HISTORY, VIP], services={"fraud": ["card:limit", "merchant:risk"]})
 NOW = ts("2024-06-01T12:00:00")
+MIN_TS = datetime(1, 1, 1, tzinfo=UTC)
+MAX_TS = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
 
 
 class RecordingStore:
@@ -38,13 +43,13 @@ class RecordingStore:
         self.reads: list[Any] = []
 
     def read(
-        self, requests: Sequence[tuple[ViewPlan, Sequence[str]]], entity_keys: Sequence[Sequence[Any]]
+        self, requests: Sequence[tuple[ViewPlan, Sequence[str]]], entities: Mapping[str, Sequence[Any]]
     ) -> list[OnlineValues]:
-        self.reads.append((requests, entity_keys))
+        self.reads.append((requests, entities))
         if self.inner is not None:
-            return list(self.inner.read(requests, entity_keys))
-        n = len(entity_keys)
-        return [OnlineValues(v.name, tuple(f), [None] * n, [None] * n) for v, f in requests]
+            return list(self.inner.read(requests, entities))
+        n = len(next(iter(entities.values()), []))
+        return [OnlineValues(v.name, tuple(f), [[None] * n for _ in f], [None] * n) for v, f in requests]
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -106,7 +111,9 @@ def test_numpy_and_pandas_keys_are_accepted() -> None:
         refs("card:limit", "vip:bonus"),
         {"card_id": pd.Series([1, 2], dtype="int64"), "is_vip": np.array([True, False])},
     )
-    assert store.reads[0][1] == [(1, True), (2, False)]
+    assert store.reads[0][1] == {"card_id": [1, 2], "is_vip": [True, False]}
+    assert all(type(v) is int for v in store.reads[0][1]["card_id"])
+    assert all(type(v) is bool for v in store.reads[0][1]["is_vip"])
     assert all(type(v) is int for v in result.entities["card_id"])
 
 
@@ -205,3 +212,14 @@ def test_to_dict_and_to_pandas(redis_url: str, project: str) -> None:
     assert str(frame["card__seen"].dtype) == "datetime64[us, UTC]"
     detailed = result.to_pandas(statuses=True)
     assert detailed["card__limit__status"].tolist() == [PRESENT, EXPIRED, PRESENT, MISSING]
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(st.lists(st.none() | st.integers(to_micros(MIN_TS), to_micros(MAX_TS)), max_size=40))
+def test_event_times_as_iso_text(micros: list[int | None]) -> None:
+    def oracle(t: int) -> str:
+        d = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=t)
+        fraction = f".{d.microsecond:06d}" if d.microsecond else ""
+        return f"{d.year:04d}-{d.month:02d}-{d.day:02d}T{d.hour:02d}:{d.minute:02d}:{d.second:02d}{fraction}Z"
+
+    assert iso_from_micros(micros) == [None if t is None else oracle(t) for t in micros]

@@ -31,7 +31,7 @@ def card_rows(value: float, ids: range = range(1, 4)) -> list[dict[str, Any]]:
 
 
 def limits(store: RedisOnlineStore, ids: list[int], view: ViewPlan = CARD) -> list[Any]:
-    (answer,) = store.read([(view, ["limit"])], [[i] for i in ids])
+    (answer,) = store.read([(view, ["limit"])], {"card_id": ids})
     return [None if row is None else row[0] for row in answer.values]
 
 
@@ -163,7 +163,7 @@ def test_one_read_is_one_round_trip_across_views(store: RedisOnlineStore, monkey
     assert publish(store, CARD, card_rows(1.0))
     assert publish(store, MERCHANT, [{"merchant": "m|1", "country": "FR", "risk": 3, "event_timestamp": T0}])
     requests = [(CARD, ["tier", "limit"]), (MERCHANT, ["risk"])]
-    keys = [[1, "m|1", "FR"], [2, "m", "1|FR"]]  # columns: card_id, merchant, country
+    keys = {"card_id": [1, 2], "merchant": ["m|1", "m"], "country": ["FR", "1|FR"]}
     store.read(requests, keys)  # loads the script once
     sent: list[Any] = []
     original = redis.connection.AbstractConnection.send_packed_command
@@ -181,6 +181,47 @@ def test_one_read_is_one_round_trip_across_views(store: RedisOnlineStore, monkey
     assert merchant.values == [(3,), None]
 
 
+def sent_commands(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """The name of every command sent from now on (MGET, EVALSHA, ...)."""
+    import redis.connection
+
+    sent: list[bytes] = []
+    original = redis.connection.AbstractConnection.send_packed_command
+
+    def recording(self: Any, command: Any, check_health: bool = True) -> None:
+        packed = command if isinstance(command, bytes) else b"".join(command)
+        sent.append(packed.split(b"\r\n")[2].upper())  # *<n>, $<len>, then the command name
+        original(self, command, check_health)
+
+    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", recording)
+    return sent
+
+
+def test_a_reader_sees_each_commit_at_once_and_reads_with_one_mget_between(
+    store: RedisOnlineStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert publish(store, CARD, card_rows(1.0))
+    assert limits(store, [1, 9]) == [1.0, None]  # the first read goes through the pointer script
+    sent = sent_commands(monkeypatch)
+    assert limits(store, [1, 9]) == [1.0, None]
+    assert sent == [b"MGET"]  # the version it saw is still live: one MGET, no script
+    with RedisOnlineStore(store.url, project=store.project) as other:
+        assert publish(other, CARD, card_rows(2.0), watermark=2)
+    sent.clear()
+    assert limits(store, [1, 9]) == [2.0, None]  # never stale: the MGET saw the version move
+    assert sent == [b"MGET", b"EVALSHA"]
+    sent.clear()
+    assert limits(store, [1, 9]) == [2.0, None]
+    assert sent == [b"MGET"]
+
+
+def test_a_snapshot_without_a_version_key_is_read_through_the_pointer(store: RedisOnlineStore) -> None:
+    assert publish(store, CARD, card_rows(1.0))
+    store.client().delete(f"{store.project}:card:_version")  # as committed by skewless before the key existed
+    assert limits(store, [1, 2]) == [1.0, 1.0]
+    assert limits(store, [1, 2]) == [1.0, 1.0]
+
+
 def test_features_of_another_definition_are_unavailable(store: RedisOnlineStore) -> None:
     assert publish(store, CARD, card_rows(1.0))
     changed = make_view(
@@ -189,12 +230,12 @@ def test_features_of_another_definition_are_unavailable(store: RedisOnlineStore)
         [("limit", DType.FLOAT64), ("tier", DType.STRING)],
         salt="changed expression",
     )
-    (answer,) = store.read([(changed, ["limit"])], [[1]])
+    (answer,) = store.read([(changed, ["limit"])], {"card_id": [1]})
     assert answer.unavailable == {"limit"} and answer.values == [(None,)]
     grown = make_view(
         "card", [("card_id", DType.INT64)], [("limit", DType.FLOAT64), ("tier", DType.STRING), ("new", DType.BOOL)]
     )
-    (answer,) = store.read([(grown, ["new", "limit"])], [[1]])
+    (answer,) = store.read([(grown, ["new", "limit"])], {"card_id": [1]})
     assert answer.unavailable == {"new"} and answer.values == [(None, 1.0)]
 
 
@@ -209,7 +250,7 @@ def test_an_unreachable_server_fails_fast() -> None:
     store = RedisOnlineStore(f"redis://127.0.0.1:{servers.free_port()}/0", connect_timeout=0.5, timeout=0.5)
     started = time.monotonic()
     with pytest.raises(OnlineStoreError, match=r"online store at redis://127\.0\.0\.1"):
-        store.read([(CARD, ["limit"])], [[1]])
+        store.read([(CARD, ["limit"])], {"card_id": [1]})
     with pytest.raises(OnlineStoreError):
         store.start_publication(CARD, watermark=1)
     with pytest.raises(OnlineStoreError):
@@ -225,7 +266,7 @@ def test_a_server_that_never_answers_times_out() -> None:
         store = RedisOnlineStore(f"redis://127.0.0.1:{port}/0", connect_timeout=0.5, timeout=0.5)
         started = time.monotonic()
         with pytest.raises(OnlineStoreError, match="did not answer in time"):
-            store.read([(CARD, ["limit"])], [[1]])
+            store.read([(CARD, ["limit"])], {"card_id": [1]})
         assert time.monotonic() - started < 3
         store.close()
 
