@@ -7,6 +7,22 @@ physical representation. Timestamps are always UTC with microsecond precision.
 from __future__ import annotations
 
 import enum
+from datetime import UTC, datetime, timedelta
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICRO = timedelta(microseconds=1)
+
+
+def to_micros(value: datetime) -> int:
+    """Microseconds since the epoch (how stores and the read path carry times); a naive datetime is UTC."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return (value - EPOCH) // _MICRO
+
+
+def from_micros(micros: int) -> datetime:
+    """The UTC datetime ``micros`` microseconds after the epoch (exact, no float rounding)."""
+    return EPOCH + timedelta(microseconds=micros)
 
 
 class DType(enum.Enum):

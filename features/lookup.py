@@ -22,10 +22,10 @@ import math
 import numbers
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from features.dtypes import DType
+from features.dtypes import DType, from_micros, to_micros
 from features.errors import EntityKeyError, SkewlessError
 from features.on_demand import arrow_type, compute
 from features.plan import FeatureRefPlan, Plan, ViewPlan
@@ -430,17 +430,7 @@ def iso_from_micros(micros: Sequence[int | None]) -> list[str | None]:
     return [None if gone else t for t, gone in zip(out, absent, strict=True)] if missing else out
 
 
-_FEW = 16
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def to_micros(value: datetime) -> int:
-    """Microseconds since the epoch of an aware datetime."""
-    return (value - _EPOCH) // timedelta(microseconds=1)
-
-
-def from_micros(micros: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=micros)
+_FEW = 16  # below this many, formatting one by one beats setting up numpy
 
 
 _PLAIN_JSON = frozenset({int, str, bool, type(None)})

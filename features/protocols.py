@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from features.dtypes import from_micros
 from features.plan import FeatureRefPlan, Plan, ViewPlan
 
 if TYPE_CHECKING:
@@ -68,10 +69,7 @@ class OnlineValues:
 
     @property
     def event_timestamps(self) -> list[datetime | None]:
-        return [None if t is None else EPOCH + timedelta(microseconds=t) for t in self.event_micros]
-
-
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+        return [None if t is None else from_micros(t) for t in self.event_micros]
 
 
 @runtime_checkable

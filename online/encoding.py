@@ -18,31 +18,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from features.dtypes import DType
+from features.dtypes import DType, from_micros, to_micros
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICRO = timedelta(microseconds=1)
 _NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
-
-
-def to_micros(value: datetime) -> int:
-    """Microseconds since the epoch; a naive datetime is taken as UTC."""
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return (value - EPOCH) // _MICRO
-
-
-def from_micros(micros: int) -> datetime:
-    """The UTC datetime ``micros`` microseconds after the epoch (exact, no float rounding)."""
-    return EPOCH + timedelta(microseconds=micros)
 
 
 def float_to_json(value: float) -> float | str:
