@@ -208,7 +208,7 @@ class Lookup:
         given = _check_entities(entities, self.key_columns, self.key_types)
         count = len(given[self.key_columns[0]]) if self.key_columns else 0
         answers = store.read(self.requests, given) if self.requests else []
-        now_micros = to_micros(_utc(now or datetime.now(UTC)))
+        now_micros = to_micros(now or datetime.now(UTC))  # a naive `now` is UTC
         features: dict[str, FeatureValues] = {}
         for (ttl, outputs), answer in zip(self.outputs, answers, strict=True):
             # Status and event time depend on the row only: computed once per view, shared by its features.

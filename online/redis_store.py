@@ -385,7 +385,7 @@ class RedisOnlineStore:
         for (view, _), layout, (version, _features) in zip(requests, layouts, seen, strict=True):
             prefix = layout.data_prefix.encode() + version + b":"
             names.extend([prefix + key for key in encoded[view.key_names]])
-        got = client.execute_command("MGET", *names)
+        got = _call(client, "MGET", *names)
         views = len(requests)
         if got[:views] != [version for version, _ in seen]:
             return None
@@ -609,6 +609,29 @@ class RedisPublication:
                 if len(script_keys) >= SCAN_BATCH:
                     flush()
             flush()
+
+
+def _call(client: redis.Redis, *args: Any) -> Any:
+    """One command on a pooled connection, without ``execute_command``'s bookkeeping (~25 µs of the ~100 µs a
+    small lookup costs). Same rule as :func:`connect`: one retry on a dropped connection, none on a timeout."""
+    import redis
+
+    pool = client.connection_pool
+    for attempt in (1, 2):
+        connection = pool.get_connection()
+        try:
+            connection.send_command(*args)
+            return connection.read_response()
+        except redis.TimeoutError:
+            connection.disconnect()
+            raise
+        except redis.ConnectionError:
+            connection.disconnect()
+            if attempt == 2:
+                raise
+        finally:
+            pool.release(connection)
+    raise AssertionError("unreachable")
 
 
 def _text(value: bytes | str) -> str:

@@ -23,6 +23,7 @@ names the repository).
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import threading
@@ -36,6 +37,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from starlette.routing import Route
 
 from features.errors import (
     EntityKeyError,
@@ -214,11 +216,15 @@ def create_app(
     refresh_seconds: float = 1.0,
     max_entities: int = MAX_ENTITIES,
     function_loader: FunctionLoader | None = None,
+    freeze_startup_objects: bool = False,
 ) -> FastAPI:
     """The service for a feature repository (``repo_path``), or for a plan provider and a store (tests, or
     embedding the service in another app). A request may ask for at most ``max_entities`` entities, so one
     request cannot hold the online store for long. ``function_loader`` imports the plan's on-demand functions
     (default: from the repository's definitions folder, or by plain import with a plan provider).
+    ``freeze_startup_objects`` moves what exists once the plan is loaded out of the garbage collector's sight
+    (:func:`gc.freeze`, process-wide: ``skewless serve`` sets it), so a full collection walks only what requests
+    allocate: without it one took ~130 ms in the middle of a request.
 
     >>> app = create_app("path/to/repo")                                    # doctest: +SKIP
     >>> app = create_app(plan_provider=registry.latest, store=RedisOnlineStore(url))  # doctest: +SKIP
@@ -252,6 +258,9 @@ def create_app(
             raise
         except SkewlessError as exc:
             logger.warning("no plan to serve yet: %s", exc)
+        if freeze_startup_objects:
+            gc.collect()
+            gc.freeze()
         yield
         if owned is not None:
             owned.close()
@@ -274,19 +283,6 @@ def create_app(
     async def unexpected(request: Request, exc: Exception) -> Response:
         return _unexpected(exc)
 
-    @app.post(
-        "/v1/features",
-        response_class=JSONAnswer,
-        summary="Look up online feature values",
-        responses={
-            200: {"model": FeaturesAnswer},
-            404: {"model": ErrorAnswer},
-            422: {"model": ErrorAnswer},
-            503: {"model": ErrorAnswer},
-            500: {"model": ErrorAnswer},
-        },
-        openapi_extra={"requestBody": _REQUEST_BODY},
-    )
     async def get_features(request: Request) -> Response:
         """The latest published values of the features for each entity, with statuses and event times."""
         # Async on purpose, with a blocking lookup inside: one Redis round trip and a few hundred microseconds
@@ -315,6 +311,24 @@ def create_app(
             return JSONAnswer(result.to_dict())
         except Exception as exc:
             return _error_answer(exc)
+
+    # Served by a plain Starlette route, registered first so it matches first; the FastAPI route after it only
+    # documents the endpoint (/docs, /openapi.json). FastAPI's per-request dependency machinery, which this
+    # endpoint does not use (it parses its body itself), cost ~50 µs of a ~350 µs lookup.
+    app.router.routes.append(Route("/v1/features", get_features, methods=["POST"]))
+    app.post(
+        "/v1/features",
+        response_class=JSONAnswer,
+        summary="Look up online feature values",
+        responses={
+            200: {"model": FeaturesAnswer},
+            404: {"model": ErrorAnswer},
+            422: {"model": ErrorAnswer},
+            503: {"model": ErrorAnswer},
+            500: {"model": ErrorAnswer},
+        },
+        openapi_extra={"requestBody": _REQUEST_BODY},
+    )(get_features)
 
     @app.get(
         "/health", response_class=JSONAnswer, responses={200: {"model": HealthAnswer}, 503: {"model": HealthAnswer}}
@@ -354,7 +368,7 @@ _REQUEST_BODY = {
 
 def app_from_env() -> FastAPI:
     """The app for the repository named by ``$SKEWLESS_REPO`` (default: the current folder); uvicorn factory."""
-    return create_app(os.environ.get(ENV_REPO, "."))
+    return create_app(os.environ.get(ENV_REPO, "."), freeze_startup_objects=True)
 
 
 class BadRequestError(SkewlessError, ValueError):

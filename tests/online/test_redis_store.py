@@ -222,6 +222,21 @@ def test_a_snapshot_without_a_version_key_is_read_through_the_pointer(store: Red
     assert limits(store, [1, 2]) == [1.0, 1.0]
 
 
+def test_reads_survive_the_server_dropping_every_connection(store: RedisOnlineStore, redis_url: str) -> None:
+    import redis
+
+    assert publish(store, CARD, card_rows(1.0))
+    assert limits(store, [1]) == [1.0]
+    with redis.Redis.from_url(redis_url) as admin:
+        admin.client_kill_filter(skipme=True)  # what a server restart does to the pooled connections
+    assert limits(store, [1]) == [1.0]  # the MGET path
+    with RedisOnlineStore(store.url, project=store.project) as other:
+        assert publish(other, CARD, card_rows(2.0), watermark=2)
+    with redis.Redis.from_url(redis_url) as admin:
+        admin.client_kill_filter(skipme=True)
+    assert limits(store, [1]) == [2.0]  # the MGET path again, then the script
+
+
 def test_features_of_another_definition_are_unavailable(store: RedisOnlineStore) -> None:
     assert publish(store, CARD, card_rows(1.0))
     changed = make_view(
