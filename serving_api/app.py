@@ -177,10 +177,10 @@ class PlanCache:
                 )
                 latest = self._current
             if self._current is None or latest.version != self._current.version:
-                latest = self._accepted(latest)
-            if self._current is None or latest.version != self._current.version:
-                logger.info("serving plan version %s", latest.version)
-                self._current = latest
+                accepted = self._accepted(latest)  # the current version again when latest is refused
+                if accepted is not self._current:
+                    logger.info("serving plan version %s", accepted.version)
+                    self._current = accepted
             self._checked_at = time.monotonic()
             return self._current
         finally:
