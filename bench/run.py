@@ -373,6 +373,12 @@ def main(argv: list[str] | None = None) -> int:
             run_measured([*sk, "materialize", "--fresh"], logfile=logs / "skewless.log", timeout=timeout)
             run_measured([*fe, "materialize", mat_start, mat_end], logfile=logs / "feast.log", timeout=timeout)
 
+        if "materialize" not in skip:
+            for i in range(args.repeats):
+                r = run_measured([*sk, "publish", str(work / "data")], logfile=logs / "skewless.log", timeout=timeout)
+                rec.add(report.PUBLISH, report.KEYS_PER_S, report.SKEWLESS, r["keys_per_s"])
+                log(f"  [{i + 1}/{args.repeats}] skewless  Redis publishing alone: {r['keys_per_s']:,.0f} keys/s")
+
         checkpoint("case 1")
 
         # (2) point-in-time training sets, each checked against the oracle (6)

@@ -3,6 +3,7 @@
     python -m bench.skewless_side REPO materialize [--fresh]
     python -m bench.skewless_side REPO pit ENTITIES.parquet OUT.parquet
     python -m bench.skewless_side REPO online USERS_JSON --seconds 5 --max-calls 2000
+    python -m bench.skewless_side REPO publish DATA_DIR
 
 The last line of stdout is ``RESULT {json}``: the in-process seconds of the measured call (the harness times
 the whole process and samples its memory from outside).
@@ -93,6 +94,34 @@ def online(repo: Path, users: list[list[int]], seconds: float, max_calls: int) -
     emit(answer)
 
 
+def publish(repo: Path, data: Path) -> None:
+    """Redis publishing alone: the latest row per user of each view, written by one process through
+    ``RedisPublication.write`` (encoding and MSETs, what each Spark executor runs), then aborted so the live
+    snapshot is untouched. Materialization runs one writer per partition, so this is a per-writer rate."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from features.store import FeatureStore
+
+    with FeatureStore(repo) as store:
+        plan = store.plan_version().plan
+        online = store.online_store()
+        keys, seconds = 0, 0.0
+        for view in plan.views:
+            frame = pq.read_table(data / f"{view.name}.parquet").to_pandas()
+            latest = frame.sort_values([*view.key_names, "event_ts", "created_ts"]).drop_duplicates(
+                list(view.key_names), keep="last"
+            )
+            latest = latest.rename(columns={"event_ts": "event_timestamp", "created_ts": "created_timestamp"})
+            batches = pa.Table.from_pandas(latest, preserve_index=False).to_batches(max_chunksize=10_000)
+            publication = online.start_publication(view, watermark=0)
+            began = time.perf_counter()
+            keys += publication.write(batches)
+            seconds += time.perf_counter() - began
+            publication.abort()
+        emit({"seconds": seconds, "keys": keys, "keys_per_s": keys / seconds})
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("repo")
@@ -106,12 +135,16 @@ def main(argv: list[str] | None = None) -> int:
     o.add_argument("users", help="a JSON file: a list of entity batches (lists of user ids)")
     o.add_argument("--seconds", type=float, default=5.0)
     o.add_argument("--max-calls", type=int, default=2000)
+    w = sub.add_parser("publish")
+    w.add_argument("data", help="the workload's Parquet folder")
     args = parser.parse_args(argv)
     repo = Path(args.repo).resolve()
     if args.command == "materialize":
         materialize(repo, args.fresh)
     elif args.command == "pit":
         pit(repo, args.entities, args.out)
+    elif args.command == "publish":
+        publish(repo, Path(args.data))
     else:
         online(repo, json.loads(Path(args.users).read_text()), args.seconds, args.max_calls)
     return 0
