@@ -342,7 +342,8 @@ class RedisOnlineStore:
     def read(
         self, requests: Sequence[tuple[ViewPlan, Sequence[str]]], entities: Mapping[str, Sequence[Any]]
     ) -> list[OnlineValues]:
-        """Read features of many entities across many views in one round trip (one Lua script call).
+        """Read features of many entities across many views in one round trip: one ``MGET`` of the versions seen
+        live before, or, when one of them moved (the first read after a commit), one more: the Lua read.
 
         ``entities`` maps each join key of the requested views to its values (one per entity), already checked
         against the key types (see :func:`features.lookup.lookup`).
