@@ -69,8 +69,19 @@ class Recorder:
 
 
 # -- processes ------------------------------------------------------------------------------------------------
+class RunFailed(RuntimeError):
+    """A measured process failed, ran out of time or printed no result; with how long it ran and its peak RSS."""
+
+    def __init__(self, message: str, seconds: float, peak_rss_mb: float) -> None:
+        super().__init__(message)
+        self.seconds = seconds
+        self.peak_rss_mb = peak_rss_mb
+
+
 def run_measured(cmd: list[str], *, logfile: Path, timeout: float, env: dict[str, str] | None = None) -> dict[str, Any]:
-    """Run ``cmd`` in its own process group; whole-process seconds, peak RSS of its tree, and its RESULT."""
+    """Run ``cmd`` in its own process group; whole-process seconds, peak RSS of its tree, and its RESULT.
+
+    Raises :class:`RunFailed` when it fails (a crash, the kernel's OOM killer), times out or prints no RESULT."""
     began = time.perf_counter()
     with open(logfile, "ab") as err:
         proc = subprocess.Popen(
@@ -81,17 +92,30 @@ def run_measured(cmd: list[str], *, logfile: Path, timeout: float, env: dict[str
                 out, _ = proc.communicate(timeout=timeout)
             except subprocess.TimeoutExpired:
                 _kill_group(proc)
-                raise RuntimeError(f"{' '.join(cmd[:4])} ... took more than {timeout:.0f} s; see {logfile}") from None
+                raise RunFailed(
+                    f"{' '.join(cmd[:4])} ... took more than {timeout:.0f} s; see {logfile}",
+                    time.perf_counter() - began,
+                    rss.peak / 2**20,
+                ) from None
     seconds = time.perf_counter() - began
+    peak = rss.peak / 2**20
     if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd[:4])} ... failed ({proc.returncode}); see {logfile}")
+        killed = " (killed: out of memory?)" if proc.returncode == -signal.SIGKILL else ""
+        raise RunFailed(f"{' '.join(cmd[:4])} ... failed ({proc.returncode}){killed}; see {logfile}", seconds, peak)
     text = out.decode()
     if "RESULT " not in text:
-        raise RuntimeError(f"{' '.join(cmd[:4])} ... printed no RESULT; see {logfile}")
+        raise RunFailed(f"{' '.join(cmd[:4])} ... printed no RESULT; see {logfile}", seconds, peak)
     result: dict[str, Any] = json.loads(text[text.rindex("RESULT ") + len("RESULT ") :].splitlines()[0])
     result["whole_seconds"] = seconds
-    result["peak_rss_mb"] = rss.peak / 2**20
+    result["peak_rss_mb"] = peak
     return result
+
+
+def did_not_finish(system: str, case: str, failed: RunFailed) -> str:
+    return (
+        f"{system} {case[3:]}: did not finish ({failed}) after {failed.seconds:,.0f} s, "
+        f"peak RSS {failed.peak_rss_mb:,.0f} MiB"
+    )
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
@@ -274,7 +298,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default=None, help="results file name (default: the date)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     parser.add_argument(
-        "--skip", default="", help="comma-separated cases to skip: materialize,pit,client,http,feast-spark"
+        "--skip",
+        default="",
+        help="comma-separated cases to skip: materialize,filled (the rerun onto filled keys),pit,client,http,"
+        "feast-spark",
     )
     args = parser.parse_args(argv)
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
@@ -360,7 +387,14 @@ def main(argv: list[str] | None = None) -> int:
                 ):
                     flush(sk_redis if system == report.SKEWLESS else feast_redis)
                     for case, cmd in ((report.MAT_EMPTY, first), (report.MAT_FILLED, again)):
-                        r = run_measured(cmd, logfile=logs / f"{system}.log", timeout=timeout)
+                        if case == report.MAT_FILLED and "filled" in skip:
+                            continue
+                        try:
+                            r = run_measured(cmd, logfile=logs / f"{system}.log", timeout=timeout)
+                        except RunFailed as failed:
+                            notes.append(did_not_finish(system, case, failed))
+                            log(f"  [{i + 1}/{args.repeats}] {notes[-1]}")
+                            break
                         rec.add(case, report.IN_PROCESS_S, system, r["seconds"])
                         rec.add(case, report.WHOLE_PROCESS_S, system, r["whole_seconds"])
                         rec.add(case, report.ROWS_PER_S, system, workload.feature_rows / r["whole_seconds"])
@@ -375,7 +409,13 @@ def main(argv: list[str] | None = None) -> int:
 
         if "materialize" not in skip:
             for i in range(args.repeats):
-                r = run_measured([*sk, "publish", str(work / "data")], logfile=logs / "skewless.log", timeout=timeout)
+                try:
+                    r = run_measured(
+                        [*sk, "publish", str(work / "data")], logfile=logs / "skewless.log", timeout=timeout
+                    )
+                except RunFailed as failed:
+                    notes.append(did_not_finish(report.SKEWLESS, report.PUBLISH, failed))
+                    break
                 rec.add(report.PUBLISH, report.KEYS_PER_S, report.SKEWLESS, r["keys_per_s"])
                 log(f"  [{i + 1}/{args.repeats}] skewless  Redis publishing alone: {r['keys_per_s']:,.0f} keys/s")
 
@@ -391,9 +431,14 @@ def main(argv: list[str] | None = None) -> int:
                     systems.append((report.FEAST_SPARK, [str(FEAST_PY), "bench/feast_side.py", str(feast_spark_repo)]))
                 for system, cmd in systems:
                     out = work / f"training-{system}-{i}.parquet"
-                    r = run_measured(
-                        [*cmd, "pit", str(entities_path), str(out)], logfile=logs / f"{system}.log", timeout=timeout
-                    )
+                    try:
+                        r = run_measured(
+                            [*cmd, "pit", str(entities_path), str(out)], logfile=logs / f"{system}.log", timeout=timeout
+                        )
+                    except RunFailed as failed:
+                        notes.append(did_not_finish(system, report.PIT, failed))
+                        log(f"  [{i + 1}/{args.repeats}] {notes[-1]}")
+                        continue
                     rec.add(report.PIT, report.IN_PROCESS_S, system, r["seconds"])
                     rec.add(report.PIT, report.WHOLE_PROCESS_S, system, r["whole_seconds"])
                     rec.add(report.PIT, report.PEAK_RSS, system, r["peak_rss_mb"])
