@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -185,6 +186,7 @@ class Lookup:
         self.requests = tuple((v, tuple(wanted[v.name])) for v in views)
         self.key_columns = online_key_columns(views)
         self.key_types = {k.name: k.dtype for v in views for k in v.join_keys}
+        self.expected_keys = ", ".join(f"{c} ({self.key_types[c].value})" for c in self.key_columns) or "(none)"
         #: Per view: its TTL in microseconds (None: never expires) and the (output column, type) of each feature.
         self.outputs = tuple(
             (
@@ -205,10 +207,10 @@ class Lookup:
         functions: Mapping[str, Callable[..., Any]] | None = None,
     ) -> LookupResult:
         """Look the features up for ``entities`` (see :func:`lookup`)."""
-        given = _check_entities(entities, self.key_columns, self.key_types)
+        given = _check_entities(entities, self.key_columns, self.key_types, self.expected_keys)
         count = len(given[self.key_columns[0]]) if self.key_columns else 0
         answers = store.read(self.requests, given) if self.requests else []
-        now_micros = to_micros(now or datetime.now(UTC))  # a naive `now` is UTC
+        now_micros = time.time_ns() // 1000 if now is None else to_micros(now)  # a naive `now` is UTC
         features: dict[str, FeatureValues] = {}
         for (ttl, outputs), answer in zip(self.outputs, answers, strict=True):
             # Status and event time depend on the row only: computed once per view, shared by its features.
@@ -333,10 +335,10 @@ def _request_value(name: str, dtype: DType, value: Any, index: int) -> Any:
 
 
 def _check_entities(
-    entities: Mapping[str, Iterable[Any]], columns: Sequence[str], key_types: Mapping[str, DType]
+    entities: Mapping[str, Iterable[Any]], columns: Sequence[str], key_types: Mapping[str, DType], expected: str
 ) -> dict[str, list[Any]]:
-    """The entity columns as lists of normalised key values; EntityKeyError names what is wrong."""
-    expected = ", ".join(f"{c} ({key_types[c].value})" for c in columns) or "(none)"
+    """The entity columns as lists of normalised key values; EntityKeyError names what is wrong (``expected``:
+    the columns and types the request needs, for the messages)."""
     if not isinstance(entities, Mapping):
         raise EntityKeyError(f"entities must map join-key columns to lists of values; expected columns: {expected}")
     missing = [c for c in columns if c not in entities]
