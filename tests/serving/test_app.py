@@ -195,3 +195,19 @@ def test_too_many_entities_is_422(online: RedisOnlineStore) -> None:
         assert post(client, {"features": ["card:limit"], "entities": {"card_id": [1, 2, 3]}}).status_code == 200
         response = post(client, {"features": ["card:limit"], "entities": {"card_id": [1, 2, 3, 4]}})
         assert response.status_code == 422 and "at most 3" in response.json()["error"]
+
+
+def test_the_service_freezes_its_startup_objects_when_asked(online: RedisOnlineStore) -> None:
+    import gc
+
+    assert gc.get_freeze_count() == 0
+    try:
+        with TestClient(create_app(plan_provider=plan_version, store=online)) as client:
+            assert gc.get_freeze_count() == 0  # not by default: an embedding app decides for its process
+            assert post(client, {"features": ["card:limit"], "entities": {"card_id": [1]}}).status_code == 200
+        app = create_app(plan_provider=plan_version, store=online, freeze_startup_objects=True)
+        with TestClient(app) as client:
+            assert gc.get_freeze_count() > 0
+            assert post(client, {"features": ["card:limit"], "entities": {"card_id": [1]}}).status_code == 200
+    finally:
+        gc.unfreeze()
