@@ -17,7 +17,7 @@ Row value
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -168,7 +168,8 @@ def decode_row(data: bytes, dtypes: Sequence[DType]) -> tuple[int, int | None, t
 def arrow_column(column: pa.Array | pa.ChunkedArray, dtype: DType | None) -> list[Any]:
     """A column as Python values ready for :func:`encode_row`/:func:`encode_entity_key`.
 
-    Timestamps become integer microseconds straight from Arrow (no datetime objects); floats stay floats.
+    Timestamps become integer microseconds straight from Arrow (no datetime objects); floats stay floats, the
+    non-finite ones as their JSON strings.
     """
     import pyarrow as pa
 
@@ -177,7 +178,8 @@ def arrow_column(column: pa.Array | pa.ChunkedArray, dtype: DType | None) -> lis
             column = column.cast(pa.timestamp("us", tz=column.type.tz))
         column = column.cast(pa.int64())
     values: list[Any] = column.to_pylist()
-    if dtype is DType.FLOAT64:
+    # A sum is finite only when every term is (a finite sum that overflows only takes the slow path).
+    if dtype is DType.FLOAT64 and not math.isfinite(sum(filter(None, values))):
         return [v if v is None else float_to_json(v) for v in values]
     return values
 
@@ -190,8 +192,12 @@ def encode_batch(
     feature_dtypes: Sequence[DType],
     event_column: str,
     created_column: str,
-) -> Iterable[tuple[bytes, bytes]]:
-    """``(entity key, row)`` pairs of one Arrow batch (one row per entity)."""
+) -> tuple[list[bytes], list[bytes]]:
+    """The entity keys and the rows of one Arrow batch (one row per entity), in batch order.
+
+    Column by column: one ``to_pylist`` per column, then one ``orjson.dumps`` per key and per row over tuples
+    zipped in C (a row per Python loop iteration cost half the publishing time).
+    """
     names = batch.schema.names
     absent = [c for c in (*key_names, *feature_names, event_column) if c not in names]
     if absent:
@@ -201,13 +207,12 @@ def encode_batch(
         arrow_column(batch.column(names.index(f)), d) for f, d in zip(feature_names, feature_dtypes, strict=True)
     ]
     events = arrow_column(batch.column(names.index(event_column)), DType.TIMESTAMP)
+    if None in events:
+        raise ValueError(f"row {events.index(None)} has no {event_column}; every published row needs one")
     if created_column in names:
         created = arrow_column(batch.column(names.index(created_column)), DType.TIMESTAMP)
     else:
         created = [None] * batch.num_rows
-    dumps = orjson.dumps
-    for i in range(batch.num_rows):
-        if events[i] is None:
-            raise ValueError(f"row {i} has no {event_column}; every published row needs one")
-        key = dumps([k[i] for k in keys])[1:-1]
-        yield key, dumps([events[i], created[i], *(f[i] for f in features)])
+    # Timestamp keys are integer microseconds already (arrow_column): encoded like integers.
+    plain = [DType.INT64 if d is DType.TIMESTAMP else d for d in key_dtypes]
+    return encode_entity_keys(keys, plain), list(map(orjson.dumps, zip(events, created, *features, strict=True)))

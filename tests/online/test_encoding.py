@@ -123,11 +123,11 @@ def test_arrow_batches_round_trip_and_keys_match_the_lookup_encoding(data: st.Da
     arrays["created_timestamp"] = pa.array(created, ARROW_TYPES[DType.TIMESTAMP])
     batch = pa.RecordBatch.from_pydict(arrays)
 
-    pairs = list(
-        encode_batch(batch, key_names, key_types, feature_names, feature_types, "event_timestamp", "created_timestamp")
+    encoded_keys, rows = encode_batch(
+        batch, key_names, key_types, feature_names, feature_types, "event_timestamp", "created_timestamp"
     )
-    assert len(pairs) == n
-    for i, (key, row) in enumerate(pairs):
+    assert len(encoded_keys) == len(rows) == n
+    for i, (key, row) in enumerate(zip(encoded_keys, rows, strict=True)):
         assert key == encode_entity_key(keys[i])
         expected_key: list[Any] = [to_micros(v) if isinstance(v, datetime) else v for v in keys[i]]
         assert decode_entity_key(key) == expected_key
