@@ -2,7 +2,8 @@
 
 Neither system's code is used here. The rule (docs/ARCHITECTURE.md, "Point-in-time rule"): for an entity row
 at time ``t``, each view gives its latest row with ``event_ts <= t`` and ``t - event_ts <= ttl`` (exactly at
-the TTL is still valid), ties on event time going to the later ``created_ts``; otherwise nulls.
+the TTL is still valid), ties on event time going to the later ``created_ts``, and rows tied on created time too
+going to the one whose feature values sort first (in order, ascending, nulls first); otherwise nulls.
 
 >>> expected = training_set(entities, {"v": (frame, timedelta(days=1), ["x"])})   # doctest: +SKIP
 >>> compare(expected, result, ["v__x"])                                            # doctest: +SKIP
@@ -40,8 +41,14 @@ def training_set(
         right["event_ts"] = pd.to_datetime(right["event_ts"], utc=True)
         right["created_ts"] = pd.to_datetime(right["created_ts"], utc=True)
         # Ties on event time: keep the row with the latest created time (merge_asof takes the last row among
-        # equal keys only when they are sorted that way, so make it explicit).
-        right = right.sort_values([key, "event_ts", "created_ts"], kind="stable")
+        # equal keys only when they are sorted that way, so make it explicit); among rows equal in created
+        # time too, the one whose values sort first: sorted descending (nulls after) so that it comes last.
+        right = right.sort_values(
+            [key, "event_ts", "created_ts", *features],
+            ascending=[True, True, True, *([False] * len(features))],
+            na_position="last",
+            kind="stable",
+        )
         right = right.drop_duplicates([key, "event_ts"], keep="last")
         right = right.rename(columns={f: f"{name}__{f}" for f in features})
         right = right.sort_values("event_ts", kind="stable")

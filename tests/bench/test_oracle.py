@@ -70,3 +70,20 @@ def test_compare_counts_lost_extra_and_wrong_rows() -> None:
         "values_wrong": 1,
         "wrong_by_kind": {"k": 2},
     }
+
+
+def test_rows_tied_on_created_time_too_go_to_the_values_that_sort_first() -> None:
+    tied = pd.DataFrame(
+        {
+            "user_id": [1, 1, 1],
+            "event_ts": [ts("2024-01-01 00:00")] * 3,
+            "created_ts": [ts("2024-01-01 00:05")] * 3,
+            "x": [482, 454, 454],
+            "y": ["loyal", "vip", "casual"],
+        }
+    )
+    entities = pd.DataFrame({"row_id": [0], "user_id": [1], "ts": [ts("2024-01-01 12:00")]})
+    for order in ([0, 1, 2], [2, 1, 0], [1, 0, 2]):
+        frame = tied.iloc[order].reset_index(drop=True)
+        result = training_set(entities, {"v": (frame, timedelta(days=1), ["x", "y"])})
+        assert (result["v__x"][0], result["v__y"][0]) == (454, "casual")  # (454, "casual") < (454, "vip") < (482, …)
