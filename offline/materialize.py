@@ -20,7 +20,7 @@ from features.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP, Plan, ViewPlan
 from features.protocols import MaterializationResult, OnlineStore, Progress, Publication, iter_batches
 from offline import windows
 from offline.jdbc import error_summary, quote_spark, read_source, spark_type
-from offline.tables import merge_rows, prepare_rows, read_table, table_path, table_version
+from offline.tables import prepare_rows, read_table, table_path, table_version, write_rows
 from offline.translate import SparkTranslator
 
 if TYPE_CHECKING:
@@ -116,18 +116,12 @@ def materialize(
     url = config.connection_url(view.source.connection)
     with phase(view, "checking the source schema"):
         source = read_source(spark, view.source, url, start, end)  # the schema check happens here
-    cached = compute_features(view, source).persist()
+    prepared = prepare_rows(view, compute_features(view, source))
     path = table_path(config, view)
     try:
-        with phase(view, "reading and computing the source rows"):
-            rows_read = cached.count()
-        log.info("view '%s': read %d source row(s) from '%s'", view.name, rows_read, view.source.name)
-        if progress is not None:
-            progress.advance(task, rows_read)
-        with phase(view, "dropping invalid and duplicate rows"):
-            prepared = prepare_rows(view, cached)
-        with phase(view, "writing the offline table"):
-            written = merge_rows(spark, path, view, prepared.frame, datetime.now(UTC))
+        # One pass over the source: read, compute, drop invalid and duplicate rows, count, write.
+        with phase(view, "reading the source and writing the offline table"):
+            outcome = write_rows(spark, path, view, prepared, datetime.now(UTC))
             version = table_version(spark, path)
     except SkewlessError:
         raise
@@ -136,8 +130,10 @@ def materialize(
             f"view '{view.name}': computing or writing the offline table {path} failed (the table is unchanged "
             f"unless its commit completed): {error_summary(exc)}"
         ) from exc
-    finally:
-        cached.unpersist()
+    rows_read, written = outcome.counts.read, outcome.rows_written
+    log.info("view '%s': read %d source row(s) from '%s'", view.name, rows_read, view.source.name)
+    if progress is not None:
+        progress.advance(task, rows_read)
     log.info("view '%s': %d row(s) inserted or updated in %s (version %s)", view.name, written, path, version)
 
     published, committed = 0, False
