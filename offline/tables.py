@@ -11,14 +11,14 @@ from __future__ import annotations
 import functools
 import logging
 import operator
-import shutil
-import uuid
+import threading
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from features.config import RepoConfig
+from features.errors import MaterializationError
 from features.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP, PUBLISHED_AT, ViewPlan
 from offline.jdbc import quote_spark, spark_type
 
@@ -91,8 +91,8 @@ class PreparedRows:
     kept: Observation
 
     def counts(self) -> RowCounts:
-        """The counts of the first action run on ``frame`` (call it after that action; it waits for it)."""
-        read, kept = self.read.get, self.kept.get
+        """The counts of the first action run on ``frame`` (call it after that action)."""
+        read, kept = _observed(self.read), _observed(self.kept)
         total, ok, distinct = int(read.get("rows") or 0), int(read.get("valid") or 0), int(kept.get("rows") or 0)
         if total != ok:
             log.warning("view '%s': dropped %d source row(s) with a null join key or event time", self.view, total - ok)
@@ -103,6 +103,19 @@ class PreparedRows:
                 ok - distinct,
             )
         return RowCounts(total, total - ok, ok - distinct)
+
+
+def _observed(observation: Observation, timeout: float = 120.0) -> dict[str, Any]:
+    """The metrics of an observation whose action has run. Spark posts them just after the action; waiting in
+    a thread bounds the wait, so a plan that never reported them fails the run instead of hanging it."""
+    box: dict[str, Any] = {}
+    waiter = threading.Thread(target=lambda: box.update(metrics=observation.get), daemon=True)
+    waiter.start()
+    waiter.join(timeout)
+    if "metrics" not in box:
+        raise MaterializationError(f"Spark did not report the row counts within {timeout:.0f} s")
+    metrics: dict[str, Any] = box["metrics"]
+    return metrics
 
 
 def prepare_rows(view: ViewPlan, computed: DataFrame) -> PreparedRows:
@@ -144,10 +157,9 @@ def write_rows(
     """Write the prepared rows into the view's table in one Delta commit.
 
     A table that does not exist yet is created with the rows in one plain write (no MERGE: nothing to match
-    against; a concurrent creator makes one of the two fail). Onto an existing table the rows are staged
-    beside it (one pass over the source, which is also when they are counted), the staged rows identical to a
-    stored row are dropped with an anti-join, and only the new or changed rows are MERGEd (see
-    :func:`merge_rows`), so a rerun of an unchanged window reads the table once and rewrites nothing.
+    against; a concurrent creator makes one of the two fail). Onto an existing table, the rows identical to a
+    stored row are dropped with an anti-join and only the new or changed rows are MERGEd (see
+    :func:`merge_rows`); when none are left there is no commit at all. Either way the source is read once.
     """
     from delta.tables import DeltaTable
 
@@ -158,18 +170,19 @@ def write_rows(
         counts = prepared.counts()
         return Written(counts, counts.kept)
 
-    staging = Path(path).parent / f".staging-{Path(path).name}-{uuid.uuid4().hex}"
+    # Only what differs from the stored rows goes into the MERGE: a rerun of an unchanged window matches every
+    # row here and commits nothing, instead of MERGE-joining and rewriting the whole table.
+    stored = read_table(spark, path)
+    frame = prepared.frame
+    columns = [*view.key_names, *view.feature_names, EVENT_TIMESTAMP, CREATED_TIMESTAMP]
+    same = [frame[quote_spark(c)].eqNullSafe(stored[quote_spark(c)]) for c in columns]
+    changed = frame.join(stored, on=functools.reduce(operator.and_, same), how="left_anti").persist()
     try:
-        prepared.frame.write.format("delta").mode("errorifexists").save(str(staging))
+        count = changed.count()  # the one pass over the source, which also counts its rows
         counts = prepared.counts()
-        staged = read_table(spark, staging)
-        stored = read_table(spark, path)
-        columns = [*view.key_names, *view.feature_names, EVENT_TIMESTAMP, CREATED_TIMESTAMP]
-        same = [staged[quote_spark(c)].eqNullSafe(stored[quote_spark(c)]) for c in columns]
-        changed = staged.join(stored, on=functools.reduce(operator.and_, same), how="left_anti")
-        written = merge_rows(spark, path, view, changed, published_at)
+        written = merge_rows(spark, path, view, changed, published_at) if count else 0
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        changed.unpersist()
     return Written(counts, written)
 
 
