@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_PARTITIONS = 4
+# Rows per round trip of the JDBC driver. Without it PostgreSQL's driver holds a partition's whole result in the
+# JVM before Spark sees the first row: memory grows with the source instead of staying flat.
+FETCH_SIZE = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,7 +195,12 @@ def read_source(
     query = window_query(source, start, end)
     fetch_as = _SQLITE_FETCH_AS if sqlite else _FETCH_AS
     fetch = ", ".join(f"{quote_spark(c.name)} {fetch_as[c.dtype]}" for c in source.columns if c.dtype in fetch_as)
-    reader = spark.read.format("jdbc").options(**target.options()).option("dbtable", f"({query}) skewless_q")
+    reader = (
+        spark.read.format("jdbc")
+        .options(**target.options())
+        .option("dbtable", f"({query}) skewless_q")
+        .option("fetchsize", str(FETCH_SIZE))
+    )
     if fetch:
         reader = reader.option("customSchema", fetch)
     lower: str | None

@@ -7,6 +7,7 @@ the whole table at the version just written, so a rerun after any failure comple
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Iterable, Iterator
@@ -19,7 +20,7 @@ from features.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP, Plan, ViewPlan
 from features.protocols import MaterializationResult, OnlineStore, Progress, Publication, iter_batches
 from offline import windows
 from offline.jdbc import error_summary, quote_spark, read_source, spark_type
-from offline.tables import merge_rows, prepare_rows, read_table, table_path, table_version
+from offline.tables import prepare_rows, read_table, table_path, table_version, write_rows
 from offline.translate import SparkTranslator
 
 if TYPE_CHECKING:
@@ -27,6 +28,16 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
 log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def phase(view: ViewPlan, name: str) -> Iterator[None]:
+    """Log how long one step of a run took (at INFO), so a slow run says where its time went."""
+    began = time.monotonic()
+    try:
+        yield
+    finally:
+        log.info("view '%s': %s took %.2f s", view.name, name, time.monotonic() - began)
 
 
 def compute_features(view: ViewPlan, source: DataFrame) -> DataFrame:
@@ -103,17 +114,15 @@ def materialize(
     if progress is not None:
         progress.start(task, total=None)
     url = config.connection_url(view.source.connection)
-    source = read_source(spark, view.source, url, start, end)  # the schema check happens here
-    cached = compute_features(view, source).persist()
+    with phase(view, "checking the source schema"):
+        source = read_source(spark, view.source, url, start, end)  # the schema check happens here
+    prepared = prepare_rows(view, compute_features(view, source))
     path = table_path(config, view)
     try:
-        rows_read = cached.count()
-        log.info("view '%s': read %d source row(s) from '%s'", view.name, rows_read, view.source.name)
-        if progress is not None:
-            progress.advance(task, rows_read)
-        prepared = prepare_rows(view, cached)
-        written = merge_rows(spark, path, view, prepared.frame, datetime.now(UTC))
-        version = table_version(spark, path)
+        # One pass over the source: read, compute, drop invalid and duplicate rows, count, write.
+        with phase(view, "reading the source and writing the offline table"):
+            outcome = write_rows(spark, path, view, prepared, datetime.now(UTC))
+            version = table_version(spark, path)
     except SkewlessError:
         raise
     except Exception as exc:  # Spark/JDBC/Delta errors, translated at the boundary
@@ -121,8 +130,10 @@ def materialize(
             f"view '{view.name}': computing or writing the offline table {path} failed (the table is unchanged "
             f"unless its commit completed): {error_summary(exc)}"
         ) from exc
-    finally:
-        cached.unpersist()
+    rows_read, written = outcome.counts.read, outcome.rows_written
+    log.info("view '%s': read %d source row(s) from '%s'", view.name, rows_read, view.source.name)
+    if progress is not None:
+        progress.advance(task, rows_read)
     log.info("view '%s': %d row(s) inserted or updated in %s (version %s)", view.name, written, path, version)
 
     published, committed = 0, False
@@ -223,8 +234,10 @@ def _publish_online(
         latest = latest.withColumn(EVENT_TIMESTAMP, F.lit(as_of).cast("timestamp"))
     publication = online.start_publication(view, watermark=version)
     try:
-        published = publish(latest, publication)
-        committed = publication.commit()
+        with phase(view, "computing the latest rows and writing them online"):
+            published = publish(latest, publication)
+        with phase(view, "committing the online publication"):
+            committed = publication.commit()
     except Exception as exc:
         try:
             publication.abort()

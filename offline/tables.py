@@ -8,18 +8,22 @@ Writes are a single MERGE, hence atomic, and re-running a window changes nothing
 
 from __future__ import annotations
 
+import functools
 import logging
+import operator
+import threading
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from features.config import RepoConfig
+from features.errors import MaterializationError
 from features.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP, PUBLISHED_AT, ViewPlan
 from offline.jdbc import quote_spark, spark_type
 
 if TYPE_CHECKING:
-    from pyspark.sql import Column, DataFrame, SparkSession
+    from pyspark.sql import Column, DataFrame, Observation, SparkSession
     from pyspark.sql.types import StructType
 
 log = logging.getLogger(__name__)
@@ -61,44 +65,136 @@ def read_table(spark: SparkSession, path: Path | str, version: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
-class PreparedRows:
-    """Rows ready to merge, with how many source rows were dropped and why."""
+class RowCounts:
+    """How many source rows a run read, and how many it dropped and why."""
 
-    frame: DataFrame
+    read: int
     null_keys_or_time: int
     duplicates: int
+
+    @property
+    def kept(self) -> int:
+        return self.read - self.null_keys_or_time - self.duplicates
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedRows:
+    """Rows ready to write, and the observations that count them while they are written.
+
+    Counting in the same pass as the write (Spark's ``observe``) saves reading the source twice: the counts are
+    known only once an action on ``frame`` has run, through :meth:`counts`.
+    """
+
+    frame: DataFrame
+    view: str
+    read: Observation
+    kept: Observation
+
+    def counts(self) -> RowCounts:
+        """The counts of the first action run on ``frame`` (call it after that action)."""
+        read, kept = _observed(self.read), _observed(self.kept)
+        total, ok, distinct = int(read.get("rows") or 0), int(read.get("valid") or 0), int(kept.get("rows") or 0)
+        if total != ok:
+            log.warning("view '%s': dropped %d source row(s) with a null join key or event time", self.view, total - ok)
+        if ok != distinct:
+            log.warning(
+                "view '%s': dropped %d duplicate source row(s) (same keys, event and created time)",
+                self.view,
+                ok - distinct,
+            )
+        return RowCounts(total, total - ok, ok - distinct)
+
+
+def _observed(observation: Observation, timeout: float = 120.0) -> dict[str, Any]:
+    """The metrics of an observation whose action has run. Spark posts them just after the action; waiting in
+    a thread bounds the wait, so a plan that never reported them fails the run instead of hanging it."""
+    box: dict[str, Any] = {}
+    waiter = threading.Thread(target=lambda: box.update(metrics=observation.get), daemon=True)
+    waiter.start()
+    waiter.join(timeout)
+    if "metrics" not in box:
+        raise MaterializationError(f"Spark did not report the row counts within {timeout:.0f} s")
+    metrics: dict[str, Any] = box["metrics"]
+    return metrics
 
 
 def prepare_rows(view: ViewPlan, computed: DataFrame) -> PreparedRows:
     """Drop rows without keys or event time, and keep one row per (keys, event, created) deterministically.
 
     ``computed`` has the join keys, the features, ``event_timestamp`` and ``created_timestamp``. Among rows
-    sharing a key, the one whose feature values sort first is kept, so every run keeps the same row.
+    sharing a key, the one whose feature values sort first is kept, so every run keeps the same row. Nothing runs
+    yet: the rows are counted (see :meth:`PreparedRows.counts`) by whichever action first reads ``frame``.
     """
-    from pyspark.sql import Window
+    from pyspark.sql import Observation, Window
     from pyspark.sql import functions as F
 
     keys = [*view.key_names, EVENT_TIMESTAMP]
     valid = F.lit(True)
     for name in keys:
         valid = valid & F.col(quote_spark(name)).isNotNull()
-    counts = computed.agg(F.count(F.lit(1)).alias("n"), F.sum(F.when(valid, 1).otherwise(0)).alias("ok")).first()
-    total, ok = (int(counts["n"]), int(counts["ok"] or 0)) if counts is not None else (0, 0)
-    rows = computed.where(valid)
+    read, kept = Observation(), Observation()
+    rows = computed.observe(
+        read, F.count(F.lit(1)).alias("rows"), F.sum(F.when(valid, 1).otherwise(0)).alias("valid")
+    ).where(valid)
     partition = [F.col(quote_spark(n)) for n in (*keys, CREATED_TIMESTAMP)]
     order = [F.col(quote_spark(f)).asc_nulls_first() for f in view.feature_names] or [F.lit(1)]
     ranked = rows.withColumn("__rank", F.row_number().over(Window.partitionBy(*partition).orderBy(*order)))
     deduped = ranked.where(F.col("__rank") == 1).drop("__rank")
-    distinct = deduped.count()
-    if total != ok:
-        log.warning("view '%s': dropped %d source row(s) with a null join key or event time", view.name, total - ok)
-    if ok != distinct:
-        log.warning(
-            "view '%s': dropped %d duplicate source row(s) (same keys, event and created time)",
-            view.name,
-            ok - distinct,
+    return PreparedRows(deduped.observe(kept, F.count(F.lit(1)).alias("rows")), view.name, read, kept)
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """What :func:`write_rows` did: the counts of the rows it read, and how many it inserted or updated."""
+
+    counts: RowCounts
+    rows_written: int
+
+
+def write_rows(
+    spark: SparkSession, path: Path | str, view: ViewPlan, prepared: PreparedRows, published_at: datetime
+) -> Written:
+    """Write the prepared rows into the view's table in one Delta commit.
+
+    A table that does not exist yet is created with the rows in one plain write (no MERGE: nothing to match
+    against; a concurrent creator makes one of the two fail). Onto an existing table, the rows identical to a
+    stored row are dropped with an anti-join and only the new or changed rows are MERGEd (see
+    :func:`merge_rows`); when none are left there is no commit at all. Either way the source is read once.
+    """
+    from delta.tables import DeltaTable
+
+    if not DeltaTable.isDeltaTable(spark, str(path)):
+        _with_published_at(view, prepared.frame, published_at).write.format("delta").mode("errorifexists").save(
+            str(path)
         )
-    return PreparedRows(deduped, total - ok, ok - distinct)
+        counts = prepared.counts()
+        return Written(counts, counts.kept)
+
+    # Only what differs from the stored rows goes into the MERGE: a rerun of an unchanged window matches every
+    # row here and commits nothing, instead of MERGE-joining and rewriting the whole table.
+    stored = read_table(spark, path)
+    frame = prepared.frame
+    columns = [*view.key_names, *view.feature_names, EVENT_TIMESTAMP, CREATED_TIMESTAMP]
+    same = [frame[quote_spark(c)].eqNullSafe(stored[quote_spark(c)]) for c in columns]
+    changed = frame.join(stored, on=functools.reduce(operator.and_, same), how="left_anti").persist()
+    try:
+        count = changed.count()  # the one pass over the source, which also counts its rows
+        counts = prepared.counts()
+        written = merge_rows(spark, path, view, changed, published_at) if count else 0
+    finally:
+        changed.unpersist()
+    return Written(counts, written)
+
+
+def _with_published_at(view: ViewPlan, rows: DataFrame, published_at: datetime) -> DataFrame:
+    """``rows`` in the table's column order and types, with ``published_at``."""
+    from pyspark.sql import functions as F
+
+    schema = table_schema(view)
+    return rows.select(
+        *(F.col(quote_spark(f.name)).cast(f.dataType) for f in schema.fields if f.name != PUBLISHED_AT),
+        F.lit(published_at).cast("timestamp").alias(PUBLISHED_AT),
+    ).to(schema)
 
 
 def merge_rows(spark: SparkSession, path: Path | str, view: ViewPlan, rows: DataFrame, published_at: datetime) -> int:
@@ -108,13 +204,9 @@ def merge_rows(spark: SparkSession, path: Path | str, view: ViewPlan, rows: Data
     feature value differs (null-safe), so re-running a window commits nothing.
     """
     from delta.tables import DeltaTable
-    from pyspark.sql import functions as F
 
     (DeltaTable.createIfNotExists(spark).location(str(path)).addColumns(table_schema(view)).execute())
-    source = rows.select(
-        *(F.col(quote_spark(f.name)) for f in table_schema(view).fields if f.name != PUBLISHED_AT),
-        F.lit(published_at).cast("timestamp").alias(PUBLISHED_AT),
-    )
+    source = _with_published_at(view, rows, published_at)
 
     def col(side: str, name: str) -> str:
         return f"{side}.{quote_spark(name)}"
