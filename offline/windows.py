@@ -37,7 +37,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from features.dtypes import DType
+from features.dtypes import DType, from_micros, to_micros
 from features.expressions import Expr
 from features.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP, PUBLISHED_AT, FeaturePlan, ViewPlan
 from offline.jdbc import quote_spark, spark_type
@@ -51,7 +51,6 @@ log = logging.getLogger(__name__)
 
 TILE = "__tile"  # tile index: the tile covers ((TILE - 1) * g, TILE * g] seconds since the epoch
 THROUGH_KEY = "skewless.through"
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
 
@@ -68,9 +67,9 @@ def tile_seconds(view: ViewPlan) -> int:
 def floor_tick(view: ViewPlan, moment: datetime) -> datetime:
     """The latest tick at or before ``moment``."""
     assert view.cadence_seconds is not None
-    micros = _micros(moment)
+    micros = to_micros(moment)
     step = view.cadence_seconds * 1_000_000
-    return _from_micros(micros - micros % step)
+    return from_micros(micros - micros % step)
 
 
 def tiles_path(feature_table: Path | str) -> str:
@@ -218,10 +217,10 @@ def build_tiles(view: ViewPlan, source: DataFrame) -> DataFrame:
 def write_tiles(spark: SparkSession, path: str, tiles: DataFrame, ticks: TickRange, view: ViewPlan) -> None:
     """Replace the tiles of ``ticks`` in one Delta commit."""
     step = tile_seconds(view)
-    upper = _micros(ticks.end) // (step * 1_000_000)
+    upper = to_micros(ticks.end) // (step * 1_000_000)
     condition = f"{TILE} <= {upper}"
     if ticks.start is not None:
-        condition = f"{TILE} > {_micros(ticks.start) // (step * 1_000_000)} AND {condition}"
+        condition = f"{TILE} > {to_micros(ticks.start) // (step * 1_000_000)} AND {condition}"
     (tiles.write.format("delta").mode("overwrite").option("replaceWhere", condition).save(path))
 
 
@@ -235,8 +234,8 @@ def values_at_ticks(spark: SparkSession, view: ViewPlan, tiles: DataFrame, ticks
     per_tick = view.cadence_seconds // step  # tiles per cadence
     windows = {f.aggregation.window_seconds for f in view.features if f.aggregation is not None}
     finite = sorted(w // step for w in windows if w is not None)
-    lo = None if ticks.start is None else _micros(ticks.start) // (step * 1_000_000)
-    hi = _micros(ticks.end) // (step * 1_000_000)
+    lo = None if ticks.start is None else to_micros(ticks.start) // (step * 1_000_000)
+    hi = to_micros(ticks.end) // (step * 1_000_000)
     keys = [F.col(quote_spark(k)) for k in view.key_names]
 
     relevant = tiles.where(F.col(TILE) <= hi)
@@ -377,17 +376,6 @@ def write_values(
 def source_bounds(ticks: TickRange) -> tuple[datetime | None, datetime]:
     """``read_source`` reads ``start <= t < end``; tiles need ``start < t <= end``: shift both by 1 µs."""
     return (None if ticks.start is None else ticks.start + _MICROSECOND), ticks.end + _MICROSECOND
-
-
-def _micros(moment: datetime) -> int:
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    delta = moment - _EPOCH
-    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
-
-
-def _from_micros(micros: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=micros)
 
 
 def _sql(moment: datetime) -> str:
