@@ -175,7 +175,7 @@ def _build(
     joined = _join(spark, manifest, arrow_entities if arrow_entities is not None else entities)
     functions = load_functions(manifest["on_demand"], loader) if "on_demand" in manifest else {}
     if arrow_entities is None:  # Spark in, no output: stay in Spark
-        frame = joined.drop(ROW_ID)
+        frame = joined.orderBy(ROW_ID).drop(ROW_ID)  # the entity rows' order, as with the other inputs
         if "on_demand" in manifest:
             frame = add_on_demand_spark(frame, manifest["on_demand"], functions)
         return {"spark": lambda: frame, "pandas": frame.toPandas, "arrow": frame.toArrow}[output_format](), None
@@ -203,29 +203,37 @@ def function_loader(config: RepoConfig) -> FunctionLoader:
 
 
 def _join(spark: SparkSession, manifest: dict[str, Any], entities: Any) -> DataFrame:
-    """The Spark point-in-time join of ``entities`` (arrow with row order, or Spark) per the manifest."""
+    """The Spark point-in-time join of ``entities`` (arrow with row order, or Spark) per the manifest.
+
+    Arrow entity rows go to Spark with only the columns the join needs (keys, time, a row id); their other
+    columns (labels, ...) are attached again on the driver by :func:`_attach`.
+    """
     import pyarrow as pa
 
     timestamp_column = manifest["timestamp_column"]
+    columns = entities.column_names if isinstance(entities, pa.Table) else entities.columns
+    needed: dict[str, None] = {}
+    for name, info in manifest["views"].items():
+        key_names = [k["name"] for k in info["join_keys"]]
+        missing = [c for c in (*key_names, timestamp_column) if c not in columns]
+        if missing:
+            raise EntityKeyError(
+                f"the entity rows lack column(s) {', '.join(missing)} needed by view '{name}'; "
+                f"they have: {', '.join(c for c in columns if c != ROW_ID)}"
+            )
+        needed.update(dict.fromkeys([*key_names, timestamp_column]))
     if isinstance(entities, pa.Table):
         # Row ids from the Arrow row order, so the result aligns with the input without relying on Spark.
-        with_ids = entities.append_column(ROW_ID, pa.array(range(entities.num_rows), pa.int64()))
-        frame = spark.createDataFrame(with_ids)
+        narrow = entities.select(list(needed))
+        frame = spark.createDataFrame(narrow.append_column(ROW_ID, pa.array(range(narrow.num_rows), pa.int64())))
     else:
         frame = with_row_id(entities)
     inputs = []
     for name, info in manifest["views"].items():
         keys = tuple((k["name"], DType(k["dtype"])) for k in info["join_keys"])
-        missing = [c for c in (*(k for k, _ in keys), timestamp_column) if c not in frame.columns]
-        if missing:
-            raise EntityKeyError(
-                f"the entity rows lack column(s) {', '.join(missing)} needed by view '{name}'; "
-                f"they have: {', '.join(c for c in frame.columns if c != ROW_ID)}"
-            )
         try:
             table = read_table(spark, info["path"], info["version"])
-            columns = [k for k, _ in keys] + [*info["features"], EVENT_TIMESTAMP, CREATED_TIMESTAMP]
-            table = table.select(*columns)
+            table = table.select(*(k for k, _ in keys), *info["features"], EVENT_TIMESTAMP, CREATED_TIMESTAMP)
         except Exception as exc:
             raise DatasetError(
                 f"cannot read view '{name}' at version {info['version']} from {info['path']}: {exc}"

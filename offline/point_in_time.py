@@ -6,9 +6,10 @@ a null created time sorting first) that is not older than the view's TTL (``t - 
 inclusive); otherwise nulls. A windowed view stores rows only at the ticks where a value changes, so its
 TTL counts from the last tick computed instead (``valid_until``, see ``offline/windows.py``).
 
-It is a union plus a window rather than a range join: entity rows and feature rows of a view are stacked,
-ordered by time within each key, and every entity row takes the last feature value seen before it
-(``last(..., ignorenulls=True)``). That is one shuffle per view and no quadratic blow-up on hot keys.
+It is a union plus a window rather than a range join: entity rows and the feature rows of every view with the
+same join keys are stacked, ordered by time within each key, and every entity row takes, per view, the last
+feature value seen before it (``last(..., ignorenulls=True)``). That is one shuffle per set of join keys (the
+entity rows travel whole through it, so nothing is joined back), and no quadratic blow-up on hot keys.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from features.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP
 from offline.jdbc import quote_spark, spark_type
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame
+    from pyspark.sql import Column, DataFrame
 
 ROW_ID = "__skewless_row_id"
 
@@ -49,70 +50,98 @@ class ViewInput:
 def point_in_time_join(entities: DataFrame, timestamp_column: str, views: Sequence[ViewInput]) -> DataFrame:
     """Add ``<view>__<feature>`` columns to ``entities`` as of each row's ``timestamp_column``.
 
-    ``entities`` must carry a unique, increasing :data:`ROW_ID` column (see :func:`with_row_id`); the result
-    keeps every input row exactly once, the input columns in their order, then the feature columns, sorted
-    by :data:`ROW_ID` (which is kept so callers can align the result with the input).
+    ``entities`` must carry a unique :data:`ROW_ID` column (see :func:`with_row_id`); the result keeps every
+    input row exactly once, the input columns in their order, then the feature columns, in no particular row
+    order: sort by :data:`ROW_ID` (kept for that) to align the result with the input.
     """
     from pyspark.sql import functions as F
 
     result = entities
-    for view in views:
-        result = result.join(_view_values(entities, timestamp_column, view), on=ROW_ID, how="left")
+    for group in _by_join_keys(views):
+        result = _join_group(result, timestamp_column, group)
     feature_columns = [F.col(quote_spark(v.column(f))) for v in views for f in v.features]
-    return result.select(*(F.col(quote_spark(c)) for c in entities.columns), *feature_columns).orderBy(ROW_ID)
+    return result.select(*(F.col(quote_spark(c)) for c in entities.columns), *feature_columns)
 
 
-def _view_values(entities: DataFrame, timestamp_column: str, view: ViewInput) -> DataFrame:
-    """ROW_ID and the view's feature columns for every entity row."""
+def _by_join_keys(views: Sequence[ViewInput]) -> list[list[ViewInput]]:
+    """The views grouped by their join keys (names and types), in first-seen order."""
+    groups: dict[tuple[tuple[str, DType], ...], list[ViewInput]] = {}
+    for view in views:
+        groups.setdefault(view.join_keys, []).append(view)
+    return list(groups.values())
+
+
+def _join_group(entities: DataFrame, timestamp_column: str, views: Sequence[ViewInput]) -> DataFrame:
+    """``entities`` with the feature columns of ``views``, which all share the same join keys.
+
+    One shuffle for the whole group: the entity rows (carried whole, as one struct) and every view's feature
+    rows are stacked, partitioned by the keys and ordered by time; each entity row takes, per view, the last
+    value of that view seen before it.
+    """
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    keys = [f"__k{i}" for i in range(len(view.join_keys))]
-    value_fields = [*view.features, EVENT_TIMESTAMP]
-    value_type = view.table.select(F.struct(*(F.col(quote_spark(c)) for c in value_fields)).alias("v")).schema[0]
+    join_keys = views[0].join_keys
+    keys = [f"__k{i}" for i in range(len(join_keys))]
+    row_type = entities.select(F.struct(*(F.col(quote_spark(c)) for c in entities.columns)).alias("r")).schema[0]
+    value_types = [
+        v.table.select(F.struct(*(F.col(quote_spark(c)) for c in (*v.features, EVENT_TIMESTAMP))).alias("v")).schema[0]
+        for v in views
+    ]
+    values = [f"__v{i}" for i in range(len(views))]
+
+    def no_values(but: int | None = None) -> list[Column]:
+        return [
+            F.lit(None).cast(t.dataType).alias(name)
+            for i, (name, t) in enumerate(zip(values, value_types, strict=True))
+            if i != but
+        ]
 
     left = entities.select(
         *(
             F.col(quote_spark(name)).cast(spark_type(dtype)).alias(k)
-            for (name, dtype), k in zip(view.join_keys, keys, strict=True)
+            for (name, dtype), k in zip(join_keys, keys, strict=True)
         ),
         F.col(quote_spark(timestamp_column)).cast("timestamp").alias("__t"),
         F.lit(1).alias("__side"),  # at equal times feature rows (0) come first: event_timestamp <= t is valid
         F.lit(None).cast("timestamp").alias("__created"),
-        F.col(ROW_ID),
-        F.lit(None).cast(value_type.dataType).alias("__v"),
+        F.struct(*(F.col(quote_spark(c)) for c in entities.columns)).alias("__row"),
+        *no_values(),
     )
-    right = view.table.select(
-        *(F.col(quote_spark(name)).alias(k) for (name, _), k in zip(view.join_keys, keys, strict=True)),
-        F.col(EVENT_TIMESTAMP).alias("__t"),
-        F.lit(0).alias("__side"),
-        F.col(CREATED_TIMESTAMP).alias("__created"),
-        F.lit(None).cast("long").alias(ROW_ID),
-        F.struct(*(F.col(quote_spark(c)) for c in value_fields)).alias("__v"),
-    )
-    # Rows without keys or time in the table never match anything; keep them out of the shuffle.
-    right = right.where(F.col("__t").isNotNull())
-    for k in keys:
-        right = right.where(F.col(k).isNotNull())
+    stacked = left
+    for i, view in enumerate(views):
+        right = view.table.select(
+            *(F.col(quote_spark(name)).alias(k) for (name, _), k in zip(join_keys, keys, strict=True)),
+            F.col(EVENT_TIMESTAMP).alias("__t"),
+            F.lit(0).alias("__side"),
+            F.col(CREATED_TIMESTAMP).alias("__created"),
+            F.lit(None).cast(row_type.dataType).alias("__row"),
+            F.struct(*(F.col(quote_spark(c)) for c in (*view.features, EVENT_TIMESTAMP))).alias(values[i]),
+        )
+        # Rows without keys or time in the table never match anything; keep them out of the shuffle.
+        right = right.where(F.col("__t").isNotNull())
+        for k in keys:
+            right = right.where(F.col(k).isNotNull())
+        stacked = stacked.unionByName(right, allowMissingColumns=True)
 
     window = (
         Window.partitionBy(*keys)
         .orderBy(F.col("__t").asc_nulls_first(), "__side", F.col("__created").asc_nulls_first())
         .rowsBetween(Window.unboundedPreceding, Window.currentRow)
     )
-    stacked = left.unionByName(right).withColumn("__last", F.last("__v", ignorenulls=True).over(window))
-    found = stacked.where(F.col("__side") == 1)
+    lasts = [F.last(v, ignorenulls=True).over(window).alias(v) for v in values]
+    found = stacked.select("__t", "__side", "__row", *lasts).where(F.col("__side") == 1)
 
-    valid = F.col("__last").isNotNull() & F.col("__t").isNotNull()
-    if view.ttl_seconds is not None:
-        age = F.unix_micros(F.col("__t")) - F.unix_micros(F.col(f"__last.{EVENT_TIMESTAMP}"))
-        valid = valid & (age <= F.lit(view.ttl_seconds * 1_000_000))
-    if view.valid_until is not None:
-        valid = valid & (F.col("__t") <= F.lit(view.valid_until).cast("timestamp"))
-    return found.select(
-        F.col(ROW_ID),
-        *(F.when(valid, F.col("__last")[f]).alias(view.column(f)) for f in view.features),
-    )
+    columns = []
+    for view, value in zip(views, values, strict=True):
+        valid = F.col(value).isNotNull() & F.col("__t").isNotNull()
+        if view.ttl_seconds is not None:
+            age = F.unix_micros(F.col("__t")) - F.unix_micros(F.col(f"{value}.{EVENT_TIMESTAMP}"))
+            valid = valid & (age <= F.lit(view.ttl_seconds * 1_000_000))
+        if view.valid_until is not None:
+            valid = valid & (F.col("__t") <= F.lit(view.valid_until).cast("timestamp"))
+        columns += [F.when(valid, F.col(value)[f]).alias(view.column(f)) for f in view.features]
+    return found.select("__row.*", *columns)
 
 
 def with_row_id(frame: DataFrame) -> DataFrame:

@@ -67,6 +67,9 @@ def default_conf() -> dict[str, str]:
         "spark.app.name": "skewless",
         "spark.sql.session.timeZone": "UTC",
         "spark.sql.shuffle.partitions": "4",
+        # Delta rebuilds a table's file list with this many partitions (default 50, sized for clusters); the
+        # list is small, and 50 tasks cost seconds on each first read of a table in local mode.
+        "spark.databricks.delta.snapshotPartitions": "2",
         "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
         "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
         "spark.ui.showConsoleProgress": "false",

@@ -1,4 +1,7 @@
-"""The point-in-time join against a pandas ``merge_asof`` oracle, per view, with the TTL and tie rules."""
+"""The point-in-time join against a pandas ``merge_asof`` oracle, per view, with the TTL and tie rules.
+
+Views "u" and "w" share their join keys (one stacked window for both), "um" has its own.
+"""
 
 from __future__ import annotations
 
@@ -126,11 +129,12 @@ def _plain(value: Any) -> Any:
 
 
 @pytest.fixture(scope="module")
-def joined(spark: Any) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def joined(spark: Any) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     from pyspark.sql import types as T
 
     rng = random.Random(11)
     users, pairs = _feature_rows(rng)
+    others, _ = _feature_rows(random.Random(12))
     entities = _entities(rng)
     ts = T.TimestampType()
     user_schema = T.StructType(
@@ -177,27 +181,33 @@ def joined(spark: Any) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.Dat
             None,
             spark.createDataFrame(rows(pairs), pair_schema),
         ),
+        ViewInput(
+            "w", (("user_id", DType.INT64),), ("f_num",), 2 * TTL, spark.createDataFrame(rows(others), user_schema)
+        ),
     ]
     frame = spark.createDataFrame(entity_rows, entity_schema).repartition(3)
-    result = point_in_time_join(frame, "ts", views).toPandas()
-    return entities, users, pairs, result
+    # The join promises no row order; ROW_ID aligns the result with the input.
+    result = point_in_time_join(frame, "ts", views).toPandas().sort_values(ROW_ID).reset_index(drop=True)
+    return entities, users, pairs, others, result
 
 
 @pytest.mark.spark
-def test_every_entity_row_once_in_input_order(joined: Any) -> None:
-    entities, _, _, result = joined
+def test_every_entity_row_once_with_its_columns(joined: Any) -> None:
+    entities, _, _, _, result = joined
     assert list(result[ROW_ID]) == list(range(len(entities)))
-    assert list(result.columns) == ["user_id", "merchant", "label", "ts", ROW_ID, "u__f_num", "u__f_str", "um__amt"]
+    columns = ["user_id", "merchant", "label", "ts", ROW_ID, "u__f_num", "u__f_str", "um__amt", "w__f_num"]
+    assert list(result.columns) == columns
     assert [_plain(v) for v in result["label"]] == [_plain(v) for v in entities["label"]]
 
 
 @pytest.mark.spark
 def test_matches_merge_asof_oracle(joined: Any) -> None:
-    entities, users, pairs, result = joined
+    entities, users, pairs, others, result = joined
     expected = pd.concat(
         [
             oracle(entities, users, ["user_id"], ["f_num", "f_str"], TTL, "u"),
             oracle(entities, pairs, ["user_id", "merchant"], ["amt"], None, "um"),
+            oracle(entities, others, ["user_id"], ["f_num"], 2 * TTL, "w"),
         ],
         axis=1,
     )
@@ -211,7 +221,7 @@ def test_matches_merge_asof_oracle(joined: Any) -> None:
 
 @pytest.mark.spark
 def test_ttl_boundary_is_inclusive_and_rows_before_any_feature_are_null(joined: Any) -> None:
-    _, _, _, result = joined
+    *_, result = joined
     edge = result[result["user_id"] == BOUNDARY_USER]
     by_time = {pd.Timestamp(t).to_pydatetime(): _plain(v) for t, v in zip(edge["ts"], edge["u__f_str"], strict=True)}
     ttl = timedelta(seconds=TTL)
