@@ -17,6 +17,19 @@ def test_packages_follow_the_installed_delta() -> None:
     assert conf["spark.jars.packages"].split(",") == session.jvm_packages()
 
 
+def test_local_mode_gets_partition_counts_for_few_cores_and_overrides_win() -> None:
+    local = session.session_conf({})
+    assert local["spark.master"].startswith("local")
+    assert local["spark.sql.shuffle.partitions"] == "4"
+    assert local["spark.sql.adaptive.coalescePartitions.enabled"] == "false"
+    cluster = session.session_conf({"spark.master": "spark://cluster:7077"})
+    assert cluster["spark.master"] == "spark://cluster:7077"
+    assert not set(session.local_conf()) & set(cluster)  # a cluster keeps Spark's and Delta's own defaults
+    tuned = session.session_conf({"spark.sql.shuffle.partitions": "16"})
+    assert tuned["spark.sql.shuffle.partitions"] == "16"
+    assert tuned["spark.databricks.delta.snapshotPartitions"] == "2"
+
+
 def test_java_version_parsing(tmp_path: Path) -> None:
     fake = tmp_path / "java"
     fake.write_text("#!/bin/sh\necho 'openjdk version \"11.0.2\" 2019-01-15' >&2\n")
