@@ -83,19 +83,11 @@ def _join_group(entities: DataFrame, timestamp_column: str, views: Sequence[View
 
     join_keys = views[0].join_keys
     keys = [f"__k{i}" for i in range(len(join_keys))]
-    row_type = entities.select(F.struct(*(F.col(quote_spark(c)) for c in entities.columns)).alias("r")).schema[0]
-    value_types = [
-        v.table.select(F.struct(*(F.col(quote_spark(c)) for c in (*v.features, EVENT_TIMESTAMP))).alias("v")).schema[0]
-        for v in views
-    ]
     values = [f"__v{i}" for i in range(len(views))]
-
-    def no_values(but: int | None = None) -> list[Column]:
-        return [
-            F.lit(None).cast(t.dataType).alias(name)
-            for i, (name, t) in enumerate(zip(values, value_types, strict=True))
-            if i != but
-        ]
+    row = _struct(entities.columns)
+    value_structs = [_struct([*v.features, EVENT_TIMESTAMP]) for v in views]
+    row_type = entities.select(row).schema[0].dataType
+    value_types = [v.table.select(struct).schema[0].dataType for v, struct in zip(views, value_structs, strict=True)]
 
     left = entities.select(
         *(
@@ -105,8 +97,8 @@ def _join_group(entities: DataFrame, timestamp_column: str, views: Sequence[View
         F.col(quote_spark(timestamp_column)).cast("timestamp").alias("__t"),
         F.lit(1).alias("__side"),  # at equal times feature rows (0) come first: event_timestamp <= t is valid
         F.lit(None).cast("timestamp").alias("__created"),
-        F.struct(*(F.col(quote_spark(c)) for c in entities.columns)).alias("__row"),
-        *no_values(),
+        row.alias("__row"),
+        *(F.lit(None).cast(t).alias(v) for v, t in zip(values, value_types, strict=True)),
     )
     stacked = left
     for i, view in enumerate(views):
@@ -115,8 +107,8 @@ def _join_group(entities: DataFrame, timestamp_column: str, views: Sequence[View
             F.col(EVENT_TIMESTAMP).alias("__t"),
             F.lit(0).alias("__side"),
             F.col(CREATED_TIMESTAMP).alias("__created"),
-            F.lit(None).cast(row_type.dataType).alias("__row"),
-            F.struct(*(F.col(quote_spark(c)) for c in (*view.features, EVENT_TIMESTAMP))).alias(values[i]),
+            F.lit(None).cast(row_type).alias("__row"),
+            value_structs[i].alias(values[i]),
         )
         # Rows without keys or time in the table never match anything; keep them out of the shuffle.
         right = right.where(F.col("__t").isNotNull())
@@ -142,6 +134,12 @@ def _join_group(entities: DataFrame, timestamp_column: str, views: Sequence[View
             valid = valid & (F.col("__t") <= F.lit(view.valid_until).cast("timestamp"))
         columns += [F.when(valid, F.col(value)[f]).alias(view.column(f)) for f in view.features]
     return found.select("__row.*", *columns)
+
+
+def _struct(columns: Sequence[str]) -> Column:
+    from pyspark.sql import functions as F
+
+    return F.struct(*(F.col(quote_spark(c)) for c in columns))
 
 
 def with_row_id(frame: DataFrame) -> DataFrame:
