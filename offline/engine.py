@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -9,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from features.config import RepoConfig
 from features.plan import EVENT_TIMESTAMP, FeatureRefPlan, Plan, ViewPlan
 from features.protocols import MaterializationResult, OnlineStore, Progress
-from offline import datasets
+from offline import daemon, datasets
 from offline import materialize as materialize_module
 from offline.session import get_spark, stop_spark
 
@@ -21,14 +22,19 @@ class SparkEngine:
     """:class:`features.protocols.OfflineEngine` on Spark and Delta Lake.
 
     The Spark session starts on first use (``offline.spark`` settings of ``skewless.yaml`` apply) and is
-    shared by every engine of the process.
+    shared by every engine of the process. While the repository's warm engine runs (``skewless engine
+    start``, :mod:`offline.daemon`), jobs go there instead, unless ``in_process``.
 
     >>> engine = SparkEngine(RepoConfig.load("."))                          # doctest: +SKIP
     >>> engine.materialize(plan, plan.view("card_txn"), start=None, end=None, online=None)  # doctest: +SKIP
     """
 
-    def __init__(self, config: RepoConfig) -> None:
+    def __init__(self, config: RepoConfig, *, in_process: bool = False) -> None:
         self.config = config
+        self.in_process = in_process
+
+    def _warm_engine(self) -> daemon.EngineClient | None:
+        return None if self.in_process else daemon.connect(self.config)
 
     @property
     def spark(self) -> SparkSession:
@@ -45,6 +51,14 @@ class SparkEngine:
         progress: Progress | None = None,
     ) -> MaterializationResult:
         """Compute ``view`` for ``start <= event time < end`` into Delta, then publish it online."""
+        warm = self._warm_engine()
+        if warm is not None:
+            # The engine publishes to the repository's online store, opened from the same settings.
+            with warm:
+                result: MaterializationResult = warm.call(
+                    "materialize", plan, view, start=start, end=end, online=online is not None, progress=progress
+                )
+                return result
         return materialize_module.materialize(
             self.spark, self.config, plan, view, start=start, end=end, online=online, progress=progress
         )
@@ -61,6 +75,20 @@ class SparkEngine:
         output_format: str = "pandas",
     ) -> Any:
         """A point-in-time training set; see :func:`offline.datasets.training_dataset`."""
+        # Spark DataFrames in or out belong to this process's session: those never go to the warm engine.
+        warm = None if output_format == "spark" or _is_spark(entities) else self._warm_engine()
+        if warm is not None:
+            with warm:
+                return warm.call(
+                    "training_dataset",
+                    plan,
+                    plan_version,
+                    entities,
+                    refs,
+                    timestamp_column=timestamp_column,
+                    output=_absolute(output),
+                    output_format=output_format,
+                )
         return datasets.training_dataset(
             self.spark,
             self.config,
@@ -75,8 +103,21 @@ class SparkEngine:
 
     def reproduce(self, plan: Plan, manifest_path: str, *, output: str | None = None) -> Any:
         """Rebuild a training set from its manifest with Delta time travel."""
+        warm = self._warm_engine()
+        if warm is not None:
+            with warm:
+                return warm.call("reproduce", plan, _absolute(manifest_path), output=_absolute(output))
         return datasets.reproduce(self.spark, self.config, plan, manifest_path, output=output)
 
     def stop(self) -> None:
         """Stop the process's Spark session."""
         stop_spark()
+
+
+def _is_spark(frame: Any) -> bool:
+    return type(frame).__module__.startswith("pyspark.")
+
+
+def _absolute(path: str | None) -> str | None:
+    """``path`` as the caller means it: relative to the caller's folder, not the warm engine's."""
+    return None if path is None or "://" in path else os.path.abspath(path)

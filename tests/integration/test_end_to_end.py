@@ -20,6 +20,7 @@ import pytest
 
 from definitions._example_data import create_example_data
 from features.store import FeatureStore
+from offline import daemon
 from tests.integration import oracle
 
 pytestmark = [pytest.mark.spark, pytest.mark.redis, pytest.mark.slow]
@@ -45,22 +46,38 @@ def make_repo(path: Path, source_url: str, registry_url: str, online_url: str) -
     return path
 
 
-@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres), "warm engine"])
 def materialized(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, spark: Any, redis_url: str
 ) -> Iterator[tuple[FeatureStore, dict[str, pd.DataFrame]]]:
-    tmp = tmp_path_factory.mktemp(f"e2e_{request.param}")
-    if request.param == "sqlite":
-        source_url = registry_url = f"sqlite:///{tmp / 'payments.db'}"
-    else:
+    """The example repository, materialized. "warm engine": every offline job of the module (those that take
+    pandas rows) runs in the repository's warm engine (offline/daemon.py) instead of this process."""
+    tmp = tmp_path_factory.mktemp(f"e2e_{request.param.replace(' ', '_')}")
+    if request.param == "postgres":
         source_url = registry_url = request.getfixturevalue("postgres_url")
+    else:
+        source_url = registry_url = f"sqlite:///{tmp / 'payments.db'}"
     create_example_data(source_url, cards=150, merchants=30, payments=2_500, days=20)
     store = FeatureStore(make_repo(tmp / "repo", source_url, registry_url, redis_url))
+    if request.param == "warm engine":
+        daemon.start_engine(store.config)
     store.apply()
-    results = store.materialize()
-    assert {r.view for r in results} == set(TTL)
-    yield store, oracle.read_sources(source_url)
-    store.close()
+    try:
+        results = store.materialize()
+        assert {r.view for r in results} == set(TTL)
+        yield store, oracle.read_sources(source_url)
+    finally:
+        daemon.stop_engine(store.config)
+        store.close()
+
+
+def test_jobs_run_where_the_parameter_says(materialized: tuple[FeatureStore, Any]) -> None:
+    store, _ = materialized
+    info = daemon.engine_info(store.config)
+    if "warm_engine" in str(store.config.root):
+        assert info is not None and info["jobs"] >= len(TTL)  # one materialization per view, at least
+    else:
+        assert info is None
 
 
 def equal(a: Any, b: Any) -> bool:

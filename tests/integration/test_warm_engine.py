@@ -1,0 +1,142 @@
+"""The warm engine (offline/daemon.py) as its callers meet it: errors, progress and logs come back; a caller
+with other code runs its job itself; strangers are refused; it stops when told or when idle.
+
+That its jobs give the same values as in-process ones is checked by the "warm engine" parameter of
+tests/integration/test_end_to_end.py, against the pandas oracle.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from multiprocessing import AuthenticationError
+from multiprocessing.connection import Client
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from definitions._example_data import create_example_data
+from features.cli import main
+from features.config import RepoConfig
+from features.errors import EntityKeyError
+from features.store import FeatureStore
+from offline import daemon
+from tests.integration.test_end_to_end import make_repo
+
+pytestmark = [pytest.mark.spark, pytest.mark.redis, pytest.mark.slow]
+
+
+class RecordingProgress:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+
+    def start(self, task: str, total: int | None = None) -> None:
+        self.calls.append(("start", task))
+
+    def advance(self, task: str, amount: int = 1) -> None:
+        self.calls.append(("advance", task))
+
+    def finish(self, task: str) -> None:
+        self.calls.append(("finish", task))
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory, spark: Any, redis_url: str) -> Iterator[FeatureStore]:
+    tmp = tmp_path_factory.mktemp("warm")
+    url = f"sqlite:///{tmp / 'payments.db'}"
+    create_example_data(url, cards=40, merchants=10, payments=400, days=5)
+    repo = make_repo(tmp / "repo", url, url, redis_url)
+    assert main(["engine", "start", "--repo", str(repo)]) == 0
+    store = FeatureStore(repo)
+    store.apply()
+    try:
+        yield store
+    finally:
+        daemon.stop_engine(store.config)
+        store.close()
+
+
+def jobs(store: FeatureStore) -> int:
+    info = daemon.engine_info(store.config)
+    assert info is not None
+    return int(info["jobs"])
+
+
+def test_progress_and_log_records_reach_the_caller(store: FeatureStore, caplog: pytest.LogCaptureFixture) -> None:
+    before = jobs(store)
+    progress = RecordingProgress()
+    with caplog.at_level(logging.INFO, logger="offline"):
+        [result] = store.materialize(["card_profile"], progress=progress)
+    assert jobs(store) == before + 1
+    assert result.rows_read > 0 and result.online_committed
+    task = "materialize card_profile"
+    assert progress.calls[0] == ("start", task) and progress.calls[-1] == ("finish", task)
+    assert ("advance", task) in progress.calls
+    relayed = [r for r in caplog.records if r.name == "offline.materialize"]
+    assert any(f"read {result.rows_read} source row(s)" in r.getMessage() for r in relayed)
+
+
+def test_errors_come_back_with_their_type_and_message(store: FeatureStore) -> None:
+    """The same bad call, in the engine and in this process, raises the same error."""
+    entities = pd.DataFrame({"card": [1], "ts": [pd.Timestamp("2024-01-01", tz="UTC")]})  # no card_id
+    before = jobs(store)
+    with pytest.raises(EntityKeyError) as remote:
+        store.get_training_dataset(entities, features=["card_profile:credit_limit"], timestamp_column="ts")
+    assert jobs(store) == before + 1
+    local = FeatureStore(store.config.root)
+    local.offline.in_process = True  # type: ignore[attr-defined]
+    with pytest.raises(EntityKeyError) as here:
+        local.get_training_dataset(entities, features=["card_profile:credit_limit"], timestamp_column="ts")
+    local.close()
+    assert str(remote.value) == str(here.value)
+    assert "card_id" in str(remote.value)
+
+
+def test_a_caller_with_other_code_or_settings_runs_the_job_itself(
+    store: FeatureStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(daemon, "fingerprint", lambda config: "edited since the engine started")
+    monkeypatch.setattr(daemon, "_warned", set())
+    before = jobs(store)
+    entities = pd.DataFrame({"card_id": [1, 2], "ts": pd.to_datetime(["2030-01-01", "2030-01-02"], utc=True)})
+    with caplog.at_level(logging.WARNING, logger="offline.daemon"):
+        frame = store.get_training_dataset(entities, features=["card_profile:credit_limit"], timestamp_column="ts")
+    assert len(frame) == 2
+    assert jobs(store) == before  # ran here
+    assert any("skewless engine restart" in r.getMessage() for r in caplog.records)
+
+
+def test_a_caller_without_the_key_is_refused(store: FeatureStore) -> None:
+    info = daemon.engine_info(store.config)
+    assert info is not None
+    port = int(json.loads((daemon.engine_dir(store.config) / daemon.INFO_FILE).read_text())["port"])
+    with pytest.raises(AuthenticationError):
+        Client(("127.0.0.1", port), authkey=b"not the key")
+    key_file = daemon.engine_dir(store.config) / daemon.KEY_FILE
+    assert key_file.stat().st_mode & 0o077 == 0  # only the owner may read the key
+    assert daemon.engine_info(store.config) is not None  # still serving
+
+
+def test_stop_ends_the_engine_and_jobs_run_here_again(store: FeatureStore) -> None:
+    info = daemon.engine_info(store.config)
+    assert info is not None
+    assert main(["engine", "stop", "--repo", str(store.config.root)]) == 0
+    assert daemon.engine_info(store.config) is None
+    assert not daemon._alive(int(info["pid"]))
+    assert main(["engine", "status", "--repo", str(store.config.root)]) == 1
+    [result] = store.materialize(["merchant_risk"])  # in this process now
+    assert result.rows_read > 0
+
+
+def test_an_idle_engine_stops_by_itself(tmp_path: Path) -> None:
+    server = daemon.EngineServer(RepoConfig(root=tmp_path), idle_minutes=0.5 / 60)
+    server.last_active = time.monotonic() - 1.0
+    watchdog = threading.Thread(target=server._stop_when_idle, daemon=True)
+    watchdog.start()
+    watchdog.join(timeout=10)
+    assert server._stopping.is_set()
