@@ -145,6 +145,32 @@ def server(cmd: list[str], port: int, *, logfile: Path, env: dict[str, str] | No
 
 
 # -- data -----------------------------------------------------------------------------------------------------
+def start_warm_engine(
+    stack: contextlib.ExitStack, sk: list[str], repo: Path, entities: Path, work: Path, logs: Path, timeout: float
+) -> PeakRss:
+    """Start skewless's warm engine for ``repo`` and run one job of each kind through it unmeasured (its JIT
+    warms up as it would in a long-lived engine); returns the sampler of the engine's memory, started."""
+    subprocess.run(
+        [str(SKEWLESS_CLI), "engine", "start", "--repo", str(repo)], check=True, stdout=subprocess.DEVNULL, timeout=600
+    )
+    stack.callback(subprocess.run, [str(SKEWLESS_CLI), "engine", "stop", "--repo", str(repo)], check=False, timeout=120)
+    info = json.loads((repo / ".skewless" / "engine" / "engine.json").read_text())
+    began = time.perf_counter()
+    run_measured([*sk, "materialize", "--fresh", "--warm"], logfile=logs / "skewless-warm.log", timeout=timeout)
+    run_measured(
+        [*sk, "pit", str(entities), str(work / "warm-up.parquet"), "--warm"],
+        logfile=logs / "skewless-warm.log",
+        timeout=timeout,
+    )
+    log(
+        f"warm engine (pid {info['pid']}) started and warmed up with one job of each kind in "
+        f"{time.perf_counter() - began:.0f} s"
+    )
+    rss = PeakRss(int(info["pid"]))
+    rss.__enter__()
+    return rss
+
+
 def write_data(workload: Workload, data: Path) -> None:
     data.mkdir(parents=True, exist_ok=True)
     # Microseconds, not pandas' nanoseconds: Spark cannot read TIMESTAMP(NANOS) Parquet columns.
@@ -301,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         "--skip",
         default="",
         help="comma-separated cases to skip: materialize,filled (the rerun onto filled keys),pit,client,http,"
-        "feast-spark",
+        "feast-spark,warm (skewless's warm engine)",
     )
     args = parser.parse_args(argv)
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
@@ -367,6 +393,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         sk = [sys.executable, "-m", "bench.skewless_side", str(sk_repo)]
         fe = [str(FEAST_PY), "bench/feast_side.py", str(feast_repo)]
+        warm = "warm" not in skip and not {"materialize", "pit"} <= skip
+        engine_rss = None
+        if warm:
+            engine_rss = start_warm_engine(stack, sk, sk_repo, entities_path, work, logs, timeout)
         mat_start = (workload.start - timedelta(days=1)).isoformat()
         mat_end = datetime.now(UTC).isoformat()
 
@@ -381,11 +411,21 @@ def main(argv: list[str] | None = None) -> int:
         if "materialize" not in skip:
             log("case 1: materialize (empty Redis, then onto filled keys)")
             for i in range(args.repeats):
-                for system, first, again in (
+                systems = [
                     (report.SKEWLESS, [*sk, "materialize", "--fresh"], [*sk, "materialize"]),
                     (report.FEAST, [*fe, "materialize", mat_start, mat_end], [*fe, "materialize", mat_start, mat_end]),
-                ):
-                    flush(sk_redis if system == report.SKEWLESS else feast_redis)
+                ]
+                if warm:
+                    systems.insert(
+                        1,
+                        (
+                            report.SKEWLESS_WARM,
+                            [*sk, "materialize", "--fresh", "--warm"],
+                            [*sk, "materialize", "--warm"],
+                        ),
+                    )
+                for system, first, again in systems:
+                    flush(feast_redis if system == report.FEAST else sk_redis)
                     for case, cmd in ((report.MAT_EMPTY, first), (report.MAT_FILLED, again)):
                         if case == report.MAT_FILLED and "filled" in skip:
                             continue
@@ -426,14 +466,22 @@ def main(argv: list[str] | None = None) -> int:
             log("case 2: point-in-time training set (and case 6: each one against the oracle)")
             columns = workload.feature_columns()
             for i in range(args.repeats):
-                systems = [(report.SKEWLESS, sk), (report.FEAST, fe)]
+                pit_systems: list[tuple[str, list[str], list[str]]] = [
+                    (report.SKEWLESS, sk, []),
+                    (report.FEAST, fe, []),
+                ]
+                if warm:
+                    pit_systems.insert(1, (report.SKEWLESS_WARM, sk, ["--warm"]))
                 if with_spark:
-                    systems.append((report.FEAST_SPARK, [str(FEAST_PY), "bench/feast_side.py", str(feast_spark_repo)]))
-                for system, cmd in systems:
+                    feast_spark = [str(FEAST_PY), "bench/feast_side.py", str(feast_spark_repo)]
+                    pit_systems.append((report.FEAST_SPARK, feast_spark, []))
+                for system, cmd, flags in pit_systems:
                     out = work / f"training-{system}-{i}.parquet"
                     try:
                         r = run_measured(
-                            [*cmd, "pit", str(entities_path), str(out)], logfile=logs / f"{system}.log", timeout=timeout
+                            [*cmd, "pit", str(entities_path), str(out), *flags],
+                            logfile=logs / f"{system}.log",
+                            timeout=timeout,
                         )
                     except RunFailed as failed:
                         notes.append(did_not_finish(system, report.PIT, failed))
@@ -452,6 +500,10 @@ def main(argv: list[str] | None = None) -> int:
                         f"{check['rows_lost']}, extra {check['rows_extra']}, wrong values {check['values_wrong']}"
                     )
 
+        if engine_rss is not None:
+            engine_rss.__exit__(None, None, None)
+            rec.add(report.ENGINE, report.PEAK_RSS, report.SKEWLESS_WARM, engine_rss.peak / 2**20)
+            subprocess.run([str(SKEWLESS_CLI), "engine", "stop", "--repo", str(sk_repo)], check=False)
         checkpoint("cases 1-2")
 
         # (3) Python clients

@@ -1,12 +1,14 @@
 """skewless's side of the side-by-side benchmark, one measured action per process (run by bench/run.py).
 
-    python -m bench.skewless_side REPO materialize [--fresh]
-    python -m bench.skewless_side REPO pit ENTITIES.parquet OUT.parquet
+    python -m bench.skewless_side REPO materialize [--fresh] [--warm]
+    python -m bench.skewless_side REPO pit ENTITIES.parquet OUT.parquet [--warm]
     python -m bench.skewless_side REPO online USERS_JSON --seconds 5 --max-calls 2000
     python -m bench.skewless_side REPO publish DATA_DIR
 
 The last line of stdout is ``RESULT {json}``: the in-process seconds of the measured call (the harness times
-the whole process and samples its memory from outside).
+the whole process and samples its memory from outside). ``--warm``: the repository's warm engine
+(``skewless engine start``) runs the job, and this process never starts Spark; without it, Spark starts here
+before the measured call.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ def emit(result: dict[str, Any]) -> None:
     print("RESULT " + json.dumps(result), flush=True)
 
 
-def materialize(repo: Path, fresh: bool) -> None:
+def materialize(repo: Path, fresh: bool, warm: bool) -> None:
     from features.store import FeatureStore
 
     if fresh:  # an empty offline store and registry: the first run a new user makes
@@ -34,7 +36,8 @@ def materialize(repo: Path, fresh: bool) -> None:
         (repo / "registry.db").unlink(missing_ok=True)
     with FeatureStore(repo) as store:
         store.apply()
-        _ = store.offline.spark  # type: ignore[attr-defined]  # the JVM starts outside the in-process time
+        if not warm:
+            _ = store.offline.spark  # type: ignore[attr-defined]  # the JVM starts outside the in-process time
         began = time.perf_counter()
         results = store.materialize()
         seconds = time.perf_counter() - began
@@ -48,14 +51,15 @@ def materialize(repo: Path, fresh: bool) -> None:
         )
 
 
-def pit(repo: Path, entities_path: str, out: str) -> None:
+def pit(repo: Path, entities_path: str, out: str, warm: bool) -> None:
     import pandas as pd
 
     from features.store import FeatureStore
 
     entities = pd.read_parquet(entities_path)
     with FeatureStore(repo) as store:
-        _ = store.offline.spark  # type: ignore[attr-defined]  # the JVM starts outside the in-process time
+        if not warm:
+            _ = store.offline.spark  # type: ignore[attr-defined]  # the JVM starts outside the in-process time
         began = time.perf_counter()
         frame = store.get_training_dataset(entities, features=FEATURES, timestamp_column="ts")
         seconds = time.perf_counter() - began
@@ -128,9 +132,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     m = sub.add_parser("materialize")
     m.add_argument("--fresh", action="store_true")
+    m.add_argument("--warm", action="store_true")
     p = sub.add_parser("pit")
     p.add_argument("entities")
     p.add_argument("out")
+    p.add_argument("--warm", action="store_true")
     o = sub.add_parser("online")
     o.add_argument("users", help="a JSON file: a list of entity batches (lists of user ids)")
     o.add_argument("--seconds", type=float, default=5.0)
@@ -140,9 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     repo = Path(args.repo).resolve()
     if args.command == "materialize":
-        materialize(repo, args.fresh)
+        materialize(repo, args.fresh, args.warm)
     elif args.command == "pit":
-        pit(repo, args.entities, args.out)
+        pit(repo, args.entities, args.out, args.warm)
     elif args.command == "publish":
         publish(repo, Path(args.data))
     else:
