@@ -391,12 +391,14 @@ def main(argv: list[str] | None = None) -> int:
         run_measured(
             [str(FEAST_PY), "bench/feast_side.py", str(feast_repo), "apply"], logfile=logs / "feast.log", timeout=600
         )
-        sk = [sys.executable, "-m", "bench.skewless_side", str(sk_repo)]
+        # The cold runs keep their jobs in their own process while the warm engine runs (SKEWLESS_ENGINE=here).
+        sk = ["env", "SKEWLESS_ENGINE=here", sys.executable, "-m", "bench.skewless_side", str(sk_repo)]
+        sk_warm = [sys.executable, "-m", "bench.skewless_side", str(sk_repo)]
         fe = [str(FEAST_PY), "bench/feast_side.py", str(feast_repo)]
         warm = "warm" not in skip and not {"materialize", "pit"} <= skip
         engine_rss = None
         if warm:
-            engine_rss = start_warm_engine(stack, sk, sk_repo, entities_path, work, logs, timeout)
+            engine_rss = start_warm_engine(stack, sk_warm, sk_repo, entities_path, work, logs, timeout)
         mat_start = (workload.start - timedelta(days=1)).isoformat()
         mat_end = datetime.now(UTC).isoformat()
 
@@ -420,8 +422,8 @@ def main(argv: list[str] | None = None) -> int:
                         1,
                         (
                             report.SKEWLESS_WARM,
-                            [*sk, "materialize", "--fresh", "--warm"],
-                            [*sk, "materialize", "--warm"],
+                            [*sk_warm, "materialize", "--fresh", "--warm"],
+                            [*sk_warm, "materialize", "--warm"],
                         ),
                     )
                 for system, first, again in systems:
@@ -471,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
                     (report.FEAST, fe, []),
                 ]
                 if warm:
-                    pit_systems.insert(1, (report.SKEWLESS_WARM, sk, ["--warm"]))
+                    pit_systems.insert(1, (report.SKEWLESS_WARM, sk_warm, ["--warm"]))
                 if with_spark:
                     feast_spark = [str(FEAST_PY), "bench/feast_side.py", str(feast_spark_repo)]
                     pit_systems.append((report.FEAST_SPARK, feast_spark, []))

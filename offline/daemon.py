@@ -19,7 +19,8 @@ they belong to the caller's session. Jobs run one at a time, in arrival order.
 The engine only takes jobs from a caller with the same settings and code: ``skewless.yaml``, the Python
 interpreter, and the files of the skewless packages (path, size, modification time) are hashed into a
 *fingerprint* the engine publishes. A caller whose fingerprint differs runs the job itself and warns once;
-``skewless engine restart`` picks up the change. The engine listens on 127.0.0.1 (a free port) and accepts
+``skewless engine restart`` picks up the change. ``SKEWLESS_ENGINE=here`` makes a process run its jobs
+itself even while an engine runs. The engine listens on 127.0.0.1 (a free port) and accepts
 only callers that know the key in ``<state_dir>/engine/engine.key`` (mode 0600, HMAC challenge of
 :mod:`multiprocessing.connection`); it stops after ``--idle-minutes`` without jobs (default 60).
 """
@@ -58,6 +59,7 @@ INFO_FILE = "engine.json"
 KEY_FILE = "engine.key"
 LOG_FILE = "engine.log"
 DEFAULT_IDLE_MINUTES = 60.0
+ENV_ENGINE = "SKEWLESS_ENGINE"  # "here": never send jobs to a warm engine
 _CODE_PACKAGES = ("features", "offline", "online")
 _FORWARDED_LOGGERS = ("features", "offline", "online")
 _warned: set[str] = set()
@@ -102,7 +104,10 @@ def engine_info(config: RepoConfig) -> dict[str, Any] | None:
 
 def connect(config: RepoConfig) -> EngineClient | None:
     """A connection to the repository's engine if one is running with this process's fingerprint; None (after
-    one warning per engine) when the running engine has other settings or code."""
+    one warning per engine) when the running engine has other settings or code, and when ``$SKEWLESS_ENGINE``
+    is ``here`` (this process runs its jobs itself, engine or not)."""
+    if os.environ.get(ENV_ENGINE, "").strip().lower() == "here":
+        return None
     client = _client(config)
     if client is None:
         return None

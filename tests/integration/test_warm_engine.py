@@ -111,6 +111,17 @@ def test_a_caller_with_other_code_or_settings_runs_the_job_itself(
     assert any("skewless engine restart" in r.getMessage() for r in caplog.records)
 
 
+def test_skewless_engine_here_keeps_the_job_in_this_process(
+    store: FeatureStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(daemon.ENV_ENGINE, "here")
+    before = jobs(store)
+    entities = pd.DataFrame({"card_id": [3], "ts": pd.to_datetime(["2030-01-01"], utc=True)})
+    frame = store.get_training_dataset(entities, features=["card_profile:credit_limit"], timestamp_column="ts")
+    assert len(frame) == 1
+    assert jobs(store) == before
+
+
 def test_a_caller_without_the_key_is_refused(store: FeatureStore) -> None:
     info = daemon.engine_info(store.config)
     assert info is not None
