@@ -6,13 +6,16 @@ Key layout (``P`` = project, ``V`` = view, ``N`` = publication version)::
     P:V:_version           string: the live version again, readable by MGET next to the rows
     P:V:_counter           INCR counter handing out publication versions
     P:V:_staged            hash: version -> watermark of publications started but not committed
+    P:V:_versions          set: every version that may have rows (``unknown``: rows from before this set)
     P:V:vN:<entity key>    one row (see online.encoding) of snapshot N
 
 Publish: :meth:`RedisOnlineStore.start_publication` takes a new version ``N``; :meth:`RedisPublication.write`
 (from any process) writes ``P:V:vN:*`` with ``MSET`` in batches of 1000; :meth:`RedisPublication.commit`
 flips ``P:V:_live`` to ``N`` in one Lua script, only if its watermark is >= the live one. Then versions
-other than the live and the previous one are deleted (SCAN + UNLINK, each batch re-checked in Lua against the
-pointer so a concurrent commit is never undone).
+other than the live and the previous one are deleted: ``P:V:_versions`` names the candidates, so a commit with
+nothing to delete (the first two publications of a view) scans no keys; one Lua script declares which of them
+are garbage (never live again: not live, not previous, not a staged publication that may still commit), and
+only those versions' keys are scanned for and unlinked, then the versions leave the set.
 
 Read: one ``MGET`` per :meth:`RedisOnlineStore.read` call fetches every view's ``_version`` key and the entity
 keys of the version this store last saw live. ``MGET`` is atomic: when the versions it returns are the ones
@@ -56,6 +59,7 @@ logger = logging.getLogger(__name__)
 
 WRITE_BATCH = 1000
 SCAN_BATCH = 1000
+UNKNOWN_VERSIONS = "unknown"  # a member of P:V:_versions: rows of versions it does not list may exist
 _MGET_CHUNK = 500  # Lua's unpack() has a stack limit of ~8000 values
 _DECODER_CACHE = 256  # decoders kept per store; a server asks for a handful of feature selections
 # What a snapshot lacks of the requested features, and the decoder of its rows (see RedisOnlineStore._decoder).
@@ -102,41 +106,43 @@ redis.call('SET', KEYS[3], ARGV[1])
 return {1, live[1]}
 """
 
-# KEYS[1]: pointer, KEYS[2]: staged hash, KEYS[3..]: data keys; ARGV[i]: the version of KEYS[i + 2].
-# Keeps the live and previous versions, and staged publications that may still commit (a higher watermark
-# than the live one, or the same watermark and a later version). Everything else is garbage.
-_CLEAN_LUA = """
+# KEYS[1]: counter, KEYS[2]: staged hash, KEYS[3]: versions set. ARGV[1]: watermark. Returns the new version,
+# staged and listed as a candidate for deletion before any of its rows exist. A view published before the
+# versions set existed gets the 'unknown' member: its first cleanup scans for every version once.
+_START_LUA = """
+local version = redis.call('INCR', KEYS[1])
+redis.call('HSET', KEYS[2], version, ARGV[1])
+if version > 1 and redis.call('EXISTS', KEYS[3]) == 0 then redis.call('SADD', KEYS[3], 'UNKNOWN') end
+redis.call('SADD', KEYS[3], version)
+return version
+""".replace("UNKNOWN", UNKNOWN_VERSIONS)
+
+# KEYS[1]: pointer, KEYS[2]: staged hash; ARGV: versions. Returns those that are garbage and drops them from the
+# staged hash, so none of them can commit afterwards and their keys may be unlinked without a second look. Kept:
+# the live and previous versions, and staged publications that may still commit (a higher watermark than the
+# live one, or the same watermark and a later version).
+_GARBAGE_LUA = """
 local ptr = redis.call('HMGET', KEYS[1], 'version', 'previous', 'watermark')
 local live = tonumber(ptr[1] or '0')
 local livewm = tonumber(ptr[3] or '-1')
-local keep = {}
-local deleted = 0
+local garbage = {}
 for i = 1, #ARGV do
   local v = ARGV[i]
-  local k = keep[v]
-  if k == nil then
-    k = false
-    if v == ptr[1] or v == ptr[2] then
-      k = true
-    else
-      local wm = redis.call('HGET', KEYS[2], v)
-      if wm then
-        wm = tonumber(wm)
-        if wm > livewm or (wm == livewm and tonumber(v) > live) then
-          k = true
-        else
-          redis.call('HDEL', KEYS[2], v)
-        end
+  if v ~= ptr[1] and v ~= ptr[2] then
+    local pending = false
+    local wm = redis.call('HGET', KEYS[2], v)
+    if wm then
+      wm = tonumber(wm)
+      if wm > livewm or (wm == livewm and tonumber(v) > live) then
+        pending = true
+      else
+        redis.call('HDEL', KEYS[2], v)
       end
     end
-    keep[v] = k
-  end
-  if not k then
-    redis.call('UNLINK', KEYS[i + 2])
-    deleted = deleted + 1
+    if not pending then garbage[#garbage + 1] = v end
   end
 end
-return deleted
+return garbage
 """
 
 
@@ -197,6 +203,7 @@ class _Keys:
         self.version = base + "_version"
         self.counter = base + "_counter"
         self.staged = base + "_staged"
+        self.versions = base + "_versions"
         self.data_prefix = base + "v"
         self.data_pattern = _glob_escape(base) + "v[0-9]*"
 
@@ -315,9 +322,7 @@ class RedisOnlineStore:
         """Reserve a new version of ``view``; rows written to it stay invisible until ``commit()``."""
         keys = _Keys(self.project, view.name)
         with translate_errors(self._where, f"starting a publication of view '{view.name}'"):
-            client = self.client()
-            version = int(client.incr(keys.counter))
-            client.hset(keys.staged, str(version), str(int(watermark)))
+            version = int(self.client().eval(_START_LUA, 3, keys.counter, keys.staged, keys.versions, int(watermark)))
         return RedisPublication(
             url=self.resolved_url,
             project=self.project,
@@ -572,43 +577,44 @@ class RedisPublication:
         self._delete_version()
 
     def _delete_version(self) -> None:
-        pattern = _glob_escape(self._keys.version_prefix(self.version).decode()) + "*"
+        """Unlink this publication's rows (it is no longer staged, so it can never commit)."""
         with translate_errors(self.url, f"deleting staged rows of view '{self.view}'"):
-            client = self._redis()
-            batch: list[bytes] = []
-            for key in client.scan_iter(match=pattern, count=SCAN_BATCH):
-                batch.append(key)
-                if len(batch) >= SCAN_BATCH:
-                    client.unlink(*batch)
-                    batch = []
-            if batch:
-                client.unlink(*batch)
+            _unlink_versions(self._redis(), self._keys, [str(self.version)])
 
     def _clean(self) -> None:
         """Delete every version but the live and previous ones (and publications that may still commit)."""
         keys = self._keys
-        script_keys: list[bytes] = []
-        versions: list[str] = []
-
-        def flush() -> None:
-            if script_keys:
-                client.eval(_CLEAN_LUA, 2 + len(script_keys), keys.pointer, keys.staged, *script_keys, *versions)
-                script_keys.clear()
-                versions.clear()
-
         with translate_errors(self.url, f"deleting old versions of view '{self.view}'"):
             client = self._redis()
-            pointer = client.hmget(keys.pointer, "version", "previous")
-            keep = {_text(v) for v in pointer if v}
-            for key in client.scan_iter(match=keys.data_pattern, count=SCAN_BATCH):
-                version = keys.version_of(key)
-                if version is None or version in keep:
-                    continue
-                script_keys.append(key)
-                versions.append(version)
-                if len(script_keys) >= SCAN_BATCH:
-                    flush()
-            flush()
+            listed = {_text(v) for v in client.smembers(keys.versions)}
+            candidates = listed - {UNKNOWN_VERSIONS}
+            if UNKNOWN_VERSIONS in listed:  # rows written before the set existed: find their versions once
+                found = {keys.version_of(key) for key in client.scan_iter(match=keys.data_pattern, count=SCAN_BATCH)}
+                candidates |= {v for v in found if v is not None}
+                if candidates:
+                    client.sadd(keys.versions, *candidates)
+            garbage = [_text(v) for v in client.eval(_GARBAGE_LUA, 2, keys.pointer, keys.staged, *sorted(candidates))]
+            _unlink_versions(client, keys, garbage)
+            if UNKNOWN_VERSIONS in listed:
+                client.srem(keys.versions, UNKNOWN_VERSIONS)
+
+
+def _unlink_versions(client: redis.Redis, keys: _Keys, versions: Sequence[str]) -> None:
+    """Unlink every row of ``versions`` (garbage: none of them can commit), then drop them from the versions set.
+
+    The set loses a version only after its rows are gone, so a cleanup that fails midway is finished by the next.
+    """
+    for version in versions:
+        pattern = _glob_escape(keys.version_prefix(int(version)).decode()) + "*"
+        batch: list[bytes] = []
+        for key in client.scan_iter(match=pattern, count=SCAN_BATCH):
+            batch.append(key)
+            if len(batch) >= SCAN_BATCH:
+                client.unlink(*batch)
+                batch = []
+        if batch:
+            client.unlink(*batch)
+        client.srem(keys.versions, version)
 
 
 def _roundtrip(client: redis.Redis, *commands: Sequence[Any]) -> list[Any]:

@@ -81,6 +81,39 @@ def test_old_versions_are_deleted_but_the_previous_one_is_kept(store: RedisOnlin
         assert publish(store, CARD, card_rows(float(watermark)), watermark=watermark)
     assert data_versions(store, "card") == {"v4", "v5"}
     assert limits(store, [1]) == [5.0]
+    assert listed_versions(store, "card") == {"4", "5"}
+
+
+def listed_versions(store: RedisOnlineStore, view: str) -> set[str]:
+    return {v.decode() for v in store.client().smembers(f"{store.project}:{view}:_versions")}
+
+
+def scans(store: RedisOnlineStore) -> int:
+    stats = store.client().info("commandstats")
+    return int(stats.get("cmdstat_scan", {}).get("calls", 0))
+
+
+def test_a_commit_with_nothing_to_delete_scans_no_keys(store: RedisOnlineStore) -> None:
+    before = scans(store)
+    assert publish(store, CARD, card_rows(1.0), watermark=1)
+    assert publish(store, CARD, card_rows(2.0), watermark=2)  # v1 becomes the previous version: kept
+    assert scans(store) == before
+    assert listed_versions(store, "card") == {"1", "2"}
+    assert publish(store, CARD, card_rows(3.0), watermark=3)  # v1 is garbage now
+    assert scans(store) > before
+    assert data_versions(store, "card") == {"v2", "v3"}
+    assert listed_versions(store, "card") == {"2", "3"}
+
+
+def test_rows_published_before_the_versions_set_existed_are_cleaned(store: RedisOnlineStore) -> None:
+    for watermark in (1, 2):
+        assert publish(store, CARD, card_rows(float(watermark)), watermark=watermark)
+    store.client().delete(f"{store.project}:card:_versions")  # as an older skewless left the store
+    assert publish(store, CARD, card_rows(3.0), watermark=3)
+    assert data_versions(store, "card") == {"v2", "v3"}
+    assert listed_versions(store, "card") == {"2", "3"}
+    assert publish(store, CARD, card_rows(4.0), watermark=4)
+    assert data_versions(store, "card") == {"v3", "v4"}
 
 
 def test_a_crashed_publication_is_never_visible_and_cleaned_later(store: RedisOnlineStore) -> None:
@@ -93,6 +126,7 @@ def test_a_crashed_publication_is_never_visible_and_cleaned_later(store: RedisOn
     assert data_versions(store, "card") == {"v1", "v3"}
     assert crashed.commit() is False  # too late: the retry replaced it
     assert limits(store, [1]) == [2.0]
+    assert listed_versions(store, "card") == {"1", "3"}
 
 
 def test_concurrent_publications_keep_a_pending_newer_one(store: RedisOnlineStore) -> None:
