@@ -145,10 +145,12 @@ def prepare_rows(view: ViewPlan, computed: DataFrame) -> PreparedRows:
 
 @dataclass(frozen=True, slots=True)
 class Written:
-    """What :func:`write_rows` did: the counts of the rows it read, and how many it inserted or updated."""
+    """What :func:`write_rows` did: the counts of the rows it read, how many it inserted or updated, and the
+    table version it created when it created the table (0; None otherwise: ask :func:`table_version`)."""
 
     counts: RowCounts
     rows_written: int
+    created_version: int | None = None
 
 
 def write_rows(
@@ -168,7 +170,7 @@ def write_rows(
             str(path)
         )
         counts = prepared.counts()
-        return Written(counts, counts.kept)
+        return Written(counts, counts.kept, created_version=0)  # a table's first commit is version 0
 
     # Only what differs from the stored rows goes into the MERGE: a rerun of an unchanged window matches every
     # row here and commits nothing, instead of MERGE-joining and rewriting the whole table.

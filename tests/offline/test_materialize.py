@@ -180,6 +180,11 @@ def test_windows_fill_the_table_as_plain_python_says(spark: Any, world: dict[str
     assert delta_rows(spark, path) == expected_table(rows, None, None)
     assert world["first"].rows_read == sum(1 for r in rows if r[4] is not None and BASE <= r[4] < MID)
     assert world["second"].offline_version == table_version(spark, path)
+    from delta.tables import DeltaTable
+
+    history = {r["version"]: r["operation"] for r in DeltaTable.forPath(spark, str(path)).history().collect()}
+    assert world["first"].offline_version == min(history)  # the version the first run created
+    assert history[min(history)] == "WRITE"
     schema = read_table(spark, path).schema.names
     assert schema == [
         "user_id",
