@@ -57,7 +57,9 @@ def test_sqlalchemy_urls_map_to_jdbc() -> None:
     pg = jdbc_target("postgresql+psycopg2://me:s3cr%40t@db.example:5433/shop?sslmode=require")
     assert pg.url == "jdbc:postgresql://db.example:5433/shop?sslmode=require"
     assert pg.driver == "org.postgresql.Driver"
-    assert pg.properties == {"user": "me", "password": "s3cr@t"}
+    assert pg.properties == {"prepareThreshold": "-1", "user": "me", "password": "s3cr@t"}  # binary transfer
+    own = jdbc_target("postgresql://db/shop?prepareThreshold=0")  # e.g. behind PgBouncer: the URL's choice wins
+    assert own.url == "jdbc:postgresql://db:5432/shop?prepareThreshold=0" and "prepareThreshold" not in own.properties
     assert jdbc_target("postgresql://db/shop").url == "jdbc:postgresql://db:5432/shop"
     with pytest.raises(ConfigError, match="valid choices: sqlite, postgresql"):
         jdbc_target("mysql://db/shop")
