@@ -60,6 +60,9 @@ logger = logging.getLogger(__name__)
 WRITE_BATCH = 1000
 SCAN_BATCH = 1000
 UNKNOWN_VERSIONS = "unknown"  # a member of P:V:_versions: rows of versions it does not list may exist
+# Every this many versions a commit scans all of the view's keys anyway. The set misses only rows a refused
+# publication wrote after its version was deleted and before it crashed (a finished one deletes them itself).
+FULL_SCAN_EVERY = 100
 _MGET_CHUNK = 500  # Lua's unpack() has a stack limit of ~8000 values
 _DECODER_CACHE = 256  # decoders kept per store; a server asks for a handful of feature selections
 # What a snapshot lacks of the requested features, and the decoder of its rows (see RedisOnlineStore._decoder).
@@ -588,7 +591,8 @@ class RedisPublication:
             client = self._redis()
             listed = {_text(v) for v in client.smembers(keys.versions)}
             candidates = listed - {UNKNOWN_VERSIONS}
-            if UNKNOWN_VERSIONS in listed:  # rows written before the set existed: find their versions once
+            full_scan = UNKNOWN_VERSIONS in listed or self.version % FULL_SCAN_EVERY == 0
+            if full_scan:  # rows written before the set existed, or a periodic check: find every version's rows
                 found = {keys.version_of(key) for key in client.scan_iter(match=keys.data_pattern, count=SCAN_BATCH)}
                 candidates |= {v for v in found if v is not None}
                 if candidates:

@@ -15,6 +15,7 @@ from features.config import RepoConfig
 from features.dtypes import DType
 from features.errors import OnlineStoreError
 from features.plan import ViewPlan
+from online import redis_store
 from online.redis_store import RedisOnlineStore, redact
 from tests import servers
 from tests.online.plans import make_batch, make_view, publish, ts
@@ -114,6 +115,21 @@ def test_rows_published_before_the_versions_set_existed_are_cleaned(store: Redis
     assert listed_versions(store, "card") == {"2", "3"}
     assert publish(store, CARD, card_rows(4.0), watermark=4)
     assert data_versions(store, "card") == {"v3", "v4"}
+
+
+def test_rows_the_versions_set_misses_go_at_the_periodic_full_scan(
+    store: RedisOnlineStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(redis_store, "FULL_SCAN_EVERY", 3)
+    assert publish(store, CARD, card_rows(1.0), watermark=1)
+    stray = f"{store.project}:card:v1000:1"  # a refused run's late row, written after its version was deleted
+    store.client().set(stray, b"[]")
+    assert publish(store, CARD, card_rows(2.0), watermark=2)
+    assert store.client().exists(stray)  # not listed: an ordinary commit does not look for it
+    assert publish(store, CARD, card_rows(3.0), watermark=3)  # version 3: every key of the view is looked at
+    assert not store.client().exists(stray)
+    assert data_versions(store, "card") == {"v2", "v3"}
+    assert listed_versions(store, "card") == {"2", "3"}
 
 
 def test_a_crashed_publication_is_never_visible_and_cleaned_later(store: RedisOnlineStore) -> None:
