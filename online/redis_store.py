@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import re
 import threading
 import time
@@ -219,7 +220,8 @@ class _Keys:
         return version.decode() if sep and version.isdigit() else None
 
 
-_PER_PROCESS = ("_client", "_read_script", "_lock", "_decoders", "_seen_live")  # not pickled (see __getstate__)
+# Not pickled (see __getstate__): connections, lock and caches belong to one process.
+_PER_PROCESS = ("_client", "_read_script", "_lock", "_decoders", "_seen_live", "_free", "_free_pid")
 
 
 class RedisOnlineStore:
@@ -257,6 +259,8 @@ class RedisOnlineStore:
         # (view name, requested names, snapshot features) -> (the view plan, its decoder); see _decoder
         self._decoders: dict[tuple[str, tuple[str, ...], bytes], tuple[ViewPlan, _Decoder]] = {}
         self._seen_live: dict[str, tuple[bytes, bytes]] = {}  # view -> (version, features) last seen live
+        self._free: list[Any] = []  # idle connections of this process, kept out of the pool (see _roundtrip)
+        self._free_pid = os.getpid()
 
     @classmethod
     def from_config(cls, config: RepoConfig) -> RedisOnlineStore:
@@ -293,14 +297,21 @@ class RedisOnlineStore:
                     self._client = client
         return self._client
 
+    def _idle_connections(self) -> list[Any]:
+        """This process's idle connections (a forked child starts with none: its parent's sockets are not its)."""
+        if self._free_pid != os.getpid():
+            self._free, self._free_pid = [], os.getpid()
+        return self._free
+
     def ping(self) -> None:
         """Raise :class:`OnlineStoreError` unless the server answers."""
         with translate_errors(self._where, "pinging"):
             self.client().ping()
 
     def close(self) -> None:
+        self._free = []
         if self._client is not None:
-            self._client.close()
+            self._client.close()  # disconnects every connection of its pool, the idle ones kept here too
             self._client = None
 
     def __enter__(self) -> RedisOnlineStore:
@@ -315,7 +326,10 @@ class RedisOnlineStore:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self.__dict__.update(_client=None, _read_script=None, _lock=threading.Lock(), _decoders={}, _seen_live={})
+        self.__dict__.update(
+            _client=None, _read_script=None, _lock=threading.Lock(), _decoders={}, _seen_live={}, _free=[]
+        )
+        self._free_pid = os.getpid()
 
     def __repr__(self) -> str:
         return f"RedisOnlineStore({redact(self.url)!r}, project={self.project!r})"
@@ -394,7 +408,7 @@ class RedisOnlineStore:
         for (view, _), layout, (version, _features) in zip(requests, layouts, seen, strict=True):
             prefix = layout.data_prefix.encode() + version + b":"
             names.extend([prefix + key for key in encoded[view.key_names]])
-        (got,) = _roundtrip(client, ["MGET", *names])
+        (got,) = _roundtrip(client, ["MGET", *names], free=self._idle_connections())
         views = len(requests)
         if got[:views] != [version for version, _ in seen]:
             return None
@@ -621,8 +635,13 @@ def _unlink_versions(client: redis.Redis, keys: _Keys, versions: Sequence[str]) 
         client.srem(keys.versions, version)
 
 
-def _roundtrip(client: redis.Redis, *commands: Sequence[Any]) -> list[Any]:
+def _roundtrip(client: redis.Redis, *commands: Sequence[Any], free: list[Any] | None = None) -> list[Any]:
     """Send ``commands`` in one write on a pooled connection and read one reply each (an error reply raises).
+
+    With ``free``, a connection is taken from that list (from the pool when it is empty) and put back there after
+    a clean round trip: redis-py's pool takes a lock, checks the connection and records metrics on every take and
+    give-back (~20 µs, measured, of a ~300 µs HTTP lookup). A connection that failed goes back to the pool,
+    disconnected (it reconnects when next used).
 
     Below redis-py's ``execute_command`` on purpose: hiredis packs each command in C, where redis-py looks at every
     argument in Python first (~25 µs of a ~100 µs lookup; most of an MSET of 1000 keys), and several commands
@@ -635,19 +654,28 @@ def _roundtrip(client: redis.Redis, *commands: Sequence[Any]) -> list[Any]:
     packed = [hiredis.pack_command(tuple(command)) for command in commands]
     pool = client.connection_pool
     for attempt in (1, 2):
-        connection = pool.get_connection()
+        try:
+            connection = free.pop() if free is not None else pool.get_connection()
+        except IndexError:  # none idle (list.pop is atomic: threads never share one)
+            connection = pool.get_connection()
         try:
             connection.send_packed_command(packed)
-            return [connection.read_response() for _ in packed]
+            replies = [connection.read_response() for _ in packed]
         except redis.ConnectionError:
             connection.disconnect()
+            pool.release(connection)
             if attempt == 2:
                 raise
+            continue
         except BaseException:  # a timeout, an error reply: the connection may hold unread replies
             connection.disconnect()
-            raise
-        finally:
             pool.release(connection)
+            raise
+        if free is not None:
+            free.append(connection)
+        else:
+            pool.release(connection)
+        return replies
     raise AssertionError("unreachable")
 
 

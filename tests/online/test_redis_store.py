@@ -232,7 +232,7 @@ def test_one_read_is_one_round_trip_across_views(store: RedisOnlineStore, monkey
 
 
 def sent_commands(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
-    """The name of every command sent from now on (MGET, EVALSHA, ...)."""
+    """The name of every command sent from now on (MGET, EVALSHA, ...), but those opening a connection."""
     import redis.connection
 
     sent: list[bytes] = []
@@ -240,7 +240,9 @@ def sent_commands(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
 
     def recording(self: Any, command: Any, check_health: bool = True) -> None:
         packed = command if isinstance(command, bytes) else b"".join(command)
-        sent.append(packed.split(b"\r\n")[2].upper())  # *<n>, $<len>, then the command name
+        name = packed.split(b"\r\n")[2].upper()  # *<n>, $<len>, then the command name
+        if name not in (b"HELLO", b"CLIENT", b"AUTH", b"SELECT"):  # a new connection's handshake
+            sent.append(name)
         original(self, command, check_health)
 
     monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", recording)
