@@ -312,10 +312,11 @@ def create_app(
         except Exception as exc:
             return _error_answer(exc)
 
-    # Served by a plain Starlette route, registered first so it matches first; the FastAPI route after it only
-    # documents the endpoint (/docs, /openapi.json). FastAPI's per-request dependency machinery, which this
-    # endpoint does not use (it parses its body itself), cost ~50 µs of a ~350 µs lookup.
-    app.router.routes.append(Route("/v1/features", get_features, methods=["POST"]))
+    # Served by a plain Starlette route, put first of all routes so it matches first (before the /docs and
+    # /openapi.json routes too: each route tried costs a regex match); the FastAPI route below only documents
+    # the endpoint (/docs, /openapi.json). FastAPI's per-request dependency machinery, which this endpoint does
+    # not use (it parses its body itself), cost ~50 µs of a ~350 µs lookup.
+    app.router.routes.insert(0, Route("/v1/features", get_features, methods=["POST"]))
     app.post(
         "/v1/features",
         response_class=JSONAnswer,
