@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from features.config import RepoConfig
-from serving_api.app import ENV_REPO
+from serving_api.app import ENV_OPENTELEMETRY, ENV_REPO
 
 
 def register_serve(subparsers: Any) -> None:
@@ -22,6 +22,12 @@ def register_serve(subparsers: Any) -> None:
     p.add_argument("--port", type=int, default=6566, help="port to listen on (default: 6566)")
     p.add_argument("--workers", type=int, default=1, help="worker processes (default: 1)")
     p.add_argument("--access-log", action="store_true", help="log every request (off by default: it costs latency)")
+    p.add_argument(
+        "--opentelemetry",
+        action="store_true",
+        help="FastAPI's OpenTelemetry spans and metrics for every request, through the providers configured in "
+        "the process (e.g. by opentelemetry-instrument); off by default: it costs latency",
+    )
     p.set_defaults(handler=cmd_serve)
 
 
@@ -32,6 +38,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     repo = Path(args.repo).resolve()
     RepoConfig.load(repo)  # a missing or invalid skewless.yaml fails here, with its message, not in a worker
     os.environ[ENV_REPO] = str(repo)
+    os.environ[ENV_OPENTELEMETRY] = "1" if args.opentelemetry else "0"
     config = uvicorn.Config(
         "serving_api.app:app_from_env",
         factory=True,

@@ -211,3 +211,77 @@ def test_the_service_freezes_its_startup_objects_when_asked(online: RedisOnlineS
             assert post(client, {"features": ["card:limit"], "entities": {"card_id": [1]}}).status_code == 200
     finally:
         gc.unfreeze()
+
+
+LOOKUPS: list[Any] = [
+    {"features": ["card:limit", "card:tier"], "entities": {"card_id": [1, 2, 3, 9]}},
+    {"features": ["card:nope"], "entities": {"card_id": [1]}},
+    {"features": ["card:limit"], "entities": {"merchant": ["acme"]}},
+    {"features": ["history:total"], "entities": {"card_id": [1]}},
+    {"entities": {"card_id": [1]}},
+]
+
+
+def answers(client: TestClient) -> list[tuple[int, Any]]:
+    found = [(r.status_code, r.json()) for r in (post(client, body) for body in LOOKUPS)]
+    malformed = client.post("/v1/features", content=b"{not json", headers={"content-type": "application/json"})
+    return [*found, (malformed.status_code, malformed.json())]
+
+
+def test_lookups_skip_the_router_and_answer_as_the_routed_endpoint_does(online: RedisOnlineStore) -> None:
+    """The lookup is answered before FastAPI's middleware and router; with middleware added, or with
+    OpenTelemetry on, it goes through them instead: every answer is the same either way."""
+    from starlette.middleware.base import BaseHTTPMiddleware
+
+    shortcut = create_app(plan_provider=plan_version, store=online)
+    # Without its routes, only the shortcut can answer POST /v1/features.
+    shortcut.router.routes = [r for r in shortcut.router.routes if getattr(r, "path", "") != "/v1/features"]
+    with TestClient(shortcut, raise_server_exceptions=False) as client:
+        direct = answers(client)
+
+    seen: list[str] = []
+
+    async def record(request: Any, call_next: Any) -> Any:
+        seen.append(request.url.path)
+        return await call_next(request)
+
+    with_middleware = create_app(plan_provider=plan_version, store=online)
+    with_middleware.add_middleware(BaseHTTPMiddleware, dispatch=record)
+    with TestClient(with_middleware, raise_server_exceptions=False) as client:
+        routed = answers(client)
+    assert seen == ["/v1/features"] * len(routed)  # the middleware saw every lookup
+
+    with TestClient(create_app(plan_provider=plan_version, store=online, opentelemetry=True)) as client:
+        traced = answers(client)
+
+    assert [status for status, _ in direct] == [200, 404, 422, 422, 422, 422]
+    assert direct[0][1]["features"]["card__limit"]["values"] == [1000.0, None, "NaN", None]
+    assert direct == routed == traced
+
+
+def test_the_lookup_shortcut_reads_a_body_in_pieces_and_lets_a_gone_client_go(online: RedisOnlineStore) -> None:
+    import asyncio
+    import json
+
+    app = create_app(plan_provider=plan_version, store=online)
+    body = json.dumps({"features": ["card:tier"], "entities": {"card_id": [1]}}).encode()
+    scope = {"type": "http", "method": "POST", "path": "/v1/features", "root_path": "", "headers": []}
+
+    async def call(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return messages.pop(0)
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        await app(scope, receive, send)
+        return sent
+
+    pieces = [{"type": "http.request", "body": body[i : i + 7], "more_body": True} for i in range(0, len(body), 7)]
+    sent = asyncio.run(call([*pieces, {"type": "http.request", "body": b"", "more_body": False}]))
+    assert sent[0]["status"] == 200
+    assert json.loads(sent[1]["body"])["features"]["card__tier"]["values"] == ["gold"]
+
+    assert asyncio.run(call([pieces[0], {"type": "http.disconnect"}])) == []  # nothing to answer, no error
