@@ -24,13 +24,13 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from features.dtypes import DType, from_micros, to_micros
 from features.errors import EntityKeyError, SkewlessError
 from features.on_demand import arrow_type, compute
 from features.plan import FeatureRefPlan, Plan, ViewPlan
-from features.protocols import OnlineStore, online_key_columns
+from features.protocols import AsyncReadableStore, OnlineStore, OnlineValues, online_key_columns
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -208,8 +208,40 @@ class Lookup:
     ) -> LookupResult:
         """Look the features up for ``entities`` (see :func:`lookup`)."""
         given = _check_entities(entities, self.key_columns, self.key_types, self.expected_keys)
-        count = len(given[self.key_columns[0]]) if self.key_columns else 0
         answers = store.read(self.requests, given) if self.requests else []
+        return self._result(answers, given, now, plan_version, request_data, functions)
+
+    async def run_async(
+        self,
+        store: OnlineStore,
+        entities: Mapping[str, Iterable[Any]],
+        *,
+        plan_version: int | None = None,
+        request_data: Mapping[str, Iterable[Any]] | None = None,
+        functions: Mapping[str, Callable[..., Any]] | None = None,
+    ) -> LookupResult:
+        """:meth:`run` on a server's event loop: the store read is awaited when the store can read
+        asynchronously (:class:`~features.protocols.AsyncReadableStore`), and blocks otherwise."""
+        given = _check_entities(entities, self.key_columns, self.key_types, self.expected_keys)
+        if not self.requests:
+            answers = []
+        elif _reads_async(store):
+            answers = await cast(AsyncReadableStore, store).read_async(self.requests, given)
+        else:
+            answers = store.read(self.requests, given)
+        return self._result(answers, given, None, plan_version, request_data, functions)
+
+    def _result(
+        self,
+        answers: Sequence[OnlineValues],
+        given: dict[str, list[Any]],
+        now: datetime | None,
+        plan_version: int | None,
+        request_data: Mapping[str, Iterable[Any]] | None,
+        functions: Mapping[str, Callable[..., Any]] | None,
+    ) -> LookupResult:
+        """Statuses, expired values hidden, on-demand features computed: the answer from the store's rows."""
+        count = len(given[self.key_columns[0]]) if self.key_columns else 0
         now_micros = time.time_ns() // 1000 if now is None else to_micros(now)  # a naive `now` is UTC
         features: dict[str, FeatureValues] = {}
         for (ttl, outputs), answer in zip(self.outputs, answers, strict=True):
@@ -236,6 +268,19 @@ class Lookup:
             )
             features.update(computed)
         return LookupResult(plan_version, given, {column: features[column] for column in self.columns})
+
+
+_ASYNC_STORE_TYPES: dict[type, bool] = {}
+
+
+def _reads_async(store: OnlineStore) -> bool:
+    """Whether the store has ``read_async``, asked once per store type (``isinstance`` against a runtime
+    protocol costs ~4 µs, a tenth of a lookup's own Python work)."""
+    kind = type(store)
+    found = _ASYNC_STORE_TYPES.get(kind)
+    if found is None:
+        found = _ASYNC_STORE_TYPES[kind] = isinstance(store, AsyncReadableStore)
+    return found
 
 
 _PREPARED: dict[tuple[int, tuple[Any, ...] | None, str | None], Lookup] = {}

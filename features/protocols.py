@@ -99,6 +99,18 @@ class OnlineStore(Protocol):
     def __exit__(self, *exc: object) -> None: ...
 
 
+@runtime_checkable
+class AsyncReadableStore(Protocol):
+    """An online store that can also read on a server's event loop without blocking it (the HTTP service
+    awaits :meth:`read_async` when the store has it, and calls :meth:`OnlineStore.read` otherwise)."""
+
+    async def read_async(
+        self, requests: Sequence[tuple[ViewPlan, Sequence[str]]], entities: Mapping[str, Sequence[Any]]
+    ) -> list[OnlineValues]:
+        """What :meth:`OnlineStore.read` returns, awaited."""
+        ...
+
+
 def online_key_columns(views: Sequence[ViewPlan]) -> tuple[str, ...]:
     """The union of the views' join keys, in first-seen order: the columns a lookup request must give."""
     columns: list[str] = []

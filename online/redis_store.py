@@ -31,6 +31,7 @@ Valkey, or a primary with replicas) only, for now.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import logging
@@ -55,6 +56,7 @@ if TYPE_CHECKING:
     import redis
 
     from features.config import RepoConfig
+    from online.pipelined import PipelinedRedis
 
 logger = logging.getLogger(__name__)
 
@@ -221,7 +223,7 @@ class _Keys:
 
 
 # Not pickled (see __getstate__): connections, lock and caches belong to one process.
-_PER_PROCESS = ("_client", "_read_script", "_lock", "_decoders", "_seen_live", "_free", "_free_pid")
+_PER_PROCESS = ("_client", "_read_script", "_lock", "_decoders", "_seen_live", "_free", "_free_pid", "_pipelined")
 
 
 class RedisOnlineStore:
@@ -258,9 +260,11 @@ class RedisOnlineStore:
         self._lock = threading.Lock()  # the serving API shares one store between threads
         # (view name, requested names, snapshot features) -> (the view plan, its decoder); see _decoder
         self._decoders: dict[tuple[str, tuple[str, ...], bytes], tuple[ViewPlan, _Decoder]] = {}
-        self._seen_live: dict[str, tuple[bytes, bytes]] = {}  # view -> (version, features) last seen live
+        # view -> (version, features) last seen live; (None, None): seen without a live version (not published)
+        self._seen_live: dict[str, tuple[bytes | None, bytes | None]] = {}
         self._free: list[Any] = []  # idle connections of this process, kept out of the pool (see _roundtrip)
         self._free_pid = os.getpid()
+        self._pipelined: PipelinedRedis | None = None  # read_async's connection, for one event loop
 
     @classmethod
     def from_config(cls, config: RepoConfig) -> RedisOnlineStore:
@@ -310,6 +314,9 @@ class RedisOnlineStore:
 
     def close(self) -> None:
         self._free = []
+        if self._pipelined is not None:
+            self._pipelined.close()
+            self._pipelined = None
         if self._client is not None:
             self._client.close()  # disconnects every connection of its pool, the idle ones kept here too
             self._client = None
@@ -327,7 +334,13 @@ class RedisOnlineStore:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self.__dict__.update(
-            _client=None, _read_script=None, _lock=threading.Lock(), _decoders={}, _seen_live={}, _free=[]
+            _client=None,
+            _read_script=None,
+            _lock=threading.Lock(),
+            _decoders={},
+            _seen_live={},
+            _free=[],
+            _pipelined=None,
         )
         self._free_pid = os.getpid()
 
@@ -372,50 +385,57 @@ class RedisOnlineStore:
         """
         if not requests:
             return []
-        count = len(next(iter(entities.values()))) if entities else 0
-        layouts = [_Keys.of(self.project, view.name) for view, _ in requests]
-        encoded: dict[tuple[str, ...], list[bytes]] = {}  # views keyed alike share their encoded keys
-        for view, _ in requests:
-            if view.key_names not in encoded:
-                columns = [entities[k] for k in view.key_names]
-                encoded[view.key_names] = encode_entity_keys(columns, [k.dtype for k in view.join_keys])
+        read = _Read(self, requests, entities)
         with translate_errors(self._where, "reading features"):
             client = self.client()
-            snapshots = self._read_seen(client, requests, layouts, encoded, count)
+            snapshots = None
+            if read.names is not None:
+                (got,) = _roundtrip(client, ["MGET", *read.names], free=self._idle_connections())
+                snapshots = read.snapshots(got)
             if snapshots is None:
-                snapshots = self._read_pointers(requests, layouts, encoded, count)
-        return [
-            self._decode(view, tuple(names), version, features, values, count)
-            for (view, names), (version, features, values) in zip(requests, snapshots, strict=True)
-        ]
+                snapshots = self._read_pointers(requests, read.layouts, read.encoded, read.count)
+        return read.decoded(snapshots)
 
-    def _read_seen(
-        self,
-        client: redis.Redis,
-        requests: Sequence[tuple[ViewPlan, Sequence[str]]],
-        layouts: Sequence[_Keys],
-        encoded: Mapping[tuple[str, ...], list[bytes]],
-        count: int,
-    ) -> list[tuple[bytes | None, bytes | None, list[bytes | None]]] | None:
-        """One ``MGET`` of the versions last seen live and their rows; None when a version is unknown or moved."""
-        seen: list[tuple[bytes, bytes]] = []
-        for view, _ in requests:
-            found = self._seen_live.get(view.name)
-            if found is None:
-                return None
-            seen.append(found)
-        names: list[bytes | str] = [layout.version for layout in layouts]
-        for (view, _), layout, (version, _features) in zip(requests, layouts, seen, strict=True):
-            prefix = layout.data_prefix.encode() + version + b":"
-            names.extend([prefix + key for key in encoded[view.key_names]])
-        (got,) = _roundtrip(client, ["MGET", *names], free=self._idle_connections())
-        views = len(requests)
-        if got[:views] != [version for version, _ in seen]:
+    async def read_async(
+        self, requests: Sequence[tuple[ViewPlan, Sequence[str]]], entities: Mapping[str, Sequence[Any]]
+    ) -> list[OnlineValues]:
+        """:meth:`read` for a server's event loop: the ``MGET`` goes over one connection per event loop that
+        every concurrent read shares (see :mod:`online.pipelined`), and the loop serves other requests while
+        Redis answers. The Lua read (the first read after a commit) and TLS connections stay blocking."""
+        if not requests:
+            return []
+        read = _Read(self, requests, entities)
+        with translate_errors(self._where, "reading features"):
+            self.client()  # connects and loads the Lua read, for the first read and after a commit
+            snapshots = None
+            if read.names is not None:
+                pipelined = self._pipelined_for_this_loop()
+                got = await (pipelined.call("MGET", *read.names) if pipelined else self._mget(read.names))
+                snapshots = read.snapshots(got)
+            if snapshots is None:
+                snapshots = self._read_pointers(requests, read.layouts, read.encoded, read.count)
+        return read.decoded(snapshots)
+
+    async def _mget(self, names: Sequence[bytes | str]) -> list[bytes | None]:
+        (got,) = _roundtrip(self.client(), ["MGET", *names], free=self._idle_connections())
+        return list(got)
+
+    def _pipelined_for_this_loop(self) -> PipelinedRedis | None:
+        """The pipelined connection of the running event loop (None over TLS: the blocking client reads then)."""
+        pipelined = self._pipelined
+        if pipelined is not None and pipelined.loop is asyncio.get_running_loop():
+            return pipelined
+        from online.pipelined import PipelinedRedis
+
+        pool = self.client().connection_pool
+        if not PipelinedRedis.supports(pool):
             return None
-        return [
-            (version, features, got[views + i * count : views + (i + 1) * count])
-            for i, (version, features) in enumerate(seen)
-        ]
+        if pipelined is not None:
+            pipelined.close()  # another loop's (a test client's, long gone)
+        self._pipelined = PipelinedRedis(
+            dict(pool.connection_kwargs), connect_timeout=self.connect_timeout, timeout=self.timeout
+        )
+        return self._pipelined
 
     def _read_pointers(
         self,
@@ -430,10 +450,7 @@ class RedisOnlineStore:
             args.extend(encoded[view.key_names])
         answer = self._read_script(keys=[layout.pointer for layout in layouts], args=args)
         for (view, _), (version, features, _values) in zip(requests, answer, strict=True):
-            if version is None:
-                self._seen_live.pop(view.name, None)
-            else:
-                self._seen_live[view.name] = (version, features or b"[]")
+            self._seen_live[view.name] = (None, None) if version is None else (version, features or b"[]")
         return [(version, features, values) for version, features, values in answer]
 
     def _decode(
@@ -467,6 +484,63 @@ class RedisOnlineStore:
             self._decoders.clear()
         self._decoders[key] = (view, decoder)
         return decoder
+
+
+class _Read:
+    """One read's keys and how to turn the ``MGET`` of them into snapshots and decoded columns (shared by
+    :meth:`RedisOnlineStore.read` and :meth:`RedisOnlineStore.read_async`)."""
+
+    def __init__(
+        self,
+        store: RedisOnlineStore,
+        requests: Sequence[tuple[ViewPlan, Sequence[str]]],
+        entities: Mapping[str, Sequence[Any]],
+    ) -> None:
+        self.store = store
+        self.requests = requests
+        self.count = len(next(iter(entities.values()))) if entities else 0
+        self.layouts = [_Keys.of(store.project, view.name) for view, _ in requests]
+        self.encoded: dict[tuple[str, ...], list[bytes]] = {}  # views keyed alike share their encoded keys
+        for view, _ in requests:
+            if view.key_names not in self.encoded:
+                columns = [entities[k] for k in view.key_names]
+                self.encoded[view.key_names] = encode_entity_keys(columns, [k.dtype for k in view.join_keys])
+        # The versions last seen live, and the names to MGET: each view's version key, then its rows in the
+        # version seen (none for a view seen unpublished). None when a view has not been seen yet (the Lua read
+        # finds its pointer).
+        self.seen: list[tuple[bytes | None, bytes | None]] | None = []
+        for view, _ in requests:
+            found = store._seen_live.get(view.name)
+            if found is None:
+                self.seen = None
+                break
+            self.seen.append(found)
+        self.names: list[bytes | str] | None = None
+        self.rows_at: list[int] = []  # where each view's rows start in the MGET's answer
+        if self.seen is not None:
+            names: list[bytes | str] = [layout.version for layout in self.layouts]
+            for (view, _), layout, (version, _features) in zip(requests, self.layouts, self.seen, strict=True):
+                self.rows_at.append(len(names))
+                if version is not None:
+                    prefix = layout.data_prefix.encode() + version + b":"
+                    names.extend([prefix + key for key in self.encoded[view.key_names]])
+            self.names = names
+
+    def snapshots(self, got: list[bytes | None]) -> list[tuple[bytes | None, bytes | None, list[bytes | None]]] | None:
+        """(version, features, rows) per view from the ``MGET``; None when a version moved since it was seen."""
+        assert self.seen is not None
+        if got[: len(self.requests)] != [version for version, _ in self.seen]:
+            return None
+        return [
+            (version, features, got[start : start + self.count] if version is not None else [])
+            for start, (version, features) in zip(self.rows_at, self.seen, strict=True)
+        ]
+
+    def decoded(self, snapshots: list[tuple[bytes | None, bytes | None, list[bytes | None]]]) -> list[OnlineValues]:
+        return [
+            self.store._decode(view, tuple(names), version, features, values, self.count)
+            for (view, names), (version, features, values) in zip(self.requests, snapshots, strict=True)
+        ]
 
 
 class RedisPublication:
