@@ -1,8 +1,10 @@
 """The floor: a bare FastAPI app that answers a lookup with one Redis ``MGET`` of the same keys skewless reads.
 
 No plan, no statuses, no decoding of the rows: the JSON body is parsed, one key per entity and view is built,
-one ``MGET`` goes to Redis and the raw rows come back as a JSON list. Nothing useful can be faster on this
-stack (FastAPI, uvicorn, redis-py with hiredis), so it shows how close a feature server is to the limit.
+one ``MGET`` goes to Redis and the raw rows come back as a JSON list: what a bare app on the usual stack
+(FastAPI, uvicorn, redis-py's asyncio client with hiredis) does at the least, so it shows how close a feature
+server is to that limit. skewless's server can pass it: it pipelines a worker's concurrent reads on one
+connection (``online/pipelined.py``), where redis-py's asyncio pool gives each concurrent request its own.
 
     FLOOR_REDIS_URL=redis://127.0.0.1:6379/0 FLOOR_PREFIXES=bench:user_profile:v1:,bench:user_activity:v1: \\
         python -m bench.floor_app --port 6570 --workers 2
