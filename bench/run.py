@@ -203,7 +203,9 @@ def load_postgres(url: str, workload: Workload) -> None:
             conn.execute(f"ANALYZE {spec.name}")
 
 
-def write_skewless_repo(repo: Path, pg_url: str, redis_url: str) -> None:
+def write_skewless_repo(repo: Path, pg_url: str, redis_url: str, spark: dict[str, str] | None = None) -> None:
+    """The generated feature repository; ``spark``: its ``offline.spark`` settings (default: ``local[2]``)."""
+    spark_lines = "".join(f"    {k}: {v}\n" for k, v in (spark or {"spark.master": "local[2]"}).items())
     (repo / "definitions").mkdir(parents=True, exist_ok=True)
     views = []
     for spec in VIEWS:
@@ -222,7 +224,7 @@ def write_skewless_repo(repo: Path, pg_url: str, redis_url: str) -> None:
     )
     (repo / "skewless.yaml").write_text(
         f"project: bench\nregistry: sqlite:///{repo / 'registry.db'}\noffline:\n  path: offline\n  spark:\n"
-        f"    spark.master: local[2]\nonline:\n  url: {redis_url}\nconnections:\n  bench: {pg_url}\n"
+        f"{spark_lines}online:\n  url: {redis_url}\nconnections:\n  bench: {pg_url}\n"
         "definitions: definitions\n"
     )
 
