@@ -214,10 +214,10 @@ class PlanCache:
 class ServingApp(FastAPI):
     """FastAPI, with ``POST /v1/features`` answered before FastAPI's middleware stack and router.
 
-    A lookup takes ~300 µs; the stack it skips (telemetry check, error and exception middleware, exit stack,
-    route matching, a ``Request`` object) cost ~50 µs of it. The lookup catches its own errors, so nothing is
-    lost. Anything else, and every request once middleware is added, OpenTelemetry is on or a ``root_path``
-    is set, goes the ordinary way.
+    The stack it skips (telemetry check, error and exception middleware, exit stack, route matching, a
+    ``Request`` object) cost ~100 µs of a ~350 µs in-process lookup. The lookup catches its own errors, so
+    nothing is lost. Anything else, and every request once middleware is added, OpenTelemetry is on or a
+    ``root_path`` is set, goes the ordinary way.
     """
 
     answer_lookup: Callable[[bytes], Awaitable[Response]] | None = None
