@@ -83,7 +83,11 @@ class FeaturesRequest(BaseModel):
         json_schema_extra={
             "examples": [
                 {"features": ["card_profile:credit_limit"], "entities": {"card_id": [1, 2]}},
-                {"feature_service": "fraud_model", "entities": {"card_id": [1]}},
+                {
+                    "feature_service": "fraud_model",
+                    "entities": {"card_id": [1], "merchant_id": [7]},
+                    "request_data": {"amount": [25.0], "fx_rate": [1.0]},
+                },
             ]
         },
     )
