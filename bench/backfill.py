@@ -94,8 +94,8 @@ class PeakRss:
         return statistics.mean(self.loads) if self.loads else os.getloadavg()[0]
 
 
-def tree_rss(root: int) -> int:
-    """Bytes resident in ``root`` and its descendants, from /proc."""
+def process_table() -> tuple[dict[int, list[int]], dict[int, int]]:
+    """One pass over /proc: the children of each process, and the bytes each holds resident."""
     children: dict[int, list[int]] = {}
     rss: dict[int, int] = {}
     for entry in os.listdir("/proc"):
@@ -109,6 +109,12 @@ def tree_rss(root: int) -> int:
         except (OSError, ValueError, IndexError):
             continue
         children.setdefault(parent, []).append(int(entry))
+    return children, rss
+
+
+def tree_rss(root: int, table: tuple[dict[int, list[int]], dict[int, int]] | None = None) -> int:
+    """Bytes resident in ``root`` and its descendants, from /proc (or from a :func:`process_table` already read)."""
+    children, rss = table if table is not None else process_table()
     total, stack = 0, [root]
     while stack:
         pid = stack.pop()

@@ -28,7 +28,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.backfill import PeakRss  # noqa: E402
+from bench.backfill import PeakRss, process_table, tree_rss  # noqa: E402
 from bench.run import load_postgres, log, write_skewless_repo  # noqa: E402
 from bench.workload import generate  # noqa: E402
 from tests.servers import postgres_server, redis_server  # noqa: E402
@@ -49,43 +49,16 @@ class RoleRss(PeakRss):
 
     def _sample(self) -> None:
         while not self._stop.wait(self.every):
-            children = _children()
+            table = process_table()
+            children, rss = table
             jvms = [c for c in children.get(self.pid, []) if "java" in _cmdline(c)]
             now = {
-                PARTS[0]: _rss(self.pid),
-                PARTS[1]: sum(_rss(j) for j in jvms),
-                PARTS[2]: sum(_tree(k, children) for j in jvms for k in children.get(j, [])),
+                PARTS[0]: rss.get(self.pid, 0),
+                PARTS[1]: sum(rss.get(j, 0) for j in jvms),
+                PARTS[2]: sum(tree_rss(k, table) for j in jvms for k in children.get(j, [])),
             }
             for part, value in now.items():
                 self.parts[part] = max(self.parts[part], value)
-
-
-def _children() -> dict[int, list[int]]:
-    found: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    parent = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            found.setdefault(parent, []).append(int(entry))
-    return found
-
-
-def _rss(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-def _tree(pid: int, children: dict[int, list[int]]) -> int:
-    return _rss(pid) + sum(_tree(c, children) for c in children.get(pid, []))
 
 
 def _cmdline(pid: int) -> str:

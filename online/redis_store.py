@@ -390,8 +390,7 @@ class RedisOnlineStore:
             client = self.client()
             snapshots = None
             if read.names is not None:
-                (got,) = _roundtrip(client, ["MGET", *read.names], free=self._idle_connections())
-                snapshots = read.snapshots(got)
+                snapshots = read.snapshots(self._blocking_mget(client, read.names))
             if snapshots is None:
                 snapshots = self._read_pointers(requests, read.layouts, read.encoded, read.count)
         return read.decoded(snapshots)
@@ -410,15 +409,18 @@ class RedisOnlineStore:
             snapshots = None
             if read.names is not None:
                 pipelined = self._pipelined_for_this_loop()
-                got = await (pipelined.call("MGET", *read.names) if pipelined else self._mget(read.names))
+                if pipelined is None:  # TLS
+                    got = self._blocking_mget(self.client(), read.names)
+                else:
+                    got = await pipelined.call("MGET", *read.names)
                 snapshots = read.snapshots(got)
             if snapshots is None:
                 snapshots = self._read_pointers(requests, read.layouts, read.encoded, read.count)
         return read.decoded(snapshots)
 
-    async def _mget(self, names: Sequence[bytes | str]) -> list[bytes | None]:
-        (got,) = _roundtrip(self.client(), ["MGET", *names], free=self._idle_connections())
-        return list(got)
+    def _blocking_mget(self, client: redis.Redis, names: Sequence[bytes | str]) -> list[bytes | None]:
+        (got,) = _roundtrip(client, ["MGET", *names], free=self._idle_connections())
+        return got
 
     def _pipelined_for_this_loop(self) -> PipelinedRedis | None:
         """The pipelined connection of the running event loop (None over TLS: the blocking client reads then)."""
