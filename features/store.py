@@ -15,7 +15,8 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
@@ -25,9 +26,9 @@ from features.compiler import compile_plan, reflect_with
 from features.config import RepoConfig
 from features.diff import PlanDiff, diff_plans
 from features.discovery import discover
-from features.errors import RegistryError
+from features.errors import MaterializationError, RegistryError
 from features.functions import FunctionLoader
-from features.plan import Plan
+from features.plan import Plan, ViewPlan
 from features.plugins import load_plugin
 from features.protocols import MaterializationResult, OfflineEngine, OnlineStore, Progress
 from features.registry import PlanVersion, Registry, RunRecord
@@ -117,16 +118,43 @@ class FeatureStore:
         end: datetime | None = None,
         progress: Progress | None = None,
     ) -> list[MaterializationResult]:
-        """Compute ``views`` (default: all) over ``[start, end)`` into Delta Lake and publish them online."""
+        """Compute ``views`` (default: all) over ``[start, end)`` into Delta Lake and publish them online.
+
+        Views are independent (each has its own Delta table and its own atomic online publication), so up to
+        ``offline.concurrent_views`` of them run at once. Every selected view is attempted even when another
+        fails; each one that succeeded is recorded, then the failure is raised (a
+        :class:`~features.errors.MaterializationError` naming every failed view when there are several).
+        Results come back in the order the views were given.
+        """
         version = self.plan_version()
         plan = version.plan
-        selected = [plan.view(name) for name in views] if views else list(plan.views)
+        names = list(dict.fromkeys(views)) if views else [v.name for v in plan.views]  # each view once
+        selected = [plan.view(name) for name in names]
         online = self.online_store() if any(v.online for v in selected) else None
-        results = []
-        for view in selected:
-            result = self.offline.materialize(
+        engine = self.offline
+
+        def run(view: ViewPlan) -> MaterializationResult:
+            return engine.materialize(
                 plan, view, start=start, end=end, online=online if view.online else None, progress=progress
             )
+
+        workers = min(self.config.concurrent_views, len(selected))
+        if workers <= 1:
+            outcomes = [_attempt(run, view) for view in selected]
+        else:
+            pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="materialize")
+            try:
+                futures = [pool.submit(_attempt, run, view) for view in selected]
+                outcomes = [future.result() for future in futures]
+            finally:  # on Ctrl-C, views not started yet are dropped (running ones finish, each atomically)
+                pool.shutdown(wait=False, cancel_futures=True)
+        results: list[MaterializationResult] = []
+        failures: list[tuple[str, BaseException]] = []
+        for view, (result, error) in zip(selected, outcomes, strict=True):
+            if result is None:
+                assert error is not None
+                failures.append((view.name, error))
+                continue
             self.registry.record_run(
                 RunRecord(
                     view=view.name,
@@ -142,6 +170,14 @@ class FeatureStore:
                 )
             )
             results.append(result)
+        if len(failures) == 1:
+            raise failures[0][1]
+        if failures:
+            listed = "; ".join(f"'{name}': {error}" for name, error in failures)
+            done = ", ".join(f"'{r.view}'" for r in results) or "none"
+            raise MaterializationError(
+                f"{len(failures)} of {len(selected)} views failed ({listed}); materialized: {done}"
+            ) from failures[0][1]
         return results
 
     def get_training_dataset(
@@ -222,3 +258,13 @@ class FeatureStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _attempt(
+    run: Callable[[ViewPlan], MaterializationResult], view: ViewPlan
+) -> tuple[MaterializationResult | None, Exception | None]:
+    """``run(view)``'s result, or the exception it raised: one view's failure must not stop the others."""
+    try:
+        return run(view), None
+    except Exception as exc:
+        return None, exc

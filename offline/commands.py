@@ -52,8 +52,15 @@ def cmd_engine(args: argparse.Namespace) -> int:
         ("pid", info["pid"]),
         ("up", f"{uptime / 60:.1f} min"),
         ("jobs run", info["jobs"]),
-        ("state", "running a job" if info["busy"] else f"idle for {info['idle_seconds']:.0f} s"),
+        ("state", _state(info)),
         ("same settings and code as here", current),
     ]
     console.print(table("Warm engine", ["", ""], rows))
     return 0
+
+
+def _state(info: dict[str, Any]) -> str:
+    running = int(info.get("running", 1 if info["busy"] else 0))
+    if running:
+        return f"running {running} job{'s' if running > 1 else ''}"
+    return f"idle for {info['idle_seconds']:.0f} s"

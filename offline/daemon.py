@@ -14,7 +14,9 @@ While an engine of the repository is running, :class:`offline.engine.SparkEngine
 (materialize, training sets from pandas or Arrow rows, reproduce) and relays the engine's progress and log
 records to the caller; with no engine it runs them in its own process, as before. Training sets whose entity
 rows are a Spark DataFrame, or that are asked for as a Spark DataFrame, always run in the caller's process:
-they belong to the caller's session. Jobs run one at a time, in arrival order.
+they belong to the caller's session. Each connection's job runs in its own thread on the shared session, so
+jobs run concurrently (``FeatureStore.materialize`` sends ``offline.concurrent_views`` views at once); Spark
+schedules their tasks first in, first out.
 
 The engine only takes jobs from a caller with the same settings and code: ``skewless.yaml``, the Python
 interpreter, and the files of the skewless packages (path, size, modification time) are hashed into a
@@ -92,7 +94,7 @@ def fingerprint(config: RepoConfig) -> str:
 
 # -- the caller's side -----------------------------------------------------------------------------------------
 def engine_info(config: RepoConfig) -> dict[str, Any] | None:
-    """``{"pid", "port", "fingerprint", "started_at", "jobs", "busy", "idle_seconds"}`` of the repository's
+    """``{"pid", "port", "fingerprint", "started_at", "jobs", "running", "busy", "idle_seconds"}`` of the repository's
     engine if one is running and answering, else None."""
     client = _client(config)
     if client is None:
@@ -321,9 +323,9 @@ class EngineServer:
         self.fingerprint = fingerprint(config)
         self.started_at = time.time()
         self.jobs = 0
-        self.busy = False
+        self.running = 0
         self.last_active = time.monotonic()
-        self._job_lock = threading.Lock()
+        self._state_lock = threading.Lock()  # jobs, running, last_active and the online store's creation
         self._stopping = threading.Event()
         self._online: OnlineStore | None = None
         self._address: tuple[str, int] = ("127.0.0.1", 0)
@@ -384,36 +386,38 @@ class EngineServer:
                     connection.send(("error", None, f"unknown request {kind!r}"))
 
     def _run(self, connection: Connection, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        with self._job_lock:
-            self.busy = True
-            handler = _ForwardLogs(connection)
-            root = logging.getLogger()
-            root.addHandler(handler)
-            try:
-                if method == "materialize":
-                    kwargs["online"] = self.online_store() if kwargs["online"] else None
-                    kwargs["progress"] = _RemoteProgress(connection)
-                if method not in ("materialize", "training_dataset", "reproduce"):
-                    raise EngineError(f"the warm engine has no job {method!r}")
-                result = getattr(self.engine, method)(*args, **kwargs)
-                reply: tuple[Any, ...] = ("result", result)
-            except Exception as exc:
-                log.exception("job %s failed", method)
-                reply = ("error", _picklable(exc), f"{type(exc).__name__}: {exc}")
-            finally:
-                root.removeHandler(handler)
+        with self._state_lock:
+            self.running += 1
+        handler = _ForwardLogs(connection)
+        root = logging.getLogger()
+        root.addHandler(handler)
+        try:
+            if method == "materialize":
+                kwargs["online"] = self.online_store() if kwargs["online"] else None
+                kwargs["progress"] = _RemoteProgress(connection)
+            if method not in ("materialize", "training_dataset", "reproduce"):
+                raise EngineError(f"the warm engine has no job {method!r}")
+            result = getattr(self.engine, method)(*args, **kwargs)
+            reply: tuple[Any, ...] = ("result", result)
+        except Exception as exc:
+            log.exception("job %s failed", method)
+            reply = ("error", _picklable(exc), f"{type(exc).__name__}: {exc}")
+        finally:
+            root.removeHandler(handler)
+            with self._state_lock:
                 self.jobs += 1
-                self.busy = False
+                self.running -= 1
                 self.last_active = time.monotonic()
-            with contextlib.suppress(OSError):
-                connection.send(reply)
+        with contextlib.suppress(OSError):
+            connection.send(reply)
 
     def online_store(self) -> OnlineStore:
-        if self._online is None:
-            from features.plugins import load_plugin
+        with self._state_lock:  # concurrent jobs share one store (and its connections)
+            if self._online is None:
+                from features.plugins import load_plugin
 
-            self._online = load_plugin("skewless.online_stores", self.config.online_store).from_config(self.config)
-        return self._online
+                self._online = load_plugin("skewless.online_stores", self.config.online_store).from_config(self.config)
+            return self._online
 
     def status(self) -> dict[str, Any]:
         return {
@@ -421,8 +425,9 @@ class EngineServer:
             "fingerprint": self.fingerprint,
             "started_at": self.started_at,
             "jobs": self.jobs,
-            "busy": self.busy,
-            "idle_seconds": 0.0 if self.busy else time.monotonic() - self.last_active,
+            "running": self.running,
+            "busy": self.running > 0,
+            "idle_seconds": 0.0 if self.running else time.monotonic() - self.last_active,
         }
 
     def stop(self) -> None:
@@ -432,7 +437,7 @@ class EngineServer:
 
     def _stop_when_idle(self) -> None:
         while not self._stopping.wait(min(10.0, max(self.idle_seconds / 2, 0.1))):
-            if not self.busy and time.monotonic() - self.last_active > self.idle_seconds:
+            if not self.running and time.monotonic() - self.last_active > self.idle_seconds:
                 log.info("idle for %.0f minutes: stopping", self.idle_seconds / 60)
                 self.stop()
 

@@ -81,6 +81,32 @@ def test_progress_and_log_records_reach_the_caller(store: FeatureStore, caplog: 
     assert any(f"read {result.rows_read} source row(s)" in r.getMessage() for r in relayed)
 
 
+def test_views_run_as_concurrent_jobs(store: FeatureStore) -> None:
+    """``offline.concurrent_views`` (2) views at once: the engine runs each caller's job in its own thread.
+    Their values are checked against the oracle by tests/integration/test_end_to_end.py ("warm engine")."""
+    before = jobs(store)
+    seen: list[int] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            info = daemon.engine_info(store.config)
+            seen.append(int(info["running"]) if info else 0)
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        results = store.materialize()
+    finally:
+        done.set()
+        watcher.join(timeout=10)
+    assert [r.view for r in results] == [v.name for v in store.plan_version().plan.views]
+    assert all(r.online_committed for r in results if r.rows_published)
+    assert jobs(store) == before + len(results)
+    assert max(seen) == 2  # two at once, never more
+
+
 def test_errors_come_back_with_their_type_and_message(store: FeatureStore) -> None:
     """The same bad call, in the engine and in this process, raises the same error."""
     entities = pd.DataFrame({"card": [1], "ts": [pd.Timestamp("2024-01-01", tz="UTC")]})  # no card_id
