@@ -1,7 +1,8 @@
 """Results of the side-by-side benchmark: the measurements, the issue's targets, and the Markdown report.
 
 A :class:`Measurement` is one system's repeated values of one metric of one case; :func:`evaluate_targets`
-reads the issue-4 targets off them; :func:`render` makes ``bench/results/<date>.md``. Pure functions over
+reads the issue-4 targets off them; :func:`render` makes ``bench/results/<date>.md`` and :func:`plot_speedups`
+the picture beside it (:func:`speedups`: how many times better than Feast, case by case). Pure functions over
 plain data, so the tests can check them without running anything.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 SKEWLESS = "skewless"
@@ -50,6 +52,20 @@ P99_LOAD = "p99, 16 connections (ms)"
 
 HIGHER_IS_BETTER = {ROWS_PER_S, RPS_LOAD, KEYS_PER_S}
 
+# The speed comparisons the picture shows, each with the issue's target in "times better than Feast" (None: no
+# target on this one). Memory and the floor stay in the table.
+SPEED_CASES: tuple[tuple[str, str, float | None], ...] = (
+    (MAT_EMPTY, ROWS_PER_S, 3.0),
+    (MAT_FILLED, ROWS_PER_S, None),
+    (PIT, WHOLE_PROCESS_S, 1.0),
+    (CLIENT_1, LATENCY_MS, None),
+    (CLIENT_100, LATENCY_MS, None),
+    (HTTP_1, RPS_LOAD, 5.0),
+    (HTTP_1, P99_SEQ, 5.0),
+    (HTTP_100, RPS_LOAD, 20.0),
+    (HTTP_100, P99_SEQ, None),
+)
+
 
 @dataclass
 class Measurement:
@@ -84,6 +100,85 @@ def ratio(measurements: Sequence[Measurement], case: str, metric: str, num: str,
     if a is None or b is None or b.median == 0:
         return None
     return a.median / b.median
+
+
+@dataclass(frozen=True)
+class Speedup:
+    """How many times better than Feast's median one skewless system did in one case: at its median, and at its
+    worst and best repetition (the spread)."""
+
+    case: str
+    metric: str
+    system: str
+    median: float
+    worst: float
+    best: float
+    target: float | None
+
+
+def speedups(measurements: Sequence[Measurement]) -> list[Speedup]:
+    """The :data:`SPEED_CASES` measured for Feast and for skewless (cold, warm), in that order. "Better" is
+    more for rates (rows/s, req/s) and less for times and latencies."""
+    out: list[Speedup] = []
+    for case, metric, target in SPEED_CASES:
+        feast = find(measurements, case, metric, FEAST)
+        if feast is None or feast.median <= 0:
+            continue
+        for system in (SKEWLESS, SKEWLESS_WARM):
+            ours = find(measurements, case, metric, system)
+            if ours is None or min(ours.values) <= 0:
+                continue
+
+            higher = metric in HIGHER_IS_BETTER
+            factors = [_times_better(v, feast.median, higher) for v in ours.values]
+            median = _times_better(ours.median, feast.median, higher)
+            out.append(Speedup(case, metric, system, median, min(factors), max(factors), target))
+    return out
+
+
+def _times_better(value: float, feast: float, higher_is_better: bool) -> float:
+    return value / feast if higher_is_better else feast / value
+
+
+def plot_speedups(found: Sequence[Speedup], path: Path, *, title: str) -> Path:
+    """One bar per :class:`Speedup` on a log scale, whiskers from the worst to the best repetition, a line at
+    Feast (1x) and a mark at each target; writes a PNG and returns its path."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+    from matplotlib.ticker import FuncFormatter
+
+    colors = {SKEWLESS: "#4878a8", SKEWLESS_WARM: "#e0883a"}
+    figure, axes = plt.subplots(figsize=(10, 0.42 * len(found) + 1.8), dpi=110)
+    rows = list(range(len(found)))[::-1]  # the first comparison on top
+    for y, s in zip(rows, found, strict=True):
+        axes.barh(y, s.median, color=colors[s.system], height=0.7)
+        axes.errorbar(
+            s.median, y, xerr=[[s.median - s.worst], [s.best - s.median]], fmt="none", ecolor="black", capsize=3
+        )
+        axes.annotate(f"{s.median:.2g}x", (max(s.best, s.median), y), xytext=(4, -3), textcoords="offset points")
+        if s.target is not None:
+            axes.plot([s.target], [y], marker="|", color="crimson", markersize=16, markeredgewidth=2.5)
+    axes.axvline(1.0, color="grey", linestyle="--", linewidth=1)
+    axes.set_xscale("log")
+    axes.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}x"))
+    axes.set_yticks(rows, [f"{s.case[3:]}: {s.metric}" for s in found], fontsize=8)
+    axes.set_xlabel("times better than Feast, log scale (dashed: as good as Feast; red: the issue's target)")
+    axes.set_title(title, fontsize=10)
+    axes.grid(axis="x", alpha=0.3, which="both")
+    shown = [system for system in colors if any(s.system == system for s in found)]
+    axes.legend(
+        handles=[Patch(color=colors[system], label=SYSTEM_TITLES[system]) for system in shown],
+        loc="upper right",
+        fontsize=8,
+    )
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    plt.close(figure)
+    return path
 
 
 def _at_least(value: float | None, threshold: float, what: str, fmt: str = "{:.2f}x") -> tuple[str, bool | None]:
@@ -181,8 +276,9 @@ def spread(values: Sequence[float]) -> str:
     return f"{fmt(min(values))} / {fmt(statistics.median(values))} / {fmt(max(values))}"
 
 
-def render(results: dict[str, Any]) -> str:
-    """The Markdown report of a results document (the same dict that is written as JSON)."""
+def render(results: dict[str, Any], *, picture: str | None = None) -> str:
+    """The Markdown report of a results document (the same dict that is written as JSON); ``picture``: the
+    file name of its :func:`plot_speedups` image, shown under the introduction."""
     measurements = [Measurement(**m) for m in results["measurements"]]
     systems = [s for s in SYSTEMS if any(m.system == s for m in measurements)]
     config, machine = results["config"], results["machine"]
@@ -213,6 +309,7 @@ def render(results: dict[str, Any]) -> str:
             else ""
         ),
         "",
+        *([f"![How many times better than Feast, case by case]({picture})", ""] if picture else []),
     ]
     ratios = [(SKEWLESS, "skewless / Feast")]
     if SKEWLESS_WARM in systems:
@@ -257,6 +354,16 @@ def render(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_picture(results: dict[str, Any], measurements: Sequence[Measurement], path: Path) -> str | None:
+    """Draw the speedups of a results document into ``path``; its file name, or None when nothing compares."""
+    found = speedups(measurements)
+    if not found:
+        return None
+    config = results["config"]
+    title = f"skewless vs Feast, {results['date']}: {config['feature_rows']:,} feature rows, {config['repeats']} runs"
+    return plot_speedups(found, path, title=title).name
+
+
 def to_jsonable(measurements: Sequence[Measurement], targets: Sequence[Target]) -> dict[str, Any]:
     return {"measurements": [asdict(m) for m in measurements], "targets": [asdict(t) for t in targets]}
 
@@ -265,7 +372,6 @@ def main(argv: list[str] | None = None) -> int:
     """Re-render ``<results>.md`` from ``<results>.json`` (targets recomputed): ``python -m bench.report F.json``."""
     import json
     import sys
-    from pathlib import Path
 
     for name in argv if argv is not None else sys.argv[1:]:
         path = Path(name)
@@ -273,7 +379,8 @@ def main(argv: list[str] | None = None) -> int:
         measurements = [Measurement(**m) for m in results["measurements"]]
         results["targets"] = [asdict(t) for t in evaluate_targets(measurements, results.get("correctness", []))]
         path.write_text(json.dumps(results, indent=2) + "\n")
-        path.with_suffix(".md").write_text(render(results))
+        picture = write_picture(results, measurements, path.with_suffix(".png"))
+        path.with_suffix(".md").write_text(render(results, picture=picture))
     return 0
 
 

@@ -644,7 +644,8 @@ def write_results(
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
-    markdown = report.render(results)
+    picture = report.write_picture(results, measurements, out / f"{name}.png")
+    markdown = report.render(results, picture=picture)
     (out / f"{name}.md").write_text(markdown)
     if not quiet:
         print(markdown)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from bench import report
@@ -104,3 +105,37 @@ def test_warm_engine_gets_its_own_targets_column_and_correctness() -> None:
     row = f"| {report.PIT} | {report.WHOLE_PROCESS_S} | 20.0 / 22.0 / 30.0 | 8.00 / 9.00 / 12.0 | 15.0 / 15.0 / 16.0 |"
     assert row in text
     assert "| 1.47 | 0.60 |" in text  # 22 / 15 and 9 / 15
+
+
+def test_speedups_are_times_better_than_feasts_median_with_the_spread() -> None:
+    found = {(s.case, s.metric, s.system): s for s in report.speedups(measurements())}
+    # Rates: skewless over Feast; times and latencies: Feast over skewless. Feast's median is the reference.
+    rps = found[(report.HTTP_1, report.RPS_LOAD, report.SKEWLESS)]
+    assert (rps.median, rps.worst, rps.best, rps.target) == (3400 / 650, 3000 / 650, 3500 / 650, 5.0)
+    p99 = found[(report.HTTP_1, report.P99_SEQ, report.SKEWLESS)]
+    assert (p99.median, p99.worst, p99.best) == (10 / 2.5, 10 / 9, 10 / 2)
+    pit = found[(report.PIT, report.WHOLE_PROCESS_S, report.SKEWLESS)]
+    assert (pit.median, pit.worst, pit.best, pit.target) == (15 / 22, 15 / 30, 15 / 20, 1.0)
+    # Nothing to compare with: no Feast value (the client case) or no ratio metric (memory, publishing).
+    assert set(found) == {
+        (report.HTTP_1, report.RPS_LOAD, report.SKEWLESS),
+        (report.HTTP_1, report.P99_SEQ, report.SKEWLESS),
+        (report.PIT, report.WHOLE_PROCESS_S, report.SKEWLESS),
+    }
+    assert [(s.case, s.metric) for s in report.speedups(measurements())] == [
+        (report.PIT, report.WHOLE_PROCESS_S),
+        (report.HTTP_1, report.RPS_LOAD),
+        (report.HTTP_1, report.P99_SEQ),
+    ]  # the order of report.SPEED_CASES: the picture reads top to bottom like the table
+
+
+def test_the_picture_is_drawn_and_linked_from_the_report(tmp_path: Path) -> None:
+    results = document()
+    name = report.write_picture(results, measurements(), tmp_path / "run.png")
+    assert name == "run.png"
+    assert (tmp_path / "run.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = render(results, picture=name)
+    assert "![How many times better than Feast, case by case](run.png)" in text.splitlines()
+    nothing = [Measurement(report.PUBLISH, report.KEYS_PER_S, report.SKEWLESS, [1.0])]
+    assert report.write_picture(results, nothing, tmp_path / "none.png") is None
+    assert not (tmp_path / "none.png").exists()
