@@ -128,7 +128,6 @@ def speedups(measurements: Sequence[Measurement]) -> list[Speedup]:
             ours = find(measurements, case, metric, system)
             if ours is None or min(ours.values) <= 0:
                 continue
-
             higher = metric in HIGHER_IS_BETTER
             factors = [_times_better(v, feast.median, higher) for v in ours.values]
             median = _times_better(ours.median, feast.median, higher)
