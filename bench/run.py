@@ -416,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
             log("case 1: materialize (empty Redis, then onto filled keys)")
             for i in range(args.repeats):
                 systems = [
-                    (report.SKEWLESS, [*sk, "materialize", "--fresh"], [*sk, "materialize"]),
+                    (report.SKEWLESS, [*sk, "materialize", "--fresh"], [*sk, "materialize", "--republish"]),
                     (report.FEAST, [*fe, "materialize", mat_start, mat_end], [*fe, "materialize", mat_start, mat_end]),
                 ]
                 if warm:
@@ -425,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
                         (
                             report.SKEWLESS_WARM,
                             [*sk_warm, "materialize", "--fresh", "--warm"],
-                            [*sk_warm, "materialize", "--warm"],
+                            [*sk_warm, "materialize", "--warm", "--republish"],
                         ),
                     )
                 for system, first, again in systems:

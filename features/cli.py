@@ -57,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("views", nargs="*", metavar="VIEW", help="views to materialize (default: all)")
     p.add_argument("--start", type=_timestamp, help="window start, inclusive (ISO date or time, UTC)")
     p.add_argument("--end", type=_timestamp, help="window end, exclusive (ISO date or time, UTC)")
+    p.add_argument(
+        "--republish",
+        action="store_true",
+        help="publish online even when the online store already serves the table version (it lost keys)",
+    )
     p.set_defaults(handler=cmd_materialize)
 
     p = sub.add_parser("dataset", help="build a point-in-time correct training set")
@@ -146,7 +151,9 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 def cmd_materialize(args: argparse.Namespace) -> int:
     with _store(args) as store, progress_bars() as progress:
-        results = store.materialize(args.views or None, start=args.start, end=args.end, progress=progress)
+        results = store.materialize(
+            args.views or None, start=args.start, end=args.end, progress=progress, republish=args.republish
+        )
     rows = [
         (
             r.view,
@@ -154,7 +161,7 @@ def cmd_materialize(args: argparse.Namespace) -> int:
             r.rows_written_offline,
             r.offline_version,
             r.rows_published,
-            "yes" if r.online_committed else "no",
+            "yes" if r.online_committed else ("already live" if r.online_current else "no"),
             "" if r.ticks_through is None else r.ticks_through.strftime("%Y-%m-%d %H:%M UTC"),
             f"{r.seconds:.1f}s",
         )

@@ -72,6 +72,17 @@ class OnlineValues:
         return [None if t is None else from_micros(t) for t in self.event_micros]
 
 
+@dataclass(frozen=True, slots=True)
+class LiveSnapshot:
+    """What the live snapshot of a view was published from: the offline table version (``watermark``), the
+    view's storage and feature fingerprints at the time, and when it was committed."""
+
+    watermark: int
+    storage_fingerprint: str
+    feature_fingerprints: tuple[tuple[str, str], ...]  # (feature name, fingerprint), in plan order
+    published_at: datetime
+
+
 @runtime_checkable
 class OnlineStore(Protocol):
     """A key-value store serving the latest published row per entity and view."""
@@ -79,6 +90,10 @@ class OnlineStore(Protocol):
     def start_publication(self, view: ViewPlan, *, watermark: int) -> Publication:
         """Begin publishing ``view``. ``watermark`` orders publications (the offline table version the
         rows come from): a commit with a lower watermark than the live one is refused."""
+        ...
+
+    def live_snapshot(self, view: ViewPlan) -> LiveSnapshot | None:
+        """What the live snapshot of ``view`` was published from; None before its first commit."""
         ...
 
     def read(
@@ -129,6 +144,7 @@ class MaterializationResult:
     online_committed: bool
     seconds: float
     ticks_through: datetime | None = None  # windowed views: the last tick computed, which the values hold at
+    online_current: bool = False  # nothing published: the online store already serves this offline version
 
 
 class Progress(Protocol):
@@ -155,6 +171,7 @@ class OfflineEngine(Protocol):
         end: datetime | None,
         online: OnlineStore | None,
         progress: Progress | None = None,
+        republish: bool = False,
     ) -> MaterializationResult: ...
 
     def training_dataset(

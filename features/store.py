@@ -117,8 +117,12 @@ class FeatureStore:
         start: datetime | None = None,
         end: datetime | None = None,
         progress: Progress | None = None,
+        republish: bool = False,
     ) -> list[MaterializationResult]:
         """Compute ``views`` (default: all) over ``[start, end)`` into Delta Lake and publish them online.
+
+        A view whose run commits nothing new to Delta is not published again while the online store already
+        serves that table version (``online_current`` in its result); ``republish`` publishes it anyway.
 
         Views are independent (each has its own Delta table and its own atomic online publication), so up to
         ``offline.concurrent_views`` of them run at once. Every selected view is attempted even when another
@@ -135,7 +139,13 @@ class FeatureStore:
 
         def run(view: ViewPlan) -> MaterializationResult:
             return engine.materialize(
-                plan, view, start=start, end=end, online=online if view.online else None, progress=progress
+                plan,
+                view,
+                start=start,
+                end=end,
+                online=online if view.online else None,
+                progress=progress,
+                republish=republish,
             )
 
         workers = min(self.config.concurrent_views, len(selected))

@@ -49,18 +49,35 @@ class SparkEngine:
         end: datetime | None,
         online: OnlineStore | None,
         progress: Progress | None = None,
+        republish: bool = False,
     ) -> MaterializationResult:
-        """Compute ``view`` for ``start <= event time < end`` into Delta, then publish it online."""
+        """Compute ``view`` for ``start <= event time < end`` into Delta, then publish it online (unless the
+        online store already serves that table version and not ``republish``)."""
         warm = self._warm_engine()
         if warm is not None:
             # The engine publishes to the repository's online store, opened from the same settings.
             with warm:
                 result: MaterializationResult = warm.call(
-                    "materialize", plan, view, start=start, end=end, online=online is not None, progress=progress
+                    "materialize",
+                    plan,
+                    view,
+                    start=start,
+                    end=end,
+                    online=online is not None,
+                    progress=progress,
+                    republish=republish,
                 )
                 return result
         return materialize_module.materialize(
-            self.spark, self.config, plan, view, start=start, end=end, online=online, progress=progress
+            self.spark,
+            self.config,
+            plan,
+            view,
+            start=start,
+            end=end,
+            online=online,
+            progress=progress,
+            republish=republish,
         )
 
     def training_dataset(

@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from features.config import RepoConfig
@@ -20,7 +21,7 @@ from features.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP, Plan, ViewPlan
 from features.protocols import MaterializationResult, OnlineStore, Progress, Publication, iter_batches
 from offline import windows
 from offline.jdbc import error_summary, quote_spark, read_source, spark_type
-from offline.tables import prepare_rows, read_table, table_path, table_version, write_rows
+from offline.tables import commit_time, prepare_rows, read_table, table_path, table_version, write_rows
 from offline.translate import SparkTranslator
 
 if TYPE_CHECKING:
@@ -100,8 +101,13 @@ def materialize(
     end: datetime | None,
     online: OnlineStore | None,
     progress: Progress | None = None,
+    republish: bool = False,
 ) -> MaterializationResult:
     """Compute ``view`` for source rows with ``start <= event time < end`` and publish it.
+
+    A run that commits nothing to Delta publishes nothing either when the online store already serves the
+    table's current version (see :func:`_already_live`); ``republish`` publishes it again anyway (a store that
+    lost keys).
 
     Raises :class:`~features.errors.SchemaMismatchError` (before anything is written) when the source changed,
     and :class:`~features.errors.MaterializationError` when a later step failed; either way the offline table
@@ -137,9 +143,20 @@ def materialize(
         progress.advance(task, rows_read)
     log.info("view '%s': %d row(s) inserted or updated in %s (version %s)", view.name, written, path, version)
 
-    published, committed = 0, False
+    published, committed, current = 0, False, False
     if view.online and online is not None and version is not None:
-        published, committed = _publish_online(spark, view, path, version, online)
+        fresh_table = outcome.created_version is not None
+        current = not republish and not fresh_table and _already_live(online, view, path, version)
+        if current:
+            log.info(
+                "view '%s': the online store already serves version %d of %s; nothing to publish (--republish "
+                "publishes it again)",
+                view.name,
+                version,
+                path,
+            )
+        else:
+            published, committed = _publish_online(spark, view, path, version, online)
         if progress is not None:
             progress.advance(task, published)
     if progress is not None:
@@ -152,7 +169,23 @@ def materialize(
         rows_published=published,
         online_committed=committed,
         seconds=time.monotonic() - began,
+        online_current=current,
     )
+
+
+def _already_live(online: OnlineStore, view: ViewPlan, path: Path, version: int) -> bool:
+    """Whether the live online snapshot of ``view`` holds the latest rows of ``version`` of the table at
+    ``path``, as this definition publishes them: published from that version (watermark), with the same storage
+    and feature fingerprints, and after that version was committed. The last condition tells this table from an
+    earlier one at the same path (deleted and created again, so its versions start over): a snapshot published
+    from the earlier table predates every commit of the new one."""
+    live = online.live_snapshot(view)
+    if live is None or live.watermark != version or live.storage_fingerprint != view.storage_fingerprint:
+        return False
+    if live.feature_fingerprints != tuple((f.name, f.fingerprint) for f in view.features):
+        return False
+    committed = commit_time(path, version)
+    return committed is not None and live.published_at > committed
 
 
 def materialize_windowed(

@@ -9,11 +9,12 @@ Writes are a single MERGE, hence atomic, and re-running a window changes nothing
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import operator
 import threading
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +55,22 @@ def table_version(spark: SparkSession, path: Path | str) -> int | None:
         return None
     row = DeltaTable.forPath(spark, str(path)).history(1).select("version").first()
     return None if row is None else int(row["version"])
+
+
+def commit_time(path: Path | str, version: int) -> datetime | None:
+    """When ``version`` of the table at ``path`` was committed (its ``commitInfo``), read from the log file
+    itself: no Spark job. None when the file or the field is missing."""
+    log_file = Path(path) / "_delta_log" / f"{version:020d}.json"
+    try:
+        lines = log_file.read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        action = json.loads(line) if line.strip() else {}
+        info = action.get("commitInfo")
+        if isinstance(info, dict) and isinstance(info.get("timestamp"), int):
+            return datetime.fromtimestamp(info["timestamp"] / 1000, tz=UTC)
+    return None
 
 
 def read_table(spark: SparkSession, path: Path | str, version: int | None = None) -> DataFrame:

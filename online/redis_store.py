@@ -45,10 +45,10 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from features.dtypes import DType
+from features.dtypes import DType, from_micros
 from features.errors import ConfigError, OnlineStoreError
 from features.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP, ViewPlan
-from features.protocols import OnlineValues, iter_batches
+from features.protocols import LiveSnapshot, OnlineValues, iter_batches
 from online.encoding import encode_batch, encode_entity_keys, rows_decoder
 
 if TYPE_CHECKING:
@@ -365,6 +365,18 @@ class RedisOnlineStore:
             version=version,
             connect_timeout=self.connect_timeout,
             timeout=self.timeout,
+        )
+
+    def live_snapshot(self, view: ViewPlan) -> LiveSnapshot | None:
+        """What the live snapshot of ``view`` was published from (its pointer); None before any commit."""
+        pointer = self.live_version(view.name)
+        if pointer is None or "watermark" not in pointer:
+            return None
+        return LiveSnapshot(
+            watermark=int(pointer["watermark"]),
+            storage_fingerprint=pointer.get("storage_fingerprint", ""),
+            feature_fingerprints=tuple((str(n), str(f)) for n, f in orjson.loads(pointer.get("features", "[]"))),
+            published_at=from_micros(int(pointer.get("published_at", "0"))),
         )
 
     def live_version(self, view: str) -> dict[str, str] | None:

@@ -39,7 +39,15 @@ class StandInEngine:
         self._lock = threading.Lock()
 
     def materialize(
-        self, plan: Plan, view: ViewPlan, *, start: datetime | None, end: datetime | None, online: Any, progress: Any
+        self,
+        plan: Plan,
+        view: ViewPlan,
+        *,
+        start: datetime | None,
+        end: datetime | None,
+        online: Any,
+        progress: Any,
+        republish: bool = False,
     ) -> MaterializationResult:
         with self._lock:
             self.running.add(view.name)

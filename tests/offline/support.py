@@ -7,6 +7,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import pyarrow.parquet as pq
 from features.dtypes import DType
 from features.expressions import parse_expression
 from features.plan import ColumnSpec, EntityPlan, FeaturePlan, Plan, SourcePlan, ViewPlan, stable_hash
-from features.protocols import OnlineValues
+from features.protocols import LiveSnapshot, OnlineValues
 
 
 def make_view(
@@ -74,12 +75,14 @@ def make_plan(*views: ViewPlan) -> Plan:
 class FilePublication:
     """Stages Arrow batches as files; commit swaps them in as the live table of the view (os.replace)."""
 
-    def __init__(self, root: str, view: str, watermark: int, fail_on_write: bool) -> None:
+    def __init__(self, root: str, view: ViewPlan, watermark: int, fail_on_write: bool) -> None:
         self.root = root
-        self.view = view
+        self.view = view.name
+        self.storage_fingerprint = view.storage_fingerprint
+        self.features = [[f.name, f.fingerprint] for f in view.features]
         self.watermark = watermark
         self.fail_on_write = fail_on_write
-        self.staging = os.path.join(root, "staging", f"{view}-{uuid.uuid4().hex}")
+        self.staging = os.path.join(root, "staging", f"{self.view}-{uuid.uuid4().hex}")
         os.makedirs(self.staging)
 
     def write(self, batches: Iterable[pa.RecordBatch]) -> int:
@@ -104,7 +107,14 @@ class FilePublication:
         if table is not None:
             pq.write_table(table, tmp)
             os.replace(tmp, os.path.join(self.root, f"{self.view}.parquet"))
-        Path(meta_path).write_text(json.dumps({"watermark": self.watermark, "commits": _commits(meta_path) + 1}))
+        meta = {
+            "watermark": self.watermark,
+            "commits": _commits(meta_path) + 1,
+            "storage_fingerprint": self.storage_fingerprint,
+            "features": self.features,
+            "published_at": datetime.now(UTC).isoformat(),
+        }
+        Path(meta_path).write_text(json.dumps(meta))
         shutil.rmtree(self.staging, ignore_errors=True)
         return True
 
@@ -127,7 +137,19 @@ class FileOnlineStore:
 
     def start_publication(self, view: ViewPlan, *, watermark: int) -> FilePublication:
         self.started.append(watermark)
-        return FilePublication(self.root, view.name, watermark, self.fail_on_write)
+        return FilePublication(self.root, view, watermark, self.fail_on_write)
+
+    def live_snapshot(self, view: ViewPlan) -> LiveSnapshot | None:
+        meta_path = Path(self.root) / f"{view.name}.json"
+        if not meta_path.exists():
+            return None
+        meta = json.loads(meta_path.read_text())
+        return LiveSnapshot(
+            watermark=meta["watermark"],
+            storage_fingerprint=meta["storage_fingerprint"],
+            feature_fingerprints=tuple((n, f) for n, f in meta["features"]),
+            published_at=datetime.fromisoformat(meta["published_at"]),
+        )
 
     def live(self, view: str) -> Any:
         path = os.path.join(self.root, f"{view}.parquet")

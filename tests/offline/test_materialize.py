@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import shutil
 import sqlite3
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -14,8 +16,9 @@ from features.config import RepoConfig
 from features.dtypes import DType
 from features.errors import MaterializationError, SchemaMismatchError
 from features.plan import ViewPlan
-from offline.materialize import materialize
-from offline.tables import read_table, table_path, table_version
+from features.protocols import LiveSnapshot
+from offline.materialize import _already_live, materialize
+from offline.tables import commit_time, read_table, table_path, table_version
 from tests.offline.support import FileOnlineStore, make_plan, make_view
 
 BASE = datetime(2024, 5, 1)
@@ -214,7 +217,9 @@ def test_online_gets_the_latest_row_per_entity(world: dict[str, Any]) -> None:
         "created_timestamp",
     ]
     assert live_rows(store, "user_txn") == expected_latest(expected_table(source_rows(), None, None))
-    assert world["second"].rows_published == 5 and world["second"].online_committed
+    assert world["first"].rows_published == 5 and world["first"].online_committed
+    # The second window holds no source rows: Delta is unchanged, and so is what the store serves.
+    assert world["second"].rows_published == 0 and world["second"].online_current
 
 
 @pytest.mark.spark
@@ -296,3 +301,68 @@ def test_failed_publication_keeps_old_values_and_rerun_completes(
         if r["user_id"] != 4 and r["published_at"] != published_before.get(r["user_id"])
     }
     assert changed == {1}  # user 1's new row is new; nobody else's rows were rewritten
+
+
+@pytest.mark.spark
+def test_a_rerun_that_changes_nothing_publishes_nothing_unless_asked(spark: Any, tmp_path: Path) -> None:
+    rows = source_rows()
+    write_source(tmp_path / "shop.db", rows)
+    config = RepoConfig(root=tmp_path, connections={"shop": "sqlite:///shop.db"})
+    view = the_view("rerun_txn")
+    plan = make_plan(view)
+    store = FileOnlineStore(tmp_path / "online")
+    first = materialize(spark, config, plan, view, start=None, end=None, online=store)
+    assert first.online_committed and store.started == [0]
+
+    again = materialize(spark, config, plan, view, start=None, end=None, online=store)
+    assert (again.rows_written_offline, again.rows_published, again.online_committed) == (0, 0, False)
+    assert again.online_current
+    assert store.started == [0]  # no publication even started
+    assert live_rows(store, "rerun_txn") == expected_latest(expected_table(rows, None, None))
+
+    forced = materialize(spark, config, plan, view, start=None, end=None, online=store, republish=True)
+    assert forced.online_committed and not forced.online_current and store.started == [0, 0]
+
+    # The offline table is deleted and built again from changed rows, so its versions start over at 0, the
+    # watermark the online store still holds from the old table. The first run fails to publish (no store);
+    # the rerun commits nothing new to Delta, but it must still publish: the old snapshot predates this table.
+    rows = [(*r[:2], 123.0, *r[3:]) if r[0] == 2 else r for r in rows]
+    write_source(tmp_path / "shop.db", rows)
+    shutil.rmtree(table_path(config, view))
+    rebuilt = materialize(spark, config, plan, view, start=None, end=None, online=None)
+    assert rebuilt.offline_version == 0 and rebuilt.rows_written_offline > 0
+    rerun = materialize(spark, config, plan, view, start=None, end=None, online=store)
+    assert rerun.rows_written_offline == 0 and rerun.online_committed and not rerun.online_current
+    assert live_rows(store, "rerun_txn") == expected_latest(expected_table(rows, None, None))
+
+
+@pytest.mark.spark
+@pytest.mark.parametrize("differs", ["watermark", "storage fingerprint", "feature fingerprint", "published before"])
+def test_the_live_snapshot_counts_as_current_only_when_everything_matches(world: dict[str, Any], differs: str) -> None:
+    view: ViewPlan = world["view"]
+    path = table_path(world["config"], view)
+    version = world["second"].offline_version
+    committed = commit_time(path, version)
+    assert committed is not None
+    live = LiveSnapshot(
+        watermark=version,
+        storage_fingerprint=view.storage_fingerprint,
+        feature_fingerprints=tuple((f.name, f.fingerprint) for f in view.features),
+        published_at=committed + timedelta(seconds=1),
+    )
+
+    class Holding(FileOnlineStore):
+        def __init__(self, snapshot: LiveSnapshot) -> None:
+            self.snapshot = snapshot
+
+        def live_snapshot(self, view: ViewPlan) -> LiveSnapshot | None:
+            return self.snapshot
+
+    assert _already_live(Holding(live), view, path, version)
+    changed = {
+        "watermark": dataclasses.replace(live, watermark=version - 1),
+        "storage fingerprint": dataclasses.replace(live, storage_fingerprint="another"),
+        "feature fingerprint": dataclasses.replace(live, feature_fingerprints=(("amount_x2", "another"),)),
+        "published before": dataclasses.replace(live, published_at=committed - timedelta(seconds=1)),
+    }[differs]
+    assert not _already_live(Holding(changed), view, path, version)

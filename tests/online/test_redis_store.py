@@ -342,3 +342,22 @@ def test_messages_hide_passwords() -> None:
     assert redact("redis://user:secret@host:6379/0") == "redis://user:***@host:6379/0"
     assert redact("rediss://:secret@host/0") == "rediss://:***@host/0"
     assert redact("redis://host:6379/0") == "redis://host:6379/0"
+
+
+def test_live_snapshot_says_what_the_live_rows_were_published_from(store: RedisOnlineStore) -> None:
+    assert store.live_snapshot(CARD) is None  # nothing committed yet
+    before = redis_store.from_micros(redis_store.to_micros_now())
+    publication = store.start_publication(CARD, watermark=4)
+    publication.write([make_batch(CARD, card_rows(1.0))])
+    assert store.live_snapshot(CARD) is None  # staged is not live
+    assert publication.commit() is True
+    live = store.live_snapshot(CARD)
+    assert live is not None
+    assert live.watermark == 4
+    assert live.storage_fingerprint == CARD.storage_fingerprint
+    assert live.feature_fingerprints == tuple((f.name, f.fingerprint) for f in CARD.features)
+    assert before <= live.published_at <= redis_store.from_micros(redis_store.to_micros_now())
+    refused = store.start_publication(CARD, watermark=3)  # older: refused, the live snapshot stays
+    refused.write([make_batch(CARD, card_rows(9.0))])
+    assert refused.commit() is False
+    assert store.live_snapshot(CARD) == live
