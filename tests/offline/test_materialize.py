@@ -255,16 +255,24 @@ def test_schema_mismatch_stops_before_any_write(spark: Any, world: dict[str, Any
     assert store.started == [] and store.live("user_txn") is None
 
 
+def small_repo(root: Path, name: str, rows: list[Row]) -> tuple[RepoConfig, ViewPlan, Any, FileOnlineStore]:
+    """A repository of one view named ``name`` over ``rows`` (SQLite), and an empty file online store."""
+    write_source(root / "shop.db", rows)
+    view = the_view(name)
+    return (
+        RepoConfig(root=root, connections={"shop": "sqlite:///shop.db"}),
+        view,
+        make_plan(view),
+        FileOnlineStore(root / "online"),
+    )
+
+
 @pytest.mark.spark
 def test_failed_publication_keeps_old_values_and_rerun_completes(
     spark: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     rows = source_rows()
-    write_source(tmp_path / "shop.db", rows)
-    config = RepoConfig(root=tmp_path, connections={"shop": "sqlite:///shop.db"})
-    view = the_view("fail_txn")
-    plan = make_plan(view)
-    store = FileOnlineStore(tmp_path / "online")
+    config, view, plan, store = small_repo(tmp_path, "fail_txn", rows)
     with caplog.at_level(logging.INFO, logger="offline"):
         materialize(spark, config, plan, view, start=None, end=None, online=store)
     assert f"read {len(rows)} source row(s)" in caplog.text
@@ -306,11 +314,7 @@ def test_failed_publication_keeps_old_values_and_rerun_completes(
 @pytest.mark.spark
 def test_a_rerun_that_changes_nothing_publishes_nothing_unless_asked(spark: Any, tmp_path: Path) -> None:
     rows = source_rows()
-    write_source(tmp_path / "shop.db", rows)
-    config = RepoConfig(root=tmp_path, connections={"shop": "sqlite:///shop.db"})
-    view = the_view("rerun_txn")
-    plan = make_plan(view)
-    store = FileOnlineStore(tmp_path / "online")
+    config, view, plan, store = small_repo(tmp_path, "rerun_txn", rows)
     first = materialize(spark, config, plan, view, start=None, end=None, online=store)
     assert first.online_committed and store.started == [0]
 
