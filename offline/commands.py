@@ -60,7 +60,8 @@ def cmd_engine(args: argparse.Namespace) -> int:
 
 
 def _state(info: dict[str, Any]) -> str:
-    running = int(info.get("running", 1 if info["busy"] else 0))
+    # An engine started by an older skewless reports "busy" (one job at a time) instead of "running".
+    running = int(info["running"]) if "running" in info else int(bool(info.get("busy")))
     if running:
         return f"running {running} job{'s' if running > 1 else ''}"
     return f"idle for {info['idle_seconds']:.0f} s"

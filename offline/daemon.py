@@ -94,7 +94,7 @@ def fingerprint(config: RepoConfig) -> str:
 
 # -- the caller's side -----------------------------------------------------------------------------------------
 def engine_info(config: RepoConfig) -> dict[str, Any] | None:
-    """``{"pid", "port", "fingerprint", "started_at", "jobs", "running", "busy", "idle_seconds"}`` of the repository's
+    """``{"pid", "port", "fingerprint", "started_at", "jobs", "running", "idle_seconds"}`` of the repository's
     engine if one is running and answering, else None."""
     client = _client(config)
     if client is None:
@@ -426,7 +426,6 @@ class EngineServer:
             "started_at": self.started_at,
             "jobs": self.jobs,
             "running": self.running,
-            "busy": self.running > 0,
             "idle_seconds": 0.0 if self.running else time.monotonic() - self.last_active,
         }
 
