@@ -8,6 +8,7 @@ offline:
   spark:                                       # any Spark setting; spark.master picks the cluster
     spark.master: local[2]
   concurrent_views: 2                          # views materialized at once (one Spark job each)
+  arrow_join_max_mb: 1024                      # training sets over smaller tables join in Arrow; 0: Spark
 online:
   url: embedded                                # or redis://host:6379/0
 connections:
@@ -35,6 +36,10 @@ CONFIG_FILE = "skewless.yaml"
 # steps (Delta commit, schema check, online commit): the benchmark's two views took 31.7 s instead of 35.5 s in
 # a new process on 2 cores; on a cluster every view's job gets executors of its own.
 DEFAULT_CONCURRENT_VIEWS = 2
+# Training sets whose feature tables (Parquet, at the versions read) total at most this many MiB are joined in
+# Arrow in the calling process instead of in Spark: no JVM to start (the benchmark's 2M rows are ~70 MiB, and
+# joining them takes ~1 GiB of memory). 0 joins everything in Spark.
+DEFAULT_ARROW_JOIN_MAX_MB = 1024
 _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -60,10 +65,10 @@ def resolve_sqlite_url(url: str, base: Path) -> str:
     return url
 
 
-def _positive_int(section: dict[str, Any], key: str, default: int, source: str) -> int:
+def _whole_number(section: dict[str, Any], key: str, default: int, source: str, *, minimum: int = 1) -> int:
     value = section.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{source}: offline.{key} must be a whole number of at least 1 (got {value!r})")
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{source}: offline.{key} must be a whole number of at least {minimum} (got {value!r})")
     return value
 
 
@@ -80,6 +85,7 @@ class RepoConfig:
     online_store: str = "redis"
     offline_engine: str = "spark"
     concurrent_views: int = DEFAULT_CONCURRENT_VIEWS
+    arrow_join_max_mb: int = DEFAULT_ARROW_JOIN_MAX_MB
     connections: dict[str, str] = field(default_factory=dict)
     definitions: str = "definitions"
 
@@ -113,7 +119,8 @@ class RepoConfig:
             offline_path=str(offline.get("path", ".skewless/offline")),
             spark={str(k): str(v) for k, v in (offline.get("spark") or {}).items()},
             offline_engine=str(offline.get("engine", "spark")),
-            concurrent_views=_positive_int(offline, "concurrent_views", DEFAULT_CONCURRENT_VIEWS, source),
+            concurrent_views=_whole_number(offline, "concurrent_views", DEFAULT_CONCURRENT_VIEWS, source),
+            arrow_join_max_mb=_whole_number(offline, "arrow_join_max_mb", DEFAULT_ARROW_JOIN_MAX_MB, source, minimum=0),
             online_url=str(online.get("url", "embedded")),
             online_store=str(online.get("store", "redis")),
             connections={str(k): str(v) for k, v in connections.items()},

@@ -91,9 +91,21 @@ class SparkEngine:
         output: str | None = None,
         output_format: str = "pandas",
     ) -> Any:
-        """A point-in-time training set; see :func:`offline.datasets.training_dataset`."""
-        # Spark DataFrames in or out belong to this process's session: those never go to the warm engine.
-        warm = None if output_format == "spark" or _is_spark(entities) else self._warm_engine()
+        """A point-in-time training set; see :func:`offline.datasets.training_dataset`.
+
+        A set that can be joined in Arrow (:func:`offline.datasets.arrow_join_problem`) is joined right here,
+        without Spark; any other goes to the warm engine when one runs, else to this process's session. Spark
+        DataFrames in or out belong to this process's session: those never go to the warm engine.
+        """
+        spark_io = output_format == "spark" or datasets.is_spark(entities)
+        if not spark_io:
+            entities = datasets.as_arrow(entities)
+            manifest = datasets.describe(
+                self.config, plan, plan_version, refs, timestamp_column=timestamp_column, output_format=output_format
+            )
+            if datasets.arrow_join_problem(self.config, manifest, entities) is None:
+                return datasets.build(lambda: self.spark, self.config, manifest, entities, output, join="arrow")[0]
+        warm = None if spark_io else self._warm_engine()
         if warm is not None:
             with warm:
                 return warm.call(
@@ -107,7 +119,7 @@ class SparkEngine:
                     output_format=output_format,
                 )
         return datasets.training_dataset(
-            self.spark,
+            lambda: self.spark,
             self.config,
             plan,
             plan_version,
@@ -119,20 +131,18 @@ class SparkEngine:
         )
 
     def reproduce(self, plan: Plan, manifest_path: str, *, output: str | None = None) -> Any:
-        """Rebuild a training set from its manifest with Delta time travel."""
+        """Rebuild a training set from its manifest with Delta time travel (in Arrow when it can be)."""
+        if datasets.can_reproduce_in_arrow(self.config, manifest_path):
+            return datasets.reproduce(lambda: self.spark, self.config, plan, manifest_path, output=output, join="arrow")
         warm = self._warm_engine()
         if warm is not None:
             with warm:
                 return warm.call("reproduce", plan, _absolute(manifest_path), output=_absolute(output))
-        return datasets.reproduce(self.spark, self.config, plan, manifest_path, output=output)
+        return datasets.reproduce(lambda: self.spark, self.config, plan, manifest_path, output=output)
 
     def stop(self) -> None:
         """Stop the process's Spark session."""
         stop_spark()
-
-
-def _is_spark(frame: Any) -> bool:
-    return type(frame).__module__.startswith("pyspark.")
 
 
 def _absolute(path: str | None) -> str | None:

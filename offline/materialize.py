@@ -208,7 +208,7 @@ def materialize_windowed(
         progress.start(task, total=None)
     path = table_path(config, view)
     tiles_at = windows.tiles_path(path)
-    ticks = windows.plan_ticks(view, windows.read_through(spark, path), start, end, datetime.now(UTC))
+    ticks = windows.plan_ticks(view, windows.read_through(path), start, end, datetime.now(UTC))
     rows_read = written = 0
     if not ticks.empty:
         lower, upper = windows.source_bounds(ticks)
@@ -236,7 +236,7 @@ def materialize_windowed(
             ) from exc
         log.info("view '%s': %d value row(s) written for the ticks in %s", view.name, written, span)
     version = table_version(spark, path)
-    through = windows.read_through(spark, path)
+    through = windows.read_through(path)
     published, committed = 0, False
     if view.online and online is not None and version is not None and through is not None:
         published, committed = _publish_online(spark, view, path, version, online, as_of=through)

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING
 from features.dtypes import DType, from_micros, to_micros
 from features.expressions import Expr
 from features.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP, PUBLISHED_AT, FeaturePlan, ViewPlan
+from offline import delta_log
 from offline.jdbc import quote_spark, spark_type
 from offline.tables import table_schema
 from offline.translate import SparkTranslator
@@ -77,21 +78,20 @@ def tiles_path(feature_table: Path | str) -> str:
     return f"{feature_table}.tiles"
 
 
-def read_through(spark: SparkSession, path: Path | str, version: int | None = None) -> datetime | None:
-    """The last tick covered by the feature table at ``path`` (at ``version`` when given); None before any run."""
-    from delta.tables import DeltaTable
-    from pyspark.sql import functions as F
+def read_through(path: Path | str, version: int | None = None) -> datetime | None:
+    """The last tick covered by the feature table at ``path`` (at ``version`` when given); None before any run.
 
-    if not DeltaTable.isDeltaTable(spark, str(path)):
-        return None
-    history = DeltaTable.forPath(spark, str(path)).history().where(F.col("userMetadata").isNotNull())
-    if version is not None:
-        history = history.where(F.col("version") <= version)
-    row = history.orderBy(F.col("version").desc()).select("userMetadata").first()
-    if row is None:
+    Read from the Delta log's ``userMetadata`` in Python (what Spark's ``history()`` shows), without a job.
+    """
+    if version is None:
+        version = delta_log.latest_version(path)
+        if version is None:
+            return None
+    metadata = delta_log.user_metadata(path, version)
+    if metadata is None:
         return None
     try:
-        return datetime.fromisoformat(json.loads(row["userMetadata"])[THROUGH_KEY])
+        return datetime.fromisoformat(json.loads(metadata)[THROUGH_KEY])
     except (ValueError, KeyError, TypeError):
         return None
 

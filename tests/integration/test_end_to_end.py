@@ -178,7 +178,7 @@ def test_rematerializing_changes_nothing(materialized: tuple[FeatureStore, Any])
     snapshots = {}
     for view in plan.views:
         path = str(offline / view.name / view.storage_fingerprint)
-        through[view.name] = read_through(spark, path)
+        through[view.name] = read_through(path)
         snapshots[view.name] = rows(view, path)
     results = {r.view: r for r in store.materialize()}
     for view in plan.views:

@@ -16,7 +16,7 @@ import pytest
 from features.config import RepoConfig
 from features.dtypes import DType
 from features.errors import EntityKeyError
-from offline.datasets import DatasetError, reproduce, training_dataset
+from offline.datasets import DatasetError, reproduce, table_sha256, training_dataset
 from offline.materialize import materialize
 from offline.tables import table_path, table_version
 from tests.offline.support import make_plan, make_view
@@ -119,19 +119,28 @@ def repo(spark: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]
     plan = make_plan(acct, spend)
     for view in plan.views:
         materialize(spark, config, plan, view, start=None, end=None, online=None)
-    out = str(root / "train.parquet")
-    first = training_dataset(spark, config, plan, 7, entities(), REFS, output=out)
+    out, out_arrow = str(root / "train.parquet"), str(root / "train-arrow.parquet")
+    first = training_dataset(lambda: spark, config, plan, 7, entities(), REFS, output=out, join="spark")
+    first_arrow = training_dataset(lambda: spark, config, plan, 7, entities(), REFS, output=out_arrow, join="arrow")
     versions = {v.name: table_version(spark, table_path(config, v)) for v in plan.views}
     # More data arrives, dated inside the period the training set covers.
     write_db(root / "bank.db", extra=True)
     for view in plan.views:
         materialize(spark, config, plan, view, start=None, end=None, online=None)
-    return {"root": root, "config": config, "plan": plan, "out": out, "first": first, "versions": versions}
+    return {
+        "root": root,
+        "config": config,
+        "plan": plan,
+        "out": {"spark": out, "arrow": out_arrow},
+        "first": {"spark": first, "arrow": first_arrow},
+        "versions": versions,
+    }
 
 
 @pytest.mark.spark
-def test_values_match_merge_asof(repo: dict[str, Any]) -> None:
-    first, frame = repo["first"], entities()
+@pytest.mark.parametrize("join", ["spark", "arrow"])
+def test_values_match_merge_asof(repo: dict[str, Any], join: str) -> None:
+    first, frame = repo["first"][join], entities()
     assert list(first.columns) == [*frame.columns, "acct__balance", "acct__low", "spend__amount"]
     pd.testing.assert_frame_equal(first[list(frame.columns)], frame)  # entity columns exactly as given
     expected = oracle(frame)
@@ -141,8 +150,17 @@ def test_values_match_merge_asof(repo: dict[str, Any]) -> None:
 
 
 @pytest.mark.spark
+def test_both_joins_build_the_same_set(repo: dict[str, Any]) -> None:
+    manifests = {j: json.loads(Path(f"{repo['out'][j]}.manifest.json").read_text()) for j in ("spark", "arrow")}
+    assert manifests["spark"]["joined_in"] == "spark" and manifests["arrow"]["joined_in"] == "arrow"
+    assert manifests["arrow"]["result"]["sha256"] == manifests["spark"]["result"]["sha256"]  # values and types
+    arrow_set, spark_set = (pq.read_table(repo["out"][j]) for j in ("arrow", "spark"))
+    assert arrow_set.schema == spark_set.schema and table_sha256(arrow_set) == table_sha256(spark_set)
+
+
+@pytest.mark.spark
 def test_manifest_records_what_was_read(repo: dict[str, Any]) -> None:
-    out, plan = repo["out"], repo["plan"]
+    out, plan = repo["out"]["spark"], repo["plan"]
     manifest = json.loads(Path(f"{out}.manifest.json").read_text())
     assert manifest["plan_version"] == 7 and manifest["plan_fingerprint"] == plan.fingerprint
     assert manifest["refs"] == REFS and manifest["timestamp_column"] == "event_timestamp"
@@ -153,17 +171,21 @@ def test_manifest_records_what_was_read(repo: dict[str, Any]) -> None:
         assert info["version"] == repo["versions"][view.name]
     assert len(manifest["entities"]["sha256"]) == 64 and len(manifest["result"]["sha256"]) == 64
     assert pq.read_table(f"{out}.entities.parquet").num_rows == len(entities())
-    pd.testing.assert_frame_equal(pq.read_table(out).to_pandas(), repo["first"])
+    pd.testing.assert_frame_equal(pq.read_table(out).to_pandas(), repo["first"]["spark"])
 
 
 @pytest.mark.spark
-def test_reproduce_is_identical_after_more_data(spark: Any, repo: dict[str, Any], tmp_path: Path) -> None:
-    config, plan = repo["config"], repo["plan"]
-    fresh = training_dataset(spark, config, plan, 8, entities(), REFS)
-    assert not fresh.equals(repo["first"])  # the new rows do change a rebuilt set...
-    again = reproduce(spark, config, plan, f"{repo['out']}.manifest.json", output=str(tmp_path / "again.parquet"))
-    pd.testing.assert_frame_equal(again, repo["first"])  # ...but not the reproduced one
-    first_manifest = json.loads(Path(f"{repo['out']}.manifest.json").read_text())
+@pytest.mark.parametrize(("built", "rebuilt"), [("spark", "arrow"), ("arrow", "spark"), ("arrow", "auto")])
+def test_reproduce_is_identical_after_more_data(
+    spark: Any, repo: dict[str, Any], tmp_path: Path, built: str, rebuilt: str
+) -> None:
+    config, plan, out = repo["config"], repo["plan"], repo["out"][built]
+    fresh = training_dataset(lambda: spark, config, plan, 8, entities(), REFS, join=rebuilt)
+    assert not fresh.equals(repo["first"][built])  # the new rows do change a rebuilt set...
+    again_path = str(tmp_path / "again.parquet")
+    again = reproduce(lambda: spark, config, plan, f"{out}.manifest.json", output=again_path, join=rebuilt)
+    pd.testing.assert_frame_equal(again, repo["first"][built])  # ...but not the reproduced one
+    first_manifest = json.loads(Path(f"{out}.manifest.json").read_text())
     again_manifest = json.loads((tmp_path / "again.parquet.manifest.json").read_text())
     assert again_manifest["result"]["sha256"] == first_manifest["result"]["sha256"]
 
@@ -171,12 +193,13 @@ def test_reproduce_is_identical_after_more_data(spark: Any, repo: dict[str, Any]
 @pytest.mark.spark
 def test_output_formats_and_spark_input(spark: Any, repo: dict[str, Any]) -> None:
     config, plan, frame = repo["config"], repo["plan"], entities()
-    pandas_result = training_dataset(spark, config, plan, 8, frame, REFS)
-    arrow_result = training_dataset(spark, config, plan, 8, pa.Table.from_pandas(frame), REFS, output_format="arrow")
+    session = lambda: spark  # noqa: E731
+    pandas_result = training_dataset(session, config, plan, 8, frame, REFS)
+    arrow_result = training_dataset(session, config, plan, 8, pa.Table.from_pandas(frame), REFS, output_format="arrow")
     assert isinstance(arrow_result, pa.Table)
     pd.testing.assert_frame_equal(arrow_result.to_pandas(), pandas_result)
     spark_in = spark.createDataFrame(frame)
-    spark_out = training_dataset(spark, config, plan, 8, spark_in, ["acct:*", "spend:amount"], output_format="spark")
+    spark_out = training_dataset(session, config, plan, 8, spark_in, ["acct:*", "spend:amount"], output_format="spark")
     assert spark_out.columns == list(pandas_result.columns)
     got = spark_out.toPandas()
     for column in ("account_id", "label", "acct__balance", "acct__low", "spend__amount"):
@@ -186,10 +209,38 @@ def test_output_formats_and_spark_input(spark: Any, repo: dict[str, Any]) -> Non
 @pytest.mark.spark
 def test_errors_name_the_problem(spark: Any, repo: dict[str, Any], tmp_path: Path) -> None:
     config, plan = repo["config"], repo["plan"]
+    session = lambda: spark  # noqa: E731
     with pytest.raises(DatasetError, match="valid choices: pandas, spark, arrow"):
-        training_dataset(spark, config, plan, 8, entities(), REFS, output_format="csv")
-    with pytest.raises(EntityKeyError, match="merchant"):
-        training_dataset(spark, config, plan, 8, entities().drop(columns=["merchant"]), REFS)
+        training_dataset(session, config, plan, 8, entities(), REFS, output_format="csv")
+    with pytest.raises(DatasetError, match="valid choices: auto, arrow, spark"):
+        training_dataset(session, config, plan, 8, entities(), REFS, join="duckdb")
+    for join in ("arrow", "spark"):
+        with pytest.raises(EntityKeyError, match="merchant"):
+            training_dataset(session, config, plan, 8, entities().drop(columns=["merchant"]), REFS, join=join)
     empty = RepoConfig(root=tmp_path, connections=config.connections)
     with pytest.raises(DatasetError, match="run 'skewless materialize'"):
-        training_dataset(spark, empty, plan, 8, entities(), REFS)
+        training_dataset(session, empty, plan, 8, entities(), REFS)
+    no_arrow = RepoConfig(root=config.root, connections=config.connections, arrow_join_max_mb=0)
+    with pytest.raises(DatasetError, match="cannot be joined in Arrow: offline.arrow_join_max_mb is 0"):
+        training_dataset(session, no_arrow, plan, 8, entities(), REFS, join="arrow")
+    text_times = entities().astype({"event_timestamp": str})
+    with pytest.raises(DatasetError, match="'event_timestamp' is string, not a timestamp"):
+        training_dataset(session, config, plan, 8, text_times, REFS, join="arrow")
+
+
+@pytest.mark.spark
+def test_auto_joins_in_arrow_unless_it_cannot(spark: Any, repo: dict[str, Any], tmp_path: Path) -> None:
+    """Which engine ``auto`` picks: Arrow for small tables and plain inputs, Spark otherwise; same values."""
+    config, plan = repo["config"], repo["plan"]
+    no_arrow = RepoConfig(root=config.root, connections=config.connections, arrow_join_max_mb=0)
+    sets = {}
+    for name, cfg, frame in [
+        ("arrow", config, entities()),
+        ("spark", no_arrow, entities()),
+        ("float ids", config, entities().astype({"account_id": "float64"})),  # Spark casts those; Arrow leaves them
+    ]:
+        out = str(tmp_path / f"{name}.parquet")
+        training_dataset(lambda: spark, cfg, plan, 8, frame, REFS, output=out)
+        sets[name] = json.loads(Path(f"{out}.manifest.json").read_text())
+    assert [m["joined_in"] for m in sets.values()] == ["arrow", "spark", "spark"]
+    assert sets["arrow"]["result"]["sha256"] == sets["spark"]["result"]["sha256"]

@@ -1,0 +1,179 @@
+"""The point-in-time join in Arrow and NumPy, for feature tables that fit in this machine's memory.
+
+It answers exactly what :mod:`offline.point_in_time` answers in Spark (same rule, same types; the conformance
+tests hold both to a pandas oracle and to each other), without starting a JVM: a training set over a few
+million feature rows takes seconds from a cold start instead of the ~20 s of a fresh Spark session. It is
+the same algorithm too: per view, the entity rows and the feature rows are stacked, sorted by (keys, time,
+feature rows before entity rows, created time), and each entity row takes the last feature row before it
+with the same keys, then the TTL decides whether that value was still served.
+
+It only selects stored rows; nothing here computes a feature value (contract 3: aggregations run in Spark).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from features.dtypes import DType, to_micros
+from features.on_demand import arrow_type
+from features.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from offline.delta_log import Snapshot
+
+_NULL_TIME = np.iinfo(np.int64).min
+# Delta's type names for the plan types (offline/tables.py writes only these), as Spark hands them to Arrow.
+_ARROW_TYPES = {
+    "long": arrow_type(DType.INT64),
+    "double": arrow_type(DType.FLOAT64),
+    "string": arrow_type(DType.STRING),
+    "boolean": arrow_type(DType.BOOL),
+    "timestamp": arrow_type(DType.TIMESTAMP),
+}  # a null created time sorts first, as in Spark's asc_nulls_first
+
+
+@dataclass(frozen=True, slots=True)
+class ArrowView:
+    """One view's side of the join: its rows at the pinned version and what to take from them."""
+
+    name: str
+    join_keys: tuple[tuple[str, DType], ...]
+    features: tuple[str, ...]
+    ttl_seconds: int | None
+    table: pa.Table  # join keys, features, event_timestamp, created_timestamp, as read by read_snapshot()
+    valid_until: datetime | None = None  # windowed views: the last tick computed plus the TTL
+
+    def column(self, feature: str) -> str:
+        return f"{self.name}__{feature}"
+
+
+def read_snapshot(snapshot: Snapshot, columns: Sequence[str]) -> pa.Table:
+    """``columns`` of every file of ``snapshot``, typed as Spark reads them (timestamps UTC microseconds; Spark
+    writes them as INT96)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from offline.delta_log import UnsupportedTable
+
+    types = dict(snapshot.columns)
+    missing = [c for c in columns if c not in types]
+    if missing:
+        raise UnsupportedTable(f"the table has no column(s) {', '.join(missing)}")
+    if any(types[c] not in _ARROW_TYPES for c in columns):
+        raise UnsupportedTable(f"column types {sorted({types[c] for c in columns} - set(_ARROW_TYPES))} are not read")
+    schema = pa.schema([pa.field(c, _ARROW_TYPES[types[c]]) for c in columns])
+    tables = [
+        pq.read_table(f.path, columns=list(columns), coerce_int96_timestamp_unit="us").cast(schema)
+        for f in snapshot.files
+    ]
+    return pa.concat_tables(tables) if tables else schema.empty_table()
+
+
+def point_in_time_join(entities: pa.Table, timestamp_column: str, views: Sequence[ArrowView]) -> pa.Table:
+    """The ``<view>__<feature>`` columns for ``entities``, one row per entity row, in the entities' order."""
+    import pyarrow as pa
+
+    times = _micros(entities.column(timestamp_column))
+    columns: dict[str, pa.Array] = {}
+    for view in views:
+        keys = [_cast(entities.column(name), dtype) for name, dtype in view.join_keys]
+        for feature, values in zip(view.features, _join_view(keys, times, view), strict=True):
+            columns[view.column(feature)] = values
+    return pa.table(columns) if columns else pa.table({})
+
+
+def _join_view(entity_keys: list[pa.ChunkedArray], times: np.ndarray, view: ArrowView) -> list[pa.Array]:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    table = view.table
+    present = pc.is_valid(table.column(EVENT_TIMESTAMP))
+    for name, _ in view.join_keys:
+        present = pc.and_(present, pc.is_valid(table.column(name)))
+    table = table.filter(present)  # rows without keys or time never match anything (as in Spark)
+    n_entities, n_rows = len(times), table.num_rows
+
+    stacked_keys = [
+        pa.chunked_array([*e.chunks, *table.column(name).cast(e.type).chunks], e.type)
+        for e, (name, _) in zip(entity_keys, view.join_keys, strict=True)
+    ]
+    codes, missing = _key_codes(stacked_keys)
+    entity_ok = ~missing[:n_entities] & (times != _NULL_TIME)
+    event = _micros(table.column(EVENT_TIMESTAMP))
+    created = _micros(table.column(CREATED_TIMESTAMP))
+
+    # Stack the feature rows (side 0) and the entity rows that can match (side 1); sort like Spark's window.
+    entity_rows = np.flatnonzero(entity_ok)
+    code = np.concatenate([codes[n_entities:], codes[:n_entities][entity_rows]])
+    time = np.concatenate([event, times[entity_rows]])
+    side = np.concatenate([np.zeros(n_rows, np.int8), np.ones(len(entity_rows), np.int8)])
+    tie = np.concatenate([created, np.zeros(len(entity_rows), np.int64)])
+    order = np.lexsort((tie, side, time, code))
+
+    # In sorted order, the position of the last feature row at or before each position.
+    is_row = side[order] == 0
+    last = np.maximum.accumulate(np.where(is_row, np.arange(len(order)), -1))
+    at_entities = np.flatnonzero(~is_row)
+    found = last[at_entities]
+    sorted_code = code[order]
+    same_key = (found >= 0) & (sorted_code[np.maximum(found, 0)] == sorted_code[at_entities])
+    row = np.where(same_key, order[np.maximum(found, 0)], -1)  # feature row index, or -1
+    entity = entity_rows[order[at_entities] - n_rows]
+
+    match = np.full(n_entities, -1, np.int64)
+    match[entity] = row
+    valid = match >= 0
+    age = times - event[np.maximum(match, 0)] if n_rows else np.zeros(n_entities, np.int64)
+    if view.ttl_seconds is not None:
+        valid &= age <= view.ttl_seconds * 1_000_000
+    if view.valid_until is not None:
+        valid &= times <= to_micros(view.valid_until)
+    indices = pa.array(match, pa.int64(), mask=~valid)
+    return [table.column(name).take(indices).combine_chunks() for name in view.features]
+
+
+def _key_codes(columns: list[pa.ChunkedArray]) -> tuple[np.ndarray, np.ndarray]:
+    """One integer per row such that rows with equal keys (all columns) get equal codes; and which rows have a
+    null key (those match nothing)."""
+    import pyarrow.compute as pc
+
+    code: np.ndarray | None = None
+    missing: np.ndarray | None = None
+    for column in columns:
+        encoded = pc.dictionary_encode(column).combine_chunks()
+        indices = encoded.indices
+        size = len(encoded.dictionary)
+        null = indices.is_null().to_numpy(zero_copy_only=False)
+        part = indices.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+        missing = null if missing is None else missing | null
+        # Combining two columns' codes, then renumbering them densely, keeps the next combination in int64.
+        code = part if code is None else np.unique(code * size + part, return_inverse=True)[1].astype(np.int64)
+    assert code is not None and missing is not None
+    return code, missing
+
+
+def _cast(column: pa.ChunkedArray, dtype: DType) -> pa.ChunkedArray:
+    """An entity key column as the key's stored type (the caller checked the types are compatible)."""
+    return column.cast(arrow_type(dtype))
+
+
+def _micros(column: pa.ChunkedArray) -> np.ndarray:
+    """A timestamp column as int64 microseconds since the epoch (UTC; naive means UTC), null as the minimum.
+    Nanoseconds are floored to the microsecond, the precision every store keeps."""
+    import pyarrow as pa
+
+    unit = column.type.unit
+    values = np.asarray(column.cast(pa.int64()).fill_null(0).to_numpy(), dtype=np.int64)
+    if unit == "ns":
+        values = values // 1000
+    elif unit != "us":
+        values = values * {"s": 1_000_000, "ms": 1000}[unit]
+    nulls = column.is_null().to_numpy()
+    return np.where(nulls, _NULL_TIME, values)
