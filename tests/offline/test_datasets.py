@@ -221,7 +221,7 @@ def test_errors_name_the_problem(spark: Any, repo: dict[str, Any], tmp_path: Pat
     with pytest.raises(DatasetError, match="run 'skewless materialize'"):
         training_dataset(session, empty, plan, 8, entities(), REFS)
     no_arrow = RepoConfig(root=config.root, connections=config.connections, arrow_join_max_mb=0)
-    with pytest.raises(DatasetError, match="cannot be joined in Arrow: offline.arrow_join_max_mb is 0"):
+    with pytest.raises(DatasetError, match=r"cannot be joined in Arrow: offline\.arrow_join_max_mb is 0"):
         training_dataset(session, no_arrow, plan, 8, entities(), REFS, join="arrow")
     text_times = entities().astype({"event_timestamp": str})
     with pytest.raises(DatasetError, match="'event_timestamp' is string, not a timestamp"):
