@@ -1,4 +1,5 @@
-"""The point-in-time join against a pandas ``merge_asof`` oracle, per view, with the TTL and tie rules.
+"""The point-in-time join against a pandas ``merge_asof`` oracle, per view, with the TTL and tie rules, in both
+engines: Spark (:mod:`offline.point_in_time`) and Arrow (:mod:`offline.arrow_join`), fed the same rows.
 
 Views "u" and "w" share their join keys (one stacked window for both), "um" has its own.
 """
@@ -14,6 +15,7 @@ import pandas as pd
 import pytest
 
 from features.dtypes import DType
+from offline import arrow_join
 from offline.point_in_time import ROW_ID, ViewInput, point_in_time_join
 
 BASE = datetime(2024, 1, 1)
@@ -191,9 +193,43 @@ def joined(spark: Any) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.Dat
     return entities, users, pairs, others, result
 
 
+@pytest.fixture(scope="module")
+def joined_in_arrow(joined: Any) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The same rows joined by the Arrow engine; its result in the shape of the Spark fixture's."""
+    import pyarrow as pa
+
+    entities, users, pairs, others, _ = joined
+
+    def table(frame: pd.DataFrame) -> pa.Table:  # as read from Delta: UTC timestamps
+        arrow = pa.Table.from_pandas(frame, preserve_index=False)
+        return arrow.cast(pa.schema([_utc(f) for f in arrow.schema]))
+
+    user_key, pair_keys = (("user_id", DType.INT64),), (("user_id", DType.INT64), ("merchant", DType.STRING))
+    views = [
+        arrow_join.ArrowView("u", user_key, ("f_num", "f_str"), TTL, table(users)),
+        arrow_join.ArrowView("um", pair_keys, ("amt",), None, table(pairs)),
+        arrow_join.ArrowView("w", user_key, ("f_num",), 2 * TTL, table(others)),
+    ]
+    arrow_entities = pa.Table.from_pandas(entities, preserve_index=False)
+    features = arrow_join.point_in_time_join(arrow_entities, "ts", views).to_pandas()
+    result = pd.concat([entities.assign(**{ROW_ID: np.arange(len(entities))}), features], axis=1)
+    return entities, users, pairs, others, result
+
+
+def _utc(field: Any) -> Any:
+    import pyarrow as pa
+
+    return pa.field(field.name, pa.timestamp("us", tz="UTC")) if pa.types.is_timestamp(field.type) else field
+
+
+@pytest.fixture(params=["spark", "arrow"])
+def result_of(request: pytest.FixtureRequest) -> Any:
+    return request.getfixturevalue("joined" if request.param == "spark" else "joined_in_arrow")
+
+
 @pytest.mark.spark
-def test_every_entity_row_once_with_its_columns(joined: Any) -> None:
-    entities, _, _, _, result = joined
+def test_every_entity_row_once_with_its_columns(result_of: Any) -> None:
+    entities, _, _, _, result = result_of
     assert list(result[ROW_ID]) == list(range(len(entities)))
     columns = ["user_id", "merchant", "label", "ts", ROW_ID, "u__f_num", "u__f_str", "um__amt", "w__f_num"]
     assert list(result.columns) == columns
@@ -201,8 +237,8 @@ def test_every_entity_row_once_with_its_columns(joined: Any) -> None:
 
 
 @pytest.mark.spark
-def test_matches_merge_asof_oracle(joined: Any) -> None:
-    entities, users, pairs, others, result = joined
+def test_matches_merge_asof_oracle(result_of: Any) -> None:
+    entities, users, pairs, others, result = result_of
     expected = pd.concat(
         [
             oracle(entities, users, ["user_id"], ["f_num", "f_str"], TTL, "u"),
@@ -216,12 +252,12 @@ def test_matches_merge_asof_oracle(joined: Any) -> None:
         got = [_plain(v) for v in result[column]]
         want = [_plain(v) for v in expected[column]]
         diffs = [(i, g, w) for i, (g, w) in enumerate(zip(got, want, strict=True)) if g != w]
-        assert not diffs, f"{column}: first differences (row, spark, oracle): {diffs[:5]}"
+        assert not diffs, f"{column}: first differences (row, join, oracle): {diffs[:5]}"
 
 
 @pytest.mark.spark
-def test_ttl_boundary_is_inclusive_and_rows_before_any_feature_are_null(joined: Any) -> None:
-    *_, result = joined
+def test_ttl_boundary_is_inclusive_and_rows_before_any_feature_are_null(result_of: Any) -> None:
+    *_, result = result_of
     edge = result[result["user_id"] == BOUNDARY_USER]
     by_time = {pd.Timestamp(t).to_pydatetime(): _plain(v) for t, v in zip(edge["ts"], edge["u__f_str"], strict=True)}
     ttl = timedelta(seconds=TTL)
