@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import shutil
 import sys
@@ -201,8 +202,10 @@ def cmd_dataset(args: argparse.Namespace) -> int:
         else:
             kwargs = {"feature_service": args.features}
         frame = store.get_training_dataset(entities, timestamp_column=args.timestamp_column, output=args.out, **kwargs)
+        manifest = json.loads(Path(f"{args.out}.manifest.json").read_text())
         console.print(
-            f"wrote {len(frame)} rows x {len(frame.columns)} columns to {args.out} (manifest: {args.out}.manifest.json)"
+            f"wrote {len(frame)} rows x {len(frame.columns)} columns to {args.out}, joined in "
+            f"{'Arrow' if manifest.get('joined_in') == 'arrow' else 'Spark'} (manifest: {args.out}.manifest.json)"
         )
         console.print(frame.head(10).to_string())
         if args.plot:

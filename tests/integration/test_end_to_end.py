@@ -6,6 +6,7 @@ skewless itself.
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import uuid
@@ -34,13 +35,15 @@ TTL = {
 }
 
 
-def make_repo(path: Path, source_url: str, registry_url: str, online_url: str) -> Path:
+def make_repo(path: Path, source_url: str, registry_url: str, online_url: str, *, arrow_join: bool = True) -> Path:
+    """The example repository; ``arrow_join=False`` sends every training set to Spark (arrow_join_max_mb: 0)."""
     shutil.copytree(ROOT / "definitions", path / "definitions", ignore=shutil.ignore_patterns("__pycache__"))
     (path / "skewless.yaml").write_text(
         f"project: e2e_{uuid.uuid4().hex[:8]}\n"
         f"registry: {registry_url}\n"
         "offline:\n  path: offline\n"
-        f"online:\n  url: {online_url}\n"
+        + ("" if arrow_join else "  arrow_join_max_mb: 0\n")
+        + f"online:\n  url: {online_url}\n"
         f"connections:\n  payments: {source_url}\n"
     )
     return path
@@ -51,15 +54,17 @@ def materialized(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, spark: Any, redis_url: str
 ) -> Iterator[tuple[FeatureStore, dict[str, pd.DataFrame]]]:
     """The example repository, materialized. "warm engine": every offline job of the module (those that take
-    pandas rows) runs in the repository's warm engine (offline/daemon.py) instead of this process."""
+    pandas rows) runs in the repository's warm engine (offline/daemon.py) instead of this process, training sets
+    included: they are joined in Spark there, while the other two parameters join them in Arrow here."""
     tmp = tmp_path_factory.mktemp(f"e2e_{request.param.replace(' ', '_')}")
     if request.param == "postgres":
         source_url = registry_url = request.getfixturevalue("postgres_url")
     else:
         source_url = registry_url = f"sqlite:///{tmp / 'payments.db'}"
     create_example_data(source_url, cards=150, merchants=30, payments=2_500, days=20)
-    store = FeatureStore(make_repo(tmp / "repo", source_url, registry_url, redis_url))
-    if request.param == "warm engine":
+    warm = request.param == "warm engine"
+    store = FeatureStore(make_repo(tmp / "repo", source_url, registry_url, redis_url, arrow_join=not warm))
+    if warm:
         daemon.start_engine(store.config)
     store.apply()
     try:
@@ -429,3 +434,5 @@ def test_a_training_set_with_a_function_is_reproduced_identically(
     first = store.get_training_dataset(entities, features=["payment_shape:*"], timestamp_column="ts", output=out)
     again = store.reproduce_training_dataset(f"{out}.manifest.json", output=str(tmp_path / "again.parquet"))
     pd.testing.assert_frame_equal(again, first)
+    joined_in = json.loads(Path(f"{out}.manifest.json").read_text())["joined_in"]
+    assert joined_in == ("spark" if store.config.arrow_join_max_mb == 0 else "arrow")

@@ -7,6 +7,7 @@ tests/integration/test_end_to_end.py, against the pandas oracle.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
@@ -50,7 +51,7 @@ def store(tmp_path_factory: pytest.TempPathFactory, spark: Any, redis_url: str) 
     tmp = tmp_path_factory.mktemp("warm")
     url = f"sqlite:///{tmp / 'payments.db'}"
     create_example_data(url, cards=40, merchants=10, payments=400, days=5)
-    repo = make_repo(tmp / "repo", url, url, redis_url)
+    repo = make_repo(tmp / "repo", url, url, redis_url, arrow_join=False)  # training sets go to the engine
     assert main(["engine", "start", "--repo", str(repo)]) == 0
     store = FeatureStore(repo)
     store.apply()
@@ -121,6 +122,23 @@ def test_errors_come_back_with_their_type_and_message(store: FeatureStore) -> No
     local.close()
     assert str(remote.value) == str(here.value)
     assert "card_id" in str(remote.value)
+
+
+def test_a_training_set_the_arrow_join_takes_stays_in_the_caller(store: FeatureStore) -> None:
+    """With Arrow allowed, no job reaches the engine, and the set equals the one the engine joins in Spark."""
+    entities = pd.DataFrame({"card_id": [1, 2, 3, 99], "ts": [pd.Timestamp.now(tz="UTC")] * 4})
+    refs = ["card_profile:credit_limit"]
+    before = jobs(store)
+    in_engine = store.get_training_dataset(entities, features=refs, timestamp_column="ts")
+    assert jobs(store) == before + 1
+    arrow = FeatureStore(config=dataclasses.replace(store.config, arrow_join_max_mb=1024))
+    try:
+        here = arrow.get_training_dataset(entities, features=refs, timestamp_column="ts")
+    finally:
+        arrow.close()
+    assert jobs(store) == before + 1
+    pd.testing.assert_frame_equal(here, in_engine)
+    assert here["card_profile__credit_limit"].notna().sum() == 3  # cards 1-3 have a profile; card 99 does not
 
 
 def test_a_caller_with_other_code_or_settings_runs_the_job_itself(

@@ -7,6 +7,7 @@ requires the training set to hold exactly what Redis held at each of those times
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import uuid
@@ -185,9 +186,22 @@ def test_online_values_after_each_day_match_the_oracle(replayed: Any) -> None:
                 assert same(expected[name], got), (end, card, name, expected[name], got)
 
 
-def test_training_set_equals_what_redis_served(replayed: Any) -> None:
+@pytest.fixture(params=["arrow", "spark"])
+def trainer(request: pytest.FixtureRequest, replayed: Any) -> Iterator[FeatureStore]:
+    """The replayed repository, its training sets joined in Arrow (the default here) or in Spark."""
+    store = replayed[0]
+    if request.param == "arrow":
+        yield store
+        return
+    spark_only = FeatureStore(config=dataclasses.replace(store.config, arrow_join_max_mb=0))
+    yield spark_only
+    spark_only.close()
+
+
+def test_training_set_equals_what_redis_served(replayed: Any, trainer: FeatureStore) -> None:
     """The serving-equivalent contract: at each replayed time, the training row is exactly Redis's value."""
-    store, _, seen, _ = replayed
+    _, _, seen, _ = replayed
+    store = trainer
     entities = pd.concat(
         [pd.DataFrame({"card_id": frame["card_id"], "ts": end}) for end, frame in seen.items()], ignore_index=True
     )
@@ -200,8 +214,9 @@ def test_training_set_equals_what_redis_served(replayed: Any) -> None:
         assert left == right, name  # bit for bit: serving publishes the stored rows
 
 
-def test_training_set_between_ticks_matches_the_oracle(replayed: Any) -> None:
-    store, rows, _, _ = replayed
+def test_training_set_between_ticks_matches_the_oracle(replayed: Any, trainer: FeatureStore) -> None:
+    _, rows, _, _ = replayed
+    store = trainer
     rng = random.Random(5)
     times = [START + timedelta(seconds=rng.randrange(0, (DAYS + 1) * 86_400)) for _ in range(120)]
     times += [START + CADENCE * k for k in range(1, 6)]  # exactly on ticks
