@@ -257,9 +257,7 @@ def arrow_join_problem(config: RepoConfig, manifest: dict[str, Any], entities: A
     """
     if is_spark(entities):
         return "the entity rows are a Spark DataFrame"
-    entities = as_arrow(entities)
-    _check_entity_columns(manifest, entities.column_names)
-    problem = _arrow_snapshots(config, manifest, entities)
+    problem = _arrow_snapshots(config, manifest, as_arrow(entities))
     return problem if isinstance(problem, str) else None
 
 
@@ -271,14 +269,16 @@ def can_reproduce_in_arrow(config: RepoConfig, manifest_path: str) -> bool:
     try:
         manifest = load_manifest(manifest_path)
         entities = pq.read_schema(manifest["entities"]["path"]).empty_table()
-        _check_entity_columns(manifest, entities.column_names)
         return isinstance(_arrow_snapshots(config, manifest, entities), dict)
     except (SkewlessError, OSError, KeyError, ValueError):
         return False
 
 
-def _arrow_snapshots(config: RepoConfig, manifest: dict[str, Any], entities: pa.Table | None) -> dict[str, Any] | str:
-    """The snapshot of every view's table when the set can be joined in Arrow; otherwise why not."""
+def _arrow_snapshots(
+    config: RepoConfig, manifest: dict[str, Any], entities: pa.Table | None
+) -> dict[str, delta_log.Snapshot] | str:
+    """The snapshot of every view's table when the set can be joined in Arrow; otherwise why not. Entity rows
+    without a column the join needs raise :class:`EntityKeyError` (whichever engine would join them)."""
     import pyarrow as pa
 
     if entities is None:
@@ -287,6 +287,7 @@ def _arrow_snapshots(config: RepoConfig, manifest: dict[str, Any], entities: pa.
         return "the result is asked as a Spark DataFrame"
     if config.arrow_join_max_mb == 0:
         return "offline.arrow_join_max_mb is 0"
+    _check_entity_columns(manifest, entities.column_names)
     schema = entities.schema
     accepts: dict[DType, Callable[[pa.DataType], bool]] = {
         DType.INT64: lambda t: pa.types.is_integer(t) and t != pa.uint64(),
@@ -335,7 +336,7 @@ def _freshness(info: dict[str, Any]) -> tuple[int | None, datetime | None]:
     return None, datetime.fromisoformat(info["through"]) + timedelta(seconds=info["ttl_seconds"])
 
 
-def _join_in_arrow(manifest: dict[str, Any], entities: pa.Table, snapshots: dict[str, Any]) -> pa.Table:
+def _join_in_arrow(manifest: dict[str, Any], entities: pa.Table, snapshots: dict[str, delta_log.Snapshot]) -> pa.Table:
     views = []
     for name, info in manifest["views"].items():
         keys = tuple((k["name"], DType(k["dtype"])) for k in info["join_keys"])
