@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -16,7 +17,8 @@ import pytest
 from features.config import RepoConfig
 from features.dtypes import DType
 from features.errors import EntityKeyError
-from offline.datasets import DatasetError, reproduce, table_sha256, training_dataset
+from offline import delta_log
+from offline.datasets import DatasetError, arrow_join_problem, describe, reproduce, table_sha256, training_dataset
 from offline.materialize import materialize
 from offline.tables import table_path, table_version
 from tests.offline.support import make_plan, make_view
@@ -244,3 +246,20 @@ def test_auto_joins_in_arrow_unless_it_cannot(spark: Any, repo: dict[str, Any], 
         sets[name] = json.loads(Path(f"{out}.manifest.json").read_text())
     assert [m["joined_in"] for m in sets.values()] == ["arrow", "spark", "spark"]
     assert sets["arrow"]["result"]["sha256"] == sets["spark"]["result"]["sha256"]
+
+
+@pytest.mark.spark
+def test_tables_over_the_limit_are_joined_in_spark_and_the_log_says_why(
+    spark: Any, repo: dict[str, Any], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    config, plan = repo["config"], repo["plan"]
+    monkeypatch.setattr(delta_log.Snapshot, "size", property(lambda self: 600 * 2**20))  # two tables: 1,200 MiB
+    manifest = describe(config, plan, 8, REFS)
+    assert arrow_join_problem(config, manifest, entities()) == (
+        "the feature tables hold 1,200 MiB, over offline.arrow_join_max_mb (1024)"
+    )
+    roomy = RepoConfig(root=config.root, connections=config.connections, arrow_join_max_mb=1200)
+    assert arrow_join_problem(roomy, manifest, entities()) is None
+    with caplog.at_level(logging.INFO, logger="offline.datasets"):
+        training_dataset(lambda: spark, config, plan, 8, entities(), REFS)
+    assert any("in Spark: the feature tables hold 1,200 MiB" in r.getMessage() for r in caplog.records)
