@@ -240,12 +240,22 @@ def test_auto_joins_in_arrow_unless_it_cannot(spark: Any, repo: dict[str, Any], 
         ("arrow", config, entities()),
         ("spark", no_arrow, entities()),
         ("float ids", config, entities().astype({"account_id": "float64"})),  # Spark casts those; Arrow leaves them
+        ("paris int32", config, in_paris_with_int32_ids()),  # the same instants and keys, other types
     ]:
         out = str(tmp_path / f"{name}.parquet")
         training_dataset(lambda: spark, cfg, plan, 8, frame, REFS, output=out)
         sets[name] = json.loads(Path(f"{out}.manifest.json").read_text())
-    assert [m["joined_in"] for m in sets.values()] == ["arrow", "spark", "spark"]
+    assert [m["joined_in"] for m in sets.values()] == ["arrow", "spark", "spark", "arrow"]
     assert sets["arrow"]["result"]["sha256"] == sets["spark"]["result"]["sha256"]
+    features = ["acct__balance", "acct__low", "spend__amount"]
+    utc, paris = (pq.read_table(sets[name]["result"]["path"]).select(features) for name in ("arrow", "paris int32"))
+    assert paris.equals(utc)
+
+
+def in_paris_with_int32_ids() -> pd.DataFrame:
+    frame = entities()
+    frame["event_timestamp"] = frame["event_timestamp"].dt.tz_localize("UTC").dt.tz_convert("Europe/Paris")
+    return frame.astype({"account_id": "int32"})
 
 
 @pytest.mark.spark
