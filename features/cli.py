@@ -202,10 +202,9 @@ def cmd_dataset(args: argparse.Namespace) -> int:
         else:
             kwargs = {"feature_service": args.features}
         frame = store.get_training_dataset(entities, timestamp_column=args.timestamp_column, output=args.out, **kwargs)
-        manifest = json.loads(Path(f"{args.out}.manifest.json").read_text())
         console.print(
             f"wrote {len(frame)} rows x {len(frame.columns)} columns to {args.out}, joined in "
-            f"{'Arrow' if manifest.get('joined_in') == 'arrow' else 'Spark'} (manifest: {args.out}.manifest.json)"
+            f"{joined_in(args.out)} (manifest: {args.out}.manifest.json)"
         )
         console.print(frame.head(10).to_string())
         if args.plot:
@@ -213,6 +212,12 @@ def cmd_dataset(args: argparse.Namespace) -> int:
 
             console.print(f"coverage picture: {plot_coverage(frame, args.timestamp_column, args.plot)}")
     return 0
+
+
+def joined_in(output: str) -> str:
+    """Which engine joined the training set written to ``output`` ("Arrow" or "Spark"), from its manifest."""
+    manifest = json.loads(Path(f"{output}.manifest.json").read_text())
+    return "Arrow" if manifest.get("joined_in") == "arrow" else "Spark"
 
 
 def _read_table(path: str, timestamp_column: str):  # type: ignore[no-untyped-def]

@@ -141,12 +141,22 @@ def describe(
 
 
 def load_manifest(manifest_path: str) -> dict[str, Any]:
-    """A training set's manifest, as written next to it."""
+    """A training set's manifest, as written next to it, with its views in the order the set's columns follow.
+
+    The file is written with sorted keys, so its ``views`` come back in name order; the set's columns follow
+    the order in which its refs first name each view (then the views only joined as inputs of on-demand
+    features, whose columns are dropped). That order is restored here, or a rebuilt set would have its columns
+    in another order, and another hash.
+    """
     path = Path(manifest_path)
     try:
         manifest: dict[str, Any] = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise DatasetError(f"cannot read the manifest {path}: {exc}") from exc
+    views = manifest.get("views", {})
+    named = dict.fromkeys(ref.partition(":")[0] for ref in manifest.get("refs", []))
+    order = [v for v in named if v in views] + [v for v in views if v not in named]
+    manifest["views"] = {name: views[name] for name in order}
     return manifest
 
 

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from features.cli import print_diff
+from features.cli import joined_in, print_diff
 from features.console import console, progress_bars, table
 from features.plots import plot_coverage
 from features.store import FeatureStore
@@ -71,7 +71,7 @@ def run_demo(args: argparse.Namespace) -> int:
         entities, feature_service="fraud_model", timestamp_column="paid_at", output=str(out)
     )
     filled = training.drop(columns=list(entities.columns)).notna().mean().round(3)
-    console.print(f"{len(training)} rows x {len(training.columns)} columns -> {out}")
+    console.print(f"{len(training)} rows x {len(training.columns)} columns -> {out} (joined in {joined_in(str(out))})")
     console.print(table("Share of rows with a value, per feature", ["feature", "filled"], list(filled.items())))
     head = training.head(3)
     rows = [(column, *(_cell(v, "present") for v in head[column])) for column in training.columns]

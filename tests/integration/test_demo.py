@@ -46,7 +46,36 @@ def test_demo_runs_the_whole_path(tmp_path: Path) -> None:
         frame = pd.read_parquet(dataset)
         assert len(frame) == 800 and "card_profile__credit_limit" in frame.columns
         manifest = json.loads(Path(f"{dataset}.manifest.json").read_text())
-        assert manifest["plan_version"] == 1
+        assert manifest["plan_version"] == 1 and "(joined in Arrow)" in out
+        # `skewless dataset` on the demo's entity rows gives the demo's columns; --reproduce rebuilds it.
+        cli = [sys.executable, "-m", "features.cli", "dataset", "--repo", str(repo)]
+        again_path = tmp_path / "again.parquet"
+        refs = "card_profile:credit_limit,card_last_payment:amount_eur"
+        entities = f"{dataset}.entities.parquet"
+        built = subprocess.run(
+            [
+                *cli,
+                "--entities",
+                entities,
+                "--features",
+                refs,
+                "--timestamp-column",
+                "paid_at",
+                "--out",
+                f"{again_path}",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert built.returncode == 0 and "joined in Arrow" in built.stdout, built.stdout[-3000:] + built.stderr[-3000:]
+        columns = ["card_profile__credit_limit", "card_last_payment__amount_eur"]
+        pd.testing.assert_frame_equal(pd.read_parquet(again_path)[columns], frame[columns])
+        rebuilt = subprocess.run(
+            [*cli, "--reproduce", f"{again_path}.manifest.json"], env=env, capture_output=True, text=True, timeout=600
+        )
+        assert rebuilt.returncode == 0 and "rebuilt the dataset" in rebuilt.stdout, rebuilt.stderr[-3000:]
         # Running it again works on the same repository (embedded server reused, plan unchanged).
         again = subprocess.run(
             [sys.executable, "-m", "features.cli", "demo", "--repo", str(repo), "--cards", "60", "--payments", "800"],

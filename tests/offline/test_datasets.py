@@ -193,6 +193,21 @@ def test_reproduce_is_identical_after_more_data(
 
 
 @pytest.mark.spark
+@pytest.mark.parametrize("join", ["arrow", "spark"])
+def test_reproduce_keeps_the_column_order_of_refs_not_in_name_order(
+    spark: Any, repo: dict[str, Any], tmp_path: Path, join: str
+) -> None:
+    """The manifest is written with sorted keys ("acct" before "spend"); the set's columns follow the refs."""
+    config, plan = repo["config"], repo["plan"]
+    refs = ["spend:amount", "acct:low", "acct:balance"]
+    out = str(tmp_path / "spend-first.parquet")
+    first = training_dataset(lambda: spark, config, plan, 8, entities(), refs, output=out, join=join)
+    assert list(first.columns)[-3:] == ["spend__amount", "acct__low", "acct__balance"]
+    again = reproduce(lambda: spark, config, plan, f"{out}.manifest.json", join=join)
+    pd.testing.assert_frame_equal(again, first)
+
+
+@pytest.mark.spark
 def test_output_formats_and_spark_input(spark: Any, repo: dict[str, Any]) -> None:
     config, plan, frame = repo["config"], repo["plan"], entities()
     session = lambda: spark  # noqa: E731
