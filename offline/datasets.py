@@ -347,7 +347,10 @@ def _freshness(info: dict[str, Any]) -> tuple[int | None, datetime | None]:
 
 
 def _join_in_arrow(manifest: dict[str, Any], entities: pa.Table, snapshots: dict[str, delta_log.Snapshot]) -> pa.Table:
-    views = []
+    """The feature columns, joined one view at a time so that only one view's table is in memory at once."""
+    import pyarrow as pa
+
+    joined: dict[str, pa.ChunkedArray] = {}
     for name, info in manifest["views"].items():
         keys = tuple((k["name"], DType(k["dtype"])) for k in info["join_keys"])
         columns = [*(k for k, _ in keys), *info["features"], EVENT_TIMESTAMP, CREATED_TIMESTAMP]
@@ -358,8 +361,11 @@ def _join_in_arrow(manifest: dict[str, Any], entities: pa.Table, snapshots: dict
                 f"cannot read view '{name}' at version {info['version']} from {info['path']}: {exc}"
             ) from exc
         ttl, valid_until = _freshness(info)
-        views.append(arrow_join.ArrowView(name, keys, tuple(info["features"]), ttl, table, valid_until))
-    return arrow_join.point_in_time_join(entities, manifest["timestamp_column"], views)
+        view = arrow_join.ArrowView(name, keys, tuple(info["features"]), ttl, table, valid_until)
+        result = arrow_join.point_in_time_join(entities, manifest["timestamp_column"], [view])
+        joined.update(zip(result.column_names, result.columns, strict=True))
+        del table, view, result  # before the next view's table is read
+    return pa.table(joined)
 
 
 def function_loader(config: RepoConfig) -> FunctionLoader:
