@@ -83,10 +83,11 @@ def point_in_time_join(entities: pa.Table, timestamp_column: str, views: Sequenc
     times = _micros(entities.column(timestamp_column))
     columns: dict[str, pa.Array] = {}
     for view in views:
-        keys = [_cast(entities.column(name), dtype) for name, dtype in view.join_keys]
+        # As the stored key types; offline.datasets sends only key columns that cast safely (ints, strings, ...).
+        keys = [entities.column(name).cast(arrow_type(dtype)) for name, dtype in view.join_keys]
         for feature, values in zip(view.features, _join_view(keys, times, view), strict=True):
             columns[view.column(feature)] = values
-    return pa.table(columns) if columns else pa.table({})
+    return pa.table(columns)
 
 
 def _join_view(entity_keys: list[pa.ChunkedArray], times: np.ndarray, view: ArrowView) -> list[pa.Array]:
@@ -157,11 +158,6 @@ def _key_codes(columns: list[pa.ChunkedArray]) -> tuple[np.ndarray, np.ndarray]:
         code = part if code is None else np.unique(code * size + part, return_inverse=True)[1].astype(np.int64)
     assert code is not None and missing is not None
     return code, missing
-
-
-def _cast(column: pa.ChunkedArray, dtype: DType) -> pa.ChunkedArray:
-    """An entity key column as the key's stored type (the caller checked the types are compatible)."""
-    return column.cast(arrow_type(dtype))
 
 
 def _micros(column: pa.ChunkedArray) -> np.ndarray:
