@@ -302,8 +302,8 @@ def render(results: dict[str, Any], *, picture: str | None = None) -> str:
         "(duckdb offline store, Redis online store). Peak RSS is the whole process tree (the Spark JVM included)."
         + (
             " *skewless, warm engine*: the same commands while `skewless engine start` keeps Spark running (the "
-            "engine was started, and ran one job of each kind, before the measured runs); its peak RSS is the "
-            "calling process's, the engine's own is the row of case 1-2."
+            "engine was started, and ran three materializations and one training set, before the measured runs); "
+            "its peak RSS is the calling process's, the engine's own is the row of case 1-2."
             if SKEWLESS_WARM in systems
             else ""
         ),

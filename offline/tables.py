@@ -47,6 +47,16 @@ def table_schema(view: ViewPlan) -> StructType:
     return T.StructType(fields)
 
 
+# Delta collects min/max statistics only for these columns (the table property below): the keys and times that
+# reads filter on. Statistics of every feature column cost ~10% of writing a table and no query here uses them.
+STATS_PROPERTY = "delta.dataSkippingStatsColumns"
+
+
+def stats_columns(view: ViewPlan) -> str:
+    """The value of :data:`STATS_PROPERTY` for ``view``'s table."""
+    return ",".join(quote_spark(c) for c in (*view.key_names, EVENT_TIMESTAMP, CREATED_TIMESTAMP, PUBLISHED_AT))
+
+
 def table_version(spark: SparkSession, path: Path | str) -> int | None:
     """The current version of the Delta table at ``path``; None when there is no table yet."""
     from delta.tables import DeltaTable
@@ -155,8 +165,11 @@ def prepare_rows(view: ViewPlan, computed: DataFrame) -> PreparedRows:
     ).where(valid)
     partition = [F.col(quote_spark(n)) for n in (*keys, CREATED_TIMESTAMP)]
     order = [F.col(quote_spark(f)).asc_nulls_first() for f in view.feature_names] or [F.lit(1)]
-    ranked = rows.withColumn("__rank", F.row_number().over(Window.partitionBy(*partition).orderBy(*order)))
-    deduped = ranked.where(F.col("__rank") == 1).drop("__rank")
+    # The first row of its group is the one without a previous row. Not ``row_number() == 1``: for that Spark
+    # sorts every partition before the shuffle too (a partial group limit), which pays off only when groups are
+    # large; here nearly every group is one row (measured: the dedup ~35% slower).
+    previous = F.lag(F.lit(True)).over(Window.partitionBy(*partition).orderBy(*order))
+    deduped = rows.withColumn("__previous", previous).where(F.col("__previous").isNull()).drop("__previous")
     return PreparedRows(deduped.observe(kept, F.count(F.lit(1)).alias("rows")), view.name, read, kept)
 
 
@@ -183,8 +196,12 @@ def write_rows(
     from delta.tables import DeltaTable
 
     if not DeltaTable.isDeltaTable(spark, str(path)):
-        _with_published_at(view, prepared.frame, published_at).write.format("delta").mode("errorifexists").save(
-            str(path)
+        (
+            _with_published_at(view, prepared.frame, published_at)
+            .write.format("delta")
+            .mode("errorifexists")
+            .option(STATS_PROPERTY, stats_columns(view))  # options named delta.* become table properties
+            .save(str(path))
         )
         counts = prepared.counts()
         return Written(counts, counts.kept, created_version=0)  # a table's first commit is version 0
@@ -224,7 +241,13 @@ def merge_rows(spark: SparkSession, path: Path | str, view: ViewPlan, rows: Data
     """
     from delta.tables import DeltaTable
 
-    (DeltaTable.createIfNotExists(spark).location(str(path)).addColumns(table_schema(view)).execute())
+    (
+        DeltaTable.createIfNotExists(spark)
+        .location(str(path))
+        .addColumns(table_schema(view))
+        .property(STATS_PROPERTY, stats_columns(view))
+        .execute()
+    )
     source = _with_published_at(view, rows, published_at)
 
     def col(side: str, name: str) -> str:

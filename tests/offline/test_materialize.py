@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import shutil
 import sqlite3
@@ -223,6 +224,17 @@ def test_online_gets_the_latest_row_per_entity(world: dict[str, Any]) -> None:
 
 
 @pytest.mark.spark
+def test_a_first_run_over_an_empty_window_creates_an_empty_table(spark: Any, world: dict[str, Any]) -> None:
+    """Its row counts are observed in a shuffle stage that turns out empty; Spark must still report them (when
+    it did not, the run waited for them and failed with MaterializationError)."""
+    view = dataclasses.replace(world["view"], name="empty_window")
+    store = FileOnlineStore(world["root"] / "online-empty")
+    result = materialize(spark, world["config"], make_plan(view), view, start=MID, end=END, online=store)
+    assert (result.rows_read, result.rows_written_offline, result.rows_published) == (0, 0, 0)
+    assert result.offline_version == 0 and delta_rows(spark, table_path(world["config"], view)) == set()
+
+
+@pytest.mark.spark
 def test_rerunning_a_window_changes_nothing(spark: Any, world: dict[str, Any]) -> None:
     path = table_path(world["config"], world["view"])
     version = table_version(spark, path)
@@ -231,6 +243,31 @@ def test_rerunning_a_window_changes_nothing(spark: Any, world: dict[str, Any]) -
     assert result.rows_written_offline == 0
     assert table_version(spark, path) == version
     assert {tuple(r) for r in read_table(spark, path).collect()} == before
+
+
+@pytest.mark.spark
+def test_tables_hold_int64_timestamps_and_statistics_of_keys_and_times(world: dict[str, Any]) -> None:
+    """Read with pyarrow and json, not Spark: the Parquet files hold INT64 microsecond timestamps, and Delta's
+    statistics cover the key and the three times."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = table_path(world["config"], world["view"])
+    times = ["event_timestamp", "created_timestamp", "published_at"]
+    actions = [
+        json.loads(line) for f in sorted((path / "_delta_log").glob("*.json")) for line in f.read_text().splitlines()
+    ]
+    configuration = next(a["metaData"]["configuration"] for a in actions if "metaData" in a)
+    assert configuration["delta.dataSkippingStatsColumns"] == ",".join(f"`{c}`" for c in ["user_id", *times])
+    added = [a["add"] for a in actions if "add" in a]
+    assert added
+    for add in added:
+        assert set(json.loads(add["stats"])["minValues"]) <= {"user_id", *times}
+        file = pq.ParquetFile(path / add["path"])
+        arrow = file.schema_arrow
+        for name in times:
+            assert file.schema.column(file.schema.names.index(name)).physical_type == "INT64"
+            assert arrow.field(name).type == pa.timestamp("us", tz="UTC")
 
 
 @pytest.mark.spark
