@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from offline import delta_log
@@ -38,11 +39,18 @@ def _sorted(table: pa.Table) -> list[dict[str, Any]]:
 @pytest.fixture(scope="module")
 def history(spark: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A table of 14 versions: a create, then MERGEs that update existing rows (files removed and re-added) and
-    insert new ones, with a checkpoint at version 10 (Delta's default interval) and user metadata on some."""
+    insert new ones, with a checkpoint at version 10 (Delta's default interval) and user metadata on some.
+    The create writes Spark's legacy INT96 timestamps (tables written before skewless chose INT64), the
+    MERGEs INT64 ones, so later versions mix both."""
     from delta.tables import DeltaTable
 
     path = Path(tmp_path_factory.mktemp("delta")) / "table"
-    _frame(spark, _rows(0, 40, 0)).repartition(2).write.format("delta").save(str(path))
+    spark.conf.set("spark.sql.parquet.outputTimestampType", "INT96")
+    try:
+        # Two files by id range: the early MERGEs rewrite the first only, so INT96 and INT64 files coexist.
+        _frame(spark, _rows(0, 40, 0)).repartitionByRange(2, "id").write.format("delta").save(str(path))
+    finally:
+        spark.conf.set("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
     for version in range(1, 14):
         changes = _frame(spark, _rows(version * 3, 10, version))
         merge = (
@@ -73,6 +81,13 @@ def test_every_version_reads_as_spark_reads_it(spark: Any, history: Path) -> Non
         assert _sorted(ours) == _sorted(theirs), f"version {version}"
     latest = delta_log.snapshot(history, 13)
     assert latest.size == sum(f.path.stat().st_size for f in latest.files) > 0
+
+    def timestamp_types(version: int) -> set[str]:
+        files = (pq.ParquetFile(f.path).schema for f in delta_log.snapshot(history, version).files)
+        return {schema.column(schema.names.index("event_timestamp")).physical_type for schema in files}
+
+    # Versions compared above that mixed both kinds of file.
+    assert {"INT96", "INT64"} in [timestamp_types(v) for v in range(14)]
 
 
 @pytest.mark.spark
