@@ -48,6 +48,7 @@ FEAST_CLI = ROOT / "bench" / ".feast-venv" / "bin" / "feast"
 SKEWLESS_CLI = Path(sys.executable).parent / "skewless"
 _T0 = time.monotonic()
 LOAD_START = round(os.getloadavg()[0], 1)
+WARM_UP_MATERIALIZATIONS = 3  # unmeasured runs through the warm engine first (see start_warm_engine)
 
 
 def log(message: str) -> None:
@@ -144,9 +145,6 @@ def server(cmd: list[str], port: int, *, logfile: Path, env: dict[str, str] | No
             _kill_group(proc)
 
 
-WARM_UP_MATERIALIZATIONS = 3
-
-
 # -- data -----------------------------------------------------------------------------------------------------
 def start_warm_engine(
     stack: contextlib.ExitStack, sk: list[str], repo: Path, entities: Path, work: Path, logs: Path, timeout: float
@@ -171,8 +169,7 @@ def start_warm_engine(
     )
     log(
         f"warm engine (pid {info['pid']}) started and warmed up with {WARM_UP_MATERIALIZATIONS} materializations "
-        f"and one training set in "
-        f"{time.perf_counter() - began:.0f} s"
+        f"and one training set in {time.perf_counter() - began:.0f} s"
     )
     rss = PeakRss(int(info["pid"]))
     rss.__enter__()

@@ -78,7 +78,8 @@ def default_conf() -> dict[str, str]:
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         # When a shuffle stage turns out empty (a window with no source rows), this rule replaces the query's
         # plan by an empty one, and the row counts observed in that stage (``offline.tables.prepare_rows``) go
-        # with it: Spark never reports them. Without it an empty stage costs one more task per partition.
+        # with it: Spark never reports them. Without the rule, a query whose input is empty runs its later
+        # stages on no rows instead of skipping them.
         "spark.sql.adaptive.optimizer.excludedRules": (
             "org.apache.spark.sql.execution.adaptive.AQEPropagateEmptyRelation"
         ),

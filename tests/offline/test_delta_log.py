@@ -45,12 +45,13 @@ def history(spark: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from delta.tables import DeltaTable
 
     path = Path(tmp_path_factory.mktemp("delta")) / "table"
+    session_type = spark.conf.get("spark.sql.parquet.outputTimestampType")
     spark.conf.set("spark.sql.parquet.outputTimestampType", "INT96")
     try:
         # Two files by id range: the early MERGEs rewrite the first only, so INT96 and INT64 files coexist.
         _frame(spark, _rows(0, 40, 0)).repartitionByRange(2, "id").write.format("delta").save(str(path))
     finally:
-        spark.conf.set("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
+        spark.conf.set("spark.sql.parquet.outputTimestampType", session_type)
     for version in range(1, 14):
         changes = _frame(spark, _rows(version * 3, 10, version))
         merge = (
