@@ -166,6 +166,19 @@ def test_skewless_engine_here_keeps_the_job_in_this_process(
     assert jobs(store) == before
 
 
+def test_the_engine_s_jvm_keeps_the_optimizing_jit(store: FeatureStore) -> None:
+    from offline.session import ONE_SHOT_JIT
+
+    info = daemon.engine_info(store.config)
+    assert info is not None
+    children = Path(f"/proc/{info['pid']}/task/{info['pid']}/children").read_text().split()
+    command_lines = [Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0") for child in children]
+    jvms = [line for line in command_lines if any(b"SparkSubmit" in part for part in line)]
+    assert len(jvms) == 1  # the engine's Spark, started when the engine started
+    assert not any(ONE_SHOT_JIT.encode() in part for part in jvms[0])
+    assert any(b"-Duser.timezone=UTC" in part for part in jvms[0])  # the rest of the driver's options stay
+
+
 def test_a_caller_without_the_key_is_refused(store: FeatureStore) -> None:
     info = daemon.engine_info(store.config)
     assert info is not None
@@ -195,16 +208,3 @@ def test_an_idle_engine_stops_by_itself(tmp_path: Path) -> None:
     watchdog.start()
     watchdog.join(timeout=10)
     assert server._stopping.is_set()
-
-
-def test_the_engine_s_jvm_keeps_the_optimizing_jit(store: FeatureStore) -> None:
-    from offline.session import ONE_SHOT_JIT
-
-    info = daemon.engine_info(store.config)
-    assert info is not None
-    children = Path(f"/proc/{info['pid']}/task/{info['pid']}/children").read_text().split()
-    command_lines = [Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0") for child in children]
-    jvms = [line for line in command_lines if any(b"SparkSubmit" in part for part in line)]
-    assert len(jvms) == 1  # the engine's Spark, started when the engine started
-    assert not any(ONE_SHOT_JIT.encode() in part for part in jvms[0])
-    assert any(b"-Duser.timezone=UTC" in part for part in jvms[0])  # the rest of the driver's options stay
