@@ -101,8 +101,9 @@ def local_conf() -> dict[str, str]:
         # Delta rebuilds a table's file list with this many partitions (default 50, sized for clusters); the
         # list is small, and 50 tasks cost seconds on each first read of a table.
         "spark.databricks.delta.snapshotPartitions": "2",
-        # The Python workers run this interpreter, where skewless is installed: fork them from a daemon that
-        # stops each task re-reading every zip and jar on the path (see offline/python_daemon.py).
+        # The Python workers run this interpreter, where skewless is installed: fork them from a daemon without
+        # pyspark.daemon's fixed costs per task, re-reading every zip and jar on the path and a full garbage
+        # collection (see offline/python_daemon.py).
         "spark.python.daemon.module": "offline.python_daemon",
     }
 
