@@ -164,6 +164,7 @@ def cmd_materialize(args: argparse.Namespace) -> int:
             r.rows_published,
             "yes" if r.online_committed else ("already live" if r.online_current else "no"),
             "" if r.ticks_through is None else r.ticks_through.strftime("%Y-%m-%d %H:%M UTC"),
+            r.engine,
             f"{r.seconds:.1f}s",
         )
         for r in results
@@ -179,6 +180,7 @@ def cmd_materialize(args: argparse.Namespace) -> int:
                 "keys published",
                 "online",
                 "ticks through",
+                "computed in",
                 "time",
             ],
             rows,

@@ -9,6 +9,8 @@ offline:
     spark.master: local[2]
   concurrent_views: 2                          # views materialized at once (one Spark job each)
   arrow_join_max_mb: 1024                      # training sets over smaller tables join in Arrow; 0: Spark
+  arrow_materialize_max_rows: 5000000          # views without aggregations over fewer source rows per run
+                                               # materialize in Arrow (PostgreSQL sources); 0: Spark
 online:
   url: embedded                                # or redis://host:6379/0
 connections:
@@ -40,6 +42,10 @@ DEFAULT_CONCURRENT_VIEWS = 2
 # Arrow in the calling process instead of in Spark: no JVM to start (the benchmark's 2M rows are ~70 MiB, and
 # joining them takes ~1 GiB of memory). 0 joins everything in Spark.
 DEFAULT_ARROW_JOIN_MAX_MB = 1024
+# Views without aggregations whose run reads at most this many source rows (PostgreSQL sources) materialize in
+# Arrow in the calling process instead of in Spark (offline/arrow_materialize.py): the benchmark's 1M rows a view
+# take ~1 GiB of memory there at peak. 0 materializes everything in Spark.
+DEFAULT_ARROW_MATERIALIZE_MAX_ROWS = 5_000_000
 _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -86,6 +92,7 @@ class RepoConfig:
     offline_engine: str = "spark"
     concurrent_views: int = DEFAULT_CONCURRENT_VIEWS
     arrow_join_max_mb: int = DEFAULT_ARROW_JOIN_MAX_MB
+    arrow_materialize_max_rows: int = DEFAULT_ARROW_MATERIALIZE_MAX_ROWS
     connections: dict[str, str] = field(default_factory=dict)
     definitions: str = "definitions"
 
@@ -121,6 +128,9 @@ class RepoConfig:
             offline_engine=str(offline.get("engine", "spark")),
             concurrent_views=_whole_number(offline, "concurrent_views", DEFAULT_CONCURRENT_VIEWS, source),
             arrow_join_max_mb=_whole_number(offline, "arrow_join_max_mb", DEFAULT_ARROW_JOIN_MAX_MB, source, minimum=0),
+            arrow_materialize_max_rows=_whole_number(
+                offline, "arrow_materialize_max_rows", DEFAULT_ARROW_MATERIALIZE_MAX_ROWS, source, minimum=0
+            ),
             online_url=str(online.get("url", "embedded")),
             online_store=str(online.get("store", "redis")),
             connections={str(k): str(v) for k, v in connections.items()},

@@ -145,6 +145,7 @@ class MaterializationResult:
     seconds: float
     ticks_through: datetime | None = None  # windowed views: the last tick computed, which the values hold at
     online_current: bool = False  # nothing published: the online store already serves this offline version
+    engine: str = "spark"  # what computed it: "spark", or "arrow" (offline.arrow_materialize, no JVM)
 
 
 class Progress(Protocol):

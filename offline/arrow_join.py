@@ -80,7 +80,7 @@ def point_in_time_join(entities: pa.Table, timestamp_column: str, views: Sequenc
     """The ``<view>__<feature>`` columns for ``entities``, one row per entity row, in the entities' order."""
     import pyarrow as pa
 
-    times = _micros(entities.column(timestamp_column))
+    times = micros(entities.column(timestamp_column))
     columns: dict[str, pa.Array] = {}
     for view in views:
         # As the stored key types; offline.datasets sends only key columns that cast safely (ints, strings, ...).
@@ -107,8 +107,8 @@ def _join_view(entity_keys: list[pa.ChunkedArray], times: np.ndarray, view: Arro
     ]
     codes, missing = _key_codes(stacked_keys)
     entity_ok = ~missing[:n_entities] & (times != _NULL_TIME)
-    event = _micros(table.column(EVENT_TIMESTAMP))
-    created = _micros(table.column(CREATED_TIMESTAMP))
+    event = micros(table.column(EVENT_TIMESTAMP))
+    created = micros(table.column(CREATED_TIMESTAMP))
 
     # Stack the feature rows (side 0) and the entity rows that can match (side 1); sort like Spark's window.
     entity_rows = np.flatnonzero(entity_ok)
@@ -160,7 +160,7 @@ def _key_codes(columns: list[pa.ChunkedArray]) -> tuple[np.ndarray, np.ndarray]:
     return code, missing
 
 
-def _micros(column: pa.ChunkedArray) -> np.ndarray:
+def micros(column: pa.ChunkedArray) -> np.ndarray:
     """A timestamp column as int64 microseconds since the epoch (UTC; naive means UTC), null as the minimum.
     Nanoseconds are floored to the microsecond, the precision every store keeps."""
     import pyarrow as pa

@@ -169,3 +169,131 @@ def _matches(log: Path, pattern: re.Pattern[str]) -> Iterator[re.Match[str]]:
     for name in names:
         if match := pattern.match(name):
             yield match
+
+
+# -- writing --------------------------------------------------------------------------------------------------------
+# What offline.arrow_materialize needs and nothing more: create a table, or add files to one, each in a single
+# commit, the way Spark's Delta writes them (same protocol, schema string, table properties and statistics), so
+# Spark, this reader and the Arrow join read either writer's tables alike.
+
+PROTOCOL = {"minReaderVersion": 1, "minWriterVersion": 2}  # what Delta 4 gives the tables skewless creates
+ENGINE_INFO = "skewless-arrow"
+
+
+class CommitConflict(Exception):
+    """Another writer committed the version this commit was for: nothing of this commit is visible."""
+
+
+def write_data_file(root: Path | str, table: Any, stats_columns: tuple[str, ...]) -> dict[str, Any]:
+    """Write ``table`` (a pyarrow Table) as one Parquet file under ``root``; returns its ``add`` action.
+
+    The statistics are Spark's for ``stats_columns`` (the table's ``delta.dataSkippingStatsColumns``): row
+    count, null counts, and minimum and maximum of integer and timestamp columns, timestamps truncated to the
+    millisecond as Spark writes them (its reader allows for that). String and boolean columns get null counts
+    only: Spark truncates and pads string bounds, and leaving a bound out is always correct.
+    """
+    import uuid
+
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    name = f"part-00000-{uuid.uuid4()}-c000.snappy.parquet"
+    target = Path(root) / name
+    pq.write_table(table, target, compression="snappy")
+    minimum: dict[str, Any] = {}
+    maximum: dict[str, Any] = {}
+    nulls: dict[str, int] = {}
+    for column in stats_columns:
+        values = table.column(column)
+        nulls[column] = values.null_count
+        if values.null_count == len(values):
+            continue
+        if pa.types.is_integer(values.type):
+            bounds = pc.min_max(values)
+            minimum[column], maximum[column] = bounds["min"].as_py(), bounds["max"].as_py()
+        elif pa.types.is_timestamp(values.type):
+            bounds = pc.min_max(values.cast(pa.int64()))
+            minimum[column] = _stats_time(bounds["min"].as_py())
+            maximum[column] = _stats_time(bounds["max"].as_py())
+    stats = {"numRecords": table.num_rows, "minValues": minimum, "maxValues": maximum, "nullCount": nulls}
+    return {
+        "add": {
+            "path": name,
+            "partitionValues": {},
+            "size": target.stat().st_size,
+            "modificationTime": int(target.stat().st_mtime * 1000),
+            "dataChange": True,
+            "stats": json.dumps(stats, separators=(",", ":")),
+        }
+    }
+
+
+def new_table_actions(schema: list[tuple[str, str]], configuration: dict[str, str]) -> list[dict[str, Any]]:
+    """The ``metaData`` and ``protocol`` actions of a new table of ``schema`` (column name, Delta type name)."""
+    import time
+    import uuid
+
+    fields = [{"name": name, "type": kind, "nullable": True, "metadata": {}} for name, kind in schema]
+    return [
+        {
+            "metaData": {
+                "id": str(uuid.uuid4()),
+                "format": {"provider": "parquet", "options": {}},
+                "schemaString": json.dumps({"type": "struct", "fields": fields}, separators=(",", ":")),
+                "partitionColumns": [],
+                "configuration": configuration,
+                "createdTime": int(time.time() * 1000),
+            }
+        },
+        {"protocol": dict(PROTOCOL)},
+    ]
+
+
+def commit(root: Path | str, version: int, actions: list[dict[str, Any]], *, operation: str, mode: str) -> None:
+    """Write commit ``version`` of the table at ``root``: ``commitInfo`` then ``actions``, all or nothing.
+
+    The commit file appears at once and only if no other writer made that version first (a hard link of a
+    finished temporary file: put-if-absent on a local disk); otherwise :class:`CommitConflict`.
+    """
+    import os
+    import time
+    import uuid
+
+    log = Path(root) / LOG
+    log.mkdir(parents=True, exist_ok=True)
+    added = [a["add"] for a in actions if "add" in a]
+    rows = sum(json.loads(a["stats"])["numRecords"] for a in added)
+    info = {
+        "commitInfo": {
+            "timestamp": int(time.time() * 1000),
+            "operation": operation,
+            "operationParameters": {"mode": mode, "partitionBy": "[]"},
+            "isolationLevel": "Serializable",
+            "isBlindAppend": True,
+            "operationMetrics": {
+                "numFiles": str(len(added)),
+                "numOutputRows": str(rows),
+                "numOutputBytes": str(sum(a["size"] for a in added)),
+            },
+            "engineInfo": ENGINE_INFO,
+            "txnId": str(uuid.uuid4()),
+        }
+    }
+    text = "".join(json.dumps(a, separators=(",", ":")) + "\n" for a in (info, *actions))
+    temporary = log / f".{version:020d}.json.{uuid.uuid4()}.tmp"
+    temporary.write_text(text)
+    try:
+        os.link(temporary, log / f"{version:020d}.json")
+    except FileExistsError as exc:
+        raise CommitConflict(f"version {version} of {root} was committed by another writer") from exc
+    finally:
+        temporary.unlink()
+
+
+def _stats_time(micros: int) -> str:
+    """A timestamp statistic as Spark writes it: UTC, truncated to the millisecond."""
+    from datetime import UTC, datetime, timedelta
+
+    moment = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=micros - micros % 1000)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"

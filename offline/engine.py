@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from features.config import RepoConfig
 from features.plan import EVENT_TIMESTAMP, FeatureRefPlan, Plan, ViewPlan
 from features.protocols import MaterializationResult, OnlineStore, Progress
-from offline import daemon, datasets
+from offline import arrow_materialize, daemon, datasets
 from offline import materialize as materialize_module
 from offline.session import get_spark, stop_spark
 
@@ -52,7 +52,16 @@ class SparkEngine:
         republish: bool = False,
     ) -> MaterializationResult:
         """Compute ``view`` for ``start <= event time < end`` into Delta, then publish it online (unless the
-        online store already serves that table version and not ``republish``)."""
+        online store already serves that table version and not ``republish``).
+
+        A view without aggregations whose rows fit (:mod:`offline.arrow_materialize`) is materialized right
+        here in Arrow, without Spark; any other goes to the warm engine when one runs, else to this process's
+        session."""
+        in_arrow = arrow_materialize.materialize(
+            self.config, view, start=start, end=end, online=online, progress=progress, republish=republish
+        )
+        if in_arrow is not None:
+            return in_arrow
         warm = self._warm_engine()
         if warm is not None:
             # The engine publishes to the repository's online store, opened from the same settings.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -106,7 +106,7 @@ def materialize(
     """Compute ``view`` for source rows with ``start <= event time < end`` and publish it.
 
     A run that commits nothing to Delta publishes nothing either when the online store already serves the
-    table's current version (see :func:`_already_live`); ``republish`` publishes it again anyway (a store that
+    table's current version (see :func:`already_live`); ``republish`` publishes it again anyway (a store that
     lost keys).
 
     Raises :class:`~features.errors.SchemaMismatchError` (before anything is written) when the source changed,
@@ -146,7 +146,7 @@ def materialize(
     published, committed, current = 0, False, False
     if view.online and online is not None and version is not None:
         fresh_table = outcome.created_version is not None
-        current = not republish and not fresh_table and _already_live(online, view, path, version)
+        current = not republish and not fresh_table and already_live(online, view, path, version)
         if current:
             log.info(
                 "view '%s': the online store already serves version %d of %s; nothing to publish (--republish "
@@ -173,7 +173,7 @@ def materialize(
     )
 
 
-def _already_live(online: OnlineStore, view: ViewPlan, path: Path, version: int) -> bool:
+def already_live(online: OnlineStore, view: ViewPlan, path: Path, version: int) -> bool:
     """Whether the live online snapshot of ``view`` holds the latest rows of ``version`` of the table at
     ``path``, as this definition publishes them: published from that version (watermark), with the same storage
     and feature fingerprints, and after that version was committed. The last condition tells this table from an
@@ -259,17 +259,35 @@ def materialize_windowed(
 def _publish_online(
     spark: SparkSession, view: ViewPlan, path: object, version: int, online: OnlineStore, as_of: datetime | None = None
 ) -> tuple[int, bool]:
-    """Publish the latest row per entity at ``version``; ``as_of`` (windowed views) is the tick the values
-    hold at, sent as their event time so that TTLs count from the last tick computed."""
+    """Publish the latest row per entity at ``version``, from Spark's executors; ``as_of`` (windowed views) is
+    the tick the values hold at, sent as their event time so that TTLs count from the last tick computed."""
     from pyspark.sql import functions as F
 
     latest = latest_rows(view, read_table(spark, str(path), version))
     if as_of is not None:
         latest = latest.withColumn(EVENT_TIMESTAMP, F.lit(as_of).cast("timestamp"))
+    return _published(view, version, online, lambda publication: publish(latest, publication))
+
+
+def publish_rows(view: ViewPlan, latest: pa.Table, version: int, online: OnlineStore) -> tuple[int, bool]:
+    """Publish ``latest`` (one row per entity, the columns a :class:`~features.protocols.Publication` takes)
+    from this process, as the rows of ``version``: what :mod:`offline.arrow_materialize` publishes."""
+    return _published(view, version, online, lambda publication: publication.write(latest.to_batches(PUBLISH_BATCH)))
+
+
+# Rows per batch handed to a publication from this process (a Spark executor hands it Arrow's batches).
+PUBLISH_BATCH = 10_000
+
+
+def _published(
+    view: ViewPlan, version: int, online: OnlineStore, write: Callable[[Publication], int]
+) -> tuple[int, bool]:
+    """Stage rows through ``write`` in a new publication of ``version``, then commit it; on any failure abort
+    it, so the previous values stay served. Returns (rows written, committed)."""
     publication = online.start_publication(view, watermark=version)
     try:
         with phase(view, "computing the latest rows and writing them online"):
-            published = publish(latest, publication)
+            published = write(publication)
         with phase(view, "committing the online publication"):
             committed = publication.commit()
     except Exception as exc:

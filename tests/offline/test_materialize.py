@@ -18,7 +18,7 @@ from features.dtypes import DType
 from features.errors import MaterializationError, SchemaMismatchError
 from features.plan import ViewPlan
 from features.protocols import LiveSnapshot
-from offline.materialize import _already_live, materialize
+from offline.materialize import already_live, materialize
 from offline.tables import commit_time, read_table, table_path, table_version
 from tests.offline.support import FileOnlineStore, make_plan, make_view
 
@@ -399,11 +399,11 @@ def test_the_live_snapshot_counts_as_current_only_when_everything_matches(world:
         def live_snapshot(self, view: ViewPlan) -> LiveSnapshot | None:
             return self.snapshot
 
-    assert _already_live(Holding(live), view, path, version)
+    assert already_live(Holding(live), view, path, version)
     changed = {
         "watermark": dataclasses.replace(live, watermark=version - 1),
         "storage fingerprint": dataclasses.replace(live, storage_fingerprint="another"),
         "feature fingerprint": dataclasses.replace(live, feature_fingerprints=(("amount_x2", "another"),)),
         "published before": dataclasses.replace(live, published_at=committed - timedelta(seconds=1)),
     }[differs]
-    assert not _already_live(Holding(changed), view, path, version)
+    assert not already_live(Holding(changed), view, path, version)

@@ -1,0 +1,359 @@
+"""Materializing a view without aggregations in Arrow and NumPy, without a JVM, when its rows fit in memory.
+
+It does what :func:`offline.materialize.materialize` does in Spark, step for step, and writes the same table:
+read the source window (:mod:`offline.arrow_source`), compute the features with the one evaluator of row
+expressions (:mod:`features.evaluator`, the one the conformance suite holds to Spark's translation: contract 2),
+drop rows without keys or event time, keep one row per (keys, event time, created time) by the same rule, leave
+out the rows the table already holds, add the rest to the Delta table in one commit (:mod:`offline.delta_log`),
+and publish the latest row per entity of the table at that version. A materialization of 2M source rows takes
+seconds from a cold start where a fresh Spark session takes a minute.
+
+Windowed views never come here: aggregations are computed only in Spark (contract 3). Neither does a run that
+would update stored rows (the source changed values it had given before): Spark MERGEs those. Every reason to
+leave a run to Spark is logged; :func:`materialize` then returns None and has written nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from features.config import RepoConfig
+from features.dtypes import DType
+from features.errors import MaterializationError
+from features.evaluator import UnsupportedExpressionError, evaluate
+from features.on_demand import arrow_type
+from features.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP, PUBLISHED_AT, ViewPlan
+from features.protocols import MaterializationResult, OnlineStore, Progress
+from offline import arrow_source, delta_log
+from offline.arrow_join import micros, read_snapshot
+from offline.materialize import already_live, publish_rows
+from offline.tables import STATS_PROPERTY, RowCounts, stats_columns, table_path
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+log = logging.getLogger(__name__)
+
+# Delta's type names of the plan types (what offline.tables.table_schema gives Spark).
+DELTA_TYPES = {
+    DType.INT64: "long",
+    DType.FLOAT64: "double",
+    DType.STRING: "string",
+    DType.BOOL: "boolean",
+    DType.TIMESTAMP: "timestamp",
+}
+
+
+class LeftToSpark(Exception):
+    """This run is Spark's (the message says why)."""
+
+
+def materialize(
+    config: RepoConfig,
+    view: ViewPlan,
+    *,
+    start: datetime | None,
+    end: datetime | None,
+    online: OnlineStore | None,
+    progress: Progress | None = None,
+    republish: bool = False,
+) -> MaterializationResult | None:
+    """Materialize ``view`` as :func:`offline.materialize.materialize` would; None (nothing written, the reason
+    logged) when this run is left to Spark."""
+    began = time.monotonic()
+    path = table_path(config, view)
+    try:
+        problem = _problem(config, view)
+        if problem is not None:
+            raise LeftToSpark(problem)
+        stored = _stored_snapshot(config, view, path)
+        url = config.connection_url(view.source.connection)
+        source = arrow_source.read_source(view.source, url, start, end, max_rows=config.arrow_materialize_max_rows)
+        rows, counts = prepare_rows(view, source)
+        new_rows = rows if stored is None else _not_stored(view, rows, read_snapshot(stored, _row_columns(view)))
+    except (LeftToSpark, arrow_source.NotReadHere, delta_log.UnsupportedTable, UnsupportedExpressionError) as exc:
+        log.info("view '%s': materialized in Spark: %s", view.name, exc)
+        return None
+    task = f"materialize {view.name}"
+    if progress is not None:
+        progress.start(task, total=None)
+        progress.advance(task, counts.read)
+    _log_counts(view, counts)
+    written = _write(view, path, stored, new_rows, datetime.now(UTC))
+    version = written if written is not None else (stored.version if stored is not None else None)
+    log.info(
+        "view '%s': %d row(s) inserted in %s (version %s), in Arrow without a JVM",
+        view.name,
+        new_rows.num_rows,
+        path,
+        version,
+    )
+    published, committed, current = 0, False, False
+    if view.online and online is not None and version is not None:
+        created = stored is None
+        current = not republish and not created and already_live(online, view, path, version)
+        if current:
+            log.info(
+                "view '%s': the online store already serves version %d of %s; nothing to publish",
+                view.name,
+                version,
+                path,
+            )
+        else:
+            table = new_rows if created else read_snapshot(delta_log.snapshot(path, version), _row_columns(view))
+            published, committed = publish_rows(view, latest_rows(view, table), version, online)
+        if progress is not None:
+            progress.advance(task, published)
+    if progress is not None:
+        progress.finish(task)
+    return MaterializationResult(
+        view=view.name,
+        rows_read=counts.read,
+        rows_written_offline=new_rows.num_rows,
+        offline_version=version,
+        rows_published=published,
+        online_committed=committed,
+        seconds=time.monotonic() - began,
+        online_current=current,
+        engine="arrow",
+    )
+
+
+def _problem(config: RepoConfig, view: ViewPlan) -> str | None:
+    """Why ``view`` is Spark's whatever its rows, or None."""
+    if config.arrow_materialize_max_rows == 0:
+        return "offline.arrow_materialize_max_rows is 0"
+    if view.is_windowed:
+        return "its aggregations are computed only in Spark"
+    times = [view.source.timestamp_column, *([view.source.created_column] if view.source.created_column else [])]
+    dtypes = {c.name: c.dtype for c in view.source.columns}
+    if any(dtypes.get(name) is not DType.TIMESTAMP for name in times):
+        return "its source's time columns are not timestamps in the plan"
+    return None
+
+
+def _stored_snapshot(config: RepoConfig, view: ViewPlan, path: Path) -> delta_log.Snapshot | None:
+    """The table's current snapshot (None: no table yet), when this module may add to it."""
+    version = delta_log.latest_version(path)
+    if version is None:
+        return None
+    stored = delta_log.snapshot(path, version)
+    expected = tuple((name, DELTA_TYPES[dtype]) for name, dtype in _table_columns(view))
+    if stored.columns != expected:
+        raise LeftToSpark(f"the table's columns {stored.columns} are not the view's {expected}")
+    if stored.size > config.arrow_join_max_mb * 2**20:
+        raise LeftToSpark(f"the table holds {stored.size / 2**20:,.0f} MiB, over offline.arrow_join_max_mb")
+    return stored
+
+
+def _table_columns(view: ViewPlan) -> list[tuple[str, DType]]:
+    """The table's columns and types, in order (offline.tables.table_schema)."""
+    return [
+        *((k.name, k.dtype) for k in view.join_keys),
+        *((f.name, f.dtype) for f in view.features),
+        *((name, DType.TIMESTAMP) for name in (EVENT_TIMESTAMP, CREATED_TIMESTAMP, PUBLISHED_AT)),
+    ]
+
+
+def _row_columns(view: ViewPlan) -> list[str]:
+    return [*view.key_names, *view.feature_names, EVENT_TIMESTAMP, CREATED_TIMESTAMP]
+
+
+def compute_features(view: ViewPlan, source: pa.Table) -> pa.Table:
+    """Join keys, features (plan order and types), event_timestamp and created_timestamp of each source row:
+    :func:`offline.materialize.compute_features`, with the evaluator instead of Spark's translation."""
+    import pyarrow as pa
+
+    columns = {name: source.column(name) for name in source.column_names}
+    n = source.num_rows
+    time_type = arrow_type(DType.TIMESTAMP)
+    created = view.source.created_column
+    out: dict[str, pa.Array | pa.ChunkedArray] = {
+        k.name: source.column(k.name).cast(arrow_type(k.dtype)) for k in view.join_keys
+    }
+    for feature in view.features:
+        # Unsafe: an int64 expression stored as float64 rounds to nearest, as Spark's cast does.
+        out[feature.name] = evaluate(feature.expression, columns, n).cast(arrow_type(feature.dtype), safe=False)
+    out[EVENT_TIMESTAMP] = source.column(view.source.timestamp_column).cast(time_type)
+    out[CREATED_TIMESTAMP] = source.column(created).cast(time_type) if created else pa.nulls(n, time_type)
+    return pa.table(out)
+
+
+def prepare_rows(view: ViewPlan, source: pa.Table) -> tuple[pa.Table, RowCounts]:
+    """The computed rows without those missing a key or the event time, one per (keys, event time, created
+    time): :func:`offline.tables.prepare_rows`. Among rows sharing those, the one whose feature values sort
+    first (ascending, nulls first, NaN last, as Spark orders them) is kept; rows equal under that order are
+    equal but for the sign of a zero or a NaN's bits, and either may be kept, in Spark as here."""
+    import pyarrow.compute as pc
+
+    computed = compute_features(view, source)
+    valid = pc.is_valid(computed.column(EVENT_TIMESTAMP))
+    for name in view.key_names:
+        valid = pc.and_(valid, pc.is_valid(computed.column(name)))
+    rows = computed.filter(valid)
+    order, same_key = _sorted(view, [rows])
+    event, created = micros(rows.column(EVENT_TIMESTAMP))[order], micros(rows.column(CREATED_TIMESTAMP))[order]
+    same_identity = same_key & (event == np.roll(event, 1)) & (created == np.roll(created, 1))
+    keep = np.ones(len(order), bool)
+    if same_identity.any():
+        keep = _first_of_each_group(view, rows, order, same_identity)
+    kept = rows.take(np.sort(order[keep]))
+    return kept, RowCounts(source.num_rows, source.num_rows - rows.num_rows, rows.num_rows - kept.num_rows)
+
+
+def _sorted(view: ViewPlan, tables: list[pa.Table]) -> tuple[np.ndarray, np.ndarray]:
+    """The order of the rows of ``tables`` (stacked, in that order) by keys, event time and created time (null
+    first), then table; and, in that order, whether each row has the keys of the row before it."""
+    import pyarrow as pa
+
+    keys = [_codes(pa.chunked_array([c for t in tables for c in t.column(name).chunks])) for name in view.key_names]
+    event = np.concatenate([micros(t.column(EVENT_TIMESTAMP)) for t in tables])
+    created = np.concatenate([micros(t.column(CREATED_TIMESTAMP)) for t in tables])
+    side = np.concatenate([np.full(t.num_rows, i, np.int8) for i, t in enumerate(tables)])
+    order = np.lexsort((side, created, event, *reversed(keys)))
+    same_key = np.ones(len(order), bool)
+    for codes in keys:
+        ordered = codes[order]
+        same_key &= ordered == np.roll(ordered, 1)
+    if len(order):
+        same_key[0] = False
+    return order, same_key
+
+
+def _codes(column: pa.ChunkedArray) -> np.ndarray:
+    """Integers equal exactly where the values are (no nulls here): the values themselves for integers."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if pa.types.is_integer(column.type) or pa.types.is_boolean(column.type):
+        return np.asarray(column.cast(pa.int64()).to_numpy(), dtype=np.int64)
+    if pa.types.is_timestamp(column.type):
+        return micros(column)
+    encoded = pc.dictionary_encode(column).combine_chunks()
+    return np.asarray(encoded.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
+
+
+def _first_of_each_group(view: ViewPlan, rows: pa.Table, order: np.ndarray, same_identity: np.ndarray) -> np.ndarray:
+    """Which sorted rows to keep: every row alone in its group, and the one sorting first in each group."""
+    keep = ~same_identity
+    starts = np.flatnonzero(keep)
+    ends = np.append(starts[1:], len(order))
+    groups = [(s, e) for s, e in zip(starts, ends, strict=True) if e - s > 1]
+    members = np.concatenate([np.arange(s, e) for s, e in groups])
+    values = [rows.column(name).take(order[members]).to_pylist() for name in view.feature_names]
+    position = {int(m): i for i, m in enumerate(members)}
+    for s, e in groups:
+        best = min(range(s, e), key=lambda m: tuple(_sort_key(column[position[m]]) for column in values))
+        keep[s] = False
+        keep[best] = True
+    return keep
+
+
+def _sort_key(value: object) -> tuple[object, ...]:
+    """Spark's ascending order with nulls first: NaN after every number, -0.0 equal to 0.0."""
+    if value is None:
+        return (0,)
+    if isinstance(value, float) and value != value:
+        return (1, 1, 0.0)
+    return (1, 0, value)
+
+
+def _not_stored(view: ViewPlan, rows: pa.Table, stored: pa.Table) -> pa.Table:
+    """The rows whose (keys, event, created) the table does not hold yet. A row it holds with the same
+    values is left out (null equal to null, NaN to NaN, -0.0 to 0.0, as Spark's anti-join compares);
+    one it holds with other values would be an update: :class:`LeftToSpark`."""
+    import pyarrow.compute as pc
+
+    order, same_key = _sorted(view, [stored, rows])
+    n_stored = stored.num_rows
+    event = np.concatenate([micros(stored.column(EVENT_TIMESTAMP)), micros(rows.column(EVENT_TIMESTAMP))])[order]
+    created = np.concatenate([micros(stored.column(CREATED_TIMESTAMP)), micros(rows.column(CREATED_TIMESTAMP))])
+    created = created[order]
+    same_identity = same_key & (event == np.roll(event, 1)) & (created == np.roll(created, 1))
+    # A new row right after a stored row of the same identity holds that identity (identities are unique in each).
+    is_new = order >= n_stored
+    matched = np.flatnonzero(is_new & same_identity & ~np.roll(is_new, 1))
+    new_index, stored_index = order[matched] - n_stored, order[matched - 1]
+    same_values = np.ones(len(matched), bool)
+    for name in view.feature_names:
+        a, b = rows.column(name).take(new_index), stored.column(name).take(stored_index)
+        equal = pc.fill_null(pc.equal(a, b), False)
+        equal = pc.or_(equal, pc.and_(a.is_null(), b.is_null()))
+        if a.type == arrow_type(DType.FLOAT64):
+            equal = pc.or_(equal, pc.fill_null(pc.and_(pc.is_nan(a), pc.is_nan(b)), False))
+        same_values &= np.asarray(equal.to_numpy(zero_copy_only=False), dtype=bool)
+    if not same_values.all():
+        changed = int((~same_values).sum())
+        raise LeftToSpark(f"{changed:,} source row(s) change values the table holds (Spark MERGEs updates)")
+    drop = np.zeros(rows.num_rows, bool)
+    drop[new_index] = True
+    return rows.filter(~drop)
+
+
+def latest_rows(view: ViewPlan, table: pa.Table) -> pa.Table:
+    """One row per entity: the latest by event time, then created time (null first), as
+    :func:`offline.materialize.latest_rows` picks it."""
+    order, same_key = _sorted(view, [table])
+    last_of_key = np.append(~same_key[1:], True) if len(order) else np.zeros(0, bool)
+    return table.select(_row_columns(view)).take(order[last_of_key])
+
+
+def _write(
+    view: ViewPlan, path: Path, stored: delta_log.Snapshot | None, rows: pa.Table, published_at: datetime
+) -> int | None:
+    """Add ``rows`` to the table in one commit (creating it when ``stored`` is None); the version committed,
+    or None when there was nothing to commit."""
+    import pyarrow as pa
+
+    if stored is not None and rows.num_rows == 0:
+        return None
+    columns = _table_columns(view)
+    at = pa.scalar(published_at, arrow_type(DType.TIMESTAMP))
+    data = pa.table(
+        {
+            **{name: rows.column(name).cast(arrow_type(dtype)) for name, dtype in columns if name != PUBLISHED_AT},
+            PUBLISHED_AT: pa.repeat(at, rows.num_rows),
+        }
+    )
+    path.mkdir(parents=True, exist_ok=True)
+    names = (*view.key_names, EVENT_TIMESTAMP, CREATED_TIMESTAMP, PUBLISHED_AT)
+    actions = [delta_log.write_data_file(path, data, names)] if rows.num_rows else []
+    if stored is None:
+        schema = [(name, DELTA_TYPES[dtype]) for name, dtype in columns]
+        actions = [*delta_log.new_table_actions(schema, {STATS_PROPERTY: stats_columns(view)}), *actions]
+    version = 0 if stored is None else stored.version + 1
+    try:
+        delta_log.commit(
+            path, version, actions, operation="WRITE", mode="ErrorIfExists" if stored is None else "Append"
+        )
+    except Exception as exc:
+        for action in actions:
+            if "add" in action:
+                (path / action["add"]["path"]).unlink(missing_ok=True)
+        raise MaterializationError(
+            f"view '{view.name}': committing version {version} of {path} failed, the table is unchanged (a rerun "
+            f"materializes the window again): {exc}"
+        ) from exc
+    return version
+
+
+def _log_counts(view: ViewPlan, counts: RowCounts) -> None:
+    log.info("view '%s': read %d source row(s) from '%s'", view.name, counts.read, view.source.name)
+    if counts.null_keys_or_time:
+        log.warning(
+            "view '%s': dropped %d source row(s) with a null join key or event time",
+            view.name,
+            counts.null_keys_or_time,
+        )
+    if counts.duplicates:
+        log.warning(
+            "view '%s': dropped %d duplicate source row(s) (same keys, event and created time)",
+            view.name,
+            counts.duplicates,
+        )
