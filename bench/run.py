@@ -208,8 +208,11 @@ def load_postgres(url: str, workload: Workload) -> None:
             conn.execute(f"ANALYZE {spec.name}")
 
 
-def write_skewless_repo(repo: Path, pg_url: str, redis_url: str, spark: dict[str, str] | None = None) -> None:
-    """The generated feature repository; ``spark``: its ``offline.spark`` settings (default: ``local[2]``)."""
+def write_skewless_repo(
+    repo: Path, pg_url: str, redis_url: str, spark: dict[str, str] | None = None, *, arrow_materialize: bool = True
+) -> None:
+    """The generated feature repository; ``spark``: its ``offline.spark`` settings (default: ``local[2]``);
+    ``arrow_materialize=False``: every view materializes in Spark (``offline.arrow_materialize_max_rows: 0``)."""
     spark_lines = "".join(f"    {k}: {v}\n" for k, v in (spark or {"spark.master": "local[2]"}).items())
     (repo / "definitions").mkdir(parents=True, exist_ok=True)
     views = []
@@ -228,7 +231,9 @@ def write_skewless_repo(repo: Path, pg_url: str, redis_url: str, spark: dict[str
         'user = Entity(join_keys={"user_id": Int64})\n\n' + "\n\n".join(views)
     )
     (repo / "skewless.yaml").write_text(
-        f"project: bench\nregistry: sqlite:///{repo / 'registry.db'}\noffline:\n  path: offline\n  spark:\n"
+        f"project: bench\nregistry: sqlite:///{repo / 'registry.db'}\noffline:\n  path: offline\n"
+        + ("" if arrow_materialize else "  arrow_materialize_max_rows: 0\n")
+        + "  spark:\n"
         f"{spark_lines}online:\n  url: {redis_url}\nconnections:\n  bench: {pg_url}\n"
         "definitions: definitions\n"
     )

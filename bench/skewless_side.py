@@ -47,6 +47,7 @@ def materialize(repo: Path, fresh: bool, warm: bool, republish: bool = False) ->
                 "rows_read": sum(r.rows_read for r in results),
                 "rows_written": sum(r.rows_written_offline for r in results),
                 "rows_published": sum(r.rows_published or 0 for r in results),
+                "engines": sorted({r.engine for r in results}),
             }
         )
 
