@@ -423,6 +423,7 @@ def main(argv: list[str] | None = None) -> int:
             client.close()
 
         # (1) materialize
+        computed_in: dict[str, set[str]] = {}  # system -> the engines its materializations reported
         if "materialize" not in skip:
             log("case 1: materialize (empty Redis, then onto filled keys)")
             for i in range(args.repeats):
@@ -454,15 +455,23 @@ def main(argv: list[str] | None = None) -> int:
                         rec.add(case, report.WHOLE_PROCESS_S, system, r["whole_seconds"])
                         rec.add(case, report.ROWS_PER_S, system, workload.feature_rows / r["whole_seconds"])
                         rec.add(case, report.PEAK_RSS, system, r["peak_rss_mb"])
+                        engines = ", ".join(r.get("engines", []))
+                        if engines:
+                            computed_in.setdefault(system, set()).add(engines)
                         log(
                             f"  [{i + 1}/{args.repeats}] {system:9s} {case[3:]}: {r['seconds']:.1f} s in process, "
                             f"{r['whole_seconds']:.1f} s whole, peak {r['peak_rss_mb']:,.0f} MiB"
+                            + (f" (computed in {engines})" if engines else "")
                         )
         else:  # the later cases need the data: skewless's tables (and online keys), Feast's online keys
             run_measured([*sk, "materialize", "--fresh"], logfile=logs / "skewless.log", timeout=timeout)
             if not {"client", "http"} <= skip:
                 run_measured([*fe, "materialize", mat_start, mat_end], logfile=logs / "feast.log", timeout=timeout)
 
+        for system, engines in computed_in.items():
+            notes.append(
+                f"{system} materialized its views in: {'; '.join(sorted(engines))} (offline.arrow_materialize)"
+            )
         if "materialize" not in skip:
             for i in range(args.repeats):
                 try:

@@ -213,7 +213,10 @@ def _sorted(view: ViewPlan, tables: list[pa.Table]) -> tuple[np.ndarray, np.ndar
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    keys = [_codes(pa.chunked_array([c for t in tables for c in t.column(name).chunks])) for name in view.key_names]
+    keys = [
+        _codes(pa.chunked_array([c for t in tables for c in t.column(name).chunks], tables[0].column(name).type))
+        for name in view.key_names
+    ]
     event = np.concatenate([micros(t.column(EVENT_TIMESTAMP)) for t in tables])
     created = np.concatenate([micros(t.column(CREATED_TIMESTAMP)) for t in tables])
     side = np.concatenate([np.full(t.num_rows, i, np.int8) for i, t in enumerate(tables)])
