@@ -340,21 +340,19 @@ def _write(
             PUBLISHED_AT: pa.repeat(at, rows.num_rows),
         }
     )
-    path.mkdir(parents=True, exist_ok=True)
     names = (*view.key_names, EVENT_TIMESTAMP, CREATED_TIMESTAMP, PUBLISHED_AT)
-    actions = [delta_log.write_data_file(path, data, names)] if rows.num_rows else []
-    if stored is None:
-        schema = [(name, DELTA_TYPES[dtype]) for name, dtype in columns]
-        actions = [*delta_log.new_table_actions(schema, {STATS_PROPERTY: stats_columns(view)}), *actions]
+    file = delta_log.data_file_name()
     version = 0 if stored is None else stored.version + 1
     try:
-        delta_log.commit(
-            path, version, actions, operation="WRITE", mode="ErrorIfExists" if stored is None else "Append"
-        )
-    except Exception as exc:
-        for action in actions:
-            if "add" in action:
-                (path / action["add"]["path"]).unlink(missing_ok=True)
+        path.mkdir(parents=True, exist_ok=True)
+        actions = [delta_log.write_data_file(path, file, data, names)] if rows.num_rows else []
+        if stored is None:
+            schema = [(name, DELTA_TYPES[dtype]) for name, dtype in columns]
+            actions = [*delta_log.new_table_actions(schema, {STATS_PROPERTY: stats_columns(view)}), *actions]
+        mode = "ErrorIfExists" if stored is None else "Append"
+        delta_log.commit(path, version, actions, operation="WRITE", mode=mode)
+    except Exception as exc:  # a concurrent commit, a full disk: nothing of this run may stay behind
+        (path / file).unlink(missing_ok=True)
         raise MaterializationError(
             f"view '{view.name}': committing version {version} of {path} failed, the table is unchanged (a rerun "
             f"materializes the window again): {exc}"

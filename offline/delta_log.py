@@ -184,21 +184,25 @@ class CommitConflict(Exception):
     """Another writer committed the version this commit was for: nothing of this commit is visible."""
 
 
-def write_data_file(root: Path | str, table: Any, stats_columns: tuple[str, ...]) -> dict[str, Any]:
-    """Write ``table`` (a pyarrow Table) as one Parquet file under ``root``; returns its ``add`` action.
+def data_file_name() -> str:
+    """A new data file's name, unique as Spark's are."""
+    import uuid
+
+    return f"part-00000-{uuid.uuid4()}-c000.snappy.parquet"
+
+
+def write_data_file(root: Path | str, name: str, table: Any, stats_columns: tuple[str, ...]) -> dict[str, Any]:
+    """Write ``table`` (a pyarrow Table) as the Parquet file ``name`` under ``root``; returns its ``add`` action.
 
     The statistics are Spark's for ``stats_columns`` (the table's ``delta.dataSkippingStatsColumns``): row
     count, null counts, and minimum and maximum of integer and timestamp columns, timestamps truncated to the
     millisecond as Spark writes them (its reader allows for that). String and boolean columns get null counts
     only: Spark truncates and pads string bounds, and leaving a bound out is always correct.
     """
-    import uuid
-
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    name = f"part-00000-{uuid.uuid4()}-c000.snappy.parquet"
     target = Path(root) / name
     pq.write_table(table, target, compression="snappy")
     minimum: dict[str, Any] = {}

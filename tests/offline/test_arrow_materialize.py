@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 
 from features.config import RepoConfig
-from features.dtypes import DType
 from features.errors import MaterializationError
 from features.plan import ViewPlan
 from offline import arrow_materialize, delta_log
@@ -23,7 +22,7 @@ from offline.arrow_join import read_snapshot
 from offline.engine import SparkEngine
 from offline.materialize import materialize as spark_materialize
 from offline.tables import read_table, table_path, table_version
-from tests.offline.support import FileOnlineStore, make_plan, make_view
+from tests.offline.support import FileOnlineStore, make_plan
 from tests.offline.test_materialize import (
     BASE,
     END,
@@ -33,6 +32,7 @@ from tests.offline.test_materialize import (
     expected_table,
     live_rows,
     source_rows,
+    the_view,
 )
 
 pytestmark = [pytest.mark.postgres, pytest.mark.spark]
@@ -54,27 +54,7 @@ def write_pg_source(url: str, table: str, rows: list[Row]) -> None:
 
 def pg_view(table: str, name: str = "user_txn") -> ViewPlan:
     """test_materialize's view (amount * 2, amount * qty, lower(merchant), qty > 2) over a PostgreSQL table."""
-    return make_view(
-        name,
-        connection="shop",
-        table=table,
-        keys={"user_id": DType.INT64},
-        columns={
-            "merchant": DType.STRING,
-            "amount": DType.FLOAT64,
-            "qty": DType.INT64,
-            "ts": DType.TIMESTAMP,
-            "created": DType.TIMESTAMP,
-        },
-        features={
-            "amount_x2": "amount * 2",
-            "total": "amount * qty",
-            "merchant_lc": "lower(merchant)",
-            "bulk": "qty > 2",
-        },
-        created="created",
-        ttl_seconds=86400,
-    )
+    return the_view(name, table)
 
 
 def repo(root: Path, postgres_url: str, **settings: Any) -> RepoConfig:

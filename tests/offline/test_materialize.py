@@ -98,11 +98,11 @@ def _text(value: datetime | None) -> str | None:
     return None if value is None else value.strftime("%Y-%m-%d %H:%M:%S")
 
 
-def the_view(name: str = "user_txn") -> ViewPlan:
+def the_view(name: str = "user_txn", table: str = "txns") -> ViewPlan:
     return make_view(
         name,
         connection="shop",
-        table="txns",
+        table=table,
         keys={"user_id": DType.INT64},
         columns={
             "merchant": DType.STRING,
