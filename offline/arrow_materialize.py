@@ -131,6 +131,8 @@ def _problem(config: RepoConfig, view: ViewPlan) -> str | None:
         return "offline.arrow_materialize_max_rows is 0"
     if view.is_windowed:
         return "its aggregations are computed only in Spark"
+    if any(k.dtype is DType.FLOAT64 for k in view.join_keys):
+        return "it is keyed by a float (Spark's grouping normalizes -0.0 and NaN keys)"
     times = [view.source.timestamp_column, *([view.source.created_column] if view.source.created_column else [])]
     dtypes = {c.name: c.dtype for c in view.source.columns}
     if any(dtypes.get(name) is not DType.TIMESTAMP for name in times):

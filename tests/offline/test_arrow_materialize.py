@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 
 from features.config import RepoConfig
+from features.dtypes import DType
 from features.errors import MaterializationError
-from features.plan import ViewPlan
+from features.plan import ColumnSpec, ViewPlan
 from offline import arrow_materialize, delta_log
 from offline.arrow_join import read_snapshot
 from offline.engine import SparkEngine
@@ -254,11 +255,14 @@ def test_runs_arrow_leaves_to_spark_say_why_and_write_nothing(
     assert not table_path(config, view).exists()
 
 
-def test_a_windowed_view_is_left_to_spark(tmp_path: Path, postgres_url: str) -> None:
-    view = dataclasses.replace(pg_view("never_read", "win_txn"), cadence_seconds=3600)
-    assert (
-        arrow_materialize._problem(repo(tmp_path, postgres_url), view) == "its aggregations are computed only in Spark"
-    )
+def test_windowed_and_float_keyed_views_are_left_to_spark(tmp_path: Path, postgres_url: str) -> None:
+    config = repo(tmp_path, postgres_url)
+    windowed = dataclasses.replace(pg_view("never_read", "win_txn"), cadence_seconds=3600)
+    assert arrow_materialize._problem(config, windowed) == "its aggregations are computed only in Spark"
+    view = pg_view("never_read", "float_txn")
+    float_keyed = dataclasses.replace(view, join_keys=(ColumnSpec("user_id", DType.FLOAT64),))
+    assert "keyed by a float" in str(arrow_materialize._problem(config, float_keyed))
+    assert arrow_materialize._problem(config, view) is None
 
 
 def test_a_concurrent_commit_fails_the_run_and_changes_nothing(
