@@ -28,7 +28,7 @@ def emit(result: dict[str, Any]) -> None:
     print("RESULT " + json.dumps(result), flush=True)
 
 
-def materialize(repo: Path, fresh: bool, warm: bool, republish: bool = False) -> None:
+def materialize(repo: Path, fresh: bool, republish: bool = False) -> None:
     from features.store import FeatureStore
 
     if fresh:  # an empty offline store and registry: the first run a new user makes
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     repo = Path(args.repo).resolve()
     if args.command == "materialize":
-        materialize(repo, args.fresh, args.warm, args.republish)
+        materialize(repo, args.fresh, args.republish)  # --warm: the engine is found, nothing to pass
     elif args.command == "pit":
         pit(repo, args.entities, args.out, args.warm)
     elif args.command == "publish":

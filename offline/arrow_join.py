@@ -29,14 +29,16 @@ if TYPE_CHECKING:
     from offline.delta_log import Snapshot
 
 _NULL_TIME = np.iinfo(np.int64).min
-# Delta's type names for the plan types (offline/tables.py writes only these), as Spark hands them to Arrow.
-_ARROW_TYPES = {
-    "long": arrow_type(DType.INT64),
-    "double": arrow_type(DType.FLOAT64),
-    "string": arrow_type(DType.STRING),
-    "boolean": arrow_type(DType.BOOL),
-    "timestamp": arrow_type(DType.TIMESTAMP),
-}  # a null created time sorts first, as in Spark's asc_nulls_first
+# Delta's type names of the plan types (offline/tables.py and offline/arrow_materialize.py write only these).
+DELTA_TYPES = {
+    DType.INT64: "long",
+    DType.FLOAT64: "double",
+    DType.STRING: "string",
+    DType.BOOL: "boolean",
+    DType.TIMESTAMP: "timestamp",
+}
+# The Arrow type each is read as, as Spark hands them to Arrow.
+_ARROW_TYPES = {name: arrow_type(dtype) for dtype, name in DELTA_TYPES.items()}
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,7 +31,7 @@ from features.on_demand import arrow_type
 from features.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP, PUBLISHED_AT, ViewPlan
 from features.protocols import MaterializationResult, OnlineStore, Progress
 from offline import arrow_source, delta_log
-from offline.arrow_join import micros, read_snapshot
+from offline.arrow_join import DELTA_TYPES, micros, read_snapshot
 from offline.materialize import already_live, publish_rows
 from offline.tables import STATS_PROPERTY, RowCounts, stats_columns, table_path
 
@@ -39,15 +39,6 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 log = logging.getLogger(__name__)
-
-# Delta's type names of the plan types (what offline.tables.table_schema gives Spark).
-DELTA_TYPES = {
-    DType.INT64: "long",
-    DType.FLOAT64: "double",
-    DType.STRING: "string",
-    DType.BOOL: "boolean",
-    DType.TIMESTAMP: "timestamp",
-}
 
 
 class LeftToSpark(Exception):
@@ -66,17 +57,20 @@ def materialize(
 ) -> MaterializationResult | None:
     """Materialize ``view`` as :func:`offline.materialize.materialize` would; None (nothing written, the reason
     logged) when this run is left to Spark."""
+    import pyarrow as pa
+
     began = time.monotonic()
     path = table_path(config, view)
     try:
         problem = _problem(config, view)
         if problem is not None:
             raise LeftToSpark(problem)
+        uri = arrow_source.libpq_uri(config.connection_url(view.source.connection))  # before any other I/O
         stored = _stored_snapshot(config, view, path)
-        url = config.connection_url(view.source.connection)
-        source = arrow_source.read_source(view.source, url, start, end, max_rows=config.arrow_materialize_max_rows)
+        source = arrow_source.read_source(view.source, uri, start, end, max_rows=config.arrow_materialize_max_rows)
         rows, counts = prepare_rows(view, source)
-        new_rows = rows if stored is None else _not_stored(view, rows, read_snapshot(stored, _row_columns(view)))
+        stored_rows = None if stored is None else read_snapshot(stored, _row_columns(view))
+        new_rows = rows if stored_rows is None else _not_stored(view, rows, stored_rows)
     except (LeftToSpark, arrow_source.NotReadHere, delta_log.UnsupportedTable, UnsupportedExpressionError) as exc:
         log.info("view '%s': materialized in Spark: %s", view.name, exc)
         return None
@@ -84,7 +78,8 @@ def materialize(
     if progress is not None:
         progress.start(task, total=None)
         progress.advance(task, counts.read)
-    _log_counts(view, counts)
+    log.info("view '%s': read %d source row(s) from '%s'", view.name, counts.read, view.source.name)
+    counts.warn(view.name)
     written = _write(view, path, stored, new_rows, datetime.now(UTC))
     version = written if written is not None else (stored.version if stored is not None else None)
     log.info(
@@ -106,7 +101,8 @@ def materialize(
                 path,
             )
         else:
-            table = new_rows if created else read_snapshot(delta_log.snapshot(path, version), _row_columns(view))
+            # The version just committed holds the stored rows and the new ones: no need to read it back.
+            table = new_rows if stored_rows is None else pa.concat_tables([stored_rows, new_rows])
             published, committed = publish_rows(view, latest_rows(view, table, presorted=created), version, online)
         if progress is not None:
             progress.advance(task, published)
@@ -360,19 +356,3 @@ def _write(
             f"materializes the window again): {exc}"
         ) from exc
     return version
-
-
-def _log_counts(view: ViewPlan, counts: RowCounts) -> None:
-    log.info("view '%s': read %d source row(s) from '%s'", view.name, counts.read, view.source.name)
-    if counts.null_keys_or_time:
-        log.warning(
-            "view '%s': dropped %d source row(s) with a null join key or event time",
-            view.name,
-            counts.null_keys_or_time,
-        )
-    if counts.duplicates:
-        log.warning(
-            "view '%s': dropped %d duplicate source row(s) (same keys, event and created time)",
-            view.name,
-            counts.duplicates,
-        )

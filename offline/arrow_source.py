@@ -60,13 +60,13 @@ def libpq_uri(sqlalchemy_url: str) -> str:
 
 
 def read_source(
-    source: SourcePlan, url: str, start: datetime | None, end: datetime | None, *, max_rows: int
+    source: SourcePlan, uri: str, start: datetime | None, end: datetime | None, *, max_rows: int
 ) -> pa.Table:
-    """The source's rows with ``start <= timestamp < end``: exactly the plan's source columns, as their plan
-    types. More than ``max_rows`` rows: :class:`NotReadHere` (after reading at most one batch past it)."""
+    """The source's rows with ``start <= timestamp < end`` from the database at ``uri`` (:func:`libpq_uri`):
+    exactly the plan's source columns, as their plan types. More than ``max_rows`` rows: :class:`NotReadHere`
+    (after reading at most one batch past it)."""
     import pyarrow as pa
 
-    uri = libpq_uri(url)
     try:
         import adbc_driver_postgresql.dbapi as adbc
     except ImportError as exc:

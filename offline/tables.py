@@ -104,6 +104,19 @@ class RowCounts:
     def kept(self) -> int:
         return self.read - self.null_keys_or_time - self.duplicates
 
+    def warn(self, view: str) -> None:
+        """Log the rows dropped, and why (either engine's run)."""
+        if self.null_keys_or_time:
+            log.warning(
+                "view '%s': dropped %d source row(s) with a null join key or event time", view, self.null_keys_or_time
+            )
+        if self.duplicates:
+            log.warning(
+                "view '%s': dropped %d duplicate source row(s) (same keys, event and created time)",
+                view,
+                self.duplicates,
+            )
+
 
 @dataclass(frozen=True, slots=True)
 class PreparedRows:
@@ -122,15 +135,9 @@ class PreparedRows:
         """The counts of the first action run on ``frame`` (call it after that action)."""
         read, kept = _observed(self.read), _observed(self.kept)
         total, ok, distinct = int(read.get("rows") or 0), int(read.get("valid") or 0), int(kept.get("rows") or 0)
-        if total != ok:
-            log.warning("view '%s': dropped %d source row(s) with a null join key or event time", self.view, total - ok)
-        if ok != distinct:
-            log.warning(
-                "view '%s': dropped %d duplicate source row(s) (same keys, event and created time)",
-                self.view,
-                ok - distinct,
-            )
-        return RowCounts(total, total - ok, ok - distinct)
+        counts = RowCounts(total, total - ok, ok - distinct)
+        counts.warn(self.view)
+        return counts
 
 
 def _observed(observation: Observation, timeout: float = 120.0) -> dict[str, Any]:
