@@ -470,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
 
         for system, engines in computed_in.items():
             notes.append(
-                f"{system} materialized its views in: {'; '.join(sorted(engines))} (offline.arrow_materialize)"
+                f"{system} materialized its views in: {'; '.join(sorted(engines))} (offline.arrow.materialize)"
             )
         if "materialize" not in skip:
             for i in range(args.repeats):

@@ -43,7 +43,7 @@ DEFAULT_CONCURRENT_VIEWS = 2
 # joining them takes ~1 GiB of memory). 0 joins everything in Spark.
 DEFAULT_ARROW_JOIN_MAX_MB = 1024
 # Views without aggregations whose run reads at most this many source rows (PostgreSQL sources) materialize in
-# Arrow in the calling process instead of in Spark (offline/arrow_materialize.py): the benchmark's 1M rows a view
+# Arrow in the calling process instead of in Spark (offline/arrow/materialize.py): the benchmark's 1M rows a view
 # take ~1 GiB of memory there at peak. 0 materializes everything in Spark.
 DEFAULT_ARROW_MATERIALIZE_MAX_ROWS = 5_000_000
 _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")

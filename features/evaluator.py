@@ -1,7 +1,7 @@
 """The one evaluator of plan expressions outside Spark: vectorised over Arrow arrays.
 
 The serving path (request-time features) and the conformance suite evaluate plan expressions here; Spark
-evaluates the same nodes through ``offline.translate``. The two agree exactly, as the suite in
+evaluates the same nodes through ``offline.spark.translate``. The two agree exactly, as the suite in
 ``tests/conformance`` proves on generated data. The rules, documented in :mod:`features.expressions`:
 
 - SQL nulls: a null input gives a null output, except ``coalesce``, ``is_null`` and the three-valued
@@ -60,7 +60,7 @@ ARROW_TYPES: dict[DType, pa.DataType] = {
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
 
-# Text accepted by cast, shared word for word with offline/translate.py (same regular expressions, written so
+# Text accepted by cast, shared word for word with offline/spark/translate.py (same regular expressions, written so
 # that Java's and Python's regex engines read them alike: explicit ASCII classes, no \s, no (?i)).
 SPACE = r"[\x00-\x20]*"
 INT_TEXT = r"[+-]?[0-9]+"
@@ -99,7 +99,7 @@ UPPER_EXTRA: dict[int, int] = {lower: upper for upper, lower in _UNICODE_16_CASE
 class UnsupportedExpressionError(SkewlessError, NotImplementedError):
     """A plan expression node, operator or cast that an engine has no rule for.
 
-    One class for both engines: ``offline.translate`` raises it too, so callers catch one error.
+    One class for both engines: ``offline.spark.translate`` raises it too, so callers catch one error.
     """
 
 

@@ -10,7 +10,7 @@ evaluates from the plan, never from the user's text. The grammar is a safe subse
   ``if_else(cond, a, b)``, ``is_null(x)``, ``cast(x, "float64")``.
 
 Typing is strict: an int mixes with a float (the result is a float), anything else needs ``cast``.
-Semantics follow SQL, identically in Spark (``offline.translate``) and in :mod:`features.evaluator`, as
+Semantics follow SQL, identically in Spark (``offline.spark.translate``) and in :mod:`features.evaluator`, as
 ``tests/conformance`` proves on generated data:
 
 - any null input gives a null result, except ``coalesce``, ``is_null`` and the three-valued (Kleene)

@@ -163,7 +163,7 @@ class ViewPlan:
     """A feature view. ``storage_fingerprint`` names the offline table: it changes when stored values would.
 
     A windowed view has a ``cadence_seconds`` and only aggregated features; its offline rows are values at
-    ticks (see ``offline/windows.py``).
+    ticks (see ``offline/spark/windows.py``).
     """
 
     name: str

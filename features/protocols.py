@@ -145,7 +145,9 @@ class MaterializationResult:
     seconds: float
     ticks_through: datetime | None = None  # windowed views: the last tick computed, which the values hold at
     online_current: bool = False  # nothing published: the online store already serves this offline version
-    engine: str = "spark"  # what computed it: "spark", or "arrow" (offline.arrow_materialize, no JVM)
+    engine: str = "spark"  # the engine that ran it: "arrow" (no JVM), "warm" (the warm engine) or "spark"
+    #: Why each engine asked before it did not take the run: (engine, reason), in the order asked.
+    refusals: tuple[tuple[str, str], ...] = ()
 
 
 class Progress(Protocol):

@@ -1,27 +1,20 @@
-"""skewless offline: the Spark engine, JDBC sources, Delta Lake feature tables and point-in-time joins.
+"""skewless offline: the batch engines behind one router, Delta Lake feature tables and point-in-time joins.
 
-Importing this package does not import pyspark; the session starts on first use.
+``offline.router.Router`` picks, per job, the first engine that takes it: ``offline.arrow`` (in this process, no
+JVM), ``offline.warm`` (the repository's long-lived Spark process) or ``offline.spark`` (a Spark session here).
+Importing this package does not import pyspark; a Spark session starts on first use.
 """
 
-from offline.datasets import DatasetError, reproduce, training_dataset
-from offline.engine import SparkEngine
-from offline.materialize import materialize
-from offline.point_in_time import ViewInput, point_in_time_join
-from offline.session import JavaNotFoundError, get_spark, stop_spark
-from offline.translate import SparkTranslator, UnsupportedExpressionError, to_spark
+from offline.jobs import Engine, JoinedSet, Materialization, TrainingSet
+from offline.manifest import DatasetError, Manifest
+from offline.router import Router
 
 __all__ = [
     "DatasetError",
-    "JavaNotFoundError",
-    "SparkEngine",
-    "SparkTranslator",
-    "UnsupportedExpressionError",
-    "ViewInput",
-    "get_spark",
-    "materialize",
-    "point_in_time_join",
-    "reproduce",
-    "stop_spark",
-    "to_spark",
-    "training_dataset",
+    "Engine",
+    "JoinedSet",
+    "Manifest",
+    "Materialization",
+    "Router",
+    "TrainingSet",
 ]

@@ -1,6 +1,6 @@
 """A Delta table's snapshot read from its log in plain Python: no JVM, no Spark job.
 
-The point-in-time join in Arrow (:mod:`offline.arrow_join`) reads feature tables this way. It covers the tables
+The point-in-time join in Arrow (:mod:`offline.arrow.join`) reads feature tables this way. It covers the tables
 skewless writes (reader protocol 1: no column mapping, no deletion vectors, no partitions, files on the local
 disk) and says so, through :class:`UnsupportedTable`, for anything else, so the caller can hand the table to
 Spark instead of guessing.
@@ -30,10 +30,11 @@ class UnsupportedTable(Exception):
 
 @dataclass(frozen=True, slots=True)
 class DataFile:
-    """One Parquet file of a snapshot: where it is, and its size in bytes."""
+    """One Parquet file of a snapshot: where it is, its size in bytes, and its path as the log names it."""
 
     path: Path
     size: int
+    name: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +85,7 @@ def snapshot(path: Path | str, version: int) -> Snapshot:
         raise UnsupportedTable(f"{root} is partitioned by {metadata['partitionColumns']}")
     schema = json.loads(metadata["schemaString"])
     columns = tuple((field["name"], str(field["type"])) for field in schema["fields"])
-    data = tuple(DataFile(_local_file(root, p), int(a.get("size") or 0)) for p, a in sorted(files.items()))
+    data = tuple(DataFile(_local_file(root, p), int(a.get("size") or 0), p) for p, a in sorted(files.items()))
     return Snapshot(version, data, columns)
 
 
@@ -172,7 +173,7 @@ def _matches(log: Path, pattern: re.Pattern[str]) -> Iterator[re.Match[str]]:
 
 
 # -- writing --------------------------------------------------------------------------------------------------------
-# What offline.arrow_materialize needs and nothing more: create a table, or add files to one, each in a single
+# What offline.arrow.materialize needs and nothing more: create a table, or add files to one, each in a single
 # commit, the way Spark's Delta writes them (same protocol, schema string, table properties and statistics), so
 # Spark, this reader and the Arrow join read either writer's tables alike.
 
@@ -233,6 +234,22 @@ def write_data_file(root: Path | str, name: str, table: Any, stats_columns: tupl
     }
 
 
+def remove_action(file: DataFile) -> dict[str, Any]:
+    """The ``remove`` action taking ``file`` out of the table (its data stays on disk for time travel)."""
+    import time
+
+    return {
+        "remove": {
+            "path": file.name,
+            "deletionTimestamp": int(time.time() * 1000),
+            "dataChange": True,
+            "extendedFileMetadata": True,
+            "partitionValues": {},
+            "size": file.size,
+        }
+    }
+
+
 def new_table_actions(schema: list[tuple[str, str]], configuration: dict[str, str]) -> list[dict[str, Any]]:
     """The ``metaData`` and ``protocol`` actions of a new table of ``schema`` (column name, Delta type name)."""
     import time
@@ -254,7 +271,7 @@ def new_table_actions(schema: list[tuple[str, str]], configuration: dict[str, st
     ]
 
 
-def commit(root: Path | str, version: int, actions: list[dict[str, Any]], *, operation: str, mode: str) -> None:
+def commit(root: Path | str, version: int, actions: list[dict[str, Any]], *, operation: str, mode: str | None) -> None:
     """Write commit ``version`` of the table at ``root``: ``commitInfo`` then ``actions``, all or nothing.
 
     The commit file appears at once and only if no other writer made that version first (a hard link of a
@@ -272,9 +289,9 @@ def commit(root: Path | str, version: int, actions: list[dict[str, Any]], *, ope
         "commitInfo": {
             "timestamp": int(time.time() * 1000),
             "operation": operation,
-            "operationParameters": {"mode": mode, "partitionBy": "[]"},
+            "operationParameters": {"mode": mode, "partitionBy": "[]"} if mode else {},
             "isolationLevel": "Serializable",
-            "isBlindAppend": True,
+            "isBlindAppend": not any("remove" in a for a in actions),
             "operationMetrics": {
                 "numFiles": str(len(added)),
                 "numOutputRows": str(rows),

@@ -8,24 +8,18 @@ Writes are a single MERGE, hence atomic, and re-running a window changes nothing
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
-import operator
-import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from features.config import RepoConfig
-from features.errors import MaterializationError
+from features.dtypes import DType
 from features.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP, PUBLISHED_AT, ViewPlan
-from offline.jdbc import quote_spark, spark_type
-
-if TYPE_CHECKING:
-    from pyspark.sql import Column, DataFrame, Observation, SparkSession
-    from pyspark.sql.types import StructType
+from offline import delta_log
+from offline.sql import quote_spark
 
 log = logging.getLogger(__name__)
 
@@ -33,18 +27,6 @@ log = logging.getLogger(__name__)
 def table_path(config: RepoConfig, view: ViewPlan) -> Path:
     """Where the view's Delta table lives."""
     return config.resolved_offline_path() / view.name / view.storage_fingerprint
-
-
-def table_schema(view: ViewPlan) -> StructType:
-    """Join keys, features (plan types), event_timestamp, created_timestamp, published_at."""
-    from pyspark.sql import types as T
-
-    fields = [T.StructField(k.name, spark_type(k.dtype), True) for k in view.join_keys]
-    fields += [T.StructField(f.name, spark_type(f.dtype), True) for f in view.features]
-    fields += [
-        T.StructField(name, T.TimestampType(), True) for name in (EVENT_TIMESTAMP, CREATED_TIMESTAMP, PUBLISHED_AT)
-    ]
-    return T.StructType(fields)
 
 
 # Delta collects min/max statistics only for these columns (a table property, set when write_rows creates the
@@ -56,16 +38,6 @@ STATS_PROPERTY = "delta.dataSkippingStatsColumns"
 def stats_columns(view: ViewPlan) -> str:
     """The value of :data:`STATS_PROPERTY` for ``view``'s table."""
     return ",".join(quote_spark(c) for c in (*view.key_names, EVENT_TIMESTAMP, CREATED_TIMESTAMP, PUBLISHED_AT))
-
-
-def table_version(spark: SparkSession, path: Path | str) -> int | None:
-    """The current version of the Delta table at ``path``; None when there is no table yet."""
-    from delta.tables import DeltaTable
-
-    if not DeltaTable.isDeltaTable(spark, str(path)):
-        return None
-    row = DeltaTable.forPath(spark, str(path)).history(1).select("version").first()
-    return None if row is None else int(row["version"])
 
 
 def commit_time(path: Path | str, version: int) -> datetime | None:
@@ -82,14 +54,6 @@ def commit_time(path: Path | str, version: int) -> datetime | None:
         if isinstance(info, dict) and isinstance(info.get("timestamp"), int):
             return datetime.fromtimestamp(info["timestamp"] / 1000, tz=UTC)
     return None
-
-
-def read_table(spark: SparkSession, path: Path | str, version: int | None = None) -> DataFrame:
-    """The table's rows, pinned at ``version`` (time travel) when given."""
-    reader = spark.read.format("delta")
-    if version is not None:
-        reader = reader.option("versionAsOf", version)
-    return reader.load(str(path))
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,160 +82,55 @@ class RowCounts:
             )
 
 
-@dataclass(frozen=True, slots=True)
-class PreparedRows:
-    """Rows ready to write, and the observations that count them while they are written.
+def table_columns(view: ViewPlan) -> list[tuple[str, DType]]:
+    """The table's columns and their plan types, in order: join keys, features, event_timestamp,
+    created_timestamp, published_at."""
+    return [
+        *((k.name, k.dtype) for k in view.join_keys),
+        *((f.name, f.dtype) for f in view.features),
+        *((name, DType.TIMESTAMP) for name in (EVENT_TIMESTAMP, CREATED_TIMESTAMP, PUBLISHED_AT)),
+    ]
 
-    Counting in the same pass as the write (Spark's ``observe``) saves reading the source twice: the counts are
-    known only once an action on ``frame`` has run, through :meth:`counts`.
+
+def row_columns(view: ViewPlan) -> list[str]:
+    """The columns of a stored row a reader takes (all but published_at): what a publication is handed."""
+    return [*view.key_names, *view.feature_names, EVENT_TIMESTAMP, CREATED_TIMESTAMP]
+
+
+# A windowed view's table records in each commit's userMetadata the last tick it covers.
+THROUGH_KEY = "skewless.through"
+
+
+def read_through(path: Path | str, version: int | None = None) -> datetime | None:
+    """The last tick covered by the feature table at ``path`` (at ``version`` when given); None before any run.
+
+    Read from the Delta log's ``userMetadata`` in Python (what Spark's ``history()`` shows), without a job.
     """
-
-    frame: DataFrame
-    view: str
-    read: Observation
-    kept: Observation
-
-    def counts(self) -> RowCounts:
-        """The counts of the first action run on ``frame`` (call it after that action)."""
-        read, kept = _observed(self.read), _observed(self.kept)
-        total, ok, distinct = int(read.get("rows") or 0), int(read.get("valid") or 0), int(kept.get("rows") or 0)
-        counts = RowCounts(total, total - ok, ok - distinct)
-        counts.warn(self.view)
-        return counts
-
-
-def _observed(observation: Observation, timeout: float = 120.0) -> dict[str, Any]:
-    """The metrics of an observation whose action has run. Spark posts them just after the action; waiting in
-    a thread bounds the wait, so a plan that never reported them fails the run instead of hanging it."""
-    box: dict[str, Any] = {}
-    waiter = threading.Thread(target=lambda: box.update(metrics=observation.get), daemon=True)
-    waiter.start()
-    waiter.join(timeout)
-    if "metrics" not in box:
-        raise MaterializationError(f"Spark did not report the row counts within {timeout:.0f} s")
-    metrics: dict[str, Any] = box["metrics"]
-    return metrics
-
-
-def prepare_rows(view: ViewPlan, computed: DataFrame) -> PreparedRows:
-    """Drop rows without keys or event time, and keep one row per (keys, event, created) deterministically.
-
-    ``computed`` has the join keys, the features, ``event_timestamp`` and ``created_timestamp``. Among rows
-    sharing a key, the one whose feature values sort first is kept, so every run keeps the same row. Nothing runs
-    yet: the rows are counted (see :meth:`PreparedRows.counts`) by whichever action first reads ``frame``.
-    """
-    from pyspark.sql import Observation, Window
-    from pyspark.sql import functions as F
-
-    keys = [*view.key_names, EVENT_TIMESTAMP]
-    valid = F.lit(True)
-    for name in keys:
-        valid = valid & F.col(quote_spark(name)).isNotNull()
-    read, kept = Observation(), Observation()
-    rows = computed.observe(
-        read, F.count(F.lit(1)).alias("rows"), F.sum(F.when(valid, 1).otherwise(0)).alias("valid")
-    ).where(valid)
-    partition = [F.col(quote_spark(n)) for n in (*keys, CREATED_TIMESTAMP)]
-    order = [F.col(quote_spark(f)).asc_nulls_first() for f in view.feature_names] or [F.lit(1)]
-    # The first row of its group is the one without a previous row. Not ``row_number() == 1``: for that Spark
-    # sorts every partition before the shuffle too (a partial group limit), which pays off only when groups are
-    # large; here nearly every group is one row (measured: the dedup ~35% slower).
-    previous = F.lag(F.lit(True)).over(Window.partitionBy(*partition).orderBy(*order))
-    deduped = rows.withColumn("__previous", previous).where(F.col("__previous").isNull()).drop("__previous")
-    return PreparedRows(deduped.observe(kept, F.count(F.lit(1)).alias("rows")), view.name, read, kept)
-
-
-@dataclass(frozen=True, slots=True)
-class Written:
-    """What :func:`write_rows` did: the counts of the rows it read, how many it inserted or updated, and the
-    table version it created when it created the table (0; None otherwise: ask :func:`table_version`)."""
-
-    counts: RowCounts
-    rows_written: int
-    created_version: int | None = None
-
-
-def write_rows(
-    spark: SparkSession, path: Path | str, view: ViewPlan, prepared: PreparedRows, published_at: datetime
-) -> Written:
-    """Write the prepared rows into the view's table in one Delta commit.
-
-    A table that does not exist yet is created with the rows in one plain write (no MERGE: nothing to match
-    against; a concurrent creator makes one of the two fail). Onto an existing table, the rows identical to a
-    stored row are dropped with an anti-join and only the new or changed rows are MERGEd (see
-    :func:`merge_rows`); when none are left there is no commit at all. Either way the source is read once.
-    """
-    from delta.tables import DeltaTable
-
-    if not DeltaTable.isDeltaTable(spark, str(path)):
-        (
-            _with_published_at(view, prepared.frame, published_at)
-            .write.format("delta")
-            .mode("errorifexists")
-            .option(STATS_PROPERTY, stats_columns(view))  # options named delta.* become table properties
-            .save(str(path))
-        )
-        counts = prepared.counts()
-        return Written(counts, counts.kept, created_version=0)  # a table's first commit is version 0
-
-    # Only what differs from the stored rows goes into the MERGE: a rerun of an unchanged window matches every
-    # row here and commits nothing, instead of MERGE-joining and rewriting the whole table.
-    stored = read_table(spark, path)
-    frame = prepared.frame
-    columns = [*view.key_names, *view.feature_names, EVENT_TIMESTAMP, CREATED_TIMESTAMP]
-    same = [frame[quote_spark(c)].eqNullSafe(stored[quote_spark(c)]) for c in columns]
-    changed = frame.join(stored, on=functools.reduce(operator.and_, same), how="left_anti").persist()
+    if version is None:
+        version = delta_log.latest_version(path)
+        if version is None:
+            return None
+    metadata = delta_log.user_metadata(path, version)
+    if metadata is None:
+        return None
     try:
-        count = changed.count()  # the one pass over the source, which also counts its rows
-        counts = prepared.counts()
-        written = merge_rows(spark, path, view, changed, published_at) if count else 0
-    finally:
-        changed.unpersist()
-    return Written(counts, written)
+        return datetime.fromisoformat(json.loads(metadata)[THROUGH_KEY])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
-def _with_published_at(view: ViewPlan, rows: DataFrame, published_at: datetime) -> DataFrame:
-    """``rows`` in the table's column order and types, with ``published_at``."""
-    from pyspark.sql import functions as F
+@dataclass(frozen=True, slots=True)
+class ViewTable:
+    """One view's side of a point-in-time join, in either engine: its rows at the pinned version (``table``, a
+    Spark DataFrame or an Arrow table with the join keys, the features, ``event_timestamp`` and
+    ``created_timestamp``) and what to take from them."""
 
-    schema = table_schema(view)
-    return rows.select(
-        *(F.col(quote_spark(f.name)).cast(f.dataType) for f in schema.fields if f.name != PUBLISHED_AT),
-        F.lit(published_at).cast("timestamp").alias(PUBLISHED_AT),
-    ).to(schema)
+    name: str
+    join_keys: tuple[tuple[str, DType], ...]
+    features: tuple[str, ...]
+    ttl_seconds: int | None
+    table: Any
+    valid_until: datetime | None = None  # windowed views: the last tick computed plus the TTL
 
-
-def merge_rows(spark: SparkSession, path: Path | str, view: ViewPlan, rows: DataFrame, published_at: datetime) -> int:
-    """MERGE ``rows`` into the view's table in one Delta commit; returns rows inserted or updated.
-
-    Matched on (join keys, event_timestamp, created_timestamp null-safe). A matched row is updated only when a
-    feature value differs (null-safe), so re-running a window commits nothing.
-    """
-    from delta.tables import DeltaTable
-
-    (DeltaTable.createIfNotExists(spark).location(str(path)).addColumns(table_schema(view)).execute())
-    source = _with_published_at(view, rows, published_at)
-
-    def col(side: str, name: str) -> str:
-        return f"{side}.{quote_spark(name)}"
-
-    on = " AND ".join(
-        [
-            *(f"{col('t', k)} <=> {col('s', k)}" for k in view.key_names),
-            f"{col('t', EVENT_TIMESTAMP)} = {col('s', EVENT_TIMESTAMP)}",
-            f"{col('t', CREATED_TIMESTAMP)} <=> {col('s', CREATED_TIMESTAMP)}",
-        ]
-    )
-    changed = " OR ".join(f"NOT ({col('t', f)} <=> {col('s', f)})" for f in view.feature_names) or "false"
-    updates: dict[str, str | Column] = {quote_spark(f): col("s", f) for f in (*view.feature_names, PUBLISHED_AT)}
-    metrics = (
-        DeltaTable.forPath(spark, str(path))
-        .alias("t")
-        .merge(source.alias("s"), on)
-        .whenMatchedUpdate(condition=changed, set=updates)
-        .whenNotMatchedInsertAll()
-        .execute()
-    ).first()
-    if metrics is None:
-        return 0
-    return int(metrics["num_inserted_rows"]) + int(metrics["num_updated_rows"])
+    def column(self, feature: str) -> str:
+        return f"{self.name}__{feature}"

@@ -27,7 +27,7 @@ def postgres_url() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def spark() -> Iterator[Any]:
     """The one local Spark session (with Delta Lake and the JDBC drivers) of this test run."""
-    from offline.session import get_spark, stop_spark
+    from offline.spark.session import get_spark, stop_spark
 
     session = get_spark()
     yield session

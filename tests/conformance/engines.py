@@ -1,6 +1,6 @@
 """The engines under test: each evaluates a batch of plan expressions over one Arrow table.
 
-``EvaluatorEngine`` is ``features.evaluator``; ``SparkEngine`` translates with ``offline.translate`` and runs one
+``EvaluatorEngine`` is ``features.evaluator``; ``SparkEngine`` translates with ``offline.spark.translate`` and runs one
 Spark query per batch on a DataFrame built from the same Arrow data, with whole-stage code generation (the
 path materialization takes: small local data would otherwise be evaluated by the optimizer's interpreter).
 """
@@ -44,7 +44,7 @@ class SparkEngine:
         self.name = "spark-interpreted" if interpreted else "spark"
 
     def evaluate(self, exprs: Sequence[Expr], table: pa.Table) -> list[pa.Array]:
-        from offline.translate import SparkTranslator
+        from offline.spark.translate import SparkTranslator
 
         translator = SparkTranslator()
         columns = [translator.translate(e).alias(f"e{n}") for n, e in enumerate(exprs)]

@@ -19,7 +19,8 @@ from features.functions import FunctionLoader
 from features.on_demand import compute
 from features.plan import OnDemandViewPlan, Plan, ViewPlan
 from features.store import FeatureStore
-from offline.on_demand import add_on_demand_spark, on_demand_spec
+from offline.on_demand import on_demand_spec
+from offline.spark.on_demand import add_on_demand_spark
 from tests.conformance.compare import assert_all_same
 from tests.conformance.engines import ROW, Engine, _normalise
 from tests.conformance.runner import budget, check_exprs

@@ -30,7 +30,7 @@ def test_unknown_node_is_named() -> None:
 
 
 def test_translator_raises_the_same_error_class() -> None:
-    from offline.translate import UnsupportedExpressionError as SparkError
+    from offline.spark.translate import UnsupportedExpressionError as SparkError
 
     assert SparkError is UnsupportedExpressionError
 

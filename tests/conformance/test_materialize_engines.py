@@ -1,4 +1,4 @@
-"""Both materialization engines (Spark, offline/materialize.py; Arrow, offline/arrow_materialize.py) on
+"""Both materialization engines (Spark, offline/spark/materialize.py; Arrow, offline/arrow/materialize.py) on
 generated source rows in a real PostgreSQL: many rows sharing keys, event and created time with other values,
 nulls, NaN and infinities, empty and non-ASCII text. Each engine's Delta table and published rows are held to a
 plain-Python oracle and to each other."""
@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from features.config import RepoConfig
-from offline import arrow_materialize
-from offline.materialize import materialize as spark_materialize
+from offline.arrow import materialize as arrow_materialize
+from offline.spark.materialize import materialize as spark_materialize
 from offline.tables import table_path
 from tests.offline.support import FileOnlineStore, make_plan
 from tests.offline.test_arrow_materialize import pg_view, write_pg_source

@@ -17,8 +17,9 @@ from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
 from features.dtypes import DType
-from offline import arrow_join
-from offline.point_in_time import ROW_ID, ViewInput, point_in_time_join
+from offline.arrow import join as arrow_join
+from offline.spark.point_in_time import ROW_ID, point_in_time_join
+from offline.tables import ViewTable
 
 BASE = datetime(2024, 1, 1)
 KEYS = (("k", DType.INT64), ("m", DType.STRING))
@@ -81,7 +82,7 @@ def test_both_engines_match_the_oracle(spark: Any) -> None:
 
         table = spark.createDataFrame([(k, m, e, c, x) for k, m, e, c, x in rows], feature_schema)
         frame = spark.createDataFrame([(*e, i) for i, e in enumerate(entities)], entity_schema)
-        joined = point_in_time_join(frame, "ts", [ViewInput("v", KEYS, ("x",), ttl, table)])
+        joined = point_in_time_join(frame, "ts", [ViewTable("v", KEYS, ("x",), ttl, table)])
         by_row = {r[ROW_ID]: r["v__x"] for r in joined.select(ROW_ID, "v__x").collect()}
         in_spark = [by_row[i] for i in range(len(entities))]
 
@@ -102,7 +103,7 @@ def test_both_engines_match_the_oracle(spark: Any) -> None:
                 "ts": pa.array([e[2] for e in entities], pa.timestamp("ns")),  # naive: UTC
             }
         )
-        view = arrow_join.ArrowView("v", KEYS, ("x",), ttl, arrow_table)
+        view = ViewTable("v", KEYS, ("x",), ttl, arrow_table)
         in_arrow = arrow_join.point_in_time_join(arrow_entities, "ts", [view]).column("v__x").to_pylist()
 
         assert in_spark == expected, "Spark differs from the oracle"

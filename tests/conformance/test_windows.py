@@ -2,7 +2,7 @@
 
 Hypothesis generates event tables (nulls, NaN, infinities, extreme int64, events exactly on tile and tick
 boundaries, ties on event time); Spark builds tiles and the values at every change tick
-(``offline/windows.py``); for every entity and every tick, the latest row at or before the tick must equal the
+(``offline/spark/windows.py``); for every entity and every tick, the latest row at or before the tick must equal the
 oracle's value at that tick. The float rules are the documented ones: sums (and means) within the standard
 error bound of plain float64 addition in any order, ``2·n·2^-53·Σ|x|``, of the exact sum (``math.fsum``); NaN
 or both infinities give NaN; min/max use SQL's order (NaN above everything); stddev merges central moments and
@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from features.dtypes import DType
 from features.expressions import Column, Literal, parse_expression
 from features.plan import AggregatePlan, ColumnSpec, FeaturePlan, SourcePlan, ViewPlan
-from offline.windows import TickRange, build_tiles, values_at_ticks
+from offline.spark.windows import TickRange, build_tiles, values_at_ticks
 
 pytestmark = pytest.mark.spark
 

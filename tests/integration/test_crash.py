@@ -70,7 +70,7 @@ def generations_online(store: FeatureStore, sample: list[int]) -> set[int]:
 
 
 def offline_rows(store: FeatureStore) -> tuple[int, set[int]]:
-    from offline.session import get_spark
+    from offline.spark.session import get_spark
 
     view = store.plan_version().plan.view("balances")
     path = store.config.resolved_offline_path() / "balances" / view.storage_fingerprint

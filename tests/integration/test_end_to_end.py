@@ -21,7 +21,8 @@ import pytest
 
 from definitions._example_data import create_example_data
 from features.store import FeatureStore
-from offline import daemon
+from offline.spark.session import get_spark
+from offline.warm import client as daemon
 from tests.integration import oracle
 
 pytestmark = [pytest.mark.spark, pytest.mark.redis, pytest.mark.slow]
@@ -54,7 +55,7 @@ def materialized(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, spark: Any, redis_url: str
 ) -> Iterator[tuple[FeatureStore, dict[str, pd.DataFrame]]]:
     """The example repository, materialized. "warm engine": every offline job of the module (those that take
-    pandas rows) runs in the repository's warm engine (offline/daemon.py) instead of this process, training sets
+    pandas rows) runs in the repository's warm engine (offline/warm/server.py) instead of this process, training sets
     included: they are joined in Spark there, while the other two parameters join them in Arrow here."""
     tmp = tmp_path_factory.mktemp(f"e2e_{request.param.replace(' ', '_')}")
     if request.param == "postgres":
@@ -167,11 +168,11 @@ def test_rematerializing_changes_nothing(materialized: tuple[FeatureStore, Any])
     from delta.tables import DeltaTable
     from pyspark.sql import functions as F
 
-    from offline.windows import read_through
+    from offline.tables import read_through
 
     offline = store.config.resolved_offline_path()
     plan = store.plan_version().plan
-    spark = store.offline.spark  # type: ignore[attr-defined]
+    spark = get_spark(store.config)
     through = {}
 
     def rows(view: Any, path: str) -> list[tuple[Any, ...]]:
@@ -385,7 +386,7 @@ def test_on_demand_function_in_training_sets_matches_the_oracle(
         }
     )
     if output_format == "spark":
-        spark = store.offline.spark  # type: ignore[attr-defined]
+        spark = get_spark(store.config)
         frame = store.get_training_dataset(
             spark.createDataFrame(entities), features=["payment_shape:*"], timestamp_column="ts", output_format="spark"
         )

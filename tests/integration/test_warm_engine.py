@@ -1,4 +1,4 @@
-"""The warm engine (offline/daemon.py) as its callers meet it: errors, progress and logs come back; a caller
+"""The warm engine (offline/warm/server.py) as its callers meet it: errors, progress and logs come back; a caller
 with other code runs its job itself; strangers are refused; it stops when told or when idle.
 
 That its jobs give the same values as in-process ones is checked by the "warm engine" parameter of
@@ -26,7 +26,9 @@ from features.cli import main
 from features.config import RepoConfig
 from features.errors import EntityKeyError
 from features.store import FeatureStore
-from offline import daemon
+from offline.router import Router
+from offline.warm import client as daemon
+from offline.warm import server as warm_server
 from tests.integration.test_end_to_end import make_repo
 
 pytestmark = [pytest.mark.spark, pytest.mark.redis, pytest.mark.slow]
@@ -78,7 +80,7 @@ def test_progress_and_log_records_reach_the_caller(store: FeatureStore, caplog: 
     task = "materialize card_profile"
     assert progress.calls[0] == ("start", task) and progress.calls[-1] == ("finish", task)
     assert ("advance", task) in progress.calls
-    relayed = [r for r in caplog.records if r.name == "offline.materialize"]
+    relayed = [r for r in caplog.records if r.name == "offline.spark.materialize"]
     assert any(f"read {result.rows_read} source row(s)" in r.getMessage() for r in relayed)
 
 
@@ -116,7 +118,7 @@ def test_errors_come_back_with_their_type_and_message(store: FeatureStore) -> No
         store.get_training_dataset(entities, features=["card_profile:credit_limit"], timestamp_column="ts")
     assert jobs(store) == before + 1
     local = FeatureStore(store.config.root)
-    local.offline.in_process = True  # type: ignore[attr-defined]
+    local.offline = Router(local.config, in_process=True)
     with pytest.raises(EntityKeyError) as here:
         local.get_training_dataset(entities, features=["card_profile:credit_limit"], timestamp_column="ts")
     local.close()
@@ -148,7 +150,7 @@ def test_a_caller_with_other_code_or_settings_runs_the_job_itself(
     monkeypatch.setattr(daemon, "_warned", set())
     before = jobs(store)
     entities = pd.DataFrame({"card_id": [1, 2], "ts": pd.to_datetime(["2030-01-01", "2030-01-02"], utc=True)})
-    with caplog.at_level(logging.WARNING, logger="offline.daemon"):
+    with caplog.at_level(logging.WARNING, logger="offline.warm.client"):
         frame = store.get_training_dataset(entities, features=["card_profile:credit_limit"], timestamp_column="ts")
     assert len(frame) == 2
     assert jobs(store) == before  # ran here
@@ -167,7 +169,7 @@ def test_skewless_engine_here_keeps_the_job_in_this_process(
 
 
 def test_the_engine_s_jvm_keeps_the_optimizing_jit(store: FeatureStore) -> None:
-    from offline.session import ONE_SHOT_JIT
+    from offline.spark.session import ONE_SHOT_JIT
 
     info = daemon.engine_info(store.config)
     assert info is not None
@@ -202,7 +204,7 @@ def test_stop_ends_the_engine_and_jobs_run_here_again(store: FeatureStore) -> No
 
 
 def test_an_idle_engine_stops_by_itself(tmp_path: Path) -> None:
-    server = daemon.EngineServer(RepoConfig(root=tmp_path), idle_minutes=0.5 / 60)
+    server = warm_server.EngineServer(RepoConfig(root=tmp_path), idle_minutes=0.5 / 60)
     server.last_active = time.monotonic() - 1.0
     watchdog = threading.Thread(target=server._stop_when_idle, daemon=True)
     watchdog.start()

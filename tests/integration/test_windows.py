@@ -21,7 +21,8 @@ import pytest
 import sqlalchemy as sa
 
 from features.store import FeatureStore
-from offline.tables import read_table, table_path
+from offline.spark.tables import read_table
+from offline.tables import table_path
 from tests.integration.window_oracle import Row, Spec, same, value_at
 
 pytestmark = [pytest.mark.spark, pytest.mark.redis, pytest.mark.slow]
@@ -248,7 +249,7 @@ def test_one_backfill_equals_the_day_by_day_replay(
     source_url = f"sqlite:///{tmp_path / 'shop.db'}"
     write_source(source_url, rows)
     backfill = make_repo(tmp_path / "repo", source_url, redis_url)
-    with caplog.at_level(logging.INFO, logger="offline.materialize"):
+    with caplog.at_level(logging.INFO, logger="offline.spark.materialize"):
         [result] = backfill.materialize(end=START + (DAYS + 1) * D)
     assert result.rows_read == len(rows)
     assert f"read {len(rows)} source row(s)" in caplog.text

@@ -67,7 +67,7 @@ def value_at(spec: Spec, rows: Sequence[Row], tick: datetime, time_column: str, 
 
 
 def same(expected: Any, got: Any) -> bool:
-    """Equal, floats within 1e-9 relative (float sums are not in a fixed order; see offline/windows.py)."""
+    """Equal, floats within 1e-9 relative (float sums are not in a fixed order; see offline/spark/windows.py)."""
     if expected is None or got is None:
         return expected is None and got is None
     if isinstance(expected, float) or isinstance(got, float):

@@ -1,4 +1,4 @@
-"""Materialization in Arrow (offline/arrow_materialize.py) from a real PostgreSQL into real Delta tables,
+"""Materialization in Arrow (offline/arrow/materialize.py) from a real PostgreSQL into real Delta tables,
 against the plain-Python oracle of test_materialize.py and against Spark's materialization of the same rows."""
 
 from __future__ import annotations
@@ -18,11 +18,15 @@ from features.config import RepoConfig
 from features.dtypes import DType
 from features.errors import MaterializationError
 from features.plan import ColumnSpec, ViewPlan
-from offline import arrow_materialize, delta_log
-from offline.arrow_join import read_snapshot
-from offline.engine import SparkEngine
-from offline.materialize import materialize as spark_materialize
-from offline.tables import read_table, table_path, table_version
+from offline import delta_log
+from offline.arrow import materialize as arrow_materialize
+from offline.arrow.engine import ArrowEngine
+from offline.arrow.join import read_snapshot
+from offline.jobs import Materialization
+from offline.router import Router
+from offline.spark.materialize import materialize as spark_materialize
+from offline.spark.tables import read_table, table_version
+from offline.tables import table_path
 from tests.offline.support import FileOnlineStore, make_plan
 from tests.offline.test_materialize import (
     BASE,
@@ -191,7 +195,7 @@ def test_duplicates_keep_the_row_spark_keeps(spark: Any, postgres_url: str, tmp_
     assert {k: r[1:4] for k, r in kept.items()} == {k: r[1:4] for k, r in by_spark.items()}
 
 
-def test_a_source_that_changed_stored_values_is_merged_by_spark(
+def test_a_source_that_changed_stored_values_is_merged_in_arrow_as_spark_merges(
     spark: Any, postgres_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     rows = source_rows()
@@ -200,8 +204,9 @@ def test_a_source_that_changed_stored_values_is_merged_by_spark(
     view = pg_view(table, "upd_txn")
     config = repo(tmp_path, postgres_url)
     store = FileOnlineStore(tmp_path / "online")
-    engine = SparkEngine(config, in_process=True)
+    engine = Router(config, in_process=True)
     assert engine.materialize(make_plan(view), view, start=None, end=None, online=store).engine == "arrow"
+    files_before = {f.name for f in delta_log.snapshot(table_path(config, view), 0).files}
     # User 4's latest amount is restated, and a new row arrives.
     latest4 = max((r for r in rows if r[0] == 4 and r[4] is not None), key=lambda r: (r[4], r[5] or datetime.min))
     rows = [(*r[:2], 77.0, *r[3:]) if r == latest4 else r for r in rows]
@@ -209,11 +214,29 @@ def test_a_source_that_changed_stored_values_is_merged_by_spark(
     write_pg_source(postgres_url, table, rows)
     with caplog.at_level(logging.INFO, logger="offline"):
         result = engine.materialize(make_plan(view), view, start=None, end=None, online=store)
-    assert "1 source row(s) change values the table holds (Spark MERGEs updates)" in caplog.text
-    assert result.engine == "spark" and result.rows_written_offline == 2
+    assert "1 row(s) inserted and 1 updated" in caplog.text
+    assert result.engine == "arrow" and result.rows_written_offline == 2
     assert delta_rows(spark, table_path(config, view)) == expected_table(rows, None, None)
     assert live_rows(store, "upd_txn") == expected_latest(expected_table(rows, None, None))
-    # After Spark's MERGE the table is Spark's and Arrow's alike: the next plain insert is Arrow's again.
+    # Copy on write, as Spark's MERGE: the file holding the restated row is replaced; Spark reads both versions.
+    merged = delta_log.snapshot(table_path(config, view), 1)
+    assert not files_before & {f.name for f in merged.files}
+    assert read_table(spark, table_path(config, view), 0).count() == len(expected_table(source_rows(), None, None))
+    (first_published,) = {r["published_at"] for r in read_table(spark, table_path(config, view), 0).collect()}
+    moved = [
+        r for r in read_table(spark, table_path(config, view), 1).collect() if r["published_at"] != first_published
+    ]
+    # The restated row and the new one were published by this run; the rewritten file's other rows keep their
+    # published_at, as Spark's MERGE keeps it.
+    assert sorted((r["user_id"], r["event_timestamp"]) for r in moved) == sorted(
+        [(4, latest4[4]), (1, BASE + timedelta(days=5))]
+    )
+    # Spark MERGEs into the table Arrow merged, and Arrow appends after Spark's commit.
+    rows.append((3, "Spark", 5.0, 2, BASE + timedelta(days=5, hours=2), None))
+    write_pg_source(postgres_url, table, rows)
+    by_spark = engine.materialize(make_plan(view), view, start=None, end=None, online=store, engine="spark")
+    assert (by_spark.engine, by_spark.rows_written_offline) == ("spark", 1)
+    assert delta_rows(spark, table_path(config, view)) == expected_table(rows, None, None)
     rows.append((2, "Later", 1.0, 1, BASE + timedelta(days=5, hours=1), None))
     write_pg_source(postgres_url, table, rows)
     after = engine.materialize(make_plan(view), view, start=None, end=None, online=store)
@@ -226,7 +249,7 @@ def test_a_source_that_changed_stored_values_is_merged_by_spark(
     ("case", "reason"),
     [
         ("sqlite source", "only PostgreSQL sources are read in Arrow"),
-        ("over the row limit", "the window holds more than 5 rows (offline.arrow_materialize_max_rows)"),
+        ("over the row limit", "more than 5 (offline.arrow_materialize_max_rows)"),
         ("limit 0", "offline.arrow_materialize_max_rows is 0"),
         ("numeric column", "column 'amount' arrives as extension<arrow.opaque"),
     ],
@@ -249,9 +272,12 @@ def test_runs_arrow_leaves_to_spark_say_why_and_write_nothing(
     if case == "numeric column":
         with psycopg.connect(postgres_url, autocommit=True) as conn:
             conn.execute(f"ALTER TABLE {table} ALTER COLUMN amount TYPE NUMERIC(12, 2)")
-    with caplog.at_level(logging.INFO, logger="offline"):
-        assert in_arrow(config, view, FileOnlineStore(tmp_path / "online")) is None
-    assert "view 'left_txn': materialized in Spark: " in caplog.text and reason in caplog.text
+    refusal = ArrowEngine(config).refusal(Materialization(make_plan(view), view, None, None))
+    assert refusal is not None and reason in refusal
+    with caplog.at_level(logging.INFO, logger="offline.router"):
+        router = Router(config, in_process=True)
+        assert router.route(Materialization(make_plan(view), view, None, None))[0].name == "spark"
+    assert f"view 'left_txn': runs in spark (not arrow: {refusal})" in caplog.text
     assert not table_path(config, view).exists()
 
 

@@ -18,12 +18,36 @@ from features.config import RepoConfig
 from features.dtypes import DType
 from features.errors import EntityKeyError
 from offline import delta_log
-from offline.datasets import DatasetError, arrow_join_problem, describe, reproduce, table_sha256, training_dataset
-from offline.materialize import materialize
-from offline.tables import table_path, table_version
+from offline.arrow.engine import ArrowEngine
+from offline.datasets import as_arrow, describe
+from offline.jobs import TrainingSet
+from offline.manifest import DatasetError, Manifest, table_sha256
+from offline.router import Router
+from offline.spark.materialize import materialize
+from offline.spark.tables import table_version
+from offline.tables import table_path
 from tests.offline.support import make_plan, make_view
 
 BASE = datetime(2024, 6, 1)
+
+
+def training_dataset(spark: Any, config: RepoConfig, plan: Any, version: int, rows: Any, refs: Any, **kw: Any) -> Any:
+    """A set built by the router (``join``: the engine it must run in; "auto": the first that takes it). The
+    router's Spark engine uses this process's session: the ``spark`` fixture's."""
+    join = kw.pop("join", "auto")
+    router = Router(config, in_process=True)
+    return router.training_dataset(plan, version, rows, refs, engine=None if join == "auto" else join, **kw)
+
+
+def reproduce(spark: Any, config: RepoConfig, plan: Any, manifest: str, output: Any = None, join: str = "auto") -> Any:
+    router = Router(config, in_process=True)
+    return router.reproduce(plan, manifest, output=output, engine=None if join == "auto" else join)
+
+
+def arrow_join_problem(config: RepoConfig, manifest: Manifest, rows: Any) -> str | None:
+    return ArrowEngine(config).refusal(TrainingSet(manifest, as_arrow(rows)))
+
+
 TTL = 2 * 86400
 REFS = ["acct:balance", "acct:low", "spend:amount"]
 
@@ -229,7 +253,7 @@ def test_errors_name_the_problem(spark: Any, repo: dict[str, Any], tmp_path: Pat
     session = lambda: spark  # noqa: E731
     with pytest.raises(DatasetError, match="valid choices: pandas, spark, arrow"):
         training_dataset(session, config, plan, 8, entities(), REFS, output_format="csv")
-    with pytest.raises(DatasetError, match="valid choices: auto, arrow, spark"):
+    with pytest.raises(DatasetError, match="unknown engine 'duckdb'; valid choices: arrow, spark"):
         training_dataset(session, config, plan, 8, entities(), REFS, join="duckdb")
     for join in ("arrow", "spark"):
         with pytest.raises(EntityKeyError, match="merchant"):
@@ -285,6 +309,10 @@ def test_tables_over_the_limit_are_joined_in_spark_and_the_log_says_why(
     )
     roomy = RepoConfig(root=config.root, connections=config.connections, arrow_join_max_mb=1200)
     assert arrow_join_problem(roomy, manifest, entities()) is None
-    with caplog.at_level(logging.INFO, logger="offline.datasets"):
-        training_dataset(lambda: spark, config, plan, 8, entities(), REFS)
-    assert any("in Spark: the feature tables hold 1,200 MiB" in r.getMessage() for r in caplog.records)
+    out = str(repo["root"] / "over-the-limit.parquet")
+    with caplog.at_level(logging.INFO, logger="offline.router"):
+        training_dataset(lambda: spark, config, plan, 8, entities(), REFS, output=out)
+    why = "the feature tables hold 1,200 MiB, over offline.arrow_join_max_mb (1024)"
+    assert any(f"runs in spark (not arrow: {why})" in r.getMessage() for r in caplog.records)
+    manifest_json = json.loads(Path(f"{out}.manifest.json").read_text())
+    assert manifest_json["joined_in"] == "spark" and manifest_json["refusals"] == {"arrow": why}

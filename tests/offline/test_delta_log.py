@@ -12,9 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from offline import delta_log
-from offline.arrow_join import read_snapshot
-from offline.tables import read_table, table_version
-from offline.windows import read_through
+from offline.arrow.join import read_snapshot
+from offline.spark.tables import read_table, table_version
+from offline.tables import read_through
 
 BASE = datetime(2024, 3, 1)
 COLUMNS = ["id", "name", "score", "flag", "event_timestamp"]

@@ -1,4 +1,4 @@
-"""The engine plugs in by name, pins its public API, and keeps pyspark out of plain imports."""
+"""The router plugs in by name, every engine implements one protocol, and plain imports keep pyspark out."""
 
 from __future__ import annotations
 
@@ -10,39 +10,45 @@ from pathlib import Path
 import offline
 from features.config import RepoConfig
 from features.protocols import OfflineEngine
-from offline.engine import SparkEngine
+from offline.jobs import Engine
+from offline.router import Router, default_engines
 
 
-def test_entry_point_loads_the_spark_engine() -> None:
-    (found,) = [e for e in entry_points(group="skewless.offline_engines") if e.name == "spark"]
-    assert found.load() is SparkEngine
+def test_entry_points_load_the_router() -> None:
+    found = {e.name: e.load() for e in entry_points(group="skewless.offline_engines")}
+    assert found["spark"] is Router and found["auto"] is Router
 
 
-def test_engine_has_every_protocol_method(tmp_path: Path) -> None:
-    engine: OfflineEngine = SparkEngine(RepoConfig(root=tmp_path))
+def test_router_and_engines_have_every_protocol_method(tmp_path: Path) -> None:
+    router: OfflineEngine = Router(RepoConfig(root=tmp_path))
     for name in ("materialize", "training_dataset", "reproduce", "stop"):
-        assert callable(getattr(engine, name))
+        assert callable(getattr(router, name))
+    engines: list[Engine] = default_engines(RepoConfig(root=tmp_path))
+    assert [e.name for e in engines] == ["arrow", "warm", "spark"]
+    for engine in engines:
+        for name in ("refusal", "materialize", "training_set", "stop"):
+            assert callable(getattr(engine, name)), (engine.name, name)
+    in_process = default_engines(RepoConfig(root=tmp_path), in_process=True)
+    assert [e.name for e in in_process] == ["arrow", "spark"]
 
 
 def test_public_api_is_pinned() -> None:
     assert sorted(offline.__all__) == [
         "DatasetError",
-        "JavaNotFoundError",
-        "SparkEngine",
-        "SparkTranslator",
-        "UnsupportedExpressionError",
-        "ViewInput",
-        "get_spark",
-        "materialize",
-        "point_in_time_join",
-        "reproduce",
-        "stop_spark",
-        "to_spark",
-        "training_dataset",
+        "Engine",
+        "JoinedSet",
+        "Manifest",
+        "Materialization",
+        "Router",
+        "TrainingSet",
     ]
 
 
 def test_importing_offline_does_not_start_or_import_spark() -> None:
-    code = "import sys, offline, offline.engine; print('pyspark' in sys.modules)"
+    code = (
+        "import sys, offline, offline.router, offline.spark.engine, offline.warm.client; "
+        "from features.config import RepoConfig; offline.Router(RepoConfig(root='.')); "
+        "print('pyspark' in sys.modules)"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"

@@ -14,7 +14,7 @@ from features.dtypes import DType
 from features.errors import ConfigError, SchemaMismatchError
 from features.plan import ColumnSpec, SourcePlan
 from features.sources import SourceUnavailableError
-from offline.jdbc import check_schema, jdbc_target, read_source
+from offline.spark.jdbc import check_schema, jdbc_target, read_source
 
 BASE = datetime(2024, 3, 1)
 START, END = BASE + timedelta(days=2), BASE + timedelta(days=7)

@@ -18,8 +18,10 @@ from features.dtypes import DType
 from features.errors import MaterializationError, SchemaMismatchError
 from features.plan import ViewPlan
 from features.protocols import LiveSnapshot
-from offline.materialize import already_live, materialize
-from offline.tables import commit_time, read_table, table_path, table_version
+from offline.publication import already_live
+from offline.spark.materialize import materialize
+from offline.spark.tables import read_table, table_version
+from offline.tables import commit_time, table_path
 from tests.offline.support import FileOnlineStore, make_plan, make_view
 
 BASE = datetime(2024, 5, 1)

@@ -1,5 +1,5 @@
 """The point-in-time join against a pandas ``merge_asof`` oracle, per view, with the TTL and tie rules, in both
-engines: Spark (:mod:`offline.point_in_time`) and Arrow (:mod:`offline.arrow_join`), fed the same rows.
+engines: Spark (:mod:`offline.spark.point_in_time`) and Arrow (:mod:`offline.arrow.join`), fed the same rows.
 
 Views "u" and "w" share their join keys (one stacked window for both), "um" has its own.
 """
@@ -15,8 +15,9 @@ import pandas as pd
 import pytest
 
 from features.dtypes import DType
-from offline import arrow_join
-from offline.point_in_time import ROW_ID, ViewInput, point_in_time_join
+from offline.arrow import join as arrow_join
+from offline.spark.point_in_time import ROW_ID, point_in_time_join
+from offline.tables import ViewTable
 
 BASE = datetime(2024, 1, 1)
 TTL = 3600
@@ -173,17 +174,17 @@ def joined(spark: Any) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.Dat
     # Shuffle the input so that row order is something the join must actually preserve.
     entity_rows = [(*r, i) for i, r in enumerate(rows(entities))]
     views = [
-        ViewInput(
+        ViewTable(
             "u", (("user_id", DType.INT64),), ("f_num", "f_str"), TTL, spark.createDataFrame(rows(users), user_schema)
         ),
-        ViewInput(
+        ViewTable(
             "um",
             (("user_id", DType.INT64), ("merchant", DType.STRING)),
             ("amt",),
             None,
             spark.createDataFrame(rows(pairs), pair_schema),
         ),
-        ViewInput(
+        ViewTable(
             "w", (("user_id", DType.INT64),), ("f_num",), 2 * TTL, spark.createDataFrame(rows(others), user_schema)
         ),
     ]
@@ -206,9 +207,9 @@ def joined_in_arrow(joined: Any) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFra
 
     user_key, pair_keys = (("user_id", DType.INT64),), (("user_id", DType.INT64), ("merchant", DType.STRING))
     views = [
-        arrow_join.ArrowView("u", user_key, ("f_num", "f_str"), TTL, table(users)),
-        arrow_join.ArrowView("um", pair_keys, ("amt",), None, table(pairs)),
-        arrow_join.ArrowView("w", user_key, ("f_num",), 2 * TTL, table(others)),
+        ViewTable("u", user_key, ("f_num", "f_str"), TTL, table(users)),
+        ViewTable("um", pair_keys, ("amt",), None, table(pairs)),
+        ViewTable("w", user_key, ("f_num",), 2 * TTL, table(others)),
     ]
     arrow_entities = pa.Table.from_pandas(entities, preserve_index=False)
     features = arrow_join.point_in_time_join(arrow_entities, "ts", views).to_pandas()

@@ -13,12 +13,12 @@ from typing import IO, Any
 
 import pytest
 
-from offline import python_daemon
+from offline.spark import python_daemon
 
 # Runs in a child interpreter: patching zipimport here would change the test process for every later test.
 ARCHIVE_CHECK = """
 import importlib, sys, zipfile, zipimport
-from offline import python_daemon
+from offline.spark import python_daemon
 
 archive = sys.argv[1]
 reads = []

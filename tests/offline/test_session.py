@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from offline import session
+from offline.spark import session
 
 
 def test_packages_follow_the_installed_delta() -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from features.dtypes import DType
 from features.expressions import Call, Column, Expr, Literal, parse_expression
-from offline.translate import SparkTranslator, UnsupportedExpressionError
+from offline.spark.translate import SparkTranslator, UnsupportedExpressionError
 
 COLUMNS = {
     "a": DType.INT64,

@@ -13,7 +13,7 @@ handful of rows took ~0.2 s of CPU, about one second for each view published onl
   worker holds: pandas, pyarrow and pyspark once imported. Here, after each task, the task's own garbage is
   collected and what survives is frozen (``gc.freeze``), so the next full collection walks only new objects.
 
-Otherwise ``pyspark.daemon`` runs unchanged. :mod:`offline.session` names this module in
+Otherwise ``pyspark.daemon`` runs unchanged. :mod:`offline.spark.session` names this module in
 ``spark.python.daemon.module`` in local mode, where the workers run this interpreter (with skewless installed).
 """
 

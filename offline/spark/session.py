@@ -103,8 +103,8 @@ def local_conf() -> dict[str, str]:
         "spark.databricks.delta.snapshotPartitions": "2",
         # The Python workers run this interpreter, where skewless is installed: fork them from a daemon without
         # pyspark.daemon's fixed costs per task, re-reading every zip and jar on the path and a full garbage
-        # collection (see offline/python_daemon.py).
-        "spark.python.daemon.module": "offline.python_daemon",
+        # collection (see offline/spark/python_daemon.py).
+        "spark.python.daemon.module": "offline.spark.python_daemon",
     }
 
 

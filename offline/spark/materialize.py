@@ -7,38 +7,29 @@ the whole table at the version just written, so a rerun after any failure comple
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from features.config import RepoConfig
 from features.errors import MaterializationError, SkewlessError
 from features.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP, Plan, ViewPlan
 from features.protocols import MaterializationResult, OnlineStore, Progress, Publication, iter_batches
-from offline import windows
-from offline.jdbc import error_summary, quote_spark, read_source, spark_type
-from offline.tables import commit_time, prepare_rows, read_table, table_path, table_version, write_rows
-from offline.translate import SparkTranslator
+from offline.errors import error_summary
+from offline.publication import already_live, phase, published
+from offline.spark import windows
+from offline.spark.jdbc import quote_spark, read_source, spark_type
+from offline.spark.tables import prepare_rows, read_table, table_version, write_rows
+from offline.spark.translate import SparkTranslator
+from offline.tables import read_through, table_path
 
 if TYPE_CHECKING:
     import pyarrow as pa
     from pyspark.sql import DataFrame, SparkSession
 
 log = logging.getLogger(__name__)
-
-
-@contextlib.contextmanager
-def phase(view: ViewPlan, name: str) -> Iterator[None]:
-    """Log how long one step of a run took (at INFO), so a slow run says where its time went."""
-    began = time.monotonic()
-    try:
-        yield
-    finally:
-        log.info("view '%s': %s took %.2f s", view.name, name, time.monotonic() - began)
 
 
 def compute_features(view: ViewPlan, source: DataFrame) -> DataFrame:
@@ -173,21 +164,6 @@ def materialize(
     )
 
 
-def already_live(online: OnlineStore, view: ViewPlan, path: Path, version: int) -> bool:
-    """Whether the live online snapshot of ``view`` holds the latest rows of ``version`` of the table at
-    ``path``, as this definition publishes them: published from that version (watermark), with the same storage
-    and feature fingerprints, and after that version was committed. The last condition tells this table from an
-    earlier one at the same path (deleted and created again, so its versions start over): a snapshot published
-    from the earlier table predates every commit of the new one."""
-    live = online.live_snapshot(view)
-    if live is None or live.watermark != version or live.storage_fingerprint != view.storage_fingerprint:
-        return False
-    if live.feature_fingerprints != tuple((f.name, f.fingerprint) for f in view.features):
-        return False
-    committed = commit_time(path, version)
-    return committed is not None and live.published_at > committed
-
-
 def materialize_windowed(
     spark: SparkSession,
     config: RepoConfig,
@@ -198,7 +174,7 @@ def materialize_windowed(
     online: OnlineStore | None,
     progress: Progress | None = None,
 ) -> MaterializationResult:
-    """Compute every tick of a windowed view in range (see :mod:`offline.windows`) and publish the latest.
+    """Compute every tick of a windowed view in range (see :mod:`offline.spark.windows`) and publish the latest.
 
     Reads the source rows of the new ticks only; the windows reach back through the stored tiles.
     """
@@ -208,7 +184,7 @@ def materialize_windowed(
         progress.start(task, total=None)
     path = table_path(config, view)
     tiles_at = windows.tiles_path(path)
-    ticks = windows.plan_ticks(view, windows.read_through(path), start, end, datetime.now(UTC))
+    ticks = windows.plan_ticks(view, read_through(path), start, end, datetime.now(UTC))
     rows_read = written = 0
     if not ticks.empty:
         lower, upper = windows.source_bounds(ticks)
@@ -236,7 +212,7 @@ def materialize_windowed(
             ) from exc
         log.info("view '%s': %d value row(s) written for the ticks in %s", view.name, written, span)
     version = table_version(spark, path)
-    through = windows.read_through(path)
+    through = read_through(path)
     published, committed = 0, False
     if view.online and online is not None and version is not None and through is not None:
         published, committed = _publish_online(spark, view, path, version, online, as_of=through)
@@ -266,40 +242,4 @@ def _publish_online(
     latest = latest_rows(view, read_table(spark, str(path), version))
     if as_of is not None:
         latest = latest.withColumn(EVENT_TIMESTAMP, F.lit(as_of).cast("timestamp"))
-    return _published(view, version, online, lambda publication: publish(latest, publication))
-
-
-def publish_rows(view: ViewPlan, latest: pa.Table, version: int, online: OnlineStore) -> tuple[int, bool]:
-    """Publish ``latest`` (one row per entity, the columns a :class:`~features.protocols.Publication` takes)
-    from this process, as the rows of ``version``: what :mod:`offline.arrow_materialize` publishes."""
-    return _published(view, version, online, lambda publication: publication.write(latest.to_batches(PUBLISH_BATCH)))
-
-
-# Rows per batch handed to a publication from this process (a Spark executor hands it Arrow's batches).
-PUBLISH_BATCH = 10_000
-
-
-def _published(
-    view: ViewPlan, version: int, online: OnlineStore, write: Callable[[Publication], int]
-) -> tuple[int, bool]:
-    """Stage rows through ``write`` in a new publication of ``version``, then commit it; on any failure abort
-    it, so the previous values stay served. Returns (rows written, committed)."""
-    publication = online.start_publication(view, watermark=version)
-    try:
-        with phase(view, "computing the latest rows and writing them online"):
-            published = write(publication)
-        with phase(view, "committing the online publication"):
-            committed = publication.commit()
-    except Exception as exc:
-        try:
-            publication.abort()
-        except Exception:  # the original failure matters more than a failed cleanup
-            log.exception("view '%s': aborting the online publication failed", view.name)
-        raise MaterializationError(
-            f"view '{view.name}': publishing to the online store failed; the previous values are still served "
-            f"and a rerun will publish version {version}: {error_summary(exc)}"
-        ) from exc
-    if not committed:
-        log.warning("view '%s': a newer publication is live; version %d was not made visible", view.name, version)
-    log.info("view '%s': published %d row(s) online (offline version %d)", view.name, published, version)
-    return published, committed
+    return published(view, version, online, lambda publication: publish(latest, publication))

@@ -1,7 +1,7 @@
 """Materializing a view without aggregations in Arrow and NumPy, without a JVM, when its rows fit in memory.
 
-It does what :func:`offline.materialize.materialize` does in Spark, step for step, and writes the same table:
-read the source window (:mod:`offline.arrow_source`), compute the features with the one evaluator of row
+It does what :func:`offline.spark.materialize.materialize` does in Spark, step for step, and writes the same table:
+read the source window (:mod:`offline.arrow.source`), compute the features with the one evaluator of row
 expressions (:mod:`features.evaluator`, the one the conformance suite holds to Spark's translation: contract 2),
 drop rows without keys or event time, keep one row per (keys, event time, created time) by the same rule, leave
 out the rows the table already holds, add the rest to the Delta table in one commit (:mod:`offline.delta_log`),
@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from features.config import RepoConfig
 from features.dtypes import DType
@@ -30,19 +32,28 @@ from features.evaluator import UnsupportedExpressionError, evaluate
 from features.on_demand import arrow_type
 from features.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP, PUBLISHED_AT, ViewPlan
 from features.protocols import MaterializationResult, OnlineStore, Progress
-from offline import arrow_source, delta_log
-from offline.arrow_join import DELTA_TYPES, micros, read_snapshot
-from offline.materialize import already_live, publish_rows
-from offline.tables import STATS_PROPERTY, RowCounts, stats_columns, table_path
-
-if TYPE_CHECKING:
-    import pyarrow as pa
+from offline import delta_log
+from offline.arrow import source as arrow_source
+from offline.arrow.join import DELTA_TYPES, micros, read_file, read_row_count, read_snapshot
+from offline.publication import already_live, publish_rows
+from offline.tables import STATS_PROPERTY, RowCounts, row_columns, stats_columns, table_columns, table_path
 
 log = logging.getLogger(__name__)
 
 
-class LeftToSpark(Exception):
-    """This run is Spark's (the message says why)."""
+def refusal(config: RepoConfig, view: ViewPlan, start: datetime | None, end: datetime | None) -> str | None:
+    """Why a run of ``view`` over ``[start, end)`` is not this module's, or None. It reads the plan, the table's
+    Delta log and the database's answer to two questions about the window (its columns' types, its row count),
+    never the rows themselves."""
+    problem = _problem(config, view)
+    if problem is None:
+        problem = arrow_source.refusal(config.connection_url(view.source.connection))
+    if problem is None:
+        problem = _table_problem(config, view, table_path(config, view))
+    if problem is None:
+        uri = arrow_source.libpq_uri(config.connection_url(view.source.connection))
+        problem = arrow_source.window_refusal(view.source, uri, start, end, max_rows=config.arrow_materialize_max_rows)
+    return problem
 
 
 def materialize(
@@ -54,38 +65,35 @@ def materialize(
     online: OnlineStore | None,
     progress: Progress | None = None,
     republish: bool = False,
-) -> MaterializationResult | None:
-    """Materialize ``view`` as :func:`offline.materialize.materialize` would; None (nothing written, the reason
-    logged) when this run is left to Spark."""
-    import pyarrow as pa
+) -> MaterializationResult:
+    """Materialize ``view`` as :func:`offline.spark.materialize.materialize` would, for a run :func:`refusal`
+    accepted."""
 
     began = time.monotonic()
     path = table_path(config, view)
-    try:
-        problem = _problem(config, view)
-        if problem is not None:
-            raise LeftToSpark(problem)
-        uri = arrow_source.libpq_uri(config.connection_url(view.source.connection))  # before any other I/O
-        stored = _stored_snapshot(config, view, path)
-        source = arrow_source.read_source(view.source, uri, start, end, max_rows=config.arrow_materialize_max_rows)
-        rows, counts = prepare_rows(view, source)
-        stored_rows = None if stored is None else read_snapshot(stored, _row_columns(view))
-        new_rows = rows if stored_rows is None else _not_stored(view, rows, stored_rows)
-    except (LeftToSpark, arrow_source.NotReadHere, delta_log.UnsupportedTable, UnsupportedExpressionError) as exc:
-        log.info("view '%s': materialized in Spark: %s", view.name, exc)
-        return None
+    stored = _stored_snapshot(path)
+    uri = arrow_source.libpq_uri(config.connection_url(view.source.connection))
+    source = arrow_source.read_source(view.source, uri, start, end)
+    rows, counts = prepare_rows(view, source)
+    stored_rows = None if stored is None else read_snapshot(stored, row_columns(view))
+    change = (
+        Change(rows, rows.slice(0, 0), np.zeros(0, np.int64))
+        if stored_rows is None
+        else _compare(view, rows, stored_rows)
+    )
     task = f"materialize {view.name}"
     if progress is not None:
         progress.start(task, total=None)
         progress.advance(task, counts.read)
     log.info("view '%s': read %d source row(s) from '%s'", view.name, counts.read, view.source.name)
     counts.warn(view.name)
-    written = _write(view, path, stored, new_rows, datetime.now(UTC))
+    written = _write(view, path, stored, change, datetime.now(UTC))
     version = written if written is not None else (stored.version if stored is not None else None)
     log.info(
-        "view '%s': %d row(s) inserted in %s (version %s), in Arrow without a JVM",
+        "view '%s': %d row(s) inserted and %d updated in %s (version %s), in Arrow without a JVM",
         view.name,
-        new_rows.num_rows,
+        change.inserts.num_rows,
+        change.updates.num_rows,
         path,
         version,
     )
@@ -101,8 +109,13 @@ def materialize(
                 path,
             )
         else:
-            # The version just committed holds the stored rows and the new ones: no need to read it back.
-            table = new_rows if stored_rows is None else pa.concat_tables([stored_rows, new_rows])
+            # The version just committed holds the stored rows as changed and the new ones: no need to read it.
+            if stored_rows is None:
+                table = change.inserts
+            else:
+                kept = np.ones(stored_rows.num_rows, bool)
+                kept[change.replaced] = False
+                table = pa.concat_tables([stored_rows.filter(kept), change.updates, change.inserts])
             published, committed = publish_rows(view, latest_rows(view, table, presorted=created), version, online)
         if progress is not None:
             progress.advance(task, published)
@@ -111,7 +124,7 @@ def materialize(
     return MaterializationResult(
         view=view.name,
         rows_read=counts.read,
-        rows_written_offline=new_rows.num_rows,
+        rows_written_offline=change.inserts.num_rows + change.updates.num_rows,
         offline_version=version,
         rows_published=published,
         online_committed=committed,
@@ -122,7 +135,7 @@ def materialize(
 
 
 def _problem(config: RepoConfig, view: ViewPlan) -> str | None:
-    """Why ``view`` is Spark's whatever its rows, or None."""
+    """Why ``view`` is not this module's whatever its source and table, or None."""
     if config.arrow_materialize_max_rows == 0:
         return "offline.arrow_materialize_max_rows is 0"
     if view.is_windowed:
@@ -133,40 +146,46 @@ def _problem(config: RepoConfig, view: ViewPlan) -> str | None:
     dtypes = {c.name: c.dtype for c in view.source.columns}
     if any(dtypes.get(name) is not DType.TIMESTAMP for name in times):
         return "its source's time columns are not timestamps in the plan"
+    empty = {c.name: pa_empty(c.dtype) for c in view.source.columns}
+    for feature in view.features:
+        try:
+            evaluate(feature.expression, empty, 0)
+        except UnsupportedExpressionError as exc:
+            return f"feature '{feature.name}': {exc}"
     return None
 
 
-def _stored_snapshot(config: RepoConfig, view: ViewPlan, path: Path) -> delta_log.Snapshot | None:
-    """The table's current snapshot (None: no table yet), when this module may add to it."""
+def pa_empty(dtype: DType) -> pa.Array:
+    return pa.array([], arrow_type(dtype))
+
+
+def _table_problem(config: RepoConfig, view: ViewPlan, path: Path) -> str | None:
+    """Why the view's table (if it has one) is not one this module adds to, or None."""
     version = delta_log.latest_version(path)
     if version is None:
         return None
-    stored = delta_log.snapshot(path, version)
-    expected = tuple((name, DELTA_TYPES[dtype]) for name, dtype in _table_columns(view))
+    try:
+        stored = _stored_snapshot(path)
+    except (delta_log.UnsupportedTable, OSError) as exc:  # delta_log's answer for tables it does not read
+        return str(exc)
+    assert stored is not None
+    expected = tuple((name, DELTA_TYPES[dtype]) for name, dtype in table_columns(view))
     if stored.columns != expected:
-        raise LeftToSpark(f"the table's columns {stored.columns} are not the view's {expected}")
+        return f"the table's columns {stored.columns} are not the view's {expected}"
     if stored.size > config.arrow_join_max_mb * 2**20:
-        raise LeftToSpark(f"the table holds {stored.size / 2**20:,.0f} MiB, over offline.arrow_join_max_mb")
-    return stored
+        return f"the table holds {stored.size / 2**20:,.0f} MiB, over offline.arrow_join_max_mb"
+    return None
 
 
-def _table_columns(view: ViewPlan) -> list[tuple[str, DType]]:
-    """The table's columns and types, in order (offline.tables.table_schema)."""
-    return [
-        *((k.name, k.dtype) for k in view.join_keys),
-        *((f.name, f.dtype) for f in view.features),
-        *((name, DType.TIMESTAMP) for name in (EVENT_TIMESTAMP, CREATED_TIMESTAMP, PUBLISHED_AT)),
-    ]
-
-
-def _row_columns(view: ViewPlan) -> list[str]:
-    return [*view.key_names, *view.feature_names, EVENT_TIMESTAMP, CREATED_TIMESTAMP]
+def _stored_snapshot(path: Path) -> delta_log.Snapshot | None:
+    """The table's current snapshot; None when there is no table yet."""
+    version = delta_log.latest_version(path)
+    return None if version is None else delta_log.snapshot(path, version)
 
 
 def compute_features(view: ViewPlan, source: pa.Table) -> pa.Table:
     """Join keys, features (plan order and types), event_timestamp and created_timestamp of each source row:
-    :func:`offline.materialize.compute_features`, with the evaluator instead of Spark's translation."""
-    import pyarrow as pa
+    :func:`offline.spark.materialize.compute_features`, with the evaluator instead of Spark's translation."""
 
     columns = {name: source.column(name) for name in source.column_names}
     n = source.num_rows
@@ -188,7 +207,6 @@ def prepare_rows(view: ViewPlan, source: pa.Table) -> tuple[pa.Table, RowCounts]
     time): :func:`offline.tables.prepare_rows`. Among rows sharing those, the one whose feature values sort
     first (ascending, nulls first, NaN last, as Spark orders them) is kept; rows equal under that order are
     equal but for the sign of a zero or a NaN's bits, and either may be kept, in Spark as here."""
-    import pyarrow.compute as pc
 
     computed = compute_features(view, source)
     valid = pc.is_valid(computed.column(EVENT_TIMESTAMP))
@@ -208,8 +226,6 @@ def prepare_rows(view: ViewPlan, source: pa.Table) -> tuple[pa.Table, RowCounts]
 def _sorted(view: ViewPlan, tables: list[pa.Table]) -> tuple[np.ndarray, np.ndarray]:
     """The order of the rows of ``tables`` (stacked, in that order) by keys, event time and created time (null
     first), then table; and, in that order, whether each row has the keys of the row before it."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
 
     keys = [
         _codes(pa.chunked_array([c for t in tables for c in t.column(name).chunks], tables[0].column(name).type))
@@ -240,8 +256,6 @@ def _same_as_previous(keys: list[np.ndarray], order: np.ndarray) -> np.ndarray:
 
 def _codes(column: pa.ChunkedArray) -> np.ndarray:
     """Integers equal exactly where the values are (no nulls here): the values themselves for integers."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
 
     if pa.types.is_integer(column.type) or pa.types.is_boolean(column.type):
         return np.asarray(column.cast(pa.int64()).to_numpy(), dtype=np.int64)
@@ -276,11 +290,20 @@ def _sort_key(value: object) -> tuple[object, ...]:
     return (1, 0, value)
 
 
-def _not_stored(view: ViewPlan, rows: pa.Table, stored: pa.Table) -> pa.Table:
-    """The rows whose (keys, event, created) the table does not hold yet. A row it holds with the same
-    values is left out (null equal to null, NaN to NaN, -0.0 to 0.0, as Spark's anti-join compares);
-    one it holds with other values would be an update: :class:`LeftToSpark`."""
-    import pyarrow.compute as pc
+@dataclass(frozen=True, slots=True)
+class Change:
+    """What a run does to the table: rows to insert, rows that replace stored ones with other values (a
+    source that restated them), and the positions of the replaced rows among the stored rows."""
+
+    inserts: pa.Table
+    updates: pa.Table
+    replaced: np.ndarray
+
+
+def _compare(view: ViewPlan, rows: pa.Table, stored: pa.Table) -> Change:
+    """Sort ``rows`` against the stored rows by (keys, event, created). A row whose identity the table does not
+    hold is an insert; one it holds with the same values is left out (null equal to null, NaN to NaN, -0.0 to
+    0.0, as Spark's anti-join compares); one it holds with other values updates it, as Spark's MERGE does."""
 
     order, same_key = _sorted(view, [stored, rows])
     n_stored = stored.num_rows
@@ -300,17 +323,19 @@ def _not_stored(view: ViewPlan, rows: pa.Table, stored: pa.Table) -> pa.Table:
         if a.type == arrow_type(DType.FLOAT64):
             equal = pc.or_(equal, pc.fill_null(pc.and_(pc.is_nan(a), pc.is_nan(b)), False))
         same_values &= np.asarray(equal.to_numpy(zero_copy_only=False), dtype=bool)
-    if not same_values.all():
-        changed = int((~same_values).sum())
-        raise LeftToSpark(f"{changed:,} source row(s) change values the table holds (Spark MERGEs updates)")
-    drop = np.zeros(rows.num_rows, bool)
-    drop[new_index] = True
-    return rows.filter(~drop)
+    stored_already = np.zeros(rows.num_rows, bool)
+    stored_already[new_index] = True
+    updated = np.sort(new_index[~same_values])
+    return Change(
+        inserts=rows.filter(~stored_already),
+        updates=rows.take(updated),
+        replaced=stored_index[~same_values],
+    )
 
 
 def latest_rows(view: ViewPlan, table: pa.Table, *, presorted: bool = False) -> pa.Table:
     """One row per entity: the latest by event time, then created time (null first), as
-    :func:`offline.materialize.latest_rows` picks it. ``presorted``: ``table`` is already sorted by keys, event
+    :func:`offline.spark.materialize.latest_rows` picks it. ``presorted``: ``table`` is already sorted by keys, event
     time and created time (what :func:`prepare_rows` returns)."""
     if presorted:
         order = np.arange(table.num_rows)
@@ -318,37 +343,56 @@ def latest_rows(view: ViewPlan, table: pa.Table, *, presorted: bool = False) -> 
     else:
         order, same_key = _sorted(view, [table])
     last_of_key = np.append(~same_key[1:], True) if len(order) else np.zeros(0, bool)
-    return table.select(_row_columns(view)).take(order[last_of_key])
+    return table.select(row_columns(view)).take(order[last_of_key])
 
 
-def _write(
-    view: ViewPlan, path: Path, stored: delta_log.Snapshot | None, rows: pa.Table, published_at: datetime
-) -> int | None:
-    """Add ``rows`` to the table in one commit (creating it when ``stored`` is None); the version committed,
-    or None when there was nothing to commit."""
-    import pyarrow as pa
+def _write(view: ViewPlan, path: Path, stored: delta_log.Snapshot | None, change: Change, at: datetime) -> int | None:
+    """Apply ``change`` to the table in one commit (creating it when ``stored`` is None); the version committed,
+    or None when there was nothing to commit.
 
-    if stored is not None and rows.num_rows == 0:
+    Inserts alone are appended as one new file. Updates rewrite the files holding the replaced rows (copy on
+    write, as Spark's MERGE does): one new file holds those files' other rows as they were, the updated rows
+    and the inserts, and the commit removes the old files.
+    """
+
+    if stored is not None and change.inserts.num_rows == 0 and change.updates.num_rows == 0:
         return None
-    columns = _table_columns(view)
-    at = pa.scalar(published_at, arrow_type(DType.TIMESTAMP))
-    data = pa.table(
-        {
-            **{name: rows.column(name).cast(arrow_type(dtype)) for name, dtype in columns if name != PUBLISHED_AT},
-            PUBLISHED_AT: pa.repeat(at, rows.num_rows),
-        }
-    )
+    columns = table_columns(view)
+    schema = pa.schema([(name, arrow_type(dtype)) for name, dtype in columns])
+
+    def with_published_at(rows: pa.Table) -> pa.Table:
+        stamp = pa.repeat(pa.scalar(at, arrow_type(DType.TIMESTAMP)), rows.num_rows)
+        return pa.table(
+            {
+                **{name: rows.column(name).cast(schema.field(name).type) for name in schema.names[:-1]},
+                PUBLISHED_AT: stamp,
+            }
+        )
+
+    parts = [with_published_at(change.updates), with_published_at(change.inserts)]
+    removed: list[delta_log.DataFile] = []
+    if change.replaced.size:
+        assert stored is not None
+        kept, removed = _rest_of_rewritten_files(stored, change.replaced, schema)
+        parts.insert(0, kept)
+    data = pa.concat_tables(parts)
     names = (*view.key_names, EVENT_TIMESTAMP, CREATED_TIMESTAMP, PUBLISHED_AT)
     file = delta_log.data_file_name()
     version = 0 if stored is None else stored.version + 1
     try:
         path.mkdir(parents=True, exist_ok=True)
-        actions = [delta_log.write_data_file(path, file, data, names)] if rows.num_rows else []
+        actions = [delta_log.remove_action(f) for f in removed]
+        if data.num_rows:
+            actions.append(delta_log.write_data_file(path, file, data, names))
         if stored is None:
-            schema = [(name, DELTA_TYPES[dtype]) for name, dtype in columns]
-            actions = [*delta_log.new_table_actions(schema, {STATS_PROPERTY: stats_columns(view)}), *actions]
-        mode = "ErrorIfExists" if stored is None else "Append"
-        delta_log.commit(path, version, actions, operation="WRITE", mode=mode)
+            schema_names = [(name, DELTA_TYPES[dtype]) for name, dtype in columns]
+            actions = [*delta_log.new_table_actions(schema_names, {STATS_PROPERTY: stats_columns(view)}), *actions]
+        if stored is None:
+            delta_log.commit(path, version, actions, operation="WRITE", mode="ErrorIfExists")
+        elif removed:
+            delta_log.commit(path, version, actions, operation="MERGE", mode=None)
+        else:
+            delta_log.commit(path, version, actions, operation="WRITE", mode="Append")
     except Exception as exc:  # a concurrent commit, a full disk: nothing of this run may stay behind
         (path / file).unlink(missing_ok=True)
         raise MaterializationError(
@@ -356,3 +400,22 @@ def _write(
             f"materializes the window again): {exc}"
         ) from exc
     return version
+
+
+def _rest_of_rewritten_files(
+    stored: delta_log.Snapshot, replaced: np.ndarray, schema: pa.Schema
+) -> tuple[pa.Table, list[delta_log.DataFile]]:
+    """The files of ``stored`` holding a replaced row (positions in the rows :func:`read_snapshot` reads, file
+    after file), and their other rows, every column as stored."""
+
+    sizes = [read_row_count(f) for f in stored.files]
+    starts = np.cumsum([0, *sizes])
+    hit = np.searchsorted(starts, replaced, side="right") - 1
+    kept, removed = [], []
+    for index in np.unique(hit):
+        file = stored.files[int(index)]
+        drop = np.zeros(sizes[int(index)], bool)
+        drop[replaced[hit == index] - starts[int(index)]] = True
+        kept.append(read_file(file, schema).filter(pa.array(~drop)))
+        removed.append(file)
+    return pa.concat_tables(kept), removed

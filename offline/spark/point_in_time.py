@@ -4,7 +4,7 @@ For each entity row (keys, time ``t``) and each view it finds the row the online
 ``t``: the latest feature row with ``event_timestamp <= t`` (ties broken by the later ``created_timestamp``,
 a null created time sorting first) that is not older than the view's TTL (``t - event_timestamp <= ttl``,
 inclusive); otherwise nulls. A windowed view stores rows only at the ticks where a value changes, so its
-TTL counts from the last tick computed instead (``valid_until``, see ``offline/windows.py``).
+TTL counts from the last tick computed instead (``valid_until``, see ``offline/spark/windows.py``).
 
 It is a union plus a window rather than a range join: entity rows and the feature rows of every view with the
 same join keys are stacked, ordered by time within each key, and every entity row takes, per view, the last
@@ -15,13 +15,12 @@ entity rows travel whole through it, so nothing is joined back), and no quadrati
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime
 from typing import TYPE_CHECKING
 
 from features.dtypes import DType
 from features.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP
-from offline.jdbc import quote_spark, spark_type
+from offline.spark.jdbc import quote_spark, spark_type
+from offline.tables import ViewTable
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame
@@ -29,25 +28,7 @@ if TYPE_CHECKING:
 ROW_ID = "__skewless_row_id"
 
 
-@dataclass(frozen=True, slots=True)
-class ViewInput:
-    """One view's side of the join: its feature table (already pinned to a version) and what to take from it.
-
-    ``table`` has the join keys, the features, ``event_timestamp`` and ``created_timestamp``.
-    """
-
-    name: str
-    join_keys: tuple[tuple[str, DType], ...]
-    features: tuple[str, ...]
-    ttl_seconds: int | None
-    table: DataFrame
-    valid_until: datetime | None = None  # windowed views: the last tick computed plus the TTL
-
-    def column(self, feature: str) -> str:
-        return f"{self.name}__{feature}"
-
-
-def point_in_time_join(entities: DataFrame, timestamp_column: str, views: Sequence[ViewInput]) -> DataFrame:
+def point_in_time_join(entities: DataFrame, timestamp_column: str, views: Sequence[ViewTable]) -> DataFrame:
     """Add ``<view>__<feature>`` columns to ``entities`` as of each row's ``timestamp_column``.
 
     ``entities`` must carry a unique :data:`ROW_ID` column (see :func:`with_row_id`); the result keeps every
@@ -63,15 +44,15 @@ def point_in_time_join(entities: DataFrame, timestamp_column: str, views: Sequen
     return result.select(*(F.col(quote_spark(c)) for c in entities.columns), *feature_columns)
 
 
-def _by_join_keys(views: Sequence[ViewInput]) -> list[list[ViewInput]]:
+def _by_join_keys(views: Sequence[ViewTable]) -> list[list[ViewTable]]:
     """The views grouped by their join keys (names and types), in first-seen order."""
-    groups: dict[tuple[tuple[str, DType], ...], list[ViewInput]] = {}
+    groups: dict[tuple[tuple[str, DType], ...], list[ViewTable]] = {}
     for view in views:
         groups.setdefault(view.join_keys, []).append(view)
     return list(groups.values())
 
 
-def _join_group(entities: DataFrame, timestamp_column: str, views: Sequence[ViewInput]) -> DataFrame:
+def _join_group(entities: DataFrame, timestamp_column: str, views: Sequence[ViewTable]) -> DataFrame:
     """``entities`` with the feature columns of ``views``, which all share the same join keys.
 
     One shuffle for the whole group: the entity rows (carried whole, as one struct) and every view's feature

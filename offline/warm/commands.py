@@ -1,4 +1,4 @@
-"""``skewless engine start|stop|restart|status``: the repository's warm engine (see :mod:`offline.daemon`)."""
+"""``skewless engine start|stop|restart|status``: the repository's warm engine (see :mod:`offline.warm.server`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from features.config import RepoConfig
-from offline import daemon
+from offline.warm import client as daemon
 
 
 def register(subparsers: Any) -> None:

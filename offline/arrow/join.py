@@ -1,6 +1,6 @@
 """The point-in-time join in Arrow and NumPy, for feature tables that fit in this machine's memory.
 
-It answers exactly what :mod:`offline.point_in_time` answers in Spark (same rule, same types; the conformance
+It answers exactly what :mod:`offline.spark.point_in_time` answers in Spark (same rule, same types; the conformance
 tests hold both to a pandas oracle and to each other), without starting a JVM: a training set over a few
 million feature rows takes seconds from a cold start instead of the ~20 s of a fresh Spark session. It is
 the same algorithm too: per view, the entity rows and the feature rows are stacked, sorted by (keys, time,
@@ -13,8 +13,6 @@ It only selects stored rows; nothing here computes a feature value (contract 3: 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -22,14 +20,15 @@ import numpy as np
 from features.dtypes import DType, to_micros
 from features.on_demand import arrow_type
 from features.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP
+from offline.tables import ViewTable
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from offline.delta_log import Snapshot
+    from offline.delta_log import DataFile, Snapshot
 
 _NULL_TIME = np.iinfo(np.int64).min
-# Delta's type names of the plan types (offline/tables.py and offline/arrow_materialize.py write only these).
+# Delta's type names of the plan types (offline/tables.py and offline/arrow/materialize.py write only these).
 DELTA_TYPES = {
     DType.INT64: "long",
     DType.FLOAT64: "double",
@@ -39,21 +38,6 @@ DELTA_TYPES = {
 }
 # The Arrow type each is read as, as Spark hands them to Arrow.
 _ARROW_TYPES = {name: arrow_type(dtype) for dtype, name in DELTA_TYPES.items()}
-
-
-@dataclass(frozen=True, slots=True)
-class ArrowView:
-    """One view's side of the join: its rows at the pinned version and what to take from them."""
-
-    name: str
-    join_keys: tuple[tuple[str, DType], ...]
-    features: tuple[str, ...]
-    ttl_seconds: int | None
-    table: pa.Table  # join keys, features, event_timestamp, created_timestamp, as read by read_snapshot()
-    valid_until: datetime | None = None  # windowed views: the last tick computed plus the TTL
-
-    def column(self, feature: str) -> str:
-        return f"{self.name}__{feature}"
 
 
 def read_snapshot(snapshot: Snapshot, columns: Sequence[str]) -> pa.Table:
@@ -78,7 +62,21 @@ def read_snapshot(snapshot: Snapshot, columns: Sequence[str]) -> pa.Table:
     return pa.concat_tables(tables) if tables else schema.empty_table()
 
 
-def point_in_time_join(entities: pa.Table, timestamp_column: str, views: Sequence[ArrowView]) -> pa.Table:
+def read_file(file: DataFile, schema: pa.Schema) -> pa.Table:
+    """Every column of ``schema`` of one data file, typed as Spark reads them."""
+    import pyarrow.parquet as pq
+
+    return pq.read_table(file.path, columns=schema.names, coerce_int96_timestamp_unit="us").cast(schema)
+
+
+def read_row_count(file: DataFile) -> int:
+    """How many rows one data file holds (from its footer)."""
+    import pyarrow.parquet as pq
+
+    return int(pq.ParquetFile(file.path).metadata.num_rows)
+
+
+def point_in_time_join(entities: pa.Table, timestamp_column: str, views: Sequence[ViewTable]) -> pa.Table:
     """The ``<view>__<feature>`` columns for ``entities``, one row per entity row, in the entities' order."""
     import pyarrow as pa
 
@@ -92,7 +90,7 @@ def point_in_time_join(entities: pa.Table, timestamp_column: str, views: Sequenc
     return pa.table(columns)
 
 
-def _join_view(entity_keys: list[pa.ChunkedArray], times: np.ndarray, view: ArrowView) -> list[pa.Array]:
+def _join_view(entity_keys: list[pa.ChunkedArray], times: np.ndarray, view: ViewTable) -> list[pa.Array]:
     import pyarrow as pa
     import pyarrow.compute as pc
 

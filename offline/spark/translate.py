@@ -29,7 +29,7 @@ from features.evaluator import (
     text_pattern,
 )
 from features.expressions import Call, Column, Expr, Literal
-from offline.jdbc import quote_spark, spark_type
+from offline.spark.jdbc import quote_spark, spark_type
 
 if TYPE_CHECKING:
     from pyspark.sql import Column as SparkColumn

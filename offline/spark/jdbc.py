@@ -20,6 +20,8 @@ from features.dtypes import DType
 from features.errors import ConfigError, SchemaMismatchError
 from features.plan import SourcePlan
 from features.sources import SourceUnavailableError
+from offline.errors import error_summary
+from offline.sql import base_query, quote, quote_spark, window_query
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -111,20 +113,6 @@ def spark_type(dtype: DType) -> DataType:
     }[dtype]
 
 
-def quote(name: str) -> str:
-    """An SQL identifier in double quotes (understood by SQLite and PostgreSQL)."""
-    return '"' + name.replace('"', '""') + '"'
-
-
-def base_query(source: SourcePlan) -> str:
-    """The source as a SELECT: its query, or all columns of its table."""
-    if source.query is not None:
-        return source.query.strip().rstrip(";")
-    assert source.table is not None  # SourcePlan has exactly one of table / query
-    table = ".".join(quote(part) for part in source.table.split("."))
-    return f"SELECT * FROM {table}"
-
-
 def check_schema(source: SourcePlan, found: dict[str, str], *, undeclared: tuple[str, ...] = ()) -> None:
     """Raise SchemaMismatchError when a planned column is missing or has an incompatible type.
 
@@ -144,24 +132,6 @@ def check_schema(source: SourcePlan, found: dict[str, str], *, undeclared: tuple
             f"source '{source.name}' no longer matches the applied plan: {'; '.join(problems)}. "
             f"Fix the source or update the definitions and run 'skewless apply'"
         )
-
-
-def _sql_timestamp(value: datetime) -> str:
-    """A UTC timestamp literal that compares correctly with SQLite text timestamps and PostgreSQL columns."""
-    if value.tzinfo is not None:
-        value = value.astimezone(UTC).replace(tzinfo=None)
-    return "'" + value.isoformat(sep=" ", timespec="microseconds" if value.microsecond else "seconds") + "'"
-
-
-def window_query(source: SourcePlan, start: datetime | None, end: datetime | None) -> str:
-    """The source restricted to ``start <= timestamp < end`` (either bound optional), as SQL."""
-    ts = quote(source.timestamp_column)
-    conditions = ["1 = 1"]
-    if start is not None:
-        conditions.append(f"{ts} >= {_sql_timestamp(start)}")
-    if end is not None:
-        conditions.append(f"{ts} < {_sql_timestamp(end)}")
-    return f"SELECT * FROM ({base_query(source)}) AS skewless_src WHERE {' AND '.join(conditions)}"
 
 
 def read_source(
@@ -221,23 +191,6 @@ def read_source(
         )
     frame = reader.load()
     return frame.select(*(F.col(quote_spark(c.name)).cast(spark_type(c.dtype)).alias(c.name) for c in source.columns))
-
-
-def error_summary(exc: BaseException) -> str:
-    """One line for an error from Spark; the full text (a Java or worker stack trace) stays on ``__cause__``."""
-    java = getattr(exc, "java_exception", None)
-    if java is not None:
-        return str(java.toString())
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    if not lines:
-        return type(exc).__name__
-    # A Python worker's traceback ends with the error itself.
-    return lines[-1] if type(exc).__name__ == "PythonException" else lines[0]
-
-
-def quote_spark(name: str) -> str:
-    """A column name in backticks, so names with dots or spaces resolve literally in Spark."""
-    return "`" + name.replace("`", "``") + "`"
 
 
 def _bound_text(value: datetime) -> str:

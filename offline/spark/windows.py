@@ -40,10 +40,10 @@ from typing import TYPE_CHECKING
 from features.dtypes import DType, from_micros, to_micros
 from features.expressions import Expr
 from features.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP, PUBLISHED_AT, FeaturePlan, ViewPlan
-from offline import delta_log
-from offline.jdbc import quote_spark, spark_type
-from offline.tables import table_schema
-from offline.translate import SparkTranslator
+from offline.spark.jdbc import quote_spark, spark_type
+from offline.spark.tables import table_schema
+from offline.spark.translate import SparkTranslator
+from offline.tables import THROUGH_KEY
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -51,7 +51,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TILE = "__tile"  # tile index: the tile covers ((TILE - 1) * g, TILE * g] seconds since the epoch
-THROUGH_KEY = "skewless.through"
 _MICROSECOND = timedelta(microseconds=1)
 
 
@@ -76,24 +75,6 @@ def floor_tick(view: ViewPlan, moment: datetime) -> datetime:
 def tiles_path(feature_table: Path | str) -> str:
     """The tiles table of a feature table: a sibling folder, so the feature table's folder is Delta only."""
     return f"{feature_table}.tiles"
-
-
-def read_through(path: Path | str, version: int | None = None) -> datetime | None:
-    """The last tick covered by the feature table at ``path`` (at ``version`` when given); None before any run.
-
-    Read from the Delta log's ``userMetadata`` in Python (what Spark's ``history()`` shows), without a job.
-    """
-    if version is None:
-        version = delta_log.latest_version(path)
-        if version is None:
-            return None
-    metadata = delta_log.user_metadata(path, version)
-    if metadata is None:
-        return None
-    try:
-        return datetime.fromisoformat(json.loads(metadata)[THROUGH_KEY])
-    except (ValueError, KeyError, TypeError):
-        return None
 
 
 @dataclass(frozen=True, slots=True)

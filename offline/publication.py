@@ -1,0 +1,87 @@
+"""The steps after the offline commit that every engine shares: deciding whether the online store already
+serves the version just committed, and publishing the latest row per entity in one atomic publication.
+
+Engines differ only in how the rows reach the publication: Spark writes them from its executors
+(:func:`offline.spark.materialize.publish`), the Arrow engine from this process (:func:`publish_rows`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from features.errors import MaterializationError
+from features.plan import ViewPlan
+from features.protocols import OnlineStore, Publication
+from offline.errors import error_summary
+from offline.tables import commit_time
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def phase(view: ViewPlan, name: str) -> Iterator[None]:
+    """Log how long one step of a run took (at INFO), so a slow run says where its time went."""
+    began = time.monotonic()
+    try:
+        yield
+    finally:
+        log.info("view '%s': %s took %.2f s", view.name, name, time.monotonic() - began)
+
+
+def already_live(online: OnlineStore, view: ViewPlan, path: Path, version: int) -> bool:
+    """Whether the live online snapshot of ``view`` holds the latest rows of ``version`` of the table at
+    ``path``, as this definition publishes them: published from that version (watermark), with the same storage
+    and feature fingerprints, and after that version was committed. The last condition tells this table from an
+    earlier one at the same path (deleted and created again, so its versions start over): a snapshot published
+    from the earlier table predates every commit of the new one."""
+    live = online.live_snapshot(view)
+    if live is None or live.watermark != version or live.storage_fingerprint != view.storage_fingerprint:
+        return False
+    if live.feature_fingerprints != tuple((f.name, f.fingerprint) for f in view.features):
+        return False
+    committed = commit_time(path, version)
+    return committed is not None and live.published_at > committed
+
+
+def publish_rows(view: ViewPlan, latest: pa.Table, version: int, online: OnlineStore) -> tuple[int, bool]:
+    """Publish ``latest`` (one row per entity, the columns a :class:`~features.protocols.Publication` takes)
+    from this process, as the rows of ``version``: what :mod:`offline.arrow.materialize` publishes."""
+    return published(view, version, online, lambda publication: publication.write(latest.to_batches(PUBLISH_BATCH)))
+
+
+# Rows per batch handed to a publication from this process (a Spark executor hands it Arrow's batches).
+PUBLISH_BATCH = 10_000
+
+
+def published(
+    view: ViewPlan, version: int, online: OnlineStore, write: Callable[[Publication], int]
+) -> tuple[int, bool]:
+    """Stage rows through ``write`` in a new publication of ``version``, then commit it; on any failure abort
+    it, so the previous values stay served. Returns (rows written, committed)."""
+    publication = online.start_publication(view, watermark=version)
+    try:
+        with phase(view, "computing the latest rows and writing them online"):
+            published = write(publication)
+        with phase(view, "committing the online publication"):
+            committed = publication.commit()
+    except Exception as exc:
+        try:
+            publication.abort()
+        except Exception:  # the original failure matters more than a failed cleanup
+            log.exception("view '%s': aborting the online publication failed", view.name)
+        raise MaterializationError(
+            f"view '{view.name}': publishing to the online store failed; the previous values are still served "
+            f"and a rerun will publish version {version}: {error_summary(exc)}"
+        ) from exc
+    if not committed:
+        log.warning("view '%s': a newer publication is live; version %d was not made visible", view.name, version)
+    log.info("view '%s': published %d row(s) online (offline version %d)", view.name, published, version)
+    return published, committed

@@ -1,0 +1,48 @@
+"""The SQL both engines send to a source: its rows in a window of event time.
+
+Spark's JDBC read (:mod:`offline.spark.jdbc`) and the Arrow engine's ADBC read (:mod:`offline.arrow.source`)
+send the same text, so both read exactly the same rows.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from features.plan import SourcePlan
+
+
+def quote(name: str) -> str:
+    """An SQL identifier in double quotes (understood by SQLite and PostgreSQL)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def base_query(source: SourcePlan) -> str:
+    """The source as a SELECT: its query, or all columns of its table."""
+    if source.query is not None:
+        return source.query.strip().rstrip(";")
+    assert source.table is not None  # SourcePlan has exactly one of table / query
+    table = ".".join(quote(part) for part in source.table.split("."))
+    return f"SELECT * FROM {table}"
+
+
+def _sql_timestamp(value: datetime) -> str:
+    """A UTC timestamp literal that compares correctly with SQLite text timestamps and PostgreSQL columns."""
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC).replace(tzinfo=None)
+    return "'" + value.isoformat(sep=" ", timespec="microseconds" if value.microsecond else "seconds") + "'"
+
+
+def window_query(source: SourcePlan, start: datetime | None, end: datetime | None) -> str:
+    """The source restricted to ``start <= timestamp < end`` (either bound optional), as SQL."""
+    ts = quote(source.timestamp_column)
+    conditions = ["1 = 1"]
+    if start is not None:
+        conditions.append(f"{ts} >= {_sql_timestamp(start)}")
+    if end is not None:
+        conditions.append(f"{ts} < {_sql_timestamp(end)}")
+    return f"SELECT * FROM ({base_query(source)}) AS skewless_src WHERE {' AND '.join(conditions)}"
+
+
+def quote_spark(name: str) -> str:
+    """A column name in backticks, so names with dots or spaces resolve literally in Spark."""
+    return "`" + name.replace("`", "``") + "`"
