@@ -32,3 +32,16 @@ def spark() -> Iterator[Any]:
     session = get_spark()
     yield session
     stop_spark()
+
+
+@pytest.fixture(params=["arrow", pytest.param("spark", marks=pytest.mark.spark)])
+def offline_engine(request: pytest.FixtureRequest) -> Any:
+    """A factory of one offline engine (:class:`offline.jobs.Engine`) per parameter: conformance and oracle
+    tests take it, so an engine added here is held to all of them without new test code. The Spark engine uses
+    the session of the ``spark`` fixture (one per process)."""
+    from offline.arrow.engine import ArrowEngine
+    from offline.spark.engine import SparkEngine
+
+    if request.param == "spark":
+        request.getfixturevalue("spark")
+    return {"arrow": ArrowEngine, "spark": SparkEngine}[request.param]

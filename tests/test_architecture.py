@@ -48,6 +48,79 @@ def test_the_checker_sees_lazy_imports(tmp_path: Path) -> None:
     assert imported_modules(sample) == {"pyspark", "redis"}
 
 
+# The offline engines are peers (offline/jobs.py): none imports another, the shared modules beside them import
+# none, and only the router knows them all. The warm engine's caller side sends jobs without Spark.
+OFFLINE_ENGINES = ("offline.arrow", "offline.spark", "offline.warm")
+OFFLINE_FORBIDDEN = {
+    "offline/arrow": {"offline.spark", "offline.warm", "pyspark", "delta"},
+    "offline/spark": {"offline.arrow", "offline.warm"},
+    "offline/warm/client.py": {"offline.arrow", "offline.spark", "pyspark", "delta"},
+    "offline/warm/commands.py": {"offline.arrow", "offline.spark", "pyspark", "delta"},
+}
+
+
+def imported_names(path: Path) -> set[str]:
+    """Every module ``path`` imports, by its full dotted name (``from offline.arrow import join`` gives
+    ``offline.arrow`` and ``offline.arrow.join``), lazy imports included."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def _matches(names: set[str], prefixes: set[str] | tuple[str, ...]) -> list[str]:
+    return sorted(n for n in names if any(n == p or n.startswith(p + ".") for p in prefixes))
+
+
+def test_offline_engines_do_not_import_each_other() -> None:
+    offenders: dict[str, list[str]] = {}
+    for place, forbidden in OFFLINE_FORBIDDEN.items():
+        paths = [ROOT / place] if place.endswith(".py") else sorted((ROOT / place).rglob("*.py"))
+        for path in paths:
+            found = _matches(imported_names(path), forbidden)
+            if found:
+                offenders[str(path.relative_to(ROOT))] = found
+    for path in sorted((ROOT / "offline").glob("*.py")):  # the shared modules
+        if path.name not in ("router.py", "__init__.py"):
+            found = _matches(imported_names(path), (*OFFLINE_ENGINES, "pyspark", "delta"))
+            if found:
+                offenders[str(path.relative_to(ROOT))] = found
+    assert offenders == {}, "an offline engine or shared module imports another engine"
+
+
+def test_no_import_cycle_in_offline() -> None:
+    """Lazy imports included: a circle that only lazy imports close is still one module needing the other."""
+    modules = {
+        ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): path
+        for path in (ROOT / "offline").rglob("*.py")
+    }
+    graph = {name: {m for m in imported_names(path) if m in modules and m != name} for name, path in modules.items()}
+    for name in graph:  # a package's __init__ is imported with each of its modules: not a dependency to follow
+        graph[name] -= {p for p in graph[name] if name.startswith(p + ".")}
+    state: dict[str, int] = {}
+    cycle: list[str] = []
+
+    def visit(node: str, trail: list[str]) -> bool:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                cycle.extend([*trail[trail.index(nxt) :], nxt] if nxt in trail else [node, nxt])
+                return True
+            if state.get(nxt) is None and visit(nxt, [*trail, nxt]):
+                return True
+        state[node] = 2
+        return False
+
+    for name in sorted(graph):
+        if state.get(name) is None and visit(name, [name]):
+            break
+    assert cycle == [], f"import circle: {' -> '.join(cycle)}"
+
+
 PUBLIC_API = {
     "features": [
         "Aggregation",

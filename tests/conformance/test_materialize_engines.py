@@ -1,7 +1,7 @@
-"""Both materialization engines (Spark, offline/spark/materialize.py; Arrow, offline/arrow/materialize.py) on
-generated source rows in a real PostgreSQL: many rows sharing keys, event and created time with other values,
-nulls, NaN and infinities, empty and non-ASCII text. Each engine's Delta table and published rows are held to a
-plain-Python oracle and to each other."""
+"""Every offline engine's materialization (the ``offline_engine`` fixture: Arrow and Spark) on generated source
+rows in a real PostgreSQL: many rows sharing keys, event and created time with other values, nulls, NaN and
+infinities, empty and non-ASCII text. Each engine's Delta table and published rows are held to one
+plain-Python oracle, so they equal each other."""
 
 from __future__ import annotations
 
@@ -15,8 +15,7 @@ from typing import Any
 import pytest
 
 from features.config import RepoConfig
-from offline.arrow import materialize as arrow_materialize
-from offline.spark.materialize import materialize as spark_materialize
+from offline.jobs import Materialization
 from offline.tables import table_path
 from tests.offline.support import FileOnlineStore, make_plan
 from tests.offline.test_arrow_materialize import pg_view, write_pg_source
@@ -92,8 +91,8 @@ def comparable(row: Row) -> Row:
 
 
 @pytest.mark.parametrize("seed", [1, 2])
-def test_both_engines_write_and_publish_what_plain_python_says(
-    spark: Any, postgres_url: str, tmp_path: Path, seed: int
+def test_engine_writes_and_publishes_what_plain_python_says(
+    spark: Any, offline_engine: Any, postgres_url: str, tmp_path: Path, seed: int
 ) -> None:
     rows = generated_rows(seed)
     table = f"gen_{uuid.uuid4().hex[:8]}"
@@ -101,19 +100,12 @@ def test_both_engines_write_and_publish_what_plain_python_says(
     view = pg_view(table, "gen_txn")
     expected = oracle_table(rows)
     assert len(expected) < sum(1 for r in rows if r[0] is not None and r[4] is not None)  # duplicates were made
-    found = {}
-    for engine in ("arrow", "spark"):
-        config = RepoConfig(root=tmp_path / engine, connections={"shop": postgres_url})
-        store = FileOnlineStore(tmp_path / engine / "online")
-        if engine == "arrow":
-            result = arrow_materialize.materialize(config, view, start=None, end=None, online=store)
-        else:
-            result = spark_materialize(spark, config, make_plan(view), view, start=None, end=None, online=store)
-        assert result is not None and result.engine == engine
-        assert result.rows_read == len(rows) and result.rows_written_offline == len(expected)
-        written = {comparable(r) for r in delta_rows(spark, table_path(config, view))}
-        published = {comparable(r) for r in live_rows(store, "gen_txn")}
-        found[engine] = (written, published)
-        assert written == expected, engine
-        assert published == expected_latest(expected), engine
-    assert found["arrow"] == found["spark"]
+    config = RepoConfig(root=tmp_path, connections={"shop": postgres_url})
+    store = FileOnlineStore(tmp_path / "online")
+    engine = offline_engine(config)
+    job = Materialization(make_plan(view), view, None, None)
+    assert engine.refusal(job) is None
+    result = engine.materialize(job, store, None)
+    assert result.rows_read == len(rows) and result.rows_written_offline == len(expected)
+    assert {comparable(r) for r in delta_rows(spark, table_path(config, view))} == expected
+    assert {comparable(r) for r in live_rows(store, "gen_txn")} == expected_latest(expected)

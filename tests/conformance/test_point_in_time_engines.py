@@ -1,4 +1,4 @@
-"""Generated rows, both point-in-time engines (Spark and Arrow), one plain-Python oracle: equal values.
+"""Generated rows, every offline engine (the ``offline_engine`` fixture), one plain-Python oracle: equal values.
 
 The oracle is the rule written as a loop: for each entity row, among the feature rows with the same keys and
 ``event_timestamp <= t``, the one with the latest event time (then the latest created time, a null created
@@ -8,18 +8,20 @@ so that ties on event time, on created time and between entity and feature times
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pytest
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
+from features.config import RepoConfig
 from features.dtypes import DType
-from offline.arrow import join as arrow_join
-from offline.spark.point_in_time import ROW_ID, point_in_time_join
-from offline.tables import ViewTable
+from offline import delta_log
+from offline.jobs import TrainingSet
+from offline.manifest import Manifest, ViewRead
 
 BASE = datetime(2024, 1, 1)
 KEYS = (("k", DType.INT64), ("m", DType.STRING))
@@ -59,17 +61,42 @@ def oracle(rows: list[tuple[Any, ...]], entities: list[tuple[Any, ...]], ttl: in
     return out
 
 
-@pytest.mark.spark
-def test_both_engines_match_the_oracle(spark: Any) -> None:
-    feature_schema = "k LONG, m STRING, event_timestamp TIMESTAMP, created_timestamp TIMESTAMP, x DOUBLE"
-    entity_schema = f"k LONG, m STRING, ts TIMESTAMP, {ROW_ID} LONG"
+def delta_table(path: Path, rows: list[tuple[Any, ...]]) -> None:
+    """The feature rows as a view's Delta table (one commit, as offline/arrow/materialize.py writes it)."""
+    utc = pa.timestamp("us", tz="UTC")
+    table = pa.table(
+        {
+            "k": pa.array([r[0] for r in rows], pa.int64()),
+            "m": pa.array([r[1] for r in rows], pa.string()),
+            "x": pa.array([r[4] for r in rows], pa.float64()),
+            "event_timestamp": pa.array([r[2] for r in rows], utc),
+            "created_timestamp": pa.array([r[3] for r in rows], utc),
+            "published_at": pa.array([BASE] * len(rows), utc),
+        }
+    )
+    schema = [("k", "long"), ("m", "string"), ("x", "double"), *((c, "timestamp") for c in table.column_names[3:])]
+    path.mkdir(parents=True)
+    add = delta_log.write_data_file(path, delta_log.data_file_name(), table, ("k", "m", "event_timestamp"))
+    delta_log.commit(path, 0, [*delta_log.new_table_actions(schema, {}), add], operation="WRITE", mode="ErrorIfExists")
+
+
+def training_set(path: Path, ttl: int | None, entities: pa.Table) -> TrainingSet:
+    view = ViewRead("v", str(path), 0, ttl, "fingerprint", KEYS, ("x",))
+    manifest = Manifest("", 1, "", ("v:x",), {}, "ts", "arrow", (view,))
+    return TrainingSet(manifest, entities)
+
+
+def test_engine_matches_the_oracle(offline_engine: Any, tmp_path: Path) -> None:
+    """Through the engine protocol: the rows in a Delta table, the entity rows as users hand them (a narrower
+    int, large strings, naive nanosecond times that mean UTC)."""
+    engine = offline_engine(RepoConfig(root=tmp_path))
 
     @settings(
-        max_examples=30,  # each example is one Spark job
+        max_examples=30,  # each example is one Spark job in the Spark engine
         deadline=None,
         database=None,
         phases=[Phase.explicit, Phase.generate],
-        suppress_health_check=[HealthCheck.too_slow],
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
     )
     @given(feature_rows, entity_rows, ttls)
     @example(  # one event time, three created times (one null): the latest created wins, the null one never
@@ -79,34 +106,19 @@ def test_both_engines_match_the_oracle(spark: Any) -> None:
     )
     def run(rows: list[tuple[Any, ...]], entities: list[tuple[Any, ...]], ttl: int | None) -> None:
         expected = oracle(rows, entities, ttl)
-
-        table = spark.createDataFrame([(k, m, e, c, x) for k, m, e, c, x in rows], feature_schema)
-        frame = spark.createDataFrame([(*e, i) for i, e in enumerate(entities)], entity_schema)
-        joined = point_in_time_join(frame, "ts", [ViewTable("v", KEYS, ("x",), ttl, table)])
-        by_row = {r[ROW_ID]: r["v__x"] for r in joined.select(ROW_ID, "v__x").collect()}
-        in_spark = [by_row[i] for i in range(len(entities))]
-
-        utc = pa.timestamp("us", tz="UTC")
-        arrow_table = pa.table(
-            {
-                "k": pa.array([r[0] for r in rows], pa.int64()),
-                "m": pa.array([r[1] for r in rows], pa.string()),
-                "event_timestamp": pa.array([r[2] for r in rows], utc),
-                "created_timestamp": pa.array([r[3] for r in rows], utc),
-                "x": pa.array([r[4] for r in rows], pa.float64()),
-            }
-        )
+        path = tmp_path / uuid.uuid4().hex
+        delta_table(path, rows)
         arrow_entities = pa.table(
             {
-                "k": pa.array([e[0] for e in entities], pa.int32()),  # a narrower int, as users hand them
+                "k": pa.array([e[0] for e in entities], pa.int32()),
                 "m": pa.array([e[1] for e in entities], pa.large_string()),
-                "ts": pa.array([e[2] for e in entities], pa.timestamp("ns")),  # naive: UTC
+                "ts": pa.array([e[2] for e in entities], pa.timestamp("ns")),
             }
         )
-        view = ViewTable("v", KEYS, ("x",), ttl, arrow_table)
-        in_arrow = arrow_join.point_in_time_join(arrow_entities, "ts", [view]).column("v__x").to_pylist()
-
-        assert in_spark == expected, "Spark differs from the oracle"
-        assert in_arrow == expected, "Arrow differs from the oracle"
+        job = training_set(path, ttl, arrow_entities)
+        assert engine.refusal(job) is None
+        joined = engine.training_set(job).table
+        assert joined.select(["k", "m", "ts"]).equals(arrow_entities)  # the entity rows as given, in order
+        assert joined.column("v__x").to_pylist() == expected
 
     run()
