@@ -186,6 +186,10 @@ def cmd_materialize(args: argparse.Namespace) -> int:
             rows,
         )
     )
+    for r in results:  # why each view ran where it did: the engines asked before it, and their reasons
+        if r.refusals:
+            why = "; ".join(f"not in {engine}: {reason}" for engine, reason in r.refusals)
+            console.print(f"[dim]{r.view}: computed in {r.engine} ({why})[/dim]")
     return 0
 
 

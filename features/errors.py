@@ -7,7 +7,8 @@ for unknown names), so generic handlers keep working.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 
 class SkewlessError(Exception):
@@ -56,6 +57,132 @@ class OnlineStoreError(SkewlessError, ConnectionError):
 
 class EntityKeyError(SkewlessError, ValueError):
     """Entity keys given for a lookup are missing or of the wrong type."""
+
+
+# -- Definitions and the plan -----------------------------------------------------------------------------------------
+
+
+class ExpressionError(SkewlessError, ValueError):
+    """An expression is invalid; ``fragment`` is the offending part of the text."""
+
+    def __init__(self, message: str, fragment: str) -> None:
+        self.fragment = fragment
+        super().__init__(f"{message} (in `{fragment}`)")
+
+
+class PlanError(SkewlessError, ValueError):
+    """A plan node was used in a way its kind does not allow (an internal misuse, not a user error)."""
+
+
+class UnsupportedExpressionError(SkewlessError, NotImplementedError):
+    """A plan expression node, operator or cast that an engine has no rule for.
+
+    One class for both engines: ``offline.spark.translate`` raises it too, so callers catch one error.
+    """
+
+
+class FunctionLoadError(SkewlessError, RuntimeError):
+    """An on-demand function named by the plan cannot be imported, or its source changed since the plan."""
+
+
+class SourceUnavailableError(SkewlessError, ConnectionError):
+    """A source database could not be read while compiling the plan."""
+
+
+# -- Online lookups and request-time features -------------------------------------------------------------------------
+
+
+class OfflineOnlyViewError(SkewlessError, LookupError):
+    """A lookup asked for a feature of a view that is not published online (``online=False``)."""
+
+    def __init__(self, view: str, online_views: Sequence[str]) -> None:
+        self.view = view
+        self.online_views = sorted(online_views)
+        choices = ", ".join(self.online_views) or "(none)"
+        super().__init__(
+            f"feature view '{view}' is offline-only (online=False) and cannot be looked up; "
+            f"views served online: {choices}"
+        )
+
+
+class RequestDataError(SkewlessError, ValueError):
+    """``request_data`` lacks a field an on-demand feature needs, or holds a value of the wrong type."""
+
+
+class FeatureEvaluationError(SkewlessError, ValueError):
+    """An on-demand feature could not be computed for the given values."""
+
+
+class OnDemandFunctionError(SkewlessError, RuntimeError):
+    """A plain-Python on-demand function raised, or returned something that is not its declared outputs.
+
+    ``view`` and ``function`` (``module:qualname``) say which; ``exception`` is the type name of what the
+    function raised (or of the conversion that failed); ``output`` names the output at fault, when one is.
+    Serving answers it with HTTP 500 and these fields, never with a traceback.
+    """
+
+    def __init__(self, message: str, *, view: str, function: str, exception: str, output: str | None = None) -> None:
+        self.view = view
+        self.function = function
+        self.exception = exception
+        self.output = output
+        super().__init__(message)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {"error": str(self), "type": type(self).__name__, "view": self.view, "function": self.function,
+                "exception": self.exception}  # fmt: skip
+        if self.output is not None:
+            data["output"] = self.output
+        return data
+
+
+# -- Offline jobs -----------------------------------------------------------------------------------------------------
+
+
+class DatasetError(SkewlessError, ValueError):
+    """A training set cannot be built or reproduced as asked."""
+
+
+class OnDemandInputError(SkewlessError, ValueError):
+    """The entity rows lack a request field an on-demand feature needs."""
+
+
+class EngineError(SkewlessError, RuntimeError):
+    """The warm engine could not be started, reached, or failed in a way that has no skewless error."""
+
+
+class JavaNotFoundError(SkewlessError, RuntimeError):
+    """No Java 17+ runtime is available to start Spark."""
+
+
+class UnsupportedTableError(SkewlessError, NotImplementedError):
+    """A Delta table (or the asked version) needs a reader feature the Python log reader does not implement.
+
+    Engines ask it in their refusal: such a table is read by Spark, which reads every Delta table."""
+
+
+class CommitConflictError(SkewlessError, RuntimeError):
+    """Another writer committed the version this commit was for: nothing of this commit is visible. Run the
+    job again: it starts from the table as the other writer left it."""
+
+
+# -- The HTTP service and its client ----------------------------------------------------------------------------------
+
+
+class BadRequestError(SkewlessError, ValueError):
+    """The request is well-formed JSON but asks for something malformed (e.g. a reference without ':')."""
+
+
+class InvalidRequestError(SkewlessError, ValueError):
+    """The service refused the request as malformed (HTTP 422)."""
+
+
+class ServiceUnavailableError(SkewlessError, ConnectionError):
+    """The service, or the online store behind it, cannot answer now (HTTP 503, or no connection)."""
+
+
+class ServerError(SkewlessError, RuntimeError):
+    """The service failed unexpectedly (HTTP 500 or another status)."""
 
 
 def did_you_mean(name: str, known: Iterable[str]) -> str:

@@ -44,7 +44,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from features.dtypes import DType
-from features.errors import SkewlessError, UnknownNameError
+from features.errors import UnknownNameError, UnsupportedExpressionError
 from features.expressions import Call, Column, Expr, Literal
 
 __all__ = ["ARROW_TYPES", "UnsupportedExpressionError", "evaluate"]
@@ -94,13 +94,6 @@ if tuple(int(p) for p in unicodedata.unidata_version.split(".")) >= (16, 0, 0): 
     _UNICODE_16_CASE_PAIRS = ()
 LOWER_EXTRA: dict[int, int] = {upper: lower for upper, lower in _UNICODE_16_CASE_PAIRS}
 UPPER_EXTRA: dict[int, int] = {lower: upper for upper, lower in _UNICODE_16_CASE_PAIRS}
-
-
-class UnsupportedExpressionError(SkewlessError, NotImplementedError):
-    """A plan expression node, operator or cast that an engine has no rule for.
-
-    One class for both engines: ``offline.spark.translate`` raises it too, so callers catch one error.
-    """
 
 
 def evaluate(expr: Expr, columns: Mapping[str, pa.Array | pa.ChunkedArray], length: int) -> pa.Array:

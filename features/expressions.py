@@ -41,18 +41,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from features.dtypes import DType
+from features.errors import ExpressionError
 
 ARITHMETIC_OPS = {ast.Add: "add", ast.Sub: "sub", ast.Mult: "mul", ast.Div: "div", ast.Mod: "mod"}
 COMPARISON_OPS = {ast.Eq: "eq", ast.NotEq: "ne", ast.Lt: "lt", ast.LtE: "le", ast.Gt: "gt", ast.GtE: "ge"}
 FUNCTIONS = ("abs", "coalesce", "lower", "upper", "length", "if_else", "is_null", "cast")
-
-
-class ExpressionError(ValueError):
-    """An expression is invalid; ``fragment`` is the offending part of the text."""
-
-    def __init__(self, message: str, fragment: str) -> None:
-        self.fragment = fragment
-        super().__init__(f"{message} (in `{fragment}`)")
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,14 +21,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from features.errors import DefinitionError, SkewlessError
+from features.errors import DefinitionError, FunctionLoadError
 from features.plan import FunctionPlan, Plan
 
 __all__ = ["FunctionLoadError", "FunctionLoader", "resolve_qualname", "source_fingerprint"]
-
-
-class FunctionLoadError(SkewlessError, RuntimeError):
-    """An on-demand function named by the plan cannot be imported, or its source changed since the plan."""
 
 
 def source_fingerprint(function: Callable[..., Any]) -> str:

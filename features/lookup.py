@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, cast
 
 from features.dtypes import DType, from_micros, to_micros
-from features.errors import EntityKeyError, SkewlessError
+from features.errors import EntityKeyError, OfflineOnlyViewError, RequestDataError
 from features.on_demand import arrow_type, compute
 from features.plan import FeatureRefPlan, Plan, ViewPlan
 from features.protocols import AsyncReadableStore, OnlineStore, OnlineValues, online_key_columns
@@ -47,19 +47,6 @@ _KEY_TYPE_NAMES = {
     DType.TIMESTAMP: "a timezone-aware datetime",
     DType.FLOAT64: "a number",
 }
-
-
-class OfflineOnlyViewError(SkewlessError, LookupError):
-    """A lookup asked for a feature of a view that is not published online (``online=False``)."""
-
-    def __init__(self, view: str, online_views: Sequence[str]) -> None:
-        self.view = view
-        self.online_views = sorted(online_views)
-        choices = ", ".join(self.online_views) or "(none)"
-        super().__init__(
-            f"feature view '{view}' is offline-only (online=False) and cannot be looked up; "
-            f"views served online: {choices}"
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,10 +288,6 @@ def prepare(plan: Plan, *, features: Iterable[str] | None = None, feature_servic
         _PREPARED.clear()
     _PREPARED[key] = built
     return built
-
-
-class RequestDataError(SkewlessError, ValueError):
-    """``request_data`` lacks a field an on-demand feature needs, or holds a value of the wrong type."""
 
 
 _STATUS_RANK = {PRESENT: 0, EXPIRED: 1, MISSING: 2}

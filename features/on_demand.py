@@ -12,39 +12,12 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from features.dtypes import DType
-from features.errors import SkewlessError
+from features.errors import FeatureEvaluationError, OnDemandFunctionError, SkewlessError
 from features.expressions import Call
 from features.plan import OnDemandViewPlan
 
 if TYPE_CHECKING:
     import pyarrow as pa
-
-
-class FeatureEvaluationError(SkewlessError, ValueError):
-    """An on-demand feature could not be computed for the given values."""
-
-
-class OnDemandFunctionError(SkewlessError, RuntimeError):
-    """A plain-Python on-demand function raised, or returned something that is not its declared outputs.
-
-    ``view`` and ``function`` (``module:qualname``) say which; ``exception`` is the type name of what the
-    function raised (or of the conversion that failed); ``output`` names the output at fault, when one is.
-    Serving answers it with HTTP 500 and these fields, never with a traceback.
-    """
-
-    def __init__(self, message: str, *, view: str, function: str, exception: str, output: str | None = None) -> None:
-        self.view = view
-        self.function = function
-        self.exception = exception
-        self.output = output
-        super().__init__(message)
-
-    def to_dict(self) -> dict[str, Any]:
-        data = {"error": str(self), "type": type(self).__name__, "view": self.view, "function": self.function,
-                "exception": self.exception}  # fmt: skip
-        if self.output is not None:
-            data["output"] = self.output
-        return data
 
 
 def arrow_type(dtype: DType) -> Any:

@@ -15,17 +15,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from features.dtypes import DType
-from features.errors import SkewlessError, UnknownNameError
+from features.errors import PlanError, UnknownNameError
 from features.expressions import Expr, expr_from_dict
 
 # Columns every offline feature table and point-in-time join uses besides keys and features.
 EVENT_TIMESTAMP = "event_timestamp"
 CREATED_TIMESTAMP = "created_timestamp"
 PUBLISHED_AT = "published_at"
-
-
-class PlanError(SkewlessError, ValueError):
-    """A plan node was used in a way its kind does not allow (an internal misuse, not a user error)."""
 
 
 def stable_hash(data: Any) -> str:

@@ -145,7 +145,7 @@ class MaterializationResult:
     seconds: float
     ticks_through: datetime | None = None  # windowed views: the last tick computed, which the values hold at
     online_current: bool = False  # nothing published: the online store already serves this offline version
-    engine: str = "spark"  # the engine that ran it: "arrow" (no JVM), "warm" (the warm engine) or "spark"
+    engine: str = "spark"  # whose code computed it: "arrow" (no JVM) or "spark" (here or in the warm engine)
     #: Why each engine asked before it did not take the run: (engine, reason), in the order asked.
     refusals: tuple[tuple[str, str], ...] = ()
 

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy import types as satypes
 
 from features.dtypes import DType
-from features.errors import SkewlessError
+from features.errors import SourceUnavailableError
 
 # PostgreSQL type OIDs, for the columns of a query (psycopg2 reports them in cursor.description).
 _POSTGRES_OIDS = {
@@ -30,10 +30,6 @@ _POSTGRES_OIDS = {
     1114: DType.TIMESTAMP,
     1184: DType.TIMESTAMP,
 }
-
-
-class SourceUnavailableError(SkewlessError, ConnectionError):
-    """A source database could not be read while compiling the plan."""
 
 
 def dtype_of(sql_type: satypes.TypeEngine[object]) -> DType | None:

@@ -2,7 +2,7 @@
 
 The point-in-time join in Arrow (:mod:`offline.arrow.join`) reads feature tables this way. It covers the tables
 skewless writes (reader protocol 1: no column mapping, no deletion vectors, no partitions, files on the local
-disk) and says so, through :class:`UnsupportedTable`, for anything else, so the caller can hand the table to
+disk) and says so, through :class:`UnsupportedTableError`, for anything else, so the caller can hand the table to
 Spark instead of guessing.
 
 A snapshot at version ``v`` is the newest checkpoint at or before ``v`` (Parquet, single- or multi-part) plus
@@ -19,13 +19,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
+from features.errors import CommitConflictError, UnsupportedTableError
+
 LOG = "_delta_log"
 _COMMIT = re.compile(r"^(\d{20})\.json$")
 _CHECKPOINT = re.compile(r"^(\d{20})\.checkpoint(?:\.(\d{10})\.(\d{10}))?\.parquet$")
-
-
-class UnsupportedTable(Exception):
-    """The table (or the asked version) needs a Delta reader feature this module does not implement."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +55,7 @@ def latest_version(path: Path | str) -> int | None:
 
 
 def snapshot(path: Path | str, version: int) -> Snapshot:
-    """The table at ``version``. Raises :class:`UnsupportedTable` when this reader cannot read it faithfully,
+    """The table at ``version``. Raises :class:`UnsupportedTableError` when this reader cannot read it faithfully,
     and ``FileNotFoundError`` when the version's log is gone (or never was)."""
     root = Path(path)
     log = root / LOG
@@ -78,11 +76,11 @@ def snapshot(path: Path | str, version: int) -> Snapshot:
                 _apply(json.loads(line), files, state)
     protocol, metadata = state.get("protocol"), state.get("metaData")
     if protocol is None or metadata is None:
-        raise UnsupportedTable(f"no protocol or metadata up to version {version} of {root}")
+        raise UnsupportedTableError(f"no protocol or metadata up to version {version} of {root}")
     if int(protocol.get("minReaderVersion", 1)) > 1:
-        raise UnsupportedTable(f"{root} needs Delta reader version {protocol['minReaderVersion']} (this reads 1)")
+        raise UnsupportedTableError(f"{root} needs Delta reader version {protocol['minReaderVersion']} (this reads 1)")
     if metadata.get("partitionColumns"):
-        raise UnsupportedTable(f"{root} is partitioned by {metadata['partitionColumns']}")
+        raise UnsupportedTableError(f"{root} is partitioned by {metadata['partitionColumns']}")
     schema = json.loads(metadata["schemaString"])
     columns = tuple((field["name"], str(field["type"])) for field in schema["fields"])
     data = tuple(DataFile(_local_file(root, p), int(a.get("size") or 0), p) for p, a in sorted(files.items()))
@@ -107,7 +105,7 @@ def user_metadata(path: Path | str, version: int) -> str | None:
 def _apply(action: dict[str, Any], files: dict[str, dict[str, Any]], state: dict[str, Any]) -> None:
     if (add := action.get("add")) is not None:
         if add.get("deletionVector"):
-            raise UnsupportedTable(f"file {add['path']} has a deletion vector")
+            raise UnsupportedTableError(f"file {add['path']} has a deletion vector")
         files[add["path"]] = add
     elif (remove := action.get("remove")) is not None:
         files.pop(remove["path"], None)
@@ -129,7 +127,7 @@ def _checkpoint_at_or_before(log: Path, version: int) -> tuple[int, list[Path]] 
             if len(found) == count:
                 return v, sorted(found)
     if _has_v2_checkpoint(log, version):
-        raise UnsupportedTable(f"{log} has a V2 checkpoint")
+        raise UnsupportedTableError(f"{log} has a V2 checkpoint")
     return None
 
 
@@ -158,7 +156,7 @@ def _local_file(root: Path, path: str) -> Path:
         return root / unquote(path)
     url = urlparse(path)
     if url.scheme not in ("", "file"):
-        raise UnsupportedTable(f"data file {path} is not on the local disk")
+        raise UnsupportedTableError(f"data file {path} is not on the local disk")
     return Path(unquote(url.path))
 
 
@@ -179,10 +177,6 @@ def _matches(log: Path, pattern: re.Pattern[str]) -> Iterator[re.Match[str]]:
 
 PROTOCOL = {"minReaderVersion": 1, "minWriterVersion": 2}  # what Delta 4 gives the tables skewless creates
 ENGINE_INFO = "skewless-arrow"
-
-
-class CommitConflict(Exception):
-    """Another writer committed the version this commit was for: nothing of this commit is visible."""
 
 
 def data_file_name() -> str:
@@ -275,7 +269,7 @@ def commit(root: Path | str, version: int, actions: list[dict[str, Any]], *, ope
     """Write commit ``version`` of the table at ``root``: ``commitInfo`` then ``actions``, all or nothing.
 
     The commit file appears at once and only if no other writer made that version first (a hard link of a
-    finished temporary file: put-if-absent on a local disk); otherwise :class:`CommitConflict`.
+    finished temporary file: put-if-absent on a local disk); otherwise :class:`CommitConflictError`.
     """
     import os
     import time
@@ -307,7 +301,7 @@ def commit(root: Path | str, version: int, actions: list[dict[str, Any]], *, ope
     try:
         os.link(temporary, log / f"{version:020d}.json")
     except FileExistsError as exc:
-        raise CommitConflict(f"version {version} of {root} was committed by another writer") from exc
+        raise CommitConflictError(f"version {version} of {root} was committed by another writer") from exc
     finally:
         temporary.unlink()
 

@@ -62,8 +62,10 @@ Job = Materialization | TrainingSet
 @dataclass(frozen=True, slots=True)
 class JoinedSet:
     """A training set as an engine returns it: as Arrow (``table``) whenever it reached this process, and as a
-    Spark DataFrame (``frame``) when it stays in Spark or is asked for as one."""
+    Spark DataFrame (``frame``) when it stays in Spark or is asked for as one. ``joined_in``: the engine whose
+    code joined it ("arrow" or "spark"; the warm engine joins in Spark)."""
 
+    joined_in: str
     table: pa.Table | None
     frame: Any = None
 

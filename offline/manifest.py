@@ -16,17 +16,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from features.dtypes import DType
-from features.errors import SkewlessError
+from features.errors import DatasetError
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
 MANIFEST_FORMAT = 1
 OUTPUT_FORMATS = ("pandas", "spark", "arrow")
-
-
-class DatasetError(SkewlessError, ValueError):
-    """A training set cannot be built or reproduced as asked."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +110,7 @@ class Manifest:
     on_demand: dict[str, Any] | None = None  # offline.on_demand.on_demand_spec()
     entities: FileRecord | None = None
     result: FileRecord | None = None
-    joined_in: str | None = None  # the engine that joined it
+    joined_in: str | None = None  # the engine whose code joined it: "arrow" or "spark" (the warm engine's is Spark)
     #: Why each engine asked before it did not join it (engine name -> reason), in the order asked.
     refusals: dict[str, str] = field(default_factory=dict)
     format: int = MANIFEST_FORMAT

@@ -16,17 +16,13 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from features.errors import SkewlessError
+from features.errors import OnDemandInputError
 from features.functions import FunctionLoader
 from features.on_demand import arrow_type, compute
 from features.plan import OnDemandViewPlan
 
 if TYPE_CHECKING:
     import pyarrow as pa
-
-
-class OnDemandInputError(SkewlessError, ValueError):
-    """The entity rows lack a request field an on-demand feature needs."""
 
 
 Functions = Mapping[str, Callable[..., Any]]

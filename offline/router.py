@@ -105,7 +105,7 @@ class Router:
         job = Materialization(plan, view, start, end, republish)
         chosen, refusals = self.route(job, only=engine)
         result = chosen.materialize(job, online, progress)
-        return dataclasses.replace(result, engine=chosen.name, refusals=tuple(refusals.items()))
+        return dataclasses.replace(result, refusals=tuple(refusals.items()))
 
     # -- training sets ---------------------------------------------------------------------------------------------
     def training_dataset(
@@ -175,8 +175,8 @@ class Router:
             manifest = manifest.replace(entities=FileRecord.of(path, entities))
         manifest.check_entity_columns(list(entities.column_names if not is_spark(entities) else entities.columns))
         engine, refusals = self.route(TrainingSet(manifest, entities), only=only)
-        manifest = manifest.replace(joined_in=engine.name, refusals=refusals)
         joined: JoinedSet = engine.training_set(TrainingSet(manifest, entities))
+        manifest = manifest.replace(joined_in=joined.joined_in, refusals=refusals)
         table: pa.Table | None = joined.table
         if output is not None:
             assert table is not None  # written entity rows are Arrow: every engine returns the set as Arrow

@@ -41,6 +41,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from features.errors import (
+    BadRequestError,
     EntityKeyError,
     OnlineStoreError,
     RegistryError,
@@ -431,10 +432,6 @@ def app_from_env() -> FastAPI:
         freeze_startup_objects=True,
         opentelemetry=os.environ.get(ENV_OPENTELEMETRY) == "1",
     )
-
-
-class BadRequestError(SkewlessError, ValueError):
-    """The request is well-formed JSON but asks for something malformed (e.g. a reference without ':')."""
 
 
 def _prepare(plan: Plan, features: list[str] | None, feature_service: str | None) -> Lookup:

@@ -19,20 +19,15 @@ from typing import Any
 
 import httpx
 
-from features.errors import EntityKeyError, SkewlessError, UnknownNameError
+from features.errors import (
+    EntityKeyError,
+    InvalidRequestError,
+    ServerError,
+    ServiceUnavailableError,
+    SkewlessError,
+    UnknownNameError,
+)
 from features.on_demand import OnDemandFunctionError
-
-
-class InvalidRequestError(SkewlessError, ValueError):
-    """The service refused the request as malformed (HTTP 422)."""
-
-
-class ServiceUnavailableError(SkewlessError, ConnectionError):
-    """The service, or the online store behind it, cannot answer now (HTTP 503, or no connection)."""
-
-
-class ServerError(SkewlessError, RuntimeError):
-    """The service failed unexpectedly (HTTP 500 or another status)."""
 
 
 class SkewlessClient:

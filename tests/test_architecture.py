@@ -180,3 +180,28 @@ def test_error_hierarchy_matches_builtins() -> None:
         "EntityKeyError",
     ):
         assert issubclass(getattr(errors, name), errors.SkewlessError)
+
+
+def test_every_error_is_defined_once_in_one_tree() -> None:
+    """features/errors.py holds every error class, each under SkewlessError and a matching built-in; the
+    modules that raise them import them from there."""
+    import inspect
+
+    from features import errors
+
+    elsewhere = {}
+    for package in ("features", "offline", "online", "serving_api"):
+        for path in (ROOT / package).rglob("*.py"):
+            if path == ROOT / "features" / "errors.py":
+                continue
+            for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+                if isinstance(node, ast.ClassDef):
+                    bases = [b.id if isinstance(b, ast.Name) else getattr(b, "attr", "") for b in node.bases]
+                    if any(b.endswith(("Error", "Exception")) for b in bases):
+                        elsewhere[f"{path.relative_to(ROOT)}:{node.lineno}"] = node.name
+    assert elsewhere == {}, "error classes outside features/errors.py"
+    classes = [c for _, c in inspect.getmembers(errors, inspect.isclass) if issubclass(c, BaseException)]
+    assert len(classes) > 20
+    for error in classes:
+        assert issubclass(error, errors.SkewlessError), error
+        assert error is errors.SkewlessError or len(error.__mro__) > 3, f"{error.__name__} has no built-in kind"

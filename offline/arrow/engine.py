@@ -68,7 +68,7 @@ class ArrowEngine:
     def training_set(self, job: TrainingSet) -> JoinedSet:
         manifest, entities = job.manifest, job.entities
         table = attach(entities, self._join(manifest, entities))
-        return JoinedSet(add_on_demand_columns(self.config, manifest, table))
+        return JoinedSet(self.name, add_on_demand_columns(self.config, manifest, table))
 
     def stop(self) -> None:
         self._snapshots.clear()
@@ -93,7 +93,7 @@ class ArrowEngine:
                     return f"view '{view.name}' has a {dtype.value} key and the entity column {key!r} is {column_type}"
             try:
                 snapshot = self._snapshot(view.path, view.version)
-            except (delta_log.UnsupportedTable, OSError) as exc:  # what delta_log says of tables it does not read
+            except (delta_log.UnsupportedTableError, OSError) as exc:  # what delta_log says of tables it does not read
                 return f"view '{view.name}': {exc}"
             size += snapshot.size
         if size > self.config.arrow_join_max_mb * 2**20:

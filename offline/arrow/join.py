@@ -46,14 +46,16 @@ def read_snapshot(snapshot: Snapshot, columns: Sequence[str]) -> pa.Table:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from offline.delta_log import UnsupportedTable
+    from offline.delta_log import UnsupportedTableError
 
     types = dict(snapshot.columns)
     missing = [c for c in columns if c not in types]
     if missing:
-        raise UnsupportedTable(f"the table has no column(s) {', '.join(missing)}")
+        raise UnsupportedTableError(f"the table has no column(s) {', '.join(missing)}")
     if any(types[c] not in _ARROW_TYPES for c in columns):
-        raise UnsupportedTable(f"column types {sorted({types[c] for c in columns} - set(_ARROW_TYPES))} are not read")
+        raise UnsupportedTableError(
+            f"column types {sorted({types[c] for c in columns} - set(_ARROW_TYPES))} are not read"
+        )
     schema = pa.schema([pa.field(c, _ARROW_TYPES[types[c]]) for c in columns])
     tables = [
         pq.read_table(f.path, columns=list(columns), coerce_int96_timestamp_unit="us").cast(schema)

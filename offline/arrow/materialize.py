@@ -166,7 +166,7 @@ def _table_problem(config: RepoConfig, view: ViewPlan, path: Path) -> str | None
         return None
     try:
         stored = _stored_snapshot(path)
-    except (delta_log.UnsupportedTable, OSError) as exc:  # delta_log's answer for tables it does not read
+    except (delta_log.UnsupportedTableError, OSError) as exc:  # delta_log's answer for tables it does not read
         return str(exc)
     assert stored is not None
     expected = tuple((name, DELTA_TYPES[dtype]) for name, dtype in table_columns(view))

@@ -76,11 +76,11 @@ class SparkEngine:
 
                 functions = load_functions(manifest.on_demand, function_loader(self.config))
                 frame = add_on_demand_spark(frame, manifest.on_demand, functions)
-            return JoinedSet(None, frame)
+            return JoinedSet(self.name, None, frame)
         table = attach(entities, _collect(joined, manifest, entities.num_rows))
         table = add_on_demand_columns(self.config, manifest, table)
         as_spark = self.spark.createDataFrame(table) if manifest.output_format == "spark" else None
-        return JoinedSet(table, as_spark)
+        return JoinedSet(self.name, table, as_spark)
 
     def stop(self) -> None:
         """Stop the process's Spark session."""

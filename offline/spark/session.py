@@ -24,7 +24,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from features.errors import SkewlessError
+from features.errors import JavaNotFoundError, SkewlessError
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -39,10 +39,6 @@ JAR_CACHE = Path.home() / ".cache" / "skewless" / "jars"
 
 _lock = threading.Lock()
 _session: SparkSession | None = None
-
-
-class JavaNotFoundError(SkewlessError, RuntimeError):
-    """No Java 17+ runtime is available to start Spark."""
 
 
 def delta_package() -> str:

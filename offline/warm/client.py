@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from features.config import RepoConfig
-from features.errors import SkewlessError
+from features.errors import EngineError
 from offline.datasets import is_spark
 from offline.jobs import Job, JoinedSet, Materialization, TrainingSet
 
@@ -63,10 +63,6 @@ ENV_ENGINE = "SKEWLESS_ENGINE"  # "here": never send jobs to a warm engine
 _CODE_PACKAGES = ("features", "offline", "online")
 _warned: set[str] = set()
 _children: dict[int, subprocess.Popen[bytes]] = {}  # engines this process started, so they can be reaped
-
-
-class EngineError(SkewlessError, RuntimeError):
-    """The warm engine could not be started, reached, or failed in a way that has no skewless error."""
 
 
 def engine_dir(config: RepoConfig) -> Path:

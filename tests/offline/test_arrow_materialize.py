@@ -321,7 +321,7 @@ def test_a_concurrent_commit_fails_the_run_and_changes_nothing(
 def test_commit_is_put_if_absent(tmp_path: Path) -> None:
     delta_log.commit(tmp_path, 0, delta_log.new_table_actions([("a", "long")], {}), operation="WRITE", mode="x")
     first = (tmp_path / "_delta_log" / f"{0:020d}.json").read_text()
-    with pytest.raises(delta_log.CommitConflict):
+    with pytest.raises(delta_log.CommitConflictError):
         delta_log.commit(tmp_path, 0, [], operation="WRITE", mode="Append")
     assert (tmp_path / "_delta_log" / f"{0:020d}.json").read_text() == first
     assert [p.name for p in (tmp_path / "_delta_log").iterdir()] == [f"{0:020d}.json"]  # no temporary file left

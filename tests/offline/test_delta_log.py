@@ -108,11 +108,11 @@ def test_tables_it_cannot_read_are_refused_with_the_reason(spark: Any, tmp_path:
     rows = _frame(spark, _rows(0, 5, 0))
     partitioned = tmp_path / "partitioned"
     rows.write.format("delta").partitionBy("flag").save(str(partitioned))
-    with pytest.raises(delta_log.UnsupportedTable, match="partitioned by"):
+    with pytest.raises(delta_log.UnsupportedTableError, match="partitioned by"):
         delta_log.snapshot(partitioned, 0)
     vectors = tmp_path / "vectors"
     rows.write.format("delta").option("delta.enableDeletionVectors", "true").save(str(vectors))
-    with pytest.raises(delta_log.UnsupportedTable, match="reader version 3"):
+    with pytest.raises(delta_log.UnsupportedTableError, match="reader version 3"):
         delta_log.snapshot(vectors, 0)
     with pytest.raises(FileNotFoundError, match="version 1"):
         delta_log.snapshot(partitioned, 1)
