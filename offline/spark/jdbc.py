@@ -10,9 +10,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 from urllib.parse import urlencode
 
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+from pyspark.sql.types import DataType
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -22,10 +25,6 @@ from features.plan import SourcePlan
 from features.sources import SourceUnavailableError
 from offline.errors import error_summary
 from offline.sql import base_query, quote, quote_spark, window_query
-
-if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, SparkSession
-    from pyspark.sql.types import DataType
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +101,6 @@ _SQLITE_FETCH_AS = {**_FETCH_AS, DType.STRING: "STRING", DType.BOOL: "BOOLEAN", 
 
 def spark_type(dtype: DType) -> DataType:
     """The Spark type that stores a plan type."""
-    from pyspark.sql import types as T
 
     return {
         DType.INT64: T.LongType(),
@@ -148,7 +146,6 @@ def read_source(
     The schema is checked first (only metadata is read). The result has exactly the plan's source columns,
     cast to their plan types.
     """
-    from pyspark.sql import functions as F
 
     target = jdbc_target(url)
     reader = spark.read.format("jdbc").options(**target.options())
@@ -204,7 +201,6 @@ def _bounds(spark: SparkSession, target: JdbcTarget, source: SourcePlan, query: 
 
     They come back formatted by Spark in the session time zone (UTC), never through Python's local zone.
     """
-    from pyspark.sql import functions as F
 
     ts = quote(source.timestamp_column)
     pattern = "yyyy-MM-dd HH:mm:ss.SSSSSS"

@@ -13,6 +13,9 @@ from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+
 from features.config import RepoConfig
 from features.errors import MaterializationError, SkewlessError
 from features.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP, Plan, ViewPlan
@@ -27,14 +30,12 @@ from offline.tables import read_through, table_path
 
 if TYPE_CHECKING:
     import pyarrow as pa
-    from pyspark.sql import DataFrame, SparkSession
 
 log = logging.getLogger(__name__)
 
 
 def compute_features(view: ViewPlan, source: DataFrame) -> DataFrame:
     """Join keys, features (plan order and types), event_timestamp and created_timestamp of each source row."""
-    from pyspark.sql import functions as F
 
     translator = SparkTranslator()
     src = view.source
@@ -52,8 +53,6 @@ def latest_rows(view: ViewPlan, table: DataFrame) -> DataFrame:
 
     The columns are exactly what a :class:`~features.protocols.Publication` expects.
     """
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
 
     order = Window.partitionBy(*(F.col(quote_spark(k)) for k in view.key_names)).orderBy(
         F.col(EVENT_TIMESTAMP).desc(), F.col(CREATED_TIMESTAMP).desc_nulls_last()
@@ -72,7 +71,6 @@ def publish(latest: DataFrame, publication: Publication) -> int:
     Only one count per partition comes back to the driver, never the rows.
     """
     import pyarrow as pa
-    from pyspark.sql import functions as F
 
     def write(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         written = publication.write(iter_batches(batches))
@@ -237,7 +235,6 @@ def _publish_online(
 ) -> tuple[int, bool]:
     """Publish the latest row per entity at ``version``, from Spark's executors; ``as_of`` (windowed views) is
     the tick the values hold at, sent as their event time so that TTLs count from the last tick computed."""
-    from pyspark.sql import functions as F
 
     latest = latest_rows(view, read_table(spark, str(path), version))
     if as_of is not None:

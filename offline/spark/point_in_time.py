@@ -15,15 +15,14 @@ entity rows travel whole through it, so nothing is joined back), and no quadrati
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
 
 from features.dtypes import DType
 from features.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP
 from offline.spark.jdbc import quote_spark, spark_type
 from offline.tables import ViewTable
-
-if TYPE_CHECKING:
-    from pyspark.sql import Column, DataFrame
 
 ROW_ID = "__skewless_row_id"
 
@@ -35,7 +34,6 @@ def point_in_time_join(entities: DataFrame, timestamp_column: str, views: Sequen
     input row exactly once, the input columns in their order, then the feature columns, in no particular row
     order: sort by :data:`ROW_ID` (kept for that) to align the result with the input.
     """
-    from pyspark.sql import functions as F
 
     result = entities
     for group in _by_join_keys(views):
@@ -59,8 +57,6 @@ def _join_group(entities: DataFrame, timestamp_column: str, views: Sequence[View
     rows are stacked, partitioned by the keys and ordered by time; each entity row takes, per view, the last
     value of that view seen before it.
     """
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
 
     join_keys = views[0].join_keys
     keys = [f"__k{i}" for i in range(len(join_keys))]
@@ -118,13 +114,10 @@ def _join_group(entities: DataFrame, timestamp_column: str, views: Sequence[View
 
 
 def _struct(columns: Sequence[str]) -> Column:
-    from pyspark.sql import functions as F
-
     return F.struct(*(F.col(quote_spark(c)) for c in columns))
 
 
 def with_row_id(frame: DataFrame) -> DataFrame:
     """Add :data:`ROW_ID`, increasing in the frame's current row order."""
-    from pyspark.sql import functions as F
 
     return frame.withColumn(ROW_ID, F.monotonically_increasing_id())

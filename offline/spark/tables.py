@@ -13,23 +13,24 @@ import threading
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+from delta.tables import DeltaTable
+from pyspark.sql import Column, DataFrame, Observation, SparkSession, Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+from pyspark.sql.types import StructType
 
 from features.errors import MaterializationError
 from features.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP, PUBLISHED_AT, ViewPlan
 from offline.spark.jdbc import quote_spark, spark_type
 from offline.tables import STATS_PROPERTY, RowCounts, stats_columns
 
-if TYPE_CHECKING:
-    from pyspark.sql import Column, DataFrame, Observation, SparkSession
-    from pyspark.sql.types import StructType
-
 log = logging.getLogger(__name__)
 
 
 def table_schema(view: ViewPlan) -> StructType:
     """Join keys, features (plan types), event_timestamp, created_timestamp, published_at."""
-    from pyspark.sql import types as T
 
     fields = [T.StructField(k.name, spark_type(k.dtype), True) for k in view.join_keys]
     fields += [T.StructField(f.name, spark_type(f.dtype), True) for f in view.features]
@@ -41,7 +42,6 @@ def table_schema(view: ViewPlan) -> StructType:
 
 def table_version(spark: SparkSession, path: Path | str) -> int | None:
     """The current version of the Delta table at ``path``; None when there is no table yet."""
-    from delta.tables import DeltaTable
 
     if not DeltaTable.isDeltaTable(spark, str(path)):
         return None
@@ -99,8 +99,6 @@ def prepare_rows(view: ViewPlan, computed: DataFrame) -> PreparedRows:
     sharing a key, the one whose feature values sort first is kept, so every run keeps the same row. Nothing runs
     yet: the rows are counted (see :meth:`PreparedRows.counts`) by whichever action first reads ``frame``.
     """
-    from pyspark.sql import Observation, Window
-    from pyspark.sql import functions as F
 
     keys = [*view.key_names, EVENT_TIMESTAMP]
     valid = F.lit(True)
@@ -140,7 +138,6 @@ def write_rows(
     stored row are dropped with an anti-join and only the new or changed rows are MERGEd (see
     :func:`merge_rows`); when none are left there is no commit at all. Either way the source is read once.
     """
-    from delta.tables import DeltaTable
 
     if not DeltaTable.isDeltaTable(spark, str(path)):
         (
@@ -171,7 +168,6 @@ def write_rows(
 
 def _with_published_at(view: ViewPlan, rows: DataFrame, published_at: datetime) -> DataFrame:
     """``rows`` in the table's column order and types, with ``published_at``."""
-    from pyspark.sql import functions as F
 
     schema = table_schema(view)
     return rows.select(
@@ -186,7 +182,6 @@ def merge_rows(spark: SparkSession, path: Path | str, view: ViewPlan, rows: Data
     Matched on (join keys, event_timestamp, created_timestamp null-safe). A matched row is updated only when a
     feature value differs (null-safe), so re-running a window commits nothing.
     """
-    from delta.tables import DeltaTable
 
     (DeltaTable.createIfNotExists(spark).location(str(path)).addColumns(table_schema(view)).execute())
     source = _with_published_at(view, rows, published_at)

@@ -16,7 +16,9 @@ Column<'...'>
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+
+from pyspark.sql import Column as SparkColumn
+from pyspark.sql import functions as F
 
 from features.dtypes import DType
 from features.evaluator import (
@@ -30,10 +32,6 @@ from features.evaluator import (
 )
 from features.expressions import Call, Column, Expr, Literal
 from offline.spark.jdbc import quote_spark, spark_type
-
-if TYPE_CHECKING:
-    from pyspark.sql import Column as SparkColumn
-
 
 __all__ = ["SparkTranslator", "UnsupportedExpressionError", "to_spark"]
 
@@ -49,13 +47,9 @@ class SparkTranslator:
         return method(expr)
 
     def visit_Column(self, expr: Column) -> SparkColumn:
-        from pyspark.sql import functions as F
-
         return F.col(quote_spark(expr.name)).cast(spark_type(expr.dtype))
 
     def visit_Literal(self, expr: Literal) -> SparkColumn:
-        from pyspark.sql import functions as F
-
         return F.lit(expr.value).cast(spark_type(expr.dtype))
 
     def visit_Call(self, expr: Call) -> SparkColumn:
@@ -69,8 +63,6 @@ class SparkTranslator:
     # Arithmetic. Operands are cast to the result type first, so int + float is a float addition; int64
     # overflow gives null (try_*), float64 follows IEEE 754.
     def op_add(self, expr: Call, a: SparkColumn, b: SparkColumn) -> SparkColumn:
-        from pyspark.sql import functions as F
-
         t = spark_type(expr.dtype)
         if expr.dtype is DType.INT64:
             a, b = self._unassociated(expr, a, b)
@@ -78,14 +70,10 @@ class SparkTranslator:
         return a.cast(t) + b.cast(t)
 
     def op_sub(self, expr: Call, a: SparkColumn, b: SparkColumn) -> SparkColumn:
-        from pyspark.sql import functions as F
-
         t = spark_type(expr.dtype)
         return F.try_subtract(a.cast(t), b.cast(t)) if expr.dtype is DType.INT64 else a.cast(t) - b.cast(t)
 
     def op_mul(self, expr: Call, a: SparkColumn, b: SparkColumn) -> SparkColumn:
-        from pyspark.sql import functions as F
-
         t = spark_type(expr.dtype)
         if expr.dtype is DType.INT64:
             a, b = self._unassociated(expr, a, b)
@@ -93,8 +81,6 @@ class SparkTranslator:
         return a.cast(t) * b.cast(t)
 
     def _unassociated(self, expr: Call, a: SparkColumn, b: SparkColumn) -> tuple[SparkColumn, SparkColumn]:
-        from pyspark.sql import functions as F
-
         # Spark's optimizer regroups nested integer + and * to fold their constants ((i + 1) + -1 becomes
         # i + 0), which changes which rows overflow to null. ~~x (the identity) between two operations stops it.
         def barrier(arg: Expr, column: SparkColumn) -> SparkColumn:
@@ -103,14 +89,10 @@ class SparkTranslator:
         return barrier(expr.args[0], a), barrier(expr.args[1], b)
 
     def op_div(self, expr: Call, a: SparkColumn, b: SparkColumn) -> SparkColumn:
-        from pyspark.sql import functions as F
-
         # try_divide is null for a zero divisor (-0.0 included) whatever ANSI says; as doubles: a float64.
         return F.try_divide(a.cast("double"), b.cast("double"))
 
     def op_mod(self, expr: Call, a: SparkColumn, b: SparkColumn) -> SparkColumn:
-        from pyspark.sql import functions as F
-
         t = spark_type(expr.dtype)
         a, b = a.cast(t), b.cast(t)
         # Spark's % takes the dividend's sign (Java's, C's fmod); Python's (the evaluator's) takes the divisor's,
@@ -127,15 +109,11 @@ class SparkTranslator:
         return rule.otherwise(remainder)
 
     def op_neg(self, expr: Call, a: SparkColumn) -> SparkColumn:
-        from pyspark.sql import functions as F
-
         if expr.dtype is DType.INT64:
             return F.try_subtract(F.lit(0).cast("bigint"), a)  # -(-2**63) overflows: null
         return -a
 
     def op_abs(self, expr: Call, a: SparkColumn) -> SparkColumn:
-        from pyspark.sql import functions as F
-
         if expr.dtype is DType.INT64:
             # Not F.abs: under ANSI it fails on -2**63, whose absolute value is no int64 (null here).
             return F.when(a < 0, F.try_subtract(F.lit(0).cast("bigint"), a)).otherwise(a)
@@ -143,31 +121,21 @@ class SparkTranslator:
 
     # Strings.
     def op_concat(self, expr: Call, a: SparkColumn, b: SparkColumn) -> SparkColumn:
-        from pyspark.sql import functions as F
-
         return F.concat(a, b)  # null if either side is null
 
     # Spark 4 maps case with ICU (Unicode 16, full mappings: upper("ß") is "SS"), without locale.
     def op_lower(self, expr: Call, a: SparkColumn) -> SparkColumn:
-        from pyspark.sql import functions as F
-
         return F.lower(self._opaque(expr, a))
 
     def op_upper(self, expr: Call, a: SparkColumn) -> SparkColumn:
-        from pyspark.sql import functions as F
-
         return F.upper(self._opaque(expr, a))
 
     def _opaque(self, expr: Call, a: SparkColumn) -> SparkColumn:
-        from pyspark.sql import functions as F
-
         # Spark's optimizer rewrites upper(lower(s)) to upper(s), wrong with full case mappings
         # (upper(lower("İ")) is "I\u0307", upper("İ") is "İ"): a computed argument goes through concat(s, '').
         return F.concat(a, F.lit("")) if isinstance(expr.args[0], Call) else a
 
     def op_length(self, expr: Call, a: SparkColumn) -> SparkColumn:
-        from pyspark.sql import functions as F
-
         return F.char_length(a)  # characters (code points), like Python's len
 
     # Comparisons: numbers compare as float64 when the two sides differ in type. Spark orders floats as SQL
@@ -214,14 +182,10 @@ class SparkTranslator:
 
     # Functions.
     def op_coalesce(self, expr: Call, *args: SparkColumn) -> SparkColumn:
-        from pyspark.sql import functions as F
-
         t = spark_type(expr.dtype)
         return F.coalesce(*(a.cast(t) for a in args))
 
     def op_if_else(self, expr: Call, cond: SparkColumn, a: SparkColumn, b: SparkColumn) -> SparkColumn:
-        from pyspark.sql import functions as F
-
         t = spark_type(expr.dtype)
         _, then, otherwise = expr.args
         if expr.dtype is DType.FLOAT64 and not (then.columns() or otherwise.columns()):
@@ -236,8 +200,6 @@ class SparkTranslator:
         return a.isNull()
 
     def op_cast(self, expr: Call, a: SparkColumn) -> SparkColumn:
-        from pyspark.sql import functions as F
-
         source, target = expr.args[0].dtype, expr.dtype
         t = spark_type(target)
         if source is target:

@@ -35,7 +35,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+
+from delta.tables import DeltaTable
+from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
 
 from features.dtypes import DType, from_micros, to_micros
 from features.expressions import Expr
@@ -44,9 +47,6 @@ from offline.spark.jdbc import quote_spark, spark_type
 from offline.spark.tables import table_schema
 from offline.spark.translate import SparkTranslator
 from offline.tables import THROUGH_KEY
-
-if TYPE_CHECKING:
-    from pyspark.sql import Column, DataFrame, SparkSession
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,6 @@ def _filter_dict(feature: FeaturePlan) -> object:
 
 def build_tiles(view: ViewPlan, source: DataFrame) -> DataFrame:
     """Partial aggregates per entity and tile of the source rows (rows without keys or event time dropped)."""
-    from pyspark.sql import functions as F
 
     translator = SparkTranslator()
     src = view.source
@@ -207,8 +206,6 @@ def write_tiles(spark: SparkSession, path: str, tiles: DataFrame, ticks: TickRan
 
 def values_at_ticks(spark: SparkSession, view: ViewPlan, tiles: DataFrame, ticks: TickRange) -> DataFrame:
     """Feature rows at every tick of ``ticks`` where a value can change, from the tiles table's rows."""
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
 
     assert view.cadence_seconds is not None
     step = tile_seconds(view)
@@ -265,7 +262,6 @@ def values_at_ticks(spark: SparkSession, view: ViewPlan, tiles: DataFrame, ticks
 
 def _aggregate(feature: FeaturePlan, item: _Input, frame: object) -> Column:
     """One feature's value over ``frame`` of tiles, from the tiles' partial aggregates."""
-    from pyspark.sql import functions as F
 
     assert feature.aggregation is not None
     function = feature.aggregation.function
@@ -303,7 +299,6 @@ def _stddev(item: _Input, over: Callable[[Column], Column]) -> Column:
     compared with the spread. NaN when the window holds a NaN or an infinity, or when the squared deviations
     overflow float64 (a spread beyond ~1e154); null below two values.
     """
-    from pyspark.sql import functions as F
 
     n_i = F.col(item.column("n")).cast("double")
     tile = F.when(
@@ -332,8 +327,6 @@ def write_values(
     spark: SparkSession, path: Path | str, view: ViewPlan, rows: DataFrame, ticks: TickRange, published_at: datetime
 ) -> None:
     """Replace the feature rows of ``ticks`` in one Delta commit that records ``through`` = ``ticks.end``."""
-    from delta.tables import DeltaTable
-    from pyspark.sql import functions as F
 
     schema = table_schema(view)
     DeltaTable.createIfNotExists(spark).location(str(path)).addColumns(schema).execute()
