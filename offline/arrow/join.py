@@ -20,6 +20,7 @@ import numpy as np
 from features.dtypes import DType, to_micros
 from features.on_demand import arrow_type
 from features.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP
+from offline.arrow.codes import NULL_TIME, key_codes, micros
 from offline.tables import ViewTable
 
 if TYPE_CHECKING:
@@ -27,7 +28,6 @@ if TYPE_CHECKING:
 
     from offline.delta_log import DataFile, Snapshot
 
-_NULL_TIME = np.iinfo(np.int64).min
 # Delta's type names of the plan types (offline/tables.py and offline/arrow/materialize.py write only these).
 DELTA_TYPES = {
     DType.INT64: "long",
@@ -107,8 +107,8 @@ def _join_view(entity_keys: list[pa.ChunkedArray], times: np.ndarray, view: View
         pa.chunked_array([*e.chunks, *table.column(name).cast(e.type).chunks], e.type)
         for e, (name, _) in zip(entity_keys, view.join_keys, strict=True)
     ]
-    codes, missing = _key_codes(stacked_keys)
-    entity_ok = ~missing[:n_entities] & (times != _NULL_TIME)
+    codes, missing = key_codes(stacked_keys)
+    entity_ok = ~missing[:n_entities] & (times != NULL_TIME)
     event = micros(table.column(EVENT_TIMESTAMP))
     created = micros(table.column(CREATED_TIMESTAMP))
 
@@ -140,38 +140,3 @@ def _join_view(entity_keys: list[pa.ChunkedArray], times: np.ndarray, view: View
         valid &= times <= to_micros(view.valid_until)
     indices = pa.array(match, pa.int64(), mask=~valid)
     return [table.column(name).take(indices).combine_chunks() for name in view.features]
-
-
-def _key_codes(columns: list[pa.ChunkedArray]) -> tuple[np.ndarray, np.ndarray]:
-    """One integer per row such that rows with equal keys (all columns) get equal codes; and which rows have a
-    null key (those match nothing)."""
-    import pyarrow.compute as pc
-
-    code: np.ndarray | None = None
-    missing: np.ndarray | None = None
-    for column in columns:
-        encoded = pc.dictionary_encode(column).combine_chunks()
-        indices = encoded.indices
-        size = len(encoded.dictionary)
-        null = indices.is_null().to_numpy(zero_copy_only=False)
-        part = indices.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
-        missing = null if missing is None else missing | null
-        # Combining two columns' codes, then renumbering them densely, keeps the next combination in int64.
-        code = part if code is None else np.unique(code * size + part, return_inverse=True)[1].astype(np.int64)
-    assert code is not None and missing is not None
-    return code, missing
-
-
-def micros(column: pa.ChunkedArray) -> np.ndarray:
-    """A timestamp column as int64 microseconds since the epoch (UTC; naive means UTC), null as the minimum.
-    Nanoseconds are floored to the microsecond, the precision every store keeps."""
-    import pyarrow as pa
-
-    unit = column.type.unit
-    values = np.asarray(column.cast(pa.int64()).fill_null(0).to_numpy(), dtype=np.int64)
-    if unit == "ns":
-        values = values // 1000
-    elif unit != "us":
-        values = values * {"s": 1_000_000, "ms": 1000}[unit]
-    nulls = column.is_null().to_numpy()
-    return np.where(nulls, _NULL_TIME, values)

@@ -34,7 +34,8 @@ from features.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP, PUBLISHED_AT, View
 from features.protocols import MaterializationResult, OnlineStore, Progress
 from offline import delta_log
 from offline.arrow import source as arrow_source
-from offline.arrow.join import DELTA_TYPES, micros, read_file, read_row_count, read_snapshot
+from offline.arrow.codes import column_codes, micros
+from offline.arrow.join import DELTA_TYPES, read_file, read_row_count, read_snapshot
 from offline.publication import already_live, publish_rows
 from offline.tables import STATS_PROPERTY, RowCounts, row_columns, stats_columns, table_columns, table_path
 
@@ -228,7 +229,9 @@ def _sorted(view: ViewPlan, tables: list[pa.Table]) -> tuple[np.ndarray, np.ndar
     first), then table; and, in that order, whether each row has the keys of the row before it."""
 
     keys = [
-        _codes(pa.chunked_array([c for t in tables for c in t.column(name).chunks], tables[0].column(name).type))
+        column_codes(pa.chunked_array([c for t in tables for c in t.column(name).chunks], tables[0].column(name).type))[
+            0
+        ]
         for name in view.key_names
     ]
     event = np.concatenate([micros(t.column(EVENT_TIMESTAMP)) for t in tables])
@@ -252,17 +255,6 @@ def _same_as_previous(keys: list[np.ndarray], order: np.ndarray) -> np.ndarray:
     if len(order):
         same[0] = False
     return same
-
-
-def _codes(column: pa.ChunkedArray) -> np.ndarray:
-    """Integers equal exactly where the values are (no nulls here): the values themselves for integers."""
-
-    if pa.types.is_integer(column.type) or pa.types.is_boolean(column.type):
-        return np.asarray(column.cast(pa.int64()).to_numpy(), dtype=np.int64)
-    if pa.types.is_timestamp(column.type):
-        return micros(column)
-    encoded = pc.dictionary_encode(column).combine_chunks()
-    return np.asarray(encoded.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
 
 
 def _first_of_each_group(view: ViewPlan, rows: pa.Table, order: np.ndarray, same_identity: np.ndarray) -> np.ndarray:
@@ -339,7 +331,7 @@ def latest_rows(view: ViewPlan, table: pa.Table, *, presorted: bool = False) -> 
     time and created time (what :func:`prepare_rows` returns)."""
     if presorted:
         order = np.arange(table.num_rows)
-        same_key = _same_as_previous([_codes(table.column(name)) for name in view.key_names], order)
+        same_key = _same_as_previous([column_codes(table.column(name))[0] for name in view.key_names], order)
     else:
         order, same_key = _sorted(view, [table])
     last_of_key = np.append(~same_key[1:], True) if len(order) else np.zeros(0, bool)
