@@ -7,7 +7,12 @@ physical representation. Timestamps are always UTC with microsecond precision.
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICRO = timedelta(microseconds=1)
@@ -52,6 +57,37 @@ class DType(enum.Enum):
     def accepts(self, other: DType) -> bool:
         """Whether a value of type ``other`` may be stored as this type without an explicit cast."""
         return other is self or (self is DType.FLOAT64 and other is DType.INT64)
+
+
+@dataclass(frozen=True, slots=True)
+class TypeNames:
+    """What one plan type is called by each system that holds its values."""
+
+    arrow: str  # Arrow's name of the type (str() of the pyarrow type; timestamps: microseconds, UTC)
+    spark: str  # the pyspark.sql.types class
+    delta: str  # the type name in a Delta table's schema string
+    pandas: str  # the pandas dtype of a column of it (nullable where pandas has one)
+
+
+#: The one table of type names: every engine, store and format derives its types from it.
+TYPE_NAMES: dict[DType, TypeNames] = {
+    DType.INT64: TypeNames(arrow="int64", spark="LongType", delta="long", pandas="Int64"),
+    DType.FLOAT64: TypeNames(arrow="double", spark="DoubleType", delta="double", pandas="float64"),
+    DType.STRING: TypeNames(arrow="string", spark="StringType", delta="string", pandas="object"),
+    DType.BOOL: TypeNames(arrow="bool", spark="BooleanType", delta="boolean", pandas="boolean"),
+    DType.TIMESTAMP: TypeNames(
+        arrow="timestamp[us, tz=UTC]", spark="TimestampType", delta="timestamp", pandas="datetime64[us, UTC]"
+    ),
+}
+
+
+def arrow_type(dtype: DType) -> pa.DataType:
+    """The Arrow type of a plan type (pyarrow imported on first use)."""
+    import pyarrow as pa
+
+    if dtype is DType.TIMESTAMP:
+        return pa.timestamp("us", tz="UTC")
+    return pa.type_for_alias(TYPE_NAMES[dtype].arrow)
 
 
 Int64 = DType.INT64

@@ -43,19 +43,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from features.dtypes import DType
+from features.dtypes import DType, arrow_type
 from features.errors import UnknownNameError, UnsupportedExpressionError
 from features.expressions import Call, Column, Expr, Literal
 
 __all__ = ["ARROW_TYPES", "UnsupportedExpressionError", "evaluate"]
 
-ARROW_TYPES: dict[DType, pa.DataType] = {
-    DType.INT64: pa.int64(),
-    DType.FLOAT64: pa.float64(),
-    DType.STRING: pa.string(),
-    DType.BOOL: pa.bool_(),
-    DType.TIMESTAMP: pa.timestamp("us", tz="UTC"),
-}
+ARROW_TYPES: dict[DType, pa.DataType] = {dtype: arrow_type(dtype) for dtype in DType}
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1

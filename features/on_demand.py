@@ -11,20 +11,13 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from features.dtypes import DType
+from features.dtypes import arrow_type
 from features.errors import FeatureEvaluationError, OnDemandFunctionError, SkewlessError
 from features.expressions import Call
 from features.plan import OnDemandViewPlan
 
 if TYPE_CHECKING:
     import pyarrow as pa
-
-
-def arrow_type(dtype: DType) -> Any:
-    """The Arrow type every engine uses for a plan type (the evaluator's table, imported lazily)."""
-    from features.evaluator import ARROW_TYPES
-
-    return ARROW_TYPES[dtype]
 
 
 def compute(

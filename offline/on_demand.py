@@ -16,9 +16,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from features.dtypes import arrow_type
 from features.errors import OnDemandInputError
 from features.functions import FunctionLoader
-from features.on_demand import arrow_type, compute
+from features.on_demand import compute
 from features.plan import OnDemandViewPlan
 
 if TYPE_CHECKING:

@@ -17,8 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from features.dtypes import DType, to_micros
-from features.on_demand import arrow_type
+from features.dtypes import TYPE_NAMES, DType, arrow_type, to_micros
 from features.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP
 from offline.arrow.codes import NULL_TIME, key_codes, micros
 from offline.tables import ViewTable
@@ -29,14 +28,8 @@ if TYPE_CHECKING:
     from offline.delta_log import DataFile, Snapshot
 
 # Delta's type names of the plan types (offline/tables.py and offline/arrow/materialize.py write only these).
-DELTA_TYPES = {
-    DType.INT64: "long",
-    DType.FLOAT64: "double",
-    DType.STRING: "string",
-    DType.BOOL: "boolean",
-    DType.TIMESTAMP: "timestamp",
-}
-# The Arrow type each is read as, as Spark hands them to Arrow.
+# Delta's type names of the plan types (the only ones skewless writes), and the Arrow type each is read as.
+DELTA_TYPES = {dtype: TYPE_NAMES[dtype].delta for dtype in DType}
 _ARROW_TYPES = {name: arrow_type(dtype) for dtype, name in DELTA_TYPES.items()}
 
 

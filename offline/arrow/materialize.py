@@ -26,10 +26,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from features.config import RepoConfig
-from features.dtypes import DType
+from features.dtypes import DType, arrow_type
 from features.errors import MaterializationError
 from features.evaluator import UnsupportedExpressionError, evaluate
-from features.on_demand import arrow_type
 from features.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP, PUBLISHED_AT, ViewPlan
 from features.protocols import MaterializationResult, OnlineStore, Progress
 from offline import delta_log

@@ -19,9 +19,8 @@ from typing import TYPE_CHECKING
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from features.dtypes import DType
+from features.dtypes import DType, arrow_type
 from features.errors import SchemaMismatchError
-from features.on_demand import arrow_type
 from features.plan import SourcePlan
 from features.sources import SourceUnavailableError
 from offline.sql import window_query

@@ -19,7 +19,7 @@ from pyspark.sql.types import DataType
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from features.dtypes import DType
+from features.dtypes import TYPE_NAMES, DType
 from features.errors import ConfigError, SchemaMismatchError
 from features.plan import SourcePlan
 from features.sources import SourceUnavailableError
@@ -101,14 +101,8 @@ _SQLITE_FETCH_AS = {**_FETCH_AS, DType.STRING: "STRING", DType.BOOL: "BOOLEAN", 
 
 def spark_type(dtype: DType) -> DataType:
     """The Spark type that stores a plan type."""
-
-    return {
-        DType.INT64: T.LongType(),
-        DType.FLOAT64: T.DoubleType(),
-        DType.STRING: T.StringType(),
-        DType.BOOL: T.BooleanType(),
-        DType.TIMESTAMP: T.TimestampType(),
-    }[dtype]
+    spark_class: type[DataType] = getattr(T, TYPE_NAMES[dtype].spark)
+    return spark_class()
 
 
 def check_schema(source: SourcePlan, found: dict[str, str], *, undeclared: tuple[str, ...] = ()) -> None:

@@ -52,3 +52,21 @@ def test_importing_offline_does_not_start_or_import_spark() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+def test_one_type_table_names_every_system_s_type() -> None:
+    """features.dtypes.TYPE_NAMES against the systems themselves: Spark's JSON name of each Spark type is the
+    Delta schema's, pandas and Arrow know their names, and Arrow's is what the evaluator computes in."""
+    import pandas as pd
+    from pyspark.sql import types as T
+
+    from features.dtypes import TYPE_NAMES, DType, arrow_type
+    from features.evaluator import ARROW_TYPES
+    from offline.spark.jdbc import spark_type
+
+    assert set(TYPE_NAMES) == set(DType)
+    for dtype, names in TYPE_NAMES.items():
+        assert spark_type(dtype).typeName() == names.delta, dtype
+        assert isinstance(spark_type(dtype), getattr(T, names.spark))
+        assert str(pd.Series([], dtype=names.pandas).dtype) == names.pandas, dtype
+        assert arrow_type(dtype) == ARROW_TYPES[dtype] and str(arrow_type(dtype)) == names.arrow, dtype
