@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from features.config import RepoConfig
 from features.functions import FunctionLoader
 from features.plan import EVENT_TIMESTAMP, FeatureRefPlan, Plan, ViewPlan
-from offline import delta_log
+from offline import delta_rs
 from offline.manifest import OUTPUT_FORMATS, DatasetError, Manifest, ViewRead
 from offline.on_demand import add_on_demand, load_functions, on_demand_spec
 from offline.tables import ViewTable, read_through, table_path
@@ -68,7 +68,7 @@ def describe(
 
 def _view_read(config: RepoConfig, view: ViewPlan, features: tuple[str, ...]) -> ViewRead:
     path = table_path(config, view)
-    version = delta_log.latest_version(path)
+    version = delta_rs.latest_version(path)
     if version is None:
         raise DatasetError(f"view '{view.name}' has no offline table yet ({path}); run 'skewless materialize' first")
     through = None

@@ -18,7 +18,7 @@ from typing import Any
 from features.config import RepoConfig
 from features.dtypes import DType
 from features.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP, PUBLISHED_AT, ViewPlan
-from offline import delta_log
+from offline import delta_rs
 from offline.sql import quote_spark
 
 log = logging.getLogger(__name__)
@@ -41,19 +41,12 @@ def stats_columns(view: ViewPlan) -> str:
 
 
 def commit_time(path: Path | str, version: int) -> datetime | None:
-    """When ``version`` of the table at ``path`` was committed (its ``commitInfo``), read from the log file
-    itself: no Spark job. None when the file or the field is missing."""
-    log_file = Path(path) / "_delta_log" / f"{version:020d}.json"
-    try:
-        lines = log_file.read_text().splitlines()
-    except OSError:
+    """When ``version`` of the table at ``path`` was committed (its ``commitInfo``): no Spark job. None when the
+    commit or its time is missing."""
+    info = delta_rs.commit_info(path, version)
+    if info is None or not isinstance(info.get("timestamp"), int):
         return None
-    for line in lines:
-        action = json.loads(line) if line.strip() else {}
-        info = action.get("commitInfo")
-        if isinstance(info, dict) and isinstance(info.get("timestamp"), int):
-            return datetime.fromtimestamp(info["timestamp"] / 1000, tz=UTC)
-    return None
+    return datetime.fromtimestamp(info["timestamp"] / 1000, tz=UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,10 +100,10 @@ def read_through(path: Path | str, version: int | None = None) -> datetime | Non
     Read from the Delta log's ``userMetadata`` in Python (what Spark's ``history()`` shows), without a job.
     """
     if version is None:
-        version = delta_log.latest_version(path)
+        version = delta_rs.latest_version(path)
         if version is None:
             return None
-    metadata = delta_log.user_metadata(path, version)
+    metadata = delta_rs.user_metadata(path, version)
     if metadata is None:
         return None
     try:

@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from features.config import RepoConfig
 from features.dtypes import DType
-from offline import delta_log
+from offline import delta_rs
 from offline.arrow import join as arrow_join
 from offline.arrow import materialize as arrow_materialize
 from offline.datasets import add_on_demand_columns, attach, is_spark, table_columns_read, view_table
@@ -45,7 +45,7 @@ class ArrowEngine:
         self.config = config
         # Snapshots of a table version, by (path, version, its commit file's mtime): read once for the refusal
         # and reused by the join (a table deleted and written again gets new commit files).
-        self._snapshots: dict[tuple[str, int, int], delta_log.Snapshot] = {}
+        self._snapshots: dict[tuple[str, int, int], delta_rs.Snapshot] = {}
 
     def refusal(self, job: Job) -> str | None:
         if isinstance(job, Materialization):
@@ -93,7 +93,7 @@ class ArrowEngine:
                     return f"view '{view.name}' has a {dtype.value} key and the entity column {key!r} is {column_type}"
             try:
                 snapshot = self._snapshot(view.path, view.version)
-            except (delta_log.UnsupportedTableError, OSError) as exc:  # what delta_log says of tables it does not read
+            except (delta_rs.UnsupportedTableError, OSError) as exc:  # tables the Python reader does not read
                 return f"view '{view.name}': {exc}"
             size += snapshot.size
         if size > self.config.arrow_join_max_mb * 2**20:
@@ -101,11 +101,11 @@ class ArrowEngine:
             return f"the feature tables hold {size / 2**20:,.0f} MiB, over offline.arrow_join_max_mb ({limit})"
         return None
 
-    def _snapshot(self, path: str, version: int) -> delta_log.Snapshot:
-        commit = Path(path) / delta_log.LOG / f"{version:020d}.json"
+    def _snapshot(self, path: str, version: int) -> delta_rs.Snapshot:
+        commit = Path(path) / delta_rs.LOG / f"{version:020d}.json"
         key = (path, version, commit.stat().st_mtime_ns if commit.exists() else 0)
         if key not in self._snapshots:
-            self._snapshots[key] = delta_log.snapshot(path, version)
+            self._snapshots[key] = delta_rs.snapshot(path, version)
         return self._snapshots[key]
 
     def _join(self, manifest: Manifest, entities: pa.Table) -> pa.Table:

@@ -13,67 +13,39 @@ It only selects stored rows; nothing here computes a feature value (contract 3: 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from features.dtypes import TYPE_NAMES, DType, arrow_type, to_micros
+from features.errors import UnsupportedTableError
 from features.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP
+from offline import delta_rs
 from offline.arrow.codes import NULL_TIME, key_codes, micros
+from offline.delta_rs import Snapshot
 from offline.tables import ViewTable
 
-if TYPE_CHECKING:
-    import pyarrow as pa
-
-    from offline.delta_log import DataFile, Snapshot
-
-# Delta's type names of the plan types (offline/tables.py and offline/arrow/materialize.py write only these).
 # Delta's type names of the plan types (the only ones skewless writes), and the Arrow type each is read as.
 DELTA_TYPES = {dtype: TYPE_NAMES[dtype].delta for dtype in DType}
 _ARROW_TYPES = {name: arrow_type(dtype) for dtype, name in DELTA_TYPES.items()}
 
 
 def read_snapshot(snapshot: Snapshot, columns: Sequence[str]) -> pa.Table:
-    """``columns`` of every file of ``snapshot``, typed as Spark reads them (timestamps UTC microseconds; Spark
-    writes them as INT96)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from offline.delta_log import UnsupportedTableError
-
+    """``columns`` of the table at the snapshot's version, typed as Spark reads them (timestamps UTC
+    microseconds, whether Spark wrote them as INT96 or INT64)."""
     types = dict(snapshot.columns)
     missing = [c for c in columns if c not in types]
     if missing:
         raise UnsupportedTableError(f"the table has no column(s) {', '.join(missing)}")
-    if any(types[c] not in _ARROW_TYPES for c in columns):
-        raise UnsupportedTableError(
-            f"column types {sorted({types[c] for c in columns} - set(_ARROW_TYPES))} are not read"
-        )
-    schema = pa.schema([pa.field(c, _ARROW_TYPES[types[c]]) for c in columns])
-    tables = [
-        pq.read_table(f.path, columns=list(columns), coerce_int96_timestamp_unit="us").cast(schema)
-        for f in snapshot.files
-    ]
-    return pa.concat_tables(tables) if tables else schema.empty_table()
-
-
-def read_file(file: DataFile, schema: pa.Schema) -> pa.Table:
-    """Every column of ``schema`` of one data file, typed as Spark reads them."""
-    import pyarrow.parquet as pq
-
-    return pq.read_table(file.path, columns=schema.names, coerce_int96_timestamp_unit="us").cast(schema)
-
-
-def read_row_count(file: DataFile) -> int:
-    """How many rows one data file holds (from its footer)."""
-    import pyarrow.parquet as pq
-
-    return int(pq.ParquetFile(file.path).metadata.num_rows)
+    unread = sorted({types[c] for c in columns if c in types} - set(_ARROW_TYPES))
+    if unread:
+        raise UnsupportedTableError(f"column types {unread} are not read")
+    return delta_rs.read(snapshot, pa.schema([pa.field(c, _ARROW_TYPES[types[c]]) for c in columns]))
 
 
 def point_in_time_join(entities: pa.Table, timestamp_column: str, views: Sequence[ViewTable]) -> pa.Table:
     """The ``<view>__<feature>`` columns for ``entities``, one row per entity row, in the entities' order."""
-    import pyarrow as pa
 
     times = micros(entities.column(timestamp_column))
     columns: dict[str, pa.Array] = {}
@@ -86,8 +58,6 @@ def point_in_time_join(entities: pa.Table, timestamp_column: str, views: Sequenc
 
 
 def _join_view(entity_keys: list[pa.ChunkedArray], times: np.ndarray, view: ViewTable) -> list[pa.Array]:
-    import pyarrow as pa
-    import pyarrow.compute as pc
 
     table = view.table
     present = pc.is_valid(table.column(EVENT_TIMESTAMP))

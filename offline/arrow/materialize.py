@@ -4,7 +4,7 @@ It does what :func:`offline.spark.materialize.materialize` does in Spark, step f
 read the source window (:mod:`offline.arrow.source`), compute the features with the one evaluator of row
 expressions (:mod:`features.evaluator`, the one the conformance suite holds to Spark's translation: contract 2),
 drop rows without keys or event time, keep one row per (keys, event time, created time) by the same rule, leave
-out the rows the table already holds, add the rest to the Delta table in one commit (:mod:`offline.delta_log`),
+out the rows the table already holds, add the rest to the Delta table in one commit (:mod:`offline.delta_rs`),
 and publish the latest row per entity of the table at that version. A materialization of 2M source rows takes
 seconds from a cold start where a fresh Spark session takes a minute.
 
@@ -31,10 +31,10 @@ from features.errors import MaterializationError
 from features.evaluator import UnsupportedExpressionError, evaluate
 from features.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP, PUBLISHED_AT, ViewPlan
 from features.protocols import MaterializationResult, OnlineStore, Progress
-from offline import delta_log
+from offline import delta_rs
 from offline.arrow import source as arrow_source
 from offline.arrow.codes import column_codes, micros
-from offline.arrow.join import DELTA_TYPES, read_file, read_row_count, read_snapshot
+from offline.arrow.join import DELTA_TYPES, read_snapshot
 from offline.publication import already_live, publish_rows
 from offline.tables import STATS_PROPERTY, RowCounts, row_columns, stats_columns, table_columns, table_path
 
@@ -161,12 +161,12 @@ def pa_empty(dtype: DType) -> pa.Array:
 
 def _table_problem(config: RepoConfig, view: ViewPlan, path: Path) -> str | None:
     """Why the view's table (if it has one) is not one this module adds to, or None."""
-    version = delta_log.latest_version(path)
+    version = delta_rs.latest_version(path)
     if version is None:
         return None
     try:
         stored = _stored_snapshot(path)
-    except (delta_log.UnsupportedTableError, OSError) as exc:  # delta_log's answer for tables it does not read
+    except (delta_rs.UnsupportedTableError, OSError) as exc:  # tables the Python reader does not read are Spark's
         return str(exc)
     assert stored is not None
     expected = tuple((name, DELTA_TYPES[dtype]) for name, dtype in table_columns(view))
@@ -177,10 +177,10 @@ def _table_problem(config: RepoConfig, view: ViewPlan, path: Path) -> str | None
     return None
 
 
-def _stored_snapshot(path: Path) -> delta_log.Snapshot | None:
+def _stored_snapshot(path: Path) -> delta_rs.Snapshot | None:
     """The table's current snapshot; None when there is no table yet."""
-    version = delta_log.latest_version(path)
-    return None if version is None else delta_log.snapshot(path, version)
+    version = delta_rs.latest_version(path)
+    return None if version is None else delta_rs.snapshot(path, version)
 
 
 def compute_features(view: ViewPlan, source: pa.Table) -> pa.Table:
@@ -337,76 +337,29 @@ def latest_rows(view: ViewPlan, table: pa.Table, *, presorted: bool = False) -> 
     return table.select(row_columns(view)).take(order[last_of_key])
 
 
-def _write(view: ViewPlan, path: Path, stored: delta_log.Snapshot | None, change: Change, at: datetime) -> int | None:
-    """Apply ``change`` to the table in one commit (creating it when ``stored`` is None); the version committed,
-    or None when there was nothing to commit.
-
-    Inserts alone are appended as one new file. Updates rewrite the files holding the replaced rows (copy on
-    write, as Spark's MERGE does): one new file holds those files' other rows as they were, the updated rows
-    and the inserts, and the commit removes the old files.
-    """
-
+def _write(view: ViewPlan, path: Path, stored: delta_rs.Snapshot | None, change: Change, at: datetime) -> int | None:
+    """Apply ``change`` to the table in one commit, through delta-rs (creating the table when ``stored`` is
+    None); the version committed, or None when there was nothing to commit. New rows alone are appended;
+    restated rows are MERGEd by the rule Spark's MERGE follows, the new rows with them."""
     if stored is not None and change.inserts.num_rows == 0 and change.updates.num_rows == 0:
         return None
     columns = table_columns(view)
     schema = pa.schema([(name, arrow_type(dtype)) for name, dtype in columns])
-
-    def with_published_at(rows: pa.Table) -> pa.Table:
-        stamp = pa.repeat(pa.scalar(at, arrow_type(DType.TIMESTAMP)), rows.num_rows)
-        return pa.table(
-            {
-                **{name: rows.column(name).cast(schema.field(name).type) for name in schema.names[:-1]},
-                PUBLISHED_AT: stamp,
-            }
-        )
-
-    parts = [with_published_at(change.updates), with_published_at(change.inserts)]
-    removed: list[delta_log.DataFile] = []
-    if change.replaced.size:
-        assert stored is not None
-        kept, removed = _rest_of_rewritten_files(stored, change.replaced, schema)
-        parts.insert(0, kept)
-    data = pa.concat_tables(parts)
-    names = (*view.key_names, EVENT_TIMESTAMP, CREATED_TIMESTAMP, PUBLISHED_AT)
-    file = delta_log.data_file_name()
+    rows = pa.concat_tables([change.updates, change.inserts])
+    stamp = pa.repeat(pa.scalar(at, arrow_type(DType.TIMESTAMP)), rows.num_rows)
+    data = pa.table(
+        {**{name: rows.column(name).cast(schema.field(name).type) for name in schema.names[:-1]}, PUBLISHED_AT: stamp}
+    )
     version = 0 if stored is None else stored.version + 1
     try:
         path.mkdir(parents=True, exist_ok=True)
-        actions = [delta_log.remove_action(f) for f in removed]
-        if data.num_rows:
-            actions.append(delta_log.write_data_file(path, file, data, names))
         if stored is None:
-            schema_names = [(name, DELTA_TYPES[dtype]) for name, dtype in columns]
-            actions = [*delta_log.new_table_actions(schema_names, {STATS_PROPERTY: stats_columns(view)}), *actions]
-        if stored is None:
-            delta_log.commit(path, version, actions, operation="WRITE", mode="ErrorIfExists")
-        elif removed:
-            delta_log.commit(path, version, actions, operation="MERGE", mode=None)
-        else:
-            delta_log.commit(path, version, actions, operation="WRITE", mode="Append")
-    except Exception as exc:  # a concurrent commit, a full disk: nothing of this run may stay behind
-        (path / file).unlink(missing_ok=True)
+            return delta_rs.create(path, data, configuration={STATS_PROPERTY: stats_columns(view)})
+        if change.updates.num_rows:
+            return delta_rs.merge(stored, data, keys=tuple(view.key_names), features=tuple(view.feature_names))
+        return delta_rs.append(stored, data)
+    except Exception as exc:  # a concurrent commit, a full disk: nothing of this run is visible
         raise MaterializationError(
             f"view '{view.name}': committing version {version} of {path} failed, the table is unchanged (a rerun "
             f"materializes the window again): {exc}"
         ) from exc
-    return version
-
-
-def _rest_of_rewritten_files(
-    stored: delta_log.Snapshot, replaced: np.ndarray, schema: pa.Schema
-) -> tuple[pa.Table, list[delta_log.DataFile]]:
-    """The files of ``stored`` holding a replaced row (positions in the rows :func:`read_snapshot` reads, file
-    after file), and their other rows, every column as stored."""
-
-    sizes = [read_row_count(f) for f in stored.files]
-    starts = np.cumsum([0, *sizes])
-    hit = np.searchsorted(starts, replaced, side="right") - 1
-    kept, removed = [], []
-    for index in np.unique(hit):
-        file = stored.files[int(index)]
-        drop = np.zeros(sizes[int(index)], bool)
-        drop[replaced[hit == index] - starts[int(index)]] = True
-        kept.append(read_file(file, schema).filter(pa.array(~drop)))
-        removed.append(file)
-    return pa.concat_tables(kept), removed

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from features.config import RepoConfig
 from features.dtypes import DType
-from offline import delta_log
+from offline import delta_rs
 from offline.jobs import TrainingSet
 from offline.manifest import Manifest, ViewRead
 
@@ -62,7 +62,7 @@ def oracle(rows: list[tuple[Any, ...]], entities: list[tuple[Any, ...]], ttl: in
 
 
 def delta_table(path: Path, rows: list[tuple[Any, ...]]) -> None:
-    """The feature rows as a view's Delta table (one commit, as offline/arrow/materialize.py writes it)."""
+    """The feature rows as a view's Delta table (created as offline/arrow/materialize.py creates it)."""
     utc = pa.timestamp("us", tz="UTC")
     table = pa.table(
         {
@@ -74,10 +74,7 @@ def delta_table(path: Path, rows: list[tuple[Any, ...]]) -> None:
             "published_at": pa.array([BASE] * len(rows), utc),
         }
     )
-    schema = [("k", "long"), ("m", "string"), ("x", "double"), *((c, "timestamp") for c in table.column_names[3:])]
-    path.mkdir(parents=True)
-    add = delta_log.write_data_file(path, delta_log.data_file_name(), table, ("k", "m", "event_timestamp"))
-    delta_log.commit(path, 0, [*delta_log.new_table_actions(schema, {}), add], operation="WRITE", mode="ErrorIfExists")
+    delta_rs.create(path, table, configuration={})
 
 
 def training_set(path: Path, ttl: int | None, entities: pa.Table) -> TrainingSet:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sqlite3
@@ -17,7 +18,7 @@ import pytest
 from features.config import RepoConfig
 from features.dtypes import DType
 from features.errors import EntityKeyError
-from offline import delta_log
+from offline import delta_rs
 from offline.arrow.engine import ArrowEngine
 from offline.datasets import as_arrow, describe
 from offline.jobs import TrainingSet
@@ -302,7 +303,10 @@ def test_tables_over_the_limit_are_joined_in_spark_and_the_log_says_why(
     spark: Any, repo: dict[str, Any], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     config, plan = repo["config"], repo["plan"]
-    monkeypatch.setattr(delta_log.Snapshot, "size", property(lambda self: 600 * 2**20))  # two tables: 1,200 MiB
+    real = delta_rs.snapshot
+    monkeypatch.setattr(  # two tables: 1,200 MiB
+        delta_rs, "snapshot", lambda path, version: dataclasses.replace(real(path, version), size=600 * 2**20)
+    )
     manifest = describe(config, plan, 8, REFS)
     assert arrow_join_problem(config, manifest, entities()) == (
         "the feature tables hold 1,200 MiB, over offline.arrow_join_max_mb (1024)"

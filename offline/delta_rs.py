@@ -1,0 +1,192 @@
+"""Delta Lake tables from Python, through delta-rs (the ``deltalake`` package): no JVM, no Spark job.
+
+The Arrow engine reads and writes the feature tables here; every engine reads table versions and the covered
+tick of windowed views here. The tables stay exactly Spark's (measured before this module replaced a
+hand-written log reader and writer; see docs/ARCHITECTURE.md, "Delta from Python"): given tz-aware
+``timestamp[us, tz=UTC]`` columns, delta-rs writes Spark's protocol (reader 1, writer 2), the same schema
+string and the statistics ``delta.dataSkippingStatsColumns`` names, and Spark reads, appends to and MERGEs into
+what it wrote, as delta-rs reads what Spark wrote, checkpoints included.
+
+Writes commit exactly one version after the snapshot they were computed from (no automatic retry): when
+another writer committed first, :class:`~features.errors.CommitConflictError`, and nothing of this write is
+visible (its data file stays unreferenced until a vacuum).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from features.errors import CommitConflictError, UnsupportedTableError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    from deltalake import DeltaTable
+
+LOG = "_delta_log"
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A table at one version: its columns (name, Delta type name), the bytes of its data files, and the open
+    table (what reads and writes start from)."""
+
+    path: str
+    version: int
+    columns: tuple[tuple[str, str], ...]
+    size: int
+    table: DeltaTable = field(compare=False, repr=False)
+
+
+def latest_version(path: Path | str) -> int | None:
+    """The table's newest version; None when there is no table at ``path``."""
+    from deltalake import DeltaTable
+
+    if not DeltaTable.is_deltatable(str(path)):
+        return None
+    return int(DeltaTable(str(path)).version())
+
+
+def snapshot(path: Path | str, version: int) -> Snapshot:
+    """The table at ``version``. :class:`UnsupportedTableError` for a table whose reading needs more than what
+    skewless's tables use (reader features such as deletion vectors or column mapping, partitions): Spark reads
+    those; ``FileNotFoundError`` when the version's log is gone (or never was)."""
+    import pyarrow as pa
+    from deltalake import DeltaTable
+    from deltalake.exceptions import DeltaError
+
+    try:
+        table = DeltaTable(str(path), version=version)
+    except DeltaError as exc:  # delta-rs says "not found" and "invalid version" alike: the version is not there
+        raise FileNotFoundError(f"version {version} of the Delta table {path} cannot be loaded: {exc}") from exc
+    protocol = table.protocol()
+    if protocol.min_reader_version > 1:
+        raise UnsupportedTableError(
+            f"{path} needs Delta reader version {protocol.min_reader_version} (skewless's tables need 1)"
+        )
+    partitions = table.metadata().partition_columns
+    if partitions:
+        raise UnsupportedTableError(f"{path} is partitioned by {partitions}")
+    fields = json.loads(table.schema().to_json())["fields"]
+    adds = pa.table(table.get_add_actions(flatten=True))
+    size = int(sum(adds.column("size_bytes").to_pylist())) if adds.num_rows else 0
+    columns = tuple((f["name"], f["type"] if isinstance(f["type"], str) else json.dumps(f["type"])) for f in fields)
+    return Snapshot(str(path), version, columns, size, table)
+
+
+def read(snapshot: Snapshot, schema: pa.Schema) -> pa.Table:
+    """The columns of ``schema`` at the snapshot's version, as those types (timestamps UTC microseconds, whether
+    Spark wrote them as INT96 or INT64)."""
+    missing = [name for name in schema.names if name not in dict(snapshot.columns)]
+    if missing:
+        raise UnsupportedTableError(f"the table {snapshot.path} has no column(s) {', '.join(missing)}")
+    return snapshot.table.to_pyarrow_table(columns=schema.names).select(schema.names).cast(schema)
+
+
+def create(path: Path | str, rows: pa.Table, *, configuration: dict[str, str]) -> int:
+    """Create the table with ``rows`` in one commit (version 0); :class:`CommitConflictError` when another writer
+    created it first."""
+    from deltalake import CommitProperties, write_deltalake
+    from deltalake.exceptions import DeltaError
+
+    try:
+        write_deltalake(
+            str(path),
+            rows,
+            mode="error",
+            configuration=configuration,
+            commit_properties=CommitProperties(max_commit_retries=0),
+        )
+    except DeltaError as exc:
+        raise CommitConflictError(f"creating the Delta table {path} failed (another writer first?): {exc}") from exc
+    return 0
+
+
+def append(snapshot: Snapshot, rows: pa.Table) -> int:
+    """Add ``rows`` to the table as the version after ``snapshot``; the version committed."""
+    from deltalake import CommitProperties, write_deltalake
+    from deltalake.exceptions import CommitFailedError
+
+    try:
+        write_deltalake(snapshot.table, rows, mode="append", commit_properties=CommitProperties(max_commit_retries=0))
+    except CommitFailedError as exc:
+        raise _conflict(snapshot, exc) from exc
+    return int(snapshot.table.version())
+
+
+def merge(snapshot: Snapshot, rows: pa.Table, *, keys: tuple[str, ...], features: tuple[str, ...]) -> int:
+    """MERGE ``rows`` into the table as the version after ``snapshot``, by skewless's rule (the one
+    :func:`offline.spark.tables.merge_rows` gives Spark): matched on the join keys and the created time
+    null-safe and the event time, a matched row updated (features and ``published_at``) when a feature differs
+    null-safe, the others inserted. Returns the version committed."""
+    from deltalake import CommitProperties
+    from deltalake.exceptions import CommitFailedError
+
+    def quoted(column: str) -> str:
+        return "`" + column.replace("`", "``") + "`"
+
+    def name(side: str, column: str) -> str:
+        return f"{side}.{quoted(column)}"
+
+    # delta-rs binds ``a IS NOT DISTINCT FROM b AND c`` as ``a IS NOT DISTINCT FROM (b AND c)``: every
+    # comparison is parenthesised.
+    on = " AND ".join(
+        [
+            *(f"({name('t', k)} IS NOT DISTINCT FROM {name('s', k)})" for k in keys),
+            f"({name('t', 'event_timestamp')} = {name('s', 'event_timestamp')})",
+            f"({name('t', 'created_timestamp')} IS NOT DISTINCT FROM {name('s', 'created_timestamp')})",
+        ]
+    )
+    changed = " OR ".join(f"({name('t', f)} IS DISTINCT FROM {name('s', f)})" for f in features) or "false"
+    updates = {quoted(f): name("s", f) for f in (*features, "published_at")}
+    try:
+        (
+            snapshot.table.merge(
+                rows,
+                on,
+                source_alias="s",
+                target_alias="t",
+                commit_properties=CommitProperties(max_commit_retries=0),
+            )
+            .when_matched_update(updates, predicate=changed)
+            .when_not_matched_insert_all()
+            .execute()
+        )
+    except CommitFailedError as exc:
+        raise _conflict(snapshot, exc) from exc
+    return int(snapshot.table.version())
+
+
+def _conflict(snapshot: Snapshot, exc: Exception) -> CommitConflictError:
+    return CommitConflictError(
+        f"version {snapshot.version + 1} of {snapshot.path} was committed by another writer first: {exc}"
+    )
+
+
+def commit_info(path: Path | str, version: int) -> dict[str, Any] | None:
+    """The ``commitInfo`` of ``version`` (when it was committed, by what, ``userMetadata``), read from that one
+    commit file: delta-rs's ``history()`` would parse the whole log for it. None when the file or the action is
+    missing (an old version cleaned up)."""
+    try:
+        lines = (Path(path) / LOG / f"{version:020d}.json").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        info = json.loads(line).get("commitInfo") if line.strip() else None
+        if isinstance(info, dict):
+            return info
+    return None
+
+
+def user_metadata(path: Path | str, version: int) -> str | None:
+    """The ``userMetadata`` of the newest commit at or before ``version`` that has one (what Spark's
+    ``history()`` shows); None when no commit left in the log has it."""
+    for v in range(version, -1, -1):
+        if not (Path(path) / LOG / f"{v:020d}.json").exists():
+            return None  # older commits were cleaned up: Spark's history() cannot see them either
+        info = commit_info(path, v)
+        if info is not None and isinstance(info.get("userMetadata"), str):
+            return str(info["userMetadata"])
+    return None
