@@ -1,7 +1,8 @@
 """The HTTP lookup service: ``POST /v1/features``, ``GET /health``, OpenAPI at ``/docs``.
 
-It calls :func:`features.lookup.lookup`, the same read path as ``FeatureStore.get_online_features``, and is
-the only place where errors become HTTP statuses:
+It runs the lookup :func:`features.lookup.prepare` compiles, the same read path as
+``FeatureStore.get_online_features`` (one handler, :func:`lookup_handler`, answers ``POST /v1/features`` however
+the request arrives), and is the only place where errors become HTTP statuses:
 
 ==============================================  ======
 unknown feature, view or feature service        404
