@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import platform
@@ -29,7 +30,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -42,6 +43,9 @@ from bench.http_load import run as http_run  # noqa: E402
 from bench.oracle import compare, training_set  # noqa: E402
 from bench.workload import VIEWS, Workload, generate  # noqa: E402
 from tests.servers import free_port, postgres_server, redis_server, wait_for_port  # noqa: E402
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 FEAST_PY = ROOT / "bench" / ".feast-venv" / "bin" / "python"
 FEAST_CLI = ROOT / "bench" / ".feast-venv" / "bin" / "feast"
@@ -326,8 +330,118 @@ def measure_http(
     return notes
 
 
-# -- main -----------------------------------------------------------------------------------------------------
+# -- the run --------------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Run:
+    """One benchmark run: its options, workload and folders, the servers it started, what it measured so far."""
+
+    args: argparse.Namespace
+    skip: set[str]
+    now: datetime
+    work: Path
+    workload: Workload
+    expected: pd.DataFrame  # the oracle's training set
+    rec: Recorder = dataclasses.field(default_factory=Recorder)
+    correctness: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    notes: list[str] = dataclasses.field(default_factory=list)
+    # Set by start_systems:
+    sk_redis: str = ""
+    feast_redis: str = ""
+    with_spark: bool = False  # Feast's Spark offline store is measured too
+    warm: bool = False  # skewless's warm engine is measured too
+    mat_start: str = ""  # the window Feast materializes
+    mat_end: str = ""
+
+    @property
+    def timeout(self) -> float:
+        return 600 + 3600 * self.args.scale
+
+    @property
+    def logs(self) -> Path:
+        return self.work / "logs"
+
+    @property
+    def entities_path(self) -> Path:
+        return self.work / "data" / "entities.parquet"
+
+    @property
+    def sk_repo(self) -> Path:
+        return self.work / "skewless"
+
+    @property
+    def feast_repo(self) -> Path:
+        return self.work / "feast"
+
+    @property
+    def feast_spark_repo(self) -> Path:
+        return self.work / "feast-spark"
+
+    @property
+    def sk(self) -> list[str]:
+        """skewless's side, cold: the jobs run in its own process while the warm engine runs (SKEWLESS_ENGINE=here)."""
+        return ["env", "SKEWLESS_ENGINE=here", sys.executable, "-m", "bench.skewless_side", str(self.sk_repo)]
+
+    @property
+    def sk_warm(self) -> list[str]:
+        return [sys.executable, "-m", "bench.skewless_side", str(self.sk_repo)]
+
+    @property
+    def fe(self) -> list[str]:
+        return [str(FEAST_PY), "bench/feast_side.py", str(self.feast_repo)]
+
+    def checkpoint(self, done: str) -> None:
+        """Write the results so far, so a run stopped later still leaves what it measured."""
+        partial = [*self.notes, f"partial results: the run had finished {done} when this was written"]
+        self.write_results(partial, quiet=True)
+
+    def write_results(self, notes: list[str], *, quiet: bool = False) -> None:
+        measurements = self.rec.all()
+        targets = report.evaluate_targets(measurements, self.correctness)
+        write_results(
+            Path(self.args.out), self.args, self.workload, measurements, targets, self.correctness, notes, quiet=quiet
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not FEAST_PY.exists():
+        print("Feast's venv is missing: run bash bench/run.sh, which creates bench/.feast-venv", file=sys.stderr)
+        return 2
+    run = prepare(args)
+    with contextlib.ExitStack() as stack:
+        engine_rss = start_systems(stack, run)
+        if "materialize" not in run.skip:
+            case_materialize(run)
+            case_publish(run)
+        else:  # the later cases need the data: skewless's tables (and online keys), Feast's online keys
+            run_measured([*run.sk, "materialize", "--fresh"], logfile=run.logs / "skewless.log", timeout=run.timeout)
+            if not {"client", "http"} <= run.skip:
+                run_measured(
+                    [*run.fe, "materialize", run.mat_start, run.mat_end],
+                    logfile=run.logs / "feast.log",
+                    timeout=run.timeout,
+                )
+        run.checkpoint("case 1")
+        if "pit" not in run.skip:
+            case_point_in_time(run)
+        if engine_rss is not None:
+            stop_warm_engine(run, engine_rss)
+        run.checkpoint("cases 1-2")
+        batches = {
+            report.CLIENT_1: online_users(run.workload, run.now, 200, 1, args.seed),
+            report.CLIENT_100: online_users(run.workload, run.now, 20, 100, args.seed),
+        }
+        if "client" not in run.skip:
+            case_clients(run, batches)
+        run.checkpoint("cases 1-3")
+        if "http" not in run.skip:
+            case_http(run, batches)
+    run.write_results(run.notes)
+    return 0
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line (see the module's docstring)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", type=float, default=1.0, help="1.0: 100k users, 2M feature rows, 200k entity rows")
     parser.add_argument("--seed", type=int, default=7)
@@ -342,21 +456,18 @@ def main(argv: list[str] | None = None) -> int:
         "feast-spark,feast-pit (Feast's duckdb training set, which runs out of memory at --scale 10),"
         "warm (skewless's warm engine)",
     )
-    args = parser.parse_args(argv)
-    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
-    if not FEAST_PY.exists():
-        print("Feast's venv is missing: run bash bench/run.sh, which creates bench/.feast-venv", file=sys.stderr)
-        return 2
+    return parser.parse_args(argv)
 
+
+def prepare(args: argparse.Namespace) -> Run:
+    """The workload, written as Parquet under a new work folder, and the oracle's training set of it."""
     now = datetime.now(UTC)
     end = now.replace(hour=0, minute=0, second=0, microsecond=0)
     work = ROOT / "bench" / ".work" / f"run-{now:%Y%m%d-%H%M%S}"
-    logs = work / "logs"
-    logs.mkdir(parents=True)
+    (work / "logs").mkdir(parents=True)
     log(f"workload: scale {args.scale}, seed {args.seed}, data up to {end:%Y-%m-%d}; work dir {work}")
     workload = generate(args.scale, args.seed, end=end)
     write_data(workload, work / "data")
-    entities_path = work / "data" / "entities.parquet"
     log(
         f"  {workload.users:,} users, {workload.feature_rows:,} feature rows, {len(workload.entities):,} entity rows "
         f"({', '.join(f'{k}: {v}' for k, v in workload.entities['kind'].value_counts().sort_index().items())})"
@@ -366,258 +477,266 @@ def main(argv: list[str] | None = None) -> int:
         {name: (v.frame, v.spec.ttl, [f for f, _ in v.spec.features]) for name, v in workload.views.items()},
     )
     log("  oracle training set computed (pandas merge_asof)")
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    return Run(args=args, skip=skip, now=now, work=work, workload=workload, expected=expected)
 
-    rec = Recorder()
-    correctness: list[dict[str, Any]] = []
-    notes: list[str] = []
-    timeout = 600 + 3600 * args.scale
 
-    def checkpoint(done: str) -> None:
-        """Write the results so far, so a run stopped later still leaves what it measured."""
-        partial = [*notes, f"partial results: the run had finished {done} when this was written"]
-        measurements = rec.all()
-        targets = report.evaluate_targets(measurements, correctness)
-        write_results(Path(args.out), args, workload, measurements, targets, correctness, partial, quiet=True)
-
-    sk_repo, feast_repo, feast_spark_repo = work / "skewless", work / "feast", work / "feast-spark"
-    with contextlib.ExitStack() as stack:
-        pg_url = stack.enter_context(postgres_server())
-        sk_redis = stack.enter_context(redis_server())
-        feast_redis = stack.enter_context(redis_server())
-        log(f"PostgreSQL at {pg_url}, Redis for skewless at {sk_redis}, for Feast at {feast_redis}")
-        began = time.perf_counter()
-        load_postgres(pg_url, workload)
-        log(f"  loaded {workload.feature_rows:,} rows into PostgreSQL in {time.perf_counter() - began:.1f} s")
-        write_skewless_repo(sk_repo, pg_url, sk_redis)
-        feast_port = int(feast_redis.rsplit(":", 1)[1].split("/")[0])
-        write_repo(feast_repo, work / "data", feast_port)
-        with_spark = "feast-spark" not in skip and _feast_has_spark()
-        if with_spark:
-            write_repo(feast_spark_repo, work / "data", feast_port, offline="spark")
-            run_measured(
-                [str(FEAST_PY), "bench/feast_side.py", str(feast_spark_repo), "apply"],
-                logfile=logs / "feast-spark.log",
-                timeout=600,
-            )
-        else:
-            notes.append("Feast's Spark offline store was not measured (pyspark missing in its venv, or skipped)")
+def start_systems(stack: contextlib.ExitStack, run: Run) -> PeakRss | None:
+    """PostgreSQL loaded with the workload, one Redis per system, the feature repositories applied, and the warm
+    engine started and warmed up (its memory sampler is returned; None without it). ``stack`` stops them."""
+    pg_url = stack.enter_context(postgres_server())
+    run.sk_redis = stack.enter_context(redis_server())
+    run.feast_redis = stack.enter_context(redis_server())
+    log(f"PostgreSQL at {pg_url}, Redis for skewless at {run.sk_redis}, for Feast at {run.feast_redis}")
+    began = time.perf_counter()
+    load_postgres(pg_url, run.workload)
+    log(f"  loaded {run.workload.feature_rows:,} rows into PostgreSQL in {time.perf_counter() - began:.1f} s")
+    write_skewless_repo(run.sk_repo, pg_url, run.sk_redis)
+    feast_port = int(run.feast_redis.rsplit(":", 1)[1].split("/")[0])
+    write_repo(run.feast_repo, run.work / "data", feast_port)
+    run.with_spark = "feast-spark" not in run.skip and _feast_has_spark()
+    if run.with_spark:
+        write_repo(run.feast_spark_repo, run.work / "data", feast_port, offline="spark")
         run_measured(
-            [str(FEAST_PY), "bench/feast_side.py", str(feast_repo), "apply"], logfile=logs / "feast.log", timeout=600
+            [str(FEAST_PY), "bench/feast_side.py", str(run.feast_spark_repo), "apply"],
+            logfile=run.logs / "feast-spark.log",
+            timeout=600,
         )
-        # The cold runs keep their jobs in their own process while the warm engine runs (SKEWLESS_ENGINE=here).
-        sk = ["env", "SKEWLESS_ENGINE=here", sys.executable, "-m", "bench.skewless_side", str(sk_repo)]
-        sk_warm = [sys.executable, "-m", "bench.skewless_side", str(sk_repo)]
-        fe = [str(FEAST_PY), "bench/feast_side.py", str(feast_repo)]
-        warm = "warm" not in skip and not {"materialize", "pit"} <= skip
-        engine_rss = None
-        if warm:
-            engine_rss = start_warm_engine(stack, sk_warm, sk_repo, entities_path, work, logs, timeout)
-        mat_start = (workload.start - timedelta(days=1)).isoformat()
-        mat_end = datetime.now(UTC).isoformat()
+    else:
+        run.notes.append("Feast's Spark offline store was not measured (pyspark missing in its venv, or skipped)")
+    run_measured([*run.fe, "apply"], logfile=run.logs / "feast.log", timeout=600)
+    run.warm = "warm" not in run.skip and not {"materialize", "pit"} <= run.skip
+    engine_rss = None
+    if run.warm:
+        engine_rss = start_warm_engine(
+            stack, run.sk_warm, run.sk_repo, run.entities_path, run.work, run.logs, run.timeout
+        )
+    run.mat_start = (run.workload.start - timedelta(days=1)).isoformat()
+    run.mat_end = datetime.now(UTC).isoformat()
+    return engine_rss
 
-        import redis
 
-        def flush(url: str) -> None:
-            client = redis.Redis.from_url(url)
-            client.flushdb()
-            client.close()
+def stop_warm_engine(run: Run, engine_rss: PeakRss) -> None:
+    """Record the warm engine's peak memory, and stop it (its memory would weigh on the lookup cases)."""
+    engine_rss.__exit__(None, None, None)
+    run.rec.add(report.ENGINE, report.PEAK_RSS, report.SKEWLESS_WARM, engine_rss.peak / 2**20)
+    subprocess.run([str(SKEWLESS_CLI), "engine", "stop", "--repo", str(run.sk_repo)], check=False)
 
-        # (1) materialize
-        computed_in: dict[str, set[str]] = {}  # system -> the engines its materializations reported
-        if "materialize" not in skip:
-            log("case 1: materialize (empty Redis, then onto filled keys)")
-            for i in range(args.repeats):
-                systems = [
-                    (report.SKEWLESS, [*sk, "materialize", "--fresh"], [*sk, "materialize", "--republish"]),
-                    (report.FEAST, [*fe, "materialize", mat_start, mat_end], [*fe, "materialize", mat_start, mat_end]),
-                ]
-                if warm:
-                    systems.insert(
-                        1,
-                        (
-                            report.SKEWLESS_WARM,
-                            [*sk_warm, "materialize", "--fresh", "--warm"],
-                            [*sk_warm, "materialize", "--warm", "--republish"],
-                        ),
-                    )
-                for system, first, again in systems:
-                    flush(feast_redis if system == report.FEAST else sk_redis)
-                    for case, cmd in ((report.MAT_EMPTY, first), (report.MAT_FILLED, again)):
-                        if case == report.MAT_FILLED and "filled" in skip:
-                            continue
-                        try:
-                            r = run_measured(cmd, logfile=logs / f"{system}.log", timeout=timeout)
-                        except RunFailed as failed:
-                            notes.append(did_not_finish(system, case, failed))
-                            log(f"  [{i + 1}/{args.repeats}] {notes[-1]}")
-                            break
-                        rec.add(case, report.IN_PROCESS_S, system, r["seconds"])
-                        rec.add(case, report.WHOLE_PROCESS_S, system, r["whole_seconds"])
-                        rec.add(case, report.ROWS_PER_S, system, workload.feature_rows / r["whole_seconds"])
-                        rec.add(case, report.PEAK_RSS, system, r["peak_rss_mb"])
-                        engines = ", ".join(r.get("engines", []))
-                        if engines:
-                            computed_in.setdefault(system, set()).add(engines)
-                        log(
-                            f"  [{i + 1}/{args.repeats}] {system:9s} {case[3:]}: {r['seconds']:.1f} s in process, "
-                            f"{r['whole_seconds']:.1f} s whole, peak {r['peak_rss_mb']:,.0f} MiB"
-                            + (f" (computed in {engines})" if engines else "")
-                        )
-        else:  # the later cases need the data: skewless's tables (and online keys), Feast's online keys
-            run_measured([*sk, "materialize", "--fresh"], logfile=logs / "skewless.log", timeout=timeout)
-            if not {"client", "http"} <= skip:
-                run_measured([*fe, "materialize", mat_start, mat_end], logfile=logs / "feast.log", timeout=timeout)
 
-        for system, engines in computed_in.items():
-            notes.append(
-                f"{system} materialized its views in: {'; '.join(sorted(engines))} (offline.arrow.materialize)"
+def flush(url: str) -> None:
+    """Empty the Redis database at ``url``."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    client.close()
+
+
+# -- (1) materialize ------------------------------------------------------------------------------------------
+def case_materialize(run: Run) -> None:
+    """Case 1: each system materializes into an empty Redis, then again onto the filled keys."""
+    log("case 1: materialize (empty Redis, then onto filled keys)")
+    computed_in: dict[str, set[str]] = {}  # system -> the engines its materializations reported
+    for i in range(run.args.repeats):
+        systems = [
+            (report.SKEWLESS, [*run.sk, "materialize", "--fresh"], [*run.sk, "materialize", "--republish"]),
+            (
+                report.FEAST,
+                [*run.fe, "materialize", run.mat_start, run.mat_end],
+                [*run.fe, "materialize", run.mat_start, run.mat_end],
+            ),
+        ]
+        if run.warm:
+            systems.insert(
+                1,
+                (
+                    report.SKEWLESS_WARM,
+                    [*run.sk_warm, "materialize", "--fresh", "--warm"],
+                    [*run.sk_warm, "materialize", "--warm", "--republish"],
+                ),
             )
-        if "materialize" not in skip:
-            for i in range(args.repeats):
-                try:
-                    r = run_measured(
-                        [*sk, "publish", str(work / "data")], logfile=logs / "skewless.log", timeout=timeout
-                    )
-                except RunFailed as failed:
-                    notes.append(did_not_finish(report.SKEWLESS, report.PUBLISH, failed))
+        for system, first, again in systems:
+            flush(run.feast_redis if system == report.FEAST else run.sk_redis)
+            for case, cmd in ((report.MAT_EMPTY, first), (report.MAT_FILLED, again)):
+                if case == report.MAT_FILLED and "filled" in run.skip:
+                    continue
+                engines = materialize_once(run, i, system, case, cmd)
+                if engines is None:
                     break
-                rec.add(report.PUBLISH, report.KEYS_PER_S, report.SKEWLESS, r["keys_per_s"])
-                log(f"  [{i + 1}/{args.repeats}] skewless  Redis publishing alone: {r['keys_per_s']:,.0f} keys/s")
+                if engines:
+                    computed_in.setdefault(system, set()).add(engines)
+    for system, engines_seen in computed_in.items():
+        run.notes.append(
+            f"{system} materialized its views in: {'; '.join(sorted(engines_seen))} (offline.arrow.materialize)"
+        )
 
-        checkpoint("case 1")
 
-        # (2) point-in-time training sets, each checked against the oracle (6)
-        if "pit" not in skip:
-            log("case 2: point-in-time training set (and case 6: each one against the oracle)")
-            if "feast-pit" in skip:
-                notes.append("Feast's duckdb training set was not measured (skipped: --skip feast-pit)")
-            columns = workload.feature_columns()
-            for i in range(args.repeats):
-                pit_systems: list[tuple[str, list[str], list[str]]] = [(report.SKEWLESS, sk, [])]
-                if "feast-pit" not in skip:
-                    pit_systems.append((report.FEAST, fe, []))
-                if warm:
-                    pit_systems.insert(1, (report.SKEWLESS_WARM, sk_warm, ["--warm"]))
-                if with_spark:
-                    feast_spark = [str(FEAST_PY), "bench/feast_side.py", str(feast_spark_repo)]
-                    pit_systems.append((report.FEAST_SPARK, feast_spark, []))
-                for system, cmd, flags in pit_systems:
-                    out = work / f"training-{system}-{i}.parquet"
-                    try:
-                        r = run_measured(
-                            [*cmd, "pit", str(entities_path), str(out), *flags],
-                            logfile=logs / f"{system}.log",
-                            timeout=timeout,
-                        )
-                    except RunFailed as failed:
-                        notes.append(did_not_finish(system, report.PIT, failed))
-                        log(f"  [{i + 1}/{args.repeats}] {notes[-1]}")
-                        continue
-                    rec.add(report.PIT, report.IN_PROCESS_S, system, r["seconds"])
-                    rec.add(report.PIT, report.WHOLE_PROCESS_S, system, r["whole_seconds"])
-                    rec.add(report.PIT, report.PEAK_RSS, system, r["peak_rss_mb"])
-                    import pandas as pd
+def materialize_once(run: Run, i: int, system: str, case: str, cmd: list[str]) -> str | None:
+    """One measured materialization (repetition ``i``); the engines it reports ("" for none), None if it failed."""
+    try:
+        r = run_measured(cmd, logfile=run.logs / f"{system}.log", timeout=run.timeout)
+    except RunFailed as failed:
+        run.notes.append(did_not_finish(system, case, failed))
+        log(f"  [{i + 1}/{run.args.repeats}] {run.notes[-1]}")
+        return None
+    run.rec.add(case, report.IN_PROCESS_S, system, r["seconds"])
+    run.rec.add(case, report.WHOLE_PROCESS_S, system, r["whole_seconds"])
+    run.rec.add(case, report.ROWS_PER_S, system, run.workload.feature_rows / r["whole_seconds"])
+    run.rec.add(case, report.PEAK_RSS, system, r["peak_rss_mb"])
+    engines = ", ".join(r.get("engines", []))
+    log(
+        f"  [{i + 1}/{run.args.repeats}] {system:9s} {case[3:]}: {r['seconds']:.1f} s in process, "
+        f"{r['whole_seconds']:.1f} s whole, peak {r['peak_rss_mb']:,.0f} MiB"
+        + (f" (computed in {engines})" if engines else "")
+    )
+    return engines
 
-                    check = compare(expected, pd.read_parquet(out), columns)
-                    correctness.append({"system": system, "run": f"point-in-time #{i + 1}", **check})
-                    log(
-                        f"  [{i + 1}/{args.repeats}] {system:9s} {r['seconds']:.1f} s in process, "
-                        f"{r['whole_seconds']:.1f} s whole, peak {r['peak_rss_mb']:,.0f} MiB; lost "
-                        f"{check['rows_lost']}, extra {check['rows_extra']}, wrong values {check['values_wrong']}"
-                    )
 
-        if engine_rss is not None:
-            engine_rss.__exit__(None, None, None)
-            rec.add(report.ENGINE, report.PEAK_RSS, report.SKEWLESS_WARM, engine_rss.peak / 2**20)
-            subprocess.run([str(SKEWLESS_CLI), "engine", "stop", "--repo", str(sk_repo)], check=False)
-        checkpoint("cases 1-2")
-
-        # (3) Python clients
-        batches = {
-            report.CLIENT_1: online_users(workload, now, 200, 1, args.seed),
-            report.CLIENT_100: online_users(workload, now, 20, 100, args.seed),
-        }
-        if "client" not in skip:
-            log("case 3: online lookup through the Python client")
-            for case, users in batches.items():
-                users_file = work / f"users-{len(users[0])}.json"
-                users_file.write_text(json.dumps(users))
-                for i in range(args.repeats):
-                    for system, cmd in ((report.SKEWLESS, sk), (report.FEAST, fe)):
-                        r = run_measured(
-                            [*cmd, "online", str(users_file), "--seconds", str(min(args.load_seconds, 5.0))],
-                            logfile=logs / f"{system}.log",
-                            timeout=300,
-                        )
-                        rec.add(case, report.LATENCY_MS, system, percentile(r["client"], 50) * 1000)
-                        rec.add(case, report.P99_SEQ, system, percentile(r["client"], 99) * 1000)
-                        if "raw_mget" in r:
-                            rec.add(case, report.LATENCY_MS, report.REFERENCE, percentile(r["raw_mget"], 50) * 1000)
-                            rec.add(case, report.P99_SEQ, report.REFERENCE, percentile(r["raw_mget"], 99) * 1000)
-                        log(
-                            f"  [{i + 1}/{args.repeats}] {system:9s} {case[3:]}: median "
-                            f"{percentile(r['client'], 50) * 1000:.3f} ms over {len(r['client'])} calls"
-                            + (f" (raw MGET {percentile(r['raw_mget'], 50) * 1000:.3f} ms)" if "raw_mget" in r else "")
-                            + f"; {r['present']} values present in the first answer"
-                        )
-
-        checkpoint("cases 1-3")
-
-        # (4) and (5): HTTP against each server and the floor
-        if "http" not in skip:
-            log("case 4 and 5: HTTP, one request at a time and 16 connections (servers with 2 workers)")
-            import redis as redis_lib
-
-            client = redis_lib.Redis.from_url(sk_redis)
-            prefixes = ",".join(
-                f"bench:{spec.name}:v{int(client.hget(f'bench:{spec.name}:_live', 'version') or 0)}:" for spec in VIEWS
+def case_publish(run: Run) -> None:
+    """Part of case 1: skewless's Redis publishing alone, in keys per second."""
+    for i in range(run.args.repeats):
+        try:
+            r = run_measured(
+                [*run.sk, "publish", str(run.work / "data")], logfile=run.logs / "skewless.log", timeout=run.timeout
             )
-            client.close()
-            http_cases = {report.HTTP_1: batches[report.CLIENT_1], report.HTTP_100: batches[report.CLIENT_100]}
-            floor_env = {**os.environ, "FLOOR_REDIS_URL": sk_redis, "FLOOR_PREFIXES": prefixes}
-            servers = [
-                (report.SKEWLESS, "/v1/features", f"{SKEWLESS_CLI} serve --repo {sk_repo} --workers 2 --port", None),
-                (
-                    report.FEAST,
-                    "/get-online-features",
-                    f"{FEAST_CLI} -c {feast_repo} serve -h 127.0.0.1 --workers 2 --no-access-log -p",
-                    None,
-                ),
-                (
-                    report.REFERENCE,
-                    "/v1/features",
-                    f"{sys.executable} -m bench.floor_app --host 127.0.0.1 --workers 2 --port",
-                    floor_env,
-                ),
-            ]
-            for system, path, command, env in servers:
-                port = free_port()
-                bodies = {
-                    case: [json.dumps(http_body(system, u)).encode() for u in users[:1]]
-                    for case, users in http_cases.items()
-                }
-                with server([*command.split(), str(port)], port, logfile=logs / f"{system}-server.log", env=env) as pid:
-                    url = f"http://127.0.0.1:{port}{path}"
-                    warm = http_run(url, bodies[report.HTTP_1][0], connections=2, seconds=1.0, max_requests=200)
-                    if warm.errors:
-                        notes.append(
-                            f"{system} server answered {warm.errors} of {warm.requests} warm-up requests with an error"
-                        )
-                    with PeakRss(pid) as rss:
-                        notes += measure_http(rec, system, url, bodies, args, work)
-                    rec.add("4. HTTP server (whole run)", report.PEAK_RSS, system, rss.peak / 2**20)
-                if system == report.FEAST:  # gunicorn restarts a worker every --max-requests (Feast's default: 1000)
-                    boots = (logs / f"{system}-server.log").read_text(errors="replace").count("Booting worker")
-                    if boots > 2:
-                        notes.append(
-                            f"Feast's gunicorn restarted a worker {boots - 2} times during the HTTP cases (its "
-                            "default --max-requests 1000); a request cut by a restart counts as an error"
-                        )
+        except RunFailed as failed:
+            run.notes.append(did_not_finish(report.SKEWLESS, report.PUBLISH, failed))
+            break
+        run.rec.add(report.PUBLISH, report.KEYS_PER_S, report.SKEWLESS, r["keys_per_s"])
+        log(f"  [{i + 1}/{run.args.repeats}] skewless  Redis publishing alone: {r['keys_per_s']:,.0f} keys/s")
 
-    measurements = rec.all()
-    targets = report.evaluate_targets(measurements, correctness)
-    write_results(Path(args.out), args, workload, measurements, targets, correctness, notes)
-    return 0
+
+# -- (2) point-in-time training sets, each checked against the oracle (6) ------------------------------------
+def case_point_in_time(run: Run) -> None:
+    """Case 2: each system's point-in-time training set of the entity rows; case 6: each against the oracle."""
+    log("case 2: point-in-time training set (and case 6: each one against the oracle)")
+    if "feast-pit" in run.skip:
+        run.notes.append("Feast's duckdb training set was not measured (skipped: --skip feast-pit)")
+    for i in range(run.args.repeats):
+        pit_systems: list[tuple[str, list[str], list[str]]] = [(report.SKEWLESS, run.sk, [])]
+        if "feast-pit" not in run.skip:
+            pit_systems.append((report.FEAST, run.fe, []))
+        if run.warm:
+            pit_systems.insert(1, (report.SKEWLESS_WARM, run.sk_warm, ["--warm"]))
+        if run.with_spark:
+            feast_spark = [str(FEAST_PY), "bench/feast_side.py", str(run.feast_spark_repo)]
+            pit_systems.append((report.FEAST_SPARK, feast_spark, []))
+        for system, cmd, flags in pit_systems:
+            point_in_time_once(run, i, system, [*cmd, "pit", str(run.entities_path)], flags)
+
+
+def point_in_time_once(run: Run, i: int, system: str, cmd: list[str], flags: list[str]) -> None:
+    """One measured training set (repetition ``i``), compared with the oracle's."""
+    out = run.work / f"training-{system}-{i}.parquet"
+    try:
+        r = run_measured([*cmd, str(out), *flags], logfile=run.logs / f"{system}.log", timeout=run.timeout)
+    except RunFailed as failed:
+        run.notes.append(did_not_finish(system, report.PIT, failed))
+        log(f"  [{i + 1}/{run.args.repeats}] {run.notes[-1]}")
+        return
+    run.rec.add(report.PIT, report.IN_PROCESS_S, system, r["seconds"])
+    run.rec.add(report.PIT, report.WHOLE_PROCESS_S, system, r["whole_seconds"])
+    run.rec.add(report.PIT, report.PEAK_RSS, system, r["peak_rss_mb"])
+    import pandas as pd
+
+    check = compare(run.expected, pd.read_parquet(out), run.workload.feature_columns())
+    run.correctness.append({"system": system, "run": f"point-in-time #{i + 1}", **check})
+    log(
+        f"  [{i + 1}/{run.args.repeats}] {system:9s} {r['seconds']:.1f} s in process, "
+        f"{r['whole_seconds']:.1f} s whole, peak {r['peak_rss_mb']:,.0f} MiB; lost "
+        f"{check['rows_lost']}, extra {check['rows_extra']}, wrong values {check['values_wrong']}"
+    )
+
+
+# -- (3) Python clients ---------------------------------------------------------------------------------------
+def case_clients(run: Run, batches: dict[str, list[list[int]]]) -> None:
+    """Case 3: online lookups through each system's Python client, and the raw Redis round trip."""
+    log("case 3: online lookup through the Python client")
+    for case, users in batches.items():
+        users_file = run.work / f"users-{len(users[0])}.json"
+        users_file.write_text(json.dumps(users))
+        for i in range(run.args.repeats):
+            for system, cmd in ((report.SKEWLESS, run.sk), (report.FEAST, run.fe)):
+                r = run_measured(
+                    [*cmd, "online", str(users_file), "--seconds", str(min(run.args.load_seconds, 5.0))],
+                    logfile=run.logs / f"{system}.log",
+                    timeout=300,
+                )
+                run.rec.add(case, report.LATENCY_MS, system, percentile(r["client"], 50) * 1000)
+                run.rec.add(case, report.P99_SEQ, system, percentile(r["client"], 99) * 1000)
+                if "raw_mget" in r:
+                    run.rec.add(case, report.LATENCY_MS, report.REFERENCE, percentile(r["raw_mget"], 50) * 1000)
+                    run.rec.add(case, report.P99_SEQ, report.REFERENCE, percentile(r["raw_mget"], 99) * 1000)
+                log(
+                    f"  [{i + 1}/{run.args.repeats}] {system:9s} {case[3:]}: median "
+                    f"{percentile(r['client'], 50) * 1000:.3f} ms over {len(r['client'])} calls"
+                    + (f" (raw MGET {percentile(r['raw_mget'], 50) * 1000:.3f} ms)" if "raw_mget" in r else "")
+                    + f"; {r['present']} values present in the first answer"
+                )
+
+
+# -- (4) and (5): HTTP against each server and the floor ------------------------------------------------------
+def case_http(run: Run, batches: dict[str, list[list[int]]]) -> None:
+    """Cases 4 and 5: HTTP lookups one at a time and under 16 connections, against each server and the floor."""
+    log("case 4 and 5: HTTP, one request at a time and 16 connections (servers with 2 workers)")
+    http_cases = {report.HTTP_1: batches[report.CLIENT_1], report.HTTP_100: batches[report.CLIENT_100]}
+    for system, path, command, env in http_servers(run):
+        bodies = {
+            case: [json.dumps(http_body(system, u)).encode() for u in users[:1]] for case, users in http_cases.items()
+        }
+        measure_server(run, system, path, command, env, bodies)
+        if system == report.FEAST:  # gunicorn restarts a worker every --max-requests (Feast's default: 1000)
+            boots = (run.logs / f"{system}-server.log").read_text(errors="replace").count("Booting worker")
+            if boots > 2:
+                run.notes.append(
+                    f"Feast's gunicorn restarted a worker {boots - 2} times during the HTTP cases (its "
+                    "default --max-requests 1000); a request cut by a restart counts as an error"
+                )
+
+
+def http_servers(run: Run) -> list[tuple[str, str, str, dict[str, str] | None]]:
+    """(system, lookup path, command without its port, environment) of each HTTP server: skewless's, Feast's, and
+    the floor, which reads the live snapshot's keys of skewless's Redis straight."""
+    import redis as redis_lib
+
+    client = redis_lib.Redis.from_url(run.sk_redis)
+    prefixes = ",".join(
+        f"bench:{spec.name}:v{int(client.hget(f'bench:{spec.name}:_live', 'version') or 0)}:" for spec in VIEWS
+    )
+    client.close()
+    floor_env = {**os.environ, "FLOOR_REDIS_URL": run.sk_redis, "FLOOR_PREFIXES": prefixes}
+    return [
+        (report.SKEWLESS, "/v1/features", f"{SKEWLESS_CLI} serve --repo {run.sk_repo} --workers 2 --port", None),
+        (
+            report.FEAST,
+            "/get-online-features",
+            f"{FEAST_CLI} -c {run.feast_repo} serve -h 127.0.0.1 --workers 2 --no-access-log -p",
+            None,
+        ),
+        (
+            report.REFERENCE,
+            "/v1/features",
+            f"{sys.executable} -m bench.floor_app --host 127.0.0.1 --workers 2 --port",
+            floor_env,
+        ),
+    ]
+
+
+def measure_server(
+    run: Run, system: str, path: str, command: str, env: dict[str, str] | None, bodies: dict[str, list[bytes]]
+) -> None:
+    """Start one HTTP server, warm it up, measure every HTTP case against it and its peak memory, stop it."""
+    port = free_port()
+    with server([*command.split(), str(port)], port, logfile=run.logs / f"{system}-server.log", env=env) as pid:
+        url = f"http://127.0.0.1:{port}{path}"
+        warm_up = http_run(url, bodies[report.HTTP_1][0], connections=2, seconds=1.0, max_requests=200)
+        if warm_up.errors:
+            run.notes.append(
+                f"{system} server answered {warm_up.errors} of {warm_up.requests} warm-up requests with an error"
+            )
+        with PeakRss(pid) as rss:
+            run.notes += measure_http(run.rec, system, url, bodies, run.args, run.work)
+        run.rec.add("4. HTTP server (whole run)", report.PEAK_RSS, system, rss.peak / 2**20)
 
 
 def write_results(

@@ -6,7 +6,8 @@ runs a server per repository with zero setup (:func:`ensure_embedded_server`, :f
 
 from online.embedded import ensure_embedded_server, stop_embedded_server
 from online.encoding import decode_row, encode_entity_key, encode_row
-from online.redis_store import RedisOnlineStore, RedisPublication
+from online.redis_publication import RedisPublication
+from online.redis_store import RedisOnlineStore
 
 __all__ = [
     "RedisOnlineStore",

@@ -1,7 +1,8 @@
 """The HTTP lookup service: ``POST /v1/features``, ``GET /health``, OpenAPI at ``/docs``.
 
-It calls :func:`features.lookup.lookup`, the same read path as ``FeatureStore.get_online_features``, and is
-the only place where errors become HTTP statuses:
+It runs the lookup :func:`features.lookup.prepare` compiles, the same read path as
+``FeatureStore.get_online_features`` (one handler, :func:`lookup_handler`, answers ``POST /v1/features`` however
+the request arrives), and is the only place where errors become HTTP statuses:
 
 ==============================================  ======
 unknown feature, view or feature service        404
@@ -29,8 +30,8 @@ import os
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from typing import Any
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from fastapi import FastAPI, Request
@@ -55,6 +56,9 @@ from features.plan import Plan
 from features.protocols import OnlineStore
 from features.registry import PlanVersion
 
+if TYPE_CHECKING:
+    from features.store import FeatureStore
+
 logger = logging.getLogger(__name__)
 
 ENV_REPO = "SKEWLESS_REPO"
@@ -62,6 +66,7 @@ ENV_OPENTELEMETRY = "SKEWLESS_OPENTELEMETRY"
 LOOKUP_PATH = "/v1/features"
 MAX_ENTITIES = 10_000
 PlanProvider = Callable[[], PlanVersion]
+LookupHandler = Callable[[bytes], Awaitable[Response]]  # the answer to a lookup's body (see lookup_handler)
 
 
 class JSONAnswer(Response):
@@ -225,7 +230,7 @@ class ServingApp(FastAPI):
     ``root_path`` is set, goes the ordinary way.
     """
 
-    answer_lookup: Callable[[bytes], Awaitable[Response]] | None = None
+    answer_lookup: LookupHandler | None = None  # see lookup_handler
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
@@ -279,7 +284,36 @@ def create_app(
     >>> app = create_app("path/to/repo")                                    # doctest: +SKIP
     >>> app = create_app(plan_provider=registry.latest, store=RedisOnlineStore(url))  # doctest: +SKIP
     """
-    owned: Any = None
+    owned, plan_provider, store, loader = _backends(repo_path, plan_provider, store, function_loader)
+    plans = _plan_cache(plan_provider, loader, refresh_seconds)
+    app = ServingApp(
+        title="skewless feature serving",
+        version="1",
+        lifespan=_lifespan(plans, owned, freeze_startup_objects),
+        description="Online feature lookups: the values a model trained on, served.",
+        telemetry={"tracing": opentelemetry, "metrics": opentelemetry, "logs": opentelemetry},
+    )
+    app.state.plans = plans
+    app.state.store = store
+    app.state.functions = loader
+    _add_error_handlers(app)
+    answer_lookup = lookup_handler(plans, store, loader, max_entities)
+    if not opentelemetry:
+        app.answer_lookup = answer_lookup  # the fast path (see ServingApp); OpenTelemetry needs the routed way
+    _add_lookup_routes(app, answer_lookup)
+    _add_health_route(app, plans, store)
+    return app
+
+
+def _backends(
+    repo_path: str | os.PathLike[str] | None,
+    plan_provider: PlanProvider | None,
+    store: OnlineStore | None,
+    function_loader: FunctionLoader | None,
+) -> tuple[FeatureStore | None, PlanProvider, OnlineStore, FunctionLoader]:
+    """What the app serves from: the repository's store, registry and functions (the :class:`FeatureStore`
+    opened here is returned too: the app owns it and closes it), or the given plan provider and store."""
+    owned = None
     if repo_path is not None:
         if plan_provider is not None or store is not None:
             raise TypeError("give either repo_path or plan_provider and store, not both")
@@ -291,9 +325,19 @@ def create_app(
         function_loader = function_loader or owned.function_loader
     if plan_provider is None or store is None:
         raise TypeError("create_app needs repo_path, or both plan_provider and store")
-    loader = function_loader or FunctionLoader()
-    plans = PlanCache(plan_provider, refresh_seconds, accept=lambda version: loader.functions_for(version.plan))
-    online: OnlineStore = store
+    return owned, plan_provider, store, function_loader or FunctionLoader()
+
+
+def _plan_cache(plan_provider: PlanProvider, loader: FunctionLoader, refresh_seconds: float) -> PlanCache:
+    """The app's plan cache: a new plan version is served only once ``loader`` has loaded its on-demand functions."""
+    return PlanCache(plan_provider, refresh_seconds, accept=lambda version: loader.functions_for(version.plan))
+
+
+def _lifespan(
+    plans: PlanCache, owned: FeatureStore | None, freeze_startup_objects: bool
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """Startup and shutdown: load the plan (and its functions) before serving, freeze the startup objects when
+    asked, close the repository's store (``owned``) at the end."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -315,16 +359,12 @@ def create_app(
         if owned is not None:
             owned.close()
 
-    app = ServingApp(
-        title="skewless feature serving",
-        version="1",
-        lifespan=lifespan,
-        description="Online feature lookups: the values a model trained on, served.",
-        telemetry={"tracing": opentelemetry, "metrics": opentelemetry, "logs": opentelemetry},
-    )
-    app.state.plans = plans
-    app.state.store = online
-    app.state.functions = loader
+    return lifespan
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Errors of the routed way as JSON: a body FastAPI rejects is 422, anything unexpected 500 without a
+    traceback (the lookup handler answers its own errors; these cover the other routes)."""
 
     @app.exception_handler(RequestValidationError)
     async def invalid_body(request: Request, exc: RequestValidationError) -> Response:
@@ -334,8 +374,13 @@ def create_app(
     async def unexpected(request: Request, exc: Exception) -> Response:
         return _unexpected(exc)
 
+
+def lookup_handler(plans: PlanCache, store: OnlineStore, loader: FunctionLoader, max_entities: int) -> LookupHandler:
+    """The one handler of ``POST /v1/features``: the answer to a request body, never raising (errors become
+    their HTTP statuses). :meth:`ServingApp.__call__` (the fast path) calls it with the body it read, the routed
+    way through :func:`lookup_endpoint`."""
+
     async def answer_lookup(raw_body: bytes) -> Response:
-        """The answer to a lookup request's body; never raises (errors become their HTTP statuses)."""
         # On the event loop: the Redis read is awaited on the worker's one pipelined connection (a store without
         # read_async blocks the loop for its round trip instead: a thread-pool hop per request cost ~1 ms, more
         # than it buys). The body is parsed and checked by pydantic straight from the bytes (FastAPI's own body
@@ -353,7 +398,7 @@ def create_app(
             version = plans.get()
             plan = version.plan
             result = await _prepare(plan, body.features, body.feature_service).run_async(
-                online,
+                store,
                 body.entities,
                 plan_version=version.version,
                 request_data=body.request_data,
@@ -363,16 +408,35 @@ def create_app(
         except Exception as exc:
             return _error_answer(exc)
 
+    return answer_lookup
+
+
+def lookup_endpoint(answer_lookup: LookupHandler) -> Callable[[Request], Awaitable[Response]]:
+    """``answer_lookup`` as a route endpoint: it reads the request's body and hands it over."""
+
     async def get_features(request: Request) -> Response:
-        """The latest published values of the features for each entity, with statuses and event times."""
+        """The latest published values of the features for each entity, with statuses and event times.
+        \f
+        (FastAPI shows the docstring up to the form feed above in /docs.) The endpoint of the plain Starlette
+        route of ``POST /v1/features``, and the same function declared on the FastAPI route of that path, which
+        only documents it (/docs, /openapi.json) and never answers: the Starlette route comes first and matches
+        every request the FastAPI route would.
+        """
         return await answer_lookup(await request.body())
 
-    if not opentelemetry:
-        app.answer_lookup = answer_lookup
-    # Without the shortcut above (middleware added, OpenTelemetry on): a plain Starlette route, put first of all
-    # routes so it matches first (each route tried costs a regex match). FastAPI's per-request dependency
-    # machinery, which this endpoint does not use (it parses its body itself), cost ~50 µs of a ~350 µs lookup.
-    # The FastAPI route below only documents the endpoint (/docs, /openapi.json).
+    return get_features
+
+
+def _add_lookup_routes(app: FastAPI, answer_lookup: LookupHandler) -> None:
+    """The routed way to ``POST /v1/features``, taken when the fast path is not (middleware added, a
+    ``root_path`` set, OpenTelemetry on), and its documentation.
+
+    A plain Starlette route, put first of all routes so it matches first (each route tried costs a regex match):
+    FastAPI's per-request dependency machinery, which this endpoint does not use (it parses its body itself),
+    cost ~50 µs of a ~350 µs lookup. The FastAPI route of the same path, with the same endpoint function, only
+    documents it; the request model is not a route parameter, so its schema is added to the OpenAPI document.
+    """
+    get_features = lookup_endpoint(answer_lookup)
     app.router.routes.insert(0, Route(LOOKUP_PATH, get_features, methods=["POST"]))
     app.post(
         LOOKUP_PATH,
@@ -387,25 +451,9 @@ def create_app(
         },
         openapi_extra={"requestBody": _REQUEST_BODY},
     )(get_features)
-
-    @app.get(
-        "/health", response_class=JSONAnswer, responses={200: {"model": HealthAnswer}, 503: {"model": HealthAnswer}}
-    )
-    def health() -> Response:
-        """200 when the online store answers and a plan is applied; 503 otherwise."""
-        try:
-            version = plans.get()
-            online.ping()
-        except SkewlessError as exc:
-            return JSONAnswer({"status": "unavailable", "error": str(exc)}, status_code=503)
-        except Exception as exc:
-            return _unexpected(exc)
-        return JSONAnswer({"status": "ok", "plan_version": version.version})
-
     default_openapi = app.openapi
 
     def openapi() -> dict[str, Any]:
-        # The request model is not a route parameter (see get_features): add its schema for /docs.
         if app.openapi_schema is None:
             schema = default_openapi()
             schema.setdefault("components", {}).setdefault("schemas", {})["FeaturesRequest"] = (
@@ -415,7 +463,24 @@ def create_app(
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-    return app
+
+
+def _add_health_route(app: FastAPI, plans: PlanCache, store: OnlineStore) -> None:
+    """``GET /health``."""
+
+    @app.get(
+        "/health", response_class=JSONAnswer, responses={200: {"model": HealthAnswer}, 503: {"model": HealthAnswer}}
+    )
+    def health() -> Response:
+        """200 when the online store answers and a plan is applied; 503 otherwise."""
+        try:
+            version = plans.get()
+            store.ping()
+        except SkewlessError as exc:
+            return JSONAnswer({"status": "unavailable", "error": str(exc)}, status_code=503)
+        except Exception as exc:
+            return _unexpected(exc)
+        return JSONAnswer({"status": "ok", "plan_version": version.version})
 
 
 _REQUEST_BODY = {

@@ -12,11 +12,13 @@ from typing import Any
 import pytest
 
 from features.config import RepoConfig
-from features.dtypes import DType
+from features.dtypes import DType, from_micros
 from features.errors import OnlineStoreError
 from features.plan import ViewPlan
-from online import redis_store
-from online.redis_store import RedisOnlineStore, redact
+from online import redis_publication
+from online.redis_client import redact
+from online.redis_publication import to_micros_now
+from online.redis_store import RedisOnlineStore
 from tests import servers
 from tests.online.plans import make_batch, make_view, publish, ts
 
@@ -120,7 +122,7 @@ def test_rows_published_before_the_versions_set_existed_are_cleaned(store: Redis
 def test_rows_the_versions_set_misses_go_at_the_periodic_full_scan(
     store: RedisOnlineStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(redis_store, "FULL_SCAN_EVERY", 3)
+    monkeypatch.setattr(redis_publication, "FULL_SCAN_EVERY", 3)
     assert publish(store, CARD, card_rows(1.0), watermark=1)
     stray = f"{store.project}:card:v1000:1"  # a refused run's late row, written after its version was deleted
     store.client().set(stray, b"[]")
@@ -346,7 +348,7 @@ def test_messages_hide_passwords() -> None:
 
 def test_live_snapshot_says_what_the_live_rows_were_published_from(store: RedisOnlineStore) -> None:
     assert store.live_snapshot(CARD) is None  # nothing committed yet
-    before = redis_store.from_micros(redis_store.to_micros_now())
+    before = from_micros(to_micros_now())
     publication = store.start_publication(CARD, watermark=4)
     publication.write([make_batch(CARD, card_rows(1.0))])
     assert store.live_snapshot(CARD) is None  # staged is not live
@@ -356,7 +358,7 @@ def test_live_snapshot_says_what_the_live_rows_were_published_from(store: RedisO
     assert live.watermark == 4
     assert live.storage_fingerprint == CARD.storage_fingerprint
     assert live.feature_fingerprints == tuple((f.name, f.fingerprint) for f in CARD.features)
-    assert before <= live.published_at <= redis_store.from_micros(redis_store.to_micros_now())
+    assert before <= live.published_at <= from_micros(to_micros_now())
     refused = store.start_publication(CARD, watermark=3)  # older: refused, the live snapshot stays
     refused.write([make_batch(CARD, card_rows(9.0))])
     assert refused.commit() is False

@@ -1,0 +1,101 @@
+"""Talking to one Redis server: bounded connections, errors translated at the boundary, raw round trips."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from features.errors import ConfigError, OnlineStoreError
+
+if TYPE_CHECKING:
+    import redis
+
+
+def connect(url: str, *, connect_timeout: float, timeout: float) -> redis.Redis:
+    """A client with bounded waits: connect and socket timeouts, one immediate retry on a dropped connection
+    (a pooled connection may have been closed by a server restart), never on a timeout."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    try:
+        return redis.Redis.from_url(
+            url,
+            socket_connect_timeout=connect_timeout,
+            socket_timeout=timeout,
+            retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
+            retry_on_timeout=False,
+            health_check_interval=0,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"invalid online store URL {redact(url)!r}: {exc}") from exc
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages."""
+    return re.sub(r"//([^:/@]*):[^@/]*@", r"//\1:***@", url)
+
+
+@contextlib.contextmanager
+def translate_errors(url: str, action: str) -> Iterator[None]:
+    """Turn redis and socket errors into :class:`OnlineStoreError` naming the server and what was tried."""
+    import redis
+
+    try:
+        yield
+    except redis.RedisError as exc:
+        kind = "did not answer in time" if isinstance(exc, redis.TimeoutError) else "failed"
+        raise OnlineStoreError(f"online store at {redact(url)} {kind} while {action}: {exc}") from exc
+    except OSError as exc:
+        raise OnlineStoreError(f"online store at {redact(url)} failed while {action}: {exc}") from exc
+
+
+def roundtrip(client: redis.Redis, *commands: Sequence[Any], free: list[Any] | None = None) -> list[Any]:
+    """Send ``commands`` in one write on a pooled connection and read one reply each (an error reply raises).
+
+    With ``free``, a connection is taken from that list (from the pool when it is empty) and put back there after
+    a clean round trip: redis-py's pool takes a lock, checks the connection and records metrics on every take and
+    give-back (~20 µs, measured, of a ~300 µs HTTP lookup). A connection that failed goes back to the pool,
+    disconnected (it reconnects when next used).
+
+    Below redis-py's ``execute_command`` on purpose: hiredis packs each command in C, where redis-py looks at every
+    argument in Python first (~25 µs of a ~100 µs lookup; most of an MSET of 1000 keys), and several commands
+    share one round trip. Same rule as :func:`connect`: one retry on a dropped connection, none on a timeout
+    (every command sent here may be repeated: reads, and MSETs of the same keys and values).
+    """
+    import hiredis
+    import redis
+
+    packed = [hiredis.pack_command(tuple(command)) for command in commands]
+    pool = client.connection_pool
+    for attempt in (1, 2):
+        try:
+            connection = free.pop() if free is not None else pool.get_connection()
+        except IndexError:  # none idle (list.pop is atomic: threads never share one)
+            connection = pool.get_connection()
+        try:
+            connection.send_packed_command(packed)
+            replies = [connection.read_response() for _ in packed]
+        except redis.ConnectionError:
+            connection.disconnect()
+            pool.release(connection)
+            if attempt == 2:
+                raise
+            continue
+        except BaseException:  # a timeout, an error reply: the connection may hold unread replies
+            connection.disconnect()
+            pool.release(connection)
+            raise
+        if free is not None:
+            free.append(connection)
+        else:
+            pool.release(connection)
+        return replies
+    raise AssertionError("unreachable")
+
+
+def as_text(value: bytes | str) -> str:
+    """A reply's bytes as text (a client created with ``decode_responses`` already gives text)."""
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,137 @@
+"""Where a view's snapshots live in Redis: the key names, and the Lua scripts that read and move the pointer.
+
+Key layout (``P`` = project, ``V`` = view, ``N`` = publication version)::
+
+    P:V:_live              hash: version, previous, watermark, storage_fingerprint, features, published_at
+    P:V:_version           string: the live version again, readable by MGET next to the rows
+    P:V:_counter           INCR counter handing out publication versions
+    P:V:_staged            hash: version -> watermark of publications started but not committed
+    P:V:_versions          set: every version that may have rows (``unknown``: rows from before this set)
+    P:V:vN:<entity key>    one row (see online.encoding) of snapshot N
+
+The Lua scripts build key names from the pointer, which Redis Cluster does not allow: standalone Redis (or
+Valkey, or a primary with replicas) only, for now.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+
+UNKNOWN_VERSIONS = "unknown"  # a member of P:V:_versions: rows of versions it does not list may exist
+_MGET_CHUNK = 500  # Lua's unpack() has a stack limit of ~8000 values
+
+# KEYS: one pointer per view. ARGV[1]: entity count n; ARGV[2..V+1]: "P:V:v" per view;
+# then n encoded entity keys per view, view after view.
+READ_LUA = """
+local n = tonumber(ARGV[1])
+local nviews = #KEYS
+local out = {}
+for i = 1, nviews do
+  local ptr = redis.call('HMGET', KEYS[i], 'version', 'features')
+  local values = {}
+  if ptr[1] then
+    local prefix = ARGV[1 + i] .. ptr[1] .. ':'
+    local base = 1 + nviews + (i - 1) * n
+    local chunk = {}
+    for j = 1, n do
+      chunk[#chunk + 1] = prefix .. ARGV[base + j]
+      if #chunk == MGET_CHUNK or j == n then
+        local got = redis.call('MGET', unpack(chunk))
+        for k = 1, #chunk do values[#values + 1] = got[k] end
+        chunk = {}
+      end
+    end
+  end
+  out[i] = {ptr[1], ptr[2], values}
+end
+return out
+""".replace("MGET_CHUNK", str(_MGET_CHUNK))
+
+# KEYS[1]: pointer, KEYS[2]: staged hash, KEYS[3]: version key. ARGV: version, watermark, storage fingerprint,
+# features, published_at. Returns {status, previous version}: 1 committed, 0 refused (older watermark), -1 no
+# longer staged.
+COMMIT_LUA = """
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 0 then return {-1, false} end
+redis.call('HDEL', KEYS[2], ARGV[1])
+local live = redis.call('HMGET', KEYS[1], 'version', 'watermark')
+if live[2] and tonumber(live[2]) > tonumber(ARGV[2]) then return {0, live[1]} end
+redis.call('HSET', KEYS[1], 'version', ARGV[1], 'previous', live[1] or '', 'watermark', ARGV[2],
+           'storage_fingerprint', ARGV[3], 'features', ARGV[4], 'published_at', ARGV[5])
+redis.call('SET', KEYS[3], ARGV[1])
+return {1, live[1]}
+"""
+
+# KEYS[1]: counter, KEYS[2]: staged hash, KEYS[3]: versions set. ARGV[1]: watermark. Returns the new version,
+# staged and listed as a candidate for deletion before any of its rows exist. A view published before the
+# versions set existed gets the 'unknown' member: its first cleanup scans for every version once.
+START_LUA = """
+local version = redis.call('INCR', KEYS[1])
+redis.call('HSET', KEYS[2], version, ARGV[1])
+if version > 1 and redis.call('EXISTS', KEYS[3]) == 0 then redis.call('SADD', KEYS[3], 'UNKNOWN') end
+redis.call('SADD', KEYS[3], version)
+return version
+""".replace("UNKNOWN", UNKNOWN_VERSIONS)
+
+# KEYS[1]: pointer, KEYS[2]: staged hash; ARGV: versions. Returns those that are garbage and drops them from the
+# staged hash, so none of them can commit afterwards and their keys may be unlinked without a second look. Kept:
+# the live and previous versions, and staged publications that may still commit (a higher watermark than the
+# live one, or the same watermark and a later version).
+GARBAGE_LUA = """
+local ptr = redis.call('HMGET', KEYS[1], 'version', 'previous', 'watermark')
+local live = tonumber(ptr[1] or '0')
+local livewm = tonumber(ptr[3] or '-1')
+local garbage = {}
+for i = 1, #ARGV do
+  local v = ARGV[i]
+  if v ~= ptr[1] and v ~= ptr[2] then
+    local pending = false
+    local wm = redis.call('HGET', KEYS[2], v)
+    if wm then
+      wm = tonumber(wm)
+      if wm > livewm or (wm == livewm and tonumber(v) > live) then
+        pending = true
+      else
+        redis.call('HDEL', KEYS[2], v)
+      end
+    end
+    if not pending then garbage[#garbage + 1] = v end
+  end
+end
+return garbage
+"""
+
+
+def glob_escape(text: str) -> str:
+    """``text`` as a literal in a ``SCAN MATCH`` pattern."""
+    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
+
+
+class ViewKeys:
+    """The key names of one view."""
+
+    @staticmethod
+    @functools.lru_cache(maxsize=1024)
+    def of(project: str, view: str) -> ViewKeys:
+        """The (cached) key names of ``view`` in ``project``: a read asks for them on every request."""
+        return ViewKeys(project, view)
+
+    def __init__(self, project: str, view: str) -> None:
+        base = f"{project}:{view}:"
+        self.pointer = base + "_live"
+        self.version = base + "_version"
+        self.counter = base + "_counter"
+        self.staged = base + "_staged"
+        self.versions = base + "_versions"
+        self.data_prefix = base + "v"
+        self.data_pattern = glob_escape(base) + "v[0-9]*"
+
+    def version_prefix(self, version: int) -> bytes:
+        """The prefix of every row key of snapshot ``version``."""
+        return f"{self.data_prefix}{version}:".encode()
+
+    def version_of(self, key: bytes) -> str | None:
+        """The version a row key belongs to; None for a key that is no row of this view."""
+        rest = key[len(self.data_prefix) :]
+        version, sep, _ = rest.partition(b":")
+        return version.decode() if sep and version.isdigit() else None

@@ -1,0 +1,211 @@
+"""One atomic publish of one view: staged rows, a pointer flip, and the old versions' cleanup.
+
+:meth:`online.redis_store.RedisOnlineStore.start_publication` takes a new version ``N``;
+:meth:`RedisPublication.write` (from any process) writes ``P:V:vN:*`` (see :mod:`online.redis_layout`) with
+``MSET`` in batches of 1000; :meth:`RedisPublication.commit` flips ``P:V:_live`` to ``N`` in one Lua script, only
+if its watermark is >= the live one. Then versions other than the live and the previous one are deleted:
+``P:V:_versions`` names the candidates, so a commit with nothing to delete (the first two publications of a view)
+scans no keys; one Lua script declares which of them are garbage (never live again: not live, not previous, not a
+staged publication that may still commit), and only those versions' keys are scanned for and unlinked, then the
+versions leave the set.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from features.dtypes import DType
+from features.errors import OnlineStoreError
+from features.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP
+from features.protocols import iter_batches
+from online.encoding import encode_batch
+from online.redis_client import as_text, connect, roundtrip, translate_errors
+from online.redis_layout import COMMIT_LUA, GARBAGE_LUA, UNKNOWN_VERSIONS, ViewKeys, glob_escape
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    import redis
+
+logger = logging.getLogger(__name__)
+
+WRITE_BATCH = 1000
+SCAN_BATCH = 1000
+# Every this many versions a commit scans all of the view's keys anyway. The set misses only rows a refused
+# publication wrote after its version was deleted and before it crashed (a finished one deletes them itself).
+FULL_SCAN_EVERY = 100
+
+
+class RedisPublication:
+    """One atomic publish of one view (see :class:`features.protocols.Publication`).
+
+    Picklable: it holds only the URL and the view's layout, and opens its own connection on first use in
+    whichever process calls :meth:`write` (Spark executors).
+    """
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        project: str,
+        view: str,
+        key_names: tuple[str, ...],
+        key_dtypes: tuple[DType, ...],
+        features: tuple[tuple[str, DType, str], ...],
+        storage_fingerprint: str,
+        watermark: int,
+        version: int,
+        connect_timeout: float = 1.0,
+        timeout: float = 2.0,
+    ) -> None:
+        self.url = url
+        self.project = project
+        self.view = view
+        self.key_names = key_names
+        self.key_dtypes = key_dtypes
+        self.features = features
+        self.storage_fingerprint = storage_fingerprint
+        self.watermark = watermark
+        self.version = version
+        self.connect_timeout = connect_timeout
+        self.timeout = timeout
+        self._client: redis.Redis | None = None
+        self._done = False
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_client"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    def __repr__(self) -> str:
+        return f"RedisPublication(view={self.view!r}, version={self.version}, watermark={self.watermark})"
+
+    @property
+    def _keys(self) -> ViewKeys:
+        return ViewKeys(self.project, self.view)
+
+    def _redis(self) -> redis.Redis:
+        if self._client is None:
+            self._client = connect(self.url, connect_timeout=self.connect_timeout, timeout=self.timeout)
+        return self._client
+
+    def write(self, batches: Iterable[pa.RecordBatch]) -> int:
+        """Stage the rows of ``batches`` (one row per entity); returns how many were written."""
+        if self._done:
+            raise OnlineStoreError(f"publication {self.version} of view '{self.view}' is already finished")
+        prefix = self._keys.version_prefix(self.version)
+        names = [f[0] for f in self.features]
+        dtypes = [f[1] for f in self.features]
+        written = 0
+        with translate_errors(self.url, f"writing view '{self.view}'"):
+            client = self._redis()
+            for batch in iter_batches(batches):
+                keys, rows = encode_batch(
+                    batch, self.key_names, self.key_dtypes, names, dtypes, EVENT_TIMESTAMP, CREATED_TIMESTAMP
+                )
+                commands: list[list[Any]] = []
+                for start in range(0, len(keys), WRITE_BATCH):
+                    chunk = rows[start : start + WRITE_BATCH]
+                    command: list[Any] = [b"MSET", *([None] * (2 * len(chunk)))]
+                    command[1::2] = [prefix + key for key in keys[start : start + WRITE_BATCH]]
+                    command[2::2] = chunk
+                    commands.append(command)
+                roundtrip(client, *commands)  # a batch's MSETs pipelined: one round trip, not one each
+                written += len(keys)
+        return written
+
+    def commit(self) -> bool:
+        """Make the staged snapshot live at once; False (and the staged rows dropped) when a publication with
+        a newer watermark is already live, or a newer one of the same watermark committed meanwhile."""
+        if self._done:
+            raise OnlineStoreError(f"publication {self.version} of view '{self.view}' is already finished")
+        keys = self._keys
+        features = orjson.dumps([[name, fingerprint] for name, _, fingerprint in self.features])
+        with translate_errors(self.url, f"committing view '{self.view}'"):
+            status, _previous = self._redis().eval(
+                COMMIT_LUA,
+                3,
+                keys.pointer,
+                keys.staged,
+                keys.version,
+                str(self.version),
+                str(self.watermark),
+                self.storage_fingerprint,
+                features,
+                str(to_micros_now()),
+            )
+        self._done = True
+        committed = int(status) == 1
+        # The decision is made; failing to tidy up must not report it otherwise (a later publish cleans up).
+        try:
+            if committed:
+                self._clean()
+            else:
+                self._delete_version()
+        except OnlineStoreError:
+            logger.warning(
+                "publication %s of view '%s': could not delete old rows", self.version, self.view, exc_info=True
+            )
+        return committed
+
+    def abort(self) -> None:
+        """Drop the staged rows; readers keep the values they had."""
+        if self._done:
+            return
+        self._done = True
+        with translate_errors(self.url, f"aborting a publication of view '{self.view}'"):
+            self._redis().hdel(self._keys.staged, str(self.version))
+        self._delete_version()
+
+    def _delete_version(self) -> None:
+        """Unlink this publication's rows (it is no longer staged, so it can never commit)."""
+        with translate_errors(self.url, f"deleting staged rows of view '{self.view}'"):
+            _unlink_versions(self._redis(), self._keys, [str(self.version)])
+
+    def _clean(self) -> None:
+        """Delete every version but the live and previous ones (and publications that may still commit)."""
+        keys = self._keys
+        with translate_errors(self.url, f"deleting old versions of view '{self.view}'"):
+            client = self._redis()
+            listed = {as_text(v) for v in client.smembers(keys.versions)}
+            candidates = listed - {UNKNOWN_VERSIONS}
+            full_scan = UNKNOWN_VERSIONS in listed or self.version % FULL_SCAN_EVERY == 0
+            if full_scan:  # rows written before the set existed, or a periodic check: find every version's rows
+                found = {keys.version_of(key) for key in client.scan_iter(match=keys.data_pattern, count=SCAN_BATCH)}
+                candidates |= {v for v in found if v is not None}
+                if candidates:
+                    client.sadd(keys.versions, *candidates)
+            garbage = [as_text(v) for v in client.eval(GARBAGE_LUA, 2, keys.pointer, keys.staged, *sorted(candidates))]
+            _unlink_versions(client, keys, garbage)
+            if UNKNOWN_VERSIONS in listed:
+                client.srem(keys.versions, UNKNOWN_VERSIONS)
+
+
+def _unlink_versions(client: redis.Redis, keys: ViewKeys, versions: Sequence[str]) -> None:
+    """Unlink every row of ``versions`` (garbage: none of them can commit), then drop them from the versions set.
+
+    The set loses a version only after its rows are gone, so a cleanup that fails midway is finished by the next.
+    """
+    for version in versions:
+        pattern = glob_escape(keys.version_prefix(int(version)).decode()) + "*"
+        batch: list[bytes] = []
+        for key in client.scan_iter(match=pattern, count=SCAN_BATCH):
+            batch.append(key)
+            if len(batch) >= SCAN_BATCH:
+                client.unlink(*batch)
+                batch = []
+        if batch:
+            client.unlink(*batch)
+        client.srem(keys.versions, version)
+
+
+def to_micros_now() -> int:
+    """Now, in integer microseconds since the epoch (the pointer's ``published_at``)."""
+    return int(time.time() * 1_000_000)

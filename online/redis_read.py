@@ -1,0 +1,142 @@
+"""One read across views: the keys it names, the ``MGET`` fast path, the Lua read, and the rows decoded.
+
+One ``MGET`` per :meth:`online.redis_store.RedisOnlineStore.read` call fetches every view's ``_version`` key and
+the entity keys of the version the store last saw live (see :mod:`online.redis_layout`). ``MGET`` is atomic:
+when the versions it returns are the ones assumed, the rows are those of the live snapshots at that instant.
+Otherwise (the first read, or the first one after a commit) one Lua script reads every pointer and the rows of
+the versions it names, atomically too, and the store remembers them. Either way a read sees one snapshot per view
+and is never stale: the first read after a commit returns the new values. (The fast path has no Lua: a script's
+cost inside Redis grows with the rows it returns, each one copied into and out of a Lua string.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import orjson
+
+from features.plan import ViewPlan
+from features.protocols import OnlineValues
+from online.encoding import encode_entity_keys, rows_decoder
+from online.redis_layout import ViewKeys
+
+_DECODER_CACHE = 256  # decoders kept per store; a server asks for a handful of feature selections
+# What a snapshot lacks of the requested features, and the decoder of its rows (see SnapshotDecoders).
+_Decoder = tuple[frozenset[str], Callable[[Sequence[bytes | None]], tuple[list[list[Any]], list[int | None]]]]
+# One view's snapshot as read: its version (None: nothing published), the pointer's features, the rows.
+Snapshot = tuple[bytes | None, bytes | None, list[bytes | None]]
+# view -> (version, features) last seen live; (None, None): seen without a live version (not published)
+SeenLive = dict[str, tuple[bytes | None, bytes | None]]
+
+
+class SnapshotDecoders:
+    """Decodes a snapshot's rows into :class:`OnlineValues`, with the decoder of each (view, requested names,
+    snapshot layout) worked out once: a server sees the same few."""
+
+    def __init__(self) -> None:
+        # (view name, requested names, snapshot features) -> (the view plan, its decoder)
+        self._decoders: dict[tuple[str, tuple[str, ...], bytes], tuple[ViewPlan, _Decoder]] = {}
+
+    def decode(
+        self,
+        view: ViewPlan,
+        names: tuple[str, ...],
+        version: bytes | None,
+        features: bytes | None,
+        values: list[bytes | None],
+        count: int,
+    ) -> OnlineValues:
+        """The requested ``names`` of ``count`` entities from one view's snapshot (all missing when unpublished)."""
+        if version is None:
+            return OnlineValues(view.name, names, [[None] * count for _ in names], [None] * count, frozenset(names))
+        unavailable, decode = self._decoder(view, names, features or b"[]")
+        columns, events = decode(values)
+        return OnlineValues(view.name, names, columns, events, unavailable)
+
+    def _decoder(self, view: ViewPlan, names: tuple[str, ...], features: bytes) -> _Decoder:
+        """How to decode the rows of a snapshot holding ``features`` (the pointer's list of (name, fingerprint))."""
+        key = (view.name, names, features)
+        found = self._decoders.get(key)
+        if found is not None and found[0] is view:
+            return found[1]
+        plans = [view.feature(n) for n in names]
+        stored = {(name, fingerprint): i for i, (name, fingerprint) in enumerate(orjson.loads(features))}
+        positions = [stored.get((f.name, f.fingerprint)) for f in plans]
+        unavailable = frozenset(n for n, p in zip(names, positions, strict=True) if p is None)
+        decoder = (unavailable, rows_decoder([f.dtype for f in plans], positions))
+        if len(self._decoders) >= _DECODER_CACHE:
+            self._decoders.clear()
+        self._decoders[key] = (view, decoder)
+        return decoder
+
+
+class SnapshotRead:
+    """One read's keys and how to turn the ``MGET`` of them (or the Lua read) into snapshots and decoded columns
+    (shared by :meth:`RedisOnlineStore.read` and :meth:`RedisOnlineStore.read_async`)."""
+
+    def __init__(
+        self,
+        project: str,
+        seen_live: SeenLive,
+        requests: Sequence[tuple[ViewPlan, Sequence[str]]],
+        entities: Mapping[str, Sequence[Any]],
+    ) -> None:
+        self.seen_live = seen_live
+        self.requests = requests
+        self.count = len(next(iter(entities.values()))) if entities else 0
+        self.layouts = [ViewKeys.of(project, view.name) for view, _ in requests]
+        self.encoded: dict[tuple[str, ...], list[bytes]] = {}  # views keyed alike share their encoded keys
+        for view, _ in requests:
+            if view.key_names not in self.encoded:
+                columns = [entities[k] for k in view.key_names]
+                self.encoded[view.key_names] = encode_entity_keys(columns, [k.dtype for k in view.join_keys])
+        # The versions last seen live, and the names to MGET: each view's version key, then its rows in the
+        # version seen (none for a view seen unpublished). None when a view has not been seen yet (the Lua read
+        # finds its pointer).
+        self.seen: list[tuple[bytes | None, bytes | None]] | None = []
+        for view, _ in requests:
+            found = seen_live.get(view.name)
+            if found is None:
+                self.seen = None
+                break
+            self.seen.append(found)
+        self.names: list[bytes | str] | None = None
+        self.rows_at: list[int] = []  # where each view's rows start in the MGET's answer
+        if self.seen is not None:
+            names: list[bytes | str] = [layout.version for layout in self.layouts]
+            for (view, _), layout, (version, _features) in zip(requests, self.layouts, self.seen, strict=True):
+                self.rows_at.append(len(names))
+                if version is not None:
+                    prefix = layout.data_prefix.encode() + version + b":"
+                    names.extend([prefix + key for key in self.encoded[view.key_names]])
+            self.names = names
+
+    def snapshots(self, got: list[bytes | None]) -> list[Snapshot] | None:
+        """(version, features, rows) per view from the ``MGET``; None when a version moved since it was seen."""
+        assert self.seen is not None
+        if got[: len(self.requests)] != [version for version, _ in self.seen]:
+            return None
+        return [
+            (version, features, got[start : start + self.count] if version is not None else [])
+            for start, (version, features) in zip(self.rows_at, self.seen, strict=True)
+        ]
+
+    def lua_snapshots(self, read_script: Any) -> list[Snapshot]:
+        """The Lua read (``read_script``, :data:`online.redis_layout.READ_LUA` registered): every pointer and the
+        rows of the version it names, atomically; remembers the versions for the next ``MGET``."""
+        args: list[Any] = [self.count, *(layout.data_prefix for layout in self.layouts)]
+        for view, _ in self.requests:
+            args.extend(self.encoded[view.key_names])
+        answer = read_script(keys=[layout.pointer for layout in self.layouts], args=args)
+        for (view, _), (version, features, _values) in zip(self.requests, answer, strict=True):
+            self.seen_live[view.name] = (None, None) if version is None else (version, features or b"[]")
+        return [(version, features, values) for version, features, values in answer]
+
+    def decoded(self, decoders: SnapshotDecoders, snapshots: list[Snapshot]) -> list[OnlineValues]:
+        """Each view's snapshot decoded into the requested features."""
+        decode = decoders.decode
+        return [
+            decode(view, tuple(names), version, features, values, self.count)
+            for (view, names), (version, features, values) in zip(self.requests, snapshots, strict=True)
+        ]
