@@ -34,7 +34,7 @@ def spark() -> Iterator[Any]:
     stop_spark()
 
 
-@pytest.fixture(params=["arrow", pytest.param("spark", marks=pytest.mark.spark)])
+@pytest.fixture(scope="session", params=["arrow", pytest.param("spark", marks=pytest.mark.spark)])
 def offline_engine(request: pytest.FixtureRequest) -> Any:
     """A factory of one offline engine (:class:`offline.jobs.Engine`) per parameter: conformance and oracle
     tests take it, so an engine added here is held to all of them without new test code. The Spark engine uses

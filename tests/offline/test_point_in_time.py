@@ -1,5 +1,5 @@
-"""The point-in-time join against a pandas ``merge_asof`` oracle, per view, with the TTL and tie rules, in both
-engines: Spark (:mod:`offline.spark.point_in_time`) and Arrow (:mod:`offline.arrow.join`), fed the same rows.
+"""The point-in-time join against a pandas ``merge_asof`` oracle, per view, with the TTL and tie rules, in every
+engine of the ``offline_engine`` fixture (Spark and Arrow), fed the same Delta tables through the engine protocol.
 
 Views "u" and "w" share their join keys (one stacked window for both), "um" has its own.
 """
@@ -12,12 +12,15 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
-from features.dtypes import DType
-from offline.arrow import join as arrow_join
-from offline.spark.point_in_time import ROW_ID, point_in_time_join
-from offline.tables import ViewTable
+from features.config import RepoConfig
+from features.dtypes import DType, arrow_type
+from offline import delta_rs
+from offline.jobs import TrainingSet
+from offline.manifest import Manifest, ViewRead
+from offline.spark.point_in_time import ROW_ID
 
 BASE = datetime(2024, 1, 1)
 TTL = 3600
@@ -131,104 +134,51 @@ def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
-@pytest.fixture(scope="module")
-def joined(spark: Any) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    from pyspark.sql import types as T
+USER_KEY = (("user_id", DType.INT64),)
+PAIR_KEYS = (("user_id", DType.INT64), ("merchant", DType.STRING))
 
+
+def _as_stored(frame: pd.DataFrame, keys: tuple[tuple[str, DType], ...], features: dict[str, DType]) -> pa.Table:
+    """A feature frame as a view's Delta table holds it: plan types, UTC times, published_at."""
+    utc = pa.timestamp("us", tz="UTC")
+    columns = {name: pa.array(frame[name].astype(object).where(frame[name].notna(), None), arrow_type(dtype))
+               for name, dtype in (*keys, *features.items())}  # fmt: skip
+    for name in ("event_timestamp", "created_timestamp"):
+        columns[name] = pa.array(frame[name], pa.timestamp("us")).cast(utc)
+    columns["published_at"] = pa.array([BASE] * len(frame), pa.timestamp("us")).cast(utc)
+    return pa.table(columns)
+
+
+@pytest.fixture(scope="module")
+def result_of(
+    offline_engine: Any, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The rows joined by one engine of the ``offline_engine`` fixture, through its protocol: the feature frames
+    as Delta tables, the entity rows as users hand them (nullable int keys, naive times that mean UTC)."""
     rng = random.Random(11)
     users, pairs = _feature_rows(rng)
     others, _ = _feature_rows(random.Random(12))
     entities = _entities(rng)
-    ts = T.TimestampType()
-    user_schema = T.StructType(
-        [
-            T.StructField("user_id", T.LongType()),
-            T.StructField("f_num", T.DoubleType()),
-            T.StructField("f_str", T.StringType()),
-            T.StructField("event_timestamp", ts),
-            T.StructField("created_timestamp", ts),
-        ]
-    )
-    pair_schema = T.StructType(
-        [
-            T.StructField("user_id", T.LongType()),
-            T.StructField("merchant", T.StringType()),
-            T.StructField("amt", T.LongType()),
-            T.StructField("event_timestamp", ts),
-            T.StructField("created_timestamp", ts),
-        ]
-    )
-    entity_schema = T.StructType(
-        [
-            T.StructField("user_id", T.LongType()),
-            T.StructField("merchant", T.StringType()),
-            T.StructField("label", T.LongType()),
-            T.StructField("ts", ts),
-            T.StructField(ROW_ID, T.LongType()),
-        ]
-    )
-
-    def rows(frame: pd.DataFrame) -> list[tuple[Any, ...]]:
-        return [tuple(_plain(v) for v in r) for r in frame.astype(object).itertuples(index=False)]
-
-    # Shuffle the input so that row order is something the join must actually preserve.
-    entity_rows = [(*r, i) for i, r in enumerate(rows(entities))]
-    views = [
-        ViewTable(
-            "u", (("user_id", DType.INT64),), ("f_num", "f_str"), TTL, spark.createDataFrame(rows(users), user_schema)
-        ),
-        ViewTable(
-            "um",
-            (("user_id", DType.INT64), ("merchant", DType.STRING)),
-            ("amt",),
-            None,
-            spark.createDataFrame(rows(pairs), pair_schema),
-        ),
-        ViewTable(
-            "w", (("user_id", DType.INT64),), ("f_num",), 2 * TTL, spark.createDataFrame(rows(others), user_schema)
-        ),
-    ]
-    frame = spark.createDataFrame(entity_rows, entity_schema).repartition(3)
-    # The join promises no row order; ROW_ID aligns the result with the input.
-    result = point_in_time_join(frame, "ts", views).toPandas().sort_values(ROW_ID).reset_index(drop=True)
+    root = tmp_path_factory.mktemp("point_in_time")
+    user_features = {"f_num": DType.FLOAT64, "f_str": DType.STRING}
+    reads = []
+    for name, frame, keys, features, ttl in (
+        ("u", users, USER_KEY, user_features, TTL),
+        ("um", pairs, PAIR_KEYS, {"amt": DType.INT64}, None),
+        ("w", others, USER_KEY, {"f_num": DType.FLOAT64}, 2 * TTL),
+    ):
+        stored = _as_stored(frame, keys, {f: user_features.get(f, dtype) for f, dtype in features.items()})
+        delta_rs.create(root / name, stored, configuration={})
+        reads.append(ViewRead(name, str(root / name), 0, ttl, "fingerprint", keys, tuple(features)))
+    manifest = Manifest("", 1, "", (), {}, "ts", "arrow", tuple(reads))
+    engine = offline_engine(RepoConfig(root=root))
+    job = TrainingSet(manifest, pa.Table.from_pandas(entities, preserve_index=False))
+    assert engine.refusal(job) is None
+    result = engine.training_set(job).table.to_pandas()
+    result.insert(len(entities.columns), ROW_ID, np.arange(len(result)))  # the entity rows' order, as returned
     return entities, users, pairs, others, result
 
 
-@pytest.fixture(scope="module")
-def joined_in_arrow(joined: Any) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """The same rows joined by the Arrow engine; its result in the shape of the Spark fixture's."""
-    import pyarrow as pa
-
-    entities, users, pairs, others, _ = joined
-
-    def table(frame: pd.DataFrame) -> pa.Table:  # as read from Delta: UTC timestamps
-        arrow = pa.Table.from_pandas(frame, preserve_index=False)
-        return arrow.cast(pa.schema([_utc(f) for f in arrow.schema]))
-
-    user_key, pair_keys = (("user_id", DType.INT64),), (("user_id", DType.INT64), ("merchant", DType.STRING))
-    views = [
-        ViewTable("u", user_key, ("f_num", "f_str"), TTL, table(users)),
-        ViewTable("um", pair_keys, ("amt",), None, table(pairs)),
-        ViewTable("w", user_key, ("f_num",), 2 * TTL, table(others)),
-    ]
-    arrow_entities = pa.Table.from_pandas(entities, preserve_index=False)
-    features = arrow_join.point_in_time_join(arrow_entities, "ts", views).to_pandas()
-    result = pd.concat([entities.assign(**{ROW_ID: np.arange(len(entities))}), features], axis=1)
-    return entities, users, pairs, others, result
-
-
-def _utc(field: Any) -> Any:
-    import pyarrow as pa
-
-    return pa.field(field.name, pa.timestamp("us", tz="UTC")) if pa.types.is_timestamp(field.type) else field
-
-
-@pytest.fixture(params=["spark", "arrow"])
-def result_of(request: pytest.FixtureRequest) -> Any:
-    return request.getfixturevalue("joined" if request.param == "spark" else "joined_in_arrow")
-
-
-@pytest.mark.spark
 def test_every_entity_row_once_with_its_columns(result_of: Any) -> None:
     entities, _, _, _, result = result_of
     assert list(result[ROW_ID]) == list(range(len(entities)))
@@ -237,7 +187,6 @@ def test_every_entity_row_once_with_its_columns(result_of: Any) -> None:
     assert [_plain(v) for v in result["label"]] == [_plain(v) for v in entities["label"]]
 
 
-@pytest.mark.spark
 def test_matches_merge_asof_oracle(result_of: Any) -> None:
     entities, users, pairs, others, result = result_of
     expected = pd.concat(
@@ -256,7 +205,6 @@ def test_matches_merge_asof_oracle(result_of: Any) -> None:
         assert not diffs, f"{column}: first differences (row, join, oracle): {diffs[:5]}"
 
 
-@pytest.mark.spark
 def test_ttl_boundary_is_inclusive_and_rows_before_any_feature_are_null(result_of: Any) -> None:
     *_, result = result_of
     edge = result[result["user_id"] == BOUNDARY_USER]
