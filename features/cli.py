@@ -14,6 +14,7 @@ from pathlib import Path
 from features.console import console, progress_bars, table
 from features.errors import SkewlessError
 from features.plugins import all_plugins
+from features.protocols import MaterializationResult
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -155,6 +156,12 @@ def cmd_materialize(args: argparse.Namespace) -> int:
         results = store.materialize(
             args.views or None, start=args.start, end=args.end, progress=progress, republish=args.republish
         )
+    print_materialized(results)
+    return 0
+
+
+def print_materialized(results: list[MaterializationResult]) -> None:
+    """The runs as a table, then, per view, why the engines asked before the one that ran did not take it."""
     rows = [
         (
             r.view,
@@ -186,11 +193,10 @@ def cmd_materialize(args: argparse.Namespace) -> int:
             rows,
         )
     )
-    for r in results:  # why each view ran where it did: the engines asked before it, and their reasons
+    for r in results:
         if r.refusals:
             why = "; ".join(f"not in {engine}: {reason}" for engine, reason in r.refusals)
-            console.print(f"[dim]{r.view}: computed in {r.engine} ({why})[/dim]")
-    return 0
+            console.print(f"[dim]{r.view}: computed in {r.engine} ({why})[/dim]", highlight=False)
 
 
 def cmd_dataset(args: argparse.Namespace) -> int:

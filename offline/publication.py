@@ -11,6 +11,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -51,10 +52,47 @@ def already_live(online: OnlineStore, view: ViewPlan, path: Path, version: int) 
     return committed is not None and live.published_at > committed
 
 
-def publish_rows(view: ViewPlan, latest: pa.Table, version: int, online: OnlineStore) -> tuple[int, bool]:
-    """Publish ``latest`` (one row per entity, the columns a :class:`~features.protocols.Publication` takes)
-    from this process, as the rows of ``version``: what :mod:`offline.arrow.materialize` publishes."""
-    return published(view, version, online, lambda publication: publication.write(latest.to_batches(PUBLISH_BATCH)))
+@dataclass(frozen=True, slots=True)
+class Published:
+    """What a run's publication step did: rows written online, whether they became live, and whether nothing was
+    published because the online store already served the version (``current``)."""
+
+    rows: int = 0
+    committed: bool = False
+    current: bool = False
+
+
+def publish_unless_live(
+    view: ViewPlan,
+    path: Path,
+    version: int,
+    online: OnlineStore,
+    write: Callable[[Publication], int],
+    *,
+    created: bool,
+    republish: bool,
+) -> Published:
+    """Publish the latest rows of ``version`` (``write`` stages them in the publication it is given), unless
+    the online store already serves that version of this table as this definition publishes it (never for a
+    table this run ``created``; always with ``republish``). Every engine's run ends here."""
+    if not republish and not created and already_live(online, view, path, version):
+        log.info(
+            "view '%s': the online store already serves version %d of %s; nothing to publish (--republish "
+            "publishes it again)",
+            view.name,
+            version,
+            path,
+        )
+        return Published(current=True)
+    rows, committed = published(view, version, online, write)
+    return Published(rows, committed)
+
+
+def write_from_here(latest: Callable[[], pa.Table]) -> Callable[[Publication], int]:
+    """A ``write`` for :func:`publish_unless_live` that stages the rows ``latest()`` returns (one row per entity,
+    the columns a :class:`~features.protocols.Publication` takes) from this process: what the Arrow engine
+    publishes. ``latest`` runs only when something is published."""
+    return lambda publication: publication.write(latest().to_batches(PUBLISH_BATCH))
 
 
 # Rows per batch handed to a publication from this process (a Spark executor hands it Arrow's batches).

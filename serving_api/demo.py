@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from features.cli import joined_in, print_diff
+from features.cli import joined_in, print_diff, print_materialized
 from features.console import console, progress_bars, table
 from features.plots import plot_coverage
 from features.store import FeatureStore
@@ -55,13 +55,7 @@ def run_demo(args: argparse.Namespace) -> int:
     step(3, "Materialize: SQL source -> Spark -> Delta Lake -> online store")
     with progress_bars() as progress:
         runs = store.materialize(progress=progress)
-    console.print(
-        table(
-            "Materialized",
-            ["view", "rows read", "rows in Delta", "Delta version", "keys online"],
-            [(r.view, r.rows_read, r.rows_written_offline, r.offline_version, r.rows_published) for r in runs],
-        )
-    )
+    print_materialized(runs)
 
     step(4, "Build a point-in-time correct training set for the fraud model")
     entities = _training_entities(url)

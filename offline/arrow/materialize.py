@@ -35,7 +35,7 @@ from offline import delta_rs
 from offline.arrow import source as arrow_source
 from offline.arrow.codes import column_codes, micros
 from offline.arrow.join import DELTA_TYPES, read_snapshot
-from offline.publication import already_live, publish_rows
+from offline.publication import Published, publish_unless_live, write_from_here
 from offline.tables import STATS_PROPERTY, RowCounts, row_columns, stats_columns, table_columns, table_path
 
 log = logging.getLogger(__name__)
@@ -97,28 +97,23 @@ def materialize(
         path,
         version,
     )
-    published, committed, current = 0, False, False
+    outcome = Published()
     if view.online and online is not None and version is not None:
-        created = stored is None
-        current = not republish and not created and already_live(online, view, path, version)
-        if current:
-            log.info(
-                "view '%s': the online store already serves version %d of %s; nothing to publish",
-                view.name,
-                version,
-                path,
-            )
-        else:
+
+        def latest() -> pa.Table:
             # The version just committed holds the stored rows as changed and the new ones: no need to read it.
             if stored_rows is None:
-                table = change.inserts
-            else:
-                kept = np.ones(stored_rows.num_rows, bool)
-                kept[change.replaced] = False
-                table = pa.concat_tables([stored_rows.filter(kept), change.updates, change.inserts])
-            published, committed = publish_rows(view, latest_rows(view, table, presorted=created), version, online)
+                return latest_rows(view, change.inserts, presorted=True)
+            kept = np.ones(stored_rows.num_rows, bool)
+            kept[change.replaced] = False
+            return latest_rows(view, pa.concat_tables([stored_rows.filter(kept), change.updates, change.inserts]))
+
+        created = stored is None
+        outcome = publish_unless_live(
+            view, path, version, online, write_from_here(latest), created=created, republish=republish
+        )
         if progress is not None:
-            progress.advance(task, published)
+            progress.advance(task, outcome.rows)
     if progress is not None:
         progress.finish(task)
     return MaterializationResult(
@@ -126,10 +121,10 @@ def materialize(
         rows_read=counts.read,
         rows_written_offline=change.inserts.num_rows + change.updates.num_rows,
         offline_version=version,
-        rows_published=published,
-        online_committed=committed,
+        rows_published=outcome.rows,
+        online_committed=outcome.committed,
         seconds=time.monotonic() - began,
-        online_current=current,
+        online_current=outcome.current,
         engine="arrow",
     )
 

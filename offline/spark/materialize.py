@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pyspark.sql import DataFrame, SparkSession, Window
@@ -21,7 +22,7 @@ from features.errors import MaterializationError, SkewlessError
 from features.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP, Plan, ViewPlan
 from features.protocols import MaterializationResult, OnlineStore, Progress, Publication, iter_batches
 from offline.errors import error_summary
-from offline.publication import already_live, phase, published
+from offline.publication import Published, phase, publish_unless_live, published
 from offline.spark import windows
 from offline.spark.jdbc import quote_spark, read_source, spark_type
 from offline.spark.tables import prepare_rows, read_table, table_version, write_rows
@@ -132,22 +133,19 @@ def materialize(
         progress.advance(task, rows_read)
     log.info("view '%s': %d row(s) inserted or updated in %s (version %s)", view.name, written, path, version)
 
-    published, committed, current = 0, False, False
+    publication = Published()
     if view.online and online is not None and version is not None:
-        fresh_table = outcome.created_version is not None
-        current = not republish and not fresh_table and already_live(online, view, path, version)
-        if current:
-            log.info(
-                "view '%s': the online store already serves version %d of %s; nothing to publish (--republish "
-                "publishes it again)",
-                view.name,
-                version,
-                path,
-            )
-        else:
-            published, committed = _publish_online(spark, view, path, version, online)
+        publication = publish_unless_live(
+            view,
+            path,
+            version,
+            online,
+            _write_from_executors(spark, view, path, version),
+            created=outcome.created_version is not None,
+            republish=republish,
+        )
         if progress is not None:
-            progress.advance(task, published)
+            progress.advance(task, publication.rows)
     if progress is not None:
         progress.finish(task)
     return MaterializationResult(
@@ -155,10 +153,10 @@ def materialize(
         rows_read=rows_read,
         rows_written_offline=written,
         offline_version=version,
-        rows_published=published,
-        online_committed=committed,
+        rows_published=publication.rows,
+        online_committed=publication.committed,
         seconds=time.monotonic() - began,
-        online_current=current,
+        online_current=publication.current,
     )
 
 
@@ -211,11 +209,13 @@ def materialize_windowed(
         log.info("view '%s': %d value row(s) written for the ticks in %s", view.name, written, span)
     version = table_version(spark, path)
     through = read_through(path)
-    published, committed = 0, False
+    publication = Published()
     if view.online and online is not None and version is not None and through is not None:
-        published, committed = _publish_online(spark, view, path, version, online, as_of=through)
+        # Every run publishes a windowed view: its values move with the ticks even when no source row is new.
+        write = _write_from_executors(spark, view, path, version, as_of=through)
+        publication = Published(*published(view, version, online, write))
         if progress is not None:
-            progress.advance(task, published)
+            progress.advance(task, publication.rows)
     if progress is not None:
         progress.finish(task)
     return MaterializationResult(
@@ -223,20 +223,24 @@ def materialize_windowed(
         rows_read=rows_read,
         rows_written_offline=written,
         offline_version=version,
-        rows_published=published,
-        online_committed=committed,
+        rows_published=publication.rows,
+        online_committed=publication.committed,
         seconds=time.monotonic() - began,
         ticks_through=through,
     )
 
 
-def _publish_online(
-    spark: SparkSession, view: ViewPlan, path: object, version: int, online: OnlineStore, as_of: datetime | None = None
-) -> tuple[int, bool]:
-    """Publish the latest row per entity at ``version``, from Spark's executors; ``as_of`` (windowed views) is
-    the tick the values hold at, sent as their event time so that TTLs count from the last tick computed."""
+def _write_from_executors(
+    spark: SparkSession, view: ViewPlan, path: Path, version: int, as_of: datetime | None = None
+) -> Callable[[Publication], int]:
+    """A ``write`` for :func:`offline.publication.published` that stages the latest row per entity at ``version``
+    from Spark's executors; ``as_of`` (windowed views) is the tick the values hold at, sent as their event time
+    so that TTLs count from the last tick computed."""
 
-    latest = latest_rows(view, read_table(spark, str(path), version))
-    if as_of is not None:
-        latest = latest.withColumn(EVENT_TIMESTAMP, F.lit(as_of).cast("timestamp"))
-    return published(view, version, online, lambda publication: publish(latest, publication))
+    def write(publication: Publication) -> int:
+        latest = latest_rows(view, read_table(spark, str(path), version))
+        if as_of is not None:
+            latest = latest.withColumn(EVENT_TIMESTAMP, F.lit(as_of).cast("timestamp"))
+        return publish(latest, publication)
+
+    return write

@@ -47,6 +47,8 @@ def test_demo_runs_the_whole_path(tmp_path: Path) -> None:
         assert len(frame) == 800 and "card_profile__credit_limit" in frame.columns
         manifest = json.loads(Path(f"{dataset}.manifest.json").read_text())
         assert manifest["plan_version"] == 1 and "(joined in Arrow)" in out
+        # The demo's SQLite source is Spark's, and the run says why Arrow did not take it.
+        assert "computed in spark (not in arrow: the source is in sqlite; only PostgreSQL sources are read" in out
         # `skewless dataset` on the demo's entity rows gives the demo's columns; --reproduce rebuilds it.
         cli = [sys.executable, "-m", "features.cli", "dataset", "--repo", str(repo)]
         again_path = tmp_path / "again.parquet"

@@ -24,7 +24,7 @@ import pytest
 from definitions._example_data import create_example_data
 from features.cli import main
 from features.config import RepoConfig
-from features.errors import EntityKeyError
+from features.errors import OnDemandInputError
 from features.store import FeatureStore
 from offline.router import Router
 from offline.warm import client as daemon
@@ -111,19 +111,22 @@ def test_views_run_as_concurrent_jobs(store: FeatureStore) -> None:
 
 
 def test_errors_come_back_with_their_type_and_message(store: FeatureStore) -> None:
-    """The same bad call, in the engine and in this process, raises the same error."""
-    entities = pd.DataFrame({"card": [1], "ts": [pd.Timestamp("2024-01-01", tz="UTC")]})  # no card_id
+    """The same bad call, in the engine and in this process, raises the same error. (Entity rows without a key
+    column are refused before any engine is asked; rows without a request field an on-demand feature reads
+    fail in the engine that joins them.)"""
+    entities = pd.DataFrame({"card_id": [1], "ts": [pd.Timestamp("2024-01-01", tz="UTC")]})  # no payment amount
+    refs = ["payment_checks:amount_eur"]
     before = jobs(store)
-    with pytest.raises(EntityKeyError) as remote:
-        store.get_training_dataset(entities, features=["card_profile:credit_limit"], timestamp_column="ts")
+    with pytest.raises(OnDemandInputError) as remote:
+        store.get_training_dataset(entities, features=refs, timestamp_column="ts")
     assert jobs(store) == before + 1
     local = FeatureStore(store.config.root)
     local.offline = Router(local.config, in_process=True)
-    with pytest.raises(EntityKeyError) as here:
-        local.get_training_dataset(entities, features=["card_profile:credit_limit"], timestamp_column="ts")
+    with pytest.raises(OnDemandInputError) as here:
+        local.get_training_dataset(entities, features=refs, timestamp_column="ts")
     local.close()
     assert str(remote.value) == str(here.value)
-    assert "card_id" in str(remote.value)
+    assert "'amount'" in str(remote.value) and "card_id" in str(remote.value)
 
 
 def test_a_training_set_the_arrow_join_takes_stays_in_the_caller(store: FeatureStore) -> None:
