@@ -4,13 +4,14 @@ It does what :func:`offline.spark.materialize.materialize` does in Spark, step f
 read the source window (:mod:`offline.arrow.source`), compute the features with the one evaluator of row
 expressions (:mod:`features.evaluator`, the one the conformance suite holds to Spark's translation: contract 2),
 drop rows without keys or event time, keep one row per (keys, event time, created time) by the same rule, leave
-out the rows the table already holds, add the rest to the Delta table in one commit (:mod:`offline.delta_rs`),
-and publish the latest row per entity of the table at that version. A materialization of 2M source rows takes
-seconds from a cold start where a fresh Spark session takes a minute.
+out the rows the table already holds, commit the rest in one version (:mod:`offline.delta_rs`: an append, or a
+MERGE by Spark's rule when the source restated stored rows), and publish the latest row per entity of the table
+at that version. A materialization of 2M source rows takes seconds from a cold start where a fresh Spark
+session takes a minute.
 
-Windowed views never come here: aggregations are computed only in Spark (contract 3). Neither does a run that
-would update stored rows (the source changed values it had given before): Spark MERGEs those. Every reason to
-leave a run to Spark is logged; :func:`materialize` then returns None and has written nothing.
+Which runs come here is decided before any row is read, by :func:`refusal` (asked by
+:class:`offline.arrow.engine.ArrowEngine`): windowed views never do, as aggregations are computed only in Spark
+(contract 3).
 """
 
 from __future__ import annotations
