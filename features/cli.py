@@ -10,11 +10,14 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+from features.catalog import KINDS, describe, list_objects
 from features.console import console, progress_bars, table
 from features.errors import SkewlessError
 from features.plugins import all_plugins
 from features.protocols import MaterializationResult
+from features.registry import RunRecord
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -76,6 +79,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="PNG", help="also draw the feature coverage per day into this PNG file")
     p.set_defaults(handler=cmd_dataset)
 
+    p = sub.add_parser("list", help="list what the applied plan defines: entities, views, services or features")
+    _repo_arg(p)
+    p.add_argument("kind", nargs="?", default="views", choices=KINDS, help="what to list (default: views)")
+    p.add_argument("--json", action="store_true", help="print JSON, for scripts")
+    p.set_defaults(handler=cmd_list)
+
+    p = sub.add_parser("describe", help="everything about one entity, view or service, with its last runs")
+    _repo_arg(p)
+    p.add_argument("name", help="an entity, view, on-demand view or service")
+    p.add_argument("--json", action="store_true", help="print JSON, for scripts")
+    p.set_defaults(handler=cmd_describe)
+
     for name, register in sorted(all_plugins("skewless.commands").items()):
         register(sub)
         _ = name
@@ -104,10 +119,10 @@ def _store(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 def cmd_init(args: argparse.Namespace) -> int:
     """Copy the example repository (definitions and configuration) into a folder."""
-    import definitions
-
     target = Path(args.path).resolve()
-    source = Path(definitions.__file__).parent
+    # The installed example package sits beside this one. Not ``import definitions``: once a repository's
+    # definitions were discovered in this process, that name is the repository's folder, not the example.
+    source = Path(__file__).resolve().parents[1] / "definitions"
     (target / "definitions").mkdir(parents=True, exist_ok=True)
     for item in source.glob("*.py"):
         if item.name != "__init__.py":
@@ -224,6 +239,70 @@ def cmd_dataset(args: argparse.Namespace) -> int:
 
             console.print(f"coverage picture: {plot_coverage(frame, args.timestamp_column, args.plot)}")
     return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    with _store(args) as store:
+        items = list_objects(store.plan_version().plan, args.kind)
+    if args.json:
+        print(json.dumps(items, indent=2))
+        return 0
+    columns = list(dict.fromkeys(key for item in items for key in item))
+    rows = [tuple(_cell(item.get(c)) for c in columns) for item in items]
+    console.print(table(f"{args.kind.capitalize()} ({len(items)})", columns, rows))
+    return 0
+
+
+def cmd_describe(args: argparse.Namespace) -> int:
+    with _store(args) as store:
+        version = store.plan_version()
+        described = describe(version.plan, args.name) | {"plan_version": version.version}
+        if "storage_fingerprint" in described:  # a stored view: what was materialized, and what is served
+            described["last_runs"] = [_run(r) for r in store.registry.runs(args.name)[-5:]]
+            view = version.plan.view(args.name)
+            live = store.online_store().live_snapshot(view) if view.online else None
+            described["online_snapshot"] = None if live is None else {
+                "offline_version": live.watermark,
+                "published_at": live.published_at.isoformat(),
+                "current_definition": live.storage_fingerprint == view.storage_fingerprint,
+            }  # fmt: skip
+    if args.json:
+        print(json.dumps(described, indent=2, default=str))
+        return 0
+    features = described.pop("features") if isinstance(described.get("features"), list) else []
+    if features and not isinstance(features[0], dict):  # a service's feature references: one cell
+        described["features"], features = features, []
+    runs = described.pop("last_runs", None)
+    console.print(table(f"{described['kind']} {args.name}", ["", ""], [(k, _cell(v)) for k, v in described.items()]))
+    if features:
+        console.print(table("Features", list(features[0]), [tuple(_cell(v) for v in f.values()) for f in features]))
+    if runs:
+        console.print(table("Last runs", list(runs[0]), [tuple(_cell(v) for v in r.values()) for r in runs]))
+    return 0
+
+
+def _run(record: RunRecord) -> dict[str, Any]:
+    return {
+        "finished_at": record.finished_at.isoformat(timespec="seconds"),
+        "plan_version": record.plan_version,
+        "rows_read": record.rows_read,
+        "rows_written": record.rows_written_offline,
+        "offline_version": record.offline_version,
+        "keys_published": record.rows_published,
+    }
+
+
+def _cell(value: Any) -> str:
+    """A table cell: lists and mappings as short text, None as empty."""
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        return ", ".join(_cell(v) for v in value)
+    if isinstance(value, dict) and set(value) == {"name", "dtype"}:  # a key column
+        return f"{value['name']}:{value['dtype']}"
+    if isinstance(value, dict):
+        return " ".join(f"{k}={_cell(v)}" for k, v in value.items() if v is not None)
+    return str(value)
 
 
 def joined_in(output: str) -> str:
