@@ -4,6 +4,7 @@ node (the parser is the oracle), and the commands show the applied example repos
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -68,13 +69,14 @@ def test_an_aggregation_reads_as_one_line() -> None:
 
 
 @pytest.fixture
-def applied(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def applied(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.delenv("PAYMENTS_DB_URL", raising=False)
     repo = tmp_path / "fraud"
     assert main(["init", str(repo)]) == 0
     create_example_data(RepoConfig.load(repo).connection_url("payments"), cards=5, merchants=3, payments=20)
     assert main(["apply", "--repo", str(repo)]) == 0
-    return repo
+    yield repo
+    main(["stop", "--repo", str(repo)])  # describe reads the online snapshot: the embedded server started
 
 
 def test_list_and_describe_show_the_applied_plan(applied: Path, capsys: pytest.CaptureFixture[str]) -> None:
