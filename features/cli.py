@@ -85,6 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON, for scripts")
     p.set_defaults(handler=cmd_list)
 
+    p = sub.add_parser("runs", help="the run history of every view, or of some: rows, versions, engine, outcome")
+    _repo_arg(p)
+    p.add_argument("views", nargs="*", metavar="VIEW", help="views to show (default: all)")
+    p.add_argument("--last", type=int, default=20, help="how many of the latest runs (default: 20)")
+    p.add_argument("--json", action="store_true", help="print JSON, for scripts")
+    p.set_defaults(handler=cmd_runs)
+
     p = sub.add_parser("describe", help="everything about one entity, view or service, with its last runs")
     _repo_arg(p)
     p.add_argument("name", help="an entity, view, on-demand view or service")
@@ -258,7 +265,7 @@ def cmd_describe(args: argparse.Namespace) -> int:
         version = store.plan_version()
         described = describe(version.plan, args.name) | {"plan_version": version.version}
         if "storage_fingerprint" in described:  # a stored view: what was materialized, and what is served
-            described["last_runs"] = [_run(r) for r in store.registry.runs(args.name)[-5:]]
+            described["last_runs"] = [_run(r) for r in store.registry.runs(args.name, failed=True)[-5:]]
             view = version.plan.view(args.name)
             live = store.online_store().live_snapshot(view) if view.online else None
             described["online_snapshot"] = None if live is None else {
@@ -281,14 +288,33 @@ def cmd_describe(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_runs(args: argparse.Namespace) -> int:
+    with _store(args) as store:
+        records = [r for r in store.registry.runs(failed=True) if not args.views or r.view in args.views]
+    runs = [{"view": r.view, **_run(r)} for r in records[-args.last :]] if args.last > 0 else []
+    if args.json:
+        print(json.dumps(runs, indent=2))
+        return 0
+    columns = list(runs[0]) if runs else ["view"]
+    console.print(
+        table(f"Runs ({len(runs)} of {len(records)})", columns, [tuple(map(_cell, r.values())) for r in runs])
+    )
+    return 0
+
+
 def _run(record: RunRecord) -> dict[str, Any]:
+    started = record.started_at
     return {
+        "started_at": None if started is None else started.isoformat(timespec="seconds"),
         "finished_at": record.finished_at.isoformat(timespec="seconds"),
         "plan_version": record.plan_version,
         "rows_read": record.rows_read,
         "rows_written": record.rows_written_offline,
         "offline_version": record.offline_version,
         "keys_published": record.rows_published,
+        "engine": record.engine,
+        "outcome": record.outcome,
+        "error": record.error,
     }
 
 

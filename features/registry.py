@@ -40,6 +40,12 @@ materialization_runs = sa.Table(
     sa.Column("offline_version", sa.BigInteger, nullable=True),
     sa.Column("rows_published", sa.BigInteger, nullable=False),
     sa.Column("finished_at", sa.DateTime(timezone=True), nullable=False),
+    # Added after the first release: registries created before get them on open (see _add_missing_columns).
+    # A row without them is a successful run of an unknown engine.
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("engine", sa.String(20), nullable=True),
+    sa.Column("outcome", sa.String(20), nullable=True),
+    sa.Column("error", sa.Text, nullable=True),
 )
 
 
@@ -63,6 +69,10 @@ class RunRecord:
     offline_version: int | None
     rows_published: int
     finished_at: datetime
+    started_at: datetime | None = None
+    engine: str | None = None  # whose code computed it: "arrow" or "spark"
+    outcome: str = "ok"  # or "failed"
+    error: str | None = None  # why it failed
 
 
 class Registry:
@@ -75,6 +85,7 @@ class Registry:
         try:
             self.engine = sa.create_engine(url)
             _metadata.create_all(self.engine)
+            _add_missing_columns(self.engine)
         except sa.exc.SQLAlchemyError as exc:
             raise RegistryError(f"cannot open the registry at {sa.engine.make_url(url)!r}: {exc}") from exc
 
@@ -119,18 +130,29 @@ class Registry:
         with self.engine.begin() as conn:
             conn.execute(materialization_runs.insert().values(**_as_row(record)))
 
-    def runs(self, view: str | None = None) -> list[RunRecord]:
+    def runs(self, view: str | None = None, *, failed: bool = False) -> list[RunRecord]:
+        """The successful runs (of ``view``), oldest first; ``failed``: the failed ones too."""
         query = sa.select(materialization_runs).order_by(materialization_runs.c.run_id)
         if view is not None:
             query = query.where(materialization_runs.c.view == view)
+        if not failed:
+            query = query.where(_succeeded())
         with self.engine.connect() as conn:
             return [
-                RunRecord(**{k: v for k, v in row._mapping.items() if k != "run_id"}) for row in conn.execute(query)
+                RunRecord(
+                    **{k: v for k, v in row._mapping.items() if k not in ("run_id", "outcome")},
+                    outcome=row.outcome or "ok",
+                )
+                for row in conn.execute(query)
             ]
 
     def materialized_storage(self) -> set[tuple[str, str]]:
         """(view, storage fingerprint) pairs that have data: what a breaking change would orphan."""
-        query = sa.select(materialization_runs.c.view, materialization_runs.c.storage_fingerprint).distinct()
+        query = (
+            sa.select(materialization_runs.c.view, materialization_runs.c.storage_fingerprint)
+            .where(_succeeded())
+            .distinct()
+        )
         with self.engine.connect() as conn:
             return {(r.view, r.storage_fingerprint) for r in conn.execute(query)}
 
@@ -148,3 +170,18 @@ class Registry:
 
 def _as_row(record: RunRecord) -> dict[str, object]:
     return {name: getattr(record, name) for name in RunRecord.__dataclass_fields__}
+
+
+def _succeeded() -> sa.ColumnElement[bool]:
+    outcome = materialization_runs.c.outcome
+    return sa.or_(outcome.is_(None), outcome == "ok")
+
+
+def _add_missing_columns(engine: sa.Engine) -> None:
+    """Add the run table's newer columns to a registry created before them (all nullable: old rows stay valid)."""
+    present = {c["name"] for c in sa.inspect(engine).get_columns(materialization_runs.name)}
+    missing = [c for c in materialization_runs.columns if c.name not in present]
+    with engine.begin() as conn:
+        for column in missing:
+            kind = column.type.compile(dialect=engine.dialect)
+            conn.exec_driver_sql(f'ALTER TABLE {materialization_runs.name} ADD COLUMN "{column.name}" {kind}')

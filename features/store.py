@@ -160,25 +160,28 @@ class FeatureStore:
                 pool.shutdown(wait=False, cancel_futures=True)
         results: list[MaterializationResult] = []
         failures: list[tuple[str, BaseException]] = []
-        for view, (result, error) in zip(selected, outcomes, strict=True):
+        for view, (result, error, started) in zip(selected, outcomes, strict=True):
+            record = RunRecord(
+                view=view.name,
+                storage_fingerprint=view.storage_fingerprint,
+                plan_version=version.version,
+                window_start=start,
+                window_end=end,
+                rows_read=0 if result is None else result.rows_read,
+                rows_written_offline=0 if result is None else result.rows_written_offline,
+                offline_version=None if result is None else result.offline_version,
+                rows_published=0 if result is None else result.rows_published,
+                finished_at=datetime.now().astimezone(),
+                started_at=started,
+                engine=None if result is None else result.engine,
+                outcome="ok" if result is not None else "failed",
+                error=None if error is None else f"{type(error).__name__}: {error}"[:4000],
+            )
+            self.registry.record_run(record)
             if result is None:
                 assert error is not None
                 failures.append((view.name, error))
                 continue
-            self.registry.record_run(
-                RunRecord(
-                    view=view.name,
-                    storage_fingerprint=view.storage_fingerprint,
-                    plan_version=version.version,
-                    window_start=start,
-                    window_end=end,
-                    rows_read=result.rows_read,
-                    rows_written_offline=result.rows_written_offline,
-                    offline_version=result.offline_version,
-                    rows_published=result.rows_published,
-                    finished_at=datetime.now().astimezone(),
-                )
-            )
             results.append(result)
         if len(failures) == 1:
             raise failures[0][1]
@@ -272,9 +275,11 @@ class FeatureStore:
 
 def _attempt(
     run: Callable[[ViewPlan], MaterializationResult], view: ViewPlan
-) -> tuple[MaterializationResult | None, Exception | None]:
-    """``run(view)``'s result, or the exception it raised: one view's failure must not stop the others."""
+) -> tuple[MaterializationResult | None, Exception | None, datetime]:
+    """``run(view)``'s result, or the exception it raised (one view's failure must not stop the others), and
+    when it started."""
+    started = datetime.now().astimezone()
     try:
-        return run(view), None
+        return run(view), None, started
     except Exception as exc:
-        return None, exc
+        return None, exc, started

@@ -62,3 +62,48 @@ def test_unreachable_registry_is_a_clear_error() -> None:
 
     with pytest.raises(RegistryError, match="cannot open the registry"):
         Registry("postgresql://nobody@127.0.0.1:1/none")
+
+
+def test_an_older_registry_gets_the_new_run_columns_and_keeps_its_runs(registry_url: str) -> None:
+    """A registry created before runs recorded their start, engine and outcome: opening it adds the columns;
+    its rows read as successful runs; failed runs are kept apart from the successful ones."""
+    import sqlalchemy as sa
+
+    if registry_url.startswith("sqlite:///"):
+        Path(registry_url.removeprefix("sqlite:///")).parent.mkdir(parents=True)
+    from features.registry import materialization_runs
+
+    engine = sa.create_engine(registry_url)
+    newer = ("started_at", "engine", "outcome", "error")
+    first_release = sa.Table(  # the run table as the first release created it
+        materialization_runs.name,
+        sa.MetaData(),
+        *(
+            sa.Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable, autoincrement=c.autoincrement)
+            for c in materialization_runs.columns
+            if c.name not in newer
+        ),
+    )
+    first_release.create(engine)
+    with engine.begin() as conn:
+        conn.execute(
+            first_release.insert().values(
+                view="old", storage_fingerprint="fp1", plan_version=1, rows_read=5, rows_written_offline=4,
+                offline_version=0, rows_published=3, finished_at=datetime(2024, 1, 1, tzinfo=UTC),
+            )
+        )  # fmt: skip
+    engine.dispose()
+    registry = Registry(registry_url)
+    (old,) = registry.runs()
+    assert (old.view, old.rows_read, old.outcome, old.engine, old.started_at) == ("old", 5, "ok", None, None)
+    now = datetime(2024, 1, 2, tzinfo=UTC)
+    failed = RunRecord("new", "fp2", 1, None, None, 0, 0, None, 0, now, now, None, "failed", "RuntimeError: down")
+    registry.record_run(failed)
+    assert [r.view for r in registry.runs()] == ["old"]
+    assert [(r.view, r.outcome, r.error) for r in registry.runs(failed=True)] == [
+        ("old", "ok", None),
+        ("new", "failed", "RuntimeError: down"),
+    ]
+    assert registry.materialized_storage() == {("old", "fp1")}  # a failed run orphans nothing
+    registry.close()
+    Registry(registry_url).close()  # opening it again adds nothing twice

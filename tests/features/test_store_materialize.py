@@ -5,6 +5,7 @@ tests/integration (which run the real engines, concurrent views included)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import threading
 from collections.abc import Callable
 from datetime import datetime
@@ -12,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from features.cli import main
 from features.config import RepoConfig
 from features.errors import ConfigError, MaterializationError, SchemaMismatchError
 from features.plan import Plan, ViewPlan
@@ -112,6 +114,29 @@ def test_several_failed_views_are_all_named(config: RepoConfig) -> None:
     assert "'card_txn': source down" in message and "'card_label': disk full" in message
     assert "materialized: 'card_small'" in message
     assert {run.view for run in store.registry.runs()} == {"card_small"}
+
+
+def test_every_run_is_recorded_with_its_outcome_and_shown_by_skewless_runs(
+    config: RepoConfig, capsys: pytest.CaptureFixture[str]
+) -> None:
+    engine = StandInEngine(fail={"card_label": RuntimeError("disk full")})
+    store = store_with(config, engine, 1)
+    with pytest.raises(RuntimeError):
+        store.materialize()
+    history = {r.view: r for r in store.registry.runs(failed=True)}
+    assert history["card_label"].outcome == "failed" and history["card_label"].error == "RuntimeError: disk full"
+    assert history["card_txn"].outcome == "ok" and history["card_txn"].engine == "spark"  # the stand-in's result
+    for run in history.values():
+        assert run.started_at is not None and run.started_at <= run.finished_at
+    capsys.readouterr()
+    assert main(["runs", "--repo", str(config.root), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert [(r["view"], r["outcome"]) for r in shown] == [
+        (v.name, history[v.name].outcome) for v in store.plan_version().plan.views
+    ]
+    assert main(["runs", "card_label", "--repo", str(config.root)]) == 0
+    out = capsys.readouterr().out
+    assert "disk full" in out and "card_txn" not in out
 
 
 def test_a_view_named_twice_runs_once(config: RepoConfig) -> None:
