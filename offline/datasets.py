@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from features.config import RepoConfig
 from features.functions import FunctionLoader
-from features.plan import EVENT_TIMESTAMP, FeatureRefPlan, Plan, ViewPlan
+from features.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP, FeatureRefPlan, Plan, ViewPlan
 from offline import delta_rs
 from offline.manifest import OUTPUT_FORMATS, DatasetError, Manifest, ViewRead
 from offline.on_demand import add_on_demand, load_functions, on_demand_spec
@@ -97,8 +97,6 @@ def view_table(read: ViewRead, table: Any) -> ViewTable:
 
 def table_columns_read(read: ViewRead) -> list[str]:
     """The columns a join reads of a view's table."""
-    from features.plan import CREATED_TIMESTAMP
-
     return [*read.key_names, *read.features, EVENT_TIMESTAMP, CREATED_TIMESTAMP]
 
 

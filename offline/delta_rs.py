@@ -15,6 +15,10 @@ visible (its data file stays unreferenced until a vacuum).
 from __future__ import annotations
 
 import json
+import os
+import re
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +30,7 @@ if TYPE_CHECKING:
     from deltalake import DeltaTable
 
 LOG = "_delta_log"
+_COMMIT = re.compile(r"^(\d{20})\.json$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,18 +46,43 @@ class Snapshot:
 
 
 def latest_version(path: Path | str) -> int | None:
-    """The table's newest version; None when there is no table at ``path``."""
-    from deltalake import DeltaTable
-
-    if not DeltaTable.is_deltatable(str(path)):
+    """The table's newest version (its highest commit file: a directory listing, where opening the table with
+    delta-rs would replay its log); None when there is no table at ``path``."""
+    try:
+        names = os.listdir(Path(path) / LOG)
+    except OSError:
         return None
-    return int(DeltaTable(str(path)).version())
+    versions = [int(m.group(1)) for m in map(_COMMIT.match, names) if m]
+    return max(versions) if versions else None
+
+
+# Snapshots already loaded, by (path, version, the commit file's mtime): the refusal of a job and the job itself
+# read a version once between them (a table deleted and written again gets new commit files). Read-only: writes
+# open a table of their own (delta-rs moves a table object to the version it commits).
+_snapshots: OrderedDict[tuple[str, int, int], Snapshot] = OrderedDict()
+_snapshots_lock = threading.Lock()
+_SNAPSHOTS_KEPT = 32
 
 
 def snapshot(path: Path | str, version: int) -> Snapshot:
     """The table at ``version``. :class:`UnsupportedTableError` for a table whose reading needs more than what
     skewless's tables use (reader features such as deletion vectors or column mapping, partitions): Spark reads
     those; ``FileNotFoundError`` when the version's log is gone (or never was)."""
+    commit = Path(path) / LOG / f"{version:020d}.json"
+    key = (str(path), version, commit.stat().st_mtime_ns if commit.exists() else 0)
+    with _snapshots_lock:
+        if key in _snapshots:
+            _snapshots.move_to_end(key)
+            return _snapshots[key]
+    loaded = _load(path, version)
+    with _snapshots_lock:
+        _snapshots[key] = loaded
+        while len(_snapshots) > _SNAPSHOTS_KEPT:
+            _snapshots.popitem(last=False)
+    return loaded
+
+
+def _load(path: Path | str, version: int) -> Snapshot:
     import pyarrow as pa
     from deltalake import DeltaTable
     from deltalake.exceptions import DeltaError
@@ -109,11 +139,12 @@ def append(snapshot: Snapshot, rows: pa.Table) -> int:
     from deltalake import CommitProperties, write_deltalake
     from deltalake.exceptions import CommitFailedError
 
+    table = _writable(snapshot)
     try:
-        write_deltalake(snapshot.table, rows, mode="append", commit_properties=CommitProperties(max_commit_retries=0))
+        write_deltalake(table, rows, mode="append", commit_properties=CommitProperties(max_commit_retries=0))
     except CommitFailedError as exc:
         raise _conflict(snapshot, exc) from exc
-    return int(snapshot.table.version())
+    return int(table.version())
 
 
 def merge(snapshot: Snapshot, rows: pa.Table, *, keys: tuple[str, ...], features: tuple[str, ...]) -> int:
@@ -141,9 +172,10 @@ def merge(snapshot: Snapshot, rows: pa.Table, *, keys: tuple[str, ...], features
     )
     changed = " OR ".join(f"({name('t', f)} IS DISTINCT FROM {name('s', f)})" for f in features) or "false"
     updates = {quoted(f): name("s", f) for f in (*features, "published_at")}
+    table = _writable(snapshot)
     try:
         (
-            snapshot.table.merge(
+            table.merge(
                 rows,
                 on,
                 source_alias="s",
@@ -156,7 +188,15 @@ def merge(snapshot: Snapshot, rows: pa.Table, *, keys: tuple[str, ...], features
         )
     except CommitFailedError as exc:
         raise _conflict(snapshot, exc) from exc
-    return int(snapshot.table.version())
+    return int(table.version())
+
+
+def _writable(snapshot: Snapshot) -> DeltaTable:
+    """A table object of the snapshot's version for one write: the write moves it to the version it commits,
+    and the cached snapshot must keep reading its own version."""
+    from deltalake import DeltaTable
+
+    return DeltaTable(snapshot.path, version=snapshot.version)
 
 
 def _conflict(snapshot: Snapshot, exc: Exception) -> CommitConflictError:

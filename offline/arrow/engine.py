@@ -9,7 +9,6 @@ row expressions that the conformance suite holds to Spark's translation, the sam
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
@@ -43,9 +42,6 @@ class ArrowEngine:
 
     def __init__(self, config: RepoConfig) -> None:
         self.config = config
-        # Snapshots of a table version, by (path, version, its commit file's mtime): read once for the refusal
-        # and reused by the join (a table deleted and written again gets new commit files).
-        self._snapshots: dict[tuple[str, int, int], delta_rs.Snapshot] = {}
 
     def refusal(self, job: Job) -> str | None:
         if isinstance(job, Materialization):
@@ -71,7 +67,7 @@ class ArrowEngine:
         return JoinedSet(self.name, add_on_demand_columns(self.config, manifest, table))
 
     def stop(self) -> None:
-        self._snapshots.clear()
+        """Nothing to release: the engine holds no session or connection."""
 
     def _join_refusal(self, job: TrainingSet) -> str | None:
         manifest, entities = job.manifest, job.entities
@@ -92,7 +88,7 @@ class ArrowEngine:
                 if dtype not in _KEY_COLUMN_TYPES or not _KEY_COLUMN_TYPES[dtype](column_type):
                     return f"view '{view.name}' has a {dtype.value} key and the entity column {key!r} is {column_type}"
             try:
-                snapshot = self._snapshot(view.path, view.version)
+                snapshot = delta_rs.snapshot(view.path, view.version)
             except (delta_rs.UnsupportedTableError, OSError) as exc:  # tables the Python reader does not read
                 return f"view '{view.name}': {exc}"
             size += snapshot.size
@@ -101,19 +97,12 @@ class ArrowEngine:
             return f"the feature tables hold {size / 2**20:,.0f} MiB, over offline.arrow_join_max_mb ({limit})"
         return None
 
-    def _snapshot(self, path: str, version: int) -> delta_rs.Snapshot:
-        commit = Path(path) / delta_rs.LOG / f"{version:020d}.json"
-        key = (path, version, commit.stat().st_mtime_ns if commit.exists() else 0)
-        if key not in self._snapshots:
-            self._snapshots[key] = delta_rs.snapshot(path, version)
-        return self._snapshots[key]
-
     def _join(self, manifest: Manifest, entities: pa.Table) -> pa.Table:
         """The feature columns, joined one view at a time so that only one view's table is in memory at once."""
         joined: dict[str, pa.ChunkedArray] = {}
         for view in manifest.views:
             try:
-                table = arrow_join.read_snapshot(self._snapshot(view.path, view.version), table_columns_read(view))
+                table = arrow_join.read_snapshot(delta_rs.snapshot(view.path, view.version), table_columns_read(view))
             except Exception as exc:
                 raise DatasetError(
                     f"cannot read view '{view.name}' at version {view.version} from {view.path}: {exc}"

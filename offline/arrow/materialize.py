@@ -142,7 +142,7 @@ def _problem(config: RepoConfig, view: ViewPlan) -> str | None:
     dtypes = {c.name: c.dtype for c in view.source.columns}
     if any(dtypes.get(name) is not DType.TIMESTAMP for name in times):
         return "its source's time columns are not timestamps in the plan"
-    empty = {c.name: pa_empty(c.dtype) for c in view.source.columns}
+    empty = {c.name: pa.array([], arrow_type(c.dtype)) for c in view.source.columns}
     for feature in view.features:
         try:
             evaluate(feature.expression, empty, 0)
@@ -151,20 +151,14 @@ def _problem(config: RepoConfig, view: ViewPlan) -> str | None:
     return None
 
 
-def pa_empty(dtype: DType) -> pa.Array:
-    return pa.array([], arrow_type(dtype))
-
-
 def _table_problem(config: RepoConfig, view: ViewPlan, path: Path) -> str | None:
     """Why the view's table (if it has one) is not one this module adds to, or None."""
-    version = delta_rs.latest_version(path)
-    if version is None:
-        return None
     try:
         stored = _stored_snapshot(path)
     except (delta_rs.UnsupportedTableError, OSError) as exc:  # tables the Python reader does not read are Spark's
         return str(exc)
-    assert stored is not None
+    if stored is None:
+        return None
     expected = tuple((name, DELTA_TYPES[dtype]) for name, dtype in table_columns(view))
     if stored.columns != expected:
         return f"the table's columns {stored.columns} are not the view's {expected}"
