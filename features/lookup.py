@@ -174,6 +174,12 @@ class Lookup:
         self.key_columns = online_key_columns(views)
         self.key_types = {k.name: k.dtype for v in views for k in v.join_keys}
         self.expected_keys = ", ".join(f"{c} ({self.key_types[c].value})" for c in self.key_columns) or "(none)"
+        #: The request fields the on-demand features read: named when a caller passes one among the entities.
+        self.request_fields = tuple(
+            dict.fromkeys(
+                spec.name for r in self.on_demand for _, spec in plan.on_demand_view(r.view).request_fields()
+            )
+        )
         #: Per view: its TTL in microseconds (None: never expires) and the (output column, type) of each feature.
         self.outputs = tuple(
             (
@@ -194,7 +200,7 @@ class Lookup:
         functions: Mapping[str, Callable[..., Any]] | None = None,
     ) -> LookupResult:
         """Look the features up for ``entities`` (see :func:`lookup`)."""
-        given = _check_entities(entities, self.key_columns, self.key_types, self.expected_keys)
+        given = _check_entities(entities, self.key_columns, self.key_types, self.expected_keys, self.request_fields)
         answers = store.read(self.requests, given) if self.requests else []
         return self._result(answers, given, now, plan_version, request_data, functions)
 
@@ -209,7 +215,7 @@ class Lookup:
     ) -> LookupResult:
         """:meth:`run` on a server's event loop: the store read is awaited when the store can read
         asynchronously (:class:`~features.protocols.AsyncReadableStore`), and blocks otherwise."""
-        given = _check_entities(entities, self.key_columns, self.key_types, self.expected_keys)
+        given = _check_entities(entities, self.key_columns, self.key_types, self.expected_keys, self.request_fields)
         if not self.requests:
             answers = []
         elif _reads_async(store):
@@ -363,10 +369,15 @@ def _request_value(name: str, dtype: DType, value: Any, index: int) -> Any:
 
 
 def _check_entities(
-    entities: Mapping[str, Iterable[Any]], columns: Sequence[str], key_types: Mapping[str, DType], expected: str
+    entities: Mapping[str, Iterable[Any]],
+    columns: Sequence[str],
+    key_types: Mapping[str, DType],
+    expected: str,
+    request_fields: Sequence[str] = (),
 ) -> dict[str, list[Any]]:
     """The entity columns as lists of normalised key values; EntityKeyError names what is wrong (``expected``:
-    the columns and types the request needs, for the messages)."""
+    the columns and types the request needs, ``request_fields``: the fields that belong in ``request_data``,
+    for the messages)."""
     if not isinstance(entities, Mapping):
         raise EntityKeyError(f"entities must map join-key columns to lists of values; expected columns: {expected}")
     missing = [c for c in columns if c not in entities]
@@ -374,7 +385,17 @@ def _check_entities(
         raise EntityKeyError(f"missing entity column(s) {', '.join(missing)}; the requested features need {expected}")
     extra = sorted(str(c) for c in entities if c not in columns)
     if extra:
-        raise EntityKeyError(f"unknown entity column(s) {', '.join(extra)}; the requested features need {expected}")
+        misplaced = [c for c in extra if c in request_fields]
+        hint = (
+            f"; {', '.join(misplaced)} {'is a request field' if len(misplaced) == 1 else 'are request fields'} of "
+            "the on-demand features: pass it in request_data (request_data= in Python, \"request_data\" over HTTP), "
+            "not among the entities"
+            if misplaced
+            else ""
+        )
+        raise EntityKeyError(
+            f"unknown entity column(s) {', '.join(extra)}; the requested features need {expected}{hint}"
+        )
     checked: dict[str, list[Any]] = {}
     lengths: dict[str, int] = {}
     for column in columns:

@@ -91,3 +91,13 @@ def test_bad_request_data_is_a_422_naming_the_field(client: TestClient, request_
     assert answer.status_code == 422, answer.text
     assert message in answer.text
     assert "Traceback" not in answer.text
+
+
+def test_a_request_field_among_the_entities_says_where_it_belongs(client: TestClient) -> None:
+    answer = post(client, {"features": ["check:ratio"], "entities": {"card_id": [1], "amount": [250.0]}})
+    assert answer.status_code == 422, answer.text
+    assert "unknown entity column(s) amount" in answer.text
+    assert "amount is a request field of the on-demand features: pass it in request_data" in answer.text
+    # A column that is neither a key nor a request field gets no such hint.
+    other = post(client, {"features": ["check:ratio"], "entities": {"card_id": [1], "colour": ["red"]}})
+    assert other.status_code == 422 and "request field" not in other.text
