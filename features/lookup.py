@@ -176,9 +176,7 @@ class Lookup:
         self.expected_keys = ", ".join(f"{c} ({self.key_types[c].value})" for c in self.key_columns) or "(none)"
         #: The request fields the on-demand features read: named when a caller passes one among the entities.
         self.request_fields = tuple(
-            dict.fromkeys(
-                spec.name for r in self.on_demand for _, spec in plan.on_demand_view(r.view).request_fields()
-            )
+            dict.fromkeys(spec.name for r in self.on_demand for _, spec in plan.on_demand_view(r.view).request_fields())
         )
         #: Per view: its TTL in microseconds (None: never expires) and the (output column, type) of each feature.
         self.outputs = tuple(
@@ -388,7 +386,7 @@ def _check_entities(
         misplaced = [c for c in extra if c in request_fields]
         hint = (
             f"; {', '.join(misplaced)} {'is a request field' if len(misplaced) == 1 else 'are request fields'} of "
-            "the on-demand features: pass it in request_data (request_data= in Python, \"request_data\" over HTTP), "
+            'the on-demand features: pass it in request_data (request_data= in Python, "request_data" over HTTP), '
             "not among the entities"
             if misplaced
             else ""

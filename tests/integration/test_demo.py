@@ -12,6 +12,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from tests.integration.test_readme import check_python_and_http_blocks
+
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -87,6 +89,8 @@ def test_demo_runs_the_whole_path(tmp_path: Path) -> None:
             timeout=600,
         )
         assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+        # The README's Python and HTTP blocks, as written, on this repository (see tests/integration/test_readme.py).
+        check_python_and_http_blocks(repo, env)
     finally:
         from online.embedded import stop_embedded_server
 

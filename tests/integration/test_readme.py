@@ -1,0 +1,234 @@
+"""The README is a contract: every code block in it runs as written.
+
+Each fenced block is claimed by one check below, and a block no check claims fails the suite, so a snippet
+added to the README without a test cannot land:
+
+- ``# definitions/<file>.py`` blocks are written out as a repository of their own, then planned, applied and
+  evaluated (:func:`test_the_definition_files_plan_apply_and_compute`);
+- the ``## Python`` block and every ``curl`` block run on the example repository after the demo
+  (:func:`check_python_and_http_blocks`, called by ``tests/integration/test_demo.py``, which has it ready);
+- the two commands are the scripts CI runs, and the benchmark commands parse with the benchmark's own parser.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFINITION_FILE = re.compile(r"\A# (definitions/\w+\.py)\n")
+README_PORT = "localhost:6566"
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    heading: str  # the nearest heading above the block
+    lang: str
+    text: str
+    line: int  # where the block starts in README.md
+
+    @property
+    def lines(self) -> list[str]:
+        return [line for line in self.text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def readme_blocks() -> list[Block]:
+    blocks: list[Block] = []
+    heading, fence, lang, body, start = "", None, "", [], 0
+    for number, line in enumerate((ROOT / "README.md").read_text().splitlines(), start=1):
+        if fence is None and line.startswith("#"):
+            heading = line.lstrip("#").strip()
+        elif fence is None and line.startswith("```"):
+            fence, lang, body, start = line, line[3:].strip(), [], number
+        elif fence is not None and line.startswith("```"):
+            blocks.append(Block(heading, lang, "\n".join(body) + "\n", start))
+            fence = None
+        elif fence is not None:
+            body.append(line)
+    assert fence is None, f"README.md: the block at line {start} is not closed"
+    return blocks
+
+
+def check_of(block: Block) -> str | None:
+    """Which check runs ``block`` (None: none does)."""
+    if block.lang == "python" and DEFINITION_FILE.match(block.text):
+        return "definition file"
+    if block.lang == "python" and block.heading == "Python":
+        return "python"
+    if block.lang == "bash" and block.lines and all(line.startswith("curl ") for line in _commands(block)):
+        return "http"
+    if block.lang == "bash" and _commands(block) == ["bash scripts/demo.sh", "bash scripts/test.sh"]:
+        return "two commands"
+    if block.lang == "bash" and all(line.startswith("bash bench/run.sh") for line in _commands(block)):
+        return "benchmark"
+    return None
+
+
+def _commands(block: Block) -> list[str]:
+    """The commands of a shell block: comments cut, continuation lines kept with their command."""
+    commands: list[str] = []
+    for line in block.text.splitlines():
+        text = line.split("  #")[0].rstrip()
+        if not text or text.startswith("#"):
+            continue
+        if commands and not line.startswith(("bash ", "curl ", "skewless ")):
+            commands[-1] += "\n" + text
+        else:
+            commands.append(text)
+    return commands
+
+
+def test_every_block_is_run_by_a_check() -> None:
+    blocks = readme_blocks()
+    unclaimed = [f"line {b.line} ({b.lang}, under '{b.heading}')" for b in blocks if check_of(b) is None]
+    assert not unclaimed, "README blocks no test runs (add them to a check in this file): " + "; ".join(unclaimed)
+    kinds = {check_of(b) for b in blocks}
+    assert kinds == {"definition file", "python", "http", "two commands", "benchmark"}, kinds
+
+
+def test_the_two_commands_are_what_ci_runs() -> None:
+    assert "bash scripts/test.sh" in (ROOT / ".ci" / "run").read_text().splitlines()
+    for script in ("scripts/demo.sh", "scripts/test.sh"):
+        assert (ROOT / script).is_file()
+    # scripts/demo.sh runs the command tests/integration/test_demo.py runs.
+    assert "skewless demo" in (ROOT / "scripts" / "demo.sh").read_text()
+
+
+def test_the_benchmark_commands_parse() -> None:
+    from bench.run import parse_args
+
+    commands = [c for b in readme_blocks() if check_of(b) == "benchmark" for c in _commands(b)]
+    assert commands
+    for command in commands:
+        parse_args(command.split()[2:])  # argparse exits (a failure here) on an unknown or malformed option
+
+
+def test_the_command_table_lists_every_command() -> None:
+    """The README's command table and the parser agree: no command missing from either."""
+    from features.cli import build_parser
+
+    listed = set(re.findall(r"^\| `skewless ([a-z-]+)", (ROOT / "README.md").read_text(), re.MULTILINE))
+    actions = [a for a in build_parser()._actions if a.__class__.__name__ == "_SubParsersAction"]
+    commands = set(actions[0].choices)  # type: ignore[attr-defined]
+    assert listed == commands, f"only in the README: {listed - commands}; only in the parser: {commands - listed}"
+
+
+def test_the_definition_files_plan_apply_and_compute(tmp_path: Path) -> None:
+    """The tour's files, written as printed next to the example's entities and skewless.yaml, form a repository
+    that plans and applies; its on-demand features compute what their definitions say (plain-Python oracle)."""
+    repo = tmp_path / "repo"
+    (repo / "definitions").mkdir(parents=True)
+    shutil.copy(ROOT / "definitions" / "entities.py", repo / "definitions" / "entities.py")
+    shutil.copy(ROOT / "skewless.yaml", repo / "skewless.yaml")
+    (repo / "definitions" / "__init__.py").write_text("")
+    written = []
+    for block in readme_blocks():
+        match = DEFINITION_FILE.match(block.text)
+        if block.lang == "python" and match:
+            (repo / match.group(1)).write_text(block.text)
+            written.append(match.group(1))
+    assert len(written) == len(set(written)) >= 4, written
+    script = """
+import json, sys
+import pyarrow as pa
+from definitions._example_data import create_example_data
+from features import FeatureStore
+from features.functions import FunctionLoader
+from features.on_demand import compute
+
+repo = sys.argv[1]
+create_example_data(f"sqlite:///{repo}/.skewless/data/payments.db", cards=20, merchants=5, payments=200)
+store = FeatureStore(repo)
+applied = store.apply()
+plan = applied.version.plan
+functions = FunctionLoader(f"{repo}/definitions").functions_for(plan)
+inputs = {
+    "payment.amount": pa.array([25.0, 12.5, None, -3.0]),
+    "payment.fx_rate": pa.array([1.0, 0.92, 1.0, 1.0]),
+    "card_last_payment.amount_eur": pa.array([50.0, 0.0, 10.0, None]),
+    "card_last_payment.amount": pa.array([50.0, 0.0, 10.0, None]),
+}
+out = {"views": sorted(v.name for v in plan.views), "services": sorted(s.name for s in plan.services)}
+for view in plan.on_demand_views:
+    names = [f.name for f in view.features]
+    columns = compute(view, names, inputs, 4, functions.get(view.name))
+    out[view.name] = {name: columns[name].to_pylist() for name in names}
+print(json.dumps(out))
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SKEWLESS_", "PAYMENTS_"))}
+    env["PYTHONPATH"] = f"{repo}{os.pathsep}{ROOT}"
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(repo)], cwd=repo, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert got["views"] == ["card_last_payment", "card_spend"] and got["services"] == ["fraud_model"]
+    # Oracle: the expressions and the function of the README, computed by hand.
+    amounts, rates, last = [25.0, 12.5, None, -3.0], [1.0, 0.92, 1.0, 1.0], [50.0, 0.0, 10.0, None]
+    # if_else(null, a, b) gives b (SQL's CASE WHEN); arithmetic over a null is null.
+    expected_ratio = [
+        (None if a is None else a * r / e) if e is not None and e > 0 else 0.0
+        for a, r, e in zip(amounts, rates, last, strict=True)
+    ]
+    assert got["payment_checks"]["vs_last_payment"] == pytest.approx(expected_ratio)
+    usable = [a if a is not None and a > 0 else None for a in amounts]
+    assert got["payment_shape"]["is_round"] == [None if a is None else a % 1 == 0 for a in usable]
+    assert got["payment_shape"]["log10_amount"] == pytest.approx([None if a is None else math.log10(a) for a in usable])
+
+
+def check_python_and_http_blocks(repo: Path, env: dict[str, str]) -> None:
+    """Run the ``## Python`` block and every ``curl`` block on ``repo``, the example repository after the demo
+    (its data and tables exist). The curl blocks run against ``skewless serve`` on a free port, the one change
+    made to them: the README's port, 6566, may be taken on a test machine."""
+    blocks = readme_blocks()
+    python = [b for b in blocks if check_of(b) == "python"]
+    assert len(python) == 1
+    done = subprocess.run(
+        [sys.executable, "-c", python[0].text], cwd=repo, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, f"README line {python[0].line}: " + done.stderr[-3000:]
+    assert re.search(r"^\(2, \d+\) \(2, \d+\)$", done.stdout, re.MULTILINE), done.stdout[-2000:]
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "features.cli", "serve", "--repo", str(repo), "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                    break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, "skewless serve did not start"
+                time.sleep(0.3)
+        for block in (b for b in blocks if check_of(b) == "http"):
+            assert README_PORT in block.text, f"README line {block.line}: the curl block uses another port"
+            command = block.text.replace(README_PORT, f"127.0.0.1:{port}")
+            answer = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=60)
+            assert answer.returncode == 0, f"README line {block.line}: {answer.stderr}"
+            body = json.loads(answer.stdout)
+            assert body.get("features"), f"README line {block.line}: {answer.stdout[:2000]}"
+            for column, values in body["features"].items():
+                assert len(values["values"]) == 2 and len(values["statuses"]) == 2, column
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
