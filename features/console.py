@@ -8,7 +8,14 @@ from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 # soft_wrap: messages keep their lines (paths, file:line) whatever the terminal width.
@@ -56,6 +63,7 @@ def progress_bars() -> Iterator[RichProgress]:
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
+        TimeRemainingColumn(),  # an ETA for the phases whose total is known (keys to publish)
         console=console,
         transient=False,
     ) as progress:

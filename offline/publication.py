@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from features.errors import MaterializationError
 from features.plan import ViewPlan
-from features.protocols import OnlineStore, Publication
+from features.protocols import OnlineStore, Progress, Publication
 from offline.errors import error_summary
 from offline.tables import commit_time
 
@@ -50,6 +50,63 @@ def already_live(online: OnlineStore, view: ViewPlan, path: Path, version: int) 
         return False
     committed = commit_time(path, version)
     return committed is not None and live.published_at > committed
+
+
+class RunProgress:
+    """One view's run as one progress bar per phase, so rows read and keys published are never added into one
+    total: ``<view>: source rows read``, then ``<view>: keys published`` (with a total, hence an ETA, when the
+    engine knows how many keys it publishes). Does nothing without a ``progress``."""
+
+    def __init__(self, progress: Progress | None, view: ViewPlan) -> None:
+        self._progress = progress
+        self._reading = f"{view.name}: source rows read"
+        self._publishing = f"{view.name}: keys published"
+        self._started: list[str] = []  # the bars started and not finished yet
+
+    def reading(self) -> None:
+        """The run starts reading its source (the bar shows the time spent)."""
+        self._start(self._reading, None)
+
+    def read(self, rows: int) -> None:
+        """The run read ``rows`` source rows: its reading bar is complete."""
+        if self._reading not in self._started:
+            self.reading()
+        if self._progress is not None:
+            self._progress.advance(self._reading, rows)
+            self._progress.finish(self._reading)
+        self._started.remove(self._reading)
+
+    def publishing(self, total: int | None) -> None:
+        self._start(self._publishing, total)
+
+    def published(self, keys: int) -> None:
+        if self._progress is not None:
+            self._progress.advance(self._publishing, keys)
+
+    def finish(self) -> None:
+        """The run is over: every bar still open is complete."""
+        if self._progress is not None:
+            for task in self._started:
+                self._progress.finish(task)
+        self._started.clear()
+
+    def _start(self, task: str, total: int | None) -> None:
+        if self._progress is not None:
+            self._progress.start(task, total)
+        if task not in self._started:
+            self._started.append(task)
+
+    def counted(self, write: Callable[[Publication], int]) -> Callable[[Publication], int]:
+        """``write`` (see :func:`publish_unless_live`) with its keys counted on the publishing bar, for an
+        engine that learns how many only when they are written (Spark writes them from its executors)."""
+
+        def counted_write(publication: Publication) -> int:
+            self.publishing(None)
+            keys = write(publication)
+            self.published(keys)
+            return keys
+
+        return counted_write
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,11 +145,23 @@ def publish_unless_live(
     return Published(rows, committed)
 
 
-def write_from_here(latest: Callable[[], pa.Table]) -> Callable[[Publication], int]:
+def write_from_here(latest: Callable[[], pa.Table], run: RunProgress) -> Callable[[Publication], int]:
     """A ``write`` for :func:`publish_unless_live` that stages the rows ``latest()`` returns (one row per entity,
     the columns a :class:`~features.protocols.Publication` takes) from this process: what the Arrow engine
-    publishes. ``latest`` runs only when something is published."""
-    return lambda publication: publication.write(latest().to_batches(PUBLISH_BATCH))
+    publishes, batch by batch on ``run``'s publishing bar. ``latest`` runs only when something is published."""
+
+    def write(publication: Publication) -> int:
+        rows = latest()
+        run.publishing(rows.num_rows)
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            for batch in rows.to_batches(PUBLISH_BATCH):
+                yield batch
+                run.published(batch.num_rows)  # the publication took the batch
+
+        return publication.write(batches())
+
+    return write
 
 
 # Rows per batch handed to a publication from this process (a Spark executor hands it Arrow's batches).

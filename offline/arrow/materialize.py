@@ -36,7 +36,7 @@ from offline import delta_rs
 from offline.arrow import source as arrow_source
 from offline.arrow.codes import column_codes, micros
 from offline.arrow.join import DELTA_TYPES, read_snapshot
-from offline.publication import Published, publish_unless_live, write_from_here
+from offline.publication import Published, RunProgress, publish_unless_live, write_from_here
 from offline.tables import STATS_PROPERTY, RowCounts, row_columns, stats_columns, table_columns, table_path
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,8 @@ def materialize(
     accepted."""
 
     began = time.monotonic()
+    run = RunProgress(progress, view)
+    run.reading()
     path = table_path(config, view)
     stored = _stored_snapshot(path)
     uri = arrow_source.libpq_uri(config.connection_url(view.source.connection))
@@ -82,10 +84,7 @@ def materialize(
         if stored_rows is None
         else _compare(view, rows, stored_rows)
     )
-    task = f"materialize {view.name}"
-    if progress is not None:
-        progress.start(task, total=None)
-        progress.advance(task, counts.read)
+    run.read(counts.read)
     log.info("view '%s': read %d source row(s) from '%s'", view.name, counts.read, view.source.name)
     counts.warn(view.name)
     written = _write(view, path, stored, change, datetime.now(UTC))
@@ -111,12 +110,9 @@ def materialize(
 
         created = stored is None
         outcome = publish_unless_live(
-            view, path, version, online, write_from_here(latest), created=created, republish=republish
+            view, path, version, online, write_from_here(latest, run), created=created, republish=republish
         )
-        if progress is not None:
-            progress.advance(task, outcome.rows)
-    if progress is not None:
-        progress.finish(task)
+    run.finish()
     return MaterializationResult(
         view=view.name,
         rows_read=counts.read,

@@ -22,7 +22,7 @@ from features.errors import MaterializationError, SkewlessError
 from features.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP, Plan, ViewPlan
 from features.protocols import MaterializationResult, OnlineStore, Progress, Publication, iter_batches
 from offline.errors import error_summary
-from offline.publication import Published, phase, publish_unless_live, published
+from offline.publication import Published, RunProgress, phase, publish_unless_live, published
 from offline.spark import windows
 from offline.spark.jdbc import quote_spark, read_source, spark_type
 from offline.spark.tables import prepare_rows, read_table, table_version, write_rows
@@ -106,9 +106,8 @@ def materialize(
     if view.is_windowed:
         return materialize_windowed(spark, config, view, start=start, end=end, online=online, progress=progress)
     began = time.monotonic()
-    task = f"materialize {view.name}"
-    if progress is not None:
-        progress.start(task, total=None)
+    run = RunProgress(progress, view)
+    run.reading()
     url = config.connection_url(view.source.connection)
     with phase(view, "checking the source schema"):
         source = read_source(spark, view.source, url, start, end)  # the schema check happens here
@@ -129,8 +128,7 @@ def materialize(
         ) from exc
     rows_read, written = outcome.counts.read, outcome.rows_written
     log.info("view '%s': read %d source row(s) from '%s'", view.name, rows_read, view.source.name)
-    if progress is not None:
-        progress.advance(task, rows_read)
+    run.read(rows_read)
     log.info("view '%s': %d row(s) inserted or updated in %s (version %s)", view.name, written, path, version)
 
     publication = Published()
@@ -140,14 +138,11 @@ def materialize(
             path,
             version,
             online,
-            _write_from_executors(spark, view, path, version),
+            run.counted(_write_from_executors(spark, view, path, version)),
             created=outcome.created_version is not None,
             republish=republish,
         )
-        if progress is not None:
-            progress.advance(task, publication.rows)
-    if progress is not None:
-        progress.finish(task)
+    run.finish()
     return MaterializationResult(
         view=view.name,
         rows_read=rows_read,
@@ -175,9 +170,8 @@ def materialize_windowed(
     Reads the source rows of the new ticks only; the windows reach back through the stored tiles.
     """
     began = time.monotonic()
-    task = f"materialize {view.name}"
-    if progress is not None:
-        progress.start(task, total=None)
+    run = RunProgress(progress, view)
+    run.reading()
     path = table_path(config, view)
     tiles_at = windows.tiles_path(path)
     ticks = windows.plan_ticks(view, read_through(path), start, end, datetime.now(UTC))
@@ -191,8 +185,7 @@ def materialize_windowed(
             cached = source.persist()
             rows_read = cached.count()
             log.info("view '%s': read %d source row(s) for the ticks in %s", view.name, rows_read, span)
-            if progress is not None:
-                progress.advance(task, rows_read)
+            run.read(rows_read)
             windows.write_tiles(spark, tiles_at, windows.build_tiles(view, cached), ticks, view)
             cached.unpersist()
             values = windows.values_at_ticks(spark, view, read_table(spark, tiles_at), ticks).persist()
@@ -213,11 +206,8 @@ def materialize_windowed(
     if view.online and online is not None and version is not None and through is not None:
         # Every run publishes a windowed view: its values move with the ticks even when no source row is new.
         write = _write_from_executors(spark, view, path, version, as_of=through)
-        publication = Published(*published(view, version, online, write))
-        if progress is not None:
-            progress.advance(task, publication.rows)
-    if progress is not None:
-        progress.finish(task)
+        publication = Published(*published(view, version, online, run.counted(write)))
+    run.finish()
     return MaterializationResult(
         view=view.name,
         rows_read=rows_read,

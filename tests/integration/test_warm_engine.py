@@ -77,9 +77,9 @@ def test_progress_and_log_records_reach_the_caller(store: FeatureStore, caplog: 
         [result] = store.materialize(["card_profile"], progress=progress)
     assert jobs(store) == before + 1
     assert result.rows_read > 0 and result.online_committed
-    task = "materialize card_profile"
-    assert progress.calls[0] == ("start", task) and progress.calls[-1] == ("finish", task)
-    assert ("advance", task) in progress.calls
+    reading, publishing = "card_profile: source rows read", "card_profile: keys published"
+    assert progress.calls[0] == ("start", reading) and progress.calls[-1] == ("finish", publishing)
+    assert ("advance", reading) in progress.calls and ("advance", publishing) in progress.calls
     relayed = [r for r in caplog.records if r.name == "offline.spark.materialize"]
     assert any(f"read {result.rows_read} source row(s)" in r.getMessage() for r in relayed)
 

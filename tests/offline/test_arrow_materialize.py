@@ -31,6 +31,7 @@ from tests.offline.support import FileOnlineStore, make_plan
 from tests.offline.test_materialize import (
     BASE,
     END,
+    Recorder,
     Row,
     delta_rows,
     expected_latest,
@@ -320,3 +321,23 @@ def test_a_concurrent_commit_fails_the_run_and_changes_nothing(
     again = in_arrow(config, view, store, SPLIT, END)  # the rerun the error asks for
     assert (again.offline_version, again.engine) == (2, "arrow")
     assert delta_rows(spark, path) == expected_table(rows, None, None)
+
+
+def test_progress_shows_each_phase_with_its_own_count(postgres_url: str, tmp_path: Path) -> None:
+    """Rows read and keys published are separate bars; the publishing bar has its total up front (an ETA)."""
+    table = f"txns_{uuid.uuid4().hex[:8]}"
+    rows = source_rows()
+    write_pg_source(postgres_url, table, rows)
+    config = repo(tmp_path, postgres_url)
+    recorder = Recorder()
+    result = in_arrow(config, pg_view(table), FileOnlineStore(tmp_path / "online"), progress=recorder)
+    reading, publishing = "user_txn: source rows read", "user_txn: keys published"
+    assert {task for _, task, _ in recorder.calls} == {reading, publishing}
+    users = {r[0] for r in expected_table(rows, None, None)}  # oracle: one key per user with a valid row
+    assert ("start", publishing, len(users)) in recorder.calls
+    advanced = {
+        t: sum(n for kind, task, n in recorder.calls if kind == "advance" and task == t) for t in (reading, publishing)
+    }
+    assert advanced == {reading: result.rows_read, publishing: len(users)} and result.rows_published == len(users)
+    assert result.rows_read == len(rows)
+    assert [c for c in recorder.calls if c[0] == "finish"] == [("finish", reading, None), ("finish", publishing, None)]
