@@ -1,4 +1,5 @@
-"""The registry: versioned plans and materialization runs in a SQL database, through SQLAlchemy.
+"""The registry: versioned plans, materialization runs and the training sets written to files, in a SQL
+database, through SQLAlchemy.
 
 SQLite file by default, any SQLAlchemy URL (PostgreSQL in production). A plan version is written only when
 the plan's fingerprint differs from the latest one, so applying the same definitions twice is a no-op.
@@ -6,6 +7,7 @@ the plan's fingerprint differs from the latest one, so applying the same definit
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -48,6 +50,20 @@ materialization_runs = sa.Table(
     sa.Column("error", sa.Text, nullable=True),
 )
 
+# Added after the first release: ``create_all`` adds the table to an older registry when it is opened.
+training_sets = sa.Table(
+    "skewless_training_sets",
+    _metadata,
+    sa.Column("set_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("output", sa.Text, nullable=False),
+    sa.Column("manifest", sa.Text, nullable=False),
+    sa.Column("plan_version", sa.Integer, nullable=False),
+    sa.Column("feature_service", sa.String(200), nullable=True),
+    sa.Column("features_json", sa.Text, nullable=False),  # the "view:feature" references, a JSON list
+    sa.Column("rows", sa.BigInteger, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
 
 @dataclass(frozen=True, slots=True)
 class PlanVersion:
@@ -75,8 +91,28 @@ class RunRecord:
     error: str | None = None  # why it failed
 
 
+@dataclass(frozen=True, slots=True)
+class TrainingSetRecord:
+    """A training set written to a file: where (the set and its manifest), from which plan version and
+    features (and the service that named them, if one did), how many rows, and when."""
+
+    output: str
+    manifest: str
+    plan_version: int
+    features: tuple[str, ...]
+    rows: int
+    created_at: datetime
+    feature_service: str | None = None
+    set_id: int | None = None  # the registry's number for it, once recorded
+
+    @property
+    def views(self) -> tuple[str, ...]:
+        """The views its features come from, in the order they are first named."""
+        return tuple(dict.fromkeys(ref.partition(":")[0] for ref in self.features))
+
+
 class Registry:
-    """Plan versions and run history in one SQL database."""
+    """Plan versions, run history and training sets in one SQL database."""
 
     def __init__(self, url: str) -> None:
         if url.startswith("sqlite:///"):
@@ -146,6 +182,38 @@ class Registry:
                 for row in conn.execute(query)
             ]
 
+    def record_training_set(self, record: TrainingSetRecord) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                training_sets.insert().values(
+                    output=record.output,
+                    manifest=record.manifest,
+                    plan_version=record.plan_version,
+                    feature_service=record.feature_service,
+                    features_json=json.dumps(list(record.features)),
+                    rows=record.rows,
+                    created_at=record.created_at,
+                )
+            )
+
+    def training_sets(self) -> list[TrainingSetRecord]:
+        """Every training set recorded, oldest first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(training_sets).order_by(training_sets.c.set_id)).all()
+        return [
+            TrainingSetRecord(
+                output=row.output,
+                manifest=row.manifest,
+                plan_version=row.plan_version,
+                features=tuple(json.loads(row.features_json)),
+                rows=row.rows,
+                created_at=_aware(row.created_at),
+                feature_service=row.feature_service,
+                set_id=row.set_id,
+            )
+            for row in rows
+        ]
+
     def materialized_storage(self) -> set[tuple[str, str]]:
         """(view, storage fingerprint) pairs that have data: what a breaking change would orphan."""
         query = (
@@ -164,8 +232,12 @@ class Registry:
             raise RegistryError(f"cannot read the registry: {exc}") from exc
         if row is None:
             return None
-        applied_at = row.applied_at if row.applied_at.tzinfo else row.applied_at.replace(tzinfo=UTC)
-        return PlanVersion(row.version, row.fingerprint, applied_at, Plan.from_json(row.plan_json))
+        return PlanVersion(row.version, row.fingerprint, _aware(row.applied_at), Plan.from_json(row.plan_json))
+
+
+def _aware(value: datetime) -> datetime:
+    """A time read back from the registry, in UTC: SQLite keeps no time zone."""
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def _as_row(record: RunRecord) -> dict[str, object]:

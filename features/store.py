@@ -31,7 +31,7 @@ from features.functions import FunctionLoader
 from features.plan import Plan, ViewPlan
 from features.plugins import load_plugin
 from features.protocols import MaterializationResult, OfflineEngine, OnlineStore, Progress
-from features.registry import PlanVersion, Registry, RunRecord
+from features.registry import PlanVersion, Registry, RunRecord, TrainingSetRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,7 +210,7 @@ class FeatureStore:
         """
         version = self.plan_version()
         refs = version.plan.select(features=features, feature_service=feature_service)
-        return self.offline.training_dataset(
+        result = self.offline.training_dataset(
             version.plan,
             version.version,
             entities,
@@ -218,6 +218,28 @@ class FeatureStore:
             timestamp_column=timestamp_column,
             output=output,
             output_format=output_format,
+        )
+        if output is not None:  # a set written with its manifest: the catalog lists it in its views' lineage
+            self._record_training_set(output, version.version, refs, feature_service, result)
+        return result
+
+    def _record_training_set(
+        self, output: str, plan_version: int, refs: Sequence[Any], feature_service: str | None, result: Any
+    ) -> None:
+        from pathlib import Path
+
+        rows = len(result) if hasattr(result, "__len__") else result.count()  # pandas, Arrow; Spark
+        path = str(Path(output).resolve())
+        self.registry.record_training_set(
+            TrainingSetRecord(
+                output=path,
+                manifest=f"{path}.manifest.json",
+                plan_version=plan_version,
+                features=tuple(str(r) for r in refs),
+                rows=int(rows),
+                created_at=datetime.now().astimezone(),
+                feature_service=feature_service,
+            )
         )
 
     def reproduce_training_dataset(self, manifest_path: str, *, output: str | None = None) -> Any:
