@@ -302,6 +302,10 @@ def create_app(
         app.answer_lookup = answer_lookup  # the fast path (see ServingApp); OpenTelemetry needs the routed way
     _add_lookup_routes(app, answer_lookup)
     _add_health_route(app, plans, store)
+    if owned is not None:  # the repository's catalog in the browser, at /ui/ (see serving_api/catalog_ui.py)
+        from serving_api.catalog_ui import create_catalog_app
+
+        app.mount("/ui", create_catalog_app(owned), name="ui")
     return app
 
 

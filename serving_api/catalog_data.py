@@ -273,16 +273,19 @@ def chart_geometry(points: list[dict[str, Any]], numeric: bool) -> dict[str, Any
         def y(value: float) -> float:
             return top + RANGE_HEIGHT * (1 - (value - low) / span)
 
+        bars = [
+            {"x": x, "y_max": y(float(p["max"])), "y_min": y(float(p["min"])), "point": p}
+            for x, p in zip(xs, points, strict=True)
+            if p["min"] is not None and p["max"] is not None
+        ]
         drawing["range"] = {
             "top": top,
             "bottom": top + RANGE_HEIGHT,
             "low": low,
             "high": high,
-            "bars": [
-                {"x": x, "y_max": y(float(p["max"])), "y_min": y(float(p["min"])), "point": p}
-                for x, p in zip(xs, points, strict=True)
-                if p["min"] is not None and p["max"] is not None
-            ],
+            "bars": bars,
+            "max_line": " ".join(f"{b['x']:.1f},{b['y_max']:.1f}" for b in bars),
+            "min_line": " ".join(f"{b['x']:.1f},{b['y_min']:.1f}" for b in bars),
         }
         top += RANGE_HEIGHT + GAP
     drawing["nulls"] = {

@@ -15,7 +15,7 @@ from serving_api.app import ENV_OPENTELEMETRY, ENV_REPO
 def register_serve(subparsers: Any) -> None:
     """Add ``serve`` to the CLI's subcommands."""
     p: argparse.ArgumentParser = subparsers.add_parser(
-        "serve", help="serve online features over HTTP (POST /v1/features, GET /health, /docs)"
+        "serve", help="serve online features over HTTP (POST /v1/features, GET /health, /docs, the catalog at /ui/)"
     )
     p.add_argument("--repo", default=".", help="feature repository folder (default: here)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")

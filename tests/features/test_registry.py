@@ -107,3 +107,33 @@ def test_an_older_registry_gets_the_new_run_columns_and_keeps_its_runs(registry_
     assert registry.materialized_storage() == {("old", "fp1")}  # a failed run orphans nothing
     registry.close()
     Registry(registry_url).close()  # opening it again adds nothing twice
+
+
+def test_training_sets_round_trip_and_an_older_registry_gets_their_table(registry_url: str) -> None:
+    """A registry created before training sets were recorded (no such table) gets the table when opened; what is
+    recorded reads back as written, oldest first, numbered."""
+    import sqlalchemy as sa
+
+    from features.registry import TrainingSetRecord, plan_versions
+
+    if registry_url.startswith("sqlite:///"):
+        Path(registry_url.removeprefix("sqlite:///")).parent.mkdir(parents=True)
+    engine = sa.create_engine(registry_url)
+    plan_versions.to_metadata(sa.MetaData()).create(engine)  # a registry of the first release: no training sets
+    assert "skewless_training_sets" not in sa.inspect(engine).get_table_names()
+    engine.dispose()
+    registry = Registry(registry_url)
+    assert registry.training_sets() == []
+    when = datetime(2024, 3, 1, 12, tzinfo=UTC)
+    first = TrainingSetRecord("/d/a.parquet", "/d/a.parquet.manifest.json", 2, ("v:x", "w:y"), 10, when, "svc")
+    second = TrainingSetRecord("/d/b.parquet", "/d/b.parquet.manifest.json", 3, ("w:y",), 0, when)
+    registry.record_training_set(first)
+    registry.record_training_set(second)
+    registry.close()
+    stored = Registry(registry_url).training_sets()
+    assert [(t.output, t.plan_version, t.features, t.rows, t.feature_service) for t in stored] == [
+        ("/d/a.parquet", 2, ("v:x", "w:y"), 10, "svc"),
+        ("/d/b.parquet", 3, ("w:y",), 0, None),
+    ]
+    assert [t.created_at for t in stored] == [when, when] and stored[0].views == ("v", "w")
+    assert len({t.set_id for t in stored}) == 2
