@@ -11,6 +11,7 @@ from typing import Any
 from features.errors import UnknownNameError
 from features.expressions import Call, Column, Expr, Literal
 from features.plan import FeaturePlan, OnDemandViewPlan, Plan, ViewPlan
+from features.registry import RunRecord
 
 KINDS = ("entities", "views", "services", "features")
 
@@ -116,6 +117,23 @@ def describe(plan: Plan, name: str) -> dict[str, Any]:
                 return {"kind": {"entities": "entity", "services": "service"}[kind], **item}
     known = [v.name for v in _all_views(plan)] + [e.name for e in plan.entities]
     raise UnknownNameError("name", name, [*known, *(s.name for s in plan.services)])
+
+
+def run_summary(record: RunRecord) -> dict[str, Any]:
+    """One run of the registry as ``skewless runs`` and the catalog show it (times to the second)."""
+    started = record.started_at
+    return {
+        "started_at": None if started is None else started.isoformat(timespec="seconds"),
+        "finished_at": record.finished_at.isoformat(timespec="seconds"),
+        "plan_version": record.plan_version,
+        "rows_read": record.rows_read,
+        "rows_written": record.rows_written_offline,
+        "offline_version": record.offline_version,
+        "keys_published": record.rows_published,
+        "engine": record.engine,
+        "outcome": record.outcome,
+        "error": record.error,
+    }
 
 
 def _all_views(plan: Plan) -> list[ViewPlan | OnDemandViewPlan]:

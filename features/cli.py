@@ -12,12 +12,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from features.catalog import KINDS, describe, list_objects
+from features.catalog import KINDS, describe, list_objects, run_summary
 from features.console import console, progress_bars, table
 from features.errors import SkewlessError
 from features.plugins import all_plugins
 from features.protocols import MaterializationResult
-from features.registry import RunRecord
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -265,7 +264,7 @@ def cmd_describe(args: argparse.Namespace) -> int:
         version = store.plan_version()
         described = describe(version.plan, args.name) | {"plan_version": version.version}
         if "storage_fingerprint" in described:  # a stored view: what was materialized, and what is served
-            described["last_runs"] = [_run(r) for r in store.registry.runs(args.name, failed=True)[-5:]]
+            described["last_runs"] = [run_summary(r) for r in store.registry.runs(args.name, failed=True)[-5:]]
             view = version.plan.view(args.name)
             live = store.online_store().live_snapshot(view) if view.online else None
             described["online_snapshot"] = None if live is None else {
@@ -291,7 +290,7 @@ def cmd_describe(args: argparse.Namespace) -> int:
 def cmd_runs(args: argparse.Namespace) -> int:
     with _store(args) as store:
         records = [r for r in store.registry.runs(failed=True) if not args.views or r.view in args.views]
-    runs = [{"view": r.view, **_run(r)} for r in records[-args.last :]] if args.last > 0 else []
+    runs = [{"view": r.view, **run_summary(r)} for r in records[-args.last :]] if args.last > 0 else []
     if args.json:
         print(json.dumps(runs, indent=2))
         return 0
@@ -300,22 +299,6 @@ def cmd_runs(args: argparse.Namespace) -> int:
         table(f"Runs ({len(runs)} of {len(records)})", columns, [tuple(map(_cell, r.values())) for r in runs])
     )
     return 0
-
-
-def _run(record: RunRecord) -> dict[str, Any]:
-    started = record.started_at
-    return {
-        "started_at": None if started is None else started.isoformat(timespec="seconds"),
-        "finished_at": record.finished_at.isoformat(timespec="seconds"),
-        "plan_version": record.plan_version,
-        "rows_read": record.rows_read,
-        "rows_written": record.rows_written_offline,
-        "offline_version": record.offline_version,
-        "keys_published": record.rows_published,
-        "engine": record.engine,
-        "outcome": record.outcome,
-        "error": record.error,
-    }
 
 
 def _cell(value: Any) -> str:

@@ -65,7 +65,7 @@ def commit_stats(table: Path, version: int) -> CommitStats | None:
         return None
     actions = [json.loads(line) for line in lines if line.strip()]
     files = [table / unquote(a["add"]["path"]) for a in actions if "add" in a]
-    info = next((a["commitInfo"] for a in actions if "commitInfo" in a), {})
+    info: Any = next((a["commitInfo"] for a in actions if "commitInfo" in a), {})
     stamp = info.get("timestamp") if isinstance(info, dict) else None
     committed_at = datetime.fromtimestamp(stamp / 1000, tz=UTC) if isinstance(stamp, int) else None
     merged: dict[str, ColumnStats] = {}

@@ -15,10 +15,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from features.catalog import describe, list_objects
+from features.catalog import describe, list_objects, run_summary
 from features.errors import SkewlessError, UnknownNameError
 from features.plan import FeatureRefPlan, OnDemandViewPlan, Plan, ViewPlan
-from features.registry import RunRecord, TrainingSetRecord
+from features.registry import TrainingSetRecord
 from features.table_stats import CommitStats, commit_stats, table_dir
 
 if TYPE_CHECKING:
@@ -90,13 +90,10 @@ class Catalog:
     # -- pages ----------------------------------------------------------------------------------------------------
     def index(self) -> dict[str, Any]:
         version, plan = self._plan()
-        last_runs: dict[str, RunRecord] = {}
-        for run in self.store.registry.runs(failed=True):
-            last_runs[run.view] = run
+        last_runs = {run.view: run_summary(run) for run in self.store.registry.runs(failed=True)}  # the newest wins
         views = list_objects(plan, "views")
         for view in views:
-            run = last_runs.get(view["name"])
-            view["last_run"] = None if run is None else _run(run)
+            view["last_run"] = last_runs.get(view["name"])
         return {
             "plan_version": version,
             "entities": list_objects(plan, "entities"),
@@ -140,11 +137,11 @@ class Catalog:
             page["input_refs"] = [str(r) for r in odfv.inputs]
             page["request_fields"] = [f"{s}.{f.name}: {f.dtype.value}" for s, f in odfv.request_fields()]
             return page
-        view = plan.view(name)
-        history = self._history(view)
-        page["runs"] = [_run(r) for r in reversed(self.store.registry.runs(name, failed=True)[-RUNS_SHOWN:])]
-        page["online_snapshot"] = self._freshness(view)
-        page["charts"] = {f.name: feature_chart(history, f.name, f.dtype.is_numeric) for f in view.features}
+        stored = plan.view(name)
+        history = self._history(stored)
+        page["runs"] = [run_summary(r) for r in reversed(self.store.registry.runs(name, failed=True)[-RUNS_SHOWN:])]
+        page["online_snapshot"] = self._freshness(stored)
+        page["charts"] = {f.name: feature_chart(history, f.name, f.dtype.is_numeric) for f in stored.features}
         return page
 
     def service(self, name: str) -> dict[str, Any]:
@@ -300,21 +297,6 @@ def chart_geometry(points: list[dict[str, Any]], numeric: bool) -> dict[str, Any
     drawing["labels"] = [{"x": x, "text": f"v{p['version']}"} for x, p in zip(xs, points, strict=True)]
     drawing["height"] = top + NULL_HEIGHT + 24
     return drawing
-
-
-def _run(record: RunRecord) -> dict[str, Any]:
-    return {
-        "started_at": _time(record.started_at),
-        "finished_at": _time(record.finished_at),
-        "plan_version": record.plan_version,
-        "rows_read": record.rows_read,
-        "rows_written": record.rows_written_offline,
-        "offline_version": record.offline_version,
-        "keys_published": record.rows_published,
-        "engine": record.engine,
-        "outcome": record.outcome,
-        "error": record.error,
-    }
 
 
 def _training_set(record: TrainingSetRecord) -> dict[str, Any]:

@@ -26,8 +26,8 @@ from features.table_stats import table_dir
 from serving_api.app import create_app
 from serving_api.catalog_data import Catalog
 from serving_api.catalog_ui import create_catalog_app
-from tests.serving.catalog_repo import VIEWS, build_repo
 from tests.servers import free_port, wait_for_port
+from tests.serving.catalog_repo import VIEWS, build_repo
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]
 
@@ -95,7 +95,8 @@ def test_each_runs_statistics_are_those_of_the_rows_it_wrote(store: FeatureStore
 
 
 def test_the_feature_page_shows_those_values(store: FeatureStore, client: TestClient) -> None:
-    path = table_dir(store.config, "card_last_payment", store.plan_version().plan.view("card_last_payment").storage_fingerprint)
+    view = store.plan_version().plan.view("card_last_payment")
+    path = table_dir(store.config, view.name, view.storage_fingerprint)
     page = client.get("/features/card_last_payment/amount_eur")
     assert page.status_code == 200
     for version in (0, 1):
