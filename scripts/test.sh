@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The whole test suite on real components: Spark local mode + Delta Lake, redis-server and PostgreSQL
-# (Debian packages, installed here when missing), lint and type checks first.
+# and headless Chromium (Debian packages, installed here when missing), lint and type checks first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
+# The catalog's browser test (tests/serving/test_catalog_ui.py) drives Debian's chromium through Playwright.
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "== installing Debian packages: ${missing[*]}"
   sudo_cmd=""
