@@ -52,7 +52,8 @@ class CommitStats:
 
 
 def table_dir(config: RepoConfig, view: str, storage_fingerprint: str) -> Path:
-    """Where a view's Delta table of one storage fingerprint lives (the layout of ``offline.tables.table_path``)."""
+    """Where a view's Delta table of one storage fingerprint lives: ``<offline path>/<view>/<fingerprint>``, so a
+    definition change that alters stored values starts a new table (``offline.tables.table_path`` for a view)."""
     return config.resolved_offline_path() / view / storage_fingerprint
 
 

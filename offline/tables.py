@@ -18,6 +18,7 @@ from typing import Any
 from features.config import RepoConfig
 from features.dtypes import DType
 from features.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP, PUBLISHED_AT, ViewPlan
+from features.table_stats import table_dir
 from offline import delta_rs
 from offline.sql import quote_spark
 
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 
 def table_path(config: RepoConfig, view: ViewPlan) -> Path:
     """Where the view's Delta table lives."""
-    return config.resolved_offline_path() / view.name / view.storage_fingerprint
+    return table_dir(config, view.name, view.storage_fingerprint)
 
 
 # Delta collects min/max statistics only for these columns (a table property, set when write_rows creates the
