@@ -59,7 +59,7 @@ def table_dir(config: RepoConfig, view: str, storage_fingerprint: str) -> Path:
 
 def commit_stats(table: Path, version: int) -> CommitStats | None:
     """The statistics of the files ``version`` of the table at ``table`` added; None when its commit file is gone
-    (cleaned up) or a file it added is (vacuumed)."""
+    (cleaned up) or a file it added is (vacuumed) before this process read its footer."""
     try:
         lines = (table / _LOG / f"{version:020d}.json").read_text().splitlines()
     except OSError:

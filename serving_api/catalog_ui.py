@@ -120,6 +120,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
     with FeatureStore(args.repo) as store:
         store.plan_version()  # no plan applied: say so now, not on every page
+        store.online_store()  # opened once here, before requests in several threads ask for it (it connects lazily)
         listener = listen_socket(args.host, args.port)
         console.print(f"catalog of {store.config.root} at http://{args.host}:{listener.getsockname()[1]}/")
         server = uvicorn.Server(uvicorn.Config(create_catalog_app(store), log_level="warning"))

@@ -5,6 +5,7 @@ Playwright, the index and the links between objects."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -139,6 +140,14 @@ def test_freshness_and_runs_come_from_the_online_store_and_the_registry(store: F
     assert Catalog(store).view("card_spend")["online_snapshot"] == {"state": "never published"}
 
 
+def test_an_unreachable_online_store_is_said_on_the_page(store: FeatureStore) -> None:
+    config = dataclasses.replace(store.config, online_url=f"redis://127.0.0.1:{free_port()}/0")
+    with FeatureStore(config=config) as down, TestClient(create_catalog_app(down)) as client:
+        page = client.get("/views/card_profile")
+        assert page.status_code == 200  # definitions, runs and charts still render
+        assert "Online store unreachable" in page.text and 'data-feature="credit_limit"' in page.text
+
+
 def test_unknown_names_are_404_pages_naming_the_known_ones(client: TestClient) -> None:
     for url, known in [
         ("/views/nope", "card_profile"),
@@ -167,13 +176,18 @@ def test_the_catalog_is_served_under_ui_by_serve(store: FeatureStore) -> None:
 def catalog_url(store: FeatureStore) -> Iterator[str]:
     """``skewless ui`` on a free port, as a user starts it."""
     port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "features.cli", "ui", "--repo", str(store.config.root), "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    log = store.config.root / "ui.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "features.cli", "ui", "--repo", str(store.config.root), "--port", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
-        wait_for_port(port)
+        try:
+            wait_for_port(port)
+        except Exception:
+            raise AssertionError(f"skewless ui did not start: {log.read_text()}") from None
         yield f"http://127.0.0.1:{port}"
     finally:
         process.terminate()
