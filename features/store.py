@@ -220,15 +220,17 @@ class FeatureStore:
             output_format=output_format,
         )
         if output is not None:  # a set written with its manifest: the catalog lists it in its views' lineage
-            self._record_training_set(output, version.version, refs, feature_service, result)
+            self._record_training_set(output, version.version, refs, feature_service)
         return result
 
     def _record_training_set(
-        self, output: str, plan_version: int, refs: Sequence[Any], feature_service: str | None, result: Any
+        self, output: str, plan_version: int, refs: Sequence[Any], feature_service: str | None
     ) -> None:
         from pathlib import Path
 
-        rows = len(result) if hasattr(result, "__len__") else result.count()  # pandas, Arrow; Spark
+        import pyarrow.parquet as pq
+
+        rows = pq.read_metadata(output).num_rows  # the file's footer: whatever form the set was returned in
         path = str(Path(output).resolve())
         self.registry.record_training_set(
             TrainingSetRecord(

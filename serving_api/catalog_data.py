@@ -154,6 +154,7 @@ class Catalog:
             **describe(plan, name),
             "views": sorted(lineage.views_read(refs)),
             "stored_views": sorted(v for v in lineage.views_read(refs) if not plan.is_on_demand(v)),
+            "on_demand_views": sorted(v for v in lineage.views_read(refs) if plan.is_on_demand(v)),
             "training_sets": [
                 _training_set(t)
                 for t in lineage.training_sets
