@@ -10,10 +10,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
-import sqlalchemy as sa
 
 from definitions._example_data import create_example_data
 from features.store import FeatureStore
+from tests.servers import new_database
 
 ROOT = Path(__file__).resolve().parents[2]
 VIEWS = ("card_profile", "card_last_payment", "merchant_risk")  # card_spend is windowed: Spark's
@@ -21,19 +21,9 @@ NOW = datetime(2024, 6, 1, tzinfo=UTC)
 SPLIT = NOW - timedelta(days=3)  # the first run reads up to here, the second the rest
 
 
-def fresh_database(postgres_url: str) -> str:
-    """A new database on the test server, so each repository's tables and registry are its own."""
-    name = f"cat_{uuid.uuid4().hex[:10]}"
-    engine = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.exec_driver_sql(f"CREATE DATABASE {name}")
-    engine.dispose()
-    return postgres_url.rsplit("/", 1)[0] + f"/{name}"
-
-
 def build_repo(path: Path, postgres_url: str, redis_url: str) -> FeatureStore:
     """The repository, applied and materialized; its training set is ``<path>/training.parquet``."""
-    database = fresh_database(postgres_url)
+    database = new_database(postgres_url, "cat")
     create_example_data(database, now=NOW, cards=40, merchants=8, payments=400, days=10)
     shutil.copytree(ROOT / "definitions", path / "definitions", ignore=shutil.ignore_patterns("__pycache__"))
     (path / "skewless.yaml").write_text(
