@@ -175,7 +175,10 @@ class OfflineEngine(Protocol):
         online: OnlineStore | None,
         progress: Progress | None = None,
         republish: bool = False,
-    ) -> MaterializationResult: ...
+        plan_version: int | None = None,
+    ) -> MaterializationResult:
+        """With ``plan_version``, the run is recorded in the registry's history by the process that runs it."""
+        ...
 
     def training_dataset(
         self,

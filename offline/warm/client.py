@@ -254,6 +254,7 @@ class WarmEngine:
     log records come back here, and so do errors, with their type."""
 
     name = "warm"
+    remote = True  # the engine records the materializations it runs (offline.warm.server)
 
     def __init__(self, config: RepoConfig) -> None:
         self.config = config
@@ -284,9 +285,20 @@ class WarmEngine:
     ) -> MaterializationResult:
         # The engine publishes to the repository's online store, opened there from the same settings.
         with self._connect() as client:
-            result: MaterializationResult = client.call(
-                "materialize", job, online=online is not None, progress=progress
-            )
+            try:
+                result: MaterializationResult = client.call(
+                    "materialize", job, online=online is not None, progress=progress
+                )
+            except KeyboardInterrupt:
+                # The engine does not stop a job halfway (its Delta commit and online publication are atomic
+                # steps): it finishes the run and records it in the registry.
+                log.warning(
+                    "interrupted: the warm engine (pid %s) finishes %s, which it had started, and records it in the "
+                    "registry ('skewless runs' shows it)",
+                    client.pid,
+                    job,
+                )
+                raise
             return result
 
     def training_set(self, job: TrainingSet) -> JoinedSet:
