@@ -185,10 +185,10 @@ def _table_folders(
             delete, reason = True, "left by a prune that was interrupted"
         elif keeping:
             delete = False
-            reason = f"used by plan version(s) {_versions(keeping)}" + (" (the latest)" if latest in keeping else "")
+            reason = f"used by plan version(s) {versions_text(keeping)}" + (" (the latest)" if latest in keeping else "")
         elif using:
             delete = True
-            reason = f"used only by plan version(s) {_versions(using)}, older than the last {keep_versions} kept"
+            reason = f"used only by plan version(s) {versions_text(using)}, older than the last {keep_versions} kept"
         else:
             delete, reason = True, "no plan version uses it"
         found.append(TableFolder(view_name, name, path, _folder_bytes(path), delete, reason))
@@ -330,7 +330,7 @@ def human_size(size: int) -> str:
     raise AssertionError("unreachable")
 
 
-def _versions(numbers: Sequence[int]) -> str:
+def versions_text(numbers: Sequence[int]) -> str:
     """``[1, 2, 3, 5]`` -> ``"1-3, 5"``."""
     runs: list[list[int]] = []
     for n in sorted(numbers):

@@ -367,12 +367,12 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 def print_prune(plan) -> None:  # type: ignore[no-untyped-def]
     """What prune deletes and keeps, and why: tables, online keys, then the training sets it makes unreproducible."""
-    from features.cleanup import human_size
+    from features.cleanup import human_size, versions_text
 
     action = {True: "delete", False: "keep"}
     console.print(
         table(
-            f"Delta tables (plan versions {plan.protected[0]}-{plan.latest} protect them)",
+            f"Delta tables (plan version(s) {versions_text(plan.protected)} protect them)",
             ["view", "table", "size", "action", "why"],
             [(t.view, t.fingerprint, human_size(t.bytes), action[t.delete], t.reason) for t in plan.tables],
         )
