@@ -185,7 +185,8 @@ def _table_folders(
             delete, reason = True, "left by a prune that was interrupted"
         elif keeping:
             delete = False
-            reason = f"used by plan version(s) {versions_text(keeping)}" + (" (the latest)" if latest in keeping else "")
+            latest_too = " (the latest)" if latest in keeping else ""
+            reason = f"used by plan version(s) {versions_text(keeping)}{latest_too}"
         elif using:
             delete = True
             reason = f"used only by plan version(s) {versions_text(using)}, older than the last {keep_versions} kept"

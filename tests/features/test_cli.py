@@ -63,4 +63,5 @@ def test_the_cli_has_every_command() -> None:
     from features.cli import build_parser
 
     commands = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
-    assert {"init", "plan", "apply", "materialize", "dataset", "serve", "demo", "stop", "prune", "teardown"} <= set(commands)
+    expected = {"init", "plan", "apply", "materialize", "dataset", "serve", "demo", "stop", "prune", "teardown"}
+    assert expected <= set(commands)

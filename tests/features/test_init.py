@@ -166,7 +166,7 @@ def test_plan_says_removed_views_orphan_their_data_and_renamed_ones_start_empty(
         )
     edited = (
         RENAMED_AND_CHANGED.replace("card_n = ", "card_count = ")  # renamed
-        .replace("card_label = FeatureView(entities=[card], source=txns, features=[Feature(\"label\", String)])\n", "")
+        .replace('card_label = FeatureView(entities=[card], source=txns, features=[Feature("label", String)])\n', "")
         .replace("amount * fx_rate", "amount * 2")  # changed
     )
     make_repo({"entities.py": ENTITIES, "views.py": edited})

@@ -46,9 +46,7 @@ from features import Feature, FeatureView, Float64, Int64, SqlSource
 from repo_defs.entities import customer
 orders = SqlSource(connection="main", table="{TABLE}", timestamp="ts")
 """
-    body = "".join(
-        VIEW.format(name=n, feature=f, dtype=d, expr=f", expr={e!r}" if e else "") for n, f, d, e in specs
-    )
+    body = "".join(VIEW.format(name=n, feature=f, dtype=d, expr=f", expr={e!r}" if e else "") for n, f, d, e in specs)
     return head + body
 
 
