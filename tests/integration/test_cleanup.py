@@ -26,6 +26,7 @@ from features.config import RepoConfig
 from features.errors import CleanupError, OnlineStoreError
 from features.store import FeatureStore
 from online.embedded import server_info
+from tests.servers import fresh_database
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
@@ -69,15 +70,6 @@ def source(postgres_url: str) -> str:
                 [(c, datetime(2024, 1, d, 12), 10.0 * c + d, c + d) for c in range(1, 6) for d in range(1, 4)],
             )
     return postgres_url
-
-
-def fresh_database(postgres_url: str) -> str:
-    name = f"reg_{uuid.uuid4().hex[:8]}"
-    engine = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.exec_driver_sql(f"CREATE DATABASE {name}")
-    engine.dispose()
-    return postgres_url.rsplit("/", 1)[0] + f"/{name}"
 
 
 @pytest.fixture
@@ -138,7 +130,9 @@ def served(plans: list[dict[str, Any]]) -> set[str]:
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def registry_url(request: pytest.FixtureRequest, tmp_path: Path, postgres_url: str) -> str:
-    return f"sqlite:///{tmp_path / 'registry.db'}" if request.param == "sqlite" else fresh_database(postgres_url)
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'registry.db'}"
+    return fresh_database(postgres_url, f"reg_{uuid.uuid4().hex[:8]}")
 
 
 def test_prune_deletes_what_no_protected_plan_version_uses_and_teardown_everything_of_the_repo(
