@@ -103,9 +103,11 @@ class Deleted:
     """What a prune or teardown deleted so far (said in full when it stops part way)."""
 
     items: list[str] = field(default_factory=list)
+    report: Callable[[str], None] = lambda _: None
 
     def add(self, what: str) -> None:
         self.items.append(what)
+        self.report(what)
 
     def summary(self) -> str:
         return "; ".join(self.items) if self.items else "nothing"
@@ -274,13 +276,14 @@ def check_teardown(config: RepoConfig) -> None:
         )
 
 
-def teardown(store: FeatureStore, *, advance: Callable[[str], None] = lambda _: None) -> Deleted:
+def teardown(store: FeatureStore, *, report: Callable[[str], None] = lambda _: None) -> Deleted:
     """Delete everything the repository stored: its online keys, its services' state (warm engine, embedded online
     server: the ``skewless.teardown`` plugins), its Delta tables (offline.path) and, last, its registry, so a
-    teardown that stops part way can be run again. Definitions and ``skewless.yaml`` stay."""
+    teardown that stops part way can be run again. Definitions and ``skewless.yaml`` stay. ``report`` is told
+    each thing deleted as soon as it is."""
     config = store.config
     check_teardown(config)
-    deleted = Deleted()
+    deleted = Deleted(report=report)
     current = ""
     try:
         current = "deleting the online keys"
@@ -289,7 +292,6 @@ def teardown(store: FeatureStore, *, advance: Callable[[str], None] = lambda _: 
             for view in online.stored_views():
                 current = f"deleting the online keys of view '{view.name}'"
                 deleted.add(f"{online.delete_view(view.name)} online key(s) of view '{view.name}'")
-                advance("online views")
         online.close()
         for name, stop in sorted(all_plugins("skewless.teardown").items()):
             current = f"stopping the repository's {name} service"
@@ -305,7 +307,6 @@ def teardown(store: FeatureStore, *, advance: Callable[[str], None] = lambda _: 
         current = "dropping the registry"
         store.registry.drop()
         deleted.add(f"the registry ({_redacted(config.resolved_registry_url())})")
-        advance("registry")
     except Exception as exc:
         raise CleanupError(
             f"teardown stopped while {current}: {exc}. Deleted before that: {deleted.summary()}. Run it again to "

@@ -370,22 +370,27 @@ def print_prune(plan) -> None:  # type: ignore[no-untyped-def]
     from features.cleanup import human_size, versions_text
 
     action = {True: "delete", False: "keep"}
-    console.print(
-        table(
-            f"Delta tables (plan version(s) {versions_text(plan.protected)} protect them)",
-            ["view", "table", "size", "action", "why"],
-            [(t.view, t.fingerprint, human_size(t.bytes), action[t.delete], t.reason) for t in plan.tables],
+    protecting = f"plan version(s) {versions_text(plan.protected)} protect them"
+    if plan.tables:
+        console.print(
+            table(
+                f"Delta tables ({protecting})",
+                ["view", "table", "size", "action", "why"],
+                [(t.view, t.fingerprint, human_size(t.bytes), action[t.delete], t.reason) for t in plan.tables],
+            )
         )
-    )
-    console.print(
-        table(
-            "Online keys",
-            ["view", "keys", "snapshots", "action", "why"],
-            [(v.view, v.keys, v.snapshots, action[v.delete], v.reason) for v in plan.online],
+    else:
+        console.print(f"no Delta tables ({protecting})")
+    if plan.online:
+        console.print(
+            table(
+                "Online keys",
+                ["view", "keys", "snapshots", "action", "why"],
+                [(v.view, v.keys, v.snapshots, action[v.delete], v.reason) for v in plan.online],
+            )
         )
-    )
-    if plan.online_store:
-        console.print(plan.online_store)
+    else:
+        console.print(plan.online_store or "no online keys")
     for path, version in plan.unreproducible:
         console.print(f"[yellow]would make unreproducible: {path} (a training set of plan version {version})[/]")
 
@@ -412,9 +417,10 @@ def cmd_teardown(args: argparse.Namespace) -> int:
         if answer.strip() != config.project:
             console.print("not confirmed: nothing was deleted")
             return 1
-    with _store(args) as store, progress_bars() as progress:
-        deleted = teardown(store, advance=progress.advance)
-    console.print(table(f"Removed from '{config.project}'", ["what"], [(item,) for item in deleted.items]))
+    console.print(f"tearing down '{config.project}':")
+    with _store(args) as store:
+        deleted = teardown(store, report=lambda item: console.print(f"  - {item}"))
+    console.print(f"tore down '{config.project}' ({len(deleted.items)} item(s)); definitions and {CONFIG_FILE} stay")
     return 0
 
 
