@@ -19,6 +19,9 @@ connections:
 
 ``${NAME}`` and ``${NAME:-default}`` are replaced from the environment when the file is read, so secrets stay
 out of the file. Relative SQLite paths are relative to the repository folder.
+
+:data:`SETTINGS` lists every key with its default and meaning: the reader takes its defaults from it and rejects
+keys it does not list, and ``skewless init`` writes the commented reference from it (:func:`reference_yaml`).
 """
 
 from __future__ import annotations
@@ -242,9 +245,11 @@ class RepoConfig:
 
 
 def _check_keys(data: dict[str, Any], section: str | None, source: str) -> None:
-    known = sorted(
-        {s.section or s.key if section is None else s.name for s in SETTINGS if section is None or s.section == section}
-    )
+    """Reject keys of the top level (``section`` None) or of a section that :data:`SETTINGS` does not list."""
+    if section is None:
+        known = sorted({s.section or s.key for s in SETTINGS})
+    else:
+        known = sorted(s.name for s in SETTINGS if s.section == section)
     unknown = sorted(set(map(str, data)) - set(known))
     if unknown:
         where = f" in '{section}'" if section else ""
