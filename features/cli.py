@@ -343,11 +343,11 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
     with _store(args) as store:
         plan = plan_prune(store, keep_versions=args.keep_versions, manifest_dirs=[Path(d) for d in args.manifests])
-        if args.json and not args.yes:
-            print(json.dumps(plan.to_json() | {"deleted": None}, indent=2))
+        if args.json:  # no tables or bars: stdout is the JSON document alone
+            deleted = prune(store, plan).items if args.yes else None
+            print(json.dumps(plan.to_json() | {"deleted": deleted}, indent=2))
             return 0
-        if not args.json:
-            print_prune(plan)
+        print_prune(plan)
         if not args.yes:
             console.print(
                 f"dry run: nothing was deleted. 'skewless prune --yes' deletes {len(plan.doomed_tables)} table(s) "
@@ -357,11 +357,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
         with progress_bars() as progress:
             progress.start("tables", len(plan.doomed_tables))
             progress.start("online views", len(plan.doomed_views))
-            deleted = prune(store, plan, advance=progress.advance)
-    if args.json:
-        print(json.dumps(plan.to_json() | {"deleted": deleted.items}, indent=2))
-    else:
-        console.print(f"deleted: {deleted.summary()}")
+            done = prune(store, plan, advance=progress.advance)
+    console.print(f"deleted: {done.summary()}")
     return 0
 
 

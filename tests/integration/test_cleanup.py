@@ -177,7 +177,10 @@ def test_prune_deletes_what_no_protected_plan_version_uses_and_teardown_everythi
     assert dry["deleted"] is None
 
     # Every plan version protects tables (older training sets stay reproducible); only the latest is served.
-    assert main(["prune", "--repo", repo, "--yes"]) == 0
+    capsys.readouterr()
+    assert main(["prune", "--repo", repo, "--yes", "--json"]) == 0
+    done = json.loads(capsys.readouterr().out)["deleted"]
+    assert sorted(d.split("'")[1] for d in done) == ["view_a", "view_b"]  # "N online key(s) of view 'x'"
     assert tables(config) == before_tables & referenced(plans) == before_tables
     assert views_with_keys(redis_url, project) == served(plans) == {"view_c"}
     assert {k for k in before_keys if k.decode().split(":")[1] in served(plans)} == keys(redis_url, project)
