@@ -238,6 +238,13 @@ def test_prune_and_teardown_with_the_embedded_online_store(
         store.apply()
     before = keys(url, "shop")
 
+    # What an interrupted prune left is finished; a folder not shaped like a table is not prune's to judge.
+    offline = config.resolved_offline_path()
+    leftover = offline / "view_gone" / ".deleting-0123456789abcdef"
+    leftover.mkdir(parents=True)
+    (leftover / "part-0.parquet").write_bytes(b"x" * 10)
+    (offline / "_landing" / "view_a").mkdir(parents=True)
+
     # A prune that fails part way says what it deleted and leaves the rest as it was.
     from online.redis_store import RedisOnlineStore
 
@@ -259,6 +266,8 @@ def test_prune_and_teardown_with_the_embedded_online_store(
     assert "while deleting the online keys of view 'view_c'" in str(failed.value)
     assert "Deleted before that: " in str(failed.value) and "online key(s) of view 'view_b'" in str(failed.value)
     assert keys(url, "shop") == {k for k in before if not k.startswith(b"shop:view_b:")}
+    assert not (offline / "view_gone").exists() and (offline / "_landing" / "view_a").is_dir()
+    assert len(tables(config)) == 3 + 1  # view_a, view_b, view_c and the _landing folder
     monkeypatch.setattr(RedisOnlineStore, "delete_view", real_delete)
 
     assert main(["prune", "--repo", str(config.root), "--yes"]) == 0
@@ -267,11 +276,13 @@ def test_prune_and_teardown_with_the_embedded_online_store(
     # teardown asks for the project name; a wrong answer deletes nothing
     monkeypatch.setattr("builtins.input", lambda prompt: "nope")
     assert main(["teardown", "--repo", str(config.root)]) == 1
-    assert views_with_keys(url, "shop") == {"view_a"} and len(tables(config)) == 3
+    assert views_with_keys(url, "shop") == {"view_a"} and len(tables(config)) == 4
+    (config.state_dir() / "engine").mkdir()  # a warm engine's folder (key, log): teardown's plugin removes it
+    (config.state_dir() / "engine" / "engine.log").write_text("stopped long ago\n")
     monkeypatch.setattr("builtins.input", lambda prompt: "shop")
     assert main(["teardown", "--repo", str(config.root)]) == 0
     assert server_info(config.state_dir()) is None  # stopped
-    assert not (config.state_dir() / "online").exists()
+    assert not (config.state_dir() / "online").exists() and not (config.state_dir() / "engine").exists()
     assert not config.resolved_offline_path().exists() and not (tmp_path / "shop.db").exists()
 
 
