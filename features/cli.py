@@ -106,8 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--keep-versions",
         type=int,
         metavar="N",
-        help="only the last N plan versions protect tables (default: all; older training sets then cannot be "
-        "reproduced: the manifests found are named)",
+        help="only the last N plan versions protect tables (default: all). Training sets of older versions then "
+        "cannot be reproduced; the manifests found under the repository and --manifests folders are named",
     )
     p.add_argument(
         "--manifests", action="append", default=[], metavar="DIR", help="also look for training-set manifests here"
