@@ -116,3 +116,14 @@ def _postgres_user_prefix(tmp: str) -> list[str]:
         return []
     os.chmod(tmp, 0o777)
     return ["runuser", "-u", "postgres", "--"]
+
+
+def fresh_database(postgres_url: str, name: str) -> str:
+    """Create the database ``name`` on the server of ``postgres_url``; returns its SQLAlchemy URL."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    engine.dispose()
+    return postgres_url.rsplit("/", 1)[0] + f"/{name}"

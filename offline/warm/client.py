@@ -38,6 +38,7 @@ import json
 import logging
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 import time
@@ -241,6 +242,17 @@ def stop_engine(config: RepoConfig, *, timeout: float = 60.0) -> bool:
     if _alive(client.pid):
         os.kill(client.pid, 15)
     return True
+
+
+def teardown(config: RepoConfig) -> str | None:
+    """``skewless teardown``'s part here: stop the repository's warm engine and delete its folder (key, log).
+    None when there was neither."""
+    directory = engine_dir(config)
+    if not directory.exists():
+        return None
+    stopped = stop_engine(config)
+    shutil.rmtree(directory)
+    return ("stopped the warm engine and " if stopped else "") + f"deleted its folder {directory}"
 
 
 def _code_root() -> str:

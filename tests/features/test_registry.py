@@ -11,21 +11,14 @@ import pytest
 from features.config import RepoConfig
 from features.registry import Registry, RunRecord
 from features.store import FeatureStore
+from tests.servers import fresh_database
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def registry_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'nested' / 'registry.db'}"
-    base: str = request.getfixturevalue("postgres_url")
-    import sqlalchemy as sa
-
-    name = f"reg_{abs(hash(tmp_path)) % 10**8}"
-    engine = sa.create_engine(base, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.exec_driver_sql(f"CREATE DATABASE {name}")
-    engine.dispose()
-    return base.rsplit("/", 1)[0] + f"/{name}"
+    return fresh_database(request.getfixturevalue("postgres_url"), f"reg_{abs(hash(tmp_path)) % 10**8}")
 
 
 def test_versions_round_trip(make_repo: Callable[..., RepoConfig], registry_url: str) -> None:
