@@ -44,8 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
 
-    p = sub.add_parser("init", help="create a feature repository from the example")
+    p = sub.add_parser("init", help="create a feature repository named after its folder (or the example)")
     p.add_argument("path", nargs="?", default=".", help="folder to create (default: here)")
+    p.add_argument("--example", action="store_true", help="copy the example repository (card fraud) instead")
     p.set_defaults(handler=cmd_init)
 
     p = sub.add_parser("plan", help="show what apply would change in the registry")
@@ -97,6 +98,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON, for scripts")
     p.set_defaults(handler=cmd_describe)
 
+    p = sub.add_parser("prune", help="delete Delta tables and online keys no plan version uses (a dry run first)")
+    _repo_arg(p)
+    p.add_argument("--yes", action="store_true", help="delete (without it: only show what would be deleted)")
+    p.add_argument(
+        "--keep-versions",
+        type=int,
+        metavar="N",
+        help="only the last N plan versions protect tables (default: all). Training sets of older versions then "
+        "cannot be reproduced; the manifests found under the repository and --manifests folders are named",
+    )
+    p.add_argument(
+        "--manifests", action="append", default=[], metavar="DIR", help="also look for training-set manifests here"
+    )
+    p.add_argument("--json", action="store_true", help="print JSON, for scripts")
+    p.set_defaults(handler=cmd_prune)
+
+    p = sub.add_parser("teardown", help="delete the repository's registry, tables and online keys; stop its servers")
+    _repo_arg(p)
+    p.add_argument("--yes", action="store_true", help="do not ask for the project name to confirm")
+    p.set_defaults(handler=cmd_teardown)
+
     for name, register in sorted(all_plugins("skewless.commands").items()):
         register(sub)
         _ = name
@@ -124,8 +146,17 @@ def _store(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    """Copy the example repository (definitions and configuration) into a folder."""
+    """A clean repository named after its folder, or (``--example``) a copy of the example repository."""
     target = Path(args.path).resolve()
+    if not args.example:
+        from features.skeleton import project_name, write_skeleton
+
+        written = write_skeleton(target)
+        console.print(f"created the feature repository '{project_name(target)}' in {target}:")
+        for path in written:
+            console.print(f"  {path.relative_to(target)}")
+        console.print("next: describe your data in definitions/, then 'skewless plan' and 'skewless apply'")
+        return 0
     # The installed example package sits beside this one. Not ``import definitions``: once a repository's
     # definitions were discovered in this process, that name is the repository's folder, not the example.
     source = Path(__file__).resolve().parents[1] / "definitions"
@@ -145,12 +176,17 @@ def print_diff(diff) -> None:  # type: ignore[no-untyped-def]
     if diff.empty:
         console.print("no changes: the registry already holds these definitions")
         return
-    rows = [(c.kind, c.name, c.change, c.detail, "yes" if c.breaking else "") for c in diff.changes]
-    console.print(table("Plan", ["kind", "name", "change", "detail", "re-materialize"], rows))
+    rows = [(c.kind, c.name, c.change, c.detail, c.after_apply) for c in diff.changes]
+    console.print(table("Plan", ["kind", "name", "change", "detail", "after apply"], rows))
     if diff.breaking:
         console.print(
-            f"[yellow]{len(diff.breaking)} change(s) orphan materialized data: run 'skewless materialize' "
-            f"for the views marked above after apply.[/]"
+            f"[yellow]{len(diff.breaking)} change(s) make materialized data stale: run 'skewless materialize' "
+            f"for the views marked re-materialize after apply.[/]"
+        )
+    if diff.orphaning:
+        console.print(
+            f"[yellow]{len(diff.orphaning)} removed view(s) leave orphaned data (Delta tables, online keys): "
+            f"'skewless prune' lists it after apply, and removes it with --yes.[/]"
         )
 
 
@@ -298,6 +334,89 @@ def cmd_runs(args: argparse.Namespace) -> int:
     console.print(
         table(f"Runs ({len(runs)} of {len(records)})", columns, [tuple(map(_cell, r.values())) for r in runs])
     )
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from features.cleanup import plan_prune, prune
+
+    with _store(args) as store:
+        plan = plan_prune(store, keep_versions=args.keep_versions, manifest_dirs=[Path(d) for d in args.manifests])
+        if args.json:  # no tables or bars: stdout is the JSON document alone
+            deleted = prune(store, plan).items if args.yes else None
+            print(json.dumps(plan.to_json() | {"deleted": deleted}, indent=2))
+            return 0
+        print_prune(plan)
+        if not args.yes:
+            console.print(
+                f"dry run: nothing was deleted. 'skewless prune --yes' deletes {len(plan.doomed_tables)} table(s) "
+                f"and the keys of {len(plan.doomed_views)} view(s)"
+            )
+            return 0
+        with progress_bars() as progress:
+            progress.start("tables", len(plan.doomed_tables))
+            progress.start("online views", len(plan.doomed_views))
+            done = prune(store, plan, advance=progress.advance)
+    console.print(f"deleted: {done.summary()}")
+    return 0
+
+
+def print_prune(plan) -> None:  # type: ignore[no-untyped-def]
+    """What prune deletes and keeps, and why: tables, online keys, then the training sets it makes unreproducible."""
+    from features.cleanup import human_size, versions_text
+
+    action = {True: "delete", False: "keep"}
+    protecting = f"plan version(s) {versions_text(plan.protected)} protect them"
+    if plan.tables:
+        console.print(
+            table(
+                f"Delta tables ({protecting})",
+                ["view", "table", "size", "action", "why"],
+                [(t.view, t.fingerprint, human_size(t.bytes), action[t.delete], t.reason) for t in plan.tables],
+            )
+        )
+    else:
+        console.print(f"no Delta tables ({protecting})")
+    if plan.online:
+        console.print(
+            table(
+                "Online keys",
+                ["view", "keys", "snapshots", "action", "why"],
+                [(v.view, v.keys, v.snapshots, action[v.delete], v.reason) for v in plan.online],
+            )
+        )
+    else:
+        console.print(plan.online_store or "no online keys")
+    for path, version in plan.unreproducible:
+        console.print(f"[yellow]would make unreproducible: {path} (a training set of plan version {version})[/]")
+
+
+def cmd_teardown(args: argparse.Namespace) -> int:
+    from features.cleanup import check_teardown, teardown
+    from features.config import CONFIG_FILE, RepoConfig
+    from features.errors import CleanupError
+
+    root = Path(args.repo).resolve()
+    if not (root / CONFIG_FILE).is_file():
+        raise CleanupError(f"{root} is not a skewless repository (no {CONFIG_FILE}); nothing was deleted")
+    config = RepoConfig.load(root)
+    check_teardown(config)
+    if not args.yes:
+        console.print(
+            f"teardown deletes the registry, the Delta tables ({config.resolved_offline_path()}) and the online keys "
+            f"of project '{config.project}', and stops its servers. Definitions and {CONFIG_FILE} stay."
+        )
+        try:
+            answer = input(f"type the project name ({config.project}) to confirm: ")
+        except EOFError:
+            answer = ""
+        if answer.strip() != config.project:
+            console.print("not confirmed: nothing was deleted")
+            return 1
+    console.print(f"tearing down '{config.project}':")
+    with _store(args) as store:
+        deleted = teardown(store, report=lambda item: console.print(f"  - {item}"))
+    console.print(f"tore down '{config.project}' ({len(deleted.items)} item(s)); definitions and {CONFIG_FILE} stay")
     return 0
 
 

@@ -19,12 +19,16 @@ connections:
 
 ``${NAME}`` and ``${NAME:-default}`` are replaced from the environment when the file is read, so secrets stay
 out of the file. Relative SQLite paths are relative to the repository folder.
+
+:data:`SETTINGS` lists every key with its default and meaning: the reader takes its defaults from it and rejects
+keys it does not list, and ``skewless init`` writes the commented reference from it (:func:`reference_yaml`).
 """
 
 from __future__ import annotations
 
 import os
 import re
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +50,73 @@ DEFAULT_ARROW_JOIN_MAX_MB = 1024
 # Arrow in the calling process instead of in Spark (offline/arrow/materialize.py): the benchmark's 1M rows a view
 # take ~1 GiB of memory there at peak. 0 materializes everything in Spark.
 DEFAULT_ARROW_MATERIALIZE_MAX_ROWS = 5_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One key of ``skewless.yaml``: its dotted name, its default and what it means. :data:`SETTINGS` is the one
+    list the reader checks keys against and ``skewless init`` writes the commented reference from."""
+
+    key: str  # "offline.path": section "offline", key "path"
+    default: Any
+    meaning: str
+    example: str = ""  # for maps: one commented example entry
+
+    @property
+    def section(self) -> str | None:
+        return self.key.split(".")[0] if "." in self.key else None
+
+    @property
+    def name(self) -> str:
+        return self.key.rsplit(".", 1)[-1]
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("project", "skewless", "names the online keys (<project>:<view>:...), so repositories can share a Redis"),
+    Setting(
+        "registry",
+        "sqlite:///.skewless/registry.db",
+        "where plan versions and runs are kept: a SQLAlchemy URL (a SQLite file, or postgresql://user:pw@host/db)",
+    ),
+    Setting("definitions", "definitions", "the folder of definition files (*.py), relative to this file"),
+    Setting("offline.path", ".skewless/offline", "Delta Lake feature tables: <path>/<view>/<storage fingerprint>"),
+    Setting(
+        "offline.engine", "spark", "the offline engine plugin: spark (runs each job in Arrow, warm engine or Spark)"
+    ),
+    Setting(
+        "offline.spark",
+        {},
+        "any Spark setting for the Spark session; spark.master picks the cluster (default local[2])",
+        "spark.master: local[2]",
+    ),
+    Setting("offline.concurrent_views", DEFAULT_CONCURRENT_VIEWS, "views materialized at once (one job each)"),
+    Setting(
+        "offline.arrow_join_max_mb",
+        DEFAULT_ARROW_JOIN_MAX_MB,
+        "training sets over feature tables up to this many MiB are joined in Arrow, in-process; 0: always Spark",
+    ),
+    Setting(
+        "offline.arrow_materialize_max_rows",
+        DEFAULT_ARROW_MATERIALIZE_MAX_ROWS,
+        "views without aggregations reading up to this many source rows a run (PostgreSQL sources) materialize "
+        "in Arrow, in-process; 0: always Spark",
+    ),
+    Setting(
+        "online.url",
+        "embedded",
+        "the online store: embedded (a Redis-protocol server per repository, started on first use) or "
+        "redis://host:6379/0",
+    ),
+    Setting("online.store", "redis", "the online store plugin"),
+    Setting(
+        "connections",
+        {},
+        "source databases by name (SQLAlchemy URLs; relative SQLite paths are relative to this file)",
+        "payments: postgresql://reader:${PGPASSWORD}@db/payments",
+    ),
+)
+DEFAULTS: dict[str, Any] = {s.key: s.default for s in SETTINGS}
+SECTIONS = ("offline", "online")  # the keys that hold a mapping of settings
 _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -80,21 +151,21 @@ def _whole_number(section: dict[str, Any], key: str, default: int, source: str, 
 
 @dataclass(frozen=True, slots=True)
 class RepoConfig:
-    """The parsed ``skewless.yaml`` of one feature repository."""
+    """The parsed ``skewless.yaml`` of one feature repository (defaults: :data:`SETTINGS`)."""
 
     root: Path
-    project: str = "skewless"
-    registry_url: str = "sqlite:///.skewless/registry.db"
-    offline_path: str = ".skewless/offline"
+    project: str = DEFAULTS["project"]
+    registry_url: str = DEFAULTS["registry"]
+    offline_path: str = DEFAULTS["offline.path"]
     spark: dict[str, str] = field(default_factory=dict)
-    online_url: str = "embedded"
-    online_store: str = "redis"
-    offline_engine: str = "spark"
-    concurrent_views: int = DEFAULT_CONCURRENT_VIEWS
-    arrow_join_max_mb: int = DEFAULT_ARROW_JOIN_MAX_MB
-    arrow_materialize_max_rows: int = DEFAULT_ARROW_MATERIALIZE_MAX_ROWS
+    online_url: str = DEFAULTS["online.url"]
+    online_store: str = DEFAULTS["online.store"]
+    offline_engine: str = DEFAULTS["offline.engine"]
+    concurrent_views: int = DEFAULTS["offline.concurrent_views"]
+    arrow_join_max_mb: int = DEFAULTS["offline.arrow_join_max_mb"]
+    arrow_materialize_max_rows: int = DEFAULTS["offline.arrow_materialize_max_rows"]
     connections: dict[str, str] = field(default_factory=dict)
-    definitions: str = "definitions"
+    definitions: str = DEFAULTS["definitions"]
 
     @classmethod
     def load(cls, root: str | os.PathLike[str]) -> RepoConfig:
@@ -110,31 +181,38 @@ class RepoConfig:
 
     @classmethod
     def from_dict(cls, root: Path, data: dict[str, Any], *, source: str = CONFIG_FILE) -> RepoConfig:
-        known = {"project", "registry", "offline", "online", "connections", "definitions"}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"{source}: unknown key(s) {unknown}; valid choices: {sorted(known)}")
+        _check_keys(data, None, source)
         offline = data.get("offline") or {}
         online = data.get("online") or {}
+        for section, values in (("offline", offline), ("online", online)):
+            if not isinstance(values, dict):
+                raise ConfigError(f"{source}: '{section}' must be a mapping of settings")
+            _check_keys(values, section, source)
         connections = data.get("connections") or {}
         if not isinstance(connections, dict):
             raise ConfigError(f"{source}: 'connections' must map names to SQLAlchemy URLs")
+
+        def value(key: str) -> Any:
+            section, _, name = key.rpartition(".")
+            return {"": data, "offline": offline, "online": online}[section].get(name, DEFAULTS[key])
+
+        def whole(key: str, minimum: int) -> int:
+            return _whole_number(offline, key.split(".")[1], DEFAULTS[key], source, minimum=minimum)
+
         return cls(
             root=root,
-            project=str(data.get("project", "skewless")),
-            registry_url=str(data.get("registry", "sqlite:///.skewless/registry.db")),
-            offline_path=str(offline.get("path", ".skewless/offline")),
+            project=str(value("project")),
+            registry_url=str(value("registry")),
+            offline_path=str(value("offline.path")),
             spark={str(k): str(v) for k, v in (offline.get("spark") or {}).items()},
-            offline_engine=str(offline.get("engine", "spark")),
-            concurrent_views=_whole_number(offline, "concurrent_views", DEFAULT_CONCURRENT_VIEWS, source),
-            arrow_join_max_mb=_whole_number(offline, "arrow_join_max_mb", DEFAULT_ARROW_JOIN_MAX_MB, source, minimum=0),
-            arrow_materialize_max_rows=_whole_number(
-                offline, "arrow_materialize_max_rows", DEFAULT_ARROW_MATERIALIZE_MAX_ROWS, source, minimum=0
-            ),
-            online_url=str(online.get("url", "embedded")),
-            online_store=str(online.get("store", "redis")),
+            offline_engine=str(value("offline.engine")),
+            concurrent_views=whole("offline.concurrent_views", 1),
+            arrow_join_max_mb=whole("offline.arrow_join_max_mb", 0),
+            arrow_materialize_max_rows=whole("offline.arrow_materialize_max_rows", 0),
+            online_url=str(value("online.url")),
+            online_store=str(value("online.store")),
             connections={str(k): str(v) for k, v in connections.items()},
-            definitions=str(data.get("definitions", "definitions")),
+            definitions=str(value("definitions")),
         )
 
     # Resolved values: environment interpolated, relative paths anchored at the repository.
@@ -164,3 +242,45 @@ class RepoConfig:
             known = ", ".join(sorted(self.connections)) or "(none)"
             raise ConfigError(f"unknown connection '{connection}'; known in {CONFIG_FILE}: {known}")
         return resolve_sqlite_url(interpolate(raw), self.root)
+
+
+def _check_keys(data: dict[str, Any], section: str | None, source: str) -> None:
+    """Reject keys of the top level (``section`` None) or of a section that :data:`SETTINGS` does not list."""
+    if section is None:
+        known = sorted({s.section or s.key for s in SETTINGS})
+    else:
+        known = sorted(s.name for s in SETTINGS if s.section == section)
+    unknown = sorted(set(map(str, data)) - set(known))
+    if unknown:
+        where = f" in '{section}'" if section else ""
+        raise ConfigError(f"{source}: unknown key(s){where} {unknown}; valid choices: {known}")
+
+
+def reference_yaml(project: str) -> str:
+    """A ``skewless.yaml`` holding every key of :data:`SETTINGS` at its default (``project`` aside), each under a
+    comment saying what it means: what ``skewless init`` writes. Read back, it gives the defaults."""
+    lines = [
+        f"# The configuration of the feature repository '{project}': every key, at its default, and what it means.",
+        "# ${NAME} and ${NAME:-default} are replaced from the environment when the file is read (keep secrets out).",
+    ]
+    done: set[str] = set()
+    for setting in SETTINGS:
+        section = setting.section
+        indent = "  " if section else ""
+        if section and section not in done:
+            done.add(section)
+            lines += ["", f"{section}:"]
+        elif not section:
+            lines.append("")
+        default = project if setting.key == "project" else setting.default
+        comment = f"{setting.meaning}. Default: {_yaml_value(setting.default)}"
+        lines += [f"{indent}# {part}" for part in textwrap.wrap(comment, 110 - len(indent))]
+        lines.append(f"{indent}{setting.name}: {_yaml_value(default)}")
+        if setting.example:
+            lines.append(f"{indent}#   {setting.example}")
+    return "\n".join(lines) + "\n"
+
+
+def _yaml_value(value: Any) -> str:
+    """``value`` as YAML on one line (every default is a scalar or an empty mapping)."""
+    return str(yaml.safe_dump({"v": value}, default_flow_style=False, width=1000)).strip()[len("v: ") :]

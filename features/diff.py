@@ -16,7 +16,19 @@ class PlanChange:
     name: str
     change: Change
     detail: str = ""
-    breaking: bool = False
+    breaking: bool = False  # its view's stored values no longer match: materialize it again after apply
+    orphans: bool = False  # a removed view's materialized data: nothing uses it; ``skewless prune`` removes it
+
+    @property
+    def after_apply(self) -> str:
+        """What the user does after applying this change, in a word or three (the plan table's last column)."""
+        if self.breaking:
+            return "re-materialize"
+        if self.orphans:
+            return "orphaned: prune"
+        if self.kind == "feature view" and self.change == "added":
+            return "materialize (starts empty)"
+        return ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,10 +43,17 @@ class PlanDiff:
     def breaking(self) -> tuple[PlanChange, ...]:
         return tuple(c for c in self.changes if c.breaking)
 
+    @property
+    def orphaning(self) -> tuple[PlanChange, ...]:
+        """Removed views whose materialized data nothing uses any more."""
+        return tuple(c for c in self.changes if c.orphans)
+
 
 def diff_plans(old: Plan | None, new: Plan, materialized: set[tuple[str, str]] | None = None) -> PlanDiff:
-    """Changes from ``old`` to ``new``. A change is *breaking* when it orphans materialized data: the view's
-    stored values were computed by a definition that no longer exists, so it must be materialized again."""
+    """Changes from ``old`` to ``new``. A change is *breaking* when the view's stored values were computed by a
+    definition that no longer exists, so it must be materialized again. A removed view's data is *orphaned*:
+    nothing serves it or builds training sets from it (older plan versions' reproductions aside, see
+    ``skewless prune``). A rename is a removal and an addition: the new name starts empty."""
     materialized = materialized or set()
     old = old or Plan((), (), ())
     changes: list[PlanChange] = []
@@ -57,19 +76,28 @@ def diff_plans(old: Plan | None, new: Plan, materialized: set[tuple[str, str]] |
 
     old_views = {v.name: v for v in old.views}
     new_views = {v.name: v for v in new.views}
-    for name in sorted(new_views.keys() - old_views.keys()):
-        changes.append(PlanChange("feature view", name, "added", f"{len(new_views[name].features)} feature(s)"))
-    for name in sorted(old_views.keys() - new_views.keys()):
+    removed = sorted(old_views.keys() - new_views.keys())
+    added = sorted(new_views.keys() - old_views.keys())
+    # A view's table is named by its storage fingerprint, which leaves the name out: the same fingerprint under
+    # a removed name and an added one is a rename. Tables and keys are per name, so the data stays behind.
+    renamed_from = {
+        new_name: old_name
+        for new_name in added
+        for old_name in removed
+        if old_views[old_name].storage_fingerprint == new_views[new_name].storage_fingerprint
+    }
+    for name in added:
+        detail = f"{len(new_views[name].features)} feature(s)"
+        if name in renamed_from:
+            detail += f"; renamed from '{renamed_from[name]}': starts empty, the old name's data is not carried over"
+        changes.append(PlanChange("feature view", name, "added", detail))
+    for name in removed:
         had_data = any(view == name for view, _ in materialized)
-        changes.append(
-            PlanChange(
-                "feature view",
-                name,
-                "removed",
-                "its materialized data is no longer served" if had_data else "",
-                had_data,
-            )
-        )
+        detail = "its materialized data becomes orphaned; 'skewless prune' can remove it" if had_data else ""
+        renamed_to = [new_name for new_name, old_name in renamed_from.items() if old_name == name]
+        if renamed_to:
+            detail = "; ".join(filter(None, (f"renamed to '{renamed_to[0]}'", detail)))
+        changes.append(PlanChange("feature view", name, "removed", detail, orphans=had_data))
     for name in sorted(old_views.keys() & new_views.keys()):
         changes += _view_changes(old_views[name], new_views[name], materialized)
     changes += _on_demand_changes(old.on_demand_views, new.on_demand_views)

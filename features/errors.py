@@ -189,3 +189,11 @@ def did_you_mean(name: str, known: Iterable[str]) -> str:
     """A short 'valid choices' suffix for error messages."""
     choices = sorted(known)
     return f"; valid choices: {', '.join(choices)}" if choices else ""
+
+
+# -- Cleaning up -------------------------------------------------------------------------------------------------------
+
+
+class CleanupError(SkewlessError, RuntimeError):
+    """``skewless prune`` or ``teardown`` refused to start, or stopped part way (the message says what it had
+    deleted; everything else is as it was)."""

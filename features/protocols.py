@@ -114,6 +114,29 @@ class OnlineStore(Protocol):
     def __exit__(self, *exc: object) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class StoredView:
+    """What an online store holds of one view: its keys, and how many snapshots (published versions) they form."""
+
+    name: str
+    keys: int
+    snapshots: int
+
+
+@runtime_checkable
+class PrunableStore(Protocol):
+    """An online store that can list what it holds per view and delete a view's data (``skewless prune`` and
+    ``skewless teardown`` use it when the store has it)."""
+
+    def stored_views(self) -> list[StoredView]:
+        """Every view of this project the store holds keys of."""
+        ...
+
+    def delete_view(self, view: str) -> int:
+        """Delete every key of ``view``; returns how many were deleted."""
+        ...
+
+
 @runtime_checkable
 class AsyncReadableStore(Protocol):
     """An online store that can also read on a server's event loop without blocking it (the HTTP service
@@ -175,7 +198,10 @@ class OfflineEngine(Protocol):
         online: OnlineStore | None,
         progress: Progress | None = None,
         republish: bool = False,
-    ) -> MaterializationResult: ...
+        plan_version: int | None = None,
+    ) -> MaterializationResult:
+        """With ``plan_version``, the run is recorded in the registry's history by the process that runs it."""
+        ...
 
     def training_dataset(
         self,

@@ -131,6 +131,23 @@ class Registry:
     def latest(self) -> PlanVersion | None:
         return self._one(sa.select(plan_versions).order_by(plan_versions.c.version.desc()).limit(1))
 
+    def versions(self) -> list[PlanVersion]:
+        """Every plan version, oldest first."""
+        return self._all(sa.select(plan_versions).order_by(plan_versions.c.version))
+
+    def drop(self) -> None:
+        """Delete the registry: its tables (only these: a PostgreSQL database may hold other things), and the
+        file of a SQLite registry."""
+        try:
+            _metadata.drop_all(self.engine)
+        except sa.exc.SQLAlchemyError as exc:
+            raise RegistryError(f"cannot drop the registry's tables: {exc}") from exc
+        self.engine.dispose()
+        if self.url.startswith("sqlite:///") and self.url != "sqlite:///:memory:":
+            database = Path(self.url[len("sqlite:///") :])
+            for path in (database, *(database.with_name(database.name + s) for s in ("-journal", "-wal", "-shm"))):
+                path.unlink(missing_ok=True)
+
     def get(self, version: int) -> PlanVersion:
         found = self._one(sa.select(plan_versions).where(plan_versions.c.version == version))
         if found is None:
@@ -225,14 +242,19 @@ class Registry:
             return {(r.view, r.storage_fingerprint) for r in conn.execute(query)}
 
     def _one(self, query: sa.Select[tuple[object, ...]]) -> PlanVersion | None:
+        found = self._all(query.limit(1))
+        return found[0] if found else None
+
+    def _all(self, query: sa.Select[tuple[object, ...]]) -> list[PlanVersion]:
         try:
             with self.engine.connect() as conn:
-                row = conn.execute(query).first()
+                rows = conn.execute(query).all()
         except sa.exc.SQLAlchemyError as exc:
             raise RegistryError(f"cannot read the registry: {exc}") from exc
-        if row is None:
-            return None
-        return PlanVersion(row.version, row.fingerprint, _aware(row.applied_at), Plan.from_json(row.plan_json))
+        return [
+            PlanVersion(row.version, row.fingerprint, _aware(row.applied_at), Plan.from_json(row.plan_json))
+            for row in rows
+        ]
 
 
 def _aware(value: datetime) -> datetime:

@@ -31,7 +31,7 @@ from features.functions import FunctionLoader
 from features.plan import Plan, ViewPlan
 from features.plugins import load_plugin
 from features.protocols import MaterializationResult, OfflineEngine, OnlineStore, Progress
-from features.registry import PlanVersion, Registry, RunRecord, TrainingSetRecord
+from features.registry import PlanVersion, Registry, TrainingSetRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +146,7 @@ class FeatureStore:
                 online=online if view.online else None,
                 progress=progress,
                 republish=republish,
+                plan_version=version.version,  # each run is recorded in the registry where it runs
             )
 
         workers = min(self.config.concurrent_views, len(selected))
@@ -156,28 +157,11 @@ class FeatureStore:
             try:
                 futures = [pool.submit(_attempt, run, view) for view in selected]
                 outcomes = [future.result() for future in futures]
-            finally:  # on Ctrl-C, views not started yet are dropped (running ones finish, each atomically)
+            finally:  # on Ctrl-C, views not started yet are dropped (running ones finish atomically, recorded)
                 pool.shutdown(wait=False, cancel_futures=True)
         results: list[MaterializationResult] = []
         failures: list[tuple[str, BaseException]] = []
-        for view, (result, error, started) in zip(selected, outcomes, strict=True):
-            record = RunRecord(
-                view=view.name,
-                storage_fingerprint=view.storage_fingerprint,
-                plan_version=version.version,
-                window_start=start,
-                window_end=end,
-                rows_read=0 if result is None else result.rows_read,
-                rows_written_offline=0 if result is None else result.rows_written_offline,
-                offline_version=None if result is None else result.offline_version,
-                rows_published=0 if result is None else result.rows_published,
-                finished_at=datetime.now().astimezone(),
-                started_at=started,
-                engine=None if result is None else result.engine,
-                outcome="ok" if result is not None else "failed",
-                error=None if error is None else f"{type(error).__name__}: {error}"[:4000],
-            )
-            self.registry.record_run(record)
+        for view, (result, error) in zip(selected, outcomes, strict=True):
             if result is None:
                 assert error is not None
                 failures.append((view.name, error))
@@ -299,11 +283,9 @@ class FeatureStore:
 
 def _attempt(
     run: Callable[[ViewPlan], MaterializationResult], view: ViewPlan
-) -> tuple[MaterializationResult | None, Exception | None, datetime]:
-    """``run(view)``'s result, or the exception it raised (one view's failure must not stop the others), and
-    when it started."""
-    started = datetime.now().astimezone()
+) -> tuple[MaterializationResult | None, Exception | None]:
+    """``run(view)``'s result, or the exception it raised (one view's failure must not stop the others)."""
     try:
-        return run(view), None, started
+        return run(view), None
     except Exception as exc:
-        return None, exc, started
+        return None, exc

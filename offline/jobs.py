@@ -32,13 +32,15 @@ if TYPE_CHECKING:
 class Materialization:
     """Compute ``view`` for source rows with ``start <= event time < end`` into its Delta table, then publish
     the latest row per entity online (unless the online store already serves that table version and not
-    ``republish``)."""
+    ``republish``). ``plan_version``: the registry's version of ``plan``; a job that has one is recorded in the
+    registry's run history by the process that runs it (see :mod:`offline.runs`)."""
 
     plan: Plan
     view: ViewPlan
     start: datetime | None
     end: datetime | None
     republish: bool = False
+    plan_version: int | None = None
 
     def __str__(self) -> str:
         return f"view '{self.view.name}'"
@@ -76,6 +78,9 @@ class Engine(Protocol):
 
     #: A short name: what logs, run summaries and manifests say ran a job.
     name: str
+    #: Whether the engine runs jobs in another process (the warm engine). That process records the
+    #: materializations it runs (:mod:`offline.runs`); the router records those of the engines in its own.
+    remote: bool
 
     def refusal(self, job: Job) -> str | None:
         """Why this engine does not take ``job``, or None when it does. Cheap: reads metadata (plans, Delta

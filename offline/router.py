@@ -27,6 +27,7 @@ from offline.arrow.engine import ArrowEngine
 from offline.datasets import as_arrow, describe, is_spark
 from offline.jobs import Engine, Job, JoinedSet, Materialization, TrainingSet
 from offline.manifest import DatasetError, FileRecord, Manifest, table_sha256
+from offline.runs import run_and_record
 from offline.warm.client import WarmEngine
 
 if TYPE_CHECKING:
@@ -98,13 +99,18 @@ class Router:
         progress: Progress | None = None,
         republish: bool = False,
         engine: str | None = None,
+        plan_version: int | None = None,
     ) -> MaterializationResult:
         """Compute ``view`` for ``start <= event time < end`` into Delta, then publish it online (unless the
         online store already serves that table version and not ``republish``), in the first engine that takes
-        it (or in ``engine``)."""
-        job = Materialization(plan, view, start, end, republish)
+        it (or in ``engine``). With ``plan_version``, the run is recorded in the registry where it runs, so a
+        caller that goes away (Ctrl-C) never leaves a run the engine finished out of the history."""
+        job = Materialization(plan, view, start, end, republish, plan_version)
         chosen, refusals = self.route(job, only=engine)
-        result = chosen.materialize(job, online, progress)
+        if chosen.remote:
+            result = chosen.materialize(job, online, progress)  # recorded there (offline.warm.server)
+        else:
+            result = run_and_record(self.config, job, chosen, online, progress)
         return dataclasses.replace(result, refusals=tuple(refusals.items()))
 
     # -- training sets ---------------------------------------------------------------------------------------------

@@ -23,9 +23,12 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from features.errors import OnlineStoreError
+
+if TYPE_CHECKING:
+    from features.config import RepoConfig
 
 SERVER_FILE = "server.json"
 ENV_BINARY = "SKEWLESS_REDIS_SERVER"
@@ -119,6 +122,17 @@ def stop_embedded_server(state_dir: str | os.PathLike[str], *, timeout: float = 
             _wait_exit(pid, timeout)
         (directory / SERVER_FILE).unlink(missing_ok=True)
         return True
+
+
+def teardown(config: RepoConfig) -> str | None:
+    """``skewless teardown``'s part here: stop the repository's embedded server and delete its data folder (the
+    append-only file, the log). None when there was neither."""
+    directory = data_dir(config.state_dir())
+    if not directory.exists():
+        return None
+    stopped = stop_embedded_server(config.state_dir())
+    shutil.rmtree(directory)
+    return ("stopped the embedded online server and " if stopped else "") + f"deleted its data folder {directory}"
 
 
 @contextlib.contextmanager

@@ -27,7 +27,8 @@ import orjson
 from features.dtypes import from_micros
 from features.errors import ConfigError
 from features.plan import ViewPlan
-from features.protocols import LiveSnapshot, OnlineValues
+from features.protocols import LiveSnapshot, OnlineValues, StoredView
+from online import redis_cleanup
 from online.redis_client import as_text, connect, redact, roundtrip, translate_errors
 from online.redis_layout import READ_LUA, START_LUA, ViewKeys
 from online.redis_publication import RedisPublication
@@ -200,6 +201,19 @@ class RedisOnlineStore:
         with translate_errors(self._where, f"reading the pointer of view '{view}'"):
             raw = self.client().hgetall(ViewKeys(self.project, view).pointer)
         return {as_text(k): as_text(v) for k, v in raw.items()} if raw else None
+
+    # -- clean up (skewless prune and teardown) ------------------------------------------------------------------
+    def stored_views(self) -> list[StoredView]:
+        """Every view this project has keys of, with how many keys and snapshots (see :mod:`online.redis_cleanup`)."""
+        with translate_errors(self._where, "listing the project's keys"):
+            return redis_cleanup.stored_views(self.client(), self.project)
+
+    def delete_view(self, view: str) -> int:
+        """Delete every key of ``view`` (SCAN and UNLINK in batches); returns how many were deleted."""
+        with translate_errors(self._where, f"deleting the keys of view '{view}'"):
+            deleted = redis_cleanup.delete_view(self.client(), self.project, view)
+        self._seen_live.pop(view, None)
+        return deleted
 
     # -- read -------------------------------------------------------------------------------------------------
     def read(

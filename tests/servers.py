@@ -18,20 +18,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
-def new_database(postgres_url: str, prefix: str = "db") -> str:
-    """A new, empty database on the server of ``postgres_url``; its SQLAlchemy URL."""
-    import uuid
-
-    import sqlalchemy as sa
-
-    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    engine = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.exec_driver_sql(f"CREATE DATABASE {name}")
-    engine.dispose()
-    return postgres_url.rsplit("/", 1)[0] + f"/{name}"
-
-
 def free_port() -> int:
     with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
         s.bind(("127.0.0.1", 0))
@@ -130,3 +116,14 @@ def _postgres_user_prefix(tmp: str) -> list[str]:
         return []
     os.chmod(tmp, 0o777)
     return ["runuser", "-u", "postgres", "--"]
+
+
+def fresh_database(postgres_url: str, name: str) -> str:
+    """Create the database ``name`` on the server of ``postgres_url``; returns its SQLAlchemy URL."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    engine.dispose()
+    return postgres_url.rsplit("/", 1)[0] + f"/{name}"

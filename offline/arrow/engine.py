@@ -39,6 +39,7 @@ class ArrowEngine:
     """:class:`offline.jobs.Engine` in this process, without a JVM."""
 
     name = "arrow"
+    remote = False
 
     def __init__(self, config: RepoConfig) -> None:
         self.config = config

@@ -31,6 +31,7 @@ class SparkEngine:
     """
 
     name = "spark"
+    remote = False
 
     def __init__(self, config: RepoConfig) -> None:
         self.config = config

@@ -38,6 +38,7 @@ import json
 import logging
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 import time
@@ -243,6 +244,17 @@ def stop_engine(config: RepoConfig, *, timeout: float = 60.0) -> bool:
     return True
 
 
+def teardown(config: RepoConfig) -> str | None:
+    """``skewless teardown``'s part here: stop the repository's warm engine and delete its folder (key, log).
+    None when there was neither."""
+    directory = engine_dir(config)
+    if not directory.exists():
+        return None
+    stopped = stop_engine(config)
+    shutil.rmtree(directory)
+    return ("stopped the warm engine and " if stopped else "") + f"deleted its folder {directory}"
+
+
 def _code_root() -> str:
     """The folder holding the skewless packages, so the engine imports the same code as its starter."""
     return str(Path(__file__).resolve().parents[2])
@@ -254,6 +266,7 @@ class WarmEngine:
     log records come back here, and so do errors, with their type."""
 
     name = "warm"
+    remote = True  # the engine records the materializations it runs (offline.warm.server)
 
     def __init__(self, config: RepoConfig) -> None:
         self.config = config
@@ -284,9 +297,20 @@ class WarmEngine:
     ) -> MaterializationResult:
         # The engine publishes to the repository's online store, opened there from the same settings.
         with self._connect() as client:
-            result: MaterializationResult = client.call(
-                "materialize", job, online=online is not None, progress=progress
-            )
+            try:
+                result: MaterializationResult = client.call(
+                    "materialize", job, online=online is not None, progress=progress
+                )
+            except KeyboardInterrupt:
+                # The engine does not stop a job halfway (its Delta commit and online publication are atomic
+                # steps): it finishes the run and records it in the registry.
+                log.warning(
+                    "interrupted: the warm engine (pid %s) finishes %s, which it had started, and records it in the "
+                    "registry ('skewless runs' shows it)",
+                    client.pid,
+                    job,
+                )
+                raise
             return result
 
     def training_set(self, job: TrainingSet) -> JoinedSet:

@@ -23,6 +23,7 @@ from multiprocessing.connection import Client, Connection, Listener
 from typing import TYPE_CHECKING, Any
 
 from features.config import RepoConfig
+from offline.runs import run_and_record
 from offline.spark.engine import SparkEngine
 from offline.spark.session import get_spark
 from offline.warm.client import (
@@ -42,36 +43,55 @@ _FORWARDED_LOGGERS = ("features", "offline", "online")
 
 
 # -- the engine's side -----------------------------------------------------------------------------------------
-class _RemoteProgress:
-    """:class:`features.protocols.Progress` that reports to the caller over the connection."""
+class _Caller:
+    """The connection to a job's caller, for what the job reports while it runs (progress, log records). A
+    caller that went away (Ctrl-C) must not fail the job halfway: what it can no longer receive is dropped, the
+    job runs to its end and is recorded in the registry here (:func:`offline.runs.run_and_record`)."""
 
     def __init__(self, connection: Connection) -> None:
         self._connection = connection
+        self._gone = False
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        if self._gone:
+            return
+        try:
+            self._connection.send(message)
+        except (OSError, ValueError):  # broken pipe, reset, closed
+            self._gone = True
+            log.warning("the caller went away during its job; the job goes on and is recorded here")
+
+
+class _RemoteProgress:
+    """:class:`features.protocols.Progress` that reports to the caller over the connection."""
+
+    def __init__(self, caller: _Caller) -> None:
+        self._caller = caller
 
     def start(self, task: str, total: int | None = None) -> None:
-        self._connection.send(("progress", "start", (task, total)))
+        self._caller.send(("progress", "start", (task, total)))
 
     def advance(self, task: str, amount: int = 1) -> None:
-        self._connection.send(("progress", "advance", (task, amount)))
+        self._caller.send(("progress", "advance", (task, amount)))
 
     def finish(self, task: str) -> None:
-        self._connection.send(("progress", "finish", (task,)))
+        self._caller.send(("progress", "finish", (task,)))
 
 
 class _ForwardLogs(logging.Handler):
     """Sends the job's log records (skewless's loggers, INFO and up) to the caller."""
 
-    def __init__(self, connection: Connection) -> None:
+    def __init__(self, caller: _Caller) -> None:
         super().__init__(logging.INFO)
-        self._connection = connection
+        self._caller = caller
         self._thread = threading.get_ident()  # the job's: other threads must not write on this connection
 
     def emit(self, record: logging.LogRecord) -> None:
         if record.thread != self._thread or not record.name.startswith(_FORWARDED_LOGGERS):
             return
         fields = dict(record.__dict__, msg=record.getMessage(), args=None, exc_info=None, exc_text=None)
-        with contextlib.suppress(Exception):
-            self._connection.send(("log", fields))
+        with contextlib.suppress(Exception):  # a record that does not pickle is not worth failing the job
+            self._caller.send(("log", fields))
 
 
 class EngineServer:
@@ -151,14 +171,17 @@ class EngineServer:
     def _run(self, connection: Connection, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         with self._state_lock:
             self.running += 1
-        handler = _ForwardLogs(connection)
+        caller = _Caller(connection)
+        handler = _ForwardLogs(caller)
         root = logging.getLogger()
         root.addHandler(handler)
         try:
             if method == "materialize":
                 (job,) = args
                 online = self.online_store() if kwargs["online"] else None
-                result: Any = self.engine.materialize(job, online, _RemoteProgress(connection))
+                # Recorded here, not by the caller: a caller that goes away (Ctrl-C) leaves the run to finish
+                # here, and its record with it.
+                result: Any = run_and_record(self.config, job, self.engine, online, _RemoteProgress(caller))
             elif method == "training_set":
                 (job,) = args
                 result = self.engine.training_set(job)

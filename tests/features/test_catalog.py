@@ -72,7 +72,7 @@ def test_an_aggregation_reads_as_one_line() -> None:
 def applied(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.delenv("PAYMENTS_DB_URL", raising=False)
     repo = tmp_path / "fraud"
-    assert main(["init", str(repo)]) == 0
+    assert main(["init", "--example", str(repo)]) == 0
     create_example_data(RepoConfig.load(repo).connection_url("payments"), cards=5, merchants=3, payments=20)
     assert main(["apply", "--repo", str(repo)]) == 0
     yield repo

@@ -14,7 +14,7 @@ from features.config import RepoConfig
 def test_init_plan_apply(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("PAYMENTS_DB_URL", raising=False)
     repo = tmp_path / "fraud"
-    assert main(["init", str(repo)]) == 0
+    assert main(["init", "--example", str(repo)]) == 0
     assert sorted(p.name for p in (repo / "definitions").glob("*.py")) == [
         "_example_data.py",
         "cards.py",
@@ -63,4 +63,5 @@ def test_the_cli_has_every_command() -> None:
     from features.cli import build_parser
 
     commands = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
-    assert {"init", "plan", "apply", "materialize", "dataset", "serve", "demo", "stop"} <= set(commands)
+    expected = {"init", "plan", "apply", "materialize", "dataset", "serve", "demo", "stop", "prune", "teardown"}
+    assert expected <= set(commands)

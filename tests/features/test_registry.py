@@ -11,14 +11,14 @@ import pytest
 from features.config import RepoConfig
 from features.registry import Registry, RunRecord
 from features.store import FeatureStore
-from tests.servers import new_database
+from tests.servers import fresh_database
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def registry_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'nested' / 'registry.db'}"
-    return new_database(request.getfixturevalue("postgres_url"), "reg")
+    return fresh_database(request.getfixturevalue("postgres_url"), f"reg_{abs(hash(tmp_path)) % 10**8}")
 
 
 def test_versions_round_trip(make_repo: Callable[..., RepoConfig], registry_url: str) -> None:

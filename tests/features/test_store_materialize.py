@@ -1,6 +1,7 @@
 """``FeatureStore.materialize`` runs views at once (``offline.concurrent_views``) and attempts every view even
-when one fails. The engine here is a stand-in: what it computes is tested against oracles in tests/offline and
-tests/integration (which run the real engines, concurrent views included)."""
+when one fails, and each run is recorded where it runs. The engine here is a stand-in behind the real router:
+what engines compute is tested against oracles in tests/offline and tests/integration (which run the real
+engines, concurrent views included)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import dataclasses
 import json
 import threading
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any
 
 import pytest
@@ -16,9 +16,10 @@ import pytest
 from features.cli import main
 from features.config import RepoConfig
 from features.errors import ConfigError, MaterializationError, SchemaMismatchError
-from features.plan import Plan, ViewPlan
 from features.protocols import MaterializationResult
 from features.store import FeatureStore
+from offline.jobs import Materialization
+from offline.router import Router
 from tests.features.conftest import ENTITIES, VIEWS
 
 THREE_VIEWS = (
@@ -31,26 +32,24 @@ card_label = FeatureView(entities=[card], source=txns, features=[Feature("label"
 
 
 class StandInEngine:
-    """Records which views ran at the same time; ``fail`` maps a view to the error it raises."""
+    """An engine (:class:`offline.jobs.Engine`) that records which views ran at the same time; ``fail`` maps a
+    view to the error it raises."""
 
-    def __init__(self, fail: dict[str, Exception] | None = None, barrier: threading.Barrier | None = None) -> None:
+    name = "stand-in"
+    remote = False
+
+    def __init__(self, fail: dict[str, BaseException] | None = None, barrier: threading.Barrier | None = None) -> None:
         self.fail = fail or {}
         self.barrier = barrier
         self.running: set[str] = set()
         self.together: list[set[str]] = []
         self._lock = threading.Lock()
 
-    def materialize(
-        self,
-        plan: Plan,
-        view: ViewPlan,
-        *,
-        start: datetime | None,
-        end: datetime | None,
-        online: Any,
-        progress: Any,
-        republish: bool = False,
-    ) -> MaterializationResult:
+    def refusal(self, job: Any) -> str | None:
+        return None
+
+    def materialize(self, job: Materialization, online: Any, progress: Any) -> MaterializationResult:
+        view = job.view
         with self._lock:
             self.running.add(view.name)
             self.together.append(set(self.running))
@@ -59,7 +58,7 @@ class StandInEngine:
                 self.barrier.wait(timeout=10)  # breaks (and fails the view) unless enough views run at once
             if view.name in self.fail:
                 raise self.fail[view.name]
-            return MaterializationResult(view.name, 10, 9, 0, 5, True, 0.1)
+            return MaterializationResult(view.name, 10, 9, 0, 5, True, 0.1, engine="spark")
         finally:
             with self._lock:
                 self.running.discard(view.name)
@@ -68,7 +67,7 @@ class StandInEngine:
 def store_with(config: RepoConfig, engine: StandInEngine, concurrent: int) -> FeatureStore:
     store = FeatureStore(config=dataclasses.replace(config, concurrent_views=concurrent))
     store.apply()
-    store.__dict__["offline"] = engine  # the cached engine, replaced
+    store.__dict__["offline"] = Router(store.config, engines=[engine])  # the cached engine, replaced
     store.__dict__["_online"] = object()  # no online store is opened; the stand-in never uses it
     return store
 
@@ -152,3 +151,12 @@ def test_concurrent_views_must_be_a_positive_whole_number(config: RepoConfig, va
         RepoConfig.from_dict(config.root, {"offline": {"concurrent_views": value}})
     assert RepoConfig.from_dict(config.root, {"offline": {"concurrent_views": 4}}).concurrent_views == 4
     assert RepoConfig.from_dict(config.root, {}).concurrent_views == 2
+
+
+def test_an_interrupted_run_is_recorded_as_interrupted(config: RepoConfig) -> None:
+    engine = StandInEngine(fail={"card_small": KeyboardInterrupt()})
+    store = store_with(config, engine, 1)
+    with pytest.raises(KeyboardInterrupt):
+        store.materialize(["card_small"])
+    [run] = store.registry.runs("card_small", failed=True)
+    assert run.outcome == "interrupted" and run.error == "KeyboardInterrupt: " and run.engine == "stand-in"

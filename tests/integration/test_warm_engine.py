@@ -10,6 +10,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -127,6 +130,41 @@ def test_errors_come_back_with_their_type_and_message(store: FeatureStore) -> No
     local.close()
     assert str(remote.value) == str(here.value)
     assert "'amount'" in str(remote.value) and "card_id" in str(remote.value)
+
+
+def test_ctrl_c_in_the_caller_leaves_the_run_to_finish_and_be_recorded_in_the_engine(store: FeatureStore) -> None:
+    """Ctrl-C while the engine runs a caller's job: the engine finishes the run (its Delta commit and online
+    publication are atomic steps) and records it in the registry itself, since the caller is gone."""
+    view = "card_spend"  # windowed: recomputing five days of hourly ticks keeps the engine busy a while
+    count_before = len(store.registry.runs(view, failed=True))
+    start = (pd.Timestamp.now(tz="UTC") - pd.Timedelta(days=6)).strftime("%Y-%m-%d")
+    caller = subprocess.Popen(
+        [sys.executable, "-m", "features.cli", "materialize", view, "--start", start, "--repo", str(store.config.root)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while True:  # wait until the engine runs the caller's job, then press Ctrl-C in the caller
+        info = daemon.engine_info(store.config)
+        if info and int(info["running"]) >= 1:
+            break
+        assert caller.poll() is None and time.monotonic() < deadline, "the job never reached the engine"
+        time.sleep(0.02)
+    caller.send_signal(signal.SIGINT)
+    out, err = caller.communicate(timeout=60)
+    assert caller.returncode == 130, out + err
+    # The interrupt came while the caller waited for the engine (the only place that says this).
+    assert "interrupted: the warm engine" in err and "finishes view 'card_spend'" in err, out + err
+    deadline = time.monotonic() + 120
+    while len(store.registry.runs(view, failed=True)) == count_before:
+        assert time.monotonic() < deadline, "the engine never recorded the run"
+        time.sleep(0.2)
+    [run] = store.registry.runs(view, failed=True)[count_before:]
+    assert run.outcome == "ok" and run.engine == "spark" and run.window_start is not None, run.error
+    # Oracle: the table's latest version, from the Delta log's files on disk.
+    table = store.config.root / "offline" / view / store.plan_version().plan.view(view).storage_fingerprint
+    assert run.offline_version == max(int(p.stem) for p in (table / "_delta_log").glob("*.json"))
 
 
 def test_a_training_set_the_arrow_join_takes_stays_in_the_caller(store: FeatureStore) -> None:

@@ -13,7 +13,7 @@ import pandas as pd
 
 from definitions._example_data import create_example_data
 from features.store import FeatureStore
-from tests.servers import new_database
+from tests.servers import fresh_database
 
 ROOT = Path(__file__).resolve().parents[2]
 VIEWS = ("card_profile", "card_last_payment", "merchant_risk")  # card_spend is windowed: Spark's
@@ -23,7 +23,7 @@ SPLIT = NOW - timedelta(days=3)  # the first run reads up to here, the second th
 
 def build_repo(path: Path, postgres_url: str, redis_url: str) -> FeatureStore:
     """The repository, applied and materialized; its training set is ``<path>/training.parquet``."""
-    database = new_database(postgres_url, "cat")
+    database = fresh_database(postgres_url, f"cat_{uuid.uuid4().hex[:10]}")
     create_example_data(database, now=NOW, cards=40, merchants=8, payments=400, days=10)
     shutil.copytree(ROOT / "definitions", path / "definitions", ignore=shutil.ignore_patterns("__pycache__"))
     (path / "skewless.yaml").write_text(
