@@ -127,19 +127,21 @@ class RedisPublication:
         if self._done:
             raise OnlineStoreError(f"publication {self.version} of view '{self.view}' is already finished")
         keys = self._keys
-        features = orjson.dumps([[name, fingerprint] for name, _, fingerprint in self.features])
+        features = features_json(self.features)
         with translate_errors(self.url, f"committing view '{self.view}'"):
             status, _previous = self._redis().eval(
                 COMMIT_LUA,
-                3,
+                4,
                 keys.pointer,
                 keys.staged,
                 keys.version,
+                keys.pushed,
                 str(self.version),
                 str(self.watermark),
                 self.storage_fingerprint,
                 features,
                 str(to_micros_now()),
+                keys.data_prefix,
             )
         self._done = True
         committed = int(status) == 1
@@ -204,6 +206,12 @@ def _unlink_versions(client: redis.Redis, keys: ViewKeys, versions: Sequence[str
         if batch:
             client.unlink(*batch)
         client.srem(keys.versions, version)
+
+
+def features_json(features: Sequence[tuple[str, DType, str]]) -> bytes:
+    """The pointer's ``features`` field: the feature names and fingerprints a snapshot's rows hold, in order. A
+    push compares it with its own, so it must be these very bytes."""
+    return orjson.dumps([[name, fingerprint] for name, _, fingerprint in features])
 
 
 def to_micros_now() -> int:

@@ -34,6 +34,7 @@ from online.redis_publication import RedisPublication
 from online.redis_read import SeenLive, SnapshotDecoders, SnapshotRead
 
 if TYPE_CHECKING:
+    import pyarrow as pa
     import redis
 
     from features.config import RepoConfig
@@ -200,6 +201,15 @@ class RedisOnlineStore:
         with translate_errors(self._where, f"reading the pointer of view '{view}'"):
             raw = self.client().hgetall(ViewKeys(self.project, view).pointer)
         return {as_text(k): as_text(v) for k, v in raw.items()} if raw else None
+
+    # -- push -------------------------------------------------------------------------------------------------
+    def push(self, view: ViewPlan, rows: pa.Table) -> int:
+        """Serve ``rows`` (one per entity: keys, features, event and created time) at once, per entity only where
+        newer than the live row (see :mod:`online.redis_push`); returns how many entities took the pushed row."""
+        from online.redis_push import push_rows
+
+        with translate_errors(self._where, f"pushing rows of view '{view.name}'"):
+            return push_rows(self.client(), self.project, view, rows)
 
     # -- read -------------------------------------------------------------------------------------------------
     def read(
