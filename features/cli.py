@@ -188,6 +188,7 @@ def print_materialized(results: list[MaterializationResult]) -> None:
         (
             r.view,
             r.rows_read,
+            r.rows_landed,
             r.rows_written_offline,
             r.offline_version,
             r.rows_published,
@@ -204,6 +205,7 @@ def print_materialized(results: list[MaterializationResult]) -> None:
             [
                 "view",
                 "rows read",
+                "pushed rows landed",
                 "rows written (Delta)",
                 "Delta version",
                 "keys published",
@@ -309,6 +311,7 @@ def _run(record: RunRecord) -> dict[str, Any]:
         "finished_at": record.finished_at.isoformat(timespec="seconds"),
         "plan_version": record.plan_version,
         "rows_read": record.rows_read,
+        "rows_landed": record.rows_landed or 0,
         "rows_written": record.rows_written_offline,
         "offline_version": record.offline_version,
         "keys_published": record.rows_published,

@@ -137,8 +137,8 @@ def _check_live_definition(view: ViewPlan, store: OnlineStore) -> None:
 def latest_per_entity(view: ViewPlan, computed: pa.Table) -> pa.Table:
     """One row per entity: the latest by event time, then created time (a missing one first), as a
     materialization publishes it."""
-    keys = [(name, "ascending") for name in (*view.key_names, EVENT_TIMESTAMP, CREATED_TIMESTAMP)]
-    ordered = computed.take(pc.sort_indices(computed, sort_keys=keys, null_placement="at_start"))
+    keys = [(name, "ascending", "at_start") for name in (*view.key_names, EVENT_TIMESTAMP, CREATED_TIMESTAMP)]
+    ordered = computed.take(pc.sort_indices(computed, sort_keys=keys))
     position = pa.array(range(ordered.num_rows), pa.int64())
     grouped = ordered.select(list(view.key_names)).append_column("__position", position)
     last = grouped.group_by(list(view.key_names), use_threads=False).aggregate([("__position", "max")])
