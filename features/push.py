@@ -33,11 +33,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from features.dtypes import DType, arrow_type
-from features.errors import PushConflictError, PushError, UnsupportedExpressionError
-from features.evaluator import evaluate
+from features.errors import PushConflictError, PushError
 from features.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP, ViewPlan
 from features.protocols import OfflineEngine, OnlineStore, PushableStore, PushRecorder
 from features.rows import compute_features
+from features.rows import refusal as rows_refusal
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,15 +77,7 @@ def refusal(view: ViewPlan) -> str | None:
             "its features are windowed aggregations, computed at each tick from the source rows in Spark only; "
             "a pushed row is one event, not a window value (add the event to the source: the next run counts it)"
         )
-    if any(k.dtype is DType.FLOAT64 for k in view.join_keys):
-        return "it is keyed by a float, which Spark's grouping normalizes (-0.0, NaN): a push could not match it"
-    empty = {c.name: pa.array([], arrow_type(c.dtype)) for c in view.source.columns}
-    for feature in view.features:
-        try:
-            evaluate(feature.expression, empty, 0)
-        except UnsupportedExpressionError as exc:
-            return f"feature '{feature.name}' is computed only in Spark: {exc}"
-    return None
+    return rows_refusal(view)
 
 
 def push(view: ViewPlan, rows: Any, *, offline: OfflineEngine, online: OnlineStore | None) -> PushResult:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 from features.dtypes import DType, arrow_type
+from features.errors import UnsupportedExpressionError
 from features.evaluator import evaluate
 from features.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP, ViewPlan
 
@@ -32,3 +33,22 @@ def compute_features(view: ViewPlan, source: pa.Table) -> pa.Table:
     out[EVENT_TIMESTAMP] = source.column(view.source.timestamp_column).cast(time_type)
     out[CREATED_TIMESTAMP] = source.column(created).cast(time_type) if created else pa.nulls(n, time_type)
     return pa.table(out)
+
+
+def refusal(view: ViewPlan) -> str | None:
+    """Why :func:`compute_features` does not compute ``view``'s rows as Spark does, or None: keys Spark's
+    grouping normalizes (floats: ``-0.0``, NaN), time columns the plan does not type as timestamps (Spark's
+    casts define those), an expression the evaluator has no rule for."""
+    if any(k.dtype is DType.FLOAT64 for k in view.join_keys):
+        return "it is keyed by a float (Spark's grouping normalizes -0.0 and NaN keys)"
+    times = [view.source.timestamp_column, *([view.source.created_column] if view.source.created_column else [])]
+    dtypes = {c.name: c.dtype for c in view.source.columns}
+    if any(dtypes.get(name) is not DType.TIMESTAMP for name in times):
+        return "its source's time columns are not timestamps in the plan"
+    empty = {c.name: pa.array([], arrow_type(c.dtype)) for c in view.source.columns}
+    for feature in view.features:
+        try:
+            evaluate(feature.expression, empty, 0)
+        except UnsupportedExpressionError as exc:
+            return f"feature '{feature.name}': {exc}"
+    return None

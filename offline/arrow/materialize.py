@@ -29,10 +29,10 @@ import pyarrow.compute as pc
 from features.config import RepoConfig
 from features.dtypes import DType, arrow_type
 from features.errors import MaterializationError
-from features.evaluator import UnsupportedExpressionError, evaluate
 from features.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP, PUBLISHED_AT, ViewPlan
 from features.protocols import MaterializationResult, OnlineStore, Progress
 from features.rows import compute_features
+from features.rows import refusal as rows_refusal
 from offline import delta_rs
 from offline.arrow import source as arrow_source
 from offline.arrow.codes import column_codes, micros
@@ -137,19 +137,7 @@ def _problem(config: RepoConfig, view: ViewPlan) -> str | None:
         return "offline.arrow_materialize_max_rows is 0"
     if view.is_windowed:
         return "its aggregations are computed only in Spark"
-    if any(k.dtype is DType.FLOAT64 for k in view.join_keys):
-        return "it is keyed by a float (Spark's grouping normalizes -0.0 and NaN keys)"
-    times = [view.source.timestamp_column, *([view.source.created_column] if view.source.created_column else [])]
-    dtypes = {c.name: c.dtype for c in view.source.columns}
-    if any(dtypes.get(name) is not DType.TIMESTAMP for name in times):
-        return "its source's time columns are not timestamps in the plan"
-    empty = {c.name: pa.array([], arrow_type(c.dtype)) for c in view.source.columns}
-    for feature in view.features:
-        try:
-            evaluate(feature.expression, empty, 0)
-        except UnsupportedExpressionError as exc:
-            return f"feature '{feature.name}': {exc}"
-    return None
+    return rows_refusal(view)
 
 
 def _table_problem(config: RepoConfig, view: ViewPlan, path: Path) -> str | None:
