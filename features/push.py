@@ -1,8 +1,8 @@
 """Pushing fresh values: a view's source rows, computed as a materialization computes them, served at once and
 kept for the offline table.
 
->>> store.push("card_last_payment", {"card_id": [7], "paid_at": [now], "recorded_at": [now],
-...     "amount": [25.0], "fx_rate": [1.0], "country": ["FR"], "home_country": ["FR"]})  # doctest: +SKIP
+>>> store.push("card_last_payment", {"card_id": [7], "paid_at": [now], "recorded_at": [now],  # doctest: +SKIP
+...     "amount": [25.0], "fx_rate": [1.0], "country": ["FR"], "home_country": ["FR"]})
 
 The rows hold the view's *source* columns (join keys, the source's timestamp column, its created column when
 it has one, and the fields the features read), checked against the plan's types. The features are computed by

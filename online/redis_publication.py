@@ -3,7 +3,8 @@
 :meth:`online.redis_store.RedisOnlineStore.start_publication` takes a new version ``N``;
 :meth:`RedisPublication.write` (from any process) writes ``P:V:vN:*`` (see :mod:`online.redis_layout`) with
 ``MSET`` in batches of 1000; :meth:`RedisPublication.commit` flips ``P:V:_live`` to ``N`` in one Lua script, only
-if its watermark is >= the live one. Then versions other than the live and the previous one are deleted:
+if its watermark is >= the live one, putting into it the rows pushed since that it does not hold yet (see
+:mod:`online.redis_push`). Then versions other than the live and the previous one are deleted:
 ``P:V:_versions`` names the candidates, so a commit with nothing to delete (the first two publications of a view)
 scans no keys; one Lua script declares which of them are garbage (never live again: not live, not previous, not a
 staged publication that may still commit), and only those versions' keys are scanned for and unlinked, then the
