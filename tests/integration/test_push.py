@@ -22,6 +22,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from features.cli import main
 from features.errors import PushConflictError, PushError
 from features.store import FeatureStore
 from offline import delta_rs, pushed
@@ -259,7 +260,9 @@ def _push_from_a_process(root: str, rows: list[dict[str, Any]]) -> None:
         store.close()
 
 
-def test_concurrent_pushes_and_a_materialization_keep_the_newest(repo: Repo) -> None:
+def test_concurrent_pushes_and_a_materialization_keep_the_newest(
+    repo: Repo, capsys: pytest.CaptureFixture[str]
+) -> None:
     import random
 
     rng = random.Random(5)
@@ -331,6 +334,11 @@ def test_concurrent_pushes_and_a_materialization_keep_the_newest(repo: Repo) -> 
     repo.store.materialize(["last_payment"])
     assert repo.landing() == []
     assert repo.served(cards) == {card: expected(oracle[card]) for card in cards}
+    # Each pushed row was landed once, by one of the runs, and the run history says so.
+    assert sum(run.rows_landed or 0 for run in repo.store.registry.runs("last_payment")) == len(all_pushed)
+    assert main(["runs", "last_payment", "--repo", str(repo.store.config.root), "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert sum(run["rows_landed"] for run in listed) == len(all_pushed)
 
 
 # -- bad pushes ---------------------------------------------------------------------------------------------------
