@@ -14,8 +14,10 @@ row expressions: contract 2). Then, in this order:
 2. the online store serves each entity's newest pushed row at once, where it is at least as new as the row it
    serves (:class:`features.protocols.PushableStore`, atomic per entity in Redis).
 
-Offline first: if the online step fails, the pending file is removed and nothing changed; a value is never served
-that the offline side will not have. Views with windowed aggregations are refused: their values are windows over
+Offline first, so a value is never served that the offline side will not have: when the online store refuses
+the rows (another definition is served), the pending file is removed and nothing changed; when it fails
+otherwise (unreachable, a timeout: it may have written them), the file stays and the next run lands and serves
+the rows. Views with windowed aggregations are refused: their values are windows over
 source rows at each tick, computed only in Spark (contract 3), and a pushed row is one event, not a window value.
 """
 
@@ -105,9 +107,12 @@ def push(view: ViewPlan, rows: Any, *, offline: OfflineEngine, online: OnlineSto
     if store is not None:
         try:
             served = store.push(view, newest)
-        except BaseException:
-            offline.discard_push(view, handle)  # nothing served: nothing kept either
+        except PushConflictError:
+            offline.discard_push(view, handle)  # refused before anything was written: nothing kept either
             raise
+        # Any other failure (a timeout, a dropped connection) may come after the store wrote the rows: the
+        # pending file stays, so the next run lands and serves them whatever happened, and offline and online
+        # agree from then on. Pushing the same rows again is harmless.
     return PushResult(view.name, computed.num_rows, newest.num_rows, served)
 
 

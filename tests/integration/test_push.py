@@ -405,6 +405,45 @@ def test_a_push_to_a_view_served_from_another_definition_is_refused(repo: Repo) 
         changed.close()
 
 
+def test_a_push_whose_online_step_fails_leaves_the_stores_in_agreement(
+    repo: Repo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unreachable store: nothing is written. A store that fails after writing (a timeout): the pending file
+    stays, so the next run lands the row and offline and online agree."""
+    import dataclasses
+
+    from features.errors import OnlineStoreError
+
+    repo.store.materialize(["last_payment"])
+    unreachable = FeatureStore(config=dataclasses.replace(repo.store.config, online_url="redis://127.0.0.1:1/0"))
+    row = payment(1, hours=70, amount=42.0, merchant="Late")
+    try:
+        with pytest.raises(OnlineStoreError):
+            unreachable.push("last_payment", columns([row]))
+    finally:
+        unreachable.close()
+    assert repo.landing() == []
+
+    online = repo.store.online_store()
+    written = online.push  # type: ignore[attr-defined]
+
+    def times_out_after_writing(view: Any, rows: Any) -> int:
+        written(view, rows)
+        raise OnlineStoreError("online store did not answer in time")
+
+    monkeypatch.setattr(online, "push", times_out_after_writing)
+    with pytest.raises(OnlineStoreError):
+        repo.store.push("last_payment", columns([row]))
+    monkeypatch.undo()
+    assert len(repo.landing()) == 1
+    [result] = repo.store.materialize(["last_payment"])
+    assert result.rows_landed == 1 and repo.landing() == []
+    assert repo.served([1])[1] == expected(row)
+    assert repo.store.get_training_dataset(
+        pd.DataFrame({"card_id": [1], "event_timestamp": [row["paid_at"]]}), features=["last_payment:amount_eur"]
+    )["last_payment__amount_eur"].tolist() == [expected(row)[0]]
+
+
 # -- offline: the next run lands pushed rows; training sets see them ---------------------------------------------
 
 
