@@ -425,7 +425,7 @@ def test_a_push_whose_online_step_fails_leaves_the_stores_in_agreement(
     assert repo.landing() == []
 
     online = repo.store.online_store()
-    written = online.push  # type: ignore[attr-defined]
+    written = online.push  # type: ignore[attr-defined]  # the protocol has no push; the Redis store does
 
     def times_out_after_writing(view: Any, rows: Any) -> int:
         written(view, rows)
