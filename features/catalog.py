@@ -127,6 +127,7 @@ def run_summary(record: RunRecord) -> dict[str, Any]:
         "finished_at": record.finished_at.isoformat(timespec="seconds"),
         "plan_version": record.plan_version,
         "rows_read": record.rows_read,
+        "rows_landed": record.rows_landed or 0,
         "rows_written": record.rows_written_offline,
         "offline_version": record.offline_version,
         "keys_published": record.rows_published,

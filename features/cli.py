@@ -223,6 +223,7 @@ def print_materialized(results: list[MaterializationResult]) -> None:
         (
             r.view,
             r.rows_read,
+            r.rows_landed,
             r.rows_written_offline,
             r.offline_version,
             r.rows_published,
@@ -239,6 +240,7 @@ def print_materialized(results: list[MaterializationResult]) -> None:
             [
                 "view",
                 "rows read",
+                "pushed rows landed",
                 "rows written (Delta)",
                 "Delta version",
                 "keys published",
@@ -330,10 +332,13 @@ def cmd_runs(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(runs, indent=2))
         return 0
-    columns = list(runs[0]) if runs else ["view"]
-    console.print(
-        table(f"Runs ({len(runs)} of {len(records)})", columns, [tuple(map(_cell, r.values())) for r in runs])
-    )
+    # The errors go under the table, whole: a column of them would squeeze the table past a terminal's width.
+    columns = [c for c in runs[0] if c != "error"] if runs else ["view"]
+    rows = [tuple(_cell(r[c]) for c in columns) for r in runs]
+    console.print(table(f"Runs ({len(runs)} of {len(records)})", columns, rows))
+    for run in runs:
+        if run["error"]:
+            console.print(f"[red]{run['outcome']}[/]: {run['view']}, finished {run['finished_at']}: {run['error']}")
     return 0
 
 

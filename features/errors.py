@@ -136,6 +136,17 @@ class OnDemandFunctionError(SkewlessError, RuntimeError):
         return data
 
 
+class PushError(SkewlessError, ValueError):
+    """Rows pushed to a view do not fit it (a missing, extra or mistyped column, a duplicate row), or the view
+    cannot take pushes (windowed aggregations, a float key). Nothing of the push was written."""
+
+
+class PushConflictError(SkewlessError, RuntimeError):
+    """The online store serves a view from another definition than the plan's (changed since the last
+    materialization): a push encoded for the plan could not be read there. Materialize the view, then push.
+    Nothing of the push was written."""
+
+
 # -- Offline jobs -----------------------------------------------------------------------------------------------------
 
 

@@ -149,6 +149,32 @@ class AsyncReadableStore(Protocol):
         ...
 
 
+@runtime_checkable
+class PushableStore(Protocol):
+    """An online store that takes pushed rows (:meth:`features.store.FeatureStore.push`)."""
+
+    def push(self, view: ViewPlan, rows: pa.Table) -> int:
+        """Serve ``rows`` (one per entity: join keys, features in plan order, ``event_timestamp``,
+        ``created_timestamp``) at once, each only where it is at least as new (event time, then created time,
+        a missing one first) as the row served for its entity, atomically per entity against other pushes and
+        publications; returns how many entities took the pushed row."""
+        ...
+
+
+@runtime_checkable
+class PushRecorder(Protocol):
+    """An offline engine that keeps pushed rows for the next materialization of their view."""
+
+    def record_push(self, view: ViewPlan, rows: pa.Table) -> str:
+        """Keep ``rows`` (a view's computed rows) so the next materialization of ``view`` lands them in its
+        table; returns what :meth:`discard_push` takes to drop them again."""
+        ...
+
+    def discard_push(self, view: ViewPlan, handle: str) -> None:
+        """Drop rows :meth:`record_push` kept and nothing landed yet (a push whose online step failed)."""
+        ...
+
+
 def online_key_columns(views: Sequence[ViewPlan]) -> tuple[str, ...]:
     """The union of the views' join keys, in first-seen order: the columns a lookup request must give."""
     columns: list[str] = []
@@ -171,6 +197,7 @@ class MaterializationResult:
     engine: str = "spark"  # whose code computed it: "arrow" (no JVM) or "spark" (here or in the warm engine)
     #: Why each engine asked before it did not take the run: (engine, reason), in the order asked.
     refusals: tuple[tuple[str, str], ...] = ()
+    rows_landed: int = 0  # rows pushed since the previous run, landed in the table before this run read it
 
 
 class Progress(Protocol):

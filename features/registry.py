@@ -48,6 +48,7 @@ materialization_runs = sa.Table(
     sa.Column("engine", sa.String(20), nullable=True),
     sa.Column("outcome", sa.String(20), nullable=True),
     sa.Column("error", sa.Text, nullable=True),
+    sa.Column("rows_landed", sa.BigInteger, nullable=True),
 )
 
 # Added after the first release: ``create_all`` adds the table to an older registry when it is opened.
@@ -89,6 +90,7 @@ class RunRecord:
     engine: str | None = None  # whose code computed it: "arrow" or "spark"
     outcome: str = "ok"  # or "failed"
     error: str | None = None  # why it failed
+    rows_landed: int | None = None  # pushed rows landed in the table before the run read it
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from features.compiler import compile_plan, reflect_with
 from features.config import RepoConfig
@@ -32,6 +32,9 @@ from features.plan import Plan, ViewPlan
 from features.plugins import load_plugin
 from features.protocols import MaterializationResult, OfflineEngine, OnlineStore, Progress
 from features.registry import PlanVersion, Registry, TrainingSetRecord
+
+if TYPE_CHECKING:
+    from features.push import PushResult
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,6 +267,26 @@ class FeatureStore:
             request_data=request_data,
             functions=functions,
         )
+
+    def push(self, view: str, rows: Any) -> PushResult:
+        """Write fresh ``rows`` to ``view``: served online at once, and in its Delta table (so in training sets)
+        from its next materialization. See :mod:`features.push`.
+
+        ``rows`` (a pandas DataFrame, a pyarrow Table or a dict of lists) holds the view's source columns: its
+        join keys, the source's timestamp column (and created column, if it has one) and the fields its features
+        read. The features are computed by the same expressions and evaluator as a materialization's. Online,
+        each entity takes its newest pushed row unless the row served is newer (event time, then created
+        time). A :class:`~features.errors.PushError` names a missing, extra or mistyped column and changes
+        nothing; views with windowed aggregations take no pushes.
+
+        >>> store.push("card_profile", {"card_id": [7], "updated_at": [now], "ingested_at": [now],  # doctest: +SKIP
+        ...     "credit_limit": [5000.0], "balance": [120.0], "card_tier": ["gold"], "is_blocked": [False]})
+        """
+        from features.push import push
+
+        selected = self.plan_version(max_age=1.0).plan.view(view)
+        online = self.online_store() if selected.online else None
+        return push(selected, rows, offline=self.offline, online=online)
 
     def close(self) -> None:
         """Close the online store and registry connections. The Spark session is the process's (one per

@@ -27,7 +27,7 @@ from features.errors import CommitConflictError, UnsupportedTableError
 
 if TYPE_CHECKING:
     import pyarrow as pa
-    from deltalake import DeltaTable
+    from deltalake import CommitProperties, DeltaTable
 
 LOG = "_delta_log"
 _COMMIT = re.compile(r"^(\d{20})\.json$")
@@ -115,10 +115,10 @@ def read(snapshot: Snapshot, schema: pa.Schema) -> pa.Table:
     return snapshot.table.to_pyarrow_table(columns=schema.names).select(schema.names).cast(schema)
 
 
-def create(path: Path | str, rows: pa.Table, *, configuration: dict[str, str]) -> int:
-    """Create the table with ``rows`` in one commit (version 0); :class:`CommitConflictError` when another writer
-    created it first."""
-    from deltalake import CommitProperties, write_deltalake
+def create(path: Path | str, rows: pa.Table, *, configuration: dict[str, str], user_metadata: str | None = None) -> int:
+    """Create the table with ``rows`` in one commit (version 0), with ``user_metadata`` in its ``commitInfo``
+    when given; :class:`CommitConflictError` when another writer created it first."""
+    from deltalake import write_deltalake
     from deltalake.exceptions import DeltaError
 
     try:
@@ -127,7 +127,7 @@ def create(path: Path | str, rows: pa.Table, *, configuration: dict[str, str]) -
             rows,
             mode="error",
             configuration=configuration,
-            commit_properties=CommitProperties(max_commit_retries=0),
+            commit_properties=_properties(user_metadata),
         )
     except DeltaError as exc:
         raise CommitConflictError(f"creating the Delta table {path} failed (another writer first?): {exc}") from exc
@@ -147,12 +147,19 @@ def append(snapshot: Snapshot, rows: pa.Table) -> int:
     return int(table.version())
 
 
-def merge(snapshot: Snapshot, rows: pa.Table, *, keys: tuple[str, ...], features: tuple[str, ...]) -> int:
+def merge(
+    snapshot: Snapshot,
+    rows: pa.Table,
+    *,
+    keys: tuple[str, ...],
+    features: tuple[str, ...],
+    user_metadata: str | None = None,
+) -> int:
     """MERGE ``rows`` into the table as the version after ``snapshot``, by skewless's rule (the one
     :func:`offline.spark.tables.merge_rows` gives Spark): matched on the join keys and the created time
     null-safe and the event time, a matched row updated (features and ``published_at``) when a feature differs
-    null-safe, the others inserted. Returns the version committed."""
-    from deltalake import CommitProperties
+    null-safe, the others inserted; ``user_metadata`` in the commit's ``commitInfo`` when given. Returns the
+    version committed (the snapshot's when nothing changed: delta-rs commits nothing then)."""
     from deltalake.exceptions import CommitFailedError
 
     def quoted(column: str) -> str:
@@ -180,7 +187,7 @@ def merge(snapshot: Snapshot, rows: pa.Table, *, keys: tuple[str, ...], features
                 on,
                 source_alias="s",
                 target_alias="t",
-                commit_properties=CommitProperties(max_commit_retries=0),
+                commit_properties=_properties(user_metadata),
             )
             .when_matched_update(updates, predicate=changed)
             .when_not_matched_insert_all()
@@ -189,6 +196,14 @@ def merge(snapshot: Snapshot, rows: pa.Table, *, keys: tuple[str, ...], features
     except CommitFailedError as exc:
         raise _conflict(snapshot, exc) from exc
     return int(table.version())
+
+
+def _properties(user_metadata: str | None) -> CommitProperties:
+    """One commit exactly after the snapshot read (no retry), with ``user_metadata`` when given."""
+    from deltalake import CommitProperties
+
+    metadata = None if user_metadata is None else {"userMetadata": user_metadata}
+    return CommitProperties(custom_metadata=metadata, max_commit_retries=0)
 
 
 def _writable(snapshot: Snapshot) -> DeltaTable:

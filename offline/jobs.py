@@ -33,7 +33,8 @@ class Materialization:
     """Compute ``view`` for source rows with ``start <= event time < end`` into its Delta table, then publish
     the latest row per entity online (unless the online store already serves that table version and not
     ``republish``). ``plan_version``: the registry's version of ``plan``; a job that has one is recorded in the
-    registry's run history by the process that runs it (see :mod:`offline.runs`)."""
+    registry's run history by the process that runs it (see :mod:`offline.runs`), with ``rows_landed``, the
+    pushed rows the router landed in the table just before (:mod:`offline.pushed`)."""
 
     plan: Plan
     view: ViewPlan
@@ -41,6 +42,7 @@ class Materialization:
     end: datetime | None
     republish: bool = False
     plan_version: int | None = None
+    rows_landed: int = 0
 
     def __str__(self) -> str:
         return f"view '{self.view.name}'"

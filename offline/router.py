@@ -23,6 +23,7 @@ from features.config import RepoConfig
 from features.errors import MaterializationError, SkewlessError
 from features.plan import EVENT_TIMESTAMP, FeatureRefPlan, Plan, ViewPlan
 from features.protocols import MaterializationResult, OnlineStore, Progress
+from offline import pushed
 from offline.arrow.engine import ArrowEngine
 from offline.datasets import as_arrow, describe, is_spark
 from offline.jobs import Engine, Job, JoinedSet, Materialization, TrainingSet
@@ -105,13 +106,25 @@ class Router:
         online store already serves that table version and not ``republish``), in the first engine that takes
         it (or in ``engine``). With ``plan_version``, the run is recorded in the registry where it runs, so a
         caller that goes away (Ctrl-C) never leaves a run the engine finished out of the history."""
-        job = Materialization(plan, view, start, end, republish, plan_version)
+        # Pushed rows land first, whichever engine runs: the run then reads them as stored rows (its refusals
+        # see the table as it will be read) and publishes them with the rest.
+        landed = pushed.land(self.config, view) if not view.is_windowed else 0
+        job = Materialization(plan, view, start, end, republish, plan_version, rows_landed=landed)
         chosen, refusals = self.route(job, only=engine)
         if chosen.remote:
             result = chosen.materialize(job, online, progress)  # recorded there (offline.warm.server)
         else:
             result = run_and_record(self.config, job, chosen, online, progress)
         return dataclasses.replace(result, refusals=tuple(refusals.items()))
+
+    # -- pushes ------------------------------------------------------------------------------------------------------
+    def record_push(self, view: ViewPlan, rows: pa.Table) -> str:
+        """Keep a push's computed rows for the next materialization of ``view`` (:mod:`offline.pushed`)."""
+        return pushed.record(self.config, view, rows)
+
+    def discard_push(self, view: ViewPlan, handle: str) -> None:
+        """Drop the rows of a push whose online step failed (:mod:`offline.pushed`)."""
+        pushed.discard(self.config, view, handle)
 
     # -- training sets ---------------------------------------------------------------------------------------------
     def training_dataset(

@@ -8,6 +8,7 @@ runs of the engines in its process; the warm engine (:mod:`offline.warm.server`)
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -30,7 +31,7 @@ def run_and_record(
     succeeded, failed or was interrupted; a job without a ``plan_version`` (a test's, a tool's) is not recorded."""
     started = datetime.now().astimezone()
     try:
-        result = engine.materialize(job, online, progress)
+        result = dataclasses.replace(engine.materialize(job, online, progress), rows_landed=job.rows_landed)
     except BaseException as exc:
         outcome = "failed" if isinstance(exc, Exception) else "interrupted"
         _record(config, job, started, engine.name, None, outcome, f"{type(exc).__name__}: {exc}"[:4000])
@@ -65,6 +66,7 @@ def _record(
         engine=engine,
         outcome=outcome,
         error=error,
+        rows_landed=job.rows_landed,  # landed before the run, so counted even when the run failed
     )
     _registry(config).record_run(record)
 

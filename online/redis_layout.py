@@ -8,6 +8,7 @@ Key layout (``P`` = project, ``V`` = view, ``N`` = publication version)::
     P:V:_staged            hash: version -> watermark of publications started but not committed
     P:V:_versions          set: every version that may have rows (``unknown``: rows from before this set)
     P:V:vN:<entity key>    one row (see online.encoding) of snapshot N
+    P:V:_pushed            hash: entity key -> the newest row pushed since the snapshots caught up with it
 
 The Lua scripts build key names from the pointer, which Redis Cluster does not allow: standalone Redis (or
 Valkey, or a primary with replicas) only, for now.
@@ -48,19 +49,99 @@ end
 return out
 """.replace("MGET_CHUNK", str(_MGET_CHUNK))
 
-# KEYS[1]: pointer, KEYS[2]: staged hash, KEYS[3]: version key. ARGV: version, watermark, storage fingerprint,
-# features, published_at. Returns {status, previous version}: 1 committed, 0 refused (older watermark), -1 no
-# longer staged.
-COMMIT_LUA = """
+# Lua: how two encoded rows (online.encoding: "[event_us,created_us|null,...") order by event time, then created
+# time (null first): -1, 0 or 1. The times are compared as decimal text, so every int64 is exact (Lua's numbers are
+# doubles, exact only up to 2^53 microseconds, the year 2255).
+ROW_ORDER_LUA = """
+local function int_order(x, y)
+  if x == y then return 0 end
+  local nx, ny = x:sub(1, 1) == '-', y:sub(1, 1) == '-'
+  if nx ~= ny then return nx and -1 or 1 end
+  local c
+  if #x ~= #y then c = (#x < #y) and -1 or 1 else c = (x < y) and -1 or 1 end
+  if nx then return -c end
+  return c
+end
+local function row_order(a, b)
+  local ea, ca = string.match(a, '^%[(%-?%d+),([^,%]]+)')
+  local eb, cb = string.match(b, '^%[(%-?%d+),([^,%]]+)')
+  local c = int_order(ea, eb)
+  if c ~= 0 then return c end
+  if ca == cb then return 0 end
+  if ca == 'null' then return -1 end
+  if cb == 'null' then return 1 end
+  return int_order(ca, cb)
+end
+"""
+
+# KEYS[1]: pointer, KEYS[2]: staged hash, KEYS[3]: version key, KEYS[4]: pushed hash. ARGV: version, watermark,
+# storage fingerprint, features, published_at, the rows' prefix ("P:V:v"). Returns {status, previous version}: 1
+# committed, 0 refused (older watermark), -1 no longer staged. The rows pushed since the snapshots caught up with
+# them go into the new snapshot where they are newer than its row: a run computed before a push landed never
+# hides it. A pushed row the new snapshot holds (or holds something newer than) leaves the hash; one of another
+# definition (other features) is dropped, as its encoding means nothing to the new snapshot.
+COMMIT_LUA = (
+    ROW_ORDER_LUA
+    + """
 if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 0 then return {-1, false} end
 redis.call('HDEL', KEYS[2], ARGV[1])
-local live = redis.call('HMGET', KEYS[1], 'version', 'watermark')
+local live = redis.call('HMGET', KEYS[1], 'version', 'watermark', 'features')
 if live[2] and tonumber(live[2]) > tonumber(ARGV[2]) then return {0, live[1]} end
+if live[3] ~= ARGV[4] then
+  redis.call('DEL', KEYS[4])
+else
+  local prefix = ARGV[6] .. ARGV[1] .. ':'
+  local pushed = redis.call('HGETALL', KEYS[4])
+  for i = 1, #pushed, 2 do
+    local current = redis.call('GET', prefix .. pushed[i])
+    if current and row_order(pushed[i + 1], current) <= 0 then
+      redis.call('HDEL', KEYS[4], pushed[i])
+    else
+      redis.call('SET', prefix .. pushed[i], pushed[i + 1])
+    end
+  end
+end
 redis.call('HSET', KEYS[1], 'version', ARGV[1], 'previous', live[1] or '', 'watermark', ARGV[2],
            'storage_fingerprint', ARGV[3], 'features', ARGV[4], 'published_at', ARGV[5])
 redis.call('SET', KEYS[3], ARGV[1])
 return {1, live[1]}
 """
+)
+
+# KEYS[1]: pointer, KEYS[2]: version key, KEYS[3]: pushed hash, KEYS[4]: counter, KEYS[5]: versions set. ARGV:
+# storage fingerprint, features, published_at, the rows' prefix ("P:V:v"), then (entity key, row) pairs, one
+# per entity. Each row replaces the live snapshot's row of its entity unless that one is newer (event time, then
+# created time; the same times: the push is a correction and wins, as a restated row does offline), and is kept
+# in the pushed hash for the next commit (COMMIT_LUA). A view never published gets an empty snapshot of
+# watermark -1, which any materialization replaces. Returns {1, rows applied}, or {-1, live features} when
+# the live snapshot is of another definition (nothing written).
+PUSH_LUA = (
+    ROW_ORDER_LUA
+    + """
+local ptr = redis.call('HMGET', KEYS[1], 'version', 'features')
+local version = ptr[1]
+if not version then
+  version = redis.call('INCR', KEYS[4])
+  redis.call('HSET', KEYS[1], 'version', version, 'previous', '', 'watermark', -1,
+             'storage_fingerprint', ARGV[1], 'features', ARGV[2], 'published_at', ARGV[3])
+  redis.call('SET', KEYS[2], version)
+  redis.call('SADD', KEYS[5], version)
+elseif ptr[2] ~= ARGV[2] then
+  return {-1, ptr[2] or ''}
+end
+local prefix = ARGV[4] .. version .. ':'
+local applied = 0
+for i = 5, #ARGV, 2 do
+  local current = redis.call('GET', prefix .. ARGV[i])
+  if not current or row_order(ARGV[i + 1], current) >= 0 then
+    redis.call('SET', prefix .. ARGV[i], ARGV[i + 1])
+    redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1])
+    applied = applied + 1
+  end
+end
+return {1, applied}
+"""
+)
 
 # KEYS[1]: counter, KEYS[2]: staged hash, KEYS[3]: versions set. ARGV[1]: watermark. Returns the new version,
 # staged and listed as a candidate for deletion before any of its rows exist. A view published before the
@@ -123,6 +204,7 @@ class ViewKeys:
         self.counter = base + "_counter"
         self.staged = base + "_staged"
         self.versions = base + "_versions"
+        self.pushed = base + "_pushed"
         self.data_prefix = base + "v"
         self.data_pattern = glob_escape(base) + "v[0-9]*"
 

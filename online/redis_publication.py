@@ -3,7 +3,8 @@
 :meth:`online.redis_store.RedisOnlineStore.start_publication` takes a new version ``N``;
 :meth:`RedisPublication.write` (from any process) writes ``P:V:vN:*`` (see :mod:`online.redis_layout`) with
 ``MSET`` in batches of 1000; :meth:`RedisPublication.commit` flips ``P:V:_live`` to ``N`` in one Lua script, only
-if its watermark is >= the live one. Then versions other than the live and the previous one are deleted:
+if its watermark is >= the live one, putting into it the rows pushed since that it does not hold yet (see
+:mod:`online.redis_push`). Then versions other than the live and the previous one are deleted:
 ``P:V:_versions`` names the candidates, so a commit with nothing to delete (the first two publications of a view)
 scans no keys; one Lua script declares which of them are garbage (never live again: not live, not previous, not a
 staged publication that may still commit), and only those versions' keys are scanned for and unlinked, then the
@@ -127,19 +128,21 @@ class RedisPublication:
         if self._done:
             raise OnlineStoreError(f"publication {self.version} of view '{self.view}' is already finished")
         keys = self._keys
-        features = orjson.dumps([[name, fingerprint] for name, _, fingerprint in self.features])
+        features = features_json(self.features)
         with translate_errors(self.url, f"committing view '{self.view}'"):
             status, _previous = self._redis().eval(
                 COMMIT_LUA,
-                3,
+                4,
                 keys.pointer,
                 keys.staged,
                 keys.version,
+                keys.pushed,
                 str(self.version),
                 str(self.watermark),
                 self.storage_fingerprint,
                 features,
                 str(to_micros_now()),
+                keys.data_prefix,
             )
         self._done = True
         committed = int(status) == 1
@@ -204,6 +207,12 @@ def _unlink_versions(client: redis.Redis, keys: ViewKeys, versions: Sequence[str
         if batch:
             client.unlink(*batch)
         client.srem(keys.versions, version)
+
+
+def features_json(features: Sequence[tuple[str, DType, str]]) -> bytes:
+    """The pointer's ``features`` field: the feature names and fingerprints a snapshot's rows hold, in order. A
+    push compares it with its own, so it must be these very bytes."""
+    return orjson.dumps([[name, fingerprint] for name, _, fingerprint in features])
 
 
 def to_micros_now() -> int:

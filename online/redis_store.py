@@ -35,6 +35,7 @@ from online.redis_publication import RedisPublication
 from online.redis_read import SeenLive, SnapshotDecoders, SnapshotRead
 
 if TYPE_CHECKING:
+    import pyarrow as pa
     import redis
 
     from features.config import RepoConfig
@@ -214,6 +215,15 @@ class RedisOnlineStore:
             deleted = redis_cleanup.delete_view(self.client(), self.project, view)
         self._seen_live.pop(view, None)
         return deleted
+
+    # -- push -------------------------------------------------------------------------------------------------
+    def push(self, view: ViewPlan, rows: pa.Table) -> int:
+        """Serve ``rows`` (one per entity: keys, features, event and created time) at once, per entity only where
+        newer than the live row (see :mod:`online.redis_push`); returns how many entities took the pushed row."""
+        from online.redis_push import push_rows
+
+        with translate_errors(self._where, f"pushing rows of view '{view.name}'"):
+            return push_rows(self.client(), self.project, view, rows)
 
     # -- read -------------------------------------------------------------------------------------------------
     def read(

@@ -1,4 +1,5 @@
-"""The HTTP lookup service: ``POST /v1/features``, ``GET /health``, OpenAPI at ``/docs``.
+"""The HTTP lookup service: ``POST /v1/features``, ``POST /v1/push`` (:mod:`serving_api.push`), ``GET /health``,
+OpenAPI at ``/docs``.
 
 It runs the lookup :func:`features.lookup.prepare` compiles, the same read path as
 ``FeatureStore.get_online_features`` (one handler, :func:`lookup_handler`, answers ``POST /v1/features`` however
@@ -7,7 +8,9 @@ the request arrives), and is the only place where errors become HTTP statuses:
 ==============================================  ======
 unknown feature, view or feature service        404
 malformed body, wrong key type, missing key,    422
-offline-only view, bad ``request_data``
+offline-only view, bad ``request_data``, a
+push's missing or mistyped column
+a push to a view served from another definition 409
 online store or registry unreachable            503
 an on-demand function raised or returned        500 (``{"error", "type", "view", "function"}``)
 something other than its outputs
@@ -306,6 +309,10 @@ def create_app(
         from serving_api.catalog_ui import create_catalog_app
 
         app.mount("/ui", create_catalog_app(owned), name="ui")
+    if owned is not None:  # a push writes to the repository's offline path too: not for a bare store
+        from serving_api.push import add_push_route
+
+        add_push_route(app, owned, max_entities)
     return app
 
 

@@ -142,6 +142,8 @@ PUBLIC_API = {
         "OnDemandFeatureView",
         "OnDemandFunctionError",
         "OnlineStoreError",
+        "PushConflictError",
+        "PushError",
         "RegistryError",
         "RequestSource",
         "SchemaMismatchError",

@@ -29,9 +29,10 @@ import pyarrow.compute as pc
 from features.config import RepoConfig
 from features.dtypes import DType, arrow_type
 from features.errors import MaterializationError
-from features.evaluator import UnsupportedExpressionError, evaluate
 from features.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP, PUBLISHED_AT, ViewPlan
 from features.protocols import MaterializationResult, OnlineStore, Progress
+from features.rows import compute_features
+from features.rows import refusal as rows_refusal
 from offline import delta_rs
 from offline.arrow import source as arrow_source
 from offline.arrow.codes import column_codes, micros
@@ -132,19 +133,7 @@ def _problem(config: RepoConfig, view: ViewPlan) -> str | None:
         return "offline.arrow_materialize_max_rows is 0"
     if view.is_windowed:
         return "its aggregations are computed only in Spark"
-    if any(k.dtype is DType.FLOAT64 for k in view.join_keys):
-        return "it is keyed by a float (Spark's grouping normalizes -0.0 and NaN keys)"
-    times = [view.source.timestamp_column, *([view.source.created_column] if view.source.created_column else [])]
-    dtypes = {c.name: c.dtype for c in view.source.columns}
-    if any(dtypes.get(name) is not DType.TIMESTAMP for name in times):
-        return "its source's time columns are not timestamps in the plan"
-    empty = {c.name: pa.array([], arrow_type(c.dtype)) for c in view.source.columns}
-    for feature in view.features:
-        try:
-            evaluate(feature.expression, empty, 0)
-        except UnsupportedExpressionError as exc:
-            return f"feature '{feature.name}': {exc}"
-    return None
+    return rows_refusal(view)
 
 
 def _table_problem(config: RepoConfig, view: ViewPlan, path: Path) -> str | None:
@@ -167,25 +156,6 @@ def _stored_snapshot(path: Path) -> delta_rs.Snapshot | None:
     """The table's current snapshot; None when there is no table yet."""
     version = delta_rs.latest_version(path)
     return None if version is None else delta_rs.snapshot(path, version)
-
-
-def compute_features(view: ViewPlan, source: pa.Table) -> pa.Table:
-    """Join keys, features (plan order and types), event_timestamp and created_timestamp of each source row:
-    :func:`offline.spark.materialize.compute_features`, with the evaluator instead of Spark's translation."""
-
-    columns = {name: source.column(name) for name in source.column_names}
-    n = source.num_rows
-    time_type = arrow_type(DType.TIMESTAMP)
-    created = view.source.created_column
-    out: dict[str, pa.Array | pa.ChunkedArray] = {
-        k.name: source.column(k.name).cast(arrow_type(k.dtype)) for k in view.join_keys
-    }
-    for feature in view.features:
-        # Unsafe: an int64 expression stored as float64 rounds to nearest, as Spark's cast does.
-        out[feature.name] = evaluate(feature.expression, columns, n).cast(arrow_type(feature.dtype), safe=False)
-    out[EVENT_TIMESTAMP] = source.column(view.source.timestamp_column).cast(time_type)
-    out[CREATED_TIMESTAMP] = source.column(created).cast(time_type) if created else pa.nulls(n, time_type)
-    return pa.table(out)
 
 
 def prepare_rows(view: ViewPlan, source: pa.Table) -> tuple[pa.Table, RowCounts]:
