@@ -103,9 +103,11 @@ def _source(source: Any) -> dict[str, Any] | None:
         "created_timestamp_column": source.created_timestamp_column or None,
         "field_mapping": dict(source.field_mapping or {}),
     }
+    # PostgreSQLSource keeps its table and query in _postgres_options only; other sources have properties.
+    options = getattr(source, "_postgres_options", None)
     for attribute in ("table", "query", "path"):
         try:
-            value = getattr(source, attribute, None)
+            value = getattr(source, attribute, None) or getattr(options, f"_{attribute}", None)
         except Exception:  # some sources compute these and fail without a connection
             value = None
         if isinstance(value, str) and value:
