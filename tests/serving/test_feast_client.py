@@ -4,12 +4,6 @@ pointed at skewless, gets the values skewless's own API serves (issue 26, "a doo
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +12,10 @@ import pytest
 
 from features.registry import Registry
 from online.redis_store import RedisOnlineStore
-from tests import servers
 from tests.feast.venv import run_feast
 from tests.serving.conftest import publish_rows
 from tests.serving.test_on_demand import ODFV_PLAN
+from tests.serving.test_uvicorn import service  # noqa: F401 (the fixture: skewless serve on ``repo``)
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
@@ -86,9 +80,8 @@ ON_DEMAND = [{"card_id": 1, "amount": 250.0}, {"card_id": 9, "amount": 50.0}, {"
 
 
 @pytest.fixture
-def service(tmp_path: Path, redis_url: str) -> Iterator[str]:
-    """``skewless serve`` on a repository holding ODFV_PLAN and the conftest's rows."""
-    project = f"feast{uuid.uuid4().hex[:12]}"
+def repo(tmp_path: Path, redis_url: str, project: str) -> Path:
+    """A repository holding ODFV_PLAN and the conftest's rows, for test_uvicorn's ``service`` (skewless serve)."""
     repo = tmp_path / "skewless"
     repo.mkdir()
     (repo / "skewless.yaml").write_text(
@@ -99,33 +92,7 @@ def service(tmp_path: Path, redis_url: str) -> Iterator[str]:
     registry.close()
     with RedisOnlineStore(redis_url, project=project) as store:
         publish_rows(store)
-    port = servers.free_port()
-    skewless = Path(sys.executable).parent / "skewless"
-    proc = subprocess.Popen(
-        [str(skewless), "serve", "--repo", str(repo), "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env={**os.environ},
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                stderr = proc.stderr.read().decode() if proc.stderr else ""
-                pytest.fail(f"skewless serve did not start: {stderr[-2000:]}")
-            time.sleep(0.1)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        if proc.stderr:
-            proc.stderr.close()
+    return repo
 
 
 def native(url: str, body: dict[str, Any]) -> dict[str, list[Any]]:
@@ -140,7 +107,8 @@ def columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
     return {key: [row[key] for row in rows] for key in rows[0]}
 
 
-def test_feast_client_gets_what_skewless_serves(tmp_path: Path, service: str) -> None:
+@pytest.mark.parametrize("service", [1], indirect=True)  # one worker: the two-worker case is test_uvicorn's
+def test_feast_client_gets_what_skewless_serves(tmp_path: Path, service: str) -> None:  # noqa: F811 (the fixture)
     feast_repo = tmp_path / "feast_repo"
     (feast_repo / "data").mkdir(parents=True)
     (feast_repo / "feature_store.yaml").write_text(
