@@ -107,8 +107,6 @@ def check_against_feast(plan: Plan, exported: dict[str, Any], not_converted: set
 def test_feast_init_example(tmp_path: Path) -> None:
     python = feast_python()
     done = subprocess.run([str(python), "-m", "feast.cli.cli", "init", "demo"], cwd=tmp_path, capture_output=True)
-    if done.returncode != 0:  # the console script is the documented way; the module path moved across versions
-        done = subprocess.run([str(python.parent / "feast"), "init", "demo"], cwd=tmp_path, capture_output=True)
     assert done.returncode == 0, done.stderr
     feast_repo = tmp_path / "demo" / "feature_repo"
     out = tmp_path / "skewless"
