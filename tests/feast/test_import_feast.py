@@ -20,7 +20,7 @@ import sqlalchemy as sa
 
 from features.discovery import discover
 from features.dtypes import DType
-from features.feast_import import convert, export_feast_repo
+from features.feast_import import export_feast_repo
 from features.plan import Plan
 from features.store import FeatureStore
 from tests.feast.venv import feast_python
@@ -296,20 +296,3 @@ def test_a_larger_repository_over_postgresql(
     result = view.function(frame)  # type: ignore[union-attr]
     assert result["amount_vs_spend"].tolist() == [0.5, 0.0]
     assert result["log_amount"].tolist() == pytest.approx([1.791759469228055, 0.0])
-
-
-def test_conversion_without_feast_lists_what_it_cannot_name() -> None:
-    # convert() is plain Python over the JSON: a view named like a Python keyword cannot be a definition.
-    exported = {
-        "project": "p",
-        "offline_store": {"type": "file"},
-        "entities": [{"name": "user", "join_key": "user_id", "value_type": "BYTES", "description": ""}],
-        "feature_views": [],
-        "on_demand_feature_views": [],
-        "feature_services": [],
-        "notes": [],
-    }
-    conversion = convert(exported)
-    assert [(n.item, n.reason) for n in conversion.not_converted] == [
-        ("entity user", "join key user_id has type BYTES, which skewless lacks")
-    ]
