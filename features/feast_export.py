@@ -136,17 +136,16 @@ def _on_demand(view: Any) -> dict[str, Any]:
 
 
 def _function(udf: Any, source: str) -> dict[str, Any]:
-    """The function's source and whether it can be carried: every global it reads must be a module of
-    :data:`CARRIED_MODULES` (their import aliases are given), or a builtin."""
-    imports: dict[str, str] = {}
+    """The function's source and whether it can be carried: every global it reads must be a builtin, or come
+    from :data:`CARRIED_MODULES` (a module, or a class or function of one); the imports that bind them are given."""
+    imports: list[str] = []
     foreign: list[str] = []
     for name in sorted(_global_names(udf.__code__)):
         if name not in udf.__globals__:
             continue  # a builtin, or the name of an attribute
-        value = udf.__globals__[name]
-        module = getattr(value, "__name__", "") if type(value).__name__ == "module" else ""
-        if module.split(".")[0] in CARRIED_MODULES:
-            imports[name] = module
+        statement = _import_of(name, udf.__globals__[name])
+        if statement is not None:
+            imports.append(statement)
         elif not hasattr(builtins, name):
             foreign.append(name)
     try:
@@ -154,6 +153,19 @@ def _function(udf: Any, source: str) -> dict[str, Any]:
     except SyntaxError:
         source = ""
     return {"name": udf.__name__, "source": source, "imports": imports, "foreign_names": foreign}
+
+
+def _import_of(name: str, value: Any) -> str | None:
+    """The import statement binding ``name`` to ``value``, when ``value`` comes from a carried module."""
+    if type(value).__name__ == "module":
+        module = value.__name__
+        if module.split(".")[0] not in CARRIED_MODULES:
+            return None
+        return f"import {module}" if name == module else f"import {module} as {name}"
+    module, own_name = getattr(value, "__module__", None) or "", getattr(value, "__name__", None)
+    if module.split(".")[0] not in CARRIED_MODULES or not own_name:
+        return None
+    return f"from {module} import {own_name}" + ("" if own_name == name else f" as {name}")
 
 
 def _global_names(code: Any) -> set[str]:

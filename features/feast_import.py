@@ -10,7 +10,7 @@ is listed with the reason, never dropped silently:
   ``field_mapping`` becomes the feature's expression (the source column).
 - other sources (files, BigQuery, ...) become a :class:`SqlSource` over a table named after the source, in the
   ``feast_sources`` connection: the view is converted, and listed as needing its data in that SQL table.
-- on-demand views in pandas mode whose function reads only pandas and numpy are carried as they are, wrapped in
+- on-demand views in pandas mode whose function reads only pandas and numpy names are carried as written, in
   an ``@on_demand_function(mode="pandas")`` that hands them the frame Feast would (columns named by field, and
   ``view__feature``); other modes, or functions that read other names of their module, are listed.
 - field types skewless lacks (lists, bytes, maps, JSON, structs...) are listed; their views keep the other
@@ -258,7 +258,7 @@ def _views(exported: dict[str, Any], entities: _Part, out: Conversion, names: _N
             f"{variable} = FeatureView(",
             f"    entities=[{', '.join(f'entities.{entities.by_feast_name[e]}' for e in keys)}],",
             f"    source={source_variable},",
-            f"    ttl={f'timedelta(seconds={ttl})' if ttl else None},",  # Feast's ttl 0 or None: never expires
+            f"    ttl={_timedelta(ttl) if ttl else None},",  # Feast's ttl 0 or None: never expires
             "    features=[",
             *(f"        {code}," for _, code in features),
             "    ],",
@@ -362,10 +362,7 @@ def _on_demand_views(exported: dict[str, Any], views: _Part, out: Conversion, na
             inputs += [f"{name}.{f}" for f in features]
         types.update(outputs.values())
         function = view["function"]
-        carried_imports.update(
-            f"import {module}" if alias == module else f"import {module} as {alias}"
-            for alias, module in function["imports"].items()
-        )
+        carried_imports.update(function["imports"])
         inner = f"_feast_{variable}"
         part.code.append(f"# Feast's function, as written in the Feast repository.\n{_renamed(function, inner)}")
         columns = ", ".join(_q(n) for n in outputs)
@@ -391,7 +388,10 @@ def _on_demand_views(exported: dict[str, Any], views: _Part, out: Conversion, na
     if part.by_feast_name:
         part.code.insert(0, _FEAST_FRAME)
         uses_views = any(v["view_sources"] for v in exported["on_demand_feature_views"])
-        part.imports = sorted(carried_imports | {"import pandas as pd"})
+        # "import x" lines first, then "from x import y", as isort orders them.
+        part.imports = sorted(
+            carried_imports | {"import pandas as pd"}, key=lambda line: (line.startswith("from"), line)
+        )
         part.imports += ["", *(["from definitions import views"] if uses_views else [])]
         part.imports.append(f"from features import {', '.join(sorted(types))}")
     else:
@@ -508,6 +508,14 @@ def _postgres_url(offline: dict[str, Any]) -> str:
     return (
         f"postgresql://{at}{offline.get('host', 'localhost')}:{offline.get('port', 5432)}/{offline.get('database', '')}"
     )
+
+
+def _timedelta(seconds: int) -> str:
+    """``timedelta(days=2)`` rather than ``timedelta(seconds=172800)``: the unit a person wrote."""
+    for unit, size in (("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if seconds % size == 0:
+            return f"timedelta({unit}={seconds // size})"
+    return f"timedelta(seconds={seconds})"
 
 
 def _q(value: Any) -> str:

@@ -156,6 +156,7 @@ from datetime import timedelta
 
 import numpy as np
 import pandas as pd
+from numpy import log1p
 from feast import Entity, FeatureService, FeatureView, Field, RequestSource
 from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source import PostgreSQLSource
 from feast.on_demand_feature_view import on_demand_feature_view
@@ -215,7 +216,7 @@ txn = RequestSource(name="txn", schema=[Field(name="amount", dtype=Float64)])
 def spend_checks(inputs: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame()
     out["amount_vs_spend"] = inputs["amount"] / inputs["spend"]
-    out["log_amount"] = np.log1p(inputs["amount"])
+    out["log_amount"] = log1p(inputs["amount"]) + np.zeros(len(inputs))
     return out
 
 

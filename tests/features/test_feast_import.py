@@ -46,7 +46,7 @@ def odfv(name: str, mode: str, foreign: list[str]) -> dict[str, Any]:
         "request_sources": [],
         "view_sources": ["payments"],
         "write_to_online_store": False,
-        "function": {"name": name, "source": source, "imports": {}, "foreign_names": foreign},
+        "function": {"name": name, "source": source, "imports": [], "foreign_names": foreign},
     }
 
 
