@@ -12,13 +12,12 @@ from typing import Any
 import httpx
 import pytest
 
-from features.registry import Registry
-from online.redis_store import RedisOnlineStore
+from features.plan import Plan
 from tests import servers
 from tests.feast.venv import feast_python, run_feast
-from tests.serving.conftest import RECENT, publish_rows
+from tests.serving.conftest import RECENT
 from tests.serving.test_on_demand import ODFV_PLAN
-from tests.serving.test_uvicorn import service  # noqa: F401 (the fixture: skewless serve on ``repo``)
+from tests.serving.test_uvicorn import repo, service  # noqa: F401 (fixtures: skewless serve on a repository)
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
@@ -101,19 +100,9 @@ ON_DEMAND = [{"card_id": 1, "amount": 250.0}, {"card_id": 9, "amount": 50.0}, {"
 
 
 @pytest.fixture
-def repo(tmp_path: Path, redis_url: str, project: str) -> Path:
-    """A repository holding ODFV_PLAN and the conftest's rows, for test_uvicorn's ``service`` (skewless serve)."""
-    repo = tmp_path / "skewless"
-    repo.mkdir()
-    (repo / "skewless.yaml").write_text(
-        f"project: {project}\nregistry: sqlite:///.skewless/registry.db\nonline:\n  url: {redis_url}\n"
-    )
-    registry = Registry(f"sqlite:///{repo}/.skewless/registry.db")
-    registry.apply(ODFV_PLAN)
-    registry.close()
-    with RedisOnlineStore(redis_url, project=project) as store:
-        publish_rows(store)
-    return repo
+def served_plan() -> Plan:
+    """What test_uvicorn's ``repo`` applies for its ``service`` (skewless serve): ODFV_PLAN, on the conftest's rows."""
+    return ODFV_PLAN
 
 
 def native(url: str, body: dict[str, Any]) -> dict[str, list[Any]]:
