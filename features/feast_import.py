@@ -385,6 +385,11 @@ def _on_demand_views(exported: dict[str, Any], views: _Part, out: Conversion, na
             )
         )
         part.by_feast_name[view["name"]] = (variable, list(outputs))
+        if view["write_to_online_store"]:
+            out.notes.append(
+                f"on-demand view {view['name']}: Feast computes it when rows are written (write_to_online_store); "
+                "skewless computes it at each lookup, from the request and the stored inputs"
+            )
     if part.by_feast_name:
         part.code.insert(0, _FEAST_FRAME)
         uses_views = any(v["view_sources"] for v in exported["on_demand_feature_views"])

@@ -64,7 +64,7 @@ EXPORTED = {
         {**view("labels", ["user"], [field("ok", "Bool")]), "kind": "LabelView"},
     ],
     "on_demand_feature_views": [
-        odfv("carried", "pandas", []),
+        {**odfv("carried", "pandas", []), "write_to_online_store": True},
         odfv("in_python", "python", []),
         odfv("helper", "pandas", ["_scale"]),
     ],
@@ -108,6 +108,7 @@ def test_what_is_not_converted_is_listed_with_its_reason() -> None:
     assert "LabelView" in listed["feature view labels"]
     assert "python" in listed["on-demand view in_python"]
     assert "_scale" in listed["on-demand view helper"]
+    assert [n for n in convert(EXPORTED).notes if "carried" in n and "write_to_online_store" in n]
 
 
 def test_the_files_load_as_skewless_definitions(tmp_path: Path) -> None:
