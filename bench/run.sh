@@ -7,16 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh test   # skewless, with psycopg for the PostgreSQL source
 
-feast_venv=bench/.feast-venv
-stamp="$feast_venv/.installed"
-want="$(sha256sum bench/feast-requirements.txt | cut -c1-16)"
-if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  echo "== installing Feast into $feast_venv (once; a few minutes)"
-  [ -x "$feast_venv/bin/python" ] || "${PYTHON:-python3}" -m venv "$feast_venv"
-  "$feast_venv/bin/python" -m pip install --quiet --upgrade pip
-  "$feast_venv/bin/python" -m pip install --quiet -r bench/feast-requirements.txt
-  echo "$want" > "$stamp"
-fi
+bash bench/feast-venv.sh
 if ! command -v wrk >/dev/null 2>&1; then
   echo "== wrk not found: the HTTP load uses bench/http_load.py (install Debian's wrk for lower client overhead)"
 fi

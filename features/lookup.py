@@ -153,6 +153,7 @@ class Lookup:
 
     def __init__(self, plan: Plan, refs: Sequence[FeatureRefPlan]) -> None:
         self.plan = plan
+        self.refs = tuple(refs)
         self.columns = tuple(ref.column for ref in refs)
         self.on_demand = tuple(r for r in refs if plan.is_on_demand(r.view))
         stored = [r for r in refs if not plan.is_on_demand(r.view)]

@@ -1,5 +1,6 @@
 """The HTTP lookup service: ``POST /v1/features``, ``POST /v1/push`` (:mod:`serving_api.push`), ``GET /health``,
-OpenAPI at ``/docs``.
+OpenAPI at ``/docs``, and Feast's ``POST /get-online-features`` (:mod:`serving_api.feast_door`: the same lookup,
+in Feast's request and answer).
 
 It runs the lookup :func:`features.lookup.prepare` compiles, the same read path as
 ``FeatureStore.get_online_features`` (one handler, :func:`lookup_handler`, answers ``POST /v1/features`` however
@@ -34,7 +35,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 from fastapi import FastAPI, Request
@@ -53,11 +54,12 @@ from features.errors import (
     UnknownNameError,
 )
 from features.functions import FunctionLoader, FunctionLoadError
-from features.lookup import Lookup, OfflineOnlyViewError, prepare
+from features.lookup import Lookup, LookupResult, OfflineOnlyViewError, prepare
 from features.on_demand import OnDemandFunctionError
 from features.plan import Plan
 from features.protocols import OnlineStore
 from features.registry import PlanVersion
+from serving_api.feast_door import FEAST, add_feast_door
 
 if TYPE_CHECKING:
     from features.store import FeatureStore
@@ -305,13 +307,12 @@ def create_app(
         app.answer_lookup = answer_lookup  # the fast path (see ServingApp); OpenTelemetry needs the routed way
     _add_lookup_routes(app, answer_lookup)
     _add_health_route(app, plans, store)
-    if owned is not None:  # the repository's catalog in the browser, at /ui/ (see serving_api/catalog_ui.py)
+    add_feast_door(app, lookup_endpoint(lookup_handler(plans, store, loader, max_entities, FEAST)))
+    if owned is not None:  # served from a repository: its catalog, and pushes (they write to its offline path)
         from serving_api.catalog_ui import create_catalog_app
-
-        app.mount("/ui", create_catalog_app(owned), name="ui")
-    if owned is not None:  # a push writes to the repository's offline path too: not for a bare store
         from serving_api.push import add_push_route
 
+        app.mount("/ui", create_catalog_app(owned), name="ui")
         add_push_route(app, owned, max_entities)
     return app
 
@@ -386,10 +387,48 @@ def _add_error_handlers(app: FastAPI) -> None:
         return _unexpected(exc)
 
 
-def lookup_handler(plans: PlanCache, store: OnlineStore, loader: FunctionLoader, max_entities: int) -> LookupHandler:
-    """The one handler of ``POST /v1/features``: the answer to a request body, never raising (errors become
-    their HTTP statuses). :meth:`ServingApp.__call__` (the fast path) calls it with the body it read, the routed
-    way through :func:`lookup_endpoint`."""
+class LookupDialect(Protocol):
+    """How a lookup request reads and its answer is written: skewless's own (:data:`NATIVE`), or another
+    feature store's (Feast's, :mod:`serving_api.feast_door`). Every dialect runs the same lookup."""
+
+    def parse(self, raw_body: bytes) -> Any:
+        """The request (with ``features``, ``feature_service`` and ``entities``); a pydantic ValidationError
+        when malformed."""
+
+    def inputs(self, request: Any, lookup: Lookup) -> tuple[dict[str, list[Any]], dict[str, Any] | None]:
+        """The entity columns and the request data the lookup needs, from the request."""
+
+    def answer(self, request: Any, lookup: Lookup, result: LookupResult) -> Any:
+        """The JSON-ready answer."""
+
+
+class NativeDialect:
+    """``POST /v1/features``: :class:`FeaturesRequest` in, :meth:`LookupResult.to_dict` out."""
+
+    def parse(self, raw_body: bytes) -> FeaturesRequest:
+        return FeaturesRequest.model_validate_json(raw_body)
+
+    def inputs(self, request: FeaturesRequest, lookup: Lookup) -> tuple[dict[str, list[Any]], dict[str, Any] | None]:
+        return request.entities, request.request_data
+
+    def answer(self, request: FeaturesRequest, lookup: Lookup, result: LookupResult) -> Any:
+        return result.to_dict()
+
+
+NATIVE = NativeDialect()
+
+
+def lookup_handler(
+    plans: PlanCache,
+    store: OnlineStore,
+    loader: FunctionLoader,
+    max_entities: int,
+    dialect: LookupDialect = NATIVE,
+) -> LookupHandler:
+    """The one handler of lookups: the answer to a request body, never raising (errors become their HTTP
+    statuses). :meth:`ServingApp.__call__` (the fast path) calls it with the body it read, the routed way
+    through :func:`lookup_endpoint`. ``dialect`` reads the request and writes the answer: ``POST /v1/features``
+    speaks :data:`NATIVE`, ``POST /get-online-features`` Feast's (:mod:`serving_api.feast_door`)."""
 
     async def answer_lookup(raw_body: bytes) -> Response:
         # On the event loop: the Redis read is awaited on the worker's one pipelined connection (a store without
@@ -397,7 +436,7 @@ def lookup_handler(plans: PlanCache, store: OnlineStore, loader: FunctionLoader,
         # than it buys). The body is parsed and checked by pydantic straight from the bytes (FastAPI's own body
         # handling costs ~0.1 ms more).
         try:
-            body = FeaturesRequest.model_validate_json(raw_body)
+            body = dialect.parse(raw_body)
         except ValidationError as exc:
             return _invalid(exc.errors())
         try:
@@ -408,14 +447,16 @@ def lookup_handler(plans: PlanCache, store: OnlineStore, loader: FunctionLoader,
                 )
             version = plans.get()
             plan = version.plan
-            result = await _prepare(plan, body.features, body.feature_service).run_async(
+            lookup = _prepare(plan, body.features, body.feature_service)
+            entities, request_data = dialect.inputs(body, lookup)
+            result = await lookup.run_async(
                 store,
-                body.entities,
+                entities,
                 plan_version=version.version,
-                request_data=body.request_data,
+                request_data=request_data,
                 functions=loader.functions_for(plan) if plan.on_demand_views else None,
             )
-            return JSONAnswer(result.to_dict())
+            return JSONAnswer(dialect.answer(body, lookup, result))
         except Exception as exc:
             return _error_answer(exc)
 

@@ -5,8 +5,9 @@ added to the README without a test cannot land:
 
 - ``# definitions/<file>.py`` blocks are written out as a repository of their own, then planned, applied and
   evaluated (:func:`test_the_definition_files_plan_apply_and_compute`);
-- the ``## Python`` block and every ``curl`` block run on the example repository after the demo
-  (:func:`check_python_and_http_blocks`, called by ``tests/integration/test_demo.py``, which has it ready);
+- the Python blocks of the ``## Python`` and ``## Pushing fresh values`` sections and every ``curl`` block run,
+  in the README's order, on the example repository after the demo (:func:`check_python_and_http_blocks`, called
+  by ``tests/integration/test_demo.py``, which has it ready); a ``print(...)  # text`` line must print ``text``;
 - the two commands are the scripts CI runs, and the benchmark commands parse with the benchmark's own parser.
 """
 
@@ -30,6 +31,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 DEFINITION_FILE = re.compile(r"\A# (definitions/\w+\.py)\n")
 README_PORT = "localhost:6566"
+PYTHON_SECTIONS = ("Python", "Pushing fresh values")  # Python blocks run on the demo's repository
+PRINTED = re.compile(r"^print\(.*\)  # (.+)$", re.MULTILINE)  # a print and, in its comment, what it prints
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,9 +68,9 @@ def check_of(block: Block) -> str | None:
     """Which check runs ``block`` (None: none does)."""
     if block.lang == "python" and DEFINITION_FILE.match(block.text):
         return "definition file"
-    if block.lang == "python" and block.heading == "Python":
+    if block.lang == "python" and block.heading in PYTHON_SECTIONS:
         return "python"
-    if block.lang == "bash" and block.lines and all(line.startswith("curl ") for line in _commands(block)):
+    if block.lang == "bash" and any(line.startswith("curl ") and README_PORT in line for line in _commands(block)):
         return "http"
     if block.lang == "bash" and _commands(block) == ["bash scripts/demo.sh", "bash scripts/test.sh"]:
         return "two commands"
@@ -83,7 +86,7 @@ def _commands(block: Block) -> list[str]:
         text = line.split("  #")[0].rstrip()
         if not text or text.startswith("#"):
             continue
-        if commands and not line.startswith(("bash ", "curl ", "skewless ")):
+        if commands and not line.startswith(("bash ", "curl ", "skewless ", "now=")):
             commands[-1] += "\n" + text
         else:
             commands.append(text)
@@ -189,17 +192,25 @@ print(json.dumps(out))
 
 
 def check_python_and_http_blocks(repo: Path, env: dict[str, str]) -> None:
-    """Run the ``## Python`` block and every ``curl`` block on ``repo``, the example repository after the demo
-    (its data and tables exist). The curl blocks run against ``skewless serve`` on a free port, the one change
-    made to them: the README's port, 6566, may be taken on a test machine."""
+    """Run the Python blocks of :data:`PYTHON_SECTIONS` and every ``curl`` block on ``repo``, the example
+    repository after the demo (its data and tables exist). The curl blocks run against ``skewless serve`` on a
+    free port, the one change made to them: the README's port, 6566, may be taken on a test machine."""
     blocks = readme_blocks()
     python = [b for b in blocks if check_of(b) == "python"]
-    assert len(python) == 1
-    done = subprocess.run(
-        [sys.executable, "-c", python[0].text], cwd=repo, env=env, capture_output=True, text=True, timeout=600
-    )
-    assert done.returncode == 0, f"README line {python[0].line}: " + done.stderr[-3000:]
-    assert re.search(r"^\(2, \d+\) \(2, \d+\)$", done.stdout, re.MULTILINE), done.stdout[-2000:]
+    assert len(python) == len(PYTHON_SECTIONS), [b.line for b in python]
+    outputs = []
+    for block in python:
+        done = subprocess.run(
+            [sys.executable, "-c", block.text], cwd=repo, env=env, capture_output=True, text=True, timeout=600
+        )
+        assert done.returncode == 0, f"README line {block.line}: " + done.stderr[-3000:]
+        printed = [line.strip() for line in done.stdout.splitlines()]
+        for expected in PRINTED.findall(block.text):  # what the comments say is printed, in order
+            assert expected.strip() in printed, f"README line {block.line}: {expected!r} not in {printed}"
+            printed = printed[printed.index(expected.strip()) + 1 :]
+        outputs.append(done.stdout)
+    # The ## Python block prints the shapes of its training set and online answer: two rows each.
+    assert re.search(r"^\(2, \d+\) \(2, \d+\)$", outputs[0], re.MULTILINE), outputs[0][-2000:]
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -226,6 +237,16 @@ def check_python_and_http_blocks(repo: Path, env: dict[str, str]) -> None:
             answer = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=60)
             assert answer.returncode == 0, f"README line {block.line}: {answer.stderr}"
             body = json.loads(answer.stdout)
+            assert "error" not in body, f"README line {block.line}: {answer.stdout[:2000]}"
+            if "/v1/push" in block.text:
+                assert body["rows"] == 1 and body["served"] == 1, answer.stdout[:2000]
+                continue
+            if "/get-online-features" in block.text:  # Feast's answer: a column per key and feature
+                assert body.get("metadata", {}).get("feature_names"), (
+                    f"README line {block.line}: {answer.stdout[:2000]}"
+                )
+                assert all(len(r["values"]) == len(r["statuses"]) == 2 for r in body["results"]), answer.stdout[:2000]
+                continue
             assert body.get("features"), f"README line {block.line}: {answer.stdout[:2000]}"
             for column, values in body["features"].items():
                 assert len(values["values"]) == 2 and len(values["statuses"]) == 2, column

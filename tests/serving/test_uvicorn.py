@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from features.errors import EntityKeyError, UnknownNameError
+from features.plan import Plan
 from features.registry import Registry
 from online.redis_store import RedisOnlineStore
 from serving_api.client import InvalidRequestError, ServiceUnavailableError, SkewlessClient
@@ -35,12 +36,18 @@ sys.exit(args.handler(args))
 
 
 @pytest.fixture
-def repo(tmp_path: Path, redis_url: str, project: str) -> Path:
+def served_plan() -> Plan:
+    """The plan ``repo`` applies (a test module that serves another overrides this fixture)."""
+    return PLAN
+
+
+@pytest.fixture
+def repo(tmp_path: Path, redis_url: str, project: str, served_plan: Plan) -> Path:
     (tmp_path / "skewless.yaml").write_text(
         f"project: {project}\nregistry: sqlite:///.skewless/registry.db\nonline:\n  url: {redis_url}\n"
     )
     registry = Registry(f"sqlite:///{tmp_path}/.skewless/registry.db")
-    registry.apply(PLAN)
+    registry.apply(served_plan)
     registry.close()
     with RedisOnlineStore(redis_url, project=project) as store:
         publish_rows(store)
