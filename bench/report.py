@@ -18,14 +18,18 @@ SKEWLESS = "skewless"
 SKEWLESS_WARM = "skewless-warm"  # the same jobs sent to a running `skewless engine` (Spark already started)
 FEAST = "feast"  # Feast with its duckdb offline store (its best local setting) and its Redis online store
 FEAST_SPARK = "feast-spark"
+SKEWLESS_GRANIAN = "skewless-granian"  # `skewless serve --server granian` (HTTP cases only)
 REFERENCE = "reference"  # the floor app for HTTP cases, the raw Redis MGET for the Python client
-SYSTEMS = (SKEWLESS, SKEWLESS_WARM, FEAST, FEAST_SPARK, REFERENCE)
+COMPILED = "compiled"  # the compiled floor (bench/go_floor: Go's net/http and go-redis), HTTP cases only
+SYSTEMS = (SKEWLESS, SKEWLESS_GRANIAN, SKEWLESS_WARM, FEAST, FEAST_SPARK, REFERENCE, COMPILED)
 SYSTEM_TITLES = {
     SKEWLESS: "skewless",
+    SKEWLESS_GRANIAN: "skewless, granian",
     SKEWLESS_WARM: "skewless, warm engine",
     FEAST: "Feast (duckdb)",
     FEAST_SPARK: "Feast (Spark)",
     REFERENCE: "floor / raw Redis",
+    COMPILED: "compiled floor (Go)",
 }
 
 # Case and metric names shared by the harness (which records them) and the targets (which read them).
@@ -38,6 +42,8 @@ CLIENT_1 = "3. Python client, 1 entity"
 CLIENT_100 = "3. Python client, 100 entities"
 HTTP_1 = "4. HTTP, 1 entity"
 HTTP_100 = "4. HTTP, 100 entities"
+# The issue-24 targets against the compiled floor: skewless's req/s as a share of the floor's.
+COMPILED_TARGETS = {HTTP_1: 0.40, HTTP_100: 0.80}
 
 IN_PROCESS_S = "in-process time (s)"
 WHOLE_PROCESS_S = "whole-process time (s)"
@@ -212,6 +218,14 @@ def evaluate_targets(measurements: Sequence[Measurement], correctness: Sequence[
         "HTTP 100 entities: >= 60% of the floor's req/s",
         _at_least(ratio(ms, HTTP_100, RPS_LOAD, SKEWLESS, REFERENCE), 0.60, "of the floor", "{:.0%}"),
     )
+    for system, how in ((SKEWLESS, ""), (SKEWLESS_GRANIAN, " (granian)")):
+        if system != SKEWLESS and not find(ms, HTTP_1, RPS_LOAD, system):
+            continue
+        for case, share in COMPILED_TARGETS.items():
+            add(
+                f"HTTP {case[9:]}: >= {share:.0%} of the compiled floor's req/s{how} (issue 24)",
+                _at_least(ratio(ms, case, RPS_LOAD, system, COMPILED), share, "of the compiled floor", "{:.0%}"),
+            )
     client, raw = find(ms, CLIENT_1, LATENCY_MS, SKEWLESS), find(ms, CLIENT_1, LATENCY_MS, REFERENCE)
     if client and raw:
         gap = client.median - raw.median
@@ -298,8 +312,9 @@ def render(results: dict[str, Any], *, picture: str | None = None) -> str:
             else ""
         ),
         "",
-        "Values are min / median / max over the repetitions; the ratio is skewless's median over Feast's "
-        "(duckdb offline store, Redis online store). Peak RSS is the whole process tree (the Spark JVM included)."
+        "Values are min / median / max over the repetitions; a ratio is of the medians (skewless's over Feast's: "
+        "duckdb offline store, Redis online store; over the compiled floor's: Go's net/http and go-redis). "
+        "Peak RSS is the whole process tree (the Spark JVM included)."
         + (
             " *skewless, warm engine*: the same commands while `skewless engine start` keeps Spark running (the "
             "engine was started, and ran three materializations and one training set, before the measured runs); "
@@ -310,10 +325,16 @@ def render(results: dict[str, Any], *, picture: str | None = None) -> str:
         "",
         *([f"![How many times better than Feast, case by case]({picture})", ""] if picture else []),
     ]
-    ratios = [(SKEWLESS, "skewless / Feast")]
-    if SKEWLESS_WARM in systems:
-        ratios.append((SKEWLESS_WARM, "warm engine / Feast"))
-    header = ["case", "metric", *(SYSTEM_TITLES[s] for s in systems), *(title for _, title in ratios)]
+    ratios = []
+    if FEAST in systems:
+        ratios.append((SKEWLESS, FEAST, "skewless / Feast"))
+    if FEAST in systems and SKEWLESS_WARM in systems:
+        ratios.append((SKEWLESS_WARM, FEAST, "warm engine / Feast"))
+    if COMPILED in systems:
+        ratios.append((SKEWLESS, COMPILED, "skewless / compiled floor"))
+    if COMPILED in systems and SKEWLESS_GRANIAN in systems:
+        ratios.append((SKEWLESS_GRANIAN, COMPILED, "granian / compiled floor"))
+    header = ["case", "metric", *(SYSTEM_TITLES[s] for s in systems), *(title for _, _, title in ratios)]
     lines += ["| " + " | ".join(header) + " |", "| --- | --- | " + " | ".join("---:" for _ in header[2:]) + " |"]
     keys: list[tuple[str, str]] = []
     for m in measurements:
@@ -324,8 +345,8 @@ def render(results: dict[str, Any], *, picture: str | None = None) -> str:
         for system in systems:
             found = find(measurements, case, metric, system)
             cells.append(spread(found.values) if found else "-")
-        for system, _ in ratios:
-            r = ratio(measurements, case, metric, system, FEAST)
+        for system, other, _ in ratios:
+            r = ratio(measurements, case, metric, system, other)
             cells.append(f"{r:.2f}" if r is not None else "-")
         lines.append("| " + " | ".join(cells) + " |")
 
@@ -343,7 +364,7 @@ def render(results: dict[str, Any], *, picture: str | None = None) -> str:
             f"{c['values_wrong']:,} | {kinds} |"
         )
 
-    lines += ["", "## Targets (issue 4)", "", "| target | measured | met |", "| --- | --- | --- |"]
+    lines += ["", "## Targets (issues 4 and 24)", "", "| target | measured | met |", "| --- | --- | --- |"]
     for t in results.get("targets", []):
         met = "n/a" if t["met"] is None else ("yes" if t["met"] else "**no**")
         lines.append(f"| {t['target']} | {t['measured']} | {met} |")

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench import report  # noqa: E402
+from bench import compiled_floor, report  # noqa: E402
 from bench.backfill import PeakRss  # noqa: E402
 from bench.feast_side import FEATURES, write_repo  # noqa: E402
 from bench.http_load import percentile  # noqa: E402
@@ -264,8 +264,8 @@ def online_users(workload: Workload, now: datetime, count: int, size: int, seed:
 
 # -- HTTP -----------------------------------------------------------------------------------------------------
 def http_body(system: str, ids: list[int]) -> dict[str, Any]:
-    """The request each server takes for ``ids``: the ten features by name (the floor reads the same keys)."""
-    if system == report.REFERENCE:
+    """The request each server takes for ``ids``: the ten features by name (the floors read the same keys)."""
+    if system in (report.REFERENCE, report.COMPILED):
         return {"entities": {"user_id": ids}}
     return {"features": FEATURES, "entities": {"user_id": ids}}
 
@@ -389,6 +389,11 @@ class Run:
     def fe(self) -> list[str]:
         return [str(FEAST_PY), "bench/feast_side.py", str(self.feast_repo)]
 
+    @property
+    def feast(self) -> bool:
+        """Feast is measured (``--skip feast`` leaves it out entirely: no venv needed)."""
+        return "feast" not in self.skip
+
     def checkpoint(self, done: str) -> None:
         """Write the results so far, so a run stopped later still leaves what it measured."""
         partial = [*self.notes, f"partial results: the run had finished {done} when this was written"]
@@ -404,7 +409,8 @@ class Run:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if not FEAST_PY.exists():
+    servers_of(args)  # a wrong --servers fails now, not after the other cases
+    if "feast" not in skipped(args) and not FEAST_PY.exists():
         print("Feast's venv is missing: run bash bench/run.sh, which creates bench/.feast-venv", file=sys.stderr)
         return 2
     run = prepare(args)
@@ -415,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
             case_publish(run)
         else:  # the later cases need the data: skewless's tables (and online keys), Feast's online keys
             run_measured([*run.sk, "materialize", "--fresh"], logfile=run.logs / "skewless.log", timeout=run.timeout)
-            if not {"client", "http"} <= run.skip:
+            if run.feast and not {"client", "http"} <= run.skip:
                 run_measured(
                     [*run.fe, "materialize", run.mat_start, run.mat_end],
                     logfile=run.logs / "feast.log",
@@ -454,9 +460,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="",
         help="comma-separated cases to skip: materialize,filled (the rerun onto filled keys),pit,client,http,"
         "feast-spark,feast-pit (Feast's duckdb training set, which runs out of memory at --scale 10),"
-        "warm (skewless's warm engine)",
+        "warm (skewless's warm engine),feast (Feast left out entirely: skewless and the floors only)",
+    )
+    parser.add_argument(
+        "--servers",
+        default="uvicorn",
+        help="comma-separated ASGI servers to measure `skewless serve` with in the HTTP cases: uvicorn,granian",
     )
     return parser.parse_args(argv)
+
+
+def skipped(args: argparse.Namespace) -> set[str]:
+    return {s.strip() for s in args.skip.split(",") if s.strip()}
 
 
 def prepare(args: argparse.Namespace) -> Run:
@@ -477,8 +492,7 @@ def prepare(args: argparse.Namespace) -> Run:
         {name: (v.frame, v.spec.ttl, [f for f, _ in v.spec.features]) for name, v in workload.views.items()},
     )
     log("  oracle training set computed (pandas merge_asof)")
-    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
-    return Run(args=args, skip=skip, now=now, work=work, workload=workload, expected=expected)
+    return Run(args=args, skip=skipped(args), now=now, work=work, workload=workload, expected=expected)
 
 
 def start_systems(stack: contextlib.ExitStack, run: Run) -> PeakRss | None:
@@ -486,12 +500,30 @@ def start_systems(stack: contextlib.ExitStack, run: Run) -> PeakRss | None:
     engine started and warmed up (its memory sampler is returned; None without it). ``stack`` stops them."""
     pg_url = stack.enter_context(postgres_server())
     run.sk_redis = stack.enter_context(redis_server())
-    run.feast_redis = stack.enter_context(redis_server())
-    log(f"PostgreSQL at {pg_url}, Redis for skewless at {run.sk_redis}, for Feast at {run.feast_redis}")
+    if run.feast:
+        run.feast_redis = stack.enter_context(redis_server())
+    log(f"PostgreSQL at {pg_url}, Redis for skewless at {run.sk_redis}, for Feast at {run.feast_redis or '-'}")
     began = time.perf_counter()
     load_postgres(pg_url, run.workload)
     log(f"  loaded {run.workload.feature_rows:,} rows into PostgreSQL in {time.perf_counter() - began:.1f} s")
     write_skewless_repo(run.sk_repo, pg_url, run.sk_redis)
+    if run.feast:
+        start_feast(run)
+    else:
+        run.notes.append("Feast was not measured (--skip feast)")
+    run.warm = "warm" not in run.skip and not {"materialize", "pit"} <= run.skip
+    engine_rss = None
+    if run.warm:
+        engine_rss = start_warm_engine(
+            stack, run.sk_warm, run.sk_repo, run.entities_path, run.work, run.logs, run.timeout
+        )
+    run.mat_start = (run.workload.start - timedelta(days=1)).isoformat()
+    run.mat_end = datetime.now(UTC).isoformat()
+    return engine_rss
+
+
+def start_feast(run: Run) -> None:
+    """Feast's repositories written (duckdb, and Spark unless skipped or missing) and applied."""
     feast_port = int(run.feast_redis.rsplit(":", 1)[1].split("/")[0])
     write_repo(run.feast_repo, run.work / "data", feast_port)
     run.with_spark = "feast-spark" not in run.skip and _feast_has_spark()
@@ -505,15 +537,6 @@ def start_systems(stack: contextlib.ExitStack, run: Run) -> PeakRss | None:
     else:
         run.notes.append("Feast's Spark offline store was not measured (pyspark missing in its venv, or skipped)")
     run_measured([*run.fe, "apply"], logfile=run.logs / "feast.log", timeout=600)
-    run.warm = "warm" not in run.skip and not {"materialize", "pit"} <= run.skip
-    engine_rss = None
-    if run.warm:
-        engine_rss = start_warm_engine(
-            stack, run.sk_warm, run.sk_repo, run.entities_path, run.work, run.logs, run.timeout
-        )
-    run.mat_start = (run.workload.start - timedelta(days=1)).isoformat()
-    run.mat_end = datetime.now(UTC).isoformat()
-    return engine_rss
 
 
 def stop_warm_engine(run: Run, engine_rss: PeakRss) -> None:
@@ -546,6 +569,8 @@ def case_materialize(run: Run) -> None:
                 [*run.fe, "materialize", run.mat_start, run.mat_end],
             ),
         ]
+        if not run.feast:
+            systems = [s for s in systems if s[0] != report.FEAST]
         if run.warm:
             systems.insert(
                 1,
@@ -614,7 +639,7 @@ def case_point_in_time(run: Run) -> None:
         run.notes.append("Feast's duckdb training set was not measured (skipped: --skip feast-pit)")
     for i in range(run.args.repeats):
         pit_systems: list[tuple[str, list[str], list[str]]] = [(report.SKEWLESS, run.sk, [])]
-        if "feast-pit" not in run.skip:
+        if run.feast and "feast-pit" not in run.skip:
             pit_systems.append((report.FEAST, run.fe, []))
         if run.warm:
             pit_systems.insert(1, (report.SKEWLESS_WARM, run.sk_warm, ["--warm"]))
@@ -656,7 +681,7 @@ def case_clients(run: Run, batches: dict[str, list[list[int]]]) -> None:
         users_file = run.work / f"users-{len(users[0])}.json"
         users_file.write_text(json.dumps(users))
         for i in range(run.args.repeats):
-            for system, cmd in ((report.SKEWLESS, run.sk), (report.FEAST, run.fe)):
+            for system, cmd in ((report.SKEWLESS, run.sk), (report.FEAST, run.fe))[: 2 if run.feast else 1]:
                 r = run_measured(
                     [*cmd, "online", str(users_file), "--seconds", str(min(run.args.load_seconds, 5.0))],
                     logfile=run.logs / f"{system}.log",
@@ -694,9 +719,13 @@ def case_http(run: Run, batches: dict[str, list[list[int]]]) -> None:
                 )
 
 
+SERVER_SYSTEMS = {"uvicorn": report.SKEWLESS, "granian": report.SKEWLESS_GRANIAN}  # --servers: how each is named
+
+
 def http_servers(run: Run) -> list[tuple[str, str, str, dict[str, str] | None]]:
-    """(system, lookup path, command without its port, environment) of each HTTP server: skewless's, Feast's, and
-    the floor, which reads the live snapshot's keys of skewless's Redis straight."""
+    """(system, lookup path, command without its port, environment) of each HTTP server: skewless's (under each
+    of ``--servers``), Feast's, and the floors, Python's and the compiled one, which read the live snapshot's keys
+    of skewless's Redis straight."""
     import redis as redis_lib
 
     client = redis_lib.Redis.from_url(run.sk_redis)
@@ -705,21 +734,50 @@ def http_servers(run: Run) -> list[tuple[str, str, str, dict[str, str] | None]]:
     )
     client.close()
     floor_env = {**os.environ, "FLOOR_REDIS_URL": run.sk_redis, "FLOOR_PREFIXES": prefixes}
-    return [
-        (report.SKEWLESS, "/v1/features", f"{SKEWLESS_CLI} serve --repo {run.sk_repo} --workers 2 --port", None),
+    servers: list[tuple[str, str, str, dict[str, str] | None]] = [
         (
-            report.FEAST,
-            "/get-online-features",
-            f"{FEAST_CLI} -c {run.feast_repo} serve -h 127.0.0.1 --workers 2 --no-access-log -p",
+            SERVER_SYSTEMS[name],
+            "/v1/features",
+            f"{SKEWLESS_CLI} serve --repo {run.sk_repo} --workers 2 --server {name} --port",
             None,
-        ),
+        )
+        for name in servers_of(run.args)
+    ]
+    if run.feast:
+        servers.append(
+            (
+                report.FEAST,
+                "/get-online-features",
+                f"{FEAST_CLI} -c {run.feast_repo} serve -h 127.0.0.1 --workers 2 --no-access-log -p",
+                None,
+            )
+        )
+    servers.append(
         (
             report.REFERENCE,
             "/v1/features",
             f"{sys.executable} -m bench.floor_app --host 127.0.0.1 --workers 2 --port",
             floor_env,
-        ),
-    ]
+        )
+    )
+    binary = compiled_floor.build()
+    if binary is None:
+        run.notes.append(compiled_floor.NO_GO)
+        log(f"  {compiled_floor.NO_GO}")
+    else:  # GOMAXPROCS=2: as many threads running Go code as the other servers have workers
+        servers.append(
+            (report.COMPILED, "/v1/features", f"{binary} --host 127.0.0.1 --port", {**floor_env, "GOMAXPROCS": "2"})
+        )
+    return servers
+
+
+def servers_of(args: argparse.Namespace) -> list[str]:
+    """The ASGI servers of ``--servers``, checked."""
+    names = [n.strip() for n in args.servers.split(",") if n.strip()]
+    unknown = [n for n in names if n not in SERVER_SYSTEMS]
+    if unknown or not names:
+        raise SystemExit(f"--servers: unknown {unknown or 'empty'}; choose among {', '.join(SERVER_SYSTEMS)}")
+    return names
 
 
 def measure_server(
@@ -752,9 +810,13 @@ def write_results(
 ) -> None:
     import pyspark
 
-    feast_version = subprocess.run(
-        [str(FEAST_PY), "-c", "import feast; print(feast.__version__)"], capture_output=True, text=True, check=False
-    ).stdout.strip()
+    feast_version = (
+        subprocess.run(
+            [str(FEAST_PY), "-c", "import feast; print(feast.__version__)"], capture_output=True, text=True, check=False
+        ).stdout.strip()
+        if FEAST_PY.exists()
+        else ""
+    )
     date = datetime.now(UTC).strftime("%Y-%m-%d")
     name = args.name or date
     results = {
