@@ -139,3 +139,23 @@ def test_the_picture_is_drawn_and_linked_from_the_report(tmp_path: Path) -> None
     nothing = [Measurement(report.PUBLISH, report.KEYS_PER_S, report.SKEWLESS, [1.0])]
     assert report.write_picture(results, nothing, tmp_path / "none.png") is None
     assert not (tmp_path / "none.png").exists()
+
+
+def test_the_compiled_floor_targets_are_shares_of_its_req_s() -> None:
+    ms = [
+        Measurement(report.HTTP_1, report.RPS_LOAD, report.SKEWLESS, [4000.0, 4100.0, 4200.0]),
+        Measurement(report.HTTP_1, report.RPS_LOAD, report.SKEWLESS_GRANIAN, [8000.0]),
+        Measurement(report.HTTP_1, report.RPS_LOAD, report.COMPILED, [10_000.0, 12_000.0, 20_000.0]),
+        Measurement(report.HTTP_100, report.RPS_LOAD, report.SKEWLESS, [1500.0]),
+        Measurement(report.HTTP_100, report.RPS_LOAD, report.SKEWLESS_GRANIAN, [3300.0]),
+        Measurement(report.HTTP_100, report.RPS_LOAD, report.COMPILED, [4000.0]),
+    ]
+    targets = {t.target: t for t in evaluate_targets(ms, [])}
+    one = targets["HTTP 1 entity: >= 40% of the compiled floor's req/s (issue 24)"]
+    assert (one.measured, one.met) == ("34% of the compiled floor", False)  # 4100 / 12000
+    hundred = targets["HTTP 100 entities: >= 80% of the compiled floor's req/s (granian) (issue 24)"]
+    assert (hundred.measured, hundred.met) == ("82% of the compiled floor", True)  # 3300 / 4000
+    assert targets["HTTP 1 entity: >= 40% of the compiled floor's req/s (granian) (issue 24)"].met is True  # 67%
+    text = render({**document(), **to_jsonable(ms, list(targets.values()))})
+    assert "| skewless / compiled floor | granian / compiled floor |" in text
+    assert "skewless / Feast" not in text  # no Feast in this run: no column of ratios to it

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import subprocess
@@ -56,11 +57,18 @@ def repo(tmp_path: Path, redis_url: str, project: str, served_plan: Plan) -> Pat
 
 @pytest.fixture(params=[1, 2], ids=["1-worker", "2-workers"])
 def service(repo: Path, request: pytest.FixtureRequest) -> Iterator[str]:
+    with serving(repo, workers=request.param) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def serving(repo: Path, *, workers: int, server: str = "uvicorn") -> Iterator[str]:
+    """``skewless serve`` on ``repo`` in a subprocess, answering health; yields its URL."""
     port = servers.free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    workers = str(request.param)
+    options = ["--port", str(port), "--workers", str(workers), "--server", server]
     proc = subprocess.Popen(
-        [sys.executable, "-c", SERVE, "serve", "--repo", str(repo), "--port", str(port), "--workers", workers],
+        [sys.executable, "-c", SERVE, "serve", "--repo", str(repo), *options],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,
