@@ -8,7 +8,8 @@ added to the README without a test cannot land:
 - the Python blocks of the ``## Python`` and ``## Pushing fresh values`` sections and every ``curl`` block run,
   in the README's order, on the example repository after the demo (:func:`check_python_and_http_blocks`, called
   by ``tests/integration/test_demo.py``, which has it ready); a ``print(...)  # text`` line must print ``text``;
-- the two commands are the scripts CI runs, and the benchmark commands parse with the benchmark's own parser.
+- the two commands are the scripts CI runs, and the benchmark commands (``bench/run.sh``, ``bench.soak``) parse with
+  their own parsers.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DEFINITION_FILE = re.compile(r"\A# (definitions/\w+\.py)\n")
 README_PORT = "localhost:6566"
 PYTHON_SECTIONS = ("Python", "Pushing fresh values")  # Python blocks run on the demo's repository
+BENCHMARK_COMMANDS = ("bash bench/run.sh", ".venv/bin/python -m bench.soak")  # each parsed by its own parser
 PRINTED = re.compile(r"^print\(.*\)  # (.+)$", re.MULTILINE)  # a print and, in its comment, what it prints
 
 
@@ -74,7 +76,7 @@ def check_of(block: Block) -> str | None:
         return "http"
     if block.lang == "bash" and _commands(block) == ["bash scripts/demo.sh", "bash scripts/test.sh"]:
         return "two commands"
-    if block.lang == "bash" and all(line.startswith("bash bench/run.sh") for line in _commands(block)):
+    if block.lang == "bash" and all(line.startswith(BENCHMARK_COMMANDS) for line in _commands(block)):
         return "benchmark"
     return None
 
@@ -86,7 +88,7 @@ def _commands(block: Block) -> list[str]:
         text = line.split("  #")[0].rstrip()
         if not text or text.startswith("#"):
             continue
-        if commands and not line.startswith(("bash ", "curl ", "skewless ", "now=")):
+        if commands and not line.startswith(("bash ", "curl ", "skewless ", "now=", ".venv/bin/python ")):
             commands[-1] += "\n" + text
         else:
             commands.append(text)
@@ -110,12 +112,16 @@ def test_the_two_commands_are_what_ci_runs() -> None:
 
 
 def test_the_benchmark_commands_parse() -> None:
-    from bench.run import parse_args
+    from bench import run, soak
 
     commands = [c for b in readme_blocks() if check_of(b) == "benchmark" for c in _commands(b)]
-    assert commands
+    assert {c.split()[1] if c.startswith("bash ") else c.split()[2] for c in commands} == {"bench/run.sh", "bench.soak"}
     for command in commands:
-        parse_args(command.split()[2:])  # argparse exits (a failure here) on an unknown or malformed option
+        # argparse exits (a failure here) on an unknown or malformed option
+        if command.startswith("bash bench/run.sh"):
+            run.servers_of(run.parse_args(command.split()[2:]))
+        else:
+            soak.parse_args(command.split()[3:])
 
 
 def test_the_command_table_lists_every_command() -> None:
