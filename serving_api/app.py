@@ -60,11 +60,13 @@ from features.plan import Plan
 from features.protocols import OnlineStore
 from features.registry import PlanVersion
 from serving_api.feast_door import FEAST, add_feast_door
+from serving_api.log_throttle import ThrottledLog
 
 if TYPE_CHECKING:
     from features.store import FeatureStore
 
 logger = logging.getLogger(__name__)
+_unavailable_log = ThrottledLog(logger)  # one line per 503 would bury the log while a store is down
 
 ENV_REPO = "SKEWLESS_REPO"
 ENV_OPENTELEMETRY = "SKEWLESS_OPENTELEMETRY"
@@ -574,7 +576,7 @@ def _error_answer(exc: Exception) -> Response:
     ):
         return _error(422, type(exc).__name__, str(exc))
     if isinstance(exc, OnlineStoreError | RegistryError):
-        logger.warning("lookup failed: %s", exc)
+        _unavailable_log.warning("lookup failed: %s", exc)
         return _error(503, type(exc).__name__, str(exc))
     return _unexpected(exc)
 
