@@ -211,7 +211,7 @@ def _url(port: int, password: str) -> str:
     return f"redis://:{password}@127.0.0.1:{port}/0"
 
 
-def _pack(*commands: tuple[str, ...]) -> bytes:
+def _pack(*commands: tuple[Any, ...]) -> bytes:
     import hiredis
 
     return b"".join(hiredis.pack_command(command) for command in commands)
