@@ -281,17 +281,23 @@ def start_engine(
 
 
 def stop_engine(config: RepoConfig, *, timeout: float = 60.0) -> bool:
-    """Stop the repository's engine (after its running job, if any). False when none was running."""
+    """Stop the repository's engine (after its running job, if any). False when none was running. An engine whose
+    process runs but that does not answer (stuck) is terminated."""
     client = _client(config)
     if client is None:
-        return False
-    with client, contextlib.suppress(EngineError):
-        client.request("stop")
-    deadline = time.monotonic() + timeout
-    while _alive(client.pid) and time.monotonic() < deadline:
+        info = _running_info(config)
+        if info is None:
+            return False
+        pid = int(info["pid"])
+    else:
+        pid = client.pid
+        with client, contextlib.suppress(EngineError):
+            client.request("stop")
+    deadline = time.monotonic() + (timeout if client is not None else 0)
+    while _alive(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
-    if _alive(client.pid):
-        os.kill(client.pid, 15)
+    if _alive(pid):
+        os.kill(pid, 15)
     return True
 
 

@@ -29,6 +29,7 @@ from offline.spark.engine import SparkEngine
 from offline.spark.session import get_spark
 from offline.warm.client import (
     DEFAULT_IDLE_MINUTES,
+    HANDSHAKE_SECONDS,
     INFO_FILE,
     KEY_FILE,
     EngineError,
@@ -161,7 +162,7 @@ class EngineServer:
         try:
             authenticate(connection, self._key, engine=True)
         except (AuthenticationError, OSError, EOFError, ValueError) as exc:  # no key, too slow, or it left
-            log.warning("refused a connection: %s", exc or type(exc).__name__)
+            log.warning("refused a connection (no key within %.0f s, or a wrong one): %r", HANDSHAKE_SECONDS, exc)
             connection.close()
             return
         self._handle(connection)
