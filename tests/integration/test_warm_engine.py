@@ -272,6 +272,36 @@ def test_a_caller_does_not_wait_forever_on_an_engine_that_never_answers() -> Non
         assert time.monotonic() - started < 5
 
 
+def test_stop_terminates_an_engine_that_never_answers(tmp_path: Path) -> None:
+    """An engine process that accepts but never speaks (stuck): ``engine stop`` ends it instead of hanging."""
+    config = RepoConfig(root=tmp_path)
+    stuck = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import socket, time; s = socket.create_server(('127.0.0.1', 0)); "
+            "print(s.getsockname()[1], flush=True); time.sleep(600)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert stuck.stdout is not None
+        port = int(stuck.stdout.readline())
+        directory = daemon.engine_dir(config)
+        directory.mkdir(parents=True)
+        (directory / daemon.INFO_FILE).write_text(json.dumps({"pid": stuck.pid, "port": port}))
+        (directory / daemon.KEY_FILE).write_bytes(b"k" * 32)
+        started = time.monotonic()
+        assert daemon.engine_info(config) is None  # it does not answer: not an engine to send jobs to
+        assert daemon.stop_engine(config) is True
+        assert stuck.wait(10) == -signal.SIGTERM
+        assert time.monotonic() - started < 3 * daemon.HANDSHAKE_SECONDS
+    finally:
+        stuck.kill()
+        stuck.wait()
+
+
 def test_stop_ends_the_engine_and_jobs_run_here_again(store: FeatureStore) -> None:
     info = daemon.engine_info(store.config)
     assert info is not None
