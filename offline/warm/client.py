@@ -140,7 +140,9 @@ def authenticate(connection: Connection, key: bytes, *, engine: bool, seconds: f
     """The mutual HMAC challenge of :mod:`multiprocessing.connection` (what ``Listener(authkey=)`` and
     ``Client(authkey=)`` do), with a deadline: a peer that has not finished it within ``seconds`` has its
     socket shut down, so the waiting side fails (``EOFError``/``OSError``) instead of waiting forever."""
-    timer = threading.Timer(seconds, _shut_down, (connection.fileno(),))
+    # The timer holds its own descriptor of the socket: it never shuts down a later socket given the same number.
+    watched = socket.socket(fileno=os.dup(connection.fileno()))
+    timer = threading.Timer(seconds, _shut_down, (watched,))
     timer.daemon = True
     timer.start()
     try:
@@ -152,11 +154,12 @@ def authenticate(connection: Connection, key: bytes, *, engine: bool, seconds: f
             deliver_challenge(connection, key)
     finally:
         timer.cancel()
+        watched.close()
 
 
-def _shut_down(fd: int) -> None:
-    """Wake whoever waits on the socket ``fd`` (reads return end-of-file), leaving its closing to its owner."""
-    with contextlib.suppress(OSError), socket.socket(fileno=os.dup(fd)) as sock:
+def _shut_down(sock: socket.socket) -> None:
+    """Wake whoever waits on ``sock`` (reads return end-of-file); closing it is left to its owner."""
+    with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_RDWR)
 
 
