@@ -132,7 +132,9 @@ class RedisOnlineStore:
         to the old one: the next command connects to the new one. Never starts a server (``skewless stop`` means
         stopped: the store answers errors until a command starts it again). Only the state file is read (no
         connection: this may run on a serving event loop), at most once per :data:`FOLLOW_SECONDS`."""
-        if self.url != "embedded" or self.state_dir is None or time.monotonic() < self._next_follow:
+        if self.url != "embedded" or self.state_dir is None or self._resolved is None:
+            return  # another server, or none found yet (the next command looks for it, or starts it)
+        if time.monotonic() < self._next_follow:
             return
         self._next_follow = time.monotonic() + FOLLOW_SECONDS
         from online.embedded import recorded_url
