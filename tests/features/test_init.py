@@ -23,7 +23,7 @@ from tests.features.conftest import ENTITIES, VIEWS
 
 
 def leaves(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"offline": {"path": x}}`` -> ``{"offline.path": x}`` (the mappings of settings only: offline, online, serving)."""
+    """``{"offline": {"path": x}}`` -> ``{"offline.path": x}`` (the sections only: offline, online, serving)."""
     out: dict[str, Any] = {}
     for key, value in data.items():
         if isinstance(value, dict) and key in ("offline", "online", "serving"):
