@@ -73,8 +73,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     repo = Path(args.repo).resolve()
     # A missing or invalid skewless.yaml (or token entry) fails here, with its message, not in a worker.
-    config = RepoConfig.load(repo)
-    authenticated = Authenticator(config.resolved_serving_tokens()).enabled
+    repo_config = RepoConfig.load(repo)
+    authenticated = Authenticator(repo_config.resolved_serving_tokens()).enabled
     check_exposure(args.host, authenticated, args.insecure_no_auth)
     if bool(args.ssl_certfile) != bool(args.ssl_keyfile):
         raise SystemExit("skewless serve: give both --ssl-certfile and --ssl-keyfile, or neither")
