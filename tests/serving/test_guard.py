@@ -117,8 +117,8 @@ def test_tokens_from_the_repository_scope_push_and_the_catalog(
     """The tokens of skewless.yaml (a hash from the environment too); push takes a token for the view (looking
     up never implies pushing), the catalog one for everything."""
     serving = "".join(
-        f'    {name}: {{hash: "{entry["hash"]}", services: {entry.get("services", [])}, push: {entry.get("push", [])}}}\n'
-        for name, entry in TOKENS.items()
+        f'    {name}: {{hash: "{e["hash"]}", services: {e.get("services", [])}, push: {e.get("push", [])}}}\n'
+        for name, e in TOKENS.items()
     )
     monkeypatch.setenv("SKEWLESS_TEST_HASH", hash_token("skw_from_env"))
     serving = f"  tokens:\n{serving}    env: {{hash: '${{SKEWLESS_TEST_HASH}}', services: [risk]}}\n"
