@@ -15,7 +15,7 @@ from contextvars import ContextVar
 from typing import Any
 
 import orjson
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 
 # The request being answered; set by serving_api.guard for every HTTP request, read by whatever writes an error
 # (a context variable: the routed way may answer in a worker thread, and the context goes with it).
@@ -28,8 +28,12 @@ MAX_NAME_CHARS = 200
 MAX_KNOWN_NAMES = 100
 
 
-class JSONAnswer(Response):
-    """A JSON response rendered by orjson (the lookup answer is already JSON-ready: no NaN, no datetimes)."""
+class JSONAnswer(JSONResponse):
+    """A JSON response rendered by orjson (the lookup answer is already JSON-ready: no NaN, no datetimes).
+
+    A :class:`JSONResponse` for FastAPI's OpenAPI: a route's documented answer models are then its schemas (of a
+    plain ``Response`` class FastAPI documents ``{"type": "string"}``, which no JSON object matches).
+    """
 
     media_type = "application/json"
 

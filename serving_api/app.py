@@ -51,6 +51,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from starlette.exceptions import HTTPException
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
@@ -398,12 +399,22 @@ def _lifespan(
 
 
 def _add_error_handlers(app: FastAPI) -> None:
-    """Errors of the routed way as JSON: a body FastAPI rejects is 422, anything unexpected 500 without a
-    traceback (the lookup handler answers its own errors; these cover the other routes)."""
+    """Errors of the routed way as :class:`ErrorAnswer` JSON: a body FastAPI rejects (malformed JSON too) is 422,
+    an unknown path or method 404 or 405, anything unexpected 500 without a traceback (the lookup handler answers
+    its own errors; these cover the other routes)."""
 
     @app.exception_handler(RequestValidationError)
     async def invalid_body(request: Request, exc: RequestValidationError) -> Response:
         return _invalid(exc.errors())
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        # FastAPI answers a body it cannot parse as JSON 400; the lookups answer it 422, and so does every route.
+        if exc.status_code == 400:
+            return _error(422, "RequestValidationError", "invalid request: the body is not valid JSON")
+        answer = _error(exc.status_code, type(exc).__name__, str(exc.detail))
+        answer.headers.update(exc.headers or {})
+        return answer
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:
