@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from fastapi.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
+from features.errors import RequestTooLargeError
 from serving_api.answers import REQUEST_ID, REQUEST_ID_HEADER, error, request_id_from
 from serving_api.auth import Authenticator, Grant
 
@@ -40,10 +41,6 @@ class Admitted:
     path: str
     grant: Grant
     body: bytes | None
-
-
-class TooLarge(Exception):
-    """Raised inside :func:`read_body` when the body passes the limit."""
 
 
 class Gate:
@@ -93,7 +90,7 @@ class Gate:
             return None
         try:
             body = await read_body(receive, self.max_body_bytes)
-        except TooLarge:
+        except RequestTooLargeError:
             await _too_large(scope, receive, send, self.max_body_bytes)
             return None
         return None if body is None else Admitted(path, grant, body)
@@ -103,8 +100,9 @@ _NOBODY = Grant("", frozenset(), frozenset())  # on an open path, with tokens co
 
 
 async def read_body(receive: Receive, limit: int) -> bytes | None:
-    """The request body, or None when the client went away before sending all of it; :class:`TooLarge` as soon as
-    more than ``limit`` bytes arrived (nothing past them is read)."""
+    """The request body, or None when the client went away before sending all of it;
+    :class:`~features.errors.RequestTooLargeError` as soon as more than ``limit`` bytes arrived (nothing past them
+    is read)."""
     chunks = []
     size = 0
     while True:
@@ -114,7 +112,7 @@ async def read_body(receive: Receive, limit: int) -> bytes | None:
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise TooLarge
+            raise RequestTooLargeError
         chunks.append(chunk)
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -178,7 +176,7 @@ def _too_long(content_length: bytes, limit: int) -> bool:
 
 async def _too_large(scope: Scope, receive: Receive, send: Send, limit: int) -> None:
     message = f"the request body is larger than {limit} bytes (serving.max_body_bytes); split the request"
-    await _refuse(scope, receive, send, 413, "RequestTooLarge", message, [(b"connection", b"close")])
+    await _refuse(scope, receive, send, 413, "RequestRequestTooLargeError", message, [(b"connection", b"close")])
 
 
 async def _refuse(
