@@ -24,26 +24,18 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.run import SKEWLESS_CLI, log, server, wrk_load  # noqa: E402
-from features.registry import Registry  # noqa: E402
 from online.redis_store import RedisOnlineStore  # noqa: E402
 from serving_api.auth import Authenticator, hash_token, new_token  # noqa: E402
 from serving_api.guard import Gate  # noqa: E402
 from tests.servers import free_port, redis_server  # noqa: E402
-from tests.serving.conftest import PLAN, publish_rows  # noqa: E402
+from tests.serving.conftest import publish_rows, write_repo  # noqa: E402
 
 BODY = json.dumps({"feature_service": "fraud", "entities": {"card_id": [1], "merchant": ["acme"]}}).encode()
 
 
-def write_repo(root: Path, redis_url: str, token: str | None) -> Path:
-    serving = f'serving:\n  tokens:\n    bench: {{hash: "{hash_token(token)}", services: [fraud]}}\n' if token else ""
-    root.mkdir(parents=True)
-    (root / "skewless.yaml").write_text(
-        f"project: authbench\nregistry: sqlite:///.skewless/registry.db\nonline:\n  url: {redis_url}\n{serving}"
-    )
-    registry = Registry(f"sqlite:///{root}/.skewless/registry.db")
-    registry.apply(PLAN)
-    registry.close()
-    return root
+def _folder(tmp: str, name: str) -> Path:
+    (Path(tmp) / name).mkdir()
+    return Path(tmp) / name
 
 
 def gate_microseconds(token: str | None, calls: int = 200_000) -> float:
@@ -78,13 +70,14 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=8.0)
     args = parser.parse_args()
     token = new_token()
+    serving = f'  tokens:\n    bench: {{hash: "{hash_token(token)}", services: [fraud]}}\n'
     results: dict[str, list[float]] = {"off": [], "on": []}
     with redis_server() as redis_url, tempfile.TemporaryDirectory() as tmp:
         with RedisOnlineStore(redis_url, project="authbench") as store:
             publish_rows(store)
         repos = {
-            "off": write_repo(Path(tmp) / "off", redis_url, None),
-            "on": write_repo(Path(tmp) / "on", redis_url, token),
+            "off": write_repo(_folder(tmp, "off"), redis_url, "authbench"),
+            "on": write_repo(_folder(tmp, "on"), redis_url, "authbench", serving),
         }
         for round_ in range(args.rounds):
             for auth in ("off", "on"):

@@ -17,26 +17,15 @@ from pathlib import Path
 import pytest
 
 from features.cli import main
-from features.registry import Registry
 from online.redis_store import RedisOnlineStore
 from serving_api.auth import hash_token
 from serving_api.client import AccessDeniedError, ServiceUnavailableError, SkewlessClient
 from serving_api.commands import is_loopback
 from tests import servers
-from tests.serving.conftest import PLAN, publish_rows
+from tests.serving.conftest import publish_rows, running, write_repo
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "skw_exposed_test_token"
-
-
-def write_repo(root: Path, redis_url: str, project: str, serving: str = "") -> Path:
-    (root / "skewless.yaml").write_text(
-        f"project: {project}\nregistry: sqlite:///.skewless/registry.db\nonline:\n  url: {redis_url}\n{serving}"
-    )
-    registry = Registry(f"sqlite:///{root}/.skewless/registry.db")
-    registry.apply(PLAN)
-    registry.close()
-    return root
 
 
 @pytest.mark.parametrize("command", ["serve", "ui"])
@@ -102,7 +91,7 @@ def service(
     tmp_path: Path, redis_url: str, project: str, certificate: tuple[Path, Path], request: pytest.FixtureRequest
 ) -> Iterator[tuple[str, int]]:
     """``skewless serve`` with a token in skewless.yaml, over HTTPS or HTTP; its URL and process id."""
-    serving = f'serving:\n  tokens:\n    model: {{hash: "{hash_token(TOKEN)}", services: [fraud]}}\n'
+    serving = f'  tokens:\n    model: {{hash: "{hash_token(TOKEN)}", services: [fraud]}}\n'
     repo = write_repo(tmp_path, redis_url, project, serving)
     with RedisOnlineStore(redis_url, project=project) as store:
         publish_rows(store)
@@ -112,32 +101,9 @@ def service(
     command += ["serve", "--repo", str(repo), "--port", str(port)]
     if request.param == "https":
         command += ["--ssl-certfile", str(cert), "--ssl-keyfile", str(key)]
-    proc = subprocess.Popen(
-        command,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
     url = f"{request.param}://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        with SkewlessClient(url, timeout=2, verify=str(cert)) as client:
-            while True:
-                try:
-                    client.health()
-                    break
-                except ServiceUnavailableError:
-                    if proc.poll() is not None or time.monotonic() > deadline:
-                        stderr = proc.stderr.read().decode() if proc.stderr else ""
-                        pytest.fail(f"the service did not start: {stderr[-2000:]}")
-                    time.sleep(0.1)
-        yield url, proc.pid
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        if proc.stderr:
-            proc.stderr.close()
+    with running(command, url, verify=str(cert), cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}) as pid:
+        yield url, pid
 
 
 def rss_mib(pid: int) -> float:

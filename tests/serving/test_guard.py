@@ -19,13 +19,13 @@ from typing import Any
 import pytest
 from starlette.exceptions import StarletteDeprecationWarning
 
-from features.registry import PlanVersion, Registry
+from features.registry import PlanVersion
 from online.redis_store import RedisOnlineStore
 from serving_api.app import create_app
 from serving_api.auth import hash_token
 from tests import servers
 from tests.online.plans import make_plan
-from tests.serving.conftest import CARD, HISTORY, MERCHANT, plan_version
+from tests.serving.conftest import CARD, HISTORY, MERCHANT, plan_version, write_repo
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", StarletteDeprecationWarning)
@@ -99,18 +99,6 @@ def test_a_token_is_scoped_to_its_feature_services(client: TestClient) -> None:
     assert client.post("/v1/features", json=FRAUD, headers={"Authorization": f"Basic {basic}"}).status_code == 200
 
 
-def write_repo(root: Path, redis_url: str, project: str, serving: str) -> Path:
-    """A repository with ``serving`` (YAML under ``serving:``) in its skewless.yaml and :data:`PLAN` applied."""
-    (root / "skewless.yaml").write_text(
-        f"project: {project}\nregistry: sqlite:///.skewless/registry.db\nonline:\n  url: {redis_url}\n"
-        f"serving:\n{serving}"
-    )
-    registry = Registry(f"sqlite:///{root}/.skewless/registry.db")
-    registry.apply(PLAN)
-    registry.close()
-    return root
-
-
 def test_tokens_from_the_repository_scope_push_and_the_catalog(
     tmp_path: Path, redis_url: str, project: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -122,7 +110,7 @@ def test_tokens_from_the_repository_scope_push_and_the_catalog(
     )
     monkeypatch.setenv("SKEWLESS_TEST_HASH", hash_token("skw_from_env"))
     serving = f"  tokens:\n{serving}    env: {{hash: '${{SKEWLESS_TEST_HASH}}', services: [risk]}}\n"
-    repo = write_repo(tmp_path, redis_url, project, serving)
+    repo = write_repo(tmp_path, redis_url, project, serving, PLAN)
     rows = {"card_id": [1], "limit": [5.0], "tier": ["x"], "event_timestamp": ["2024-01-01T00:00:00Z"]}
     with TestClient(create_app(repo), raise_server_exceptions=False) as client:
         assert client.post("/v1/push", json={"view": "card", "rows": rows}).status_code == 401

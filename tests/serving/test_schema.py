@@ -20,7 +20,7 @@ from schemathesis.specs.openapi.checks import (
 from online.redis_store import RedisOnlineStore
 from serving_api.app import create_app
 from serving_api.auth import hash_token
-from tests.serving.test_guard import write_repo
+from tests.serving.conftest import write_repo
 
 pytestmark = pytest.mark.redis
 
