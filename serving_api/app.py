@@ -84,7 +84,6 @@ logger = logging.getLogger(__name__)
 ENV_REPO = "SKEWLESS_REPO"
 ENV_OPENTELEMETRY = "SKEWLESS_OPENTELEMETRY"
 LOOKUP_PATH = "/v1/features"
-MAX_ENTITIES = DEFAULT_MAX_ENTITIES
 PlanProvider = Callable[[], PlanVersion]
 # The answer to a lookup's body, for a caller's grant (see lookup_handler).
 LookupHandler = Callable[[bytes, Grant], Awaitable[Response]]
@@ -252,7 +251,7 @@ class ServingApp(FastAPI):
     gate = Gate(Authenticator({}), DEFAULT_MAX_BODY_BYTES)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":  # lifespan
+        if scope["type"] != "http":  # lifespan (the app has no websocket route)
             await super().__call__(scope, receive, send)
             return
         admitted = await self.gate.admit(scope, receive, send)
