@@ -19,6 +19,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from features.errors import OnlineStoreError, RegistryError, SkewlessError, UnknownNameError
+from features.redaction import redact_text
 from serving_api.catalog_data import Catalog
 
 if TYPE_CHECKING:
@@ -95,7 +96,7 @@ def _error_page(request: Request, status: int, message: str) -> Response:
     return templates.TemplateResponse(
         request,
         "error.html",
-        {"status": status, "message": message, "repo": None, "link": _linker(request.app, request)},
+        {"status": status, "message": redact_text(message), "repo": None, "link": _linker(request.app, request)},
         status_code=status,
     )
 
