@@ -6,6 +6,7 @@ import argparse
 import ipaddress
 import os
 import socket
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     check_exposure(args.host, authenticated, args.insecure_no_auth)
     if bool(args.ssl_certfile) != bool(args.ssl_keyfile):
         raise SystemExit("skewless serve: give both --ssl-certfile and --ssl-keyfile, or neither")
+    if not is_loopback(args.host) and not args.ssl_certfile:
+        print(
+            f"skewless serve: listening on {args.host} without TLS: tokens and features cross the network in clear "
+            "text unless a proxy in front terminates TLS (--ssl-certfile/--ssl-keyfile serve HTTPS)",
+            file=sys.stderr,
+        )
     os.environ[ENV_REPO] = str(repo)
     os.environ[ENV_OPENTELEMETRY] = "1" if args.opentelemetry else "0"
     config = uvicorn.Config(
