@@ -23,6 +23,7 @@ from features.registry import PlanVersion
 from online.redis_store import RedisOnlineStore
 from serving_api.app import create_app
 from serving_api.auth import hash_token
+from serving_api.client import AccessDeniedError, InvalidRequestError, SkewlessClient
 from tests import servers
 from tests.online.plans import make_plan
 from tests.serving.conftest import CARD, HISTORY, MERCHANT, plan_version, write_repo
@@ -277,3 +278,18 @@ def test_redis_passwords_never_reach_answers_health_or_logs(
 
 def test_a_token_hash_is_the_sha256_of_the_token() -> None:
     assert hash_token("skw_abc") == "sha256:" + hashlib.sha256(b"skw_abc").hexdigest()
+
+
+def test_the_python_client_sends_its_token_and_names_refusals(client: TestClient) -> None:
+    transport = client._transport  # the app in-process, through the TestClient's transport
+    with SkewlessClient("http://testserver", transport=transport, token=FRAUD_ONLY) as scoped:
+        answer = scoped.get_features({"card_id": [1]}, feature_service="fraud")
+        assert answer["features"]["card__limit"]["values"] == [1000.0]
+        with pytest.raises(AccessDeniedError, match="HTTP 403: token 'fraud_model' may not look up"):
+            scoped.get_features({"merchant": ["acme"]}, feature_service="risk")
+        with pytest.raises(InvalidRequestError, match="too many entities"):
+            scoped.get_features({"card_id": list(range(51))}, feature_service="fraud")
+    with SkewlessClient("http://testserver", transport=transport) as anonymous:
+        with pytest.raises(AccessDeniedError, match="HTTP 401: a token is required"):
+            anonymous.get_features({"card_id": [1]}, feature_service="fraud")
+        assert anonymous.health()["status"] == "ok"
