@@ -19,10 +19,12 @@ from typing import Any
 import pytest
 from starlette.exceptions import StarletteDeprecationWarning
 
+from features.config import RepoConfig
+from features.errors import ConfigError
 from features.registry import PlanVersion
 from online.redis_store import RedisOnlineStore
 from serving_api.app import create_app
-from serving_api.auth import hash_token
+from serving_api.auth import Authenticator, hash_token
 from serving_api.client import AccessDeniedError, InvalidRequestError, SkewlessClient
 from tests import servers
 from tests.online.plans import make_plan
@@ -293,3 +295,32 @@ def test_the_python_client_sends_its_token_and_names_refusals(client: TestClient
         with pytest.raises(AccessDeniedError, match="HTTP 401: a token is required"):
             anonymous.get_features({"card_id": [1]}, feature_service="fraud")
         assert anonymous.health()["status"] == "ok"
+
+
+@pytest.mark.parametrize(
+    ("tokens", "message"),
+    [
+        ({"m": {"hash": "sha256:abc"}}, "64 lower-case hex digits"),
+        ({"m": {"hash": "md5:" + "0" * 64}}, "'skewless token create'"),
+        ({"a": {"hash": hash_token("x")}, "b": {"hash": hash_token("x")}}, "same hash as 'a'"),
+    ],
+)
+def test_a_malformed_token_entry_is_a_clear_error(tokens: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Authenticator(tokens)
+
+
+@pytest.mark.parametrize(
+    ("serving", "message"),
+    [
+        ({"tokens": ["sha256:x"]}, "must map token names"),
+        ({"tokens": {"m": "sha256:x"}}, "must be a mapping with a 'hash'"),
+        ({"tokens": {"m": {"hash": "h", "scopes": ["*"]}}}, r"unknown key\(s\) \['scopes'\]; valid choices"),
+        ({"tokens": {"m": {"hash": "h", "services": "fraud"}}}, "services must be a list of names"),
+        ({"max_body_bytes": 0}, "serving.max_body_bytes must be a whole number of at least 1"),
+        ({"max_bytes": 1}, r"unknown key\(s\) in 'serving'"),
+    ],
+)
+def test_a_malformed_serving_section_is_a_clear_error(tmp_path: Path, serving: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        RepoConfig.from_dict(tmp_path, {"serving": serving})
