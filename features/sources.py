@@ -13,6 +13,7 @@ from sqlalchemy import types as satypes
 
 from features.dtypes import DType
 from features.errors import SourceUnavailableError
+from features.redaction import redact_text, redact_url
 
 # PostgreSQL type OIDs, for the columns of a query (psycopg2 reports them in cursor.description).
 _POSTGRES_OIDS = {
@@ -62,7 +63,9 @@ def reflect_columns(url: str, *, table: str | None, query: str | None) -> dict[s
             assert query is not None  # SqlSource guarantees exactly one of table/query
             return _query_columns(conn, query)
     except sa.exc.SQLAlchemyError as exc:
-        raise SourceUnavailableError(f"cannot read source at {engine.url!r}: {exc}") from exc
+        raise SourceUnavailableError(
+            f"cannot read source at {redact_url(str(engine.url))}: {redact_text(str(exc))}"
+        ) from exc
     finally:
         engine.dispose()
 

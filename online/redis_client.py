@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-import re
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from features.errors import ConfigError, OnlineStoreError
+from features.redaction import redact_url as redact  # the one redaction of URLs (re-exported)
 
 if TYPE_CHECKING:
     import redis
@@ -31,11 +31,6 @@ def connect(url: str, *, connect_timeout: float, timeout: float) -> redis.Redis:
         )
     except ValueError as exc:
         raise ConfigError(f"invalid online store URL {redact(url)!r}: {exc}") from exc
-
-
-def redact(url: str) -> str:
-    """The URL without its password, for messages."""
-    return re.sub(r"//([^:/@]*):[^@/]*@", r"//\1:***@", url)
 
 
 @contextlib.contextmanager

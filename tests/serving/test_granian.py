@@ -1,30 +1,29 @@
-"""``skewless serve --server granian`` (an ASGI server written in Rust) answers as under uvicorn: the same
-checks as tests/serving/test_uvicorn.py, on the same repository, with 2 workers."""
+"""``skewless serve --server granian`` (an ASGI server written in Rust) passes the tests of ``skewless serve``
+under uvicorn: the same answers with 1 and 2 workers (tests/serving/test_uvicorn.py, run here with ``--server
+granian`` through the ``asgi_server`` fixture it takes); HTTPS and body limits: test_granian_exposed.py."""
 
 from __future__ import annotations
 
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.serving import test_uvicorn
-from tests.serving.test_uvicorn import SERVE, repo, served_plan, serving  # noqa: F401 (fixtures: a served repository)
+from tests.serving.test_uvicorn import SERVE, repo, served_plan, service  # noqa: F401 (fixtures)
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
 
 @pytest.fixture
-def granian(repo: Path) -> Iterator[str]:  # noqa: F811
-    with serving(repo, workers=2, server="granian") as url:
-        yield url
+def asgi_server() -> str:
+    return "granian"
 
 
-def test_granian_serves_the_same_answers(granian: str) -> None:
-    test_uvicorn.test_serve_and_query_with_the_client(granian)
+def test_granian_serves_the_same_answers(service: str) -> None:  # noqa: F811
+    test_uvicorn.test_serve_and_query_with_the_client(service)
 
 
 def test_granian_names_a_port_it_cannot_take(repo: Path) -> None:  # noqa: F811
