@@ -8,8 +8,10 @@ store) and loads the same rows into a PostgreSQL started here for skewless (a ge
 under bench/.work/), then measures, each case ``--repeats`` times: materialization into an empty Redis and onto
 filled keys; the point-in-time training set of the entity rows (in-process and whole-process time, peak RSS);
 online lookups through each Python client and the raw Redis round trip; HTTP lookups one at a time and under
-16 connections against each server with 2 workers and against the floor (bench/floor_app.py); and every
-training set against the pandas oracle (bench/oracle.py). Every server is started here on 127.0.0.1, in its
+16 connections against each server with 2 workers and against the floors (bench/floor_app.py in Python,
+bench/go_floor/ compiled, built here with ``go build``); and every training set against the pandas oracle
+(bench/oracle.py). ``--skip feast`` leaves Feast out (skewless and the floors only); ``--servers uvicorn,granian``
+measures ``skewless serve`` under each ASGI server. Every server is started here on 127.0.0.1, in its
 own process group, and killed at the end. Writes ``bench/results/<name>.md`` and ``.json`` (name: the date).
 """
 
