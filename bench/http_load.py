@@ -152,6 +152,7 @@ class Timed:
     due_s: list[float] = field(default_factory=list)
     latencies_s: list[float] = field(default_factory=list)
     ok: list[bool] = field(default_factory=list)
+    unsent: int = 0  # requests still waiting for their connection when the run had to end (it fell behind)
 
     @property
     def requests(self) -> int:
@@ -170,13 +171,18 @@ async def _paced_worker(
     period: float,
     began: float,
     timeout: float,
+    stop_at: float,
     result: Timed,
 ) -> None:
     """Send request ``k`` of ``schedule`` at ``began + k * period`` (or at once when late), on one connection;
-    the body alternates through ``payloads``. A request unanswered after ``timeout`` s counts as an error."""
+    the body alternates through ``payloads``. A request unanswered after ``timeout`` s counts as an error; the
+    requests left at ``stop_at`` are counted as unsent."""
     reader, writer = await asyncio.open_connection(host, port)
     try:
-        for k in schedule:
+        for n, k in enumerate(schedule):
+            if time.perf_counter() > stop_at:
+                result.unsent += len(schedule) - n
+                break
             due = began + k * period
             delay = due - time.perf_counter()
             if delay > 0:
@@ -196,7 +202,7 @@ async def _paced_worker(
 
 
 async def _run_at_rate(
-    url: str, bodies: list[bytes], rate: float, seconds: float, connections: int, timeout: float
+    url: str, bodies: list[bytes], rate: float, seconds: float, connections: int, timeout: float, grace: float
 ) -> Timed:
     host, port, _ = _request_bytes(url, b"")
     payloads = [_request_bytes(url, body)[2] for body in bodies]
@@ -204,28 +210,42 @@ async def _run_at_rate(
     result = Timed(rate)
     period = 1.0 / rate
     began = time.perf_counter() + 0.05  # every connection opened before the first request is due
+    stop_at = began + seconds + grace
     # Connection i sends requests i, i + connections, ...: together one request every `period`.
     await asyncio.wait_for(
         asyncio.gather(
             *(
-                _paced_worker(host, port, payloads, range(i, total, connections), period, began, timeout, result)
+                _paced_worker(
+                    host, port, payloads, range(i, total, connections), period, began, timeout, stop_at, result
+                )
                 for i in range(connections)
             )
         ),
-        timeout=seconds + timeout + 30,
+        timeout=seconds + grace + timeout + 30,
     )
     result.seconds = time.perf_counter() - began
     return result
 
 
+LATE_GRACE_S = 30.0  # how long past its end an open-loop run may go on sending the requests it owes
+
+
 def run_at_rate(
-    url: str, bodies: list[bytes], *, rate: float, seconds: float, connections: int = 32, timeout: float = 5.0
+    url: str,
+    bodies: list[bytes],
+    *,
+    rate: float,
+    seconds: float,
+    connections: int = 256,
+    timeout: float = 5.0,
+    late_grace_s: float = LATE_GRACE_S,
 ) -> Timed:
     """Open loop: ``rate * seconds`` requests, one due every ``1 / rate`` s whatever the answers do (wrk2's
     way), spread over ``connections`` keep-alive connections, the body cycling through ``bodies``. Latencies
-    are counted from when a request was due. With too few connections for the server's latency a connection
-    falls behind its schedule: that shows as latency, never as fewer requests."""
-    return asyncio.run(_run_at_rate(url, bodies, rate, seconds, connections, timeout))
+    are counted from when a request was due. A connection sends one request at a time, so ``connections``
+    must exceed the rate times the worst latency, or its requests fall behind their schedule: that shows as
+    latency, and what is still owed ``late_grace_s`` after the end is counted as ``unsent``."""
+    return asyncio.run(_run_at_rate(url, bodies, rate, seconds, connections, timeout, late_grace_s))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,10 +14,11 @@ from tests import servers
 
 
 class Recorder:
-    """An HTTP/1.1 keep-alive server in a thread: answers 200 (or ``status``) and keeps every body it got."""
+    """An HTTP/1.1 keep-alive server in a thread: answers 200 (or ``status``), after ``delay`` s, and keeps every
+    body it got."""
 
-    def __init__(self, status: int = 200) -> None:
-        self.status = status
+    def __init__(self, status: int = 200, delay: float = 0.0) -> None:
+        self.status, self.delay = status, delay
         self.bodies: list[bytes] = []
         self.port = servers.free_port()
         self.loop = asyncio.new_event_loop()
@@ -33,6 +34,7 @@ class Recorder:
                     if name.strip().lower() == b"content-length":
                         length = int(value)
                 self.bodies.append(await reader.readexactly(length))
+                await asyncio.sleep(self.delay)
                 writer.write(f"HTTP/1.1 {self.status} X\r\nContent-Length: 2\r\n\r\n[]".encode())
         finally:
             writer.close()
@@ -78,6 +80,15 @@ def test_the_open_loop_counts_answers_that_are_not_200() -> None:
         url = f"http://127.0.0.1:{failing.port}/v1/features"
         timed = http_load.run_at_rate(url, [b"{}"], rate=100, seconds=0.5, connections=2)
     assert (timed.requests, timed.errors) == (50, 50)
+
+
+def test_what_the_open_loop_still_owes_after_its_grace_is_counted_unsent() -> None:
+    with Recorder(delay=0.05) as slow:  # one connection answered in 50 ms sends 20 a second, not 100
+        url = f"http://127.0.0.1:{slow.port}/v1/features"
+        timed = http_load.run_at_rate(url, [b"{}"], rate=100, seconds=0.5, connections=1, late_grace_s=0.2)
+    assert timed.requests == len(slow.bodies) < 50
+    assert timed.requests + timed.unsent == 50 and timed.errors == 0
+    assert max(timed.latencies_s) > 0.1  # counted from when each was due: the queue shows
 
 
 def test_the_closed_loop_alternates_bodies_and_stops_at_its_budget(recorder: Recorder) -> None:
