@@ -290,7 +290,8 @@ def render(results: dict[str, Any], *, picture: str | None = None) -> str:
         "",
         f"`skewless serve --workers 2 --server {config['server']}` for {config['minutes']} min at "
         f"{results['rate']:,.0f} req/s open loop over 256 connections ({config['load']:.0%} of the "
-        f"{results['max_rps']:,.0f} req/s measured with 16 connections, closed loop), request bodies of 1 and 100 entities alternating; a materialization of "
+        f"{results['max_rps']:,.0f} req/s measured with 16 connections, closed loop), request bodies of 1 and 100 "
+        "entities alternating; a materialization of "
         f"the benchmark workload (scale {config['scale']}, every key republished) every "
         f"{config['materialize_every_min']:g} min. Latency counts from when a request was due. RSS: the server's "
         f"process tree. Warm-up: the first {config['warm_up_min']:g} min. Machine: {machine['cores']} cores, shared "
