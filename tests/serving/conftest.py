@@ -94,3 +94,9 @@ def running(command: list[str], url: str, verify: str | bool = True, **popen: ob
         proc.wait(10)
         if proc.stderr:
             proc.stderr.close()
+
+
+@pytest.fixture
+def asgi_server() -> str:
+    """The ``--server`` of every ``skewless serve`` the tests start (test_granian*.py override it: granian)."""
+    return "uvicorn"

@@ -86,12 +86,6 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return cert, key
 
 
-@pytest.fixture
-def asgi_server() -> str:
-    """``skewless serve --server``: tests/serving/test_granian.py runs this module's tests under granian."""
-    return "uvicorn"
-
-
 @pytest.fixture(params=["https", "http"])
 def service(
     tmp_path: Path,

@@ -52,12 +52,6 @@ def repo(tmp_path: Path, redis_url: str, project: str, served_plan: Plan) -> Pat
     return tmp_path
 
 
-@pytest.fixture
-def asgi_server() -> str:
-    """``skewless serve --server``: tests/serving/test_granian.py runs this module's tests under granian."""
-    return "uvicorn"
-
-
 @pytest.fixture(params=[1, 2], ids=["1-worker", "2-workers"])
 def service(repo: Path, asgi_server: str, request: pytest.FixtureRequest) -> Iterator[str]:
     port = servers.free_port()
