@@ -125,7 +125,12 @@ def parse_expression(text: str, columns: Mapping[str, DType]) -> Expr:
     try:
         tree = ast.parse(text.strip(), mode="eval")
     except SyntaxError as exc:
-        raise ExpressionError(f"not a valid expression: {exc.msg}", text) from None
+        if "too many nested parentheses" not in exc.msg:
+            raise ExpressionError(f"not a valid expression: {exc.msg}", text) from None
+        raise ExpressionError(
+            f"expression too deeply nested: more than Python can parse, at most {MAX_EXPRESSION_DEPTH} levels",
+            _shortened(text),
+        ) from None
     except (RecursionError, MemoryError):  # Python's own parser gives up on extreme nesting
         raise ExpressionError(
             f"expression too deeply nested: more than Python can parse, at most {MAX_EXPRESSION_DEPTH} levels",
