@@ -230,9 +230,7 @@ def check_ttl(ttl: object) -> None:
     if not isinstance(ttl, timedelta) or ttl <= timedelta(0):
         raise ValueError(f"ttl must be a positive timedelta or None, got {ttl!r}")
     if ttl < timedelta(seconds=1) or ttl.microseconds:
-        raise ValueError(
-            f"ttl must be a whole number of seconds, at least 1s (ttls are kept in seconds), got {ttl!r}"
-        )
+        raise ValueError(f"ttl must be a whole number of seconds, at least 1s (ttls are kept in seconds), got {ttl!r}")
     if ttl > MAX_DURATION:
         raise ValueError(f"ttl {ttl.days}d is beyond the timestamp range; a ttl goes {DURATION_RANGE}")
 

@@ -164,7 +164,7 @@ def _import_file(path: Path, root: Path) -> ModuleType:
         return importlib.import_module(module_name)
     except (DefinitionError, KeyboardInterrupt):
         raise
-    except BaseException as exc:  # noqa: BLE001 - a definition file may not end discovery, even by sys.exit()
+    except BaseException as exc:
         # SystemExit (sys.exit(0) would make 'plan' and 'apply' exit 0 having applied nothing), RecursionError,
         # GeneratorExit...: all are errors of this file. Only Ctrl-C stays an interruption.
         sys.modules.pop(module_name, None)

@@ -7,7 +7,6 @@ before it writes anything.
 from __future__ import annotations
 
 from collections.abc import Mapping
-
 from pathlib import Path
 from urllib.parse import quote
 
@@ -97,18 +96,18 @@ def check_select(query: str, dialect: str) -> None:
     after a ``;`` would run too. A query sqlglot cannot read is refused as well (name a view with
     ``table=`` instead): the check must not guess."""
     try:
-        statements = [s for s in sqlglot.parse(query, dialect=_DIALECTS.get(dialect)) if _is_statement(s)]
+        statements = [s for s in sqlglot.parse(query, dialect=_DIALECTS.get(dialect)) if s is not None]
     except sqlglot.errors.SqlglotError as exc:
         reason = str(exc).splitlines()[0]
         raise DefinitionError(
             f"the query could not be read as one SELECT statement ({reason}); write it as one SELECT, or create "
             f"a view in the database and name it with table=..."
         ) from None
+    # A trailing ';' or comment parses as an empty statement: not one that runs.
+    statements = [s for s in statements if not isinstance(s, exp.Semicolon)]
     if len(statements) != 1:
         kinds = ", ".join(_statement_kind(s) for s in statements) or "none"
-        raise DefinitionError(
-            f"a query source must be exactly one SELECT statement; found {len(statements)} ({kinds})"
-        )
+        raise DefinitionError(f"a query source must be exactly one SELECT statement; found {len(statements)} ({kinds})")
     statement = statements[0]
     writes = sorted({_statement_kind(node) for node in statement.find_all(*_WRITES)})
     if not isinstance(statement, exp.Query) or writes:
@@ -122,12 +121,7 @@ def query_body(query: str) -> str:
     return query.strip().rstrip(";").rstrip() + "\n"
 
 
-def _is_statement(node: exp.Expression | None) -> bool:
-    # A trailing ';' or comment parses as an empty statement: not one that runs.
-    return node is not None and not isinstance(node, exp.Semicolon)
-
-
-def _statement_kind(node: exp.Expression) -> str:
+def _statement_kind(node: exp.Expr) -> str:
     return node.key.upper()
 
 
