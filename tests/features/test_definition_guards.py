@@ -4,9 +4,11 @@ expressions nest no deeper than every engine can evaluate, ttls and windows are 
 from __future__ import annotations
 
 import re
+import sqlite3
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from functools import reduce
+from typing import Any
 
 import pyarrow as pa
 import pytest
@@ -179,3 +181,42 @@ def test_windows_and_cadences_beyond_the_timestamp_range_fail_at_plan(
     assert re.search(message, out), out
     assert "from 1s to 719162d (the span from 0001-01-01 to the Unix epoch)" in out, out
     assert _nothing_applied(config)
+
+
+LONGEST_WINDOW = """
+from features import Aggregation, Entity, FeatureView, Int64, SqlSource
+card = Entity(join_keys={"card_id": Int64})
+txns = SqlSource(connection="main", table="txns", timestamp="ts")
+card_txn = FeatureView(entities=[card], source=txns, cadence="1d", ttl=None, online=False,
+    aggregations=[Aggregation("sum", "amount", windows=["719162d"])])
+"""
+
+
+@pytest.mark.spark
+def test_the_longest_window_materializes_like_plain_python(make_repo: Repo, spark: Any) -> None:
+    """The limit is one the engines can compute: a 719162-day window over events from 1975 to 2024."""
+    from deltalake import DeltaTable
+
+    from offline.tables import table_path
+
+    config = make_repo({"views.py": LONGEST_WINDOW})
+    events = [
+        (1, datetime(1975, 1, 1, 6), 100.0),
+        (1, datetime(2024, 3, 1, 1), 10.0),
+        (2, datetime(2024, 3, 2, 7), 1.0),
+    ]
+    with sqlite3.connect(config.root / "data.db") as conn:
+        conn.execute("DELETE FROM txns")
+        conn.executemany(
+            "INSERT INTO txns (card_id, ts, amount) VALUES (?, ?, ?)",
+            [(c, t.strftime("%Y-%m-%d %H:%M:%S"), a) for c, t, a in events],
+        )
+    store = FeatureStore(config=config)
+    view = store.apply().version.plan.view("card_txn")
+    store.materialize(end=datetime(2024, 3, 4, tzinfo=UTC))
+    table = DeltaTable(str(table_path(config, view))).to_pyarrow_table().to_pylist()
+    assert table, "no values written"
+    for row in table:
+        tick = row["event_timestamp"].replace(tzinfo=None)
+        expected = sum(a for c, t, a in events if c == row["card_id"] and t <= tick)  # the oracle: all so far
+        assert row["amount_sum_719162d"] == expected, row
