@@ -270,12 +270,15 @@ def http_body(system: str, ids: list[int]) -> dict[str, Any]:
     return {"features": FEATURES, "entities": {"user_id": ids}}
 
 
-def wrk_load(url: str, body: bytes, seconds: float, work: Path) -> tuple[float, float, int]:
-    """(req/s, p99 ms, non-2xx) from wrk with 16 connections for ``seconds``."""
+def wrk_load(
+    url: str, body: bytes, seconds: float, work: Path, headers: dict[str, str] | None = None
+) -> tuple[float, float, int]:
+    """(req/s, p99 ms, non-2xx) from wrk with 16 connections for ``seconds``, sending ``headers`` too."""
     script = work / "wrk-post.lua"
+    extra = "".join(f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}\n" for k, v in (headers or {}).items())
     script.write_text(
         'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
-        f"wrk.body = {json.dumps(body.decode())}\n"
+        f"{extra}wrk.body = {json.dumps(body.decode())}\n"
     )
     out = subprocess.run(
         ["wrk", "-t2", "-c16", f"-d{max(1, int(seconds))}s", "--timeout", "5s", "--latency", "-s", str(script), url],

@@ -29,12 +29,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import sqlalchemy as sa
-
 from features.config import CONFIG_FILE, RepoConfig
 from features.errors import CleanupError
 from features.plugins import all_plugins
 from features.protocols import PrunableStore
+from features.redaction import redact_url
 from features.registry import PlanVersion
 
 if TYPE_CHECKING:
@@ -306,7 +305,7 @@ def teardown(store: FeatureStore, *, report: Callable[[str], None] = lambda _: N
             deleted.add(f"the Delta tables in {offline} ({human_size(size)})")
         current = "dropping the registry"
         store.registry.drop()
-        deleted.add(f"the registry ({_redacted(config.resolved_registry_url())})")
+        deleted.add(f"the registry ({redact_url(config.resolved_registry_url())})")
     except Exception as exc:
         raise CleanupError(
             f"teardown stopped while {current}: {exc}. Deleted before that: {deleted.summary()}. Run it again to "
@@ -341,7 +340,3 @@ def versions_text(numbers: Sequence[int]) -> str:
         else:
             runs.append([n])
     return ", ".join(str(r[0]) if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs)
-
-
-def _redacted(url: str) -> str:
-    return sa.engine.make_url(url).render_as_string(hide_password=True)

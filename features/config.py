@@ -13,6 +13,10 @@ offline:
                                                # materialize in Arrow (PostgreSQL sources); 0: Spark
 online:
   url: embedded                                # or redis://host:6379/0
+serving:                                       # skewless serve: who may call it, and how much a request may ask
+  tokens:                                      # none: no authentication (then it listens on loopback only)
+    fraud_model: {hash: "sha256:9f86d0...", services: [fraud_model]}   # from 'skewless token create'
+  max_body_bytes: 1048576
 connections:
   shop: sqlite:///data/shop.db
 ```
@@ -50,6 +54,12 @@ DEFAULT_ARROW_JOIN_MAX_MB = 1024
 # Arrow in the calling process instead of in Spark (offline/arrow/materialize.py): the benchmark's 1M rows a view
 # take ~1 GiB of memory there at peak. 0 materializes everything in Spark.
 DEFAULT_ARROW_MATERIALIZE_MAX_ROWS = 5_000_000
+# A lookup of the 10,000 entities allowed is ~200 KiB of JSON; a request 5x that is no lookup a model server sends,
+# and the service never buffers more than this per request.
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+DEFAULT_MAX_ENTITIES = 10_000
+DEFAULT_MAX_REQUEST_FIELDS = 100
+TOKEN_KEYS = ("hash", "services", "push")  # the keys of one serving.tokens entry
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +119,30 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("online.store", "redis", "the online store plugin"),
     Setting(
+        "serving.tokens",
+        {},
+        "bearer tokens that may call the HTTP service, by name: the token's hash (sha256:<hex>, printed by "
+        "'skewless token create'), the feature services it may look up ('*': all of them, plain feature lists, "
+        "Feast's endpoint and the catalog at /ui/) and the views it may push to ('*': all). None: no "
+        "authentication, and 'skewless serve' listens on loopback only",
+        'fraud_model: {hash: "sha256:<64 hex digits>", services: [fraud_model], push: []}',
+    ),
+    Setting(
+        "serving.max_body_bytes",
+        DEFAULT_MAX_BODY_BYTES,
+        "the largest request body accepted (413 beyond it, answered before the rest is read)",
+    ),
+    Setting(
+        "serving.max_entities",
+        DEFAULT_MAX_ENTITIES,
+        "the most entities (values per entity or request-data column) of a lookup, and rows of a push",
+    ),
+    Setting(
+        "serving.max_request_fields",
+        DEFAULT_MAX_REQUEST_FIELDS,
+        "the most columns a request may name: entity keys plus request-data fields of a lookup, columns of a push",
+    ),
+    Setting(
         "connections",
         {},
         "source databases by name (SQLAlchemy URLs; relative SQLite paths are relative to this file)",
@@ -116,7 +150,7 @@ SETTINGS: tuple[Setting, ...] = (
     ),
 )
 DEFAULTS: dict[str, Any] = {s.key: s.default for s in SETTINGS}
-SECTIONS = ("offline", "online")  # the keys that hold a mapping of settings
+SECTIONS = ("offline", "online", "serving")  # the keys that hold a mapping of settings
 _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -143,10 +177,30 @@ def resolve_sqlite_url(url: str, base: Path) -> str:
 
 
 def _whole_number(section: dict[str, Any], key: str, default: int, source: str, *, minimum: int = 1) -> int:
-    value = section.get(key, default)
+    value = section.get(key.rpartition(".")[2], default)
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{source}: offline.{key} must be a whole number of at least {minimum} (got {value!r})")
+        raise ConfigError(f"{source}: {key} must be a whole number of at least {minimum} (got {value!r})")
     return value
+
+
+def _tokens(tokens: Any, source: str) -> dict[str, dict[str, Any]]:
+    """``serving.tokens``, checked for shape (the hashes are checked once the environment is interpolated)."""
+    if not isinstance(tokens, dict):
+        raise ConfigError(f"{source}: serving.tokens must map token names to {{hash, services, push}}")
+    checked: dict[str, dict[str, Any]] = {}
+    for name, entry in tokens.items():
+        where = f"{source}: serving.tokens.{name}"
+        if not isinstance(entry, dict) or not isinstance(entry.get("hash"), str):
+            raise ConfigError(f"{where} must be a mapping with a 'hash' (sha256:<hex>), from 'skewless token create'")
+        unknown = sorted(set(map(str, entry)) - set(TOKEN_KEYS))
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {unknown}; valid choices: {list(TOKEN_KEYS)}")
+        for key in ("services", "push"):
+            names = entry.get(key, [])
+            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                raise ConfigError(f"{where}.{key} must be a list of names ('*' for all)")
+        checked[str(name)] = dict(entry)
+    return checked
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +220,10 @@ class RepoConfig:
     arrow_materialize_max_rows: int = DEFAULTS["offline.arrow_materialize_max_rows"]
     connections: dict[str, str] = field(default_factory=dict)
     definitions: str = DEFAULTS["definitions"]
+    serving_tokens: dict[str, dict[str, Any]] = field(default_factory=dict)
+    max_body_bytes: int = DEFAULTS["serving.max_body_bytes"]
+    max_entities: int = DEFAULTS["serving.max_entities"]
+    max_request_fields: int = DEFAULTS["serving.max_request_fields"]
 
     @classmethod
     def load(cls, root: str | os.PathLike[str]) -> RepoConfig:
@@ -184,7 +242,8 @@ class RepoConfig:
         _check_keys(data, None, source)
         offline = data.get("offline") or {}
         online = data.get("online") or {}
-        for section, values in (("offline", offline), ("online", online)):
+        serving = data.get("serving") or {}
+        for section, values in (("offline", offline), ("online", online), ("serving", serving)):
             if not isinstance(values, dict):
                 raise ConfigError(f"{source}: '{section}' must be a mapping of settings")
             _check_keys(values, section, source)
@@ -197,7 +256,8 @@ class RepoConfig:
             return {"": data, "offline": offline, "online": online}[section].get(name, DEFAULTS[key])
 
         def whole(key: str, minimum: int) -> int:
-            return _whole_number(offline, key.split(".")[1], DEFAULTS[key], source, minimum=minimum)
+            values = serving if key.startswith("serving.") else offline
+            return _whole_number(values, key, DEFAULTS[key], source, minimum=minimum)
 
         return cls(
             root=root,
@@ -213,6 +273,10 @@ class RepoConfig:
             online_store=str(value("online.store")),
             connections={str(k): str(v) for k, v in connections.items()},
             definitions=str(value("definitions")),
+            serving_tokens=_tokens(serving.get("tokens") or {}, source),
+            max_body_bytes=whole("serving.max_body_bytes", 1),
+            max_entities=whole("serving.max_entities", 1),
+            max_request_fields=whole("serving.max_request_fields", 1),
         )
 
     # Resolved values: environment interpolated, relative paths anchored at the repository.
@@ -227,6 +291,10 @@ class RepoConfig:
 
     def resolved_online_url(self) -> str:
         return interpolate(self.online_url)
+
+    def resolved_serving_tokens(self) -> dict[str, dict[str, Any]]:
+        """``serving.tokens`` with ``${NAME}`` in the hashes replaced from the environment."""
+        return {name: {**entry, "hash": interpolate(entry["hash"])} for name, entry in self.serving_tokens.items()}
 
     def state_dir(self) -> Path:
         """Where embedded services keep their files (``.skewless/`` under the repository)."""

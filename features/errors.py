@@ -188,6 +188,14 @@ class InvalidRequestError(SkewlessError, ValueError):
     """The service refused the request as malformed (HTTP 422)."""
 
 
+class RequestTooLargeError(SkewlessError, ValueError):
+    """A request body larger than ``serving.max_body_bytes`` (HTTP 413): raised while it is read, before the rest."""
+
+
+class AccessDeniedError(SkewlessError, PermissionError):
+    """The service refused the caller: no valid token (HTTP 401), or a token without the scope (HTTP 403)."""
+
+
 class ServiceUnavailableError(SkewlessError, ConnectionError):
     """The service, or the online store behind it, cannot answer now (HTTP 503, or no connection)."""
 

@@ -17,6 +17,7 @@ import sqlalchemy as sa
 
 from features.errors import RegistryError
 from features.plan import Plan
+from features.redaction import redact_text, redact_url
 
 _metadata = sa.MetaData()
 
@@ -126,7 +127,7 @@ class Registry:
             _metadata.create_all(self.engine)
             _add_missing_columns(self.engine)
         except sa.exc.SQLAlchemyError as exc:
-            raise RegistryError(f"cannot open the registry at {sa.engine.make_url(url)!r}: {exc}") from exc
+            raise RegistryError(f"cannot open the registry at {redact_url(url)}: {redact_text(str(exc))}") from exc
 
     def close(self) -> None:
         self.engine.dispose()

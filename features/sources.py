@@ -18,6 +18,7 @@ from sqlglot import exp
 
 from features.dtypes import DType
 from features.errors import DefinitionError, SourceUnavailableError
+from features.redaction import redact_text, redact_url
 
 # PostgreSQL type OIDs, for the columns of a query (psycopg2 reports them in cursor.description).
 _POSTGRES_OIDS = {
@@ -79,7 +80,8 @@ def reflect_columns(url: str, *, table: str | None, query: str | None) -> dict[s
             assert query is not None  # SqlSource guarantees exactly one of table/query
             return _query_columns(conn, query)
     except sa.exc.SQLAlchemyError as exc:
-        raise SourceUnavailableError(f"cannot read source at {sa.engine.make_url(url)!r}: {exc}") from exc
+        # The URL as configured (the engine's is the read-only form of a SQLite file), without its password.
+        raise SourceUnavailableError(f"cannot read source at {redact_url(url)}: {redact_text(str(exc))}") from exc
     finally:
         engine.dispose()
 

@@ -16,20 +16,22 @@ pointer, which Redis Cluster does not allow.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from features.dtypes import from_micros
-from features.errors import ConfigError
+from features.errors import ConfigError, OnlineStoreError
 from features.plan import ViewPlan
 from features.protocols import LiveSnapshot, OnlineValues, StoredView
 from online import redis_cleanup
-from online.redis_client import as_text, connect, redact, roundtrip, translate_errors
+from online.redis_client import as_text, check_url, connect, redact, roundtrip, translate_errors
 from online.redis_layout import READ_LUA, START_LUA, ViewKeys
 from online.redis_publication import RedisPublication
 from online.redis_read import SeenLive, SnapshotDecoders, SnapshotRead
@@ -44,13 +46,18 @@ if TYPE_CHECKING:
 
 # Not pickled (see __getstate__): connections, lock and caches belong to one process.
 _PER_PROCESS = ("_client", "_read_script", "_lock", "_decoders", "_seen_live", "_free", "_free_pid", "_pipelined")
+# After a failed command, how often at most the embedded server's state file is read again to find where it runs.
+FOLLOW_SECONDS = 1.0
 
 
 class RedisOnlineStore:
     """The online store on one Redis (or Valkey) server.
 
     ``url`` is a ``redis://`` / ``rediss://`` / ``unix://`` URL, or ``"embedded"``: a server for this
-    repository started on first use (see :mod:`online.embedded`), which needs ``state_dir``.
+    repository started on first use (see :mod:`online.embedded`), which needs ``state_dir``. A store on the
+    embedded server follows it: when a command fails, the server's state file is read again (at most once per
+    :data:`FOLLOW_SECONDS`), and if the server was restarted elsewhere (``skewless stop``, then any command), the
+    store's next command goes there.
 
     >>> store = RedisOnlineStore("redis://localhost:6379/0", project="fraud")  # doctest: +SKIP
     >>> store.read([(view, ["amount_sum_7d"])], {"card_id": [42]})            # doctest: +SKIP
@@ -69,6 +76,8 @@ class RedisOnlineStore:
             raise ConfigError("the embedded online store needs a state directory (state_dir=)")
         if not project or any(c in project for c in ":{}"):
             raise ConfigError(f"project name {project!r} may not be empty or contain ':', '{{' or '}}'")
+        if url != "embedded":
+            check_url(url)  # a URL no connection can use fails here, once, not on every request
         self.url = url
         self.project = project
         self.state_dir = state_dir
@@ -83,6 +92,7 @@ class RedisOnlineStore:
         self._free: list[Any] = []  # idle connections of this process, kept out of the pool (see _roundtrip)
         self._free_pid = os.getpid()
         self._pipelined: PipelinedRedis | None = None  # read_async's connection, for one event loop
+        self._next_follow = 0.0  # monotonic time before which a failure does not re-read the embedded state file
 
     @classmethod
     def from_config(cls, config: RepoConfig) -> RedisOnlineStore:
@@ -108,6 +118,42 @@ class RedisOnlineStore:
     def _where(self) -> str:
         return self._resolved or self.url
 
+    @contextlib.contextmanager
+    def _translated(self, action: str) -> Iterator[None]:
+        """Errors translated (see :func:`online.redis_client.translate_errors`); on the embedded server, a failure
+        also looks where the server runs now (see :meth:`_follow_embedded`)."""
+        try:
+            with translate_errors(self._where, action):
+                yield
+        except OnlineStoreError:
+            self._follow_embedded()
+            raise
+
+    def _follow_embedded(self) -> None:
+        """When the embedded server now runs at another address (restarted on a new port), drop the connections
+        to the old one: the next command connects to the new one. Never starts a server (``skewless stop`` means
+        stopped: the store answers errors until a command starts it again). Only the state file is read (no
+        connection: this may run on a serving event loop), at most once per :data:`FOLLOW_SECONDS`."""
+        if self.url != "embedded" or self.state_dir is None or self._resolved is None:
+            return  # another server, or none found yet (the next command looks for it, or starts it)
+        if time.monotonic() < self._next_follow:
+            return
+        self._next_follow = time.monotonic() + FOLLOW_SECONDS
+        from online.embedded import recorded_url
+
+        url = recorded_url(self.state_dir)
+        if url is None or url == self._resolved:
+            return
+        with self._lock:
+            self._resolved = url
+            client, self._client = self._client, None
+        self._free = []
+        if self._pipelined is not None:
+            self._pipelined.close()
+            self._pipelined = None
+        if client is not None:
+            client.close()
+
     def client(self) -> redis.Redis:
         """The (thread-safe, pooled) redis client, connected on first use."""
         if self._client is None:
@@ -127,7 +173,7 @@ class RedisOnlineStore:
 
     def ping(self) -> None:
         """Raise :class:`OnlineStoreError` unless the server answers."""
-        with translate_errors(self._where, "pinging"):
+        with self._translated("pinging"):
             self.client().ping()
 
     def close(self) -> None:
@@ -169,7 +215,7 @@ class RedisOnlineStore:
     def start_publication(self, view: ViewPlan, *, watermark: int) -> RedisPublication:
         """Reserve a new version of ``view``; rows written to it stay invisible until ``commit()``."""
         keys = ViewKeys(self.project, view.name)
-        with translate_errors(self._where, f"starting a publication of view '{view.name}'"):
+        with self._translated(f"starting a publication of view '{view.name}'"):
             version = int(self.client().eval(START_LUA, 3, keys.counter, keys.staged, keys.versions, int(watermark)))
         return RedisPublication(
             url=self.resolved_url,
@@ -199,19 +245,19 @@ class RedisOnlineStore:
 
     def live_version(self, view: str) -> dict[str, str] | None:
         """The pointer of ``view`` (version, watermark, storage_fingerprint, ...) or None before any commit."""
-        with translate_errors(self._where, f"reading the pointer of view '{view}'"):
+        with self._translated(f"reading the pointer of view '{view}'"):
             raw = self.client().hgetall(ViewKeys(self.project, view).pointer)
         return {as_text(k): as_text(v) for k, v in raw.items()} if raw else None
 
     # -- clean up (skewless prune and teardown) ------------------------------------------------------------------
     def stored_views(self) -> list[StoredView]:
         """Every view this project has keys of, with how many keys and snapshots (see :mod:`online.redis_cleanup`)."""
-        with translate_errors(self._where, "listing the project's keys"):
+        with self._translated("listing the project's keys"):
             return redis_cleanup.stored_views(self.client(), self.project)
 
     def delete_view(self, view: str) -> int:
         """Delete every key of ``view`` (SCAN and UNLINK in batches); returns how many were deleted."""
-        with translate_errors(self._where, f"deleting the keys of view '{view}'"):
+        with self._translated(f"deleting the keys of view '{view}'"):
             deleted = redis_cleanup.delete_view(self.client(), self.project, view)
         self._seen_live.pop(view, None)
         return deleted
@@ -222,7 +268,7 @@ class RedisOnlineStore:
         newer than the live row (see :mod:`online.redis_push`); returns how many entities took the pushed row."""
         from online.redis_push import push_rows
 
-        with translate_errors(self._where, f"pushing rows of view '{view.name}'"):
+        with self._translated(f"pushing rows of view '{view.name}'"):
             return push_rows(self.client(), self.project, view, rows)
 
     # -- read -------------------------------------------------------------------------------------------------
@@ -238,7 +284,7 @@ class RedisOnlineStore:
         if not requests:
             return []
         read = SnapshotRead(self.project, self._seen_live, requests, entities)
-        with translate_errors(self._where, "reading features"):
+        with self._translated("reading features"):
             client = self.client()
             snapshots = None
             if read.names is not None:
@@ -256,7 +302,7 @@ class RedisOnlineStore:
         if not requests:
             return []
         read = SnapshotRead(self.project, self._seen_live, requests, entities)
-        with translate_errors(self._where, "reading features"):
+        with self._translated("reading features"):
             self.client()  # connects and loads the Lua read, for the first read and after a commit
             snapshots = None
             if read.names is not None:

@@ -2,10 +2,18 @@
 
 from serving_api.app import create_app
 from serving_api.client import (
+    AccessDeniedError,
     InvalidRequestError,
     ServerError,
     ServiceUnavailableError,
     SkewlessClient,
 )
 
-__all__ = ["InvalidRequestError", "ServerError", "ServiceUnavailableError", "SkewlessClient", "create_app"]
+__all__ = [
+    "AccessDeniedError",
+    "InvalidRequestError",
+    "ServerError",
+    "ServiceUnavailableError",
+    "SkewlessClient",
+    "create_app",
+]

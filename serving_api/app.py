@@ -7,16 +7,24 @@ It runs the lookup :func:`features.lookup.prepare` compiles, the same read path 
 the request arrives), and is the only place where errors become HTTP statuses:
 
 ==============================================  ======
+no token, or one not configured                 401 (before the body is read: :mod:`serving_api.guard`)
+a token without the service, view or catalog    403
+a body larger than ``serving.max_body_bytes``   413 (before the rest is read)
+a body that is not ``application/json``         415
 unknown feature, view or feature service        404
 malformed body, wrong key type, missing key,    422
 offline-only view, bad ``request_data``, a
 push's missing or mistyped column
 a push to a view served from another definition 409
-online store or registry unreachable            503
+online store or registry unreachable            503 (a safe message; the details go to the log, redacted)
 an on-demand function raised or returned        500 (``{"error", "type", "view", "function"}``)
 something other than its outputs
 anything else                                   500 (``{"error": ...}``, never a traceback)
 ==============================================  ======
+
+Every error body has ``error``, ``type`` and ``request_id`` (also the ``X-Request-ID`` header of every answer,
+and in the log line of a failed request), and echoes no more than a bounded part of the caller's text
+(:mod:`serving_api.answers`).
 
 On-demand functions are imported when a plan version is first served and checked against the plan's source
 fingerprints: a mismatch fails startup, and a refreshed plan whose functions do not load is not served (the
@@ -33,18 +41,21 @@ import logging
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+import traceback
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from starlette.exceptions import HTTPException
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from features.config import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_ENTITIES, DEFAULT_MAX_REQUEST_FIELDS
 from features.errors import (
     BadRequestError,
     EntityKeyError,
@@ -58,29 +69,26 @@ from features.lookup import Lookup, LookupResult, OfflineOnlyViewError, prepare
 from features.on_demand import OnDemandFunctionError
 from features.plan import Plan
 from features.protocols import OnlineStore
+from features.redaction import redact_text
 from features.registry import PlanVersion
+from serving_api.answers import REQUEST_ID, JSONAnswer, error
+from serving_api.auth import Authenticator, Grant
 from serving_api.feast_door import FEAST, add_feast_door
+from serving_api.guard import GRANT, Gate, replay, tag, with_request_id
+from serving_api.log_throttle import ThrottledLog
 
 if TYPE_CHECKING:
     from features.store import FeatureStore
 
 logger = logging.getLogger(__name__)
+_unavailable_log = ThrottledLog(logger)  # one line per 503 would bury the log while a store is down
 
 ENV_REPO = "SKEWLESS_REPO"
 ENV_OPENTELEMETRY = "SKEWLESS_OPENTELEMETRY"
 LOOKUP_PATH = "/v1/features"
-MAX_ENTITIES = 10_000
 PlanProvider = Callable[[], PlanVersion]
-LookupHandler = Callable[[bytes], Awaitable[Response]]  # the answer to a lookup's body (see lookup_handler)
-
-
-class JSONAnswer(Response):
-    """A JSON response rendered by orjson (the lookup answer is already JSON-ready: no NaN, no datetimes)."""
-
-    media_type = "application/json"
-
-    def render(self, content: Any) -> bytes:
-        return orjson.dumps(content)
+# The answer to a lookup's body, for a caller's grant (see lookup_handler).
+LookupHandler = Callable[[bytes, Grant], Awaitable[Response]]
 
 
 # -- request and answer models (they make the OpenAPI schema at /docs useful) ---------------------------------
@@ -138,6 +146,9 @@ class FeaturesAnswer(BaseModel):
 class ErrorAnswer(BaseModel):
     error: str
     type: str
+    request_id: str = Field(description="the X-Request-ID of the answer, also in the server's log line")
+    kind: str | None = Field(None, description="what an unknown name names: 'feature', 'view', ... (404)")
+    name: str | None = Field(None, description="the unknown name, cut to 200 characters (404)")
     known: list[str] | None = None
     view: str | None = Field(None, description="the on-demand view whose function failed (500)")
     function: str | None = Field(None, description="that function, 'module:qualname' (500)")
@@ -147,6 +158,7 @@ class HealthAnswer(BaseModel):
     status: str
     plan_version: int | None = None
     error: str | None = None
+    request_id: str | None = None
 
 
 # -- the plan cache -------------------------------------------------------------------------------------------
@@ -227,42 +239,40 @@ class PlanCache:
 
 
 class ServingApp(FastAPI):
-    """FastAPI, with ``POST /v1/features`` answered before FastAPI's middleware stack and router.
+    """FastAPI behind the gate (:mod:`serving_api.guard`: request id, token, content type, body size, all before
+    any route), with ``POST /v1/features`` answered before FastAPI's middleware stack and router.
 
     The stack it skips (telemetry check, error and exception middleware, exit stack, route matching, a
     ``Request`` object) cost ~100 µs of a ~350 µs in-process lookup. The lookup catches its own errors, so
     nothing is lost. Anything else, and every request once middleware is added, OpenTelemetry is on or a
-    ``root_path`` is set, goes the ordinary way.
+    ``root_path`` is set, goes the ordinary way, with the caller's grant in ``scope[GRANT]`` and the body the
+    gate read.
     """
 
     answer_lookup: LookupHandler | None = None  # see lookup_handler
+    gate = Gate(Authenticator({}), DEFAULT_MAX_BODY_BYTES)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":  # lifespan (the app has no websocket route)
+            await super().__call__(scope, receive, send)
+            return
+        admitted = await self.gate.admit(scope, receive, send)
+        if admitted is None:  # answered already (refused), or the client went away
+            return
         if (
             self.answer_lookup is not None
-            and scope["type"] == "http"
-            and scope["path"] == LOOKUP_PATH
+            and admitted.body is not None
+            and admitted.path == LOOKUP_PATH
             and scope["method"] == "POST"
             and not scope.get("root_path")
             and not self.user_middleware
         ):
-            body = await _read_body(receive)
-            if body is not None:
-                await (await self.answer_lookup(body))(scope, receive, send)
+            await tag(await self.answer_lookup(admitted.body, admitted.grant))(scope, receive, send)
             return
-        await super().__call__(scope, receive, send)
-
-
-async def _read_body(receive: Receive) -> bytes | None:
-    """The request body, or None when the client went away before sending all of it."""
-    chunks = []
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            return None
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        scope[GRANT] = admitted.grant
+        if admitted.body is not None:
+            receive = replay(admitted.body, receive)
+        await super().__call__(scope, receive, with_request_id(send))
 
 
 def create_app(
@@ -271,14 +281,20 @@ def create_app(
     plan_provider: PlanProvider | None = None,
     store: OnlineStore | None = None,
     refresh_seconds: float = 1.0,
-    max_entities: int = MAX_ENTITIES,
+    max_entities: int | None = None,
     function_loader: FunctionLoader | None = None,
     freeze_startup_objects: bool = False,
     opentelemetry: bool = False,
+    tokens: Mapping[str, Mapping[str, Any]] | None = None,
+    max_body_bytes: int | None = None,
+    max_request_fields: int | None = None,
 ) -> FastAPI:
     """The service for a feature repository (``repo_path``), or for a plan provider and a store (tests, or
-    embedding the service in another app). A request may ask for at most ``max_entities`` entities, so one
-    request cannot hold the online store for long. ``function_loader`` imports the plan's on-demand functions
+    embedding the service in another app). A request may ask for at most ``max_entities`` entities and name at
+    most ``max_request_fields`` columns, so one request cannot hold the online store for long, in a body of at
+    most ``max_body_bytes``; ``tokens`` (``serving.tokens`` entries, see :mod:`serving_api.auth`) turn on
+    authentication. Each of these four defaults to the repository's ``serving:`` setting (with a plan provider:
+    to the settings' defaults, no tokens). ``function_loader`` imports the plan's on-demand functions
     (default: from the repository's definitions folder, or by plain import with a plan provider).
     ``freeze_startup_objects`` moves what exists once the plan is loaded out of the garbage collector's sight
     (:func:`gc.freeze`, process-wide: ``skewless serve`` sets it), so a full collection walks only what requests
@@ -290,6 +306,12 @@ def create_app(
     >>> app = create_app(plan_provider=registry.latest, store=RedisOnlineStore(url))  # doctest: +SKIP
     """
     owned, plan_provider, store, loader = _backends(repo_path, plan_provider, store, function_loader)
+    config = owned.config if owned is not None else None
+    if tokens is None:
+        tokens = config.resolved_serving_tokens() if config is not None else {}
+    max_entities = max_entities or (config.max_entities if config else DEFAULT_MAX_ENTITIES)
+    max_fields = max_request_fields or (config.max_request_fields if config else DEFAULT_MAX_REQUEST_FIELDS)
+    max_body_bytes = max_body_bytes or (config.max_body_bytes if config else DEFAULT_MAX_BODY_BYTES)
     plans = _plan_cache(plan_provider, loader, refresh_seconds)
     app = ServingApp(
         title="skewless feature serving",
@@ -298,22 +320,25 @@ def create_app(
         description="Online feature lookups: the values a model trained on, served.",
         telemetry={"tracing": opentelemetry, "metrics": opentelemetry, "logs": opentelemetry},
     )
+    app.gate = Gate(Authenticator(tokens), max_body_bytes)
     app.state.plans = plans
     app.state.store = store
     app.state.functions = loader
     _add_error_handlers(app)
-    answer_lookup = lookup_handler(plans, store, loader, max_entities)
+    caps = Caps(max_entities, max_fields)
+    answer_lookup = lookup_handler(plans, store, loader, caps)
     if not opentelemetry:
         app.answer_lookup = answer_lookup  # the fast path (see ServingApp); OpenTelemetry needs the routed way
     _add_lookup_routes(app, answer_lookup)
     _add_health_route(app, plans, store)
-    add_feast_door(app, lookup_endpoint(lookup_handler(plans, store, loader, max_entities, FEAST)))
+    add_feast_door(app, lookup_endpoint(lookup_handler(plans, store, loader, caps, FEAST)), LOOKUP_ERRORS)
     if owned is not None:  # served from a repository: its catalog, and pushes (they write to its offline path)
         from serving_api.catalog_ui import create_catalog_app
         from serving_api.push import add_push_route
 
         app.mount("/ui", create_catalog_app(owned), name="ui")
-        add_push_route(app, owned, max_entities)
+        add_push_route(app, owned, caps)
+    _document_security(app, bool(tokens))
     return app
 
 
@@ -375,12 +400,22 @@ def _lifespan(
 
 
 def _add_error_handlers(app: FastAPI) -> None:
-    """Errors of the routed way as JSON: a body FastAPI rejects is 422, anything unexpected 500 without a
-    traceback (the lookup handler answers its own errors; these cover the other routes)."""
+    """Errors of the routed way as :class:`ErrorAnswer` JSON: a body FastAPI rejects (malformed JSON too) is 422,
+    an unknown path or method 404 or 405, anything unexpected 500 without a traceback (the lookup handler answers
+    its own errors; these cover the other routes)."""
 
     @app.exception_handler(RequestValidationError)
     async def invalid_body(request: Request, exc: RequestValidationError) -> Response:
         return _invalid(exc.errors())
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        # FastAPI answers a body it cannot parse as JSON 400; the lookups answer it 422, and so does every route.
+        if exc.status_code == 400:
+            return _error(422, "RequestValidationError", "invalid request: the body is not valid JSON")
+        answer = _error(exc.status_code, type(exc).__name__, str(exc.detail))
+        answer.headers.update(exc.headers or {})
+        return answer
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:
@@ -418,19 +453,41 @@ class NativeDialect:
 NATIVE = NativeDialect()
 
 
+@dataclass(frozen=True, slots=True)
+class Caps:
+    """How much one request may ask: values per column (entities of a lookup, rows of a push), and columns
+    (entity keys plus request-data fields of a lookup, source columns of a push)."""
+
+    max_entities: int = DEFAULT_MAX_ENTITIES
+    max_fields: int = DEFAULT_MAX_REQUEST_FIELDS
+
+    def check(self, columns: Mapping[str, Any], what: str = "entities") -> None:
+        """Raise :class:`BadRequestError` when ``columns`` (name -> a list, or one value) ask for too much."""
+        if len(columns) > self.max_fields:
+            raise BadRequestError(
+                f"too many columns: {len(columns)}; at most {self.max_fields} per request (serving.max_request_fields)"
+            )
+        count = max((len(v) for v in columns.values() if isinstance(v, list)), default=0)
+        if count > self.max_entities:
+            raise BadRequestError(
+                f"too many {what}: {count}; at most {self.max_entities} per request (split the request)"
+            )
+
+
 def lookup_handler(
     plans: PlanCache,
     store: OnlineStore,
     loader: FunctionLoader,
-    max_entities: int,
+    caps: Caps,
     dialect: LookupDialect = NATIVE,
 ) -> LookupHandler:
-    """The one handler of lookups: the answer to a request body, never raising (errors become their HTTP
-    statuses). :meth:`ServingApp.__call__` (the fast path) calls it with the body it read, the routed way
-    through :func:`lookup_endpoint`. ``dialect`` reads the request and writes the answer: ``POST /v1/features``
-    speaks :data:`NATIVE`, ``POST /get-online-features`` Feast's (:mod:`serving_api.feast_door`)."""
+    """The one handler of lookups: the answer to a request body for a caller's grant, never raising (errors
+    become their HTTP statuses). :meth:`ServingApp.__call__` (the fast path) calls it with the body it read, the
+    routed way through :func:`lookup_endpoint`. ``dialect`` reads the request and writes the answer:
+    ``POST /v1/features`` speaks :data:`NATIVE`, ``POST /get-online-features`` Feast's
+    (:mod:`serving_api.feast_door`). The request data counts in ``caps`` as the entity columns do."""
 
-    async def answer_lookup(raw_body: bytes) -> Response:
+    async def answer_lookup(raw_body: bytes, grant: Grant) -> Response:
         # On the event loop: the Redis read is awaited on the worker's one pipelined connection (a store without
         # read_async blocks the loop for its round trip instead: a thread-pool hop per request cost ~1 ms, more
         # than it buys). The body is parsed and checked by pydantic straight from the bytes (FastAPI's own body
@@ -439,12 +496,11 @@ def lookup_handler(
             body = dialect.parse(raw_body)
         except ValidationError as exc:
             return _invalid(exc.errors())
+        service = body.feature_service if body.features is None else None
+        if not grant.may_look_up(service):
+            return _forbidden(grant, service)
         try:
-            count = max((len(v) for v in body.entities.values()), default=0)
-            if count > max_entities:
-                raise BadRequestError(
-                    f"too many entities: {count}; at most {max_entities} per request (split the request)"
-                )
+            caps.check({**body.entities, **(getattr(body, "request_data", None) or {})})
             version = plans.get()
             plan = version.plan
             lookup = _prepare(plan, body.features, body.feature_service)
@@ -474,7 +530,7 @@ def lookup_endpoint(answer_lookup: LookupHandler) -> Callable[[Request], Awaitab
         only documents it (/docs, /openapi.json) and never answers: the Starlette route comes first and matches
         every request the FastAPI route would.
         """
-        return await answer_lookup(await request.body())
+        return await answer_lookup(await request.body(), request.scope[GRANT])
 
     return get_features
 
@@ -494,13 +550,7 @@ def _add_lookup_routes(app: FastAPI, answer_lookup: LookupHandler) -> None:
         LOOKUP_PATH,
         response_class=JSONAnswer,
         summary="Look up online feature values",
-        responses={
-            200: {"model": FeaturesAnswer},
-            404: {"model": ErrorAnswer},
-            422: {"model": ErrorAnswer},
-            503: {"model": ErrorAnswer},
-            500: {"model": ErrorAnswer},
-        },
+        responses={200: {"model": FeaturesAnswer}, **LOOKUP_ERRORS},
         openapi_extra={"requestBody": _REQUEST_BODY},
     )(get_features)
     default_openapi = app.openapi
@@ -521,15 +571,21 @@ def _add_health_route(app: FastAPI, plans: PlanCache, store: OnlineStore) -> Non
     """``GET /health``."""
 
     @app.get(
-        "/health", response_class=JSONAnswer, responses={200: {"model": HealthAnswer}, 503: {"model": HealthAnswer}}
+        "/health",
+        response_class=JSONAnswer,
+        responses={200: {"model": HealthAnswer}, 503: {"model": HealthAnswer}, 500: {"model": ErrorAnswer}},
     )
     def health() -> Response:
-        """200 when the online store answers and a plan is applied; 503 otherwise."""
+        """200 when the online store answers and a plan is applied; 503 otherwise (with a safe message: the
+        details, redacted, are in the server's log under the request id). Open without a token."""
         try:
             version = plans.get()
             store.ping()
         except SkewlessError as exc:
-            return JSONAnswer({"status": "unavailable", "error": str(exc)}, status_code=503)
+            request_id = REQUEST_ID.get()
+            logger.warning("request %s: health check failed: %s", request_id, redact_text(str(exc)))
+            body = {"status": "unavailable", "error": _safe_message(exc), "request_id": request_id}
+            return JSONAnswer(body, status_code=503)
         except Exception as exc:
             return _unexpected(exc)
         return JSONAnswer({"status": "ok", "plan_version": version.version})
@@ -574,9 +630,25 @@ def _error_answer(exc: Exception) -> Response:
     ):
         return _error(422, type(exc).__name__, str(exc))
     if isinstance(exc, OnlineStoreError | RegistryError):
-        logger.warning("lookup failed: %s", exc)
-        return _error(503, type(exc).__name__, str(exc))
+        _unavailable_log.warning("request %s: lookup failed: %s", REQUEST_ID.get(), redact_text(str(exc)))
+        return _error(503, type(exc).__name__, _safe_message(exc))
     return _unexpected(exc)
+
+
+def _safe_message(exc: SkewlessError) -> str:
+    """What a 503 tells the caller: the kind of outage, no URL, host or driver message (those go to the log)."""
+    if isinstance(exc, OnlineStoreError):
+        what = "the online store cannot be reached or did not answer in time"
+    else:
+        what = "no plan to serve: the registry cannot be read, or no plan was applied yet ('skewless apply')"
+    return f"{what}; the server's log has the details under request id {REQUEST_ID.get()}"
+
+
+def _forbidden(grant: Grant, service: str | None) -> Response:
+    asked = f"feature service '{service}'" if service is not None else "a plain features list (that takes '*')"
+    allowed = ", ".join(sorted(grant.services)) or "(none)"
+    message = f"token '{grant.name}' may not look up {asked}; it may look up: {allowed}"
+    return _error(403, "PermissionError", message)
 
 
 def _invalid(errors: Any) -> Response:
@@ -587,10 +659,43 @@ def _invalid(errors: Any) -> Response:
 
 
 def _unexpected(exc: Exception) -> Response:
-    logger.error("unexpected error while serving a request", exc_info=exc)
-    message = str(exc) if isinstance(exc, SkewlessError) else "internal error; see the server log"
-    return _error(500, type(exc).__name__, message)
+    request_id = REQUEST_ID.get()
+    details = redact_text("".join(traceback.format_exception(exc)))
+    logger.error("request %s: unexpected error while serving it\n%s", request_id, details)
+    return _error(500, type(exc).__name__, f"internal error; the server's log has it under request id {request_id}")
 
 
-def _error(status: int, error_type: str, message: str, **extra: Any) -> Response:
-    return JSONAnswer({"error": message, "type": error_type, **extra}, status_code=status)
+_error = error  # the error answer of every route (serving_api.answers: bounded, with the request id)
+LOOKUP_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorAnswer, "description": meaning}
+    for status, meaning in (
+        (401, "no token, or a token that is not configured"),
+        (403, "the token may not look up this feature service (or a plain features list)"),
+        (404, "unknown feature, view or feature service"),
+        (413, "the body is larger than serving.max_body_bytes"),
+        (415, "the body is not application/json"),
+        (422, "malformed request, wrong entity keys or request data, too many entities or columns"),
+        (500, "an on-demand function failed, or an unexpected error (no traceback)"),
+        (503, "the online store or the registry cannot be reached"),
+    )
+}
+
+
+def _document_security(app: FastAPI, authenticated: bool) -> None:
+    """Say in the OpenAPI document that every operation but ``/health`` takes a bearer token (when it does)."""
+    if not authenticated:
+        return
+    documented = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = documented()
+            schema.setdefault("components", {})["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+            for path, operations in schema.get("paths", {}).items():
+                for operation in operations.values():
+                    if path != "/health":
+                        operation["security"] = [{"bearer": []}]
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

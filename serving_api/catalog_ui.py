@@ -19,6 +19,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from features.errors import OnlineStoreError, RegistryError, SkewlessError, UnknownNameError
+from features.redaction import redact_text
 from serving_api.catalog_data import Catalog
 
 if TYPE_CHECKING:
@@ -95,19 +96,22 @@ def _error_page(request: Request, status: int, message: str) -> Response:
     return templates.TemplateResponse(
         request,
         "error.html",
-        {"status": status, "message": message, "repo": None, "link": _linker(request.app, request)},
+        {"status": status, "message": redact_text(message), "repo": None, "link": _linker(request.app, request)},
         status_code=status,
     )
 
 
 def register(subparsers: Any) -> None:
     """Add ``ui`` to the CLI's subcommands."""
+    from serving_api.commands import add_exposure_flags
+
     p: argparse.ArgumentParser = subparsers.add_parser(
         "ui", help="browse the repository's catalog in a web browser: objects, lineage, freshness, runs, charts"
     )
     p.add_argument("--repo", default=".", help="feature repository folder (default: here)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to listen on (default: {DEFAULT_PORT})")
+    add_exposure_flags(p)
     p.set_defaults(handler=cmd_ui)
 
 
@@ -116,8 +120,9 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
     from features.console import console
     from features.store import FeatureStore
-    from serving_api.commands import listen_socket
+    from serving_api.commands import check_exposure, listen_socket
 
+    check_exposure(args.host, False, args.insecure_no_auth)  # the standalone catalog has no authentication
     with FeatureStore(args.repo) as store:
         store.plan_version()  # no plan applied: say so now, not on every page
         store.online_store()  # opened once here, before requests in several threads ask for it (it connects lazily)

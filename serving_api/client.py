@@ -5,7 +5,9 @@
 >>> answer["features"]["card_profile__credit_limit"]["values"]                  # doctest: +SKIP
 [5000.0, None]
 
-HTTP errors come back as :class:`~features.errors.SkewlessError` subclasses: 404 as
+Give ``token=`` when the service has ``serving.tokens`` (it is sent as ``Authorization: Bearer <token>``).
+HTTP errors come back as :class:`~features.errors.SkewlessError` subclasses: 401 and 403 as
+:class:`~features.errors.AccessDeniedError`, 404 as
 :class:`~features.errors.UnknownNameError` (with ``.known``), 422 as :class:`InvalidRequestError` (or
 :class:`~features.errors.EntityKeyError` for entity keys), 503 as :class:`ServiceUnavailableError`, a failed
 on-demand function (500) as :class:`~features.on_demand.OnDemandFunctionError` (with ``.view`` and
@@ -14,12 +16,14 @@ on-demand function (500) as :class:`~features.on_demand.OnDemandFunctionError` (
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import httpx
 
 from features.errors import (
+    AccessDeniedError,
     EntityKeyError,
     InvalidRequestError,
     ServerError,
@@ -33,9 +37,23 @@ from features.on_demand import OnDemandFunctionError
 class SkewlessClient:
     """Looks up features over HTTP; one connection pool per client, so reuse the client."""
 
-    def __init__(self, base_url: str, *, timeout: float = 5.0, transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout: float = 5.0,
+        transport: httpx.BaseTransport | None = None,
+        token: str | None = None,
+        verify: str | bool = True,
+    ) -> None:
+        """``token``: the bearer token of a service with ``serving.tokens``; ``verify``: for ``https://``, the CA
+        bundle (a file) to check the service's certificate with (default: the system's)."""
         self.base_url = base_url.rstrip("/")
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport)
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        context = ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify
+        self._http = httpx.Client(
+            base_url=self.base_url, timeout=timeout, transport=transport, headers=headers, verify=context
+        )
 
     def get_features(
         self,
@@ -89,9 +107,11 @@ class SkewlessClient:
 def _error_from(status: int, data: dict[str, Any]) -> SkewlessError:
     message = str(data.get("error") or data.get("detail") or f"HTTP {status}")
     kind = data.get("type")
+    if status in (401, 403):
+        return AccessDeniedError(f"HTTP {status}: {message}")
     if status == 404 and "kind" in data and "name" in data:
         return UnknownNameError(str(data["kind"]), str(data["name"]), data.get("known") or [])
-    if status == 422:
+    if status in (413, 415, 422):
         return EntityKeyError(message) if kind == "EntityKeyError" else InvalidRequestError(message)
     if status == 503:
         return ServiceUnavailableError(message)

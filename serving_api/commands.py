@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import socket
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,15 +30,61 @@ def register_serve(subparsers: Any) -> None:
         help="FastAPI's OpenTelemetry spans and metrics for every request, through the providers configured in "
         "the process (e.g. by opentelemetry-instrument); off by default: it costs latency",
     )
+    add_exposure_flags(p)
+    p.add_argument("--ssl-certfile", help="serve HTTPS with this certificate (PEM; the chain, leaf first)")
+    p.add_argument("--ssl-keyfile", help="the private key of --ssl-certfile (PEM)")
     p.set_defaults(handler=cmd_serve)
+
+
+def add_exposure_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="listen beyond loopback (--host) although no serving.tokens are configured: anyone who reaches the "
+        "port can read every feature (and push)",
+    )
+
+
+def check_exposure(host: str, authenticated: bool, insecure_no_auth: bool) -> None:
+    """Refuse to listen beyond loopback without authentication, unless told ``--insecure-no-auth``."""
+    if authenticated or insecure_no_auth or is_loopback(host):
+        return
+    raise SystemExit(
+        f"skewless: refusing to listen on {host} without authentication: anyone who reaches it could read every "
+        "feature. Add a token under 'serving: tokens:' in skewless.yaml ('skewless token create' prints one), "
+        "or listen on 127.0.0.1, or pass --insecure-no-auth to do it anyway"
+    )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address (``localhost``, ``127.0.0.0/8``, ``::1``)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
     from uvicorn.supervisors import Multiprocess
 
+    from serving_api.auth import Authenticator
+
     repo = Path(args.repo).resolve()
-    RepoConfig.load(repo)  # a missing or invalid skewless.yaml fails here, with its message, not in a worker
+    # A missing or invalid skewless.yaml (or token entry) fails here, with its message, not in a worker.
+    repo_config = RepoConfig.load(repo)
+    authenticated = Authenticator(repo_config.resolved_serving_tokens()).enabled
+    check_exposure(args.host, authenticated, args.insecure_no_auth)
+    if bool(args.ssl_certfile) != bool(args.ssl_keyfile):
+        raise SystemExit("skewless serve: give both --ssl-certfile and --ssl-keyfile, or neither")
+    if not is_loopback(args.host) and not args.ssl_certfile:
+        print(
+            f"skewless serve: listening on {args.host} without TLS: tokens and features cross the network in clear "
+            "text unless a proxy in front terminates TLS (--ssl-certfile/--ssl-keyfile serve HTTPS)",
+            file=sys.stderr,
+        )
     os.environ[ENV_REPO] = str(repo)
     os.environ[ENV_OPENTELEMETRY] = "1" if args.opentelemetry else "0"
     config = uvicorn.Config(
@@ -45,6 +93,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         workers=args.workers,
         log_level="info",
         access_log=args.access_log,
+        ssl_certfile=args.ssl_certfile,
+        ssl_keyfile=args.ssl_keyfile,
     )
     listener = listen_socket(args.host, args.port)
     try:

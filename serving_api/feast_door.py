@@ -68,6 +68,17 @@ class FeastRequest(BaseModel):
         return self
 
 
+class FeastResult(BaseModel):
+    values: list[Any]
+    statuses: list[str] = Field(description="'PRESENT', 'NOT_FOUND' or 'OUTSIDE_MAX_AGE' per entity")
+    event_timestamps: list[str] = Field(description="RFC 3339 UTC; 1970-01-01T00:00:00Z where there is no row")
+
+
+class FeastAnswer(BaseModel):
+    metadata: dict[str, Any] = Field(description="'feature_names': the join keys, then the features")
+    results: list[FeastResult]
+
+
 class FeastDialect:
     """Feast's request in, Feast's answer out (see the module's docstring); a :class:`LookupDialect`."""
 
@@ -124,11 +135,14 @@ class FeastDialect:
 FEAST = FeastDialect()
 
 
-def add_feast_door(app: FastAPI, endpoint: Callable[[Request], Awaitable[Response]]) -> None:
+def add_feast_door(
+    app: FastAPI, endpoint: Callable[[Request], Awaitable[Response]], errors: dict[int | str, dict[str, Any]]
+) -> None:
     """Route ``POST /get-online-features`` to ``endpoint`` (:func:`serving_api.app.lookup_endpoint` of a lookup
-    handler speaking :data:`FEAST`), documented in /docs."""
+    handler speaking :data:`FEAST`), documented in /docs with its error answers (``errors``)."""
     app.post(
         PATH,
+        responses={200: {"model": FeastAnswer}, **errors},
         summary="Look up online feature values, Feast's way",
         description="Feast's feature server request and answer (see serving_api/feast_door.py): "
         "point Feast's `remote` online store, or a Feast client, at this service.",

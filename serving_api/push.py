@@ -13,12 +13,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from features.errors import BadRequestError, PushConflictError
-from serving_api.app import ErrorAnswer, JSONAnswer, _error, _error_answer
+from features.errors import PushConflictError
+from serving_api.app import LOOKUP_ERRORS, Caps, ErrorAnswer, JSONAnswer, _error, _error_answer
+from serving_api.auth import Grant
+from serving_api.guard import GRANT
 
 if TYPE_CHECKING:
     from features.store import FeatureStore
@@ -60,29 +62,38 @@ class PushAnswer(BaseModel):
     served: int = Field(description="entities now served the pushed row (the others already had a newer one)")
 
 
-def add_push_route(app: FastAPI, store: FeatureStore, max_rows: int) -> None:
-    """``POST /v1/push`` on ``app``, writing through ``store`` (the repository's)."""
+PUSH_ERRORS = {
+    **LOOKUP_ERRORS,
+    403: {"model": ErrorAnswer, "description": "the token may not push to this view"},
+    404: {"model": ErrorAnswer, "description": "unknown view"},
+    409: {"model": ErrorAnswer, "description": "the online store serves the view from another definition"},
+}
+
+
+def add_push_route(app: FastAPI, store: FeatureStore, caps: Caps) -> None:
+    """``POST /v1/push`` on ``app``, writing through ``store`` (the repository's); a request may carry at most
+    ``caps`` rows and columns, for a view its token may push to."""
 
     @app.post(
         PUSH_PATH,
         response_class=JSONAnswer,
         summary="Push fresh rows to a feature view",
-        responses={
-            200: {"model": PushAnswer},
-            404: {"model": ErrorAnswer},
-            409: {"model": ErrorAnswer},
-            422: {"model": ErrorAnswer},
-            503: {"model": ErrorAnswer},
-        },
+        responses={200: {"model": PushAnswer}, **PUSH_ERRORS},
     )
-    def push(body: PushRequest) -> Response:
+    def push(body: PushRequest, request: Request) -> Response:
         """Compute the view's features from the rows (the same expressions and evaluator as a materialization),
         serve each entity's newest row at once unless a newer one is served, and keep the rows for the view's
         next materialization (then training sets see them)."""
+        grant: Grant = request.scope[GRANT]
+        if not grant.may_push(body.view):
+            allowed = ", ".join(sorted(grant.push)) or "(none)"
+            return _error(
+                403,
+                "PermissionError",
+                f"token '{grant.name}' may not push to view '{body.view}'; it may push to: {allowed}",
+            )
         try:
-            count = max((len(v) for v in body.rows.values()), default=0)
-            if count > max_rows:
-                raise BadRequestError(f"too many rows: {count}; at most {max_rows} per request (split the request)")
+            caps.check(body.rows, "rows")
             return JSONAnswer(store.push(body.view, body.rows).to_dict())
         except PushConflictError as exc:
             return _error(409, type(exc).__name__, str(exc))

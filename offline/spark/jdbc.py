@@ -22,6 +22,7 @@ from sqlalchemy.exc import ArgumentError
 from features.dtypes import TYPE_NAMES, DType
 from features.errors import ConfigError, SchemaMismatchError
 from features.plan import SourcePlan
+from features.redaction import redact_text, redact_url
 from features.sources import SourceUnavailableError
 from offline.errors import error_summary
 from offline.sql import base_query, quote, quote_spark, window_query
@@ -147,7 +148,7 @@ def read_source(
         probe = reader.option("dbtable", f"({base_query(source)}) skewless_probe").load()
     except Exception as exc:  # Py4J/JDBC errors: translate at the boundary, without the password
         raise SourceUnavailableError(
-            f"cannot read source '{source.name}' at {target.url}: {error_summary(exc)}"
+            f"cannot read source '{source.name}' at {redact_url(target.url)}: {redact_text(error_summary(exc))}"
         ) from exc
     sqlite = target.driver == "org.sqlite.JDBC"
     check_schema(

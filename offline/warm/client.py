@@ -27,7 +27,10 @@ interpreter, and the files of the skewless packages (path, size, modification ti
 ``skewless engine restart`` picks up the change. ``SKEWLESS_ENGINE=here`` makes a process run its jobs
 itself even while an engine runs. The engine listens on 127.0.0.1 (a free port) and accepts
 only callers that know the key in ``<state_dir>/engine/engine.key`` (mode 0600, HMAC challenge of
-:mod:`multiprocessing.connection`); it stops after ``--idle-minutes`` without jobs (default 60).
+:mod:`multiprocessing.connection`); it stops after ``--idle-minutes`` without jobs (default 60). Both sides
+bound the handshake (:func:`authenticate`, :data:`HANDSHAKE_SECONDS`) and the engine runs it off its accept
+thread, so a connection that never speaks is dropped and never holds up anyone else; control requests
+(``status``, ``stop``) wait at most :data:`CONTROL_SECONDS` for their answer.
 """
 
 from __future__ import annotations
@@ -39,10 +42,12 @@ import logging
 import os
 import pickle
 import shutil
+import socket
 import subprocess
 import sys
+import threading
 import time
-from multiprocessing.connection import Client, Connection
+from multiprocessing.connection import Connection, answer_challenge, deliver_challenge
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -60,6 +65,8 @@ INFO_FILE = "engine.json"
 KEY_FILE = "engine.key"
 LOG_FILE = "engine.log"
 DEFAULT_IDLE_MINUTES = 60.0
+HANDSHAKE_SECONDS = 5.0  # connecting and proving the key, either side: a stuck peer is dropped after this
+CONTROL_SECONDS = 30.0  # the answer to status or stop (the engine answers them at once, even while jobs run)
 ENV_ENGINE = "SKEWLESS_ENGINE"  # "here": never send jobs to a warm engine
 _CODE_PACKAGES = ("features", "offline", "online")
 _warned: set[str] = set()
@@ -108,10 +115,52 @@ def _client(config: RepoConfig) -> EngineClient | None:
     if not _alive(int(info.get("pid", 0))):
         return None
     try:
-        connection = Client(("127.0.0.1", int(info["port"])), authkey=key)
-    except (OSError, EOFError, ValueError):  # gone between the check and the call, or another process
+        connection = connect(int(info["port"]), key)
+    except (OSError, EOFError, ValueError):  # gone between the check and the call, stuck, or another process
         return None
     return EngineClient(connection, info)
+
+
+def connect(port: int, key: bytes, *, seconds: float = HANDSHAKE_SECONDS) -> Connection:
+    """A connection to the engine on ``port``, authenticated with ``key`` within ``seconds`` (connecting
+    included). :class:`multiprocessing.AuthenticationError` when the other side does not know the key; ``OSError``
+    or ``EOFError`` when it does not answer in time."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=seconds)
+    sock.setblocking(True)  # Connection reads the descriptor directly; the deadline below bounds the handshake
+    connection = Connection(sock.detach())
+    try:
+        authenticate(connection, key, engine=False, seconds=seconds)
+    except BaseException:
+        connection.close()
+        raise
+    return connection
+
+
+def authenticate(connection: Connection, key: bytes, *, engine: bool, seconds: float = HANDSHAKE_SECONDS) -> None:
+    """The mutual HMAC challenge of :mod:`multiprocessing.connection` (what ``Listener(authkey=)`` and
+    ``Client(authkey=)`` do), with a deadline: a peer that has not finished it within ``seconds`` has its
+    socket shut down, so the waiting side fails (``EOFError``/``OSError``) instead of waiting forever."""
+    # The timer holds its own descriptor of the socket: it never shuts down a later socket given the same number.
+    watched = socket.socket(fileno=os.dup(connection.fileno()))
+    timer = threading.Timer(seconds, _shut_down, (watched,))
+    timer.daemon = True
+    timer.start()
+    try:
+        if engine:
+            deliver_challenge(connection, key)
+            answer_challenge(connection, key)
+        else:
+            answer_challenge(connection, key)
+            deliver_challenge(connection, key)
+    finally:
+        timer.cancel()
+        watched.close()
+
+
+def _shut_down(sock: socket.socket) -> None:
+    """Wake whoever waits on ``sock`` (reads return end-of-file); closing it is left to its owner."""
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 class EngineClient:
@@ -126,6 +175,11 @@ class EngineClient:
     def request(self, kind: str) -> Any:
         """A control request (``status``, ``stop``) answered at once, even while a job runs."""
         self._connection.send((kind,))
+        if not self._connection.poll(CONTROL_SECONDS):
+            raise EngineError(
+                f"the warm engine (pid {self.pid}) did not answer '{kind}' within {CONTROL_SECONDS:.0f} s; see its "
+                f"log in .skewless/engine/{LOG_FILE}"
+            )
         return self._receive(None)
 
     def call(self, method: str, *args: Any, progress: Progress | None = None, **kwargs: Any) -> Any:
@@ -230,17 +284,23 @@ def start_engine(
 
 
 def stop_engine(config: RepoConfig, *, timeout: float = 60.0) -> bool:
-    """Stop the repository's engine (after its running job, if any). False when none was running."""
+    """Stop the repository's engine (after its running job, if any). False when none was running. An engine whose
+    process runs but that does not answer (stuck) is terminated."""
     client = _client(config)
     if client is None:
-        return False
-    with client, contextlib.suppress(EngineError):
-        client.request("stop")
-    deadline = time.monotonic() + timeout
-    while _alive(client.pid) and time.monotonic() < deadline:
+        info = _running_info(config)
+        if info is None:
+            return False
+        pid = int(info["pid"])
+    else:
+        pid = client.pid
+        with client, contextlib.suppress(EngineError):
+            client.request("stop")
+    deadline = time.monotonic() + (timeout if client is not None else 0)
+    while _alive(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
-    if _alive(client.pid):
-        os.kill(client.pid, 15)
+    if _alive(pid):
+        os.kill(pid, 15)
     return True
 
 

@@ -15,11 +15,12 @@ import os
 import pickle
 import secrets
 import signal
+import socket
 import sys
 import threading
 import time
 from multiprocessing import AuthenticationError
-from multiprocessing.connection import Client, Connection, Listener
+from multiprocessing.connection import Connection, Listener
 from typing import TYPE_CHECKING, Any
 
 from features.config import RepoConfig
@@ -28,9 +29,11 @@ from offline.spark.engine import SparkEngine
 from offline.spark.session import get_spark
 from offline.warm.client import (
     DEFAULT_IDLE_MINUTES,
+    HANDSHAKE_SECONDS,
     INFO_FILE,
     KEY_FILE,
     EngineError,
+    authenticate,
     engine_dir,
     fingerprint,
 )
@@ -124,7 +127,9 @@ class EngineServer:
         # Start Spark before announcing the engine (callers never wait on a cold JVM), with the JIT of a process
         # that runs job after job; the engine's own ``spark`` then returns this session.
         get_spark(self.config, long_lived=True)
-        listener = Listener(("127.0.0.1", 0), authkey=self._key)
+        # No authkey here: Listener would run the key check in accept(), where one silent connection blocks every
+        # other; each connection's own thread checks it, with a deadline (see _serve_connection).
+        listener = Listener(("127.0.0.1", 0))
         self._address = listener.address
         port = self._address[1]
         info = {"pid": os.getpid(), "port": port, "fingerprint": self.fingerprint, "started_at": self.started_at}
@@ -135,10 +140,13 @@ class EngineServer:
             while not self._stopping.is_set():
                 try:
                     connection = listener.accept()
-                except (AuthenticationError, OSError, EOFError, ValueError) as exc:  # no key, or it left
-                    log.warning("refused a connection: %s", exc)
+                except OSError as exc:
+                    log.warning("could not accept a connection: %s", exc)
                     continue
-                threading.Thread(target=self._handle, args=(connection,), daemon=True).start()
+                if self._stopping.is_set():  # stop()'s wake-up call
+                    connection.close()
+                    break
+                threading.Thread(target=self._serve_connection, args=(connection,), daemon=True).start()
         finally:
             log.info("stopping")
             listener.close()
@@ -149,6 +157,15 @@ class EngineServer:
                 self._online.close()
             self.engine.stop()
             log.info("stopped")
+
+    def _serve_connection(self, connection: Connection) -> None:
+        try:
+            authenticate(connection, self._key, engine=True)
+        except (AuthenticationError, OSError, EOFError, ValueError) as exc:  # no key, too slow, or it left
+            log.warning("refused a connection (no key within %.0f s, or a wrong one): %r", HANDSHAKE_SECONDS, exc)
+            connection.close()
+            return
+        self._handle(connection)
 
     def _handle(self, connection: Connection) -> None:
         with contextlib.closing(connection):
@@ -220,8 +237,8 @@ class EngineServer:
 
     def stop(self) -> None:
         self._stopping.set()
-        with contextlib.suppress(OSError, EOFError):  # wake the accept loop so it sees the flag
-            Client(self._address, authkey=self._key).close()
+        with contextlib.suppress(OSError):  # wake the accept loop so it sees the flag
+            socket.create_connection(self._address, timeout=5).close()
 
     def _stop_when_idle(self) -> None:
         while not self._stopping.wait(min(10.0, max(self.idle_seconds / 2, 0.1))):

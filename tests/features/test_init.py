@@ -23,10 +23,10 @@ from tests.features.conftest import ENTITIES, VIEWS
 
 
 def leaves(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"offline": {"path": x}}`` -> ``{"offline.path": x}`` (the mappings of settings only: offline, online)."""
+    """``{"offline": {"path": x}}`` -> ``{"offline.path": x}`` (the sections only: offline, online, serving)."""
     out: dict[str, Any] = {}
     for key, value in data.items():
-        if isinstance(value, dict) and key in ("offline", "online"):
+        if isinstance(value, dict) and key in ("offline", "online", "serving"):
             out |= leaves(value, f"{prefix}{key}.")
         else:
             out[prefix + key] = value
@@ -67,6 +67,10 @@ READER_KEYS = {
     "online.url": ("redis://localhost:6379/0", "online_url"),
     "online.store": ("other", "online_store"),
     "connections": ({"db": "sqlite:///x.db"}, "connections"),
+    "serving.tokens": ({"model": {"hash": "sha256:" + "0" * 64, "services": ["fraud"]}}, "serving_tokens"),
+    "serving.max_body_bytes": (2048, "max_body_bytes"),
+    "serving.max_entities": (5, "max_entities"),
+    "serving.max_request_fields": (3, "max_request_fields"),
 }
 
 

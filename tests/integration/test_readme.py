@@ -8,7 +8,9 @@ added to the README without a test cannot land:
 - the Python blocks of the ``## Python`` and ``## Pushing fresh values`` sections and every ``curl`` block run,
   in the README's order, on the example repository after the demo (:func:`check_python_and_http_blocks`, called
   by ``tests/integration/test_demo.py``, which has it ready); a ``print(...)  # text`` line must print ``text``;
-- the two commands are the scripts CI runs, and the benchmark commands parse with the benchmark's own parser.
+- the two commands are the scripts CI runs, and the benchmark commands parse with the benchmark's own parser;
+- the blocks of ``### Exposing the service``: ``skewless token create`` runs and its entry lets its token in,
+  the ``serving:`` YAML loads and scopes its tokens as the prose says (:func:`test_the_exposing_blocks_run`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DEFINITION_FILE = re.compile(r"\A# (definitions/\w+\.py)\n")
 README_PORT = "localhost:6566"
 PYTHON_SECTIONS = ("Python", "Pushing fresh values")  # Python blocks run on the demo's repository
+EXPOSING = "Exposing the service"
 PRINTED = re.compile(r"^print\(.*\)  # (.+)$", re.MULTILINE)  # a print and, in its comment, what it prints
 
 
@@ -76,6 +80,8 @@ def check_of(block: Block) -> str | None:
         return "two commands"
     if block.lang == "bash" and all(line.startswith("bash bench/run.sh") for line in _commands(block)):
         return "benchmark"
+    if block.heading == EXPOSING and block.lang in ("bash", "yaml"):
+        return "exposing"
     return None
 
 
@@ -98,7 +104,7 @@ def test_every_block_is_run_by_a_check() -> None:
     unclaimed = [f"line {b.line} ({b.lang}, under '{b.heading}')" for b in blocks if check_of(b) is None]
     assert not unclaimed, "README blocks no test runs (add them to a check in this file): " + "; ".join(unclaimed)
     kinds = {check_of(b) for b in blocks}
-    assert kinds == {"definition file", "python", "http", "two commands", "benchmark"}, kinds
+    assert kinds == {"definition file", "python", "http", "two commands", "benchmark", "exposing"}, kinds
 
 
 def test_the_two_commands_are_what_ci_runs() -> None:
@@ -126,6 +132,53 @@ def test_the_command_table_lists_every_command() -> None:
     actions = [a for a in build_parser()._actions if a.__class__.__name__ == "_SubParsersAction"]
     commands = set(actions[0].choices)  # type: ignore[attr-defined]
     assert listed == commands, f"only in the README: {listed - commands}; only in the parser: {commands - listed}"
+
+
+def test_the_exposing_blocks_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The token command prints a token whose entry, under ``serving.tokens``, lets it in; the YAML block loads
+    as written (its hashes from the environment) and grants what the prose says."""
+    import shlex
+
+    import yaml
+
+    from features.cli import main
+    from features.config import RepoConfig
+    from serving_api.auth import Authenticator, hash_token
+
+    blocks = [b for b in readme_blocks() if check_of(b) == "exposing"]
+    assert [b.lang for b in blocks] == ["bash", "yaml"], [b.line for b in blocks]
+    (command,) = _commands(blocks[0])
+    argv = shlex.split(command)
+    assert argv[0] == "skewless"
+    assert main(argv[1:]) == 0
+    printed = capsys.readouterr().out
+    token = re.search(r"^(skw_\S+)$", printed, re.MULTILINE)
+    entry = re.search(r"^ +(\w+: \{hash: .*\})$", printed, re.MULTILINE)
+    assert token and entry, printed
+    created = yaml.safe_load(entry.group(1))
+    authenticator = Authenticator(created)
+    grant = authenticator.grant(f"Bearer {token.group(1)}".encode())
+    assert grant is not None and grant.may_look_up("fraud_model") and not grant.may_look_up("other")
+
+    tokens = {name: f"skw_{name}" for name in ("FRAUD_MODEL", "INGEST", "ANALYST")}
+    for name, value in tokens.items():
+        monkeypatch.setenv(f"{name}_TOKEN_HASH", hash_token(value))
+    config = RepoConfig.from_dict(tmp_path, yaml.safe_load(blocks[1].text))
+    assert (config.max_body_bytes, config.max_entities, config.max_request_fields) == (1048576, 10000, 100)
+    authenticator = Authenticator(config.resolved_serving_tokens())
+
+    def grant_of(name: str) -> Any:
+        found = authenticator.grant(f"Bearer {tokens[name]}".encode())
+        assert found is not None, name
+        return found
+
+    model, ingest, analyst = grant_of("FRAUD_MODEL"), grant_of("INGEST"), grant_of("ANALYST")
+    assert model.may_look_up("fraud_model") and not model.may_look_up(None) and not model.may_push("card_profile")
+    assert ingest.may_push("card_profile") and not ingest.may_look_up("fraud_model")
+    assert analyst.may_look_up(None) and analyst.may_browse and not analyst.may_push("card_profile")
+    assert authenticator.grant(b"Bearer skw_unknown") is None
 
 
 def test_the_definition_files_plan_apply_and_compute(tmp_path: Path) -> None:

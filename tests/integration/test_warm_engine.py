@@ -7,10 +7,12 @@ tests/integration/test_end_to_end.py, against the pandas oracle.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -231,6 +233,73 @@ def test_a_caller_without_the_key_is_refused(store: FeatureStore) -> None:
     key_file = daemon.engine_dir(store.config) / daemon.KEY_FILE
     assert key_file.stat().st_mode & 0o077 == 0  # only the owner may read the key
     assert daemon.engine_info(store.config) is not None  # still serving
+
+
+def test_a_connection_that_never_speaks_blocks_nobody(store: FeatureStore) -> None:
+    """A stranger's idle TCP connection: status and jobs go on at once, and it is dropped after the handshake's
+    deadline (it used to hold the engine's single accept thread until it closed)."""
+    port = int(json.loads((daemon.engine_dir(store.config) / daemon.INFO_FILE).read_text())["port"])
+    before = jobs(store)
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as stuck:
+        opened = time.monotonic()
+        dropped: list[float] = []
+
+        def read_until_dropped() -> None:
+            with contextlib.suppress(OSError):
+                while stuck.recv(4096):  # the engine's challenge, unanswered, then the end of the connection
+                    pass
+                dropped.append(time.monotonic())
+
+        reader = threading.Thread(target=read_until_dropped, daemon=True)
+        reader.start()
+        status = threading.Thread(target=main, args=(["engine", "status", "--repo", str(store.config.root)],))
+        status.start()
+        status.join(timeout=daemon.HANDSHAKE_SECONDS - 1)
+        assert not status.is_alive(), "engine status waited for the silent connection"
+        assert time.monotonic() - opened < daemon.HANDSHAKE_SECONDS  # before the engine dropped the stranger
+        [result] = store.materialize(["card_profile"])
+        assert jobs(store) == before + 1 and result.rows_read > 0  # it ran in the engine
+        reader.join(timeout=30)
+        assert dropped and dropped[0] - opened < daemon.HANDSHAKE_SECONDS + 5
+    assert daemon.engine_info(store.config) is not None
+
+
+def test_a_caller_does_not_wait_forever_on_an_engine_that_never_answers() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # listens (the kernel accepts) and never speaks
+        started = time.monotonic()
+        with pytest.raises((EOFError, OSError)):
+            daemon.connect(silent.getsockname()[1], b"key", seconds=0.5)
+        assert time.monotonic() - started < 5
+
+
+def test_stop_terminates_an_engine_that_never_answers(tmp_path: Path) -> None:
+    """An engine process that accepts but never speaks (stuck): ``engine stop`` ends it instead of hanging."""
+    config = RepoConfig(root=tmp_path)
+    stuck = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import socket, time; s = socket.create_server(('127.0.0.1', 0)); "
+            "print(s.getsockname()[1], flush=True); time.sleep(600)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert stuck.stdout is not None
+        port = int(stuck.stdout.readline())
+        directory = daemon.engine_dir(config)
+        directory.mkdir(parents=True)
+        (directory / daemon.INFO_FILE).write_text(json.dumps({"pid": stuck.pid, "port": port}))
+        (directory / daemon.KEY_FILE).write_bytes(b"k" * 32)
+        started = time.monotonic()
+        assert daemon.engine_info(config) is None  # it does not answer: not an engine to send jobs to
+        assert daemon.stop_engine(config) is True
+        assert stuck.wait(10) == -signal.SIGTERM
+        assert time.monotonic() - started < 3 * daemon.HANDSHAKE_SECONDS
+    finally:
+        stuck.kill()
+        stuck.wait()
 
 
 def test_stop_ends_the_engine_and_jobs_run_here_again(store: FeatureStore) -> None:

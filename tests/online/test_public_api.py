@@ -22,6 +22,7 @@ def test_public_names_are_pinned() -> None:
         "stop_embedded_server",
     ]
     assert serving_api.__all__ == [
+        "AccessDeniedError",
         "InvalidRequestError",
         "ServerError",
         "ServiceUnavailableError",

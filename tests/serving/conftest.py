@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
 from features.dtypes import DType
 from features.plan import Plan
-from features.registry import PlanVersion
+from features.registry import PlanVersion, Registry
 from online.redis_store import RedisOnlineStore
+from serving_api.client import ServiceUnavailableError, SkewlessClient
 from tests.online.plans import make_plan, make_view, publish
 
 CARD = make_view(
@@ -52,3 +57,40 @@ def online(redis_url: str, project: str) -> Iterator[RedisOnlineStore]:
     with RedisOnlineStore(redis_url, project=project) as store:
         publish_rows(store)
         yield store
+
+
+def write_repo(root: Path, redis_url: str, project: str, serving: str = "", plan: Plan = PLAN) -> Path:
+    """A repository on ``redis_url`` with ``plan`` applied; ``serving``: the lines of its ``serving:`` section."""
+    section = f"serving:\n{serving}" if serving else ""
+    (root / "skewless.yaml").write_text(
+        f"project: {project}\nregistry: sqlite:///.skewless/registry.db\nonline:\n  url: {redis_url}\n{section}"
+    )
+    registry = Registry(f"sqlite:///{root}/.skewless/registry.db")
+    registry.apply(plan)
+    registry.close()
+    return root
+
+
+@contextlib.contextmanager
+def running(command: list[str], url: str, verify: str | bool = True, **popen: object) -> Iterator[int]:
+    """``command`` (a ``skewless serve``) running until it answers ``GET /health`` at ``url``; yields its pid and
+    stops it after."""
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **popen)  # type: ignore[call-overload]
+    try:
+        deadline = time.monotonic() + 30
+        with SkewlessClient(url, timeout=2, verify=verify) as client:
+            while True:
+                try:
+                    client.health()
+                    break
+                except ServiceUnavailableError:
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        stderr = proc.stderr.read().decode() if proc.stderr else ""
+                        pytest.fail(f"the service did not start: {stderr[-2000:]}")
+                    time.sleep(0.1)
+        yield proc.pid
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        if proc.stderr:
+            proc.stderr.close()

@@ -129,7 +129,9 @@ def test_an_unreachable_store_is_503_quickly() -> None:
         started = time.monotonic()
         response = post(client, {"features": ["card:limit"], "entities": {"card_id": [1]}})
         assert response.status_code == 503
-        assert "online store at redis://127.0.0.1" in response.json()["error"]
+        answer = response.json()  # a safe message: no URL, no host; the request id leads to the log line
+        assert "online store" in answer["error"] and "127.0.0.1" not in answer["error"]
+        assert answer["request_id"] == response.headers["x-request-id"] and answer["request_id"] in answer["error"]
         health = client.get("/health")
         assert health.status_code == 503 and health.json()["status"] == "unavailable"
         assert time.monotonic() - started < 3
@@ -151,7 +153,7 @@ def test_unexpected_errors_are_500_without_a_traceback() -> None:
             client.get("/health"),
         ):
             assert response.status_code == 500
-            assert set(response.json()) == {"error", "type"}
+            assert set(response.json()) == {"error", "type", "request_id"}
             assert "Traceback" not in response.text and "secret" not in response.text
 
 
@@ -223,9 +225,12 @@ LOOKUPS: list[Any] = [
 
 
 def answers(client: TestClient) -> list[tuple[int, Any]]:
-    found = [(r.status_code, r.json()) for r in (post(client, body) for body in LOOKUPS)]
-    malformed = client.post("/v1/features", content=b"{not json", headers={"content-type": "application/json"})
-    return [*found, (malformed.status_code, malformed.json())]
+    """Each lookup's status and answer, sent with the caller's own request id (so the answers compare equal)."""
+    same = {"x-request-id": "caller-1"}
+    responses = [client.post("/v1/features", json=body, headers=same) for body in LOOKUPS]
+    malformed = client.post("/v1/features", content=b"{not json", headers={"content-type": "application/json", **same})
+    assert {r.headers["x-request-id"] for r in [*responses, malformed]} == {"caller-1"}
+    return [(r.status_code, r.json()) for r in [*responses, malformed]]
 
 
 def test_lookups_skip_the_router_and_answer_as_the_routed_endpoint_does(online: RedisOnlineStore) -> None:
@@ -265,7 +270,8 @@ def test_the_lookup_shortcut_reads_a_body_in_pieces_and_lets_a_gone_client_go(on
 
     app = create_app(plan_provider=plan_version, store=online)
     body = json.dumps({"features": ["card:tier"], "entities": {"card_id": [1]}}).encode()
-    scope = {"type": "http", "method": "POST", "path": "/v1/features", "root_path": "", "headers": []}
+    headers = [(b"content-type", b"application/json")]
+    scope = {"type": "http", "method": "POST", "path": "/v1/features", "root_path": "", "headers": headers}
 
     async def call(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
         sent: list[dict[str, Any]] = []

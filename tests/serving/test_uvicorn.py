@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +18,7 @@ from online.redis_store import RedisOnlineStore
 from serving_api.client import InvalidRequestError, ServiceUnavailableError, SkewlessClient
 from serving_api.commands import listen_socket
 from tests import servers
-from tests.serving.conftest import PLAN, publish_rows
+from tests.serving.conftest import PLAN, publish_rows, running
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
@@ -59,32 +57,10 @@ def service(repo: Path, request: pytest.FixtureRequest) -> Iterator[str]:
     port = servers.free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     workers = str(request.param)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", SERVE, "serve", "--repo", str(repo), "--port", str(port), "--workers", workers],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    command = [sys.executable, "-c", SERVE, "serve", "--repo", str(repo), "--port", str(port), "--workers", workers]
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        with SkewlessClient(url, timeout=2) as client:
-            while True:
-                try:
-                    client.health()
-                    break
-                except ServiceUnavailableError:
-                    if proc.poll() is not None or time.monotonic() > deadline:
-                        stderr = proc.stderr.read().decode() if proc.stderr else ""
-                        pytest.fail(f"the service did not start: {stderr[-2000:]}")
-                    time.sleep(0.1)
+    with running(command, url, cwd=ROOT, env=env):
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        if proc.stderr:
-            proc.stderr.close()
 
 
 def test_serve_and_query_with_the_client(service: str) -> None:
