@@ -124,8 +124,7 @@ class Registry:
         self.url = url
         try:
             self.engine = sa.create_engine(url)
-            _metadata.create_all(self.engine)
-            _add_missing_columns(self.engine)
+            _create_or_upgrade(self.engine)
         except sa.exc.SQLAlchemyError as exc:
             raise RegistryError(f"cannot open the registry at {redact_url(url)}: {redact_text(str(exc))}") from exc
 
@@ -303,6 +302,25 @@ def _as_row(record: RunRecord) -> dict[str, object]:
 def _succeeded() -> sa.ColumnElement[bool]:
     outcome = materialization_runs.c.outcome
     return sa.or_(outcome.is_(None), outcome == "ok")
+
+
+def _create_or_upgrade(engine: sa.Engine) -> None:
+    """Create the tables and columns the registry lacks. Processes opening a new registry at once (two applies)
+    each find a table missing and create it: the slower fails ("already exists"). Each such failure means
+    another process made progress, so looking again, once per table and column at most, finds them in place."""
+    attempts = len(_metadata.tables) + len(materialization_runs.columns)
+    for attempt in range(attempts):
+        try:
+            _metadata.create_all(engine)
+            _add_missing_columns(engine)
+            return
+        except sa.exc.SQLAlchemyError as exc:
+            # Only a lost creation race; a database that cannot be reached fails at once.
+            created_meanwhile = isinstance(exc, sa.exc.IntegrityError) or any(
+                words in str(exc).lower() for words in ("already exists", "duplicate")
+            )
+            if not created_meanwhile or attempt == attempts - 1:
+                raise
 
 
 def _add_missing_columns(engine: sa.Engine) -> None:

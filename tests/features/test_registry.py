@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -148,25 +149,51 @@ def _variants(make_repo: Callable[..., RepoConfig], count: int) -> list[Plan]:
     return plans
 
 
-def _race(registries: list[Registry], plans: list[Plan], planned_against: int | None) -> list[tuple[int, object]]:
-    """Registry ``i`` applies ``plans[i]``, all at once (threads released by one barrier); (i, outcome)s."""
-    barrier = threading.Barrier(len(registries))
-    outcomes: list[tuple[int, object]] = []
+def _at_once(calls: list[Callable[[], object]]) -> list[object]:
+    """Run ``calls`` in threads released together by one barrier; what each returned, or the RegistryError
+    it raised, in the order of ``calls``."""
+    barrier = threading.Barrier(len(calls))
+    outcomes: dict[int, object] = {}
 
-    def apply(i: int) -> None:
+    def run(i: int) -> None:
         barrier.wait()
         try:
-            version, created = registries[i].apply(plans[i], planned_against=planned_against)
-            outcomes.append((i, (version.version, created)))
+            outcomes[i] = calls[i]()
         except RegistryError as exc:
-            outcomes.append((i, exc))
+            outcomes[i] = exc
 
-    threads = [threading.Thread(target=apply, args=(i,)) for i in range(len(registries))]
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=60)
-    return outcomes
+    return [outcomes.get(i) for i in range(len(calls))]
+
+
+def _race(registries: list[Registry], plans: list[Plan], planned_against: int | None) -> list[tuple[int, object]]:
+    """Registry ``i`` applies ``plans[i]``, all at once; (i, (version, created) or the error)s."""
+
+    def apply(i: int) -> object:
+        version, created = registries[i].apply(plans[i], planned_against=planned_against)
+        return version.version, created
+
+    return list(enumerate(_at_once([functools.partial(apply, i) for i in range(len(registries))])))
+
+
+def test_processes_opening_a_new_registry_at_once_all_open_it(registry_url: str) -> None:
+    """Two applies on a new registry both create its tables: the slower one used to fail with "table
+    skewless_plan_versions already exists" (seen with two `skewless apply` processes)."""
+    for _ in range(5):
+        Registry(registry_url).drop()
+        assert _at_once([lambda: _latest_of_new(registry_url)] * 4) == [None] * 4
+
+
+def _latest_of_new(url: str) -> object:
+    registry = Registry(url)
+    try:
+        return registry.latest()
+    finally:
+        registry.close()
 
 
 def test_concurrent_applies_on_one_version_exactly_one_wins(
