@@ -94,6 +94,8 @@ class _Compiler:
         if id(source) not in self.source_columns:
             try:
                 reflected = self.read_columns(source.connection, source.table, source.query)
+            except DefinitionError as exc:  # the query itself is refused (features.sources.check_select)
+                raise DefinitionError(f"query source: {exc}", location=self.discovered.where(source)) from None
             except (SourceUnavailableError, ValueError) as exc:
                 raise DefinitionError(
                     f"cannot read the source's columns: {exc}", location=self.discovered.where(source)

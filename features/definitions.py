@@ -20,7 +20,7 @@ import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, cast
 
 from features.dtypes import Bool, DType, Float64, Int64, String, Timestamp
@@ -200,6 +200,12 @@ AGGREGATION_FUNCTIONS = ("count", "sum", "mean", "min", "max", "stddev", "last",
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
+# The longest window, cadence or ttl: the span from the first timestamp (0001-01-01) to the Unix epoch, where
+# ticks are counted from, so a tick minus a window (or a value's time plus its ttl, in microseconds) is always
+# a valid timestamp in Python, Arrow and Spark. Longer ones used to fail only at materialize, deep in an engine.
+MAX_DURATION = datetime(1970, 1, 1) - datetime(1, 1, 1)  # 719162 days
+DURATION_RANGE = f"from 1s to {MAX_DURATION.days}d (the span from 0001-01-01 to the Unix epoch)"
+
 
 def parse_window(value: str | timedelta | None) -> int | None:
     """Seconds of a window or cadence written ``"1h"``, ``"7d"``, a timedelta, or ``"unbounded"``/None (None)."""
@@ -213,7 +219,20 @@ def parse_window(value: str | timedelta | None) -> int | None:
         raise ValueError(f"{value!r} is not a duration; write e.g. '1h', '1d', '7d', '30d', 'unbounded' or a timedelta")
     if seconds <= 0 or seconds != int(seconds):
         raise ValueError(f"{value!r} must be a positive whole number of seconds")
+    if seconds > MAX_DURATION.total_seconds():
+        raise ValueError(f"{value!r} is beyond the timestamp range; a window or cadence goes {DURATION_RANGE}")
     return int(seconds)
+
+
+def check_ttl(ttl: object) -> None:
+    """A ttl is a timedelta of whole seconds, at least one (the plan, the online store and the point-in-time
+    joins count ttls in whole seconds: a sub-second ttl would be stored as 0s), within the timestamp range."""
+    if not isinstance(ttl, timedelta) or ttl <= timedelta(0):
+        raise ValueError(f"ttl must be a positive timedelta or None, got {ttl!r}")
+    if ttl < timedelta(seconds=1) or ttl.microseconds:
+        raise ValueError(f"ttl must be a whole number of seconds, at least 1s (ttls are kept in seconds), got {ttl!r}")
+    if ttl > MAX_DURATION:
+        raise ValueError(f"ttl {ttl.days}d is beyond the timestamp range; a ttl goes {DURATION_RANGE}")
 
 
 def window_suffix(seconds: int | None) -> str:
@@ -332,8 +351,11 @@ class FeatureView:
             raise DefinitionError("features must be a list of Feature objects", location=where)
         if not all(isinstance(a, Aggregation) for a in aggregations):
             raise DefinitionError("aggregations must be a list of Aggregation objects", location=where)
-        if self.ttl is not None and (not isinstance(self.ttl, timedelta) or self.ttl <= timedelta(0)):
-            raise DefinitionError(f"ttl must be a positive timedelta or None, got {self.ttl!r}", location=where)
+        if self.ttl is not None:
+            try:
+                check_ttl(self.ttl)
+            except ValueError as exc:
+                raise DefinitionError(str(exc), location=where) from None
         cadence = self._check_cadence(aggregations, where)
         object.__setattr__(self, "entities", entities)
         object.__setattr__(self, "features", features)

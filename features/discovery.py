@@ -162,14 +162,23 @@ def _import_file(path: Path, root: Path) -> ModuleType:
     module_name = ".".join((root.name, *relative.parts))
     try:
         return importlib.import_module(module_name)
-    except DefinitionError:
+    except (DefinitionError, KeyboardInterrupt):
         raise
-    except Exception as exc:
+    except BaseException as exc:
+        # SystemExit (sys.exit(0) would make 'plan' and 'apply' exit 0 having applied nothing), RecursionError,
+        # GeneratorExit...: all are errors of this file. Only Ctrl-C stays an interruption.
         sys.modules.pop(module_name, None)
         line = _line_in(path, exc)
-        raise DefinitionError(
-            f"importing this file failed: {type(exc).__name__}: {exc}", location=f"{path}:{line}"
-        ) from exc
+        raise DefinitionError(_import_failure(exc), location=f"{path}:{line}") from exc
+
+
+def _import_failure(exc: BaseException) -> str:
+    if isinstance(exc, SystemExit):
+        return (
+            f"this file called sys.exit({exc.code!r}) (SystemExit) while it was imported; a definition file "
+            f"must not exit: raise an exception to stop plan and apply"
+        )
+    return f"importing this file failed: {type(exc).__name__}: {exc}"
 
 
 def _line_in(path: Path, exc: BaseException) -> int:

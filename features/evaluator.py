@@ -45,7 +45,7 @@ import pyarrow.compute as pc
 
 from features.dtypes import DType, arrow_type
 from features.errors import UnknownNameError, UnsupportedExpressionError
-from features.expressions import Call, Column, Expr, Literal
+from features.expressions import Call, Column, Expr, Literal, check_expression_depth
 
 __all__ = ["ARROW_TYPES", "UnsupportedExpressionError", "evaluate"]
 
@@ -106,6 +106,12 @@ class Evaluator:
         self.length = length
 
     def evaluate(self, expr: Expr) -> pa.Array:
+        """The values of ``expr``; an expression nested deeper than the parser allows is refused first, so the
+        recursion below stays bounded whatever plan it comes from."""
+        check_expression_depth(expr)
+        return self._visit(expr)
+
+    def _visit(self, expr: Expr) -> pa.Array:
         method: Callable[[Any], pa.Array] | None = getattr(self, f"visit_{type(expr).__name__}", None)
         if method is None:
             raise UnsupportedExpressionError(f"no evaluator rule for expression node {type(expr).__name__}")
@@ -128,7 +134,7 @@ class Evaluator:
         if rule is None:
             known = ", ".join(sorted(n[3:] for n in dir(self) if n.startswith("op_")))
             raise UnsupportedExpressionError(f"no evaluator rule for operator '{expr.op}'; supported: {known}")
-        args = [self.evaluate(a) for a in expr.args]
+        args = [self._visit(a) for a in expr.args]
         return _as(rule(expr, *args), expr.dtype)
 
     # Arithmetic: operands are converted to the result type first, so int + float is a float addition.

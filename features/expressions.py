@@ -47,6 +47,12 @@ ARITHMETIC_OPS = {ast.Add: "add", ast.Sub: "sub", ast.Mult: "mul", ast.Div: "div
 COMPARISON_OPS = {ast.Eq: "eq", ast.NotEq: "ne", ast.Lt: "lt", ast.LtE: "le", ast.Gt: "gt", ast.GtE: "ge"}
 FUNCTIONS = ("abs", "coalesce", "lower", "upper", "length", "if_else", "is_null", "cast")
 
+# How deeply plan nodes may nest (``a + b`` is 2 levels; a sum of n columns, n). The parser, the evaluator and
+# the Spark translation recurse once per level (a few Python frames each: far inside Python's limit of 1000),
+# and Spark converts each level into several nested JVM nodes: a sum of 80 int64 columns overflowed the
+# default 1 MB JVM thread stack where 60 passed (measured), so 50 leaves a margin.
+MAX_EXPRESSION_DEPTH = 50
+
 
 @dataclass(frozen=True, slots=True)
 class Expr:
@@ -120,8 +126,73 @@ def parse_expression(text: str, columns: Mapping[str, DType]) -> Expr:
     try:
         tree = ast.parse(text.strip(), mode="eval")
     except SyntaxError as exc:
-        raise ExpressionError(f"not a valid expression: {exc.msg}", text) from None
-    return _Parser(text.strip(), columns).visit(tree.body)
+        if "too many nested parentheses" not in exc.msg:
+            raise ExpressionError(f"not a valid expression: {exc.msg}", text) from None
+        raise ExpressionError(
+            f"expression too deeply nested: more than Python can parse, at most {MAX_EXPRESSION_DEPTH} levels",
+            _shortened(text),
+        ) from None
+    except (RecursionError, MemoryError):  # Python's own parser gives up on extreme nesting
+        raise ExpressionError(
+            f"expression too deeply nested: more than Python can parse, at most {MAX_EXPRESSION_DEPTH} levels",
+            _shortened(text),
+        ) from None
+    _check_depth(_written_depth(tree.body), text)
+    expr = _Parser(text.strip(), columns).visit(tree.body)
+    check_expression_depth(expr, text)  # ``a and b and ...`` nests one level per term: only the plan shows it
+    return expr
+
+
+def expression_depth(expr: Expr) -> int:
+    """How many levels of plan nodes nest in ``expr`` (a column is 1), counted without recursion."""
+    deepest = 0
+    stack = [(expr, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if isinstance(node, Call):
+            stack.extend((arg, depth + 1) for arg in node.args)
+    return deepest
+
+
+def check_expression_depth(expr: Expr, text: str | None = None) -> None:
+    """Refuse an expression nested deeper than :data:`MAX_EXPRESSION_DEPTH`: every engine calls it before it
+    recurses over a plan's expression, so none can hit Python's recursion limit, whatever the plan holds."""
+    _check_depth(expression_depth(expr), text if text is not None else _describe(expr))
+
+
+def _check_depth(depth: int, text: str) -> None:
+    if depth > MAX_EXPRESSION_DEPTH:
+        raise ExpressionError(
+            f"expression too deeply nested: {depth} levels, at most {MAX_EXPRESSION_DEPTH}; "
+            f"split it into simpler features",
+            _shortened(text),
+        )
+
+
+def _written_depth(node: ast.expr) -> int:
+    """The nesting of the syntax tree as the plan will nest it, counted without recursion (the parser
+    recurses, so this runs first). ``src.field`` and ``-1`` are one level, as their plan nodes are."""
+    deepest = 0
+    stack = [(node, 1)]
+    while stack:
+        current, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if isinstance(current, ast.Attribute):
+            continue
+        if isinstance(current, ast.UnaryOp) and isinstance(current.operand, ast.Constant):
+            continue
+        stack.extend((child, depth + 1) for child in ast.iter_child_nodes(current) if isinstance(child, ast.expr))
+    return deepest
+
+
+def _shortened(text: str, limit: int = 60) -> str:
+    text = text.strip()
+    return text if len(text) <= limit else f"{text[: limit // 2]} ... {text[-limit // 2 :]}"
+
+
+def _describe(expr: Expr) -> str:
+    return f"{type(expr).__name__.lower()} of type {expr.dtype.value}"
 
 
 class _Parser:

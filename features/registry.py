@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from types import EllipsisType
 
 import sqlalchemy as sa
 
@@ -123,8 +124,7 @@ class Registry:
         self.url = url
         try:
             self.engine = sa.create_engine(url)
-            _metadata.create_all(self.engine)
-            _add_missing_columns(self.engine)
+            _create_or_upgrade(self.engine)
         except sa.exc.SQLAlchemyError as exc:
             raise RegistryError(f"cannot open the registry at {redact_url(url)}: {redact_text(str(exc))}") from exc
 
@@ -157,27 +157,47 @@ class Registry:
             raise RegistryError(f"plan version {version} is not in the registry")
         return found
 
-    def apply(self, plan: Plan) -> tuple[PlanVersion, bool]:
-        """Store ``plan`` as a new version unless it equals the latest; returns (version, created)."""
+    def apply(self, plan: Plan, *, planned_against: int | EllipsisType | None = ...) -> tuple[PlanVersion, bool]:
+        """Store ``plan`` as a new version unless it equals the latest; returns (version, created).
+
+        ``planned_against`` is the version the plan was diffed against (None: an empty registry). The plan is
+        written only on top of it: if another apply wrote a version in between, nothing is written and a
+        :class:`~features.errors.RegistryError` says so (plan again, and look at the new diff). The check and
+        the write are one transaction, and the version number is the primary key: of concurrent applies on
+        the same version, exactly one wins, on SQLite and PostgreSQL alike. ``...`` (the default): on top of
+        whatever version is latest.
+        """
         try:
-            with self.engine.begin() as conn:
+            with self.engine.connect() as conn:
+                if conn.dialect.name == "sqlite":
+                    # Take the write lock before reading, so two applies read the latest version one after the
+                    # other (a deferred transaction would read, then fail to upgrade its lock: "locked").
+                    conn.exec_driver_sql("BEGIN IMMEDIATE")
                 row = conn.execute(
                     sa.select(plan_versions.c.version, plan_versions.c.fingerprint)
                     .order_by(plan_versions.c.version.desc())
                     .limit(1)
                 ).first()
+                latest = row.version if row is not None else None
                 if row is not None and row.fingerprint == plan.fingerprint:
-                    latest = self.get(row.version)
-                    return latest, False
-                version = (row.version if row else 0) + 1
+                    conn.rollback()
+                    return self.get(row.version), False  # these definitions are already the latest version
+                if planned_against is not ... and latest != planned_against:
+                    conn.rollback()
+                    raise _moved(planned_against, latest)
+                version = (latest or 0) + 1
                 applied_at = datetime.now(UTC)
                 conn.execute(
                     plan_versions.insert().values(
                         version=version, fingerprint=plan.fingerprint, applied_at=applied_at, plan_json=plan.to_json()
                     )
                 )
+                conn.commit()
         except sa.exc.IntegrityError as exc:
-            raise RegistryError("another apply wrote a plan version at the same time; run apply again") from exc
+            # Another apply inserted the same version number after this one read the latest: it won.
+            now = self.latest()
+            base = (version - 1 or None) if planned_against is ... else planned_against
+            raise _moved(base, now.version if now else None) from exc
         except sa.exc.SQLAlchemyError as exc:
             raise RegistryError(f"cannot write the registry: {exc}") from exc
         return PlanVersion(version, plan.fingerprint, applied_at, plan), True
@@ -260,6 +280,16 @@ class Registry:
         ]
 
 
+def _moved(planned_against: int | None, latest: int | None) -> RegistryError:
+    def name(version: int | None) -> str:
+        return "no version" if version is None else f"version {version}"
+
+    return RegistryError(
+        f"the registry moved from {name(planned_against)} to {name(latest)} since this plan (another apply "
+        f"wrote it); nothing was written: run plan again"
+    )
+
+
 def _aware(value: datetime) -> datetime:
     """A time read back from the registry, in UTC: SQLite keeps no time zone."""
     return value if value.tzinfo else value.replace(tzinfo=UTC)
@@ -272,6 +302,25 @@ def _as_row(record: RunRecord) -> dict[str, object]:
 def _succeeded() -> sa.ColumnElement[bool]:
     outcome = materialization_runs.c.outcome
     return sa.or_(outcome.is_(None), outcome == "ok")
+
+
+def _create_or_upgrade(engine: sa.Engine) -> None:
+    """Create the tables and columns the registry lacks. Processes opening a new registry at once (two applies)
+    each find a table missing and create it: the slower fails ("already exists"). Each such failure means
+    another process made progress, so looking again, once per table and column at most, finds them in place."""
+    attempts = len(_metadata.tables) + len(materialization_runs.columns)
+    for attempt in range(attempts):
+        try:
+            _metadata.create_all(engine)
+            _add_missing_columns(engine)
+            return
+        except sa.exc.SQLAlchemyError as exc:
+            # Only a lost creation race; a database that cannot be reached fails at once.
+            created_meanwhile = isinstance(exc, sa.exc.IntegrityError) or any(
+                words in str(exc).lower() for words in ("already exists", "duplicate")
+            )
+            if not created_meanwhile or attempt == attempts - 1:
+                raise
 
 
 def _add_missing_columns(engine: sa.Engine) -> None:

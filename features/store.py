@@ -65,14 +65,23 @@ class FeatureStore:
 
     def plan(self) -> tuple[Plan, PlanDiff]:
         """What ``apply`` would change: the compiled plan and its diff against the registry."""
+        new, diff, _ = self._plan_against_latest()
+        return new, diff
+
+    def _plan_against_latest(self) -> tuple[Plan, PlanDiff, int | None]:
         new = self.compile()
         latest = self.registry.latest()
-        return new, diff_plans(latest.plan if latest else None, new, self.registry.materialized_storage())
+        diff = diff_plans(latest.plan if latest else None, new, self.registry.materialized_storage())
+        return new, diff, latest.version if latest else None
 
     def apply(self) -> ApplyResult:
-        """Store the definitions as a new plan version; a no-op when nothing changed."""
-        new, diff = self.plan()
-        version, created = self.registry.apply(new)
+        """Store the definitions as a new plan version; a no-op when nothing changed.
+
+        The plan is written only on top of the version it was diffed against: when another apply wrote one in
+        between, nothing is written and a :class:`~features.errors.RegistryError` says to plan again.
+        """
+        new, diff, planned_against = self._plan_against_latest()
+        version, created = self.registry.apply(new, planned_against=planned_against)
         self._cached_version = version
         return ApplyResult(version, created, diff)
 

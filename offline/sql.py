@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from features.plan import SourcePlan
+from features.sources import query_body
 
 
 def quote(name: str) -> str:
@@ -19,7 +20,7 @@ def quote(name: str) -> str:
 def base_query(source: SourcePlan) -> str:
     """The source as a SELECT: its query, or all columns of its table."""
     if source.query is not None:
-        return source.query.strip().rstrip(";")
+        return query_body(source.query)
     assert source.table is not None  # SourcePlan has exactly one of table / query
     table = ".".join(quote(part) for part in source.table.split("."))
     return f"SELECT * FROM {table}"

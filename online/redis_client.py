@@ -20,17 +20,34 @@ def connect(url: str, *, connect_timeout: float, timeout: float) -> redis.Redis:
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
+    check_url(url)
+    return redis.Redis.from_url(
+        url,
+        socket_connect_timeout=connect_timeout,
+        socket_timeout=timeout,
+        retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
+        retry_on_timeout=False,
+        health_check_interval=0,
+    )
+
+
+def check_url(url: str) -> None:
+    """Raise :class:`ConfigError` for a Redis URL redis-py cannot use: a malformed one, or one with a query
+    parameter its connections do not take (redis-py would fail every connection with a ``TypeError``, each
+    request a server error, instead of once at start)."""
+    import redis
+
     try:
-        return redis.Redis.from_url(
-            url,
-            socket_connect_timeout=connect_timeout,
-            socket_timeout=timeout,
-            retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
-            retry_on_timeout=False,
-            health_check_interval=0,
-        )
+        pool = redis.ConnectionPool.from_url(url)
+        pool.connection_class(**pool.connection_kwargs)  # builds a connection object; connects nothing
     except ValueError as exc:
         raise ConfigError(f"invalid online store URL {redact(url)!r}: {exc}") from exc
+    except TypeError as exc:
+        known = ", ".join(sorted({*redis.connection.URL_QUERY_ARGUMENT_PARSERS, "password", "username"}))
+        raise ConfigError(
+            f"invalid online store URL {redact(url)!r}: a query parameter redis-py does not take ({exc}); "
+            f"known ones: {known}"
+        ) from exc
 
 
 @contextlib.contextmanager

@@ -31,7 +31,7 @@ from features.errors import ConfigError, OnlineStoreError
 from features.plan import ViewPlan
 from features.protocols import LiveSnapshot, OnlineValues, StoredView
 from online import redis_cleanup
-from online.redis_client import as_text, connect, redact, roundtrip, translate_errors
+from online.redis_client import as_text, check_url, connect, redact, roundtrip, translate_errors
 from online.redis_layout import READ_LUA, START_LUA, ViewKeys
 from online.redis_publication import RedisPublication
 from online.redis_read import SeenLive, SnapshotDecoders, SnapshotRead
@@ -76,6 +76,8 @@ class RedisOnlineStore:
             raise ConfigError("the embedded online store needs a state directory (state_dir=)")
         if not project or any(c in project for c in ":{}"):
             raise ConfigError(f"project name {project!r} may not be empty or contain ':', '{{' or '}}'")
+        if url != "embedded":
+            check_url(url)  # a URL no connection can use fails here, once, not on every request
         self.url = url
         self.project = project
         self.state_dir = state_dir

@@ -37,6 +37,7 @@ from offline import delta_rs
 from offline.arrow import source as arrow_source
 from offline.arrow.codes import column_codes, micros
 from offline.arrow.join import DELTA_TYPES, read_snapshot
+from offline.errors import conflict_message, is_commit_conflict
 from offline.publication import Published, RunProgress, publish_unless_live, write_from_here
 from offline.tables import STATS_PROPERTY, RowCounts, row_columns, stats_columns, table_columns, table_path
 
@@ -315,6 +316,8 @@ def _write(view: ViewPlan, path: Path, stored: delta_rs.Snapshot | None, change:
             return delta_rs.merge(stored, data, keys=tuple(view.key_names), features=tuple(view.feature_names))
         return delta_rs.append(stored, data)
     except Exception as exc:  # a concurrent commit, a full disk: nothing of this run is visible
+        if is_commit_conflict(exc):
+            raise MaterializationError(conflict_message(view.name)) from exc
         raise MaterializationError(
             f"view '{view.name}': committing version {version} of {path} failed, the table is unchanged (a rerun "
             f"materializes the window again): {exc}"

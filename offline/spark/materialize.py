@@ -21,7 +21,7 @@ from features.config import RepoConfig
 from features.errors import MaterializationError, SkewlessError
 from features.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP, Plan, ViewPlan
 from features.protocols import MaterializationResult, OnlineStore, Progress, Publication, iter_batches
-from offline.errors import error_summary
+from offline.errors import conflict_message, error_summary, is_commit_conflict
 from offline.publication import Published, RunProgress, phase, publish_unless_live, published
 from offline.spark import windows
 from offline.spark.jdbc import quote_spark, read_source, spark_type
@@ -122,6 +122,8 @@ def materialize(
     except SkewlessError:
         raise
     except Exception as exc:  # Spark/JDBC/Delta errors, translated at the boundary
+        if is_commit_conflict(exc):  # the commit was refused whole: the table is as the other run left it
+            raise MaterializationError(conflict_message(view.name)) from exc
         raise MaterializationError(
             f"view '{view.name}': computing or writing the offline table {path} failed (the table is unchanged "
             f"unless its commit completed): {error_summary(exc)}"
@@ -195,6 +197,9 @@ def materialize_windowed(
         except SkewlessError:
             raise
         except Exception as exc:
+            if is_commit_conflict(exc):
+                # Tiles already committed are recomputed, to the same values, by the rerun.
+                raise MaterializationError(conflict_message(view.name)) from exc
             raise MaterializationError(
                 f"view '{view.name}': computing the windows for the ticks in {span} failed (tables unchanged "
                 f"unless their commits completed; a rerun recomputes the range): {error_summary(exc)}"

@@ -30,7 +30,7 @@ from features.evaluator import (
     UnsupportedExpressionError,
     text_pattern,
 )
-from features.expressions import Call, Column, Expr, Literal
+from features.expressions import Call, Column, Expr, Literal, check_expression_depth
 from offline.spark.jdbc import quote_spark, spark_type
 
 __all__ = ["SparkTranslator", "UnsupportedExpressionError", "to_spark"]
@@ -40,7 +40,12 @@ class SparkTranslator:
     """Turns an :class:`~features.expressions.Expr` tree into a Spark ``Column``."""
 
     def translate(self, expr: Expr) -> SparkColumn:
-        """The Spark column computing ``expr``, cast to the expression's plan type."""
+        """The Spark column computing ``expr``, cast to the expression's plan type; an expression nested deeper
+        than the parser allows is refused first, so the recursion below stays bounded."""
+        check_expression_depth(expr)
+        return self._visit(expr)
+
+    def _visit(self, expr: Expr) -> SparkColumn:
         method: Callable[[Expr], SparkColumn] | None = getattr(self, f"visit_{type(expr).__name__}", None)
         if method is None:
             raise UnsupportedExpressionError(f"no Spark rule for expression node {type(expr).__name__}")
@@ -57,7 +62,7 @@ class SparkTranslator:
         if rule is None:
             known = ", ".join(sorted(n[3:] for n in dir(self) if n.startswith("op_")))
             raise UnsupportedExpressionError(f"no Spark rule for operator '{expr.op}'; supported: {known}")
-        args = [self.translate(a) for a in expr.args]
+        args = [self._visit(a) for a in expr.args]
         return rule(expr, *args).cast(spark_type(expr.dtype))
 
     # Arithmetic. Operands are cast to the result type first, so int + float is a float addition; int64

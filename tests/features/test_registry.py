@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import functools
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+import features.store
 from features.config import RepoConfig
+from features.errors import RegistryError
+from features.plan import Plan
 from features.registry import Registry, RunRecord
 from features.store import FeatureStore
+from tests.features.conftest import ENTITIES, VIEWS
 from tests.servers import fresh_database
 
 
@@ -130,3 +137,117 @@ def test_training_sets_round_trip_and_an_older_registry_gets_their_table(registr
     ]
     assert [t.created_at for t in stored] == [when, when] and stored[0].views == ("v", "w")
     assert len({t.set_id for t in stored}) == 2
+
+
+def _variants(make_repo: Callable[..., RepoConfig], count: int) -> list[Plan]:
+    """``count`` plans that differ (one expression each), compiled from real definitions."""
+    plans = []
+    for i in range(count):
+        views = VIEWS.replace("amount * fx_rate", f"amount * fx_rate + {i}")
+        plans.append(FeatureStore(config=make_repo({"entities.py": ENTITIES, "views.py": views})).compile())
+    assert len({p.fingerprint for p in plans}) == count
+    return plans
+
+
+def _at_once(calls: list[Callable[[], object]]) -> list[object]:
+    """Run ``calls`` in threads released together by one barrier; what each returned, or the RegistryError
+    it raised, in the order of ``calls``."""
+    barrier = threading.Barrier(len(calls))
+    outcomes: dict[int, object] = {}
+
+    def run(i: int) -> None:
+        barrier.wait()
+        try:
+            outcomes[i] = calls[i]()
+        except RegistryError as exc:
+            outcomes[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    return [outcomes.get(i) for i in range(len(calls))]
+
+
+def _race(registries: list[Registry], plans: list[Plan], planned_against: int | None) -> list[tuple[int, object]]:
+    """Registry ``i`` applies ``plans[i]``, all at once; (i, (version, created) or the error)s."""
+
+    def apply(i: int) -> object:
+        version, created = registries[i].apply(plans[i], planned_against=planned_against)
+        return version.version, created
+
+    return list(enumerate(_at_once([functools.partial(apply, i) for i in range(len(registries))])))
+
+
+def test_processes_opening_a_new_registry_at_once_all_open_it(registry_url: str) -> None:
+    """Two applies on a new registry both create its tables: the slower one used to fail with "table
+    skewless_plan_versions already exists" (seen with two `skewless apply` processes)."""
+    for _ in range(5):
+        Registry(registry_url).drop()
+        assert _at_once([lambda: _latest_of_new(registry_url)] * 4) == [None] * 4
+
+
+def _latest_of_new(url: str) -> object:
+    registry = Registry(url)
+    try:
+        return registry.latest()
+    finally:
+        registry.close()
+
+
+def test_concurrent_applies_on_one_version_exactly_one_wins(
+    make_repo: Callable[..., RepoConfig], registry_url: str
+) -> None:
+    """Racing applies, each from its own connection pool as separate processes would: per round, exactly one
+    writes the next version, every other fails naming the move, and nothing replaces the winner's plan."""
+    racers, rounds = 4, 8
+    plans = _variants(make_repo, racers * rounds)
+    Registry(registry_url).close()  # the tables exist before the race
+    registries = [Registry(registry_url) for _ in range(racers)]
+    for round_ in range(rounds):
+        outcomes = _race(registries, plans[round_ * racers : (round_ + 1) * racers], planned_against=round_ or None)
+        winners = [(i, o) for i, o in outcomes if not isinstance(o, Exception)]
+        losers = [o for _, o in outcomes if isinstance(o, Exception)]
+        assert len(outcomes) == racers
+        assert len(winners) == 1, outcomes
+        winner, result = winners[0]
+        assert result == (round_ + 1, True)
+        before = "no version" if round_ == 0 else f"version {round_}"
+        for loser in losers:
+            assert str(loser) == (
+                f"the registry moved from {before} to version {round_ + 1} since this plan (another apply wrote "
+                f"it); nothing was written: run plan again"
+            )
+        stored = Registry(registry_url)
+        assert [v.version for v in stored.versions()] == list(range(1, round_ + 2))
+        assert stored.latest().fingerprint == plans[round_ * racers + winner].fingerprint  # type: ignore[union-attr]
+        stored.close()
+    for registry in registries:
+        registry.close()
+
+
+def test_apply_writes_only_on_top_of_the_version_it_planned_against(
+    make_repo: Callable[..., RepoConfig], registry_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race of the finding, made deterministic: B applies while A is between its plan and its write. A
+    used to write version 2 over B's version 1 without a word; now it fails and B's definitions stay."""
+    plan_b = _variants(make_repo, 1)[0]
+    a = FeatureStore(config=make_repo())
+    a.__dict__["registry"] = Registry(registry_url)
+    b = Registry(registry_url)  # another process's apply
+    real_diff = features.store.diff_plans
+
+    def diff_then_b_applies(*args: Any, **kwargs: Any) -> Any:
+        monkeypatch.setattr(features.store, "diff_plans", real_diff)
+        b.apply(plan_b, planned_against=None)  # after A read the latest version, before A writes
+        return real_diff(*args, **kwargs)
+
+    monkeypatch.setattr(features.store, "diff_plans", diff_then_b_applies)
+    with pytest.raises(RegistryError, match=r"moved from no version to version 1 since this plan.*run plan again"):
+        a.apply()
+    latest = a.registry.latest()
+    assert latest is not None and latest.version == 1 and latest.fingerprint == plan_b.fingerprint
+    assert a.apply().version.version == 2  # planned again: applies on top of B's version
+    a.registry.close()
+    b.close()

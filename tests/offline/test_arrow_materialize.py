@@ -16,7 +16,7 @@ import pytest
 
 from features.config import RepoConfig
 from features.dtypes import DType
-from features.errors import MaterializationError
+from features.errors import CommitConflictError, MaterializationError
 from features.plan import ColumnSpec, ViewPlan
 from offline import delta_rs
 from offline.arrow import materialize as arrow_materialize
@@ -312,8 +312,13 @@ def test_a_concurrent_commit_fails_the_run_and_changes_nothing(
         return append(snapshot, data)
 
     monkeypatch.setattr(delta_rs, "append", spark_commits_first)
-    with pytest.raises(MaterializationError, match=r"committing version 1 of .* failed, the table is unchanged"):
+    with pytest.raises(MaterializationError) as info:
         in_arrow(config, view, store, SPLIT, END)
+    assert str(info.value) == (
+        "view 'race_txn': another run committed to its table at the same time; nothing of this run was written; "
+        "run again"
+    )
+    assert isinstance(info.value.__cause__, CommitConflictError)  # delta-rs's refusal, kept for the details
     assert live_rows(store, "race_txn") == live_before
     assert table_version(spark, path) == 1  # Spark's commit, and nothing of this run
     assert delta_rows(spark, path) == expected_table(rows, BASE, SPLIT)

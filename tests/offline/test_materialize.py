@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import shutil
 import sqlite3
 from datetime import datetime, timedelta
@@ -19,6 +20,7 @@ from features.errors import MaterializationError, SchemaMismatchError
 from features.plan import ViewPlan
 from features.protocols import LiveSnapshot
 from offline.publication import already_live
+from offline.spark import tables as spark_tables
 from offline.spark.materialize import materialize
 from offline.spark.tables import read_table, table_version
 from offline.tables import commit_time, table_path
@@ -412,3 +414,60 @@ def test_the_live_snapshot_counts_as_current_only_when_everything_matches(world:
         "published before": dataclasses.replace(live, published_at=committed - timedelta(seconds=1)),
     }[differs]
     assert not already_live(Holding(changed), view, path, version)
+
+
+def _commit_once_while_merging(table: Path, marker: Path) -> Any:
+    """A pass-through Spark UDF that, the first time it runs (as MERGE reads its rows, after the MERGE took its
+    snapshot of the table), rewrites some of ``table``'s rows unchanged through delta-rs: another writer's commit."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import LongType
+
+    def passthrough(value: Any) -> Any:
+        try:
+            os.close(os.open(marker, os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            return value
+        from deltalake import DeltaTable
+
+        # Rewrites user 1's rows with the values they hold: not a blind append, which Delta lets pass.
+        DeltaTable(str(table)).update(updates={"amount_x2": "amount_x2"}, predicate="user_id = 1")
+        return value
+
+    return F.udf(passthrough, LongType())
+
+
+@pytest.mark.spark
+def test_a_concurrent_commit_fails_the_spark_run_in_one_line_and_changes_nothing(
+    spark: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another writer commits to the view's table between this run's read and its commit: Delta refuses the
+    commit (ConcurrentAppendException); the run fails with one readable line, nothing of it is in the table
+    or online, and the rerun it asks for completes."""
+    rows = source_rows()
+    split = BASE + timedelta(days=1)  # the source's rows span 2.5 days
+    config, view, plan, store = small_repo(tmp_path, "race_txn", rows)
+    materialize(spark, config, plan, view, start=BASE, end=split, online=store)
+    path = table_path(config, view)
+    version_before, live_before = table_version(spark, path), live_rows(store, "race_txn")
+    merge = spark_tables.merge_rows
+    udf = _commit_once_while_merging(path, tmp_path / "raced")
+
+    def merge_while_another_commits(spark: Any, path: Any, view: ViewPlan, rows: Any, published_at: Any) -> int:
+        return merge(spark, path, view, rows.withColumn("user_id", udf(rows["user_id"])), published_at)
+
+    monkeypatch.setattr(spark_tables, "merge_rows", merge_while_another_commits)
+    with pytest.raises(MaterializationError) as info:
+        materialize(spark, config, plan, view, start=split, end=None, online=store)
+    assert str(info.value) == (
+        "view 'race_txn': another run committed to its table at the same time; nothing of this run was written; "
+        "run again"
+    )
+    assert "Concurrent" in type(info.value.__cause__).__name__ + str(info.value.__cause__)  # Delta's refusal
+    assert table_version(spark, path) == version_before + 1  # the other writer's commit, nothing of this run
+    assert delta_rows(spark, path) == expected_table(rows, BASE, split)  # it changed no value
+    assert live_rows(store, "race_txn") == live_before
+    monkeypatch.undo()
+    again = materialize(spark, config, plan, view, start=split, end=None, online=store)
+    assert again.offline_version == version_before + 2
+    assert delta_rows(spark, path) == expected_table(rows, None, None)
+    assert live_rows(store, "race_txn") == expected_latest(expected_table(rows, None, None))

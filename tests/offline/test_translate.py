@@ -251,3 +251,31 @@ def test_unknown_node_has_a_named_error() -> None:
 
     with pytest.raises(UnsupportedExpressionError, match="Weird"):
         SparkTranslator().translate(Weird(DType.INT64))
+
+
+@pytest.mark.spark
+def test_the_deepest_expression_the_parser_allows_runs_in_spark_like_python(spark: Any) -> None:
+    """A sum of MAX_EXPRESSION_DEPTH terms (and a deeper and/or chain one level under the limit): Spark gets
+    them, barriers and all, and computes what plain Python does."""
+    from features.expressions import MAX_EXPRESSION_DEPTH
+
+    total = parse_expression(" + ".join(["a", "b"] * (MAX_EXPRESSION_DEPTH // 2)), {"a": DType.INT64, "b": DType.INT64})
+    either = parse_expression(" or ".join(["a > 5"] * (MAX_EXPRESSION_DEPTH - 2)), {"a": DType.INT64})
+    frame = spark.createDataFrame([(1, 2), (7, None), (None, 3)], "a bigint, b bigint")
+    got = frame.select(
+        SparkTranslator().translate(total).alias("total"), SparkTranslator().translate(either).alias("either")
+    ).collect()
+    half = MAX_EXPRESSION_DEPTH // 2
+    assert [(r["total"], r["either"]) for r in got] == [(half * 3, False), (None, True), (None, None)]
+
+
+def test_the_translator_refuses_an_expression_deeper_than_the_parser_allows() -> None:
+    # Plans are JSON: one edited by hand must not make the translator recurse without bound.
+    from functools import reduce
+
+    from features.expressions import MAX_EXPRESSION_DEPTH, ExpressionError
+
+    column = Column(DType.INT64, "a")
+    deep = reduce(lambda left, _: Call(DType.INT64, "add", (left, column)), range(3000), column)
+    with pytest.raises(ExpressionError, match=f"3001 levels, at most {MAX_EXPRESSION_DEPTH}"):
+        SparkTranslator().translate(deep)

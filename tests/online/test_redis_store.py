@@ -363,3 +363,13 @@ def test_live_snapshot_says_what_the_live_rows_were_published_from(store: RedisO
     refused.write([make_batch(CARD, card_rows(9.0))])
     assert refused.commit() is False
     assert store.live_snapshot(CARD) == live
+
+
+def test_a_url_no_connection_can_use_is_a_config_error_at_once() -> None:
+    """redis-py would take the URL and fail every connection with a TypeError (every request a server error)."""
+    from features.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"query parameter redis-py does not take.*known ones: db, ") as raised:
+        RedisOnlineStore("redis://127.0.0.1:1/0?token=secret")
+    assert "secret" not in str(raised.value)
+    RedisOnlineStore("redis://127.0.0.1:1/0?password=x&socket_timeout=2")  # parameters it takes are fine
