@@ -18,13 +18,12 @@ import httpx
 import pytest
 
 from features.cli import main
-from features.registry import Registry
 from online.embedded import server_info, stop_embedded_server
 from online.redis_store import RedisOnlineStore
 from serving_api import log_throttle
 from serving_api.log_throttle import ThrottledLog
 from tests import servers
-from tests.serving.conftest import CARD, PLAN, publish_rows
+from tests.serving.conftest import CARD, publish_rows, write_repo
 from tests.serving.test_uvicorn import ROOT, SERVE
 
 CARDS = [1, 3, 9]  # publish_rows's cards with rows within the view's TTL, and one without a row
@@ -32,16 +31,6 @@ LOOKUP = {"features": ["card:limit", "card:tier"], "entities": {"card_id": CARDS
 # What publish_rows published, as the service answers it.
 EXPECTED = {"card__limit": [1000.0, "NaN", None], "card__tier": ["gold", None, None]}
 BOUND = 5.0  # seconds an answer may take while the store is away (connect 1 s, read 2 s, with room to spare)
-
-
-def make_repo(root: Path, online_url: str, project: str) -> Path:
-    (root / "skewless.yaml").write_text(
-        f"project: {project}\nregistry: sqlite:///.skewless/registry.db\nonline:\n  url: {online_url}\n"
-    )
-    registry = Registry(f"sqlite:///{root}/.skewless/registry.db")
-    registry.apply(PLAN)
-    registry.close()
-    return root
 
 
 @pytest.fixture
@@ -128,7 +117,7 @@ def test_a_redis_server_restarted_on_its_port(tmp_path: Path, serve: Any) -> Non
         servers.wait_for_port(port)
         with RedisOnlineStore(redis_url, project="outage") as store:
             publish_rows(store)
-        url, log = serve(make_repo(tmp_path, redis_url, "outage"))
+        url, log = serve(write_repo(tmp_path, redis_url, "outage"))
         assert values(lookup(url).json()) == EXPECTED
 
         redis_proc.terminate()  # saves its data and exits
@@ -154,7 +143,7 @@ def test_a_redis_server_restarted_on_its_port(tmp_path: Path, serve: Any) -> Non
 
 @pytest.mark.slow
 def test_the_embedded_server_restarted_on_a_new_port(tmp_path: Path, serve: Any) -> None:
-    repo = make_repo(tmp_path, "embedded", "moving")
+    repo = write_repo(tmp_path, "embedded", "moving")
     state_dir = repo / ".skewless"
     try:
         with RedisOnlineStore("embedded", state_dir=state_dir, project="moving") as store:
