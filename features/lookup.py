@@ -22,7 +22,7 @@ import math
 import numbers
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, cast
 
@@ -71,6 +71,9 @@ class LookupResult:
     plan_version: int | None
     entities: dict[str, list[Any]]
     features: dict[str, FeatureValues]
+    #: The publication version of each stored view's snapshot read (None: unpublished): what the served-feature
+    #: log records, so an audit knows which snapshot answered.
+    snapshots: dict[str, str | None] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (the HTTP answer).
@@ -259,7 +262,8 @@ class Lookup:
                 self.plan, self.on_demand, features, given, request_data or {}, functions or {}
             )
             features.update(computed)
-        return LookupResult(plan_version, given, {column: features[column] for column in self.columns})
+        snapshots = {answer.view: answer.snapshot for answer in answers}
+        return LookupResult(plan_version, given, {column: features[column] for column in self.columns}, snapshots)
 
 
 _ASYNC_STORE_TYPES: dict[type, bool] = {}

@@ -60,6 +60,8 @@ class OnlineValues:
     #: Requested features the live snapshot does not hold (never published, or published from a different
     #: definition: another feature fingerprint). Their values are None and callers report them as missing.
     unavailable: frozenset[str] = frozenset()
+    #: The publication version of the snapshot read (None: nothing published), for the served-feature log.
+    snapshot: str | None = None
 
     @property
     def values(self) -> list[tuple[Any, ...] | None]:

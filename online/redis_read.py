@@ -52,7 +52,7 @@ class SnapshotDecoders:
             return OnlineValues(view.name, names, [[None] * count for _ in names], [None] * count, frozenset(names))
         unavailable, decode = self._decoder(view, names, features or b"[]")
         columns, events = decode(values)
-        return OnlineValues(view.name, names, columns, events, unavailable)
+        return OnlineValues(view.name, names, columns, events, unavailable, version.decode())
 
     def _decoder(self, view: ViewPlan, names: tuple[str, ...], features: bytes) -> _Decoder:
         """How to decode the rows of a snapshot holding ``features`` (the pointer's list of (name, fingerprint))."""

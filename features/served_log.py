@@ -1,0 +1,180 @@
+"""The served-feature log: what one logged lookup becomes, and the one schema every writer and reader shares.
+
+``skewless serve`` logs a sample of the lookups it answers (``serving.log`` in ``skewless.yaml``); the audit
+(``skewless audit``) reads them back and compares each served value with the offline side. The log is a Delta
+table at ``<offline path>/_served_log`` partitioned by ``day``, with one row per (lookup, entity, feature): a
+long layout keeps one schema whatever features a lookup asked for, and reads in Spark SQL and pandas alike.
+
+Values are kept as JSON text, as the HTTP answer writes them (non-finite floats as ``"NaN"``, ``"Infinity"``,
+``"-Infinity"``; timestamps as ISO-8601 text in UTC), so one column holds every type without loss: a float's
+JSON text is its shortest repr, which reads back to the same double. :func:`decode_value` turns it back into
+the plan type. A null value is a SQL null.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from features.dtypes import DType
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from features.config import RepoConfig
+    from features.lookup import LookupResult
+
+LOG_FOLDER = "_served_log"  # under the offline path; Delta tables of views never start with "_"
+LANDING_FOLDER = "_landing"  # under the log's folder: Parquet batches the serving workers wrote, not landed yet
+DAY = "day"  # the partition column: the UTC day the lookup was served, "YYYY-MM-DD"
+
+#: (column, Arrow type name, meaning): the log table's columns, in order. The Arrow schema is :func:`schema`.
+COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("request_id", "string", "the X-Request-ID of the answer"),
+    ("served_at", "timestamp", "when the lookup was answered (UTC, microseconds)"),
+    (DAY, "string", "the UTC day of served_at, YYYY-MM-DD (the partition)"),
+    ("service", "string", "the feature service asked for; null when the request listed features"),
+    ("plan_version", "int64", "the plan version that answered"),
+    ("entity_index", "int32", "the entity's position in the request"),
+    ("entity", "string", "the entity's join-key values, a JSON object with sorted keys"),
+    ("request_data", "string", "the entity's request_data fields, a JSON object; null when none were sent"),
+    ("view", "string", "the view of the feature"),
+    ("feature", "string", "the output column, <view>__<feature>"),
+    ("value", "string", "the served value as JSON text (as the HTTP answer writes it); null for no value"),
+    ("status", "string", "present, missing or expired"),
+    ("event_timestamp", "timestamp", "the served row's event time; null when none"),
+    ("snapshot", "string", "the publication version of the view's snapshot read; null when none"),
+)
+
+
+def schema() -> pa.Schema:
+    """The Arrow schema of the log table (and of every landing batch)."""
+    import pyarrow as pa
+
+    types = {
+        "string": pa.string(),
+        "int64": pa.int64(),
+        "int32": pa.int32(),
+        "timestamp": pa.timestamp("us", tz="UTC"),
+    }
+    return pa.schema([(name, types[kind]) for name, kind, _ in COLUMNS])
+
+
+def log_dir(config: RepoConfig) -> Path:
+    """Where the log's Delta table lives."""
+    return config.resolved_offline_path() / LOG_FOLDER
+
+
+def landing_dir(config: RepoConfig) -> Path:
+    """Where serving workers leave Parquet batches of logged lookups until they are landed in the table."""
+    return log_dir(config) / LANDING_FOLDER
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedLookup:
+    """One answered lookup as the server hands it to the log: references only, nothing copied or encoded on the
+    request's path (a :class:`~features.lookup.LookupResult` is never mutated once built)."""
+
+    request_id: str
+    served_micros: int  # when it was answered, microseconds since the epoch (UTC)
+    service: str | None
+    result: LookupResult
+    request_data: Mapping[str, Sequence[Any]] | None = None
+
+
+def encode_value(value: Any) -> str | None:
+    """A served value as JSON text, as the HTTP answer writes it; None stays None (SQL null)."""
+    if value is None:
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return '"NaN"' if math.isnan(value) else ('"Infinity"' if value > 0 else '"-Infinity"')
+    if isinstance(value, datetime):
+        from features.lookup import iso_utc
+
+        return orjson.dumps(iso_utc(value)).decode()
+    return orjson.dumps(value).decode()
+
+
+def decode_value(dtype: DType, text: str | None) -> Any:
+    """The value of JSON ``text`` as the plan type ``dtype`` (floats, ints, strings, bools, UTC datetimes)."""
+    if text is None:
+        return None
+    value = orjson.loads(text)
+    if value is None:
+        return None
+    if dtype is DType.FLOAT64:
+        return float(value)  # "NaN", "Infinity", "-Infinity" and numbers alike
+    if dtype is DType.TIMESTAMP:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    return value
+
+
+def to_rows(lookups: Sequence[LoggedLookup]) -> pa.Table:
+    """The log rows of ``lookups``: one per (lookup, entity, feature), in :func:`schema`. Runs off the request
+    path (the log's flusher), so it may build Python lists."""
+    import pyarrow as pa
+
+    from features.dtypes import from_micros
+
+    columns: dict[str, list[Any]] = {name: [] for name, _, _ in COLUMNS}
+    for logged in lookups:
+        result = logged.result
+        served = from_micros(logged.served_micros)
+        day = served.strftime("%Y-%m-%d")
+        names = sorted(result.entities)
+        count = len(result.entities[names[0]]) if names else 0
+        entities = [
+            orjson.dumps({name: _plain(result.entities[name][i]) for name in names}).decode() for i in range(count)
+        ]
+        request_data = _per_entity(logged.request_data, count)
+        for column, values in result.features.items():
+            view = column.split("__", 1)[0]
+            snapshot = result.snapshots.get(view)
+            for i in range(count):
+                columns["request_id"].append(logged.request_id)
+                columns["served_at"].append(logged.served_micros)
+                columns[DAY].append(day)
+                columns["service"].append(logged.service)
+                columns["plan_version"].append(result.plan_version)
+                columns["entity_index"].append(i)
+                columns["entity"].append(entities[i])
+                columns["request_data"].append(request_data[i])
+                columns["view"].append(view)
+                columns["feature"].append(column)
+                columns["value"].append(encode_value(values.values[i]))
+                columns["status"].append(values.statuses[i])
+                columns["event_timestamp"].append(values.event_micros[i])
+                columns["snapshot"].append(snapshot)
+    target = schema()
+    arrays = []
+    for field in target:
+        data = columns[field.name]
+        if pa.types.is_timestamp(field.type):
+            arrays.append(pa.array(data, pa.int64()).cast(field.type))
+        else:
+            arrays.append(pa.array(data, field.type))
+    return pa.Table.from_arrays(arrays, schema=target)
+
+
+def _per_entity(request_data: Mapping[str, Sequence[Any]] | None, count: int) -> list[str | None]:
+    if not request_data:
+        return [None] * count
+    names = sorted(request_data)
+    return [orjson.dumps({name: _plain(request_data[name][i]) for name in names}).decode() for i in range(count)]
+
+
+def _plain(value: Any) -> Any:
+    """A key or request value as JSON can hold it (times as ISO text, non-finite floats as text)."""
+    if isinstance(value, datetime):
+        from features.lookup import iso_utc
+
+        return iso_utc(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    return value
