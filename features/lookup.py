@@ -74,6 +74,9 @@ class LookupResult:
     #: The publication version of each stored view's snapshot read (None: unpublished): what the served-feature
     #: log records, so an audit knows which snapshot answered.
     snapshots: dict[str, str | None] = field(default_factory=dict)
+    #: The time the statuses were worked out at (microseconds since the epoch, UTC): the log's ``served_at``, so
+    #: an audit applies the TTL at the very instant the lookup did.
+    at_micros: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (the HTTP answer).
@@ -263,7 +266,9 @@ class Lookup:
             )
             features.update(computed)
         snapshots = {answer.view: answer.snapshot for answer in answers}
-        return LookupResult(plan_version, given, {column: features[column] for column in self.columns}, snapshots)
+        return LookupResult(
+            plan_version, given, {column: features[column] for column in self.columns}, snapshots, now_micros
+        )
 
 
 _ASYNC_STORE_TYPES: dict[type, bool] = {}

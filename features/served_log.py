@@ -178,3 +178,26 @@ def _plain(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
     return value
+
+
+def write_batch(config: RepoConfig, rows: pa.Table) -> str:
+    """Write ``rows`` (in :func:`schema`) as one Parquet batch in the landing folder; returns its name. A hidden
+    temporary name first, then a rename, so a landing never reads half a batch; the name starts with the time,
+    so batches land in the order they were written."""
+    import os
+    import time
+    import uuid
+
+    import pyarrow.parquet as pq
+
+    folder = landing_dir(config)
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"{time.time_ns():020d}-{uuid.uuid4().hex}.parquet"
+    temporary = folder / f".{name}.tmp"
+    try:
+        pq.write_table(rows.cast(schema()), temporary)
+        os.replace(temporary, folder / name)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return name

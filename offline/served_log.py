@@ -1,0 +1,139 @@
+"""The served-feature log's Delta table: batches landed from the serving workers' folder, and read back.
+
+Serving workers never touch Delta (no JVM, no commit race in the request path): each writes its batches of
+logged lookups as Parquet files into the landing folder (``features.served_log.landing_dir``: a hidden
+temporary name, then a rename, as pushes do). :func:`land` appends every pending file to the table
+(``<offline path>/_served_log``, partitioned by ``day``) in one delta-rs commit whose ``userMetadata`` names the
+files, then removes them: a crash between the commit and the removal leaves files the next landing finds named
+in the log and removes without landing them twice. :func:`read` returns the table's rows (Spark reads the same
+table with ``spark.read.format("delta")``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from features.errors import CommitConflictError
+from features.served_log import DAY, landing_dir, log_dir, schema
+from offline import delta_rs
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from features.config import RepoConfig
+
+log = logging.getLogger(__name__)
+
+LANDED_KEY = "skewless.landed"  # in a landing commit's userMetadata: the files it landed
+_ATTEMPTS = 3
+
+
+def pending(config: RepoConfig) -> list[str]:
+    """The batches waiting in the landing folder, oldest first (names start with the time they were written)."""
+    try:
+        names = os.listdir(landing_dir(config))
+    except FileNotFoundError:
+        return []
+    return sorted(n for n in names if n.endswith(".parquet") and not n.startswith("."))
+
+
+def land(config: RepoConfig) -> int:
+    """Append the pending batches to the log table in one commit, then remove them; the rows landed."""
+    for attempt in range(_ATTEMPTS):
+        try:
+            return _land_once(config)
+        except CommitConflictError:
+            if attempt == _ATTEMPTS - 1:
+                raise
+            log.info("served-feature log: another landing committed first; landing again")
+    raise AssertionError("unreachable")
+
+
+def _land_once(config: RepoConfig) -> int:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from deltalake import CommitProperties, write_deltalake
+    from deltalake.exceptions import CommitFailedError, DeltaError
+
+    names = pending(config)
+    if not names:
+        return 0
+    folder = landing_dir(config)
+    path = log_dir(config)
+    version = delta_rs.latest_version(path)
+    already = _landed(str(path), version)
+    tables: list[pa.Table] = []
+    landing: list[str] = []
+    for name in names:
+        if name in already:
+            continue
+        try:
+            tables.append(pq.read_table(folder / name).cast(schema()))
+        except FileNotFoundError:  # another landing took it meanwhile
+            continue
+        landing.append(name)
+    rows = pa.concat_tables(tables) if tables else None
+    if rows is not None and rows.num_rows:
+        properties = CommitProperties(
+            custom_metadata={"userMetadata": json.dumps({LANDED_KEY: landing})}, max_commit_retries=0
+        )
+        try:
+            write_deltalake(
+                str(path),
+                rows,
+                mode="append",
+                partition_by=[DAY],
+                commit_properties=properties,
+            )
+        except (CommitFailedError, DeltaError) as exc:
+            raise CommitConflictError(f"landing the served-feature log in {path} failed: {exc}") from exc
+        log.info("served-feature log: landed %d row(s) from %d batch(es)", rows.num_rows, len(landing))
+    for name in names:
+        if name in already or name in landing:
+            (folder / name).unlink(missing_ok=True)
+    return 0 if rows is None else rows.num_rows
+
+
+def _landed(path: str, version: int | None) -> set[str]:
+    """The files the landing commits up to ``version`` landed: the latest few are enough (every landing removes
+    what it landed right after its commit), so the last 10 commits are read."""
+    if version is None:
+        return set()
+    found: set[str] = set()
+    for v in range(max(0, version - 9), version + 1):
+        metadata = delta_rs.user_metadata(path, v)
+        try:
+            found.update(str(n) for n in (json.loads(metadata)[LANDED_KEY] if metadata else []))
+        except (ValueError, KeyError, TypeError):
+            continue
+    return found
+
+
+def read(config: RepoConfig, *, since: datetime | None = None, until: datetime | None = None) -> pa.Table:
+    """The log's rows served in ``[since, until)`` (either end open when None), in :func:`schema`; an empty
+    table when nothing was landed yet. Pending batches are not included: land them first."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    from deltalake import DeltaTable
+
+    path = log_dir(config)
+    if delta_rs.latest_version(path) is None:
+        return schema().empty_table()
+    table = DeltaTable(str(path))
+    filters = []
+    if since is not None:
+        filters.append((DAY, ">=", since.strftime("%Y-%m-%d")))
+    if until is not None:
+        filters.append((DAY, "<=", until.strftime("%Y-%m-%d")))
+    rows = table.to_pyarrow_table(filters=filters or None).select(schema().names).cast(schema())
+    served = rows.column("served_at")
+    if since is not None:
+        rows = rows.filter(pc.greater_equal(served, pa.scalar(since, served.type)))
+        served = rows.column("served_at")
+    if until is not None:
+        rows = rows.filter(pc.less(served, pa.scalar(until, served.type)))
+    return rows
