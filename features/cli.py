@@ -114,6 +114,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON, for scripts")
     p.set_defaults(handler=cmd_prune)
 
+    p = sub.add_parser(
+        "rollback", help="serve a view's previous published snapshot again, at once (held until --release)"
+    )
+    _repo_arg(p)
+    p.add_argument("view", help="an online view")
+    p.add_argument(
+        "--to", metavar="SNAPSHOT", help="the snapshot to serve (default: the newest one older than the live)"
+    )
+    p.add_argument("--release", action="store_true", help="end the hold: the next run publishes again")
+    p.add_argument("--list", action="store_true", help="only list the kept snapshots")
+    p.set_defaults(handler=cmd_rollback)
+
     p = sub.add_parser("teardown", help="delete the repository's registry, tables and online keys; stop its servers")
     _repo_arg(p)
     p.add_argument("--yes", action="store_true", help="do not ask for the project name to confirm")
@@ -339,6 +351,41 @@ def cmd_runs(args: argparse.Namespace) -> int:
     for run in runs:
         if run["error"]:
             console.print(f"[red]{run['outcome']}[/]: {run['view']}, finished {run['finished_at']}: {run['error']}")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    with _store(args) as store:
+        if args.release:
+            ended = store.release(args.view)
+            print(
+                f"view '{args.view}': "
+                + (
+                    "not held; nothing to release"
+                    if ended is None
+                    else f"released ({ended}); the next run publishes the table's latest version"
+                )
+            )
+            return 0
+        if not args.list:
+            done = store.rollback(args.view, to=args.to)
+            print(
+                f"view '{args.view}': snapshot {done.to_snapshot} (Delta version {done.offline_version}) is live "
+                f"again instead of {done.from_snapshot}; runs are not published until "
+                f"'skewless rollback {args.view} --release'"
+            )
+        kept = store.kept_snapshots(args.view)
+        live = store.online_store().live_snapshot(store.plan_version().plan.view(args.view))
+    rows = [
+        (
+            s.version or "?",
+            str(s.watermark),
+            s.published_at.isoformat(timespec="seconds"),
+            ("live" + (f", held: {live.held}" if live.held else "")) if live and s.version == live.version else "",
+        )
+        for s in kept
+    ]
+    console.print(table(f"Kept snapshots of {args.view}", ["snapshot", "Delta version", "published at", ""], rows))
     return 0
 
 

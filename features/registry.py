@@ -67,6 +67,33 @@ training_sets = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
 )
 
+# Rollbacks and releases of views' online snapshots (skewless rollback): who, when, from and to which.
+rollbacks = sa.Table(
+    "skewless_rollbacks",
+    _metadata,
+    sa.Column("rollback_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("view", sa.String(200), nullable=False, index=True),
+    sa.Column("action", sa.String(20), nullable=False),  # "rollback" or "release"
+    sa.Column("from_snapshot", sa.String(40), nullable=True),
+    sa.Column("to_snapshot", sa.String(40), nullable=True),
+    sa.Column("offline_version", sa.BigInteger, nullable=True),  # the Delta version the snapshot came from
+    sa.Column("who", sa.String(200), nullable=False),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RollbackRecord:
+    """A rollback of a view's online snapshot (``from_snapshot`` -> ``to_snapshot``), or the release of its hold."""
+
+    view: str
+    action: str  # "rollback" or "release"
+    who: str
+    at: datetime
+    from_snapshot: str | None = None
+    to_snapshot: str | None = None
+    offline_version: int | None = None
+
 
 @dataclass(frozen=True, slots=True)
 class PlanVersion:
@@ -253,6 +280,21 @@ class Registry:
             )
             for row in rows
         ]
+
+    def record_rollback(self, record: RollbackRecord) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(rollbacks.insert().values(**{f: getattr(record, f) for f in RollbackRecord.__slots__}))
+
+    def rollbacks(self, view: str | None = None) -> list[RollbackRecord]:
+        """The rollbacks and releases (of ``view``), oldest first."""
+        query = sa.select(rollbacks).order_by(rollbacks.c.rollback_id)
+        if view is not None:
+            query = query.where(rollbacks.c.view == view)
+        with self.engine.connect() as conn:
+            return [
+                RollbackRecord(**{**{f: row._mapping[f] for f in RollbackRecord.__slots__}, "at": _aware(row.at)})
+                for row in conn.execute(query)
+            ]
 
     def materialized_storage(self) -> set[tuple[str, str]]:
         """(view, storage fingerprint) pairs that have data: what a breaking change would orphan."""

@@ -26,15 +26,16 @@ from features.compiler import compile_plan, reflect_with
 from features.config import RepoConfig
 from features.diff import PlanDiff, diff_plans
 from features.discovery import discover
-from features.errors import MaterializationError, RegistryError
+from features.errors import MaterializationError, OnlineStoreError, RegistryError
 from features.functions import FunctionLoader
 from features.plan import Plan, ViewPlan
 from features.plugins import load_plugin
-from features.protocols import MaterializationResult, OfflineEngine, OnlineStore, Progress
+from features.protocols import LiveSnapshot, MaterializationResult, OfflineEngine, OnlineStore, Progress
 from features.registry import PlanVersion, Registry, TrainingSetRecord
 
 if TYPE_CHECKING:
     from features.push import PushResult
+    from features.rollback import RollbackResult
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,6 +297,32 @@ class FeatureStore:
         selected = self.plan_version(max_age=1.0).plan.view(view)
         online = self.online_store() if selected.online else None
         return push(selected, rows, offline=self.offline, online=online)
+
+    def rollback(self, view: str, *, to: str | None = None) -> RollbackResult:
+        """Serve an earlier published snapshot of ``view`` again, at once (``to``: its snapshot version; default
+        the newest kept one older than the live one), and hold the view: runs still commit to its Delta table but
+        are not published until :meth:`release`. Recorded in the registry. See :mod:`features.rollback`."""
+        from features.rollback import rollback
+
+        return rollback(self.online_store(), self.registry, self._online_view(view), to=to)
+
+    def release(self, view: str) -> str | None:
+        """End the hold of a rollback of ``view``: its next run publishes again. The hold ended, or None."""
+        from features.rollback import release
+
+        return release(self.online_store(), self.registry, self._online_view(view))
+
+    def kept_snapshots(self, view: str) -> list[LiveSnapshot]:
+        """The published snapshots of ``view`` the online store keeps (``online.keep_snapshots``), newest first."""
+        from features.rollback import kept_snapshots
+
+        return kept_snapshots(self.online_store(), self._online_view(view))
+
+    def _online_view(self, name: str) -> ViewPlan:
+        selected = self.plan_version(max_age=1.0).plan.view(name)
+        if not selected.online:
+            raise OnlineStoreError(f"view '{name}' is offline-only (online=False): it has no online snapshots")
+        return selected
 
     def close(self) -> None:
         """Close the online store and registry connections. The Spark session is the process's (one per
