@@ -14,7 +14,7 @@ from typing import Any
 
 from features.catalog import KINDS, describe, list_objects, run_summary
 from features.console import console, progress_bars, table
-from features.errors import SkewlessError
+from features.errors import ContractError, SkewlessError
 from features.plugins import all_plugins
 from features.protocols import MaterializationResult
 
@@ -115,6 +115,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_prune)
 
     p = sub.add_parser(
+        "contract", help="register, list or retire training contracts (the definitions a model was trained on)"
+    )
+    _repo_arg(p)
+    p.add_argument("action", choices=["register", "list", "retire"], help="what to do")
+    p.add_argument("manifest", nargs="?", help="register: a training set's manifest (<set>.manifest.json)")
+    p.add_argument("--name", help="the contract's name (register, retire)")
+    p.add_argument("--json", action="store_true", help="list: print JSON, for scripts")
+    p.set_defaults(handler=cmd_contract)
+
+    p = sub.add_parser(
         "rollback", help="serve a view's previous published snapshot again, at once (held until --release)"
     )
     _repo_arg(p)
@@ -203,9 +213,62 @@ def print_diff(diff) -> None:  # type: ignore[no-untyped-def]
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    from features.contracts import broken_by
+
     with _store(args) as store:
-        _, diff = store.plan()
+        plan, diff = store.plan()
         print_diff(diff)
+        broken = broken_by(plan, store.registry.contracts())
+    for name, changed in broken.items():
+        console.print(
+            f"[yellow]contract '{name}' would break: {', '.join(changed)} would no longer have the definitions it "
+            "was trained on; lookups under it would get 409 after apply.[/]"
+        )
+    return 0
+
+
+def cmd_contract(args: argparse.Namespace) -> int:
+    with _store(args) as store:
+        if args.action == "register":
+            if not args.manifest or not args.name:
+                raise ContractError("register needs a manifest file and --name")
+            contract = store.register_contract(args.manifest, name=args.name)
+            print(
+                f"contract '{contract.name}': {len(contract.fingerprints)} feature(s) of plan version "
+                f"{contract.plan_version}, registered by {contract.registered_by}"
+            )
+            return 0
+        if args.action == "retire":
+            if not args.name:
+                raise ContractError("retire needs --name")
+            store.retire_contract(args.name)
+            print(f"contract '{args.name}' retired")
+            return 0
+        contracts = store.registry.contracts()
+        live = store.plan_version().plan if store.registry.latest() is not None else None
+    from features.contracts import broken_by
+
+    broken = broken_by(live, contracts) if live is not None else {}
+    listed = [
+        {
+            "name": c.name,
+            "plan_version": c.plan_version,
+            "features": len(c.fingerprints),
+            "registered": c.registered_at.isoformat(timespec="seconds"),
+            "by": c.registered_by,
+            "state": "retired"
+            if c.retired_at
+            else ("broken: " + ", ".join(broken[c.name]) if c.name in broken else "served"),
+        }
+        for c in contracts.values()
+    ]
+    if args.json:
+        print(json.dumps(listed, indent=2))
+        return 0
+    columns = ["name", "plan_version", "features", "registered", "by", "state"]
+    console.print(
+        table(f"Training contracts ({len(listed)})", columns, [tuple(str(c[k]) for k in columns) for c in listed])
+    )
     return 0
 
 

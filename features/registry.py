@@ -12,12 +12,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import EllipsisType
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from features.errors import RegistryError
+from features.errors import ContractError, RegistryError
 from features.plan import Plan
 from features.redaction import redact_text, redact_url
+
+if TYPE_CHECKING:
+    from features.contracts import Contract
 
 _metadata = sa.MetaData()
 
@@ -79,6 +83,20 @@ rollbacks = sa.Table(
     sa.Column("offline_version", sa.BigInteger, nullable=True),  # the Delta version the snapshot came from
     sa.Column("who", sa.String(200), nullable=False),
     sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+)
+
+# Training contracts (features/contracts.py): a manifest's features and fingerprints, under a name.
+contracts = sa.Table(
+    "skewless_contracts",
+    _metadata,
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("plan_version", sa.Integer, nullable=False),
+    sa.Column("plan_fingerprint", sa.String(64), nullable=False),
+    sa.Column("fingerprints_json", sa.Text, nullable=False),  # {"view:feature": fingerprint}
+    sa.Column("manifest", sa.Text, nullable=False),
+    sa.Column("registered_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("registered_by", sa.String(200), nullable=False),
+    sa.Column("retired_at", sa.DateTime(timezone=True), nullable=True),
 )
 
 
@@ -295,6 +313,69 @@ class Registry:
                 RollbackRecord(**{**{f: row._mapping[f] for f in RollbackRecord.__slots__}, "at": _aware(row.at)})
                 for row in conn.execute(query)
             ]
+
+    def register_contract(self, fields: dict[str, Any], *, by: str) -> tuple[Contract, bool]:
+        """Store a contract (``fields`` from :func:`features.contracts.from_manifest`); (the contract, whether
+        it is new). The same name with the same features and fingerprints is the contract already there; with
+        others, :class:`ContractError` (a name means one set of definitions for as long as it lives)."""
+        from features.contracts import Contract
+
+        existing = self.contracts().get(fields["name"])
+        if existing is not None and existing.retired_at is not None:
+            raise ContractError(f"contract '{fields['name']}' was retired; register this one under another name")
+        if existing is not None:
+            if existing.fingerprints == fields["fingerprints"] and existing.plan_version == fields["plan_version"]:
+                return existing, False
+            raise ContractError(
+                f"contract '{fields['name']}' already exists with other features or definitions (plan version "
+                f"{existing.plan_version}); register this one under another name"
+            )
+        contract = Contract(**fields, registered_at=datetime.now(UTC), registered_by=by)
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    contracts.insert().values(
+                        name=contract.name,
+                        plan_version=contract.plan_version,
+                        plan_fingerprint=contract.plan_fingerprint,
+                        fingerprints_json=json.dumps(contract.fingerprints),
+                        manifest=contract.manifest,
+                        registered_at=contract.registered_at,
+                        registered_by=by,
+                    )
+                )
+        except sa.exc.IntegrityError as exc:
+            raise ContractError(f"contract '{contract.name}' was registered meanwhile by another process") from exc
+        return contract, True
+
+    def contracts(self) -> dict[str, Contract]:
+        """Every contract registered (retired ones too), by name, oldest first."""
+        from features.contracts import Contract
+
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(contracts).order_by(contracts.c.registered_at)).all()
+        return {
+            row.name: Contract(
+                name=row.name,
+                plan_version=row.plan_version,
+                plan_fingerprint=row.plan_fingerprint,
+                fingerprints=json.loads(row.fingerprints_json),
+                registered_at=_aware(row.registered_at),
+                registered_by=row.registered_by,
+                manifest=row.manifest,
+                retired_at=None if row.retired_at is None else _aware(row.retired_at),
+            )
+            for row in rows
+        }
+
+    def retire_contract(self, name: str) -> Contract:
+        """Retire the active contract ``name`` (lookups under it get 404 from now on); UnknownNameError else."""
+        from features.contracts import find
+
+        found = find(self.contracts(), name)
+        with self.engine.begin() as conn:
+            conn.execute(contracts.update().where(contracts.c.name == name).values(retired_at=datetime.now(UTC)))
+        return found
 
     def materialized_storage(self) -> set[tuple[str, str]]:
         """(view, storage fingerprint) pairs that have data: what a breaking change would orphan."""

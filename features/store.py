@@ -34,6 +34,7 @@ from features.protocols import LiveSnapshot, MaterializationResult, OfflineEngin
 from features.registry import PlanVersion, Registry, TrainingSetRecord
 
 if TYPE_CHECKING:
+    from features.contracts import Contract
     from features.push import PushResult
     from features.rollback import RollbackResult
 
@@ -258,9 +259,14 @@ class FeatureStore:
         features: Sequence[str] | None = None,
         feature_service: str | None = None,
         request_data: Mapping[str, Sequence[Any]] | None = None,
+        trained_with: str | None = None,
     ) -> Any:
         """The latest published values for ``entities`` (columns of join-key values), read from the online
         store directly. Returns a :class:`features.lookup.LookupResult` (``.to_dict()``, ``.to_pandas()``).
+
+        ``trained_with`` names a training contract (:meth:`register_contract`): the values are returned only
+        when every requested feature (default: all of the contract's) still has the contracted definition;
+        :class:`~features.errors.ContractConflictError` names those that changed otherwise.
 
         An on-demand function that raises gives :class:`features.on_demand.OnDemandFunctionError`; one whose
         source changed since the plan was applied, :class:`features.functions.FunctionLoadError`."""
@@ -268,6 +274,12 @@ class FeatureStore:
 
         version = self.plan_version(max_age=1.0)
         plan = version.plan
+        if trained_with is not None:
+            from features.contracts import find, select
+
+            contract = find(self.registry.contracts(), trained_with)
+            features = select(plan, version.version, contract, features=features, feature_service=feature_service)
+            feature_service = None
         compiled = prepare(plan, features=features, feature_service=feature_service)
         functions = self.function_loader.functions_for(plan) if plan.on_demand_views else {}
         return compiled.run(
@@ -297,6 +309,20 @@ class FeatureStore:
         selected = self.plan_version(max_age=1.0).plan.view(view)
         online = self.online_store() if selected.online else None
         return push(selected, rows, offline=self.offline, online=online)
+
+    def register_contract(self, manifest: str | os.PathLike[str], *, name: str) -> Contract:
+        """Register the training set whose manifest is at ``manifest`` as the contract ``name`` (see
+        :mod:`features.contracts`): lookups naming it are served only the contracted definitions. Registering
+        the same manifest under the same name again is a no-op."""
+        from features.contracts import from_manifest
+        from features.rollback import who
+
+        contract, _ = self.registry.register_contract(from_manifest(name, manifest, self.registry), by=who())
+        return contract
+
+    def retire_contract(self, name: str) -> Contract:
+        """Retire the contract ``name``: lookups naming it get an unknown-contract error from now on."""
+        return self.registry.retire_contract(name)
 
     def rollback(self, view: str, *, to: str | None = None) -> RollbackResult:
         """Serve an earlier published snapshot of ``view`` again, at once (``to``: its snapshot version; default
