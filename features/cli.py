@@ -219,11 +219,18 @@ def cmd_plan(args: argparse.Namespace) -> int:
         plan, diff = store.plan()
         print_diff(diff)
         broken = broken_by(plan, store.registry.contracts())
+        kept = store.config.contract_versions > 0
     for name, changed in broken.items():
-        console.print(
-            f"[yellow]contract '{name}' would break: {', '.join(changed)} would no longer have the definitions it "
-            "was trained on; lookups under it would get 409 after apply.[/]"
-        )
+        if kept:
+            console.print(
+                f"contract '{name}' keeps being served its trained definitions of {', '.join(changed)} from the old "
+                "version, kept materialized beside the new one (online.contract_versions)"
+            )
+        else:
+            console.print(
+                f"[yellow]contract '{name}' would break: {', '.join(changed)} would no longer have the definitions "
+                "it was trained on; lookups under it would get 409 after apply (online.contract_versions is 0).[/]"
+            )
     return 0
 
 
@@ -246,6 +253,7 @@ def cmd_contract(args: argparse.Namespace) -> int:
             return 0
         contracts = store.registry.contracts()
         live = store.plan_version().plan if store.registry.latest() is not None else None
+        kept = store.config.contract_versions > 0
     from features.contracts import broken_by
 
     broken = broken_by(live, contracts) if live is not None else {}
@@ -256,9 +264,7 @@ def cmd_contract(args: argparse.Namespace) -> int:
             "features": len(c.fingerprints),
             "registered": c.registered_at.isoformat(timespec="seconds"),
             "by": c.registered_by,
-            "state": "retired"
-            if c.retired_at
-            else ("broken: " + ", ".join(broken[c.name]) if c.name in broken else "served"),
+            "state": _contract_state(c.retired_at is not None, broken.get(c.name), kept),
         }
         for c in contracts.values()
     ]
@@ -270,6 +276,14 @@ def cmd_contract(args: argparse.Namespace) -> int:
         table(f"Training contracts ({len(listed)})", columns, [tuple(str(c[k]) for k in columns) for c in listed])
     )
     return 0
+
+
+def _contract_state(retired: bool, changed: list[str] | None, kept: bool) -> str:
+    if retired:
+        return "retired"
+    if not changed:
+        return "served"
+    return ("side by side: " if kept else "broken: ") + ", ".join(changed)
 
 
 def cmd_apply(args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ The facade drives the offline engine (Spark) and the online store (Redis) throug
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
@@ -34,9 +35,13 @@ from features.protocols import LiveSnapshot, MaterializationResult, OfflineEngin
 from features.registry import PlanVersion, Registry, TrainingSetRecord
 
 if TYPE_CHECKING:
-    from features.contracts import Contract
+    from features.contracts import Contract, ContractCache
     from features.push import PushResult
     from features.rollback import RollbackResult
+
+
+# One view's run: the plan it is defined in, the view, the plan version recorded with the run.
+_Job = tuple[Plan, ViewPlan, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,34 +156,45 @@ class FeatureStore:
         online = self.online_store() if any(v.online for v in selected) else None
         engine = self.offline
 
-        def run(view: ViewPlan) -> MaterializationResult:
-            return engine.materialize(
-                plan,
+        # Earlier definitions kept for training contracts run first: their snapshots are published before a live
+        # run replaces the last snapshot of the old definition, so a lookup under a contract always finds one.
+        kept = self._kept_versions(plan, {v.name for v in selected})
+        if kept and online is None:
+            online = self.online_store()
+        jobs: list[_Job] = [*kept, *((plan, view, version.version) for view in selected)]
+
+        def run(job: _Job) -> MaterializationResult:
+            job_plan, view, plan_version = job
+            result = engine.materialize(
+                job_plan,
                 view,
                 start=start,
                 end=end,
                 online=online if view.online else None,
                 progress=progress,
                 republish=republish,
-                plan_version=version.version,  # each run is recorded in the registry where it runs
+                plan_version=plan_version,  # each run is recorded in the registry where it runs
             )
+            return dataclasses.replace(result, view=view.online_name)
 
-        workers = min(self.config.concurrent_views, len(selected))
+        outcomes = [_attempt(run, job) for job in jobs[: len(kept)]]  # the kept ones first, then the live ones
+        rest = jobs[len(kept) :]
+        workers = min(self.config.concurrent_views, len(rest))
         if workers <= 1:
-            outcomes = [_attempt(run, view) for view in selected]
+            outcomes += [_attempt(run, job) for job in rest]
         else:
             pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="materialize")
             try:
-                futures = [pool.submit(_attempt, run, view) for view in selected]
-                outcomes = [future.result() for future in futures]
+                futures = [pool.submit(_attempt, run, job) for job in rest]
+                outcomes += [future.result() for future in futures]
             finally:  # on Ctrl-C, views not started yet are dropped (running ones finish atomically, recorded)
                 pool.shutdown(wait=False, cancel_futures=True)
         results: list[MaterializationResult] = []
         failures: list[tuple[str, BaseException]] = []
-        for view, (result, error) in zip(selected, outcomes, strict=True):
+        for (_, view, _), (result, error) in zip(jobs, outcomes, strict=True):
             if result is None:
                 assert error is not None
-                failures.append((view.name, error))
+                failures.append((view.online_name, error))
                 continue
             results.append(result)
         if len(failures) == 1:
@@ -187,9 +203,22 @@ class FeatureStore:
             listed = "; ".join(f"'{name}': {error}" for name, error in failures)
             done = ", ".join(f"'{r.view}'" for r in results) or "none"
             raise MaterializationError(
-                f"{len(failures)} of {len(selected)} views failed ({listed}); materialized: {done}"
+                f"{len(failures)} of {len(jobs)} views failed ({listed}); materialized: {done}"
             ) from failures[0][1]
         return results
+
+    def _kept_versions(self, plan: Plan, names: set[str]) -> list[_Job]:
+        """The earlier definitions of ``names`` that registered training contracts keep materialized (see
+        :func:`features.contracts.kept_versions`): (their plan, the view, its plan version)."""
+        if self.config.contract_versions <= 0:
+            return []
+        contracts = self.registry.contracts()
+        if not contracts:
+            return []
+        from features.contracts import kept_versions
+
+        found = kept_versions(plan, contracts, lambda v: self.registry.get(v).plan, self.config.contract_versions)
+        return [(old, view, contracts[needed[0]].plan_version) for old, view, needed in found if view.name in names]
 
     def get_training_dataset(
         self,
@@ -275,10 +304,9 @@ class FeatureStore:
         version = self.plan_version(max_age=1.0)
         plan = version.plan
         if trained_with is not None:
-            from features.contracts import find, select
-
-            contract = find(self.registry.contracts(), trained_with)
-            features = select(plan, version.version, contract, features=features, feature_service=feature_service)
+            plan, features = self.contract_cache.selection(
+                plan, version.version, trained_with, features=features, feature_service=feature_service
+            )
             feature_service = None
         compiled = prepare(plan, features=features, feature_service=feature_service)
         functions = self.function_loader.functions_for(plan) if plan.on_demand_views else {}
@@ -309,6 +337,15 @@ class FeatureStore:
         selected = self.plan_version(max_age=1.0).plan.view(view)
         online = self.online_store() if selected.online else None
         return push(selected, rows, offline=self.offline, online=online)
+
+    @cached_property
+    def contract_cache(self) -> ContractCache:
+        """The registered contracts and what lookups under them read, refreshed at most once a second."""
+        from features.contracts import ContractCache
+
+        return ContractCache(
+            self.registry.contracts, plan_of=lambda v: self.registry.get(v).plan, online=self.online_store()
+        )
 
     def register_contract(self, manifest: str | os.PathLike[str], *, name: str) -> Contract:
         """Register the training set whose manifest is at ``manifest`` as the contract ``name`` (see
@@ -367,10 +404,10 @@ class FeatureStore:
 
 
 def _attempt(
-    run: Callable[[ViewPlan], MaterializationResult], view: ViewPlan
+    run: Callable[[_Job], MaterializationResult], job: _Job
 ) -> tuple[MaterializationResult | None, Exception | None]:
-    """``run(view)``'s result, or the exception it raised (one view's failure must not stop the others)."""
+    """``run(job)``'s result, or the exception it raised (one view's failure must not stop the others)."""
     try:
-        return run(view), None
+        return run(job), None
     except Exception as exc:
         return None, exc

@@ -221,13 +221,13 @@ class RedisOnlineStore:
     # -- publish ----------------------------------------------------------------------------------------------
     def start_publication(self, view: ViewPlan, *, watermark: int) -> RedisPublication:
         """Reserve a new version of ``view``; rows written to it stay invisible until ``commit()``."""
-        keys = ViewKeys(self.project, view.name)
+        keys = ViewKeys(self.project, view.online_name)
         with self._translated(f"starting a publication of view '{view.name}'"):
             version = int(self.client().eval(START_LUA, 3, keys.counter, keys.staged, keys.versions, int(watermark)))
         return RedisPublication(
             url=self.resolved_url,
             project=self.project,
-            view=view.name,
+            view=view.online_name,
             key_names=view.key_names,
             key_dtypes=tuple(k.dtype for k in view.join_keys),
             features=tuple((f.name, f.dtype, f.fingerprint) for f in view.features),
@@ -241,7 +241,7 @@ class RedisOnlineStore:
 
     def live_snapshot(self, view: ViewPlan) -> LiveSnapshot | None:
         """What the live snapshot of ``view`` was published from (its pointer); None before any commit."""
-        pointer = self.live_version(view.name)
+        pointer = self.live_version(view.online_name)
         if pointer is None or "watermark" not in pointer:
             return None
         return _snapshot(pointer)

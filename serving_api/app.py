@@ -56,7 +56,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from features.config import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_ENTITIES, DEFAULT_MAX_REQUEST_FIELDS
-from features.contracts import ContractCache, find, select
+from features.contracts import ContractCache
 from features.errors import (
     BadRequestError,
     ContractConflictError,
@@ -335,7 +335,13 @@ def create_app(
     app.state.functions = loader
     _add_error_handlers(app)
     caps = Caps(max_entities, max_fields)
-    contracts = ContractCache(owned.registry.contracts, refresh_seconds) if owned is not None else None
+    contracts = (
+        ContractCache(
+            owned.registry.contracts, refresh_seconds, plan_of=lambda v: owned.registry.get(v).plan, online=store
+        )
+        if owned is not None
+        else None
+    )
     answer_lookup = lookup_handler(plans, store, loader, caps, contracts=contracts)
     if not opentelemetry:
         app.answer_lookup = answer_lookup  # the fast path (see ServingApp); OpenTelemetry needs the routed way
@@ -519,7 +525,9 @@ def lookup_handler(
             if contract is None:
                 lookup = _prepare(plan, body.features, body.feature_service)
             else:
-                refs = _contract_refs(contracts, plan, version.version, contract, body.features, body.feature_service)
+                plan, refs = _contract_selection(
+                    contracts, plan, version.version, contract, body.features, body.feature_service
+                )
                 lookup = _prepare(plan, refs, None)
             entities, request_data = dialect.inputs(body, lookup)
             result = await lookup.run_async(
@@ -624,17 +632,18 @@ def app_from_env() -> FastAPI:
     )
 
 
-def _contract_refs(
+def _contract_selection(
     contracts: ContractCache | None,
     plan: Plan,
     version: int,
     name: str,
     features: list[str] | None,
     feature_service: str | None,
-) -> list[str]:
-    """The references a lookup under the contract ``name`` reads (see :func:`features.contracts.select`)."""
-    known = contracts.get() if contracts is not None else {}
-    return select(plan, version, find(known, name), features=features, feature_service=feature_service)
+) -> tuple[Plan, list[str]]:
+    """The plan and references a lookup under the contract ``name`` reads (see :func:`features.contracts.select`)."""
+    if contracts is None:
+        raise UnknownNameError("contract", name, [])
+    return contracts.selection(plan, version, name, features=features, feature_service=feature_service)
 
 
 def _prepare(plan: Plan, features: list[str] | None, feature_service: str | None) -> Lookup:
