@@ -15,6 +15,7 @@ fingerprint must be the one that plan version gives it (a tampered manifest is r
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -26,11 +27,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from features.errors import ContractConflictError, ContractError, SkewlessError, UnknownNameError
+from features.plan import Plan
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from features.plan import Plan, ViewPlan
+    from features.plan import ViewPlan
     from features.protocols import OnlineStore
     from features.registry import Registry
 
@@ -121,7 +123,9 @@ def select(
     if features is None and feature_service is None:
         wanted = list(contracted)
     else:
-        wanted = [str(ref) for ref in plan.select(features=features, feature_service=feature_service)]
+        # Named in the contract's plan when there is one: a contracted feature may be gone from the live plan.
+        named_in = old_plan or plan
+        wanted = [str(ref) for ref in named_in.select(features=features, feature_service=feature_service)]
         outside = [ref for ref in wanted if ref not in contracted]
         if outside:
             raise ContractError(
@@ -170,10 +174,6 @@ def side_by_side_plan(
     (``online_key``) or left on its own snapshot while that still holds the old definition, and the references
     it cannot serve: those reading a changed view served neither way, and on-demand features of a function
     whose source changed (only the current source can be imported)."""
-    import dataclasses
-
-    from features.plan import Plan as PlanType
-
     unservable: set[str] = set()
     replaced: dict[str, ViewPlan] = {}
     for view in stored_views_of(old, refs):
@@ -196,8 +196,7 @@ def side_by_side_plan(
         for v in old.on_demand_views
         if v.function is None or (v.name in needed and not any(r.startswith(f"{v.name}:") for r in unservable))
     )
-    plan = PlanType(old.entities, views, old.services, servable_on_demand)
-    return plan, unservable
+    return Plan(old.entities, views, old.services, servable_on_demand), unservable
 
 
 def _function_of(plan: Plan, view: str) -> Any:
@@ -212,8 +211,6 @@ def kept_versions(
 ) -> list[tuple[Plan, ViewPlan, list[str]]]:
     """The earlier definitions runs keep current for the active contracts: (the contract's plan, its view with
     ``online_key`` set, the contracts that need it), at most ``limit`` per view (those of the newest contracts)."""
-    import dataclasses
-
     found: dict[tuple[str, str], tuple[Plan, ViewPlan, list[str]]] = {}
     newest_first = sorted(
         (c for c in contracts.values() if c.retired_at is None), key=lambda c: c.registered_at, reverse=True
