@@ -216,3 +216,8 @@ def did_you_mean(name: str, known: Iterable[str]) -> str:
 class CleanupError(SkewlessError, RuntimeError):
     """``skewless prune`` or ``teardown`` refused to start, or stopped part way (the message says what it had
     deleted; everything else is as it was)."""
+
+
+class AuditInputError(SkewlessError, ValueError):
+    """``skewless audit`` cannot run on what it was given: no log, a plan version the registry does not know,
+    an unknown service or view, a ``--since`` in the future."""

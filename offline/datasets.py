@@ -9,7 +9,8 @@ writes the set's files and checks a reproduced set's hash.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -33,8 +34,11 @@ def describe(
     *,
     timestamp_column: str = EVENT_TIMESTAMP,
     output_format: str = "pandas",
+    pins: Mapping[str, ViewRead] | None = None,
 ) -> Manifest:
-    """The manifest of a training set before any row is read."""
+    """The manifest of a training set before any row is read. ``pins``: the table (path and version) to read
+    per view instead of the current one (the consistency audit joins the versions live when a value was
+    served); a view's features are those of its pin."""
     if output_format not in OUTPUT_FORMATS:
         raise DatasetError(f"unknown output_format {output_format!r}; valid choices: {', '.join(OUTPUT_FORMATS)}")
     resolved = plan.resolve_refs(refs)
@@ -45,7 +49,12 @@ def describe(
     features: dict[str, list[str]] = {}
     for ref in [*stored, *hidden]:
         features.setdefault(ref.view, []).append(ref.feature)
-    views = tuple(_view_read(config, plan.view(name), tuple(names)) for name, names in features.items())
+    views = tuple(
+        _view_read(config, plan.view(name), tuple(names))
+        if pins is None
+        else dataclasses.replace(pins[name], features=tuple(n for n in names if n in pins[name].features))
+        for name, names in features.items()
+    )
     spec = None
     if on_demand:
         requested: dict[str, list[str]] = {}
