@@ -128,16 +128,18 @@ def audit_layers(
             )
             changed.update(f"{name}__{f.name}" for f in view.features if f.name not in same_features)
             if version is not None and same_features:
-                reads.append(_read(view, logged_table(view, served_version).path, version, same_features))
+                served_view = old_plan.view(name)  # its table is named by the served definition's fingerprint
+                reads.append(_read(served_view, logged_table(view, served_version).path, version, same_features))
         for index in members:
             for feature in asked:
                 if _depends_on(plan, feature, changed):
                     unavailable.add((index, feature))
         at_t = _join_group(config, plan, plan_version, refs, asked, probes, members, reads, join, unavailable)
         stored.update(at_t)
+        newest = [dataclasses.replace(r, version=delta_rs.latest_version(r.path) or r.version) for r in reads]
         newest = [
-            _read(r_view, r.path, delta_rs.latest_version(r.path) or r.version, r.features)
-            for r, r_view in ((r, plan.view(r.name)) for r in reads)
+            dataclasses.replace(r, through=read_through(r.path, r.version)) if r.through is not None else r
+            for r in newest
         ]
         latest.update(_join_group(config, plan, plan_version, refs, asked, probes, members, newest, join, unavailable))
 
@@ -358,8 +360,7 @@ def _join_group(
     events = _event_times(plan, [refs[f] for f in joinable], readable, entities)
     for feature in joinable:
         column = joined.column(feature).to_pylist()
-        view = refs[feature].view
-        times = events.get(view)
+        times = events.get(_views_of(plan, refs[feature])[0])  # an on-demand feature: its first input's row
         for row, position in enumerate(order):
             out[(members[position], feature)] = (column[row], None if times is None else times[position])
     return out
