@@ -53,6 +53,7 @@ CAUSE_OVERWRITTEN = "online store overwritten (the served value is not the one p
 CAUSE_SOURCE_CHANGED = "source row changed after publication"
 CAUSE_LATE_ROW = "late row the stored table lacks"
 CAUSE_NOT_MATERIALIZED = "definition applied without a run (the stored table is an older definition's)"
+CAUSE_STORED_NEWER = "the stored row is newer than any source row (a pushed row, or a source row deleted)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,7 +239,7 @@ def compare(layers: FeatureLayers) -> FeatureAudit:
     smapes: list[float] = []
     lags: list[float] = []
     drifted = drift_compared = lagged = 0
-    drift_kinds: dict[str, str] = {}
+    drift_causes: set[str] = set()
     rows = len(layers.served)
     for i in range(rows):
         served, stored = layers.served[i], layers.stored[i]
@@ -270,11 +271,12 @@ def compare(layers: FeatureLayers) -> FeatureAudit:
             drift_compared += 1
             if not same(layers.latest[i], layers.recomputed[i]):
                 drifted += 1
-                drift_kinds[DRIFTED] = layers.drift_cause or _drift_cause(
-                    layers.latest[i], layers.latest_event[i], layers.recomputed_event[i]
+                drift_causes.add(
+                    layers.drift_cause
+                    or _drift_cause(layers.latest[i], layers.latest_event[i], layers.recomputed_event[i])
                 )
                 _drift_example(examples, layers, i)
-    causes = dict(drift_kinds)
+    causes = {DRIFTED: "; ".join(sorted(drift_causes))} if drift_causes else {}
     for kind in (ONLINE_ONLY, OFFLINE_ONLY, MISMATCHED):
         if counts[kind]:
             causes[kind] = layers.skew_cause
@@ -307,6 +309,8 @@ def _drift_cause(stored: Any, stored_event: datetime | None, recomputed_event: d
         return CAUSE_SOURCE_CHANGED
     if recomputed_event is not None and (stored_event is None or recomputed_event > stored_event):
         return CAUSE_LATE_ROW
+    if stored_event is not None and (recomputed_event is None or stored_event > recomputed_event):
+        return CAUSE_STORED_NEWER
     return CAUSE_SOURCE_CHANGED
 
 

@@ -382,3 +382,30 @@ def test_bad_input_exits_2_and_writes_nothing(repo: Repo, tmp_path: Path, capsys
     assert main(["audit", "--repo", root, "--json", str(out)]) == 2
     assert "plan version(s) 99" in capsys.readouterr().out
     assert not out.exists()
+
+
+# -- freshness, sampling ----------------------------------------------------------------------------------------------
+
+
+def test_a_newer_row_published_after_the_lookup_is_freshness_lag_not_skew(repo: Repo) -> None:
+    repo.serve()
+    repo.insert([payment(1, hours=10, amount=11.0)])  # event time before the lookup, published after it
+    repo.store.materialize(start=BASE)
+    result = repo.audit()
+    for f in result.features:
+        assert (f.disagreements, f.drifted) == (0, 0), f.to_json()
+        lagged = f.feature in ("last_payment__amount_eur", "basket__per_item")  # merchant and big unchanged
+        assert f.lagged == (1 if lagged else 0), f.to_json()
+        if lagged:
+            assert f.lag_max_seconds == 5 * 3600  # the newer row's event time minus the served one's
+            assert {card_of(e.entity) for e in f.examples["freshness_lag"]} == {1}
+
+
+def test_without_a_log_a_sample_of_online_keys_is_audited(repo: Repo, tmp_path: Path) -> None:
+    result = repo.store.audit(sample=3)
+    assert result.origin == "sample"
+    stored = [f for f in FEATURES if not f.startswith("basket__")]  # on-demand features need request data
+    assert sorted(f.feature for f in result.features) == sorted(stored)
+    for f in result.features:
+        assert (f.total, f.equal, f.disagreements, f.drifted) == (3, 3, 0, 0), f.to_json()
+    assert main(["audit", "--repo", str(repo.root), "--sample", "2", "last_payment"]) == 0
