@@ -48,8 +48,8 @@ from datetime import timedelta
 
 import pandas as pd
 
-from features import Bool, Entity, Feature, FeatureService, FeatureView, Float64, Int64, RequestSource, SqlSource
-from features import String, on_demand_function
+from features import Aggregation, Bool, Entity, Feature, FeatureService, FeatureView, Float64, Int64, RequestSource
+from features import SqlSource, String, on_demand_function
 
 card = Entity(join_keys={{"card_id": Int64}})
 payments = SqlSource(connection="shop", table="{table}", timestamp="paid_at", created="recorded_at")
@@ -79,6 +79,16 @@ def basket(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 scoring = FeatureService(features=[last_payment, basket])
+{extra}"""
+
+WINDOWED = """
+spend = FeatureView(
+    entities=[card],
+    source=payments,
+    cadence="1d",
+    ttl=timedelta(days=30),
+    aggregations=[Aggregation("sum", "amount", windows=["30d"])],
+)
 """
 
 
@@ -97,10 +107,11 @@ def payment(card: int, hours: float, amount: float, merchant: str = "Shop") -> d
 class Repo:
     """A repository over its own PostgreSQL table and Redis project, materialized once (a clean run)."""
 
-    def __init__(self, root: Path, postgres_url: str, redis_url: str) -> None:
+    def __init__(self, root: Path, postgres_url: str, redis_url: str, extra: str = "") -> None:
         import psycopg
 
         self.root = root
+        self.extra = extra
         self.table = f"audit_{uuid.uuid4().hex[:8]}"
         self.postgres_url = postgres_url
         with psycopg.connect(postgres_url, autocommit=True) as conn:
@@ -121,7 +132,9 @@ class Repo:
         self.served = 0
 
     def define(self, amount_expr: str = "amount * fx_rate", factor: float = 1.0) -> None:
-        text = DEFINITIONS.format(table=self.table, ttl=TTL_DAYS, amount_expr=amount_expr, factor=factor)
+        text = DEFINITIONS.format(
+            table=self.table, ttl=TTL_DAYS, amount_expr=amount_expr, factor=factor, extra=self.extra
+        )
         (self.root / "definitions" / "views.py").write_text(text)
 
     def reapply(self, **definitions: Any) -> None:
@@ -409,3 +422,33 @@ def test_without_a_log_a_sample_of_online_keys_is_audited(repo: Repo, tmp_path: 
     for f in result.features:
         assert (f.total, f.equal, f.disagreements, f.drifted) == (3, 3, 0, 0), f.to_json()
     assert main(["audit", "--repo", str(repo.root), "--sample", "2", "last_payment"]) == 0
+
+
+# -- a windowed view, in Spark ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_a_windowed_view_audits_clean_then_finds_a_changed_source_row(
+    tmp_path: Path, postgres_url: str, redis_url: str, spark: Any
+) -> None:
+    repo = Repo(tmp_path / "repo", postgres_url, redis_url, extra=WINDOWED)
+    try:
+        result = repo.store.get_online_features({"card_id": list(CARDS)}, features=["spend:amount_sum_30d"])
+        # the oracle: the 30-day sum of each card's two rows (both within 30 days of the last tick), plain Python
+        assert result.features["spend__amount_sum_30d"].values == [2 * 10.0 * c + 5 + 0.2 for c in CARDS]
+        repo.log(result, None)
+        clean = repo.audit()
+        assert [(f.feature, f.total, f.equal, f.drifted) for f in clean.features] == [
+            ("spend__amount_sum_30d", len(CARDS), len(CARDS), 0)
+        ]
+        repo.execute(
+            "UPDATE {table} SET amount = 999.5 WHERE card_id = 2 AND paid_at = (SELECT min(paid_at) FROM {table})"
+        )
+        seeded = repo.audit("spend")
+        f = seeded.feature("spend__amount_sum_30d")
+        assert (f.disagreements, f.drifted) == (0, 1), f.to_json()
+        assert {card_of(e.entity) for e in f.examples[DRIFTED]} == {2}
+        assert f.examples[DRIFTED][0].offline == 999.5 + 25.1  # the recomputed sum, plain Python
+    finally:
+        repo.store.close()
