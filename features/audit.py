@@ -178,6 +178,7 @@ class AuditResult:
     plan_version: int
     origin: str  # "log" (logged lookups) or "sample" (keys sampled from the online store now)
     lookups: int
+    entities: int  # logged entities (one lookup may ask for several)
     values: int
     features: tuple[FeatureAudit, ...]
     recomputed: bool  # whether layer 3 was built
@@ -200,6 +201,7 @@ class AuditResult:
             "plan_version": self.plan_version,
             "origin": self.origin,
             "lookups": self.lookups,
+            "entities": self.entities,
             "values": self.values,
             "recomputed": self.recomputed,
             "worst_rate": self.worst_rate,
@@ -414,7 +416,7 @@ SUMMARY_COLUMNS = (
     "both null",
     "online only",
     "offline only",
-    "mismatched",
+    "differ",
     "rate",
     "SMAPE",
     "max |diff|",
@@ -466,8 +468,8 @@ def write_html(result: AuditResult, path: str | Path) -> Path:
         "<!doctype html><html><head><meta charset='utf-8'><title>skewless audit</title>",
         "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
         "td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}</style></head><body>",
-        f"<h1>skewless audit</h1><p>plan version {result.plan_version}; {result.lookups:,} lookup(s), "
-        f"{result.values:,} value(s) from the {html.escape(result.origin)}</p>",
+        f"<h1>skewless audit</h1><p>plan version {result.plan_version}; {result.lookups:,} lookup(s) of "
+        f"{result.entities:,} entities, {result.values:,} value(s), from the {html.escape(result.origin)}</p>",
         _html_table(SUMMARY_COLUMNS, summary_rows(result)),
         "<h2>Examples</h2>",
         _html_table(EXAMPLE_COLUMNS, example_rows(result)),
@@ -648,11 +650,13 @@ def result(
     plan_version: int, origin: str, log: pa.Table, layers: Sequence[FeatureLayers], recomputed: bool
 ) -> AuditResult:
     """The audit's result from its layers."""
-    lookups = len(set(log.column("request_id").to_pylist()))
+    requests = log.column("request_id").to_pylist()
+    positions = log.column("entity_index").to_pylist()
     return AuditResult(
         plan_version=plan_version,
         origin=origin,
-        lookups=lookups,
+        lookups=len(set(requests)),
+        entities=len(set(zip(requests, positions, strict=True))),
         values=log.num_rows,
         features=tuple(compare(layer) for layer in layers),
         recomputed=recomputed,

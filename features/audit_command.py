@@ -79,9 +79,14 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def print_audit(result: AuditResult) -> None:
-    source = "logged lookups" if result.origin == "log" else "entities sampled from the online store"
-    title = f"Audit of {result.lookups:,} {source} ({result.values:,} values), plan version {result.plan_version}"
-    console.print(table(title, SUMMARY_COLUMNS, summary_rows(result)))
+    if result.origin == "log":
+        what = f"{result.lookups:,} logged lookups ({result.entities:,} entities"
+    else:
+        what = f"{result.entities:,} entities sampled from the online store ({result.lookups} lookups"
+    title = f"Audit of {what}, {result.values:,} values) against plan version {result.plan_version}"
+    summary = table(title, SUMMARY_COLUMNS, summary_rows(result))
+    summary.columns[0].no_wrap = True  # a feature's name is what a reader looks for first
+    console.print(summary)
     examples = example_rows(result)
     if examples:
         console.print(table("Examples", EXAMPLE_COLUMNS, examples))

@@ -123,7 +123,7 @@ def test_reports_are_written(tmp_path: Any) -> None:
     import json
 
     feature = compare(layers([1.0, 2.0], [1.0, 3.0]))
-    audit = AuditResult(1, "log", 1, 2, (feature,), False, points={"v__f": [(1.0, 1.0), (2.0, 3.0)]})
+    audit = AuditResult(1, "log", 1, 2, 2, (feature,), False, points={"v__f": [(1.0, 1.0), (2.0, 3.0)]})
     assert audit.worst_rate == 0.5
     data = json.loads(write_json(audit, tmp_path / "a.json").read_text())
     assert data["features"][0]["mismatched"] == 1
