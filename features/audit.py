@@ -79,7 +79,9 @@ class FeatureLayers:
 
 @dataclass(frozen=True, slots=True)
 class Example:
-    """One disagreement: the entity, when it was served, both values and both event times."""
+    """One disagreement: the entity, when it was served, both values and both event times. ``online`` and
+    ``offline`` are the two sides compared, named by ``sides``: served and stored for skew, stored and recomputed
+    for drift, served and the newer row for freshness lag."""
 
     entity: str
     served_at: datetime
@@ -88,16 +90,18 @@ class Example:
     offline: Any
     online_event_time: datetime | None
     offline_event_time: datetime | None
+    sides: tuple[str, str] = ("online", "offline")
 
     def to_json(self) -> dict[str, Any]:
+        first, second = self.sides
         return {
             "entity": self.entity,
             "served_at": _iso(self.served_at),
             "status": self.status,
-            "online": _jsonable(self.online),
-            "offline": _jsonable(self.offline),
-            "online_event_time": _iso(self.online_event_time),
-            "offline_event_time": _iso(self.offline_event_time),
+            first: _jsonable(self.online),
+            second: _jsonable(self.offline),
+            f"{first}_event_time": _iso(self.online_event_time),
+            f"{second}_event_time": _iso(self.offline_event_time),
         }
 
 
@@ -257,12 +261,22 @@ def compare(layers: FeatureLayers) -> FeatureAudit:
                 lag = _lag(layers.served_event[i] or layers.stored_event[i], layers.latest_event[i])
                 if lag is not None:
                     lags.append(lag)
-                _keep(examples, LAGGED, layers, i, layers.latest, layers.latest_event)
+                stored_side = (layers.stored, layers.stored_event)
+                _keep(
+                    examples,
+                    LAGGED,
+                    layers,
+                    i,
+                    (stored_side, (layers.latest, layers.latest_event)),
+                    ("served", "newer"),
+                )
         else:
             status[2] += 1
             kind = ONLINE_ONLY if stored is None else OFFLINE_ONLY if served is None else MISMATCHED
             counts[kind] += 1
-            _keep(examples, kind, layers, i, layers.stored, layers.stored_event)
+            _keep(
+                examples, kind, layers, i, ((layers.served, layers.served_event), (layers.stored, layers.stored_event))
+            )
         if layers.numeric and _number(served) and _number(stored):
             a, b = float(served), float(stored)
             if math.isfinite(a) and math.isfinite(b):
@@ -277,7 +291,15 @@ def compare(layers: FeatureLayers) -> FeatureAudit:
                     layers.drift_cause
                     or _drift_cause(layers.latest[i], layers.latest_event[i], layers.recomputed_event[i])
                 )
-                _drift_example(examples, layers, i)
+                recomputed_side = (layers.recomputed, layers.recomputed_event)
+                _keep(
+                    examples,
+                    DRIFTED,
+                    layers,
+                    i,
+                    ((layers.latest, layers.latest_event), recomputed_side),
+                    ("stored", "recomputed"),
+                )
     causes = {DRIFTED: "; ".join(sorted(drift_causes))} if drift_causes else {}
     for kind in (ONLINE_ONLY, OFFLINE_ONLY, MISMATCHED):
         if counts[kind]:
@@ -327,38 +349,24 @@ def _keep(
     kind: str,
     layers: FeatureLayers,
     i: int,
-    offline: list[Any],
-    offline_event: list[datetime | None],
+    sides: tuple[tuple[list[Any], list[datetime | None]], tuple[list[Any], list[datetime | None]]],
+    names: tuple[str, str] = ("online", "offline"),
 ) -> None:
+    """Keep row ``i`` as an example of ``kind`` (the first few only): the two ``sides`` compared, each as
+    (values, event times), named ``names`` in the report."""
     found = examples.setdefault(kind, [])
     if len(found) < EXAMPLES:
+        (first, first_event), (second, second_event) = sides
         found.append(
             Example(
                 layers.entities[i],
                 layers.served_at[i],
                 layers.statuses[i],
-                layers.served[i],
-                offline[i],
-                layers.served_event[i],
-                offline_event[i],
-            )
-        )
-
-
-def _drift_example(examples: dict[str, list[Example]], layers: FeatureLayers, i: int) -> None:
-    """A drift example: the stored (latest) value as "online"'s side is the table, the recomputed the other."""
-    assert layers.recomputed is not None and layers.recomputed_event is not None
-    found = examples.setdefault(DRIFTED, [])
-    if len(found) < EXAMPLES:
-        found.append(
-            Example(
-                layers.entities[i],
-                layers.served_at[i],
-                layers.statuses[i],
-                layers.latest[i],
-                layers.recomputed[i],
-                layers.latest_event[i],
-                layers.recomputed_event[i],
+                first[i],
+                second[i],
+                first_event[i],
+                second_event[i],
+                names,
             )
         )
 

@@ -40,7 +40,7 @@ from features.errors import AuditInputError
 from features.plan import EVENT_TIMESTAMP, FeatureRefPlan, Plan, ViewPlan
 from features.served_log import decode_value
 from offline import delta_rs
-from offline.datasets import describe
+from offline.datasets import describe, pinned_read
 from offline.manifest import Manifest, ViewRead
 from offline.tables import commit_time, read_through, table_path
 
@@ -118,7 +118,7 @@ def audit_layers(
         changed: set[str] = set()
         for (name, which, version), view in zip(pins, stored_views, strict=True):
             if which == "current" and version is not None:
-                reads.append(_read(view, history[name].path, version, view.feature_names))
+                reads.append(pinned_read(view, history[name].path, version, view.feature_names))
                 continue
             old_plan = logged_plans[served_version]
             same_features = tuple(
@@ -129,7 +129,7 @@ def audit_layers(
             changed.update(f"{name}__{f.name}" for f in view.features if f.name not in same_features)
             if version is not None and same_features:
                 served_view = old_plan.view(name)  # its table is named by the served definition's fingerprint
-                reads.append(_read(served_view, logged_table(view, served_version).path, version, same_features))
+                reads.append(pinned_read(served_view, logged_table(view, served_version).path, version, same_features))
         for index in members:
             for feature in asked:
                 if _depends_on(plan, feature, changed):
@@ -156,7 +156,7 @@ def audit_layers(
                 path = table_path(scratch_config, view)
                 version = delta_rs.latest_version(path)
                 if version is not None:
-                    scratch_reads.append(_read(view, path, version, view.feature_names))
+                    scratch_reads.append(pinned_read(view, path, version, view.feature_names))
             by_asked: dict[tuple[str, ...], list[int]] = {}
             for index in range(len(probes)):
                 by_asked.setdefault(tuple(sorted(values[index])), []).append(index)
@@ -310,21 +310,6 @@ class _History:
             if at <= t:
                 found = version
         return found
-
-
-def _read(view: ViewPlan, path: Path | str, version: int, features: Sequence[str]) -> ViewRead:
-    through = read_through(path, version) if view.is_windowed else None
-    return ViewRead(
-        name=view.name,
-        path=str(path),
-        version=version,
-        ttl_seconds=view.ttl_seconds,
-        storage_fingerprint=view.storage_fingerprint,
-        join_keys=tuple((k.name, k.dtype) for k in view.join_keys),
-        features=tuple(features),
-        through=through,
-        cadence_seconds=view.cadence_seconds if view.is_windowed else None,
-    )
 
 
 # -- the join -------------------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from features.config import RepoConfig
@@ -80,11 +81,14 @@ def _view_read(config: RepoConfig, view: ViewPlan, features: tuple[str, ...]) ->
     version = delta_rs.latest_version(path)
     if version is None:
         raise DatasetError(f"view '{view.name}' has no offline table yet ({path}); run 'skewless materialize' first")
-    through = None
-    if view.is_windowed:
-        through = read_through(path, version)
-        if through is None:
-            raise DatasetError(f"view '{view.name}' has no computed ticks yet; run 'skewless materialize' first")
+    read = pinned_read(view, path, version, features)
+    if view.is_windowed and read.through is None:
+        raise DatasetError(f"view '{view.name}' has no computed ticks yet; run 'skewless materialize' first")
+    return read
+
+
+def pinned_read(view: ViewPlan, path: Path | str, version: int, features: Sequence[str]) -> ViewRead:
+    """How a join reads ``features`` of ``view`` from the table at ``path``, pinned at ``version``."""
     return ViewRead(
         name=view.name,
         path=str(path),
@@ -92,8 +96,8 @@ def _view_read(config: RepoConfig, view: ViewPlan, features: tuple[str, ...]) ->
         ttl_seconds=view.ttl_seconds,
         storage_fingerprint=view.storage_fingerprint,
         join_keys=tuple((k.name, k.dtype) for k in view.join_keys),
-        features=features,
-        through=through,
+        features=tuple(features),
+        through=read_through(path, version) if view.is_windowed else None,
         cadence_seconds=view.cadence_seconds if view.is_windowed else None,
     )
 
