@@ -453,9 +453,9 @@ def _skew_cause(
         return CAUSE_REAPPLIED
     if any(_fingerprint(logged_plans[v], view, name) != current for v in served_versions):
         return CAUSE_FUNCTION if plan.is_on_demand(view) else CAUSE_REAPPLIED
-    if not plan.is_on_demand(view) and view in history:
-        watermark = watermarks.get(view)
-        newest = history[view].latest
+    for stored in _views_of(plan, FeatureRefPlan(view, name)):  # an on-demand feature: its inputs' views
+        watermark = watermarks.get(stored)
+        newest = history[stored].latest if stored in history else None
         if watermark is not None and newest is not None and watermark < newest:
             return CAUSE_SNAPSHOT
     return CAUSE_OVERWRITTEN

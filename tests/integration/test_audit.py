@@ -22,6 +22,7 @@ from features.audit import (
     CAUSE_LATE_ROW,
     CAUSE_OVERWRITTEN,
     CAUSE_REAPPLIED,
+    CAUSE_SNAPSHOT,
     CAUSE_SOURCE_CHANGED,
     DRIFTED,
     MISMATCHED,
@@ -452,3 +453,17 @@ def test_a_windowed_view_audits_clean_then_finds_a_changed_source_row(
         assert f.examples[DRIFTED][0].offline == 999.5 + 25.1  # the recomputed sum, plain Python
     finally:
         repo.store.close()
+
+
+def test_a_table_version_never_published_online_names_the_snapshot(repo: Repo) -> None:
+    repo.insert([payment(5, hours=9, amount=77.0)])
+    plan = repo.store.plan_version().plan
+    # a run that committed to Delta but never published (its online step lost): Redis serves the older snapshot
+    repo.store.offline.materialize(plan, plan.view("last_payment"), start=BASE, end=None, online=None)
+    repo.serve()
+    result = repo.audit()
+    changed = {"last_payment__amount_eur": (MISMATCHED, 1), "basket__per_item": (MISMATCHED, 1)}
+    assert_only(result, changed)
+    for feature in changed:
+        assert disagreeing(result)[feature] == {MISMATCHED: {5}}
+        assert result.feature(feature).causes[MISMATCHED] == CAUSE_SNAPSHOT
