@@ -20,7 +20,6 @@ missing served value is null, as the join's value beyond the TTL is: statuses ar
 
 from __future__ import annotations
 
-import html
 import math
 import statistics
 import struct
@@ -96,12 +95,12 @@ class Example:
         first, second = self.sides
         return {
             "entity": self.entity,
-            "served_at": _iso(self.served_at),
+            "served_at": iso_text(self.served_at),
             "status": self.status,
             first: _jsonable(self.online),
             second: _jsonable(self.offline),
-            f"{first}_event_time": _iso(self.online_event_time),
-            f"{second}_event_time": _iso(self.offline_event_time),
+            f"{first}_event_time": iso_text(self.online_event_time),
+            f"{second}_event_time": iso_text(self.offline_event_time),
         }
 
 
@@ -388,149 +387,9 @@ def plot_points(layers: FeatureLayers, limit: int = 5000) -> list[tuple[float, f
     return points
 
 
-# -- rendering ------------------------------------------------------------------------------------------------------
-
-
-def summary_rows(result: AuditResult) -> list[list[Any]]:
-    """One row per feature for the terminal table."""
-    rows = []
-    for f in result.features:
-        causes = "; ".join(sorted(set(f.causes.values()))) if f.disagreements or f.drifted else ""
-        rows.append(
-            [
-                f.feature,
-                f.total,
-                f.equal,
-                f.both_null,
-                f.online_only,
-                f.offline_only,
-                f.mismatched,
-                f"{f.mismatch_rate:.2%}",
-                "" if f.smape is None else f"{f.smape:.4g}",
-                "" if f.max_abs_diff is None else f"{f.max_abs_diff:.4g}",
-                f.drifted if result.recomputed else "-",
-                f.lagged,
-                "" if f.lag_max_seconds is None else f"{f.lag_max_seconds:.0f}s",
-                causes,
-            ]
-        )
-    return rows
-
-
-SUMMARY_COLUMNS = (
-    "feature",
-    "total",
-    "equal",
-    "both null",
-    "online only",
-    "offline only",
-    "differ",
-    "rate",
-    "SMAPE",
-    "max |diff|",
-    "drifted",
-    "lagged",
-    "max lag",
-    "likely cause",
-)
-
-
-def example_rows(result: AuditResult) -> list[list[Any]]:
-    rows = []
-    for f in result.features:
-        for kind, found in f.examples.items():
-            if kind == LAGGED:
-                continue
-            for e in found:
-                rows.append(
-                    [
-                        f.feature,
-                        kind,
-                        e.entity,
-                        _iso(e.served_at),
-                        _show(e.online),
-                        _iso(e.online_event_time),
-                        _show(e.offline),
-                        _iso(e.offline_event_time),
-                    ]
-                )
-    return rows
-
-
-EXAMPLE_COLUMNS = ("feature", "kind", "entity", "served at", "online", "online time", "offline", "offline time")
-
-
-def write_json(result: AuditResult, path: str | Path) -> Path:
-    import json
-
-    out = Path(path)
-    out.write_text(json.dumps(result.to_json(), indent=2, sort_keys=True) + "\n")
-    return out
-
-
-def write_html(result: AuditResult, path: str | Path) -> Path:
-    """A self-contained HTML report: the summary, the examples, and a plot per numeric feature (online against
-    offline, the diagonal where they agree), the images inlined."""
-    out = Path(path)
-    parts = [
-        "<!doctype html><html><head><meta charset='utf-8'><title>skewless audit</title>",
-        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}</style></head><body>",
-        f"<h1>skewless audit</h1><p>plan version {result.plan_version}; {result.lookups:,} lookup(s) of "
-        f"{result.entities:,} entities, {result.values:,} value(s), from the {html.escape(result.origin)}</p>",
-        _html_table(SUMMARY_COLUMNS, summary_rows(result)),
-        "<h2>Examples</h2>",
-        _html_table(EXAMPLE_COLUMNS, example_rows(result)),
-    ]
-    for f in result.features:
-        points = result.points.get(f.feature)
-        if points:
-            parts.append(
-                f"<h2>{html.escape(f.feature)}</h2><img alt='{html.escape(f.feature)}' "
-                f"src='data:image/png;base64,{_scatter(f.feature, points)}'>"
-            )
-    parts.append("</body></html>")
-    out.write_text("\n".join(parts))
-    return out
-
-
-def _scatter(feature: str, points: Sequence[tuple[float, float]]) -> str:
-    import base64
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: no display needed
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(5, 5), dpi=90)
-    xs = [p[0] for p in points]
-    ys = [p[1] for p in points]
-    axes.scatter(xs, ys, s=8, alpha=0.6)
-    low, high = min(xs + ys), max(xs + ys)
-    axes.plot([low, high], [low, high], color="grey", linewidth=0.8)  # where online and offline agree
-    axes.set_xlabel("online (served)")
-    axes.set_ylabel("offline (stored at serving time)")
-    axes.set_title(feature)
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    plt.close(figure)
-    return base64.b64encode(buffer.getvalue()).decode()
-
-
-def _html_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>" for row in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
-def _iso(value: datetime | None) -> str | None:
+def iso_text(value: datetime | None) -> str | None:
+    """A time as ISO-8601 text (None stays None)."""
     return None if value is None else value.isoformat()
-
-
-def _show(value: Any) -> str:
-    return "null" if value is None else repr(value)
 
 
 def _jsonable(value: Any) -> Any:

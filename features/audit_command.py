@@ -10,10 +10,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from features.audit import (
+from features.audit import AuditResult
+from features.audit_report import (
     EXAMPLE_COLUMNS,
     SUMMARY_COLUMNS,
-    AuditResult,
     example_rows,
     summary_rows,
     write_html,

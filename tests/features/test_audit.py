@@ -22,9 +22,8 @@ from features.audit import (
     FeatureLayers,
     compare,
     same,
-    write_html,
-    write_json,
 )
+from features.audit_report import write_html, write_json
 
 T = datetime(2025, 1, 1, tzinfo=UTC)
 
