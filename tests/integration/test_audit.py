@@ -310,6 +310,14 @@ def test_a_redis_value_overwritten_by_hand_is_skew_of_that_entity(repo: Repo) ->
         assert result.feature(feature).causes[MISMATCHED] == CAUSE_OVERWRITTEN
     example = result.feature("last_payment__amount_eur").examples[MISMATCHED][0]
     assert (example.online, example.offline) == (float(overwritten), (10.0 * 3 + 5.1) * 1.5)
+    out = repo.root / "audit.json"
+    assert main(["audit", "--repo", str(repo.root), "--json", str(out)]) == 1  # above --max-mismatch 0
+    assert main(["audit", "--repo", str(repo.root), "--max-mismatch", "0.25"]) == 0  # 1 value of 5 per feature
+    report = {f["feature"]: f for f in json.loads(out.read_text())["features"]}
+    shown = report["last_payment__amount_eur"]["examples"][MISMATCHED]
+    assert [(json.loads(e["entity"]), e["online"], e["offline"]) for e in shown] == [
+        ({"card_id": 3}, float(overwritten), (10.0 * 3 + 5.1) * 1.5)
+    ]
 
 
 def test_a_definition_applied_while_redis_serves_the_old_values_names_the_view(repo: Repo) -> None:
