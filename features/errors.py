@@ -237,3 +237,8 @@ class ContractConflictError(SkewlessError, RuntimeError):
             f"{', '.join(changed)} changed since (live plan version {live_plan_version}) and their contracted "
             "versions are not served: retrain and register a new contract, or apply the contracted definitions"
         )
+
+
+class AuditInputError(SkewlessError, ValueError):
+    """``skewless audit`` cannot run on what it was given: no log, a plan version the registry does not know,
+    an unknown service or view, a ``--since`` in the future."""

@@ -17,6 +17,7 @@ from features.plan import FeatureRefPlan, Plan, ViewPlan
 if TYPE_CHECKING:
     import pyarrow as pa
 
+    from features.audit import FeatureLayers
     from features.config import RepoConfig
 
 
@@ -160,6 +161,16 @@ class PrunableStore(Protocol):
 
 
 @runtime_checkable
+class SampleableStore(Protocol):
+    """An online store that can list some of the entities it serves (``skewless audit --sample``)."""
+
+    def sample_entities(self, view: ViewPlan, count: int) -> dict[str, list[Any]]:
+        """Up to ``count`` entities of ``view``'s live snapshot, as join-key columns (timestamps as
+        microseconds since the epoch)."""
+        ...
+
+
+@runtime_checkable
 class AsyncReadableStore(Protocol):
     """An online store that can also read on a server's event loop without blocking it (the HTTP service
     awaits :meth:`read_async` when the store has it, and calls :meth:`OnlineStore.read` otherwise)."""
@@ -265,6 +276,23 @@ class OfflineEngine(Protocol):
     ) -> Any: ...
 
     def reproduce(self, plan: Plan, manifest_path: str, *, output: str | None = None) -> Any: ...
+
+    def served_log(self, since: datetime | None = None) -> pa.Table:
+        """Land the pending batches of logged lookups, then the served-feature log's rows since ``since``."""
+        ...
+
+    def audit_layers(
+        self,
+        plan: Plan,
+        plan_version: int,
+        log: pa.Table,
+        *,
+        logged_plans: Mapping[int, Plan],
+        watermarks: Mapping[str, int | None],
+        recompute: bool = True,
+    ) -> list[FeatureLayers]:
+        """The offline layers of the consistency audit of ``log`` rows (:mod:`features.audit`)."""
+        ...
 
     def stop(self) -> None: ...
 

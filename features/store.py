@@ -35,6 +35,7 @@ from features.protocols import LiveSnapshot, MaterializationResult, OfflineEngin
 from features.registry import PlanVersion, Registry, TrainingSetRecord
 
 if TYPE_CHECKING:
+    from features.audit import AuditResult
     from features.contracts import Contract, ContractCache
     from features.push import PushResult
     from features.rollback import RollbackResult
@@ -317,6 +318,48 @@ class FeatureStore:
             request_data=request_data,
             functions=functions,
         )
+
+    def audit(
+        self,
+        names: Sequence[str] = (),
+        *,
+        since: datetime | None = None,
+        sample: int | None = None,
+        recompute: bool = True,
+    ) -> AuditResult:
+        """Compare served values with the offline side, value by value (see :mod:`features.audit`): the lookups
+        logged since ``since`` (pending batches are landed first), or with ``sample``, that many entity keys
+        read from the online store now. ``names``: feature services or views to audit (default: every logged
+        feature). ``recompute``: also recompute the views from their sources (layer 3). Changes no table, online
+        key or registry row. :class:`~features.errors.AuditInputError` on bad input.
+
+        >>> result = store.audit(["fraud_model"])                     # doctest: +SKIP
+        >>> result.feature("card_profile__credit_limit").mismatch_rate  # doctest: +SKIP
+        """
+        from features import audit
+
+        version = self.plan_version()
+        plan = version.plan
+        audit.check_since(since)
+        selected = audit.select_features(plan, names)
+        if sample is not None:
+            log = audit.sample_log(self, plan, version.version, selected, sample)
+        else:
+            log = audit.only_features(self.offline.served_log(since), selected)
+            audit.check_log(log, self.config.resolved_offline_path(), since, names)
+        known = {v.version for v in self.registry.versions()}
+        logged = audit.plan_versions(log, known)
+        logged_plans = {v: self.registry.get(v).plan for v in logged}
+        online = self.online_store()
+        watermarks: dict[str, int | None] = {}
+        for view in plan.views:
+            if view.online:
+                live = online.live_snapshot(view)
+                watermarks[view.name] = None if live is None else live.watermark
+        layers = self.offline.audit_layers(
+            plan, version.version, log, logged_plans=logged_plans, watermarks=watermarks, recompute=recompute
+        )
+        return audit.result(version.version, "sample" if sample is not None else "log", log, layers, recompute)
 
     def push(self, view: str, rows: Any) -> PushResult:
         """Write fresh ``rows`` to ``view``: served online at once, and in its Delta table (so in training sets)

@@ -9,8 +9,10 @@ writes the set's files and checks a reproduced set's hash.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from features.config import RepoConfig
@@ -33,8 +35,11 @@ def describe(
     *,
     timestamp_column: str = EVENT_TIMESTAMP,
     output_format: str = "pandas",
+    pins: Mapping[str, ViewRead] | None = None,
 ) -> Manifest:
-    """The manifest of a training set before any row is read."""
+    """The manifest of a training set before any row is read. ``pins``: the table (path and version) to read
+    per view instead of the current one (the consistency audit joins the versions live when a value was
+    served); a view's features are those of its pin."""
     if output_format not in OUTPUT_FORMATS:
         raise DatasetError(f"unknown output_format {output_format!r}; valid choices: {', '.join(OUTPUT_FORMATS)}")
     resolved = plan.resolve_refs(refs)
@@ -45,7 +50,12 @@ def describe(
     features: dict[str, list[str]] = {}
     for ref in [*stored, *hidden]:
         features.setdefault(ref.view, []).append(ref.feature)
-    views = tuple(_view_read(config, plan.view(name), tuple(names)) for name, names in features.items())
+    views = tuple(
+        _view_read(config, plan.view(name), tuple(names))
+        if pins is None
+        else dataclasses.replace(pins[name], features=tuple(n for n in names if n in pins[name].features))
+        for name, names in features.items()
+    )
     spec = None
     if on_demand:
         requested: dict[str, list[str]] = {}
@@ -71,11 +81,14 @@ def _view_read(config: RepoConfig, view: ViewPlan, features: tuple[str, ...]) ->
     version = delta_rs.latest_version(path)
     if version is None:
         raise DatasetError(f"view '{view.name}' has no offline table yet ({path}); run 'skewless materialize' first")
-    through = None
-    if view.is_windowed:
-        through = read_through(path, version)
-        if through is None:
-            raise DatasetError(f"view '{view.name}' has no computed ticks yet; run 'skewless materialize' first")
+    read = pinned_read(view, path, version, features)
+    if view.is_windowed and read.through is None:
+        raise DatasetError(f"view '{view.name}' has no computed ticks yet; run 'skewless materialize' first")
+    return read
+
+
+def pinned_read(view: ViewPlan, path: Path | str, version: int, features: Sequence[str]) -> ViewRead:
+    """How a join reads ``features`` of ``view`` from the table at ``path``, pinned at ``version``."""
     return ViewRead(
         name=view.name,
         path=str(path),
@@ -83,8 +96,8 @@ def _view_read(config: RepoConfig, view: ViewPlan, features: tuple[str, ...]) ->
         ttl_seconds=view.ttl_seconds,
         storage_fingerprint=view.storage_fingerprint,
         join_keys=tuple((k.name, k.dtype) for k in view.join_keys),
-        features=features,
-        through=through,
+        features=tuple(features),
+        through=read_through(path, version) if view.is_windowed else None,
         cadence_seconds=view.cadence_seconds if view.is_windowed else None,
     )
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +33,8 @@ from offline.warm.client import WarmEngine
 
 if TYPE_CHECKING:
     import pyarrow as pa
+
+    from features.audit import FeatureLayers
 
 log = logging.getLogger(__name__)
 
@@ -207,6 +209,48 @@ class Router:
             return converted[manifest.output_format](), table
         assert table is not None
         return (table if manifest.output_format == "arrow" else table.to_pandas()), table
+
+    # -- the consistency audit -----------------------------------------------------------------------------------
+    def served_log(self, since: datetime | None = None) -> pa.Table:
+        """Land the serving workers' pending batches of logged lookups, then the log's rows served since ``since``
+        (:mod:`offline.served_log`)."""
+        from offline import served_log
+
+        served_log.land(self.config)
+        return served_log.read(self.config, since=since)
+
+    def audit_layers(
+        self,
+        plan: Plan,
+        plan_version: int,
+        log: pa.Table,
+        *,
+        logged_plans: Mapping[int, Plan],
+        watermarks: Mapping[str, int | None],
+        recompute: bool = True,
+    ) -> list[FeatureLayers]:
+        """The offline layers of the audit of ``log`` (:mod:`offline.audit`): joined by the engine this router
+        chooses for each join, recomputed (``recompute``) by the engine it chooses for each view, into a scratch
+        path, with no online store and nothing recorded."""
+        from offline.audit import audit_layers
+
+        def join(manifest: Manifest, entities: pa.Table) -> pa.Table:
+            table: pa.Table = self._build(manifest, entities, None, None)[0]
+            return table
+
+        def rematerialize(config: RepoConfig, plan: Plan, view: ViewPlan) -> None:
+            Router(config, in_process=True).materialize(plan, view, start=None, end=None, online=None)
+
+        return audit_layers(
+            self.config,
+            plan,
+            plan_version,
+            log,
+            join=join,
+            logged_plans=logged_plans,
+            watermarks=watermarks,
+            recompute=rematerialize if recompute else None,
+        )
 
     def stop(self) -> None:
         """Release what every engine holds (the process's Spark session among them)."""

@@ -32,7 +32,7 @@ from features.plan import ViewPlan
 from features.protocols import LiveSnapshot, OnlineValues, StoredView
 from online import redis_cleanup
 from online.redis_client import as_text, check_url, connect, redact, roundtrip, translate_errors
-from online.redis_layout import READ_LUA, ROLLBACK_LUA, START_LUA, ViewKeys
+from online.redis_layout import READ_LUA, ROLLBACK_LUA, START_LUA, ViewKeys, glob_escape
 from online.redis_publication import RedisPublication
 from online.redis_read import SeenLive, SnapshotDecoders, SnapshotRead
 
@@ -282,6 +282,28 @@ class RedisOnlineStore:
             held = client.hget(keys.pointer, "held")
             client.hdel(keys.pointer, "held")
         return None if held is None else as_text(held)
+
+    def sample_entities(self, view: ViewPlan, count: int) -> dict[str, list[Any]]:
+        """Up to ``count`` entities of the live snapshot of ``view``, as join-key columns (``skewless audit
+        --sample``): SCAN over the snapshot's row keys, the first ones found (Redis's hash order: no bias to
+        any key range). Timestamp keys come back as microseconds since the epoch."""
+        from online.encoding import decode_entity_key
+
+        pointer = self.live_version(view.online_name)
+        columns: dict[str, list[Any]] = {name: [] for name in view.key_names}
+        if pointer is None or "version" not in pointer or count <= 0:
+            return columns
+        prefix = ViewKeys.of(self.project, view.online_name).version_prefix(int(pointer["version"]))
+        found = 0
+        with self._translated(f"sampling the keys of view '{view.name}'"):
+            for key in self.client().scan_iter(match=glob_escape(prefix.decode()) + "*", count=1000):
+                values = decode_entity_key(bytes(key)[len(prefix) :])
+                for name, value in zip(view.key_names, values, strict=True):
+                    columns[name].append(value)
+                found += 1
+                if found >= count:
+                    break
+        return columns
 
     # -- clean up (skewless prune and teardown) ------------------------------------------------------------------
     def stored_views(self) -> list[StoredView]:
