@@ -97,6 +97,7 @@ def test_the_reference_holds_every_key_the_reader_reads_at_its_default(tmp_path:
 @pytest.mark.parametrize("key", sorted(READER_KEYS))
 def test_the_reader_reads_every_key_and_the_settings_list_them(tmp_path: Path, key: str) -> None:
     value, attribute = READER_KEYS[key]
+
     def nested(dotted: str, leaf: Any) -> dict[str, Any]:
         first, _, rest = dotted.partition(".")
         return {first: nested(rest, leaf) if rest else leaf}

@@ -145,7 +145,9 @@ def comparable(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def by_key(rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
-    return sorted((r["request_id"], r["feature"], r["entity_index"], json.dumps(r, default=str, sort_keys=True)) for r in rows)
+    return sorted(
+        (r["request_id"], r["feature"], r["entity_index"], json.dumps(r, default=str, sort_keys=True)) for r in rows
+    )
 
 
 def test_the_log_holds_what_every_answer_said(serve: Any) -> None:
