@@ -400,7 +400,7 @@ def _lifespan(
             logger.warning("no plan to serve yet: %s", exc)
         if served_log is not None:
             _check_logged_services(plans, served_log)
-            served_log.start()
+            await served_log.start()
         if freeze_startup_objects:
             gc.collect()
             gc.freeze()
@@ -408,7 +408,7 @@ def _lifespan(
             yield
         finally:
             if served_log is not None:
-                served_log.stop()  # what is still queued is written before the worker exits
+                await served_log.stop()  # what is still queued is written before the worker exits
             if owned is not None:
                 owned.close()
 

@@ -5,11 +5,13 @@ The request path only offers: :meth:`ServedLog.offer` decides with one ``random(
 :class:`~features.lookup.LookupResult` the answer was written from, never copied) to a bounded deque. A full
 queue drops the lookup and counts it: the answer never waits and never fails for the log.
 
-A background thread turns what is queued into rows (:func:`features.served_log.to_rows`) in small chunks, every
-:data:`TICK_SECONDS`, pausing between chunks, and every ``serving.log.flush_seconds`` writes the rows as one
-Parquet batch in the landing folder (:func:`features.served_log.write_batch`: temporary name, then rename).
-Converting a second's lookups in one go held the GIL for ~40 ms at 3,000 req/s, and p99 under load grew 4x
-(``bench/log_cost.py``): in chunks of :data:`CHUNK` lookups the event loop waits at most about a millisecond.
+Every :data:`TICK_SECONDS` a task on the worker's event loop turns what is queued into rows
+(:func:`features.served_log.to_rows`), :data:`CHUNK` lookups at a time with the waiting requests served between
+chunks, and every ``serving.log.flush_seconds`` a thread writes the rows as one Parquet batch in the landing
+folder (:func:`features.served_log.write_batch`: temporary name, then rename; Arrow's writer, mostly outside the
+GIL). Turning rows in a thread was measured worse (``bench/log_cost.py``): one second's lookups in one go held
+the GIL ~40 ms at 3,000 req/s and p99 under load grew 4x; in chunks with pauses, the two threads handing the GIL
+back and forth on a busy machine cost ~40% of req/s. On the loop the cost is its CPU time, ~10 µs a lookup.
 ``skewless log land`` appends the batches to the log's Delta table (:mod:`offline.served_log`). A worker killed
 without warning loses what it had queued since its last flush: at most one flush interval of lookups (plus those
 of a flush under way); a worker stopped the ordinary way flushes the rest on shutdown.
@@ -20,12 +22,13 @@ attributes, for ``/metrics``.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import random
-import threading
-import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from features.served_log import LoggedLookup, to_rows, write_batch
@@ -44,16 +47,16 @@ Writer = Callable[["pa.Table"], object]  # writes one batch of rows (default: in
 # What the request path queues: (request id, served micros, service, result, request data). A tuple, not yet a
 # LoggedLookup: building the frozen dataclass costs ~1 µs, the flusher does it off the request path.
 Queued = tuple[str, int, "str | None", "LookupResult", "Mapping[str, Sequence[Any]] | None"]
-TICK_SECONDS = 0.05  # how often the flusher turns queued lookups into rows
-CHUNK = 64  # lookups turned into rows at once (~0.5-1 ms of Python holding the GIL) ...
-PAUSE_SECONDS = 0.001  # ... then the flusher sleeps, so the event loop takes the GIL back
+TICK_SECONDS = 0.05  # how often queued lookups are turned into rows
+CHUNK = 64  # lookups turned into rows at once, on the event loop (~0.5-1 ms), before the requests waiting
 
 
 class ServedLog:
-    """One worker's log of answered lookups: :meth:`offer` on the event loop, a flusher thread behind it.
+    """One worker's log of answered lookups: :meth:`offer` on the request path, :meth:`start` (in the app's
+    lifespan) for the background work, :meth:`stop` at shutdown.
 
     >>> served = ServedLog.from_config(config)                 # doctest: +SKIP
-    >>> served.start(); served.offer(request_id, "fraud_model", result, request_data); served.stop()  # doctest: +SKIP
+    >>> await served.start(); served.offer(request_id, "fraud_model", result, request_data)  # doctest: +SKIP
     """
 
     def __init__(
@@ -71,9 +74,8 @@ class ServedLog:
         self.flush_seconds = flush_seconds
         self.queue_size = queue_size
         self._queue: deque[Queued] = deque()  # append and popleft are atomic: no lock on the request path
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._flushing = threading.Lock()  # the flusher thread and the final flush at shutdown
+        self._task: asyncio.Task[None] | None = None  # turns queued lookups into rows, on the event loop
+        self._writer: ThreadPoolExecutor | None = None  # writes the batches (Parquet, a file: off the loop)
         self._rows: list[pa.Table] = []  # rows of lookups taken from the queue, not written yet
         self._converted = 0  # the lookups of self._rows
         self.offered = 0  # lookups answered and offered to the log
@@ -123,63 +125,75 @@ class ServedLog:
         """The services of ``serving.log.services`` that ``known`` (the plan's feature services) does not name."""
         return sorted(set(self.services) - set(known))
 
-    def start(self) -> None:
-        """Start the flusher thread (a daemon: a worker that exits without :meth:`stop` does not wait for it)."""
-        if self._thread is not None:
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="skewless-served-log", daemon=True)
-        self._thread.start()
+    async def start(self) -> None:
+        """Start turning queued lookups into rows on the running event loop, and writing them in a thread."""
+        if self._task is None:
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix="skewless-served-log")
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="skewless-served-log")
 
-    def stop(self) -> None:
-        """Stop the flusher thread and write what is still queued."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+    async def stop(self) -> None:
+        """Stop the background work and write what is still queued (the worker's shutdown)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)  # a write under way finishes
+            self._writer = None
         self.flush()
 
-    def _run(self) -> None:
-        last_flush = time.monotonic()
-        while not self._stop.wait(min(TICK_SECONDS, self.flush_seconds)):
-            self._convert(pause=PAUSE_SECONDS)
-            if time.monotonic() - last_flush >= self.flush_seconds:
-                last_flush = time.monotonic()
-                self.flush()
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        last_flush = loop.time()
+        while True:
+            await asyncio.sleep(min(TICK_SECONDS, self.flush_seconds))
+            while self._queue:
+                self._convert(CHUNK)
+                await asyncio.sleep(0)  # the requests waiting go first
+            if loop.time() - last_flush >= self.flush_seconds:
+                last_flush = loop.time()
+                rows, count = self._take()
+                if count:
+                    await loop.run_in_executor(self._writer, self._write, rows, count)
 
-    def _convert(self, pause: float = 0.0) -> None:
-        """Turn the queued lookups into rows, :data:`CHUNK` at a time, sleeping ``pause`` between chunks."""
-        while self._queue:
-            with self._flushing:
-                size = min(CHUNK, len(self._queue))
-                self._converted += size  # before taking them out: offer never sees room that is not there
-                chunk = [LoggedLookup(*self._queue.popleft()) for _ in range(size)]
-                try:
-                    self._rows.append(to_rows(chunk))
-                except Exception as exc:
-                    self._converted -= size
-                    self._lost(size, exc)
-            if pause:
-                time.sleep(pause)
+    def _convert(self, limit: int | None = None) -> None:
+        """Turn up to ``limit`` queued lookups (all when None) into rows."""
+        size = len(self._queue) if limit is None else min(limit, len(self._queue))
+        if not size:
+            return
+        self._converted += size  # before taking them out: offer never sees room that is not there
+        chunk = [LoggedLookup(*self._queue.popleft()) for _ in range(size)]
+        try:
+            self._rows.append(to_rows(chunk))
+        except Exception as exc:
+            self._converted -= size
+            self._lost(size, exc)
 
-    def flush(self) -> int:
-        """Write every queued lookup as one batch; the lookups written. Errors are logged (throttled), and the
-        lookups of a failed batch counted in :attr:`failed`: the log never retries into an unbounded backlog."""
+    def _take(self) -> tuple[list[pa.Table], int]:
+        """The rows turned so far and their lookups, handed over to a write."""
+        rows, count = self._rows, self._converted
+        self._rows, self._converted = [], 0
+        return rows, count
+
+    def _write(self, rows: list[pa.Table], count: int) -> int:
         import pyarrow as pa
 
+        try:
+            self.write(pa.concat_tables(rows))
+        except Exception as exc:
+            self._lost(count, exc)
+            return 0
+        self.written += count
+        return count
+
+    def flush(self) -> int:
+        """Write every queued lookup as one batch, now, in the caller's thread; the lookups written. Errors are
+        logged (throttled), and the lookups of a failed batch counted in :attr:`failed`: the log never retries
+        into an unbounded backlog."""
         self._convert()
-        with self._flushing:
-            rows, count = self._rows, self._converted
-            self._rows, self._converted = [], 0
-            if not rows:
-                return 0
-            try:
-                self.write(pa.concat_tables(rows))
-            except Exception as exc:
-                self._lost(count, exc)
-                return 0
-            self.written += count
-            return count
+        rows, count = self._take()
+        return self._write(rows, count) if count else 0
 
     def _lost(self, count: int, exc: Exception) -> None:
         self.failed += count

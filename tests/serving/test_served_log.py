@@ -4,6 +4,7 @@ the HTTP answers said, sampling (rate 0, rate 1, a per-service override), a full
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -271,9 +272,16 @@ def test_the_counters_say_what_was_offered_sampled_out_dropped_written_and_faile
     def broken(rows: Any) -> None:
         raise OSError("disk full")
 
-    failing = ServedLog(broken, sample_rate=1.0, flush_seconds=0.05)
-    failing.start()
-    for i in range(3):
-        failing.offer(f"r{i}", None, result)  # never raises into the caller
-    failing.stop()
-    assert (failing.failed, failing.written, failing.queued) == (3, 0, 0)
+    async def serve_while_failing() -> ServedLog:
+        failing = ServedLog(broken, sample_rate=1.0, flush_seconds=0.05)
+        await failing.start()
+        for i in range(3):
+            failing.offer(f"r{i}", None, result)  # never raises into the caller
+        await asyncio.sleep(0.3)  # flushes failed meanwhile
+        assert (failing.failed, failing.written, failing.queued) == (3, 0, 0)
+        failing.offer("late", None, result)
+        await failing.stop()  # the last flush fails too, and says so without raising
+        return failing
+
+    failing = asyncio.run(serve_while_failing())
+    assert (failing.failed, failing.written, failing.queued) == (4, 0, 0)
