@@ -48,7 +48,7 @@ Writer = Callable[["pa.Table"], object]  # writes one batch of rows (default: in
 # LoggedLookup: building the frozen dataclass costs ~1 µs, the flusher does it off the request path.
 Queued = tuple[str, int, "str | None", "LookupResult", "Mapping[str, Sequence[Any]] | None"]
 TICK_SECONDS = 0.05  # how often queued lookups are turned into rows
-CHUNK = 64  # lookups turned into rows at once, on the event loop (~0.5-1 ms), before the requests waiting
+CHUNK = 256  # lookups turned into rows at once, on the event loop (~2 ms), before the requests waiting
 
 
 class ServedLog:
@@ -148,8 +148,12 @@ class ServedLog:
         last_flush = loop.time()
         while True:
             await asyncio.sleep(min(TICK_SECONDS, self.flush_seconds))
-            while self._queue:
-                self._convert(CHUNK)
+            # What was queued by now, not what arrives meanwhile: under load the queue never empties, and
+            # chasing it turned ~18 lookups a call, where to_rows's fixed cost made a lookup cost ~60 µs.
+            remaining = len(self._queue)
+            while remaining > 0:
+                self._convert(min(CHUNK, remaining))
+                remaining -= CHUNK
                 await asyncio.sleep(0)  # the requests waiting go first
             if loop.time() - last_flush >= self.flush_seconds:
                 last_flush = loop.time()
