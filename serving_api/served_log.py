@@ -5,13 +5,14 @@ The request path only offers: :meth:`ServedLog.offer` decides with one ``random(
 :class:`~features.lookup.LookupResult` the answer was written from, never copied) to a bounded deque. A full
 queue drops the lookup and counts it: the answer never waits and never fails for the log.
 
-Every :data:`TICK_SECONDS` a task on the worker's event loop turns what is queued into rows
+Every :data:`TICK_SECONDS` a task on the worker's event loop turns what was queued by then into rows
 (:func:`features.served_log.to_rows`), :data:`CHUNK` lookups at a time with the waiting requests served between
 chunks, and every ``serving.log.flush_seconds`` a thread writes the rows as one Parquet batch in the landing
 folder (:func:`features.served_log.write_batch`: temporary name, then rename; Arrow's writer, mostly outside the
 GIL). Turning rows in a thread was measured worse (``bench/log_cost.py``): one second's lookups in one go held
 the GIL ~40 ms at 3,000 req/s and p99 under load grew 4x; in chunks with pauses, the two threads handing the GIL
-back and forth on a busy machine cost ~40% of req/s. On the loop the cost is its CPU time, ~10 µs a lookup.
+back and forth on a busy machine cost ~40% of req/s. On the loop the cost is its CPU time (see
+docs/ARCHITECTURE.md, "Served-feature log", for what is measured and not yet explained).
 ``skewless log land`` appends the batches to the log's Delta table (:mod:`offline.served_log`). A worker killed
 without warning loses what it had queued since its last flush: at most one flush interval of lookups (plus those
 of a flush under way); a worker stopped the ordinary way flushes the rest on shutdown.
