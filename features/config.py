@@ -59,6 +59,11 @@ DEFAULT_ARROW_MATERIALIZE_MAX_ROWS = 5_000_000
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 DEFAULT_MAX_ENTITIES = 10_000
 DEFAULT_MAX_REQUEST_FIELDS = 100
+# The served-feature log (serving.log): off by default; a worker flushes its queue every second (the most a crash
+# of the worker loses) and keeps at most 10,000 lookups waiting (then drops, and counts, rather than grow).
+DEFAULT_LOG_FLUSH_SECONDS = 1.0
+DEFAULT_LOG_QUEUE_SIZE = 10_000
+DEFAULT_LOG_RETENTION_DAYS = 30
 TOKEN_KEYS = ("hash", "services", "push")  # the keys of one serving.tokens entry
 
 
@@ -67,7 +72,7 @@ class Setting:
     """One key of ``skewless.yaml``: its dotted name, its default and what it means. :data:`SETTINGS` is the one
     list the reader checks keys against and ``skewless init`` writes the commented reference from."""
 
-    key: str  # "offline.path": section "offline", key "path"
+    key: str  # "offline.path": section "offline", key "path"; "serving.log.sample_rate": parent "serving.log"
     default: Any
     meaning: str
     example: str = ""  # for maps: one commented example entry
@@ -79,6 +84,11 @@ class Setting:
     @property
     def name(self) -> str:
         return self.key.rsplit(".", 1)[-1]
+
+    @property
+    def parent(self) -> str:
+        """The mapping the key is written in: "" (the top level), "serving", or "serving.log"."""
+        return self.key.rpartition(".")[0]
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -155,6 +165,33 @@ SETTINGS: tuple[Setting, ...] = (
         "the most columns a request may name: entity keys plus request-data fields of a lookup, columns of a push",
     ),
     Setting(
+        "serving.log.sample_rate",
+        0.0,
+        "the share of answered lookups 'skewless serve' logs for 'skewless audit' (0 to 1; 0: no log)",
+    ),
+    Setting(
+        "serving.log.services",
+        {},
+        "the sample rate of a feature service's lookups, overriding sample_rate for that service",
+        "fraud_model: 1.0",
+    ),
+    Setting(
+        "serving.log.flush_seconds",
+        DEFAULT_LOG_FLUSH_SECONDS,
+        "how often a serving worker writes its logged lookups to the landing folder: the most a crash loses",
+    ),
+    Setting(
+        "serving.log.queue_size",
+        DEFAULT_LOG_QUEUE_SIZE,
+        "logged lookups a serving worker keeps waiting for a flush; beyond it lookups are answered, not logged "
+        "(and counted)",
+    ),
+    Setting(
+        "serving.log.retention_days",
+        DEFAULT_LOG_RETENTION_DAYS,
+        "days of the log 'skewless log land' keeps in the Delta table; older days are deleted",
+    ),
+    Setting(
         "connections",
         {},
         "source databases by name (SQLAlchemy URLs; relative SQLite paths are relative to this file)",
@@ -162,7 +199,7 @@ SETTINGS: tuple[Setting, ...] = (
     ),
 )
 DEFAULTS: dict[str, Any] = {s.key: s.default for s in SETTINGS}
-SECTIONS = ("offline", "online", "serving")  # the keys that hold a mapping of settings
+SECTIONS = ("offline", "online", "serving", "serving.log")  # the keys that hold a mapping of settings
 _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -193,6 +230,26 @@ def _whole_number(section: dict[str, Any], key: str, default: int, source: str, 
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError(f"{source}: {key} must be a whole number of at least {minimum} (got {value!r})")
     return value
+
+
+def _rate(value: Any, key: str, source: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise ConfigError(f"{source}: {key} must be a number from 0 to 1 (got {value!r}); 0: log nothing, 1: all")
+    return float(value)
+
+
+def _positive(value: Any, key: str, source: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ConfigError(f"{source}: {key} must be a number of seconds above 0 (got {value!r})")
+    return float(value)
+
+
+def _service_rates(services: Any, source: str) -> dict[str, float]:
+    """``serving.log.services``: feature service -> sample rate (the names are checked against the plan by the
+    server, which reports unknown ones: the plan may change without the configuration)."""
+    if not isinstance(services, dict):
+        raise ConfigError(f"{source}: serving.log.services must map feature service names to rates from 0 to 1")
+    return {str(name): _rate(rate, f"serving.log.services.{name}", source) for name, rate in services.items()}
 
 
 def _tokens(tokens: Any, source: str) -> dict[str, dict[str, Any]]:
@@ -238,6 +295,11 @@ class RepoConfig:
     max_body_bytes: int = DEFAULTS["serving.max_body_bytes"]
     max_entities: int = DEFAULTS["serving.max_entities"]
     max_request_fields: int = DEFAULTS["serving.max_request_fields"]
+    log_sample_rate: float = DEFAULTS["serving.log.sample_rate"]
+    log_services: dict[str, float] = field(default_factory=dict)
+    log_flush_seconds: float = DEFAULTS["serving.log.flush_seconds"]
+    log_queue_size: int = DEFAULTS["serving.log.queue_size"]
+    log_retention_days: int = DEFAULTS["serving.log.retention_days"]
 
     @classmethod
     def load(cls, root: str | os.PathLike[str]) -> RepoConfig:
@@ -257,7 +319,9 @@ class RepoConfig:
         offline = data.get("offline") or {}
         online = data.get("online") or {}
         serving = data.get("serving") or {}
-        for section, values in (("offline", offline), ("online", online), ("serving", serving)):
+        served_log = (serving.get("log") or {}) if isinstance(serving, dict) else {}
+        sections = (("offline", offline), ("online", online), ("serving", serving), ("serving.log", served_log))
+        for section, values in sections:
             if not isinstance(values, dict):
                 raise ConfigError(f"{source}: '{section}' must be a mapping of settings")
             _check_keys(values, section, source)
@@ -270,7 +334,11 @@ class RepoConfig:
             return {"": data, "offline": offline, "online": online}[section].get(name, DEFAULTS[key])
 
         def whole(key: str, minimum: int) -> int:
-            values = {"serving": serving, "online": online}.get(key.split(".")[0], offline)
+            values = (
+                served_log
+                if key.startswith("serving.log.")
+                else {"serving": serving, "online": online}.get(key.split(".")[0], offline)
+            )
             return _whole_number(values, key, DEFAULTS[key], source, minimum=minimum)
 
         return cls(
@@ -293,6 +361,13 @@ class RepoConfig:
             max_body_bytes=whole("serving.max_body_bytes", 1),
             max_entities=whole("serving.max_entities", 1),
             max_request_fields=whole("serving.max_request_fields", 1),
+            log_sample_rate=_rate(served_log.get("sample_rate", 0.0), "serving.log.sample_rate", source),
+            log_services=_service_rates(served_log.get("services") or {}, source),
+            log_flush_seconds=_positive(
+                served_log.get("flush_seconds", DEFAULT_LOG_FLUSH_SECONDS), "serving.log.flush_seconds", source
+            ),
+            log_queue_size=whole("serving.log.queue_size", 1),
+            log_retention_days=whole("serving.log.retention_days", 1),
         )
 
     # Resolved values: environment interpolated, relative paths anchored at the repository.
@@ -329,11 +404,10 @@ class RepoConfig:
 
 
 def _check_keys(data: dict[str, Any], section: str | None, source: str) -> None:
-    """Reject keys of the top level (``section`` None) or of a section that :data:`SETTINGS` does not list."""
-    if section is None:
-        known = sorted({s.section or s.key for s in SETTINGS})
-    else:
-        known = sorted(s.name for s in SETTINGS if s.section == section)
+    """Reject keys of the top level (``section`` None) or of a section (``serving``, ``serving.log``) that
+    :data:`SETTINGS` does not list (a nested section is a key of its parent)."""
+    prefix = f"{section}." if section else ""
+    known = sorted({s.key[len(prefix) :].split(".")[0] for s in SETTINGS if s.key.startswith(prefix)})
     unknown = sorted(set(map(str, data)) - set(known))
     if unknown:
         where = f" in '{section}'" if section else ""
@@ -349,12 +423,13 @@ def reference_yaml(project: str) -> str:
     ]
     done: set[str] = set()
     for setting in SETTINGS:
-        section = setting.section
-        indent = "  " if section else ""
-        if section and section not in done:
-            done.add(section)
-            lines += ["", f"{section}:"]
-        elif not section:
+        parent = setting.parent
+        indent = "  " * (parent.count(".") + 1) if parent else ""
+        if parent and parent not in done:
+            done.add(parent)
+            depth = parent.count(".")
+            lines += ["", f"{'  ' * depth}{parent.rsplit('.', 1)[-1]}:"]
+        elif not parent:
             lines.append("")
         default = project if setting.key == "project" else setting.default
         comment = f"{setting.meaning}. Default: {_yaml_value(setting.default)}"

@@ -7,6 +7,10 @@ temporary name, then a rename, as pushes do). :func:`land` appends every pending
 files, then removes them: a crash between the commit and the removal leaves files the next landing finds named
 in the log and removes without landing them twice. :func:`read` returns the table's rows (Spark reads the same
 table with ``spark.read.format("delta")``).
+
+Retention (``serving.log.retention_days``): :func:`land` then deletes the days older than that (one delta-rs
+delete of those partitions) and vacuums files removed more than :data:`VACUUM_HOURS` ago, so a reader of an
+older version (an audit under way) keeps its files for a week. :func:`status` says what is pending, landed and due.
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from features.errors import CommitConflictError
@@ -23,6 +28,7 @@ from offline import delta_rs
 
 if TYPE_CHECKING:
     import pyarrow as pa
+    from deltalake import DeltaTable
 
     from features.config import RepoConfig
 
@@ -30,6 +36,7 @@ log = logging.getLogger(__name__)
 
 LANDED_KEY = "skewless.landed"  # in a landing commit's userMetadata: the files it landed
 _ATTEMPTS = 3
+VACUUM_HOURS = 168  # Delta's default: files a delete removed stay a week for readers of older versions
 
 
 def pending(config: RepoConfig) -> list[str]:
@@ -41,11 +48,14 @@ def pending(config: RepoConfig) -> list[str]:
     return sorted(n for n in names if n.endswith(".parquet") and not n.startswith("."))
 
 
-def land(config: RepoConfig) -> int:
-    """Append the pending batches to the log table in one commit, then remove them; the rows landed."""
+def land(config: RepoConfig, *, now: datetime | None = None) -> int:
+    """Append the pending batches to the log table in one commit, then remove them; then drop the days older
+    than ``serving.log.retention_days`` before ``now`` (default: the current time). The rows landed."""
     for attempt in range(_ATTEMPTS):
         try:
-            return _land_once(config)
+            landed = _land_once(config)
+            expire(config, now=now)
+            return landed
         except CommitConflictError:
             if attempt == _ATTEMPTS - 1:
                 raise
@@ -111,6 +121,78 @@ def _landed(path: str, version: int | None) -> set[str]:
         except (ValueError, KeyError, TypeError):
             continue
     return found
+
+
+def cutoff_day(config: RepoConfig, now: datetime | None = None) -> str:
+    """The oldest day retention keeps: ``retention_days`` days up to and including today (UTC)."""
+    today = (now or datetime.now(UTC)).astimezone(UTC).date()
+    return (today - timedelta(days=config.log_retention_days - 1)).isoformat()
+
+
+def expire(config: RepoConfig, *, now: datetime | None = None) -> list[str]:
+    """Delete the log's days older than :func:`cutoff_day` (one commit; none when there are none) and vacuum the
+    files removed more than :data:`VACUUM_HOURS` ago; the days deleted."""
+    from deltalake import CommitProperties, DeltaTable
+    from deltalake.exceptions import CommitFailedError, DeltaError
+
+    path = log_dir(config)
+    if delta_rs.latest_version(path) is None:
+        return []
+    cutoff = cutoff_day(config, now)
+    expired = sorted(day for day in _rows_per_day(DeltaTable(str(path))) if day < cutoff)
+    if not expired:
+        return []
+    table = DeltaTable(str(path))
+    try:
+        table.delete(f"{DAY} < '{cutoff}'", commit_properties=CommitProperties(max_commit_retries=3))
+        table.vacuum(retention_hours=VACUUM_HOURS, dry_run=False)
+    except (CommitFailedError, DeltaError) as exc:
+        raise CommitConflictError(f"deleting old days of the served-feature log in {path} failed: {exc}") from exc
+    log.info("served-feature log: deleted %d day(s) before %s (retention)", len(expired), cutoff)
+    return expired
+
+
+@dataclass(frozen=True, slots=True)
+class LogStatus:
+    """What :func:`status` reports."""
+
+    pending: dict[str, int]  # batch name -> rows, oldest first
+    landed: dict[str, int]  # day -> rows in the table
+    retention_days: int
+    cutoff: str  # the oldest day kept
+    version: int | None  # the table's latest version; None before the first landing
+
+
+def status(config: RepoConfig, *, now: datetime | None = None) -> LogStatus:
+    """The pending batches and their rows, the landed rows per day, and the retention."""
+    import pyarrow.parquet as pq
+    from deltalake import DeltaTable
+
+    folder = landing_dir(config)
+    batches: dict[str, int] = {}
+    for name in pending(config):
+        try:
+            batches[name] = pq.ParquetFile(folder / name).metadata.num_rows
+        except FileNotFoundError:  # landed meanwhile
+            continue
+    path = log_dir(config)
+    version = delta_rs.latest_version(path)
+    landed = {} if version is None else _rows_per_day(DeltaTable(str(path)))
+    return LogStatus(batches, landed, config.log_retention_days, cutoff_day(config, now), version)
+
+
+def _rows_per_day(table: DeltaTable) -> dict[str, int]:
+    """Rows per ``day`` partition, from the table's file statistics (no data read)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    actions = pa.table(table.get_add_actions(flatten=True))
+    if actions.num_rows == 0:
+        return {}
+    grouped = actions.group_by(f"partition.{DAY}").aggregate([("num_records", "sum")])
+    days = grouped.column(f"partition.{DAY}").to_pylist()
+    counts = pc.cast(grouped.column("num_records_sum"), "int64").to_pylist()
+    return dict(sorted(zip(days, counts, strict=True)))
 
 
 def read(config: RepoConfig, *, since: datetime | None = None, until: datetime | None = None) -> pa.Table:

@@ -78,6 +78,7 @@ from serving_api.auth import Authenticator, Grant
 from serving_api.feast_door import FEAST, add_feast_door
 from serving_api.guard import GRANT, Gate, replay, tag, with_request_id
 from serving_api.log_throttle import ThrottledLog
+from serving_api.served_log import ServedLog
 
 if TYPE_CHECKING:
     from features.store import FeatureStore
@@ -297,14 +298,17 @@ def create_app(
     tokens: Mapping[str, Mapping[str, Any]] | None = None,
     max_body_bytes: int | None = None,
     max_request_fields: int | None = None,
+    served_log: ServedLog | None = None,
 ) -> FastAPI:
     """The service for a feature repository (``repo_path``), or for a plan provider and a store (tests, or
     embedding the service in another app). A request may ask for at most ``max_entities`` entities and name at
     most ``max_request_fields`` columns, so one request cannot hold the online store for long, in a body of at
     most ``max_body_bytes``; ``tokens`` (``serving.tokens`` entries, see :mod:`serving_api.auth`) turn on
     authentication. Each of these four defaults to the repository's ``serving:`` setting (with a plan provider:
-    to the settings' defaults, no tokens). ``function_loader`` imports the plan's on-demand functions
-    (default: from the repository's definitions folder, or by plain import with a plan provider).
+    to the settings' defaults, no tokens). ``served_log`` logs a sample of the answered lookups
+    (:mod:`serving_api.served_log`); default: the repository's ``serving.log`` (none with a plan provider).
+    ``function_loader`` imports the plan's on-demand functions (default: from the repository's definitions
+    folder, or by plain import with a plan provider).
     ``freeze_startup_objects`` moves what exists once the plan is loaded out of the garbage collector's sight
     (:func:`gc.freeze`, process-wide: ``skewless serve`` sets it), so a full collection walks only what requests
     allocate: without it one took ~130 ms in the middle of a request. ``opentelemetry`` turns on FastAPI's
@@ -321,11 +325,13 @@ def create_app(
     max_entities = max_entities or (config.max_entities if config else DEFAULT_MAX_ENTITIES)
     max_fields = max_request_fields or (config.max_request_fields if config else DEFAULT_MAX_REQUEST_FIELDS)
     max_body_bytes = max_body_bytes or (config.max_body_bytes if config else DEFAULT_MAX_BODY_BYTES)
+    if served_log is None and config is not None:
+        served_log = ServedLog.from_config(config)
     plans = _plan_cache(plan_provider, loader, refresh_seconds)
     app = ServingApp(
         title="skewless feature serving",
         version="1",
-        lifespan=_lifespan(plans, owned, freeze_startup_objects),
+        lifespan=_lifespan(plans, owned, freeze_startup_objects, served_log),
         description="Online feature lookups: the values a model trained on, served.",
         telemetry={"tracing": opentelemetry, "metrics": opentelemetry, "logs": opentelemetry},
     )
@@ -333,6 +339,7 @@ def create_app(
     app.state.plans = plans
     app.state.store = store
     app.state.functions = loader
+    app.state.served_log = served_log  # its counters, for /metrics; None when the log is off
     _add_error_handlers(app)
     caps = Caps(max_entities, max_fields)
     contracts = (
@@ -342,12 +349,13 @@ def create_app(
         if owned is not None
         else None
     )
-    answer_lookup = lookup_handler(plans, store, loader, caps, contracts=contracts)
+    answer_lookup = lookup_handler(plans, store, loader, caps, contracts=contracts, served_log=served_log)
     if not opentelemetry:
         app.answer_lookup = answer_lookup  # the fast path (see ServingApp); OpenTelemetry needs the routed way
     _add_lookup_routes(app, answer_lookup)
     _add_health_route(app, plans, store)
-    add_feast_door(app, lookup_endpoint(lookup_handler(plans, store, loader, caps, FEAST)), LOOKUP_ERRORS)
+    feast_lookup = lookup_handler(plans, store, loader, caps, FEAST, served_log=served_log)
+    add_feast_door(app, lookup_endpoint(feast_lookup), LOOKUP_ERRORS)
     if owned is not None:  # served from a repository: its catalog, and pushes (they write to its offline path)
         from serving_api.catalog_ui import create_catalog_app
         from serving_api.push import add_push_route
@@ -387,10 +395,11 @@ def _plan_cache(plan_provider: PlanProvider, loader: FunctionLoader, refresh_sec
 
 
 def _lifespan(
-    plans: PlanCache, owned: FeatureStore | None, freeze_startup_objects: bool
+    plans: PlanCache, owned: FeatureStore | None, freeze_startup_objects: bool, served_log: ServedLog | None
 ) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     """Startup and shutdown: load the plan (and its functions) before serving, freeze the startup objects when
-    asked, close the repository's store (``owned``) at the end."""
+    asked, start the served-feature log's flusher; at the end flush the log, close the repository's store
+    (``owned``)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -405,14 +414,37 @@ def _lifespan(
             raise
         except SkewlessError as exc:
             logger.warning("no plan to serve yet: %s", exc)
+        if served_log is not None:
+            _check_logged_services(plans, served_log)
+            await served_log.start()
         if freeze_startup_objects:
             gc.collect()
             gc.freeze()
-        yield
-        if owned is not None:
-            owned.close()
+        try:
+            yield
+        finally:
+            if served_log is not None:
+                await served_log.stop()  # what is still queued is written before the worker exits
+            if owned is not None:
+                owned.close()
 
     return lifespan
+
+
+def _check_logged_services(plans: PlanCache, served_log: ServedLog) -> None:
+    """Warn about ``serving.log.services`` naming services the plan does not have (not fatal: the plan may gain
+    them later, and the other lookups are still logged)."""
+    try:
+        known = [service.name for service in plans.get().plan.services]
+    except SkewlessError:
+        return
+    unknown = served_log.unknown_services(known)
+    if unknown:
+        logger.warning(
+            "serving.log.services names feature service(s) the plan does not have: %s; known: %s",
+            ", ".join(unknown),
+            ", ".join(sorted(known)) or "(none)",
+        )
 
 
 def _add_error_handlers(app: FastAPI) -> None:
@@ -497,13 +529,15 @@ def lookup_handler(
     caps: Caps,
     dialect: LookupDialect = NATIVE,
     contracts: ContractCache | None = None,
+    served_log: ServedLog | None = None,
 ) -> LookupHandler:
     """The one handler of lookups: the answer to a request body for a caller's grant, never raising (errors
     become their HTTP statuses). :meth:`ServingApp.__call__` (the fast path) calls it with the body it read, the
     routed way through :func:`lookup_endpoint`. ``dialect`` reads the request and writes the answer:
     ``POST /v1/features`` speaks :data:`NATIVE`, ``POST /get-online-features`` Feast's
     (:mod:`serving_api.feast_door`). The request data counts in ``caps`` as the entity columns do. ``contracts``
-    are the training contracts a request may name (none: every contract is unknown)."""
+    are the training contracts a request may name (none: every contract is unknown). Answered lookups (200 only:
+    an error has no values to audit) are offered to ``served_log``, whatever the dialect."""
 
     async def answer_lookup(raw_body: bytes, grant: Grant) -> Response:
         # On the event loop: the Redis read is awaited on the worker's one pipelined connection (a store without
@@ -537,9 +571,12 @@ def lookup_handler(
                 request_data=request_data,
                 functions=loader.functions_for(plan) if plan.on_demand_views else None,
             )
-            return JSONAnswer(dialect.answer(body, lookup, result))
+            answer = JSONAnswer(dialect.answer(body, lookup, result))
         except Exception as exc:
             return _error_answer(exc)
+        if served_log is not None:
+            served_log.offer(REQUEST_ID.get(), service, result, request_data)
+        return answer
 
     return answer_lookup
 

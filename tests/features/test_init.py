@@ -23,10 +23,11 @@ from tests.features.conftest import ENTITIES, VIEWS
 
 
 def leaves(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"offline": {"path": x}}`` -> ``{"offline.path": x}`` (the sections only: offline, online, serving)."""
+    """``{"offline": {"path": x}}`` -> ``{"offline.path": x}`` (the sections only: offline, online, serving and
+    serving.log)."""
     out: dict[str, Any] = {}
     for key, value in data.items():
-        if isinstance(value, dict) and key in ("offline", "online", "serving"):
+        if isinstance(value, dict) and prefix + key in ("offline", "online", "serving", "serving.log"):
             out |= leaves(value, f"{prefix}{key}.")
         else:
             out[prefix + key] = value
@@ -37,7 +38,7 @@ def explained(text: str) -> dict[str, str]:
     """Each key of the file (dotted) -> the comment lines right above it, joined."""
     out: dict[str, str] = {}
     comment: list[str] = []
-    section = ""
+    sections: list[str] = []  # the enclosing keys, one per two spaces of indentation
     for line in text.splitlines():
         stripped = line.strip()
         if stripped.startswith("#"):
@@ -45,9 +46,9 @@ def explained(text: str) -> dict[str, str]:
             continue
         if ":" in stripped:
             name = stripped.split(":", 1)[0]
-            if not line.startswith(" "):
-                section = name
-            out[f"{section}.{name}" if line.startswith(" ") else name] = " ".join(comment)
+            depth = (len(line) - len(line.lstrip(" "))) // 2
+            sections = [*sections[:depth], name]
+            out[".".join(sections)] = " ".join(comment)
         comment = []
     return out
 
@@ -73,6 +74,11 @@ READER_KEYS = {
     "serving.max_body_bytes": (2048, "max_body_bytes"),
     "serving.max_entities": (5, "max_entities"),
     "serving.max_request_fields": (3, "max_request_fields"),
+    "serving.log.sample_rate": (0.25, "log_sample_rate"),
+    "serving.log.services": ({"fraud": 1.0}, "log_services"),
+    "serving.log.flush_seconds": (0.5, "log_flush_seconds"),
+    "serving.log.queue_size": (7, "log_queue_size"),
+    "serving.log.retention_days": (3, "log_retention_days"),
 }
 
 
@@ -93,11 +99,14 @@ def test_the_reference_holds_every_key_the_reader_reads_at_its_default(tmp_path:
 @pytest.mark.parametrize("key", sorted(READER_KEYS))
 def test_the_reader_reads_every_key_and_the_settings_list_them(tmp_path: Path, key: str) -> None:
     value, attribute = READER_KEYS[key]
-    section, _, name = key.rpartition(".")
-    data: dict[str, Any] = {section: {name: value}} if section else {name: value}
-    assert getattr(RepoConfig.from_dict(tmp_path, data), attribute) == value
+
+    def nested(dotted: str, leaf: Any) -> dict[str, Any]:
+        first, _, rest = dotted.partition(".")
+        return {first: nested(rest, leaf) if rest else leaf}
+
+    assert getattr(RepoConfig.from_dict(tmp_path, nested(key, value)), attribute) == value
     assert key in {s.key for s in SETTINGS}
-    misspelt = {section: {name + "x": value}} if section else {name + "x": value}
+    misspelt = nested(key + "x", value)
     with pytest.raises(ConfigError, match=r"unknown key\(s\)"):
         RepoConfig.from_dict(tmp_path, misspelt)
 
