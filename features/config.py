@@ -143,6 +143,12 @@ SETTINGS: tuple[Setting, ...] = (
         "the most columns a request may name: entity keys plus request-data fields of a lookup, columns of a push",
     ),
     Setting(
+        "serving.metrics",
+        True,
+        "serve GET /metrics (Prometheus text format: requests, latency, statuses served, snapshot ages, online "
+        "store errors); it takes a token when tokens are configured",
+    ),
+    Setting(
         "connections",
         {},
         "source databases by name (SQLAlchemy URLs; relative SQLite paths are relative to this file)",
@@ -224,6 +230,7 @@ class RepoConfig:
     max_body_bytes: int = DEFAULTS["serving.max_body_bytes"]
     max_entities: int = DEFAULTS["serving.max_entities"]
     max_request_fields: int = DEFAULTS["serving.max_request_fields"]
+    metrics: bool = DEFAULTS["serving.metrics"]
 
     @classmethod
     def load(cls, root: str | os.PathLike[str]) -> RepoConfig:
@@ -277,6 +284,7 @@ class RepoConfig:
             max_body_bytes=whole("serving.max_body_bytes", 1),
             max_entities=whole("serving.max_entities", 1),
             max_request_fields=whole("serving.max_request_fields", 1),
+            metrics=_flag(serving, "serving.metrics", source),
         )
 
     # Resolved values: environment interpolated, relative paths anchored at the repository.
@@ -352,3 +360,11 @@ def reference_yaml(project: str) -> str:
 def _yaml_value(value: Any) -> str:
     """``value`` as YAML on one line (every default is a scalar or an empty mapping)."""
     return str(yaml.safe_dump({"v": value}, default_flow_style=False, width=1000)).strip()[len("v: ") :]
+
+
+def _flag(values: dict[str, Any], key: str, source: str) -> bool:
+    """A true/false setting (YAML's booleans only: "no" in quotes is a string, not false)."""
+    value = values.get(key.rpartition(".")[2], DEFAULTS[key])
+    if not isinstance(value, bool):
+        raise ConfigError(f"{source}: '{key}' must be true or false, not {value!r}")
+    return value

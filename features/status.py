@@ -46,7 +46,9 @@ def grace_seconds(cadence_seconds: int) -> int:
     return max(MIN_GRACE_SECONDS, cadence_seconds // 2)
 
 
-def view_statuses(store: FeatureStore, views: Sequence[str] = (), *, now: datetime | None = None) -> list[dict[str, Any]]:
+def view_statuses(
+    store: FeatureStore, views: Sequence[str] = (), *, now: datetime | None = None
+) -> list[dict[str, Any]]:
     """The freshness of ``views`` (default: every stored view of the applied plan), one dictionary each, as of
     ``now`` (default: the current time). Reads the registry's runs, each view's live snapshot pointer and the
     Delta log's listing: no row of any table."""
@@ -155,7 +157,7 @@ def age_text(seconds: int) -> str:
     """``11520`` -> ``"3h 12m"``: the two largest units, so an age reads at a glance."""
     if seconds < 0:
         return f"-{age_text(-seconds)}"
-    parts = []
+    parts: list[str] = []
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
         if seconds >= size or (unit == "s" and not parts):
             parts.append(f"{seconds // size}{unit}")

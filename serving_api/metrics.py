@@ -1,0 +1,280 @@
+"""``GET /metrics``: the service's metrics in Prometheus's text format, through the official client
+(``prometheus_client``), correct with several workers.
+
+Metrics (every name starts with ``skewless_``):
+
+================================================  ==========  ===========================================
+``http_requests_total``                           counter     per ``endpoint``, ``service``, ``status``
+``http_request_duration_seconds``                 histogram   per ``endpoint``, ``service``
+``served_statuses_total``                         counter     per ``view``, ``status`` (present, missing,
+                                                              expired): one per entity and view served
+``online_snapshot_age_seconds``                   gauge       per ``view``: now minus the live snapshot's
+                                                              publication, worked out at scrape time
+``online_store_errors_total``                     counter     per ``kind`` (``timeout``, ``error``): the
+                                                              online store failures answered 503
+``<name>_total`` of :func:`register_counters`     counter     counters kept by other parts of the service
+================================================  ==========  ===========================================
+
+``endpoint`` is the route (``/v1/features``, ``/get-online-features``, ``/v1/push``, ``/health``, ``/metrics``,
+``/docs``, ``/openapi.json``, ``/ui`` for the catalog's pages), ``other`` for any other path, so a caller cannot
+make new series by asking for new paths; ``service`` is the feature service a lookup named, ``features`` for a
+plain features list, empty for other endpoints and for a lookup that named no known service (refused before).
+
+Several workers (``skewless serve --workers N``): ``prometheus_client``'s multiprocess mode. ``serve`` points
+``PROMETHEUS_MULTIPROC_DIR`` at a fresh folder before the workers start (each worker writes its values to
+memory-mapped files there) and removes it at exit; any worker answering a scrape sums every worker's files, so
+the counts are the service's whole. Its limits, none of which this module needs: no custom collector is summed
+across workers (the snapshot age is not per worker: the worker answering works it out), no ``Info`` or
+``Enum``, gauges summed or maxed by their ``multiprocess_mode``.
+
+Per request the service adds one counter increment and one histogram observation (children looked up once,
+then cached), and for a lookup one increment per view served: a few microseconds of a ~300 µs lookup.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextvars import ContextVar
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from features.errors import OnlineStoreError, SkewlessError
+
+if TYPE_CHECKING:
+    from prometheus_client.registry import CollectorRegistry
+
+    from features.lookup import LookupResult
+    from features.protocols import OnlineStore
+    from features.registry import PlanVersion
+
+logger = logging.getLogger(__name__)
+
+METRICS_PATH = "/metrics"
+ENV_MULTIPROC = "PROMETHEUS_MULTIPROC_DIR"
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+ENDPOINTS = frozenset(
+    {"/v1/features", "/get-online-features", "/v1/push", "/health", METRICS_PATH, "/docs", "/openapi.json", "/redoc"}
+)
+# Lookups take ~0.3 ms in-process, a few ms over a network; the tail is what an operator watches.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+SYNC_SECONDS = 1.0  # how often the counters of register_counters are copied into Prometheus's
+
+#: The service label of the request being answered (set by the lookup handler once the service is known).
+SERVICE: ContextVar[str] = ContextVar("skewless_metrics_service", default="")
+
+
+def endpoint_of(path: str) -> str:
+    """The ``endpoint`` label of a request path: bounded, whatever the caller asks for."""
+    if path in ENDPOINTS:
+        return path
+    if path == "/ui" or path.startswith("/ui/"):
+        return "/ui"
+    return "other"
+
+
+class ServiceMetrics:
+    """This process's metrics (one per process: ``prometheus_client`` keeps multiprocess values per process)."""
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Histogram
+
+        # A registry of its own (not the library's global one, which also exports the process's own metrics
+        # that multiprocess mode cannot sum); in multiprocess mode the values live in the files anyway.
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "skewless_http_requests",
+            "HTTP requests answered, per endpoint, feature service and status",
+            ["endpoint", "service", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "skewless_http_request_duration_seconds",
+            "time from a request's arrival to its answer, per endpoint and feature service",
+            ["endpoint", "service"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.statuses = Counter(
+            "skewless_served_statuses",
+            "entities served per view and status (present, missing, expired)",
+            ["view", "status"],
+            registry=self.registry,
+        )
+        self.store_errors = Counter(
+            "skewless_online_store_errors",
+            "online store failures answered 503, per kind (timeout, error)",
+            ["kind"],
+            registry=self.registry,
+        )
+        self._counted: dict[tuple[str, str, int], Any] = {}
+        self._timed: dict[tuple[str, str], Any] = {}
+        self._served: dict[tuple[str, str], Any] = {}
+        self._extra: list[tuple[Callable[[], Mapping[str, float]], Any, dict[str, float]]] = []
+        self._extra_lock = threading.Lock()
+        self._syncing = False
+
+    # -- per request (the hot path: children cached, no label lookups) ------------------------------------------
+    def answered(self, path: str, status: int, seconds: float) -> None:
+        service = SERVICE.get()
+        endpoint = endpoint_of(path)
+        counted = self._counted.get((endpoint, service, status))
+        if counted is None:
+            counted = self._counted[endpoint, service, status] = self.requests.labels(endpoint, service, str(status))
+        counted.inc()
+        timed = self._timed.get((endpoint, service))
+        if timed is None:
+            timed = self._timed[endpoint, service] = self.latency.labels(endpoint, service)
+        timed.observe(seconds)
+
+    def served(self, result: LookupResult) -> None:
+        """Count the statuses of a lookup's answer: per view, one per entity (a view's features share them)."""
+        seen: set[str] = set()
+        for column, values in result.features.items():
+            view = column.split("__", 1)[0]  # names never hold "__" (features.definitions)
+            if view in seen:
+                continue
+            seen.add(view)
+            statuses = values.statuses
+            for status in ("present", "missing", "expired"):
+                count = statuses.count(status)
+                if count:
+                    child = self._served.get((view, status))
+                    if child is None:
+                        child = self._served[view, status] = self.statuses.labels(view, status)
+                    child.inc(count)
+
+    def store_failed(self, exc: OnlineStoreError) -> None:
+        # The store translates redis' and asyncio's errors; a timeout is one whose cause is named so.
+        cause = exc.__cause__
+        timeout = isinstance(cause, TimeoutError) or type(cause).__name__ == "TimeoutError"
+        self.store_errors.labels("timeout" if timeout else "error").inc()
+
+    # -- counters kept elsewhere ----------------------------------------------------------------------------------
+    def register_counters(self, prefix: str, read: Callable[[], Mapping[str, float]], documentation: str) -> None:
+        """Export counters another part of the service keeps as plain numbers: ``read()`` returns their
+        cumulative values by name (e.g. ``{"offered": 10, "dropped": 0}``), exported as
+        ``skewless_<prefix>_total{counter="<name>"}``. They are copied into Prometheus's counters every
+        :data:`SYNC_SECONDS` by a thread of each worker (so every worker's counts reach the sum), and at scrape."""
+        from prometheus_client import Counter
+
+        counter = Counter(f"skewless_{prefix}", documentation, ["counter"], registry=self.registry)
+        with self._extra_lock:
+            self._extra.append((read, counter, {}))
+            if not self._syncing:
+                self._syncing = True
+                threading.Thread(target=self._sync_forever, name="metrics-sync", daemon=True).start()
+
+    def sync(self) -> None:
+        """Copy what the registered counters gained since the last copy."""
+        with self._extra_lock:
+            for read, counter, copied in self._extra:
+                try:
+                    values = read()
+                except Exception:
+                    logger.warning("could not read counters for /metrics", exc_info=True)
+                    continue
+                for name, value in values.items():
+                    gained = value - copied.get(name, 0)
+                    if gained > 0:
+                        counter.labels(name).inc(gained)
+                        copied[name] = value
+
+    def _sync_forever(self) -> None:
+        while True:
+            time.sleep(SYNC_SECONDS)
+            self.sync()
+
+    # -- the scrape -----------------------------------------------------------------------------------------------
+    def exposition(self, snapshot_ages: Callable[[], Iterator[tuple[str, float]]]) -> bytes:
+        """The text a scrape gets: every worker's values (multiprocess mode) or this process's, and each view's
+        snapshot age."""
+        from prometheus_client import CollectorRegistry, generate_latest
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        self.sync()
+        registry: CollectorRegistry
+        if os.environ.get(ENV_MULTIPROC):
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)
+        else:
+            registry = CollectorRegistry()
+            registry.register(_Forward(self.registry))
+        registry.register(_SnapshotAges(snapshot_ages))
+        return generate_latest(registry)
+
+
+class _Forward:
+    """A collector that yields another registry's metrics."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterator[Any]:
+        yield from self._registry.collect()
+
+
+class _SnapshotAges:
+    """``skewless_online_snapshot_age_seconds``, read at scrape time."""
+
+    def __init__(self, ages: Callable[[], Iterator[tuple[str, float]]]) -> None:
+        self._ages = ages
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        family = GaugeMetricFamily(
+            "skewless_online_snapshot_age_seconds",
+            "seconds since the live online snapshot of each view was published (views never published: absent)",
+            labels=["view"],
+        )
+        for view, age in self._ages():
+            family.add_metric([view], age)
+        yield family
+
+
+def snapshot_ages(plans: Callable[[], PlanVersion], store: OnlineStore) -> Callable[[], Iterator[tuple[str, float]]]:
+    """Each online view's snapshot age, as of the call (one pointer read per view). When the plan or the
+    store cannot be read, no ages (and a log line): the requests' and errors' metrics still go out."""
+
+    def ages() -> Iterator[tuple[str, float]]:
+        try:
+            views = [v for v in plans().plan.views if v.online]
+            live = [(view.name, store.live_snapshot(view)) for view in views]
+        except SkewlessError as exc:
+            logger.warning("/metrics: no snapshot ages: %s", exc)
+            return
+        now = datetime.now(UTC)
+        for name, snapshot in live:
+            if snapshot is not None:
+                yield name, (now - snapshot.published_at).total_seconds()
+
+    return ages
+
+
+_metrics: ServiceMetrics | None = None
+_metrics_lock = threading.Lock()
+
+
+def service_metrics() -> ServiceMetrics:
+    """This process's metrics, created on first use (after ``serve`` set :data:`ENV_MULTIPROC`)."""
+    global _metrics
+    with _metrics_lock:
+        if _metrics is None:
+            _metrics = ServiceMetrics()
+        return _metrics
+
+
+def register_counters(prefix: str, read: Callable[[], Mapping[str, float]], documentation: str) -> None:
+    """Export plain counters at ``/metrics`` (see :meth:`ServiceMetrics.register_counters`): the hook for the
+    served-feature log's queue (offered, sampled out, dropped, written)."""
+    service_metrics().register_counters(prefix, read, documentation)
+
+
+def record_store_error(exc: OnlineStoreError) -> None:
+    """Count an online store failure answered 503 (nothing when no app of this process serves metrics)."""
+    if _metrics is not None:
+        _metrics.store_failed(exc)
