@@ -23,7 +23,7 @@ from starlette.exceptions import StarletteDeprecationWarning
 from online.redis_store import RedisOnlineStore
 from serving_api.app import create_app
 from serving_api.auth import hash_token
-from serving_api.metrics import register_counters, service_metrics
+from serving_api.metrics import LATENCY_BUCKETS, SERVICE, SYNC_SECONDS, register_counters, service_metrics
 from tests import servers
 from tests.serving.conftest import CARD, MERCHANT, plan_version, running, write_repo
 from tests.serving.test_uvicorn import ROOT, SERVE
@@ -98,7 +98,10 @@ def test_two_workers_count_every_request(tmp_path: Path, redis_url: str, online:
             assert client.get("/no/such/path").status_code == 404
             requests["other", "", "404"] += 1
         folder = _metrics_folder(pid)
+        time.sleep(SYNC_SECONDS + 0.5)  # each worker copies its counts into the shared files every SYNC_SECONDS
         scrapes = [scrape(url) for _ in range(5)]  # answered by either worker: each sees every worker's counts
+        time.sleep(SYNC_SECONDS + 0.5)
+        last = scrape(url)
         published = {v.name: online.live_snapshot(v) for v in (CARD, MERCHANT)}
         scraped_at = datetime.now(UTC)
         # Both workers answered (each wrote its own file), and a scrape sums them.
@@ -121,11 +124,11 @@ def test_two_workers_count_every_request(tmp_path: Path, redis_url: str, online:
             if name == "skewless_served_statuses_total"
         }
         assert statuses == served
-    # The scrapes before the last one are counted too (each is counted once answered).
-    assert value(scrapes[-1], "skewless_http_requests_total", endpoint="/metrics", service="", status="200") == 5
+    # The scrapes before the last one are counted too (each once answered): the baseline and five.
+    assert value(last, "skewless_http_requests_total", endpoint="/metrics", service="", status="200") == 6
     for view, live in published.items():
         assert live is not None
-        age = value(scrapes[-1], "skewless_online_snapshot_age_seconds", view=view)
+        age = value(last, "skewless_online_snapshot_age_seconds", view=view)
         assert 0 < age <= (scraped_at - live.published_at).total_seconds()
 
 
@@ -206,3 +209,34 @@ def test_counters_kept_elsewhere_are_exported(online: RedisOnlineStore) -> None:
     assert value(found, "skewless_test_served_log_total", counter="offered") == 7
     assert value(found, "skewless_test_served_log_total", counter="dropped") == 2
     assert again == 9
+
+
+def test_serving_metrics_takes_true_or_false(tmp_path: Path) -> None:
+    from features.config import RepoConfig
+    from features.errors import ConfigError
+
+    assert RepoConfig.from_dict(tmp_path, {"serving": {"metrics": False}}).metrics is False
+    with pytest.raises(ConfigError, match=r"'serving\.metrics' must be true or false, not 'no'"):
+        RepoConfig.from_dict(tmp_path, {"serving": {"metrics": "no"}})
+
+
+def test_the_latency_histogram_holds_what_was_observed(online: RedisOnlineStore) -> None:
+    """The histogram's buckets, count and sum against a plain-Python oracle over the same durations (the
+    counts are copied into prometheus_client's per-bucket values: this checks that copy)."""
+    metrics = service_metrics()
+    durations = [0.0001, 0.0005, 0.0007, 0.003, 0.003, 0.04, 0.9, 7.0, 12.5]
+    token = SERVICE.set("histogram_test")
+    try:
+        for seconds in durations:
+            metrics.answered("/v1/features", 200, seconds)
+    finally:
+        SERVICE.reset(token)
+    with TestClient(create_app(plan_provider=plan_version, store=online)) as client:
+        found = samples(client.get("/metrics").text)
+    labels = {"endpoint": "/v1/features", "service": "histogram_test"}
+    name = "skewless_http_request_duration_seconds"
+    for bound in [*LATENCY_BUCKETS, float("inf")]:
+        le = "+Inf" if bound == float("inf") else str(bound)
+        assert value(found, f"{name}_bucket", le=le, **labels) == sum(1 for d in durations if d <= bound), le
+    assert value(found, f"{name}_count", **labels) == len(durations)
+    assert value(found, f"{name}_sum", **labels) == pytest.approx(sum(durations))

@@ -1,0 +1,127 @@
+"""What ``/metrics`` costs a 1-entity lookup: ``skewless serve --workers 2`` with ``serving.metrics`` on (every
+request counted and timed, in prometheus_client's multiprocess mode) and off, measured with wrk (16 connections)
+in interleaved rounds (off, on, off, on, ...) on the same machine and redis-server.
+
+    python bench/metrics_cost.py --rounds 5 --seconds 6
+
+Prints one JSON line per round, then the medians and spreads, then the per-request metric work alone,
+in-process in multiprocess mode (one request's count and latency, and the statuses of a 2-view answer; best of
+5 x 100,000), whose share of a request at the median req/s is the cost without a shared machine's noise. The
+issue's target is a cost of at most 3% of req/s. About 2.5 minutes with the defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.run import SKEWLESS_CLI, log, server, wrk_load  # noqa: E402
+from features.dtypes import DType  # noqa: E402
+from features.lookup import FeatureValues, LookupResult  # noqa: E402
+from online.redis_store import RedisOnlineStore  # noqa: E402
+from tests.servers import free_port, redis_server  # noqa: E402
+from tests.serving.conftest import publish_rows, write_repo  # noqa: E402
+
+BODY = json.dumps({"feature_service": "fraud", "entities": {"card_id": [1], "merchant": ["acme"]}}).encode()
+WORKERS = "2"
+
+
+def metric_work_microseconds(calls: int = 100_000) -> float:
+    """One request's metric work, in µs (best of 5 runs of ``calls``), in multiprocess mode (memory-mapped files,
+    as with several workers): the request counted and timed, and a 1-entity answer of 2 views' statuses."""
+    assert "prometheus_client.values" not in sys.modules, "multiprocess mode is chosen when the client is imported"
+    from serving_api.metrics import SERVICE, service_metrics
+
+    metrics = service_metrics()
+    SERVICE.set("fraud")
+    present = ["present"]
+    result = LookupResult(
+        plan_version=1,
+        entities={"card_id": [1], "merchant": ["acme"]},
+        features={
+            "card__limit": FeatureValues(DType.FLOAT64, [1.0], present, [0]),
+            "card__tier": FeatureValues(DType.STRING, ["gold"], present, [0]),
+            "merchant__risk": FeatureValues(DType.INT64, [7], present, [0]),
+        },
+    )
+    best = float("inf")
+    for _ in range(5):
+        began = time.perf_counter()
+        for _ in range(calls):
+            metrics.answered("/v1/features", 200, 0.0003)
+            metrics.served(result)
+        best = min(best, (time.perf_counter() - began) / calls * 1e6)
+    return best
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=6.0)
+    args = parser.parse_args()
+    results: dict[str, list[float]] = {"off": [], "on": []}
+    with redis_server() as redis_url, tempfile.TemporaryDirectory() as tmp:
+        with RedisOnlineStore(redis_url, project="metricsbench") as store:
+            publish_rows(store)
+        repos = {}
+        for setting in ("off", "on"):
+            (Path(tmp) / setting).mkdir()
+            serving = f"  metrics: {'true' if setting == 'on' else 'false'}\n"
+            repos[setting] = write_repo(Path(tmp) / setting, redis_url, "metricsbench", serving)
+        for round_ in range(args.rounds):
+            for setting in ("off", "on"):
+                port = free_port()
+                command = [str(SKEWLESS_CLI), "serve", "--repo", str(repos[setting]), "--port", str(port)]
+                with server([*command, "--workers", WORKERS], port, logfile=Path(tmp) / f"serve-{setting}.log"):
+                    url = f"http://127.0.0.1:{port}/v1/features"
+                    wrk_load(url, BODY, 2, Path(tmp))  # warm up
+                    rps, p99, errors = wrk_load(url, BODY, args.seconds, Path(tmp))
+                if errors:
+                    raise SystemExit(f"{errors} answers were not 2xx with metrics {setting}")
+                results[setting].append(rps)
+                log(json.dumps({"round": round_, "metrics": setting, "requests_per_s": rps, "p99_ms": p99}))
+    off, on = statistics.median(results["off"]), statistics.median(results["on"])
+    print(
+        json.dumps(
+            {
+                "workers": int(WORKERS),
+                "rps_metrics_off": results["off"],
+                "rps_metrics_on": results["on"],
+                "median_rps_metrics_off": off,
+                "median_rps_metrics_on": on,
+                "spread_pct_off": round(100 * (max(results["off"]) - min(results["off"])) / off, 1),
+                "spread_pct_on": round(100 * (max(results["on"]) - min(results["on"])) / on, 1),
+                "cost_pct": round(100 * (1 - on / off), 1),
+                "load_average": os.getloadavg(),
+            }
+        )
+    )
+    with tempfile.TemporaryDirectory() as folder:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+        work = metric_work_microseconds()
+    # The wall time per request at the median req/s: with 2 workers each request has about twice that in a
+    # worker, so the share below is an upper bound.
+    per_request_us = 1e6 / off
+    print(
+        json.dumps(
+            {
+                "metric_work_us": round(work, 2),
+                "request_us_at_median_rps": round(per_request_us, 1),
+                "metric_work_pct_at_most": round(100 * work / per_request_us, 2),
+            }
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
