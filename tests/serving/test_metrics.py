@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import tempfile
 import time
 import warnings
 from collections import Counter
@@ -77,11 +78,13 @@ LOOKUPS: list[tuple[dict[str, Any], int, str, dict[tuple[str, str], int]]] = [
 
 
 @pytest.mark.slow
-def test_two_workers_count_every_request(tmp_path: Path, redis_url: str, online: RedisOnlineStore) -> None:
+@pytest.mark.parametrize("asgi", ["uvicorn", "granian"])
+def test_two_workers_count_every_request(tmp_path: Path, redis_url: str, online: RedisOnlineStore, asgi: str) -> None:
     repo = write_repo(tmp_path, redis_url, online.project)
     port = servers.free_port()
     url = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-c", SERVE, "serve", "--repo", str(repo), "--port", str(port), "--workers", "2"]
+    command += ["--server", asgi]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     requests: Counter[tuple[str, str, str]] = Counter()  # the oracle: (endpoint, service, status) sent
     served: Counter[tuple[str, str]] = Counter()
@@ -142,14 +145,19 @@ def _requests(found: Samples) -> dict[tuple[str, str, str], float]:
 
 
 def _metrics_folder(pid: int) -> str:
-    """The PROMETHEUS_MULTIPROC_DIR of the workers of the serve process ``pid`` (from their environment)."""
-    for child in Path(f"/proc/{pid}/task").glob("*/children"):
-        for worker in child.read_text().split():
-            environ = Path(f"/proc/{worker}/environ").read_bytes().split(b"\0")
-            for entry in environ:
-                if entry.startswith(b"PROMETHEUS_MULTIPROC_DIR="):
-                    return entry.split(b"=", 1)[1].decode()
-    raise AssertionError("no worker has PROMETHEUS_MULTIPROC_DIR")
+    """The metrics folder of the serve process ``pid``: the one under the temporary folder whose files are named
+    after its workers (uvicorn's are its children; granian's may be further down, forked: /proc would show an
+    environment from before ``serve`` set the variable)."""
+    workers, pending = set(), [pid]
+    while pending:
+        for child in Path(f"/proc/{pending.pop()}/task").glob("*/children"):
+            for worker in child.read_text().split():
+                workers.add(worker)
+                pending.append(int(worker))
+    for folder in Path(tempfile.gettempdir()).glob("skewless-metrics-*"):
+        if any(name.rsplit("_", 1)[-1].removesuffix(".db") in workers for name in os.listdir(folder)):
+            return str(folder)
+    raise AssertionError(f"no metrics folder names a worker of {pid} ({sorted(workers)})")
 
 
 @pytest.fixture
