@@ -28,18 +28,18 @@ across workers (the snapshot age is not per worker: the worker answering works i
 ``Enum``, gauges summed or maxed by their ``multiprocess_mode``.
 
 Per request the service adds to plain dictionaries of this process (a count, a latency bucket, for a lookup the
-statuses per view: ~1-2 µs of a ~300 µs lookup); a thread of each worker copies them into Prometheus's values
-every :data:`SYNC_SECONDS`, and the worker answering a scrape copies its own first. So a scrape shows the other
-workers' requests of the last second or so at the next scrape: nothing is lost, and Prometheus scrapes every
-15 s or more.
+statuses per view: ~1-2 µs of a ~300 µs lookup); each worker copies them into Prometheus's values every
+:data:`SYNC_SECONDS` on its event loop, between requests, and the worker answering a scrape copies its own first.
+So a scrape shows the other workers' requests of the last second or so at the next scrape: nothing is lost, and
+Prometheus scrapes every 15 s or more.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import threading
-import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
@@ -125,7 +125,7 @@ class ServiceMetrics:
         self._copied: dict[tuple[Any, ...], float] = {}  # what sync() copied of each count, by its key
         self._extra: list[tuple[Callable[[], Mapping[str, float]], Any, dict[str, float]]] = []
         self._sync_lock = threading.Lock()
-        threading.Thread(target=self._sync_forever, name="metrics-sync", daemon=True).start()
+        self._ticking: asyncio.AbstractEventLoop | None = None  # the event loop sync() is scheduled on
 
     # -- per request (the hot path: plain dictionaries and lists, see sync) -------------------------------------
     def answered(self, path: str, status: int, seconds: float) -> None:
@@ -138,6 +138,8 @@ class ServiceMetrics:
             latencies = self._latencies[endpoint, service] = [0.0] * (len(_BOUNDS) + 1)
         latencies[bisect_left(_BOUNDS, seconds)] += 1  # the first bucket whose bound is >= seconds
         latencies[-1] += seconds
+        if self._ticking is None or self._ticking.is_closed():  # the first request on this event loop
+            self._tick()
 
     def served(self, result: LookupResult) -> None:
         """Count the statuses of a lookup's answer: per view, one per entity (a view's features share them)."""
@@ -200,13 +202,19 @@ class ServiceMetrics:
         self._copied[key] = value
         return gained
 
-    def _sync_forever(self) -> None:
-        while True:
-            time.sleep(SYNC_SECONDS)
-            try:
-                self.sync()
-            except Exception:  # never let the thread die: the next round copies what this one missed
-                logger.warning("could not copy the metrics", exc_info=True)
+    def _tick(self) -> None:
+        """Copy the counts now and again in :data:`SYNC_SECONDS`, on the worker's event loop, between requests: no
+        thread beside the loop, whose wake-ups would contend for the GIL with the requests."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # counted outside a server (a test): copied at the next scrape
+            return
+        self._ticking = loop
+        loop.call_later(SYNC_SECONDS, self._tick)
+        try:
+            self.sync()
+        except Exception:  # the next tick copies what this one missed
+            logger.warning("could not copy the metrics", exc_info=True)
 
     # -- counters kept elsewhere ----------------------------------------------------------------------------------
     def register_counters(self, prefix: str, read: Callable[[], Mapping[str, float]], documentation: str) -> None:
