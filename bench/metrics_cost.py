@@ -69,6 +69,22 @@ def metric_work_microseconds(calls: int = 100_000) -> float:
     return asyncio.run(measure())
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of ``pid`` and its descendants (the server and its workers), from /proc."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total, pending = 0.0, [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+            for children in Path(f"/proc/{current}/task").glob("*/children"):
+                pending += [int(c) for c in children.read_text().split()]
+        except OSError:
+            continue  # gone meanwhile
+    return total
+
+
 def app_microseconds(redis_url: str, rounds: int = 15, requests: int = 2000) -> dict[str, float]:
     """The whole in-process lookup (``ServingApp`` called as the server calls it: the gate, the lookup, the
     Redis round trip on a real redis-server, the answer), metrics on and off, in alternating rounds of
@@ -120,6 +136,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=5.0)
     args = parser.parse_args()
     results: dict[str, list[float]] = {"off": [], "on": []}
+    cpu: dict[str, list[float]] = {"off": [], "on": []}  # the server's CPU µs per request answered
     with redis_server() as redis_url, tempfile.TemporaryDirectory() as tmp:
         with RedisOnlineStore(redis_url, project="metricsbench") as store:
             publish_rows(store)
@@ -133,14 +150,20 @@ def main() -> int:
             for setting in ("off", "on") if round_ % 2 == 0 else ("on", "off"):
                 port = free_port()
                 command = [str(SKEWLESS_CLI), "serve", "--repo", str(repos[setting]), "--port", str(port)]
-                with server([*command, "--workers", WORKERS], port, logfile=Path(tmp) / f"serve-{setting}.log"):
+                log_file = Path(tmp) / f"serve-{setting}.log"
+                with server([*command, "--workers", WORKERS], port, logfile=log_file) as pid:
                     url = f"http://127.0.0.1:{port}/v1/features"
                     wrk_load(url, BODY, 2, Path(tmp))  # warm up
+                    used = cpu_seconds(pid)
                     rps, p99, errors = wrk_load(url, BODY, args.seconds, Path(tmp))
+                    used = cpu_seconds(pid) - used
+                # CPU time per request is less exposed than req/s to the other work on a shared machine.
+                cpu[setting].append(round(used / (rps * args.seconds) * 1e6, 1))
                 if errors:
                     raise SystemExit(f"{errors} answers were not 2xx with metrics {setting}")
                 results[setting].append(rps)
-                log(json.dumps({"round": round_, "metrics": setting, "requests_per_s": rps, "p99_ms": p99}))
+                row = {"round": round_, "metrics": setting, "requests_per_s": rps, "p99_ms": p99}
+                log(json.dumps(row | {"server_cpu_us_per_request": cpu[setting][-1]}))
         with tempfile.TemporaryDirectory() as folder:
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder  # as with several workers
             work = metric_work_microseconds()
@@ -160,6 +183,9 @@ def main() -> int:
                 "median_pair_cost_pct": round(
                     100 * (1 - statistics.median(b / a for a, b in zip(results["off"], results["on"], strict=True))), 1
                 ),
+                "server_cpu_us_per_request_off": cpu["off"],
+                "server_cpu_us_per_request_on": cpu["on"],
+                "cpu_cost_pct": round(100 * (statistics.median(cpu["on"]) / statistics.median(cpu["off"]) - 1), 1),
                 "load_average": os.getloadavg(),
             }
         )
