@@ -92,6 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON, for scripts")
     p.set_defaults(handler=cmd_runs)
 
+    p = sub.add_parser("status", help="freshness per view: last runs, the online snapshot and its age; exit 1 if stale")
+    _repo_arg(p)
+    p.add_argument("views", nargs="*", metavar="VIEW", help="views to show (default: all stored views)")
+    p.add_argument("--json", action="store_true", help="print JSON, for scripts")
+    p.set_defaults(handler=cmd_status)
+
     p = sub.add_parser("describe", help="everything about one entity, view or service, with its last runs")
     _repo_arg(p)
     p.add_argument("name", help="an entity, view, on-demand view or service")
@@ -464,6 +470,27 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     ]
     console.print(table(f"Kept snapshots of {args.view}", ["snapshot", "Delta version", "published at", ""], rows))
     return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Exit 1 when a view is stale (see :mod:`features.status` for the rules)."""
+    from features.status import STATUS_COLUMNS, status_rows, view_statuses
+
+    with _store(args) as store:
+        statuses = view_statuses(store, args.views)
+    stale = [s for s in statuses if s["stale"]]
+    if args.json:
+        print(json.dumps(statuses, indent=2))
+        return 1 if stale else 0
+    console.print(table(f"Status ({len(stale)} of {len(statuses)} stale)", STATUS_COLUMNS, status_rows(statuses)))
+    # Reasons and errors go under the table, whole: columns of them would squeeze it past a terminal's width.
+    for status in stale:
+        console.print(f"[yellow]stale[/]: {status['view']}: {'; '.join(status['stale'])}")
+    for status in statuses:
+        failure = status["last_failure"]
+        if failure is not None and failure["error"]:
+            console.print(f"[red]last failure[/] of {status['view']} ({failure['finished_at']}): {failure['error']}")
+    return 1 if stale else 0
 
 
 def cmd_prune(args: argparse.Namespace) -> int:

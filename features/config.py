@@ -192,6 +192,12 @@ SETTINGS: tuple[Setting, ...] = (
         "days of the log 'skewless log land' keeps in the Delta table; older days are deleted",
     ),
     Setting(
+        "serving.metrics",
+        True,
+        "serve GET /metrics (Prometheus text format: requests, latency, statuses served, snapshot ages, online "
+        "store errors); it takes a token when tokens are configured",
+    ),
+    Setting(
         "connections",
         {},
         "source databases by name (SQLAlchemy URLs; relative SQLite paths are relative to this file)",
@@ -300,6 +306,7 @@ class RepoConfig:
     log_flush_seconds: float = DEFAULTS["serving.log.flush_seconds"]
     log_queue_size: int = DEFAULTS["serving.log.queue_size"]
     log_retention_days: int = DEFAULTS["serving.log.retention_days"]
+    metrics: bool = DEFAULTS["serving.metrics"]
 
     @classmethod
     def load(cls, root: str | os.PathLike[str]) -> RepoConfig:
@@ -368,6 +375,7 @@ class RepoConfig:
             ),
             log_queue_size=whole("serving.log.queue_size", 1),
             log_retention_days=whole("serving.log.retention_days", 1),
+            metrics=_flag(serving, "serving.metrics", source),
         )
 
     # Resolved values: environment interpolated, relative paths anchored at the repository.
@@ -443,3 +451,11 @@ def reference_yaml(project: str) -> str:
 def _yaml_value(value: Any) -> str:
     """``value`` as YAML on one line (every default is a scalar or an empty mapping)."""
     return str(yaml.safe_dump({"v": value}, default_flow_style=False, width=1000)).strip()[len("v: ") :]
+
+
+def _flag(values: dict[str, Any], key: str, source: str) -> bool:
+    """A true/false setting (YAML's booleans only: "no" in quotes is a string, not false)."""
+    value = values.get(key.rpartition(".")[2], DEFAULTS[key])
+    if not isinstance(value, bool):
+        raise ConfigError(f"{source}: '{key}' must be true or false, not {value!r}")
+    return value

@@ -78,6 +78,15 @@ from serving_api.auth import Authenticator, Grant
 from serving_api.feast_door import FEAST, add_feast_door
 from serving_api.guard import GRANT, Gate, replay, tag, with_request_id
 from serving_api.log_throttle import ThrottledLog
+from serving_api.metrics import (
+    CONTENT_TYPE,
+    METRICS_PATH,
+    SERVICE,
+    ServiceMetrics,
+    record_store_error,
+    service_metrics,
+    snapshot_ages,
+)
 from serving_api.served_log import ServedLog
 
 if TYPE_CHECKING:
@@ -261,11 +270,37 @@ class ServingApp(FastAPI):
 
     answer_lookup: LookupHandler | None = None  # see lookup_handler
     gate = Gate(Authenticator({}), DEFAULT_MAX_BODY_BYTES)
+    metrics: ServiceMetrics | None = None  # counts and times every request (serving.metrics)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":  # lifespan (the app has no websocket route)
             await super().__call__(scope, receive, send)
             return
+        if self.metrics is None:
+            await self._answer(scope, receive, send)
+            return
+        # Every answer counted and timed here, refusals of the gate included (see serving_api.metrics).
+        began = time.perf_counter()
+        status = 0
+
+        async def send_counted(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        token = SERVICE.set("")
+        try:
+            await self._answer(scope, receive, send_counted)
+        except BaseException:
+            status = status or 500
+            raise
+        finally:
+            if status:  # 0: the client went away before an answer
+                self.metrics.answered(_path(scope), status, time.perf_counter() - began)
+            SERVICE.reset(token)
+
+    async def _answer(self, scope: Scope, receive: Receive, send: Send) -> None:
         admitted = await self.gate.admit(scope, receive, send)
         if admitted is None:  # answered already (refused), or the client went away
             return
@@ -299,6 +334,7 @@ def create_app(
     max_body_bytes: int | None = None,
     max_request_fields: int | None = None,
     served_log: ServedLog | None = None,
+    metrics: bool | None = None,
 ) -> FastAPI:
     """The service for a feature repository (``repo_path``), or for a plan provider and a store (tests, or
     embedding the service in another app). A request may ask for at most ``max_entities`` entities and name at
@@ -313,7 +349,8 @@ def create_app(
     (:func:`gc.freeze`, process-wide: ``skewless serve`` sets it), so a full collection walks only what requests
     allocate: without it one took ~130 ms in the middle of a request. ``opentelemetry`` turns on FastAPI's
     native OpenTelemetry spans and metrics for every request, through the globally configured providers (off
-    by default: checking for providers alone cost ~20 µs per request).
+    by default: checking for providers alone cost ~20 µs per request). ``metrics`` serves ``GET /metrics``
+    (:mod:`serving_api.metrics`; default: the repository's ``serving.metrics``, on with a plan provider).
 
     >>> app = create_app("path/to/repo")                                    # doctest: +SKIP
     >>> app = create_app(plan_provider=registry.latest, store=RedisOnlineStore(url))  # doctest: +SKIP
@@ -327,6 +364,8 @@ def create_app(
     max_body_bytes = max_body_bytes or (config.max_body_bytes if config else DEFAULT_MAX_BODY_BYTES)
     if served_log is None and config is not None:
         served_log = ServedLog.from_config(config)
+    if metrics is None:
+        metrics = config.metrics if config else True
     plans = _plan_cache(plan_provider, loader, refresh_seconds)
     app = ServingApp(
         title="skewless feature serving",
@@ -349,12 +388,15 @@ def create_app(
         if owned is not None
         else None
     )
-    answer_lookup = lookup_handler(plans, store, loader, caps, contracts=contracts, served_log=served_log)
+    counted = _add_metrics_route(app, plans, store) if metrics else None
+    answer_lookup = lookup_handler(
+        plans, store, loader, caps, contracts=contracts, served_log=served_log, metrics=counted
+    )
     if not opentelemetry:
         app.answer_lookup = answer_lookup  # the fast path (see ServingApp); OpenTelemetry needs the routed way
     _add_lookup_routes(app, answer_lookup)
     _add_health_route(app, plans, store)
-    feast_lookup = lookup_handler(plans, store, loader, caps, FEAST, served_log=served_log)
+    feast_lookup = lookup_handler(plans, store, loader, caps, FEAST, served_log=served_log, metrics=counted)
     add_feast_door(app, lookup_endpoint(feast_lookup), LOOKUP_ERRORS)
     if owned is not None:  # served from a repository: its catalog, and pushes (they write to its offline path)
         from serving_api.catalog_ui import create_catalog_app
@@ -528,8 +570,10 @@ def lookup_handler(
     loader: FunctionLoader,
     caps: Caps,
     dialect: LookupDialect = NATIVE,
+    *,
     contracts: ContractCache | None = None,
     served_log: ServedLog | None = None,
+    metrics: ServiceMetrics | None = None,
 ) -> LookupHandler:
     """The one handler of lookups: the answer to a request body for a caller's grant, never raising (errors
     become their HTTP statuses). :meth:`ServingApp.__call__` (the fast path) calls it with the body it read, the
@@ -537,7 +581,8 @@ def lookup_handler(
     ``POST /v1/features`` speaks :data:`NATIVE`, ``POST /get-online-features`` Feast's
     (:mod:`serving_api.feast_door`). The request data counts in ``caps`` as the entity columns do. ``contracts``
     are the training contracts a request may name (none: every contract is unknown). Answered lookups (200 only:
-    an error has no values to audit) are offered to ``served_log``, whatever the dialect."""
+    an error has no values to audit) are offered to ``served_log``, whatever the dialect; ``metrics`` counts the
+    statuses served per view."""
 
     async def answer_lookup(raw_body: bytes, grant: Grant) -> Response:
         # On the event loop: the Redis read is awaited on the worker's one pipelined connection (a store without
@@ -563,6 +608,7 @@ def lookup_handler(
                     contracts, plan, version.version, contract, body.features, body.feature_service
                 )
                 lookup = _prepare(plan, refs, None)
+            SERVICE.set(service or "features")  # a known service now: a label of the request's metrics
             entities, request_data = dialect.inputs(body, lookup)
             result = await lookup.run_async(
                 store,
@@ -571,6 +617,8 @@ def lookup_handler(
                 request_data=request_data,
                 functions=loader.functions_for(plan) if plan.on_demand_views else None,
             )
+            if metrics is not None:
+                metrics.served(result)
             answer = JSONAnswer(dialect.answer(body, lookup, result))
         except Exception as exc:
             return _error_answer(exc)
@@ -653,6 +701,27 @@ def _add_health_route(app: FastAPI, plans: PlanCache, store: OnlineStore) -> Non
         return JSONAnswer({"status": "ok", "plan_version": version.version})
 
 
+def _add_metrics_route(app: ServingApp, plans: PlanCache, store: OnlineStore) -> ServiceMetrics:
+    """``GET /metrics`` (:mod:`serving_api.metrics`), and the app counting every request. It takes a token when
+    tokens are configured (any of them): its labels name the views and services, and their traffic."""
+    metrics = app.metrics = service_metrics()
+    ages = snapshot_ages(plans.get, store)
+
+    @app.get(METRICS_PATH, include_in_schema=False)
+    def prometheus_metrics() -> Response:
+        # A plain def: FastAPI runs it in a thread, so the pointer reads of the snapshot ages block no request.
+        return Response(metrics.exposition(ages), media_type=CONTENT_TYPE)
+
+    return metrics
+
+
+def _path(scope: Scope) -> str:
+    """The request's path below any ``root_path``."""
+    path: str = scope["path"]
+    root = scope.get("root_path")
+    return path[len(root) :] if root and path.startswith(root) else path
+
+
 _REQUEST_BODY = {
     "required": True,
     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/FeaturesRequest"}}},
@@ -716,6 +785,8 @@ def _error_answer(exc: Exception) -> Response:
     ):
         return _error(422, type(exc).__name__, str(exc))
     if isinstance(exc, OnlineStoreError | RegistryError):
+        if isinstance(exc, OnlineStoreError):
+            record_store_error(exc)
         _unavailable_log.warning("request %s: lookup failed: %s", REQUEST_ID.get(), redact_text(str(exc)))
         return _error(503, type(exc).__name__, _safe_message(exc))
     return _unexpected(exc)

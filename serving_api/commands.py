@@ -6,13 +6,17 @@ import argparse
 import contextlib
 import ipaddress
 import os
+import shutil
 import socket
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from features.config import RepoConfig
 from serving_api.app import ENV_OPENTELEMETRY, ENV_REPO
+from serving_api.metrics import ENV_MULTIPROC
 
 
 def register_serve(subparsers: Any) -> None:
@@ -95,9 +99,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
     os.environ[ENV_REPO] = str(repo)
     os.environ[ENV_OPENTELEMETRY] = "1" if args.opentelemetry else "0"
-    if args.server == "granian":
-        return serve_granian(args)
-    return serve_uvicorn(args)
+    with metrics_folder(repo_config.metrics and args.workers > 1):
+        if args.server == "granian":
+            return serve_granian(args)
+        return serve_uvicorn(args)
+
+
+@contextlib.contextmanager
+def metrics_folder(several_workers: bool) -> Iterator[None]:
+    """With several workers, a fresh folder for their metrics (``prometheus_client``'s multiprocess mode, see
+    :mod:`serving_api.metrics`), named in the environment before any worker starts and removed at exit: a folder
+    left from an earlier run would add its counts to this one's. One worker keeps its metrics in memory."""
+    os.environ.pop(ENV_MULTIPROC, None)  # one inherited from a caller's shell would mix runs
+    if not several_workers:
+        yield
+        return
+    folder = tempfile.mkdtemp(prefix="skewless-metrics-")
+    os.environ[ENV_MULTIPROC] = folder
+    try:
+        yield
+    finally:
+        os.environ.pop(ENV_MULTIPROC, None)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def serve_uvicorn(args: argparse.Namespace) -> int:

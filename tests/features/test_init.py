@@ -79,6 +79,7 @@ READER_KEYS = {
     "serving.log.flush_seconds": (0.5, "log_flush_seconds"),
     "serving.log.queue_size": (7, "log_queue_size"),
     "serving.log.retention_days": (3, "log_retention_days"),
+    "serving.metrics": (False, "metrics"),
 }
 
 
@@ -91,7 +92,8 @@ def test_the_reference_holds_every_key_the_reader_reads_at_its_default(tmp_path:
     for key, (_, attribute) in READER_KEYS.items():
         default = getattr(defaults, attribute)
         assert written[key] == ("shop" if key == "project" else default), key
-        assert f"Default: {'{}' if default == {} else default}" in comments[key], (key, comments[key])
+        shown = "{}" if default == {} else str(default).lower() if isinstance(default, bool) else default  # YAML's
+        assert f"Default: {shown}" in comments[key], (key, comments[key])
     # read back, the file is the defaults (the project aside)
     assert RepoConfig.from_dict(tmp_path, yaml.safe_load(text)) == RepoConfig(root=tmp_path, project="shop")
 
