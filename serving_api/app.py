@@ -389,6 +389,19 @@ def create_app(
         else None
     )
     counted = _add_metrics_route(app, plans, store) if metrics else None
+    if counted is not None and served_log is not None:
+        log = served_log
+        counted.register_counters(
+            "served_log",
+            lambda: {
+                "offered": log.offered,
+                "sampled_out": log.sampled_out,
+                "dropped": log.dropped,
+                "written": log.written,
+                "failed": log.failed,
+            },
+            "lookups offered to the served-feature log, by what became of them (dropped: the queue was full)",
+        )
     answer_lookup = lookup_handler(
         plans, store, loader, caps, contracts=contracts, served_log=served_log, metrics=counted
     )
