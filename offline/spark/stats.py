@@ -5,6 +5,7 @@ moments, quantiles and distinct count, and one grouping for the top values of th
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from pyspark.sql import DataFrame, Window
@@ -105,6 +106,9 @@ def _feature(row: dict[str, Any], prefix: str, dtype: DType, top: tuple[tuple[An
     if not dtype.is_numeric:
         return FeatureStats(dtype.value, count, nulls)
     picked = row[f"{prefix}_quantiles"]
+    stddev = row[f"{prefix}_stddev"]
+    if stddev is not None and math.isnan(stddev):  # finite values whose moments overflowed float64 (inf - inf)
+        stddev = math.inf
     return FeatureStats(
         dtype.value,
         count,
@@ -115,6 +119,6 @@ def _feature(row: dict[str, Any], prefix: str, dtype: DType, top: tuple[tuple[An
         min=row[f"{prefix}_min"],
         max=row[f"{prefix}_max"],
         mean=row[f"{prefix}_mean"],
-        stddev=row[f"{prefix}_stddev"],
+        stddev=stddev,
         quantiles={} if picked is None else {name: v for (name, _), v in zip(QUANTILES, picked, strict=True)},
     )
