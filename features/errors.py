@@ -216,3 +216,8 @@ def did_you_mean(name: str, known: Iterable[str]) -> str:
 class CleanupError(SkewlessError, RuntimeError):
     """``skewless prune`` or ``teardown`` refused to start, or stopped part way (the message says what it had
     deleted; everything else is as it was)."""
+
+
+class StatsError(SkewlessError, LookupError):
+    """The statistics asked for do not exist: a view without runs with statistics, a run number out of range, a
+    training-set manifest without statistics."""

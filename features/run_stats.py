@@ -127,21 +127,24 @@ class RunStats:
     quantile_rank_error: float = 0.0
     distinct_rsd: float = 0.0
 
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "engine": self.engine,
+            "quantile_rank_error": self.quantile_rank_error,
+            "distinct_rsd": self.distinct_rsd,
+            "written": _features_json(self.written),
+            "published": None if self.published is None else _features_json(self.published),
+        }
+
     def to_json(self) -> str:
-        return json.dumps(
-            {
-                "engine": self.engine,
-                "quantile_rank_error": self.quantile_rank_error,
-                "distinct_rsd": self.distinct_rsd,
-                "written": _features_json(self.written),
-                "published": None if self.published is None else _features_json(self.published),
-            },
-            allow_nan=False,
-        )
+        return json.dumps(self.to_dict(), allow_nan=False)
 
     @classmethod
     def from_json(cls, text: str) -> RunStats:
-        data = json.loads(text)
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunStats:
         published = data.get("published")
         return cls(
             engine=data["engine"],
@@ -180,6 +183,22 @@ def empty_stats(dtype: DType) -> FeatureStats:
 def arrow_stats(table: pa.Table, features: list[tuple[str, DType]]) -> dict[str, FeatureStats]:
     """The statistics of ``features`` (name, type) over the rows of ``table``, exactly (quantiles, distinct)."""
     return {name: _column_stats(table.column(name), dtype) for name, dtype in features}
+
+
+def table_stats(table: pa.Table, columns: list[str]) -> RunStats:
+    """The statistics of ``columns`` of an Arrow table (a training set), typed by their Arrow types."""
+    import pyarrow as pa
+
+    def dtype(kind: pa.DataType) -> DType:
+        if pa.types.is_integer(kind):
+            return DType.INT64
+        if pa.types.is_floating(kind):
+            return DType.FLOAT64
+        if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+            return DType.STRING
+        return DType.BOOL if pa.types.is_boolean(kind) else DType.TIMESTAMP
+
+    return RunStats("arrow", arrow_stats(table, [(c, dtype(table.schema.field(c).type)) for c in columns]))
 
 
 def _column_stats(column: pa.ChunkedArray, dtype: DType) -> FeatureStats:
@@ -224,3 +243,45 @@ def _column_stats(column: pa.ChunkedArray, dtype: DType) -> FeatureStats:
         stddev=stddev,
         quantiles={name: value.item() for (name, _), value in zip(QUANTILES, picked, strict=True)},
     )
+
+
+def served(stats: RunStats) -> dict[str, FeatureStats]:
+    """The distribution a run left served: its published latest rows, or the rows it wrote when it published
+    nothing (an offline-only view, a version already served)."""
+    return stats.published if stats.published is not None else stats.written
+
+
+def report_rows(columns: list[FeatureStats | None]) -> list[tuple[str, ...]]:
+    """One feature's statistics as table rows (statistic, then one cell per column of ``columns``; None: the
+    column lacks the feature), the rows that apply to the feature's type."""
+    known = [c for c in columns if c is not None]
+    numeric = any(c.is_numeric for c in known)
+    names = ["rows", "nulls"]
+    if numeric:
+        names += ["NaN", "+inf", "-inf", "min", *(name for name, _ in QUANTILES), "max", "mean", "stddev"]
+    elif any(c.distinct is not None for c in known):
+        names += ["distinct", "top values"]
+    return [(name, *(_cell(c, name) for c in columns)) for name in names]
+
+
+def _cell(stats: FeatureStats | None, name: str) -> str:
+    if stats is None:
+        return ""
+    value: Any = {
+        "rows": stats.count,
+        "nulls": stats.nulls,
+        "NaN": stats.nan,
+        "+inf": stats.pos_inf,
+        "-inf": stats.neg_inf,
+        "min": stats.min,
+        "max": stats.max,
+        "mean": stats.mean,
+        "stddev": stats.stddev,
+        "distinct": stats.distinct,
+        "top values": ", ".join(f"{v!r} {n:,}" for v, n in stats.top[:5]),
+    }.get(name, stats.quantiles.get(name))
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
