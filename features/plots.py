@@ -8,7 +8,7 @@ source stopped, and TTLs that are too short.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -50,6 +50,13 @@ def plot_coverage(training: pd.DataFrame, timestamp_column: str, path: str | Pat
     axes.grid(alpha=0.3)
     axes.legend(loc="lower right")
     figure.autofmt_xdate()
+    return _save(figure, path)
+
+
+def _save(figure: Any, path: str | Path) -> Path:
+    """Write ``figure`` into the PNG file ``path`` (its folder created) and release it."""
+    import matplotlib.pyplot as plt
+
     figure.tight_layout()
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -95,9 +102,4 @@ def plot_feature_stats(feature: str, curves: dict[str, FeatureStats], path: str 
     axes.grid(alpha=0.3)
     if curves:
         axes.legend()
-    figure.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out)
-    plt.close(figure)
-    return out
+    return _save(figure, path)
