@@ -128,6 +128,9 @@ def plan_prune(
         )
     latest = versions[-1]
     protected = versions[-keep_versions:] if keep_versions else versions
+    # Active training contracts protect the plan versions they were trained on (their tables are kept current).
+    contracted = {c.plan_version for c in store.registry.contracts().values() if c.retired_at is None}
+    protected = [v for v in versions if v in protected or v.version in contracted]
     tables = _table_folders(store.config, versions, {v.version for v in protected}, keep_versions)
     online, why_not = _online_keys(store, latest)
     doomed = {t.path.resolve() for t in tables if t.delete}
@@ -214,16 +217,30 @@ def _online_keys(store: FeatureStore, latest: PlanVersion) -> tuple[list[ViewKey
         return [], f"the online store {type(online).__name__} cannot list its keys: online keys are left as they are"
     served = {v.name for v in latest.plan.views if v.online}
     offline_only = {v.name for v in latest.plan.views if not v.online}
+    kept = _kept_for_contracts(store, latest)
     found = []
     for stored in online.stored_views():
         if stored.name in served:
             delete, reason = False, f"served by plan version {latest.version} (the latest)"
+        elif stored.name in kept:
+            delete, reason = False, f"an earlier definition served side by side for contract(s) {kept[stored.name]}"
         elif stored.name in offline_only:
             delete, reason = True, f"offline-only (online=False) in plan version {latest.version} (the latest)"
         else:
             delete, reason = True, f"not in plan version {latest.version} (the latest): nothing serves it"
         found.append(ViewKeys(stored.name, stored.keys, stored.snapshots, delete, reason))
     return found, ""
+
+
+def _kept_for_contracts(store: FeatureStore, latest: PlanVersion) -> dict[str, str]:
+    """The online names of earlier definitions kept for training contracts, with the contracts' names."""
+    from features.contracts import kept_versions
+
+    contracts = store.registry.contracts()
+    if not contracts or store.config.contract_versions <= 0:
+        return {}
+    found = kept_versions(latest.plan, contracts, lambda v: store.registry.get(v).plan, store.config.contract_versions)
+    return {view.online_name: ", ".join(names) for _, view, names in found}
 
 
 def _manifests_reading(doomed: set[Path], roots: Iterable[Path], config: RepoConfig) -> Iterator[tuple[str, int]]:

@@ -14,7 +14,7 @@ from typing import Any
 
 from features.catalog import KINDS, describe, list_objects, run_summary
 from features.console import console, progress_bars, table
-from features.errors import SkewlessError
+from features.errors import ContractError, SkewlessError
 from features.plugins import all_plugins
 from features.protocols import MaterializationResult
 
@@ -123,6 +123,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON, for scripts")
     p.set_defaults(handler=cmd_prune)
 
+    p = sub.add_parser(
+        "contract", help="register, list or retire training contracts (the definitions a model was trained on)"
+    )
+    _repo_arg(p)
+    p.add_argument("action", choices=["register", "list", "retire"], help="what to do")
+    p.add_argument("manifest", nargs="?", help="register: a training set's manifest (<set>.manifest.json)")
+    p.add_argument("--name", help="the contract's name (register, retire)")
+    p.add_argument("--json", action="store_true", help="list: print JSON, for scripts")
+    p.set_defaults(handler=cmd_contract)
+
+    p = sub.add_parser(
+        "rollback", help="serve a view's previous published snapshot again, at once (held until --release)"
+    )
+    _repo_arg(p)
+    p.add_argument("view", help="an online view")
+    p.add_argument(
+        "--to", metavar="SNAPSHOT", help="the snapshot to serve (default: the newest one older than the live)"
+    )
+    p.add_argument("--release", action="store_true", help="end the hold: the next run publishes again")
+    p.add_argument("--list", action="store_true", help="only list the kept snapshots")
+    p.set_defaults(handler=cmd_rollback)
+
     p = sub.add_parser("teardown", help="delete the repository's registry, tables and online keys; stop its servers")
     _repo_arg(p)
     p.add_argument("--yes", action="store_true", help="do not ask for the project name to confirm")
@@ -200,10 +222,77 @@ def print_diff(diff) -> None:  # type: ignore[no-untyped-def]
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    from features.contracts import broken_by
+
     with _store(args) as store:
-        _, diff = store.plan()
+        plan, diff = store.plan()
         print_diff(diff)
+        broken = broken_by(plan, store.registry.contracts())
+        kept = store.config.contract_versions > 0
+    for name, changed in broken.items():
+        if kept:
+            console.print(
+                f"contract '{name}' keeps being served its trained definitions of {', '.join(changed)} from the old "
+                "version, kept materialized beside the new one (online.contract_versions)"
+            )
+        else:
+            console.print(
+                f"[yellow]contract '{name}' would break: {', '.join(changed)} would no longer have the definitions "
+                "it was trained on; lookups under it would get 409 after apply (online.contract_versions is 0).[/]"
+            )
     return 0
+
+
+def cmd_contract(args: argparse.Namespace) -> int:
+    with _store(args) as store:
+        if args.action == "register":
+            if not args.manifest or not args.name:
+                raise ContractError("register needs a manifest file and --name")
+            contract = store.register_contract(args.manifest, name=args.name)
+            print(
+                f"contract '{contract.name}': {len(contract.fingerprints)} feature(s) of plan version "
+                f"{contract.plan_version}, registered by {contract.registered_by}"
+            )
+            return 0
+        if args.action == "retire":
+            if not args.name:
+                raise ContractError("retire needs --name")
+            store.retire_contract(args.name)
+            print(f"contract '{args.name}' retired")
+            return 0
+        contracts = store.registry.contracts()
+        live = store.plan_version().plan if store.registry.latest() is not None else None
+        kept = store.config.contract_versions > 0
+    from features.contracts import broken_by
+
+    broken = broken_by(live, contracts) if live is not None else {}
+    listed = [
+        {
+            "name": c.name,
+            "plan_version": c.plan_version,
+            "features": len(c.fingerprints),
+            "registered": c.registered_at.isoformat(timespec="seconds"),
+            "by": c.registered_by,
+            "state": _contract_state(c.retired_at is not None, broken.get(c.name), kept),
+        }
+        for c in contracts.values()
+    ]
+    if args.json:
+        print(json.dumps(listed, indent=2))
+        return 0
+    columns = ["name", "plan_version", "features", "registered", "by", "state"]
+    console.print(
+        table(f"Training contracts ({len(listed)})", columns, [tuple(str(c[k]) for k in columns) for c in listed])
+    )
+    return 0
+
+
+def _contract_state(retired: bool, changed: list[str] | None, kept: bool) -> str:
+    if retired:
+        return "retired"
+    if not changed:
+        return "served"
+    return ("side by side: " if kept else "broken: ") + ", ".join(changed)
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
@@ -397,6 +486,41 @@ def cmd_stats(args: argparse.Namespace) -> int:
             curves = curves or {"written": written}
             out = plot_feature_stats(feature, curves, Path(args.plot) / f"{args.view}__{feature}.png")
             console.print(f"drew {out}")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    with _store(args) as store:
+        if args.release:
+            ended = store.release(args.view)
+            print(
+                f"view '{args.view}': "
+                + (
+                    "not held; nothing to release"
+                    if ended is None
+                    else f"released ({ended}); the next run publishes the table's latest version"
+                )
+            )
+            return 0
+        if not args.list:
+            done = store.rollback(args.view, to=args.to)
+            print(
+                f"view '{args.view}': snapshot {done.to_snapshot} (Delta version {done.offline_version}) is live "
+                f"again instead of {done.from_snapshot}; runs are not published until "
+                f"'skewless rollback {args.view} --release'"
+            )
+        kept = store.kept_snapshots(args.view)
+        live = store.online_store().live_snapshot(store.plan_version().plan.view(args.view))
+    rows = [
+        (
+            s.version or "?",
+            str(s.watermark),
+            s.published_at.isoformat(timespec="seconds"),
+            ("live" + (f", held: {live.held}" if live.held else "")) if live and s.version == live.version else "",
+        )
+        for s in kept
+    ]
+    console.print(table(f"Kept snapshots of {args.view}", ["snapshot", "Delta version", "published at", ""], rows))
     return 0
 
 

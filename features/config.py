@@ -119,6 +119,18 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("online.store", "redis", "the online store plugin"),
     Setting(
+        "online.contract_versions",
+        2,
+        "earlier definitions of a view kept materialized and served side by side for registered training "
+        "contracts (those of the newest contracts); 0: none, lookups under a contract whose features changed get 409",
+    ),
+    Setting(
+        "online.keep_snapshots",
+        2,
+        "published snapshots kept per view (the live one included, at least 2): the ones 'skewless rollback' can "
+        "make live again; each costs the bytes of its rows in the store",
+    ),
+    Setting(
         "serving.tokens",
         {},
         "bearer tokens that may call the HTTP service, by name: the token's hash (sha256:<hex>, printed by "
@@ -214,6 +226,8 @@ class RepoConfig:
     spark: dict[str, str] = field(default_factory=dict)
     online_url: str = DEFAULTS["online.url"]
     online_store: str = DEFAULTS["online.store"]
+    keep_snapshots: int = DEFAULTS["online.keep_snapshots"]
+    contract_versions: int = DEFAULTS["online.contract_versions"]
     offline_engine: str = DEFAULTS["offline.engine"]
     concurrent_views: int = DEFAULTS["offline.concurrent_views"]
     arrow_join_max_mb: int = DEFAULTS["offline.arrow_join_max_mb"]
@@ -256,7 +270,7 @@ class RepoConfig:
             return {"": data, "offline": offline, "online": online}[section].get(name, DEFAULTS[key])
 
         def whole(key: str, minimum: int) -> int:
-            values = serving if key.startswith("serving.") else offline
+            values = {"serving": serving, "online": online}.get(key.split(".")[0], offline)
             return _whole_number(values, key, DEFAULTS[key], source, minimum=minimum)
 
         return cls(
@@ -271,6 +285,8 @@ class RepoConfig:
             arrow_materialize_max_rows=whole("offline.arrow_materialize_max_rows", 0),
             online_url=str(value("online.url")),
             online_store=str(value("online.store")),
+            keep_snapshots=whole("online.keep_snapshots", 2),
+            contract_versions=whole("online.contract_versions", 0),
             connections={str(k): str(v) for k, v in connections.items()},
             definitions=str(value("definitions")),
             serving_tokens=_tokens(serving.get("tokens") or {}, source),

@@ -221,3 +221,24 @@ class CleanupError(SkewlessError, RuntimeError):
 class StatsError(SkewlessError, LookupError):
     """The statistics asked for do not exist: a view without runs with statistics, a run number out of range, a
     training-set manifest without statistics."""
+
+
+class ContractError(SkewlessError, ValueError):
+    """A training contract that cannot be registered or retired: a manifest of another repository, a tampered
+    fingerprint, a name taken by another contract."""
+
+
+class ContractConflictError(SkewlessError, RuntimeError):
+    """A lookup under a training contract asked for features whose live definition is not the contracted one
+    (HTTP 409): never served with another definition's values."""
+
+    def __init__(self, contract: str, contract_plan_version: int, live_plan_version: int | None, changed: list[str]):
+        self.contract = contract
+        self.contract_plan_version = contract_plan_version
+        self.live_plan_version = live_plan_version
+        self.changed = changed
+        super().__init__(
+            f"contract '{contract}' was trained on plan version {contract_plan_version}; the definitions of "
+            f"{', '.join(changed)} changed since (live plan version {live_plan_version}) and their contracted "
+            "versions are not served: retrain and register a new contract, or apply the contracted definitions"
+        )

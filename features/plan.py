@@ -172,10 +172,18 @@ class ViewPlan:
     storage_fingerprint: str
     location: str
     cadence_seconds: int | None = None
+    #: Where the online store keeps this view's snapshots when not under its name: set (never stored in a plan)
+    #: for an earlier definition kept side by side for a training contract (``features.contracts``).
+    online_key: str = ""
 
     @property
     def is_windowed(self) -> bool:
         return self.cadence_seconds is not None
+
+    @property
+    def online_name(self) -> str:
+        """The name the online store keys this view's snapshots by: its name, or its ``online_key``."""
+        return self.online_key or self.name
 
     @property
     def key_names(self) -> tuple[str, ...]:

@@ -84,6 +84,26 @@ class LiveSnapshot:
     storage_fingerprint: str
     feature_fingerprints: tuple[tuple[str, str], ...]  # (feature name, fingerprint), in plan order
     published_at: datetime
+    version: str | None = None  # the publication version (what the served-feature log records)
+    held: str | None = None  # set while a rollback holds the view: who rolled it back and when
+
+
+@runtime_checkable
+class RollbackStore(Protocol):
+    """An online store that keeps earlier published snapshots and can make one live again at once."""
+
+    def kept_snapshots(self, view: str) -> list[LiveSnapshot]:
+        """The snapshots of ``view`` a rollback can make live (the live one included), newest first."""
+        ...
+
+    def rollback(self, view: str, *, to: str | None, held: str) -> tuple[str, str]:
+        """Make snapshot ``to`` (None: the newest kept one older than the live) live, holding the view (its
+        publications are refused, with ``held`` as the reason) until :meth:`release`; (from, to) versions."""
+        ...
+
+    def release(self, view: str) -> str | None:
+        """End a rollback's hold (the next run publishes again); the hold it ended, None when there was none."""
+        ...
 
 
 @runtime_checkable

@@ -12,13 +12,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import EllipsisType
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from features.errors import RegistryError
+from features.errors import ContractError, RegistryError
 from features.plan import Plan
 from features.redaction import redact_text, redact_url
 from features.run_stats import RunStats
+
+if TYPE_CHECKING:
+    from features.contracts import Contract
 
 _metadata = sa.MetaData()
 
@@ -68,6 +72,47 @@ training_sets = sa.Table(
     sa.Column("rows", sa.BigInteger, nullable=False),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
 )
+
+# Rollbacks and releases of views' online snapshots (skewless rollback): who, when, from and to which.
+rollbacks = sa.Table(
+    "skewless_rollbacks",
+    _metadata,
+    sa.Column("rollback_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("view", sa.String(200), nullable=False, index=True),
+    sa.Column("action", sa.String(20), nullable=False),  # "rollback" or "release"
+    sa.Column("from_snapshot", sa.String(40), nullable=True),
+    sa.Column("to_snapshot", sa.String(40), nullable=True),
+    sa.Column("offline_version", sa.BigInteger, nullable=True),  # the Delta version the snapshot came from
+    sa.Column("who", sa.String(200), nullable=False),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+)
+
+# Training contracts (features/contracts.py): a manifest's features and fingerprints, under a name.
+contracts = sa.Table(
+    "skewless_contracts",
+    _metadata,
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("plan_version", sa.Integer, nullable=False),
+    sa.Column("plan_fingerprint", sa.String(64), nullable=False),
+    sa.Column("fingerprints_json", sa.Text, nullable=False),  # {"view:feature": fingerprint}
+    sa.Column("manifest", sa.Text, nullable=False),
+    sa.Column("registered_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("registered_by", sa.String(200), nullable=False),
+    sa.Column("retired_at", sa.DateTime(timezone=True), nullable=True),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RollbackRecord:
+    """A rollback of a view's online snapshot (``from_snapshot`` -> ``to_snapshot``), or the release of its hold."""
+
+    view: str
+    action: str  # "rollback" or "release"
+    who: str
+    at: datetime
+    from_snapshot: str | None = None
+    to_snapshot: str | None = None
+    offline_version: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,6 +303,84 @@ class Registry:
             )
             for row in rows
         ]
+
+    def record_rollback(self, record: RollbackRecord) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(rollbacks.insert().values(**{f: getattr(record, f) for f in RollbackRecord.__slots__}))
+
+    def rollbacks(self, view: str | None = None) -> list[RollbackRecord]:
+        """The rollbacks and releases (of ``view``), oldest first."""
+        query = sa.select(rollbacks).order_by(rollbacks.c.rollback_id)
+        if view is not None:
+            query = query.where(rollbacks.c.view == view)
+        with self.engine.connect() as conn:
+            return [
+                RollbackRecord(**{**{f: row._mapping[f] for f in RollbackRecord.__slots__}, "at": _aware(row.at)})
+                for row in conn.execute(query)
+            ]
+
+    def register_contract(self, fields: dict[str, Any], *, by: str) -> tuple[Contract, bool]:
+        """Store a contract (``fields`` from :func:`features.contracts.from_manifest`); (the contract, whether
+        it is new). The same name with the same features and fingerprints is the contract already there; with
+        others, :class:`ContractError` (a name means one set of definitions for as long as it lives)."""
+        from features.contracts import Contract
+
+        existing = self.contracts().get(fields["name"])
+        if existing is not None and existing.retired_at is not None:
+            raise ContractError(f"contract '{fields['name']}' was retired; register this one under another name")
+        if existing is not None:
+            if existing.fingerprints == fields["fingerprints"] and existing.plan_version == fields["plan_version"]:
+                return existing, False
+            raise ContractError(
+                f"contract '{fields['name']}' already exists with other features or definitions (plan version "
+                f"{existing.plan_version}); register this one under another name"
+            )
+        contract = Contract(**fields, registered_at=datetime.now(UTC), registered_by=by)
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    contracts.insert().values(
+                        name=contract.name,
+                        plan_version=contract.plan_version,
+                        plan_fingerprint=contract.plan_fingerprint,
+                        fingerprints_json=json.dumps(contract.fingerprints),
+                        manifest=contract.manifest,
+                        registered_at=contract.registered_at,
+                        registered_by=by,
+                    )
+                )
+        except sa.exc.IntegrityError as exc:
+            raise ContractError(f"contract '{contract.name}' was registered meanwhile by another process") from exc
+        return contract, True
+
+    def contracts(self) -> dict[str, Contract]:
+        """Every contract registered (retired ones too), by name, oldest first."""
+        from features.contracts import Contract
+
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(contracts).order_by(contracts.c.registered_at)).all()
+        return {
+            row.name: Contract(
+                name=row.name,
+                plan_version=row.plan_version,
+                plan_fingerprint=row.plan_fingerprint,
+                fingerprints=json.loads(row.fingerprints_json),
+                registered_at=_aware(row.registered_at),
+                registered_by=row.registered_by,
+                manifest=row.manifest,
+                retired_at=None if row.retired_at is None else _aware(row.retired_at),
+            )
+            for row in rows
+        }
+
+    def retire_contract(self, name: str) -> Contract:
+        """Retire the active contract ``name`` (lookups under it get 404 from now on); UnknownNameError else."""
+        from features.contracts import find
+
+        found = find(self.contracts(), name)
+        with self.engine.begin() as conn:
+            conn.execute(contracts.update().where(contracts.c.name == name).values(retired_at=datetime.now(UTC)))
+        return found
 
     def materialized_storage(self) -> set[tuple[str, str]]:
         """(view, storage fingerprint) pairs that have data: what a breaking change would orphan."""

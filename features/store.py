@@ -12,6 +12,7 @@ The facade drives the offline engine (Spark) and the online store (Redis) throug
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
@@ -26,15 +27,21 @@ from features.compiler import compile_plan, reflect_with
 from features.config import RepoConfig
 from features.diff import PlanDiff, diff_plans
 from features.discovery import discover
-from features.errors import MaterializationError, RegistryError
+from features.errors import MaterializationError, OnlineStoreError, RegistryError
 from features.functions import FunctionLoader
 from features.plan import Plan, ViewPlan
 from features.plugins import load_plugin
-from features.protocols import MaterializationResult, OfflineEngine, OnlineStore, Progress
+from features.protocols import LiveSnapshot, MaterializationResult, OfflineEngine, OnlineStore, Progress
 from features.registry import PlanVersion, Registry, TrainingSetRecord
 
 if TYPE_CHECKING:
+    from features.contracts import Contract, ContractCache
     from features.push import PushResult
+    from features.rollback import RollbackResult
+
+
+# One view's run: the plan it is defined in, the view, the plan version recorded with the run.
+_Job = tuple[Plan, ViewPlan, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,34 +156,45 @@ class FeatureStore:
         online = self.online_store() if any(v.online for v in selected) else None
         engine = self.offline
 
-        def run(view: ViewPlan) -> MaterializationResult:
-            return engine.materialize(
-                plan,
+        # Earlier definitions kept for training contracts run first: their snapshots are published before a live
+        # run replaces the last snapshot of the old definition, so a lookup under a contract always finds one.
+        kept = self._kept_versions(plan, {v.name for v in selected})
+        if kept and online is None:
+            online = self.online_store()
+        jobs: list[_Job] = [*kept, *((plan, view, version.version) for view in selected)]
+
+        def run(job: _Job) -> MaterializationResult:
+            job_plan, view, plan_version = job
+            result = engine.materialize(
+                job_plan,
                 view,
                 start=start,
                 end=end,
                 online=online if view.online else None,
                 progress=progress,
                 republish=republish,
-                plan_version=version.version,  # each run is recorded in the registry where it runs
+                plan_version=plan_version,  # each run is recorded in the registry where it runs
             )
+            return dataclasses.replace(result, view=view.online_name)
 
-        workers = min(self.config.concurrent_views, len(selected))
+        outcomes = [_attempt(run, job) for job in jobs[: len(kept)]]  # the kept ones first, then the live ones
+        rest = jobs[len(kept) :]
+        workers = min(self.config.concurrent_views, len(rest))
         if workers <= 1:
-            outcomes = [_attempt(run, view) for view in selected]
+            outcomes += [_attempt(run, job) for job in rest]
         else:
             pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="materialize")
             try:
-                futures = [pool.submit(_attempt, run, view) for view in selected]
-                outcomes = [future.result() for future in futures]
+                futures = [pool.submit(_attempt, run, job) for job in rest]
+                outcomes += [future.result() for future in futures]
             finally:  # on Ctrl-C, views not started yet are dropped (running ones finish atomically, recorded)
                 pool.shutdown(wait=False, cancel_futures=True)
         results: list[MaterializationResult] = []
         failures: list[tuple[str, BaseException]] = []
-        for view, (result, error) in zip(selected, outcomes, strict=True):
+        for (_, view, _), (result, error) in zip(jobs, outcomes, strict=True):
             if result is None:
                 assert error is not None
-                failures.append((view.name, error))
+                failures.append((view.online_name, error))
                 continue
             results.append(result)
         if len(failures) == 1:
@@ -185,9 +203,22 @@ class FeatureStore:
             listed = "; ".join(f"'{name}': {error}" for name, error in failures)
             done = ", ".join(f"'{r.view}'" for r in results) or "none"
             raise MaterializationError(
-                f"{len(failures)} of {len(selected)} views failed ({listed}); materialized: {done}"
+                f"{len(failures)} of {len(jobs)} views failed ({listed}); materialized: {done}"
             ) from failures[0][1]
         return results
+
+    def _kept_versions(self, plan: Plan, names: set[str]) -> list[_Job]:
+        """The earlier definitions of ``names`` that registered training contracts keep materialized (see
+        :func:`features.contracts.kept_versions`): (their plan, the view, its plan version)."""
+        if self.config.contract_versions <= 0:
+            return []
+        contracts = self.registry.contracts()
+        if not contracts:
+            return []
+        from features.contracts import kept_versions
+
+        found = kept_versions(plan, contracts, lambda v: self.registry.get(v).plan, self.config.contract_versions)
+        return [(old, view, contracts[needed[0]].plan_version) for old, view, needed in found if view.name in names]
 
     def get_training_dataset(
         self,
@@ -257,9 +288,14 @@ class FeatureStore:
         features: Sequence[str] | None = None,
         feature_service: str | None = None,
         request_data: Mapping[str, Sequence[Any]] | None = None,
+        trained_with: str | None = None,
     ) -> Any:
         """The latest published values for ``entities`` (columns of join-key values), read from the online
         store directly. Returns a :class:`features.lookup.LookupResult` (``.to_dict()``, ``.to_pandas()``).
+
+        ``trained_with`` names a training contract (:meth:`register_contract`): the values are returned only
+        when every requested feature (default: all of the contract's) still has the contracted definition;
+        :class:`~features.errors.ContractConflictError` names those that changed otherwise.
 
         An on-demand function that raises gives :class:`features.on_demand.OnDemandFunctionError`; one whose
         source changed since the plan was applied, :class:`features.functions.FunctionLoadError`."""
@@ -267,6 +303,11 @@ class FeatureStore:
 
         version = self.plan_version(max_age=1.0)
         plan = version.plan
+        if trained_with is not None:
+            plan, features = self.contract_cache.selection(
+                plan, version.version, trained_with, features=features, feature_service=feature_service
+            )
+            feature_service = None
         compiled = prepare(plan, features=features, feature_service=feature_service)
         functions = self.function_loader.functions_for(plan) if plan.on_demand_views else {}
         return compiled.run(
@@ -297,6 +338,55 @@ class FeatureStore:
         online = self.online_store() if selected.online else None
         return push(selected, rows, offline=self.offline, online=online)
 
+    @cached_property
+    def contract_cache(self) -> ContractCache:
+        """The registered contracts and what lookups under them read, refreshed at most once a second."""
+        from features.contracts import ContractCache
+
+        return ContractCache(
+            self.registry.contracts, plan_of=lambda v: self.registry.get(v).plan, online=self.online_store()
+        )
+
+    def register_contract(self, manifest: str | os.PathLike[str], *, name: str) -> Contract:
+        """Register the training set whose manifest is at ``manifest`` as the contract ``name`` (see
+        :mod:`features.contracts`): lookups naming it are served only the contracted definitions. Registering
+        the same manifest under the same name again is a no-op."""
+        from features.contracts import from_manifest
+        from features.rollback import who
+
+        contract, _ = self.registry.register_contract(from_manifest(name, manifest, self.registry), by=who())
+        return contract
+
+    def retire_contract(self, name: str) -> Contract:
+        """Retire the contract ``name``: lookups naming it get an unknown-contract error from now on."""
+        return self.registry.retire_contract(name)
+
+    def rollback(self, view: str, *, to: str | None = None) -> RollbackResult:
+        """Serve an earlier published snapshot of ``view`` again, at once (``to``: its snapshot version; default
+        the newest kept one older than the live one), and hold the view: runs still commit to its Delta table but
+        are not published until :meth:`release`. Recorded in the registry. See :mod:`features.rollback`."""
+        from features.rollback import rollback
+
+        return rollback(self.online_store(), self.registry, self._online_view(view), to=to)
+
+    def release(self, view: str) -> str | None:
+        """End the hold of a rollback of ``view``: its next run publishes again. The hold ended, or None."""
+        from features.rollback import release
+
+        return release(self.online_store(), self.registry, self._online_view(view))
+
+    def kept_snapshots(self, view: str) -> list[LiveSnapshot]:
+        """The published snapshots of ``view`` the online store keeps (``online.keep_snapshots``), newest first."""
+        from features.rollback import kept_snapshots
+
+        return kept_snapshots(self.online_store(), self._online_view(view))
+
+    def _online_view(self, name: str) -> ViewPlan:
+        selected = self.plan_version(max_age=1.0).plan.view(name)
+        if not selected.online:
+            raise OnlineStoreError(f"view '{name}' is offline-only (online=False): it has no online snapshots")
+        return selected
+
     def close(self) -> None:
         """Close the online store and registry connections. The Spark session is the process's (one per
         process, shared by every store and by the user's own Spark code): stop it with ``store.offline.stop()``
@@ -314,10 +404,10 @@ class FeatureStore:
 
 
 def _attempt(
-    run: Callable[[ViewPlan], MaterializationResult], view: ViewPlan
+    run: Callable[[_Job], MaterializationResult], job: _Job
 ) -> tuple[MaterializationResult | None, Exception | None]:
-    """``run(view)``'s result, or the exception it raised (one view's failure must not stop the others)."""
+    """``run(job)``'s result, or the exception it raised (one view's failure must not stop the others)."""
     try:
-        return run(view), None
+        return run(job), None
     except Exception as exc:
         return None, exc

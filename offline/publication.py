@@ -117,6 +117,7 @@ class Published:
     rows: int = 0
     committed: bool = False
     current: bool = False
+    held: str | None = None  # not published: a rollback holds the view (who and when)
 
 
 def publish_unless_live(
@@ -131,7 +132,20 @@ def publish_unless_live(
 ) -> Published:
     """Publish the latest rows of ``version`` (``write`` stages them in the publication it is given), unless
     the online store already serves that version of this table as this definition publishes it (never for a
-    table this run ``created``; always with ``republish``). Every engine's run ends here."""
+    table this run ``created``; always with ``republish``), or while a rollback holds the view (``skewless
+    rollback``: the table keeps the run; the release lets the next run publish it). Every engine's run ends
+    here."""
+    live = online.live_snapshot(view)
+    if live is not None and live.held:
+        log.warning(
+            "view '%s': version %d is in the table but not published: a rollback holds the view (%s); "
+            "'skewless rollback %s --release' lets the next run publish",
+            view.name,
+            version,
+            live.held,
+            view.name,
+        )
+        return Published(held=live.held)
     if not republish and not created and already_live(online, view, path, version):
         log.info(
             "view '%s': the online store already serves version %d of %s; nothing to publish (--republish "
@@ -189,6 +203,7 @@ def published(
             f"and a rerun will publish version {version}: {error_summary(exc)}"
         ) from exc
     if not committed:
-        log.warning("view '%s': a newer publication is live; version %d was not made visible", view.name, version)
+        why = getattr(publication, "refusal", None) or "a newer publication is live"
+        log.warning("view '%s': version %d was not made visible: %s", view.name, version, why)
     log.info("view '%s': published %d row(s) online (offline version %d)", view.name, published, version)
     return published, committed

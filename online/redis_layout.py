@@ -2,7 +2,10 @@
 
 Key layout (``P`` = project, ``V`` = view, ``N`` = publication version)::
 
-    P:V:_live              hash: version, previous, watermark, storage_fingerprint, features, published_at
+    P:V:_live              hash: version, previous, watermark, storage_fingerprint, features, published_at,
+                           and ``held`` while a rollback holds the view (publications are refused)
+    P:V:_history           hash: version -> the pointer fields it was committed with (JSON), for each kept
+                           snapshot: the ones a rollback may go back to
     P:V:_version           string: the live version again, readable by MGET next to the rows
     P:V:_counter           INCR counter handing out publication versions
     P:V:_staged            hash: version -> watermark of publications started but not committed
@@ -74,18 +77,21 @@ local function row_order(a, b)
 end
 """
 
-# KEYS[1]: pointer, KEYS[2]: staged hash, KEYS[3]: version key, KEYS[4]: pushed hash. ARGV: version, watermark,
-# storage fingerprint, features, published_at, the rows' prefix ("P:V:v"). Returns {status, previous version}: 1
-# committed, 0 refused (older watermark), -1 no longer staged. The rows pushed since the snapshots caught up with
-# them go into the new snapshot where they are newer than its row: a run computed before a push landed never
-# hides it. A pushed row the new snapshot holds (or holds something newer than) leaves the hash; one of another
-# definition (other features) is dropped, as its encoding means nothing to the new snapshot.
+# KEYS[1]: pointer, KEYS[2]: staged hash, KEYS[3]: version key, KEYS[4]: pushed hash, KEYS[5]: history hash.
+# ARGV: version, watermark, storage fingerprint, features, published_at, the rows' prefix ("P:V:v"), snapshots
+# kept. Returns {status, previous version or the hold}: 1 committed, 0 refused (older watermark), -1 no longer
+# staged, -2 refused because a rollback holds the view (the second item says which). The rows pushed since the
+# snapshots caught up with them go into the new snapshot where they are newer than its row: a run computed
+# before a push landed never hides it. A pushed row the new snapshot holds (or holds something newer than)
+# leaves the hash; one of another definition (other features) is dropped, as its encoding means nothing to the
+# new snapshot. The committed snapshot's pointer fields go into the history, which keeps the newest ARGV[7].
 COMMIT_LUA = (
     ROW_ORDER_LUA
     + """
 if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 0 then return {-1, false} end
 redis.call('HDEL', KEYS[2], ARGV[1])
-local live = redis.call('HMGET', KEYS[1], 'version', 'watermark', 'features')
+local live = redis.call('HMGET', KEYS[1], 'version', 'watermark', 'features', 'held')
+if live[4] then return {-2, live[4]} end
 if live[2] and tonumber(live[2]) > tonumber(ARGV[2]) then return {0, live[1]} end
 if live[3] ~= ARGV[4] then
   redis.call('DEL', KEYS[4])
@@ -104,6 +110,16 @@ end
 redis.call('HSET', KEYS[1], 'version', ARGV[1], 'previous', live[1] or '', 'watermark', ARGV[2],
            'storage_fingerprint', ARGV[3], 'features', ARGV[4], 'published_at', ARGV[5])
 redis.call('SET', KEYS[3], ARGV[1])
+redis.call('HSET', KEYS[5], ARGV[1], cjson.encode({watermark = ARGV[2], storage_fingerprint = ARGV[3],
+                                                    features = ARGV[4], published_at = ARGV[5]}))
+local kept = redis.call('HKEYS', KEYS[5])
+local keep = tonumber(ARGV[7])
+if #kept > keep then
+  table.sort(kept, function(a, b) return tonumber(a) > tonumber(b) end)
+  for i = keep + 1, #kept do
+    if kept[i] ~= ARGV[1] and kept[i] ~= live[1] then redis.call('HDEL', KEYS[5], kept[i]) end
+  end
+end
 return {1, live[1]}
 """
 )
@@ -154,10 +170,11 @@ redis.call('SADD', KEYS[3], version)
 return version
 """.replace("UNKNOWN", UNKNOWN_VERSIONS)
 
-# KEYS[1]: pointer, KEYS[2]: staged hash; ARGV: versions. Returns those that are garbage and drops them from the
-# staged hash, so none of them can commit afterwards and their keys may be unlinked without a second look. Kept:
-# the live and previous versions, and staged publications that may still commit (a higher watermark than the
-# live one, or the same watermark and a later version).
+# KEYS[1]: pointer, KEYS[2]: staged hash, KEYS[3]: history hash; ARGV: versions. Returns those that are garbage
+# and drops them from the staged hash, so none of them can commit afterwards and their keys may be unlinked
+# without a second look. Kept: the live and previous versions, the snapshots the history keeps, and staged
+# publications that may still commit (a higher watermark than the live one, or the same watermark and a later
+# version).
 GARBAGE_LUA = """
 local ptr = redis.call('HMGET', KEYS[1], 'version', 'previous', 'watermark')
 local live = tonumber(ptr[1] or '0')
@@ -165,7 +182,7 @@ local livewm = tonumber(ptr[3] or '-1')
 local garbage = {}
 for i = 1, #ARGV do
   local v = ARGV[i]
-  if v ~= ptr[1] and v ~= ptr[2] then
+  if v ~= ptr[1] and v ~= ptr[2] and redis.call('HEXISTS', KEYS[3], v) == 0 then
     local pending = false
     local wm = redis.call('HGET', KEYS[2], v)
     if wm then
@@ -180,6 +197,34 @@ for i = 1, #ARGV do
   end
 end
 return garbage
+"""
+
+
+# KEYS[1]: pointer, KEYS[2]: version key, KEYS[3]: history hash. ARGV[1]: the version to make live ('' for the
+# newest kept one older than the live version), ARGV[2]: the hold (who and when, as text). Makes that snapshot
+# live at once with the pointer fields it was committed with, and holds the view: commits are refused until a
+# release. Returns {1, from, to} or {0, reason}.
+ROLLBACK_LUA = """
+local live = redis.call('HMGET', KEYS[1], 'version')[1]
+if not live then return {0, 'never published'} end
+local target = ARGV[1]
+if target == '' then
+  local best = nil
+  for _, v in ipairs(redis.call('HKEYS', KEYS[3])) do
+    if tonumber(v) < tonumber(live) and (best == nil or tonumber(v) > tonumber(best)) then best = v end
+  end
+  if best == nil then return {0, 'no snapshot older than the live one is kept'} end
+  target = best
+end
+if target == live then return {0, 'snapshot ' .. target .. ' is already live'} end
+local meta = redis.call('HGET', KEYS[3], target)
+if not meta then return {0, 'snapshot ' .. target .. ' is not kept'} end
+local m = cjson.decode(meta)
+redis.call('HSET', KEYS[1], 'version', target, 'previous', live, 'watermark', m.watermark,
+           'storage_fingerprint', m.storage_fingerprint, 'features', m.features, 'published_at', m.published_at,
+           'held', ARGV[2])
+redis.call('SET', KEYS[2], target)
+return {1, live, target}
 """
 
 
@@ -205,6 +250,7 @@ class ViewKeys:
         self.staged = base + "_staged"
         self.versions = base + "_versions"
         self.pushed = base + "_pushed"
+        self.history = base + "_history"
         self.data_prefix = base + "v"
         self.data_pattern = glob_escape(base) + "v[0-9]*"
 

@@ -60,6 +60,7 @@ class RedisPublication:
         storage_fingerprint: str,
         watermark: int,
         version: int,
+        keep_snapshots: int = 2,
         connect_timeout: float = 1.0,
         timeout: float = 2.0,
     ) -> None:
@@ -72,6 +73,9 @@ class RedisPublication:
         self.storage_fingerprint = storage_fingerprint
         self.watermark = watermark
         self.version = version
+        self.keep_snapshots = keep_snapshots
+        #: Why the commit was refused, when it was (a newer publication live, or a rollback holding the view).
+        self.refusal: str | None = None
         self.connect_timeout = connect_timeout
         self.timeout = timeout
         self._client: redis.Redis | None = None
@@ -130,22 +134,28 @@ class RedisPublication:
         keys = self._keys
         features = features_json(self.features)
         with translate_errors(self.url, f"committing view '{self.view}'"):
-            status, _previous = self._redis().eval(
+            status, detail = self._redis().eval(
                 COMMIT_LUA,
-                4,
+                5,
                 keys.pointer,
                 keys.staged,
                 keys.version,
                 keys.pushed,
+                keys.history,
                 str(self.version),
                 str(self.watermark),
                 self.storage_fingerprint,
                 features,
                 str(to_micros_now()),
                 keys.data_prefix,
+                str(self.keep_snapshots),
             )
         self._done = True
         committed = int(status) == 1
+        if int(status) == -2:
+            self.refusal = f"a rollback holds it ({as_text(detail)}): 'skewless rollback {self.view} --release'"
+        elif not committed:
+            self.refusal = "a newer publication is live"
         # The decision is made; failing to tidy up must not report it otherwise (a later publish cleans up).
         try:
             if committed:
@@ -185,7 +195,10 @@ class RedisPublication:
                 candidates |= {v for v in found if v is not None}
                 if candidates:
                     client.sadd(keys.versions, *candidates)
-            garbage = [as_text(v) for v in client.eval(GARBAGE_LUA, 2, keys.pointer, keys.staged, *sorted(candidates))]
+            garbage = [
+                as_text(v)
+                for v in client.eval(GARBAGE_LUA, 3, keys.pointer, keys.staged, keys.history, *sorted(candidates))
+            ]
             _unlink_versions(client, keys, garbage)
             if UNKNOWN_VERSIONS in listed:
                 client.srem(keys.versions, UNKNOWN_VERSIONS)

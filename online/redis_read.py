@@ -56,7 +56,7 @@ class SnapshotDecoders:
 
     def _decoder(self, view: ViewPlan, names: tuple[str, ...], features: bytes) -> _Decoder:
         """How to decode the rows of a snapshot holding ``features`` (the pointer's list of (name, fingerprint))."""
-        key = (view.name, names, features)
+        key = (view.online_name, names, features)
         found = self._decoders.get(key)
         if found is not None and found[0] is view:
             return found[1]
@@ -85,7 +85,7 @@ class SnapshotRead:
         self.seen_live = seen_live
         self.requests = requests
         self.count = len(next(iter(entities.values()))) if entities else 0
-        self.layouts = [ViewKeys.of(project, view.name) for view, _ in requests]
+        self.layouts = [ViewKeys.of(project, view.online_name) for view, _ in requests]
         self.encoded: dict[tuple[str, ...], list[bytes]] = {}  # views keyed alike share their encoded keys
         for view, _ in requests:
             if view.key_names not in self.encoded:
@@ -96,7 +96,7 @@ class SnapshotRead:
         # finds its pointer).
         self.seen: list[tuple[bytes | None, bytes | None]] | None = []
         for view, _ in requests:
-            found = seen_live.get(view.name)
+            found = seen_live.get(view.online_name)
             if found is None:
                 self.seen = None
                 break
@@ -130,7 +130,7 @@ class SnapshotRead:
             args.extend(self.encoded[view.key_names])
         answer = read_script(keys=[layout.pointer for layout in self.layouts], args=args)
         for (view, _), (version, features, _values) in zip(self.requests, answer, strict=True):
-            self.seen_live[view.name] = (None, None) if version is None else (version, features or b"[]")
+            self.seen_live[view.online_name] = (None, None) if version is None else (version, features or b"[]")
         return [(version, features, values) for version, features, values in answer]
 
     def decoded(self, decoders: SnapshotDecoders, snapshots: list[Snapshot]) -> list[OnlineValues]:

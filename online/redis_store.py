@@ -32,7 +32,7 @@ from features.plan import ViewPlan
 from features.protocols import LiveSnapshot, OnlineValues, StoredView
 from online import redis_cleanup
 from online.redis_client import as_text, check_url, connect, redact, roundtrip, translate_errors
-from online.redis_layout import READ_LUA, START_LUA, ViewKeys
+from online.redis_layout import READ_LUA, ROLLBACK_LUA, START_LUA, ViewKeys
 from online.redis_publication import RedisPublication
 from online.redis_read import SeenLive, SnapshotDecoders, SnapshotRead
 
@@ -71,6 +71,7 @@ class RedisOnlineStore:
         state_dir: Path | None = None,
         connect_timeout: float = 1.0,
         timeout: float = 2.0,
+        keep_snapshots: int = 2,
     ) -> None:
         if url == "embedded" and state_dir is None:
             raise ConfigError("the embedded online store needs a state directory (state_dir=)")
@@ -83,6 +84,7 @@ class RedisOnlineStore:
         self.state_dir = state_dir
         self.connect_timeout = connect_timeout
         self.timeout = timeout
+        self.keep_snapshots = max(2, keep_snapshots)  # the live and the previous snapshot, at least
         self._client: redis.Redis | None = None
         self._resolved: str | None = None
         self._read_script: Any = None
@@ -97,7 +99,12 @@ class RedisOnlineStore:
     @classmethod
     def from_config(cls, config: RepoConfig) -> RedisOnlineStore:
         """The store ``skewless.yaml`` describes (``online: url:``)."""
-        return cls(config.resolved_online_url(), project=config.project, state_dir=config.state_dir())
+        return cls(
+            config.resolved_online_url(),
+            project=config.project,
+            state_dir=config.state_dir(),
+            keep_snapshots=config.keep_snapshots,
+        )
 
     # -- connection -------------------------------------------------------------------------------------------
     @property
@@ -214,40 +221,67 @@ class RedisOnlineStore:
     # -- publish ----------------------------------------------------------------------------------------------
     def start_publication(self, view: ViewPlan, *, watermark: int) -> RedisPublication:
         """Reserve a new version of ``view``; rows written to it stay invisible until ``commit()``."""
-        keys = ViewKeys(self.project, view.name)
+        keys = ViewKeys(self.project, view.online_name)
         with self._translated(f"starting a publication of view '{view.name}'"):
             version = int(self.client().eval(START_LUA, 3, keys.counter, keys.staged, keys.versions, int(watermark)))
         return RedisPublication(
             url=self.resolved_url,
             project=self.project,
-            view=view.name,
+            view=view.online_name,
             key_names=view.key_names,
             key_dtypes=tuple(k.dtype for k in view.join_keys),
             features=tuple((f.name, f.dtype, f.fingerprint) for f in view.features),
             storage_fingerprint=view.storage_fingerprint,
             watermark=int(watermark),
             version=version,
+            keep_snapshots=self.keep_snapshots,
             connect_timeout=self.connect_timeout,
             timeout=self.timeout,
         )
 
     def live_snapshot(self, view: ViewPlan) -> LiveSnapshot | None:
         """What the live snapshot of ``view`` was published from (its pointer); None before any commit."""
-        pointer = self.live_version(view.name)
+        pointer = self.live_version(view.online_name)
         if pointer is None or "watermark" not in pointer:
             return None
-        return LiveSnapshot(
-            watermark=int(pointer["watermark"]),
-            storage_fingerprint=pointer.get("storage_fingerprint", ""),
-            feature_fingerprints=tuple((str(n), str(f)) for n, f in orjson.loads(pointer.get("features", "[]"))),
-            published_at=from_micros(int(pointer.get("published_at", "0"))),
-        )
+        return _snapshot(pointer)
 
     def live_version(self, view: str) -> dict[str, str] | None:
         """The pointer of ``view`` (version, watermark, storage_fingerprint, ...) or None before any commit."""
         with self._translated(f"reading the pointer of view '{view}'"):
             raw = self.client().hgetall(ViewKeys(self.project, view).pointer)
         return {as_text(k): as_text(v) for k, v in raw.items()} if raw else None
+
+    # -- rollback (skewless rollback) ---------------------------------------------------------------------------
+    def kept_snapshots(self, view: str) -> list[LiveSnapshot]:
+        """The snapshots of ``view`` kept for a rollback (``online.keep_snapshots``), the live one included,
+        newest version first; each with the pointer fields it was committed with."""
+        keys = ViewKeys(self.project, view)
+        with self._translated(f"reading the kept snapshots of view '{view}'"):
+            history = self.client().hgetall(keys.history)
+        kept = [_snapshot({**orjson.loads(meta), "version": as_text(v)}) for v, meta in history.items()]
+        return sorted(kept, key=lambda s: int(s.version or 0), reverse=True)
+
+    def rollback(self, view: str, *, to: str | None, held: str) -> tuple[str, str]:
+        """Make a kept snapshot live again (see :class:`features.protocols.RollbackStore`); OnlineStoreError
+        naming the kept versions when ``to`` is not one of them."""
+        keys = ViewKeys(self.project, view)
+        with self._translated(f"rolling back view '{view}'"):
+            answer = self.client().eval(ROLLBACK_LUA, 3, keys.pointer, keys.version, keys.history, to or "", held)
+        if int(answer[0]) != 1:
+            kept = ", ".join(s.version or "?" for s in self.kept_snapshots(view)) or "none"
+            raise OnlineStoreError(f"cannot roll back view '{view}': {as_text(answer[1])} (kept snapshots: {kept})")
+        self._seen_live.pop(view, None)
+        return as_text(answer[1]), as_text(answer[2])
+
+    def release(self, view: str) -> str | None:
+        """End the hold a rollback put on ``view``; the hold ended (None: there was none)."""
+        keys = ViewKeys(self.project, view)
+        with self._translated(f"releasing view '{view}'"):
+            client = self.client()
+            held = client.hget(keys.pointer, "held")
+            client.hdel(keys.pointer, "held")
+        return None if held is None else as_text(held)
 
     # -- clean up (skewless prune and teardown) ------------------------------------------------------------------
     def stored_views(self) -> list[StoredView]:
@@ -336,3 +370,15 @@ class RedisOnlineStore:
             dict(pool.connection_kwargs), connect_timeout=self.connect_timeout, timeout=self.timeout
         )
         return self._pipelined
+
+
+def _snapshot(fields: Mapping[str, str]) -> LiveSnapshot:
+    """A snapshot's description from its pointer fields (the live pointer, or a kept snapshot's history entry)."""
+    return LiveSnapshot(
+        watermark=int(fields["watermark"]),
+        storage_fingerprint=fields.get("storage_fingerprint", ""),
+        feature_fingerprints=tuple((str(n), str(f)) for n, f in orjson.loads(fields.get("features", "[]"))),
+        published_at=from_micros(int(fields.get("published_at", "0"))),
+        version=fields.get("version"),
+        held=fields.get("held"),
+    )

@@ -56,8 +56,10 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from features.config import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_ENTITIES, DEFAULT_MAX_REQUEST_FIELDS
+from features.contracts import ContractCache
 from features.errors import (
     BadRequestError,
+    ContractConflictError,
     EntityKeyError,
     OnlineStoreError,
     RegistryError,
@@ -115,6 +117,11 @@ class FeaturesRequest(BaseModel):
         None, min_length=1, description="feature references, 'view:feature' ('view:*' for every feature of a view)"
     )
     feature_service: str | None = Field(None, description="a feature service name")
+    contract: str | None = Field(
+        None,
+        description="a training contract: served only with the definitions the model was trained on (409 when one "
+        "changed); alone, it asks for every feature of the contract",
+    )
     entities: dict[str, list[Any]] = Field(description="join-key columns: one list of values per key, equal lengths")
     request_data: dict[str, Any] | None = Field(
         None,
@@ -123,8 +130,10 @@ class FeaturesRequest(BaseModel):
 
     @model_validator(mode="after")
     def _one_selection(self) -> FeaturesRequest:
-        if (self.features is None) == (self.feature_service is None):
-            raise ValueError("give exactly one of 'features' and 'feature_service'")
+        if self.features is not None and self.feature_service is not None:
+            raise ValueError("give exactly one of 'features' and 'feature_service' (or a 'contract')")
+        if self.features is None and self.feature_service is None and self.contract is None:
+            raise ValueError("give exactly one of 'features' and 'feature_service' (or a 'contract')")
         return self
 
 
@@ -326,7 +335,14 @@ def create_app(
     app.state.functions = loader
     _add_error_handlers(app)
     caps = Caps(max_entities, max_fields)
-    answer_lookup = lookup_handler(plans, store, loader, caps)
+    contracts = (
+        ContractCache(
+            owned.registry.contracts, refresh_seconds, plan_of=lambda v: owned.registry.get(v).plan, online=store
+        )
+        if owned is not None
+        else None
+    )
+    answer_lookup = lookup_handler(plans, store, loader, caps, contracts=contracts)
     if not opentelemetry:
         app.answer_lookup = answer_lookup  # the fast path (see ServingApp); OpenTelemetry needs the routed way
     _add_lookup_routes(app, answer_lookup)
@@ -480,12 +496,14 @@ def lookup_handler(
     loader: FunctionLoader,
     caps: Caps,
     dialect: LookupDialect = NATIVE,
+    contracts: ContractCache | None = None,
 ) -> LookupHandler:
     """The one handler of lookups: the answer to a request body for a caller's grant, never raising (errors
     become their HTTP statuses). :meth:`ServingApp.__call__` (the fast path) calls it with the body it read, the
     routed way through :func:`lookup_endpoint`. ``dialect`` reads the request and writes the answer:
     ``POST /v1/features`` speaks :data:`NATIVE`, ``POST /get-online-features`` Feast's
-    (:mod:`serving_api.feast_door`). The request data counts in ``caps`` as the entity columns do."""
+    (:mod:`serving_api.feast_door`). The request data counts in ``caps`` as the entity columns do. ``contracts``
+    are the training contracts a request may name (none: every contract is unknown)."""
 
     async def answer_lookup(raw_body: bytes, grant: Grant) -> Response:
         # On the event loop: the Redis read is awaited on the worker's one pipelined connection (a store without
@@ -503,7 +521,14 @@ def lookup_handler(
             caps.check({**body.entities, **(getattr(body, "request_data", None) or {})})
             version = plans.get()
             plan = version.plan
-            lookup = _prepare(plan, body.features, body.feature_service)
+            contract = getattr(body, "contract", None)
+            if contract is None:
+                lookup = _prepare(plan, body.features, body.feature_service)
+            else:
+                plan, refs = _contract_selection(
+                    contracts, plan, version.version, contract, body.features, body.feature_service
+                )
+                lookup = _prepare(plan, refs, None)
             entities, request_data = dialect.inputs(body, lookup)
             result = await lookup.run_async(
                 store,
@@ -607,6 +632,20 @@ def app_from_env() -> FastAPI:
     )
 
 
+def _contract_selection(
+    contracts: ContractCache | None,
+    plan: Plan,
+    version: int,
+    name: str,
+    features: list[str] | None,
+    feature_service: str | None,
+) -> tuple[Plan, list[str]]:
+    """The plan and references a lookup under the contract ``name`` reads (see :func:`features.contracts.select`)."""
+    if contracts is None:
+        raise UnknownNameError("contract", name, [])
+    return contracts.selection(plan, version, name, features=features, feature_service=feature_service)
+
+
 def _prepare(plan: Plan, features: list[str] | None, feature_service: str | None) -> Lookup:
     try:
         return prepare(plan, features=features, feature_service=feature_service)
@@ -623,6 +662,16 @@ def _error_answer(exc: Exception) -> Response:
         return JSONAnswer(exc.to_dict(), status_code=500)
     if isinstance(exc, UnknownNameError):
         return _error(404, type(exc).__name__, str(exc), known=exc.known, kind=exc.kind, name=exc.name)
+    if isinstance(exc, ContractConflictError):
+        return _error(
+            409,
+            type(exc).__name__,
+            str(exc),
+            contract=exc.contract,
+            changed=exc.changed,
+            contract_plan_version=exc.contract_plan_version,
+            live_plan_version=exc.live_plan_version,
+        )
     if isinstance(exc, OfflineOnlyViewError):
         return _error(422, type(exc).__name__, str(exc), known=exc.online_views)
     if isinstance(exc, EntityKeyError | BadRequestError) or (
@@ -671,7 +720,8 @@ LOOKUP_ERRORS: dict[int | str, dict[str, Any]] = {
     for status, meaning in (
         (401, "no token, or a token that is not configured"),
         (403, "the token may not look up this feature service (or a plain features list)"),
-        (404, "unknown feature, view or feature service"),
+        (404, "unknown feature, view, feature service or training contract"),
+        (409, "a feature's definition changed since the named training contract (the changed ones are listed)"),
         (413, "the body is larger than serving.max_body_bytes"),
         (415, "the body is not application/json"),
         (422, "malformed request, wrong entity keys or request data, too many entities or columns"),

@@ -66,6 +66,8 @@ READER_KEYS = {
     "offline.arrow_materialize_max_rows": (7, "arrow_materialize_max_rows"),
     "online.url": ("redis://localhost:6379/0", "online_url"),
     "online.store": ("other", "online_store"),
+    "online.keep_snapshots": (5, "keep_snapshots"),
+    "online.contract_versions": (0, "contract_versions"),
     "connections": ({"db": "sqlite:///x.db"}, "connections"),
     "serving.tokens": ({"model": {"hash": "sha256:" + "0" * 64, "services": ["fraud"]}}, "serving_tokens"),
     "serving.max_body_bytes": (2048, "max_body_bytes"),
