@@ -97,6 +97,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("views", nargs="*", metavar="VIEW", help="views to show (default: all stored views)")
     p.add_argument("--json", action="store_true", help="print JSON, for scripts")
     p.set_defaults(handler=cmd_status)
+    p = sub.add_parser("stats", help="the statistics of a view's run per feature, beside the previous run's")
+    _repo_arg(p)
+    p.add_argument("view", metavar="VIEW", help="a materialized view")
+    p.add_argument("--run", type=int, help="the view's N-th run (1: its first; -1: its latest, the default)")
+    p.add_argument("--reference", metavar="MANIFEST", help="also show a training set's statistics (its manifest)")
+    p.add_argument("--plot", metavar="DIR", help="also draw each feature's distribution into DIR/VIEW__FEATURE.png")
+    p.add_argument("--json", action="store_true", help="print the run's statistics as JSON, for scripts")
+    p.set_defaults(handler=cmd_stats)
 
     p = sub.add_parser("describe", help="everything about one entity, view or service, with its last runs")
     _repo_arg(p)
@@ -434,6 +442,55 @@ def cmd_runs(args: argparse.Namespace) -> int:
     for run in runs:
         if run["error"]:
             console.print(f"[red]{run['outcome']}[/]: {run['view']}, finished {run['finished_at']}: {run['error']}")
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from features.errors import StatsError
+    from features.plots import plot_feature_stats
+    from features.run_stats import RunStats, report_rows, served
+
+    with _store(args) as store:
+        every = [r for r in store.registry.runs() if r.stats is not None]
+    runs = [r for r in every if r.view == args.view]
+    if not runs:
+        known = ", ".join(sorted({r.view for r in every})) or "none"
+        raise StatsError(f"view '{args.view}' has no run with statistics; views that have: {known}")
+    number = args.run if args.run is not None else -1
+    if not (1 <= number <= len(runs) or -len(runs) <= number <= -1):
+        raise StatsError(f"view '{args.view}' has runs 1 to {len(runs)} with statistics (or -1 for the latest)")
+    index = number - 1 if number > 0 else len(runs) + number
+    run, stats = runs[index], runs[index].stats
+    assert stats is not None  # runs without statistics were left out above
+    if args.json:
+        print(json.dumps(stats.to_dict(), indent=2))
+        return 0
+    previous = served(runs[index - 1].stats) if index > 0 and runs[index - 1].stats is not None else None
+    reference = None
+    if args.reference:
+        try:
+            reference = RunStats.from_dict(json.loads(Path(args.reference).read_text())["stats"]).written
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise StatsError(f"cannot read the statistics of the training set {args.reference}: {exc}") from exc
+    console.print(
+        f"view {args.view}: run {index + 1} of {len(runs)}, finished {run.finished_at.isoformat(timespec='seconds')}"
+        f", computed in {stats.engine} (quantile rank error {stats.quantile_rank_error:g}, distinct count rsd "
+        f"{stats.distinct_rsd:g}; 0: exact)"
+    )
+    for feature, written in stats.written.items():
+        columns = {"written": written}
+        if stats.published is not None:
+            columns["published"] = stats.published.get(feature)
+        if previous is not None:
+            columns["previous run"] = previous.get(feature)
+        if reference is not None:
+            columns["reference"] = reference.get(f"{args.view}__{feature}")
+        console.print(table(feature, ["", *columns], report_rows(list(columns.values()))))
+        if args.plot:
+            curves = {label: s for label, s in columns.items() if s is not None and label != "written"}
+            curves = curves or {"written": written}
+            out = plot_feature_stats(feature, curves, Path(args.plot) / f"{args.view}__{feature}.png")
+            console.print(f"drew {out}")
     return 0
 
 

@@ -218,6 +218,11 @@ class CleanupError(SkewlessError, RuntimeError):
     deleted; everything else is as it was)."""
 
 
+class StatsError(SkewlessError, LookupError):
+    """The statistics asked for do not exist: a view without runs with statistics, a run number out of range, a
+    training-set manifest without statistics."""
+
+
 class ContractError(SkewlessError, ValueError):
     """A training contract that cannot be registered or retired: a manifest of another repository, a tampered
     fingerprint, a name taken by another contract."""

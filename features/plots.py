@@ -8,10 +8,12 @@ source stopped, and TTLs that are too short.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from features.run_stats import FeatureStats
 
 
 def daily_coverage(training: pd.DataFrame, timestamp_column: str) -> pd.DataFrame:
@@ -48,9 +50,56 @@ def plot_coverage(training: pd.DataFrame, timestamp_column: str, path: str | Pat
     axes.grid(alpha=0.3)
     axes.legend(loc="lower right")
     figure.autofmt_xdate()
+    return _save(figure, path)
+
+
+def _save(figure: Any, path: str | Path) -> Path:
+    """Write ``figure`` into the PNG file ``path`` (its folder created) and release it."""
+    import matplotlib.pyplot as plt
+
     figure.tight_layout()
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out)
     plt.close(figure)
     return out
+
+
+def plot_feature_stats(feature: str, curves: dict[str, FeatureStats], path: str | Path) -> Path:
+    """One feature's distribution in each of ``curves`` (label -> statistics: this run, the previous one, a
+    training set), side by side, into a PNG file. A number's distribution is drawn from its quantiles (the share
+    of finite values at or below each, from min to max); a string's or boolean's as the share of rows of each
+    of its most frequent values."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from features.run_stats import QUANTILES
+
+    figure, axes = plt.subplots(figsize=(9, 4.5), dpi=110)
+    numeric = any(s.is_numeric for s in curves.values())
+    if numeric:
+        for label, stats in curves.items():
+            if stats.min is None or stats.max is None:  # no finite value to draw
+                continue
+            points = [(float(stats.min), 0.0), *((float(stats.quantiles[n]), p) for n, p in QUANTILES)]
+            points.append((float(stats.max), 1.0))
+            axes.plot([x for x, _ in points], [y * 100 for _, y in points], marker="o", markersize=3, label=label)
+        axes.set_xlabel(feature)
+        axes.set_ylabel("finite values at or below (%)")
+    else:
+        values = list(dict.fromkeys(str(v) for stats in curves.values() for v, _ in stats.top))
+        width = 0.8 / max(len(curves), 1)
+        for i, (label, stats) in enumerate(curves.items()):
+            shares = {str(v): n / stats.count * 100 for v, n in stats.top} if stats.count else {}
+            axes.bar(
+                [j + i * width for j in range(len(values))], [shares.get(v, 0) for v in values], width, label=label
+            )
+        axes.set_xticks([j + 0.4 - width / 2 for j in range(len(values))], values, rotation=30, ha="right")
+        axes.set_ylabel("rows (%)")
+    axes.set_title(f"{feature}: " + ", ".join(f"{label} ({stats.count:,} rows)" for label, stats in curves.items()))
+    axes.grid(alpha=0.3)
+    if curves:
+        axes.legend()
+    return _save(figure, path)

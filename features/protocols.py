@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
     from features.audit import FeatureLayers
     from features.config import RepoConfig
+    from features.run_stats import RunStats
 
 
 class Publication(Protocol):
@@ -231,6 +232,7 @@ class MaterializationResult:
     #: Why each engine asked before it did not take the run: (engine, reason), in the order asked.
     refusals: tuple[tuple[str, str], ...] = ()
     rows_landed: int = 0  # rows pushed since the previous run, landed in the table before this run read it
+    stats: RunStats | None = None  # per feature, of the rows written and of the latest rows published
 
 
 class Progress(Protocol):

@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from features.errors import ContractError, RegistryError
 from features.plan import Plan
 from features.redaction import redact_text, redact_url
+from features.run_stats import RunStats
 
 if TYPE_CHECKING:
     from features.contracts import Contract
@@ -55,6 +56,7 @@ materialization_runs = sa.Table(
     sa.Column("outcome", sa.String(20), nullable=True),
     sa.Column("error", sa.Text, nullable=True),
     sa.Column("rows_landed", sa.BigInteger, nullable=True),
+    sa.Column("stats_json", sa.Text, nullable=True),  # features.run_stats.RunStats; None: a run without them
 )
 
 # Added after the first release: ``create_all`` adds the table to an older registry when it is opened.
@@ -138,6 +140,8 @@ class RunRecord:
     outcome: str = "ok"  # or "failed"
     error: str | None = None  # why it failed
     rows_landed: int | None = None  # pushed rows landed in the table before the run read it
+    stats: RunStats | None = None  # per feature, of the rows written and published (features/run_stats.py)
+    run_id: int | None = None  # the registry's number for it, once recorded
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,8 +265,9 @@ class Registry:
         with self.engine.connect() as conn:
             return [
                 RunRecord(
-                    **{k: v for k, v in row._mapping.items() if k not in ("run_id", "outcome")},
+                    **{k: v for k, v in row._mapping.items() if k not in ("outcome", "stats_json")},
                     outcome=row.outcome or "ok",
+                    stats=None if row.stats_json is None else RunStats.from_json(row.stats_json),
                 )
                 for row in conn.execute(query)
             ]
@@ -419,7 +424,8 @@ def _aware(value: datetime) -> datetime:
 
 
 def _as_row(record: RunRecord) -> dict[str, object]:
-    return {name: getattr(record, name) for name in RunRecord.__dataclass_fields__}
+    row = {name: getattr(record, name) for name in RunRecord.__dataclass_fields__ if name not in ("stats", "run_id")}
+    return row | {"stats_json": None if record.stats is None else record.stats.to_json()}
 
 
 def _succeeded() -> sa.ColumnElement[bool]:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from features.dtypes import DType
 from features.errors import DatasetError
+from features.run_stats import RunStats
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -114,6 +115,8 @@ class Manifest:
     #: Why each engine asked before it did not join it (engine name -> reason), in the order asked.
     refusals: dict[str, str] = field(default_factory=dict)
     format: int = MANIFEST_FORMAT
+    #: The statistics of the set's feature columns (``written``): the reference for drift. None: built without output.
+    stats: RunStats | None = None
 
     def replace(self, **changes: Any) -> Manifest:
         return dataclasses.replace(self, **changes)
@@ -154,6 +157,8 @@ class Manifest:
         if self.joined_in is not None:
             out["joined_in"] = self.joined_in
             out["refusals"] = dict(self.refusals)
+        if self.stats is not None:
+            out["stats"] = self.stats.to_dict()
         return out
 
     @classmethod
@@ -180,6 +185,7 @@ class Manifest:
             joined_in=data.get("joined_in"),
             refusals=dict(data.get("refusals", {})),
             format=int(data.get("format", MANIFEST_FORMAT)),
+            stats=RunStats.from_dict(data["stats"]) if "stats" in data else None,
         )
 
     def write(self, path: str) -> None:

@@ -23,6 +23,7 @@ from features.config import RepoConfig
 from features.errors import MaterializationError, SkewlessError
 from features.plan import EVENT_TIMESTAMP, FeatureRefPlan, Plan, ViewPlan
 from features.protocols import MaterializationResult, OnlineStore, Progress
+from features.run_stats import table_stats
 from offline import pushed
 from offline.arrow.engine import ArrowEngine
 from offline.datasets import as_arrow, describe, is_spark
@@ -202,7 +203,8 @@ class Router:
         if output is not None:
             assert table is not None  # written entity rows are Arrow: every engine returns the set as Arrow
             pq.write_table(table, output)
-            manifest.replace(result=FileRecord.of(output, table)).write(f"{output}.manifest.json")
+            stats = table_stats(table, [c for c in table.column_names if c not in entities.column_names])
+            manifest.replace(result=FileRecord.of(output, table), stats=stats).write(f"{output}.manifest.json")
         if joined.frame is not None and (table is None or manifest.output_format == "spark"):
             frame = joined.frame
             converted = {"spark": lambda: frame, "pandas": frame.toPandas, "arrow": frame.toArrow}

@@ -67,6 +67,7 @@ def _record(
         outcome=outcome,
         error=error,
         rows_landed=job.rows_landed,  # landed before the run, so counted even when the run failed
+        stats=None if result is None else result.stats,
     )
     _registry(config).record_run(record)
 

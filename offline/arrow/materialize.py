@@ -33,6 +33,7 @@ from features.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP, PUBLISHED_AT, View
 from features.protocols import MaterializationResult, OnlineStore, Progress
 from features.rows import compute_features
 from features.rows import refusal as rows_refusal
+from features.run_stats import FeatureStats, RunStats, arrow_stats
 from offline import delta_rs
 from offline.arrow import source as arrow_source
 from offline.arrow.codes import column_codes, micros
@@ -99,16 +100,22 @@ def materialize(
         path,
         version,
     )
+    features = [(f.name, f.dtype) for f in view.features]
+    written_stats = arrow_stats(pa.concat_tables([change.updates, change.inserts]), features)
+    latest_stats: dict[str, FeatureStats] = {}
     outcome = Published()
     if view.online and online is not None and version is not None:
 
         def latest() -> pa.Table:
             # The version just committed holds the stored rows as changed and the new ones: no need to read it.
             if stored_rows is None:
-                return latest_rows(view, change.inserts, presorted=True)
-            kept = np.ones(stored_rows.num_rows, bool)
-            kept[change.replaced] = False
-            return latest_rows(view, pa.concat_tables([stored_rows.filter(kept), change.updates, change.inserts]))
+                rows = latest_rows(view, change.inserts, presorted=True)
+            else:
+                kept = np.ones(stored_rows.num_rows, bool)
+                kept[change.replaced] = False
+                rows = latest_rows(view, pa.concat_tables([stored_rows.filter(kept), change.updates, change.inserts]))
+            latest_stats.update(arrow_stats(rows, features))
+            return rows
 
         created = stored is None
         outcome = publish_unless_live(
@@ -125,6 +132,7 @@ def materialize(
         seconds=time.monotonic() - began,
         online_current=outcome.current,
         engine="arrow",
+        stats=RunStats("arrow", written_stats, latest_stats or None),
     )
 
 

@@ -18,13 +18,16 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from features.config import RepoConfig
+from features.dtypes import DType
 from features.errors import MaterializationError, SkewlessError
 from features.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP, Plan, ViewPlan
 from features.protocols import MaterializationResult, OnlineStore, Progress, Publication, iter_batches
+from features.run_stats import FeatureStats
 from offline.errors import conflict_message, error_summary, is_commit_conflict
 from offline.publication import Published, RunProgress, phase, publish_unless_live, published
 from offline.spark import windows
 from offline.spark.jdbc import quote_spark, read_source, spark_type
+from offline.spark.stats import spark_run_stats, spark_stats
 from offline.spark.tables import prepare_rows, read_table, table_version, write_rows
 from offline.spark.translate import SparkTranslator
 from offline.tables import read_through, table_path
@@ -134,13 +137,14 @@ def materialize(
     log.info("view '%s': %d row(s) inserted or updated in %s (version %s)", view.name, written, path, version)
 
     publication = Published()
+    latest_stats: dict[str, FeatureStats] = {}
     if view.online and online is not None and version is not None:
         publication = publish_unless_live(
             view,
             path,
             version,
             online,
-            run.counted(_write_from_executors(spark, view, path, version)),
+            run.counted(_write_from_executors(spark, view, path, version, latest_stats)),
             created=outcome.created_version is not None,
             republish=republish,
         )
@@ -154,6 +158,7 @@ def materialize(
         online_committed=publication.committed,
         seconds=time.monotonic() - began,
         online_current=publication.current,
+        stats=spark_run_stats(outcome.stats, latest_stats or None),
     )
 
 
@@ -178,6 +183,7 @@ def materialize_windowed(
     tiles_at = windows.tiles_path(path)
     ticks = windows.plan_ticks(view, read_through(path), start, end, datetime.now(UTC))
     rows_read = written = 0
+    written_stats = spark_stats(spark.range(0), _features(view), 0)  # no tick to compute: no row written
     if not ticks.empty:
         lower, upper = windows.source_bounds(ticks)
         url = config.connection_url(view.source.connection)
@@ -193,6 +199,7 @@ def materialize_windowed(
             values = windows.values_at_ticks(spark, view, read_table(spark, tiles_at), ticks).persist()
             written = values.count()
             windows.write_values(spark, path, view, values, ticks, datetime.now(UTC))
+            written_stats = spark_stats(values, _features(view), written)
             values.unpersist()
         except SkewlessError:
             raise
@@ -208,9 +215,10 @@ def materialize_windowed(
     version = table_version(spark, path)
     through = read_through(path)
     publication = Published()
+    latest_stats: dict[str, FeatureStats] = {}
     if view.online and online is not None and version is not None and through is not None:
         # Every run publishes a windowed view: its values move with the ticks even when no source row is new.
-        write = _write_from_executors(spark, view, path, version, as_of=through)
+        write = _write_from_executors(spark, view, path, version, latest_stats, as_of=through)
         publication = Published(*published(view, version, online, run.counted(write)))
     run.finish()
     return MaterializationResult(
@@ -222,20 +230,36 @@ def materialize_windowed(
         online_committed=publication.committed,
         seconds=time.monotonic() - began,
         ticks_through=through,
+        stats=spark_run_stats(written_stats, latest_stats or None),
     )
 
 
 def _write_from_executors(
-    spark: SparkSession, view: ViewPlan, path: Path, version: int, as_of: datetime | None = None
+    spark: SparkSession,
+    view: ViewPlan,
+    path: Path,
+    version: int,
+    stats: dict[str, FeatureStats],
+    as_of: datetime | None = None,
 ) -> Callable[[Publication], int]:
     """A ``write`` for :func:`offline.publication.published` that stages the latest row per entity at ``version``
-    from Spark's executors; ``as_of`` (windowed views) is the tick the values hold at, sent as their event time
-    so that TTLs count from the last tick computed."""
+    from Spark's executors, and puts the statistics of those rows in ``stats``; ``as_of`` (windowed views) is the
+    tick the values hold at, sent as their event time so that TTLs count from the last tick computed."""
 
     def write(publication: Publication) -> int:
         latest = latest_rows(view, read_table(spark, str(path), version))
         if as_of is not None:
             latest = latest.withColumn(EVENT_TIMESTAMP, F.lit(as_of).cast("timestamp"))
-        return publish(latest, publication)
+        latest = latest.persist()  # published, then described, from one computation of the latest rows
+        try:
+            written = publish(latest, publication)
+            stats.update(spark_stats(latest, _features(view), written))
+        finally:
+            latest.unpersist()
+        return written
 
     return write
+
+
+def _features(view: ViewPlan) -> list[tuple[str, DType]]:
+    return [(f.name, f.dtype) for f in view.features]

@@ -10,7 +10,7 @@ import functools
 import logging
 import operator
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,9 @@ from pyspark.sql.types import StructType
 
 from features.errors import MaterializationError
 from features.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP, PUBLISHED_AT, ViewPlan
+from features.run_stats import FeatureStats
 from offline.spark.jdbc import quote_spark, spark_type
+from offline.spark.stats import spark_stats
 from offline.tables import STATS_PROPERTY, RowCounts, stats_columns
 
 log = logging.getLogger(__name__)
@@ -126,6 +128,7 @@ class Written:
     counts: RowCounts
     rows_written: int
     created_version: int | None = None
+    stats: dict[str, FeatureStats] = field(default_factory=dict)  # of the rows written, per feature
 
 
 def write_rows(
@@ -136,19 +139,25 @@ def write_rows(
     A table that does not exist yet is created with the rows in one plain write (no MERGE: nothing to match
     against; a concurrent creator makes one of the two fail). Onto an existing table, the rows identical to a
     stored row are dropped with an anti-join and only the new or changed rows are MERGEd (see
-    :func:`merge_rows`); when none are left there is no commit at all. Either way the source is read once.
+    :func:`merge_rows`); when none are left there is no commit at all. Either way the source is read once, and
+    the statistics of the rows written (:mod:`offline.spark.stats`) come from the rows persisted for the write.
     """
 
+    features = [(f.name, f.dtype) for f in view.features]
     if not DeltaTable.isDeltaTable(spark, str(path)):
-        (
-            _with_published_at(view, prepared.frame, published_at)
-            .write.format("delta")
-            .mode("errorifexists")
-            .option(STATS_PROPERTY, stats_columns(view))  # options named delta.* become table properties
-            .save(str(path))
-        )
-        counts = prepared.counts()
-        return Written(counts, counts.kept, created_version=0)  # a table's first commit is version 0
+        rows = _with_published_at(view, prepared.frame, published_at).persist()
+        try:
+            (
+                rows.write.format("delta")
+                .mode("errorifexists")
+                .option(STATS_PROPERTY, stats_columns(view))  # options named delta.* become table properties
+                .save(str(path))
+            )
+            counts = prepared.counts()
+            stats = spark_stats(rows, features, counts.kept)
+        finally:
+            rows.unpersist()
+        return Written(counts, counts.kept, created_version=0, stats=stats)  # a table's first commit is version 0
 
     # Only what differs from the stored rows goes into the MERGE: a rerun of an unchanged window matches every
     # row here and commits nothing, instead of MERGE-joining and rewriting the whole table.
@@ -161,9 +170,10 @@ def write_rows(
         count = changed.count()  # the one pass over the source, which also counts its rows
         counts = prepared.counts()
         written = merge_rows(spark, path, view, changed, published_at) if count else 0
+        stats = spark_stats(changed, features, count)
     finally:
         changed.unpersist()
-    return Written(counts, written)
+    return Written(counts, written, stats=stats)
 
 
 def _with_published_at(view: ViewPlan, rows: DataFrame, published_at: datetime) -> DataFrame:

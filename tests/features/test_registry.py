@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import threading
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from features.config import RepoConfig
 from features.errors import RegistryError
 from features.plan import Plan
 from features.registry import Registry, RunRecord
+from features.run_stats import FeatureStats, RunStats
 from features.store import FeatureStore
 from tests.features.conftest import ENTITIES, VIEWS
 from tests.servers import fresh_database
@@ -74,7 +76,7 @@ def test_an_older_registry_gets_the_new_run_columns_and_keeps_its_runs(registry_
     from features.registry import materialization_runs
 
     engine = sa.create_engine(registry_url)
-    newer = ("started_at", "engine", "outcome", "error")
+    newer = ("started_at", "engine", "outcome", "error", "stats_json")
     first_release = sa.Table(  # the run table as the first release created it
         materialization_runs.name,
         sa.MetaData(),
@@ -105,6 +107,17 @@ def test_an_older_registry_gets_the_new_run_columns_and_keeps_its_runs(registry_
         ("new", "failed", "RuntimeError: down"),
     ]
     assert registry.materialized_storage() == {("old", "fp1")}  # a failed run orphans nothing
+    assert old.stats is None  # a run recorded before statistics were
+    stats = RunStats(
+        "spark",
+        {"amount": FeatureStats("float64", 3, 1, nan=1, min=-1.5, max=-1.5, mean=-1.5, quantiles={"p50": -1.5})},
+        {"label": FeatureStats("string", 2, 0, top=(("yes", 2),), distinct=1)},
+        1e-4,
+        0.01,
+    )
+    registry.record_run(dataclasses.replace(failed, view="with_stats", outcome="ok", error=None, stats=stats))
+    assert [(r.view, r.stats) for r in registry.runs("with_stats")] == [("with_stats", stats)]
+    assert [r.run_id for r in registry.runs(failed=True)] == [1, 2, 3]
     registry.close()
     Registry(registry_url).close()  # opening it again adds nothing twice
 

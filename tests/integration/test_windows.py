@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import random
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -185,6 +187,30 @@ def test_online_values_after_each_day_match_the_oracle(replayed: Any) -> None:
                 got = record[f"card_txn__{name}"]
                 got = None if pd.isna(got) else got
                 assert same(expected[name], got), (end, card, name, expected[name], got)
+
+
+def test_each_run_describes_the_values_it_published(replayed: Any) -> None:
+    """A windowed run's statistics: the latest values per card it published, held to the oracle's values at the
+    tick (nulls, min and max of each number, the top values of each string), and its written tick values."""
+    store, rows, _, results = replayed
+    for day, result in enumerate(results, start=1):
+        end = START + day * D
+        stats = result.stats
+        cards = sorted({r["card_id"] for r in rows if r["ts"] <= end})
+        expected = {card: oracle(rows, card, end) for card in cards}
+        assert {s.count for s in stats.published.values()} == {len(cards)} == {result.rows_published}
+        assert {s.count for s in stats.written.values()} == {result.rows_written_offline}
+        for name in FEATURES:
+            got = stats.published[name]
+            values = [expected[card][name] for card in cards]
+            present = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+            assert got.nulls == values.count(None), (day, name)
+            if got.distinct is not None:
+                counted = sorted(Counter(present).items(), key=lambda p: (-p[1], p[0]))
+                assert list(got.top) == counted[:10], (day, name)
+            elif present:
+                assert same(min(present), got.min) and same(max(present), got.max), (day, name, got)
+    assert [r.stats for r in store.registry.runs("card_txn")] == [r.stats for r in results]
 
 
 @pytest.fixture(params=["arrow", "spark"])
