@@ -544,6 +544,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     for status in stale:
         console.print(f"[yellow]stale[/]: {status['view']}: {'; '.join(status['stale'])}")
     for status in statuses:
+        snapshot = status["online_snapshot"]
+        if snapshot is not None and snapshot.get("held"):
+            console.print(
+                f"[yellow]rolled back[/]: {status['view']}: {snapshot['held']}; runs are not published until "
+                f"'skewless rollback {status['view']} --release'"
+            )
+    for status in statuses:
         failure = status["last_failure"]
         if failure is not None and failure["error"]:
             console.print(f"[red]last failure[/] of {status['view']} ({failure['finished_at']}): {failure['error']}")

@@ -14,7 +14,7 @@ the plan type. A null value is a SQL null.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -116,40 +116,129 @@ def decode_value(dtype: DType, text: str | None) -> Any:
 
 
 def to_rows(lookups: Sequence[LoggedLookup]) -> pa.Table:
-    """The log rows of ``lookups``: one per (lookup, entity, feature), in :func:`schema`. Runs off the request
-    path (the log's flusher), so it may build Python lists."""
+    """The log rows of ``lookups``: one per (lookup, entity, feature), in :func:`schema` (the audit's ``--sample``
+    path; a serving worker writes raw batches instead, expanded by :func:`rows_from_raw` when they land)."""
+    return _rows(
+        (
+            logged.request_id,
+            logged.served_micros,
+            logged.service,
+            logged.result.to_dict(),
+            None if not logged.request_data else {k: list(v) for k, v in logged.request_data.items()},
+            logged.result.snapshots,
+        )
+        for logged in lookups
+    )
+
+
+#: The columns of a raw batch, what a serving worker writes: the answer as the HTTP service wrote it (JSON, the
+#: native dialect), the request data and the snapshots read (JSON). Nothing is expanded on the serving path.
+RAW_COLUMNS = ("request_id", "served_at", "service", "answer", "request_data", "snapshots")
+
+
+def raw_schema() -> pa.Schema:
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("request_id", pa.string()),
+            ("served_at", pa.timestamp("us", tz="UTC")),
+            ("service", pa.string()),
+            ("answer", pa.binary()),
+            ("request_data", pa.binary()),
+            ("snapshots", pa.binary()),
+        ]
+    )
+
+
+def raw_batch(
+    lookups: Sequence[tuple[str, int, str | None, bytes, bytes | None, Mapping[str, str | None]]],
+) -> pa.Table:
+    """A raw batch (:func:`raw_schema`) of (request id, served micros, service, answer JSON, request data JSON,
+    snapshots) tuples: a few C-level conversions per column, cheap enough for a serving worker's thread."""
+    import pyarrow as pa
+
+    columns = list(zip(*lookups, strict=True)) if lookups else [()] * len(RAW_COLUMNS)
+    target = raw_schema()
+    arrays = [
+        pa.array(columns[0], pa.string()),
+        pa.array(columns[1], pa.int64()).cast(target.field("served_at").type),
+        pa.array(columns[2], pa.string()),
+        pa.array(columns[3], pa.binary()),
+        pa.array(columns[4], pa.binary()),
+        pa.array([orjson.dumps(s) for s in columns[5]], pa.binary()),
+    ]
+    return pa.Table.from_arrays(arrays, schema=target)
+
+
+def landed_rows(batch: pa.Table) -> pa.Table:
+    """The log rows of a batch from the landing folder: a raw batch expanded, or log rows as they are."""
+    if "answer" in batch.column_names:
+        return rows_from_raw(batch.cast(raw_schema()))
+    return batch.cast(schema())
+
+
+def rows_from_raw(raw: pa.Table) -> pa.Table:
+    """The log rows (:func:`schema`) of a raw batch: each answer expanded into one row per entity and feature."""
+    import pyarrow as pa
+
+    ids = raw.column("request_id").to_pylist()
+    served = raw.column("served_at").cast(pa.int64()).to_pylist()
+    services = raw.column("service").to_pylist()
+    answers = raw.column("answer").to_pylist()
+    request_data = raw.column("request_data").to_pylist()
+    snapshots = raw.column("snapshots").to_pylist()
+    return _rows(
+        (
+            ids[i],
+            served[i],
+            services[i],
+            orjson.loads(answers[i]),
+            None if request_data[i] is None else orjson.loads(request_data[i]),
+            orjson.loads(snapshots[i]),
+        )
+        for i in range(raw.num_rows)
+    )
+
+
+def _rows(lookups: Iterable[tuple[str, int, str | None, dict[str, Any], Any, Mapping[str, Any]]]) -> pa.Table:
+    """The long rows of lookups given with their answers in the HTTP answer's JSON form (``LookupResult.to_dict``):
+    values are already JSON-ready, so a value's text is its JSON."""
     import pyarrow as pa
 
     from features.dtypes import from_micros
 
     columns: dict[str, list[Any]] = {name: [] for name, _, _ in COLUMNS}
-    for logged in lookups:
-        result = logged.result
-        served = from_micros(logged.served_micros)
-        day = served.strftime("%Y-%m-%d")
-        names = sorted(result.entities)
-        count = len(result.entities[names[0]]) if names else 0
-        entities = [
-            orjson.dumps({name: _plain(result.entities[name][i]) for name in names}).decode() for i in range(count)
-        ]
-        request_data = _per_entity(logged.request_data, count)
-        for column, values in result.features.items():
+    micros_of: dict[str, int] = {}
+    for request_id, served_micros, service, answer, request_data, snapshots in lookups:
+        day = from_micros(served_micros).strftime("%Y-%m-%d")
+        entity_columns = answer["entities"]
+        names = sorted(entity_columns)
+        count = len(entity_columns[names[0]]) if names else 0
+        entities = [orjson.dumps({name: entity_columns[name][i] for name in names}).decode() for i in range(count)]
+        per_entity = _per_entity(request_data, count)
+        for column, found in answer["features"].items():
             view = column.split("__", 1)[0]
-            snapshot = result.snapshots.get(view)
+            snapshot = snapshots.get(view)
+            values, statuses, stamps = found["values"], found["statuses"], found["event_timestamps"]
             for i in range(count):
-                columns["request_id"].append(logged.request_id)
-                columns["served_at"].append(logged.served_micros)
+                value = values[i]
+                stamp = stamps[i]
+                if stamp is not None and stamp not in micros_of:
+                    micros_of[stamp] = _micros(stamp)
+                columns["request_id"].append(request_id)
+                columns["served_at"].append(served_micros)
                 columns[DAY].append(day)
-                columns["service"].append(logged.service)
-                columns["plan_version"].append(result.plan_version)
+                columns["service"].append(service)
+                columns["plan_version"].append(answer["plan_version"])
                 columns["entity_index"].append(i)
                 columns["entity"].append(entities[i])
-                columns["request_data"].append(request_data[i])
+                columns["request_data"].append(per_entity[i])
                 columns["view"].append(view)
                 columns["feature"].append(column)
-                columns["value"].append(encode_value(values.values[i]))
-                columns["status"].append(values.statuses[i])
-                columns["event_timestamp"].append(values.event_micros[i])
+                columns["value"].append(None if value is None else orjson.dumps(value).decode())
+                columns["status"].append(statuses[i])
+                columns["event_timestamp"].append(None if stamp is None else micros_of[stamp])
                 columns["snapshot"].append(snapshot)
     target = schema()
     arrays = []
@@ -163,6 +252,7 @@ def to_rows(lookups: Sequence[LoggedLookup]) -> pa.Table:
 
 
 def _per_entity(request_data: Mapping[str, Sequence[Any]] | None, count: int) -> list[str | None]:
+    """Each entity's request-data fields as a JSON object with sorted keys (None when none were sent)."""
     if not request_data:
         return [None] * count
     names = sorted(request_data)
@@ -170,7 +260,7 @@ def _per_entity(request_data: Mapping[str, Sequence[Any]] | None, count: int) ->
 
 
 def _plain(value: Any) -> Any:
-    """A key or request value as JSON can hold it (times as ISO text, non-finite floats as text)."""
+    """A request value as JSON holds it (times as ISO text, non-finite floats as text)."""
     if isinstance(value, datetime):
         from features.lookup import iso_utc
 
@@ -180,10 +270,16 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _micros(iso: str) -> int:
+    from features.dtypes import to_micros
+
+    return to_micros(datetime.fromisoformat(iso.replace("Z", "+00:00")))
+
+
 def write_batch(config: RepoConfig, rows: pa.Table) -> str:
-    """Write ``rows`` (in :func:`schema`) as one Parquet batch in the landing folder; returns its name. A hidden
-    temporary name first, then a rename, so a landing never reads half a batch; the name starts with the time,
-    so batches land in the order they were written."""
+    """Write ``rows`` (a raw batch, :func:`raw_schema`, or log rows, :func:`schema`) as one Parquet batch in the
+    landing folder; returns its name. A hidden temporary name first, then a rename, so a landing never reads half
+    a batch; the name starts with the time, so batches land in the order they were written."""
     import os
     import time
     import uuid
@@ -195,7 +291,7 @@ def write_batch(config: RepoConfig, rows: pa.Table) -> str:
     name = f"{time.time_ns():020d}-{uuid.uuid4().hex}.parquet"
     temporary = folder / f".{name}.tmp"
     try:
-        pq.write_table(rows.cast(schema()), temporary)
+        pq.write_table(rows, temporary)
         os.replace(temporary, folder / name)
     except BaseException:
         temporary.unlink(missing_ok=True)

@@ -110,6 +110,7 @@ def _status(
             "offline_version": live.watermark,
             "published_at": live.published_at.isoformat(timespec="seconds"),
             "age_seconds": round(age, 3),
+            "held": live.held,  # set while a rollback holds the view (skewless rollback): who and when
         }
         stale.extend(_snapshot_reasons(view, live, age, table_version))
     return {
@@ -131,7 +132,8 @@ def _snapshot_reasons(view: ViewPlan, live: LiveSnapshot, age: float, table_vers
     reasons = []
     if live.storage_fingerprint != view.storage_fingerprint:
         reasons.append("snapshot of another definition")
-    elif table_version is not None and table_version > live.watermark:
+    elif table_version is not None and table_version > live.watermark and not live.held:
+        # Behind the table is what a rollback does on purpose: the state says "rolled back" instead.
         reasons.append(f"behind the table (Delta version {table_version}, served {live.watermark})")
     if view.ttl_seconds is not None and age > view.ttl_seconds:
         reasons.append(f"older than the TTL ({age_text(int(age))} > {age_text(view.ttl_seconds)})")
@@ -188,7 +190,7 @@ STATUS_COLUMNS = (
 def _row(status: dict[str, Any]) -> tuple[str, ...]:
     ok, failed, live = status["last_success"], status["last_failure"], status["online_snapshot"]
     if live is not None:
-        served = str(live["offline_version"])
+        served = str(live["offline_version"]) + (" (rolled back)" if live.get("held") else "")
         age = age_text(int(live["age_seconds"]))
     else:
         served, age = (NEVER if status["online"] else "offline only"), ""
@@ -206,5 +208,5 @@ def _row(status: dict[str, Any]) -> tuple[str, ...]:
         age,
         limits,
         status["checks"],
-        "stale" if status["stale"] else "fresh",
+        "stale" if status["stale"] else ("rolled back" if live is not None and live.get("held") else "fresh"),
     )

@@ -1,12 +1,13 @@
 """The served-feature log's Delta table: batches landed from the serving workers' folder, and read back.
 
-Serving workers never touch Delta (no JVM, no commit race in the request path): each writes its batches of
-logged lookups as Parquet files into the landing folder (``features.served_log.landing_dir``: a hidden
-temporary name, then a rename, as pushes do). :func:`land` appends every pending file to the table
-(``<offline path>/_served_log``, partitioned by ``day``) in one delta-rs commit whose ``userMetadata`` names the
-files, then removes them: a crash between the commit and the removal leaves files the next landing finds named
-in the log and removes without landing them twice. :func:`read` returns the table's rows (Spark reads the same
-table with ``spark.read.format("delta")``).
+Serving workers never touch Delta (no JVM, no commit race in the request path): each writes *raw* batches (the
+answers as sent, :func:`features.served_log.raw_batch`) as Parquet files into the landing folder
+(``features.served_log.landing_dir``: a hidden temporary name, then a rename, as pushes do). :func:`land`
+expands them into the log's rows (:func:`features.served_log.rows_from_raw`) and appends every pending file to
+the table (``<offline path>/_served_log``, partitioned by ``day``) in one delta-rs commit whose ``userMetadata``
+names the files, then removes them: a crash between the commit and the removal leaves files the next landing
+finds named in the log and removes without landing them twice. :func:`read` returns the table's rows (Spark
+reads the same table with ``spark.read.format("delta")``).
 
 Retention (``serving.log.retention_days``): :func:`land` then deletes the days older than that (one delta-rs
 delete of those partitions) and vacuums files removed more than :data:`VACUUM_HOURS` ago, so a reader of an
@@ -23,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from features.errors import CommitConflictError
-from features.served_log import DAY, landing_dir, log_dir, schema
+from features.served_log import DAY, landed_rows, landing_dir, log_dir, schema
 from offline import delta_rs
 
 if TYPE_CHECKING:
@@ -82,7 +83,7 @@ def _land_once(config: RepoConfig) -> int:
         if name in already:
             continue
         try:
-            tables.append(pq.read_table(folder / name).cast(schema()))
+            tables.append(landed_rows(pq.read_table(folder / name)))
         except FileNotFoundError:  # another landing took it meanwhile
             continue
         landing.append(name)
@@ -156,7 +157,7 @@ def expire(config: RepoConfig, *, now: datetime | None = None) -> list[str]:
 class LogStatus:
     """What :func:`status` reports."""
 
-    pending: dict[str, int]  # batch name -> rows, oldest first
+    pending: dict[str, int]  # batch name -> rows (a serving worker's raw batch: one per lookup), oldest first
     landed: dict[str, int]  # day -> rows in the table
     retention_days: int
     cutoff: str  # the oldest day kept

@@ -635,8 +635,11 @@ def lookup_handler(
             answer = JSONAnswer(dialect.answer(body, lookup, result))
         except Exception as exc:
             return _error_answer(exc)
-        if served_log is not None:
-            served_log.offer(REQUEST_ID.get(), service, result, request_data)
+        # A lookup under a contract served side by side (another plan than the live one) is not logged: the audit
+        # compares with the live definitions.
+        if served_log is not None and plan is version.plan:
+            body_bytes = bytes(answer.body) if dialect is NATIVE else None  # Feast's answer: the log encodes its own
+            served_log.offer(REQUEST_ID.get(), service, result, request_data, body_bytes)
         return answer
 
     return answer_lookup

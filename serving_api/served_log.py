@@ -1,21 +1,19 @@
 """The served-feature log of one serving worker: a sample of the lookups it answered, written in the background.
 
 The request path only offers: :meth:`ServedLog.offer` decides with one ``random()`` whether the lookup is sampled
-(``serving.log.sample_rate``, or its service's rate in ``serving.log.services``) and appends references (the
-:class:`~features.lookup.LookupResult` the answer was written from, never copied) to a bounded deque. A full
-queue drops the lookup and counts it: the answer never waits and never fails for the log.
+(``serving.log.sample_rate``, or its service's rate in ``serving.log.services``) and appends references to a
+bounded deque: the answer's bytes as the service already wrote them (``POST /v1/features``), the request data
+and the snapshot versions read. A full queue drops the lookup and counts it: the answer never waits and never
+fails for the log.
 
-Every :data:`TICK_SECONDS` a task on the worker's event loop turns what was queued by then into rows
-(:func:`features.served_log.to_rows`), :data:`CHUNK` lookups at a time with the waiting requests served between
-chunks, and every ``serving.log.flush_seconds`` a thread writes the rows as one Parquet batch in the landing
-folder (:func:`features.served_log.write_batch`: temporary name, then rename; Arrow's writer, mostly outside the
-GIL). Turning rows in a thread was measured worse (``bench/log_cost.py``): one second's lookups in one go held
-the GIL ~40 ms at 3,000 req/s and p99 under load grew 4x; in chunks with pauses, the two threads handing the GIL
-back and forth on a busy machine cost ~40% of req/s. On the loop the cost is its CPU time (see
-docs/ARCHITECTURE.md, "Served-feature log", for what is measured and not yet explained).
-``skewless log land`` appends the batches to the log's Delta table (:mod:`offline.served_log`). A worker killed
-without warning loses what it had queued since its last flush: at most one flush interval of lookups (plus those
-of a flush under way); a worker stopped the ordinary way flushes the rest on shutdown.
+Every ``serving.log.flush_seconds`` a thread takes what is queued and writes it as one *raw* Parquet batch in the
+landing folder (:func:`features.served_log.raw_batch`, :func:`~features.served_log.write_batch`: a few C-level
+conversions per column, then Arrow's writer, mostly outside the GIL). Nothing is expanded into the log's rows
+here: ``skewless log land`` does that (:func:`features.served_log.rows_from_raw`) when it appends the batches to
+the log's Delta table (:mod:`offline.served_log`). Expanding on the serving path cost 0.67x of the unlogged
+req/s (``bench/log_cost.py``: ~30-130 µs of Python per lookup, on the loop or fighting it for the GIL). A worker
+killed without warning loses what it had queued since its last flush: at most one flush interval of lookups (plus
+those of a flush under way); a worker stopped the ordinary way flushes the rest on shutdown.
 
 The counters (:attr:`ServedLog.offered`, ``sampled_out``, ``dropped``, ``written``, ``failed``) are plain
 attributes, for ``/metrics``.
@@ -23,16 +21,16 @@ attributes, for ``/metrics``.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import random
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from features.served_log import LoggedLookup, to_rows, write_batch
+import orjson
+
+from features.served_log import raw_batch, write_batch
 from serving_api.log_throttle import ThrottledLog
 
 if TYPE_CHECKING:
@@ -44,20 +42,18 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 _flush_errors = ThrottledLog(logger)  # a full disk fails every flush: one line per interval, not per second
 
-Writer = Callable[["pa.Table"], object]  # writes one batch of rows (default: into the repository's landing folder)
-# What the request path queues: (request id, served micros, service, result, request data). A tuple, not yet a
-# LoggedLookup: building the frozen dataclass costs ~1 µs, the flusher does it off the request path.
-Queued = tuple[str, int, "str | None", "LookupResult", "Mapping[str, Sequence[Any]] | None"]
-TICK_SECONDS = 0.05  # how often queued lookups are turned into rows
-CHUNK = 256  # lookups turned into rows at once, on the event loop (~2 ms), before the requests waiting
+Writer = Callable[["pa.Table"], object]  # writes one raw batch (default: into the repository's landing folder)
+# What the request path queues: (request id, served micros, service, the answer's JSON bytes, or the result when
+# the answer was written in another dialect (encoded by the flusher), request data, snapshots read).
+Queued = tuple[str, int, "str | None", "bytes | LookupResult", "Mapping[str, Sequence[Any]] | None", Any]
 
 
 class ServedLog:
     """One worker's log of answered lookups: :meth:`offer` on the request path, :meth:`start` (in the app's
-    lifespan) for the background work, :meth:`stop` at shutdown.
+    lifespan) for the background writer, :meth:`stop` at shutdown.
 
     >>> served = ServedLog.from_config(config)                 # doctest: +SKIP
-    >>> await served.start(); served.offer(request_id, "fraud_model", result, request_data)  # doctest: +SKIP
+    >>> await served.start(); served.offer(request_id, "fraud_model", result, request_data, answer)  # doctest: +SKIP
     """
 
     def __init__(
@@ -75,10 +71,10 @@ class ServedLog:
         self.flush_seconds = flush_seconds
         self.queue_size = queue_size
         self._queue: deque[Queued] = deque()  # append and popleft are atomic: no lock on the request path
-        self._task: asyncio.Task[None] | None = None  # turns queued lookups into rows, on the event loop
-        self._writer: ThreadPoolExecutor | None = None  # writes the batches (Parquet, a file: off the loop)
-        self._rows: list[pa.Table] = []  # rows of lookups taken from the queue, not written yet
-        self._converted = 0  # the lookups of self._rows
+        self._in_flight = 0  # lookups taken from the queue by a write under way
+        self._lock = threading.Lock()  # one write at a time (the writer thread, or stop's last flush)
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
         self.offered = 0  # lookups answered and offered to the log
         self.sampled_out = 0  # not sampled (the sample rate said no)
         self.dropped = 0  # sampled, but the queue was full
@@ -105,101 +101,75 @@ class ServedLog:
         service: str | None,
         result: LookupResult,
         request_data: Mapping[str, Sequence[Any]] | None = None,
+        answer: bytes | None = None,
     ) -> None:
-        """Log an answered lookup, if sampled and there is room; O(1), never blocks, never raises."""
+        """Log an answered lookup, if sampled and there is room; O(1), never blocks, never raises. ``answer``:
+        the bytes of the native answer (``result.to_dict()`` as JSON) when the service wrote them already."""
         self.offered += 1
         rate = self.services.get(service, self.sample_rate) if service is not None else self.sample_rate
         if rate < 1.0 and random.random() >= rate:
             self.sampled_out += 1
             return
-        if len(self._queue) + self._converted >= self.queue_size:
+        if len(self._queue) + self._in_flight >= self.queue_size:
             self.dropped += 1
             return
-        self._queue.append((request_id, result.at_micros, service, result, request_data))
+        self._queue.append(
+            (request_id, result.at_micros, service, result if answer is None else answer, request_data, result)
+        )
 
     @property
     def queued(self) -> int:
-        """Lookups waiting for the next flush (in the queue, or turned into rows already)."""
-        return len(self._queue) + self._converted
+        """Lookups waiting for the next flush (in the queue, or in a write under way)."""
+        return len(self._queue) + self._in_flight
 
     def unknown_services(self, known: Iterable[str]) -> list[str]:
         """The services of ``serving.log.services`` that ``known`` (the plan's feature services) does not name."""
         return sorted(set(self.services) - set(known))
 
     async def start(self) -> None:
-        """Start turning queued lookups into rows on the running event loop, and writing them in a thread."""
-        if self._task is None:
-            self._writer = ThreadPoolExecutor(1, thread_name_prefix="skewless-served-log")
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="skewless-served-log")
+        """Start the thread that writes what is queued every ``flush_seconds``."""
+        if self._thread is None:
+            self._stopping.clear()
+            self._thread = threading.Thread(target=self._run, name="skewless-served-log", daemon=True)
+            self._thread.start()
 
     async def stop(self) -> None:
-        """Stop the background work and write what is still queued (the worker's shutdown)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        if self._writer is not None:
-            self._writer.shutdown(wait=True)  # a write under way finishes
-            self._writer = None
+        """Stop the writer and write what is still queued (the worker's shutdown)."""
+        if self._thread is not None:
+            self._stopping.set()
+            self._thread.join()
+            self._thread = None
         self.flush()
 
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        last_flush = loop.time()
-        while True:
-            await asyncio.sleep(min(TICK_SECONDS, self.flush_seconds))
-            # What was queued by now, not what arrives meanwhile: under load the queue never empties, and
-            # chasing it turned ~18 lookups a call, where to_rows's fixed cost made a lookup cost ~60 µs.
-            remaining = len(self._queue)
-            while remaining > 0:
-                self._convert(min(CHUNK, remaining))
-                remaining -= CHUNK
-                await asyncio.sleep(0)  # the requests waiting go first
-            if loop.time() - last_flush >= self.flush_seconds:
-                last_flush = loop.time()
-                rows, count = self._take()
-                if count:
-                    await loop.run_in_executor(self._writer, self._write, rows, count)
-
-    def _convert(self, limit: int | None = None) -> None:
-        """Turn up to ``limit`` queued lookups (all when None) into rows."""
-        size = len(self._queue) if limit is None else min(limit, len(self._queue))
-        if not size:
-            return
-        self._converted += size  # before taking them out: offer never sees room that is not there
-        chunk = [LoggedLookup(*self._queue.popleft()) for _ in range(size)]
-        try:
-            self._rows.append(to_rows(chunk))
-        except Exception as exc:
-            self._converted -= size
-            self._lost(size, exc)
-
-    def _take(self) -> tuple[list[pa.Table], int]:
-        """The rows turned so far and their lookups, handed over to a write."""
-        rows, count = self._rows, self._converted
-        self._rows, self._converted = [], 0
-        return rows, count
-
-    def _write(self, rows: list[pa.Table], count: int) -> int:
-        import pyarrow as pa
-
-        try:
-            self.write(pa.concat_tables(rows))
-        except Exception as exc:
-            self._lost(count, exc)
-            return 0
-        self.written += count
-        return count
+    def _run(self) -> None:
+        while not self._stopping.wait(self.flush_seconds):
+            self.flush()
 
     def flush(self) -> int:
-        """Write every queued lookup as one batch, now, in the caller's thread; the lookups written. Errors are
-        logged (throttled), and the lookups of a failed batch counted in :attr:`failed`: the log never retries
-        into an unbounded backlog."""
-        self._convert()
-        rows, count = self._take()
-        return self._write(rows, count) if count else 0
+        """Write every queued lookup as one raw batch, now, in the caller's thread; the lookups written. Errors
+        are logged (throttled), and the lookups of a failed batch counted in :attr:`failed`: the log never
+        retries into an unbounded backlog."""
+        with self._lock:
+            size = len(self._queue)
+            if not size:
+                return 0
+            self._in_flight = size  # before taking them out: offer never sees room that is not there
+            taken = [self._queue.popleft() for _ in range(size)]
+            try:
+                self.write(raw_batch([_raw(entry) for entry in taken]))
+            except Exception as exc:
+                self.failed += size
+                _flush_errors.warning("served-feature log: could not write %d lookup(s): %s", size, exc)
+                return 0
+            finally:
+                self._in_flight = 0
+            self.written += size
+            return size
 
-    def _lost(self, count: int, exc: Exception) -> None:
-        self.failed += count
-        _flush_errors.warning("served-feature log: could not write %d lookup(s): %s", count, exc)
+
+def _raw(entry: Queued) -> tuple[str, int, str | None, bytes, bytes | None, Mapping[str, str | None]]:
+    """A queued lookup as a raw batch's row: the answer and request data as JSON bytes."""
+    request_id, micros, service, answer, request_data, result = entry
+    encoded = answer if isinstance(answer, bytes) else orjson.dumps(answer.to_dict())
+    data = None if not request_data else orjson.dumps({k: list(v) for k, v in request_data.items()})
+    return request_id, micros, service, encoded, data, result.snapshots

@@ -6,6 +6,7 @@ card), and the rolled-back answer is compared with the answer recorded before th
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,13 @@ def test_a_rollback_restores_the_previous_values_holds_runs_and_is_released(
     repo.store.materialize(["last_payment"])
     assert delta_rs.latest_version(path) == (before or 0) + 1
     assert same_bits(repo.served(CARDS), first)
+
+    # `status` says the view is rolled back (not stale for being behind its table, which the hold is for).
+    capsys.readouterr()
+    assert main(["status", "last_payment", "--json", "--repo", root]) == 0
+    (status,) = json.loads(capsys.readouterr().out)
+    assert status["online_snapshot"]["held"].startswith("rolled back by ")
+    assert status["table_version"] > status["online_snapshot"]["offline_version"] and status["stale"] == []
 
     (record,) = repo.store.registry.rollbacks("last_payment")
     assert record.action == "rollback" and record.who and record.to_snapshot != record.from_snapshot
