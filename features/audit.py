@@ -45,6 +45,7 @@ DRIFTED = "drifted"  # the stored table and the recomputation differ
 LAGGED = "freshness_lag"  # served what was published at t; a newer row was published later
 
 # The likely causes the registry and stores can tell.
+ROLLED_BACK = "rolled back"  # a kind of cause: values served from a rolled-back snapshot, compared with it
 CAUSE_REAPPLIED = "view re-applied without a run since"
 CAUSE_FUNCTION = "function fingerprint differs (served by another plan version's definition)"
 CAUSE_SNAPSHOT = "published snapshot older than the Delta version"
@@ -74,6 +75,21 @@ class FeatureLayers:
     recomputed_event: list[datetime | None] | None = None
     skew_cause: str = CAUSE_OVERWRITTEN  # what the registry tells of a served/stored difference
     drift_cause: str | None = None  # a cause the registry tells of a stored/recomputed difference (else by row)
+    #: Per row: served while a rollback held the view, so "stored" is the rolled-back Delta version (what was
+    #: published then), not the newest committed; None: no rollback in the log's time.
+    rolled_back: list[bool] | None = None
+    rollback: str | None = None  # the rollbacks, as the registry recorded them (who, when, which version)
+
+
+@dataclass(frozen=True, slots=True)
+class Rollback:
+    """A time a rollback held a view: from ``start`` until ``end`` (None: still held), serving the snapshot
+    published from Delta version ``version``; ``text`` says who rolled it back and when."""
+
+    start: datetime
+    end: datetime | None
+    version: int
+    text: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +148,7 @@ class FeatureAudit:
     lag_median_seconds: float | None
     examples: dict[str, list[Example]] = field(default_factory=dict)
     causes: dict[str, str] = field(default_factory=dict)  # kind -> likely cause
+    rolled_back: int = 0  # values served from a rolled-back snapshot (compared with that version: not skew)
 
     @property
     def disagreements(self) -> int:
@@ -169,6 +186,7 @@ class FeatureAudit:
                 "max_seconds": self.lag_max_seconds,
                 "median_seconds": self.lag_median_seconds,
             },
+            "rolled_back": self.rolled_back,
             "causes": dict(self.causes),
             "examples": {kind: [e.to_json() for e in found] for kind, found in self.examples.items()},
         }
@@ -255,7 +273,8 @@ def compare(layers: FeatureLayers) -> FeatureAudit:
             counts["equal"] += 1
             if served is None:
                 counts["both_null"] += 1
-            if not same(stored, layers.latest[i]):  # served what was published at t; a newer row came later
+            rolled = layers.rolled_back is not None and layers.rolled_back[i]
+            if not rolled and not same(stored, layers.latest[i]):  # served what was published at t; newer came later
                 lagged += 1
                 lag = _lag(layers.served_event[i] or layers.stored_event[i], layers.latest_event[i])
                 if lag is not None:
@@ -305,6 +324,9 @@ def compare(layers: FeatureLayers) -> FeatureAudit:
             causes[kind] = layers.skew_cause
     if lags:
         causes[LAGGED] = "a newer row was published after the lookup"
+    rolled_back = sum(layers.rolled_back) if layers.rolled_back is not None else 0
+    if rolled_back:
+        causes[ROLLED_BACK] = layers.rollback or "served from a rolled-back snapshot"
     return FeatureAudit(
         feature=layers.feature,
         total=rows,
@@ -323,6 +345,7 @@ def compare(layers: FeatureLayers) -> FeatureAudit:
         lag_median_seconds=statistics.median(lags) if lags else None,
         examples=examples,
         causes=causes,
+        rolled_back=rolled_back,
     )
 
 
@@ -529,3 +552,20 @@ def result(
         recomputed=recomputed,
         points={layer.feature: plot_points(layer) for layer in layers},
     )
+
+
+def rollback_times(records: Sequence[Any]) -> dict[str, list[Rollback]]:
+    """Per view, the times a rollback held it (from the registry's rollback records, oldest first): each lasts
+    until the release, or the next rollback, of that view."""
+    out: dict[str, list[Rollback]] = {}
+    for record in records:
+        spans = out.setdefault(record.view, [])
+        if spans and spans[-1].end is None:
+            spans[-1] = Rollback(spans[-1].start, record.at, spans[-1].version, spans[-1].text)
+        if record.action == "rollback" and record.offline_version is not None:
+            text = (
+                f"rolled back by {record.who} at {iso_text(record.at)} to snapshot {record.to_snapshot} "
+                f"(Delta version {record.offline_version}): compared with that version"
+            )
+            spans.append(Rollback(record.at, None, int(record.offline_version), text))
+    return out

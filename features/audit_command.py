@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from features.audit import AuditResult
+from features.audit import ROLLED_BACK, AuditResult
 from features.audit_report import (
     EXAMPLE_COLUMNS,
     SUMMARY_COLUMNS,
@@ -87,6 +87,12 @@ def print_audit(result: AuditResult) -> None:
     summary = table(title, SUMMARY_COLUMNS, summary_rows(result))
     summary.columns[0].no_wrap = True  # a feature's name is what a reader looks for first
     console.print(summary)
+    for feature in result.features:
+        if feature.rolled_back:
+            console.print(
+                f"[yellow]rolled back[/]: {feature.feature}: {feature.rolled_back} value(s) served from a rolled-back "
+                f"snapshot, {feature.causes.get(ROLLED_BACK, '')}"
+            )
     examples = example_rows(result)
     if examples:
         console.print(table("Examples", EXAMPLE_COLUMNS, examples))

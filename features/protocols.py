@@ -17,7 +17,7 @@ from features.plan import FeatureRefPlan, Plan, ViewPlan
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from features.audit import FeatureLayers
+    from features.audit import FeatureLayers, Rollback
     from features.config import RepoConfig
     from features.run_stats import RunStats
 
@@ -292,8 +292,10 @@ class OfflineEngine(Protocol):
         logged_plans: Mapping[int, Plan],
         watermarks: Mapping[str, int | None],
         recompute: bool = True,
+        rollbacks: Mapping[str, Sequence[Rollback]] | None = None,
     ) -> list[FeatureLayers]:
-        """The offline layers of the consistency audit of ``log`` rows (:mod:`features.audit`)."""
+        """The offline layers of the consistency audit of ``log`` rows (:mod:`features.audit`); ``rollbacks``:
+        when a rollback held each view, and the Delta version it served then."""
         ...
 
     def stop(self) -> None: ...

@@ -357,7 +357,13 @@ class FeatureStore:
                 live = online.live_snapshot(view)
                 watermarks[view.name] = None if live is None else live.watermark
         layers = self.offline.audit_layers(
-            plan, version.version, log, logged_plans=logged_plans, watermarks=watermarks, recompute=recompute
+            plan,
+            version.version,
+            log,
+            logged_plans=logged_plans,
+            watermarks=watermarks,
+            recompute=recompute,
+            rollbacks=audit.rollback_times(self.registry.rollbacks()),
         )
         return audit.result(version.version, "sample" if sample is not None else "log", log, layers, recompute)
 

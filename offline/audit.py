@@ -33,6 +33,7 @@ from features.audit import (
     CAUSE_REAPPLIED,
     CAUSE_SNAPSHOT,
     FeatureLayers,
+    Rollback,
 )
 from features.config import RepoConfig
 from features.dtypes import DType, arrow_type, from_micros
@@ -78,10 +79,13 @@ def audit_layers(
     logged_plans: Mapping[int, Plan],
     watermarks: Mapping[str, int | None],
     recompute: Callable[[RepoConfig, Plan, ViewPlan], None] | None,
+    rollbacks: Mapping[str, Sequence[Rollback]] | None = None,
 ) -> list[FeatureLayers]:
     """The layers of every logged feature. ``join`` runs a training-set join of a manifest; ``logged_plans``:
     every plan version the log names; ``watermarks``: the Delta version each view's live online snapshot was
-    published from; ``recompute`` materializes a view into another config's offline path (None: no layer 3)."""
+    published from; ``recompute`` materializes a view into another config's offline path (None: no layer 3);
+    ``rollbacks``: per view, when a rollback held it and which Delta version it served then (a lookup in that
+    time is compared with that version: what was published, not the newest committed)."""
     probes, values = _read_log(log)
     features = sorted({feature for per in values for feature in per})
     refs = _refs(plan, features)
@@ -102,11 +106,16 @@ def audit_layers(
     latest: dict[tuple[int, str], tuple[Any, datetime | None]] = {}
     unavailable: set[tuple[int, str]] = set()  # (probe, feature) the current definition has no table for
     groups: dict[tuple[Any, ...], list[int]] = {}
+    rolled: set[tuple[int, str]] = set()  # (probe, view) served while a rollback held the view
     for index, probe in enumerate(probes):
         asked = tuple(sorted(values[index]))
         pins: list[tuple[str, str, int | None]] = []
         for view in stored_views:
             current = history[view.name].live_at(probe.served_at)
+            held = _held_at((rollbacks or {}).get(view.name, ()), probe.served_at)
+            if held is not None:
+                current = held
+                rolled.add((index, view.name))
             if current is not None:
                 pins.append((view.name, "current", current))
             else:  # the current definition had no table at t: the served plan's table, for its unchanged features
@@ -202,9 +211,31 @@ def audit_layers(
                     watermarks,
                 ),
                 drift_cause=CAUSE_NOT_MATERIALIZED if any((i, feature) in unavailable for i in rows) else None,
+                rolled_back=_rolled(plan, feature, rows, rolled) if rolled else None,
+                rollback=_rollback_text(plan, feature, rollbacks or {}) if rolled else None,
             )
         )
     return out
+
+
+def _held_at(rollbacks: Sequence[Rollback], t: datetime) -> int | None:
+    """The Delta version a rollback served at ``t``, if one held the view then."""
+    for rollback in rollbacks:
+        if rollback.start <= t and (rollback.end is None or t < rollback.end):
+            return rollback.version
+    return None
+
+
+def _rolled(plan: Plan, feature: str, rows: Sequence[int], rolled: set[tuple[int, str]]) -> list[bool]:
+    view, _, name = feature.partition("__")
+    views = _views_of(plan, FeatureRefPlan(view, name))
+    return [any((i, v) in rolled for v in views) for i in rows]
+
+
+def _rollback_text(plan: Plan, feature: str, rollbacks: Mapping[str, Sequence[Rollback]]) -> str | None:
+    view, _, name = feature.partition("__")
+    texts = [r.text for v in _views_of(plan, FeatureRefPlan(view, name)) for r in rollbacks.get(v, ())]
+    return "; ".join(texts) or None
 
 
 # -- the log --------------------------------------------------------------------------------------------------------

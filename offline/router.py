@@ -35,7 +35,7 @@ from offline.warm.client import WarmEngine
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from features.audit import FeatureLayers
+    from features.audit import FeatureLayers, Rollback
 
 log = logging.getLogger(__name__)
 
@@ -230,6 +230,7 @@ class Router:
         logged_plans: Mapping[int, Plan],
         watermarks: Mapping[str, int | None],
         recompute: bool = True,
+        rollbacks: Mapping[str, Sequence[Rollback]] | None = None,
     ) -> list[FeatureLayers]:
         """The offline layers of the audit of ``log`` (:mod:`offline.audit`): joined by the engine this router
         chooses for each join, recomputed (``recompute``) by the engine it chooses for each view, into a scratch
@@ -252,6 +253,7 @@ class Router:
             logged_plans=logged_plans,
             watermarks=watermarks,
             recompute=rematerialize if recompute else None,
+            rollbacks=rollbacks,
         )
 
     def stop(self) -> None:

@@ -1,9 +1,9 @@
 """The served-feature log's Delta table: batches landed from the serving workers' folder, and read back.
 
-Serving workers never touch Delta (no JVM, no commit race in the request path): each writes *raw* batches (the
-answers as sent, :func:`features.served_log.raw_batch`) as Parquet files into the landing folder
-(``features.served_log.landing_dir``: a hidden temporary name, then a rename, as pushes do). :func:`land`
-expands them into the log's rows (:func:`features.served_log.rows_from_raw`) and appends every pending file to
+Serving workers never touch Delta (no JVM, no commit race in the request path): each writes its batches as files
+of JSON lines, one per lookup with the answer as sent (:func:`features.served_log.raw_line`), into the landing
+folder (``features.served_log.landing_dir``: a hidden temporary name, then a rename, as pushes do). :func:`land`
+expands them into the log's rows (:func:`features.served_log.rows_from_lines`) and appends every pending file to
 the table (``<offline path>/_served_log``, partitioned by ``day``) in one delta-rs commit whose ``userMetadata``
 names the files, then removes them: a crash between the commit and the removal leaves files the next landing
 finds named in the log and removes without landing them twice. :func:`read` returns the table's rows (Spark
@@ -24,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from features.errors import CommitConflictError
-from features.served_log import DAY, landed_rows, landing_dir, log_dir, schema
+from features.served_log import DAY, RAW_SUFFIX, landed_rows, landing_dir, log_dir, schema
 from offline import delta_rs
 
 if TYPE_CHECKING:
@@ -46,7 +46,7 @@ def pending(config: RepoConfig) -> list[str]:
         names = os.listdir(landing_dir(config))
     except FileNotFoundError:
         return []
-    return sorted(n for n in names if n.endswith(".parquet") and not n.startswith("."))
+    return sorted(n for n in names if n.endswith((".parquet", RAW_SUFFIX)) and not n.startswith("."))
 
 
 def land(config: RepoConfig, *, now: datetime | None = None) -> int:
@@ -66,7 +66,6 @@ def land(config: RepoConfig, *, now: datetime | None = None) -> int:
 
 def _land_once(config: RepoConfig) -> int:
     import pyarrow as pa
-    import pyarrow.parquet as pq
     from deltalake import CommitProperties, write_deltalake
     from deltalake.exceptions import CommitFailedError, DeltaError
 
@@ -83,7 +82,7 @@ def _land_once(config: RepoConfig) -> int:
         if name in already:
             continue
         try:
-            tables.append(landed_rows(pq.read_table(folder / name)))
+            tables.append(landed_rows(folder / name))
         except FileNotFoundError:  # another landing took it meanwhile
             continue
         landing.append(name)
@@ -173,7 +172,12 @@ def status(config: RepoConfig, *, now: datetime | None = None) -> LogStatus:
     batches: dict[str, int] = {}
     for name in pending(config):
         try:
-            batches[name] = pq.ParquetFile(folder / name).metadata.num_rows
+            path = folder / name
+            batches[name] = (
+                path.read_bytes().count(b"\n")  # a serving worker's batch: a line per lookup
+                if name.endswith(RAW_SUFFIX)
+                else pq.ParquetFile(path).metadata.num_rows
+            )
         except FileNotFoundError:  # landed meanwhile
             continue
     path = log_dir(config)

@@ -1,19 +1,21 @@
 """The served-feature log of one serving worker: a sample of the lookups it answered, written in the background.
 
 The request path only offers: :meth:`ServedLog.offer` decides with one ``random()`` whether the lookup is sampled
-(``serving.log.sample_rate``, or its service's rate in ``serving.log.services``) and appends references to a
-bounded deque: the answer's bytes as the service already wrote them (``POST /v1/features``), the request data
-and the snapshot versions read. A full queue drops the lookup and counts it: the answer never waits and never
-fails for the log.
+(``serving.log.sample_rate``, or its service's rate in ``serving.log.services``), and a sampled lookup becomes
+one JSON line (:func:`features.served_log.raw_line`): the bytes of the answer the service already wrote
+(``POST /v1/features``; Feast's door encodes the native answer once more) embedded as they are, with the request
+id, the time, the service, the request data and the snapshot versions read, ~2 µs. A full queue drops the lookup
+and counts it: the answer never waits and never fails for the log.
 
-Every ``serving.log.flush_seconds`` a thread takes what is queued and writes it as one *raw* Parquet batch in the
-landing folder (:func:`features.served_log.raw_batch`, :func:`~features.served_log.write_batch`: a few C-level
-conversions per column, then Arrow's writer, mostly outside the GIL). Nothing is expanded into the log's rows
-here: ``skewless log land`` does that (:func:`features.served_log.rows_from_raw`) when it appends the batches to
-the log's Delta table (:mod:`offline.served_log`). Expanding on the serving path cost 0.67x of the unlogged
-req/s (``bench/log_cost.py``: ~30-130 µs of Python per lookup, on the loop or fighting it for the GIL). A worker
-killed without warning loses what it had queued since its last flush: at most one flush interval of lookups (plus
-those of a flush under way); a worker stopped the ordinary way flushes the rest on shutdown.
+Every ``serving.log.flush_seconds`` a thread joins the queued lines and writes them as one file in the landing
+folder (:func:`features.served_log.write_lines`: temporary name, then rename): one ``join`` and one write, so it
+hardly holds the GIL. Nothing is expanded into the log's rows here: ``skewless log land`` does that
+(:func:`features.served_log.rows_from_lines`) when it appends the batches to the log's Delta table
+(:mod:`offline.served_log`). Expanding each lookup in the worker, the first design, cost 0.67x of the unlogged
+req/s; a Parquet batch of the raw answers built in a thread still held the GIL long enough to multiply p99 under
+load (``bench/log_cost.py``). A worker killed without warning loses what it had queued since its last flush: at
+most one flush interval of lookups (plus those of a write under way); a worker stopped the ordinary way writes the
+rest on shutdown.
 
 The counters (:attr:`ServedLog.offered`, ``sampled_out``, ``dropped``, ``written``, ``failed``) are plain
 attributes, for ``/metrics``.
@@ -30,22 +32,17 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from features.served_log import raw_batch, write_batch
+from features.served_log import raw_line, write_lines
 from serving_api.log_throttle import ThrottledLog
 
 if TYPE_CHECKING:
-    import pyarrow as pa
-
     from features.config import RepoConfig
     from features.lookup import LookupResult
 
 logger = logging.getLogger(__name__)
 _flush_errors = ThrottledLog(logger)  # a full disk fails every flush: one line per interval, not per second
 
-Writer = Callable[["pa.Table"], object]  # writes one raw batch (default: into the repository's landing folder)
-# What the request path queues: (request id, served micros, service, the answer's JSON bytes, or the result when
-# the answer was written in another dialect (encoded by the flusher), request data, snapshots read).
-Queued = tuple[str, int, "str | None", "bytes | LookupResult", "Mapping[str, Sequence[Any]] | None", Any]
+Writer = Callable[[list[bytes]], object]  # writes one batch of lines (default: into the repository's landing folder)
 
 
 class ServedLog:
@@ -70,7 +67,7 @@ class ServedLog:
         self.services = dict(services or {})
         self.flush_seconds = flush_seconds
         self.queue_size = queue_size
-        self._queue: deque[Queued] = deque()  # append and popleft are atomic: no lock on the request path
+        self._queue: deque[bytes] = deque()  # append and popleft are atomic: no lock on the request path
         self._in_flight = 0  # lookups taken from the queue by a write under way
         self._lock = threading.Lock()  # one write at a time (the writer thread, or stop's last flush)
         self._stopping = threading.Event()
@@ -88,7 +85,7 @@ class ServedLog:
         if config.log_sample_rate <= 0 and not any(rate > 0 for rate in config.log_services.values()):
             return None
         return cls(
-            lambda rows: write_batch(config, rows),
+            lambda lines: write_lines(config, lines),
             sample_rate=config.log_sample_rate,
             services=config.log_services,
             flush_seconds=config.log_flush_seconds,
@@ -113,9 +110,13 @@ class ServedLog:
         if len(self._queue) + self._in_flight >= self.queue_size:
             self.dropped += 1
             return
-        self._queue.append(
-            (request_id, result.at_micros, service, result if answer is None else answer, request_data, result)
-        )
+        try:
+            encoded = orjson.dumps(result.to_dict()) if answer is None else answer
+            line = raw_line(request_id, result.at_micros, service, encoded, request_data, result.snapshots)
+        except Exception as exc:  # a value JSON cannot hold: the lookup is answered, not logged
+            self._lost(1, exc)
+            return
+        self._queue.append(line)
 
     @property
     def queued(self) -> int:
@@ -156,20 +157,15 @@ class ServedLog:
             self._in_flight = size  # before taking them out: offer never sees room that is not there
             taken = [self._queue.popleft() for _ in range(size)]
             try:
-                self.write(raw_batch([_raw(entry) for entry in taken]))
+                self.write(taken)
             except Exception as exc:
-                self.failed += size
-                _flush_errors.warning("served-feature log: could not write %d lookup(s): %s", size, exc)
+                self._lost(size, exc)
                 return 0
             finally:
                 self._in_flight = 0
             self.written += size
             return size
 
-
-def _raw(entry: Queued) -> tuple[str, int, str | None, bytes, bytes | None, Mapping[str, str | None]]:
-    """A queued lookup as a raw batch's row: the answer and request data as JSON bytes."""
-    request_id, micros, service, answer, request_data, result = entry
-    encoded = answer if isinstance(answer, bytes) else orjson.dumps(answer.to_dict())
-    data = None if not request_data else orjson.dumps({k: list(v) for k, v in request_data.items()})
-    return request_id, micros, service, encoded, data, result.snapshots
+    def _lost(self, count: int, exc: Exception) -> None:
+        self.failed += count
+        _flush_errors.warning("served-feature log: could not write %d lookup(s): %s", count, exc)

@@ -475,3 +475,21 @@ def test_a_table_version_never_published_online_names_the_snapshot(repo: Repo) -
     for feature in changed:
         assert disagreeing(result)[feature] == {MISMATCHED: {5}}
         assert result.feature(feature).causes[MISMATCHED] == CAUSE_SNAPSHOT
+
+
+def test_values_served_from_a_rollback_are_reported_as_the_rollback_not_skew(repo: Repo) -> None:
+    repo.insert([payment(1, hours=10, amount=999.0)])
+    repo.store.materialize(start=BASE)  # card 1's newer row: a second snapshot
+    repo.store.rollback("last_payment")  # serve the first snapshot again (card 1's older row)
+    repo.serve()
+    result = repo.audit()
+    for f in result.features:
+        assert (f.disagreements, f.drifted) == (0, 0), f.to_json()
+        rolled = f.feature.startswith(("last_payment__", "basket__"))  # basket reads last_payment's amount
+        assert f.rolled_back == (len(CARDS) if rolled else 0), f.to_json()
+        if rolled:
+            assert f.causes["rolled back"].startswith("rolled back by ")
+            assert f.lagged == 0  # the rollback's version, not a freshness lag
+    assert repo.store.get_online_features({"card_id": [1]}, features=["last_payment:amount_eur"]).features[
+        "last_payment__amount_eur"
+    ].values == [(10.0 + 5 + 0.1) * 1.5]  # the older row, as audited
