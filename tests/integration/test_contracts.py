@@ -136,6 +136,11 @@ def test_a_contract_is_served_its_definitions_side_by_side_after_a_change(
     retired = TestClient(create_app(root))
     gone = retired.post("/v1/features", json=under_v7)
     assert gone.status_code == 404 and gone.json()["known"] == ["fraud_v8"]
+    # Retired, its kept version is released: prune now deletes the kept snapshot's keys.
+    capsys.readouterr()
+    assert main(["prune", "--json", "--repo", root]) == 0
+    pruned = json.loads(capsys.readouterr().out)
+    assert [v["delete"] for v in pruned["online"] if v["view"].startswith("last_payment@")] == [True]
 
 
 def test_without_kept_versions_a_changed_feature_is_refused_never_substituted(repo: Repo, tmp_path: Path) -> None:
