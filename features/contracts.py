@@ -108,6 +108,7 @@ def select(
     feature_service: str | None = None,
     old_plan: Plan | None = None,
     published: Callable[[ViewPlan], bool] | None = None,
+    function_kept: Callable[[str], bool] | None = None,
 ) -> tuple[Plan, list[str]]:
     """The plan to look up with and the ``view:feature`` references a lookup under ``contract`` reads: all of
     the contract's, or those of ``features`` / ``feature_service``, which must be among them.
@@ -118,7 +119,7 @@ def select(
     that still holds the contracted definition (after an apply, before the next run), as ``published`` (does
     the store serve this view's storage fingerprint under its online name?) says. :class:`ContractConflictError`
     names the features that can be served neither way (no kept snapshot, a request-time function whose source
-    changed)."""
+    changed and whose applied text ``function_kept`` (by source fingerprint) does not have)."""
     contracted = contract.fingerprints
     if features is None and feature_service is None:
         wanted = list(contracted)
@@ -136,7 +137,7 @@ def select(
         return plan, wanted
     if old_plan is None or published is None:
         raise ContractConflictError(contract.name, contract.plan_version, live_version, changed)
-    lookup_plan, unservable = side_by_side_plan(plan, old_plan, wanted, published)
+    lookup_plan, unservable = side_by_side_plan(plan, old_plan, wanted, published, function_kept)
     refused = [ref for ref in changed if ref in unservable]
     if refused:
         raise ContractConflictError(contract.name, contract.plan_version, live_version, refused)
@@ -168,12 +169,16 @@ def needs_keeping(live: Plan, view: ViewPlan) -> bool:
 
 
 def side_by_side_plan(
-    live: Plan, old: Plan, refs: Sequence[str], published: Callable[[ViewPlan], bool]
+    live: Plan,
+    old: Plan,
+    refs: Sequence[str],
+    published: Callable[[ViewPlan], bool],
+    function_kept: Callable[[str], bool] | None = None,
 ) -> tuple[Plan, set[str]]:
     """``old`` with every stored view ``refs`` read whose definition changed since pointed at its kept snapshot
     (``online_key``) or left on its own snapshot while that still holds the old definition, and the references
     it cannot serve: those reading a changed view served neither way, and on-demand features of a function
-    whose source changed (only the current source can be imported)."""
+    whose source changed when the module text it was applied with is not kept (``function_kept``)."""
     unservable: set[str] = set()
     replaced: dict[str, ViewPlan] = {}
     for view in stored_views_of(old, refs):
@@ -187,7 +192,9 @@ def side_by_side_plan(
         if old.is_on_demand(ref.view):
             function = old.on_demand_view(ref.view).function
             live_function = _function_of(live, ref.view)
-            if function is not None and (live_function is None or live_function != function):
+            if function is None or live_function == function:
+                continue
+            if not (function_kept is not None and function_kept(function.source_fingerprint)):
                 unservable.add(str(ref))
     views = tuple(replaced.get(v.name, v) for v in old.views)
     needed = {r.view for r in old.resolve_refs(refs)}
@@ -282,11 +289,13 @@ class ContractCache:
         *,
         plan_of: Callable[[int], Plan] | None = None,
         online: OnlineStore | None = None,
+        function_kept: Callable[[str], bool] | None = None,
     ) -> None:
         self.provider = provider
         self.refresh_seconds = refresh_seconds
         self.plan_of = plan_of
         self.online = online
+        self.function_kept = function_kept
         self._contracts: dict[str, Contract] | None = None
         self._read_at = 0.0
         self._plans: dict[int, Plan] = {}
@@ -332,6 +341,7 @@ class ContractCache:
             feature_service=feature_service,
             old_plan=old,
             published=self._is_published,
+            function_kept=self.function_kept,
         )
         self._selections[key] = chosen
         return chosen

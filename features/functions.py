@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import inspect
+import linecache
 import os
 import threading
 from collections.abc import Callable
@@ -56,8 +57,16 @@ class FunctionLoader:
     are cached per plan fingerprint.
     """
 
-    def __init__(self, definitions: str | os.PathLike[str] | None = None) -> None:
+    def __init__(
+        self,
+        definitions: str | os.PathLike[str] | None = None,
+        *,
+        kept_sources: Callable[[str], tuple[str, str] | None] | None = None,
+    ) -> None:
         self.definitions = None if definitions is None else Path(definitions).resolve()
+        #: The module text a function was applied with, by its source fingerprint (the registry's): a function
+        #: whose file changed since is loaded from there (a training contract's earlier version).
+        self.kept_sources = kept_sources
         self._lock = threading.Lock()
         self._cache: dict[str, dict[str, Callable[..., Any]]] = {}
         self._last: tuple[Plan, dict[str, Callable[..., Any]]] | None = None  # skips hashing the same plan
@@ -102,6 +111,9 @@ class FunctionLoader:
         except (OSError, TypeError) as exc:
             raise FunctionLoadError(f"cannot read the source of the {label}: {exc}") from exc
         if current != function.source_fingerprint:
+            kept = self._load_kept(function)
+            if kept is not None:
+                return kept
             where = getattr(module, "__file__", None) or function.module
             raise FunctionLoadError(
                 f"the {label} changed since the plan was compiled (source fingerprint {current}, plan has "
@@ -109,6 +121,26 @@ class FunctionLoader:
                 f"deploy the code the plan was applied from"
             )
         return found
+
+    def _load_kept(self, function: FunctionPlan) -> Callable[..., Any] | None:
+        """The function as it was applied, from the module text kept for its fingerprint, run as a module of its
+        own (its imports resolve as the current module's do); None when none was kept or it does not load."""
+        kept = self.kept_sources(function.source_fingerprint) if self.kept_sources is not None else None
+        if kept is None:
+            return None
+        _, text = kept
+        filename = f"<skewless: {function.module} as applied, function {function.source_fingerprint}>"
+        linecache.cache[filename] = (len(text), None, text.splitlines(True), filename)  # for inspect.getsource
+        module = ModuleType(function.module)
+        module.__file__ = filename
+        try:
+            exec(compile(text, filename, "exec"), module.__dict__)
+            found = resolve_qualname(module, function.qualname)
+            if found is not None and callable(found) and source_fingerprint(found) == function.source_fingerprint:
+                return found
+        except Exception:
+            return None
+        return None
 
     def _import(self, module: str) -> ModuleType:
         if self.definitions is not None and (

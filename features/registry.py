@@ -101,6 +101,17 @@ contracts = sa.Table(
     sa.Column("retired_at", sa.DateTime(timezone=True), nullable=True),
 )
 
+# The text of each request-time function's module as it was applied, by the function's source fingerprint: what
+# serves a training contract's earlier version of a function after its file changed (features/functions.py).
+function_sources = sa.Table(
+    "skewless_function_sources",
+    _metadata,
+    sa.Column("source_fingerprint", sa.String(32), primary_key=True),
+    sa.Column("module", sa.String(400), nullable=False),
+    sa.Column("module_text", sa.Text, nullable=False),
+    sa.Column("stored_at", sa.DateTime(timezone=True), nullable=False),
+)
+
 
 @dataclass(frozen=True, slots=True)
 class RollbackRecord:
@@ -381,6 +392,30 @@ class Registry:
         with self.engine.begin() as conn:
             conn.execute(contracts.update().where(contracts.c.name == name).values(retired_at=datetime.now(UTC)))
         return found
+
+    def keep_function_sources(self, sources: dict[str, tuple[str, str]]) -> None:
+        """Keep each function's module text (source fingerprint -> (module, text)) unless kept already."""
+        if not sources:
+            return
+        with self.engine.begin() as conn:
+            kept = {row[0] for row in conn.execute(sa.select(function_sources.c.source_fingerprint))}
+            for fingerprint, (module, text) in sources.items():
+                if fingerprint not in kept:
+                    conn.execute(
+                        function_sources.insert().values(
+                            source_fingerprint=fingerprint, module=module, module_text=text, stored_at=datetime.now(UTC)
+                        )
+                    )
+
+    def function_source(self, source_fingerprint: str) -> tuple[str, str] | None:
+        """(module, module text) kept for the function of ``source_fingerprint``; None when none was kept."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(function_sources.c.module, function_sources.c.module_text).where(
+                    function_sources.c.source_fingerprint == source_fingerprint
+                )
+            ).first()
+        return None if row is None else (row[0], row[1])
 
     def materialized_storage(self) -> set[tuple[str, str]]:
         """(view, storage fingerprint) pairs that have data: what a breaking change would orphan."""

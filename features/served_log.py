@@ -25,6 +25,7 @@ import orjson
 from features.dtypes import DType
 
 if TYPE_CHECKING:
+    import pandas as pd
     import pyarrow as pa
 
     from features.config import RepoConfig
@@ -296,3 +297,29 @@ def write_batch(config: RepoConfig, rows: pa.Table) -> str:
         temporary.unlink(missing_ok=True)
         raise
     return name
+
+
+def entity_rows(log: pa.Table) -> pd.DataFrame:
+    """The logged lookups as a training set's entity rows: one row per (lookup, entity) with ``request_id``,
+    ``served_at``, ``service``, ``plan_version``, the join-key columns and the request-data fields, so
+    ``FeatureStore.get_training_dataset(rows, ..., timestamp_column="served_at")`` joins the features as of the
+    instant each was served (a training set of the lookups a model really saw)."""
+    import pandas as pd
+
+    seen: set[tuple[str, int]] = set()
+    records: list[dict[str, Any]] = []
+    columns = ("request_id", "entity_index", "served_at", "service", "plan_version", "entity", "request_data")
+    for row in log.select(list(columns)).to_pylist():
+        identity = (row["request_id"], row["entity_index"])
+        if identity in seen:
+            continue
+        seen.add(identity)
+        record = {name: row[name] for name in ("request_id", "served_at", "service", "plan_version")}
+        record.update(orjson.loads(row["entity"]))
+        if row["request_data"] is not None:
+            record.update(orjson.loads(row["request_data"]))
+        records.append(record)
+    frame = pd.DataFrame.from_records(records)
+    if not frame.empty:
+        frame["served_at"] = pd.to_datetime(frame["served_at"], utc=True)
+    return frame

@@ -90,8 +90,23 @@ class FeatureStore:
         """
         new, diff, planned_against = self._plan_against_latest()
         version, created = self.registry.apply(new, planned_against=planned_against)
+        self.registry.keep_function_sources(self._function_sources(new))
         self._cached_version = version
         return ApplyResult(version, created, diff)
+
+    def _function_sources(self, plan: Plan) -> dict[str, tuple[str, str]]:
+        """The module text of each request-time function of ``plan`` by its source fingerprint, as applied: a
+        training contract's earlier version is served from it after the file changes."""
+        folder = self.config.root / self.config.definitions
+        out = {}
+        for view in plan.on_demand_views:
+            function = view.function
+            if function is None or not function.module.startswith(folder.name + "."):
+                continue
+            path = folder.joinpath(*function.module.split(".")[1:]).with_suffix(".py")
+            if path.is_file():
+                out[function.source_fingerprint] = (function.module, path.read_text())
+        return out
 
     def plan_version(self, *, max_age: float = 0.0) -> PlanVersion:
         """The latest applied plan, re-read from the registry when older than ``max_age`` seconds."""
@@ -110,7 +125,7 @@ class FeatureStore:
     def function_loader(self) -> FunctionLoader:
         """Imports the on-demand functions a plan names from this repository's definitions, checked against
         the plan's source fingerprints (see :mod:`features.functions`)."""
-        return FunctionLoader(self.config.root / self.config.definitions)
+        return FunctionLoader(self.config.root / self.config.definitions, kept_sources=self.registry.function_source)
 
     # -- engines ----------------------------------------------------------------------------------------------
     @cached_property
@@ -319,6 +334,15 @@ class FeatureStore:
             functions=functions,
         )
 
+    def served_lookups(self, since: datetime | None = None) -> Any:
+        """The lookups the served-feature log holds since ``since`` (pending batches are landed first), as a
+        pandas DataFrame of entity rows: ``request_id``, ``served_at``, ``service``, ``plan_version``, the join
+        keys and the request-data fields, one row per logged entity. Hand it to :meth:`get_training_dataset`
+        with ``timestamp_column="served_at"`` for the features as of the instant each was served."""
+        from features.served_log import entity_rows
+
+        return entity_rows(self.offline.served_log(since))
+
     def audit(
         self,
         names: Sequence[str] = (),
@@ -393,7 +417,10 @@ class FeatureStore:
         from features.contracts import ContractCache
 
         return ContractCache(
-            self.registry.contracts, plan_of=lambda v: self.registry.get(v).plan, online=self.online_store()
+            self.registry.contracts,
+            plan_of=lambda v: self.registry.get(v).plan,
+            online=self.online_store(),
+            function_kept=lambda fingerprint: self.registry.function_source(fingerprint) is not None,
         )
 
     def register_contract(self, manifest: str | os.PathLike[str], *, name: str) -> Contract:

@@ -383,7 +383,11 @@ def create_app(
     caps = Caps(max_entities, max_fields)
     contracts = (
         ContractCache(
-            owned.registry.contracts, refresh_seconds, plan_of=lambda v: owned.registry.get(v).plan, online=store
+            owned.registry.contracts,
+            refresh_seconds,
+            plan_of=lambda v: owned.registry.get(v).plan,
+            online=store,
+            function_kept=lambda fingerprint: owned.registry.function_source(fingerprint) is not None,
         )
         if owned is not None
         else None

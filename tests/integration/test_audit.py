@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 
 from features.audit import (
@@ -30,9 +31,9 @@ from features.audit import (
     AuditResult,
 )
 from features.cli import main
-from features.served_log import LoggedLookup, to_rows, write_batch
+from features.served_log import LoggedLookup, decode_value, to_rows, write_batch
 from features.store import FeatureStore
-from offline import delta_rs
+from offline import delta_rs, served_log
 from offline.tables import table_path
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
@@ -493,3 +494,30 @@ def test_values_served_from_a_rollback_are_reported_as_the_rollback_not_skew(rep
     assert repo.store.get_online_features({"card_id": [1]}, features=["last_payment:amount_eur"]).features[
         "last_payment__amount_eur"
     ].values == [(10.0 + 5 + 0.1) * 1.5]  # the older row, as audited
+
+
+def test_the_log_is_a_training_sets_entity_rows_and_gives_back_what_was_served(repo: Repo) -> None:
+    repo.serve()
+    repo.serve((2, 4))
+    rows = repo.store.served_lookups()
+    assert sorted(rows.columns) == sorted(["request_id", "served_at", "service", "plan_version", "card_id", "quantity"])
+    assert len(rows) == len(CARDS) + 2
+    training = repo.store.get_training_dataset(rows, feature_service="scoring", timestamp_column="served_at")
+    # The oracle: the values the lookups returned, as the log recorded them (decoded by their plan types).
+    plan = repo.store.plan_version().plan
+    logged = served_log.read(repo.store.config).to_pylist()
+    for feature in FEATURES:
+        view, _, name = feature.partition("__")
+        dtype = (plan.on_demand_view(view) if plan.is_on_demand(view) else plan.view(view)).feature(name).dtype
+        served = {
+            (r["request_id"], card_of(r["entity"])): decode_value(dtype, r["value"])
+            for r in logged
+            if r["feature"] == feature
+        }
+        joined = {
+            (request_id, card): None if pd.isna(value) else value
+            for request_id, card, value in zip(
+                training["request_id"], training["card_id"], training[feature], strict=True
+            )
+        }
+        assert joined == served, feature

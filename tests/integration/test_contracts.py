@@ -245,9 +245,7 @@ def request_time_expected(repo: Repo, *, factor: float = 1.0) -> dict[str, list[
     }
 
 
-def test_request_time_features_are_served_side_by_side_and_a_changed_function_is_refused(
-    repo: Repo, tmp_path: Path
-) -> None:
+def test_request_time_features_and_functions_are_served_side_by_side(repo: Repo, tmp_path: Path) -> None:
     root = Path(repo.store.config.root)
     views = root / "definitions" / "views.py"
     views.write_text(views.read_text() + ON_DEMAND)
@@ -272,9 +270,27 @@ def test_request_time_features_are_served_side_by_side_and_a_changed_function_is
     )
     assert values(live) == request_time_expected(repo, factor=2.0)
 
-    # The function's source changes: only the current source can run, so its contracted version is refused.
+    # The function's source changes: the contract is served the function as it was applied (its module's text
+    # kept in the registry), the live plan the new one.
     views.write_text(views.read_text().replace('* frame["order.qty"]})', '* frame["order.qty"] + 1.0})'))
     repo.store.apply()
+    repo.store.materialize(["last_payment"])
+    under = post(TestClient(create_app(root)), body)
+    assert values(under) == request_time_expected(repo)
+    now_live = post(
+        TestClient(create_app(root)),
+        {"features": ["order_shape:scaled"], "entities": {"card_id": CARDS}, "request_data": {"qty": QTY}},
+    )
+    new_scaled = [s + 1.0 for s in request_time_expected(repo, factor=2.0)["order_shape__scaled"]]
+    assert values(now_live) == {"order_shape__scaled": new_scaled}
+    python = repo.store.get_online_features({"card_id": CARDS}, trained_with="m", request_data={"qty": QTY}).to_dict()
+    assert values(python) == request_time_expected(repo)
+
+    # Without the applied text (a registry from before it was kept), that function is refused, never substituted.
+    import sqlalchemy as sa
+
+    with repo.store.registry.engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM skewless_function_sources"))
     refused = TestClient(create_app(root)).post("/v1/features", json=body)
     assert refused.status_code == 409, refused.text
     assert refused.json()["changed"] == ["order_shape:scaled"]

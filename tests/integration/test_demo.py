@@ -41,9 +41,13 @@ def test_demo_runs_the_whole_path(tmp_path: Path) -> None:
             "4. Build a point-in-time",
             "5. Serve",
             "POST /v1/features",
+            "6. Audit",
             "demo finished",
         ):
             assert step in out, out[-3000:]
+        # The example logs every lookup it serves; the audit finds every one of them, and no skew.
+        assert "21 logged lookups audited: worst mismatch rate 0.00%" in out, out[-3000:]
+        assert (repo / ".skewless" / "audit.html").is_file()
         dataset = repo / ".skewless" / "datasets" / "fraud_model_training.parquet"
         frame = pd.read_parquet(dataset)
         assert len(frame) == 800 and "card_profile__credit_limit" in frame.columns
