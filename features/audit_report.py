@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from features.audit import LAGGED, AuditResult, iso_text
+from features.audit import LAGGED, AuditResult, FeatureAudit, iso_text
 
 
 def summary_rows(result: AuditResult) -> list[list[Any]]:
@@ -89,8 +89,9 @@ def write_json(result: AuditResult, path: str | Path) -> Path:
 
 
 def write_html(result: AuditResult, path: str | Path) -> Path:
-    """A self-contained HTML report: the summary, the examples, and a plot per numeric feature (online against
-    offline, the diagonal where they agree), the images inlined."""
+    """A self-contained HTML report: the summary, the examples, and a plot per feature, the images inlined: a
+    numeric feature's served values against the stored ones (the diagonal where they agree), any other
+    feature's outcomes (equal, online-only, offline-only, mismatched) per status served."""
     out = Path(path)
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>skewless audit</title>",
@@ -104,20 +105,15 @@ def write_html(result: AuditResult, path: str | Path) -> Path:
     ]
     for f in result.features:
         points = result.points.get(f.feature)
-        if points:
-            parts.append(
-                f"<h2>{html.escape(f.feature)}</h2><img alt='{html.escape(f.feature)}' "
-                f"src='data:image/png;base64,{_scatter(f.feature, points)}'>"
-            )
+        picture = _scatter(f.feature, points) if points else _outcomes(f)
+        name = html.escape(f.feature)
+        parts.append(f"<h2>{name}</h2><img alt='{name}' src='data:image/png;base64,{picture}'>")
     parts.append("</body></html>")
     out.write_text("\n".join(parts))
     return out
 
 
 def _scatter(feature: str, points: Sequence[tuple[float, float]]) -> str:
-    import base64
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display needed
@@ -133,6 +129,35 @@ def _scatter(feature: str, points: Sequence[tuple[float, float]]) -> str:
     axes.set_ylabel("offline (stored at serving time)")
     axes.set_title(feature)
     figure.tight_layout()
+    return _png(figure)
+
+
+def _outcomes(feature: FeatureAudit) -> str:
+    """Bars of a feature's values served per status, split into those equal to the stored value and not."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    statuses = sorted(feature.by_status)
+    equal = [feature.by_status[s].equal for s in statuses]
+    other = [feature.by_status[s].mismatched for s in statuses]
+    figure, axes = plt.subplots(figsize=(5, 3), dpi=90)
+    axes.bar(statuses, equal, label="equal to the stored value", color="tab:green")
+    axes.bar(statuses, other, bottom=equal, label="disagreeing", color="tab:red")
+    axes.set_ylabel("values served")
+    axes.set_title(feature.feature)
+    axes.legend()
+    figure.tight_layout()
+    return _png(figure)
+
+
+def _png(figure: Any) -> str:
+    import base64
+    import io
+
+    import matplotlib.pyplot as plt
+
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     plt.close(figure)

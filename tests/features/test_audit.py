@@ -129,3 +129,7 @@ def test_reports_are_written(tmp_path: Any) -> None:
     assert data["features"][0]["examples"][MISMATCHED][0]["offline"] == 3.0
     page = write_html(audit, tmp_path / "a.html").read_text()
     assert page.count("<img") == 1 and "v__f" in page
+    # A feature without numbers to plot gets the picture of its outcomes per status.
+    text = compare(layers(["a", "b"], ["a", "c"]))
+    words = AuditResult(1, "log", 1, 2, 2, (text,), False)
+    assert write_html(words, tmp_path / "b.html").read_text().count("<img") == 1
