@@ -68,35 +68,40 @@ class FunctionLoader:
         #: whose file changed since is loaded from there (a training contract's earlier version).
         self.kept_sources = kept_sources
         self._lock = threading.Lock()
-        self._cache: dict[str, dict[str, Callable[..., Any]]] = {}
-        self._last: tuple[Plan, dict[str, Callable[..., Any]]] | None = None  # skips hashing the same plan
+        self._cache: dict[tuple[str, bool], dict[str, Callable[..., Any]]] = {}
+        # skips hashing the same plan: (plan, applied, its functions)
+        self._last: tuple[Plan, bool, dict[str, Callable[..., Any]]] | None = None
 
-    def functions_for(self, plan: Plan) -> dict[str, Callable[..., Any]]:
+    def functions_for(self, plan: Plan, *, applied: bool = False) -> dict[str, Callable[..., Any]]:
         """``{view name: function}`` for every function view of ``plan``; :class:`FunctionLoadError` when
-        one cannot be imported or its source changed."""
+        one cannot be imported or its source changed. ``applied``: a function whose file changed since runs as
+        it was applied, from the text the registry kept (a training contract's earlier plan); without it, the
+        live plan's functions must be the files' own (an edited file is refused until it is applied)."""
         last = self._last
-        if last is not None and last[0] is plan:
-            return last[1]
-        key = plan.fingerprint
+        if last is not None and last[0] is plan and last[1] == applied:
+            return last[2]
+        key = (plan.fingerprint, applied)
         with self._lock:
             cached = self._cache.get(key)
             if cached is None:
                 fresh: dict[str, ModuleType] = {}
                 cached = {
-                    view.name: self._load(view.name, view.function, fresh)
+                    view.name: self._load(view.name, view.function, fresh, applied)
                     for view in plan.on_demand_views
                     if view.function is not None
                 }
                 self._cache[key] = cached
-            self._last = (plan, cached)
+            self._last = (plan, applied, cached)
             return cached
 
     def load(self, view: str, function: FunctionPlan) -> Callable[..., Any]:
         """One function, checked against its plan."""
         with self._lock:
-            return self._load(view, function, {})
+            return self._load(view, function, {}, False)
 
-    def _load(self, view: str, function: FunctionPlan, fresh: dict[str, ModuleType]) -> Callable[..., Any]:
+    def _load(
+        self, view: str, function: FunctionPlan, fresh: dict[str, ModuleType], applied: bool
+    ) -> Callable[..., Any]:
         label = f"on-demand function '{function}' of view '{view}'"
         try:
             module = fresh.get(function.module) or self._import(function.module)
@@ -111,7 +116,7 @@ class FunctionLoader:
         except (OSError, TypeError) as exc:
             raise FunctionLoadError(f"cannot read the source of the {label}: {exc}") from exc
         if current != function.source_fingerprint:
-            kept = self._load_kept(function)
+            kept = self._load_kept(function) if applied else None
             if kept is not None:
                 return kept
             where = getattr(module, "__file__", None) or function.module

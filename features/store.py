@@ -325,7 +325,8 @@ class FeatureStore:
             )
             feature_service = None
         compiled = prepare(plan, features=features, feature_service=feature_service)
-        functions = self.function_loader.functions_for(plan) if plan.on_demand_views else {}
+        applied = plan is not version.plan  # a contract's earlier plan: its functions as they were applied
+        functions = self.function_loader.functions_for(plan, applied=applied) if plan.on_demand_views else {}
         return compiled.run(
             self.online_store(),
             entities,

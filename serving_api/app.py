@@ -632,7 +632,10 @@ def lookup_handler(
                 entities,
                 plan_version=version.version,
                 request_data=request_data,
-                functions=loader.functions_for(plan) if plan.on_demand_views else None,
+                # Under a contract's earlier plan its functions run as they were applied (features.functions).
+                functions=loader.functions_for(plan, applied=plan is not version.plan)
+                if plan.on_demand_views
+                else None,
             )
             if metrics is not None:
                 metrics.served(result)
@@ -756,6 +759,12 @@ def app_from_env() -> FastAPI:
         freeze_startup_objects=True,
         opentelemetry=os.environ.get(ENV_OPENTELEMETRY) == "1",
     )
+
+
+def _functions(loader: FunctionLoader, plan: Plan, live: Plan) -> dict[str, Callable[..., Any]] | None:
+    """The on-demand functions of the plan a lookup runs; under a contract's earlier plan (not the live one) its
+    functions run as they were applied (:meth:`FunctionLoader.functions_for`)."""
+    return loader.functions_for(plan, applied=plan is not live) if plan.on_demand_views else None
 
 
 def _contract_selection(
