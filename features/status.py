@@ -19,10 +19,8 @@ previous snapshot served, and the rules above say whether that one is still good
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from features.catalog import run_summary
@@ -30,7 +28,7 @@ from features.errors import OnlineStoreError, UnknownNameError
 from features.plan import ViewPlan
 from features.protocols import LiveSnapshot
 from features.registry import RunRecord
-from features.table_stats import table_dir
+from features.table_stats import latest_version, table_dir
 
 if TYPE_CHECKING:
     from features.store import FeatureStore
@@ -66,7 +64,7 @@ def view_statuses(
             runs,
             snapshots.get(view.name),
             unreachable,
-            latest_table_version(table_dir(store.config, view.name, view.storage_fingerprint)),
+            latest_version(table_dir(store.config, view.name, view.storage_fingerprint)),
             now,
         )
         for view in selected
@@ -142,17 +140,6 @@ def _snapshot_reasons(view: ViewPlan, live: LiveSnapshot, age: float, table_vers
         if age > allowed:
             reasons.append(f"no tick within cadence + grace ({age_text(int(age))} > {age_text(allowed)})")
     return reasons
-
-
-def latest_table_version(table: Path) -> int | None:
-    """The newest version of the Delta table at ``table`` (its highest commit file's number: a listing of the
-    log, no table opened); None when there is no table."""
-    try:
-        names = os.listdir(table / "_delta_log")
-    except OSError:
-        return None
-    versions = [int(n[:-5]) for n in names if n.endswith(".json") and n[:-5].isdigit()]
-    return max(versions) if versions else None
 
 
 def age_text(seconds: int) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -55,6 +56,18 @@ def table_dir(config: RepoConfig, view: str, storage_fingerprint: str) -> Path:
     """Where a view's Delta table of one storage fingerprint lives: ``<offline path>/<view>/<fingerprint>``, so a
     definition change that alters stored values starts a new table (``offline.tables.table_path`` for a view)."""
     return config.resolved_offline_path() / view / storage_fingerprint
+
+
+def latest_version(table: Path | str) -> int | None:
+    """The newest version of the Delta table at ``table``: its highest commit file's number, from a listing of
+    the log (opening the table would replay it); None when there is no table. The one reading of it: features/
+    (``skewless status``) and offline/ (``offline.delta_rs``) alike."""
+    try:
+        names = os.listdir(Path(table) / _LOG)
+    except OSError:
+        return None
+    versions = [int(n[:-5]) for n in names if len(n) == 25 and n.endswith(".json") and n[:-5].isdigit()]
+    return max(versions) if versions else None
 
 
 def commit_stats(table: Path, version: int) -> CommitStats | None:

@@ -15,14 +15,13 @@ visible (its data file stays unreferenced until a vacuum).
 from __future__ import annotations
 
 import json
-import os
-import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from features import table_stats
 from features.errors import CommitConflictError, UnsupportedTableError
 
 if TYPE_CHECKING:
@@ -30,7 +29,6 @@ if TYPE_CHECKING:
     from deltalake import CommitProperties, DeltaTable
 
 LOG = "_delta_log"
-_COMMIT = re.compile(r"^(\d{20})\.json$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,12 +46,7 @@ class Snapshot:
 def latest_version(path: Path | str) -> int | None:
     """The table's newest version (its highest commit file: a directory listing, where opening the table with
     delta-rs would replay its log); None when there is no table at ``path``."""
-    try:
-        names = os.listdir(Path(path) / LOG)
-    except OSError:
-        return None
-    versions = [int(m.group(1)) for m in map(_COMMIT.match, names) if m]
-    return max(versions) if versions else None
+    return table_stats.latest_version(path)
 
 
 # Snapshots already loaded, by (path, version, the commit file's mtime): the refusal of a job and the job itself
