@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from features.dtypes import DType
@@ -19,6 +23,17 @@ from features.registry import PlanVersion, Registry
 from online.redis_store import RedisOnlineStore
 from serving_api.client import ServiceUnavailableError, SkewlessClient
 from tests.online.plans import make_plan, make_view, publish
+
+ROOT = Path(__file__).resolve().parents[2]
+# ``skewless serve`` from this checkout, whichever entry points the venv has.
+SERVE = """
+import argparse, sys
+from serving_api.commands import register_serve
+parser = argparse.ArgumentParser()
+register_serve(parser.add_subparsers())
+args = parser.parse_args(sys.argv[1:])
+sys.exit(args.handler(args))
+"""
 
 CARD = make_view(
     "card", [("card_id", DType.INT64)], [("limit", DType.FLOAT64), ("tier", DType.STRING)], ttl_seconds=86400
@@ -100,3 +115,38 @@ def running(command: list[str], url: str, verify: str | bool = True, **popen: ob
 def asgi_server() -> str:
     """The ``--server`` of every ``skewless serve`` the tests start (test_granian*.py override it: granian)."""
     return "uvicorn"
+
+
+def eventually(ok: Any, seconds: float, log: Path | None = None) -> None:
+    """Waits until ``ok()`` is true (a refused connection counts as not yet), failing after ``seconds`` with the
+    tail of ``log``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            if ok():
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {seconds} s" + (f"; log: {log.read_text()[-2000:]}" if log else ""))
+        time.sleep(0.1)
+
+
+def start_serve(repo: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+    """``skewless serve`` (one worker) on ``repo`` at ``port``, its output in ``log``, once it answers /health.
+    The caller stops it."""
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", SERVE, "serve", "--repo", str(repo), "--port", str(port), "--workers", "1"],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        eventually(lambda: httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200, 30, log)
+    except BaseException:  # pytest.fail too: a service that never answered is not left running
+        proc.kill()
+        proc.wait(10)
+        raise
+    return proc

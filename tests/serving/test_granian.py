@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from tests.serving import test_uvicorn
-from tests.serving.test_uvicorn import SERVE, repo, served_plan, service  # noqa: F401 (fixtures)
+from tests.serving.conftest import SERVE
+from tests.serving.test_uvicorn import repo, served_plan, service  # noqa: F401 (fixtures)
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 

@@ -26,8 +26,7 @@ from serving_api.app import create_app
 from serving_api.auth import hash_token
 from serving_api.metrics import LATENCY_BUCKETS, SERVICE, SYNC_SECONDS, register_counters, service_metrics
 from tests import servers
-from tests.serving.conftest import CARD, MERCHANT, plan_version, running, write_repo
-from tests.serving.test_uvicorn import ROOT, SERVE
+from tests.serving.conftest import CARD, MERCHANT, ROOT, SERVE, plan_version, running, write_repo
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", StarletteDeprecationWarning)

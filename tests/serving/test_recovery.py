@@ -6,9 +6,7 @@ server restarted (``skewless stop``, then any command) on a new port. Its log sa
 from __future__ import annotations
 
 import logging
-import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,8 +21,7 @@ from online.redis_store import RedisOnlineStore
 from serving_api import log_throttle
 from serving_api.log_throttle import ThrottledLog
 from tests import servers
-from tests.serving.conftest import CARD, publish_rows, write_repo
-from tests.serving.test_uvicorn import ROOT, SERVE
+from tests.serving.conftest import CARD, eventually, publish_rows, start_serve, write_repo
 
 CARDS = [1, 3, 9]  # publish_rows's cards with rows within the view's TTL, and one without a row
 LOOKUP = {"features": ["card:limit", "card:tier"], "entities": {"card_id": CARDS}}
@@ -42,36 +39,13 @@ def serve(tmp_path: Path) -> Iterator[Any]:
     def start(repo: Path) -> tuple[str, Path]:
         port = servers.free_port()
         log = tmp_path / f"serve-{port}.log"
-        with open(log, "wb") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-c", SERVE, "serve", "--repo", str(repo), "--port", str(port), "--workers", "1"],
-                cwd=ROOT,
-                env={**os.environ, "PYTHONPATH": str(ROOT)},
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        started.append(proc)
-        url = f"http://127.0.0.1:{port}"
-        eventually(lambda: httpx.get(f"{url}/health", timeout=2).status_code == 200, 30, log)
-        return url, log
+        started.append(start_serve(repo, port, log))
+        return f"http://127.0.0.1:{port}", log
 
     yield start
     for proc in started:
         proc.terminate()
         proc.wait(10)
-
-
-def eventually(ok: Any, seconds: float, log: Path | None = None) -> None:
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            if ok():
-                return
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {seconds} s" + (f"; log: {log.read_text()[-2000:]}" if log else ""))
-        time.sleep(0.1)
 
 
 def values(answer: dict[str, Any]) -> dict[str, list[Any]]:

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,9 +23,7 @@ from features.errors import ConfigError
 from offline import served_log
 from online.redis_store import RedisOnlineStore
 from tests import servers
-from tests.serving.conftest import write_repo
-from tests.serving.test_recovery import eventually
-from tests.serving.test_uvicorn import ROOT, SERVE
+from tests.serving.conftest import start_serve, write_repo
 
 NATIVE = "/v1/features"
 FEAST = "/get-online-features"
@@ -69,17 +65,9 @@ def serve(tmp_path: Path, redis_url: str, online: RedisOnlineStore, project: str
         write_repo(repo, redis_url, project, serving="  log:\n" + log_lines)
         port = servers.free_port()
         log = tmp_path / f"{name}.log"
-        with open(log, "wb") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-c", SERVE, "serve", "--repo", str(repo), "--port", str(port), "--workers", "1"],
-                cwd=ROOT,
-                env={**os.environ, "PYTHONPATH": str(ROOT)},
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
+        proc = start_serve(repo, port, log)
         started.append(proc)
         url = f"http://127.0.0.1:{port}"
-        eventually(lambda: httpx.get(f"{url}/health", timeout=2).status_code == 200, 30, log)
         return Server(url, proc, log, repo)
 
     yield start

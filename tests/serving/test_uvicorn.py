@@ -18,19 +18,9 @@ from online.redis_store import RedisOnlineStore
 from serving_api.client import InvalidRequestError, ServiceUnavailableError, SkewlessClient
 from serving_api.commands import listen_socket
 from tests import servers
-from tests.serving.conftest import PLAN, publish_rows, running
+from tests.serving.conftest import PLAN, ROOT, SERVE, publish_rows, running
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
-
-ROOT = Path(__file__).resolve().parents[2]
-SERVE = """
-import argparse, sys
-from serving_api.commands import register_serve
-parser = argparse.ArgumentParser()
-register_serve(parser.add_subparsers())
-args = parser.parse_args(sys.argv[1:])
-sys.exit(args.handler(args))
-"""
 
 
 @pytest.fixture
