@@ -9,7 +9,7 @@ once without a JVM or a lock. Before a view's materialization runs, in whichever
 MERGE follows: a row with the keys, event and created time of a stored row replaces it when its values differ,
 the others are inserted), whose ``userMetadata`` names the files it landed; then the files are removed. A crash
 between the commit and the removal leaves files the next landing finds named in the log: it removes them
-without landing them again. Among pending rows with the same keys, event and created time, the last pushed wins
+without landing them again (the shape shared with the served-feature log: :mod:`offline.landing`). Among pending rows with the same keys, event and created time, the last pushed wins
 (files sort by the time they were written), as it did online.
 
 A source row later read with the same keys, event and created time as a landed row is that row: both engines
@@ -19,7 +19,6 @@ training set never holds both.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -35,14 +34,12 @@ from features.config import RepoConfig
 from features.dtypes import DType, arrow_type
 from features.errors import CommitConflictError, MaterializationError
 from features.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP, PUBLISHED_AT, ViewPlan
-from offline import delta_rs
+from offline import delta_rs, landing
 from offline.tables import STATS_PROPERTY, row_columns, stats_columns, table_columns, table_path
 
 log = logging.getLogger(__name__)
 
 LANDING = "_pushed"
-LANDED_KEY = "skewless.landed"  # in a landing commit's userMetadata: the files it landed
-_ATTEMPTS = 3  # landings of the same view at once: the one that loses the commit race starts again
 
 
 def landing_dir(config: RepoConfig, view: ViewPlan) -> Path:
@@ -77,81 +74,46 @@ def discard(config: RepoConfig, view: ViewPlan, name: str) -> None:
 
 def pending(config: RepoConfig, view: ViewPlan) -> list[str]:
     """The pending files of ``view``, oldest first."""
-    try:
-        names = os.listdir(landing_dir(config, view))
-    except FileNotFoundError:
-        return []
-    return sorted(n for n in names if n.endswith(".parquet") and not n.startswith("."))
+    return landing.pending(landing_dir(config, view), (".parquet",))
 
 
 def land(config: RepoConfig, view: ViewPlan) -> int:
     """Land the pending files of ``view`` in its table (one commit), then remove them; returns how many rows
     were landed (0, at the cost of a directory listing, when nothing is pending)."""
-    for attempt in range(_ATTEMPTS):
-        try:
-            return _land_once(config, view)
-        except CommitConflictError as exc:
-            if attempt == _ATTEMPTS - 1:
-                raise MaterializationError(
-                    f"view '{view.name}': landing pushed rows lost the commit race {_ATTEMPTS} times; rerun: {exc}"
-                ) from exc
-            log.info("view '%s': another writer committed first; landing pushed rows again", view.name)
-    raise AssertionError("unreachable")
+    try:
+        return landing.with_retries(lambda: _land_once(config, view), f"view '{view.name}': landing pushed rows")
+    except CommitConflictError as exc:
+        raise MaterializationError(
+            f"view '{view.name}': landing pushed rows lost the commit race {landing.ATTEMPTS} times; rerun: {exc}"
+        ) from exc
 
 
 def _land_once(config: RepoConfig, view: ViewPlan) -> int:
     names = pending(config, view)
     if not names:
         return 0
-    folder = landing_dir(config, view)
     path = table_path(config, view)
-    version = delta_rs.latest_version(path)
-    already = _landed(path, version)
-    tables: list[pa.Table] = []
-    landing: list[str] = []
-    for name in names:
-        if name in already:
-            continue
-        try:
-            tables.append(pq.read_table(folder / name).cast(_schema(view)))
-        except FileNotFoundError:  # another landing took it meanwhile: its commit has it
-            continue
-        landing.append(name)
-    rows = _last_of_each_row(view, tables) if tables else None
-    if rows is not None and rows.num_rows:
-        metadata = json.dumps({LANDED_KEY: landing})
+
+    def commit(rows: pa.Table, version: int | None, metadata: str) -> None:
         stamp = pa.repeat(pa.scalar(datetime.now(UTC), arrow_type(DType.TIMESTAMP)), rows.num_rows)
         data = rows.append_column(PUBLISHED_AT, stamp)
         if version is None:
             delta_rs.create(path, data, configuration={STATS_PROPERTY: stats_columns(view)}, user_metadata=metadata)
         else:
-            delta_rs.merge(
-                delta_rs.snapshot(path, version),
-                data,
-                keys=view.key_names,
-                features=view.feature_names,
-                user_metadata=metadata,
-            )
-        log.info(
-            "view '%s': landed %d pushed row(s) from %d file(s) in %s", view.name, rows.num_rows, len(landing), path
-        )
-    for name in names:
-        if name in already or name in landing:
-            (folder / name).unlink(missing_ok=True)
-    return 0 if rows is None else rows.num_rows
+            keys, features = view.key_names, view.feature_names
+            delta_rs.merge(delta_rs.snapshot(path, version), data, keys=keys, features=features, user_metadata=metadata)
 
-
-def _landed(path: Path, version: int | None) -> set[str]:
-    """The files the latest landing commit at or before ``version`` landed (every landing removes the files an
-    earlier one landed before it lands its own, so only the latest can name pending files)."""
-    if version is None:
-        return set()
-    metadata = delta_rs.user_metadata(path, version)
-    try:
-        names = json.loads(metadata)[LANDED_KEY] if metadata else []
-    except (ValueError, KeyError, TypeError):
-        return set()
-    return {str(n) for n in names}
+    rows, files = landing.land_once(
+        landing_dir(config, view),
+        path,
+        names,
+        read=lambda file: pq.read_table(file).cast(_schema(view)),
+        combine=lambda tables: _last_of_each_row(view, tables),
+        commit=commit,
+    )
+    if rows:
+        log.info("view '%s': landed %d pushed row(s) from %d file(s) in %s", view.name, rows, files, path)
+    return rows
 
 
 def _last_of_each_row(view: ViewPlan, tables: list[pa.Table]) -> pa.Table:

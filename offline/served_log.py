@@ -6,7 +6,7 @@ folder (``features.served_log.landing_dir``: a hidden temporary name, then a ren
 expands them into the log's rows (:func:`features.served_log.rows_from_lines`) and appends every pending file to
 the table (``<offline path>/_served_log``, partitioned by ``day``) in one delta-rs commit whose ``userMetadata``
 names the files, then removes them: a crash between the commit and the removal leaves files the next landing
-finds named in the log and removes without landing them twice. :func:`read` returns the table's rows (Spark
+finds named in the log and removes without landing them twice (:mod:`offline.landing`, shared with pushes). :func:`read` returns the table's rows (Spark
 reads the same table with ``spark.read.format("delta")``).
 
 Retention (``serving.log.retention_days``): :func:`land` then deletes the days older than that (one delta-rs
@@ -16,16 +16,14 @@ older version (an audit under way) keeps its files for a week. :func:`status` sa
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from features.errors import CommitConflictError
 from features.served_log import DAY, RAW_SUFFIX, landed_rows, landing_dir, log_dir, schema
-from offline import delta_rs
+from offline import delta_rs, landing
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -35,33 +33,24 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-LANDED_KEY = "skewless.landed"  # in a landing commit's userMetadata: the files it landed
-_ATTEMPTS = 3
 VACUUM_HOURS = 168  # Delta's default: files a delete removed stay a week for readers of older versions
 
 
 def pending(config: RepoConfig) -> list[str]:
     """The batches waiting in the landing folder, oldest first (names start with the time they were written)."""
-    try:
-        names = os.listdir(landing_dir(config))
-    except FileNotFoundError:
-        return []
-    return sorted(n for n in names if n.endswith((".parquet", RAW_SUFFIX)) and not n.startswith("."))
+    return landing.pending(landing_dir(config), (".parquet", RAW_SUFFIX))
 
 
 def land(config: RepoConfig, *, now: datetime | None = None) -> int:
     """Append the pending batches to the log table in one commit, then remove them; then drop the days older
     than ``serving.log.retention_days`` before ``now`` (default: the current time). The rows landed."""
-    for attempt in range(_ATTEMPTS):
-        try:
-            landed = _land_once(config)
-            expire(config, now=now)
-            return landed
-        except CommitConflictError:
-            if attempt == _ATTEMPTS - 1:
-                raise
-            log.info("served-feature log: another landing committed first; landing again")
-    raise AssertionError("unreachable")
+
+    def land_and_expire() -> int:
+        landed = _land_once(config)
+        expire(config, now=now)
+        return landed
+
+    return landing.with_retries(land_and_expire, "served-feature log")
 
 
 def _land_once(config: RepoConfig) -> int:
@@ -72,55 +61,21 @@ def _land_once(config: RepoConfig) -> int:
     names = pending(config)
     if not names:
         return 0
-    folder = landing_dir(config)
     path = log_dir(config)
-    version = delta_rs.latest_version(path)
-    already = _landed(str(path), version)
-    tables: list[pa.Table] = []
-    landing: list[str] = []
-    for name in names:
-        if name in already:
-            continue
+
+    def commit(rows: pa.Table, version: int | None, metadata: str) -> None:
+        properties = CommitProperties(custom_metadata={"userMetadata": metadata}, max_commit_retries=0)
         try:
-            tables.append(landed_rows(folder / name))
-        except FileNotFoundError:  # another landing took it meanwhile
-            continue
-        landing.append(name)
-    rows = pa.concat_tables(tables) if tables else None
-    if rows is not None and rows.num_rows:
-        properties = CommitProperties(
-            custom_metadata={"userMetadata": json.dumps({LANDED_KEY: landing})}, max_commit_retries=0
-        )
-        try:
-            write_deltalake(
-                str(path),
-                rows,
-                mode="append",
-                partition_by=[DAY],
-                commit_properties=properties,
-            )
+            write_deltalake(str(path), rows, mode="append", partition_by=[DAY], commit_properties=properties)
         except (CommitFailedError, DeltaError) as exc:
             raise CommitConflictError(f"landing the served-feature log in {path} failed: {exc}") from exc
-        log.info("served-feature log: landed %d row(s) from %d batch(es)", rows.num_rows, len(landing))
-    for name in names:
-        if name in already or name in landing:
-            (folder / name).unlink(missing_ok=True)
-    return 0 if rows is None else rows.num_rows
 
-
-def _landed(path: str, version: int | None) -> set[str]:
-    """The files the landing commits up to ``version`` landed: the latest few are enough (every landing removes
-    what it landed right after its commit), so the last 10 commits are read."""
-    if version is None:
-        return set()
-    found: set[str] = set()
-    for v in range(max(0, version - 9), version + 1):
-        metadata = delta_rs.user_metadata(path, v)
-        try:
-            found.update(str(n) for n in (json.loads(metadata)[LANDED_KEY] if metadata else []))
-        except (ValueError, KeyError, TypeError):
-            continue
-    return found
+    rows, batches = landing.land_once(
+        landing_dir(config), path, names, read=landed_rows, combine=pa.concat_tables, commit=commit
+    )
+    if rows:
+        log.info("served-feature log: landed %d row(s) from %d batch(es)", rows, batches)
+    return rows
 
 
 def cutoff_day(config: RepoConfig, now: datetime | None = None) -> str:
