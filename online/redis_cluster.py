@@ -57,7 +57,9 @@ def parse_cluster_url(url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
     for part in hosts.split(","):
         host, sep, port = part.strip().rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ConfigError(f"invalid online store URL {redact(url)!r}: {part!r} is not host:port; expected {URL_FORM}")
+            raise ConfigError(
+                f"invalid online store URL {redact(url)!r}: {part!r} is not host:port; expected {URL_FORM}"
+            )
         seeds.append((host.strip("[]"), int(port)))
     settings: dict[str, Any] = {"ssl": scheme.lower() == "rediss+cluster"}
     if credentials:
@@ -177,7 +179,9 @@ class ClusterRouter:
         try:
             cluster.nodes_manager.initialize()
         except (RedisClusterException, redis.RedisError, OSError) as exc:
-            raise OnlineStoreError(f"online store at {redact(self.url)}: no node answers with the slot map: {exc}") from exc
+            raise OnlineStoreError(
+                f"online store at {redact(self.url)}: no node answers with the slot map: {exc}"
+            ) from exc
         self._stale = False
         self.generation += 1
 
@@ -229,7 +233,8 @@ def mget_per_node(
                 idle = free.setdefault(name, [])
                 connection = idle.pop() if idle else client.connection_pool.get_connection()
                 sent.append((name, connection, indexes))
-                connection.send_packed_command([hiredis.pack_command(("MGET", *groups[i][1])) for i in indexes])
+                commands = [("MGET", *groups[i][1]) for i in indexes]
+                connection.send_packed_command([hiredis.pack_command(c) for c in commands])  # type: ignore[arg-type]
             for name, connection, indexes in sent:
                 for i in indexes:
                     answers[i] = connection.read_response()

@@ -279,7 +279,11 @@ class RedisOnlineStore:
         """Reserve a new version of ``view``; rows written to it stay invisible until ``commit()``."""
         keys = self.keys_of(view.online_name)
         with self._translated(f"starting a publication of view '{view.name}'"):
-            version = int(self.view_client(view.online_name).eval(START_LUA, 3, keys.counter, keys.staged, keys.versions, int(watermark)))
+            version = int(
+                self.view_client(view.online_name).eval(
+                    START_LUA, 3, keys.counter, keys.staged, keys.versions, int(watermark)
+                )
+            )
         return RedisPublication(
             url=self.resolved_url,
             tagged=self.cluster,
@@ -324,7 +328,9 @@ class RedisOnlineStore:
         naming the kept versions when ``to`` is not one of them."""
         keys = self.keys_of(view)
         with self._translated(f"rolling back view '{view}'"):
-            answer = self.view_client(view).eval(ROLLBACK_LUA, 3, keys.pointer, keys.version, keys.history, to or "", held)
+            answer = self.view_client(view).eval(
+                ROLLBACK_LUA, 3, keys.pointer, keys.version, keys.history, to or "", held
+            )
         if int(answer[0]) != 1:
             kept = ", ".join(s.version or "?" for s in self.kept_snapshots(view)) or "none"
             raise OnlineStoreError(f"cannot roll back view '{view}': {as_text(answer[1])} (kept snapshots: {kept})")
@@ -353,7 +359,9 @@ class RedisOnlineStore:
         prefix = self.keys_of(view.online_name).version_prefix(int(pointer["version"]))
         found = 0
         with self._translated(f"sampling the keys of view '{view.name}'"):
-            for key in self.view_client(view.online_name).scan_iter(match=glob_escape(prefix.decode()) + "*", count=1000):
+            for key in self.view_client(view.online_name).scan_iter(
+                match=glob_escape(prefix.decode()) + "*", count=1000
+            ):
                 values = decode_entity_key(bytes(key)[len(prefix) :])
                 for name, value in zip(view.key_names, values, strict=True):
                     columns[name].append(value)
@@ -454,7 +462,6 @@ class RedisOnlineStore:
             dict(pool.connection_kwargs), connect_timeout=self.connect_timeout, timeout=self.timeout
         )
         return self._pipelined
-
 
     # -- read on a cluster ------------------------------------------------------------------------------------
     # Each view's keys are one slot, so each view is one MGET (atomic: its version and rows of one snapshot), and

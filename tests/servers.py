@@ -142,9 +142,9 @@ def redis_cluster(primaries: int = 3, replicas_each: int = 1) -> Iterator[RedisC
         try:
             for port in ports:
                 cluster.start(port)
+            addresses = [f"127.0.0.1:{p}" for p in ports]
             subprocess.run(
-                [cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports)]
-                + ["--cluster-replicas", str(replicas_each), "--cluster-yes"],
+                [cli, "--cluster", "create", *addresses, "--cluster-yes", "--cluster-replicas", str(replicas_each)],
                 check=True,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
@@ -177,9 +177,18 @@ class RedisCluster:
         node_dir = self.data / str(port)
         node_dir.mkdir(exist_ok=True)
         self.procs[port] = subprocess.Popen(
-            [self.binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(node_dir)]
-            + ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-port", str(free_port())]
-            + ["--cluster-node-timeout", str(self.NODE_TIMEOUT_MS), "--save", "", "--appendonly", "no"],
+            [
+                *(self.binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(node_dir)),
+                *(
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-port",
+                    str(free_port()),
+                ),
+                *("--cluster-node-timeout", str(self.NODE_TIMEOUT_MS), "--save", "", "--appendonly", "no"),
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

@@ -88,7 +88,9 @@ def test_concurrent_async_reads_across_nodes_get_their_own_rows(
     limits = {i: i * 1.5 for i in range(1, 300)}
     risks = {f"m{i}": i % 5 for i in range(1, 300, 2)}
     assert publish(cluster_store, card, [{"card_id": i, "limit": v, "event_timestamp": T0} for i, v in limits.items()])
-    assert publish(cluster_store, merchant, [{"merchant": m, "risk": r, "event_timestamp": T0} for m, r in risks.items()])
+    assert publish(
+        cluster_store, merchant, [{"merchant": m, "risk": r, "event_timestamp": T0} for m, r in risks.items()]
+    )
     rng = random.Random(5)
     batches = [rng.sample(range(1, 400), rng.randint(1, 30)) for _ in range(200)]
 
@@ -106,8 +108,12 @@ def test_concurrent_async_reads_across_nodes_get_their_own_rows(
     assert answers == [[limits.get(i) for i in ids] + [risks.get(f"m{i}") for i in ids] for ids in batches]
     # The blocking read fans out the same way.
     ids = batches[0]
-    got_card, got_merchant = cluster_store.read([(card, ["limit"]), (merchant, ["risk"])], {"card_id": ids, "merchant": [f"m{i}" for i in ids]})
-    assert [None if r is None else r[0] for r in got_card.values] == [limits.get(i) for i in ids]
+    got = cluster_store.read(
+        [(card, ["limit"]), (merchant, ["risk"])], {"card_id": ids, "merchant": [f"m{i}" for i in ids]}
+    )
+    assert [None if r is None else r[0] for r in got[0].values + got[1].values] == [limits.get(i) for i in ids] + [
+        risks.get(f"m{i}") for i in ids
+    ]
 
 
 def test_pushes_on_a_cluster_keep_the_newest_row(cluster_store: RedisOnlineStore) -> None:

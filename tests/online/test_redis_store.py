@@ -125,7 +125,8 @@ def test_rows_the_versions_set_misses_go_at_the_periodic_full_scan(
 ) -> None:
     monkeypatch.setattr(redis_publication, "FULL_SCAN_EVERY", 3)
     assert publish(store, CARD, card_rows(1.0), watermark=1)
-    stray = store.keys_of("card").data_prefix + "1000:1"  # a refused run's late row, written after its version was deleted
+    # A refused run's late row, written after its version was deleted.
+    stray = store.keys_of("card").data_prefix + "1000:1"
     node = store.view_client("card")
     node.set(stray, b"[]")
     assert publish(store, CARD, card_rows(2.0), watermark=2)

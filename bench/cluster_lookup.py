@@ -1,0 +1,130 @@
+"""Lookups on a Redis Cluster beside a single redis-server: the same 2-view service (``card`` and ``merchant``), the
+same rows, on one redis-server and on a cluster of 3 primaries and 3 replicas (every node a redis-server on this
+machine's loopback, as the tests start them).
+
+    python bench/cluster_lookup.py --rounds 6 --seconds 5
+
+Two measurements, each in interleaved rounds (single then cluster, cluster then single, ...) because the machine is
+shared and drifts:
+
+- HTTP: ``skewless serve --workers 2`` on each store, wrk with 16 connections for ``--seconds``: req/s and p99;
+- in-process: :meth:`RedisOnlineStore.read` (the blocking read, one call at a time) for 1 and 100 entities of both
+  views: median µs per call of each round.
+
+Prints one JSON line per round, then the medians with their spread (max - min over the median, in %), and on which
+primaries the two views landed (on different ones a read is two round trips, sent at once). About 2 minutes with
+the defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.run import SKEWLESS_CLI, log, server, wrk_load  # noqa: E402
+from online.redis_store import RedisOnlineStore  # noqa: E402
+from tests.servers import free_port, redis_cluster, redis_server  # noqa: E402
+from tests.serving.conftest import CARD, MERCHANT, publish_rows, write_repo  # noqa: E402
+
+BODY = json.dumps({"feature_service": "fraud", "entities": {"card_id": [1], "merchant": ["acme"]}}).encode()
+WORKERS = "2"
+STORES = ("single", "cluster")
+
+
+def read_microseconds(store: RedisOnlineStore, entities: int, calls: int) -> float:
+    """Median µs of ``calls`` blocking reads of ``entities`` entities of both views."""
+    requests = [(CARD, ["limit", "tier"]), (MERCHANT, ["risk"])]
+    keys = {"card_id": list(range(entities)), "merchant": [f"m{i}" for i in range(entities)]}
+    store.read(requests, keys)  # the Lua read once; the rest are MGETs
+    times = []
+    for _ in range(calls):
+        started = time.perf_counter()
+        store.read(requests, keys)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1e6
+
+
+def two_primaries_project(cluster: Any) -> str:
+    """A project name whose two views land on two primaries: the cluster's read is then a fan-out to two nodes,
+    the case that costs more than one round trip."""
+    for i in range(100):
+        project = f"clusterbench{i}"
+        if cluster.primary_of(f"{{{project}:{CARD.name}}}") != cluster.primary_of(f"{{{project}:{MERCHANT.name}}}"):
+            return project
+    raise SystemExit("no project name of 100 puts the two views on two primaries")
+
+
+def spread_pct(values: list[float]) -> float:
+    return round(100 * (max(values) - min(values)) / statistics.median(values), 1)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--calls", type=int, default=2000, help="in-process reads per round and size")
+    args = parser.parse_args()
+    rps: dict[str, list[float]] = {s: [] for s in STORES}
+    p99: dict[str, list[float]] = {s: [] for s in STORES}
+    reads: dict[str, list[float]] = {f"{s}_{n}": [] for s in STORES for n in (1, 100)}
+    with redis_server() as single_url, redis_cluster() as cluster, tempfile.TemporaryDirectory() as tmp:
+        urls = {"single": single_url, "cluster": cluster.url}
+        project = two_primaries_project(cluster)
+        repos: dict[str, Path] = {}
+        stores: dict[str, RedisOnlineStore] = {}
+        for name in STORES:
+            stores[name] = RedisOnlineStore(urls[name], project=project)
+            publish_rows(stores[name])
+            (Path(tmp) / name).mkdir()
+            repos[name] = write_repo(Path(tmp) / name, urls[name], project)
+        primaries = {v.name: cluster.primary_of(stores["cluster"].keys_of(v.name).pointer) for v in (CARD, MERCHANT)}
+        log(f"cluster: project {project}, views on primaries {primaries}")
+        for round_ in range(args.rounds):
+            for name in STORES if round_ % 2 == 0 else STORES[::-1]:
+                port = free_port()
+                command = [str(SKEWLESS_CLI), "serve", "--repo", str(repos[name]), "--port", str(port)]
+                with server([*command, "--workers", WORKERS], port, logfile=Path(tmp) / f"serve-{name}.log"):
+                    url = f"http://127.0.0.1:{port}/v1/features"
+                    wrk_load(url, BODY, 2, Path(tmp))  # warm up
+                    got, latency, errors = wrk_load(url, BODY, args.seconds, Path(tmp))
+                if errors or not got:
+                    raise SystemExit(f"{errors} answers were not 2xx, {got} req/s on the {name} store")
+                rps[name].append(got)
+                p99[name].append(latency)
+                row: dict[str, Any] = {"round": round_, "store": name, "requests_per_s": got, "p99_ms": latency}
+                for entities in (1, 100):
+                    reads[f"{name}_{entities}"].append(round(read_microseconds(stores[name], entities, args.calls), 1))
+                    row[f"read_us_{entities}"] = reads[f"{name}_{entities}"][-1]
+                log(json.dumps(row))
+        for store in stores.values():
+            store.close()
+    summary: dict[str, Any] = {"workers": int(WORKERS), "views_on_primaries": primaries}
+    for name in STORES:
+        summary[f"median_rps_{name}"] = statistics.median(rps[name])
+        summary[f"spread_pct_rps_{name}"] = spread_pct(rps[name])
+        summary[f"median_p99_ms_{name}"] = statistics.median(p99[name])
+        for entities in (1, 100):
+            values = reads[f"{name}_{entities}"]
+            summary[f"median_read_us_{entities}_{name}"] = statistics.median(values)
+            summary[f"spread_pct_read_{entities}_{name}"] = spread_pct(values)
+    summary["cluster_vs_single_rps_pct"] = round(
+        100 * (summary["median_rps_cluster"] / summary["median_rps_single"] - 1), 1
+    )
+    summary["rps_single"], summary["rps_cluster"] = rps["single"], rps["cluster"]
+    summary["load_average"] = os.getloadavg()
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
