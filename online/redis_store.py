@@ -115,7 +115,7 @@ class RedisOnlineStore:
         self._router: ClusterRouter | None = None  # on a cluster: which node holds a view
         self._node_free: dict[str, list[Any]] = {}  # on a cluster: idle connections per node (see _free)
         # On a cluster: read_async's connections per node, for one event loop and one slot map (its generation).
-        self._node_pipelined: tuple[Any, int, dict[str, PipelinedRedis]] | None = None
+        self._node_pipelined: tuple[Any, int, dict[str, PipelinedRedis] | None] | None = None
 
     @classmethod
     def from_config(cls, config: RepoConfig) -> RedisOnlineStore:
@@ -518,8 +518,11 @@ class RedisOnlineStore:
         found = self._node_pipelined
         if found is None or found[0] is not loop or found[1] != router.generation:
             self._close_node_pipelined()
-            found = self._node_pipelined = (loop, router.generation, {})
+            tls = not PipelinedRedis.supports(router.primaries()[0].connection_pool)
+            found = self._node_pipelined = (loop, router.generation, None if tls else {})
         connections = found[2]
+        if connections is None:
+            return None
 
         def pipelined(key: str) -> PipelinedRedis:
             name = router.node_name(key)
@@ -530,14 +533,13 @@ class RedisOnlineStore:
                 )
             return connections[name]
 
-        first = router.primaries()[0].connection_pool
-        return pipelined if PipelinedRedis.supports(first) else None
+        return pipelined
 
     def _close_node_pipelined(self) -> None:
-        if self._node_pipelined is not None:
+        if self._node_pipelined is not None and self._node_pipelined[2] is not None:
             for connection in self._node_pipelined[2].values():
                 connection.close()
-            self._node_pipelined = None
+        self._node_pipelined = None
 
 
 def _per_view_mgets(read: SnapshotRead) -> list[tuple[str, list[bytes | str]]]:
