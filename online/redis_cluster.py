@@ -191,12 +191,13 @@ class ClusterRouter:
 
     def node(self, key: str | bytes) -> redis.Redis:
         """The client of the primary that holds ``key``'s slot."""
-        cluster = self.cluster()
-        return cluster.get_redis_connection(cluster.get_node_from_key(key))
+        return self.named_node(key)[1]
 
-    def node_name(self, key: str | bytes) -> str:
-        """``host:port`` of the primary that holds ``key``'s slot."""
-        return str(self.cluster().get_node_from_key(key).name)
+    def named_node(self, key: str | bytes) -> tuple[str, redis.Redis]:
+        """``host:port`` and the client of the primary that holds ``key``'s slot."""
+        cluster = self.cluster()
+        node = cluster.get_node_from_key(key)
+        return str(node.name), cluster.get_redis_connection(node)
 
     def primaries(self) -> list[redis.Redis]:
         """A client per primary (a project's views spread over all of them)."""
@@ -221,10 +222,8 @@ def mget_per_node(
 
     by_node: dict[str, tuple[redis.Redis, list[int]]] = {}
     for i, (slot_key, _) in enumerate(groups):
-        name = router.node_name(slot_key)
-        if name not in by_node:
-            by_node[name] = (router.node(slot_key), [])
-        by_node[name][1].append(i)
+        name, client = router.named_node(slot_key)
+        by_node.setdefault(name, (client, []))[1].append(i)
     answers: list[list[bytes | None]] = [[] for _ in groups]
     for attempt in (1, 2):  # as online.redis_client.roundtrip: one retry on a dropped connection, none on a timeout
         sent: list[tuple[str, Any, list[int]]] = []

@@ -525,9 +525,9 @@ class RedisOnlineStore:
             return None
 
         def pipelined(key: str) -> PipelinedRedis:
-            name = router.node_name(key)
+            name, client = router.named_node(key)
             if name not in connections:
-                pool = router.node(key).connection_pool
+                pool = client.connection_pool
                 connections[name] = PipelinedRedis(
                     dict(pool.connection_kwargs), connect_timeout=self.connect_timeout, timeout=self.timeout
                 )

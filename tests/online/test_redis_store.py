@@ -314,9 +314,11 @@ def test_features_of_another_definition_are_unavailable(store: RedisOnlineStore)
     assert answer.unavailable == {"new"} and answer.values == [(None, 1.0)]
 
 
-def test_from_config(redis_url: str, project: str, tmp_path: Any) -> None:
-    config = RepoConfig(root=tmp_path, project=project, online_url=redis_url)
+def test_from_config(online_url: str, project: str, tmp_path: Any) -> None:
+    (tmp_path / "skewless.yaml").write_text(f"project: {project}\nonline:\n  url: {online_url}\n")
+    config = RepoConfig.load(tmp_path)
     with RedisOnlineStore.from_config(config) as store:
+        assert store.cluster is online_url.startswith("redis+cluster://")
         assert publish(store, CARD, card_rows(1.0))
         assert limits(store, [1]) == [1.0]
 
