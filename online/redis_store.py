@@ -220,8 +220,13 @@ class RedisOnlineStore:
     def _idle_connections(self) -> list[Any]:
         """This process's idle connections (a forked child starts with none: its parent's sockets are not its)."""
         if self._free_pid != os.getpid():
-            self._free, self._free_pid = [], os.getpid()
+            self._free, self._node_free, self._free_pid = [], {}, os.getpid()
         return self._free
+
+    def _idle_node_connections(self) -> dict[str, list[Any]]:
+        """On a cluster: this process's idle connections per node (as :meth:`_idle_connections`)."""
+        self._idle_connections()
+        return self._node_free
 
     def ping(self) -> None:
         """Raise :class:`OnlineStoreError` unless the server answers."""
@@ -475,7 +480,7 @@ class RedisOnlineStore:
             snapshots = None
             if read.names is not None:
                 groups = _per_view_mgets(read)
-                snapshots = read.snapshots(_joined(mget_per_node(router, groups, self._node_free)))
+                snapshots = read.snapshots(_joined(mget_per_node(router, groups, self._idle_node_connections())))
             if snapshots is None:
                 snapshots = read.lua_snapshots(self._cluster_lua_read)
         return read.decoded(self._decoders, snapshots)
@@ -488,7 +493,7 @@ class RedisOnlineStore:
                 groups = _per_view_mgets(read)
                 pipelined = self._node_pipelined_for_this_loop(router)
                 if pipelined is None:  # TLS: the blocking fan-out
-                    got = mget_per_node(router, groups, self._node_free)
+                    got = mget_per_node(router, groups, self._idle_node_connections())
                 else:
                     got = await asyncio.gather(*(pipelined(key).call("MGET", *names) for key, names in groups))
                 snapshots = read.snapshots(_joined(got))

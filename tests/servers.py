@@ -159,7 +159,9 @@ def redis_cluster(primaries: int = 3, replicas_each: int = 1) -> Iterator[RedisC
 class RedisCluster:
     """The processes of a test cluster: start, stop (a primary, to see its replica take over) and health."""
 
-    NODE_TIMEOUT_MS = 1000  # how long a silent primary stays primary before its replica is promoted
+    # How long a silent primary stays primary before its replica is promoted: long enough that a node starved of CPU
+    # on a busy test machine is not failed over by mistake, short enough for a failover test.
+    NODE_TIMEOUT_MS = 3000
 
     def __init__(self, binary: str, data: Path, ports: list[int]) -> None:
         self.binary = binary

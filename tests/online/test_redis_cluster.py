@@ -195,7 +195,7 @@ def test_a_primary_stopped_while_serving(
     redis_cluster.stop(primary)
     try:
         with RedisOnlineStore(redis_cluster.url, project=project) as late, pytest.raises(OnlineStoreError) as caught:
-            late.start_publication(SERVED_CARD, watermark=99)  # before the replica is promoted (node timeout 1 s)
+            late.start_publication(SERVED_CARD, watermark=99)  # before the replica is promoted (node timeout 3 s)
         assert f"127.0.0.1:{primary}" in str(caught.value)
         statuses = []
         deadline = time.monotonic() + 30
