@@ -495,7 +495,7 @@ class RedisOnlineStore:
                 if pipelined is None:  # TLS: the blocking fan-out
                     got = mget_per_node(router, groups, self._idle_node_connections())
                 else:
-                    got = await asyncio.gather(*(pipelined(key).call("MGET", *names) for key, names in groups))
+                    got = await _mget_per_node_async([(pipelined(key), names) for key, names in groups])
                 snapshots = read.snapshots(_joined(got))
             if snapshots is None:
                 snapshots = read.lua_snapshots(self._cluster_lua_read)
@@ -545,6 +545,29 @@ class RedisOnlineStore:
             for connection in self._node_pipelined[2].values():
                 connection.close()
         self._node_pipelined = None
+
+
+async def _mget_per_node_async(
+    groups: Sequence[tuple[PipelinedRedis, Sequence[bytes | str]]],
+) -> list[list[bytes | None]]:
+    """One ``MGET`` per group on its node's pipelined connection: every one written before any reply is awaited, so
+    the nodes answer at once, without a task per node (with ``asyncio.gather``: 3,400 reads/s against 5,500, 16 at a
+    time on one loop, medians of 5 rounds on the busy benchmark machine). A group
+    whose connection is not open yet, or dropped, goes through ``call`` (which opens one and retries a drop once);
+    a timeout is not retried."""
+    import redis
+
+    sent = [(connection, names, connection.send("MGET", *names)) for connection, names in groups]
+    got = []
+    for connection, names, reply in sent:
+        if reply is not None:
+            try:
+                got.append(await reply)
+                continue
+            except redis.ConnectionError:
+                pass
+        got.append(await connection.call("MGET", *names))
+    return got
 
 
 def _per_view_mgets(read: SnapshotRead) -> list[tuple[str, list[bytes | str]]]:
