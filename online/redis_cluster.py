@@ -131,7 +131,8 @@ def _check(cluster: redis.cluster.RedisCluster) -> None:
 
 def _failed_nodes(client: redis.Redis) -> list[str]:
     lines = _text(client.execute_command("CLUSTER", "NODES")).splitlines()
-    return [line.split()[1].split("@")[0] for line in lines if "fail" in line.split()[2].split(",")]
+    # Flags "fail" (the cluster agreed) or "fail?" (this node suspects it).
+    return [line.split()[1].split("@")[0] for line in lines if "fail" in line.split()[2].replace("?", "").split(",")]
 
 
 def _text(reply: Any) -> str:
