@@ -190,6 +190,7 @@ class RedisCluster:
                     str(free_port()),
                 ),
                 *("--cluster-node-timeout", str(self.NODE_TIMEOUT_MS), "--save", "", "--appendonly", "no"),
+                *("--repl-diskless-sync-delay", "0"),  # replicas in sync at once, not 5 s later
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -221,7 +222,8 @@ class RedisCluster:
         return list(self.procs)
 
     def wait_until_ok(self, timeout: float = 30.0) -> None:
-        """Until every running node says the cluster is ok (all slots served) and agrees on the primaries."""
+        """Until every running node says the cluster is ok (all slots served) and every replica is in sync with its
+        primary (a replica that never synced is not promoted when its primary dies)."""
         import redis
 
         deadline = time.monotonic() + timeout
@@ -232,6 +234,8 @@ class RedisCluster:
                     info = node.execute_command("CLUSTER", "INFO")
                     info = info.decode() if isinstance(info, bytes) else str(info)
                     states.add("cluster_state:ok" in info)
+                    replication = node.info("replication")
+                    states.add(replication["role"] == "master" or replication.get("master_link_status") == "up")
             if states == {True}:
                 return
             time.sleep(0.1)
