@@ -222,6 +222,8 @@ def test_a_primary_stopped_while_serving(
         with RedisOnlineStore(redis_cluster.url, project=project) as after:
             assert after.live_version(SERVED_CARD.name) is not None
             assert after.live_version(SERVED_CARD.name)["watermark"] == "1"  # type: ignore[index]
+            # The refused start staged nothing: no publication of the view is pending.
+            assert after.view_client(SERVED_CARD.name).hlen(after.keys_of(SERVED_CARD.name).staged) == 0
     finally:
         redis_cluster.start(primary)  # it rejoins as a replica of the promoted one
         redis_cluster.wait_until_ok()
