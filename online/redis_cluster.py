@@ -174,15 +174,18 @@ class ClusterRouter:
             return self._cluster
 
     def _refresh(self, cluster: redis.cluster.RedisCluster) -> None:
+        """Read the slot map again. When that fails (mid-failover the nodes may disagree, or the one asked may be
+        the dead one), the old map stays and the next command tries again: a command for a node that is fine is
+        not failed for it, and one the old map sends to the wrong node gets ``MOVED`` or no connection (an error,
+        never another node's value)."""
         import redis
         from redis.exceptions import RedisClusterException
 
         try:
             cluster.nodes_manager.initialize()
         except (RedisClusterException, redis.RedisError, OSError) as exc:
-            raise OnlineStoreError(
-                f"online store at {redact(self.url)}: no node answers with the slot map: {exc}"
-            ) from exc
+            logger.info("online store at %s: the slot map could not be read again: %s", redact(self.url), exc)
+            return
         self._stale = False
         self.generation += 1
 

@@ -191,6 +191,9 @@ class RedisCluster:
                 ),
                 *("--cluster-node-timeout", str(self.NODE_TIMEOUT_MS), "--save", "", "--appendonly", "no"),
                 *("--repl-diskless-sync-delay", "0"),  # replicas in sync at once, not 5 s later
+                # The setting docs/ARCHITECTURE.md recommends: a node keeps serving its slots while another's are
+                # down (Redis's default refuses every command then, CLUSTERDOWN, until the failover).
+                *("--cluster-require-full-coverage", "no"),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -35,6 +35,7 @@ __all__ = ["serve"]  # the fixture, imported for the failover test
 pytestmark = pytest.mark.redis
 
 T0 = ts("2024-01-01T00:00:00")
+MERCHANT_LOOKUP = {"features": ["merchant:risk"], "entities": {"merchant": ["acme", "other"]}}
 
 
 def card_view(name: str) -> Any:
@@ -191,7 +192,13 @@ def test_a_primary_stopped_while_serving(
     redis_cluster: servers.RedisCluster, project: str, tmp_path: Path, serve: Any
 ) -> None:
     """Lookups get the right values or a 503 while the replica takes over, then the right values again, from the
-    same ``skewless serve``; a store started while the primary is down names it and publishes nothing."""
+    same ``skewless serve``; lookups of a view on another primary are not affected; a store started while the
+    primary is down names it and publishes nothing."""
+    project = next(  # the card and merchant views on two primaries
+        name
+        for name in (f"{project}{i}" for i in range(100))
+        if redis_cluster.primary_of(f"{{{name}:card}}") != redis_cluster.primary_of(f"{{{name}:merchant}}")
+    )
     with RedisOnlineStore(redis_cluster.url, project=project) as store:
         publish_rows(store)
         pointer = store.keys_of(SERVED_CARD.name).pointer
@@ -211,6 +218,9 @@ def test_a_primary_stopped_while_serving(
             assert time.monotonic() - started < BOUND
             statuses.append(response.status_code)
             assert response.status_code in (200, 503), response.text
+            other = httpx.post(f"{url}/v1/features", json=MERCHANT_LOOKUP, timeout=BOUND)
+            assert other.status_code == 200, other.text
+            assert values(other.json()) == {"merchant__risk": [7, None]}
             if response.status_code == 200:
                 assert values(response.json()) == EXPECTED  # never a wrong value
                 if 503 in statuses:
