@@ -12,7 +12,7 @@ offline:
   arrow_materialize_max_rows: 5000000          # views without aggregations over fewer source rows per run
                                                # materialize in Arrow (PostgreSQL sources); 0: Spark
 online:
-  url: embedded                                # or redis://host:6379/0
+  url: embedded                                # or redis://host:6379/0, redis+cluster://h1:7000,h2:7000
 serving:                                       # skewless serve: who may call it, and how much a request may ask
   tokens:                                      # none: no authentication (then it listens on loopback only)
     fraud_model: {hash: "sha256:9f86d0...", services: [fraud_model]}   # from 'skewless token create'
@@ -124,8 +124,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "online.url",
         "embedded",
-        "the online store: embedded (a Redis-protocol server per repository, started on first use) or "
-        "redis://host:6379/0",
+        "the online store: embedded (a Redis-protocol server per repository, started on first use), "
+        "redis://host:6379/0, or a Redis Cluster: redis+cluster://host:port,host:port",
     ),
     Setting("online.store", "redis", "the online store plugin"),
     Setting(

@@ -51,6 +51,18 @@ class PipelinedRedis:
                     raise
         raise AssertionError("unreachable")
 
+    def send(self, *command: Any) -> asyncio.Future[Any] | None:
+        """Write ``command`` now on the open connection and return the future of its reply; None when no connection
+        is open (then use :meth:`call`, which opens one). A caller puts commands for several servers on the wire
+        before awaiting any reply, without a task each (a cluster's read: one ``MGET`` per node). Its failure is
+        raised to whoever awaits it, never logged as lost when nobody does (a read that failed on another node)."""
+        protocol = self._protocol
+        if protocol is None or not protocol.usable:
+            return None
+        future = protocol.call(command, self.timeout)
+        future.add_done_callback(_retrieved)
+        return future
+
     def close(self) -> None:
         """Close the connection (from any thread); commands waiting on it fail."""
         protocol, self._protocol = self._protocol, None
@@ -108,6 +120,11 @@ class PipelinedRedis:
             protocol.close(redis.ConnectionError("connection setup failed"))
             raise
         return protocol
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()  # marks it retrieved
 
 
 class _RedisProtocol(asyncio.Protocol):

@@ -9,6 +9,7 @@ another project on the same server has another prefix and is never matched.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from features.protocols import StoredView
@@ -20,29 +21,31 @@ if TYPE_CHECKING:
 BATCH = 1000  # keys a SCAN step returns and an UNLINK deletes at once
 
 
-def stored_views(client: redis.Redis, project: str) -> list[StoredView]:
-    """Every view with keys in ``project``, with its number of keys and of snapshots (row versions)."""
-    prefix = f"{project}:".encode()
+def stored_views(clients: Sequence[redis.Redis], project: str, *, tagged: bool = False) -> list[StoredView]:
+    """Every view with keys in ``project``, with its number of keys and of snapshots (row versions); ``clients``:
+    the one server, or every primary of a cluster (whose keys start with the tag ``{project:view}``)."""
+    prefix = f"{{{project}:".encode() if tagged else f"{project}:".encode()
+    end = b"}:" if tagged else b":"
     keys: Counter[str] = Counter()
     versions: defaultdict[str, set[bytes]] = defaultdict(set)
-    for key in client.scan_iter(match=glob_escape(project) + ":*", count=BATCH):
-        view, _, rest = key[len(prefix) :].partition(b":")
-        name = view.decode(errors="replace")
-        keys[name] += 1
-        version, sep, _ = rest[1:].partition(b":")
-        if rest.startswith(b"v") and sep and version.isdigit():
-            versions[name].add(version)
+    for client in clients:
+        for key in client.scan_iter(match=glob_escape(prefix.decode()) + "*", count=BATCH):
+            view, _, rest = key[len(prefix) :].partition(end)
+            name = view.decode(errors="replace")
+            keys[name] += 1
+            version, sep, _ = rest[1:].partition(b":")
+            if rest.startswith(b"v") and sep and version.isdigit():
+                versions[name].add(version)
     return [StoredView(name, keys[name], len(versions[name])) for name in sorted(keys)]
 
 
-def delete_view(client: redis.Redis, project: str, view: str) -> int:
-    """Delete every key of ``view``; returns how many were deleted. The pointer goes first, so a reader sees the
-    view unpublished (every value missing), never part of a snapshot; a deletion cut short is finished by the next
-    one (its keys are found by their prefix, pointer or not)."""
-    names = ViewKeys(project, view)
+def delete_view(client: redis.Redis, names: ViewKeys) -> int:
+    """Delete every key of a view (``names``, on the server that holds them); returns how many were deleted. The
+    pointer goes first, so a reader sees the view unpublished (every value missing), never part of a snapshot; a
+    deletion cut short is finished by the next one (its keys are found by their prefix, pointer or not)."""
     deleted = int(client.unlink(names.pointer, names.version))
     batch: list[bytes] = []
-    for key in client.scan_iter(match=glob_escape(f"{project}:{view}:") + "*", count=BATCH):
+    for key in client.scan_iter(match=glob_escape(names.prefix) + "*", count=BATCH):
         batch.append(key)
         if len(batch) == BATCH:
             deleted += int(client.unlink(*batch))

@@ -54,10 +54,11 @@ def check_url(url: str) -> None:
 def translate_errors(url: str, action: str) -> Iterator[None]:
     """Turn redis and socket errors into :class:`OnlineStoreError` naming the server and what was tried."""
     import redis
+    from redis.exceptions import RedisClusterException
 
     try:
         yield
-    except redis.RedisError as exc:
+    except (redis.RedisError, RedisClusterException) as exc:  # the latter: a cluster without a slot's primary
         kind = "did not answer in time" if isinstance(exc, redis.TimeoutError) else "failed"
         raise OnlineStoreError(f"online store at {redact(url)} {kind} while {action}: {exc}") from exc
     except OSError as exc:

@@ -13,8 +13,9 @@ Key layout (``P`` = project, ``V`` = view, ``N`` = publication version)::
     P:V:vN:<entity key>    one row (see online.encoding) of snapshot N
     P:V:_pushed            hash: entity key -> the newest row pushed since the snapshots caught up with it
 
-The Lua scripts build key names from the pointer, which Redis Cluster does not allow: standalone Redis (or
-Valkey, or a primary with replicas) only, for now.
+On Redis Cluster every name starts with the hash tag ``{P:V}:`` instead of ``P:V:`` (``tagged``): all of a view's
+keys share one slot, so the scripts, which build row names from the pointer, run on the one node that holds the view
+(a cluster refuses a script's key in another slot). A single server keeps the untagged names.
 """
 
 from __future__ import annotations
@@ -238,12 +239,14 @@ class ViewKeys:
 
     @staticmethod
     @functools.lru_cache(maxsize=1024)
-    def of(project: str, view: str) -> ViewKeys:
+    def of(project: str, view: str, tagged: bool = False) -> ViewKeys:
         """The (cached) key names of ``view`` in ``project``: a read asks for them on every request."""
-        return ViewKeys(project, view)
+        return ViewKeys(project, view, tagged)
 
-    def __init__(self, project: str, view: str) -> None:
-        base = f"{project}:{view}:"
+    def __init__(self, project: str, view: str, tagged: bool = False) -> None:
+        # On a cluster every key of the view carries the hash tag {P:V}: one slot, so the scripts run on one node.
+        base = f"{{{project}:{view}}}:" if tagged else f"{project}:{view}:"
+        self.prefix = base
         self.pointer = base + "_live"
         self.version = base + "_version"
         self.counter = base + "_counter"

@@ -26,6 +26,7 @@ from features.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP
 from features.protocols import iter_batches
 from online.encoding import encode_batch
 from online.redis_client import as_text, connect, roundtrip, translate_errors
+from online.redis_cluster import ClusterRouter, is_cluster_url
 from online.redis_layout import COMMIT_LUA, GARBAGE_LUA, UNKNOWN_VERSIONS, ViewKeys, glob_escape
 
 if TYPE_CHECKING:
@@ -52,6 +53,7 @@ class RedisPublication:
         self,
         *,
         url: str,
+        tagged: bool = False,
         project: str,
         view: str,
         key_names: tuple[str, ...],
@@ -65,6 +67,7 @@ class RedisPublication:
         timeout: float = 2.0,
     ) -> None:
         self.url = url
+        self.tagged = tagged  # on a cluster: the view's keys carry the hash tag {project:view}
         self.project = project
         self.view = view
         self.key_names = key_names
@@ -94,11 +97,17 @@ class RedisPublication:
 
     @property
     def _keys(self) -> ViewKeys:
-        return ViewKeys(self.project, self.view)
+        return ViewKeys.of(self.project, self.view, self.tagged)
 
     def _redis(self) -> redis.Redis:
+        """The server that holds the view: the one server, or on a cluster the primary of the view's slot (every
+        key of the view is there, so the rows, the commit script and the cleanup all go to that node)."""
         if self._client is None:
-            self._client = connect(self.url, connect_timeout=self.connect_timeout, timeout=self.timeout)
+            if is_cluster_url(self.url):
+                router = ClusterRouter(self.url, connect_timeout=self.connect_timeout, timeout=self.timeout)
+                self._client = router.node(self._keys.pointer)
+            else:
+                self._client = connect(self.url, connect_timeout=self.connect_timeout, timeout=self.timeout)
         return self._client
 
     def write(self, batches: Iterable[pa.RecordBatch]) -> int:

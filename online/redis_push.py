@@ -26,12 +26,11 @@ if TYPE_CHECKING:
 PUSH_BATCH = 5_000
 
 
-def push_rows(client: redis.Redis, project: str, view: ViewPlan, rows: pa.Table) -> int:
+def push_rows(client: redis.Redis, keys: ViewKeys, view: ViewPlan, rows: pa.Table) -> int:
     """Write ``rows`` (one per entity: join keys, features in plan order, event and created time) over the live
     rows of ``view`` that are older; returns how many entities took the pushed row. A view never published gets
     a snapshot of its own (watermark -1) that its first materialization replaces. :class:`PushConflictError`
     when the live snapshot holds another definition's features (nothing is written)."""
-    keys = ViewKeys(project, view.online_name)
     features = features_json(tuple((f.name, f.dtype, f.fingerprint) for f in view.features))
     applied = 0
     for batch in rows.to_batches(max_chunksize=PUSH_BATCH):

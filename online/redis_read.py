@@ -81,11 +81,13 @@ class SnapshotRead:
         seen_live: SeenLive,
         requests: Sequence[tuple[ViewPlan, Sequence[str]]],
         entities: Mapping[str, Sequence[Any]],
+        *,
+        tagged: bool = False,
     ) -> None:
         self.seen_live = seen_live
         self.requests = requests
         self.count = len(next(iter(entities.values()))) if entities else 0
-        self.layouts = [ViewKeys.of(project, view.online_name) for view, _ in requests]
+        self.layouts = [ViewKeys.of(project, view.online_name, tagged) for view, _ in requests]
         self.encoded: dict[tuple[str, ...], list[bytes]] = {}  # views keyed alike share their encoded keys
         for view, _ in requests:
             if view.key_names not in self.encoded:

@@ -18,6 +18,14 @@ def redis_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[servers.RedisCluster]:
+    """A real Redis Cluster for this test run: 3 primaries and 3 replicas of redis-server on loopback (its ``url``
+    is the store's ``redis+cluster://`` URL). A test that stops a node must leave the cluster ok again."""
+    with servers.redis_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """SQLAlchemy URL of a real PostgreSQL started for this test run."""
     with servers.postgres_server() as url:

@@ -127,3 +127,119 @@ def fresh_database(postgres_url: str, name: str) -> str:
         conn.exec_driver_sql(f"CREATE DATABASE {name}")
     engine.dispose()
     return postgres_url.rsplit("/", 1)[0] + f"/{name}"
+
+
+@contextlib.contextmanager
+def redis_cluster(primaries: int = 3, replicas_each: int = 1) -> Iterator[RedisCluster]:
+    """A real Redis Cluster on loopback: ``primaries`` primaries with ``replicas_each`` replicas each, every node a
+    Debian ``redis-server`` with ``cluster-enabled yes``, joined by ``redis-cli --cluster create``."""
+    server = find_binary("redis-server")
+    cli = find_binary("redis-cli")
+    count = primaries * (1 + replicas_each)
+    ports = [free_port() for _ in range(count)]
+    with tempfile.TemporaryDirectory(prefix="skewless-cluster-") as tmp:
+        cluster = RedisCluster(server, Path(tmp), ports)
+        try:
+            for port in ports:
+                cluster.start(port)
+            addresses = [f"127.0.0.1:{p}" for p in ports]
+            subprocess.run(
+                [cli, "--cluster", "create", *addresses, "--cluster-yes", "--cluster-replicas", str(replicas_each)],
+                check=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                timeout=60,
+            )
+            cluster.wait_until_ok()
+            yield cluster
+        finally:
+            cluster.stop_all()
+
+
+class RedisCluster:
+    """The processes of a test cluster: start, stop (a primary, to see its replica take over) and health."""
+
+    # How long a silent primary stays primary before its replica is promoted: long enough that a node starved of CPU
+    # on a busy test machine is not failed over by mistake, short enough for a failover test.
+    NODE_TIMEOUT_MS = 3000
+
+    def __init__(self, binary: str, data: Path, ports: list[int]) -> None:
+        self.binary = binary
+        self.data = data
+        self.ports = ports
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+
+    @property
+    def url(self) -> str:
+        """The store's URL: every node as a seed (``redis+cluster://h:p,h:p,...``)."""
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.ports)
+
+    def start(self, port: int) -> None:
+        # The cluster bus listens on a port of its own (by default port + 10000, which may be taken or past 65535).
+        node_dir = self.data / str(port)
+        node_dir.mkdir(exist_ok=True)
+        self.procs[port] = subprocess.Popen(
+            [
+                *(self.binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(node_dir)),
+                *(
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-port",
+                    str(free_port()),
+                ),
+                *("--cluster-node-timeout", str(self.NODE_TIMEOUT_MS), "--save", "", "--appendonly", "no"),
+                *("--repl-diskless-sync-delay", "0"),  # replicas in sync at once, not 5 s later
+                # The setting docs/ARCHITECTURE.md recommends: a node keeps serving its slots while another's are
+                # down (Redis's default refuses every command then, CLUSTERDOWN, until the failover).
+                *("--cluster-require-full-coverage", "no"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for_port(port)
+
+    def stop(self, port: int) -> None:
+        """Kill one node (SIGKILL: no goodbye to the cluster, as a crashed machine)."""
+        proc = self.procs.pop(port)
+        proc.kill()
+        proc.wait(timeout=10)
+
+    def stop_all(self) -> None:
+        for port in list(self.procs):
+            self.stop(port)
+
+    def primary_of(self, key: str) -> int:
+        """The port of the primary that holds ``key``'s slot now."""
+        import redis
+
+        with redis.Redis(port=self.running()[0]) as node:
+            slot = int(node.execute_command("CLUSTER", "KEYSLOT", key))
+            for start, end, primary, *_ in node.execute_command("CLUSTER", "SLOTS"):
+                if start <= slot <= end:
+                    return int(primary[1])
+        raise RuntimeError(f"no primary holds slot {slot}")
+
+    def running(self) -> list[int]:
+        return list(self.procs)
+
+    def wait_until_ok(self, timeout: float = 30.0) -> None:
+        """Until every running node says the cluster is ok (all slots served) and every replica is in sync with its
+        primary (a replica that never synced is not promoted when its primary dies)."""
+        import redis
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            states = set()
+            for port in self.running():
+                with redis.Redis(port=port, socket_timeout=1) as node:
+                    info = node.execute_command("CLUSTER", "INFO")
+                    info = info.decode() if isinstance(info, bytes) else str(info)
+                    states.add("cluster_state:ok" in info)
+                    replication = node.info("replication")
+                    states.add(replication["role"] == "master" or replication.get("master_link_status") == "up")
+            if states == {True}:
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"the cluster on ports {self.ports} is not ok after {timeout}s")

@@ -50,13 +50,17 @@ def make_repo(path: Path, source_url: str, registry_url: str, online_url: str, *
     return path
 
 
-@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres), "warm engine"])
+@pytest.fixture(
+    scope="module",
+    params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres), "warm engine", "redis cluster"],
+)
 def materialized(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, spark: Any, redis_url: str
 ) -> Iterator[tuple[FeatureStore, dict[str, pd.DataFrame]]]:
     """The example repository, materialized. "warm engine": every offline job of the module (those that take
     pandas rows) runs in the repository's warm engine (offline/warm/server.py) instead of this process, training sets
-    included: they are joined in Spark there, while the other two parameters join them in Arrow here."""
+    included: they are joined in Spark there, while the other parameters join them in Arrow here. "redis cluster":
+    the online store is a Redis Cluster (3 primaries, 3 replicas), published from the Spark executors."""
     tmp = tmp_path_factory.mktemp(f"e2e_{request.param.replace(' ', '_')}")
     if request.param == "postgres":
         source_url = registry_url = request.getfixturevalue("postgres_url")
@@ -64,7 +68,8 @@ def materialized(
         source_url = registry_url = f"sqlite:///{tmp / 'payments.db'}"
     create_example_data(source_url, cards=150, merchants=30, payments=2_500, days=20)
     warm = request.param == "warm engine"
-    store = FeatureStore(make_repo(tmp / "repo", source_url, registry_url, redis_url, arrow_join=not warm))
+    online_url = request.getfixturevalue("redis_cluster").url if request.param == "redis cluster" else redis_url
+    store = FeatureStore(make_repo(tmp / "repo", source_url, registry_url, online_url, arrow_join=not warm))
     if warm:
         daemon.start_engine(store.config)
     store.apply()

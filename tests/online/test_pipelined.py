@@ -25,6 +25,13 @@ MERCHANT = make_view("merchant", [("merchant", DType.STRING)], [("risk", DType.I
 T0 = ts("2024-01-01T00:00:00")
 
 
+@pytest.fixture
+def online_url(redis_url: str) -> str:
+    """The single server only: these tests look at its one pipelined connection (a cluster's, one per node, are
+    tested in test_redis_cluster.py)."""
+    return redis_url
+
+
 def card_rows(scale: float, ids: range) -> dict[int, tuple[float, str]]:
     return {i: (i * scale, f"tier{i % 7}") for i in ids}
 

@@ -39,8 +39,9 @@ def limits(store: RedisOnlineStore, ids: list[int], view: ViewPlan = CARD) -> li
 
 
 def data_versions(store: RedisOnlineStore, view: str) -> set[str]:
-    keys = store.client().keys(f"{store.project}:{view}:v*")
-    return {(k.decode() if isinstance(k, bytes) else k).split(":")[2] for k in keys}
+    layout = store.keys_of(view)
+    keys = store.view_client(view).keys(layout.data_pattern)
+    return {f"v{layout.version_of(k)}" for k in keys}
 
 
 def test_staged_rows_are_invisible_until_commit(store: RedisOnlineStore) -> None:
@@ -88,11 +89,11 @@ def test_old_versions_are_deleted_but_the_previous_one_is_kept(store: RedisOnlin
 
 
 def listed_versions(store: RedisOnlineStore, view: str) -> set[str]:
-    return {v.decode() for v in store.client().smembers(f"{store.project}:{view}:_versions")}
+    return {v.decode() for v in store.view_client(view).smembers(store.keys_of(view).versions)}
 
 
 def scans(store: RedisOnlineStore) -> int:
-    stats = store.client().info("commandstats")
+    stats = store.view_client("card").info("commandstats")
     return int(stats.get("cmdstat_scan", {}).get("calls", 0))
 
 
@@ -111,7 +112,7 @@ def test_a_commit_with_nothing_to_delete_scans_no_keys(store: RedisOnlineStore) 
 def test_rows_published_before_the_versions_set_existed_are_cleaned(store: RedisOnlineStore) -> None:
     for watermark in (1, 2):
         assert publish(store, CARD, card_rows(float(watermark)), watermark=watermark)
-    store.client().delete(f"{store.project}:card:_versions")  # as an older skewless left the store
+    store.view_client("card").delete(store.keys_of("card").versions)  # as an older skewless left the store
     assert publish(store, CARD, card_rows(3.0), watermark=3)
     assert data_versions(store, "card") == {"v2", "v3"}
     assert listed_versions(store, "card") == {"2", "3"}
@@ -124,12 +125,14 @@ def test_rows_the_versions_set_misses_go_at_the_periodic_full_scan(
 ) -> None:
     monkeypatch.setattr(redis_publication, "FULL_SCAN_EVERY", 3)
     assert publish(store, CARD, card_rows(1.0), watermark=1)
-    stray = f"{store.project}:card:v1000:1"  # a refused run's late row, written after its version was deleted
-    store.client().set(stray, b"[]")
+    # A refused run's late row, written after its version was deleted.
+    stray = store.keys_of("card").data_prefix + "1000:1"
+    node = store.view_client("card")
+    node.set(stray, b"[]")
     assert publish(store, CARD, card_rows(2.0), watermark=2)
-    assert store.client().exists(stray)  # not listed: an ordinary commit does not look for it
+    assert node.exists(stray)  # not listed: an ordinary commit does not look for it
     assert publish(store, CARD, card_rows(3.0), watermark=3)  # version 3: every key of the view is looked at
-    assert not store.client().exists(stray)
+    assert not node.exists(stray)
     assert data_versions(store, "card") == {"v2", "v3"}
     assert listed_versions(store, "card") == {"2", "3"}
 
@@ -224,9 +227,11 @@ def test_one_read_is_one_round_trip_across_views(store: RedisOnlineStore, monkey
         sent.append(command)
         original(self, command, check_health)
 
+    # One round trip per server: on a cluster, one per node holding one of the views.
+    servers = {store.view_client(v).connection_pool.connection_kwargs["port"] for v in ("card", "merchant")}
     monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counting)
     card, merchant = store.read(requests, keys)
-    assert len(sent) == 1
+    assert len(sent) == len(servers)
     assert card.features == ("tier", "limit")
     assert card.values == [("t1.0", 1.0), ("t1.0", 1.0)]
     assert card.event_timestamps == [T0, T0]
@@ -271,22 +276,23 @@ def test_a_reader_sees_each_commit_at_once_and_reads_with_one_mget_between(
 
 def test_a_snapshot_without_a_version_key_is_read_through_the_pointer(store: RedisOnlineStore) -> None:
     assert publish(store, CARD, card_rows(1.0))
-    store.client().delete(f"{store.project}:card:_version")  # as committed by skewless before the key existed
+    store.view_client("card").delete(store.keys_of("card").version)  # as committed by skewless before the key existed
     assert limits(store, [1, 2]) == [1.0, 1.0]
     assert limits(store, [1, 2]) == [1.0, 1.0]
 
 
-def test_reads_survive_the_server_dropping_every_connection(store: RedisOnlineStore, redis_url: str) -> None:
+def test_reads_survive_the_server_dropping_every_connection(store: RedisOnlineStore) -> None:
     import redis
 
     assert publish(store, CARD, card_rows(1.0))
     assert limits(store, [1]) == [1.0]
-    with redis.Redis.from_url(redis_url) as admin:
+    server = store.view_client("card").connection_pool.connection_kwargs
+    with redis.Redis(host=server["host"], port=server["port"]) as admin:
         admin.client_kill_filter(skipme=True)  # what a server restart does to the pooled connections
     assert limits(store, [1]) == [1.0]  # the MGET path
     with RedisOnlineStore(store.url, project=store.project) as other:
         assert publish(other, CARD, card_rows(2.0), watermark=2)
-    with redis.Redis.from_url(redis_url) as admin:
+    with redis.Redis(host=server["host"], port=server["port"]) as admin:
         admin.client_kill_filter(skipme=True)
     assert limits(store, [1]) == [2.0]  # the MGET path again, then the script
 
@@ -308,9 +314,11 @@ def test_features_of_another_definition_are_unavailable(store: RedisOnlineStore)
     assert answer.unavailable == {"new"} and answer.values == [(None, 1.0)]
 
 
-def test_from_config(redis_url: str, project: str, tmp_path: Any) -> None:
-    config = RepoConfig(root=tmp_path, project=project, online_url=redis_url)
+def test_from_config(online_url: str, project: str, tmp_path: Any) -> None:
+    (tmp_path / "skewless.yaml").write_text(f"project: {project}\nonline:\n  url: {online_url}\n")
+    config = RepoConfig.load(tmp_path)
     with RedisOnlineStore.from_config(config) as store:
+        assert store.cluster is online_url.startswith("redis+cluster://")
         assert publish(store, CARD, card_rows(1.0))
         assert limits(store, [1]) == [1.0]
 

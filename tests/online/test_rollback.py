@@ -16,8 +16,8 @@ pytestmark = pytest.mark.redis
 
 
 @pytest.fixture
-def keeping3(redis_url: str, project: str) -> Iterator[RedisOnlineStore]:
-    with RedisOnlineStore(redis_url, project=project, keep_snapshots=3) as s:
+def keeping3(online_url: str, project: str) -> Iterator[RedisOnlineStore]:
+    with RedisOnlineStore(online_url, project=project, keep_snapshots=3) as s:
         yield s
 
 
