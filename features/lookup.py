@@ -485,8 +485,8 @@ def iso_from_micros(micros: Sequence[int | None]) -> list[str | None]:
         return out
     if len(kept) + len(where) > _ISO_KEPT:
         kept.clear()
-    new = [micros[i] for i in where]
-    for i, t, text in zip(where, new, _format_iso(cast("list[int]", new)), strict=True):
+    new = cast("list[int]", [micros[i] for i in where])
+    for i, t, text in zip(where, new, _format_iso(new), strict=True):
         out[i] = kept[t] = text
     return out
 
