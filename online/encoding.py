@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 
@@ -134,7 +134,8 @@ def rows_decoder(
                 [None if offset is None or (value := row[offset]) is None else convert(value) if convert else value]
                 for offset, convert in one_row
             ], [row[0]]
-        found = [r for r in rows if r is not None]
+        # Every entity has a row (`in` scans in C), or only some do.
+        found = cast("Sequence[bytes]", rows) if None not in rows else [r for r in rows if r is not None]
         if not found:
             return [[None] * count for _ in offsets], [None] * count
         stored = list(zip(*orjson.loads(b"[" + b",".join(found) + b"]"), strict=True))
