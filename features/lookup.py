@@ -471,22 +471,44 @@ def iso_utc(value: datetime) -> str:
 
 
 def iso_from_micros(micros: Sequence[int | None]) -> list[str | None]:
-    """:func:`iso_utc` of many times given as microseconds since the epoch (None stays None); vectorised by
-    numpy beyond a few values, with the same text."""
+    """:func:`iso_utc` of many times given as microseconds since the epoch (None stays None).
+
+    The text of each time is kept (up to :data:`_ISO_KEPT` of them): a row's event time is served again and again
+    until the next materialization, and a dictionary look-up costs a hundredth of formatting it (~0.5 µs a time,
+    ~50 µs for a 100-entity view even vectorised). The times not kept are formatted in one go."""
+    kept = _ISO_TEXT
+    out: list[str | None] = list(map(kept.get, micros))  # type: ignore[arg-type]  # None -> None
+    if None not in out:
+        return out
+    where = [i for i, (text, t) in enumerate(zip(out, micros, strict=True)) if text is None and t is not None]
+    if not where:
+        return out
+    if len(kept) + len(where) > _ISO_KEPT:
+        kept.clear()
+    new = cast("list[int]", [micros[i] for i in where])
+    for i, t, text in zip(where, new, _format_iso(new), strict=True):
+        out[i] = kept[t] = text
+    return out
+
+
+_ISO_KEPT = 32_768  # texts of event times kept per process (~4 MiB): many requests' worth of rows
+_ISO_TEXT: dict[int, str] = {}
+
+
+def _format_iso(micros: Sequence[int]) -> list[str]:
+    """:func:`iso_utc` of many times (none of them None); vectorised by numpy beyond a few, with the same text."""
     if len(micros) <= _FEW:
-        return [None if t is None else iso_utc(from_micros(t)) for t in micros]
+        return [iso_utc(from_micros(t)) for t in micros]
     import numpy as np
 
-    absent = [t is None for t in micros]
-    missing = True in absent
-    numbers = np.array([0 if t is None else t for t in micros] if missing else micros, dtype=np.int64)
+    numbers = np.array(micros, dtype=np.int64)
     whole = numbers % 1_000_000 == 0
     stamps = numbers.view("datetime64[us]")
     text = np.datetime_as_string(stamps, unit="s", timezone="UTC")
     if not whole.all():
         text = np.where(whole, text, np.datetime_as_string(stamps, unit="us", timezone="UTC"))
-    out: list[str | None] = text.tolist()
-    return [None if gone else t for t, gone in zip(out, absent, strict=True)] if missing else out
+    out: list[str] = text.tolist()
+    return out
 
 
 _FEW = 16  # below this many, formatting one by one beats setting up numpy

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 
@@ -116,10 +116,26 @@ def rows_decoder(
     for timestamp features and float columns holding a non-finite value, which need a conversion.
     """
     offsets = [None if p is None else p + 2 for p in positions]
+    # A lookup of one entity (the most common) decodes one row: no join, no transposition, values checked alone.
+    converts = [
+        float_from_json if dtype is DType.FLOAT64 else from_micros if dtype is DType.TIMESTAMP else None
+        for dtype in dtypes
+    ]
+    one_row = [(offset, convert) for offset, convert in zip(offsets, converts, strict=True)]
 
     def decode(rows: Sequence[bytes | None]) -> tuple[list[list[Any]], list[int | None]]:
         count = len(rows)
-        found = [r for r in rows if r is not None]
+        if count == 1:
+            (data,) = rows
+            if data is None:
+                return [[None] for _ in offsets], [None]
+            row = orjson.loads(data)
+            return [
+                [None if offset is None or (value := row[offset]) is None else convert(value) if convert else value]
+                for offset, convert in one_row
+            ], [row[0]]
+        # Every entity has a row (`in` scans in C), or only some do.
+        found = cast("Sequence[bytes]", rows) if None not in rows else [r for r in rows if r is not None]
         if not found:
             return [[None] * count for _ in offsets], [None] * count
         stored = list(zip(*orjson.loads(b"[" + b",".join(found) + b"]"), strict=True))

@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 from fastapi.responses import JSONResponse, Response
+from starlette.types import Send
 
 # The request being answered; set by serving_api.guard for every HTTP request, read by whatever writes an error
 # (a context variable: the routed way may answer in a worker thread, and the context goes with it).
@@ -39,6 +40,33 @@ class JSONAnswer(JSONResponse):
 
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content)
+
+
+#: A lookup's answer as the handler makes it: its status and JSON body (sent by :func:`send_json`, or wrapped in a
+#: :func:`json_response` on the routed way).
+Answer = tuple[int, bytes]
+_JSON_TYPE = (b"content-type", b"application/json")
+
+
+async def send_json(send: Send, answer: Answer) -> None:
+    """Send ``answer`` with the headers a :class:`JSONAnswer` has (content length, type, then the request id),
+    built straight as bytes: a Starlette ``Response`` per request (its header list, its ``__call__``) cost more
+    than the sending."""
+    status, body = answer
+    headers = [(b"content-length", b"%d" % len(body)), _JSON_TYPE, (REQUEST_ID_HEADER, REQUEST_ID.get().encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def json_response(answer: Answer) -> Response:
+    """``answer`` as a Starlette response, for a route (the same headers and body as :func:`send_json` sends)."""
+    status, body = answer
+    return Response(body, status_code=status, media_type=JSONAnswer.media_type)
+
+
+def answer_of(response: Response) -> Answer:
+    """A rendered response's status and body."""
+    return response.status_code, bytes(response.body)
 
 
 def request_id_from(header: bytes | None) -> str:

@@ -47,6 +47,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
@@ -73,10 +74,10 @@ from features.plan import Plan
 from features.protocols import OnlineStore
 from features.redaction import redact_text
 from features.registry import PlanVersion
-from serving_api.answers import REQUEST_ID, JSONAnswer, error
+from serving_api.answers import REQUEST_ID, Answer, JSONAnswer, answer_of, error, json_response, send_json
 from serving_api.auth import Authenticator, Grant
 from serving_api.feast_door import FEAST, add_feast_door
-from serving_api.guard import GRANT, Gate, replay, tag, with_request_id
+from serving_api.guard import GRANT, Gate, TaggedSend, replay
 from serving_api.log_throttle import ThrottledLog
 from serving_api.metrics import (
     CONTENT_TYPE,
@@ -100,7 +101,7 @@ ENV_OPENTELEMETRY = "SKEWLESS_OPENTELEMETRY"
 LOOKUP_PATH = "/v1/features"
 PlanProvider = Callable[[], PlanVersion]
 # The answer to a lookup's body, for a caller's grant (see lookup_handler).
-LookupHandler = Callable[[bytes, Grant], Awaitable[Response]]
+LookupHandler = Callable[[bytes, Grant], Awaitable[Answer]]
 
 
 # -- request and answer models (they make the OpenAPI schema at /docs useful) ---------------------------------
@@ -276,34 +277,27 @@ class ServingApp(FastAPI):
         if scope["type"] != "http":  # lifespan (the app has no websocket route)
             await super().__call__(scope, receive, send)
             return
-        if self.metrics is None:
+        metrics = self.metrics
+        if metrics is None:
             await self._answer(scope, receive, send)
             return
-        # Every answer counted and timed here, refusals of the gate included (see serving_api.metrics).
+        # Every answer counted and timed here, refusals of the gate included (see serving_api.metrics). _answer
+        # says which status it sent: wrapping `send` to see it (a closure and an await more per message) cost
+        # more than the counting itself.
         began = time.perf_counter()
-        status = 0
-
-        async def send_counted(message: Any) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        token = SERVICE.set("")
+        SERVICE.set("")  # each request runs in a task of its own, with its own copy of the context
+        status = 500  # when _answer raises
         try:
-            await self._answer(scope, receive, send_counted)
-        except BaseException:
-            status = status or 500
-            raise
+            status = await self._answer(scope, receive, send)
         finally:
             if status:  # 0: the client went away before an answer
-                self.metrics.answered(_path(scope), status, time.perf_counter() - began)
-            SERVICE.reset(token)
+                metrics.answered(_path(scope), status, time.perf_counter() - began)
 
-    async def _answer(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _answer(self, scope: Scope, receive: Receive, send: Send) -> int:
+        """Answer the request; the status sent (0 when the client went away before an answer)."""
         admitted = await self.gate.admit(scope, receive, send)
-        if admitted is None:  # answered already (refused), or the client went away
-            return
+        if isinstance(admitted, int):  # answered already (refused), or the client went away (0)
+            return admitted
         if (
             self.answer_lookup is not None
             and admitted.body is not None
@@ -312,12 +306,15 @@ class ServingApp(FastAPI):
             and not scope.get("root_path")
             and not self.user_middleware
         ):
-            await tag(await self.answer_lookup(admitted.body, admitted.grant))(scope, receive, send)
-            return
+            answer = await self.answer_lookup(admitted.body, admitted.grant)
+            await send_json(send, answer)
+            return answer[0]
         scope[GRANT] = admitted.grant
         if admitted.body is not None:
             receive = replay(admitted.body, receive)
-        await super().__call__(scope, receive, with_request_id(send))
+        sent = TaggedSend(send)
+        await super().__call__(scope, receive, sent)
+        return sent.status
 
 
 def create_app(
@@ -601,7 +598,7 @@ def lookup_handler(
     an error has no values to audit) are offered to ``served_log``, whatever the dialect; ``metrics`` counts the
     statuses served per view."""
 
-    async def answer_lookup(raw_body: bytes, grant: Grant) -> Response:
+    async def answer_lookup(raw_body: bytes, grant: Grant) -> Answer:
         # On the event loop: the Redis read is awaited on the worker's one pipelined connection (a store without
         # read_async blocks the loop for its round trip instead: a thread-pool hop per request cost ~1 ms, more
         # than it buys). The body is parsed and checked by pydantic straight from the bytes (FastAPI's own body
@@ -609,10 +606,10 @@ def lookup_handler(
         try:
             body = dialect.parse(raw_body)
         except ValidationError as exc:
-            return _invalid(exc.errors())
+            return answer_of(_invalid(exc.errors()))
         service = body.feature_service if body.features is None else None
         if not grant.may_look_up(service):
-            return _forbidden(grant, service)
+            return answer_of(_forbidden(grant, service))
         try:
             caps.check({**body.entities, **(getattr(body, "request_data", None) or {})})
             version = plans.get()
@@ -639,15 +636,15 @@ def lookup_handler(
             )
             if metrics is not None:
                 metrics.served(result)
-            answer = JSONAnswer(dialect.answer(body, lookup, result))
+            answer = orjson.dumps(dialect.answer(body, lookup, result))
         except Exception as exc:
-            return _error_answer(exc)
+            return answer_of(_error_answer(exc))
         # A lookup under a contract served side by side (another plan than the live one) is not logged: the audit
         # compares with the live definitions.
         if served_log is not None and plan is version.plan:
-            body_bytes = bytes(answer.body) if dialect is NATIVE else None  # Feast's answer: the log encodes its own
+            body_bytes = answer if dialect is NATIVE else None  # Feast's answer: the log encodes its own
             served_log.offer(REQUEST_ID.get(), service, result, request_data, body_bytes)
-        return answer
+        return 200, answer
 
     return answer_lookup
 
@@ -663,7 +660,7 @@ def lookup_endpoint(answer_lookup: LookupHandler) -> Callable[[Request], Awaitab
         only documents it (/docs, /openapi.json) and never answers: the Starlette route comes first and matches
         every request the FastAPI route would.
         """
-        return await answer_lookup(await request.body(), request.scope[GRANT])
+        return json_response(await answer_lookup(await request.body(), request.scope[GRANT]))
 
     return get_features
 

@@ -50,8 +50,9 @@ class Gate:
         self.authenticator = authenticator
         self.max_body_bytes = max_body_bytes
 
-    async def admit(self, scope: Scope, receive: Receive, send: Send) -> Admitted | None:
-        """The admitted request, or None once the request was answered (refused, or the client went away)."""
+    async def admit(self, scope: Scope, receive: Receive, send: Send) -> Admitted | int:
+        """The admitted request, or the status it was refused with (answered already), or 0 when the client went
+        away before its body arrived (not answered)."""
         authorization = content_type = content_length = request_id = None
         for name, value in scope["headers"]:
             if name == b"authorization":
@@ -72,28 +73,25 @@ class Gate:
             message = "a token is required: send 'Authorization: Bearer <token>' (see serving.tokens)"
             if authorization:
                 message = "the token is not valid here: no serving.tokens entry has its hash"
-            await _refuse(scope, receive, send, 401, "AuthenticationError", message, [(b"www-authenticate", scheme)])
-            return None
+            return await _refuse(
+                scope, receive, send, 401, "AuthenticationError", message, [(b"www-authenticate", scheme)]
+            )
         if _in_ui(path) and not grant.may_browse:
             message = f"token '{grant.name}' may not browse the catalog: that takes a token with services: ['*']"
-            await _refuse(scope, receive, send, 403, "PermissionError", message)
-            return None
+            return await _refuse(scope, receive, send, 403, "PermissionError", message)
         if scope["method"] not in _BODY_METHODS:
             return Admitted(path, grant, None)
         if not _is_json(content_type):
             shown = (content_type or b"none").decode("latin-1")
             message = f"the body must be JSON: send 'Content-Type: application/json' (got {shown})"
-            await _refuse(scope, receive, send, 415, "UnsupportedMediaType", message)
-            return None
+            return await _refuse(scope, receive, send, 415, "UnsupportedMediaType", message)
         if content_length is not None and _too_long(content_length, self.max_body_bytes):
-            await _too_large(scope, receive, send, self.max_body_bytes)
-            return None
+            return await _too_large(scope, receive, send, self.max_body_bytes)
         try:
             body = await read_body(receive, self.max_body_bytes)
         except RequestTooLargeError:
-            await _too_large(scope, receive, send, self.max_body_bytes)
-            return None
-        return None if body is None else Admitted(path, grant, body)
+            return await _too_large(scope, receive, send, self.max_body_bytes)
+        return 0 if body is None else Admitted(path, grant, body)
 
 
 _NOBODY = Grant("", frozenset(), frozenset())  # on an open path, with tokens configured: no scope at all
@@ -132,16 +130,22 @@ def replay(body: bytes, receive: Receive) -> Receive:
     return receive_again
 
 
-def with_request_id(send: Send) -> Send:
-    """``send`` adding the request's ``X-Request-ID`` header to the answer."""
-    header = (REQUEST_ID_HEADER, REQUEST_ID.get().encode())
+class TaggedSend:
+    """``send`` adding the request's ``X-Request-ID`` header to the answer, and keeping the status it sent
+    (``status``: 0 until then)."""
 
-    async def send_with_id(message: Message) -> None:
+    __slots__ = ("header", "send", "status")
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.header = (REQUEST_ID_HEADER, REQUEST_ID.get().encode())
+        self.status = 0
+
+    async def __call__(self, message: Message) -> None:
         if message["type"] == "http.response.start":
-            message["headers"] = [*message.get("headers", ()), header]
-        await send(message)
-
-    return send_with_id
+            self.status = message["status"]
+            message["headers"] = [*message.get("headers", ()), self.header]
+        await self.send(message)
 
 
 def tag(response: Response) -> Response:
@@ -174,9 +178,9 @@ def _too_long(content_length: bytes, limit: int) -> bool:
         return False  # the server rejects a malformed length before the app sees it
 
 
-async def _too_large(scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+async def _too_large(scope: Scope, receive: Receive, send: Send, limit: int) -> int:
     message = f"the request body is larger than {limit} bytes (serving.max_body_bytes); split the request"
-    await _refuse(scope, receive, send, 413, "RequestRequestTooLargeError", message, [(b"connection", b"close")])
+    return await _refuse(scope, receive, send, 413, "RequestRequestTooLargeError", message, [(b"connection", b"close")])
 
 
 async def _refuse(
@@ -187,8 +191,9 @@ async def _refuse(
     error_type: str,
     message: str,
     headers: list[tuple[bytes, bytes]] | None = None,
-) -> None:
-    """Answer ``status`` with an error body (and ``headers``); the body is left unread."""
+) -> int:
+    """Answer ``status`` with an error body (and ``headers``); the body is left unread. Returns ``status``."""
     response = tag(error(status, error_type, message))
     response.raw_headers.extend(headers or ())
     await response(scope, receive, send)
+    return status

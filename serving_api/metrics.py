@@ -122,6 +122,7 @@ class ServiceMetrics:
         self._requests: dict[tuple[str, str, int], int] = {}
         self._latencies: dict[tuple[str, str], list[float]] = {}  # a count per bucket, then the sum
         self._served: dict[tuple[str, str], int] = {}
+        self._view_of: dict[str, str] = {}  # output column -> its view (a server answers a handful of columns)
         self._copied: dict[tuple[Any, ...], float] = {}  # what sync() copied of each count, by its key
         self._extra: list[tuple[Callable[[], Mapping[str, float]], Any, dict[str, float]]] = []
         self._sync_lock = threading.Lock()
@@ -143,17 +144,25 @@ class ServiceMetrics:
 
     def served(self, result: LookupResult) -> None:
         """Count the statuses of a lookup's answer: per view, one per entity (a view's features share them)."""
+        served = self._served
+        views = self._view_of
         seen: set[str] = set()
         for column, values in result.features.items():
-            view = column.split("__", 1)[0]  # names never hold "__" (features.definitions)
+            view = views.get(column)
+            if view is None:
+                view = views[column] = column.split("__", 1)[0]  # names never hold "__" (features.definitions)
             if view in seen:
                 continue
             seen.add(view)
             statuses = values.statuses
+            if len(statuses) == 1:  # one entity, the common lookup: its one status
+                key = (view, statuses[0])
+                served[key] = served.get(key, 0) + 1
+                continue
             for status in ("present", "missing", "expired"):
                 count = statuses.count(status)
                 if count:
-                    self._served[view, status] = self._served.get((view, status), 0) + count
+                    served[view, status] = served.get((view, status), 0) + count
 
     def store_failed(self, exc: OnlineStoreError) -> None:
         # Rare (an outage): straight into Prometheus's counter. The store translates redis' and asyncio's

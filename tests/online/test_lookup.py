@@ -222,4 +222,22 @@ def test_event_times_as_iso_text(micros: list[int | None]) -> None:
         fraction = f".{d.microsecond:06d}" if d.microsecond else ""
         return f"{d.year:04d}-{d.month:02d}-{d.day:02d}T{d.hour:02d}:{d.minute:02d}:{d.second:02d}{fraction}Z"
 
-    assert iso_from_micros(micros) == [None if t is None else oracle(t) for t in micros]
+    expected = [None if t is None else oracle(t) for t in micros]
+    assert iso_from_micros(micros) == expected
+    assert iso_from_micros(micros) == expected  # the second time from the texts kept
+    assert iso_from_micros([*micros, *micros]) == expected * 2
+
+
+def test_kept_event_time_texts_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The texts kept per process stay under their bound: past it they are dropped, and still right after."""
+    import features.lookup as lookup_module
+
+    monkeypatch.setattr(lookup_module, "_ISO_KEPT", 50)
+    monkeypatch.setattr(lookup_module, "_ISO_TEXT", {})
+    base = to_micros(datetime(2024, 1, 1, tzinfo=UTC))
+    for start in range(0, 400, 40):
+        micros = [base + (start + i) * 1_500_000 for i in range(40)]  # every other one with a fraction
+        expected = [(datetime(2024, 1, 1, tzinfo=UTC) + timedelta(microseconds=t - base)) for t in micros]
+        texts = [d.isoformat().replace("+00:00", "Z") for d in expected]
+        assert iso_from_micros(micros) == texts
+        assert len(lookup_module._ISO_TEXT) <= 50

@@ -264,6 +264,36 @@ def test_lookups_skip_the_router_and_answer_as_the_routed_endpoint_does(online: 
     assert direct == routed == traced
 
 
+def test_the_shortcut_sends_the_routed_answers_bytes_and_headers(online: RedisOnlineStore) -> None:
+    """The fast path writes its answer's headers itself: the same bytes, headers and header order as the routed
+    way's Starlette response, for answers and errors alike; the body is the answer's JSON, compact."""
+    import json
+
+    from starlette.middleware.base import BaseHTTPMiddleware
+
+    async def passing(request: Any, call_next: Any) -> Any:
+        return await call_next(request)
+
+    routed_app = create_app(plan_provider=plan_version, store=online)
+    routed_app.add_middleware(BaseHTTPMiddleware, dispatch=passing)
+    raw: dict[str, list[tuple[int, bytes, list[tuple[bytes, bytes]]]]] = {}
+    for name, app in (("direct", create_app(plan_provider=plan_version, store=online)), ("routed", routed_app)):
+        with TestClient(app, raise_server_exceptions=False) as client:
+            responses = [client.post("/v1/features", json=b, headers={"x-request-id": "caller-2"}) for b in LOOKUPS]
+        raw[name] = [(r.status_code, r.content, list(r.headers.raw)) for r in responses]
+    assert raw["direct"] == raw["routed"]
+    for _status, content, headers in raw["direct"]:
+        # Oracle: the standard library's compact JSON of the decoded answer, and the headers a JSON answer has.
+        decoded = json.loads(content)
+        assert content == json.dumps(decoded, separators=(",", ":"), ensure_ascii=False).encode()
+        assert headers == [
+            (b"content-length", str(len(content)).encode()),
+            (b"content-type", b"application/json"),
+            (b"x-request-id", b"caller-2"),
+        ]
+    assert [status for status, _, _ in raw["direct"]] == [200, 404, 422, 422, 422]
+
+
 def test_the_lookup_shortcut_reads_a_body_in_pieces_and_lets_a_gone_client_go(online: RedisOnlineStore) -> None:
     import asyncio
     import json
