@@ -3,6 +3,7 @@
 The definitions SDK, the compiled plan, the registry, and the :class:`FeatureStore` facade.
 """
 
+from features.checks import AllowedValues, Drift, MaxNulls, Range, RowCount, UniqueKeys
 from features.definitions import (
     Aggregation,
     Entity,
@@ -17,6 +18,7 @@ from features.definitions import (
 )
 from features.dtypes import Bool, DType, Float64, Int64, String, Timestamp
 from features.errors import (
+    ChecksFailedError,
     ConfigError,
     DefinitionError,
     EntityKeyError,
@@ -34,6 +36,13 @@ from features.on_demand import OnDemandFunctionError
 from features.store import FeatureStore
 
 __all__ = [
+    "UniqueKeys",
+    "RowCount",
+    "Range",
+    "MaxNulls",
+    "Drift",
+    "ChecksFailedError",
+    "AllowedValues",
     "Aggregation",
     "Bool",
     "ConfigError",

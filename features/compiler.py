@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable, Mapping
 from datetime import timedelta
 
+from features.checks import compile_checks
 from features.config import RepoConfig
 from features.definitions import (
     Entity,
@@ -193,6 +194,15 @@ class _Compiler:
             storage_fingerprint=storage,
             location=self.discovered.where(view),
             cadence_seconds=cadence,
+            checks=compile_checks(
+                name,
+                [(f.name, f.checks, self.discovered.where(f)) for f in view.features],
+                view.checks,
+                self.discovered.where(view),
+                {f.name: f.dtype for f in features},
+                windowed=cadence is not None,
+                where=self.discovered.where,
+            ),
         )
 
     def row_features(

@@ -23,11 +23,12 @@ from datetime import datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
+from features.checks import PREVIOUS
 from features.compiler import compile_plan, reflect_with
 from features.config import RepoConfig
 from features.diff import PlanDiff, diff_plans
 from features.discovery import discover
-from features.errors import MaterializationError, OnlineStoreError, RegistryError
+from features.errors import ChecksFailedError, DefinitionError, MaterializationError, OnlineStoreError, RegistryError
 from features.functions import FunctionLoader
 from features.plan import Plan, ViewPlan
 from features.plugins import load_plugin
@@ -78,9 +79,29 @@ class FeatureStore:
 
     def _plan_against_latest(self) -> tuple[Plan, PlanDiff, int | None]:
         new = self.compile()
+        self._check_drift_targets(new)
         latest = self.registry.latest()
         diff = diff_plans(latest.plan if latest else None, new, self.registry.materialized_storage())
         return new, diff, latest.version if latest else None
+
+    def _check_drift_targets(self, plan: Plan) -> None:
+        """A ``Drift(against=...)`` names ``previous`` or a registered training contract (the registry knows
+        them, the compiler does not): an unknown name is a definition error at its file and line."""
+        known = None
+        for view in plan.views:
+            for check in view.checks:
+                against = check.params.get("against") if check.kind == "drift" else None
+                if against is None or against == PREVIOUS:
+                    continue
+                known = self.registry.contracts() if known is None else known
+                if against not in known or known[against].retired_at is not None:
+                    active = sorted(n for n, c in known.items() if c.retired_at is None)
+                    raise DefinitionError(
+                        f"Drift against unknown training set '{against}' in view '{view.name}'; valid choices: "
+                        f"'{PREVIOUS}' or a registered training contract ({', '.join(active) or 'none registered'}"
+                        f"; skewless contract register)",
+                        location=check.location,
+                    )
 
     def apply(self) -> ApplyResult:
         """Store the definitions as a new plan version; a no-op when nothing changed.

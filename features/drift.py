@@ -1,0 +1,198 @@
+"""Drift rules that work without tuning: a run's statistics against a baseline (the previous run's, or a training
+set's), each rule firing only when an effect size clears a floor **and** a significance test clears a bound.
+
+The floor makes a huge batch not fire on a trivial change (every difference is "significant" at n = 10^7); the
+significance bound, which tightens as n grows, makes a tiny batch not fire on noise. Every test uses only the
+statistics a run already records (:class:`features.run_stats.FeatureStats`). Thresholds and their reasons are in
+docs/ARCHITECTURE.md ("Default drift rules"); ``tolerance`` multiplies every effect floor.
+
+- **missing share** (null, NaN or infinite among the rows): Cohen's h >= 0.2 and a two-proportion z-test.
+- **numeric location**: standardized mean difference (Cohen's d) >= 0.5 and Welch's z.
+- **numeric scale**: the spread grew or shrank by 2x or more, by the standard deviation *and* the interquartile
+  range (so one outlier, or an integer feature's jumpy quartiles, cannot fire it alone), with the z of the
+  log-ratio.
+- **category shares** (strings, booleans): Cohen's h >= 0.2 on any value's share, from the top values both sides
+  recorded; a value one side did not record counts as at most the smallest count that side recorded.
+- **volume** (source rows read, against the previous run only): 3x fewer or more, and a Poisson z.
+
+A side with fewer than :data:`MIN_ROWS` rows (or finite values, for the numeric rules) is never compared.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from features.dtypes import DType
+from features.run_stats import TOP_VALUES, FeatureStats
+
+MIN_ROWS = 30  # below this a batch's shares and moments are too noisy to compare
+Z_BOUND = 3.29  # two-sided p < 0.001: with ~10 features, a stable source fires about once in 100 runs at most
+SHARE_FLOOR = 0.2  # Cohen's h: "small" effect (0% -> 1%, 10% -> 19%, 50% -> 60%)
+LOCATION_FLOOR = 0.5  # Cohen's d: "medium" effect, half a standard deviation
+SCALE_FLOOR = math.log(2)  # the spread doubled or halved
+VOLUME_FLOOR = math.log(3)  # three times fewer or more source rows
+_IQR_SIGMA = 1.349  # a normal's interquartile range in standard deviations
+_LN_IQR_VAR = 1.36  # n * var(ln IQR) of a normal sample (asymptotic): 2.474 / 1.349^2
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One rule's measure: ``effect`` against its ``floor``, and ``z`` against :data:`Z_BOUND`."""
+
+    rule: str
+    effect: float
+    floor: float
+    z: float
+    detail: str
+
+    @property
+    def fires(self) -> bool:
+        return self.effect >= self.floor and self.z >= Z_BOUND
+
+    def describe(self) -> str:
+        return f"{self.detail} (effect {_num(self.effect)} >= {_num(self.floor)}, z {_num(self.z)})"
+
+
+def feature_findings(new: FeatureStats, old: FeatureStats, tolerance: float = 1.0) -> list[Finding]:
+    """Every rule that applies to a feature of this type, measured (firing or not)."""
+    if new.count < MIN_ROWS or old.count < MIN_ROWS:
+        return []
+    findings = [_missing(new, old, tolerance)]
+    dtype = DType(new.dtype)
+    if dtype.is_numeric:
+        findings += _numeric(new, old, tolerance)
+    elif new.distinct is not None and old.distinct is not None:
+        findings += _categories(new, old, tolerance)
+    return [f for f in findings if f is not None]
+
+
+def volume_finding(new_rows: int, old_rows: int, tolerance: float = 1.0) -> Finding | None:
+    """Source rows read by this run against the previous one's."""
+    if old_rows < MIN_ROWS and new_rows < MIN_ROWS:
+        return None
+    effect = math.inf if min(new_rows, old_rows) == 0 else abs(math.log(new_rows / old_rows))
+    z = abs(new_rows - old_rows) / math.sqrt(new_rows + old_rows)
+    return Finding("volume", effect, VOLUME_FLOOR * tolerance, z, f"source rows {old_rows:,} -> {new_rows:,}")
+
+
+def _missing(new: FeatureStats, old: FeatureStats, tolerance: float) -> Finding | None:
+    def missing(s: FeatureStats) -> int:
+        return s.nulls + s.nan + s.pos_inf + s.neg_inf
+
+    p_new, p_old = missing(new) / new.count, missing(old) / old.count
+    return _share_finding("missing share", p_new, new.count, p_old, old.count, tolerance)
+
+
+def _share_finding(rule: str, p_new: float, n_new: int, p_old: float, n_old: int, tolerance: float) -> Finding | None:
+    pooled = (p_new * n_new + p_old * n_old) / (n_new + n_old)
+    if pooled in (0.0, 1.0):
+        return None
+    h = abs(2 * math.asin(math.sqrt(p_new)) - 2 * math.asin(math.sqrt(p_old)))
+    spread = math.sqrt(pooled * (1 - pooled) * (1 / n_new + 1 / n_old))
+    corrected = max(0.0, abs(p_new - p_old) - 0.5 * (1 / n_new + 1 / n_old))  # continuity correction
+    return Finding(rule, h, SHARE_FLOOR * tolerance, corrected / spread, f"{rule} {p_old:.1%} -> {p_new:.1%}")
+
+
+def _numeric(new: FeatureStats, old: FeatureStats, tolerance: float) -> list[Finding]:
+    n_new, n_old = new.values, old.values
+    if n_new < MIN_ROWS or n_old < MIN_ROWS or new.mean is None or old.mean is None:
+        return []
+    if not all(math.isfinite(v) for v in (new.mean, old.mean, new.stddev or 0.0, old.stddev or 0.0)):
+        return []  # moments overflowed float64: nothing sound to compare
+    sd_new, sd_old = new.stddev or 0.0, old.stddev or 0.0
+    out: list[Finding] = []
+    pooled = math.sqrt((sd_new**2 + sd_old**2) / 2)
+    diff = abs(new.mean - old.mean)
+    error = math.sqrt(sd_new**2 / n_new + sd_old**2 / n_old)
+    out.append(
+        Finding(
+            "mean",
+            _ratio(diff, pooled),
+            LOCATION_FLOOR * tolerance,
+            _ratio(diff, error),
+            f"mean {_num(old.mean)} -> {_num(new.mean)}",
+        )
+    )
+    scale = _scale(new, old)
+    if scale is not None:
+        effect, z = scale
+        out.append(
+            Finding(
+                "spread",
+                effect,
+                SCALE_FLOOR * tolerance,
+                z,
+                f"stddev {_num(sd_old)} -> {_num(sd_new)}, IQR {_num(_iqr(old))} -> {_num(_iqr(new))}",
+            )
+        )
+    return out
+
+
+def _scale(new: FeatureStats, old: FeatureStats) -> tuple[float, float] | None:
+    """The smaller of the two log-ratios of spread (stddev, IQR) and the smaller z; the IQR is left out when both
+    sides have none (a feature that is mostly one value)."""
+    sd_new, sd_old = new.stddev or 0.0, old.stddev or 0.0
+    if sd_new == 0 and sd_old == 0:
+        return None
+    n_new, n_old = new.values, old.values
+    sd_effect = _log_ratio(sd_new, sd_old)
+    sd_z = sd_effect / math.sqrt(1 / (2 * (n_new - 1)) + 1 / (2 * (n_old - 1)))
+    iqr_new, iqr_old = _iqr(new), _iqr(old)
+    if iqr_new is None or iqr_old is None or (iqr_new == 0 and iqr_old == 0):
+        return sd_effect, sd_z
+    iqr_effect = _log_ratio(iqr_new, iqr_old)
+    iqr_z = iqr_effect / math.sqrt(_LN_IQR_VAR / n_new + _LN_IQR_VAR / n_old)
+    return min(sd_effect, iqr_effect), min(sd_z, iqr_z)
+
+
+def _iqr(stats: FeatureStats) -> float | None:
+    q1, q3 = stats.quantiles.get("p25"), stats.quantiles.get("p75")
+    return None if q1 is None or q3 is None else float(q3) - float(q1)
+
+
+def _log_ratio(a: float, b: float) -> float:
+    if a == b:
+        return 0.0
+    return math.inf if min(a, b) <= 0 else abs(math.log(a / b))
+
+
+def _ratio(a: float, b: float) -> float:
+    if a == 0:
+        return 0.0
+    return math.inf if b == 0 else a / b
+
+
+def _categories(new: FeatureStats, old: FeatureStats, tolerance: float) -> list[Finding]:
+    n_new, n_old = new.values, old.values
+    if n_new < MIN_ROWS or n_old < MIN_ROWS:
+        return []
+    counts_new, counts_old = dict(new.top), dict(old.top)
+    worst: Finding | None = None
+    for value in dict.fromkeys([*counts_old, *counts_new]):
+        share_new = _share(counts_new, value, new) / n_new
+        share_old = _share(counts_old, value, old) / n_old
+        finding = _share_finding(f"share of {value!r}", share_new, n_new, share_old, n_old, tolerance)
+        if finding is not None and (worst is None or _rank(finding) > _rank(worst)):
+            worst = finding
+    return [] if worst is None else [worst]
+
+
+def _share(counts: dict[object, int], value: object, stats: FeatureStats) -> int:
+    """Rows holding ``value``: recorded, or 0 when the top values are complete (fewer than :data:`TOP_VALUES`),
+    or at most the smallest count recorded (the conservative bound: it can only make the difference smaller)."""
+    if value in counts:
+        return counts[value]
+    if len(counts) < TOP_VALUES:
+        return 0
+    return min(counts.values())
+
+
+def _rank(finding: Finding) -> tuple[bool, float]:
+    return finding.fires, finding.effect / finding.floor
+
+
+def _num(value: float | int | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
