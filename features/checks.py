@@ -24,10 +24,11 @@ the failing rows' count and examples the rows the engine already holds (:class:`
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 from features import drift
 from features.definitions import SourceLocation, _location
@@ -37,6 +38,10 @@ from features.run_stats import TOP_VALUES, FeatureStats
 
 if TYPE_CHECKING:
     import pyarrow as pa
+
+    from features.plan import ViewPlan
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "LEVELS",
@@ -59,7 +64,9 @@ EXAMPLES = 5  # failing rows kept as examples per check
 
 def _check_level(level: object, location: SourceLocation) -> None:
     if level not in LEVELS:
-        raise DefinitionError(f"unknown check level {level!r}; valid choices: {', '.join(LEVELS)}", location=str(location))
+        raise DefinitionError(
+            f"unknown check level {level!r}; valid choices: {', '.join(LEVELS)}", location=str(location)
+        )
 
 
 def _check_feature(feature: object, location: SourceLocation) -> None:
@@ -128,7 +135,9 @@ class MaxNulls:
     def __post_init__(self) -> None:
         share = _number(self.share, "MaxNulls share", self.location)
         if share is None or not 0 <= share <= 1:
-            raise DefinitionError(f"MaxNulls share must be from 0 to 1, got {self.share!r}", location=str(self.location))
+            raise DefinitionError(
+                f"MaxNulls share must be from 0 to 1, got {self.share!r}", location=str(self.location)
+            )
         _check_feature(self.feature, self.location)
         _check_level(self.level, self.location)
 
@@ -308,30 +317,41 @@ def _not_a_check(check: object, allowed: tuple[type, ...]) -> str:
 
 
 def _validate(view_name: str, plan: CheckPlan, features: dict[str, DType], windowed: bool) -> None:
-    def fail(message: str) -> None:
+    def fail(message: str) -> NoReturn:
         raise DefinitionError(message, location=plan.location)
 
     if plan.feature is not None and plan.feature not in features:
-        fail(f"{plan.kind} check on unknown feature '{plan.feature}' of view '{view_name}'; known: "
-             f"{', '.join(features)}")
+        fail(
+            f"{plan.kind} check on unknown feature '{plan.feature}' of view '{view_name}'; known: {', '.join(features)}"
+        )
     dtype = features.get(plan.feature) if plan.feature is not None else None
     if plan.kind == "range" and dtype is not None and not dtype.is_numeric:
-        fail(f"a Range on feature '{plan.feature}' of type {dtype.value}: ranges apply to int64 and float64 "
-             f"features; for strings and booleans use AllowedValues")
+        fail(
+            f"a Range on feature '{plan.feature}' of type {dtype.value}: ranges apply to int64 and float64 "
+            f"features; for strings and booleans use AllowedValues"
+        )
     if plan.kind == "allowed_values" and dtype is not None:
         wanted = {DType.STRING: str, DType.INT64: int, DType.BOOL: bool}.get(dtype)
         if wanted is None:
-            fail(f"AllowedValues on feature '{plan.feature}' of type {dtype.value}: allowed values apply to "
-                 f"string, int64 and bool features; for numbers use Range")
-        wrong = [v for v in plan.params["values"] if not isinstance(v, wanted) or (wanted is int and isinstance(v, bool))]
+            fail(
+                f"AllowedValues on feature '{plan.feature}' of type {dtype.value}: allowed values apply to "
+                f"string, int64 and bool features; for numbers use Range"
+            )
+        wrong = [
+            v for v in plan.params["values"] if not isinstance(v, wanted) or (wanted is int and isinstance(v, bool))
+        ]
         if wrong:
-            fail(f"AllowedValues on feature '{plan.feature}' ({dtype.value}) has values of another type: {wrong!r}; "
-                 f"give {wanted.__name__} values")
+            fail(
+                f"AllowedValues on feature '{plan.feature}' ({dtype.value}) has values of another type: {wrong!r}; "
+                f"give {wanted.__name__} values"
+            )
     if plan.kind == "drift" and dtype is DType.TIMESTAMP:
         fail(f"Drift on timestamp feature '{plan.feature}': drift is measured on numbers, strings and booleans")
     if plan.kind == "unique_keys" and windowed:
-        fail(f"UniqueKeys on windowed view '{view_name}': it writes one row per entity and tick, so keys repeat "
-             f"by design")
+        fail(
+            f"UniqueKeys on windowed view '{view_name}': it writes one row per entity and tick, so keys repeat "
+            f"by design"
+        )
 
 
 def drift_targets(view_checks: Sequence[CheckPlan]) -> set[str]:
@@ -391,6 +411,9 @@ class CheckReport:
 
     outcomes: tuple[CheckOutcome, ...] = ()
     skipped: bool = False
+    rows_read: int = 0
+    #: The statistics the checks read (the rows the run would have written): kept with a blocked run's record.
+    written: dict[str, FeatureStats] | None = field(default=None, compare=False)
 
     @property
     def failed(self) -> tuple[CheckOutcome, ...]:
@@ -482,7 +505,7 @@ def evaluate(
         if finding is not None:
             label = f"drift(rows read) against {PREVIOUS}"
             outcomes.append(CheckOutcome(label, "warning", not finding.fires, finding.describe(), default=True))
-    return CheckReport(tuple(outcomes), skipped=baseline.skip)
+    return CheckReport(tuple(outcomes), skipped=baseline.skip, rows_read=rows_read, written=written)
 
 
 def _declared(
@@ -554,13 +577,13 @@ def _declared_drift(
 ) -> CheckOutcome:
     against = check.params["against"]
     base = baseline.previous if against == PREVIOUS else baseline.references.get(against)
-    names = [check.feature] if check.feature is not None else [n for n, t in features.items() if t is not DType.TIMESTAMP]
+    names = (
+        [check.feature] if check.feature is not None else [n for n, t in features.items() if t is not DType.TIMESTAMP]
+    )
     if base is None:
         why = "no previous run with rows" if against == PREVIOUS else f"training contract '{against}' has no statistics"
         return CheckOutcome(check.label, check.level, True, f"not compared: {why}")
-    outcomes = [
-        _drift_outcome(check, written[name], base[name]) for name in names if name in written and name in base
-    ]
+    outcomes = [_drift_outcome(check, written[name], base[name]) for name in names if name in written and name in base]
     if not outcomes:
         return CheckOutcome(check.label, check.level, True, f"not compared: no feature of view '{view_name}' in it")
     failed = [o for o in outcomes if not o.passed]
@@ -577,7 +600,9 @@ def _drift_outcome(check: CheckPlan, new: FeatureStats, old: FeatureStats, *, de
     fired = [f for f in findings if f.fires]
     prefix = f"{check.feature}: " if check.feature else ""
     if not findings:
-        return CheckOutcome(label, check.level, True, f"{prefix}not compared (fewer than {drift.MIN_ROWS} rows)", default=default)
+        return CheckOutcome(
+            label, check.level, True, f"{prefix}not compared (fewer than {drift.MIN_ROWS} rows)", default=default
+        )
     if not fired:
         return CheckOutcome(label, check.level, True, f"{prefix}no drift", default=default)
     text = "; ".join(f.describe() for f in fired)
@@ -585,29 +610,28 @@ def _drift_outcome(check: CheckPlan, new: FeatureStats, old: FeatureStats, *, de
 
 
 def gate(
-    view_name: str,
-    checks: Sequence[CheckPlan],
-    features: dict[str, DType],
-    *,
-    rows_read: int,
-    written: dict[str, FeatureStats],
-    rows: RunRows,
-    baseline: Baseline,
+    view: ViewPlan, rows_read: int, written: dict[str, FeatureStats], rows: RunRows, baseline: Baseline | None
 ) -> CheckReport:
-    """Evaluate a run's checks before it commits; raise :class:`~features.errors.ChecksFailedError` (nothing is
-    committed or published) when a blocking check fails, unless ``baseline.skip``. Returns the report to keep
-    with the run otherwise."""
+    """Evaluate a run's checks before it commits: every engine calls this between computing the rows it would
+    write (and their statistics) and its Delta commit. Raises :class:`~features.errors.ChecksFailedError` when a
+    blocking check fails, unless ``baseline.skip`` (then nothing is committed or published, and the caller's
+    stores stay as they were); returns the report to keep with the run otherwise, after logging what failed."""
+    baseline = baseline if baseline is not None else Baseline()
+    features = {f.name: f.dtype for f in view.features}
     report = evaluate(
-        view_name, checks, features, rows_read=rows_read, written=written, rows=rows, baseline=baseline
+        view.name, view.checks, features, rows_read=rows_read, written=written, rows=rows, baseline=baseline
     )
     if report.blocking and not report.skipped:
         listed = "; ".join(f"{o.check}: {o.observed}" for o in report.blocking)
         raise ChecksFailedError(
-            f"view '{view_name}': {len(report.blocking)} blocking check(s) failed, so this run was neither "
+            f"view '{view.name}': {len(report.blocking)} blocking check(s) failed, so this run was neither "
             f"committed nor published (the previous values stay served; fix the data or the check and run again, "
             f"or materialize --skip-checks): {listed}",
-            {view_name: report},
+            {view.name: report},
         )
+    for outcome in report.failed:
+        skipped = " (--skip-checks: published anyway)" if outcome.blocks else ""
+        log.warning("view '%s': check %s failed%s: %s", view.name, outcome.check, skipped, outcome.observed)
     return report
 
 
@@ -652,11 +676,9 @@ def _arrow_mask(check: CheckPlan, column: pa.ChunkedArray) -> pa.ChunkedArray:
         return missing
     if check.kind == "range":
         low, high = check.params["min"], check.params["max"]
-        out = pc.scalar(False)
-        if low is not None:
-            out = pc.or_(out, pc.less(column, low))
-        if high is not None:
-            out = pc.or_(out, pc.greater(column, high))
+        outside = [pc.less(column, low)] if low is not None else []
+        outside += [pc.greater(column, high)] if high is not None else []
+        out = outside[0] if len(outside) == 1 else pc.or_(outside[0], outside[1])  # Range has a bound at least
         return pc.fill_null(out, False)  # null and NaN are no values (NaN compares false)
     allowed = pa.array(check.params["values"], column.type)
     return pc.fill_null(pc.and_(pc.is_valid(column), pc.invert(pc.is_in(column, value_set=allowed))), False)

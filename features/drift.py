@@ -21,7 +21,9 @@ A side with fewer than :data:`MIN_ROWS` rows (or finite values, for the numeric 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from features.dtypes import DType
 from features.run_stats import TOP_VALUES, FeatureStats
@@ -178,7 +180,7 @@ def _categories(new: FeatureStats, old: FeatureStats, tolerance: float) -> list[
     return [] if worst is None else [worst]
 
 
-def _share(counts: dict[object, int], value: object, stats: FeatureStats) -> int:
+def _share(counts: Mapping[Any, int], value: object, stats: FeatureStats) -> int:
     """Rows holding ``value``: recorded, or 0 when the top values are complete (fewer than :data:`TOP_VALUES`),
     or at most the smallest count recorded (the conservative bound: it can only make the difference smaller)."""
     if value in counts:

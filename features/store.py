@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from features.checks import PREVIOUS
 from features.compiler import compile_plan, reflect_with
@@ -174,8 +174,14 @@ class FeatureStore:
         end: datetime | None = None,
         progress: Progress | None = None,
         republish: bool = False,
+        skip_checks: bool = False,
     ) -> list[MaterializationResult]:
         """Compute ``views`` (default: all) over ``[start, end)`` into Delta Lake and publish them online.
+
+        Each run's checks (:mod:`features.checks`) are evaluated before it commits: a run that fails a blocking
+        check is neither committed nor published, and is recorded as failed with its checks; when every failure
+        is of that kind, :class:`~features.errors.ChecksFailedError` is raised (its ``reports`` hold each view's
+        checks). ``skip_checks`` lets such runs publish, and records that it did.
 
         A view whose run commits nothing new to Delta is not published again while the online store already
         serves that table version (``online_current`` in its result); ``republish`` publishes it anyway.
@@ -211,6 +217,7 @@ class FeatureStore:
                 progress=progress,
                 republish=republish,
                 plan_version=plan_version,  # each run is recorded in the registry where it runs
+                skip_checks=skip_checks,
             )
             return dataclasses.replace(result, view=view.online_name)
 
@@ -239,6 +246,12 @@ class FeatureStore:
         if failures:
             listed = "; ".join(f"'{name}': {error}" for name, error in failures)
             done = ", ".join(f"'{r.view}'" for r in results) or "none"
+            if all(isinstance(error, ChecksFailedError) for _, error in failures):
+                reports = {k: v for _, e in failures for k, v in cast(ChecksFailedError, e).reports.items()}
+                raise ChecksFailedError(
+                    f"{len(failures)} of {len(jobs)} views failed their checks ({listed}); materialized: {done}",
+                    reports,
+                ) from failures[0][1]
             raise MaterializationError(
                 f"{len(failures)} of {len(jobs)} views failed ({listed}); materialized: {done}"
             ) from failures[0][1]
