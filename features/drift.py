@@ -9,8 +9,8 @@ docs/ARCHITECTURE.md ("Default drift rules"); ``tolerance`` multiplies every eff
 - **missing share** (null, NaN or infinite among the rows): Cohen's h >= 0.2 and a two-proportion z-test.
 - **numeric location**: standardized mean difference (Cohen's d) >= 0.5 and Welch's z.
 - **numeric scale**: the spread grew or shrank by 2x or more, by the standard deviation *and* the interquartile
-  range (so one outlier, or an integer feature's jumpy quartiles, cannot fire it alone), with the z of the
-  log-ratio.
+  range (so one outlier, or an integer feature's jumpy quartiles, cannot fire it alone), with the z of the IQR's
+  log-ratio (its standard error estimated from each side's own quantiles, so heavy tails need more).
 - **category shares** (strings, booleans): Cohen's h >= 0.2 on any value's share, from the top values both sides
   recorded; a value one side did not record counts as at most the smallest count that side recorded.
 - **volume** (source rows read, against the previous run only): 3x fewer or more, and a Poisson z.
@@ -29,13 +29,11 @@ from features.dtypes import DType
 from features.run_stats import TOP_VALUES, FeatureStats
 
 MIN_ROWS = 30  # below this a batch's shares and moments are too noisy to compare
-Z_BOUND = 3.29  # two-sided p < 0.001: with ~10 features, a stable source fires about once in 100 runs at most
+Z_BOUND = 5.0  # two-sided p ~ 6e-7 under a normal: ten features x 20 runs stay far from a false alarm
 SHARE_FLOOR = 0.2  # Cohen's h: "small" effect (0% -> 1%, 10% -> 19%, 50% -> 60%)
 LOCATION_FLOOR = 0.5  # Cohen's d: "medium" effect, half a standard deviation
 SCALE_FLOOR = math.log(2)  # the spread doubled or halved
 VOLUME_FLOOR = math.log(3)  # three times fewer or more source rows
-_IQR_SIGMA = 1.349  # a normal's interquartile range in standard deviations
-_LN_IQR_VAR = 1.36  # n * var(ln IQR) of a normal sample (asymptotic): 2.474 / 1.349^2
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,20 +130,36 @@ def _numeric(new: FeatureStats, old: FeatureStats, tolerance: float) -> list[Fin
 
 
 def _scale(new: FeatureStats, old: FeatureStats) -> tuple[float, float] | None:
-    """The smaller of the two log-ratios of spread (stddev, IQR) and the smaller z; the IQR is left out when both
-    sides have none (a feature that is mostly one value)."""
+    """The smaller of the two log-ratios of spread (stddev, IQR), and the z of the IQR's: its standard error
+    comes from each side's own quantiles (the density near each quartile, read off p5, p50 and p95), so a
+    heavy-tailed feature, whose quartiles wander more than a normal's, needs a larger change to fire. When
+    neither side has an IQR (a feature that is mostly one value), the stddev alone, with its normal-theory z."""
     sd_new, sd_old = new.stddev or 0.0, old.stddev or 0.0
     if sd_new == 0 and sd_old == 0:
         return None
-    n_new, n_old = new.values, old.values
     sd_effect = _log_ratio(sd_new, sd_old)
-    sd_z = sd_effect / math.sqrt(1 / (2 * (n_new - 1)) + 1 / (2 * (n_old - 1)))
     iqr_new, iqr_old = _iqr(new), _iqr(old)
     if iqr_new is None or iqr_old is None or (iqr_new == 0 and iqr_old == 0):
-        return sd_effect, sd_z
+        n_new, n_old = new.values, old.values
+        return sd_effect, sd_effect / math.sqrt(1 / (2 * (n_new - 1)) + 1 / (2 * (n_old - 1)))
     iqr_effect = _log_ratio(iqr_new, iqr_old)
-    iqr_z = iqr_effect / math.sqrt(_LN_IQR_VAR / n_new + _LN_IQR_VAR / n_old)
-    return min(sd_effect, iqr_effect), min(sd_z, iqr_z)
+    error = math.sqrt(_ln_iqr_variance(new) + _ln_iqr_variance(old))
+    return min(sd_effect, iqr_effect), _ratio(iqr_effect, error)
+
+
+def _ln_iqr_variance(stats: FeatureStats) -> float:
+    """The sampling variance of ln(IQR) from the asymptotic variances of the quartiles, p(1 - p) / (n f^2), with
+    the density f near each quartile estimated from the recorded quantiles (for a normal this overstates the
+    variance by about a third: a conservative bound)."""
+    q = {k: float(v) for k, v in stats.quantiles.items()}
+    iqr = q["p75"] - q["p25"]
+    low, high = q["p50"] - q["p5"], q["p95"] - q["p50"]
+    if iqr <= 0 or low <= 0 or high <= 0:
+        return math.inf
+    f25, f75 = 0.45 / low, 0.45 / high
+    n = stats.values
+    variance = (0.1875 / f25**2 + 0.1875 / f75**2 - 2 * 0.0625 / (f25 * f75)) / n
+    return variance / iqr**2
 
 
 def _iqr(stats: FeatureStats) -> float | None:

@@ -62,8 +62,7 @@ class Repo:
         self.engine = engine
         self.rows: list[dict[str, Any]] = []
         self._sql(
-            f"CREATE TABLE {self.table} (merchant_id BIGINT, rate DOUBLE PRECISION, category TEXT, "
-            "scored_at TIMESTAMP)"
+            f"CREATE TABLE {self.table} (merchant_id BIGINT, rate DOUBLE PRECISION, category TEXT, scored_at TIMESTAMP)"
         )
         (root / "definitions").mkdir(parents=True)
         (root / "definitions" / "views.py").write_text(DEFINITIONS.format(table=self.table, allowed=ALLOWED))
