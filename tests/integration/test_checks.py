@@ -178,7 +178,7 @@ def test_a_blocking_check_stops_exactly_that_run_and_the_fixed_run_publishes(rep
     finite = day["rate"][np.isfinite(day["rate"])]
     assert failed_run.stats is not None and failed_run.stats.written["rate"].max == finite.max()
     assert failed_run.stats.written["rate"].pos_inf == int(np.isposinf(day["rate"]).sum())
-    assert [s["checks"] for s in view_statuses(repo.store)][0][0]["check"] == range_check.check
+    assert view_statuses(repo.store)[0]["checks"][0]["check"] == range_check.check
 
     # The data is fixed at the source: the next run of the same batch publishes normally.
     repo.fix_rates()
