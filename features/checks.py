@@ -499,7 +499,7 @@ def evaluate(
         for name in features:
             if name not in covered and name in written and name in baseline.previous:
                 default = CheckPlan("drift", name, {"against": PREVIOUS, "tolerance": 1.0}, "warning")
-                outcomes.append(_drift_outcome(default, written[name], baseline.previous[name], default=True))
+                outcomes.append(_drift_outcome(default, name, written[name], baseline.previous[name], default=True))
     if baseline.previous_rows_read is not None:
         finding = drift.volume_finding(rows_read, baseline.previous_rows_read)
         if finding is not None:
@@ -583,7 +583,9 @@ def _declared_drift(
     if base is None:
         why = "no previous run with rows" if against == PREVIOUS else f"training contract '{against}' has no statistics"
         return CheckOutcome(check.label, check.level, True, f"not compared: {why}")
-    outcomes = [_drift_outcome(check, written[name], base[name]) for name in names if name in written and name in base]
+    outcomes = [
+        _drift_outcome(check, name, written[name], base[name]) for name in names if name in written and name in base
+    ]
     if not outcomes:
         return CheckOutcome(check.label, check.level, True, f"not compared: no feature of view '{view_name}' in it")
     failed = [o for o in outcomes if not o.passed]
@@ -592,21 +594,17 @@ def _declared_drift(
     return CheckOutcome(check.label, check.level, False, "; ".join(o.observed for o in failed))
 
 
-def _drift_outcome(check: CheckPlan, new: FeatureStats, old: FeatureStats, *, default: bool = False) -> CheckOutcome:
+def _drift_outcome(
+    check: CheckPlan, feature: str, new: FeatureStats, old: FeatureStats, *, default: bool = False
+) -> CheckOutcome:
+    """The drift rules of ``check`` on one feature (a declared check without ``feature`` runs this per feature)."""
     findings = drift.feature_findings(new, old, check.params["tolerance"])
-    label = f"drift({check.feature}) against {check.params['against']}"
-    if default:
-        label = check.label
     fired = [f for f in findings if f.fires]
-    prefix = f"{check.feature}: " if check.feature else ""
     if not findings:
-        return CheckOutcome(
-            label, check.level, True, f"{prefix}not compared (fewer than {drift.MIN_ROWS} rows)", default=default
-        )
-    if not fired:
-        return CheckOutcome(label, check.level, True, f"{prefix}no drift", default=default)
-    text = "; ".join(f.describe() for f in fired)
-    return CheckOutcome(label, check.level, False, f"{prefix}{text}", default=default)
+        seen = f"{feature}: not compared (fewer than {drift.MIN_ROWS} rows)"
+    else:
+        seen = f"{feature}: " + ("; ".join(f.describe() for f in fired) if fired else "no drift")
+    return CheckOutcome(check.label, check.level, not fired, seen, default=default)
 
 
 def gate(

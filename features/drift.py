@@ -186,15 +186,15 @@ def _categories(new: FeatureStats, old: FeatureStats, tolerance: float) -> list[
     counts_new, counts_old = dict(new.top), dict(old.top)
     worst: Finding | None = None
     for value in dict.fromkeys([*counts_old, *counts_new]):
-        share_new = _share(counts_new, value, new) / n_new
-        share_old = _share(counts_old, value, old) / n_old
+        share_new = _share(counts_new, value) / n_new
+        share_old = _share(counts_old, value) / n_old
         finding = _share_finding(f"share of {value!r}", share_new, n_new, share_old, n_old, tolerance)
         if finding is not None and (worst is None or _rank(finding) > _rank(worst)):
             worst = finding
     return [] if worst is None else [worst]
 
 
-def _share(counts: Mapping[Any, int], value: object, stats: FeatureStats) -> int:
+def _share(counts: Mapping[Any, int], value: object) -> int:
     """Rows holding ``value``: recorded, or 0 when the top values are complete (fewer than :data:`TOP_VALUES`),
     or at most the smallest count recorded (the conservative bound: it can only make the difference smaller)."""
     if value in counts:

@@ -33,7 +33,7 @@ DEFINITIONS = """
 from datetime import timedelta
 
 from features import (
-    AllowedValues, Entity, Feature, FeatureView, Float64, MaxNulls, Int64, Range, RowCount, SqlSource, String,
+    AllowedValues, Drift, Entity, Feature, FeatureView, Float64, MaxNulls, Int64, Range, RowCount, SqlSource, String,
     UniqueKeys,
 )
 
@@ -51,6 +51,18 @@ risk = FeatureView(
     checks=[RowCount(min=3), UniqueKeys()],
 )
 """
+
+
+def run_sql(url: str, statement: str, rows: list[tuple[Any, ...]] | None = None) -> None:
+    """One statement on PostgreSQL (``rows``: executed once per row)."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        if rows is None:
+            conn.execute(statement)
+        else:
+            with conn.cursor() as cursor:
+                cursor.executemany(statement, rows)
 
 
 class Repo:
@@ -76,14 +88,7 @@ class Repo:
         self.view = self.store.plan_version().plan.view("risk")
 
     def _sql(self, statement: str, rows: list[tuple[Any, ...]] | None = None) -> None:
-        import psycopg
-
-        with psycopg.connect(self.postgres_url, autocommit=True) as conn:
-            if rows is None:
-                conn.execute(statement)
-            else:
-                with conn.cursor() as cursor:
-                    cursor.executemany(statement, rows)
+        run_sql(self.postgres_url, statement, rows)
 
     def add_day(self, day: int, rates: list[float | None], categories: list[str] | None = None) -> None:
         """One score per merchant 1..n on ``day``."""
@@ -244,5 +249,36 @@ def test_materialize_exits_non_zero_with_a_table_and_skip_checks_publishes(
         assert main(["status", "--repo", root, "--json"]) == 0
         (status,) = json.loads(capsys.readouterr().out)
         assert [(c["check"], c["level"]) for c in status["checks"]] == [("range(rate) [0, 1]", "blocking")]
+    finally:
+        repo.store.close()
+
+
+def test_a_drift_against_a_training_contract_blocks_the_run_that_left_it(
+    tmp_path: Path, postgres_url: str, redis_url: str
+) -> None:
+    repo = Repo(tmp_path / "repo", postgres_url, redis_url, "arrow")
+    try:
+        merchants = list(range(1, 61))
+        repo.add_day(0, [0.05 + (i % 10) / 100 for i in range(60)])  # rates 0.05 to 0.14
+        repo.run(0)
+        entities = pd.DataFrame({"merchant_id": merchants, "event_timestamp": [BASE + timedelta(days=0.5)] * 60})
+        out = tmp_path / "set.parquet"
+        trained = repo.store.get_training_dataset(entities, features=["risk:rate"], output=str(out))
+        repo.store.register_contract(f"{out}.manifest.json", name="risk_model")
+
+        views = repo.root / "definitions" / "views.py"
+        views.write_text(views.read_text().replace("UniqueKeys()]", 'UniqueKeys(), Drift(against="risk_model")]'))
+        repo.store.apply()
+        repo.view = repo.store.plan_version().plan.view("risk")
+
+        # Day 1 stays within every range, but its rates sit far from those the model was trained on.
+        repo.add_day(1, [0.75 + (i % 10) / 100 for i in range(60)])
+        with pytest.raises(ChecksFailedError, match="drift against risk_model") as raised:
+            repo.run(1)
+        (blocked,) = raised.value.reports["risk"].blocking
+        # Oracle: the training set's rates (pandas) against the day's rows.
+        trained_mean, day_mean = trained["risk__rate"].mean(), repo.day_rows(1)["rate"].mean()
+        assert f"rate: mean {trained_mean:.4g} -> {day_mean:.4g}" in blocked.observed
+        assert repo.delta_version() == 0 and repo.served([1]) == [0.05]
     finally:
         repo.store.close()

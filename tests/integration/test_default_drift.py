@@ -17,6 +17,7 @@ import pytest
 
 from features import FeatureStore
 from features.checks import CheckOutcome
+from tests.integration.test_checks import run_sql
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
@@ -61,14 +62,7 @@ class Sources:
         self.store.apply()
 
     def _sql(self, statement: str, rows: list[tuple[Any, ...]] | None = None) -> None:
-        import psycopg
-
-        with psycopg.connect(self.url, autocommit=True) as conn:
-            if rows is None:
-                conn.execute(statement)
-            else:
-                with conn.cursor() as cursor:
-                    cursor.executemany(statement, rows)
+        run_sql(self.url, statement, rows)
 
     def add(self, case: str, day: int, frame: pd.DataFrame) -> None:
         at = BASE + timedelta(days=day)
