@@ -187,7 +187,7 @@ def materialize_windowed(
 ) -> MaterializationResult:
     """Compute every tick of a windowed view in range (see :mod:`offline.spark.windows`) and publish the latest.
     Its checks read the values of the new ticks, before they are committed (the tiles, committed before, are
-    recomputed to the same values by the next run, as after a failed commit).
+    replaced by the next run's, computed from the source as it is then, as after a failed commit).
 
     Reads the source rows of the new ticks only; the windows reach back through the stored tiles.
     """

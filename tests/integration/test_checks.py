@@ -282,3 +282,49 @@ def test_a_drift_against_a_training_contract_blocks_the_run_that_left_it(
         assert repo.delta_version() == 0 and repo.served([1]) == [0.05]
     finally:
         repo.store.close()
+
+
+WINDOWED = """
+from features import Aggregation
+
+daily = FeatureView(
+    entities=[merchant],
+    source=scores,
+    cadence="1d",
+    ttl=timedelta(days=3650),
+    aggregations=[Aggregation("max", "rate", windows=["1d"], name="rate_max")],
+    checks=[Range(0, 1, feature="rate_max_1d")],
+)
+"""
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_a_windowed_view_is_gated_before_its_values_are_committed(
+    tmp_path: Path, postgres_url: str, redis_url: str, spark: Any
+) -> None:
+    repo = Repo(tmp_path / "repo", postgres_url, redis_url, "spark")
+    try:
+        views = repo.root / "definitions" / "views.py"
+        views.write_text(views.read_text() + WINDOWED)
+        repo.store.apply()
+        repo.view = repo.store.plan_version().plan.view("daily")
+        repo.add_day(0, [0.1] * 10)
+        repo.run(0)
+        version, snapshot = repo.delta_version(), repo.store.online_store().live_snapshot(repo.view)
+        assert version is not None and snapshot is not None
+
+        repo.add_day(1, [0.1, 5.0, 0.2, float("inf"), 0.3, 0.4, 1.5, 0.5, 0.6, 0.7])
+        with pytest.raises(ChecksFailedError) as raised:
+            repo.run(1)
+        (blocked,) = raised.value.reports["daily"].blocking
+        day = repo.day_rows(1)
+        assert blocked.failing_rows == int((day["rate"] > 1).sum()) == 3  # the day's max per merchant (pandas)
+        assert repo.delta_version() == version
+        assert repo.store.online_store().live_snapshot(repo.view) == snapshot
+
+        repo.fix_rates()
+        fixed = repo.run(1)
+        assert fixed.online_committed and repo.delta_version() == version + 1
+    finally:
+        repo.store.close()
