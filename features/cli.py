@@ -454,9 +454,12 @@ def cmd_describe(args: argparse.Namespace) -> int:
     if features and not isinstance(features[0], dict):  # a service's feature references: one cell
         described["features"], features = features, []
     runs = described.pop("last_runs", None)
+    checks = described.pop("checks", None)
     console.print(table(f"{described['kind']} {args.name}", ["", ""], [(k, _cell(v)) for k, v in described.items()]))
     if features:
         console.print(table("Features", list(features[0]), [tuple(_cell(v) for v in f.values()) for f in features]))
+    if checks:
+        console.print(table("Checks", list(checks[0]), [tuple(escape(str(v)) for v in c.values()) for c in checks]))
     if runs:
         console.print(table("Last runs", list(runs[0]), [tuple(_cell(v) for v in r.values()) for r in runs]))
     return 0

@@ -246,6 +246,15 @@ def test_materialize_exits_non_zero_with_a_table_and_skip_checks_publishes(
         shown = capsys.readouterr().out
         assert "--skip-checks: published despite blocking checks: risk" in shown
         assert repo.delta_version() == 0 and repo.served([3]) == [7.0]
+        assert main(["describe", "risk", "--repo", root, "--json"]) == 0
+        declared = [c["check"] for c in json.loads(capsys.readouterr().out)["checks"]]
+        assert declared == [
+            "range(rate) [0, 1]",
+            "max_nulls(rate) <= 25.00%",
+            f"allowed_values(category) in {ALLOWED}",
+            "row_count [3, inf]",
+            "unique_keys",
+        ]
         assert main(["status", "--repo", root, "--json"]) == 0
         (status,) = json.loads(capsys.readouterr().out)
         assert [(c["check"], c["level"]) for c in status["checks"]] == [("range(rate) [0, 1]", "blocking")]
