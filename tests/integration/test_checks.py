@@ -90,8 +90,8 @@ class Repo:
     def _sql(self, statement: str, rows: list[tuple[Any, ...]] | None = None) -> None:
         run_sql(self.postgres_url, statement, rows)
 
-    def add_day(self, day: int, rates: list[float | None], categories: list[str] | None = None) -> None:
-        """One score per merchant 1..n on ``day``."""
+    def add_day(self, day: float, rates: list[float | None], categories: list[str] | None = None) -> None:
+        """One score per merchant 1..n on ``day`` (days after BASE: 1.5 is noon of the second day)."""
         at = BASE + timedelta(days=day)
         categories = categories or [ALLOWED[i % 3] for i in range(len(rates))]
         batch = [
@@ -132,7 +132,7 @@ class Repo:
         result = self.store.get_online_features({"merchant_id": merchants}, features=["risk:rate"]).to_dict()
         return list(result["features"]["risk__rate"]["values"])
 
-    def day_rows(self, day: int) -> pd.DataFrame:
+    def day_rows(self, day: float) -> pd.DataFrame:
         frame = pd.DataFrame(self.rows)
         return frame[frame["scored_at"] == BASE + timedelta(days=day)]
 
@@ -318,16 +318,17 @@ def test_a_windowed_view_is_gated_before_its_values_are_committed(
         views.write_text(views.read_text() + WINDOWED)
         repo.store.apply()
         repo.view = repo.store.plan_version().plan.view("daily")
-        repo.add_day(0, [0.1] * 10)
+        # Scores at noon: the tick at the next midnight holds them (each window is (tick - 1d, tick]).
+        repo.add_day(0.5, [0.1] * 10)
         repo.run(0)
         version, snapshot = repo.delta_version(), repo.store.online_store().live_snapshot(repo.view)
         assert version is not None and snapshot is not None
 
-        repo.add_day(1, [0.1, 5.0, 0.2, float("inf"), 0.3, 0.4, 1.5, 0.5, 0.6, 0.7])
+        repo.add_day(1.5, [0.1, 5.0, 0.2, float("inf"), 0.3, 0.4, 1.5, 0.5, 0.6, 0.7])
         with pytest.raises(ChecksFailedError) as raised:
             repo.run(1)
         (blocked,) = raised.value.reports["daily"].blocking
-        day = repo.day_rows(1)
+        day = repo.day_rows(1.5)
         assert blocked.failing_rows == int((day["rate"] > 1).sum()) == 3  # the day's max per merchant (pandas)
         assert repo.delta_version() == version
         assert repo.store.online_store().live_snapshot(repo.view) == snapshot
