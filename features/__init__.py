@@ -3,6 +3,7 @@
 The definitions SDK, the compiled plan, the registry, and the :class:`FeatureStore` facade.
 """
 
+from features.checks import AllowedValues, Drift, MaxNulls, Range, RowCount, UniqueKeys
 from features.definitions import (
     Aggregation,
     Entity,
@@ -17,6 +18,7 @@ from features.definitions import (
 )
 from features.dtypes import Bool, DType, Float64, Int64, String, Timestamp
 from features.errors import (
+    ChecksFailedError,
     ConfigError,
     DefinitionError,
     EntityKeyError,
@@ -35,10 +37,13 @@ from features.store import FeatureStore
 
 __all__ = [
     "Aggregation",
+    "AllowedValues",
     "Bool",
+    "ChecksFailedError",
     "ConfigError",
     "DType",
     "DefinitionError",
+    "Drift",
     "Entity",
     "EntityKeyError",
     "Feature",
@@ -50,18 +55,22 @@ __all__ = [
     "FunctionLoadError",
     "Int64",
     "MaterializationError",
+    "MaxNulls",
     "OnDemandFeatureView",
     "OnDemandFunctionError",
     "OnlineStoreError",
     "PushConflictError",
     "PushError",
+    "Range",
     "RegistryError",
     "RequestSource",
+    "RowCount",
     "SchemaMismatchError",
     "SkewlessError",
     "SqlSource",
     "String",
     "Timestamp",
+    "UniqueKeys",
     "UnknownNameError",
     "on_demand_function",
 ]

@@ -101,6 +101,7 @@ def describe(plan: Plan, name: str) -> dict[str, Any]:
                 },
                 "entities": list(view.entities),
                 "features": [_feature(f) for f in view.features],
+                "checks": [{"check": c.label, "level": c.level, "location": c.location} for c in view.checks],
                 "storage_fingerprint": view.storage_fingerprint,
             }
     for odfv in plan.on_demand_views:

@@ -12,9 +12,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
+
 from features.catalog import KINDS, describe, list_objects, run_summary
+from features.checks import CheckReport, outcome_rows
 from features.console import console, progress_bars, table
-from features.errors import ContractError, SkewlessError
+from features.errors import ChecksFailedError, ContractError, SkewlessError
 from features.plugins import all_plugins
 from features.protocols import MaterializationResult
 
@@ -66,6 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--republish",
         action="store_true",
         help="publish online even when the online store already serves the table version (it lost keys)",
+    )
+    p.add_argument(
+        "--skip-checks",
+        action="store_true",
+        help="publish even when a blocking check fails (the checks still run and are recorded with the run)",
     )
     p.set_defaults(handler=cmd_materialize)
 
@@ -312,12 +320,38 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 
 def cmd_materialize(args: argparse.Namespace) -> int:
-    with _store(args) as store, progress_bars() as progress:
-        results = store.materialize(
-            args.views or None, start=args.start, end=args.end, progress=progress, republish=args.republish
-        )
+    try:
+        with _store(args) as store, progress_bars() as progress:
+            results = store.materialize(
+                args.views or None,
+                start=args.start,
+                end=args.end,
+                progress=progress,
+                republish=args.republish,
+                skip_checks=args.skip_checks,
+            )
+    except ChecksFailedError as exc:
+        print_failed_checks("Checks failed: not committed, not published", exc.reports)
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+        return 1
     print_materialized(results)
+    print_failed_checks("Checks that failed (published)", {r.view: r.checks for r in results if r.checks})
     return 0
+
+
+def print_failed_checks(title: str, reports: dict[str, CheckReport]) -> None:
+    """The failed checks of each view's run as one table (nothing when every check passed)."""
+    rows = [
+        tuple(escape(cell) for cell in row)
+        for view, report in reports.items()
+        for row in outcome_rows(report.failed, view)
+    ]
+    if rows:
+        columns = ["view", "check", "level", "observed", "failing rows", "example row"]
+        console.print(table(title, columns, rows))
+    skipped = [view for view, report in reports.items() if report.skipped and report.blocking]
+    if skipped:
+        console.print(f"[yellow]--skip-checks: published despite blocking checks: {', '.join(skipped)}[/]")
 
 
 def print_materialized(results: list[MaterializationResult]) -> None:
@@ -420,9 +454,12 @@ def cmd_describe(args: argparse.Namespace) -> int:
     if features and not isinstance(features[0], dict):  # a service's feature references: one cell
         described["features"], features = features, []
     runs = described.pop("last_runs", None)
+    checks = described.pop("checks", None)
     console.print(table(f"{described['kind']} {args.name}", ["", ""], [(k, _cell(v)) for k, v in described.items()]))
     if features:
         console.print(table("Features", list(features[0]), [tuple(_cell(v) for v in f.values()) for f in features]))
+    if checks:
+        console.print(table("Checks", list(checks[0]), [tuple(escape(str(v)) for v in c.values()) for c in checks]))
     if runs:
         console.print(table("Last runs", list(runs[0]), [tuple(_cell(v) for v in r.values()) for r in runs]))
     return 0

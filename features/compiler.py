@@ -8,9 +8,21 @@ valid choices.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
+from typing import NoReturn
 
+from features.checks import (
+    CHECK_TYPES,
+    FEATURE_CHECKS,
+    AllowedValues,
+    Check,
+    CheckPlan,
+    MaxNulls,
+    Range,
+    RowCount,
+    UniqueKeys,
+)
 from features.config import RepoConfig
 from features.definitions import (
     Entity,
@@ -193,6 +205,15 @@ class _Compiler:
             storage_fingerprint=storage,
             location=self.discovered.where(view),
             cadence_seconds=cadence,
+            checks=compile_checks(
+                name,
+                [(f.name, f.checks, self.discovered.where(f)) for f in view.features],
+                view.checks,
+                self.discovered.where(view),
+                {f.name: f.dtype for f in features},
+                windowed=cadence is not None,
+                where=self.discovered.where,
+            ),
         )
 
     def row_features(
@@ -444,3 +465,106 @@ def _type_name(dtype: DType | None) -> str:
 
 def _seconds(ttl: timedelta | None) -> int | None:
     return None if ttl is None else int(ttl.total_seconds())
+
+
+# -- checks (features/checks.py): each against the view's features and their types ------------------------------
+
+
+def check_plan(check: Check, feature: str | None, where: str) -> CheckPlan:
+    """The plan of a declared check, on ``feature`` (its own ``feature=`` or the Feature it sits on), written at
+    ``where`` (``definitions/cards.py:12``)."""
+    if isinstance(check, Range):
+        return CheckPlan("range", feature, {"min": check.min, "max": check.max}, check.level, where)
+    if isinstance(check, AllowedValues):
+        return CheckPlan("allowed_values", feature, {"values": list(check.values)}, check.level, where)
+    if isinstance(check, MaxNulls):
+        return CheckPlan("max_nulls", feature, {"share": float(check.share)}, check.level, where)
+    if isinstance(check, RowCount):
+        return CheckPlan("row_count", None, {"min": check.min, "max": check.max}, check.level, where)
+    if isinstance(check, UniqueKeys):
+        return CheckPlan("unique_keys", None, {}, check.level, where)
+    params = {"against": check.against, "tolerance": float(check.tolerance)}
+    return CheckPlan("drift", feature, params, check.level, where)
+
+
+def compile_checks(
+    view_name: str,
+    feature_checks: Sequence[tuple[str, Sequence[object], str]],
+    view_checks: Sequence[object],
+    view_where: str,
+    features: dict[str, DType],
+    *,
+    windowed: bool,
+    where: Callable[[object], str],
+) -> tuple[CheckPlan, ...]:
+    """The plans of a view's checks, each checked against the view's features and their types: a wrong check
+    is a :class:`~features.errors.DefinitionError` naming the check's file and line and the valid choices."""
+    plans: list[CheckPlan] = []
+    for feature, checks, feature_where in feature_checks:
+        for check in checks:
+            if not isinstance(check, FEATURE_CHECKS):
+                raise DefinitionError(_not_a_check(check, FEATURE_CHECKS), location=feature_where)
+            if check.feature is not None and check.feature != feature:
+                raise DefinitionError(
+                    f"a check on feature '{feature}' names feature={check.feature!r}; drop feature= (or declare "
+                    f"it in the view's checks=[...])",
+                    location=where(check),
+                )
+            plans.append(check_plan(check, feature, where(check)))
+    for check in view_checks:
+        if not isinstance(check, CHECK_TYPES):
+            raise DefinitionError(_not_a_check(check, CHECK_TYPES), location=view_where)
+        target = getattr(check, "feature", None)
+        if target is None and isinstance(check, Range | AllowedValues | MaxNulls):
+            raise DefinitionError(
+                f"{type(check).__name__} in a view's checks needs feature=...; features of view '{view_name}': "
+                f"{', '.join(features)}",
+                location=where(check),
+            )
+        plans.append(check_plan(check, target, where(check)))
+    for plan in plans:
+        _validate(view_name, plan, features, windowed)
+    return tuple(plans)
+
+
+def _not_a_check(check: object, allowed: tuple[type, ...]) -> str:
+    names = ", ".join(t.__name__ for t in allowed)
+    return f"{check!r} is not a check; valid choices here: {names}"
+
+
+def _validate(view_name: str, plan: CheckPlan, features: dict[str, DType], windowed: bool) -> None:
+    def fail(message: str) -> NoReturn:
+        raise DefinitionError(message, location=plan.location)
+
+    if plan.feature is not None and plan.feature not in features:
+        fail(
+            f"{plan.kind} check on unknown feature '{plan.feature}' of view '{view_name}'; known: {', '.join(features)}"
+        )
+    dtype = features.get(plan.feature) if plan.feature is not None else None
+    if plan.kind == "range" and dtype is not None and not dtype.is_numeric:
+        fail(
+            f"a Range on feature '{plan.feature}' of type {dtype.value}: ranges apply to int64 and float64 "
+            f"features; for strings and booleans use AllowedValues"
+        )
+    if plan.kind == "allowed_values" and dtype is not None:
+        wanted = {DType.STRING: str, DType.INT64: int, DType.BOOL: bool}.get(dtype)
+        if wanted is None:
+            fail(
+                f"AllowedValues on feature '{plan.feature}' of type {dtype.value}: allowed values apply to "
+                f"string, int64 and bool features; for numbers use Range"
+            )
+        wrong = [
+            v for v in plan.params["values"] if not isinstance(v, wanted) or (wanted is int and isinstance(v, bool))
+        ]
+        if wrong:
+            fail(
+                f"AllowedValues on feature '{plan.feature}' ({dtype.value}) has values of another type: {wrong!r}; "
+                f"give {wanted.__name__} values"
+            )
+    if plan.kind == "drift" and dtype is DType.TIMESTAMP:
+        fail(f"Drift on timestamp feature '{plan.feature}': drift is measured on numbers, strings and booleans")
+    if plan.kind == "unique_keys" and windowed:
+        fail(
+            f"UniqueKeys on windowed view '{view_name}': it writes one row per entity and tick, so keys repeat "
+            f"by design"
+        )

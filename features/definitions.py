@@ -175,16 +175,19 @@ class SqlSource:
 
 @dataclass(frozen=True, slots=True)
 class Feature:
-    """One feature: a source column (``expr=None``) or a row expression over source columns."""
+    """One feature: a source column (``expr=None``) or a row expression over source columns. ``checks``: what
+    every run's values must satisfy (:mod:`features.checks`: ``[Range(0, 1), MaxNulls(0.01)]``)."""
 
     name: str
     dtype: DType
     expr: str | None = None
     description: str = ""
+    checks: Sequence[Any] = ()
     location: SourceLocation = field(default_factory=_location, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         _check_name(self.name, "feature", self.location)
+        object.__setattr__(self, "checks", _as_tuple(self.checks, self.location))
         try:
             object.__setattr__(self, "dtype", DType.parse(self.dtype))
         except ValueError as exc:
@@ -316,6 +319,10 @@ class FeatureView:
     the cadence since the Unix epoch in UTC, each window aggregates the rows with
     ``tick - window < event time <= tick``).
 
+    ``checks`` (:mod:`features.checks`) test every run's rows before it is committed and published: checks of
+    the whole run (``RowCount``, ``UniqueKeys``) and checks naming a feature (``Range(0, 1, feature="x")``,
+    handy for aggregated features; a row feature's checks may sit on its ``Feature`` instead).
+
     ``ttl`` bounds how old a value may be and still be served (and joined into a training row); ``None`` means
     values never expire. For a windowed view the age is counted from the last tick materialized, so ``ttl``
     says how long a missed run may go unnoticed; it must be at least the cadence. ``online=False`` keeps the
@@ -331,10 +338,12 @@ class FeatureView:
     name: str | None = None
     aggregations: Sequence[Aggregation] = ()
     cadence: str | timedelta | None = None
+    checks: Sequence[Any] = ()
     location: SourceLocation = field(default_factory=_location, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         where = str(self.location)
+        object.__setattr__(self, "checks", _as_tuple(self.checks, self.location))
         entities = tuple(self.entities) if isinstance(self.entities, Sequence) else (self.entities,)
         if not entities or not all(isinstance(e, Entity) for e in entities):
             raise DefinitionError("entities must be a non-empty list of Entity objects", location=where)
@@ -485,6 +494,13 @@ class OnDemandFeatureView:
                 "sources must be a non-empty list of RequestSource and FeatureView objects", location=where
             )
         features = self._expression_features(where) if self.function is None else self._function_outputs(where)
+        checked = [f.name for f in features if f.checks]
+        if checked:
+            raise DefinitionError(
+                f"on-demand feature(s) {checked} have checks: checks test the rows a materialization writes, and "
+                f"on-demand features are computed per request; declare them on the stored views they read",
+                location=where,
+            )
         names = [f.name for f in features]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
@@ -610,6 +626,17 @@ def on_demand_function(
         )
 
     return wrap
+
+
+def _as_tuple(checks: object, location: SourceLocation) -> tuple[Any, ...]:
+    """``checks=`` as a tuple; each item is checked by the compiler, which knows the view's features."""
+    if isinstance(checks, str) or not isinstance(checks, Sequence):
+        raise DefinitionError(
+            f"checks must be a list of checks (Range, AllowedValues, MaxNulls, RowCount, UniqueKeys, Drift), "
+            f"got {checks!r}",
+            location=str(location),
+        )
+    return tuple(checks)
 
 
 def _function_label(function: Any) -> str:

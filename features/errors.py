@@ -51,6 +51,19 @@ class MaterializationError(SkewlessError, RuntimeError):
     """A materialization run failed; the stores were left as they were before the run."""
 
 
+class ChecksFailedError(MaterializationError):
+    """A run's rows failed a blocking check: the run was neither committed to Delta nor published online, and the
+    previous values stay served. ``reports`` maps each view that failed to its
+    :class:`features.checks.CheckReport` (the failing checks, with counts and example rows)."""
+
+    def __init__(self, message: str, reports: dict[str, Any]) -> None:
+        self.reports = reports
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickled whole by the warm engine
+        return (type(self), (str(self), self.reports))
+
+
 class OnlineStoreError(SkewlessError, ConnectionError):
     """The online store could not be reached or answered with an error."""
 

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from features.checks import CheckPlan
 from features.dtypes import DType
 from features.errors import PlanError, UnknownNameError
 from features.expressions import Expr, expr_from_dict
@@ -172,6 +173,8 @@ class ViewPlan:
     storage_fingerprint: str
     location: str
     cadence_seconds: int | None = None
+    #: Declared checks (features/checks.py): in the plan's fingerprint, never in a feature's or the table's.
+    checks: tuple[CheckPlan, ...] = ()
     #: Where the online store keeps this view's snapshots when not under its name: set (never stored in a plan)
     #: for an earlier definition kept side by side for a training contract (``features.contracts``).
     online_key: str = ""
@@ -210,6 +213,8 @@ class ViewPlan:
         }
         if self.cadence_seconds is not None:
             data["cadence_seconds"] = self.cadence_seconds
+        if self.checks:  # absent without checks, so plans without them keep their fingerprints
+            data["checks"] = [c.to_dict() for c in self.checks]
         return data
 
     @classmethod
@@ -225,6 +230,7 @@ class ViewPlan:
             storage_fingerprint=data["storage_fingerprint"],
             location=data["location"],
             cadence_seconds=data.get("cadence_seconds"),
+            checks=tuple(CheckPlan.from_dict(c) for c in data.get("checks", ())),
         )
 
 

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from features.audit import FeatureLayers, Rollback
+    from features.checks import CheckReport
     from features.config import RepoConfig
     from features.run_stats import RunStats
 
@@ -233,6 +234,7 @@ class MaterializationResult:
     refusals: tuple[tuple[str, str], ...] = ()
     rows_landed: int = 0  # rows pushed since the previous run, landed in the table before this run read it
     stats: RunStats | None = None  # per feature, of the rows written and of the latest rows published
+    checks: CheckReport | None = None  # the run's checks (features/checks.py): all passed, or warnings only
 
 
 class Progress(Protocol):
@@ -261,8 +263,10 @@ class OfflineEngine(Protocol):
         progress: Progress | None = None,
         republish: bool = False,
         plan_version: int | None = None,
+        skip_checks: bool = False,
     ) -> MaterializationResult:
-        """With ``plan_version``, the run is recorded in the registry's history by the process that runs it."""
+        """With ``plan_version``, the run is recorded in the registry's history by the process that runs it.
+        ``skip_checks``: blocking checks that fail do not stop the run (recorded with it)."""
         ...
 
     def training_dataset(

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
+from features.checks import CheckReport
 from features.errors import ContractError, RegistryError
 from features.plan import Plan
 from features.redaction import redact_text, redact_url
@@ -57,6 +58,7 @@ materialization_runs = sa.Table(
     sa.Column("error", sa.Text, nullable=True),
     sa.Column("rows_landed", sa.BigInteger, nullable=True),
     sa.Column("stats_json", sa.Text, nullable=True),  # features.run_stats.RunStats; None: a run without them
+    sa.Column("checks_json", sa.Text, nullable=True),  # features.checks.CheckReport; None: a run before checks
 )
 
 # Added after the first release: ``create_all`` adds the table to an older registry when it is opened.
@@ -152,6 +154,7 @@ class RunRecord:
     error: str | None = None  # why it failed
     rows_landed: int | None = None  # pushed rows landed in the table before the run read it
     stats: RunStats | None = None  # per feature, of the rows written and published (features/run_stats.py)
+    checks: CheckReport | None = None  # every check's outcome, and whether --skip-checks was given
     run_id: int | None = None  # the registry's number for it, once recorded
 
 
@@ -276,9 +279,10 @@ class Registry:
         with self.engine.connect() as conn:
             return [
                 RunRecord(
-                    **{k: v for k, v in row._mapping.items() if k not in ("outcome", "stats_json")},
+                    **{k: v for k, v in row._mapping.items() if k not in ("outcome", "stats_json", "checks_json")},
                     outcome=row.outcome or "ok",
                     stats=None if row.stats_json is None else RunStats.from_json(row.stats_json),
+                    checks=None if row.checks_json is None else CheckReport.from_json(row.checks_json),
                 )
                 for row in conn.execute(query)
             ]
@@ -459,8 +463,12 @@ def _aware(value: datetime) -> datetime:
 
 
 def _as_row(record: RunRecord) -> dict[str, object]:
-    row = {name: getattr(record, name) for name in RunRecord.__dataclass_fields__ if name not in ("stats", "run_id")}
-    return row | {"stats_json": None if record.stats is None else record.stats.to_json()}
+    skipped = ("stats", "checks", "run_id")
+    row = {name: getattr(record, name) for name in RunRecord.__dataclass_fields__ if name not in skipped}
+    return row | {
+        "stats_json": None if record.stats is None else record.stats.to_json(),
+        "checks_json": None if record.checks is None else record.checks.to_json(),
+    }
 
 
 def _succeeded() -> sa.ColumnElement[bool]:

@@ -14,7 +14,8 @@ holds (each is a reason in its ``stale`` list; the command exits 1 when one view
 - ``online store unreachable`` for an online view whose snapshot cannot be read.
 
 A failed run newer than the last successful one is shown, not stale by itself: a failed run leaves the
-previous snapshot served, and the rules above say whether that one is still good enough.
+previous snapshot served, and the rules above say whether that one is still good enough. ``checks`` lists the
+checks the view's latest run failed (:mod:`features.checks`): blocking ones stopped it, warnings did not.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
     from features.store import FeatureStore
 
 NEVER = "never"
-NO_CHECKS = "none declared"  # declared checks (issue 23, section 2) fill this column in
+NO_CHECKS = "none failing"
 MIN_GRACE_SECONDS = 300
 
 
@@ -121,9 +122,29 @@ def _status(
         "last_failure": None if failed is None else run_summary(failed),
         "table_version": table_version,
         "online_snapshot": snapshot,
-        "checks": NO_CHECKS,
+        "checks": failing_checks(mine[-1] if mine else None),
         "stale": stale,
     }
+
+
+def failing_checks(last: RunRecord | None) -> list[dict[str, Any]]:
+    """The checks the view's latest run failed (blocking ones stopped it; warnings, or blocking ones under
+    ``--skip-checks``, were published), each as ``{"check", "level", "observed", "default"}``."""
+    if last is None or last.checks is None:
+        return []
+    return [
+        {"check": o.check, "level": o.level, "observed": o.observed, "default": o.default} for o in last.checks.failed
+    ]
+
+
+def _checks_cell(failing: list[dict[str, Any]]) -> str:
+    if not failing:
+        return NO_CHECKS
+    blocking = [f["check"] for f in failing if f["level"] == "blocking"]
+    warnings = [f["check"] for f in failing if f["level"] != "blocking"]
+    parts = [f"{len(blocking)} blocking: {', '.join(blocking)}"] if blocking else []
+    parts += [f"{len(warnings)} warning: {', '.join(warnings)}"] if warnings else []
+    return "; ".join(parts)
 
 
 def _snapshot_reasons(view: ViewPlan, live: LiveSnapshot, age: float, table_version: int | None) -> list[str]:
@@ -194,6 +215,6 @@ def _row(status: dict[str, Any]) -> tuple[str, ...]:
         served,
         age,
         limits,
-        status["checks"],
+        _checks_cell(status["checks"]),
         "stale" if status["stale"] else ("rolled back" if live is not None and live.get("held") else "fresh"),
     )

@@ -21,13 +21,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
+from features.checks import PREVIOUS
 from features.compiler import compile_plan, reflect_with
 from features.config import RepoConfig
 from features.diff import PlanDiff, diff_plans
 from features.discovery import discover
-from features.errors import MaterializationError, OnlineStoreError, RegistryError
+from features.errors import ChecksFailedError, DefinitionError, MaterializationError, OnlineStoreError, RegistryError
 from features.functions import FunctionLoader
 from features.plan import Plan, ViewPlan
 from features.plugins import load_plugin
@@ -78,9 +79,29 @@ class FeatureStore:
 
     def _plan_against_latest(self) -> tuple[Plan, PlanDiff, int | None]:
         new = self.compile()
+        self._check_drift_targets(new)
         latest = self.registry.latest()
         diff = diff_plans(latest.plan if latest else None, new, self.registry.materialized_storage())
         return new, diff, latest.version if latest else None
+
+    def _check_drift_targets(self, plan: Plan) -> None:
+        """A ``Drift(against=...)`` names ``previous`` or a registered training contract (the registry knows
+        them, the compiler does not): an unknown name is a definition error at its file and line."""
+        known = None
+        for view in plan.views:
+            for check in view.checks:
+                against = check.params.get("against") if check.kind == "drift" else None
+                if against is None or against == PREVIOUS:
+                    continue
+                known = self.registry.contracts() if known is None else known
+                if against not in known or known[against].retired_at is not None:
+                    active = sorted(n for n, c in known.items() if c.retired_at is None)
+                    raise DefinitionError(
+                        f"Drift against unknown training set '{against}' in view '{view.name}'; valid choices: "
+                        f"'{PREVIOUS}' or a registered training contract ({', '.join(active) or 'none registered'}"
+                        f"; skewless contract register)",
+                        location=check.location,
+                    )
 
     def apply(self) -> ApplyResult:
         """Store the definitions as a new plan version; a no-op when nothing changed.
@@ -153,8 +174,14 @@ class FeatureStore:
         end: datetime | None = None,
         progress: Progress | None = None,
         republish: bool = False,
+        skip_checks: bool = False,
     ) -> list[MaterializationResult]:
         """Compute ``views`` (default: all) over ``[start, end)`` into Delta Lake and publish them online.
+
+        Each run's checks (:mod:`features.checks`) are evaluated before it commits: a run that fails a blocking
+        check is neither committed nor published, and is recorded as failed with its checks; when every failure
+        is of that kind, :class:`~features.errors.ChecksFailedError` is raised (its ``reports`` hold each view's
+        checks). ``skip_checks`` lets such runs publish, and records that it did.
 
         A view whose run commits nothing new to Delta is not published again while the online store already
         serves that table version (``online_current`` in its result); ``republish`` publishes it anyway.
@@ -190,6 +217,7 @@ class FeatureStore:
                 progress=progress,
                 republish=republish,
                 plan_version=plan_version,  # each run is recorded in the registry where it runs
+                skip_checks=skip_checks,
             )
             return dataclasses.replace(result, view=view.online_name)
 
@@ -218,6 +246,12 @@ class FeatureStore:
         if failures:
             listed = "; ".join(f"'{name}': {error}" for name, error in failures)
             done = ", ".join(f"'{r.view}'" for r in results) or "none"
+            if all(isinstance(error, ChecksFailedError) for _, error in failures):
+                reports = {k: v for _, e in failures for k, v in cast(ChecksFailedError, e).reports.items()}
+                raise ChecksFailedError(
+                    f"{len(failures)} of {len(jobs)} views failed their checks ({listed}); materialized: {done}",
+                    reports,
+                ) from failures[0][1]
             raise MaterializationError(
                 f"{len(failures)} of {len(jobs)} views failed ({listed}); materialized: {done}"
             ) from failures[0][1]

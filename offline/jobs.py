@@ -15,10 +15,11 @@ Engines today, in the order the router asks them:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
+from features.checks import Baseline
 from features.plan import Plan, ViewPlan
 from offline.manifest import Manifest
 
@@ -43,6 +44,8 @@ class Materialization:
     republish: bool = False
     plan_version: int | None = None
     rows_landed: int = 0
+    #: What the run's checks compare it with (the previous run, training sets), and ``--skip-checks``.
+    baseline: Baseline = field(default_factory=Baseline)
 
     def __str__(self) -> str:
         return f"view '{self.view.name}'"

@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from features.checks import Baseline
 from features.config import RepoConfig
 from features.errors import MaterializationError, SkewlessError
 from features.plan import EVENT_TIMESTAMP, FeatureRefPlan, Plan, ViewPlan
@@ -29,7 +30,7 @@ from offline.arrow.engine import ArrowEngine
 from offline.datasets import as_arrow, describe, is_spark
 from offline.jobs import Engine, Job, JoinedSet, Materialization, TrainingSet
 from offline.manifest import DatasetError, FileRecord, Manifest, table_sha256
-from offline.runs import run_and_record
+from offline.runs import baseline, run_and_record
 from offline.warm.client import WarmEngine
 
 if TYPE_CHECKING:
@@ -104,6 +105,7 @@ class Router:
         republish: bool = False,
         engine: str | None = None,
         plan_version: int | None = None,
+        skip_checks: bool = False,
     ) -> MaterializationResult:
         """Compute ``view`` for ``start <= event time < end`` into Delta, then publish it online (unless the
         online store already serves that table version and not ``republish``), in the first engine that takes
@@ -112,7 +114,13 @@ class Router:
         # Pushed rows land first, whichever engine runs: the run then reads them as stored rows (its refusals
         # see the table as it will be read) and publishes them with the rest.
         landed = pushed.land(self.config, view) if not view.is_windowed else 0
-        job = Materialization(plan, view, start, end, republish, plan_version, rows_landed=landed)
+        # A job the registry does not record (a test's, the audit's recomputation) has no previous run to compare.
+        checked_against = (
+            baseline(self.config, view, skip=skip_checks) if plan_version is not None else Baseline(skip=skip_checks)
+        )
+        job = Materialization(
+            plan, view, start, end, republish, plan_version, rows_landed=landed, baseline=checked_against
+        )
         chosen, refusals = self.route(job, only=engine)
         if chosen.remote:
             result = chosen.materialize(job, online, progress)  # recorded there (offline.warm.server)
@@ -242,7 +250,9 @@ class Router:
             return table
 
         def rematerialize(config: RepoConfig, plan: Plan, view: ViewPlan) -> None:
-            Router(config, in_process=True).materialize(plan, view, start=None, end=None, online=None)
+            # The recomputation is compared, never published: a check must not stop it (rows published under
+            # --skip-checks are part of what the audit compares).
+            Router(config, in_process=True).materialize(plan, view, start=None, end=None, online=None, skip_checks=True)
 
         return audit_layers(
             self.config,

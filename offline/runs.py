@@ -9,16 +9,24 @@ runs of the engines in its process; the warm engine (:mod:`offline.warm.server`)
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from features.checks import Baseline, CheckReport, drift_targets, reference_stats
+from features.errors import ChecksFailedError, DatasetError
 from features.registry import Registry, RunRecord
+from features.run_stats import FeatureStats, RunStats
+from offline.manifest import Manifest
 
 if TYPE_CHECKING:
     from features.config import RepoConfig
+    from features.plan import ViewPlan
     from features.protocols import MaterializationResult, OnlineStore, Progress
     from offline.jobs import Engine, Materialization
+
+log = logging.getLogger(__name__)
 
 _registries: dict[str, Registry] = {}
 _lock = threading.Lock()
@@ -32,11 +40,15 @@ def run_and_record(
     started = datetime.now().astimezone()
     try:
         result = dataclasses.replace(engine.materialize(job, online, progress), rows_landed=job.rows_landed)
+    except ChecksFailedError as exc:  # recorded with its checks, the rows it read and their statistics
+        report = exc.reports.get(job.view.name)
+        _record(config, job, started, engine.name, None, "failed", f"{type(exc).__name__}: {exc}"[:4000], report)
+        raise
     except BaseException as exc:
         outcome = "failed" if isinstance(exc, Exception) else "interrupted"
         _record(config, job, started, engine.name, None, outcome, f"{type(exc).__name__}: {exc}"[:4000])
         raise
-    _record(config, job, started, result.engine, result, "ok", None)
+    _record(config, job, started, result.engine, result, "ok", None, result.checks)
     return result
 
 
@@ -48,16 +60,20 @@ def _record(
     result: MaterializationResult | None,
     outcome: str,
     error: str | None,
+    checks: CheckReport | None = None,
 ) -> None:
     if job.plan_version is None:
         return
+    stats = None if result is None else result.stats
+    if stats is None and checks is not None and checks.written is not None:
+        stats = RunStats(engine, checks.written)  # a blocked run: the statistics its checks read
     record = RunRecord(
         view=job.view.name,
         storage_fingerprint=job.view.storage_fingerprint,
         plan_version=job.plan_version,
         window_start=job.start,
         window_end=job.end,
-        rows_read=0 if result is None else result.rows_read,
+        rows_read=result.rows_read if result is not None else (checks.rows_read if checks is not None else 0),
         rows_written_offline=0 if result is None else result.rows_written_offline,
         offline_version=None if result is None else result.offline_version,
         rows_published=0 if result is None else result.rows_published,
@@ -67,7 +83,8 @@ def _record(
         outcome=outcome,
         error=error,
         rows_landed=job.rows_landed,  # landed before the run, so counted even when the run failed
-        stats=None if result is None else result.stats,
+        stats=stats,
+        checks=checks,
     )
     _registry(config).record_run(record)
 
@@ -79,3 +96,38 @@ def _registry(config: RepoConfig) -> Registry:
         if url not in _registries:
             _registries[url] = Registry(url)
         return _registries[url]
+
+
+def baseline(config: RepoConfig, view: ViewPlan, *, skip: bool = False) -> Baseline:
+    """What a run of ``view`` is checked against (:class:`features.checks.Baseline`), read before it starts: the
+    statistics of the last successful run of this definition that wrote rows, and those recorded by the manifest
+    of each training contract a drift check names (a manifest that cannot be read gives none: that check says
+    it compared nothing)."""
+    registry = _registry(config)
+    previous = next(
+        (
+            r
+            for r in reversed(registry.runs(view.name))
+            if r.storage_fingerprint == view.storage_fingerprint and r.rows_written_offline > 0 and r.stats is not None
+        ),
+        None,
+    )
+    references: dict[str, dict[str, FeatureStats]] = {}
+    targets = drift_targets(view.checks)
+    contracts = registry.contracts() if targets else {}
+    for name in sorted(targets):
+        contract = contracts.get(name)
+        try:
+            manifest = Manifest.load(contract.manifest) if contract is not None else None
+        except DatasetError as exc:
+            log.warning("view '%s': training contract '%s': %s", view.name, name, exc)
+            continue
+        if manifest is not None and manifest.stats is not None:
+            references[name] = reference_stats(view.name, manifest.stats.written)
+    return Baseline(
+        previous=None if previous is None or previous.stats is None else previous.stats.written,
+        previous_rows_read=None if previous is None else previous.rows_read,
+        previous_run=None if previous is None else previous.run_id,
+        references=references,
+        skip=skip,
+    )

@@ -123,6 +123,13 @@ def test_no_import_cycle_in_offline() -> None:
 
 PUBLIC_API = {
     "features": [
+        "AllowedValues",
+        "ChecksFailedError",
+        "Drift",
+        "MaxNulls",
+        "Range",
+        "RowCount",
+        "UniqueKeys",
         "Aggregation",
         "Bool",
         "ConfigError",

@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from features.checks import ArrowRows, Baseline, gate
 from features.config import RepoConfig
 from features.dtypes import DType, arrow_type
 from features.errors import MaterializationError
@@ -69,9 +70,10 @@ def materialize(
     online: OnlineStore | None,
     progress: Progress | None = None,
     republish: bool = False,
+    baseline: Baseline | None = None,
 ) -> MaterializationResult:
     """Materialize ``view`` as :func:`offline.spark.materialize.materialize` would, for a run :func:`refusal`
-    accepted."""
+    accepted; its checks (against ``baseline``) are evaluated before the commit."""
 
     began = time.monotonic()
     run = RunProgress(progress, view)
@@ -90,6 +92,11 @@ def materialize(
     run.read(counts.read)
     log.info("view '%s': read %d source row(s) from '%s'", view.name, counts.read, view.source.name)
     counts.warn(view.name)
+    features = [(f.name, f.dtype) for f in view.features]
+    batch = pa.concat_tables([change.updates, change.inserts])
+    written_stats = arrow_stats(batch, features)
+    # The gate: a blocking check that fails raises here, before anything is committed or published.
+    report = gate(view, counts.read, written_stats, ArrowRows(batch, view.key_names, EVENT_TIMESTAMP), baseline)
     written = _write(view, path, stored, change, datetime.now(UTC))
     version = written if written is not None else (stored.version if stored is not None else None)
     log.info(
@@ -100,8 +107,6 @@ def materialize(
         path,
         version,
     )
-    features = [(f.name, f.dtype) for f in view.features]
-    written_stats = arrow_stats(pa.concat_tables([change.updates, change.inserts]), features)
     latest_stats: dict[str, FeatureStats] = {}
     outcome = Published()
     if view.online and online is not None and version is not None:
@@ -133,6 +138,7 @@ def materialize(
         online_current=outcome.current,
         engine="arrow",
         stats=RunStats("arrow", written_stats, latest_stats or None),
+        checks=report,
     )
 
 

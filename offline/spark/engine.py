@@ -60,6 +60,7 @@ class SparkEngine:
             online=online,
             progress=progress,
             republish=job.republish,
+            baseline=job.baseline,
         )
 
     def training_set(self, job: TrainingSet) -> JoinedSet:

@@ -17,20 +17,22 @@ from typing import TYPE_CHECKING
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
+from features.checks import Baseline, CheckReport, gate
 from features.config import RepoConfig
 from features.dtypes import DType
-from features.errors import MaterializationError, SkewlessError
+from features.errors import ChecksFailedError, MaterializationError, SkewlessError
 from features.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP, Plan, ViewPlan
 from features.protocols import MaterializationResult, OnlineStore, Progress, Publication, iter_batches
 from features.run_stats import FeatureStats
 from offline.errors import conflict_message, error_summary, is_commit_conflict
 from offline.publication import Published, RunProgress, phase, publish_unless_live, published
 from offline.spark import windows
+from offline.spark.checks import SparkRows
 from offline.spark.jdbc import quote_spark, read_source, spark_type
 from offline.spark.stats import spark_run_stats, spark_stats
 from offline.spark.tables import prepare_rows, read_table, table_version, write_rows
 from offline.spark.translate import SparkTranslator
-from offline.tables import read_through, table_path
+from offline.tables import RowCounts, read_through, table_path
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -95,8 +97,10 @@ def materialize(
     online: OnlineStore | None,
     progress: Progress | None = None,
     republish: bool = False,
+    baseline: Baseline | None = None,
 ) -> MaterializationResult:
-    """Compute ``view`` for source rows with ``start <= event time < end`` and publish it.
+    """Compute ``view`` for source rows with ``start <= event time < end`` and publish it, once its checks
+    (against ``baseline``: :func:`features.checks.gate`) pass.
 
     A run that commits nothing to Delta publishes nothing either when the online store already serves the
     table's current version (see :func:`already_live`); ``republish`` publishes it again anyway (a store that
@@ -107,7 +111,9 @@ def materialize(
     and the online store hold what they held before, or the complete result of this run.
     """
     if view.is_windowed:
-        return materialize_windowed(spark, config, view, start=start, end=end, online=online, progress=progress)
+        return materialize_windowed(
+            spark, config, view, start=start, end=end, online=online, progress=progress, baseline=baseline
+        )
     began = time.monotonic()
     run = RunProgress(progress, view)
     run.reading()
@@ -116,10 +122,15 @@ def materialize(
         source = read_source(spark, view.source, url, start, end)  # the schema check happens here
     prepared = prepare_rows(view, compute_features(view, source))
     path = table_path(config, view)
+    reports: list[CheckReport] = []
+
+    def checked(counts: RowCounts, stats: dict[str, FeatureStats], rows: DataFrame) -> None:
+        reports.append(gate(view, counts.read, stats, SparkRows(rows, view.key_names), baseline))
+
     try:
         # One pass over the source: read, compute, drop invalid and duplicate rows, count, write.
         with phase(view, "reading the source and writing the offline table"):
-            outcome = write_rows(spark, path, view, prepared, datetime.now(UTC))
+            outcome = write_rows(spark, path, view, prepared, datetime.now(UTC), before_commit=checked)
             # Known without asking Delta (a Spark job, ~0.25 s) when this run created the table.
             version = outcome.created_version if outcome.created_version is not None else table_version(spark, path)
     except SkewlessError:
@@ -159,6 +170,7 @@ def materialize(
         seconds=time.monotonic() - began,
         online_current=publication.current,
         stats=spark_run_stats(outcome.stats, latest_stats or None),
+        checks=reports[0] if reports else None,
     )
 
 
@@ -171,8 +183,11 @@ def materialize_windowed(
     end: datetime | None,
     online: OnlineStore | None,
     progress: Progress | None = None,
+    baseline: Baseline | None = None,
 ) -> MaterializationResult:
     """Compute every tick of a windowed view in range (see :mod:`offline.spark.windows`) and publish the latest.
+    Its checks read the values of the new ticks, before they are committed (the tiles, committed before, are
+    replaced by the next run's, computed from the source as it is then, as after a failed commit).
 
     Reads the source rows of the new ticks only; the windows reach back through the stored tiles.
     """
@@ -184,6 +199,7 @@ def materialize_windowed(
     ticks = windows.plan_ticks(view, read_through(path), start, end, datetime.now(UTC))
     rows_read = written = 0
     written_stats = spark_stats(spark.range(0), _features(view), 0)  # no tick to compute: no row written
+    report: CheckReport | None = None
     if not ticks.empty:
         lower, upper = windows.source_bounds(ticks)
         url = config.connection_url(view.source.connection)
@@ -198,8 +214,13 @@ def materialize_windowed(
             cached.unpersist()
             values = windows.values_at_ticks(spark, view, read_table(spark, tiles_at), ticks).persist()
             written = values.count()
-            windows.write_values(spark, path, view, values, ticks, datetime.now(UTC))
             written_stats = spark_stats(values, _features(view), written)
+            try:
+                report = gate(view, rows_read, written_stats, SparkRows(values, view.key_names), baseline)
+            except ChecksFailedError:
+                values.unpersist()
+                raise
+            windows.write_values(spark, path, view, values, ticks, datetime.now(UTC))
             values.unpersist()
         except SkewlessError:
             raise
@@ -231,6 +252,7 @@ def materialize_windowed(
         seconds=time.monotonic() - began,
         ticks_through=through,
         stats=spark_run_stats(written_stats, latest_stats or None),
+        checks=report,
     )
 
 

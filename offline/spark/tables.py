@@ -10,6 +10,7 @@ import functools
 import logging
 import operator
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -132,7 +133,12 @@ class Written:
 
 
 def write_rows(
-    spark: SparkSession, path: Path | str, view: ViewPlan, prepared: PreparedRows, published_at: datetime
+    spark: SparkSession,
+    path: Path | str,
+    view: ViewPlan,
+    prepared: PreparedRows,
+    published_at: datetime,
+    before_commit: Callable[[RowCounts, dict[str, FeatureStats], DataFrame], None] | None = None,
 ) -> Written:
     """Write the prepared rows into the view's table in one Delta commit.
 
@@ -141,20 +147,25 @@ def write_rows(
     stored row are dropped with an anti-join and only the new or changed rows are MERGEd (see
     :func:`merge_rows`); when none are left there is no commit at all. Either way the source is read once, and
     the statistics of the rows written (:mod:`offline.spark.stats`) come from the rows persisted for the write.
+    ``before_commit`` gets the counts, those statistics and the persisted rows before anything is committed (the
+    run's checks: it raises to stop the run).
     """
 
     features = [(f.name, f.dtype) for f in view.features]
     if not DeltaTable.isDeltaTable(spark, str(path)):
         rows = _with_published_at(view, prepared.frame, published_at).persist()
         try:
+            rows.count()  # the one pass over the source, which also counts its rows; the write reads the cache
+            counts = prepared.counts()
+            stats = spark_stats(rows, features, counts.kept)
+            if before_commit is not None:
+                before_commit(counts, stats, rows)
             (
                 rows.write.format("delta")
                 .mode("errorifexists")
                 .option(STATS_PROPERTY, stats_columns(view))  # options named delta.* become table properties
                 .save(str(path))
             )
-            counts = prepared.counts()
-            stats = spark_stats(rows, features, counts.kept)
         finally:
             rows.unpersist()
         return Written(counts, counts.kept, created_version=0, stats=stats)  # a table's first commit is version 0
@@ -169,8 +180,10 @@ def write_rows(
     try:
         count = changed.count()  # the one pass over the source, which also counts its rows
         counts = prepared.counts()
-        written = merge_rows(spark, path, view, changed, published_at) if count else 0
         stats = spark_stats(changed, features, count)
+        if before_commit is not None:
+            before_commit(counts, stats, changed)
+        written = merge_rows(spark, path, view, changed, published_at) if count else 0
     finally:
         changed.unpersist()
     return Written(counts, written, stats=stats)

@@ -82,7 +82,7 @@ def test_status_of_a_repository_never_materialized_says_never(repo: Path, capsys
         "card_txn_offline": ["never materialized"],
     }
     assert all(s["last_success"] is None and s["online_snapshot"] is None for s in statuses)
-    assert all(s["checks"] == "none declared" for s in statuses)
+    assert all(s["checks"] == [] for s in statuses)
 
 
 def test_status_follows_runs_snapshots_ttl_and_the_table(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -201,7 +201,7 @@ def test_the_definition_files_plan_apply_and_compute(tmp_path: Path) -> None:
         if block.lang == "python" and match:
             (repo / match.group(1)).write_text(block.text)
             written.append(match.group(1))
-    assert len(written) == len(set(written)) >= 4, written
+    assert len(written) == len(set(written)) >= 5, written
     script = """
 import json, sys
 import pyarrow as pa
@@ -236,7 +236,7 @@ print(json.dumps(out))
     )
     assert done.returncode == 0, done.stderr[-3000:]
     got = json.loads(done.stdout.strip().splitlines()[-1])
-    assert got["views"] == ["card_last_payment", "card_spend"] and got["services"] == ["fraud_model"]
+    assert got["views"] == ["card_last_payment", "card_spend", "merchant_risk"] and got["services"] == ["fraud_model"]
     # Oracle: the expressions and the function of the README, computed by hand.
     amounts, rates, last = [25.0, 12.5, None, -3.0], [1.0, 0.92, 1.0, 1.0], [50.0, 0.0, 10.0, None]
     # if_else(null, a, b) gives b (SQL's CASE WHEN); arithmetic over a null is null.
