@@ -171,30 +171,22 @@ def spark_standalone(cores: int = 2, memory_mb: int = 2048) -> Iterator[SparkClu
         env = {**os.environ, "SPARK_HOME": str(spark_home), "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_LOG_DIR": tmp}
         env["SPARK_DAEMON_MEMORY"] = "256m"  # the master and worker daemons only schedule: a small heap each
         daemons: list[subprocess.Popen[bytes]] = []
+
+        def start(name: str, *args: str) -> Path:
+            log_path = Path(tmp) / f"{name}.log"
+            with open(log_path, "wb") as log:
+                command = [spark_class, f"org.apache.spark.deploy.{name}.{name.capitalize()}", "--host", "127.0.0.1"]
+                daemons.append(subprocess.Popen([*command, *args], env=env, stdout=log, stderr=subprocess.STDOUT))
+            return log_path
+
         try:
-            with open(Path(tmp) / "master.log", "wb") as log:
-                daemons.append(
-                    subprocess.Popen(
-                        [spark_class, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1"]
-                        + ["--port", str(port), "--webui-port", str(ui_port)],
-                        env=env,
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                    )
-                )
+            start("master", "--port", str(port), "--webui-port", str(ui_port))
             wait_for_port(port, timeout=60)
-            worker_log = Path(tmp) / "worker.log"
-            with open(worker_log, "wb") as log:
-                daemons.append(
-                    subprocess.Popen(
-                        [spark_class, "org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1"]
-                        + ["--cores", str(cores), "--memory", f"{memory_mb}m", "--webui-port", str(worker_ui)]
-                        + ["--work-dir", str(Path(tmp) / "work"), master],
-                        env=env,
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                    )
-                )
+            work = str(Path(tmp) / "work")
+            worker_log = start(
+                "worker", "--cores", str(cores), "--memory", f"{memory_mb}m", "--webui-port", str(worker_ui),
+                "--work-dir", work, master,
+            )  # fmt: skip
             _wait_for_text(worker_log, "Successfully registered with master", timeout=60)
             yield SparkCluster(master, f"http://127.0.0.1:{ui_port}", daemons[1].pid)
         finally:
