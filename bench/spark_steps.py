@@ -12,7 +12,9 @@ so each is measured as the difference between two runs of a longer and a shorter
 - session: starting the session (JVM, Delta and the JDBC drivers);
 - jdbc read: the source's rows through JDBC (:func:`offline.spark.jdbc.read_source`), partitioned as a run does;
 - features + dedup: computing the features, dropping invalid rows and duplicates (``prepare_rows``);
-- delta write: the real :func:`offline.spark.tables.write_rows` creating the table, minus the two steps above;
+- delta write: the real :func:`offline.spark.tables.write_rows` creating the table, minus the two steps above
+  and minus the statistics it computes of the rows written;
+- statistics: :func:`offline.spark.stats.spark_stats` of the rows written (persisted, as ``write_rows`` has them);
 - merge (no change): ``write_rows`` again onto the table just written (what a rerun with nothing new costs
   today, before incremental reads: every source row read, anti-joined against the table, nothing committed);
 - latest rows: the latest row per entity of the table (``latest_rows``);
@@ -44,7 +46,15 @@ from bench.run import load_postgres, log, write_skewless_repo  # noqa: E402
 from bench.workload import generate  # noqa: E402
 from tests.servers import postgres_server, redis_server  # noqa: E402
 
-STEPS = ("jdbc read", "features + dedup", "delta write", "merge (no change)", "latest rows", "publication")
+STEPS = (
+    "jdbc read",
+    "features + dedup",
+    "delta write",
+    "statistics",
+    "merge (no change)",
+    "latest rows",
+    "publication",
+)
 
 
 def timed(action: Callable[[], Any]) -> float:
@@ -58,6 +68,7 @@ def profile_view(spark: Any, store: Any, view: Any, work: Path) -> dict[str, flo
     from offline.publication import published
     from offline.spark.jdbc import read_source
     from offline.spark.materialize import _write_from_executors, compute_features, latest_rows
+    from offline.spark.stats import spark_stats
     from offline.spark.tables import prepare_rows, read_table, write_rows
 
     url = store.config.connection_url(view.source.connection)
@@ -73,6 +84,10 @@ def profile_view(spark: Any, store: Any, view: Any, work: Path) -> dict[str, flo
     read = timed(lambda: noop(read_source(spark, view.source, url)))
     dedup = timed(lambda: noop(prepared().frame))
     write = timed(lambda: write_rows(spark, path, view, prepared(), datetime.now(UTC)))
+    written = read_table(spark, str(path), 0).persist()
+    rows = written.count()
+    stats = timed(lambda: spark_stats(written, [(f.name, f.dtype) for f in view.features], rows))
+    written.unpersist()
     merge = timed(lambda: write_rows(spark, path, view, prepared(), datetime.now(UTC)))
     latest = timed(lambda: noop(latest_rows(view, read_table(spark, str(path), 0))))
     online = store.online_store()
@@ -80,7 +95,8 @@ def profile_view(spark: Any, store: Any, view: Any, work: Path) -> dict[str, flo
     return {
         "jdbc read": read,
         "features + dedup": dedup - read,
-        "delta write": write - dedup,
+        "delta write": write - dedup - stats,
+        "statistics": stats,
         "merge (no change)": merge,
         "latest rows": latest,
         "publication": publish - latest,

@@ -1,0 +1,329 @@
+"""Per-unit costs for the capacity model of docs/SCALING.md (issue 25, section 4), and the model itself.
+
+    python -m bench.capacity                        # 20,000 entities of a 200-feature view
+    python -m bench.capacity --entities 2000        # a quick look
+
+Measures here:
+
+- **bytes per key in Redis**: a view with 200 features (150 float64, 30 int64, 20 short strings, the mix of a
+  wide production view) over ``--entities`` entities, materialized into an empty redis-server started here;
+  ``MEMORY USAGE`` of every row key (the key name, the encoded row and Redis's own overhead), and the growth of
+  ``used_memory`` per entity (everything the view costs, its pointer keys included);
+
+and takes from the newest results of the other benchmarks in ``bench/results``:
+
+- **rows per second per core** of each Spark materialization step (``*-spark-steps.json``, bench/spark_steps.py;
+  its warm round);
+- **lookups per second per serving worker** (the newest ``bench/run.py`` results with HTTP cases: requests/s
+  under 16 connections, divided by the server's 2 workers, at a p99 that result gives too).
+
+Then computes, for :data:`TARGET`, what each component needs (see :func:`model`), and writes
+``bench/results/<name>.md`` and ``.json`` (name: ``<date>-capacity``). docs/SCALING.md explains the model and
+quotes these numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import os
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.run import log  # noqa: E402
+from tests.servers import postgres_server, redis_server  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+FLOATS, INTS, STRINGS = 150, 30, 20  # 200 features
+# The deployment docs/SCALING.md sizes.
+TARGET = {
+    "source_rows": 1_000_000_000,
+    "entities": 100_000_000,
+    "features": 200,
+    "runs_per_day": 24,
+    "lookups_per_second": 50_000,
+    "p99_ms": 10,
+}
+# Assumptions the model states (docs/SCALING.md discusses each).
+SOURCE_DAYS = 365  # the source rows span a year: an hourly run's new rows are 1/(365*24) of them
+LATE_HOURS = 2  # each incremental run rereads a lookback of late rows: 1 + 2 hours of rows
+SNAPSHOTS_DURING_PUBLICATION = 2  # a full publication writes a new snapshot beside the served one
+REDIS_PRIMARY_GIB = 25.0  # usable per primary (a 32 GiB node with room for fork, buffers and fragmentation)
+REDIS_OPS_PER_PRIMARY = 80_000  # MGET round trips per second one primary serves well under 1 ms (conservative)
+SERVING_HEADROOM = 0.6  # run serving workers at 60% of their measured saturation to keep p99 down
+EXECUTOR_CORES = 4  # a common executor shape: 4 cores, ~4 GiB per core
+
+
+def newest(pattern: str, has: str | None = None) -> Path | None:
+    """The newest results file in bench/results matching ``pattern`` (containing ``has``)."""
+    found = sorted(p for p in RESULTS.glob(pattern) if has is None or has in p.read_text())
+    return found[-1] if found else None
+
+
+def redis_bytes_per_key(entities: int, seed: int = 5) -> dict[str, Any]:
+    """Materialize a 200-feature view of ``entities`` entities into an empty Redis and measure what it takes."""
+    import numpy as np
+    import pandas as pd
+    import psycopg
+    import redis
+
+    from features.store import FeatureStore
+
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame({"entity_id": np.arange(1, entities + 1, dtype="int64")})
+    frame["event_ts"] = datetime(2026, 1, 1) + pd.to_timedelta(rng.integers(0, 86_400 * 30, entities), unit="s")
+    for i in range(FLOATS):
+        frame[f"f{i}"] = rng.normal(100, 50, entities).round(4)
+    for i in range(INTS):
+        frame[f"i{i}"] = rng.integers(0, 100_000, entities)
+    for i in range(STRINGS):
+        frame[f"s{i}"] = rng.choice(["none", "low", "medium", "high", "EUR", "card_present"], entities)
+    features = (
+        [(f"f{i}", "Float64", "DOUBLE PRECISION") for i in range(FLOATS)]
+        + [(f"i{i}", "Int64", "BIGINT") for i in range(INTS)]
+        + [(f"s{i}", "String", "TEXT") for i in range(STRINGS)]
+    )
+    work = ROOT / "bench" / ".work" / f"capacity-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+    with postgres_server() as pg, redis_server() as rd:
+        with psycopg.connect(pg, autocommit=True) as conn:
+            columns = ", ".join(f"{n} {sql}" for n, _, sql in features)
+            conn.execute(f"CREATE TABLE wide (entity_id BIGINT, event_ts TIMESTAMP, {columns})")
+            buffer = io.StringIO()
+            frame.to_csv(buffer, index=False, header=False)
+            with conn.cursor().copy("COPY wide FROM STDIN WITH (FORMAT csv)") as copy:
+                copy.write(buffer.getvalue())
+        (work / "definitions").mkdir(parents=True)
+        feats = ",\n        ".join(f'Feature("{n}", {t})' for n, t, _ in features)
+        (work / "definitions" / "wide.py").write_text(
+            "from datetime import timedelta\n\n"
+            "from features import Entity, Feature, FeatureView, Float64, Int64, SqlSource, String\n\n"
+            'entity = Entity(join_keys={"entity_id": Int64})\n'
+            "rows = SqlSource(connection='src', table='wide', timestamp='event_ts')\n\n"
+            f"wide = FeatureView(\n    entities=[entity],\n    source=rows,\n    ttl=timedelta(days=365),\n"
+            f"    features=[\n        {feats},\n    ],\n)\n"
+        )
+        (work / "skewless.yaml").write_text(
+            f"project: cap\nregistry: sqlite:///{work / 'registry.db'}\noffline:\n  path: offline\n"
+            f"online:\n  url: {rd}\nconnections:\n  src: {pg}\n"
+        )
+        client = redis.Redis.from_url(rd)
+        before = int(client.info("memory")["used_memory"])
+        with FeatureStore(work) as store:
+            store.apply()
+            began = time.perf_counter()
+            [result] = store.materialize()
+            seconds = time.perf_counter() - began
+        after = int(client.info("memory")["used_memory"])
+        row_keys = [k for k in client.scan_iter(match="cap:wide:v*", count=10_000)]
+        usage = [int(client.memory_usage(k, samples=0) or 0) for k in row_keys]
+        value_bytes = [int(client.strlen(k)) for k in row_keys[:1000]]
+        client.close()
+    return {
+        "entities": entities,
+        "features": len(features),
+        "row_keys": len(row_keys),
+        "engine": result.engine,
+        "materialize_seconds": round(seconds, 2),
+        "memory_usage_per_key": round(sum(usage) / max(len(usage), 1), 1),
+        "encoded_row_bytes": round(sum(value_bytes) / max(len(value_bytes), 1), 1),
+        "used_memory_per_entity": round((after - before) / entities, 1),
+    }
+
+
+def spark_rates() -> dict[str, Any]:
+    """Rows per second per core of each step, from the newest bench/spark_steps.py results (its last round)."""
+    path = newest("*-spark-steps.json")
+    if path is None:
+        raise SystemExit("no bench/results/*-spark-steps.json: run 'python -m bench.spark_steps' first")
+    data = json.loads(path.read_text())
+    last = data["rounds"][-1]
+    return {"file": path.name, "rows": last["rows"], "cores": data["cores"], "rates": last["rows_per_second_per_core"]}
+
+
+def serving_rates() -> dict[str, Any]:
+    """Lookups per second per worker (1 entity and 100 entities a request), from the newest bench/run.py results."""
+    path = newest("*.json", has='"4. HTTP, 1 entity"')
+    if path is None:
+        raise SystemExit("no bench/run.py results with HTTP cases in bench/results")
+    data = json.loads(path.read_text())
+
+    def median(case: str, metric: str) -> float:
+        for m in data["measurements"]:
+            if m["case"] == case and m["metric"] == metric and m["system"] == "skewless":
+                values = sorted(m["values"])
+                return float(values[len(values) // 2])
+        raise SystemExit(f"{path.name}: no skewless '{case}' '{metric}'")
+
+    workers = 2  # bench/run.py serves with 2 workers on the 2-core machine (wrk runs beside them)
+    return {
+        "file": path.name,
+        "one_entity_per_worker": median("4. HTTP, 1 entity", "req/s, 16 connections") / workers,
+        "one_entity_p99_ms": median("4. HTTP, 1 entity", "p99, 16 connections (ms)"),
+        "hundred_entities_per_worker": median("4. HTTP, 100 entities", "req/s, 16 connections") / workers,
+        "hundred_entities_p99_ms": median("4. HTTP, 100 entities", "p99, 16 connections (ms)"),
+    }
+
+
+def model(redis_cost: dict[str, Any], spark: dict[str, Any], serving: dict[str, Any]) -> dict[str, Any]:
+    """What :data:`TARGET` needs, from the per-unit costs. Core-hours = rows / (rows/s per core) / 3600 per step."""
+    rates = spark["rates"]
+    full_steps = ["jdbc read", "features + dedup", "delta write", "latest rows", "publication"]
+    rows = TARGET["source_rows"]
+    entities = TARGET["entities"]
+    hourly_rows = rows / (SOURCE_DAYS * 24) * (1 + LATE_HOURS)
+    changed = min(entities, hourly_rows)  # at most one changed entity per new row
+
+    def core_hours(step: str, count: float) -> float:
+        return count / rates[step] / 3600
+
+    # A full run reads every row and publishes every entity (the latest rows are one per entity, computed over
+    # every row of the table).
+    full = {s: core_hours(s, entities if s == "publication" else rows) for s in full_steps}
+    # An incremental run (issue 25, section 1): reads the new rows and their lookback, writes them, and publishes
+    # the entities they changed; the latest rows of those entities only.
+    incremental = {
+        "jdbc read": core_hours("jdbc read", hourly_rows),
+        "features + dedup": core_hours("features + dedup", hourly_rows),
+        "delta write": core_hours("delta write", hourly_rows),
+        "latest rows": core_hours("latest rows", hourly_rows),
+        "publication": core_hours("publication", changed),
+    }
+    # Today's rerun without incremental reads: every source row again, anti-joined against the table.
+    rerun_today = core_hours("merge (no change)", rows)
+    per_key = redis_cost["used_memory_per_entity"] * TARGET["features"] / redis_cost["features"]
+    gib = entities * per_key / 2**30
+    peak_gib = gib * SNAPSHOTS_DURING_PUBLICATION
+    primaries = max(
+        math.ceil(peak_gib / REDIS_PRIMARY_GIB), math.ceil(TARGET["lookups_per_second"] / REDIS_OPS_PER_PRIMARY)
+    )
+    per_worker = serving["one_entity_per_worker"]
+    workers = math.ceil(TARGET["lookups_per_second"] / (per_worker * SERVING_HEADROOM))
+    executors_for_hour = {  # executors so that a run fits in its hour with room (30 minutes)
+        "full": math.ceil(sum(full.values()) / 0.5 / EXECUTOR_CORES),
+        "incremental": max(1, math.ceil(sum(incremental.values()) / 0.5 / EXECUTOR_CORES)),
+    }
+    return {
+        "target": TARGET,
+        "assumptions": {
+            "source_days": SOURCE_DAYS,
+            "late_hours": LATE_HOURS,
+            "snapshots_during_publication": SNAPSHOTS_DURING_PUBLICATION,
+            "redis_primary_gib": REDIS_PRIMARY_GIB,
+            "redis_ops_per_primary": REDIS_OPS_PER_PRIMARY,
+            "serving_headroom": SERVING_HEADROOM,
+            "executor_cores": EXECUTOR_CORES,
+        },
+        "spark_core_hours": {
+            "full": {k: round(v, 2) for k, v in full.items()},
+            "full_total": round(sum(full.values()), 1),
+            "incremental": {k: round(v, 4) for k, v in incremental.items()},
+            "incremental_total": round(sum(incremental.values()), 3),
+            "rerun_without_incremental_reads": round(rerun_today, 1),
+            "hourly_rows": round(hourly_rows),
+        },
+        "executors": executors_for_hour,
+        "redis": {
+            "bytes_per_key_200_features": round(per_key),
+            "gib_one_snapshot": round(gib, 1),
+            "gib_peak": round(peak_gib, 1),
+            "primaries": primaries,
+        },
+        "serving": {"lookups_per_worker": round(per_worker), "workers": workers},
+    }
+
+
+def check_20m(spark: dict[str, Any]) -> dict[str, Any] | None:
+    """The model's time for the benchmark's 20M rows on 2 cores against the measured 20M run, when there is one
+    (bench/driver_memory.py at scale 10 on the standalone cluster)."""
+    path = newest("*-driver-memory-standalone.json")
+    if path is None:
+        return None
+    runs = [r for r in json.loads(path.read_text())["runs"] if r["feature_rows"] >= 20_000_000]
+    if not runs:
+        return None
+    run = runs[-1]
+    rates = spark["rates"]
+    rows, users = run["feature_rows"], run["users"] * 2  # two views, each publishing every user
+    steps = ["jdbc read", "features + dedup", "delta write", "latest rows"]
+    predicted = sum(rows / rates[s] for s in steps) / 2 + users / rates["publication"] / 2
+    return {"file": path.name, "rows": rows, "predicted_seconds": round(predicted), "measured": run["whole_seconds"]}
+
+
+def render(result: dict[str, Any], date: str) -> str:
+    r, m = result["redis"], result["model"]
+    spark, serving = result["spark"], result["serving"]
+    lines = [
+        f"# Capacity model inputs and results, {date}",
+        "",
+        f"Machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} (shared). docs/SCALING.md explains.",
+        "",
+        "## Per-unit costs measured",
+        "",
+        "| cost | value | from |",
+        "| --- | ---: | --- |",
+        f"| Redis `MEMORY USAGE` per row key, {r['features']} features | {r['memory_usage_per_key']:,.0f} B | "
+        f"{r['row_keys']:,} keys, materialized here in {r['engine']} |",
+        f"| encoded row (value bytes) | {r['encoded_row_bytes']:,.0f} B | the same keys |",
+        f"| Redis `used_memory` growth per entity | {r['used_memory_per_entity']:,.0f} B | the same run |",
+    ]
+    for step, rate in spark["rates"].items():
+        lines.append(f"| Spark {step} | {rate:,.0f} rows/s per core | {spark['file']} (warm round) |")
+    lines += [
+        f"| lookups per serving worker, 1 entity | {serving['one_entity_per_worker']:,.0f} /s at p99 "
+        f"{serving['one_entity_p99_ms']:.1f} ms | {serving['file']} |",
+        f"| lookups per serving worker, 100 entities | {serving['hundred_entities_per_worker']:,.0f} /s at p99 "
+        f"{serving['hundred_entities_p99_ms']:.1f} ms | {serving['file']} |",
+        "",
+        "## What the target needs",
+        "",
+        "```json",
+        json.dumps(m, indent=2),
+        "```",
+    ]
+    if result.get("check_20m"):
+        c = result["check_20m"]
+        lines += [
+            "",
+            f"Check at {c['rows']:,} rows on 2 cores: the per-unit costs predict {c['predicted_seconds']:,} s; the "
+            f"measured run ({c['file']}) took {c['measured']:,} s for the whole process.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--entities", type=int, default=20_000)
+    parser.add_argument("--name", default=None, help="results file name (default: <date>-capacity)")
+    args = parser.parse_args(argv)
+    date = datetime.now(UTC).strftime("%Y-%m-%d")
+    log(f"materializing a 200-feature view of {args.entities:,} entities into an empty Redis")
+    redis_cost = redis_bytes_per_key(args.entities)
+    log(f"  {redis_cost}")
+    spark, serving = spark_rates(), serving_rates()
+    result = {
+        "date": date,
+        "redis": redis_cost,
+        "spark": spark,
+        "serving": serving,
+        "model": model(redis_cost, spark, serving),
+        "check_20m": check_20m(spark),
+    }
+    name = args.name or f"{date}-capacity"
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    markdown = render(result, date)
+    (RESULTS / f"{name}.md").write_text(markdown)
+    print(markdown)
+    log(f"wrote {RESULTS / name}.md and .json")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
