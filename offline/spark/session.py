@@ -114,14 +114,20 @@ ONE_SHOT_JIT = "-XX:TieredStopAtLevel=1"
 
 def session_conf(overrides: Mapping[str, str], *, long_lived: bool = False) -> dict[str, str]:
     """The settings a session starts with: the defaults, the local ones when the master is local, then
-    ``overrides`` (``offline.spark`` of ``skewless.yaml``). A local session not ``long_lived`` (anything but
-    the warm engine) also gets :data:`ONE_SHOT_JIT`, unless ``overrides`` sets the driver's Java options."""
+    ``overrides`` (``offline.spark`` of ``skewless.yaml``), except that packages in ``spark.jars.packages`` are
+    added to skewless's own. A local session not ``long_lived`` (anything but the warm engine) also gets
+    :data:`ONE_SHOT_JIT`, unless ``overrides`` sets the driver's Java options."""
     conf = default_conf()
     if overrides.get("spark.master", conf["spark.master"]).startswith("local"):
         conf.update(local_conf())
         if not long_lived:
             conf["spark.driver.extraJavaOptions"] += f" {ONE_SHOT_JIT}"  # local mode: the executors' JVM too
     conf.update(overrides)
+    if "spark.jars.packages" in overrides:
+        # Packages a user adds (hadoop-aws for s3a://, a DynamoDB log store) come on top of Delta and the JDBC
+        # drivers: replacing them would start a session that cannot read a feature table.
+        added = [p.strip() for p in overrides["spark.jars.packages"].split(",") if p.strip()]
+        conf["spark.jars.packages"] = ",".join(dict.fromkeys([*jvm_packages(), *added]))
     return conf
 
 
