@@ -38,6 +38,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench import report  # noqa: E402
 from bench.run import log  # noqa: E402
 from tests.servers import postgres_server, redis_server  # noqa: E402
 
@@ -317,11 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         "check_20m": check_20m(spark),
     }
     name = args.name or f"{date}-capacity"
-    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
-    markdown = render(result, date)
-    (RESULTS / f"{name}.md").write_text(markdown)
-    print(markdown)
-    log(f"wrote {RESULTS / name}.md and .json")
+    report.save(RESULTS, name, result, render(result, date))
     return 0
 
 

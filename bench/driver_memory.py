@@ -35,6 +35,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench import report  # noqa: E402
 from bench.backfill import PeakRss, process_table, tree_rss  # noqa: E402
 from bench.run import load_postgres, log, write_skewless_repo  # noqa: E402
 from bench.workload import generate  # noqa: E402
@@ -183,15 +184,10 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.ExitStack() as stack:
         cluster = stack.enter_context(spark_standalone(cores=2, memory_mb=WORKER_MB)) if standalone else None
         runs = [measure(float(s), args.seed, work, cluster) for s in args.scales.split(",")]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     name = args.name or f"{date}-driver-memory" + ("-standalone" if standalone else "")
     master = "standalone" if standalone else MASTER
-    (out / f"{name}.json").write_text(json.dumps({"date": date, "master": master, "runs": runs}, indent=2) + "\n")
-    markdown = render(runs, date, standalone)
-    (out / f"{name}.md").write_text(markdown)
-    print(markdown)
-    log(f"wrote {out / name}.md and .json")
+    data = {"date": date, "master": master, "runs": runs}
+    report.save(Path(args.out), name, data, render(runs, date, standalone))
     return 0
 
 

@@ -29,7 +29,6 @@ Every view of the benchmark workload goes through the steps in turn, in one sess
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -42,6 +41,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench import report  # noqa: E402
 from bench.run import load_postgres, log, write_skewless_repo  # noqa: E402
 from bench.workload import generate  # noqa: E402
 from tests.servers import postgres_server, redis_server  # noqa: E402
@@ -205,15 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     result = measure(args.scale, args.seed, args.rounds, conf, work)
     result["rounds"] = per_round(result)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     name = args.name or f"{date}-spark-steps"
-    (out / f"{name}.json").write_text(json.dumps({"date": date, **result}, indent=2) + "\n")
-    markdown = render(result, date)
-    (out / f"{name}.md").write_text(markdown)
-    print(markdown)
+    report.save(Path(args.out), name, {"date": date, **result}, render(result, date))
     shutil.rmtree(work, ignore_errors=True)
-    log(f"wrote {out / name}.md and .json")
     return 0
 
 
