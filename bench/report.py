@@ -402,7 +402,6 @@ def to_jsonable(measurements: Sequence[Measurement], targets: Sequence[Target]) 
 
 def main(argv: list[str] | None = None) -> int:
     """Re-render ``<results>.md`` from ``<results>.json`` (targets recomputed): ``python -m bench.report F.json``."""
-    import json
     import sys
 
     for name in argv if argv is not None else sys.argv[1:]:
