@@ -10,10 +10,13 @@ Measures here:
   ``MEMORY USAGE`` of every row key (the key name, the encoded row and Redis's own overhead), and the growth of
   ``used_memory`` per entity (everything the view costs, its pointer keys included);
 
+- **rows per second per core** of each Spark materialization step, for rows of those 200 features: the same
+  table through each step of :func:`bench.spark_steps.profile_view` in a local Spark session (``local[2]``);
+
 and takes from the newest results of the other benchmarks in ``bench/results``:
 
-- **rows per second per core** of each Spark materialization step (``*-spark-steps.json``, bench/spark_steps.py;
-  its warm round);
+- the same rates for the benchmark's 5-feature rows at 2M rows (``*-spark-steps.json``, bench/spark_steps.py),
+  to compare, and to check the model against the 20M-row run of ``bench/driver_memory.py --cluster standalone``;
 - **lookups per second per serving worker** (the newest ``bench/run.py`` results with HTTP cases: requests/s
   under 16 connections, divided by the server's 2 workers, at a p99 that result gives too).
 
@@ -69,8 +72,9 @@ def newest(pattern: str, has: str | None = None) -> Path | None:
     return found[-1] if found else None
 
 
-def redis_bytes_per_key(entities: int, seed: int = 5) -> dict[str, Any]:
-    """Materialize a 200-feature view of ``entities`` entities into an empty Redis and measure what it takes."""
+def wide_view_costs(entities: int, seed: int = 5) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Materialize a 200-feature view of ``entities`` entities into an empty Redis and measure what it takes, then
+    run the same rows through each Spark step; returns (Redis costs, Spark rates)."""
     import numpy as np
     import pandas as pd
     import psycopg
@@ -81,12 +85,11 @@ def redis_bytes_per_key(entities: int, seed: int = 5) -> dict[str, Any]:
     rng = np.random.default_rng(seed)
     frame = pd.DataFrame({"entity_id": np.arange(1, entities + 1, dtype="int64")})
     frame["event_ts"] = datetime(2026, 1, 1) + pd.to_timedelta(rng.integers(0, 86_400 * 30, entities), unit="s")
-    for i in range(FLOATS):
-        frame[f"f{i}"] = rng.normal(100, 50, entities).round(4)
-    for i in range(INTS):
-        frame[f"i{i}"] = rng.integers(0, 100_000, entities)
-    for i in range(STRINGS):
-        frame[f"s{i}"] = rng.choice(["none", "low", "medium", "high", "EUR", "card_present"], entities)
+    columns = {f"f{i}": rng.normal(100, 50, entities) for i in range(FLOATS)}  # full precision: the worst case
+    columns |= {f"i{i}": rng.integers(0, 100_000, entities) for i in range(INTS)}
+    words = ["none", "low", "medium", "high", "EUR", "card_present"]
+    columns |= {f"s{i}": rng.choice(words, entities) for i in range(STRINGS)}
+    frame = pd.concat([frame, pd.DataFrame(columns)], axis=1)
     features = (
         [(f"f{i}", "Float64", "DOUBLE PRECISION") for i in range(FLOATS)]
         + [(f"i{i}", "Int64", "BIGINT") for i in range(INTS)]
@@ -122,12 +125,14 @@ def redis_bytes_per_key(entities: int, seed: int = 5) -> dict[str, Any]:
             began = time.perf_counter()
             [result] = store.materialize()
             seconds = time.perf_counter() - began
-        after = int(client.info("memory")["used_memory"])
-        row_keys = [k for k in client.scan_iter(match="cap:wide:v*", count=10_000)]
-        usage = [int(client.memory_usage(k, samples=0) or 0) for k in row_keys]
-        value_bytes = [int(client.strlen(k)) for k in row_keys[:1000]]
-        client.close()
-    return {
+            after = int(client.info("memory")["used_memory"])
+            row_keys = [k for k in client.scan_iter(match="cap:wide:v*", count=10_000)]
+            usage = [int(client.memory_usage(k, samples=0) or 0) for k in row_keys]
+            value_bytes = [int(client.strlen(k)) for k in row_keys[:1000]]
+            client.close()
+            log(f"  Redis: {sum(usage) / len(usage):,.0f} B per row key; Spark steps next")
+            spark = wide_spark_rates(store, entities, work)
+    redis_cost = {
         "entities": entities,
         "features": len(features),
         "row_keys": len(row_keys),
@@ -137,13 +142,31 @@ def redis_bytes_per_key(entities: int, seed: int = 5) -> dict[str, Any]:
         "encoded_row_bytes": round(sum(value_bytes) / max(len(value_bytes), 1), 1),
         "used_memory_per_entity": round((after - before) / entities, 1),
     }
+    return redis_cost, spark
 
 
-def spark_rates() -> dict[str, Any]:
-    """Rows per second per core of each step, from the newest bench/spark_steps.py results (its last round)."""
+def wide_spark_rates(store: Any, rows: int, work: Path) -> dict[str, Any]:
+    """Rows per second per core of each Spark step over the wide view's rows, in a local session (a warm-up pass
+    first, so the rates are a warm JVM's, as on a cluster's long-lived executors)."""
+    from bench.spark_steps import profile_view
+    from offline.spark.session import get_spark, stop_spark
+
+    spark = get_spark(store.config)
+    cores = spark.sparkContext.defaultParallelism
+    view = store.plan_version().plan.view("wide")
+    profile_view(spark, store, view, work / "warm-up")
+    steps = profile_view(spark, store, view, work / "tables")
+    stop_spark()
+    rates = {step: rows / max(seconds, 1e-3) / cores for step, seconds in steps.items()}
+    return {"source": "measured here (200 features)", "rows": rows, "cores": cores, "steps": steps, "rates": rates}
+
+
+def narrow_spark_rates() -> dict[str, Any] | None:
+    """Rows per second per core of each step for the benchmark's 5-feature rows, from the newest
+    bench/spark_steps.py results (its last round); None when there are none."""
     path = newest("*-spark-steps.json")
     if path is None:
-        raise SystemExit("no bench/results/*-spark-steps.json: run 'python -m bench.spark_steps' first")
+        return None
     data = json.loads(path.read_text())
     last = data["rounds"][-1]
     return {"file": path.name, "rows": last["rows"], "cores": data["cores"], "rates": last["rows_per_second_per_core"]}
@@ -174,9 +197,10 @@ def serving_rates() -> dict[str, Any]:
 
 
 def model(redis_cost: dict[str, Any], spark: dict[str, Any], serving: dict[str, Any]) -> dict[str, Any]:
-    """What :data:`TARGET` needs, from the per-unit costs. Core-hours = rows / (rows/s per core) / 3600 per step."""
+    """What :data:`TARGET` needs, from the per-unit costs of 200-feature rows (``spark``: :func:`wide_spark_rates`).
+    Core-hours = rows / (rows/s per core) / 3600 per step."""
     rates = spark["rates"]
-    full_steps = ["jdbc read", "features + dedup", "delta write", "latest rows", "publication"]
+    full_steps = ["jdbc read", "features + dedup", "delta write", "statistics", "latest rows", "publication"]
     rows = TARGET["source_rows"]
     entities = TARGET["entities"]
     hourly_rows = rows / (SOURCE_DAYS * 24) * (1 + LATE_HOURS)
@@ -194,6 +218,7 @@ def model(redis_cost: dict[str, Any], spark: dict[str, Any], serving: dict[str, 
         "jdbc read": core_hours("jdbc read", hourly_rows),
         "features + dedup": core_hours("features + dedup", hourly_rows),
         "delta write": core_hours("delta write", hourly_rows),
+        "statistics": core_hours("statistics", hourly_rows),
         "latest rows": core_hours("latest rows", hourly_rows),
         "publication": core_hours("publication", changed),
     }
@@ -241,11 +266,11 @@ def model(redis_cost: dict[str, Any], spark: dict[str, Any], serving: dict[str, 
     }
 
 
-def check_20m(spark: dict[str, Any]) -> dict[str, Any] | None:
+def check_20m(spark: dict[str, Any] | None) -> dict[str, Any] | None:
     """The model's time for the benchmark's 20M rows on 2 cores against the measured 20M run, when there is one
     (bench/driver_memory.py at scale 10 on the standalone cluster)."""
     path = newest("*-driver-memory-standalone.json")
-    if path is None:
+    if path is None or spark is None:
         return None
     runs = [r for r in json.loads(path.read_text())["runs"] if r["feature_rows"] >= 20_000_000]
     if not runs:
@@ -253,7 +278,7 @@ def check_20m(spark: dict[str, Any]) -> dict[str, Any] | None:
     run = runs[-1]
     rates = spark["rates"]
     rows, users = run["feature_rows"], run["users"] * 2  # two views, each publishing every user
-    steps = ["jdbc read", "features + dedup", "delta write", "latest rows"]
+    steps = ["jdbc read", "features + dedup", "delta write", "statistics", "latest rows"]
     predicted = sum(rows / rates[s] for s in steps) / 2 + users / rates["publication"] / 2
     return {"file": path.name, "rows": rows, "predicted_seconds": round(predicted), "measured": run["whole_seconds"]}
 
@@ -276,7 +301,10 @@ def render(result: dict[str, Any], date: str) -> str:
         f"| Redis `used_memory` growth per entity | {r['used_memory_per_entity']:,.0f} B | the same run |",
     ]
     for step, rate in spark["rates"].items():
-        lines.append(f"| Spark {step} | {rate:,.0f} rows/s per core | {spark['file']} (warm round) |")
+        lines.append(f"| Spark {step}, 200 features | {rate:,.0f} rows/s per core | {spark['rows']:,} rows here |")
+    narrow = result.get("narrow_spark")
+    for step, rate in (narrow["rates"] if narrow else {}).items():
+        lines.append(f"| Spark {step}, 5 features | {rate:,.0f} rows/s per core | {narrow['file']} |")
     lines += [
         f"| lookups per serving worker, 1 entity | {serving['one_entity_per_worker']:,.0f} /s at p99 "
         f"{serving['one_entity_p99_ms']:.1f} ms | {serving['file']} |",
@@ -306,16 +334,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     date = datetime.now(UTC).strftime("%Y-%m-%d")
     log(f"materializing a 200-feature view of {args.entities:,} entities into an empty Redis")
-    redis_cost = redis_bytes_per_key(args.entities)
+    redis_cost, spark = wide_view_costs(args.entities)
     log(f"  {redis_cost}")
-    spark, serving = spark_rates(), serving_rates()
+    narrow, serving = narrow_spark_rates(), serving_rates()
     result = {
         "date": date,
         "redis": redis_cost,
         "spark": spark,
+        "narrow_spark": narrow,
         "serving": serving,
         "model": model(redis_cost, spark, serving),
-        "check_20m": check_20m(spark),
+        "check_20m": check_20m(narrow),
     }
     name = args.name or f"{date}-capacity"
     report.save(RESULTS, name, result, render(result, date))
