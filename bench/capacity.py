@@ -146,15 +146,14 @@ def wide_view_costs(entities: int, seed: int = 5) -> tuple[dict[str, Any], dict[
 
 
 def wide_spark_rates(store: Any, rows: int, work: Path) -> dict[str, Any]:
-    """Rows per second per core of each Spark step over the wide view's rows, in a local session (a warm-up pass
-    first, so the rates are a warm JVM's, as on a cluster's long-lived executors)."""
+    """Rows per second per core of each Spark step over the wide view's rows, in a new local session (a cold JVM,
+    as a scheduled run in a new process: the rates err low)."""
     from bench.spark_steps import profile_view
     from offline.spark.session import get_spark, stop_spark
 
     spark = get_spark(store.config)
     cores = spark.sparkContext.defaultParallelism
     view = store.plan_version().plan.view("wide")
-    profile_view(spark, store, view, work / "warm-up")
     steps = profile_view(spark, store, view, work / "tables")
     stop_spark()
     rates = {step: rows / max(seconds, 1e-3) / cores for step, seconds in steps.items()}
