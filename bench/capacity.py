@@ -17,8 +17,9 @@ and takes from the newest results of the other benchmarks in ``bench/results``:
 
 - the same rates for the benchmark's 5-feature rows at 2M rows (``*-spark-steps.json``, bench/spark_steps.py),
   to compare, and to check the model against the 20M-row run of ``bench/driver_memory.py --cluster standalone``;
-- **lookups per second per serving worker** (the newest ``bench/run.py`` results with HTTP cases: requests/s
-  under 16 connections, divided by the server's 2 workers, at a p99 that result gives too).
+- **lookups per second per serving worker** (``bench/run.py`` results, :data:`SERVING_RESULTS` or
+  ``--serving``: requests/s under 16 connections, divided by the server's 2 workers, at the p99 measured with
+  them).
 
 Then computes, for :data:`TARGET`, what each component needs (see :func:`model`), and writes
 ``bench/results/<name>.md`` and ``.json`` (name: ``<date>-capacity``). docs/SCALING.md explains the model and
@@ -67,8 +68,10 @@ EXECUTOR_CORES = 4  # a common executor shape: 4 cores, ~4 GiB per core
 
 
 def newest(pattern: str, has: str | None = None) -> Path | None:
-    """The newest results file in bench/results matching ``pattern`` (containing ``has``)."""
-    found = sorted(p for p in RESULTS.glob(pattern) if has is None or has in p.read_text())
+    """The newest dated results file (``<yyyy-mm-dd>-...``) in bench/results matching ``pattern`` (and containing
+    ``has``); undated files (quick looks such as ``example-small``) are left out."""
+    dated = (p for p in RESULTS.glob(pattern) if p.name[:4].isdigit())
+    found = sorted(p for p in dated if has is None or has in p.read_text())
     return found[-1] if found else None
 
 
@@ -171,11 +174,14 @@ def narrow_spark_rates() -> dict[str, Any] | None:
     return {"file": path.name, "rows": last["rows"], "cores": data["cores"], "rates": last["rows_per_second_per_core"]}
 
 
-def serving_rates() -> dict[str, Any]:
-    """Lookups per second per worker (1 entity and 100 entities a request), from the newest bench/run.py results."""
-    path = newest("*.json", has='"4. HTTP, 1 entity"')
-    if path is None:
-        raise SystemExit("no bench/run.py results with HTTP cases in bench/results")
+# The bench/run.py results the serving rates come from: the full-scale run of issue 4's last comparison with Feast,
+# on a quiet machine (load average 2.5). Runs measured while the machine was busy give a fraction of it.
+SERVING_RESULTS = "2026-12-06-ab-after.json"
+
+
+def serving_rates(name: str = SERVING_RESULTS) -> dict[str, Any]:
+    """Lookups per second per worker (1 entity and 100 entities a request), from bench/run.py results ``name``."""
+    path = RESULTS / name
     data = json.loads(path.read_text())
 
     def median(case: str, metric: str) -> float:
@@ -326,13 +332,19 @@ def render(result: dict[str, Any], date: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--entities", type=int, default=20_000)
+    parser.add_argument("--measured", default=None, help="a capacity .json whose Redis and Spark costs to reuse")
+    parser.add_argument("--serving", default=SERVING_RESULTS, help="bench/run.py results with the HTTP cases")
     parser.add_argument("--name", default=None, help="results file name (default: <date>-capacity)")
     args = parser.parse_args(argv)
     date = datetime.now(UTC).strftime("%Y-%m-%d")
-    log(f"materializing a 200-feature view of {args.entities:,} entities into an empty Redis")
-    redis_cost, spark = wide_view_costs(args.entities)
-    log(f"  {redis_cost}")
-    narrow, serving = narrow_spark_rates(), serving_rates()
+    if args.measured:  # the measured costs of an earlier run; the rest collected and computed again
+        earlier = json.loads(Path(args.measured).read_text())
+        redis_cost, spark = earlier["redis"], earlier["spark"]
+    else:
+        log(f"materializing a 200-feature view of {args.entities:,} entities into an empty Redis")
+        redis_cost, spark = wide_view_costs(args.entities)
+        log(f"  {redis_cost}")
+    narrow, serving = narrow_spark_rates(), serving_rates(args.serving)
     result = {
         "date": date,
         "redis": redis_cost,
