@@ -201,10 +201,19 @@ def serving_rates(name: str = SERVING_RESULTS) -> dict[str, Any]:
     }
 
 
-def model(redis_cost: dict[str, Any], spark: dict[str, Any], serving: dict[str, Any]) -> dict[str, Any]:
-    """What :data:`TARGET` needs, from the per-unit costs of 200-feature rows (``spark``: :func:`wide_spark_rates`).
-    Core-hours = rows / (rows/s per core) / 3600 per step."""
-    rates = spark["rates"]
+def width_factor(features: int) -> float:
+    """How many times the cost of a benchmark row (5 features) a row of ``features`` costs in Spark, taken as the
+    ratio of their column counts (keys, event and created time, features): every step reads, sorts, encodes or
+    writes each column of a row, so a row's cost follows its columns. An assumption, see docs/SCALING.md."""
+    return (features + 3) / (5 + 3)
+
+
+def model(redis_cost: dict[str, Any], narrow: dict[str, Any], serving: dict[str, Any]) -> dict[str, Any]:
+    """What :data:`TARGET` needs, from the per-unit costs: the Spark rates of the benchmark's 5-feature rows
+    (``narrow``: :func:`narrow_spark_rates`) divided by :func:`width_factor`, Redis's bytes per 200-feature key,
+    the serving rates. Core-hours = rows / (rows/s per core) / 3600 per step."""
+    factor = width_factor(TARGET["features"])
+    rates = {step: rate / factor for step, rate in narrow["rates"].items()}
     full_steps = ["jdbc read", "features + dedup", "delta write", "statistics", "latest rows", "publication"]
     rows = TARGET["source_rows"]
     entities = TARGET["entities"]
@@ -251,6 +260,7 @@ def model(redis_cost: dict[str, Any], spark: dict[str, Any], serving: dict[str, 
             "redis_ops_per_primary": REDIS_OPS_PER_PRIMARY,
             "serving_headroom": SERVING_HEADROOM,
             "executor_cores": EXECUTOR_CORES,
+            "width_factor": round(factor, 1),
         },
         "spark_core_hours": {
             "full": {k: round(v, 2) for k, v in full.items()},
@@ -302,8 +312,10 @@ def render(result: dict[str, Any], date: str) -> str:
         f"| encoded row (value bytes) | {r['encoded_row_bytes']:,.0f} B | the same keys |",
         f"| Redis `used_memory` growth per entity | {r['used_memory_per_entity']:,.0f} B | the same run |",
     ]
-    for step, rate in spark["rates"].items():
-        lines.append(f"| Spark {step}, 200 features | {rate:,.0f} rows/s per core | {spark['rows']:,} rows here |")
+    for step, seconds in spark["steps"].items():
+        lines.append(
+            f"| Spark {step}, 200 features, {spark['rows']:,} rows (fixed costs dominate) | {seconds:,.1f} s | here |"
+        )
     narrow = result.get("narrow_spark")
     for step, rate in (narrow["rates"] if narrow else {}).items():
         lines.append(f"| Spark {step}, 5 features | {rate:,.0f} rows/s per core | {narrow['file']} |")
@@ -345,13 +357,15 @@ def main(argv: list[str] | None = None) -> int:
         redis_cost, spark = wide_view_costs(args.entities)
         log(f"  {redis_cost}")
     narrow, serving = narrow_spark_rates(), serving_rates(args.serving)
+    if narrow is None:
+        raise SystemExit("no bench/results/*-spark-steps.json: run 'python -m bench.spark_steps' first")
     result = {
         "date": date,
         "redis": redis_cost,
         "spark": spark,
         "narrow_spark": narrow,
         "serving": serving,
-        "model": model(redis_cost, spark, serving),
+        "model": model(redis_cost, narrow, serving),
         "check_largest": check_largest(narrow),
     }
     name = args.name or f"{date}-capacity"
