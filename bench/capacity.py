@@ -2,21 +2,24 @@
 
     python -m bench.capacity                        # 20,000 entities of a 200-feature view
     python -m bench.capacity --entities 2000        # a quick look
+    python -m bench.capacity --measured bench/results/2026-12-06-capacity.json   # the model again, no measuring
 
 Measures here:
 
-- **bytes per key in Redis**: a view with 200 features (150 float64, 30 int64, 20 short strings, the mix of a
-  wide production view) over ``--entities`` entities, materialized into an empty redis-server started here;
-  ``MEMORY USAGE`` of every row key (the key name, the encoded row and Redis's own overhead), and the growth of
-  ``used_memory`` per entity (everything the view costs, its pointer keys included);
+- **bytes per key in Redis**: a view with 200 features (150 float64 with full precision, 30 int64, 20 short
+  strings, the mix of a wide production view) over ``--entities`` entities, materialized into an empty
+  redis-server started here; ``MEMORY USAGE`` of every row key (the key name, the encoded row and Redis's own
+  overhead), and the growth of ``used_memory`` per entity (everything the view costs, its pointer keys included);
+- **seconds of each Spark step** over those 200-feature rows (:func:`bench.spark_steps.profile_view` in a new
+  ``local[2]`` session): at the row counts this machine affords, the fixed costs of 200-column jobs dominate, so
+  they are reported, not used as per-row rates;
 
-- **rows per second per core** of each Spark materialization step, for rows of those 200 features: the same
-  table through each step of :func:`bench.spark_steps.profile_view` in a local Spark session (``local[2]``);
+and takes from the results of the other benchmarks in ``bench/results``:
 
-and takes from the newest results of the other benchmarks in ``bench/results``:
-
-- the same rates for the benchmark's 5-feature rows at 2M rows (``*-spark-steps.json``, bench/spark_steps.py),
-  to compare, and to check the model against the 20M-row run of ``bench/driver_memory.py --cluster standalone``;
+- **rows per second per core** of each Spark step for the benchmark's 5-feature rows at 2M rows (the newest
+  ``*-spark-steps.json``, bench/spark_steps.py), which :func:`model` scales to 200 features by
+  :func:`width_factor`; and the largest run of ``bench/driver_memory.py --cluster standalone``, to check the
+  model's time against it when there is one;
 - **lookups per second per serving worker** (``bench/run.py`` results, :data:`SERVING_RESULTS` or
   ``--serving``: requests/s under 16 connections, divided by the server's 2 workers, at the p99 measured with
   them).
@@ -149,8 +152,8 @@ def wide_view_costs(entities: int, seed: int = 5) -> tuple[dict[str, Any], dict[
 
 
 def wide_spark_rates(store: Any, rows: int, work: Path) -> dict[str, Any]:
-    """Rows per second per core of each Spark step over the wide view's rows, in a new local session (a cold JVM,
-    as a scheduled run in a new process: the rates err low)."""
+    """Seconds (and rows per second per core) of each Spark step over the wide view's rows, in a new local session
+    (a cold JVM, as a scheduled run in a new process)."""
     from bench.spark_steps import profile_view
     from offline.spark.session import get_spark, stop_spark
 
