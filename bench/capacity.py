@@ -36,6 +36,7 @@ import io
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from datetime import UTC, datetime
@@ -148,6 +149,7 @@ def wide_view_costs(entities: int, seed: int = 5) -> tuple[dict[str, Any], dict[
         "encoded_row_bytes": round(sum(value_bytes) / max(len(value_bytes), 1), 1),
         "used_memory_per_entity": round((after - before) / entities, 1),
     }
+    shutil.rmtree(work, ignore_errors=True)
     return redis_cost, spark
 
 
