@@ -8,6 +8,7 @@ plain data, so the tests can check them without running anything.
 
 from __future__ import annotations
 
+import json
 import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -92,6 +93,17 @@ class Target:
     target: str
     measured: str
     met: bool | None  # None: not measured in this run
+
+
+def save(out: Path, name: str, data: dict[str, Any], markdown: str) -> None:
+    """Write a benchmark's ``<out>/<name>.json`` and ``.md``, print the markdown and say where it went."""
+    from bench.run import log
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
+    (out / f"{name}.md").write_text(markdown)
+    print(markdown)
+    log(f"wrote {out / name}.md and .json")
 
 
 def find(measurements: Sequence[Measurement], case: str, metric: str, system: str) -> Measurement | None:
@@ -390,7 +402,6 @@ def to_jsonable(measurements: Sequence[Measurement], targets: Sequence[Target]) 
 
 def main(argv: list[str] | None = None) -> int:
     """Re-render ``<results>.md`` from ``<results>.json`` (targets recomputed): ``python -m bench.report F.json``."""
-    import json
     import sys
 
     for name in argv if argv is not None else sys.argv[1:]:

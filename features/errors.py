@@ -179,6 +179,10 @@ class JavaNotFoundError(SkewlessError, RuntimeError):
     """No Java 17+ runtime is available to start Spark."""
 
 
+class SparkClusterError(SkewlessError, ConnectionError):
+    """The Spark master of ``spark.master`` did not answer, or the session could not register with it."""
+
+
 class UnsupportedTableError(SkewlessError, NotImplementedError):
     """A Delta table (or the asked version) needs a reader feature the Python log reader does not implement.
 

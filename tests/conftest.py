@@ -33,6 +33,15 @@ def postgres_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def spark_cluster() -> Iterator[servers.SparkCluster]:
+    """A Spark standalone cluster (a master and a 2-core worker) on loopback for this test run. The test process
+    keeps its local session (``spark``): jobs reach the cluster from another process whose ``skewless.yaml``
+    names its master (the warm engine, a CLI command)."""
+    with servers.spark_standalone() as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
 def spark() -> Iterator[Any]:
     """The one local Spark session (with Delta Lake and the JDBC drivers) of this test run."""
     from offline.spark.session import get_spark, stop_spark

@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -24,7 +25,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from features.errors import JavaNotFoundError, SkewlessError
+from features.errors import JavaNotFoundError, SkewlessError, SparkClusterError
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -113,14 +114,20 @@ ONE_SHOT_JIT = "-XX:TieredStopAtLevel=1"
 
 def session_conf(overrides: Mapping[str, str], *, long_lived: bool = False) -> dict[str, str]:
     """The settings a session starts with: the defaults, the local ones when the master is local, then
-    ``overrides`` (``offline.spark`` of ``skewless.yaml``). A local session not ``long_lived`` (anything but
-    the warm engine) also gets :data:`ONE_SHOT_JIT`, unless ``overrides`` sets the driver's Java options."""
+    ``overrides`` (``offline.spark`` of ``skewless.yaml``), except that packages in ``spark.jars.packages`` are
+    added to skewless's own. A local session not ``long_lived`` (anything but the warm engine) also gets
+    :data:`ONE_SHOT_JIT`, unless ``overrides`` sets the driver's Java options."""
     conf = default_conf()
     if overrides.get("spark.master", conf["spark.master"]).startswith("local"):
         conf.update(local_conf())
         if not long_lived:
             conf["spark.driver.extraJavaOptions"] += f" {ONE_SHOT_JIT}"  # local mode: the executors' JVM too
     conf.update(overrides)
+    if "spark.jars.packages" in overrides:
+        # Packages a user adds (hadoop-aws for s3a://, a DynamoDB log store) come on top of Delta and the JDBC
+        # drivers: replacing them would start a session that cannot read a feature table.
+        added = [p.strip() for p in overrides["spark.jars.packages"].split(",") if p.strip()]
+        conf["spark.jars.packages"] = ",".join(dict.fromkeys([*jvm_packages(), *added]))
     return conf
 
 
@@ -138,7 +145,13 @@ def get_spark(config: RepoConfig | None = None, *, long_lived: bool = False) -> 
             return _session
         conf = session_conf(config.resolved_spark_conf() if config is not None else {}, long_lived=long_lived)
         ensure_java()
-        if conf["spark.master"].startswith("local"):
+        master = conf["spark.master"]
+        check_master(master)
+        if "spark.pyspark.python" in conf:
+            # Spark reads this setting only in spark-submit; a session started from Python takes the executors'
+            # interpreter from PYSPARK_PYTHON (default: python3 on the workers' PATH).
+            os.environ["PYSPARK_PYTHON"] = conf["spark.pyspark.python"]
+        elif master.startswith("local"):
             # Python workers must be this interpreter (with pyarrow and skewless), not whatever python3 is first
             # on PATH. On a cluster the executors' Python is the cluster's business (spark.pyspark.python).
             os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -146,6 +159,11 @@ def get_spark(config: RepoConfig | None = None, *, long_lived: bool = False) -> 
         try:
             _session = _build(conf, log_file)
         except Exception as exc:
+            if master.startswith("spark://") and _unregistered(exc):
+                raise SparkClusterError(
+                    f"the Spark master at {master} answered but the session could not register with it (is it a "
+                    f"Spark master of version {_spark_version()}?); see {log_file or 'the output above'}"
+                ) from exc
             if "spark.jars" in (config.resolved_spark_conf() if config else {}):
                 raise
             log.warning("Spark could not start with spark.jars.packages (%s); copying the jars with Maven", exc)
@@ -154,6 +172,57 @@ def get_spark(config: RepoConfig | None = None, *, long_lived: bool = False) -> 
             _session = _build(conf, log_file)
         _session.sparkContext.setLogLevel("WARN")
         return _session
+
+
+# How long a standalone master gets to accept a connection before the session is not even tried: Spark itself
+# retries its registration for ~60 s and then fails with "Cannot call methods on a stopped SparkContext".
+MASTER_CONNECT_SECONDS = 5.0
+
+
+def master_addresses(master: str) -> list[tuple[str, int]]:
+    """The (host, port) of each master of a standalone URL (``spark://h1:7077,h2:7077`` lists standby masters).
+
+    >>> master_addresses("spark://a:7077,b")
+    [('a', 7077), ('b', 7077)]
+    """
+    addresses = []
+    for part in master.removeprefix("spark://").split(","):
+        host, _, port = part.strip().rpartition(":") if ":" in part else (part.strip(), "", "7077")
+        if not host or not port.isdigit():
+            raise SparkClusterError(f"spark.master {master!r}: expected spark://host:port[,host:port...]")
+        addresses.append((host, int(port)))
+    return addresses
+
+
+def check_master(master: str, timeout: float = MASTER_CONNECT_SECONDS) -> None:
+    """Raise :class:`SparkClusterError` naming the address when no master of a standalone ``spark://`` URL accepts
+    a connection within ``timeout`` seconds. Other masters (local, yarn, k8s://) are left to Spark."""
+    if not master.startswith("spark://"):
+        return
+    tried = []
+    for host, port in master_addresses(master):
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                return
+        except OSError as exc:
+            tried.append(f"{host}:{port} ({exc.strerror or exc})")
+    raise SparkClusterError(
+        f"the Spark master at {master} does not answer (tried {', '.join(tried)} for {timeout:.0f} s); start it, or "
+        f"set offline.spark.spark.master in skewless.yaml to a running master (or local[2])"
+    )
+
+
+def _unregistered(exc: Exception) -> bool:
+    """Whether a failed session start is Spark giving up on registering with its master."""
+    text = str(exc)
+    return "All masters are unresponsive" in text or "stopped SparkContext" in text
+
+
+def _spark_version() -> str:
+    try:
+        return version("pyspark")
+    except PackageNotFoundError:  # pragma: no cover - a dependency of skewless
+        return "unknown"
 
 
 def stop_spark() -> None:

@@ -11,7 +11,9 @@ added to the README without a test cannot land:
 - the two commands are the scripts CI runs, and the benchmark commands (``bench/run.sh``, ``bench.soak``) parse
   with their own parsers;
 - the blocks of ``### Exposing the service``: ``skewless token create`` runs and its entry lets its token in,
-  the ``serving:`` YAML loads and scopes its tokens as the prose says (:func:`test_the_exposing_blocks_run`).
+  the ``serving:`` YAML loads and scopes its tokens as the prose says (:func:`test_the_exposing_blocks_run`);
+- the ``offline:`` YAML of ``### Running on a Spark cluster`` loads and gives the session the settings the prose
+  says (:func:`test_the_spark_cluster_block_configures_the_session`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ README_PORT = "localhost:6566"
 PYTHON_SECTIONS = ("Python", "Pushing fresh values")  # Python blocks run on the demo's repository
 BENCHMARK_COMMANDS = ("bash bench/run.sh", ".venv/bin/python -m bench.soak")  # each parsed by its own parser
 EXPOSING = "Exposing the service"
+SPARK_CLUSTER = "Running on a Spark cluster"
 PRINTED = re.compile(r"^print\(.*\)  # (.+)$", re.MULTILINE)  # a print and, in its comment, what it prints
 
 
@@ -84,6 +87,8 @@ def check_of(block: Block) -> str | None:
         return "benchmark"
     if block.heading == EXPOSING and block.lang in ("bash", "yaml"):
         return "exposing"
+    if block.heading == SPARK_CLUSTER and block.lang == "yaml":
+        return "spark cluster"
     return None
 
 
@@ -106,7 +111,9 @@ def test_every_block_is_run_by_a_check() -> None:
     unclaimed = [f"line {b.line} ({b.lang}, under '{b.heading}')" for b in blocks if check_of(b) is None]
     assert not unclaimed, "README blocks no test runs (add them to a check in this file): " + "; ".join(unclaimed)
     kinds = {check_of(b) for b in blocks}
-    assert kinds == {"definition file", "python", "http", "two commands", "benchmark", "exposing"}, kinds
+    assert kinds == {"definition file", "python", "http", "two commands", "benchmark", "exposing", "spark cluster"}, (
+        kinds
+    )
 
 
 def test_the_two_commands_are_what_ci_runs() -> None:
@@ -128,6 +135,27 @@ def test_the_benchmark_commands_parse() -> None:
             run.servers_of(run.parse_args(command.split()[2:]))
         else:
             soak.parse_args(command.split()[3:])
+
+
+def test_the_spark_cluster_block_configures_the_session(tmp_path: Path) -> None:
+    """The block loads as a ``skewless.yaml``; the session gets its master and settings, Delta and the JDBC drivers
+    as packages, and none of the local-mode tuning (no Spark starts: :func:`session_conf` is what it would get)."""
+    import yaml
+
+    from features.config import RepoConfig
+    from offline.spark.session import ONE_SHOT_JIT, jvm_packages, local_conf, session_conf
+
+    [block] = [b for b in readme_blocks() if check_of(b) == "spark cluster"]
+    config = RepoConfig.from_dict(tmp_path, yaml.safe_load(block.text))
+    assert config.arrow_materialize_max_rows == 0
+    assert config.resolved_offline_path() == Path("/shared/skewless/offline")
+    conf = session_conf(config.resolved_spark_conf())
+    assert conf["spark.master"] == "spark://spark-master:7077"
+    assert conf["spark.sql.shuffle.partitions"] == "64" and conf["spark.driver.memory"] == "1g"
+    assert conf["spark.pyspark.python"] == "/opt/skewless/bin/python"
+    assert conf["spark.jars.packages"].split(",") == jvm_packages()
+    assert "spark.python.daemon.module" not in conf and ONE_SHOT_JIT not in conf["spark.driver.extraJavaOptions"]
+    assert not set(local_conf()) - {"spark.sql.shuffle.partitions"} & set(conf)
 
 
 def test_the_command_table_lists_every_command() -> None:

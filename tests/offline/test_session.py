@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,31 @@ def test_local_mode_gets_partition_counts_for_few_cores_and_overrides_win() -> N
     tuned = session.session_conf({"spark.sql.shuffle.partitions": "16"})
     assert tuned["spark.sql.shuffle.partitions"] == "16"
     assert tuned["spark.databricks.delta.snapshotPartitions"] == "2"
+
+
+def test_packages_a_user_adds_come_on_top_of_delta_and_the_drivers() -> None:
+    aws = "org.apache.hadoop:hadoop-aws:3.4.1"
+    conf = session.session_conf({"spark.jars.packages": f"{aws}, {session.SQLITE_JDBC}"})
+    assert conf["spark.jars.packages"].split(",") == [*session.jvm_packages(), aws]
+
+
+def test_standalone_master_addresses() -> None:
+    assert session.master_addresses("spark://a:7077") == [("a", 7077)]
+    assert session.master_addresses("spark://a:7078,b") == [("a", 7078), ("b", 7077)]
+    with pytest.raises(session.SparkClusterError, match=r"spark://host:port"):
+        session.master_addresses("spark://a:http")
+
+
+def test_a_master_that_does_not_answer_is_named_within_the_timeout() -> None:
+    from tests.servers import free_port
+
+    dead = f"spark://127.0.0.1:{free_port()},127.0.0.1:{free_port()}"
+    began = time.monotonic()
+    with pytest.raises(session.SparkClusterError, match=r"the Spark master at spark://127\.0\.0\.1:\d+,127.*does not"):
+        session.check_master(dead, timeout=2)
+    assert time.monotonic() - began < 5
+    session.check_master("local[2]")  # other masters are Spark's to reach: nothing is probed
+    session.check_master("yarn")
 
 
 def test_only_a_local_one_shot_session_stops_the_jit_at_c1() -> None:
