@@ -1,16 +1,16 @@
 """Pushed rows on the offline side: kept in a landing folder, landed in the view's Delta table before its next
 materialization, so training sets see every pushed value (contract: no skew between pushed and batch values).
 
-A push (:meth:`features.store.FeatureStore.push`) hands this module the view's computed rows, which it writes
-as one Parquet file in ``<table>/_pushed/`` (Delta ignores folders starting with ``_``): first under a hidden
-temporary name, then renamed, so a reader never sees half a file and any number of serving workers may push at
-once without a JVM or a lock. Before a view's materialization runs, in whichever engine, the router calls
-:func:`land`: the pending files go into the table in one delta-rs commit (a MERGE by the rule every engine's
-MERGE follows: a row with the keys, event and created time of a stored row replaces it when its values differ,
-the others are inserted), whose ``userMetadata`` names the files it landed; then the files are removed. A crash
-between the commit and the removal leaves files the next landing finds named in the log: it removes them
-without landing them again (the shape shared with the served-feature log: :mod:`offline.landing`). Among pending rows with the same keys, event and created time, the last pushed wins
-(files sort by the time they were written), as it did online.
+A push (:meth:`features.store.FeatureStore.push`) hands this module the view's computed rows, which it writes as one
+Parquet file in ``<table>/_pushed/`` (Delta ignores folders starting with ``_``): first under a hidden temporary
+name, then renamed, so a reader never sees half a file and any number of serving workers may push at once without a
+JVM or a lock. Before a view's materialization runs, in whichever engine, the router calls :func:`land`: the pending
+files go into the table in one delta-rs commit (a MERGE by the rule every engine's MERGE follows: a row with the
+keys, event and created time of a stored row replaces it when its values differ, the others are inserted), whose
+``userMetadata`` names the files it landed; then the files are removed. A crash between the commit and the removal
+leaves files the next landing finds named in the log: it removes them without landing them again (the shape shared
+with the served-feature log: :mod:`offline.landing`). Among pending rows with the same keys, event and created time,
+the last pushed wins (files sort by the time they were written), as it did online.
 
 A source row later read with the same keys, event and created time as a landed row is that row: both engines
 leave out a stored row with the same values, and replace one with other values (the source restated it), so a

@@ -1,13 +1,13 @@
 """The served-feature log's Delta table: batches landed from the serving workers' folder, and read back.
 
-Serving workers never touch Delta (no JVM, no commit race in the request path): each writes its batches as files
-of JSON lines, one per lookup with the answer as sent (:func:`features.served_log.raw_line`), into the landing
-folder (``features.served_log.landing_dir``: a hidden temporary name, then a rename, as pushes do). :func:`land`
-expands them into the log's rows (:func:`features.served_log.rows_from_lines`) and appends every pending file to
-the table (``<offline path>/_served_log``, partitioned by ``day``) in one delta-rs commit whose ``userMetadata``
-names the files, then removes them: a crash between the commit and the removal leaves files the next landing
-finds named in the log and removes without landing them twice (:mod:`offline.landing`, shared with pushes). :func:`read` returns the table's rows (Spark
-reads the same table with ``spark.read.format("delta")``).
+Serving workers never touch Delta (no JVM, no commit race in the request path): each writes its batches as files of
+JSON lines, one per lookup with the answer as sent (:func:`features.served_log.raw_line`), into the landing folder
+(``features.served_log.landing_dir``: a hidden temporary name, then a rename, as pushes do). :func:`land` expands
+them into the log's rows (:func:`features.served_log.rows_from_lines`) and appends every pending file to the table
+(``<offline path>/_served_log``, partitioned by ``day``) in one delta-rs commit whose ``userMetadata`` names the
+files, then removes them: a crash between the commit and the removal leaves files the next landing finds named in
+the log and removes without landing them twice (:mod:`offline.landing`, shared with pushes). :func:`read` returns
+the table's rows (Spark reads the same table with ``spark.read.format("delta")``).
 
 Retention (``serving.log.retention_days``): :func:`land` then deletes the days older than that (one delta-rs
 delete of those partitions) and vacuums files removed more than :data:`VACUUM_HOURS` ago, so a reader of an

@@ -1,5 +1,5 @@
-"""Real servers for tests: redis-server, PostgreSQL and a Spark standalone cluster, started on free loopback
-ports and torn down after.
+"""Real servers for tests: redis-server (alone, or as a Redis Cluster), PostgreSQL and a Spark standalone cluster,
+started on free loopback ports and torn down after.
 
 The Debian packages are installed by ``scripts/test.sh`` when missing; a test that finds no binary fails
 loudly rather than skipping, because a test that cannot run here is a failure to fix.
