@@ -159,6 +159,44 @@ return {1, applied}
 """
 )
 
+# KEYS[1]: pointer. ARGV: the live version the run updates, the features it was computed with, the rows' prefix
+# ("P:V:v"), then (entity key, row) pairs. An incremental publication (online.redis_publication.RedisUpdate):
+# each row replaces the live snapshot's row of its entity unless that one is newer (a push since), like a push
+# but kept nowhere else: the table already holds it. Returns {1, rows applied}, or {-1, reason} when the live
+# snapshot is no longer that version of that definition, or a rollback holds it (nothing written).
+UPDATE_LUA = (
+    ROW_ORDER_LUA
+    + """
+local ptr = redis.call('HMGET', KEYS[1], 'version', 'features', 'held')
+if ptr[3] then return {-1, 'held'} end
+if ptr[1] ~= ARGV[1] or ptr[2] ~= ARGV[2] then return {-1, 'moved'} end
+local prefix = ARGV[3] .. ARGV[1] .. ':'
+local applied = 0
+for i = 4, #ARGV, 2 do
+  local current = redis.call('GET', prefix .. ARGV[i])
+  if not current or row_order(ARGV[i + 1], current) >= 0 then
+    redis.call('SET', prefix .. ARGV[i], ARGV[i + 1])
+    applied = applied + 1
+  end
+end
+return {1, applied}
+"""
+)
+
+# KEYS[1]: pointer, KEYS[2]: history hash. ARGV: the live version updated, the new watermark, published_at.
+# Records that the live snapshot now holds the table at that watermark: {1} done, {0, reason} when another
+# publication became live meanwhile or a newer watermark is live, {-2, hold} while a rollback holds the view.
+UPDATE_COMMIT_LUA = """
+local live = redis.call('HMGET', KEYS[1], 'version', 'watermark', 'held', 'storage_fingerprint', 'features')
+if live[3] then return {-2, live[3]} end
+if live[1] ~= ARGV[1] then return {0, 'moved'} end
+if tonumber(live[2]) > tonumber(ARGV[2]) then return {0, 'newer'} end
+redis.call('HSET', KEYS[1], 'watermark', ARGV[2], 'published_at', ARGV[3])
+redis.call('HSET', KEYS[2], ARGV[1], cjson.encode({watermark = ARGV[2], storage_fingerprint = live[4],
+                                                    features = live[5], published_at = ARGV[3]}))
+return {1, false}
+"""
+
 # KEYS[1]: counter, KEYS[2]: staged hash, KEYS[3]: versions set. ARGV[1]: watermark. Returns the new version,
 # staged and listed as a candidate for deletion before any of its rows exist. A view published before the
 # versions set existed gets the 'unknown' member: its first cleanup scans for every version once.

@@ -33,7 +33,7 @@ from features.protocols import LiveSnapshot, OnlineValues, StoredView
 from online import redis_cleanup
 from online.redis_client import as_text, check_url, connect, redact, roundtrip, translate_errors
 from online.redis_layout import READ_LUA, ROLLBACK_LUA, START_LUA, ViewKeys, glob_escape
-from online.redis_publication import RedisPublication
+from online.redis_publication import RedisPublication, RedisUpdate
 from online.redis_read import SeenLive, SnapshotDecoders, SnapshotRead
 
 if TYPE_CHECKING:
@@ -234,6 +234,24 @@ class RedisOnlineStore:
             storage_fingerprint=view.storage_fingerprint,
             watermark=int(watermark),
             version=version,
+            keep_snapshots=self.keep_snapshots,
+            connect_timeout=self.connect_timeout,
+            timeout=self.timeout,
+        )
+
+    def start_update(self, view: ViewPlan, *, watermark: int, live_version: str) -> RedisUpdate:
+        """An incremental publication of ``view`` into its live snapshot ``live_version`` (see
+        :class:`~online.redis_publication.RedisUpdate`)."""
+        return RedisUpdate(
+            url=self.resolved_url,
+            project=self.project,
+            view=view.online_name,
+            key_names=view.key_names,
+            key_dtypes=tuple(k.dtype for k in view.join_keys),
+            features=tuple((f.name, f.dtype, f.fingerprint) for f in view.features),
+            storage_fingerprint=view.storage_fingerprint,
+            watermark=int(watermark),
+            version=int(live_version),
             keep_snapshots=self.keep_snapshots,
             connect_timeout=self.connect_timeout,
             timeout=self.timeout,

@@ -134,9 +134,11 @@ def read_source(
     start: datetime | None = None,
     end: datetime | None = None,
     *,
+    since: datetime | None = None,
     num_partitions: int = DEFAULT_PARTITIONS,
 ) -> DataFrame:
-    """Read a source's rows with ``start <= timestamp < end``, partitioned on the timestamp column.
+    """Read a source's rows with ``start <= timestamp < end`` (and a change column at or after ``since``, when
+    given), partitioned on the timestamp column.
 
     The schema is checked first (only metadata is read). The result has exactly the plan's source columns,
     cast to their plan types.
@@ -157,7 +159,7 @@ def read_source(
         undeclared=_SQLITE_UNDECLARED if sqlite else (),
     )
 
-    query = window_query(source, start, end)
+    query = window_query(source, start, end, since)
     fetch_as = _SQLITE_FETCH_AS if sqlite else _FETCH_AS
     fetch = ", ".join(f"{quote_spark(c.name)} {fetch_as[c.dtype]}" for c in source.columns if c.dtype in fetch_as)
     reader = (
@@ -211,3 +213,32 @@ def _bounds(spark: SparkSession, target: JdbcTarget, source: SourcePlan, query: 
     if row is None:
         return None, None
     return row["lo"], row["hi"]
+
+
+def latest_value(
+    spark: SparkSession,
+    source: SourcePlan,
+    url: str,
+    column: str,
+    start: datetime | None,
+    end: datetime | None,
+    since: datetime | None,
+) -> datetime | None:
+    """The latest value of the timestamp ``column`` among the source's rows in the window (None when it holds
+    none), computed by the database: one small row. Asked before the rows are read, so it is never later than
+    what the read sees (:mod:`offline.incremental` records it as the run's cursor)."""
+    target = jdbc_target(url)
+    query = window_query(source, start, end, since)
+    pattern = "yyyy-MM-dd HH:mm:ss.SSSSSS"
+    row = (
+        spark.read.format("jdbc")
+        .options(**target.options())
+        .option("dbtable", f"(SELECT MAX({quote(column)}) AS hi FROM ({query}) AS w) skewless_latest")
+        .option("customSchema", "hi TIMESTAMP")
+        .load()
+        .select(F.date_format("hi", pattern).alias("hi"))
+        .first()
+    )
+    if row is None or row["hi"] is None:
+        return None
+    return datetime.strptime(row["hi"], "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=UTC)

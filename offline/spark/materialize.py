@@ -23,10 +23,11 @@ from features.errors import MaterializationError, SkewlessError
 from features.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP, Plan, ViewPlan
 from features.protocols import MaterializationResult, OnlineStore, Progress, Publication, iter_batches
 from features.run_stats import FeatureStats
+from offline import incremental
 from offline.errors import conflict_message, error_summary, is_commit_conflict
 from offline.publication import Published, RunProgress, phase, publish_unless_live, published
 from offline.spark import windows
-from offline.spark.jdbc import quote_spark, read_source, spark_type
+from offline.spark.jdbc import latest_value, quote_spark, read_source, spark_type
 from offline.spark.stats import spark_run_stats, spark_stats
 from offline.spark.tables import prepare_rows, read_table, table_version, write_rows
 from offline.spark.translate import SparkTranslator
@@ -112,14 +113,20 @@ def materialize(
     run = RunProgress(progress, view)
     run.reading()
     url = config.connection_url(view.source.connection)
-    with phase(view, "checking the source schema"):
-        source = read_source(spark, view.source, url, start, end)  # the schema check happens here
-    prepared = prepare_rows(view, compute_features(view, source))
     path = table_path(config, view)
+    window = incremental.plan_read(view, path, start, end)
+    with phase(view, "checking the source schema"):
+        # the schema check happens here
+        source = read_source(spark, view.source, url, window.start, window.end, since=window.since)
+        latest = latest_value(
+            spark, view.source, url, view.source.cursor_column, window.start, window.end, window.since
+        )
+    metadata = incremental.cursor_metadata(incremental.next_cursor(window, latest))
+    prepared = prepare_rows(view, compute_features(view, source))
     try:
         # One pass over the source: read, compute, drop invalid and duplicate rows, count, write.
         with phase(view, "reading the source and writing the offline table"):
-            outcome = write_rows(spark, path, view, prepared, datetime.now(UTC))
+            outcome = write_rows(spark, path, view, prepared, datetime.now(UTC), metadata=metadata, start=window.start)
             # Known without asking Delta (a Spark job, ~0.25 s) when this run created the table.
             version = outcome.created_version if outcome.created_version is not None else table_version(spark, path)
     except SkewlessError:
@@ -132,7 +139,7 @@ def materialize(
             f"unless its commit completed): {error_summary(exc)}"
         ) from exc
     rows_read, written = outcome.counts.read, outcome.rows_written
-    log.info("view '%s': read %d source row(s) from '%s'", view.name, rows_read, view.source.name)
+    log.info("view '%s': read %d source row(s) from '%s' (%s)", view.name, rows_read, view.source.name, window.reason)
     run.read(rows_read)
     log.info("view '%s': %d row(s) inserted or updated in %s (version %s)", view.name, written, path, version)
 
@@ -147,6 +154,9 @@ def materialize(
             run.counted(_write_from_executors(spark, view, path, version, latest_stats)),
             created=outcome.created_version is not None,
             republish=republish,
+            write_changed=lambda publication, files: run.counted(
+                _write_from_executors(spark, view, path, version, latest_stats, files=files)
+            )(publication),
         )
     run.finish()
     return MaterializationResult(
@@ -159,6 +169,8 @@ def materialize(
         seconds=time.monotonic() - began,
         online_current=publication.current,
         stats=spark_run_stats(outcome.stats, latest_stats or None),
+        read_reason=window.reason,
+        published_changed_only=publication.changed_only,
     )
 
 
@@ -241,13 +253,20 @@ def _write_from_executors(
     version: int,
     stats: dict[str, FeatureStats],
     as_of: datetime | None = None,
+    files: list[str] | None = None,
 ) -> Callable[[Publication], int]:
     """A ``write`` for :func:`offline.publication.published` that stages the latest row per entity at ``version``
     from Spark's executors, and puts the statistics of those rows in ``stats``; ``as_of`` (windowed views) is the
-    tick the values hold at, sent as their event time so that TTLs count from the last tick computed."""
+    tick the values hold at, sent as their event time so that TTLs count from the last tick computed. With
+    ``files`` (data files of the table), only the entities that have a row in them."""
 
     def write(publication: Publication) -> int:
-        latest = latest_rows(view, read_table(spark, str(path), version))
+        table = read_table(spark, str(path), version)
+        if files is not None:
+            if not files:
+                return 0
+            table = _rows_of_entities_in(spark, view, path, table, files)
+        latest = latest_rows(view, table)
         if as_of is not None:
             latest = latest.withColumn(EVENT_TIMESTAMP, F.lit(as_of).cast("timestamp"))
         latest = latest.persist()  # published, then described, from one computation of the latest rows
@@ -259,6 +278,25 @@ def _write_from_executors(
         return written
 
     return write
+
+
+def _rows_of_entities_in(
+    spark: SparkSession, view: ViewPlan, path: Path, table: DataFrame, files: list[str]
+) -> DataFrame:
+    """The rows of ``table`` of the entities that have a row in ``files`` (data files of the table). An entity's
+    latest row is at or after its earliest row in those files: older stored rows are skipped by their files'
+    statistics."""
+    keys = [quote_spark(k) for k in view.key_names]
+    added = spark.read.parquet(*(str(path / f) for f in files)).select(*keys, EVENT_TIMESTAMP).persist()
+    try:
+        row = added.agg(F.min(EVENT_TIMESTAMP).alias("earliest")).first()
+        earliest = None if row is None else row["earliest"]
+        entities = added.select(*keys).distinct()
+        if earliest is not None:
+            table = table.where(F.col(EVENT_TIMESTAMP) >= F.lit(earliest))
+        return table.join(entities, on=list(view.key_names), how="left_semi")
+    finally:
+        added.unpersist()
 
 
 def _features(view: ViewPlan) -> list[tuple[str, DType]]:
