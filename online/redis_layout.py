@@ -162,7 +162,8 @@ return {1, applied}
 # KEYS[1]: pointer. ARGV: the live version the run updates, the features it was computed with, the rows' prefix
 # ("P:V:v"), then (entity key, row) pairs. An incremental publication (online.redis_publication.RedisUpdate):
 # each row replaces the live snapshot's row of its entity unless that one is newer (a push since), like a push
-# but kept nowhere else: the table already holds it. Returns {1, rows applied}, or {-1, reason} when the live
+# but kept nowhere else: the table already holds it. A row equal to the one served is not written (an engine
+# hands over every entity of the data files a commit rewrote). Returns {1, rows written}, or {-1, reason} when the live
 # snapshot is no longer that version of that definition, or a rollback holds it (nothing written).
 UPDATE_LUA = (
     ROW_ORDER_LUA
@@ -174,7 +175,7 @@ local prefix = ARGV[3] .. ARGV[1] .. ':'
 local applied = 0
 for i = 4, #ARGV, 2 do
   local current = redis.call('GET', prefix .. ARGV[i])
-  if not current or row_order(ARGV[i + 1], current) >= 0 then
+  if current ~= ARGV[i + 1] and (not current or row_order(ARGV[i + 1], current) >= 0) then
     redis.call('SET', prefix .. ARGV[i], ARGV[i + 1])
     applied = applied + 1
   end

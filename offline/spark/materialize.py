@@ -25,7 +25,7 @@ from features.protocols import MaterializationResult, OnlineStore, Progress, Pub
 from features.run_stats import FeatureStats
 from offline import incremental
 from offline.errors import conflict_message, error_summary, is_commit_conflict
-from offline.publication import Published, RunProgress, phase, publish_unless_live, published
+from offline.publication import Published, RunProgress, phase, publish_unless_live
 from offline.spark import windows
 from offline.spark.jdbc import latest_value, quote_spark, read_source, spark_type
 from offline.spark.stats import spark_run_stats, spark_stats
@@ -108,7 +108,9 @@ def materialize(
     and the online store hold what they held before, or the complete result of this run.
     """
     if view.is_windowed:
-        return materialize_windowed(spark, config, view, start=start, end=end, online=online, progress=progress)
+        return materialize_windowed(
+            spark, config, view, start=start, end=end, online=online, progress=progress, republish=republish
+        )
     began = time.monotonic()
     run = RunProgress(progress, view)
     run.reading()
@@ -183,10 +185,13 @@ def materialize_windowed(
     end: datetime | None,
     online: OnlineStore | None,
     progress: Progress | None = None,
+    republish: bool = False,
 ) -> MaterializationResult:
     """Compute every tick of a windowed view in range (see :mod:`offline.spark.windows`) and publish the latest.
 
-    Reads the source rows of the new ticks only; the windows reach back through the stored tiles.
+    Reads the source rows of the new ticks only; the windows reach back through the stored tiles. A run without
+    a new tick publishes nothing when the online store already serves the table's version (``republish``
+    publishes it anyway); a new tick publishes every entity, whose values hold at that tick.
     """
     began = time.monotonic()
     run = RunProgress(progress, view)
@@ -229,9 +234,11 @@ def materialize_windowed(
     publication = Published()
     latest_stats: dict[str, FeatureStats] = {}
     if view.online and online is not None and version is not None and through is not None:
-        # Every run publishes a windowed view: its values move with the ticks even when no source row is new.
+        # Each new tick is a new version, published whole: every value holds at that tick (TTLs count from it).
         write = _write_from_executors(spark, view, path, version, latest_stats, as_of=through)
-        publication = Published(*published(view, version, online, run.counted(write)))
+        publication = publish_unless_live(
+            view, path, version, online, run.counted(write), created=False, republish=republish
+        )
     run.finish()
     return MaterializationResult(
         view=view.name,
@@ -242,6 +249,7 @@ def materialize_windowed(
         online_committed=publication.committed,
         seconds=time.monotonic() - began,
         ticks_through=through,
+        online_current=publication.current,
         stats=spark_run_stats(written_stats, latest_stats or None),
     )
 
@@ -287,16 +295,12 @@ def _rows_of_entities_in(
     latest row is at or after its earliest row in those files: older stored rows are skipped by their files'
     statistics."""
     keys = [quote_spark(k) for k in view.key_names]
-    added = spark.read.parquet(*(str(path / f) for f in files)).select(*keys, EVENT_TIMESTAMP).persist()
-    try:
-        row = added.agg(F.min(EVENT_TIMESTAMP).alias("earliest")).first()
-        earliest = None if row is None else row["earliest"]
-        entities = added.select(*keys).distinct()
-        if earliest is not None:
-            table = table.where(F.col(EVENT_TIMESTAMP) >= F.lit(earliest))
-        return table.join(entities, on=list(view.key_names), how="left_semi")
-    finally:
-        added.unpersist()
+    added = spark.read.parquet(*(str(path / f) for f in files)).select(*keys, EVENT_TIMESTAMP)
+    row = added.agg(F.min(EVENT_TIMESTAMP).alias("earliest")).first()
+    earliest = None if row is None else row["earliest"]
+    if earliest is not None:
+        table = table.where(F.col(EVENT_TIMESTAMP) >= F.lit(earliest))
+    return table.join(added.select(*keys).distinct(), on=list(view.key_names), how="left_semi")
 
 
 def _features(view: ViewPlan) -> list[tuple[str, DType]]:
