@@ -246,6 +246,23 @@ def user_metadata(path: Path | str, version: int) -> str | None:
     return None
 
 
+def newest_metadata_value(path: Path | str, version: int, key: str) -> Any:
+    """``key`` of the JSON ``userMetadata`` of the newest commit at or before ``version`` whose metadata has it
+    (runs record a cursor, landings of pushed rows the files they landed, each skipping the other's commits);
+    None when no commit left in the log has it."""
+    for v in range(version, -1, -1):
+        info = commit_info(path, v)
+        if info is None:
+            return None  # older commits were cleaned up
+        try:
+            metadata = json.loads(info["userMetadata"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        if isinstance(metadata, dict) and key in metadata:
+            return metadata[key]
+    return None
+
+
 # Operations whose commits change rows only by adding data files (MERGE and OPTIMIZE remove the files they
 # rewrite, and add every row those held that they keep): the rows of the files they add cover every change.
 _ADDING_OPERATIONS = ("WRITE", "MERGE", "CREATE TABLE", "CREATE OR REPLACE TABLE", "OPTIMIZE")

@@ -57,17 +57,11 @@ def read_cursor(path: Path | str) -> datetime | None:
     """The cursor recorded by the newest commit of the table at ``path`` that has one (landings of pushed rows
     record none); None before any run recorded one, or when the log no longer holds that commit."""
     version = delta_rs.latest_version(path)
-    if version is None:
+    value = None if version is None else delta_rs.newest_metadata_value(path, version, CURSOR_KEY)
+    try:
+        return None if value is None else datetime.fromisoformat(str(value))
+    except ValueError:
         return None
-    for v in range(version, -1, -1):
-        info = delta_rs.commit_info(path, v)
-        if info is None:
-            return None  # older commits were cleaned up: read everything once, which records a cursor again
-        try:
-            return datetime.fromisoformat(json.loads(info["userMetadata"])[CURSOR_KEY])
-        except (KeyError, TypeError, ValueError):
-            continue
-    return None
 
 
 def next_cursor(window: ReadWindow, latest_read: datetime | None) -> datetime | None:

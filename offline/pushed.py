@@ -143,15 +143,12 @@ def _land_once(config: RepoConfig, view: ViewPlan) -> int:
 
 def _landed(path: Path, version: int | None) -> set[str]:
     """The files the latest landing commit at or before ``version`` landed (every landing removes the files an
-    earlier one landed before it lands its own, so only the latest can name pending files)."""
+    earlier one landed before it lands its own, so only the latest can name pending files; runs' commits, which
+    record a cursor instead, are skipped)."""
     if version is None:
         return set()
-    metadata = delta_rs.user_metadata(path, version)
-    try:
-        names = json.loads(metadata)[LANDED_KEY] if metadata else []
-    except (ValueError, KeyError, TypeError):
-        return set()
-    return {str(n) for n in names}
+    names = delta_rs.newest_metadata_value(path, version, LANDED_KEY)
+    return {str(n) for n in names} if isinstance(names, list) else set()
 
 
 def _last_of_each_row(view: ViewPlan, tables: list[pa.Table]) -> pa.Table:
