@@ -224,38 +224,27 @@ class RedisOnlineStore:
         keys = ViewKeys(self.project, view.online_name)
         with self._translated(f"starting a publication of view '{view.name}'"):
             version = int(self.client().eval(START_LUA, 3, keys.counter, keys.staged, keys.versions, int(watermark)))
-        return RedisPublication(
-            url=self.resolved_url,
-            project=self.project,
-            view=view.online_name,
-            key_names=view.key_names,
-            key_dtypes=tuple(k.dtype for k in view.join_keys),
-            features=tuple((f.name, f.dtype, f.fingerprint) for f in view.features),
-            storage_fingerprint=view.storage_fingerprint,
-            watermark=int(watermark),
-            version=version,
-            keep_snapshots=self.keep_snapshots,
-            connect_timeout=self.connect_timeout,
-            timeout=self.timeout,
-        )
+        return RedisPublication(**self._publication_args(view), watermark=int(watermark), version=version)
 
     def start_update(self, view: ViewPlan, *, watermark: int, live_version: str) -> RedisUpdate:
         """An incremental publication of ``view`` into its live snapshot ``live_version`` (see
         :class:`~online.redis_publication.RedisUpdate`)."""
-        return RedisUpdate(
-            url=self.resolved_url,
-            project=self.project,
-            view=view.online_name,
-            key_names=view.key_names,
-            key_dtypes=tuple(k.dtype for k in view.join_keys),
-            features=tuple((f.name, f.dtype, f.fingerprint) for f in view.features),
-            storage_fingerprint=view.storage_fingerprint,
-            watermark=int(watermark),
-            version=int(live_version),
-            keep_snapshots=self.keep_snapshots,
-            connect_timeout=self.connect_timeout,
-            timeout=self.timeout,
-        )
+        return RedisUpdate(**self._publication_args(view), watermark=int(watermark), version=int(live_version))
+
+    def _publication_args(self, view: ViewPlan) -> dict[str, Any]:
+        """What every publication of ``view`` is built with, whatever its version and watermark."""
+        return {
+            "url": self.resolved_url,
+            "project": self.project,
+            "view": view.online_name,
+            "key_names": view.key_names,
+            "key_dtypes": tuple(k.dtype for k in view.join_keys),
+            "features": tuple((f.name, f.dtype, f.fingerprint) for f in view.features),
+            "storage_fingerprint": view.storage_fingerprint,
+            "keep_snapshots": self.keep_snapshots,
+            "connect_timeout": self.connect_timeout,
+            "timeout": self.timeout,
+        }
 
     def live_snapshot(self, view: ViewPlan) -> LiveSnapshot | None:
         """What the live snapshot of ``view`` was published from (its pointer); None before any commit."""

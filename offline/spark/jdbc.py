@@ -194,25 +194,28 @@ def _bound_text(value: datetime) -> str:
 
 
 def _bounds(spark: SparkSession, target: JdbcTarget, source: SourcePlan, query: str) -> tuple[str | None, str | None]:
-    """MIN and MAX of the timestamp column within the window, computed by the database (one small row).
-
-    They come back formatted by Spark in the session time zone (UTC), never through Python's local zone.
-    """
-
+    """MIN and MAX of the timestamp column within the window, computed by the database (one small row)."""
     ts = quote(source.timestamp_column)
+    lo, hi = _timestamps(spark, target, query, {"lo": f"MIN({ts})", "hi": f"MAX({ts})"})
+    return lo, hi
+
+
+def _timestamps(spark: SparkSession, target: JdbcTarget, query: str, aggregates: dict[str, str]) -> list[str | None]:
+    """The timestamp ``aggregates`` (name: SQL) over the rows of ``query``, computed by the database (one small
+    row), as text. They come back formatted by Spark in the session time zone (UTC), never through Python's
+    local zone."""
     pattern = "yyyy-MM-dd HH:mm:ss.SSSSSS"
+    selected = ", ".join(f"{sql} AS {name}" for name, sql in aggregates.items())
     row = (
         spark.read.format("jdbc")
         .options(**target.options())
-        .option("dbtable", f"(SELECT MIN({ts}) AS lo, MAX({ts}) AS hi FROM ({query}) AS w) skewless_bounds")
-        .option("customSchema", "lo TIMESTAMP, hi TIMESTAMP")
+        .option("dbtable", f"(SELECT {selected} FROM ({query}) AS w) skewless_bounds")
+        .option("customSchema", ", ".join(f"{name} TIMESTAMP" for name in aggregates))
         .load()
-        .select(F.date_format("lo", pattern).alias("lo"), F.date_format("hi", pattern).alias("hi"))
+        .select(*(F.date_format(name, pattern).alias(name) for name in aggregates))
         .first()
     )
-    if row is None:
-        return None, None
-    return row["lo"], row["hi"]
+    return [None if row is None else row[name] for name in aggregates]
 
 
 def latest_value(
@@ -227,18 +230,6 @@ def latest_value(
     """The latest value of the timestamp ``column`` among the source's rows in the window (None when it holds
     none), computed by the database: one small row. Asked before the rows are read, so it is never later than
     what the read sees (:mod:`offline.incremental` records it as the run's cursor)."""
-    target = jdbc_target(url)
     query = window_query(source, start, end, since)
-    pattern = "yyyy-MM-dd HH:mm:ss.SSSSSS"
-    row = (
-        spark.read.format("jdbc")
-        .options(**target.options())
-        .option("dbtable", f"(SELECT MAX({quote(column)}) AS hi FROM ({query}) AS w) skewless_latest")
-        .option("customSchema", "hi TIMESTAMP")
-        .load()
-        .select(F.date_format("hi", pattern).alias("hi"))
-        .first()
-    )
-    if row is None or row["hi"] is None:
-        return None
-    return datetime.strptime(row["hi"], "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=UTC)
+    (latest,) = _timestamps(spark, jdbc_target(url), query, {"hi": f"MAX({quote(column)})"})
+    return None if latest is None else datetime.strptime(latest, "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=UTC)
