@@ -70,7 +70,7 @@ def add_new_rows(url: str, rows: int, keys: int) -> int:
 
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(
-            f"INSERT INTO events SELECT k, -1.0, -1, '{START.isoformat()}'::timestamp + ({rows} + k) * interval "
+            f"INSERT INTO events SELECT k, -1.0, -1, '{START.isoformat()}'::timestamp + ({rows} + 1 + k) * interval "
             f"'1 second' FROM generate_series(0, {keys - 1}, 100) AS k"
         )
         row = conn.execute(f"SELECT count(*) FROM generate_series(0, {keys - 1}, 100)").fetchone()

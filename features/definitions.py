@@ -168,10 +168,14 @@ class SqlSource:
         where = str(self.location)
         if self.late_rows is not None:
             try:
-                if parse_window(self.late_rows) is None:
-                    raise ValueError("a lookback cannot be unbounded: write a duration such as '2h'")
+                unbounded = parse_window(self.late_rows) is None
             except ValueError as exc:
-                raise DefinitionError(f"late_rows: {exc}", location=where) from None
+                raise DefinitionError(f"late_rows: {exc}".replace(", 'unbounded'", ""), location=where) from None
+            if unbounded:
+                raise DefinitionError(
+                    f"late_rows {self.late_rows!r}: a lookback cannot be unbounded; write a duration such as '2h'",
+                    location=where,
+                )
         if self.changed_at is not None and (not isinstance(self.changed_at, str) or not self.changed_at):
             raise DefinitionError(
                 f"changed_at must name a timestamp column of the source, got {self.changed_at!r}", location=where
