@@ -231,5 +231,12 @@ def latest_value(
     none), computed by the database: one small row. Asked before the rows are read, so it is never later than
     what the read sees (:mod:`offline.incremental` records it as the run's cursor)."""
     query = window_query(source, start, end, since)
-    (latest,) = _timestamps(spark, jdbc_target(url), query, {"hi": f"MAX({quote(column)})"})
+    target = jdbc_target(url)
+    try:
+        (latest,) = _timestamps(spark, target, query, {"hi": f"MAX({quote(column)})"})
+    except Exception as exc:  # Py4J/JDBC errors: translate at the boundary, without the password
+        raise SourceUnavailableError(
+            f"cannot read the latest '{column}' of source '{source.name}' at {redact_url(target.url)}: "
+            f"{redact_text(error_summary(exc))}"
+        ) from exc
     return None if latest is None else datetime.strptime(latest, "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=UTC)
