@@ -364,7 +364,7 @@ def print_materialized(results: list[MaterializationResult]) -> None:
             r.rows_written_offline,
             r.offline_version,
             r.rows_published,
-            "yes" if r.online_committed else ("already live" if r.online_current else "no"),
+            _online_outcome(r),
             "" if r.ticks_through is None else r.ticks_through.strftime("%Y-%m-%d %H:%M UTC"),
             r.engine,
             f"{r.seconds:.1f}s",
@@ -390,9 +390,18 @@ def print_materialized(results: list[MaterializationResult]) -> None:
         )
     )
     for r in results:
+        if r.read_reason:
+            console.print(f"[dim]{r.view}: read {r.rows_read:,} source row(s): {r.read_reason}[/dim]", highlight=False)
         if r.refusals:
             why = "; ".join(f"not in {engine}: {reason}" for engine, reason in r.refusals)
             console.print(f"[dim]{r.view}: computed in {r.engine} ({why})[/dim]", highlight=False)
+
+
+def _online_outcome(result: MaterializationResult) -> str:
+    """The "online" column: a whole new snapshot, the changed entities in place, or why nothing was published."""
+    if result.online_committed:
+        return "changed keys" if result.published_changed_only else "new snapshot"
+    return "already live" if result.online_current else "no"
 
 
 def cmd_dataset(args: argparse.Namespace) -> int:

@@ -122,6 +122,7 @@ class _Compiler:
         for role, column, expected in (
             ("timestamp", source.timestamp, DType.TIMESTAMP),
             ("created", source.created, DType.TIMESTAMP),
+            ("changed_at", source.changed_at, DType.TIMESTAMP),
         ):
             if column is None:
                 continue
@@ -148,6 +149,8 @@ class _Compiler:
             timestamp_column=source.timestamp,
             created_column=source.created,
             columns=tuple(ColumnSpec(c, columns[c]) for c in keep),  # type: ignore[arg-type]
+            late_rows_seconds=source.late_rows_seconds,
+            changed_column=source.changed_at,
         )
 
     def view(self, name: str, view: FeatureView) -> ViewPlan:
@@ -174,8 +177,15 @@ class _Compiler:
         used.add(view.source.timestamp)
         if view.source.created:
             used.add(view.source.created)
+        if view.source.changed_at:
+            used.add(view.source.changed_at)
         source = self.source(view.source, name, used)
-        source_identity = {k: v for k, v in source.to_dict().items() if k not in ("name", "columns")}
+        # How runs find new rows (late_rows, changed_at) changes no stored value: not part of the table's identity.
+        source_identity = {
+            k: v
+            for k, v in source.to_dict().items()
+            if k not in ("name", "columns", "late_rows_seconds", "changed_column")
+        }
         keys = [k.to_dict() for k in join_keys]
         cadence = view.cadence_seconds
         features = [

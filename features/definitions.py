@@ -144,6 +144,12 @@ class SqlSource:
     connection in ``skewless.yaml``. ``timestamp`` is the event-time column; ``created`` optionally orders
     rows that share an event time (the later-created row wins). ``schema`` declares column types where the
     database cannot tell them (for instance the columns of a query on SQLite).
+
+    Runs of a view without aggregations read only the rows they have not seen. By default a row is new when
+    its event time is at or after the latest event time read so far minus ``late_rows`` (a duration such as
+    ``"2h"``: how late a row may arrive and still be read; default none). ``changed_at`` names a timestamp
+    column the database sets when a row is written or changed: runs then read the rows whose ``changed_at`` is
+    at or after the latest one read minus ``late_rows``, whatever their event time.
     """
 
     connection: str
@@ -154,10 +160,26 @@ class SqlSource:
     schema: Mapping[str, DType] | None = None
     description: str = ""
     name: str | None = None
+    late_rows: str | timedelta | None = None
+    changed_at: str | None = None
     location: SourceLocation = field(default_factory=_location, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         where = str(self.location)
+        if self.late_rows is not None:
+            try:
+                unbounded = parse_window(self.late_rows) is None
+            except ValueError as exc:
+                raise DefinitionError(f"late_rows: {exc}".replace(", 'unbounded'", ""), location=where) from None
+            if unbounded:
+                raise DefinitionError(
+                    f"late_rows {self.late_rows!r}: a lookback cannot be unbounded; write a duration such as '2h'",
+                    location=where,
+                )
+        if self.changed_at is not None and (not isinstance(self.changed_at, str) or not self.changed_at):
+            raise DefinitionError(
+                f"changed_at must name a timestamp column of the source, got {self.changed_at!r}", location=where
+            )
         if (self.table is None) == (self.query is None):
             raise DefinitionError("a SqlSource needs exactly one of table=... or query=...", location=where)
         if not self.connection:
@@ -171,6 +193,13 @@ class SqlSource:
                 raise DefinitionError(f"schema: {exc}", location=where) from None
             object.__setattr__(self, "schema", parsed)
         _check_name(self.name, "source", self.location)
+
+    @property
+    def late_rows_seconds(self) -> int:
+        """How late a row may arrive and still be read by the next run, in seconds (0 by default)."""
+        if self.late_rows is None:
+            return 0
+        return parse_window(self.late_rows) or 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -55,9 +55,13 @@ class SourcePlan:
     timestamp_column: str
     created_column: str | None
     columns: tuple[ColumnSpec, ...]
+    #: How late a row may arrive and still be read by an incremental run (seconds; 0: not at all).
+    late_rows_seconds: int = 0
+    #: The column the database sets when a row is written or changed: incremental runs read by it.
+    changed_column: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "name": self.name,
             "connection": self.connection,
             "table": self.table,
@@ -66,6 +70,18 @@ class SourcePlan:
             "created_column": self.created_column,
             "columns": [c.to_dict() for c in self.columns],
         }
+        # Only when declared: how a run finds new rows changes no stored value, and plans written before
+        # these fields existed keep their bytes (and their fingerprints).
+        if self.late_rows_seconds:
+            data["late_rows_seconds"] = self.late_rows_seconds
+        if self.changed_column is not None:
+            data["changed_column"] = self.changed_column
+        return data
+
+    @property
+    def cursor_column(self) -> str:
+        """The column an incremental run reads new rows by: the change column, else the event time."""
+        return self.changed_column or self.timestamp_column
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SourcePlan:
@@ -77,6 +93,8 @@ class SourcePlan:
             timestamp_column=data["timestamp_column"],
             created_column=data["created_column"],
             columns=tuple(ColumnSpec.from_dict(c) for c in data["columns"]),
+            late_rows_seconds=int(data.get("late_rows_seconds", 0)),
+            changed_column=data.get("changed_column"),
         )
 
     def column_types(self) -> dict[str, DType]:

@@ -139,6 +139,16 @@ class OnlineStore(Protocol):
     def __exit__(self, *exc: object) -> None: ...
 
 
+@runtime_checkable
+class UpdatableStore(Protocol):
+    """An online store that can publish a run's changed entities into the live snapshot in place."""
+
+    def start_update(self, view: ViewPlan, *, watermark: int, live_version: str) -> Publication:
+        """Write rows into the live snapshot ``live_version`` (each only over an older row) and record
+        ``watermark`` at commit; the publication's ``moved`` is true when that snapshot is no longer live."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class StoredView:
     """What an online store holds of one view: its keys, and how many snapshots (published versions) they form."""
@@ -235,6 +245,10 @@ class MaterializationResult:
     rows_landed: int = 0  # rows pushed since the previous run, landed in the table before this run read it
     stats: RunStats | None = None  # per feature, of the rows written and of the latest rows published
     checks: CheckReport | None = None  # the run's checks (features/checks.py): all passed, or warnings only
+    #: Which source rows the run read and why (first run, since the watermark minus the lookback, --start, ...).
+    read_reason: str = ""
+    #: Published the changed entities into the live snapshot in place (False: a whole new snapshot, or nothing).
+    published_changed_only: bool = False
 
 
 class Progress(Protocol):

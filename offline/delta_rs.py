@@ -26,6 +26,7 @@ from features.errors import CommitConflictError, UnsupportedTableError
 
 if TYPE_CHECKING:
     import pyarrow as pa
+    import pyarrow.compute as pc
     from deltalake import CommitProperties, DeltaTable
 
 LOG = "_delta_log"
@@ -99,13 +100,17 @@ def _load(path: Path | str, version: int) -> Snapshot:
     return Snapshot(str(path), version, columns, size, table)
 
 
-def read(snapshot: Snapshot, schema: pa.Schema) -> pa.Table:
+def read(snapshot: Snapshot, schema: pa.Schema, where: pc.Expression | None = None) -> pa.Table:
     """The columns of ``schema`` at the snapshot's version, as those types (timestamps UTC microseconds, whether
-    Spark wrote them as INT96 or INT64)."""
+    Spark wrote them as INT96 or INT64); only the rows where ``where`` holds, when given (files whose statistics
+    exclude it are not read)."""
     missing = [name for name in schema.names if name not in dict(snapshot.columns)]
     if missing:
         raise UnsupportedTableError(f"the table {snapshot.path} has no column(s) {', '.join(missing)}")
-    return snapshot.table.to_pyarrow_table(columns=schema.names).select(schema.names).cast(schema)
+    if where is None:
+        return snapshot.table.to_pyarrow_table(columns=schema.names).select(schema.names).cast(schema)
+    dataset = snapshot.table.to_pyarrow_dataset()
+    return dataset.to_table(columns=schema.names, filter=where).select(schema.names).cast(schema)
 
 
 def create(path: Path | str, rows: pa.Table, *, configuration: dict[str, str], user_metadata: str | None = None) -> int:
@@ -127,14 +132,15 @@ def create(path: Path | str, rows: pa.Table, *, configuration: dict[str, str], u
     return 0
 
 
-def append(snapshot: Snapshot, rows: pa.Table) -> int:
-    """Add ``rows`` to the table as the version after ``snapshot``; the version committed."""
-    from deltalake import CommitProperties, write_deltalake
+def append(snapshot: Snapshot, rows: pa.Table, *, user_metadata: str | None = None) -> int:
+    """Add ``rows`` to the table as the version after ``snapshot`` (``user_metadata`` in its ``commitInfo`` when
+    given); the version committed."""
+    from deltalake import write_deltalake
     from deltalake.exceptions import CommitFailedError
 
     table = _writable(snapshot)
     try:
-        write_deltalake(table, rows, mode="append", commit_properties=CommitProperties(max_commit_retries=0))
+        write_deltalake(table, rows, mode="append", commit_properties=_properties(user_metadata))
     except CommitFailedError as exc:
         raise _conflict(snapshot, exc) from exc
     return int(table.version())
@@ -238,3 +244,48 @@ def user_metadata(path: Path | str, version: int) -> str | None:
         if info is not None and isinstance(info.get("userMetadata"), str):
             return str(info["userMetadata"])
     return None
+
+
+def newest_metadata_value(path: Path | str, version: int, key: str) -> Any:
+    """``key`` of the JSON ``userMetadata`` of the newest commit at or before ``version`` whose metadata has it
+    (runs record a cursor, landings of pushed rows the files they landed, each skipping the other's commits);
+    None when no commit left in the log has it."""
+    for v in range(version, -1, -1):
+        info = commit_info(path, v)
+        if info is None:
+            return None  # older commits were cleaned up
+        try:
+            metadata = json.loads(info["userMetadata"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        if isinstance(metadata, dict) and key in metadata:
+            return metadata[key]
+    return None
+
+
+# Operations whose commits change rows only by adding data files (MERGE and OPTIMIZE remove the files they
+# rewrite, and add every row those held that they keep): the rows of the files they add cover every change.
+_ADDING_OPERATIONS = ("WRITE", "MERGE", "CREATE TABLE", "CREATE OR REPLACE TABLE", "OPTIMIZE")
+
+
+def added_files(path: Path | str, after: int, through: int) -> list[str] | None:
+    """The data files (relative paths) the commits ``after < version <= through`` added: every row those commits
+    inserted or changed is in one of them. None when a commit of the range is no longer in the log, or changed
+    rows otherwise (a DELETE: its effect is not in any added file)."""
+    from urllib.parse import unquote
+
+    files: list[str] = []
+    for version in range(after + 1, through + 1):
+        try:
+            lines = (Path(path) / LOG / f"{version:020d}.json").read_text().splitlines()
+        except OSError:
+            return None
+        for line in lines:
+            action = json.loads(line) if line.strip() else {}
+            info = action.get("commitInfo")
+            if isinstance(info, dict) and str(info.get("operation", "")).upper() not in _ADDING_OPERATIONS:
+                return None
+            added = action.get("add")
+            if isinstance(added, dict) and added.get("dataChange", True):
+                files.append(unquote(str(added["path"])))
+    return files

@@ -27,7 +27,6 @@ log = logging.getLogger(__name__)
 
 LANDED_KEY = "skewless.landed"  # in a landing commit's userMetadata: the files it landed
 ATTEMPTS = 3  # landings at once: the one that loses the commit race starts again
-_RECENT_COMMITS = 10  # how far back a landing looks for commits naming pending files (see landed_files)
 
 # Commits ``rows`` on top of table ``version`` (None: the table does not exist yet) with ``user_metadata``.
 Commit = Callable[["pa.Table", "int | None", str], None]
@@ -90,16 +89,10 @@ def with_retries(land: Callable[[], int], what: str) -> int:
 
 
 def landed_files(table: Path, version: int | None) -> set[str]:
-    """The files named by the landing commits among the last few up to ``version``. Every landing removes what
-    it landed right after its commit, so a pending file a commit names was left by a crash just before; a few
-    commits back is enough even when other writers (a materialization) committed since."""
+    """The files the newest landing commit at or before ``version`` landed. Every landing removes what it landed
+    right after its commit, so only the newest can name pending files (left by a crash just before the removal);
+    commits of other writers (runs, which record a cursor instead) are skipped."""
     if version is None:
         return set()
-    found: set[str] = set()
-    for v in range(max(0, version - _RECENT_COMMITS + 1), version + 1):
-        metadata = delta_rs.user_metadata(table, v)
-        try:
-            found.update(str(n) for n in (json.loads(metadata)[LANDED_KEY] if metadata else []))
-        except (ValueError, KeyError, TypeError):
-            continue
-    return found
+    names = delta_rs.newest_metadata_value(table, version, LANDED_KEY)
+    return {str(n) for n in names} if isinstance(names, list) else set()

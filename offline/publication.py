@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING
 
 from features.errors import MaterializationError
 from features.plan import ViewPlan
-from features.protocols import OnlineStore, Progress, Publication
+from features.protocols import LiveSnapshot, OnlineStore, Progress, Publication, UpdatableStore
+from offline import delta_rs
 from offline.errors import error_summary
 from offline.tables import commit_time
 
@@ -118,6 +119,12 @@ class Published:
     committed: bool = False
     current: bool = False
     held: str | None = None  # not published: a rollback holds the view (who and when)
+    changed_only: bool = False  # the changed entities went into the live snapshot in place
+
+
+# Stages the latest rows of the entities that have a row in the given data files of the table (relative paths):
+# an engine's way to publish only what changed since the live snapshot.
+WriteChanged = Callable[[Publication, list[str]], int]
 
 
 def publish_unless_live(
@@ -129,12 +136,19 @@ def publish_unless_live(
     *,
     created: bool,
     republish: bool,
+    write_changed: WriteChanged | None = None,
 ) -> Published:
     """Publish the latest rows of ``version`` (``write`` stages them in the publication it is given), unless
     the online store already serves that version of this table as this definition publishes it (never for a
     table this run ``created``; always with ``republish``), or while a rollback holds the view (``skewless
     rollback``: the table keeps the run; the release lets the next run publish it). Every engine's run ends
-    here."""
+    here.
+
+    With ``write_changed``, a run publishes only the entities whose rows changed since the table version the
+    live snapshot holds (:func:`changed_files`), into that snapshot in place (:func:`updated`), when the store
+    can (:class:`~features.protocols.UpdatableStore`); a whole new snapshot otherwise: the first publication,
+    a definition change (another storage or feature fingerprint), ``republish``, or a log that no longer says
+    what changed."""
     live = online.live_snapshot(view)
     if live is not None and live.held:
         log.warning(
@@ -155,8 +169,57 @@ def publish_unless_live(
             path,
         )
         return Published(current=True)
+    if write_changed is not None and not republish and not created and isinstance(online, UpdatableStore):
+        files = changed_files(live, view, path, version)
+        if files is not None and live is not None and live.version is not None:
+            outcome = updated(view, version, online, live.version, lambda p: write_changed(p, files))
+            if outcome is not None:
+                return outcome
     rows, committed = published(view, version, online, write)
     return Published(rows, committed)
+
+
+def changed_files(live: LiveSnapshot | None, view: ViewPlan, path: Path, version: int) -> list[str] | None:
+    """The data files added to the table at ``path`` since the version the live snapshot holds, up to
+    ``version``: their entities are the ones whose latest row may have changed. None when only a whole snapshot
+    will do: nothing live (or only pushed rows), another definition live, a live version newer than ``version``
+    or from an earlier table at this path, or a log that no longer holds every commit in between."""
+    if live is None or live.watermark < 0 or live.watermark > version:
+        return None
+    if live.storage_fingerprint != view.storage_fingerprint:
+        return None
+    if live.feature_fingerprints != tuple((f.name, f.fingerprint) for f in view.features):
+        return None
+    committed = commit_time(path, live.watermark)
+    if committed is None or live.published_at <= committed:
+        return None
+    return delta_rs.added_files(path, live.watermark, version)
+
+
+def updated(
+    view: ViewPlan, version: int, online: UpdatableStore, live_version: str, write: Callable[[Publication], int]
+) -> Published | None:
+    """Write the changed entities into the live snapshot ``live_version`` and record ``version`` as its
+    watermark; None when that snapshot stopped being live meanwhile (the caller publishes a whole one)."""
+    update = online.start_update(view, watermark=version, live_version=live_version)
+    try:
+        with phase(view, "writing the changed entities online"):
+            written = write(update)
+        committed = update.commit()
+    except Exception as exc:
+        raise MaterializationError(
+            f"view '{view.name}': updating the online store failed; entities written so far hold their new row, "
+            f"the others their previous one, and a rerun publishes the rest of version {version}: "
+            f"{error_summary(exc)}"
+        ) from exc
+    if getattr(update, "moved", False):
+        log.info("view '%s': the live snapshot changed during the update; publishing a whole snapshot", view.name)
+        return None
+    if not committed:
+        why = getattr(update, "refusal", None) or "a newer publication is live"
+        log.warning("view '%s': version %d was not recorded online: %s", view.name, version, why)
+    log.info("view '%s': published %d changed entit(ies) in place (offline version %d)", view.name, written, version)
+    return Published(written, committed, changed_only=True)
 
 
 def write_from_here(latest: Callable[[], pa.Table], run: RunProgress) -> Callable[[Publication], int]:

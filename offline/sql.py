@@ -33,14 +33,21 @@ def _sql_timestamp(value: datetime) -> str:
     return "'" + value.isoformat(sep=" ", timespec="microseconds" if value.microsecond else "seconds") + "'"
 
 
-def window_query(source: SourcePlan, start: datetime | None, end: datetime | None) -> str:
-    """The source restricted to ``start <= timestamp < end`` (either bound optional), as SQL."""
+def window_query(
+    source: SourcePlan, start: datetime | None, end: datetime | None, since: datetime | None = None
+) -> str:
+    """The source restricted to ``start <= timestamp < end`` (either bound optional) and, with ``since``, to the
+    rows whose change column is at or after it (:mod:`offline.incremental`), as SQL."""
     ts = quote(source.timestamp_column)
     conditions = ["1 = 1"]
     if start is not None:
         conditions.append(f"{ts} >= {_sql_timestamp(start)}")
     if end is not None:
         conditions.append(f"{ts} < {_sql_timestamp(end)}")
+    if since is not None:
+        if source.changed_column is None:
+            raise ValueError(f"source '{source.name}' declares no changed_at column to read rows since a change")
+        conditions.append(f"{quote(source.changed_column)} >= {_sql_timestamp(since)}")
     return f"SELECT * FROM ({base_query(source)}) AS skewless_src WHERE {' AND '.join(conditions)}"
 
 

@@ -8,7 +8,8 @@ Key layout (``P`` = project, ``V`` = view, ``N`` = publication version)::
                            snapshot: the ones a rollback may go back to
     P:V:_version           string: the live version again, readable by MGET next to the rows
     P:V:_counter           INCR counter handing out publication versions
-    P:V:_staged            hash: version -> watermark of publications started but not committed
+    P:V:_staged            hash: version -> "watermark storage_fingerprint" of publications started but not
+                           committed
     P:V:_versions          set: every version that may have rows (``unknown``: rows from before this set)
     P:V:vN:<entity key>    one row (see online.encoding) of snapshot N
     P:V:_pushed            hash: entity key -> the newest row pushed since the snapshots caught up with it
@@ -80,7 +81,9 @@ end
 
 # KEYS[1]: pointer, KEYS[2]: staged hash, KEYS[3]: version key, KEYS[4]: pushed hash, KEYS[5]: history hash.
 # ARGV: version, watermark, storage fingerprint, features, published_at, the rows' prefix ("P:V:v"), snapshots
-# kept. Returns {status, previous version or the hold}: 1 committed, 0 refused (older watermark), -1 no longer
+# kept. Returns {status, previous version or the hold}: 1 committed, 0 refused (an older watermark of the same
+# table, or, across definitions, a publication started before the live one: watermarks are versions of one
+# table and mean nothing across two), -1 no longer
 # staged, -2 refused because a rollback holds the view (the second item says which). The rows pushed since the
 # snapshots caught up with them go into the new snapshot where they are newer than its row: a run computed
 # before a push landed never hides it. A pushed row the new snapshot holds (or holds something newer than)
@@ -91,9 +94,13 @@ COMMIT_LUA = (
     + """
 if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 0 then return {-1, false} end
 redis.call('HDEL', KEYS[2], ARGV[1])
-local live = redis.call('HMGET', KEYS[1], 'version', 'watermark', 'features', 'held')
+local live = redis.call('HMGET', KEYS[1], 'version', 'watermark', 'features', 'held', 'storage_fingerprint')
 if live[4] then return {-2, live[4]} end
-if live[2] and tonumber(live[2]) > tonumber(ARGV[2]) then return {0, live[1]} end
+if live[5] == ARGV[3] then
+  if live[2] and tonumber(live[2]) > tonumber(ARGV[2]) then return {0, live[1]} end
+elseif live[1] and tonumber(live[1]) > tonumber(ARGV[1]) then
+  return {0, live[1]}
+end
 if live[3] ~= ARGV[4] then
   redis.call('DEL', KEYS[4])
 else
@@ -160,12 +167,52 @@ return {1, applied}
 """
 )
 
-# KEYS[1]: counter, KEYS[2]: staged hash, KEYS[3]: versions set. ARGV[1]: watermark. Returns the new version,
+# KEYS[1]: pointer. ARGV: the live version the run updates, the features it was computed with, the rows' prefix
+# ("P:V:v"), then (entity key, row) pairs. An incremental publication (online.redis_publication.RedisUpdate):
+# each row replaces the live snapshot's row of its entity unless that one is newer (a push since), like a push
+# but kept nowhere else: the table already holds it. A row equal to the one served is not written (an engine
+# hands over every entity of the data files a commit rewrote). Returns {1, rows written}, or {-1, reason} when the live
+# snapshot is no longer that version of that definition, or a rollback holds it (nothing written).
+UPDATE_LUA = (
+    ROW_ORDER_LUA
+    + """
+local ptr = redis.call('HMGET', KEYS[1], 'version', 'features', 'held')
+if ptr[3] then return {-1, 'held'} end
+if ptr[1] ~= ARGV[1] or ptr[2] ~= ARGV[2] then return {-1, 'moved'} end
+local prefix = ARGV[3] .. ARGV[1] .. ':'
+local applied = 0
+for i = 4, #ARGV, 2 do
+  local current = redis.call('GET', prefix .. ARGV[i])
+  if current ~= ARGV[i + 1] and (not current or row_order(ARGV[i + 1], current) >= 0) then
+    redis.call('SET', prefix .. ARGV[i], ARGV[i + 1])
+    applied = applied + 1
+  end
+end
+return {1, applied}
+"""
+)
+
+# KEYS[1]: pointer, KEYS[2]: history hash. ARGV: the live version updated, the new watermark, published_at.
+# Records that the live snapshot now holds the table at that watermark: {1} done, {0, reason} when another
+# publication became live meanwhile or a newer watermark is live, {-2, hold} while a rollback holds the view.
+UPDATE_COMMIT_LUA = """
+local live = redis.call('HMGET', KEYS[1], 'version', 'watermark', 'held', 'storage_fingerprint', 'features')
+if live[3] then return {-2, live[3]} end
+if live[1] ~= ARGV[1] then return {0, 'moved'} end
+if tonumber(live[2]) > tonumber(ARGV[2]) then return {0, 'newer'} end
+redis.call('HSET', KEYS[1], 'watermark', ARGV[2], 'published_at', ARGV[3])
+redis.call('HSET', KEYS[2], ARGV[1], cjson.encode({watermark = ARGV[2], storage_fingerprint = live[4],
+                                                    features = live[5], published_at = ARGV[3]}))
+return {1, false}
+"""
+
+# KEYS[1]: counter, KEYS[2]: staged hash, KEYS[3]: versions set. ARGV[1]: watermark, ARGV[2]: storage
+# fingerprint. Returns the new version,
 # staged and listed as a candidate for deletion before any of its rows exist. A view published before the
 # versions set existed gets the 'unknown' member: its first cleanup scans for every version once.
 START_LUA = """
 local version = redis.call('INCR', KEYS[1])
-redis.call('HSET', KEYS[2], version, ARGV[1])
+redis.call('HSET', KEYS[2], version, ARGV[1] .. ' ' .. ARGV[2])
 if version > 1 and redis.call('EXISTS', KEYS[3]) == 0 then redis.call('SADD', KEYS[3], 'UNKNOWN') end
 redis.call('SADD', KEYS[3], version)
 return version
@@ -174,10 +221,10 @@ return version
 # KEYS[1]: pointer, KEYS[2]: staged hash, KEYS[3]: history hash; ARGV: versions. Returns those that are garbage
 # and drops them from the staged hash, so none of them can commit afterwards and their keys may be unlinked
 # without a second look. Kept: the live and previous versions, the snapshots the history keeps, and staged
-# publications that may still commit (a higher watermark than the live one, or the same watermark and a later
-# version).
+# publications that may still commit (of the live definition: a higher watermark than the live one, or the same
+# watermark and a later version; of another definition: started after the live one).
 GARBAGE_LUA = """
-local ptr = redis.call('HMGET', KEYS[1], 'version', 'previous', 'watermark')
+local ptr = redis.call('HMGET', KEYS[1], 'version', 'previous', 'watermark', 'storage_fingerprint')
 local live = tonumber(ptr[1] or '0')
 local livewm = tonumber(ptr[3] or '-1')
 local garbage = {}
@@ -185,10 +232,17 @@ for i = 1, #ARGV do
   local v = ARGV[i]
   if v ~= ptr[1] and v ~= ptr[2] and redis.call('HEXISTS', KEYS[3], v) == 0 then
     local pending = false
-    local wm = redis.call('HGET', KEYS[2], v)
-    if wm then
+    local staged = redis.call('HGET', KEYS[2], v)
+    if staged then
+      local wm, fp = string.match(staged, '^(%S+) ?(.*)$')
       wm = tonumber(wm)
-      if wm > livewm or (wm == livewm and tonumber(v) > live) then
+      local newer
+      if fp == '' or fp == ptr[4] then  -- '': staged before fingerprints were recorded
+        newer = wm > livewm or (wm == livewm and tonumber(v) > live)
+      else
+        newer = tonumber(v) > live
+      end
+      if newer then
         pending = true
       else
         redis.call('HDEL', KEYS[2], v)

@@ -27,7 +27,15 @@ from features.protocols import iter_batches
 from online.encoding import encode_batch
 from online.redis_client import as_text, connect, roundtrip, translate_errors
 from online.redis_cluster import ClusterRouter, is_cluster_url
-from online.redis_layout import COMMIT_LUA, GARBAGE_LUA, UNKNOWN_VERSIONS, ViewKeys, glob_escape
+from online.redis_layout import (
+    COMMIT_LUA,
+    GARBAGE_LUA,
+    UNKNOWN_VERSIONS,
+    UPDATE_COMMIT_LUA,
+    UPDATE_LUA,
+    ViewKeys,
+    glob_escape,
+)
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -211,6 +219,80 @@ class RedisPublication:
             _unlink_versions(client, keys, garbage)
             if UNKNOWN_VERSIONS in listed:
                 client.srem(keys.versions, UNKNOWN_VERSIONS)
+
+
+class RedisUpdate(RedisPublication):
+    """An incremental publication: the latest rows of the entities a run changed, written into the live snapshot
+    ``version`` in place, each only where it is at least as new as the row served (:data:`UPDATE_LUA`); then
+    :meth:`commit` records the new ``watermark`` in the pointer (:data:`UPDATE_COMMIT_LUA`).
+
+    A reader sees each entity's row whole, old or new, never an older one after a newer; during the write some
+    changed entities already have their new row and others not yet. When the live snapshot changed meanwhile
+    (``moved``: another publication committed, another definition), nothing more is written and the caller
+    publishes a whole snapshot instead. Rows already written stay: they are rows of the committed table, never
+    older than what they replaced, and the next run writes the rest.
+    """
+
+    moved = False  # the live snapshot is no longer ``version``: publish a whole snapshot instead
+
+    def write(self, batches: Iterable[pa.RecordBatch]) -> int:
+        """Write the rows of ``batches`` (one per entity) over older live rows; returns how many took them."""
+        if self._done:
+            raise OnlineStoreError(f"update of view '{self.view}' is already finished")
+        names = [f[0] for f in self.features]
+        dtypes = [f[1] for f in self.features]
+        keys = self._keys
+        features = features_json(self.features)
+        applied = 0
+        with translate_errors(self.url, f"updating view '{self.view}'"):
+            client = self._redis()
+            for batch in iter_batches(batches):
+                entity_keys, rows = encode_batch(
+                    batch, self.key_names, self.key_dtypes, names, dtypes, EVENT_TIMESTAMP, CREATED_TIMESTAMP
+                )
+                for start in range(0, len(entity_keys), WRITE_BATCH):
+                    chunk = entity_keys[start : start + WRITE_BATCH]
+                    args: list[Any] = [None] * (2 * len(chunk))
+                    args[0::2] = chunk
+                    args[1::2] = rows[start : start + WRITE_BATCH]
+                    status, detail = client.eval(
+                        UPDATE_LUA, 1, keys.pointer, str(self.version), features, keys.data_prefix, *args
+                    )
+                    if int(status) != 1:
+                        self.moved = True
+                        self.refusal = f"the live snapshot changed during the update ({as_text(detail)})"
+                        return applied
+                    applied += int(detail)
+        return applied
+
+    def commit(self) -> bool:
+        """Record the new watermark in the pointer; False when the live snapshot moved (see :attr:`moved`) or
+        a newer watermark is live."""
+        if self._done:
+            raise OnlineStoreError(f"update of view '{self.view}' is already finished")
+        self._done = True
+        if self.moved:
+            return False
+        keys = self._keys
+        with translate_errors(self.url, f"committing an update of view '{self.view}'"):
+            status, detail = self._redis().eval(
+                UPDATE_COMMIT_LUA,
+                2,
+                keys.pointer,
+                keys.history,
+                str(self.version),
+                str(self.watermark),
+                str(to_micros_now()),
+            )
+        if int(status) == 1:
+            return True
+        self.refusal = f"a rollback holds it ({as_text(detail)})" if int(status) == -2 else as_text(detail)
+        self.moved = as_text(detail) == "moved"
+        return False
+
+    def abort(self) -> None:
+        """Nothing to drop: rows written in place are the committed table's, never older than those served."""
+        self._done = True
 
 
 def _unlink_versions(client: redis.Redis, keys: ViewKeys, versions: Sequence[str]) -> None:

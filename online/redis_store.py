@@ -34,7 +34,7 @@ from online import redis_cleanup
 from online.redis_client import as_text, check_url, connect, redact, roundtrip, translate_errors
 from online.redis_cluster import ClusterRouter, is_cluster_url, mget_per_node, parse_cluster_url
 from online.redis_layout import READ_LUA, ROLLBACK_LUA, START_LUA, ViewKeys, glob_escape
-from online.redis_publication import RedisPublication
+from online.redis_publication import RedisPublication, RedisUpdate
 from online.redis_read import SeenLive, SnapshotDecoders, SnapshotRead
 
 if TYPE_CHECKING:
@@ -286,24 +286,31 @@ class RedisOnlineStore:
         with self._translated(f"starting a publication of view '{view.name}'"):
             version = int(
                 self.view_client(view.online_name).eval(
-                    START_LUA, 3, keys.counter, keys.staged, keys.versions, int(watermark)
+                    START_LUA, 3, keys.counter, keys.staged, keys.versions, int(watermark), view.storage_fingerprint
                 )
             )
-        return RedisPublication(
-            url=self.resolved_url,
-            tagged=self.cluster,
-            project=self.project,
-            view=view.online_name,
-            key_names=view.key_names,
-            key_dtypes=tuple(k.dtype for k in view.join_keys),
-            features=tuple((f.name, f.dtype, f.fingerprint) for f in view.features),
-            storage_fingerprint=view.storage_fingerprint,
-            watermark=int(watermark),
-            version=version,
-            keep_snapshots=self.keep_snapshots,
-            connect_timeout=self.connect_timeout,
-            timeout=self.timeout,
-        )
+        return RedisPublication(**self._publication_args(view), watermark=int(watermark), version=version)
+
+    def start_update(self, view: ViewPlan, *, watermark: int, live_version: str) -> RedisUpdate:
+        """An incremental publication of ``view`` into its live snapshot ``live_version`` (see
+        :class:`~online.redis_publication.RedisUpdate`)."""
+        return RedisUpdate(**self._publication_args(view), watermark=int(watermark), version=int(live_version))
+
+    def _publication_args(self, view: ViewPlan) -> dict[str, Any]:
+        """What every publication of ``view`` is built with, whatever its version and watermark."""
+        return {
+            "url": self.resolved_url,
+            "tagged": self.cluster,
+            "project": self.project,
+            "view": view.online_name,
+            "key_names": view.key_names,
+            "key_dtypes": tuple(k.dtype for k in view.join_keys),
+            "features": tuple((f.name, f.dtype, f.fingerprint) for f in view.features),
+            "storage_fingerprint": view.storage_fingerprint,
+            "keep_snapshots": self.keep_snapshots,
+            "connect_timeout": self.connect_timeout,
+            "timeout": self.timeout,
+        }
 
     def live_snapshot(self, view: ViewPlan) -> LiveSnapshot | None:
         """What the live snapshot of ``view`` was published from (its pointer); None before any commit."""

@@ -31,9 +31,9 @@ DELTA_TYPES = {dtype: TYPE_NAMES[dtype].delta for dtype in DType}
 _ARROW_TYPES = {name: arrow_type(dtype) for dtype, name in DELTA_TYPES.items()}
 
 
-def read_snapshot(snapshot: Snapshot, columns: Sequence[str]) -> pa.Table:
-    """``columns`` of the table at the snapshot's version, typed as Spark reads them (timestamps UTC
-    microseconds, whether Spark wrote them as INT96 or INT64)."""
+def read_snapshot(snapshot: Snapshot, columns: Sequence[str], where: pc.Expression | None = None) -> pa.Table:
+    """``columns`` of the table at the snapshot's version (the rows where ``where`` holds, when given), typed as
+    Spark reads them (timestamps UTC microseconds, whether Spark wrote them as INT96 or INT64)."""
     types = dict(snapshot.columns)
     missing = [c for c in columns if c not in types]
     if missing:
@@ -41,7 +41,7 @@ def read_snapshot(snapshot: Snapshot, columns: Sequence[str]) -> pa.Table:
     unread = sorted({types[c] for c in columns if c in types} - set(_ARROW_TYPES))
     if unread:
         raise UnsupportedTableError(f"column types {unread} are not read")
-    return delta_rs.read(snapshot, pa.schema([pa.field(c, _ARROW_TYPES[types[c]]) for c in columns]))
+    return delta_rs.read(snapshot, pa.schema([pa.field(c, _ARROW_TYPES[types[c]]) for c in columns]), where)
 
 
 def point_in_time_join(entities: pa.Table, timestamp_column: str, views: Sequence[ViewTable]) -> pa.Table:

@@ -35,7 +35,7 @@ from features.protocols import MaterializationResult, OnlineStore, Progress
 from features.rows import compute_features
 from features.rows import refusal as rows_refusal
 from features.run_stats import FeatureStats, RunStats, arrow_stats
-from offline import delta_rs
+from offline import delta_rs, incremental
 from offline.arrow import source as arrow_source
 from offline.arrow.codes import column_codes, micros
 from offline.arrow.join import DELTA_TYPES, read_snapshot
@@ -57,7 +57,15 @@ def refusal(config: RepoConfig, view: ViewPlan, start: datetime | None, end: dat
         problem = _table_problem(config, view, table_path(config, view))
     if problem is None:
         uri = arrow_source.libpq_uri(config.connection_url(view.source.connection))
-        problem = arrow_source.window_refusal(view.source, uri, start, end, max_rows=config.arrow_materialize_max_rows)
+        window = incremental.plan_read(view, table_path(config, view), start, end)
+        problem = arrow_source.window_refusal(
+            view.source,
+            uri,
+            window.start,
+            window.end,
+            since=window.since,
+            max_rows=config.arrow_materialize_max_rows,
+        )
     return problem
 
 
@@ -80,24 +88,27 @@ def materialize(
     run.reading()
     path = table_path(config, view)
     stored = _stored_snapshot(path)
+    window = incremental.plan_read(view, path, start, end)
     uri = arrow_source.libpq_uri(config.connection_url(view.source.connection))
-    source = arrow_source.read_source(view.source, uri, start, end)
+    source = arrow_source.read_source(view.source, uri, window.start, window.end, window.since)
+    cursor = incremental.next_cursor(window, _latest(source.column(view.source.cursor_column)))
     rows, counts = prepare_rows(view, source)
-    stored_rows = None if stored is None else read_snapshot(stored, row_columns(view))
+    # The stored rows a read row may equal or restate: those of its entities (at or after the window's start).
+    stored_rows = None if stored is None else _stored_rows_of(view, stored, rows, window.start)
     change = (
         Change(rows, rows.slice(0, 0), np.zeros(0, np.int64))
         if stored_rows is None
         else _compare(view, rows, stored_rows)
     )
     run.read(counts.read)
-    log.info("view '%s': read %d source row(s) from '%s'", view.name, counts.read, view.source.name)
+    log.info("view '%s': read %d source row(s) from '%s' (%s)", view.name, counts.read, view.source.name, window.reason)
     counts.warn(view.name)
     features = [(f.name, f.dtype) for f in view.features]
     batch = pa.concat_tables([change.updates, change.inserts])
     written_stats = arrow_stats(batch, features)
     # The gate: a blocking check that fails raises here, before anything is committed or published.
     report = gate(view, counts.read, written_stats, ArrowRows(batch, view.key_names, EVENT_TIMESTAMP), baseline)
-    written = _write(view, path, stored, change, datetime.now(UTC))
+    written = _write(view, path, stored, change, datetime.now(UTC), incremental.cursor_metadata(cursor))
     version = written if written is not None else (stored.version if stored is not None else None)
     log.info(
         "view '%s': %d row(s) inserted and %d updated in %s (version %s), in Arrow without a JVM",
@@ -112,19 +123,28 @@ def materialize(
     if view.online and online is not None and version is not None:
 
         def latest() -> pa.Table:
-            # The version just committed holds the stored rows as changed and the new ones: no need to read it.
-            if stored_rows is None:
+            # A table this run created holds just its inserts, sorted by prepare_rows: no need to read it.
+            if stored is None:
                 rows = latest_rows(view, change.inserts, presorted=True)
             else:
-                kept = np.ones(stored_rows.num_rows, bool)
-                kept[change.replaced] = False
-                rows = latest_rows(view, pa.concat_tables([stored_rows.filter(kept), change.updates, change.inserts]))
+                rows = latest_rows(view, read_snapshot(delta_rs.snapshot(path, version), row_columns(view)))
             latest_stats.update(arrow_stats(rows, features))
             return rows
 
-        created = stored is None
+        def latest_changed(files: list[str]) -> pa.Table:
+            rows = _latest_of_files(view, path, version, files)
+            latest_stats.update(arrow_stats(rows, features))
+            return rows
+
         outcome = publish_unless_live(
-            view, path, version, online, write_from_here(latest, run), created=created, republish=republish
+            view,
+            path,
+            version,
+            online,
+            write_from_here(latest, run),
+            created=stored is None,
+            republish=republish,
+            write_changed=lambda publication, files: write_from_here(lambda: latest_changed(files), run)(publication),
         )
     run.finish()
     return MaterializationResult(
@@ -139,7 +159,47 @@ def materialize(
         engine="arrow",
         stats=RunStats("arrow", written_stats, latest_stats or None),
         checks=report,
+        read_reason=window.reason,
+        published_changed_only=outcome.changed_only,
     )
+
+
+def _latest(column: pa.ChunkedArray) -> datetime | None:
+    """The latest timestamp of ``column`` (None when it holds none)."""
+    value = pc.max(column).as_py()
+    return value if isinstance(value, datetime) else None
+
+
+def _stored_rows_of(view: ViewPlan, stored: delta_rs.Snapshot, rows: pa.Table, start: datetime | None) -> pa.Table:
+    """The stored rows of the entities of ``rows`` (with an event time at or after ``start``, when given): every
+    stored row a read row can have the identity of (keys, event and created time)."""
+    event = pc.field(EVENT_TIMESTAMP) >= pa.scalar(start, arrow_type(DType.TIMESTAMP)) if start is not None else None
+    return _semi_join(view, read_snapshot(stored, row_columns(view), event), rows)
+
+
+def _latest_of_files(view: ViewPlan, path: Path, version: int, files: list[str]) -> pa.Table:
+    """The latest row at ``version`` of every entity that has a row in ``files`` (data files of the table)."""
+    import pyarrow.parquet as pq
+
+    if not files:
+        return pa.table({name: pa.array([], arrow_type(dtype)) for name, dtype in table_columns(view)}).select(
+            row_columns(view)
+        )
+    added = pa.concat_tables(
+        [pq.read_table(path / f, columns=[*view.key_names, EVENT_TIMESTAMP]) for f in files], promote_options="default"
+    )
+    # An entity's latest row is at or after the earliest added row of it: older rows need not be read.
+    earliest = pc.min(added.column(EVENT_TIMESTAMP).cast(arrow_type(DType.TIMESTAMP))).as_py()
+    event = pc.field(EVENT_TIMESTAMP) >= pa.scalar(earliest, arrow_type(DType.TIMESTAMP))
+    rows = read_snapshot(delta_rs.snapshot(path, version), row_columns(view), event)
+    return latest_rows(view, _semi_join(view, rows, added))
+
+
+def _semi_join(view: ViewPlan, rows: pa.Table, keys: pa.Table) -> pa.Table:
+    """The rows of ``rows`` whose join keys appear in ``keys``."""
+    wanted = keys.select(view.key_names).group_by(view.key_names).aggregate([])
+    wanted = pa.table({name: wanted.column(name).cast(rows.schema.field(name).type) for name in view.key_names})
+    return rows.join(wanted, keys=view.key_names, join_type="left semi", use_threads=False)
 
 
 def _problem(config: RepoConfig, view: ViewPlan) -> str | None:
@@ -308,7 +368,14 @@ def latest_rows(view: ViewPlan, table: pa.Table, *, presorted: bool = False) -> 
     return table.select(row_columns(view)).take(order[last_of_key])
 
 
-def _write(view: ViewPlan, path: Path, stored: delta_rs.Snapshot | None, change: Change, at: datetime) -> int | None:
+def _write(
+    view: ViewPlan,
+    path: Path,
+    stored: delta_rs.Snapshot | None,
+    change: Change,
+    at: datetime,
+    metadata: str | None = None,
+) -> int | None:
     """Apply ``change`` to the table in one commit, through delta-rs (creating the table when ``stored`` is
     None); the version committed, or None when there was nothing to commit. New rows alone are appended;
     restated rows are MERGEd by the rule Spark's MERGE follows, the new rows with them."""
@@ -325,10 +392,18 @@ def _write(view: ViewPlan, path: Path, stored: delta_rs.Snapshot | None, change:
     try:
         path.mkdir(parents=True, exist_ok=True)
         if stored is None:
-            return delta_rs.create(path, data, configuration={STATS_PROPERTY: stats_columns(view)})
+            return delta_rs.create(
+                path, data, configuration={STATS_PROPERTY: stats_columns(view)}, user_metadata=metadata
+            )
         if change.updates.num_rows:
-            return delta_rs.merge(stored, data, keys=tuple(view.key_names), features=tuple(view.feature_names))
-        return delta_rs.append(stored, data)
+            return delta_rs.merge(
+                stored,
+                data,
+                keys=tuple(view.key_names),
+                features=tuple(view.feature_names),
+                user_metadata=metadata,
+            )
+        return delta_rs.append(stored, data, user_metadata=metadata)
     except Exception as exc:  # a concurrent commit, a full disk: nothing of this run is visible
         if is_commit_conflict(exc):
             raise MaterializationError(conflict_message(view.name)) from exc

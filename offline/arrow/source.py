@@ -66,13 +66,19 @@ def libpq_uri(sqlalchemy_url: str) -> str:
 
 
 def window_refusal(
-    source: SourcePlan, uri: str, start: datetime | None, end: datetime | None, *, max_rows: int
+    source: SourcePlan,
+    uri: str,
+    start: datetime | None,
+    end: datetime | None,
+    *,
+    max_rows: int,
+    since: datetime | None = None,
 ) -> str | None:
     """Why the window of ``source`` is not read here, or None: asks the database for the window's column types
     (an empty result) and its row count, without fetching a row."""
     import adbc_driver_postgresql.dbapi as adbc
 
-    query = window_query(source, start, end)
+    query = window_query(source, start, end, since)
     try:
         with adbc.connect(uri) as connection, connection.cursor() as cursor:
             cursor.execute("SET TIME ZONE 'UTC'")
@@ -91,15 +97,18 @@ def window_refusal(
     return None
 
 
-def read_source(source: SourcePlan, uri: str, start: datetime | None, end: datetime | None) -> pa.Table:
-    """The source's rows with ``start <= timestamp < end`` from the database at ``uri`` (:func:`libpq_uri`):
+def read_source(
+    source: SourcePlan, uri: str, start: datetime | None, end: datetime | None, since: datetime | None = None
+) -> pa.Table:
+    """The source's rows with ``start <= timestamp < end`` (and a change column at or after ``since``, when
+    given) from the database at ``uri`` (:func:`libpq_uri`):
     exactly the plan's source columns, as their plan types, for a window :func:`window_refusal` accepted."""
     import adbc_driver_postgresql.dbapi as adbc
 
     try:
         with adbc.connect(uri) as connection, connection.cursor() as cursor:
             cursor.execute("SET TIME ZONE 'UTC'")  # as the JDBC driver in Spark's UTC JVM: same bounds, same values
-            cursor.execute(window_query(source, start, end))
+            cursor.execute(window_query(source, start, end, since))
             table = cursor.fetch_arrow_table()
     except Exception as exc:
         raise SourceUnavailableError(

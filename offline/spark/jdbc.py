@@ -134,9 +134,11 @@ def read_source(
     start: datetime | None = None,
     end: datetime | None = None,
     *,
+    since: datetime | None = None,
     num_partitions: int = DEFAULT_PARTITIONS,
 ) -> DataFrame:
-    """Read a source's rows with ``start <= timestamp < end``, partitioned on the timestamp column.
+    """Read a source's rows with ``start <= timestamp < end`` (and a change column at or after ``since``, when
+    given), partitioned on the timestamp column.
 
     The schema is checked first (only metadata is read). The result has exactly the plan's source columns,
     cast to their plan types.
@@ -157,7 +159,7 @@ def read_source(
         undeclared=_SQLITE_UNDECLARED if sqlite else (),
     )
 
-    query = window_query(source, start, end)
+    query = window_query(source, start, end, since)
     fetch_as = _SQLITE_FETCH_AS if sqlite else _FETCH_AS
     fetch = ", ".join(f"{quote_spark(c.name)} {fetch_as[c.dtype]}" for c in source.columns if c.dtype in fetch_as)
     reader = (
@@ -192,22 +194,49 @@ def _bound_text(value: datetime) -> str:
 
 
 def _bounds(spark: SparkSession, target: JdbcTarget, source: SourcePlan, query: str) -> tuple[str | None, str | None]:
-    """MIN and MAX of the timestamp column within the window, computed by the database (one small row).
-
-    They come back formatted by Spark in the session time zone (UTC), never through Python's local zone.
-    """
-
+    """MIN and MAX of the timestamp column within the window, computed by the database (one small row)."""
     ts = quote(source.timestamp_column)
+    lo, hi = _timestamps(spark, target, query, {"lo": f"MIN({ts})", "hi": f"MAX({ts})"})
+    return lo, hi
+
+
+def _timestamps(spark: SparkSession, target: JdbcTarget, query: str, aggregates: dict[str, str]) -> list[str | None]:
+    """The timestamp ``aggregates`` (name: SQL) over the rows of ``query``, computed by the database (one small
+    row), as text. They come back formatted by Spark in the session time zone (UTC), never through Python's
+    local zone."""
     pattern = "yyyy-MM-dd HH:mm:ss.SSSSSS"
+    selected = ", ".join(f"{sql} AS {name}" for name, sql in aggregates.items())
     row = (
         spark.read.format("jdbc")
         .options(**target.options())
-        .option("dbtable", f"(SELECT MIN({ts}) AS lo, MAX({ts}) AS hi FROM ({query}) AS w) skewless_bounds")
-        .option("customSchema", "lo TIMESTAMP, hi TIMESTAMP")
+        .option("dbtable", f"(SELECT {selected} FROM ({query}) AS w) skewless_bounds")
+        .option("customSchema", ", ".join(f"{name} TIMESTAMP" for name in aggregates))
         .load()
-        .select(F.date_format("lo", pattern).alias("lo"), F.date_format("hi", pattern).alias("hi"))
+        .select(*(F.date_format(name, pattern).alias(name) for name in aggregates))
         .first()
     )
-    if row is None:
-        return None, None
-    return row["lo"], row["hi"]
+    return [None if row is None else row[name] for name in aggregates]
+
+
+def latest_value(
+    spark: SparkSession,
+    source: SourcePlan,
+    url: str,
+    column: str,
+    start: datetime | None,
+    end: datetime | None,
+    since: datetime | None,
+) -> datetime | None:
+    """The latest value of the timestamp ``column`` among the source's rows in the window (None when it holds
+    none), computed by the database: one small row. Asked before the rows are read, so it is never later than
+    what the read sees (:mod:`offline.incremental` records it as the run's cursor)."""
+    query = window_query(source, start, end, since)
+    target = jdbc_target(url)
+    try:
+        (latest,) = _timestamps(spark, target, query, {"hi": f"MAX({quote(column)})"})
+    except Exception as exc:  # Py4J/JDBC errors: translate at the boundary, without the password
+        raise SourceUnavailableError(
+            f"cannot read the latest '{column}' of source '{source.name}' at {redact_url(target.url)}: "
+            f"{redact_text(error_summary(exc))}"
+        ) from exc
+    return None if latest is None else datetime.strptime(latest, "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=UTC)

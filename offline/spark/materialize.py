@@ -24,11 +24,12 @@ from features.errors import ChecksFailedError, MaterializationError, SkewlessErr
 from features.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP, Plan, ViewPlan
 from features.protocols import MaterializationResult, OnlineStore, Progress, Publication, iter_batches
 from features.run_stats import FeatureStats
+from offline import incremental
 from offline.errors import conflict_message, error_summary, is_commit_conflict
-from offline.publication import Published, RunProgress, phase, publish_unless_live, published
+from offline.publication import Published, RunProgress, phase, publish_unless_live
 from offline.spark import windows
 from offline.spark.checks import SparkRows
-from offline.spark.jdbc import quote_spark, read_source, spark_type
+from offline.spark.jdbc import latest_value, quote_spark, read_source, spark_type
 from offline.spark.stats import spark_run_stats, spark_stats
 from offline.spark.tables import prepare_rows, read_table, table_version, write_rows
 from offline.spark.translate import SparkTranslator
@@ -112,16 +113,30 @@ def materialize(
     """
     if view.is_windowed:
         return materialize_windowed(
-            spark, config, view, start=start, end=end, online=online, progress=progress, baseline=baseline
+            spark,
+            config,
+            view,
+            start=start,
+            end=end,
+            online=online,
+            progress=progress,
+            baseline=baseline,
+            republish=republish,
         )
     began = time.monotonic()
     run = RunProgress(progress, view)
     run.reading()
     url = config.connection_url(view.source.connection)
-    with phase(view, "checking the source schema"):
-        source = read_source(spark, view.source, url, start, end)  # the schema check happens here
-    prepared = prepare_rows(view, compute_features(view, source))
     path = table_path(config, view)
+    window = incremental.plan_read(view, path, start, end)
+    with phase(view, "checking the source schema"):
+        # the schema check happens here
+        source = read_source(spark, view.source, url, window.start, window.end, since=window.since)
+        latest = latest_value(
+            spark, view.source, url, view.source.cursor_column, window.start, window.end, window.since
+        )
+    metadata = incremental.cursor_metadata(incremental.next_cursor(window, latest))
+    prepared = prepare_rows(view, compute_features(view, source))
     reports: list[CheckReport] = []
 
     def checked(counts: RowCounts, stats: dict[str, FeatureStats], rows: DataFrame) -> None:
@@ -130,7 +145,16 @@ def materialize(
     try:
         # One pass over the source: read, compute, drop invalid and duplicate rows, count, write.
         with phase(view, "reading the source and writing the offline table"):
-            outcome = write_rows(spark, path, view, prepared, datetime.now(UTC), before_commit=checked)
+            outcome = write_rows(
+                spark,
+                path,
+                view,
+                prepared,
+                datetime.now(UTC),
+                before_commit=checked,
+                metadata=metadata,
+                start=window.start,
+            )
             # Known without asking Delta (a Spark job, ~0.25 s) when this run created the table.
             version = outcome.created_version if outcome.created_version is not None else table_version(spark, path)
     except SkewlessError:
@@ -143,7 +167,7 @@ def materialize(
             f"unless its commit completed): {error_summary(exc)}"
         ) from exc
     rows_read, written = outcome.counts.read, outcome.rows_written
-    log.info("view '%s': read %d source row(s) from '%s'", view.name, rows_read, view.source.name)
+    log.info("view '%s': read %d source row(s) from '%s' (%s)", view.name, rows_read, view.source.name, window.reason)
     run.read(rows_read)
     log.info("view '%s': %d row(s) inserted or updated in %s (version %s)", view.name, written, path, version)
 
@@ -158,6 +182,9 @@ def materialize(
             run.counted(_write_from_executors(spark, view, path, version, latest_stats)),
             created=outcome.created_version is not None,
             republish=republish,
+            write_changed=lambda publication, files: run.counted(
+                _write_from_executors(spark, view, path, version, latest_stats, files=files)
+            )(publication),
         )
     run.finish()
     return MaterializationResult(
@@ -171,6 +198,8 @@ def materialize(
         online_current=publication.current,
         stats=spark_run_stats(outcome.stats, latest_stats or None),
         checks=reports[0] if reports else None,
+        read_reason=window.reason,
+        published_changed_only=publication.changed_only,
     )
 
 
@@ -184,12 +213,15 @@ def materialize_windowed(
     online: OnlineStore | None,
     progress: Progress | None = None,
     baseline: Baseline | None = None,
+    republish: bool = False,
 ) -> MaterializationResult:
     """Compute every tick of a windowed view in range (see :mod:`offline.spark.windows`) and publish the latest.
     Its checks read the values of the new ticks, before they are committed (the tiles, committed before, are
     replaced by the next run's, computed from the source as it is then, as after a failed commit).
 
-    Reads the source rows of the new ticks only; the windows reach back through the stored tiles.
+    Reads the source rows of the new ticks only; the windows reach back through the stored tiles. A run without
+    a new tick publishes nothing when the online store already serves the table's version (``republish``
+    publishes it anyway); a new tick publishes every entity, whose values hold at that tick.
     """
     began = time.monotonic()
     run = RunProgress(progress, view)
@@ -238,9 +270,11 @@ def materialize_windowed(
     publication = Published()
     latest_stats: dict[str, FeatureStats] = {}
     if view.online and online is not None and version is not None and through is not None:
-        # Every run publishes a windowed view: its values move with the ticks even when no source row is new.
+        # Each new tick is a new version, published whole: every value holds at that tick (TTLs count from it).
         write = _write_from_executors(spark, view, path, version, latest_stats, as_of=through)
-        publication = Published(*published(view, version, online, run.counted(write)))
+        publication = publish_unless_live(
+            view, path, version, online, run.counted(write), created=False, republish=republish
+        )
     run.finish()
     return MaterializationResult(
         view=view.name,
@@ -251,6 +285,7 @@ def materialize_windowed(
         online_committed=publication.committed,
         seconds=time.monotonic() - began,
         ticks_through=through,
+        online_current=publication.current,
         stats=spark_run_stats(written_stats, latest_stats or None),
         checks=report,
     )
@@ -263,13 +298,20 @@ def _write_from_executors(
     version: int,
     stats: dict[str, FeatureStats],
     as_of: datetime | None = None,
+    files: list[str] | None = None,
 ) -> Callable[[Publication], int]:
     """A ``write`` for :func:`offline.publication.published` that stages the latest row per entity at ``version``
     from Spark's executors, and puts the statistics of those rows in ``stats``; ``as_of`` (windowed views) is the
-    tick the values hold at, sent as their event time so that TTLs count from the last tick computed."""
+    tick the values hold at, sent as their event time so that TTLs count from the last tick computed. With
+    ``files`` (data files of the table), only the entities that have a row in them."""
 
     def write(publication: Publication) -> int:
-        latest = latest_rows(view, read_table(spark, str(path), version))
+        table = read_table(spark, str(path), version)
+        if files is not None:
+            if not files:
+                return 0
+            table = _rows_of_entities_in(spark, view, path, table, files)
+        latest = latest_rows(view, table)
         if as_of is not None:
             latest = latest.withColumn(EVENT_TIMESTAMP, F.lit(as_of).cast("timestamp"))
         latest = latest.persist()  # published, then described, from one computation of the latest rows
@@ -281,6 +323,21 @@ def _write_from_executors(
         return written
 
     return write
+
+
+def _rows_of_entities_in(
+    spark: SparkSession, view: ViewPlan, path: Path, table: DataFrame, files: list[str]
+) -> DataFrame:
+    """The rows of ``table`` of the entities that have a row in ``files`` (data files of the table). An entity's
+    latest row is at or after its earliest row in those files: older stored rows are skipped by their files'
+    statistics."""
+    keys = [quote_spark(k) for k in view.key_names]
+    added = spark.read.parquet(*(str(path / f) for f in files)).select(*keys, EVENT_TIMESTAMP)
+    row = added.agg(F.min(EVENT_TIMESTAMP).alias("earliest")).first()
+    earliest = None if row is None else row["earliest"]
+    if earliest is not None:
+        table = table.where(F.col(EVENT_TIMESTAMP) >= F.lit(earliest))
+    return table.join(added.select(*keys).distinct(), on=list(view.key_names), how="left_semi")
 
 
 def _features(view: ViewPlan) -> list[tuple[str, DType]]:

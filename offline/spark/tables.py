@@ -12,7 +12,7 @@ import operator
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +139,9 @@ def write_rows(
     prepared: PreparedRows,
     published_at: datetime,
     before_commit: Callable[[RowCounts, dict[str, FeatureStats], DataFrame], None] | None = None,
+    *,
+    metadata: str | None = None,
+    start: datetime | None = None,
 ) -> Written:
     """Write the prepared rows into the view's table in one Delta commit.
 
@@ -148,7 +151,8 @@ def write_rows(
     :func:`merge_rows`); when none are left there is no commit at all. Either way the source is read once, and
     the statistics of the rows written (:mod:`offline.spark.stats`) come from the rows persisted for the write.
     ``before_commit`` gets the counts, those statistics and the persisted rows before anything is committed (the
-    run's checks: it raises to stop the run).
+    run's checks: it raises to stop the run). ``metadata`` goes into the commit's ``userMetadata``; ``start`` (every
+    row's event time is at or after it) lets the anti-join and the MERGE skip the stored files of older rows.
     """
 
     features = [(f.name, f.dtype) for f in view.features]
@@ -160,12 +164,14 @@ def write_rows(
             stats = spark_stats(rows, features, counts.kept)
             if before_commit is not None:
                 before_commit(counts, stats, rows)
-            (
+            writer = (
                 rows.write.format("delta")
                 .mode("errorifexists")
                 .option(STATS_PROPERTY, stats_columns(view))  # options named delta.* become table properties
-                .save(str(path))
             )
+            if metadata is not None:
+                writer = writer.option("userMetadata", metadata)
+            writer.save(str(path))
         finally:
             rows.unpersist()
         return Written(counts, counts.kept, created_version=0, stats=stats)  # a table's first commit is version 0
@@ -173,6 +179,8 @@ def write_rows(
     # Only what differs from the stored rows goes into the MERGE: a rerun of an unchanged window matches every
     # row here and commits nothing, instead of MERGE-joining and rewriting the whole table.
     stored = read_table(spark, path)
+    if start is not None:
+        stored = stored.where(F.col(EVENT_TIMESTAMP) >= F.lit(start).cast("timestamp"))
     frame = prepared.frame
     columns = [*view.key_names, *view.feature_names, EVENT_TIMESTAMP, CREATED_TIMESTAMP]
     same = [frame[quote_spark(c)].eqNullSafe(stored[quote_spark(c)]) for c in columns]
@@ -183,7 +191,7 @@ def write_rows(
         stats = spark_stats(changed, features, count)
         if before_commit is not None:
             before_commit(counts, stats, changed)
-        written = merge_rows(spark, path, view, changed, published_at) if count else 0
+        written = merge_rows(spark, path, view, changed, published_at, metadata=metadata, start=start) if count else 0
     finally:
         changed.unpersist()
     return Written(counts, written, stats=stats)
@@ -199,11 +207,22 @@ def _with_published_at(view: ViewPlan, rows: DataFrame, published_at: datetime) 
     ).to(schema)
 
 
-def merge_rows(spark: SparkSession, path: Path | str, view: ViewPlan, rows: DataFrame, published_at: datetime) -> int:
+def merge_rows(
+    spark: SparkSession,
+    path: Path | str,
+    view: ViewPlan,
+    rows: DataFrame,
+    published_at: datetime,
+    *,
+    metadata: str | None = None,
+    start: datetime | None = None,
+) -> int:
     """MERGE ``rows`` into the view's table in one Delta commit; returns rows inserted or updated.
 
     Matched on (join keys, event_timestamp, created_timestamp null-safe). A matched row is updated only when a
-    feature value differs (null-safe), so re-running a window commits nothing.
+    feature value differs (null-safe), so re-running a window commits nothing. ``metadata`` goes into the
+    commit's ``userMetadata``; with ``start`` (no row of ``rows`` is older) the stored rows before it are not
+    matched, so their files are not read.
     """
 
     (DeltaTable.createIfNotExists(spark).location(str(path)).addColumns(table_schema(view)).execute())
@@ -217,12 +236,13 @@ def merge_rows(spark: SparkSession, path: Path | str, view: ViewPlan, rows: Data
             *(f"{col('t', k)} <=> {col('s', k)}" for k in view.key_names),
             f"{col('t', EVENT_TIMESTAMP)} = {col('s', EVENT_TIMESTAMP)}",
             f"{col('t', CREATED_TIMESTAMP)} <=> {col('s', CREATED_TIMESTAMP)}",
+            *([] if start is None else [f"{col('t', EVENT_TIMESTAMP)} >= timestamp'{_utc_text(start)}'"]),
         ]
     )
     changed = " OR ".join(f"NOT ({col('t', f)} <=> {col('s', f)})" for f in view.feature_names) or "false"
     updates: dict[str, str | Column] = {quote_spark(f): col("s", f) for f in (*view.feature_names, PUBLISHED_AT)}
     metrics = (
-        DeltaTable.forPath(spark, str(path))
+        DeltaTable.forPath(_committing_session(spark, metadata), str(path))
         .alias("t")
         .merge(source.alias("s"), on)
         .whenMatchedUpdate(condition=changed, set=updates)
@@ -232,3 +252,18 @@ def merge_rows(spark: SparkSession, path: Path | str, view: ViewPlan, rows: Data
     if metrics is None:
         return 0
     return int(metrics["num_inserted_rows"]) + int(metrics["num_updated_rows"])
+
+
+def _committing_session(spark: SparkSession, metadata: str | None) -> SparkSession:
+    """The session whose commits carry ``metadata`` as their ``userMetadata``. Delta takes it from a session
+    setting, and views run concurrently in one session: a session of its own (same context, own settings)
+    keeps one view's metadata out of another's commit."""
+    if metadata is None:
+        return spark
+    session = spark.newSession()
+    session.conf.set("spark.databricks.delta.commitInfo.userMetadata", metadata)
+    return session
+
+
+def _utc_text(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")

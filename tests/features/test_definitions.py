@@ -232,3 +232,19 @@ def test_bad_on_demand_definitions(make_repo: Repo, old: str, new: str, message:
         FeatureStore(config=config).apply()
     assert message in str(info.value)
     assert f"checks.py:{line}" in str(info.value)
+
+
+def test_late_rows_and_changed_at_are_checked_with_file_and_line(make_repo: Repo) -> None:
+    for late, why in (("2x", "is not a duration"), ("unbounded", "cannot be unbounded"), ("0s", "positive")):
+        with pytest.raises(DefinitionError, match=rf"test_definitions.py:\d+: late_rows.*{why}"):
+            SqlSource(connection="c", table="t", timestamp="ts", late_rows=late)
+    views = VIEWS.replace('created="created")', 'created="created", late_rows="2h", changed_at="label")')
+    store = FeatureStore(config=make_repo({"entities.py": ENTITIES, "views.py": views}))
+    with pytest.raises(DefinitionError, match=r"views.py:\d+: changed_at column 'label' has type string"):
+        store.compile()
+    good = FeatureStore(config=make_repo({"entities.py": ENTITIES, "views.py": views.replace("label", "created")}))
+    source = good.compile().view("card_txn").source
+    assert (source.late_rows_seconds, source.changed_column) == (7200, "created")
+    # How runs find new rows changes no stored value: the table (storage fingerprint) stays the same.
+    plain = FeatureStore(config=make_repo({"entities.py": ENTITIES, "views.py": VIEWS})).compile()
+    assert plain.view("card_txn").storage_fingerprint == good.compile().view("card_txn").storage_fingerprint

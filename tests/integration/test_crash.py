@@ -1,5 +1,7 @@
 """Kill `skewless materialize` mid-run (the whole process group: driver JVM and Python workers): Delta Lake
-and Redis are left as they were before the run or fully after it, never half; a rerun completes it."""
+and Redis are left as they were before the run or fully after it, never half; a rerun completes it. A run that
+publishes its changed entities in place (an incremental run) is killed too: each entity then serves its old or
+its new row, never another, and the rerun publishes the rest."""
 
 from __future__ import annotations
 
@@ -47,9 +49,9 @@ def write_generation(db: Path, generation: int) -> None:
     con.close()
 
 
-def materialize(repo: Path) -> subprocess.Popen[str]:
+def materialize(repo: Path, *flags: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "features.cli", "materialize", "--repo", str(repo)],
+        [sys.executable, "-m", "features.cli", "materialize", "--repo", str(repo), *flags],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -97,11 +99,11 @@ def test_killed_runs_leave_stores_before_or_after(tmp_path: Path, redis_url: str
     assert generations_online(store, sample) == {1}
     assert offline_rows(store) == (ENTITIES, {1})
 
-    # Run 2 is killed while it publishes: staged keys appear in Redis before the commit.
+    # Run 2 is killed while it publishes a whole snapshot: staged keys appear in Redis before the commit.
     write_generation(db, 2)
     client = redis.Redis.from_url(redis_url)
     baseline = client.dbsize()
-    run = materialize(repo)
+    run = materialize(repo, "--republish")
     deadline = time.monotonic() + 600
     while client.dbsize() < baseline + 1_000:
         assert run.poll() is None, "the run finished before it could be killed mid-publication"
@@ -117,13 +119,25 @@ def test_killed_runs_leave_stores_before_or_after(tmp_path: Path, redis_url: str
     run = materialize(repo)
     time.sleep(6)
     kill_group(run)
-    assert generations_online(store, sample) in ({1}, {3})
+    assert generations_online(store, sample) <= {1, 3}  # a run killed mid-update: each entity old or new
     count, generations = offline_rows(store)
     assert generations in ({1}, {1, 2}, {1, 2, 3}) and count == ENTITIES * len(generations)
+    finished = materialize(repo)
+    assert finished.wait(timeout=600) == 0, finished.stdout.read() if finished.stdout else ""
+    assert generations_online(store, sample) == {3}
+
+    # Run 4 is killed while it writes its changed entities into the live snapshot: some are new, the rest old.
+    write_generation(db, 4)
+    run = materialize(repo)
+    while run.poll() is None and 4 not in generations_online(store, sample):
+        time.sleep(0.005)
+    if run.poll() is None:
+        kill_group(run)
+    assert generations_online(store, sample) <= {3, 4}
 
     # A rerun completes everything.
     final = materialize(repo)
     assert final.wait(timeout=600) == 0, final.stdout.read() if final.stdout else ""
-    assert generations_online(store, sample) == {3}
-    assert offline_rows(store) == (3 * ENTITIES, {1, 2, 3})
+    assert generations_online(store, sample) == {4}
+    assert offline_rows(store) == (4 * ENTITIES, {1, 2, 3, 4})
     store.close()

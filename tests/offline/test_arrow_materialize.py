@@ -238,7 +238,9 @@ def test_a_source_that_changed_stored_values_is_merged_in_arrow_as_spark_merges(
     by_spark = engine.materialize(make_plan(view), view, start=None, end=None, online=store, engine="spark")
     assert (by_spark.engine, by_spark.rows_written_offline) == ("spark", 1)
     assert delta_rows(spark, table_path(config, view)) == expected_table(rows, None, None)
-    rows.append((2, "Later", 1.0, 1, BASE + timedelta(days=5, hours=1), None))
+    # After the watermark Spark's run recorded (its latest row, 2h): a row before it would be a late row, not read
+    # without a lookback (late_rows).
+    rows.append((2, "Later", 1.0, 1, BASE + timedelta(days=5, hours=3), None))
     write_pg_source(postgres_url, table, rows)
     after = engine.materialize(make_plan(view), view, start=None, end=None, online=store)
     assert (after.engine, after.rows_written_offline) == ("arrow", 1)
@@ -306,10 +308,10 @@ def test_a_concurrent_commit_fails_the_run_and_changes_nothing(
     live_before = live_rows(store, "race_txn")
     append = delta_rs.append
 
-    def spark_commits_first(snapshot: Any, data: Any) -> int:
+    def spark_commits_first(snapshot: Any, data: Any, **options: Any) -> int:
         # Another writer (Spark, appending one more row) commits the version this run computed against.
         read_table(spark, path).limit(1).write.format("delta").mode("append").save(str(path))
-        return append(snapshot, data)
+        return append(snapshot, data, **options)
 
     monkeypatch.setattr(delta_rs, "append", spark_commits_first)
     with pytest.raises(MaterializationError) as info:

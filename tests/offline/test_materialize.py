@@ -452,8 +452,10 @@ def test_a_concurrent_commit_fails_the_spark_run_in_one_line_and_changes_nothing
     merge = spark_tables.merge_rows
     udf = _commit_once_while_merging(path, tmp_path / "raced")
 
-    def merge_while_another_commits(spark: Any, path: Any, view: ViewPlan, rows: Any, published_at: Any) -> int:
-        return merge(spark, path, view, rows.withColumn("user_id", udf(rows["user_id"])), published_at)
+    def merge_while_another_commits(
+        spark: Any, path: Any, view: ViewPlan, rows: Any, published_at: Any, **options: Any
+    ) -> int:
+        return merge(spark, path, view, rows.withColumn("user_id", udf(rows["user_id"])), published_at, **options)
 
     monkeypatch.setattr(spark_tables, "merge_rows", merge_while_another_commits)
     with pytest.raises(MaterializationError) as info:
