@@ -186,6 +186,10 @@ def test_a_rerun_reads_the_unseen_rows_and_publishes_the_changed_entities(runner
     redefined = a_view(table, expression="amount * 2")
     whole = runner.run(redefined)
     assert (whole.rows_read, whole.rows_published, whole.published_changed_only) == (len(source), USERS, False)
+    # ... which goes live over the old definition's snapshot, whose watermark (its table's version) is higher.
+    assert whole.online_committed
+    doubled = {u: (value * 2, at) for u, (value, at) in oracle_latest(oracle_table(source)).items()}
+    assert runner.served(redefined) == doubled
 
 
 def test_a_change_column_reads_restated_rows_whatever_their_event_time(runner: Runner, postgres_url: str) -> None:

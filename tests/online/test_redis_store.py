@@ -80,6 +80,29 @@ def test_an_older_watermark_never_overwrites_a_newer_one(store: RedisOnlineStore
     assert data_versions(store, "card") == {"v1", "v3"}  # the refused v2 was dropped
 
 
+def test_a_new_definition_goes_live_over_any_watermark_of_the_old_one(store: RedisOnlineStore) -> None:
+    """A changed definition writes a new table, whose versions start again at 0: its first publication must
+    replace the old definition's snapshot whatever that one's watermark, and a publication of the old definition
+    started before it must not come back over it."""
+    changed = make_view(
+        "card", [("card_id", DType.INT64)], [("limit", DType.FLOAT64), ("tier", DType.STRING)], salt="2"
+    )
+    assert changed.storage_fingerprint != CARD.storage_fingerprint
+    assert publish(store, CARD, card_rows(1.0), watermark=7)
+    late_old_run = store.start_publication(CARD, watermark=8)  # an old-definition run still under way
+    late_old_run.write([make_batch(CARD, card_rows(8.0))])
+
+    assert publish(store, changed, card_rows(2.0), watermark=0)
+    assert limits(store, [1, 2], changed) == [2.0, 2.0]
+    assert store.live_version("card")["storage_fingerprint"] == changed.storage_fingerprint  # type: ignore[index]
+    assert late_old_run.commit() is False  # started before the live snapshot, of another definition
+    assert limits(store, [1], changed) == [2.0]
+
+    assert publish(store, changed, card_rows(3.0), watermark=1)  # and the new table's versions count from there
+    assert publish(store, changed, card_rows(0.5), watermark=0) is False
+    assert limits(store, [1], changed) == [3.0]
+
+
 def test_old_versions_are_deleted_but_the_previous_one_is_kept(store: RedisOnlineStore) -> None:
     for watermark in range(1, 6):
         assert publish(store, CARD, card_rows(float(watermark)), watermark=watermark)
