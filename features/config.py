@@ -141,6 +141,13 @@ SETTINGS: tuple[Setting, ...] = (
         "make live again; each costs the bytes of its rows in the store",
     ),
     Setting(
+        "online.update_in_place",
+        False,
+        "true: a run writes only the entities whose latest row changed into the live snapshot (cost grows with the "
+        "change, not the view); the runs since the last whole snapshot are then not rollback points. false: every "
+        "run that changed something publishes a whole new snapshot, which 'skewless rollback' can undo",
+    ),
+    Setting(
         "serving.tokens",
         {},
         "bearer tokens that may call the HTTP service, by name: the token's hash (sha256:<hex>, printed by "
@@ -291,6 +298,7 @@ class RepoConfig:
     online_store: str = DEFAULTS["online.store"]
     keep_snapshots: int = DEFAULTS["online.keep_snapshots"]
     contract_versions: int = DEFAULTS["online.contract_versions"]
+    update_in_place: bool = DEFAULTS["online.update_in_place"]
     offline_engine: str = DEFAULTS["offline.engine"]
     concurrent_views: int = DEFAULTS["offline.concurrent_views"]
     arrow_join_max_mb: int = DEFAULTS["offline.arrow_join_max_mb"]
@@ -362,6 +370,7 @@ class RepoConfig:
             online_store=str(value("online.store")),
             keep_snapshots=whole("online.keep_snapshots", 2),
             contract_versions=whole("online.contract_versions", 0),
+            update_in_place=_flag(online, "online.update_in_place", source),
             connections={str(k): str(v) for k, v in connections.items()},
             definitions=str(value("definitions")),
             serving_tokens=_tokens(serving.get("tokens") or {}, source),

@@ -141,7 +141,10 @@ class OnlineStore(Protocol):
 
 @runtime_checkable
 class UpdatableStore(Protocol):
-    """An online store that can publish a run's changed entities into the live snapshot in place."""
+    """An online store that can publish a run's changed entities into the live snapshot in place; it does when
+    ``update_in_place`` (``online.update_in_place``: the runs it updates are then not rollback points)."""
+
+    update_in_place: bool
 
     def start_update(self, view: ViewPlan, *, watermark: int, live_version: str) -> Publication:
         """Write rows into the live snapshot ``live_version`` (each only over an older row) and record

@@ -146,9 +146,10 @@ def publish_unless_live(
 
     With ``write_changed``, a run publishes only the entities whose rows changed since the table version the
     live snapshot holds (:func:`changed_files`), into that snapshot in place (:func:`updated`), when the store
-    can (:class:`~features.protocols.UpdatableStore`); a whole new snapshot otherwise: the first publication,
-    a definition change (another storage or feature fingerprint), ``republish``, or a log that no longer says
-    what changed."""
+    can and is set to (:class:`~features.protocols.UpdatableStore`, ``online.update_in_place``: a run updated in
+    place is no rollback point, as its previous values are overwritten); a whole new snapshot otherwise: the
+    first publication, a definition change (another storage or feature fingerprint), ``republish``, or a log that
+    no longer says what changed."""
     live = online.live_snapshot(view)
     if live is not None and live.held:
         log.warning(
@@ -169,7 +170,8 @@ def publish_unless_live(
             path,
         )
         return Published(current=True)
-    if write_changed is not None and not republish and not created and isinstance(online, UpdatableStore):
+    incremental = write_changed is not None and not republish and not created
+    if incremental and write_changed is not None and isinstance(online, UpdatableStore) and online.update_in_place:
         files = changed_files(live, view, path, version)
         if files is not None and live is not None and live.version is not None:
             outcome = updated(view, version, online, live.version, lambda p: write_changed(p, files))

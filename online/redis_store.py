@@ -86,6 +86,7 @@ class RedisOnlineStore:
         connect_timeout: float = 1.0,
         timeout: float = 2.0,
         keep_snapshots: int = 2,
+        update_in_place: bool = False,
     ) -> None:
         if url == "embedded" and state_dir is None:
             raise ConfigError("the embedded online store needs a state directory (state_dir=)")
@@ -102,6 +103,7 @@ class RedisOnlineStore:
         self.connect_timeout = connect_timeout
         self.timeout = timeout
         self.keep_snapshots = max(2, keep_snapshots)  # the live and the previous snapshot, at least
+        self.update_in_place = update_in_place  # online.update_in_place: runs update the live snapshot
         self._client: redis.Redis | None = None
         self._resolved: str | None = None
         self._read_script: Any = None
@@ -125,6 +127,7 @@ class RedisOnlineStore:
             project=config.project,
             state_dir=config.state_dir(),
             keep_snapshots=config.keep_snapshots,
+            update_in_place=config.update_in_place,
         )
 
     # -- connection -------------------------------------------------------------------------------------------

@@ -88,7 +88,7 @@ def test_killed_runs_leave_stores_before_or_after(tmp_path: Path, redis_url: str
     (repo / "defs" / "balances.py").write_text(DEFINITIONS)
     (repo / "skewless.yaml").write_text(
         f"project: crash_{uuid.uuid4().hex[:6]}\nregistry: sqlite:///registry.db\ndefinitions: defs\n"
-        f"online:\n  url: {redis_url}\nconnections:\n  db: sqlite:///{db}\n"
+        f"online:\n  url: {redis_url}\n  update_in_place: true\nconnections:\n  db: sqlite:///{db}\n"
     )
     write_generation(db, 1)
     store = FeatureStore(repo)

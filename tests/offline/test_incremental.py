@@ -141,7 +141,7 @@ class Runner:
 @pytest.fixture(params=["arrow", "spark"])
 def runner(request: pytest.FixtureRequest, spark: Any, postgres_url: str, redis_url: str, tmp_path: Path) -> Any:
     config = RepoConfig(root=tmp_path, connections={"shop": postgres_url})
-    with RedisOnlineStore(redis_url, project=f"inc{uuid.uuid4().hex[:8]}") as store:
+    with RedisOnlineStore(redis_url, project=f"inc{uuid.uuid4().hex[:8]}", update_in_place=True) as store:
         yield Runner(request.param, spark, config, store)
 
 
@@ -190,6 +190,29 @@ def test_a_rerun_reads_the_unseen_rows_and_publishes_the_changed_entities(runner
     assert whole.online_committed
     doubled = {u: (value * 2, at) for u, (value, at) in oracle_latest(oracle_table(source)).items()}
     assert runner.served(redefined) == doubled
+
+
+def test_by_default_a_changed_run_publishes_a_whole_snapshot_that_stays_a_rollback_point(
+    postgres_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    """Without ``online.update_in_place`` a run still reads only the unseen rows, but publishes every entity as a
+    new snapshot, so the snapshot before it is kept and a rollback can make it live again."""
+    table = f"inc_{uuid.uuid4().hex[:8]}"
+    first = first_rows()
+    write_pg(postgres_url, table, first, create=True)
+    view = a_view(table)
+    config = RepoConfig(root=tmp_path, connections={"shop": postgres_url})
+    with RedisOnlineStore(redis_url, project=f"inc{uuid.uuid4().hex[:8]}") as store:
+        runner = Runner("arrow", None, config, store)
+        runner.run(view)
+        before = runner.served(view)
+        write_pg(postgres_url, table, second_rows(watermark(first)), create=False)
+        again = runner.run(view)
+        assert again.rows_read < len(first)  # still only the unseen rows (and the lookback)
+        assert (again.rows_published, again.published_changed_only) == (USERS, False)
+        assert len(store.kept_snapshots(view.online_name)) == 2
+        store.rollback(view.online_name, to=None, held="test")
+        assert runner.served(view) == before
 
 
 def test_a_change_column_reads_restated_rows_whatever_their_event_time(runner: Runner, postgres_url: str) -> None:
