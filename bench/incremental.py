@@ -85,7 +85,8 @@ def write_repo(repo: Path, pg_url: str, redis_url: str, engine: str) -> None:
     (repo / "skewless.yaml").write_text(
         f"project: incr_{engine}\nregistry: sqlite:///{repo / 'registry.db'}\noffline:\n  path: offline\n"
         f"  arrow_materialize_max_rows: {limit}\n  arrow_join_max_mb: 100000\n  spark:\n    spark.master: local[2]\n"
-        f"online:\n  url: {redis_url}\n  update_in_place: true\nconnections:\n  bench: {pg_url}\ndefinitions: definitions\n"
+        f"online:\n  url: {redis_url}\n  update_in_place: true\n"
+        f"connections:\n  bench: {pg_url}\ndefinitions: definitions\n"
     )
 
 
