@@ -150,10 +150,11 @@ def repo(spark: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]
     first = training_dataset(lambda: spark, config, plan, 7, entities(), REFS, output=out, join="spark")
     first_arrow = training_dataset(lambda: spark, config, plan, 7, entities(), REFS, output=out_arrow, join="arrow")
     versions = {v.name: table_version(spark, table_path(config, v)) for v in plan.views}
-    # More data arrives, dated inside the period the training set covers.
+    # More data arrives, dated inside the period the training set covers: late rows, which a run reads only
+    # from --start on (runs read the rows after their watermark).
     write_db(root / "bank.db", extra=True)
     for view in plan.views:
-        materialize(spark, config, plan, view, start=None, end=None, online=None)
+        materialize(spark, config, plan, view, start=BASE, end=None, online=None)
     return {
         "root": root,
         "config": config,
