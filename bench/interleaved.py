@@ -11,14 +11,23 @@ Servers: ``floor`` (Go's net/http and go-redis doing the one ``MGET``: bench/go_
 case (1 and 100 entities): the median req/s and its spread (min-max, % of the median); then the issue's ratios,
 each the median over rounds of the round's own ratio (paired): skewless / floor (targets >= 40% for 1 entity, >=
 80% for 100), and the costs of authentication (<= 5%) and of /metrics (<= 3%) against plain uvicorn.
+
+Req/s on a 2-core machine is noisy (a round's paired ratio of two identical servers moves by +-10%), too noisy
+to settle a 3% cost. So each load also counts CPU time: the server's (every process of its group, from /proc),
+redis-server's and wrk's, per request answered. A cost on the hot path shows as the server's CPU per request,
+which other processes' load barely moves; its share of the whole stack's CPU per request (server + redis-server
++ wrk) is what it costs in req/s when the stack saturates the machine. ``uvicorn=`` is a second plain uvicorn,
+the control: its differences from ``uvicorn`` are the harness's own noise. ``--servers`` picks some of them.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -43,8 +52,8 @@ CASES = (1, 100)
 
 
 @contextlib.contextmanager
-def servers(redis_url: str, work: Path) -> Iterator[dict[str, tuple[str, dict[str, str]]]]:
-    """Every server started: name -> (lookup URL, extra request headers)."""
+def servers(redis_url: str, work: Path, chosen: set[str]) -> Iterator[dict[str, tuple[str, dict[str, str], int]]]:
+    """The chosen servers started: name -> (lookup URL, extra request headers, process group)."""
     import redis as redis_lib
 
     client = redis_lib.Redis.from_url(redis_url)
@@ -63,28 +72,32 @@ def servers(redis_url: str, work: Path) -> Iterator[dict[str, tuple[str, dict[st
         repos[name] = write_repo(work / name, redis_url, PROJECT, serving, plan=PLAN)
     commands = {
         "uvicorn": ("plain", "uvicorn"),
+        "uvicorn=": ("plain", "uvicorn"),
         "granian": ("plain", "granian"),
         "uvicorn+auth": ("auth", "uvicorn"),
         "uvicorn+metrics": ("metrics", "uvicorn"),
     }
-    binary = compiled_floor.build()
+    binary = compiled_floor.build() if "floor" in chosen else None
     with contextlib.ExitStack() as stack:
-        started: dict[str, tuple[str, dict[str, str]]] = {}
+        started: dict[str, tuple[str, dict[str, str], int]] = {}
         if binary is None:
-            log(compiled_floor.NO_GO)
+            if "floor" in chosen:
+                log(compiled_floor.NO_GO)
         else:
             port = free_port()
             env = {**os.environ, "FLOOR_REDIS_URL": redis_url, "FLOOR_PREFIXES": prefixes, "GOMAXPROCS": "2"}
             command = [str(binary), "--host", "127.0.0.1", "--port", str(port)]
-            stack.enter_context(server(command, port, logfile=work / "floor.log", env=env))
-            started["floor"] = (f"http://127.0.0.1:{port}/v1/features", {})
+            group = stack.enter_context(server(command, port, logfile=work / "floor.log", env=env))
+            started["floor"] = (f"http://127.0.0.1:{port}/v1/features", {}, group)
         for name, (repo, asgi) in commands.items():
+            if name not in chosen:
+                continue
             port = free_port()
             command = [str(SKEWLESS_CLI), "serve", "--repo", str(repos[repo]), "--port", str(port)]
             command += ["--workers", "2", "--server", asgi]
-            stack.enter_context(server(command, port, logfile=work / f"{name}.log"))
+            group = stack.enter_context(server(command, port, logfile=work / f"{name}.log"))
             headers = {"Authorization": f"Bearer {TOKEN}"} if repo == "auth" else {}
-            started[name] = (f"http://127.0.0.1:{port}/v1/features", headers)
+            started[name] = (f"http://127.0.0.1:{port}/v1/features", headers, group)
         yield started
 
 
@@ -95,59 +108,137 @@ def body(name: str, entities: int) -> bytes:
     return body_of(entities)
 
 
-def measure(rounds: int, seconds: float) -> dict[str, object]:
-    rps: dict[tuple[str, int], list[float]] = {}
+SERVERS = ("floor", "uvicorn", "uvicorn=", "granian", "uvicorn+auth", "uvicorn+metrics")
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(group: int) -> float:
+    """User + system CPU seconds of every live process of a process group (its workers included)."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (name)": the name may hold spaces
+        except (OSError, IndexError):  # gone meanwhile
+            continue
+        if int(fields[2]) == group:  # pgrp
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / _TICK
+
+
+def children_cpu_seconds() -> float:
+    """CPU seconds of this process's waited-for children (every wrk run so far)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+@dataclasses.dataclass
+class Load:
+    """One load of one server: req/s, and CPU µs per request answered of the server, redis-server and wrk."""
+
+    rps: float
+    server_us: float
+    redis_us: float
+    wrk_us: float
+
+    @property
+    def stack_us(self) -> float:
+        return self.server_us + self.redis_us + self.wrk_us
+
+
+def measure(rounds: int, seconds: float, chosen: set[str]) -> dict[str, object]:
+    loads: dict[tuple[str, int], list[Load]] = {}
     with redis_server() as redis_url, tempfile.TemporaryDirectory() as tmp:
+        import redis as redis_lib
+
         with RedisOnlineStore(redis_url, project=PROJECT) as store:
             publish_users(store)
-        with servers(redis_url, Path(tmp)) as started:
+        client = redis_lib.Redis.from_url(redis_url)
+        redis_group = os.getpgid(int(client.info("server")["process_id"]))
+        client.close()
+        with servers(redis_url, Path(tmp), chosen) as started:
             names = list(started)
             for name in names:  # warm-up: the Lua read, the decoders, the JIT of nothing
-                url, headers = started[name]
+                url, headers, _ = started[name]
                 for entities in CASES:
                     wrk_load(url, body(name, entities), 1, Path(tmp), headers)
             for round_ in range(rounds):
                 order = names[round_ % len(names) :] + names[: round_ % len(names)]
                 for name in order:
-                    url, headers = started[name]
+                    url, headers, group = started[name]
                     for entities in CASES:
+                        before = (cpu_seconds(group), cpu_seconds(redis_group), children_cpu_seconds())
                         got, p99, errors = wrk_load(url, body(name, entities), seconds, Path(tmp), headers)
+                        after = (cpu_seconds(group), cpu_seconds(redis_group), children_cpu_seconds())
                         if errors or not got:
                             raise SystemExit(
                                 f"{name}, {entities} entities: {errors} answers were not 2xx ({got} req/s)"
                             )
-                        rps.setdefault((name, entities), []).append(got)
+                        answered = got * max(1, int(seconds))
+                        per_request = [1e6 * (b - a) / answered for a, b in zip(before, after, strict=True)]
+                        load = Load(got, *per_request)
+                        loads.setdefault((name, entities), []).append(load)
                         log(
                             json.dumps(
-                                {"round": round_, "server": name, "entities": entities, "rps": got, "p99_ms": p99}
+                                {
+                                    "round": round_,
+                                    "server": name,
+                                    "entities": entities,
+                                    "rps": got,
+                                    "p99_ms": p99,
+                                    "cpu_us_per_request": {
+                                        "server": round(load.server_us, 1),
+                                        "redis": round(load.redis_us, 1),
+                                        "wrk": round(load.wrk_us, 1),
+                                    },
+                                }
                             )
                         )
-    return summarize(rps)
+    return summarize(loads)
 
 
-def summarize(rps: dict[tuple[str, int], list[float]]) -> dict[str, object]:
+def summarize(loads: dict[tuple[str, int], list[Load]]) -> dict[str, object]:
     out: dict[str, object] = {}
-    for (name, entities), values in rps.items():
-        median = statistics.median(values)
+    for (name, entities), values in loads.items():
+        rps = [load.rps for load in values]
+        server_us = [load.server_us for load in values]
+        median = statistics.median(rps)
         out[f"{name} {entities}"] = {
             "median_rps": round(median),
-            "spread_pct": round(100 * (max(values) - min(values)) / median, 1),
-            "rps": values,
+            "spread_pct": round(100 * (max(rps) - min(rps)) / median, 1),
+            "rps": rps,
+            "server_cpu_us_per_request": round(statistics.median(server_us), 1),
+            "server_cpu_spread_pct": round(100 * (max(server_us) - min(server_us)) / statistics.median(server_us), 1),
+            "stack_cpu_us_per_request": round(statistics.median(load.stack_us for load in values), 1),
         }
 
     def paired(a: str, b: str, entities: int) -> float | None:
-        if (a, entities) not in rps or (b, entities) not in rps:
+        """The median over rounds of b's req/s as a % of a's in the same round."""
+        if (a, entities) not in loads or (b, entities) not in loads:
             return None
-        ratios = [y / x for x, y in zip(rps[a, entities], rps[b, entities], strict=True)]
+        ratios = [y.rps / x.rps for x, y in zip(loads[a, entities], loads[b, entities], strict=True)]
         return round(100 * statistics.median(ratios), 1)
+
+    def cpu_cost(a: str, b: str, entities: int) -> float | None:
+        """What b's server adds per request to a's, as a % of a's whole stack CPU per request (server, redis-server
+        and wrk): its cost in req/s when the stack saturates the machine. The median over rounds, paired."""
+        if (a, entities) not in loads or (b, entities) not in loads:
+            return None
+        costs = [
+            (y.server_us - x.server_us) / x.stack_us
+            for x, y in zip(loads[a, entities], loads[b, entities], strict=True)
+        ]
+        return round(100 * statistics.median(costs), 1)
 
     for entities in CASES:
         for name in ("uvicorn", "granian"):
-            out[f"{name} / floor, {entities} entities (%)"] = paired("floor", name, entities)
-        auth = paired("uvicorn", "uvicorn+auth", entities)
-        metrics = paired("uvicorn", "uvicorn+metrics", entities)
-        out[f"auth cost, {entities} entities (%)"] = None if auth is None else round(100 - auth, 1)
-        out[f"metrics cost, {entities} entities (%)"] = None if metrics is None else round(100 - metrics, 1)
+            ratio = paired("floor", name, entities)
+            if ratio is not None:
+                out[f"{name} / floor, {entities} entities (%)"] = ratio
+        for name, label in (("uvicorn=", "control"), ("uvicorn+auth", "auth"), ("uvicorn+metrics", "metrics")):
+            ratio = paired("uvicorn", name, entities)
+            if ratio is not None:
+                out[f"{label} cost in req/s, {entities} entities (%)"] = round(100 - ratio, 1)
+                out[f"{label} cost in CPU per request, {entities} entities (%)"] = cpu_cost("uvicorn", name, entities)
     out["load_average"] = [round(x, 2) for x in os.getloadavg()]
     out["date"] = datetime.now(UTC).isoformat(timespec="seconds")
     out["features"] = len(FEATURES)
@@ -158,8 +249,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument(
+        "--servers", default=",".join(SERVERS), help=f"a comma-separated subset of {', '.join(SERVERS)}"
+    )
     args = parser.parse_args()
-    print(json.dumps(measure(args.rounds, args.seconds), indent=1))
+    chosen = set(args.servers.split(","))
+    if not chosen <= set(SERVERS):
+        parser.error(f"unknown servers {sorted(chosen - set(SERVERS))}: choose among {', '.join(SERVERS)}")
+    print(json.dumps(measure(args.rounds, args.seconds, chosen), indent=1))
     return 0
 
 
