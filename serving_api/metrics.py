@@ -122,7 +122,8 @@ class ServiceMetrics:
         self._requests: dict[tuple[str, str, int], int] = {}
         self._latencies: dict[tuple[str, str], list[float]] = {}  # a count per bucket, then the sum
         self._served: dict[tuple[str, str], int] = {}
-        self._view_of: dict[str, str] = {}  # output column -> its view (a server answers a handful of columns)
+        # The columns of a lookup -> one column of each view they hold (a server answers a handful of selections).
+        self._one_per_view: dict[tuple[str, ...], list[tuple[str, str]]] = {}
         self._copied: dict[tuple[Any, ...], float] = {}  # what sync() copied of each count, by its key
         self._extra: list[tuple[Callable[[], Mapping[str, float]], Any, dict[str, float]]] = []
         self._sync_lock = threading.Lock()
@@ -145,16 +146,18 @@ class ServiceMetrics:
     def served(self, result: LookupResult) -> None:
         """Count the statuses of a lookup's answer: per view, one per entity (a view's features share them)."""
         served = self._served
-        views = self._view_of
-        seen: set[str] = set()
-        for column, values in result.features.items():
-            view = views.get(column)
-            if view is None:
-                view = views[column] = column.split("__", 1)[0]  # names never hold "__" (features.definitions)
-            if view in seen:
-                continue
-            seen.add(view)
-            statuses = values.statuses
+        columns = tuple(result.features)
+        one_per_view = self._one_per_view.get(columns)
+        if one_per_view is None:
+            if len(self._one_per_view) >= 1024:  # callers choosing ever new selections: bounded all the same
+                self._one_per_view.clear()
+            seen: dict[str, str] = {}
+            for column in columns:  # names never hold "__" (features.definitions): the view is before it
+                seen.setdefault(column.split("__", 1)[0], column)
+            one_per_view = self._one_per_view[columns] = list(seen.items())
+        features = result.features
+        for view, column in one_per_view:
+            statuses = features[column].statuses
             if len(statuses) == 1:  # one entity, the common lookup: its one status
                 key = (view, statuses[0])
                 served[key] = served.get(key, 0) + 1
