@@ -366,9 +366,14 @@ class Baseline:
     to the warm engine). ``previous``: the statistics of the rows the view's last successful run with rows wrote,
     ``previous_rows_read`` the source rows that run read; ``references``: per training contract a drift check
     names, the statistics its manifest recorded (``view__feature`` columns, see :func:`reference_stats`);
-    ``skip``: ``materialize --skip-checks`` (checks are evaluated and recorded, but block nothing)."""
+    ``skip``: ``materialize --skip-checks`` (checks are evaluated and recorded, but block nothing).
+
+    ``read_kind`` is which source rows the run reads (``offline.incremental.ReadWindow.kind``, ``ticks`` for a
+    windowed view), and ``previous_rows_read`` the source rows the last successful run of that same kind read: a
+    run after the cursor reads far fewer rows than the first run read, by design, not by drift."""
 
     previous: dict[str, FeatureStats] | None = None
+    read_kind: str | None = None
     previous_rows_read: int | None = None
     previous_run: int | None = None
     references: dict[str, dict[str, FeatureStats]] = field(default_factory=dict)

@@ -59,6 +59,7 @@ materialization_runs = sa.Table(
     sa.Column("rows_landed", sa.BigInteger, nullable=True),
     sa.Column("stats_json", sa.Text, nullable=True),  # features.run_stats.RunStats; None: a run without them
     sa.Column("checks_json", sa.Text, nullable=True),  # features.checks.CheckReport; None: a run before checks
+    sa.Column("read_kind", sa.String(10), nullable=True),  # offline.incremental.ReadWindow.kind; None: unknown
 )
 
 # Added after the first release: ``create_all`` adds the table to an older registry when it is opened.
@@ -155,6 +156,7 @@ class RunRecord:
     rows_landed: int | None = None  # pushed rows landed in the table before the run read it
     stats: RunStats | None = None  # per feature, of the rows written and published (features/run_stats.py)
     checks: CheckReport | None = None  # every check's outcome, and whether --skip-checks was given
+    read_kind: str | None = None  # which source rows it read: all, range (--start), since (the cursor), ticks
     run_id: int | None = None  # the registry's number for it, once recorded
 
 

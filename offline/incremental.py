@@ -32,25 +32,31 @@ class ReadWindow:
     reason: str
     cursor: datetime | None
 
+    #: ``all`` (every source row: no cursor yet), ``range`` (``--start``) or ``since`` (after the cursor). Runs of
+    #: different kinds read different amounts by design, so the default volume rule compares only runs of one kind
+    #: (offline.runs.baseline).
+    kind: str
+
 
 def plan_read(view: ViewPlan, path: Path, start: datetime | None, end: datetime | None) -> ReadWindow:
     """The rows the next run of ``view`` (table at ``path``) reads, given ``--start``/``--end``."""
     source = view.source
     cursor = read_cursor(path)
     if start is not None:
-        return ReadWindow(start, end, None, f"--start: event time >= {_text(start)}", cursor)
+        return ReadWindow(start, end, None, f"--start: event time >= {_text(start)}", cursor, "range")
     if cursor is None:
         first = delta_rs.latest_version(path) is None
         reason = "first run: every source row" if first else "every source row (no run in the log recorded a cursor)"
-        return ReadWindow(None, end, None, reason, None)
+        return ReadWindow(None, end, None, reason, None, "all")
     lookback = timedelta(seconds=source.late_rows_seconds)
     bound = cursor - lookback
     minus = f" minus late_rows {_duration(source.late_rows_seconds)}" if source.late_rows_seconds else ""
     if source.changed_column is not None:
         column = source.changed_column
         reason = f"change column '{column}' >= {_text(bound)} (latest change read {_text(cursor)}{minus})"
-        return ReadWindow(None, end, bound, reason, cursor)
-    return ReadWindow(bound, end, None, f"event time >= {_text(bound)} (watermark {_text(cursor)}{minus})", cursor)
+        return ReadWindow(None, end, bound, reason, cursor, "since")
+    reason = f"event time >= {_text(bound)} (watermark {_text(cursor)}{minus})"
+    return ReadWindow(bound, end, None, reason, cursor, "since")
 
 
 def read_cursor(path: Path | str) -> datetime | None:

@@ -116,7 +116,9 @@ class Router:
         landed = pushed.land(self.config, view) if not view.is_windowed else 0
         # A job the registry does not record (a test's, the audit's recomputation) has no previous run to compare.
         checked_against = (
-            baseline(self.config, view, skip=skip_checks) if plan_version is not None else Baseline(skip=skip_checks)
+            baseline(self.config, view, start=start, skip=skip_checks)
+            if plan_version is not None
+            else Baseline(skip=skip_checks)
         )
         job = Materialization(
             plan, view, start, end, republish, plan_version, rows_landed=landed, baseline=checked_against

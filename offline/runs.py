@@ -18,7 +18,9 @@ from features.checks import Baseline, CheckReport, drift_targets, reference_stat
 from features.errors import ChecksFailedError, DatasetError
 from features.registry import Registry, RunRecord
 from features.run_stats import FeatureStats, RunStats
+from offline import incremental
 from offline.manifest import Manifest
+from offline.tables import table_path
 
 if TYPE_CHECKING:
     from features.config import RepoConfig
@@ -85,6 +87,7 @@ def _record(
         rows_landed=job.rows_landed,  # landed before the run, so counted even when the run failed
         stats=stats,
         checks=checks,
+        read_kind=job.baseline.read_kind,
     )
     _registry(config).record_run(record)
 
@@ -98,20 +101,21 @@ def _registry(config: RepoConfig) -> Registry:
         return _registries[url]
 
 
-def baseline(config: RepoConfig, view: ViewPlan, *, skip: bool = False) -> Baseline:
-    """What a run of ``view`` is checked against (:class:`features.checks.Baseline`), read before it starts: the
-    statistics of the last successful run of this definition that wrote rows, and those recorded by the manifest
-    of each training contract a drift check names (a manifest that cannot be read gives none: that check says
-    it compared nothing)."""
+def baseline(config: RepoConfig, view: ViewPlan, *, start: datetime | None = None, skip: bool = False) -> Baseline:
+    """What a run of ``view`` (from ``--start`` ``start``) is checked against (:class:`features.checks.Baseline`),
+    read before it starts: the statistics of the last successful run of this definition that wrote rows, the
+    source rows read by the last such run that read the same kind of window (every row, a ``--start`` range, after
+    the cursor, or ticks), and the statistics recorded by the manifest of each training contract a drift check
+    names (a manifest that cannot be read gives none: that check says it compared nothing)."""
     registry = _registry(config)
-    previous = next(
-        (
-            r
-            for r in reversed(registry.runs(view.name))
-            if r.storage_fingerprint == view.storage_fingerprint and r.rows_written_offline > 0 and r.stats is not None
-        ),
-        None,
-    )
+    read_kind = "ticks" if view.is_windowed else incremental.plan_read(view, table_path(config, view), start, None).kind
+    earlier = [
+        r
+        for r in reversed(registry.runs(view.name))
+        if r.storage_fingerprint == view.storage_fingerprint and r.rows_written_offline > 0 and r.stats is not None
+    ]
+    previous = next(iter(earlier), None)
+    same_kind = next((r for r in earlier if r.read_kind == read_kind), None)
     references: dict[str, dict[str, FeatureStats]] = {}
     targets = drift_targets(view.checks)
     contracts = registry.contracts() if targets else {}
@@ -126,7 +130,8 @@ def baseline(config: RepoConfig, view: ViewPlan, *, skip: bool = False) -> Basel
             references[name] = reference_stats(view.name, manifest.stats.written)
     return Baseline(
         previous=None if previous is None or previous.stats is None else previous.stats.written,
-        previous_rows_read=None if previous is None else previous.rows_read,
+        read_kind=read_kind,
+        previous_rows_read=None if same_kind is None else same_kind.rows_read,
         previous_run=None if previous is None else previous.run_id,
         references=references,
         skip=skip,
