@@ -247,12 +247,14 @@ class Lookup:
         for (ttl, outputs), answer in zip(self.outputs, answers, strict=True):
             # Status and event time depend on the row only: computed once per view, shared by its features.
             events = answer.event_micros
-            if ttl is None:
-                statuses = [MISSING if t is None else PRESENT for t in events]
+            limit = None if ttl is None else now_micros - ttl  # exactly at the TTL is still present
+            if _all_present(events, limit):  # the common case, checked in C
+                statuses, expired = [PRESENT] * count, []
             else:
-                limit = now_micros - ttl  # exactly at the TTL is still present
-                statuses = [MISSING if t is None else EXPIRED if t < limit else PRESENT for t in events]
-            expired = [i for i, s in enumerate(statuses) if s is EXPIRED] if EXPIRED in statuses else []
+                statuses = [
+                    MISSING if t is None else EXPIRED if limit is not None and t < limit else PRESENT for t in events
+                ]
+                expired = [i for i, s in enumerate(statuses) if s is EXPIRED] if EXPIRED in statuses else []
             for (column, dtype), name, values in zip(outputs, answer.features, answer.columns, strict=True):
                 if name in answer.unavailable:
                     features[column] = FeatureValues(dtype, [None] * count, [MISSING] * count, [None] * count)
@@ -271,6 +273,17 @@ class Lookup:
         return LookupResult(
             plan_version, given, {column: features[column] for column in self.columns}, snapshots, now_micros
         )
+
+
+def _all_present(events: list[int | None], limit: int | None) -> bool:
+    """Whether every entity has a row (no None) no older than ``limit`` (None: no TTL)."""
+    if not events:
+        return True
+    try:
+        oldest = min(events)  # type: ignore[type-var]  # a None among ints raises TypeError: a row is missing
+    except TypeError:
+        return False
+    return oldest is not None and (limit is None or oldest >= limit)
 
 
 _ASYNC_STORE_TYPES: dict[type, bool] = {}

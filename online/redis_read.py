@@ -112,7 +112,7 @@ class SnapshotRead:
                 self.rows_at.append(len(names))
                 if version is not None:
                     prefix = layout.data_prefix.encode() + version + b":"
-                    names.extend(map(prefix.__add__, self.encoded[key_names]))
+                    names.extend([prefix + key for key in self.encoded[key_names]])
             self.names = names
 
     def snapshots(self, got: list[bytes | None]) -> list[Snapshot] | None:
