@@ -134,11 +134,15 @@ def rows_decoder(
                 [None if offset is None or (value := row[offset]) is None else convert(value) if convert else value]
                 for offset, convert in one_row
             ], [row[0]]
-        # Every entity has a row (`in` scans in C), or only some do.
-        found = cast("Sequence[bytes]", rows) if None not in rows else [r for r in rows if r is not None]
-        if not found:
-            return [[None] * count for _ in offsets], [None] * count
-        stored = list(zip(*orjson.loads(b"[" + b",".join(found) + b"]"), strict=True))
+        try:  # every entity has a row (the common case: a None among the rows makes the join raise)
+            found: Sequence[bytes] = cast("Sequence[bytes]", rows)
+            joined = b",".join(found)
+        except TypeError:
+            found = [r for r in rows if r is not None]
+            if not found:
+                return [[None] * count for _ in offsets], [None] * count
+            joined = b",".join(found)
+        stored = list(zip(*orjson.loads(b"[" + joined + b"]"), strict=True))
         events: list[Any] = list(stored[0])
         columns: list[list[Any]] = []
         for offset, dtype in zip(offsets, dtypes, strict=True):

@@ -88,11 +88,12 @@ class SnapshotRead:
         self.requests = requests
         self.count = len(next(iter(entities.values()))) if entities else 0
         self.layouts = [ViewKeys.of(project, view.online_name, tagged) for view, _ in requests]
+        self.key_names = [view.key_names for view, _ in requests]  # a property building a tuple: asked once
         self.encoded: dict[tuple[str, ...], list[bytes]] = {}  # views keyed alike share their encoded keys
-        for view, _ in requests:
-            if view.key_names not in self.encoded:
-                columns = [entities[k] for k in view.key_names]
-                self.encoded[view.key_names] = encode_entity_keys(columns, [k.dtype for k in view.join_keys])
+        for (view, _), key_names in zip(requests, self.key_names, strict=True):
+            if key_names not in self.encoded:
+                columns = [entities[k] for k in key_names]
+                self.encoded[key_names] = encode_entity_keys(columns, [k.dtype for k in view.join_keys])
         # The versions last seen live, and the names to MGET: each view's version key, then its rows in the
         # version seen (none for a view seen unpublished). None when a view has not been seen yet (the Lua read
         # finds its pointer).
@@ -107,11 +108,11 @@ class SnapshotRead:
         self.rows_at: list[int] = []  # where each view's rows start in the MGET's answer
         if self.seen is not None:
             names: list[bytes | str] = [layout.version for layout in self.layouts]
-            for (view, _), layout, (version, _features) in zip(requests, self.layouts, self.seen, strict=True):
+            for key_names, layout, (version, _features) in zip(self.key_names, self.layouts, self.seen, strict=True):
                 self.rows_at.append(len(names))
                 if version is not None:
                     prefix = layout.data_prefix.encode() + version + b":"
-                    names.extend([prefix + key for key in self.encoded[view.key_names]])
+                    names.extend([prefix + key for key in self.encoded[key_names]])
             self.names = names
 
     def snapshots(self, got: list[bytes | None]) -> list[Snapshot] | None:
@@ -128,8 +129,8 @@ class SnapshotRead:
         """The Lua read (``read_script``, :data:`online.redis_layout.READ_LUA` registered): every pointer and the
         rows of the version it names, atomically; remembers the versions for the next ``MGET``."""
         args: list[Any] = [self.count, *(layout.data_prefix for layout in self.layouts)]
-        for view, _ in self.requests:
-            args.extend(self.encoded[view.key_names])
+        for key_names in self.key_names:
+            args.extend(self.encoded[key_names])
         answer = read_script(keys=[layout.pointer for layout in self.layouts], args=args)
         for (view, _), (version, features, _values) in zip(self.requests, answer, strict=True):
             self.seen_live[view.online_name] = (None, None) if version is None else (version, features or b"[]")

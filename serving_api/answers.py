@@ -9,7 +9,7 @@ passed through :func:`features.redaction.redact_text`.
 
 from __future__ import annotations
 
-import os
+import random
 import re
 from contextvars import ContextVar
 from typing import Any
@@ -73,7 +73,8 @@ def request_id_from(header: bytes | None) -> str:
     """The caller's ``X-Request-ID`` when it is short and plain (a proxy's id joins the logs), else a new one."""
     if header is not None and _PLAIN_ID.fullmatch(header):
         return header.decode()
-    return os.urandom(8).hex()
+    # Unique, not secret (the caller sees it): Python's generator, not a system call per request (os.urandom).
+    return f"{random.getrandbits(64):016x}"
 
 
 def error(status: int, error_type: str, message: str, **extra: Any) -> Response:

@@ -34,6 +34,9 @@ ALL = "*"
 HASH_PREFIX = "sha256:"
 TOKEN_PREFIX = "skw_"  # so a token pasted somewhere it should not be is recognisable (secret scanners)
 _HASH = re.compile(r"sha256:[0-9a-f]{64}")
+#: Valid ``Authorization`` headers kept per process with their grant (a few per token in practice: each client sends
+#: the same header every time); the table is emptied when full.
+VERIFIED_KEPT = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,10 +77,15 @@ class Authenticator:
     """The configured tokens, by hash; :meth:`grant` says what the caller of a request may do.
 
     The presented token is hashed and looked up by its hash: a timing difference can tell an attacker at most
-    something about a SHA-256 of what they sent, not about a valid token.
+    something about a SHA-256 of what they sent, not about a valid token. The ``Authorization`` headers that
+    carried a valid token are kept with their grant (up to :data:`VERIFIED_KEPT`), so a client sending the same
+    header on every request is not parsed and hashed again: that look-up is by the header's hash, salted per
+    process (Python's ``hash`` of bytes), so its timing tells nothing either. Refused headers are never kept: a
+    caller cannot fill the table.
     """
 
     def __init__(self, tokens: Mapping[str, Mapping[str, Any]]) -> None:
+        self._verified: dict[bytes, Grant] = {}  # Authorization header -> its grant (valid tokens only)
         self._by_hash: dict[str, Grant] = {}
         for name, entry in tokens.items():
             digest = str(entry.get("hash", ""))
@@ -101,10 +109,20 @@ class Authenticator:
         the header is missing, malformed, or its token is not configured."""
         if not self._by_hash:
             return OPEN
+        if authorization is None:
+            return None
+        grant = self._verified.get(authorization)
+        if grant is not None:
+            return grant
         token = _presented_token(authorization)
         if token is None:
             return None
-        return self._by_hash.get(HASH_PREFIX + hashlib.sha256(token).hexdigest())
+        grant = self._by_hash.get(HASH_PREFIX + hashlib.sha256(token).hexdigest())
+        if grant is not None:
+            if len(self._verified) >= VERIFIED_KEPT:
+                self._verified.clear()
+            self._verified[authorization] = grant
+        return grant
 
 
 def _presented_token(authorization: bytes | None) -> bytes | None:

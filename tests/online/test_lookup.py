@@ -177,6 +177,29 @@ def test_statuses_match_an_oracle(redis_url: str, project: str, seed: int) -> No
 
 
 @pytest.mark.redis
+@pytest.mark.parametrize("oldest", ["at_ttl", "past_ttl"])
+def test_statuses_when_every_entity_has_a_row(redis_url: str, project: str, oldest: str) -> None:
+    """Every entity has a row (the path that checks all of them at once): all present, down to a row exactly at the
+    TTL; one microsecond past it, that row alone is expired and its values hidden."""
+    ttl_us = CARD.ttl_seconds * 1_000_000  # type: ignore[operator]
+    ages = [0, 5, ttl_us // 2, ttl_us if oldest == "at_ttl" else ttl_us + 1, -3]  # -3: a row from the future
+    rows = [
+        {"card_id": i, "limit": float(i), "seen": NOW, "event_timestamp": NOW - timedelta(microseconds=age)}
+        for i, age in enumerate(ages)
+    ]
+    merchants = [{"merchant": "m", "card_id": i, "risk": i, "flag": True, "event_timestamp": NOW} for i in range(5)]
+    with RedisOnlineStore(redis_url, project=project) as store:
+        assert publish(store, CARD, rows) and publish(store, MERCHANT, merchants)
+        entities: dict[str, list[Any]] = {"card_id": list(range(5)), "merchant": ["m"] * 5}
+        result = lookup(PLAN, store, refs("card:limit", "merchant:risk"), entities, now=NOW)
+    expected = [PRESENT, PRESENT, PRESENT, PRESENT if oldest == "at_ttl" else EXPIRED, PRESENT]
+    assert result.features["card__limit"].statuses == expected
+    assert result.features["card__limit"].values == [None if s == EXPIRED else float(i) for i, s in enumerate(expected)]
+    assert result.features["merchant__risk"].statuses == [PRESENT] * 5  # no TTL: any age is present
+    assert result.features["merchant__risk"].values == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.redis
 def test_to_dict_and_to_pandas(redis_url: str, project: str) -> None:
     with RedisOnlineStore(redis_url, project=project) as store:
         assert publish(

@@ -24,6 +24,7 @@ from features.errors import ConfigError
 from features.registry import PlanVersion
 from online.redis_store import RedisOnlineStore
 from serving_api import app as app_module
+from serving_api import auth as auth_module
 from serving_api.app import create_app
 from serving_api.auth import Authenticator, hash_token
 from serving_api.client import AccessDeniedError, InvalidRequestError, SkewlessClient
@@ -284,6 +285,30 @@ def test_redis_passwords_never_reach_answers_health_or_logs(
 
 def test_a_token_hash_is_the_sha256_of_the_token() -> None:
     assert hash_token("skw_abc") == "sha256:" + hashlib.sha256(b"skw_abc").hexdigest()
+
+
+def test_a_verified_token_is_kept_and_a_refused_one_never_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The grant of a header seen before comes from the table of verified headers, and still only for that exact
+    header; refused headers are not kept, and the table stays bounded."""
+    monkeypatch.setattr(auth_module, "VERIFIED_KEPT", 2)
+    authenticator = Authenticator(TOKENS)
+    header = b"Bearer " + FRAUD_ONLY.encode()
+    for _ in range(2):  # first verified by hash, then from the table: the same grant both times
+        grant = authenticator.grant(header)
+        assert grant is not None and (grant.name, grant.may_look_up("fraud"), grant.may_look_up("risk")) == (
+            "fraud_model",
+            True,
+            False,
+        )
+    assert authenticator.grant(b"Bearer " + FRAUD_ONLY.encode() + b"x") is None  # a near miss is refused
+    for refused in (b"Bearer skw_guess", b"Basic !!", b"", None):
+        assert authenticator.grant(refused) is None
+    assert len(authenticator._verified) == 1  # only the valid header was kept
+    basic = b"Basic " + base64.b64encode(b"me:" + EVERYTHING.encode())
+    for valid in (basic, b"Bearer " + EVERYTHING.encode(), header):  # one past the bound: the table is emptied
+        grant = authenticator.grant(valid)
+        assert grant is not None and grant.name in ("admin", "fraud_model")
+        assert len(authenticator._verified) <= 2
 
 
 def test_the_python_client_sends_its_token_and_names_refusals(client: TestClient) -> None:
