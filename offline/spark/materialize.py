@@ -24,14 +24,14 @@ from features.errors import ChecksFailedError, MaterializationError, SkewlessErr
 from features.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP, Plan, ViewPlan
 from features.protocols import MaterializationResult, OnlineStore, Progress, Publication, iter_batches
 from features.run_stats import FeatureStats
-from offline import incremental
+from offline import delta_rs, incremental
 from offline.errors import conflict_message, error_summary, is_commit_conflict
 from offline.publication import Published, RunProgress, phase, publish_unless_live
 from offline.spark import windows
 from offline.spark.checks import SparkRows
 from offline.spark.jdbc import latest_value, quote_spark, read_source, spark_type
 from offline.spark.stats import spark_run_stats, spark_stats
-from offline.spark.tables import prepare_rows, read_table, table_version, write_rows
+from offline.spark.tables import prepare_rows, read_table, write_rows
 from offline.spark.translate import SparkTranslator
 from offline.tables import RowCounts, read_through, table_path
 
@@ -155,8 +155,9 @@ def materialize(
                 metadata=metadata,
                 start=window.start,
             )
-            # Known without asking Delta (a Spark job, ~0.25 s) when this run created the table.
-            version = outcome.created_version if outcome.created_version is not None else table_version(spark, path)
+            # Known without asking when this run created the table; else read from the log's listing (Spark's
+            # ``history()`` is a job, ~0.25 s).
+            version = outcome.created_version if outcome.created_version is not None else delta_rs.latest_version(path)
     except SkewlessError:
         raise
     except Exception as exc:  # Spark/JDBC/Delta errors, translated at the boundary
@@ -265,7 +266,7 @@ def materialize_windowed(
                 f"unless their commits completed; a rerun recomputes the range): {error_summary(exc)}"
             ) from exc
         log.info("view '%s': %d value row(s) written for the ticks in %s", view.name, written, span)
-    version = table_version(spark, path)
+    version = delta_rs.latest_version(path)
     through = read_through(path)
     publication = Published()
     latest_stats: dict[str, FeatureStats] = {}

@@ -22,9 +22,11 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.types import StructType
 
+from features.dtypes import DType
 from features.errors import MaterializationError
 from features.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP, PUBLISHED_AT, ViewPlan
 from features.run_stats import FeatureStats
+from offline import delta_rs
 from offline.spark.jdbc import quote_spark, spark_type
 from offline.spark.stats import spark_stats
 from offline.tables import STATS_PROPERTY, RowCounts, stats_columns
@@ -156,12 +158,11 @@ def write_rows(
     """
 
     features = [(f.name, f.dtype) for f in view.features]
-    if not DeltaTable.isDeltaTable(spark, str(path)):
+    if delta_rs.latest_version(path) is None:  # no table yet (read from the log's listing: no Spark job)
         rows = _with_published_at(view, prepared.frame, published_at).persist()
         try:
-            rows.count()  # the one pass over the source, which also counts its rows; the write reads the cache
+            _, stats = counted_stats(rows, features)  # the one pass over the source; the write reads the cache
             counts = prepared.counts()
-            stats = spark_stats(rows, features, counts.kept)
             if before_commit is not None:
                 before_commit(counts, stats, rows)
             writer = (
@@ -186,15 +187,24 @@ def write_rows(
     same = [frame[quote_spark(c)].eqNullSafe(stored[quote_spark(c)]) for c in columns]
     changed = frame.join(stored, on=functools.reduce(operator.and_, same), how="left_anti").persist()
     try:
-        count = changed.count()  # the one pass over the source, which also counts its rows
+        count, stats = counted_stats(changed, features)  # the one pass over the source
         counts = prepared.counts()
-        stats = spark_stats(changed, features, count)
         if before_commit is not None:
             before_commit(counts, stats, changed)
         written = merge_rows(spark, path, view, changed, published_at, metadata=metadata, start=start) if count else 0
     finally:
         changed.unpersist()
     return Written(counts, written, stats=stats)
+
+
+def counted_stats(rows: DataFrame, features: list[tuple[str, DType]]) -> tuple[int, dict[str, FeatureStats]]:
+    """The number of ``rows`` (persisted) and their statistics, in one Spark job: the statistics' aggregation
+    counts them too, and fills the cache for the write (a separate ``count()`` first would read every row twice).
+    """
+    if not features:
+        return rows.count(), {}
+    stats = spark_stats(rows, features)
+    return next(iter(stats.values())).count, stats
 
 
 def _with_published_at(view: ViewPlan, rows: DataFrame, published_at: datetime) -> DataFrame:
@@ -225,7 +235,6 @@ def merge_rows(
     matched, so their files are not read.
     """
 
-    (DeltaTable.createIfNotExists(spark).location(str(path)).addColumns(table_schema(view)).execute())
     source = _with_published_at(view, rows, published_at)
 
     def col(side: str, name: str) -> str:
