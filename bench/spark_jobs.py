@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -67,6 +68,7 @@ def next_job_id(spark: Any) -> int:
 
 def measure(store: Any, spark: Any, label: str) -> dict[str, Any]:
     first = next_job_id(spark)
+    logging.getLogger(__name__).info("run '%s' starts", label)
     began = time.perf_counter()
     (result,) = store.materialize()
     seconds = time.perf_counter() - began
@@ -85,6 +87,13 @@ def measure(store: Any, spark: Any, label: str) -> dict[str, Any]:
     }
 
 
+def with_settings(yaml: Path, conf: dict[str, str]) -> None:
+    """Add ``conf`` to the ``offline.spark`` settings of the repository's ``skewless.yaml``."""
+    master = "    spark.master: local[2]\n"
+    text = yaml.read_text()
+    yaml.write_text(text.replace(master, master + "".join(f"    {k}: '{v}'\n" for k, v in conf.items())))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=2_000_000)
@@ -92,11 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--label", default="", help="a name for this measurement (e.g. the branch)")
     parser.add_argument("--jobs", action="store_true", help="print every job's description and seconds")
     parser.add_argument("--out", default=None, help="append the JSON lines to this file")
+    parser.add_argument("--conf", action="append", default=[], help="a Spark setting KEY=VALUE (repeatable)")
     parser.add_argument("--log", action="store_true", help="log each step of the runs (INFO), with times")
     args = parser.parse_args(argv)
     if args.log:
-        import logging
-
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
         logging.getLogger("py4j").setLevel(logging.WARNING)
     from features.store import FeatureStore
@@ -107,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     with postgres_server() as pg_url, redis_server() as redis_url:
         fill(pg_url, args.rows, args.keys)
         write_repo(work, pg_url, redis_url, "spark")
+        with_settings(work / "skewless.yaml", dict(item.split("=", 1) for item in args.conf))
         with FeatureStore(work) as store:
             store.apply()
             began = time.perf_counter()
@@ -117,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             runs.append(measure(store, spark, "1% changed"))
             stop_spark()
     for run in runs:
-        line = {"label": args.label, "rows": args.rows, "keys": args.keys, "jvm_start_s": jvm, **run}
+        line = {"label": args.label, "conf": args.conf, "rows": args.rows, "keys": args.keys, "jvm_start_s": jvm, **run}
         if not args.jobs:
             line.pop("job_list")
         lines.append(json.dumps(line))

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from features.checks import Baseline, CheckReport, gate
 from features.config import RepoConfig
@@ -31,7 +32,7 @@ from offline.spark import windows
 from offline.spark.checks import SparkRows
 from offline.spark.jdbc import latest_value, quote_spark, read_source, spark_type
 from offline.spark.stats import spark_run_stats, spark_stats
-from offline.spark.tables import prepare_rows, read_table, write_rows
+from offline.spark.tables import prepare_rows, read_table, table_schema, write_rows
 from offline.spark.translate import SparkTranslator
 from offline.tables import RowCounts, read_through, table_path
 
@@ -154,6 +155,7 @@ def materialize(
                 before_commit=checked,
                 metadata=metadata,
                 start=window.start,
+                keep=_cache_is_safe(spark),
             )
             # Known without asking when this run created the table; else read from the log's listing (Spark's
             # ``history()`` is a job, ~0.25 s).
@@ -174,19 +176,23 @@ def materialize(
 
     publication = Published()
     latest_stats: dict[str, FeatureStats] = {}
-    if view.online and online is not None and version is not None:
-        publication = publish_unless_live(
-            view,
-            path,
-            version,
-            online,
-            run.counted(_write_from_executors(spark, view, path, version, latest_stats)),
-            created=outcome.created_version is not None,
-            republish=republish,
-            write_changed=lambda publication, files: run.counted(
-                _write_from_executors(spark, view, path, version, latest_stats, files=files)
-            )(publication),
-        )
+    try:
+        if view.online and online is not None and version is not None:
+            publication = publish_unless_live(
+                view,
+                path,
+                version,
+                online,
+                run.counted(_write_from_executors(spark, view, path, version, latest_stats, rows=outcome.rows)),
+                created=outcome.created_version is not None,
+                republish=republish,
+                write_changed=lambda publication, files: run.counted(
+                    _write_from_executors(spark, view, path, version, latest_stats, files=files)
+                )(publication),
+            )
+    finally:
+        if outcome.rows is not None:
+            outcome.rows.unpersist()
     run.finish()
     return MaterializationResult(
         view=view.name,
@@ -300,14 +306,16 @@ def _write_from_executors(
     stats: dict[str, FeatureStats],
     as_of: datetime | None = None,
     files: list[str] | None = None,
+    rows: DataFrame | None = None,
 ) -> Callable[[Publication], int]:
     """A ``write`` for :func:`offline.publication.published` that stages the latest row per entity at ``version``
     from Spark's executors, and puts the statistics of those rows in ``stats``; ``as_of`` (windowed views) is the
     tick the values hold at, sent as their event time so that TTLs count from the last tick computed. With
-    ``files`` (data files of the table), only the entities that have a row in them."""
+    ``files`` (data files of the table), only the entities that have a row in them. ``rows``: the table's whole
+    content at ``version``, cached by the run that created the table with them (not read back from Delta)."""
 
     def write(publication: Publication) -> int:
-        table = read_table(spark, str(path), version)
+        table = rows if rows is not None else read_table(spark, str(path), version)
         if files is not None:
             if not files:
                 return 0
@@ -326,6 +334,13 @@ def _write_from_executors(
     return write
 
 
+def _cache_is_safe(spark: SparkSession) -> bool:
+    """Whether rows a run cached can stand for the table they were written to until its publication: in local
+    mode, where the cache lives in this process. On a cluster, an executor lost meanwhile takes its cached blocks
+    with it, and Spark would compute them again from the source, which may have changed since the write."""
+    return str(spark.sparkContext.master).startswith("local")
+
+
 def _rows_of_entities_in(
     spark: SparkSession, view: ViewPlan, path: Path, table: DataFrame, files: list[str]
 ) -> DataFrame:
@@ -333,7 +348,9 @@ def _rows_of_entities_in(
     latest row is at or after its earliest row in those files: older stored rows are skipped by their files'
     statistics."""
     keys = [quote_spark(k) for k in view.key_names]
-    added = spark.read.parquet(*(str(path / f) for f in files)).select(*keys, EVENT_TIMESTAMP)
+    # The schema given, not inferred from the files' footers (a Spark job of its own).
+    wanted = T.StructType([f for f in table_schema(view).fields if f.name in (*view.key_names, EVENT_TIMESTAMP)])
+    added = spark.read.schema(wanted).parquet(*(str(path / f) for f in files)).select(*keys, EVENT_TIMESTAMP)
     row = added.agg(F.min(EVENT_TIMESTAMP).alias("earliest")).first()
     earliest = None if row is None else row["earliest"]
     if earliest is not None:

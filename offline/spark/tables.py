@@ -132,6 +132,9 @@ class Written:
     rows_written: int
     created_version: int | None = None
     stats: dict[str, FeatureStats] = field(default_factory=dict)  # of the rows written, per feature
+    # With ``keep``, the rows that created the table, still cached: the table's whole content at that version
+    # (the caller unpersists them).
+    rows: DataFrame | None = None
 
 
 def write_rows(
@@ -144,6 +147,7 @@ def write_rows(
     *,
     metadata: str | None = None,
     start: datetime | None = None,
+    keep: bool = False,
 ) -> Written:
     """Write the prepared rows into the view's table in one Delta commit.
 
@@ -155,6 +159,8 @@ def write_rows(
     ``before_commit`` gets the counts, those statistics and the persisted rows before anything is committed (the
     run's checks: it raises to stop the run). ``metadata`` goes into the commit's ``userMetadata``; ``start`` (every
     row's event time is at or after it) lets the anti-join and the MERGE skip the stored files of older rows.
+    ``keep``: when this call creates the table, its rows stay cached and come back in :attr:`Written.rows`, so
+    that the publication need not read the table back.
     """
 
     features = [(f.name, f.dtype) for f in view.features]
@@ -173,9 +179,13 @@ def write_rows(
             if metadata is not None:
                 writer = writer.option("userMetadata", metadata)
             writer.save(str(path))
-        finally:
+        except BaseException:
             rows.unpersist()
-        return Written(counts, counts.kept, created_version=0, stats=stats)  # a table's first commit is version 0
+            raise
+        if not keep:
+            rows.unpersist()
+        # A table's first commit is version 0.
+        return Written(counts, counts.kept, created_version=0, stats=stats, rows=rows if keep else None)
 
     # Only what differs from the stored rows goes into the MERGE: a rerun of an unchanged window matches every
     # row here and commits nothing, instead of MERGE-joining and rewriting the whole table.
