@@ -193,15 +193,36 @@ def write_rows(
     if start is not None:
         stored = stored.where(F.col(EVENT_TIMESTAMP) >= F.lit(start).cast("timestamp"))
     frame = prepared.frame
-    columns = [*view.key_names, *view.feature_names, EVENT_TIMESTAMP, CREATED_TIMESTAMP]
-    same = [frame[quote_spark(c)].eqNullSafe(stored[quote_spark(c)]) for c in columns]
-    changed = frame.join(stored, on=functools.reduce(operator.and_, same), how="left_anti").persist()
+    # Each row against the stored row with the same keys, event and created time (the table holds at most one):
+    # a row is left out when that row holds the same values, and counted as an update when it holds others. A
+    # run without updates (new rows only: the usual incremental run) then MERGEs with inserts only, which Delta
+    # runs without first finding the files that hold matched rows.
+    stored = stored.withColumn("__stored", F.lit(True))
+    triple = [*view.key_names, EVENT_TIMESTAMP, CREATED_TIMESTAMP]
+    on = [frame[quote_spark(c)].eqNullSafe(stored[quote_spark(c)]) for c in triple]
+    same = [frame[quote_spark(f)].eqNullSafe(stored[quote_spark(f)]) for f in view.feature_names]
+    matched = F.coalesce(stored["__stored"], F.lit(False))
+    updated = Observation()
+    changed = (
+        frame.join(stored, on=functools.reduce(operator.and_, on), how="left")
+        .where(~functools.reduce(operator.and_, same, matched))
+        .observe(updated, F.sum(F.when(matched, 1).otherwise(0)).alias("rows"))
+        .select(*(frame[quote_spark(c)] for c in frame.columns))
+        .persist()
+    )
     try:
         count, stats = counted_stats(changed, features)  # the one pass over the source
         counts = prepared.counts()
         if before_commit is not None:
             before_commit(counts, stats, changed)
-        written = merge_rows(spark, path, view, changed, published_at, metadata=metadata, start=start) if count else 0
+        inserts_only = not int(_observed(updated).get("rows") or 0)
+        written = (
+            merge_rows(
+                spark, path, view, changed, published_at, metadata=metadata, start=start, inserts_only=inserts_only
+            )
+            if count
+            else 0
+        )
     finally:
         changed.unpersist()
     return Written(counts, written, stats=stats)
@@ -236,13 +257,15 @@ def merge_rows(
     *,
     metadata: str | None = None,
     start: datetime | None = None,
+    inserts_only: bool = False,
 ) -> int:
     """MERGE ``rows`` into the view's table in one Delta commit; returns rows inserted or updated.
 
     Matched on (join keys, event_timestamp, created_timestamp null-safe). A matched row is updated only when a
     feature value differs (null-safe), so re-running a window commits nothing. ``metadata`` goes into the
     commit's ``userMetadata``; with ``start`` (no row of ``rows`` is older) the stored rows before it are not
-    matched, so their files are not read.
+    matched, so their files are not read. ``inserts_only``: no row of ``rows`` matches a stored one (the MERGE
+    only inserts, which Delta does in one pass, still as a MERGE: it fails on a concurrent commit of those rows).
     """
 
     source = _with_published_at(view, rows, published_at)
@@ -260,14 +283,10 @@ def merge_rows(
     )
     changed = " OR ".join(f"NOT ({col('t', f)} <=> {col('s', f)})" for f in view.feature_names) or "false"
     updates: dict[str, str | Column] = {quote_spark(f): col("s", f) for f in (*view.feature_names, PUBLISHED_AT)}
-    metrics = (
-        DeltaTable.forPath(_committing_session(spark, metadata), str(path))
-        .alias("t")
-        .merge(source.alias("s"), on)
-        .whenMatchedUpdate(condition=changed, set=updates)
-        .whenNotMatchedInsertAll()
-        .execute()
-    ).first()
+    merge = DeltaTable.forPath(_committing_session(spark, metadata), str(path)).alias("t").merge(source.alias("s"), on)
+    if not inserts_only:
+        merge = merge.whenMatchedUpdate(condition=changed, set=updates)
+    metrics = merge.whenNotMatchedInsertAll().execute().first()
     if metrics is None:
         return 0
     return int(metrics["num_inserted_rows"]) + int(metrics["num_updated_rows"])
