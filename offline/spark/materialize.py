@@ -30,7 +30,7 @@ from offline.errors import conflict_message, error_summary, is_commit_conflict
 from offline.publication import Published, RunProgress, phase, publish_unless_live
 from offline.spark import windows
 from offline.spark.checks import SparkRows
-from offline.spark.jdbc import latest_value, quote_spark, read_source, spark_type
+from offline.spark.jdbc import quote_spark, read_source, read_window, spark_type
 from offline.spark.stats import spark_run_stats, spark_stats
 from offline.spark.tables import prepare_rows, read_table, table_schema, write_rows
 from offline.spark.translate import SparkTranslator
@@ -132,11 +132,11 @@ def materialize(
     window = incremental.plan_read(view, path, start, end)
     with phase(view, "checking the source schema"):
         # the schema check happens here
-        source = read_source(spark, view.source, url, window.start, window.end, since=window.since)
-        latest = latest_value(
-            spark, view.source, url, view.source.cursor_column, window.start, window.end, window.since
+        read = read_window(
+            spark, view.source, url, window.start, window.end, since=window.since, latest_of=view.source.cursor_column
         )
-    metadata = incremental.cursor_metadata(incremental.next_cursor(window, latest))
+        source = read.rows
+    metadata = incremental.cursor_metadata(incremental.next_cursor(window, read.latest))
     prepared = prepare_rows(view, compute_features(view, source))
     reports: list[CheckReport] = []
 
