@@ -87,6 +87,101 @@ def measure(store: Any, spark: Any, label: str) -> dict[str, Any]:
     }
 
 
+# Which step of a run a job belongs to, by the call site Spark names it with (the first match wins). Adaptive
+# execution's stage jobs carry no call site of their own: they count for the next job that has one.
+STEPS = (
+    ("jdbc.py", "source bounds and cursor (JDBC)"),
+    ("stats.py", "read, dedup, compare, statistics"),
+    ("count at", "read, dedup, compare, statistics"),
+    ("save at", "Delta write"),
+    ("getHistory", "Delta log and MERGE"),
+    ("Delta", "Delta log and MERGE"),
+    ("Databricks", "Delta log and MERGE"),
+    ("materialize.py:8", "publication"),
+    ("materialize.py:3", "changed entities"),
+    ("parquet at", "changed entities"),
+)
+ADAPTIVE = "withThreadLocalCaptured"
+
+
+def steps_of(jobs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Jobs and their seconds per step (see :data:`STEPS`); the statistics of the latest rows count for the
+    publication they follow."""
+    out: dict[str, dict[str, float]] = {}
+    pending: list[dict[str, Any]] = []
+    published = False
+    for job in jobs:
+        pending.append(job)
+        if ADAPTIVE in job["name"] or not job["name"]:
+            continue
+        step = next((name for marker, name in STEPS if marker in job["name"]), "other")
+        published = published or step in ("publication", "changed entities")
+        step = "publication" if published and step == STEPS[1][1] else step
+        total = out.setdefault(step, {"jobs": 0, "seconds": 0.0})
+        total["jobs"] += len(pending)
+        total["seconds"] += sum(j["seconds"] for j in pending)
+        pending = []
+    if pending:
+        total = out.setdefault("other", {"jobs": 0, "seconds": 0.0})
+        total["jobs"] += len(pending)
+        total["seconds"] += sum(j["seconds"] for j in pending)
+    return out
+
+
+def render(lines: list[dict[str, Any]]) -> str:
+    """A Markdown table per run kind: each label's jobs, stages and seconds (min-max over its measurements),
+    then the jobs and job seconds per step (medians)."""
+    from statistics import median
+
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for line in lines:
+        groups.setdefault((line["run"], line["label"]), []).append(line)
+    labels = list(dict.fromkeys(line["label"] for line in lines))
+    out = []
+    for run in dict.fromkeys(line["run"] for line in lines):
+        out += [
+            f"### {run}",
+            "",
+            "| label | n | jobs | stages run (skipped) | job seconds | wall seconds |",
+            "|---|---|---|---|---|---|",
+        ]
+        for label in labels:
+            got = groups.get((run, label), [])
+            if not got:
+                continue
+
+            def spread(key: str, rows: list[dict[str, Any]] = got) -> str:
+                values = sorted(r[key] for r in rows)
+                return f"{values[0]:g}" if values[0] == values[-1] else f"{values[0]:g}-{values[-1]:g}"
+
+            stages = f"{spread('stages')} ({spread('skipped_stages')})"
+            cells = [label, str(len(got)), spread("jobs"), stages, spread("job_seconds"), spread("seconds")]
+            out.append("| " + " | ".join(cells) + " |")
+        out.append("")
+        per_label = {
+            label: [steps_of(r["job_list"]) for r in groups.get((run, label), []) if "job_list" in r]
+            for label in labels
+        }
+        names = list(dict.fromkeys(name for steps in per_label.values() for s in steps for name in s))
+        if names:
+            out += [
+                "| step | " + " | ".join(f"{label}: jobs, s" for label in labels) + " |",
+                "|---" * (len(labels) + 1) + "|",
+            ]
+            for name in names:
+                cells = []
+                for label in labels:
+                    found = [s.get(name, {"jobs": 0, "seconds": 0.0}) for s in per_label[label]]
+                    if not found:
+                        cells.append("")
+                        continue
+                    jobs = median(f["jobs"] for f in found)
+                    cells.append(f"{jobs:g}, {median(f['seconds'] for f in found):.2f}")
+                out.append(f"| {name} | " + " | ".join(cells) + " |")
+            out.append("")
+    return "\n".join(out)
+
+
 def with_settings(yaml: Path, conf: dict[str, str]) -> None:
     """Add ``conf`` to the ``offline.spark`` settings of the repository's ``skewless.yaml``."""
     master = "    spark.master: local[2]\n"
@@ -102,8 +197,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", action="store_true", help="print every job's description and seconds")
     parser.add_argument("--out", default=None, help="append the JSON lines to this file")
     parser.add_argument("--conf", action="append", default=[], help="a Spark setting KEY=VALUE (repeatable)")
+    parser.add_argument("--report", default=None, help="print the Markdown tables of this JSON-lines file, and exit")
     parser.add_argument("--log", action="store_true", help="log each step of the runs (INFO), with times")
     args = parser.parse_args(argv)
+    if args.report:
+        print(render([json.loads(line) for line in Path(args.report).read_text().splitlines() if line.strip()]))
+        return 0
     if args.log:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
         logging.getLogger("py4j").setLevel(logging.WARNING)
