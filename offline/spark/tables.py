@@ -211,8 +211,11 @@ def write_rows(
         .persist()
     )
     try:
-        count, stats = counted_stats(changed, features)  # the one pass over the source
+        # The one pass over the source. A count first, not the statistics' aggregation (which counts too, see
+        # counted_stats): a rerun with nothing new stops at this cheap job, without planning that aggregation.
+        count = changed.count()
         counts = prepared.counts()
+        stats = spark_stats(changed, features, count)
         if before_commit is not None:
             before_commit(counts, stats, changed)
         inserts_only = not int(_observed(updated).get("rows") or 0)
