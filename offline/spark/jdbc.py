@@ -143,7 +143,32 @@ def read_source(
     The schema is checked first (only metadata is read). The result has exactly the plan's source columns,
     cast to their plan types.
     """
+    return read_window(spark, source, url, start, end, since=since, num_partitions=num_partitions).rows
 
+
+@dataclass(frozen=True, slots=True)
+class SourceWindow:
+    """A source's rows in a window (not read yet), and the latest value of a column among them (None: no row, or
+    not asked), asked of the database before the rows are read: never later than what the read sees."""
+
+    rows: DataFrame
+    latest: datetime | None = None
+
+
+def read_window(
+    spark: SparkSession,
+    source: SourcePlan,
+    url: str,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    *,
+    since: datetime | None = None,
+    num_partitions: int = DEFAULT_PARTITIONS,
+    latest_of: str | None = None,
+) -> SourceWindow:
+    """:func:`read_source`, and with ``latest_of`` (a timestamp column: a run's cursor) its latest value in the
+    window, in the same database query as the window's bounds that partition the read (one Spark job, where
+    asking apart took two)."""
     target = jdbc_target(url)
     reader = spark.read.format("jdbc").options(**target.options())
     try:
@@ -170,12 +195,23 @@ def read_source(
     )
     if fetch:
         reader = reader.option("customSchema", fetch)
+    ts = quote(source.timestamp_column)
+    asked = {} if start is not None and end is not None else {"lo": f"MIN({ts})", "hi": f"MAX({ts})"}
+    if latest_of is not None:
+        asked["latest"] = f"MAX({quote(latest_of)})"
+    try:
+        found = dict(zip(asked, _timestamps(spark, target, query, asked), strict=True)) if asked else {}
+    except Exception as exc:  # Py4J/JDBC errors: translate at the boundary, without the password
+        raise SourceUnavailableError(
+            f"cannot read the bounds of the window of source '{source.name}' at {redact_url(target.url)}: "
+            f"{redact_text(error_summary(exc))}"
+        ) from exc
     lower: str | None
     upper: str | None
     if start is not None and end is not None:
         lower, upper = _bound_text(start), _bound_text(end)
     else:
-        lower, upper = _bounds(spark, target, source, query)
+        lower, upper = found["lo"], found["hi"]
     if lower is not None and upper is not None and upper > lower and num_partitions > 1:
         reader = (
             reader.option("partitionColumn", source.timestamp_column)
@@ -184,20 +220,18 @@ def read_source(
             .option("numPartitions", str(num_partitions))
         )
     frame = reader.load()
-    return frame.select(*(F.col(quote_spark(c.name)).cast(spark_type(c.dtype)).alias(c.name) for c in source.columns))
+    rows = frame.select(*(F.col(quote_spark(c.name)).cast(spark_type(c.dtype)).alias(c.name) for c in source.columns))
+    return SourceWindow(rows, _instant(found.get("latest")))
+
+
+def _instant(text: str | None) -> datetime | None:
+    return None if text is None else datetime.strptime(text, "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=UTC)
 
 
 def _bound_text(value: datetime) -> str:
     if value.tzinfo is not None:
         value = value.astimezone(UTC).replace(tzinfo=None)
     return value.strftime("%Y-%m-%d %H:%M:%S.%f")
-
-
-def _bounds(spark: SparkSession, target: JdbcTarget, source: SourcePlan, query: str) -> tuple[str | None, str | None]:
-    """MIN and MAX of the timestamp column within the window, computed by the database (one small row)."""
-    ts = quote(source.timestamp_column)
-    lo, hi = _timestamps(spark, target, query, {"lo": f"MIN({ts})", "hi": f"MAX({ts})"})
-    return lo, hi
 
 
 def _timestamps(spark: SparkSession, target: JdbcTarget, query: str, aggregates: dict[str, str]) -> list[str | None]:
@@ -216,27 +250,3 @@ def _timestamps(spark: SparkSession, target: JdbcTarget, query: str, aggregates:
         .first()
     )
     return [None if row is None else row[name] for name in aggregates]
-
-
-def latest_value(
-    spark: SparkSession,
-    source: SourcePlan,
-    url: str,
-    column: str,
-    start: datetime | None,
-    end: datetime | None,
-    since: datetime | None,
-) -> datetime | None:
-    """The latest value of the timestamp ``column`` among the source's rows in the window (None when it holds
-    none), computed by the database: one small row. Asked before the rows are read, so it is never later than
-    what the read sees (:mod:`offline.incremental` records it as the run's cursor)."""
-    query = window_query(source, start, end, since)
-    target = jdbc_target(url)
-    try:
-        (latest,) = _timestamps(spark, target, query, {"hi": f"MAX({quote(column)})"})
-    except Exception as exc:  # Py4J/JDBC errors: translate at the boundary, without the password
-        raise SourceUnavailableError(
-            f"cannot read the latest '{column}' of source '{source.name}' at {redact_url(target.url)}: "
-            f"{redact_text(error_summary(exc))}"
-        ) from exc
-    return None if latest is None else datetime.strptime(latest, "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=UTC)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from features.checks import Baseline, CheckReport, gate
 from features.config import RepoConfig
@@ -24,14 +25,14 @@ from features.errors import ChecksFailedError, MaterializationError, SkewlessErr
 from features.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP, Plan, ViewPlan
 from features.protocols import MaterializationResult, OnlineStore, Progress, Publication, iter_batches
 from features.run_stats import FeatureStats
-from offline import incremental
+from offline import delta_rs, incremental
 from offline.errors import conflict_message, error_summary, is_commit_conflict
 from offline.publication import Published, RunProgress, phase, publish_unless_live
 from offline.spark import windows
 from offline.spark.checks import SparkRows
-from offline.spark.jdbc import latest_value, quote_spark, read_source, spark_type
+from offline.spark.jdbc import quote_spark, read_source, read_window, spark_type
 from offline.spark.stats import spark_run_stats, spark_stats
-from offline.spark.tables import prepare_rows, read_table, table_version, write_rows
+from offline.spark.tables import prepare_rows, read_table, table_schema, write_rows
 from offline.spark.translate import SparkTranslator
 from offline.tables import RowCounts, read_through, table_path
 
@@ -131,11 +132,11 @@ def materialize(
     window = incremental.plan_read(view, path, start, end)
     with phase(view, "checking the source schema"):
         # the schema check happens here
-        source = read_source(spark, view.source, url, window.start, window.end, since=window.since)
-        latest = latest_value(
-            spark, view.source, url, view.source.cursor_column, window.start, window.end, window.since
+        read = read_window(
+            spark, view.source, url, window.start, window.end, since=window.since, latest_of=view.source.cursor_column
         )
-    metadata = incremental.cursor_metadata(incremental.next_cursor(window, latest))
+        source = read.rows
+    metadata = incremental.cursor_metadata(incremental.next_cursor(window, read.latest))
     prepared = prepare_rows(view, compute_features(view, source))
     reports: list[CheckReport] = []
 
@@ -154,9 +155,11 @@ def materialize(
                 before_commit=checked,
                 metadata=metadata,
                 start=window.start,
+                keep=_cache_is_safe(spark),
             )
-            # Known without asking Delta (a Spark job, ~0.25 s) when this run created the table.
-            version = outcome.created_version if outcome.created_version is not None else table_version(spark, path)
+            # Known without asking when this run created the table; else read from the log's listing (Spark's
+            # ``history()`` is a job, ~0.25 s).
+            version = outcome.created_version if outcome.created_version is not None else delta_rs.latest_version(path)
     except SkewlessError:
         raise
     except Exception as exc:  # Spark/JDBC/Delta errors, translated at the boundary
@@ -173,19 +176,23 @@ def materialize(
 
     publication = Published()
     latest_stats: dict[str, FeatureStats] = {}
-    if view.online and online is not None and version is not None:
-        publication = publish_unless_live(
-            view,
-            path,
-            version,
-            online,
-            run.counted(_write_from_executors(spark, view, path, version, latest_stats)),
-            created=outcome.created_version is not None,
-            republish=republish,
-            write_changed=lambda publication, files: run.counted(
-                _write_from_executors(spark, view, path, version, latest_stats, files=files)
-            )(publication),
-        )
+    try:
+        if view.online and online is not None and version is not None:
+            publication = publish_unless_live(
+                view,
+                path,
+                version,
+                online,
+                run.counted(_write_from_executors(spark, view, path, version, latest_stats, rows=outcome.rows)),
+                created=outcome.created_version is not None,
+                republish=republish,
+                write_changed=lambda publication, files: run.counted(
+                    _write_from_executors(spark, view, path, version, latest_stats, files=files)
+                )(publication),
+            )
+    finally:
+        if outcome.rows is not None:
+            outcome.rows.unpersist()
     run.finish()
     return MaterializationResult(
         view=view.name,
@@ -265,7 +272,7 @@ def materialize_windowed(
                 f"unless their commits completed; a rerun recomputes the range): {error_summary(exc)}"
             ) from exc
         log.info("view '%s': %d value row(s) written for the ticks in %s", view.name, written, span)
-    version = table_version(spark, path)
+    version = delta_rs.latest_version(path)
     through = read_through(path)
     publication = Published()
     latest_stats: dict[str, FeatureStats] = {}
@@ -299,14 +306,16 @@ def _write_from_executors(
     stats: dict[str, FeatureStats],
     as_of: datetime | None = None,
     files: list[str] | None = None,
+    rows: DataFrame | None = None,
 ) -> Callable[[Publication], int]:
     """A ``write`` for :func:`offline.publication.published` that stages the latest row per entity at ``version``
     from Spark's executors, and puts the statistics of those rows in ``stats``; ``as_of`` (windowed views) is the
     tick the values hold at, sent as their event time so that TTLs count from the last tick computed. With
-    ``files`` (data files of the table), only the entities that have a row in them."""
+    ``files`` (data files of the table), only the entities that have a row in them. ``rows``: the table's whole
+    content at ``version``, cached by the run that created the table with them (not read back from Delta)."""
 
     def write(publication: Publication) -> int:
-        table = read_table(spark, str(path), version)
+        table = rows if rows is not None else read_table(spark, str(path), version)
         if files is not None:
             if not files:
                 return 0
@@ -325,6 +334,13 @@ def _write_from_executors(
     return write
 
 
+def _cache_is_safe(spark: SparkSession) -> bool:
+    """Whether rows a run cached can stand for the table they were written to until its publication: in local
+    mode, where the cache lives in this process. On a cluster, an executor lost meanwhile takes its cached blocks
+    with it, and Spark would compute them again from the source, which may have changed since the write."""
+    return str(spark.sparkContext.master).startswith("local")
+
+
 def _rows_of_entities_in(
     spark: SparkSession, view: ViewPlan, path: Path, table: DataFrame, files: list[str]
 ) -> DataFrame:
@@ -332,7 +348,9 @@ def _rows_of_entities_in(
     latest row is at or after its earliest row in those files: older stored rows are skipped by their files'
     statistics."""
     keys = [quote_spark(k) for k in view.key_names]
-    added = spark.read.parquet(*(str(path / f) for f in files)).select(*keys, EVENT_TIMESTAMP)
+    # The schema given, not inferred from the files' footers (a Spark job of its own).
+    wanted = T.StructType([f for f in table_schema(view).fields if f.name in (*view.key_names, EVENT_TIMESTAMP)])
+    added = spark.read.schema(wanted).parquet(*(str(path / f) for f in files)).select(*keys, EVENT_TIMESTAMP)
     row = added.agg(F.min(EVENT_TIMESTAMP).alias("earliest")).first()
     earliest = None if row is None else row["earliest"]
     if earliest is not None:

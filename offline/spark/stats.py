@@ -35,13 +35,15 @@ def spark_stats(
     frame: DataFrame, features: list[tuple[str, DType]], rows: int | None = None
 ) -> dict[str, FeatureStats]:
     """The statistics of ``features`` (name, type) over ``frame``; ``rows``: its row count when known (0 skips
-    every Spark job)."""
+    every Spark job). Unknown, it is counted by the same aggregation (each feature's ``count``)."""
     if rows == 0 or not features:
         return {name: empty_stats(dtype) for name, dtype in features}
     aggregates: list[Any] = [F.count(F.lit(1)).alias("__rows")]
     for i, (name, dtype) in enumerate(features):
         aggregates.extend(_aggregates(f"c{i}", F.col(quote_spark(name)), dtype))
     row = frame.agg(*aggregates).collect()[0]  # an aggregation without grouping has one row
+    if row["__rows"] == 0:  # as if the count had been given: no row, no statistic, no grouping for top values
+        return {name: empty_stats(dtype) for name, dtype in features}
     tops = _top_values(frame, [(i, name, dtype) for i, (name, dtype) in enumerate(features) if dtype in _CATEGORICAL])
     return {name: _feature(row.asDict(), f"c{i}", dtype, tops.get(i, ())) for i, (name, dtype) in enumerate(features)}
 

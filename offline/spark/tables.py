@@ -22,9 +22,11 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.types import StructType
 
+from features.dtypes import DType
 from features.errors import MaterializationError
 from features.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP, PUBLISHED_AT, ViewPlan
 from features.run_stats import FeatureStats
+from offline import delta_rs
 from offline.spark.jdbc import quote_spark, spark_type
 from offline.spark.stats import spark_stats
 from offline.tables import STATS_PROPERTY, RowCounts, stats_columns
@@ -130,6 +132,9 @@ class Written:
     rows_written: int
     created_version: int | None = None
     stats: dict[str, FeatureStats] = field(default_factory=dict)  # of the rows written, per feature
+    # With ``keep``, the rows that created the table, still cached: the table's whole content at that version
+    # (the caller unpersists them).
+    rows: DataFrame | None = None
 
 
 def write_rows(
@@ -142,6 +147,7 @@ def write_rows(
     *,
     metadata: str | None = None,
     start: datetime | None = None,
+    keep: bool = False,
 ) -> Written:
     """Write the prepared rows into the view's table in one Delta commit.
 
@@ -153,15 +159,16 @@ def write_rows(
     ``before_commit`` gets the counts, those statistics and the persisted rows before anything is committed (the
     run's checks: it raises to stop the run). ``metadata`` goes into the commit's ``userMetadata``; ``start`` (every
     row's event time is at or after it) lets the anti-join and the MERGE skip the stored files of older rows.
+    ``keep``: when this call creates the table, its rows stay cached and come back in :attr:`Written.rows`, so
+    that the publication need not read the table back.
     """
 
     features = [(f.name, f.dtype) for f in view.features]
-    if not DeltaTable.isDeltaTable(spark, str(path)):
+    if delta_rs.latest_version(path) is None:  # no table yet (read from the log's listing: no Spark job)
         rows = _with_published_at(view, prepared.frame, published_at).persist()
         try:
-            rows.count()  # the one pass over the source, which also counts its rows; the write reads the cache
+            _, stats = counted_stats(rows, features)  # the one pass over the source; the write reads the cache
             counts = prepared.counts()
-            stats = spark_stats(rows, features, counts.kept)
             if before_commit is not None:
                 before_commit(counts, stats, rows)
             writer = (
@@ -172,9 +179,13 @@ def write_rows(
             if metadata is not None:
                 writer = writer.option("userMetadata", metadata)
             writer.save(str(path))
-        finally:
+        except BaseException:
             rows.unpersist()
-        return Written(counts, counts.kept, created_version=0, stats=stats)  # a table's first commit is version 0
+            raise
+        if not keep:
+            rows.unpersist()
+        # A table's first commit is version 0.
+        return Written(counts, counts.kept, created_version=0, stats=stats, rows=rows if keep else None)
 
     # Only what differs from the stored rows goes into the MERGE: a rerun of an unchanged window matches every
     # row here and commits nothing, instead of MERGE-joining and rewriting the whole table.
@@ -182,19 +193,52 @@ def write_rows(
     if start is not None:
         stored = stored.where(F.col(EVENT_TIMESTAMP) >= F.lit(start).cast("timestamp"))
     frame = prepared.frame
-    columns = [*view.key_names, *view.feature_names, EVENT_TIMESTAMP, CREATED_TIMESTAMP]
-    same = [frame[quote_spark(c)].eqNullSafe(stored[quote_spark(c)]) for c in columns]
-    changed = frame.join(stored, on=functools.reduce(operator.and_, same), how="left_anti").persist()
+    # Each row against the stored row with the same keys, event and created time (the table holds at most one):
+    # a row is left out when that row holds the same values, and counted as an update when it holds others. A
+    # run without updates (new rows only: the usual incremental run) then MERGEs with inserts only, which Delta
+    # runs without first finding the files that hold matched rows.
+    stored = stored.withColumn("__stored", F.lit(True))
+    triple = [*view.key_names, EVENT_TIMESTAMP, CREATED_TIMESTAMP]
+    on = [frame[quote_spark(c)].eqNullSafe(stored[quote_spark(c)]) for c in triple]
+    same = [frame[quote_spark(f)].eqNullSafe(stored[quote_spark(f)]) for f in view.feature_names]
+    matched = F.coalesce(stored["__stored"], F.lit(False))
+    updated = Observation()
+    changed = (
+        frame.join(stored, on=functools.reduce(operator.and_, on), how="left")
+        .where(~functools.reduce(operator.and_, same, matched))
+        .observe(updated, F.sum(F.when(matched, 1).otherwise(0)).alias("rows"))
+        .select(*(frame[quote_spark(c)] for c in frame.columns))
+        .persist()
+    )
     try:
-        count = changed.count()  # the one pass over the source, which also counts its rows
+        # The one pass over the source. A count first, not the statistics' aggregation (which counts too, see
+        # counted_stats): a rerun with nothing new stops at this cheap job, without planning that aggregation.
+        count = changed.count()
         counts = prepared.counts()
         stats = spark_stats(changed, features, count)
         if before_commit is not None:
             before_commit(counts, stats, changed)
-        written = merge_rows(spark, path, view, changed, published_at, metadata=metadata, start=start) if count else 0
+        inserts_only = not int(_observed(updated).get("rows") or 0)
+        written = (
+            merge_rows(
+                spark, path, view, changed, published_at, metadata=metadata, start=start, inserts_only=inserts_only
+            )
+            if count
+            else 0
+        )
     finally:
         changed.unpersist()
     return Written(counts, written, stats=stats)
+
+
+def counted_stats(rows: DataFrame, features: list[tuple[str, DType]]) -> tuple[int, dict[str, FeatureStats]]:
+    """The number of ``rows`` (persisted) and their statistics, in one Spark job: the statistics' aggregation
+    counts them too, and fills the cache for the write (a separate ``count()`` first would read every row twice).
+    """
+    if not features:
+        return rows.count(), {}
+    stats = spark_stats(rows, features)
+    return next(iter(stats.values())).count, stats
 
 
 def _with_published_at(view: ViewPlan, rows: DataFrame, published_at: datetime) -> DataFrame:
@@ -216,16 +260,17 @@ def merge_rows(
     *,
     metadata: str | None = None,
     start: datetime | None = None,
+    inserts_only: bool = False,
 ) -> int:
     """MERGE ``rows`` into the view's table in one Delta commit; returns rows inserted or updated.
 
     Matched on (join keys, event_timestamp, created_timestamp null-safe). A matched row is updated only when a
     feature value differs (null-safe), so re-running a window commits nothing. ``metadata`` goes into the
     commit's ``userMetadata``; with ``start`` (no row of ``rows`` is older) the stored rows before it are not
-    matched, so their files are not read.
+    matched, so their files are not read. ``inserts_only``: no row of ``rows`` matches a stored one (the MERGE
+    only inserts, which Delta does in one pass, still as a MERGE: it fails on a concurrent commit of those rows).
     """
 
-    (DeltaTable.createIfNotExists(spark).location(str(path)).addColumns(table_schema(view)).execute())
     source = _with_published_at(view, rows, published_at)
 
     def col(side: str, name: str) -> str:
@@ -241,14 +286,10 @@ def merge_rows(
     )
     changed = " OR ".join(f"NOT ({col('t', f)} <=> {col('s', f)})" for f in view.feature_names) or "false"
     updates: dict[str, str | Column] = {quote_spark(f): col("s", f) for f in (*view.feature_names, PUBLISHED_AT)}
-    metrics = (
-        DeltaTable.forPath(_committing_session(spark, metadata), str(path))
-        .alias("t")
-        .merge(source.alias("s"), on)
-        .whenMatchedUpdate(condition=changed, set=updates)
-        .whenNotMatchedInsertAll()
-        .execute()
-    ).first()
+    merge = DeltaTable.forPath(_committing_session(spark, metadata), str(path)).alias("t").merge(source.alias("s"), on)
+    if not inserts_only:
+        merge = merge.whenMatchedUpdate(condition=changed, set=updates)
+    metrics = merge.whenNotMatchedInsertAll().execute().first()
     if metrics is None:
         return 0
     return int(metrics["num_inserted_rows"]) + int(metrics["num_updated_rows"])
