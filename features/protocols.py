@@ -86,8 +86,21 @@ class LiveSnapshot:
     storage_fingerprint: str
     feature_fingerprints: tuple[tuple[str, str], ...]  # (feature name, fingerprint), in plan order
     published_at: datetime
-    version: str | None = None  # the publication version (what the served-feature log records)
+    # The rollback point: the publication version N (what the served-feature log records) of a whole snapshot, or
+    # "N.s" after s runs updated snapshot N in place (see snapshot_order).
+    version: str | None = None
     held: str | None = None  # set while a rollback holds the view: who rolled it back and when
+
+
+def snapshot_order(point: str) -> tuple[int, int]:
+    """A rollback point's place in publication order: ``"7"`` (whole snapshot 7) is ``(7, 0)``, ``"7.2"`` (the
+    second run updated in place in it) ``(7, 2)``.
+
+    >>> sorted(["7.10", "8", "7.2", "7"], key=snapshot_order)
+    ['7', '7.2', '7.10', '8']
+    """
+    version, _, step = point.partition(".")
+    return int(version), int(step or 0)
 
 
 @runtime_checkable
@@ -142,13 +155,15 @@ class OnlineStore(Protocol):
 @runtime_checkable
 class UpdatableStore(Protocol):
     """An online store that can publish a run's changed entities into the live snapshot in place; it does when
-    ``update_in_place`` (``online.update_in_place``: the runs it updates are then not rollback points)."""
+    ``update_in_place`` (``online.update_in_place``, default true), keeping what each run overwrote so that it
+    stays a rollback point."""
 
     update_in_place: bool
 
     def start_update(self, view: ViewPlan, *, watermark: int, live_version: str) -> Publication:
-        """Write rows into the live snapshot ``live_version`` (each only over an older row) and record
-        ``watermark`` at commit; the publication's ``moved`` is true when that snapshot is no longer live."""
+        """Write rows into the live snapshot at rollback point ``live_version`` (each only over an older row) and
+        record ``watermark`` at commit, as a new rollback point; the publication's ``moved`` is true when that
+        snapshot is no longer live."""
         ...
 
 

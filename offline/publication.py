@@ -146,8 +146,8 @@ def publish_unless_live(
 
     With ``write_changed``, a run publishes only the entities whose rows changed since the table version the
     live snapshot holds (:func:`changed_files`), into that snapshot in place (:func:`updated`), when the store
-    can and is set to (:class:`~features.protocols.UpdatableStore`, ``online.update_in_place``: a run updated in
-    place is no rollback point, as its previous values are overwritten); a whole new snapshot otherwise: the
+    can and is set to (:class:`~features.protocols.UpdatableStore`, ``online.update_in_place``, the default: the
+    store keeps what each run overwrites, so each stays a rollback point); a whole new snapshot otherwise: the
     first publication, a definition change (another storage or feature fingerprint), ``republish``, or a log that
     no longer says what changed."""
     live = online.live_snapshot(view)
@@ -171,7 +171,8 @@ def publish_unless_live(
         )
         return Published(current=True)
     incremental = write_changed is not None and not republish and not created
-    if incremental and write_changed is not None and isinstance(online, UpdatableStore) and online.update_in_place:
+    if incremental and isinstance(online, UpdatableStore) and online.update_in_place:
+        assert write_changed is not None  # for mypy: ``incremental`` says so
         files = changed_files(live, view, path, version)
         if files is not None and live is not None and live.version is not None:
             outcome = updated(view, version, online, live.version, lambda p: write_changed(p, files))

@@ -43,7 +43,7 @@ def test_an_update_writes_only_newer_rows_that_differ_and_records_the_watermark(
     # 1: newer, written; 2: older than the served row, not written; 3: the served row itself, not written;
     # 4: a new entity, written.
     rows = [row(1, 9.0, later), row(2, 7.0, T0 - timedelta(hours=1)), row(3, 1.0, T0), row(4, 4.0, later)]
-    assert update.write([make_batch(CARD, rows)]) == 2
+    assert update.write([make_batch(CARD, rows)]) == 2, update.refusal
     assert served(store, [1, 2, 3, 4]) == [9.0, 1.0, 1.0, 4.0]  # visible at once, before the commit
     assert update.commit() is True
     assert (live(store)["version"], live(store)["watermark"]) == (version, "2")
