@@ -125,9 +125,12 @@ class RollbackStore(Protocol):
 class OnlineStore(Protocol):
     """A key-value store serving the latest published row per entity and view."""
 
-    def start_publication(self, view: ViewPlan, *, watermark: int) -> Publication:
+    def start_publication(self, view: ViewPlan, *, watermark: int, confirmed_at: datetime | None = None) -> Publication:
         """Begin publishing ``view``. ``watermark`` orders publications (the offline table version the
-        rows come from): a commit with a lower watermark than the live one is refused."""
+        rows come from): a commit with a lower watermark than the live one is refused. ``confirmed_at``
+        (windowed views): the tick the snapshot is current at; a lookup serves each value's event time as the
+        later of its row's (the tick its value last changed at) and this, so TTLs count from the last tick
+        computed while a tick that changed nothing writes nothing."""
         ...
 
     def live_snapshot(self, view: ViewPlan) -> LiveSnapshot | None:
@@ -160,10 +163,12 @@ class UpdatableStore(Protocol):
 
     update_in_place: bool
 
-    def start_update(self, view: ViewPlan, *, watermark: int, live_version: str) -> Publication:
+    def start_update(
+        self, view: ViewPlan, *, watermark: int, live_version: str, confirmed_at: datetime | None = None
+    ) -> Publication:
         """Write rows into the live snapshot at rollback point ``live_version`` (each only over an older row) and
-        record ``watermark`` at commit, as a new rollback point; the publication's ``moved`` is true when that
-        snapshot is no longer live."""
+        record ``watermark`` (and ``confirmed_at``, as for :meth:`OnlineStore.start_publication`) at commit, as a
+        new rollback point; the publication's ``moved`` is true when that snapshot is no longer live."""
         ...
 
 

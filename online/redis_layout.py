@@ -3,12 +3,14 @@
 Key layout (``P`` = project, ``V`` = view, ``N`` = publication version)::
 
     P:V:_live              hash: version, step, previous, watermark, storage_fingerprint, features,
-                           published_at, and ``held`` while a rollback holds the view (publications are refused)
+                           published_at, ``confirmed_at`` (windowed views: the tick the snapshot is current at),
+                           and ``held`` while a rollback holds the view (publications are refused)
     P:V:_history           hash: rollback point -> the pointer fields it was committed with (JSON), for each kept
                            point: ``N`` for the whole snapshot N, ``N.s`` for the s-th run updated in place in it
     P:V:_undo:N.s          hash: entity key -> its row before the in-place run N.s wrote it ("" for none): how
                            a rollback undoes that run; kept while its point is
-    P:V:_version           string: the live version again, readable by MGET next to the rows
+    P:V:_version           string: the live version again, readable by MGET next to the rows; "N@C" when the
+                           pointer has ``confirmed_at`` C (a reader serves event time max(row's, C))
     P:V:_counter           INCR counter handing out publication versions
     P:V:_staged            hash: version -> "watermark storage_fingerprint" of publications started but not
                            committed
@@ -42,7 +44,7 @@ local n = tonumber(ARGV[1])
 local nviews = #KEYS
 local out = {}
 for i = 1, nviews do
-  local ptr = redis.call('HMGET', KEYS[i], 'version', 'features')
+  local ptr = redis.call('HMGET', KEYS[i], 'version', 'features', 'confirmed_at')
   local values = {}
   if ptr[1] then
     local prefix = ARGV[1 + i] .. ptr[1] .. ':'
@@ -57,7 +59,7 @@ for i = 1, nviews do
       end
     end
   end
-  out[i] = {ptr[1], ptr[2], values}
+  out[i] = {ptr[1] and ptr[3] and (ptr[1] .. '@' .. ptr[3]) or ptr[1], ptr[2], values}
 end
 return out
 """.replace("MGET_CHUNK", str(_MGET_CHUNK))
@@ -89,7 +91,8 @@ end
 
 # Lua: rollback points. A point is "N" (the whole snapshot N) or "N.s" (its s-th run updated in place); points
 # order by version, then step. prune_history keeps the newest `keep` points of the history (never `spare1`/`spare2`)
-# and deletes each dropped point's undo log.
+# and deletes each dropped point's undo log. set_confirmed records the tick a windowed view's snapshot is current
+# at ('' for none) in the pointer and in the version key ("N@C"), so a reader's MGET sees it move.
 POINTS_LUA = """
 local function point_of(version, step)
   if not step or step == '' or step == '0' then return version end
@@ -105,6 +108,15 @@ local function point_newer(a, b)
   local vb, sb = split_point(b)
   if va ~= vb then return va > vb end
   return sa > sb
+end
+local function set_confirmed(pointer, version_key, version, confirmed)
+  if confirmed and confirmed ~= '' then
+    redis.call('HSET', pointer, 'confirmed_at', confirmed)
+    redis.call('SET', version_key, version .. '@' .. confirmed)
+  else
+    redis.call('HDEL', pointer, 'confirmed_at')
+    redis.call('SET', version_key, version)
+  end
 end
 local function prune_history(history, undo_prefix, keep, spare1, spare2)
   local kept = redis.call('HKEYS', history)
@@ -129,7 +141,8 @@ end
 # before a push landed never hides it. A pushed row the new snapshot holds (or holds something newer than)
 # leaves the hash; one of another definition (other features) is dropped, as its encoding means nothing to the
 # new snapshot. The committed snapshot's pointer fields go into the history, which keeps the newest ARGV[7]
-# points (see POINTS_LUA; ARGV[8]: the undo logs' prefix "P:V:_undo:").
+# points (see POINTS_LUA; ARGV[8]: the undo logs' prefix "P:V:_undo:"). ARGV[9]: the tick the snapshot is current at
+# (windowed views; '' for none), in microseconds.
 COMMIT_LUA = (
     ROW_ORDER_LUA
     + POINTS_LUA
@@ -159,9 +172,10 @@ else
 end
 redis.call('HSET', KEYS[1], 'version', ARGV[1], 'step', '0', 'previous', live[1] or '', 'watermark', ARGV[2],
            'storage_fingerprint', ARGV[3], 'features', ARGV[4], 'published_at', ARGV[5])
-redis.call('SET', KEYS[3], ARGV[1])
+set_confirmed(KEYS[1], KEYS[3], ARGV[1], ARGV[9])
 redis.call('HSET', KEYS[5], ARGV[1], cjson.encode({watermark = ARGV[2], storage_fingerprint = ARGV[3],
-                                                    features = ARGV[4], published_at = ARGV[5]}))
+                                                    features = ARGV[4], published_at = ARGV[5],
+                                                    confirmed_at = ARGV[9]}))
 prune_history(KEYS[5], ARGV[8], tonumber(ARGV[7]), ARGV[1], live[1] and point_of(live[1], live[6]))
 return {1, live[1]}
 """
@@ -238,8 +252,9 @@ return {1, applied}
 """
 )
 
-# KEYS[1]: pointer, KEYS[2]: history hash. ARGV: the live version N updated, the step s-1 the run started from, the
-# new watermark, published_at, the undo logs' prefix ("P:V:_undo:"), the points kept. Records that the live
+# KEYS[1]: pointer, KEYS[2]: history hash, KEYS[3]: version key. ARGV: the live version N updated, the step s-1 the
+# run started from, the new watermark, published_at, the undo logs' prefix ("P:V:_undo:"), the points kept, the
+# tick the snapshot is now current at (windowed views; '' for none). Records that the live
 # snapshot now holds the table at that watermark, as rollback point N.s: {1, point} done, {0, reason} when another
 # publication became live meanwhile or a newer watermark is live, {-2, hold} while a rollback holds the view.
 UPDATE_COMMIT_LUA = (
@@ -252,8 +267,10 @@ if tonumber(live[2]) > tonumber(ARGV[3]) then return {0, 'newer'} end
 local step = tostring(tonumber(ARGV[2]) + 1)
 local point = point_of(ARGV[1], step)
 redis.call('HSET', KEYS[1], 'watermark', ARGV[3], 'published_at', ARGV[4], 'step', step)
+set_confirmed(KEYS[1], KEYS[3], ARGV[1], ARGV[7])
 redis.call('HSET', KEYS[2], point, cjson.encode({watermark = ARGV[3], storage_fingerprint = live[4],
-                                                 features = live[5], published_at = ARGV[4]}))
+                                                 features = live[5], published_at = ARGV[4],
+                                                 confirmed_at = ARGV[7]}))
 prune_history(KEYS[2], ARGV[5], tonumber(ARGV[6]), point, nil)
 return {1, point}
 """
@@ -363,7 +380,7 @@ local m = cjson.decode(meta)
 redis.call('HSET', KEYS[1], 'version', version, 'step', tostring(step), 'previous', live[1],
            'watermark', m.watermark, 'storage_fingerprint', m.storage_fingerprint, 'features', m.features,
            'published_at', m.published_at, 'held', ARGV[2])
-redis.call('SET', KEYS[2], version)
+set_confirmed(KEYS[1], KEYS[2], version, m.confirmed_at)
 return {1, current, target}
 """
 )

@@ -71,6 +71,7 @@ class RedisPublication:
         watermark: int,
         version: int,
         keep_snapshots: int = 2,
+        confirmed_at: int | None = None,
         connect_timeout: float = 1.0,
         timeout: float = 2.0,
     ) -> None:
@@ -85,6 +86,9 @@ class RedisPublication:
         self.watermark = watermark
         self.version = version
         self.keep_snapshots = keep_snapshots
+        # Windowed views: the tick (microseconds) the snapshot is current at once committed; readers serve each
+        # value's event time as the later of its row's and this (TTLs count from the last tick computed).
+        self.confirmed_at = confirmed_at
         #: Why the commit was refused, when it was (a newer publication live, or a rollback holding the view).
         self.refusal: str | None = None
         self.connect_timeout = connect_timeout
@@ -160,6 +164,7 @@ class RedisPublication:
                 keys.data_prefix,
                 self.keep_snapshots,
                 keys.undo_prefix,
+                "" if self.confirmed_at is None else self.confirmed_at,
             ],
             refused="a newer publication is live",
         )
@@ -299,8 +304,16 @@ class RedisUpdate(RedisPublication):
         committed, detail = self._commit_script(
             "committing an update of",
             UPDATE_COMMIT_LUA,
-            [keys.pointer, keys.history],
-            [self.version, self.step, self.watermark, to_micros_now(), keys.undo_prefix, self.keep_snapshots],
+            [keys.pointer, keys.history, keys.version],
+            [
+                self.version,
+                self.step,
+                self.watermark,
+                to_micros_now(),
+                keys.undo_prefix,
+                self.keep_snapshots,
+                "" if self.confirmed_at is None else self.confirmed_at,
+            ],
             refused=None,
         )
         self.moved = not committed and detail == "moved"

@@ -21,12 +21,13 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from features.dtypes import from_micros
+from features.dtypes import from_micros, to_micros
 from features.errors import ConfigError, OnlineStoreError
 from features.plan import ViewPlan
 from features.protocols import LiveSnapshot, OnlineValues, StoredView, snapshot_order
@@ -283,8 +284,11 @@ class RedisOnlineStore:
         return f"RedisOnlineStore({redact(self.url)!r}, project={self.project!r})"
 
     # -- publish ----------------------------------------------------------------------------------------------
-    def start_publication(self, view: ViewPlan, *, watermark: int) -> RedisPublication:
-        """Reserve a new version of ``view``; rows written to it stay invisible until ``commit()``."""
+    def start_publication(
+        self, view: ViewPlan, *, watermark: int, confirmed_at: datetime | None = None
+    ) -> RedisPublication:
+        """Reserve a new version of ``view``; rows written to it stay invisible until ``commit()``.
+        ``confirmed_at``: see :class:`features.protocols.OnlineStore`."""
         keys = self.keys_of(view.online_name)
         with self._translated(f"starting a publication of view '{view.name}'"):
             version = int(
@@ -292,15 +296,18 @@ class RedisOnlineStore:
                     START_LUA, 3, keys.counter, keys.staged, keys.versions, int(watermark), view.storage_fingerprint
                 )
             )
-        return RedisPublication(**self._publication_args(view), watermark=int(watermark), version=version)
+        return RedisPublication(**self._publication_args(view, confirmed_at), watermark=int(watermark), version=version)
 
-    def start_update(self, view: ViewPlan, *, watermark: int, live_version: str) -> RedisUpdate:
+    def start_update(
+        self, view: ViewPlan, *, watermark: int, live_version: str, confirmed_at: datetime | None = None
+    ) -> RedisUpdate:
         """An incremental publication of ``view`` into its live snapshot at rollback point ``live_version`` (``N``
         or ``N.s``, see :mod:`online.redis_layout`; :class:`~online.redis_publication.RedisUpdate`)."""
         version, step = snapshot_order(live_version)
-        return RedisUpdate(**self._publication_args(view), watermark=int(watermark), version=version, step=step)
+        args = self._publication_args(view, confirmed_at)
+        return RedisUpdate(**args, watermark=int(watermark), version=version, step=step)
 
-    def _publication_args(self, view: ViewPlan) -> dict[str, Any]:
+    def _publication_args(self, view: ViewPlan, confirmed_at: datetime | None) -> dict[str, Any]:
         """What every publication of ``view`` is built with, whatever its version and watermark."""
         return {
             "url": self.resolved_url,
@@ -312,6 +319,7 @@ class RedisOnlineStore:
             "features": tuple((f.name, f.dtype, f.fingerprint) for f in view.features),
             "storage_fingerprint": view.storage_fingerprint,
             "keep_snapshots": self.keep_snapshots,
+            "confirmed_at": None if confirmed_at is None else to_micros(confirmed_at),
             "connect_timeout": self.connect_timeout,
             "timeout": self.timeout,
         }
