@@ -173,9 +173,13 @@ def publish_unless_live(
             path,
         )
         return Published(current=True)
-    incremental = write_changed is not None and not republish and not created
-    if incremental and isinstance(online, UpdatableStore) and online.update_in_place:
-        assert write_changed is not None  # for mypy: ``incremental`` says so
+    if (
+        write_changed is not None
+        and not republish
+        and not created
+        and isinstance(online, UpdatableStore)
+        and online.update_in_place
+    ):
         files = changed_files(live, view, path, version)
         if files is not None and live is not None and live.version is not None:
             outcome = updated(
