@@ -147,12 +147,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_contract)
 
     p = sub.add_parser(
-        "rollback", help="serve a view's previous published snapshot again, at once (held until --release)"
+        "rollback", help="serve what a view's previous run published again, at once (held until --release)"
     )
     _repo_arg(p)
     p.add_argument("view", help="an online view")
     p.add_argument(
-        "--to", metavar="SNAPSHOT", help="the snapshot to serve (default: the newest one older than the live)"
+        "--to",
+        metavar="SNAPSHOT",
+        help="the snapshot to serve: N (a whole snapshot) or N.s (the s-th run updated in place in it); default: "
+        "the newest one older than the live",
     )
     p.add_argument("--release", action="store_true", help="end the hold: the next run publishes again")
     p.add_argument("--list", action="store_true", help="only list the kept snapshots")

@@ -137,15 +137,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "online.keep_snapshots",
         2,
-        "published snapshots kept per view (the live one included, at least 2): the ones 'skewless rollback' can "
-        "make live again; each costs the bytes of its rows in the store",
+        "rollback points kept per view (the live one included, at least 2): the runs 'skewless rollback' can go "
+        "back to; a whole snapshot costs the bytes of its rows in the store, a run updated in place those of the "
+        "rows it overwrote",
     ),
     Setting(
         "online.update_in_place",
-        False,
+        True,
         "true: a run writes only the entities whose latest row changed into the live snapshot (cost grows with the "
-        "change, not the view); the runs since the last whole snapshot are then not rollback points. false: every "
-        "run that changed something publishes a whole new snapshot, which 'skewless rollback' can undo",
+        "change, not the view), keeping the rows it overwrote so that 'skewless rollback' can undo it. false: every "
+        "run that changed something publishes a whole new snapshot (every key)",
     ),
     Setting(
         "serving.tokens",

@@ -86,8 +86,21 @@ class LiveSnapshot:
     storage_fingerprint: str
     feature_fingerprints: tuple[tuple[str, str], ...]  # (feature name, fingerprint), in plan order
     published_at: datetime
-    version: str | None = None  # the publication version (what the served-feature log records)
+    # The rollback point: the publication version N (what the served-feature log records) of a whole snapshot, or
+    # "N.s" after s runs updated snapshot N in place (see snapshot_order).
+    version: str | None = None
     held: str | None = None  # set while a rollback holds the view: who rolled it back and when
+
+
+def snapshot_order(point: str) -> tuple[int, int]:
+    """A rollback point's place in publication order: ``"7"`` (whole snapshot 7) is ``(7, 0)``, ``"7.2"`` (the
+    second run updated in place in it) ``(7, 2)``.
+
+    >>> sorted(["7.10", "8", "7.2", "7"], key=snapshot_order)
+    ['7', '7.2', '7.10', '8']
+    """
+    version, _, step = point.partition(".")
+    return int(version), int(step or 0)
 
 
 @runtime_checkable
@@ -112,9 +125,12 @@ class RollbackStore(Protocol):
 class OnlineStore(Protocol):
     """A key-value store serving the latest published row per entity and view."""
 
-    def start_publication(self, view: ViewPlan, *, watermark: int) -> Publication:
+    def start_publication(self, view: ViewPlan, *, watermark: int, confirmed_at: datetime | None = None) -> Publication:
         """Begin publishing ``view``. ``watermark`` orders publications (the offline table version the
-        rows come from): a commit with a lower watermark than the live one is refused."""
+        rows come from): a commit with a lower watermark than the live one is refused. ``confirmed_at``
+        (windowed views): the tick the snapshot is current at; a lookup serves each value's event time as the
+        later of its row's (the tick its value last changed at) and this, so TTLs count from the last tick
+        computed while a tick that changed nothing writes nothing."""
         ...
 
     def live_snapshot(self, view: ViewPlan) -> LiveSnapshot | None:
@@ -142,13 +158,17 @@ class OnlineStore(Protocol):
 @runtime_checkable
 class UpdatableStore(Protocol):
     """An online store that can publish a run's changed entities into the live snapshot in place; it does when
-    ``update_in_place`` (``online.update_in_place``: the runs it updates are then not rollback points)."""
+    ``update_in_place`` (``online.update_in_place``, default true), keeping what each run overwrote so that it
+    stays a rollback point."""
 
     update_in_place: bool
 
-    def start_update(self, view: ViewPlan, *, watermark: int, live_version: str) -> Publication:
-        """Write rows into the live snapshot ``live_version`` (each only over an older row) and record
-        ``watermark`` at commit; the publication's ``moved`` is true when that snapshot is no longer live."""
+    def start_update(
+        self, view: ViewPlan, *, watermark: int, live_version: str, confirmed_at: datetime | None = None
+    ) -> Publication:
+        """Write rows into the live snapshot at rollback point ``live_version`` (each only over an older row) and
+        record ``watermark`` (and ``confirmed_at``, as for :meth:`OnlineStore.start_publication`) at commit, as a
+        new rollback point; the publication's ``moved`` is true when that snapshot is no longer live."""
         ...
 
 

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from features.errors import OnlineStoreError
-from features.protocols import LiveSnapshot, RollbackStore
+from features.protocols import LiveSnapshot, RollbackStore, snapshot_order
 from features.registry import RollbackRecord
 
 if TYPE_CHECKING:
@@ -112,9 +112,9 @@ def _rollback_store(online: OnlineStore) -> RollbackStore:
 
 def _older(kept: list[LiveSnapshot], live: LiveSnapshot) -> LiveSnapshot | None:
     """The newest kept snapshot older than the live one."""
-    live_version = int(live.version or 0)
-    older = [s for s in kept if int(s.version or 0) < live_version]
-    return max(older, key=lambda s: int(s.version or 0)) if older else None
+    live_point = snapshot_order(live.version or "0")
+    older = [s for s in kept if snapshot_order(s.version or "0") < live_point]
+    return max(older, key=lambda s: snapshot_order(s.version or "0")) if older else None
 
 
 def _differing(a: tuple[tuple[str, str], ...], b: tuple[tuple[str, str], ...]) -> set[str]:

@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -137,6 +138,7 @@ def publish_unless_live(
     created: bool,
     republish: bool,
     write_changed: WriteChanged | None = None,
+    confirmed_at: datetime | None = None,
 ) -> Published:
     """Publish the latest rows of ``version`` (``write`` stages them in the publication it is given), unless
     the online store already serves that version of this table as this definition publishes it (never for a
@@ -146,10 +148,11 @@ def publish_unless_live(
 
     With ``write_changed``, a run publishes only the entities whose rows changed since the table version the
     live snapshot holds (:func:`changed_files`), into that snapshot in place (:func:`updated`), when the store
-    can and is set to (:class:`~features.protocols.UpdatableStore`, ``online.update_in_place``: a run updated in
-    place is no rollback point, as its previous values are overwritten); a whole new snapshot otherwise: the
+    can and is set to (:class:`~features.protocols.UpdatableStore`, ``online.update_in_place``, the default: the
+    store keeps what each run overwrites, so each stays a rollback point); a whole new snapshot otherwise: the
     first publication, a definition change (another storage or feature fingerprint), ``republish``, or a log that
-    no longer says what changed."""
+    no longer says what changed. ``confirmed_at`` (windowed views): the last tick computed, recorded with the
+    snapshot (see :meth:`~features.protocols.OnlineStore.start_publication`)."""
     live = online.live_snapshot(view)
     if live is not None and live.held:
         log.warning(
@@ -170,14 +173,21 @@ def publish_unless_live(
             path,
         )
         return Published(current=True)
-    incremental = write_changed is not None and not republish and not created
-    if incremental and write_changed is not None and isinstance(online, UpdatableStore) and online.update_in_place:
+    if (
+        write_changed is not None
+        and not republish
+        and not created
+        and isinstance(online, UpdatableStore)
+        and online.update_in_place
+    ):
         files = changed_files(live, view, path, version)
         if files is not None and live is not None and live.version is not None:
-            outcome = updated(view, version, online, live.version, lambda p: write_changed(p, files))
+            outcome = updated(
+                view, version, online, live.version, lambda p: write_changed(p, files), confirmed_at=confirmed_at
+            )
             if outcome is not None:
                 return outcome
-    rows, committed = published(view, version, online, write)
+    rows, committed = published(view, version, online, write, confirmed_at=confirmed_at)
     return Published(rows, committed)
 
 
@@ -199,11 +209,17 @@ def changed_files(live: LiveSnapshot | None, view: ViewPlan, path: Path, version
 
 
 def updated(
-    view: ViewPlan, version: int, online: UpdatableStore, live_version: str, write: Callable[[Publication], int]
+    view: ViewPlan,
+    version: int,
+    online: UpdatableStore,
+    live_version: str,
+    write: Callable[[Publication], int],
+    *,
+    confirmed_at: datetime | None = None,
 ) -> Published | None:
     """Write the changed entities into the live snapshot ``live_version`` and record ``version`` as its
     watermark; None when that snapshot stopped being live meanwhile (the caller publishes a whole one)."""
-    update = online.start_update(view, watermark=version, live_version=live_version)
+    update = online.start_update(view, watermark=version, live_version=live_version, confirmed_at=confirmed_at)
     try:
         with phase(view, "writing the changed entities online"):
             written = write(update)
@@ -248,11 +264,16 @@ PUBLISH_BATCH = 10_000
 
 
 def published(
-    view: ViewPlan, version: int, online: OnlineStore, write: Callable[[Publication], int]
+    view: ViewPlan,
+    version: int,
+    online: OnlineStore,
+    write: Callable[[Publication], int],
+    *,
+    confirmed_at: datetime | None = None,
 ) -> tuple[int, bool]:
     """Stage rows through ``write`` in a new publication of ``version``, then commit it; on any failure abort
     it, so the previous values stay served. Returns (rows written, committed)."""
-    publication = online.start_publication(view, watermark=version)
+    publication = online.start_publication(view, watermark=version, confirmed_at=confirmed_at)
     try:
         with phase(view, "computing the latest rows and writing them online"):
             published = write(publication)

@@ -2,11 +2,15 @@
 
 Key layout (``P`` = project, ``V`` = view, ``N`` = publication version)::
 
-    P:V:_live              hash: version, previous, watermark, storage_fingerprint, features, published_at,
+    P:V:_live              hash: version, step, previous, watermark, storage_fingerprint, features,
+                           published_at, ``confirmed_at`` (windowed views: the tick the snapshot is current at),
                            and ``held`` while a rollback holds the view (publications are refused)
-    P:V:_history           hash: version -> the pointer fields it was committed with (JSON), for each kept
-                           snapshot: the ones a rollback may go back to
-    P:V:_version           string: the live version again, readable by MGET next to the rows
+    P:V:_history           hash: rollback point -> the pointer fields it was committed with (JSON), for each kept
+                           point: ``N`` for the whole snapshot N, ``N.s`` for the s-th run updated in place in it
+    P:V:_undo:N.s          hash: entity key -> its row before the in-place run N.s wrote it ("" for none): how
+                           a rollback undoes that run; kept while its point is
+    P:V:_version           string: the live version again, readable by MGET next to the rows; "N@C" when the
+                           pointer has ``confirmed_at`` C (a reader serves event time max(row's, C))
     P:V:_counter           INCR counter handing out publication versions
     P:V:_staged            hash: version -> "watermark storage_fingerprint" of publications started but not
                            committed
@@ -17,6 +21,12 @@ Key layout (``P`` = project, ``V`` = view, ``N`` = publication version)::
 On Redis Cluster every name starts with the hash tag ``{P:V}:`` instead of ``P:V:`` (``tagged``): all of a view's
 keys share one slot, so the scripts, which build row names from the pointer, run on the one node that holds the view
 (a cluster refuses a script's key in another slot). A single server keeps the untagged names.
+
+Rollback points: every commit is one, the whole snapshot ``N`` and each run updated in place in it (``N.s``, the
+pointer's ``step``). An in-place run keeps each row it overwrites in its undo log, in the same script as the write; a
+rollback to ``N.s`` undoes the runs after it, newest first, in one script (so its cost grows with the entities
+those runs changed). The history keeps the newest ``online.keep_snapshots`` points; a point dropped takes its undo
+log with it (it could only lead back to older points, already dropped).
 """
 
 from __future__ import annotations
@@ -34,7 +44,7 @@ local n = tonumber(ARGV[1])
 local nviews = #KEYS
 local out = {}
 for i = 1, nviews do
-  local ptr = redis.call('HMGET', KEYS[i], 'version', 'features')
+  local ptr = redis.call('HMGET', KEYS[i], 'version', 'features', 'confirmed_at')
   local values = {}
   if ptr[1] then
     local prefix = ARGV[1 + i] .. ptr[1] .. ':'
@@ -49,7 +59,7 @@ for i = 1, nviews do
       end
     end
   end
-  out[i] = {ptr[1], ptr[2], values}
+  out[i] = {ptr[1] and ptr[3] and (ptr[1] .. '@' .. ptr[3]) or ptr[1], ptr[2], values}
 end
 return out
 """.replace("MGET_CHUNK", str(_MGET_CHUNK))
@@ -79,6 +89,48 @@ local function row_order(a, b)
 end
 """
 
+# Lua: rollback points. A point is "N" (the whole snapshot N) or "N.s" (its s-th run updated in place); points
+# order by version, then step. prune_history keeps the newest `keep` points of the history (never `spare1`/`spare2`)
+# and deletes each dropped point's undo log. set_confirmed records the tick a windowed view's snapshot is current
+# at ('' for none) in the pointer and in the version key ("N@C"), so a reader's MGET sees it move.
+POINTS_LUA = """
+local function point_of(version, step)
+  if not step or step == '' or step == '0' then return version end
+  return version .. '.' .. step
+end
+local function split_point(p)
+  local v, s = string.match(p, '^(%d+)%.(%d+)$')
+  if v then return tonumber(v), tonumber(s) end
+  return tonumber(p), 0
+end
+local function point_newer(a, b)
+  local va, sa = split_point(a)
+  local vb, sb = split_point(b)
+  if va ~= vb then return va > vb end
+  return sa > sb
+end
+local function set_confirmed(pointer, version_key, version, confirmed)
+  if confirmed and confirmed ~= '' then
+    redis.call('HSET', pointer, 'confirmed_at', confirmed)
+    redis.call('SET', version_key, version .. '@' .. confirmed)
+  else
+    redis.call('HDEL', pointer, 'confirmed_at')
+    redis.call('SET', version_key, version)
+  end
+end
+local function prune_history(history, undo_prefix, keep, spare1, spare2)
+  local kept = redis.call('HKEYS', history)
+  if #kept <= keep then return end
+  table.sort(kept, point_newer)
+  for i = keep + 1, #kept do
+    if kept[i] ~= spare1 and kept[i] ~= spare2 then
+      redis.call('HDEL', history, kept[i])
+      redis.call('DEL', undo_prefix .. kept[i])
+    end
+  end
+end
+"""
+
 # KEYS[1]: pointer, KEYS[2]: staged hash, KEYS[3]: version key, KEYS[4]: pushed hash, KEYS[5]: history hash.
 # ARGV: version, watermark, storage fingerprint, features, published_at, the rows' prefix ("P:V:v"), snapshots
 # kept. Returns {status, previous version or the hold}: 1 committed, 0 refused (an older watermark of the same
@@ -88,13 +140,16 @@ end
 # snapshots caught up with them go into the new snapshot where they are newer than its row: a run computed
 # before a push landed never hides it. A pushed row the new snapshot holds (or holds something newer than)
 # leaves the hash; one of another definition (other features) is dropped, as its encoding means nothing to the
-# new snapshot. The committed snapshot's pointer fields go into the history, which keeps the newest ARGV[7].
+# new snapshot. The committed snapshot's pointer fields go into the history, which keeps the newest ARGV[7]
+# points (see POINTS_LUA; ARGV[8]: the undo logs' prefix "P:V:_undo:"). ARGV[9]: the tick the snapshot is current at
+# (windowed views; '' for none), in microseconds.
 COMMIT_LUA = (
     ROW_ORDER_LUA
+    + POINTS_LUA
     + """
 if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 0 then return {-1, false} end
 redis.call('HDEL', KEYS[2], ARGV[1])
-local live = redis.call('HMGET', KEYS[1], 'version', 'watermark', 'features', 'held', 'storage_fingerprint')
+local live = redis.call('HMGET', KEYS[1], 'version', 'watermark', 'features', 'held', 'storage_fingerprint', 'step')
 if live[4] then return {-2, live[4]} end
 if live[5] == ARGV[3] then
   if live[2] and tonumber(live[2]) > tonumber(ARGV[2]) then return {0, live[1]} end
@@ -115,19 +170,13 @@ else
     end
   end
 end
-redis.call('HSET', KEYS[1], 'version', ARGV[1], 'previous', live[1] or '', 'watermark', ARGV[2],
+redis.call('HSET', KEYS[1], 'version', ARGV[1], 'step', '0', 'previous', live[1] or '', 'watermark', ARGV[2],
            'storage_fingerprint', ARGV[3], 'features', ARGV[4], 'published_at', ARGV[5])
-redis.call('SET', KEYS[3], ARGV[1])
+set_confirmed(KEYS[1], KEYS[3], ARGV[1], ARGV[9])
 redis.call('HSET', KEYS[5], ARGV[1], cjson.encode({watermark = ARGV[2], storage_fingerprint = ARGV[3],
-                                                    features = ARGV[4], published_at = ARGV[5]}))
-local kept = redis.call('HKEYS', KEYS[5])
-local keep = tonumber(ARGV[7])
-if #kept > keep then
-  table.sort(kept, function(a, b) return tonumber(a) > tonumber(b) end)
-  for i = keep + 1, #kept do
-    if kept[i] ~= ARGV[1] and kept[i] ~= live[1] then redis.call('HDEL', KEYS[5], kept[i]) end
-  end
-end
+                                                    features = ARGV[4], published_at = ARGV[5],
+                                                    confirmed_at = ARGV[9]}))
+prune_history(KEYS[5], ARGV[8], tonumber(ARGV[7]), ARGV[1], live[1] and point_of(live[1], live[6]))
 return {1, live[1]}
 """
 )
@@ -167,23 +216,34 @@ return {1, applied}
 """
 )
 
-# KEYS[1]: pointer. ARGV: the live version the run updates, the features it was computed with, the rows' prefix
-# ("P:V:v"), then (entity key, row) pairs. An incremental publication (online.redis_publication.RedisUpdate):
+# KEYS[1]: pointer, KEYS[2]: history hash, KEYS[3]: the undo log of the run (P:V:_undo:N.s). ARGV: the live
+# version N the run updates, the live step s-1 it started from, the features it was computed with, the rows'
+# prefix ("P:V:v"), then (entity key, row) pairs. An incremental publication (online.redis_publication.RedisUpdate):
 # each row replaces the live snapshot's row of its entity unless that one is newer (a push since), like a push
 # but kept nowhere else: the table already holds it. A row equal to the one served is not written (an engine
-# hands over every entity of the data files a commit rewrote). Returns {1, rows written}, or {-1, reason} when the live
-# snapshot is no longer that version of that definition, or a rollback holds it (nothing written).
+# hands over every entity of the data files a commit rewrote). The row replaced (or '' for none) goes into the
+# run's undo log first, unless the log holds the entity already (a run that failed halfway and is done again keeps
+# the rows from before the first try). Returns {1, rows written}, or {-1, reason} when the live snapshot is no
+# longer that point of that definition, a rollback went back to an older snapshot than the newest kept one (the
+# next run publishes a whole snapshot, so rollback points keep their order), or a rollback holds it (nothing
+# written).
 UPDATE_LUA = (
     ROW_ORDER_LUA
+    + POINTS_LUA
     + """
-local ptr = redis.call('HMGET', KEYS[1], 'version', 'features', 'held')
+local ptr = redis.call('HMGET', KEYS[1], 'version', 'features', 'held', 'step')
 if ptr[3] then return {-1, 'held'} end
-if ptr[1] ~= ARGV[1] or ptr[2] ~= ARGV[2] then return {-1, 'moved'} end
-local prefix = ARGV[3] .. ARGV[1] .. ':'
+if ptr[1] ~= ARGV[1] or ptr[2] ~= ARGV[3] or (ptr[4] or '0') ~= ARGV[2] then return {-1, 'moved'} end
+for _, p in ipairs(redis.call('HKEYS', KEYS[2])) do
+  local v = split_point(p)
+  if v > tonumber(ARGV[1]) then return {-1, 'moved'} end
+end
+local prefix = ARGV[4] .. ARGV[1] .. ':'
 local applied = 0
-for i = 4, #ARGV, 2 do
+for i = 5, #ARGV, 2 do
   local current = redis.call('GET', prefix .. ARGV[i])
   if current ~= ARGV[i + 1] and (not current or row_order(ARGV[i + 1], current) >= 0) then
+    redis.call('HSETNX', KEYS[3], ARGV[i], current or '')
     redis.call('SET', prefix .. ARGV[i], ARGV[i + 1])
     applied = applied + 1
   end
@@ -192,19 +252,29 @@ return {1, applied}
 """
 )
 
-# KEYS[1]: pointer, KEYS[2]: history hash. ARGV: the live version updated, the new watermark, published_at.
-# Records that the live snapshot now holds the table at that watermark: {1} done, {0, reason} when another
+# KEYS[1]: pointer, KEYS[2]: history hash, KEYS[3]: version key. ARGV: the live version N updated, the step s-1 the
+# run started from, the new watermark, published_at, the undo logs' prefix ("P:V:_undo:"), the points kept, the
+# tick the snapshot is now current at (windowed views; '' for none). Records that the live
+# snapshot now holds the table at that watermark, as rollback point N.s: {1, point} done, {0, reason} when another
 # publication became live meanwhile or a newer watermark is live, {-2, hold} while a rollback holds the view.
-UPDATE_COMMIT_LUA = """
-local live = redis.call('HMGET', KEYS[1], 'version', 'watermark', 'held', 'storage_fingerprint', 'features')
+UPDATE_COMMIT_LUA = (
+    POINTS_LUA
+    + """
+local live = redis.call('HMGET', KEYS[1], 'version', 'watermark', 'held', 'storage_fingerprint', 'features', 'step')
 if live[3] then return {-2, live[3]} end
-if live[1] ~= ARGV[1] then return {0, 'moved'} end
-if tonumber(live[2]) > tonumber(ARGV[2]) then return {0, 'newer'} end
-redis.call('HSET', KEYS[1], 'watermark', ARGV[2], 'published_at', ARGV[3])
-redis.call('HSET', KEYS[2], ARGV[1], cjson.encode({watermark = ARGV[2], storage_fingerprint = live[4],
-                                                    features = live[5], published_at = ARGV[3]}))
-return {1, false}
+if live[1] ~= ARGV[1] or (live[6] or '0') ~= ARGV[2] then return {0, 'moved'} end
+if tonumber(live[2]) > tonumber(ARGV[3]) then return {0, 'newer'} end
+local step = tostring(tonumber(ARGV[2]) + 1)
+local point = point_of(ARGV[1], step)
+redis.call('HSET', KEYS[1], 'watermark', ARGV[3], 'published_at', ARGV[4], 'step', step)
+set_confirmed(KEYS[1], KEYS[3], ARGV[1], ARGV[7])
+redis.call('HSET', KEYS[2], point, cjson.encode({watermark = ARGV[3], storage_fingerprint = live[4],
+                                                 features = live[5], published_at = ARGV[4],
+                                                 confirmed_at = ARGV[7]}))
+prune_history(KEYS[2], ARGV[5], tonumber(ARGV[6]), point, nil)
+return {1, point}
 """
+)
 
 # KEYS[1]: counter, KEYS[2]: staged hash, KEYS[3]: versions set. ARGV[1]: watermark, ARGV[2]: storage
 # fingerprint. Returns the new version,
@@ -227,10 +297,12 @@ GARBAGE_LUA = """
 local ptr = redis.call('HMGET', KEYS[1], 'version', 'previous', 'watermark', 'storage_fingerprint')
 local live = tonumber(ptr[1] or '0')
 local livewm = tonumber(ptr[3] or '-1')
+local historic = {}  -- the versions the history keeps a point of
+for _, p in ipairs(redis.call('HKEYS', KEYS[3])) do historic[string.match(p, '^%d+')] = true end
 local garbage = {}
 for i = 1, #ARGV do
   local v = ARGV[i]
-  if v ~= ptr[1] and v ~= ptr[2] and redis.call('HEXISTS', KEYS[3], v) == 0 then
+  if v ~= ptr[1] and v ~= ptr[2] and not historic[v] then
     local pending = false
     local staged = redis.call('HGET', KEYS[2], v)
     if staged then
@@ -255,32 +327,63 @@ return garbage
 """
 
 
-# KEYS[1]: pointer, KEYS[2]: version key, KEYS[3]: history hash. ARGV[1]: the version to make live ('' for the
-# newest kept one older than the live version), ARGV[2]: the hold (who and when, as text). Makes that snapshot
-# live at once with the pointer fields it was committed with, and holds the view: commits are refused until a
-# release. Returns {1, from, to} or {0, reason}.
-ROLLBACK_LUA = """
-local live = redis.call('HMGET', KEYS[1], 'version')[1]
-if not live then return {0, 'never published'} end
+# KEYS[1]: pointer, KEYS[2]: version key, KEYS[3]: history hash. ARGV[1]: the point to make live ('' for the
+# newest kept one older than the live one), ARGV[2]: the hold (who and when, as text), ARGV[3]: the undo logs'
+# prefix ("P:V:_undo:"), ARGV[4]: the rows' prefix ("P:V:v"). Makes that point live at once with the pointer fields
+# it was committed with, and holds the view: commits are refused until a release. A point N.s (or N) is reached by
+# making snapshot N live and undoing, newest first, the runs updated in place in N after s (and one cut short by a
+# failure, whose undo log exists without a point): their rows go back to what they were, and their points and undo
+# logs are dropped (the Delta table still holds those runs; the next run after the release publishes them again).
+# Returns {1, from, to} or {0, reason}.
+ROLLBACK_LUA = (
+    POINTS_LUA
+    + """
+local live = redis.call('HMGET', KEYS[1], 'version', 'step')
+if not live[1] then return {0, 'never published'} end
+local current = point_of(live[1], live[2])
 local target = ARGV[1]
 if target == '' then
   local best = nil
-  for _, v in ipairs(redis.call('HKEYS', KEYS[3])) do
-    if tonumber(v) < tonumber(live) and (best == nil or tonumber(v) > tonumber(best)) then best = v end
+  for _, p in ipairs(redis.call('HKEYS', KEYS[3])) do
+    if point_newer(current, p) and (best == nil or point_newer(p, best)) then best = p end
   end
   if best == nil then return {0, 'no snapshot older than the live one is kept'} end
   target = best
 end
-if target == live then return {0, 'snapshot ' .. target .. ' is already live'} end
 local meta = redis.call('HGET', KEYS[3], target)
 if not meta then return {0, 'snapshot ' .. target .. ' is not kept'} end
+local version, step = split_point(target)
+version = tostring(version)
+local undone = {}
+local s = step + 1
+while true do
+  local p = point_of(version, tostring(s))
+  if redis.call('HEXISTS', KEYS[3], p) == 0 and redis.call('EXISTS', ARGV[3] .. p) == 0 then break end
+  undone[#undone + 1] = p
+  s = s + 1
+end
+if target == current and #undone == 0 then return {0, 'snapshot ' .. target .. ' is already live'} end
+local rows = ARGV[4] .. version .. ':'
+for i = #undone, 1, -1 do
+  local log = redis.call('HGETALL', ARGV[3] .. undone[i])
+  for j = 1, #log, 2 do
+    if log[j + 1] == '' then
+      redis.call('DEL', rows .. log[j])
+    else
+      redis.call('SET', rows .. log[j], log[j + 1])
+    end
+  end
+  redis.call('DEL', ARGV[3] .. undone[i])
+  redis.call('HDEL', KEYS[3], undone[i])
+end
 local m = cjson.decode(meta)
-redis.call('HSET', KEYS[1], 'version', target, 'previous', live, 'watermark', m.watermark,
-           'storage_fingerprint', m.storage_fingerprint, 'features', m.features, 'published_at', m.published_at,
-           'held', ARGV[2])
-redis.call('SET', KEYS[2], target)
-return {1, live, target}
+redis.call('HSET', KEYS[1], 'version', version, 'step', tostring(step), 'previous', live[1],
+           'watermark', m.watermark, 'storage_fingerprint', m.storage_fingerprint, 'features', m.features,
+           'published_at', m.published_at, 'held', ARGV[2])
+set_confirmed(KEYS[1], KEYS[2], version, m.confirmed_at)
+return {1, current, target}
 """
+)
 
 
 def glob_escape(text: str) -> str:
@@ -308,12 +411,17 @@ class ViewKeys:
         self.versions = base + "_versions"
         self.pushed = base + "_pushed"
         self.history = base + "_history"
+        self.undo_prefix = base + "_undo:"
         self.data_prefix = base + "v"
         self.data_pattern = glob_escape(base) + "v[0-9]*"
 
     def version_prefix(self, version: int) -> bytes:
         """The prefix of every row key of snapshot ``version``."""
         return f"{self.data_prefix}{version}:".encode()
+
+    def undo(self, point: str) -> str:
+        """The undo log of rollback point ``point`` (``N.s``: the rows the s-th in-place run of snapshot N replaced)."""
+        return self.undo_prefix + point
 
     def version_of(self, key: bytes) -> str | None:
         """The version a row key belongs to; None for a key that is no row of this view."""

@@ -71,6 +71,7 @@ class RedisPublication:
         watermark: int,
         version: int,
         keep_snapshots: int = 2,
+        confirmed_at: int | None = None,
         connect_timeout: float = 1.0,
         timeout: float = 2.0,
     ) -> None:
@@ -85,6 +86,9 @@ class RedisPublication:
         self.watermark = watermark
         self.version = version
         self.keep_snapshots = keep_snapshots
+        # Windowed views: the tick (microseconds) the snapshot is current at once committed; readers serve each
+        # value's event time as the later of its row's and this (TTLs count from the last tick computed).
+        self.confirmed_at = confirmed_at
         #: Why the commit was refused, when it was (a newer publication live, or a rollback holding the view).
         self.refusal: str | None = None
         self.connect_timeout = connect_timeout
@@ -146,33 +150,24 @@ class RedisPublication:
     def commit(self) -> bool:
         """Make the staged snapshot live at once; False (and the staged rows dropped) when a publication with
         a newer watermark is already live, or a newer one of the same watermark committed meanwhile."""
-        if self._done:
-            raise OnlineStoreError(f"publication {self.version} of view '{self.view}' is already finished")
         keys = self._keys
-        features = features_json(self.features)
-        with translate_errors(self.url, f"committing view '{self.view}'"):
-            status, detail = self._redis().eval(
-                COMMIT_LUA,
-                5,
-                keys.pointer,
-                keys.staged,
-                keys.version,
-                keys.pushed,
-                keys.history,
-                str(self.version),
-                str(self.watermark),
+        committed, _ = self._commit_script(
+            "committing",
+            COMMIT_LUA,
+            [keys.pointer, keys.staged, keys.version, keys.pushed, keys.history],
+            [
+                self.version,
+                self.watermark,
                 self.storage_fingerprint,
-                features,
-                str(to_micros_now()),
+                features_json(self.features),
+                to_micros_now(),
                 keys.data_prefix,
-                str(self.keep_snapshots),
-            )
-        self._done = True
-        committed = int(status) == 1
-        if int(status) == -2:
-            self.refusal = f"a rollback holds it ({as_text(detail)}): 'skewless rollback {self.view} --release'"
-        elif not committed:
-            self.refusal = "a newer publication is live"
+                self.keep_snapshots,
+                keys.undo_prefix,
+                "" if self.confirmed_at is None else self.confirmed_at,
+            ],
+            refused="a newer publication is live",
+        )
         # The decision is made; failing to tidy up must not report it otherwise (a later publish cleans up).
         try:
             if committed:
@@ -184,6 +179,24 @@ class RedisPublication:
                 "publication %s of view '%s': could not delete old rows", self.version, self.view, exc_info=True
             )
         return committed
+
+    def _commit_script(
+        self, action: str, script: str, keys: Sequence[str], args: Sequence[Any], *, refused: str | None
+    ) -> tuple[bool, str | None]:
+        """Run the commit ``script`` (a publication's or an update's: each answers ``{status, detail}``, 1 when
+        committed, -2 while a rollback holds the view); (committed, the script's detail). When refused, sets
+        :attr:`refusal` (``refused``, or the script's own reason when None). Finished afterwards, committed or
+        not."""
+        if self._done:
+            raise OnlineStoreError(f"publication {self.version} of view '{self.view}' is already finished")
+        with translate_errors(self.url, f"{action} view '{self.view}'"):
+            status, detail = self._redis().eval(script, len(keys), *keys, *args)
+        self._done = True
+        if int(status) == -2:
+            self.refusal = f"a rollback holds it ({as_text(detail)}): 'skewless rollback {self.view} --release'"
+        elif int(status) != 1:
+            self.refusal = refused or as_text(detail)
+        return int(status) == 1, (as_text(detail) if detail else None)
 
     def abort(self) -> None:
         """Drop the staged rows; readers keep the values they had."""
@@ -223,8 +236,10 @@ class RedisPublication:
 
 class RedisUpdate(RedisPublication):
     """An incremental publication: the latest rows of the entities a run changed, written into the live snapshot
-    ``version`` in place, each only where it is at least as new as the row served (:data:`UPDATE_LUA`); then
-    :meth:`commit` records the new ``watermark`` in the pointer (:data:`UPDATE_COMMIT_LUA`).
+    ``version`` in place, each only where it is at least as new as the row served (:data:`UPDATE_LUA`), the row it
+    replaces kept in the run's undo log in the same script; then :meth:`commit` records the new ``watermark`` in
+    the pointer as rollback point ``version.step+1`` (:data:`UPDATE_COMMIT_LUA`). ``step``: the live point's step
+    when the run started (0: the whole snapshot itself).
 
     A reader sees each entity's row whole, old or new, never an older one after a newer; during the write some
     changed entities already have their new row and others not yet. When the live snapshot changed meanwhile
@@ -235,6 +250,10 @@ class RedisUpdate(RedisPublication):
 
     moved = False  # the live snapshot is no longer ``version``: publish a whole snapshot instead
 
+    def __init__(self, *, step: int = 0, **publication: Any) -> None:
+        super().__init__(**publication)
+        self.step = step
+
     def write(self, batches: Iterable[pa.RecordBatch]) -> int:
         """Write the rows of ``batches`` (one per entity) over older live rows; returns how many took them."""
         if self._done:
@@ -243,6 +262,7 @@ class RedisUpdate(RedisPublication):
         dtypes = [f[1] for f in self.features]
         keys = self._keys
         features = features_json(self.features)
+        undo = keys.undo(f"{self.version}.{self.step + 1}")
         applied = 0
         with translate_errors(self.url, f"updating view '{self.view}'"):
             client = self._redis()
@@ -256,7 +276,16 @@ class RedisUpdate(RedisPublication):
                     args[0::2] = chunk
                     args[1::2] = rows[start : start + WRITE_BATCH]
                     status, detail = client.eval(
-                        UPDATE_LUA, 1, keys.pointer, str(self.version), features, keys.data_prefix, *args
+                        UPDATE_LUA,
+                        3,
+                        keys.pointer,
+                        keys.history,
+                        undo,
+                        str(self.version),
+                        str(self.step),
+                        features,
+                        keys.data_prefix,
+                        *args,
                     )
                     if int(status) != 1:
                         self.moved = True
@@ -266,29 +295,29 @@ class RedisUpdate(RedisPublication):
         return applied
 
     def commit(self) -> bool:
-        """Record the new watermark in the pointer; False when the live snapshot moved (see :attr:`moved`) or
-        a newer watermark is live."""
-        if self._done:
-            raise OnlineStoreError(f"update of view '{self.view}' is already finished")
-        self._done = True
+        """Record the new watermark in the pointer, as the next rollback point; False when the live snapshot moved
+        (see :attr:`moved`) or a newer watermark is live."""
         if self.moved:
+            self._done = True
             return False
         keys = self._keys
-        with translate_errors(self.url, f"committing an update of view '{self.view}'"):
-            status, detail = self._redis().eval(
-                UPDATE_COMMIT_LUA,
-                2,
-                keys.pointer,
-                keys.history,
-                str(self.version),
-                str(self.watermark),
-                str(to_micros_now()),
-            )
-        if int(status) == 1:
-            return True
-        self.refusal = f"a rollback holds it ({as_text(detail)})" if int(status) == -2 else as_text(detail)
-        self.moved = as_text(detail) == "moved"
-        return False
+        committed, detail = self._commit_script(
+            "committing an update of",
+            UPDATE_COMMIT_LUA,
+            [keys.pointer, keys.history, keys.version],
+            [
+                self.version,
+                self.step,
+                self.watermark,
+                to_micros_now(),
+                keys.undo_prefix,
+                self.keep_snapshots,
+                "" if self.confirmed_at is None else self.confirmed_at,
+            ],
+            refused=None,
+        )
+        self.moved = not committed and detail == "moved"
+        return committed
 
     def abort(self) -> None:
         """Nothing to drop: rows written in place are the committed table's, never older than those served."""
@@ -296,20 +325,23 @@ class RedisUpdate(RedisPublication):
 
 
 def _unlink_versions(client: redis.Redis, keys: ViewKeys, versions: Sequence[str]) -> None:
-    """Unlink every row of ``versions`` (garbage: none of them can commit), then drop them from the versions set.
+    """Unlink every row and undo log of ``versions`` (garbage: none of them can commit), then drop them from the
+    versions set.
 
     The set loses a version only after its rows are gone, so a cleanup that fails midway is finished by the next.
     """
     for version in versions:
-        pattern = glob_escape(keys.version_prefix(int(version)).decode()) + "*"
-        batch: list[bytes] = []
-        for key in client.scan_iter(match=pattern, count=SCAN_BATCH):
-            batch.append(key)
-            if len(batch) >= SCAN_BATCH:
+        rows = glob_escape(keys.version_prefix(int(version)).decode()) + "*"
+        undo_logs = glob_escape(keys.undo(version)) + ".*"  # of its in-place runs: a failed one's has no point
+        for pattern in (rows, undo_logs):
+            batch: list[bytes] = []
+            for key in client.scan_iter(match=pattern, count=SCAN_BATCH):
+                batch.append(key)
+                if len(batch) >= SCAN_BATCH:
+                    client.unlink(*batch)
+                    batch = []
+            if batch:
                 client.unlink(*batch)
-                batch = []
-        if batch:
-            client.unlink(*batch)
         client.srem(keys.versions, version)
 
 

@@ -52,6 +52,10 @@ class SnapshotDecoders:
             return OnlineValues(view.name, names, [[None] * count for _ in names], [None] * count, frozenset(names))
         unavailable, decode = self._decoder(view, names, features or b"[]")
         columns, events = decode(values)
+        version, _, confirmed = version.partition(b"@")
+        if confirmed:  # a windowed view's snapshot, current at that tick: no value is older than it
+            at = int(confirmed)
+            events = [None if e is None else max(e, at) for e in events]
         return OnlineValues(view.name, names, columns, events, unavailable, version.decode())
 
     def _decoder(self, view: ViewPlan, names: tuple[str, ...], features: bytes) -> _Decoder:
@@ -110,8 +114,8 @@ class SnapshotRead:
             names: list[bytes | str] = [layout.version for layout in self.layouts]
             for key_names, layout, (version, _features) in zip(self.key_names, self.layouts, self.seen, strict=True):
                 self.rows_at.append(len(names))
-                if version is not None:
-                    prefix = layout.data_prefix.encode() + version + b":"
+                if version is not None:  # b"N", or b"N@C" for a snapshot current at tick C (rows under vN)
+                    prefix = layout.data_prefix.encode() + version.partition(b"@")[0] + b":"
                     names.extend([prefix + key for key in self.encoded[key_names]])
             self.names = names
 

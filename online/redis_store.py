@@ -21,15 +21,16 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from features.dtypes import from_micros
+from features.dtypes import from_micros, to_micros
 from features.errors import ConfigError, OnlineStoreError
 from features.plan import ViewPlan
-from features.protocols import LiveSnapshot, OnlineValues, StoredView
+from features.protocols import LiveSnapshot, OnlineValues, StoredView, snapshot_order
 from online import redis_cleanup
 from online.redis_client import as_text, check_url, connect, redact, roundtrip, translate_errors
 from online.redis_cluster import ClusterRouter, is_cluster_url, mget_per_node, parse_cluster_url
@@ -86,7 +87,7 @@ class RedisOnlineStore:
         connect_timeout: float = 1.0,
         timeout: float = 2.0,
         keep_snapshots: int = 2,
-        update_in_place: bool = False,
+        update_in_place: bool = True,
     ) -> None:
         if url == "embedded" and state_dir is None:
             raise ConfigError("the embedded online store needs a state directory (state_dir=)")
@@ -103,7 +104,7 @@ class RedisOnlineStore:
         self.connect_timeout = connect_timeout
         self.timeout = timeout
         self.keep_snapshots = max(2, keep_snapshots)  # the live and the previous snapshot, at least
-        self.update_in_place = update_in_place  # online.update_in_place: runs update the live snapshot
+        self.update_in_place = update_in_place  # online.update_in_place: runs update the live snapshot, undo-logged
         self._client: redis.Redis | None = None
         self._resolved: str | None = None
         self._read_script: Any = None
@@ -283,8 +284,11 @@ class RedisOnlineStore:
         return f"RedisOnlineStore({redact(self.url)!r}, project={self.project!r})"
 
     # -- publish ----------------------------------------------------------------------------------------------
-    def start_publication(self, view: ViewPlan, *, watermark: int) -> RedisPublication:
-        """Reserve a new version of ``view``; rows written to it stay invisible until ``commit()``."""
+    def start_publication(
+        self, view: ViewPlan, *, watermark: int, confirmed_at: datetime | None = None
+    ) -> RedisPublication:
+        """Reserve a new version of ``view``; rows written to it stay invisible until ``commit()``.
+        ``confirmed_at``: see :class:`features.protocols.OnlineStore`."""
         keys = self.keys_of(view.online_name)
         with self._translated(f"starting a publication of view '{view.name}'"):
             version = int(
@@ -292,14 +296,18 @@ class RedisOnlineStore:
                     START_LUA, 3, keys.counter, keys.staged, keys.versions, int(watermark), view.storage_fingerprint
                 )
             )
-        return RedisPublication(**self._publication_args(view), watermark=int(watermark), version=version)
+        return RedisPublication(**self._publication_args(view, confirmed_at), watermark=int(watermark), version=version)
 
-    def start_update(self, view: ViewPlan, *, watermark: int, live_version: str) -> RedisUpdate:
-        """An incremental publication of ``view`` into its live snapshot ``live_version`` (see
-        :class:`~online.redis_publication.RedisUpdate`)."""
-        return RedisUpdate(**self._publication_args(view), watermark=int(watermark), version=int(live_version))
+    def start_update(
+        self, view: ViewPlan, *, watermark: int, live_version: str, confirmed_at: datetime | None = None
+    ) -> RedisUpdate:
+        """An incremental publication of ``view`` into its live snapshot at rollback point ``live_version`` (``N``
+        or ``N.s``, see :mod:`online.redis_layout`; :class:`~online.redis_publication.RedisUpdate`)."""
+        version, step = snapshot_order(live_version)
+        args = self._publication_args(view, confirmed_at)
+        return RedisUpdate(**args, watermark=int(watermark), version=version, step=step)
 
-    def _publication_args(self, view: ViewPlan) -> dict[str, Any]:
+    def _publication_args(self, view: ViewPlan, confirmed_at: datetime | None) -> dict[str, Any]:
         """What every publication of ``view`` is built with, whatever its version and watermark."""
         return {
             "url": self.resolved_url,
@@ -311,6 +319,7 @@ class RedisOnlineStore:
             "features": tuple((f.name, f.dtype, f.fingerprint) for f in view.features),
             "storage_fingerprint": view.storage_fingerprint,
             "keep_snapshots": self.keep_snapshots,
+            "confirmed_at": None if confirmed_at is None else to_micros(confirmed_at),
             "connect_timeout": self.connect_timeout,
             "timeout": self.timeout,
         }
@@ -336,7 +345,7 @@ class RedisOnlineStore:
         with self._translated(f"reading the kept snapshots of view '{view}'"):
             history = self.view_client(view).hgetall(keys.history)
         kept = [_snapshot({**orjson.loads(meta), "version": as_text(v)}) for v, meta in history.items()]
-        return sorted(kept, key=lambda s: int(s.version or 0), reverse=True)
+        return sorted(kept, key=lambda s: snapshot_order(s.version or "0"), reverse=True)
 
     def rollback(self, view: str, *, to: str | None, held: str) -> tuple[str, str]:
         """Make a kept snapshot live again (see :class:`features.protocols.RollbackStore`); OnlineStoreError
@@ -344,7 +353,15 @@ class RedisOnlineStore:
         keys = self.keys_of(view)
         with self._translated(f"rolling back view '{view}'"):
             answer = self.view_client(view).eval(
-                ROLLBACK_LUA, 3, keys.pointer, keys.version, keys.history, to or "", held
+                ROLLBACK_LUA,
+                3,
+                keys.pointer,
+                keys.version,
+                keys.history,
+                to or "",
+                held,
+                keys.undo_prefix,
+                keys.data_prefix,
             )
         if int(answer[0]) != 1:
             kept = ", ".join(s.version or "?" for s in self.kept_snapshots(view)) or "none"
@@ -598,12 +615,16 @@ def _joined(answers: Sequence[list[bytes | None]]) -> list[bytes | None]:
 
 
 def _snapshot(fields: Mapping[str, str]) -> LiveSnapshot:
-    """A snapshot's description from its pointer fields (the live pointer, or a kept snapshot's history entry)."""
+    """A snapshot's description from its pointer fields (the live pointer, or a kept snapshot's history entry);
+    its ``version`` is the rollback point: ``N``, or ``N.s`` after s runs updated the snapshot in place."""
+    version = fields.get("version")
+    if version is not None and fields.get("step", "0") not in ("", "0"):
+        version = f"{version}.{fields['step']}"
     return LiveSnapshot(
         watermark=int(fields["watermark"]),
         storage_fingerprint=fields.get("storage_fingerprint", ""),
         feature_fingerprints=tuple((str(n), str(f)) for n, f in orjson.loads(fields.get("features", "[]"))),
         published_at=from_micros(int(fields.get("published_at", "0"))),
-        version=fields.get("version"),
+        version=version,
         held=fields.get("held"),
     )

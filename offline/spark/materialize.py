@@ -228,7 +228,8 @@ def materialize_windowed(
 
     Reads the source rows of the new ticks only; the windows reach back through the stored tiles. A run without
     a new tick publishes nothing when the online store already serves the table's version (``republish``
-    publishes it anyway); a new tick publishes every entity, whose values hold at that tick.
+    publishes it anyway); a new tick publishes the entities whose value changed at it, and records the tick in
+    the snapshot (readers serve it as the event time of the values unchanged since).
     """
     began = time.monotonic()
     run = RunProgress(progress, view)
@@ -277,10 +278,24 @@ def materialize_windowed(
     publication = Published()
     latest_stats: dict[str, FeatureStats] = {}
     if view.online and online is not None and version is not None and through is not None:
-        # Each new tick is a new version, published whole: every value holds at that tick (TTLs count from it).
-        write = _write_from_executors(spark, view, path, version, latest_stats, as_of=through)
+        # Each row keeps the tick its value last changed at; the snapshot records the last tick computed, which
+        # readers serve as the event time of every older row (TTLs count from it). So a new tick publishes only
+        # the entities with a row at it (their value changed, or their window emptied), into the live snapshot;
+        # a recomputed range (--start) replaces rows of ticks already published: a whole snapshot then.
         publication = publish_unless_live(
-            view, path, version, online, run.counted(write), created=False, republish=republish
+            view,
+            path,
+            version,
+            online,
+            run.counted(_write_from_executors(spark, view, path, version, latest_stats)),
+            created=False,
+            republish=republish,
+            write_changed=None
+            if start is not None
+            else lambda publication, files: run.counted(
+                _write_from_executors(spark, view, path, version, latest_stats, files=files)
+            )(publication),
+            confirmed_at=through,
         )
     run.finish()
     return MaterializationResult(
@@ -295,6 +310,7 @@ def materialize_windowed(
         online_current=publication.current,
         stats=spark_run_stats(written_stats, latest_stats or None),
         checks=report,
+        published_changed_only=publication.changed_only,
     )
 
 
@@ -304,15 +320,13 @@ def _write_from_executors(
     path: Path,
     version: int,
     stats: dict[str, FeatureStats],
-    as_of: datetime | None = None,
     files: list[str] | None = None,
     rows: DataFrame | None = None,
 ) -> Callable[[Publication], int]:
     """A ``write`` for :func:`offline.publication.published` that stages the latest row per entity at ``version``
-    from Spark's executors, and puts the statistics of those rows in ``stats``; ``as_of`` (windowed views) is the
-    tick the values hold at, sent as their event time so that TTLs count from the last tick computed. With
-    ``files`` (data files of the table), only the entities that have a row in them. ``rows``: the table's whole
-    content at ``version``, cached by the run that created the table with them (not read back from Delta)."""
+    from Spark's executors, and puts the statistics of those rows in ``stats``. With ``files`` (data files of the
+    table), only the entities that have a row in them. ``rows``: the table's whole content at ``version``, cached
+    by the run that created the table with them (not read back from Delta)."""
 
     def write(publication: Publication) -> int:
         table = rows if rows is not None else read_table(spark, str(path), version)
@@ -320,10 +334,7 @@ def _write_from_executors(
             if not files:
                 return 0
             table = _rows_of_entities_in(spark, view, path, table, files)
-        latest = latest_rows(view, table)
-        if as_of is not None:
-            latest = latest.withColumn(EVENT_TIMESTAMP, F.lit(as_of).cast("timestamp"))
-        latest = latest.persist()  # published, then described, from one computation of the latest rows
+        latest = latest_rows(view, table).persist()  # published, then described, from one computation
         try:
             written = publish(latest, publication)
             stats.update(spark_stats(latest, _features(view), written))

@@ -69,7 +69,7 @@ READER_KEYS = {
     "online.store": ("other", "online_store"),
     "online.keep_snapshots": (5, "keep_snapshots"),
     "online.contract_versions": (0, "contract_versions"),
-    "online.update_in_place": (True, "update_in_place"),
+    "online.update_in_place": (False, "update_in_place"),
     "connections": ({"db": "sqlite:///x.db"}, "connections"),
     "serving.tokens": ({"model": {"hash": "sha256:" + "0" * 64, "services": ["fraud"]}}, "serving_tokens"),
     "serving.max_body_bytes": (2048, "max_body_bytes"),

@@ -31,11 +31,19 @@ def test_stats_of_runs_and_of_a_training_set(
         first, second = repo.store.registry.runs("last_payment")
         assert first.stats is not None and second.stats is not None and second.stats.engine == "arrow"
 
-        # The oracle: the second run wrote the two new rows and published the newest row of each card.
+        # The oracle: the second run wrote the two new rows and published (in place, the default) the newest row of
+        # each card whose newest row changed.
         source = pd.DataFrame(repo.source)
         source["amount_eur"] = source["amount"] * source["fx_rate"]
-        newest = source.sort_values(["paid_at", "recorded_at"]).groupby("card_id").tail(1)
-        for rows, stats in ((source.tail(2), second.stats.written), (newest, second.stats.published)):
+
+        def newest_of(frame: pd.DataFrame) -> pd.DataFrame:
+            return frame.sort_values(["paid_at", "recorded_at"]).groupby("card_id").tail(1)
+
+        newest, before = newest_of(source), newest_of(source.head(len(source) - 2))
+        keys = ["card_id", "paid_at"]
+        changed = newest[~newest.set_index(keys).index.isin(before.set_index(keys).index)]
+        assert len(changed) == 2
+        for rows, stats in ((source.tail(2), second.stats.written), (changed, second.stats.published)):
             amount = stats["amount_eur"]
             assert (amount.count, amount.nulls, amount.min, amount.max) == (
                 len(rows),

@@ -191,12 +191,21 @@ def test_online_values_after_each_day_match_the_oracle(replayed: Any) -> None:
 
 def test_each_run_describes_the_values_it_published(replayed: Any) -> None:
     """A windowed run's statistics: the latest values per card it published, held to the oracle's values at the
-    tick (nulls, min and max of each number, the top values of each string), and its written tick values."""
+    tick (nulls, min and max of each number, the top values of each string), and its written tick values. The
+    first run publishes every card; each later one only the cards whose value changed at one of its ticks."""
     store, rows, _, results = replayed
+
+    def changed_at(card: int, tick: datetime) -> bool:
+        before, after = oracle(rows, card, tick - CADENCE), oracle(rows, card, tick)
+        return any(not same(before[name], after[name]) for name in FEATURES)
+
     for day, result in enumerate(results, start=1):
         end = START + day * D
         stats = result.stats
         cards = sorted({r["card_id"] for r in rows if r["ts"] <= end})
+        if day > 1:
+            ticks = [end - D + n * CADENCE for n in range(1, int(D / CADENCE) + 1)]
+            cards = [card for card in cards if any(changed_at(card, tick) for tick in ticks)]
         expected = {card: oracle(rows, card, end) for card in cards}
         assert {s.count for s in stats.published.values()} == {len(cards)} == {result.rows_published}
         assert {s.count for s in stats.written.values()} == {result.rows_written_offline}
@@ -315,3 +324,118 @@ def test_rerunning_a_past_range_takes_late_rows_in(tmp_path: Path, spark: Any, r
         got = after[f"card_txn__{name}"][0]
         assert same(expected[name], None if pd.isna(got) else got), name
     store.close()
+
+
+# -- a new tick publishes only the entities whose value changed at it ------------------------------------------------
+SMALL = (
+    DEFINITIONS.split("card_txn = FeatureView(")[0]
+    + """
+card_daily = FeatureView(
+    entities=[card],
+    source=txns,
+    cadence="6h",
+    ttl=None,
+    aggregations=[Aggregation("count", windows=["1d"]), Aggregation("sum", "amount", windows=["1d"])],
+)
+"""
+)
+
+
+def test_a_tick_publishes_only_the_entities_whose_value_changed(tmp_path: Path, spark: Any, redis_url: str) -> None:
+    """After a full run, a tick where card 1 got a new row and card 4's only row left the 1d window (its window
+    emptied: a changed value) writes exactly those two keys (counted from Redis's keyspace events), and a tick
+    where nothing changed writes none. After every run each card serves the oracle's value, with the last tick
+    computed as its event time (TTLs count from it)."""
+    import redis
+
+    def row(card: int, ts: datetime, amount: float) -> Row:
+        return {"card_id": card, "ts": ts, "created": ts, "amount": amount, "qty": 1, "category": "food"}
+
+    rows = [row(4, START + 2 * H, 10.0)]  # leaves the 1d window at START + 1d + 6h
+    rows += [row(c, START + 13 * H + c * timedelta(minutes=7), 1.5 * c) for c in (1, 2, 3) for _ in range(2)]
+    source_url = f"sqlite:///{tmp_path / 'shop.db'}"
+    write_source(source_url, rows)
+    repo = tmp_path / "repo"
+    (repo / "definitions").mkdir(parents=True)
+    (repo / "definitions" / "cards.py").write_text(SMALL)
+    project = f"ticks_{uuid.uuid4().hex[:8]}"
+    (repo / "skewless.yaml").write_text(
+        f"project: {project}\nregistry: sqlite:///{repo / 'registry.db'}\noffline:\n  path: offline\n"
+        f"online:\n  url: {redis_url}\nconnections:\n  shop: {source_url}\n"
+    )
+    store = FeatureStore(repo)
+    store.apply()
+    cards = [1, 2, 3, 4, 5]  # card 5 never pays: missing
+
+    def value(card: int, tick: datetime) -> tuple[Any, Any]:
+        if not any(r["card_id"] == card and r["ts"] <= tick for r in rows):
+            return (None, None)
+        window = [r["amount"] for r in rows if r["card_id"] == card and tick - D < r["ts"] <= tick]
+        return (len(window), sum(window) if window else None)
+
+    def current_at(previous: datetime | None, end: datetime) -> datetime:
+        """The last tick computed, as the table records it after a run over ``(previous, end]``: ``end`` when
+        some value changed at a tick in that range, else ``previous`` (a run that changes nothing writes no
+        rows, hence no Delta commit)."""
+        ticks = [START + n * CADENCE for n in range(1, int((end - START) / CADENCE) + 1)]
+        new = [t for t in ticks if previous is None or t > previous]
+        changed = any(value(c, t) != value(c, t - CADENCE) for c in cards for t in new)
+        return end if changed or previous is None else previous
+
+    def oracle_served(end: datetime, at: datetime) -> dict[int, tuple[Any, Any, Any]]:
+        """Per card: (count_1d, amount_sum_1d) at ``end`` in plain Python, and the event time served: ``at``, the
+        last tick computed (TTLs count from it), for every card with a value."""
+        return {c: (*value(c, end), None if value(c, end)[0] is None else pd.Timestamp(at, tz="UTC")) for c in cards}
+
+    def looked_up() -> dict[int, tuple[Any, Any, Any]]:
+        frame = store.get_online_features({"card_id": cards}, features=["card_daily:*"]).to_pandas(statuses=True)
+        return {
+            int(r["card_id"]): (
+                None if pd.isna(r["card_daily__count_1d"]) else int(r["card_daily__count_1d"]),
+                None if pd.isna(r["card_daily__amount_sum_1d"]) else float(r["card_daily__amount_sum_1d"]),
+                None
+                if pd.isna(r["card_daily__count_1d__event_timestamp"])
+                else r["card_daily__count_1d__event_timestamp"],
+            )
+            for r in frame.to_dict("records")
+        }
+
+    client = redis.Redis.from_url(redis_url)
+    notify = client.config_get("notify-keyspace-events")["notify-keyspace-events"]
+    client.config_set("notify-keyspace-events", "K$g")  # keyspace events of string commands (SET) and DEL
+    events = client.pubsub()
+    events.psubscribe(f"__keyspace@*__:{project}:card_daily:v*")
+    events.get_message(timeout=1.0)  # the subscription's confirmation
+
+    def keys_written() -> set[str]:
+        written = set()
+        while (message := events.get_message(timeout=0.5)) is not None:
+            if message["type"] == "pmessage" and message["data"] in (b"set", b"del"):
+                written.add(message["channel"].decode().rpartition(":")[2])
+        return written
+
+    try:
+        first = START + D
+        [full] = store.materialize(end=first)
+        assert keys_written() == {"1", "2", "3", "4"} and full.rows_published == 4
+        through = current_at(None, first)
+        assert looked_up() == oracle_served(first, through)
+
+        rows.append(row(1, first + 3 * H, 100.0))
+        write_source(source_url, rows)
+        tick = first + 6 * H
+        [changed] = store.materialize(end=tick)
+        assert keys_written() == {"1", "4"}  # card 1's new row, card 4's emptied window; cards 2, 3 unchanged
+        assert (changed.rows_published, changed.published_changed_only) == (2, True)
+        through = current_at(through, tick)
+        assert through == tick and looked_up() == oracle_served(tick, through)
+
+        quiet = tick + 6 * H  # no row enters or leaves a window
+        [nothing] = store.materialize(end=quiet)
+        assert keys_written() == set() and nothing.rows_published == 0
+        assert looked_up() == oracle_served(quiet, current_at(through, quiet))
+    finally:
+        events.close()
+        client.config_set("notify-keyspace-events", notify)
+        client.close()
+        store.close()

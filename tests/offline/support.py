@@ -135,7 +135,9 @@ class FileOnlineStore:
         self.started: list[int] = []
         os.makedirs(self.root, exist_ok=True)
 
-    def start_publication(self, view: ViewPlan, *, watermark: int) -> FilePublication:
+    def start_publication(
+        self, view: ViewPlan, *, watermark: int, confirmed_at: datetime | None = None
+    ) -> FilePublication:
         self.started.append(watermark)
         return FilePublication(self.root, view, watermark, self.fail_on_write)
 

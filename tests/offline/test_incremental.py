@@ -12,10 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from features.config import RepoConfig
 from features.dtypes import DType
+from features.errors import MaterializationError
 from features.plan import ColumnSpec, ViewPlan
 from offline.arrow import materialize as arrow_materialize
 from offline.spark.materialize import materialize as spark_materialize
@@ -192,11 +195,47 @@ def test_a_rerun_reads_the_unseen_rows_and_publishes_the_changed_entities(runner
     assert runner.served(redefined) == doubled
 
 
-def test_by_default_a_changed_run_publishes_a_whole_snapshot_that_stays_a_rollback_point(
-    postgres_url: str, redis_url: str, tmp_path: Path
+def third_rows(w: datetime) -> list[tuple[Any, ...]]:
+    """After ``second_rows``: user 1 again, user 6 for the first time since the first run."""
+    later = BASE + timedelta(days=3)
+    return [(1, 2001.0, w + timedelta(minutes=30), later), (6, 2006.0, w + timedelta(minutes=31), later)]
+
+
+def test_each_run_updated_in_place_by_default_stays_a_rollback_point(
+    runner: Runner, postgres_url: str, redis_url: str
 ) -> None:
-    """Without ``online.update_in_place`` a run still reads only the unseen rows, but publishes every entity as a
-    new snapshot, so the snapshot before it is kept and a rollback can make it live again."""
+    """By default (``online.update_in_place``) a run writes only the changed entities into the live snapshot, and
+    is still a rollback point: rolling back one run at a time serves exactly what each earlier run served."""
+    table = f"inc_{uuid.uuid4().hex[:8]}"
+    first = first_rows()
+    write_pg(postgres_url, table, first, create=True)
+    view = a_view(table)
+    with RedisOnlineStore(redis_url, project=f"inc{uuid.uuid4().hex[:8]}", keep_snapshots=3) as store:
+        assert store.update_in_place  # the default
+        run = Runner(runner.engine, runner.spark, runner.config, store)
+        seen = list(first)
+        served: list[dict[int, tuple[float, datetime]]] = []
+        for rows in ([], second_rows(watermark(first)), third_rows(watermark(first))):
+            write_pg(postgres_url, table, rows, create=False)
+            result = run.run(view)
+            seen += [r for r in rows if r[2] >= watermark(first) - LOOKBACK]  # user 5's row is never read
+            assert run.served(view) == oracle_latest(oracle_table(pd.DataFrame(seen, columns=COLUMNS)))
+            assert result.published_changed_only == bool(rows)
+            served.append(run.served(view))
+        assert [s.version for s in store.kept_snapshots(view.online_name)] == ["1.2", "1.1", "1"]
+        for back in (1, 0):
+            store.rollback(view.online_name, to=None, held="test")
+            assert run.served(view) == served[back]
+
+
+def test_a_run_cut_short_while_updating_in_place_is_repaired_by_the_next(
+    postgres_url: str, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An exception halfway through the in-place write: the run fails, the entities written serve their new row
+    and the others their previous one; the next run (nothing new in the source) publishes every entity changed
+    since the version served, and its rollback point goes back to the values before the failed run."""
+    from online.redis_publication import RedisUpdate
+
     table = f"inc_{uuid.uuid4().hex[:8]}"
     first = first_rows()
     write_pg(postgres_url, table, first, create=True)
@@ -206,11 +245,27 @@ def test_by_default_a_changed_run_publishes_a_whole_snapshot_that_stays_a_rollba
         runner = Runner("arrow", None, config, store)
         runner.run(view)
         before = runner.served(view)
-        write_pg(postgres_url, table, second_rows(watermark(first)), create=False)
-        again = runner.run(view)
-        assert again.rows_read < len(first)  # still only the unseen rows (and the lookback)
-        assert (again.rows_published, again.published_changed_only) == (USERS, False)
-        assert len(store.kept_snapshots(view.online_name)) == 2
+        second = second_rows(watermark(first))
+        write_pg(postgres_url, table, second, create=False)
+        expected = oracle_latest(oracle_table(pd.DataFrame(first + second[:5], columns=COLUMNS)))
+        changed = sorted(u for u in expected if expected[u] != before[u])
+        written = RedisUpdate.write
+
+        def half_then_crash(update: RedisUpdate, batches: Any) -> int:
+            table = pa.Table.from_batches(list(batches))
+            written(update, table.filter(pc.is_in(table["user_id"], pa.array(changed[:2]))).to_batches())
+            raise RuntimeError("killed halfway")
+
+        monkeypatch.setattr(RedisUpdate, "write", half_then_crash)
+        with pytest.raises(MaterializationError, match="killed halfway"):
+            runner.run(view)
+        half = {u: expected[u] if u in changed[:2] else before[u] for u in before}
+        assert runner.served(view) == half
+        monkeypatch.setattr(RedisUpdate, "write", written)
+
+        repaired = runner.run(view)
+        assert runner.served(view) == expected
+        assert repaired.published_changed_only and repaired.rows_published == len(changed) - 2
         store.rollback(view.online_name, to=None, held="test")
         assert runner.served(view) == before
 
