@@ -152,7 +152,7 @@ def report(results: list[dict[str, Any]], rows: int, keys: int) -> str:
             share = f"{r['read_share']:.2%} / {r['written_share']:.2%} / {r['time_share']:.1%}"
             cells = [r["engine"], label, f"{m['rows_read']:,}", f"{m['keys_written']:,}", f"{m['seconds']:.2f}"]
             lines.append("| " + " | ".join([*cells, "" if label == "full" else share]) + " |")
-        lines.append("")
+    lines.append("")  # one table: a blank line between engines would end it
     for r in results:
         lines.append(
             f"- {r['engine']}: JVM start excluded {r['jvm_start_excluded_s']} s; "
