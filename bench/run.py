@@ -11,8 +11,10 @@ online lookups through each Python client and the raw Redis round trip; HTTP loo
 16 connections against each server with 2 workers and against the floors (bench/floor_app.py in Python,
 bench/go_floor/ compiled, built here with ``go build``); and every training set against the pandas oracle
 (bench/oracle.py). ``--skip feast`` leaves Feast out (skewless and the floors only); ``--servers uvicorn,granian``
-measures ``skewless serve`` under each ASGI server. Every server is started here on 127.0.0.1, in its
-own process group, and killed at the end. Writes ``bench/results/<name>.md`` and ``.json`` (name: the date).
+measures ``skewless serve`` under each ASGI server; ``--spark`` makes every skewless materialization run in
+Spark (``offline.arrow_materialize_max_rows: 0``), the engine issue 25 measures beside Feast. Every server is
+started here on 127.0.0.1, in its own process group, and killed at the end. Writes ``bench/results/<name>.md``
+and ``.json`` (name: the date).
 """
 
 from __future__ import annotations
@@ -468,6 +470,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "warm (skewless's warm engine),feast (Feast left out entirely: skewless and the floors only)",
     )
     parser.add_argument(
+        "--spark", action="store_true", help="skewless materializes in Spark only (Arrow's engine turned off)"
+    )
+    parser.add_argument(
         "--servers",
         default="uvicorn",
         help="comma-separated ASGI servers to measure `skewless serve` with in the HTTP cases: uvicorn,granian",
@@ -511,7 +516,7 @@ def start_systems(stack: contextlib.ExitStack, run: Run) -> PeakRss | None:
     began = time.perf_counter()
     load_postgres(pg_url, run.workload)
     log(f"  loaded {run.workload.feature_rows:,} rows into PostgreSQL in {time.perf_counter() - began:.1f} s")
-    write_skewless_repo(run.sk_repo, pg_url, run.sk_redis)
+    write_skewless_repo(run.sk_repo, pg_url, run.sk_redis, arrow_materialize=not run.args.spark)
     if run.feast:
         start_feast(run)
     else:
