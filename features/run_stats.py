@@ -14,8 +14,8 @@ Definitions (docs/ARCHITECTURE.md, "Run statistics"):
   (rank ``ceil(p * n)``, NumPy's ``inverted_cdf``). Arrow computes it exactly; Spark's ``percentile_approx``
   returns a value whose rank is within ``ceil(n * quantile_rank_error)`` of it.
 - Strings and booleans: the :data:`TOP_VALUES` most frequent values with their counts (ties by value, ascending)
-  and the number of distinct values (exact in Arrow; Spark's HyperLogLog++ with relative standard deviation
-  ``distinct_rsd``). Timestamps: count and nulls only.
+  and the number of distinct values (exact in both engines; ``distinct_rsd`` is kept in the stored statistics for
+  runs recorded when Spark estimated it with HyperLogLog++). Timestamps: count and nulls only.
 """
 
 from __future__ import annotations
@@ -44,8 +44,6 @@ QUANTILES: tuple[tuple[str, float], ...] = (
 TOP_VALUES = 10
 #: Spark's ``percentile_approx`` accuracy A: a quantile's rank is within ``ceil(n / A)`` of the exact one.
 SPARK_ACCURACY = 10_000
-#: Spark's ``approx_count_distinct`` relative standard deviation.
-SPARK_DISTINCT_RSD = 0.01
 
 Value = float | int | str | bool
 
