@@ -197,6 +197,14 @@ def merge(
     return int(table.version())
 
 
+def record(snapshot: Snapshot, user_metadata: str) -> int:
+    """Commit, as the version after ``snapshot``, nothing but ``user_metadata`` (no file added or removed); the
+    version committed. For a run whose write changed no row but must still say what it covered (Spark commits
+    nothing for such a write)."""
+    empty = snapshot.table.to_pyarrow_dataset().schema.empty_table()
+    return append(snapshot, empty, user_metadata=user_metadata)
+
+
 def _properties(user_metadata: str | None) -> CommitProperties:
     """One commit exactly after the snapshot read (no retry), with ``user_metadata`` when given."""
     from deltalake import CommitProperties

@@ -43,6 +43,7 @@ from pyspark.sql import functions as F
 from features.dtypes import DType, from_micros, to_micros
 from features.expressions import Expr
 from features.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP, PUBLISHED_AT, FeaturePlan, ViewPlan
+from offline import delta_rs
 from offline.spark.jdbc import quote_spark, spark_type
 from offline.spark.tables import table_schema
 from offline.spark.translate import SparkTranslator
@@ -326,10 +327,15 @@ def _stddev(item: _Input, over: Callable[[Column], Column]) -> Column:
 def write_values(
     spark: SparkSession, path: Path | str, view: ViewPlan, rows: DataFrame, ticks: TickRange, published_at: datetime
 ) -> None:
-    """Replace the feature rows of ``ticks`` in one Delta commit that records ``through`` = ``ticks.end``."""
+    """Replace the feature rows of ``ticks`` in one Delta commit that records ``through`` = ``ticks.end``.
+
+    Spark commits nothing for a replacement that adds and removes no file (no value changed at any of the
+    ticks): then a commit of the metadata alone records ``through``, so the ticks count as computed (readers serve
+    the unchanged values as of ``ticks.end``, TTLs count from it; training sets cover it)."""
 
     schema = table_schema(view)
     DeltaTable.createIfNotExists(spark).location(str(path)).addColumns(schema).execute()
+    before = delta_rs.latest_version(path)
     frame = rows.select(
         *(F.col(quote_spark(f.name)) for f in schema.fields if f.name != PUBLISHED_AT),
         F.lit(published_at).cast("timestamp").alias(PUBLISHED_AT),
@@ -345,6 +351,10 @@ def write_values(
         .option("userMetadata", metadata)
         .save(str(path))
     )
+    if before is not None and delta_rs.latest_version(path) == before:
+        # Only after ``before``, with no retry: when another writer commits meanwhile, this commit fails (a
+        # conflict, as a concurrent write of values would) rather than record ticks over its commit.
+        delta_rs.record(delta_rs.snapshot(path, before), metadata)
 
 
 def source_bounds(ticks: TickRange) -> tuple[datetime | None, datetime]:

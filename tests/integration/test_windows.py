@@ -8,13 +8,14 @@ requires the training set to hold exactly what Redis held at each of those times
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import random
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -341,11 +342,22 @@ card_daily = FeatureView(
 )
 
 
+def recorded_through(store: FeatureStore, name: str) -> datetime:
+    """The last tick the view's table records as computed (naive UTC, as this module's times): ``skewless.through``
+    in the ``userMetadata`` of its newest commit, read from the Delta log's JSON."""
+    [view] = [v for v in store.plan_version().plan.views if v.name == name]
+    log = table_path(store.config, view) / "_delta_log"
+    newest = max(log.glob("*.json"), key=lambda f: int(f.stem))
+    [info] = [json.loads(line)["commitInfo"] for line in newest.read_text().splitlines() if "commitInfo" in line]
+    through = datetime.fromisoformat(json.loads(info["userMetadata"])["skewless.through"])
+    return through.astimezone(UTC).replace(tzinfo=None)
+
+
 def test_a_tick_publishes_only_the_entities_whose_value_changed(tmp_path: Path, spark: Any, redis_url: str) -> None:
     """After a full run, a tick where card 1 got a new row and card 4's only row left the 1d window (its window
     emptied: a changed value) writes exactly those two keys (counted from Redis's keyspace events), and a tick
-    where nothing changed writes none. After every run each card serves the oracle's value, with the last tick
-    computed as its event time (TTLs count from it)."""
+    where nothing changed writes none but is recorded as computed. After every run each card serves the
+    oracle's value, with the last tick computed as its event time (TTLs count from it)."""
     import redis
 
     def row(card: int, ts: datetime, amount: float) -> Row:
@@ -372,15 +384,6 @@ def test_a_tick_publishes_only_the_entities_whose_value_changed(tmp_path: Path, 
             return (None, None)
         window = [r["amount"] for r in rows if r["card_id"] == card and tick - D < r["ts"] <= tick]
         return (len(window), sum(window) if window else None)
-
-    def current_at(previous: datetime | None, end: datetime) -> datetime:
-        """The last tick computed, as the table records it after a run over ``(previous, end]``: ``end`` when
-        some value changed at a tick in that range, else ``previous`` (a run that changes nothing writes no
-        rows, hence no Delta commit)."""
-        ticks = [START + n * CADENCE for n in range(1, int((end - START) / CADENCE) + 1)]
-        new = [t for t in ticks if previous is None or t > previous]
-        changed = any(value(c, t) != value(c, t - CADENCE) for c in cards for t in new)
-        return end if changed or previous is None else previous
 
     def oracle_served(end: datetime, at: datetime) -> dict[int, tuple[Any, Any, Any]]:
         """Per card: (count_1d, amount_sum_1d) at ``end`` in plain Python, and the event time served: ``at``, the
@@ -418,8 +421,8 @@ def test_a_tick_publishes_only_the_entities_whose_value_changed(tmp_path: Path, 
         first = START + D
         [full] = store.materialize(end=first)
         assert keys_written() == {"1", "2", "3", "4"} and full.rows_published == 4
-        through = current_at(None, first)
-        assert looked_up() == oracle_served(first, through)
+        assert recorded_through(store, "card_daily") == first
+        assert looked_up() == oracle_served(first, first)
 
         rows.append(row(1, first + 3 * H, 100.0))
         write_source(source_url, rows)
@@ -427,13 +430,17 @@ def test_a_tick_publishes_only_the_entities_whose_value_changed(tmp_path: Path, 
         [changed] = store.materialize(end=tick)
         assert keys_written() == {"1", "4"}  # card 1's new row, card 4's emptied window; cards 2, 3 unchanged
         assert (changed.rows_published, changed.published_changed_only) == (2, True)
-        through = current_at(through, tick)
-        assert through == tick and looked_up() == oracle_served(tick, through)
+        assert recorded_through(store, "card_daily") == tick
+        assert looked_up() == oracle_served(tick, tick)
 
         quiet = tick + 6 * H  # no row enters or leaves a window
+        assert all(value(c, t) == value(c, tick) for c in cards for t in (quiet - 5 * H, quiet))
         [nothing] = store.materialize(end=quiet)
         assert keys_written() == set() and nothing.rows_published == 0
-        assert looked_up() == oracle_served(quiet, current_at(through, quiet))
+        # The tick is computed all the same: recorded in the table (a commit of its metadata alone) and served as
+        # the event time of every unchanged value, so TTLs count from it.
+        assert nothing.ticks_through == quiet.replace(tzinfo=UTC) and recorded_through(store, "card_daily") == quiet
+        assert looked_up() == oracle_served(quiet, quiet)
     finally:
         events.close()
         client.config_set("notify-keyspace-events", notify)
