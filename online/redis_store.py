@@ -468,7 +468,7 @@ class RedisOnlineStore:
                 if pipelined is None:  # TLS
                     got = self._blocking_mget(self.client(), read.names)
                 else:
-                    got = await pipelined.call("MGET", *read.names)
+                    got = await pipelined.call_packed(read.mget_command())
                 snapshots = read.snapshots(got)
             if snapshots is None:
                 snapshots = read.lua_snapshots(self._read_script)
