@@ -57,9 +57,10 @@ class PipelinedRedis:
 
     def send(self, *command: Any) -> asyncio.Future[Any] | None:
         """Put ``command`` on the open connection (written with this turn's others) and return the future of its
-        reply; None when no connection is open (then use :meth:`call`, which opens one). A caller puts commands for several servers on the wire
-        before awaiting any reply, without a task each (a cluster's read: one ``MGET`` per node). Its failure is
-        raised to whoever awaits it, never logged as lost when nobody does (a read that failed on another node)."""
+        reply; None when no connection is open (then use :meth:`call`, which opens one). A caller puts commands for
+        several servers on the wire before awaiting any reply, without a task each (a cluster's read: one ``MGET``
+        per node). Its failure is raised to whoever awaits it, never logged as lost when nobody does (a read that
+        failed on another node)."""
         protocol = self._protocol
         if protocol is None or not protocol.usable:
             return None
