@@ -42,7 +42,7 @@ class PipelinedRedis:
 
     async def call(self, *command: Any) -> Any:
         """The reply to ``command``; a dropped connection is retried once, on a new one (never a timeout)."""
-        return await self.call_packed(hiredis.pack_command(command))
+        return await self.call_packed(_packed(*command))
 
     async def call_packed(self, packed: bytes) -> Any:
         """:meth:`call` of a command already packed as Redis reads it (RESP)."""
@@ -64,7 +64,7 @@ class PipelinedRedis:
         protocol = self._protocol
         if protocol is None or not protocol.usable:
             return None
-        future = protocol.call(hiredis.pack_command(command), self.timeout)
+        future = protocol.call(_packed(*command), self.timeout)
         future.add_done_callback(_retrieved)
         return future
 
@@ -118,13 +118,18 @@ class PipelinedRedis:
         try:
             if kwargs.get("password"):
                 auth = ("AUTH", kwargs["username"], kwargs["password"]) if kwargs.get("username") else None
-                await protocol.call(hiredis.pack_command(auth or ("AUTH", kwargs["password"])), self.timeout)
+                await protocol.call(_packed(*(auth or ("AUTH", kwargs["password"]))), self.timeout)
             if int(kwargs.get("db") or 0):
-                await protocol.call(hiredis.pack_command(("SELECT", int(kwargs["db"]))), self.timeout)
+                await protocol.call(_packed("SELECT", int(kwargs["db"])), self.timeout)
         except BaseException:
             protocol.close(redis.ConnectionError("connection setup failed"))
             raise
         return protocol
+
+
+def _packed(*command: Any) -> bytes:
+    """``command`` as Redis reads it (RESP)."""
+    return hiredis.pack_command(command)
 
 
 def _retrieved(future: asyncio.Future[Any]) -> None:
