@@ -79,7 +79,6 @@ from serving_api.auth import Authenticator, Grant
 from serving_api.feast_door import FEAST, add_feast_door
 from serving_api.guard import GRANT, Gate, TaggedSend, replay
 from serving_api.log_throttle import ThrottledLog
-from serving_api.lookup_request import PlainRequest, plain_request
 from serving_api.metrics import (
     CONTENT_TYPE,
     METRICS_PATH,
@@ -543,19 +542,17 @@ class LookupDialect(Protocol):
 
 
 class NativeDialect:
-    """``POST /v1/features``: :class:`FeaturesRequest` in (read by :func:`serving_api.lookup_request.plain_request`
-    when it has the common shape), :meth:`LookupResult.to_dict` out."""
+    """``POST /v1/features``: :class:`FeaturesRequest` in, :meth:`LookupResult.to_dict` out."""
 
-    def parse(self, raw_body: bytes) -> FeaturesRequest | PlainRequest:
-        # The common shape without pydantic (the same values); pydantic judges the rest, errors worded as ever.
-        return plain_request(raw_body) or FeaturesRequest.model_validate_json(raw_body)
+    def parse(self, raw_body: bytes) -> FeaturesRequest:
+        # pydantic-core checks the bytes as fast as orjson.loads and the same checks in Python (measured: 2.3
+        # against 2.5 µs for one entity, 4.8 against 6.2 for 100): no parse of our own.
+        return FeaturesRequest.model_validate_json(raw_body)
 
-    def inputs(
-        self, request: FeaturesRequest | PlainRequest, lookup: Lookup
-    ) -> tuple[dict[str, list[Any]], dict[str, Any] | None]:
+    def inputs(self, request: FeaturesRequest, lookup: Lookup) -> tuple[dict[str, list[Any]], dict[str, Any] | None]:
         return request.entities, request.request_data
 
-    def answer(self, request: FeaturesRequest | PlainRequest, lookup: Lookup, result: LookupResult) -> Any:
+    def answer(self, request: FeaturesRequest, lookup: Lookup, result: LookupResult) -> Any:
         return result.to_dict()
 
 
