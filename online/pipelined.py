@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import threading
 from typing import Any, cast
 
 import hiredis
@@ -32,8 +33,15 @@ class PipelinedRedis:
         self.connect_timeout = connect_timeout
         self.timeout = timeout
         self.loop = asyncio.get_running_loop()
+        self.thread = threading.get_ident()
         self._protocol: _RedisProtocol | None = None
         self._opening: asyncio.Future[_RedisProtocol] | None = None
+
+    def serves_running_loop(self) -> bool:
+        """Whether this connection's loop is the one running the caller (a coroutine): a loop running in the
+        caller's thread is that thread's running loop. ``asyncio.get_running_loop()`` would say it too, but on
+        Python 3.11 it makes a ``getpid`` system call each time (~4% of a worker's CPU per 1-entity lookup)."""
+        return self.thread == threading.get_ident() and self.loop.is_running()
 
     @staticmethod
     def supports(pool: redis.ConnectionPool) -> bool:

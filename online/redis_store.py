@@ -478,7 +478,7 @@ class RedisOnlineStore:
     def _pipelined_for_this_loop(self) -> PipelinedRedis | None:
         """The pipelined connection of the running event loop (None over TLS: the blocking client reads then)."""
         pipelined = self._pipelined
-        if pipelined is not None and pipelined.loop is asyncio.get_running_loop():
+        if pipelined is not None and pipelined.serves_running_loop():
             return pipelined
         from online.pipelined import PipelinedRedis
 
