@@ -15,6 +15,7 @@ connections.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -47,6 +48,9 @@ class HeadHeldTransport:
         else:
             self.transport.write(data)
 
+    def writelines(self, chunks: Iterable[bytes]) -> None:
+        self.write(b"".join(chunks))
+
     def flush(self) -> None:
         held = self.held
         if held is not None:
@@ -56,6 +60,17 @@ class HeadHeldTransport:
     def close(self) -> None:
         self.flush()
         self.transport.close()
+
+    def write_eof(self) -> None:
+        self.flush()
+        self.transport.write_eof()
+
+    def abort(self) -> None:
+        self.held = None
+        self.transport.abort()
+
+    def get_write_buffer_size(self) -> int:
+        return self.transport.get_write_buffer_size() + len(self.held or b"")
 
     def is_closing(self) -> bool:
         return self.transport.is_closing()
@@ -69,7 +84,7 @@ class HeadHeldTransport:
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return self.transport.get_extra_info(name, default)
 
-    def __getattr__(self, name: str) -> Any:  # what else uvicorn may ask of a transport
+    def __getattr__(self, name: str) -> Any:  # what else uvicorn may ask of a transport (none of it writes)
         return getattr(self.transport, name)
 
 

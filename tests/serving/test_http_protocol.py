@@ -12,7 +12,7 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from serving_api.http_protocol import OneWriteHttpToolsProtocol
+from serving_api.http_protocol import HeadHeldTransport, OneWriteHttpToolsProtocol
 
 DEFAULT_HEADERS = [(b"server", b"uvicorn"), (b"date", b"Sun, 06 Dec 2026 14:00:00 GMT")]
 
@@ -23,6 +23,13 @@ class RecordingTransport:
     def __init__(self) -> None:
         self.writes: list[bytes] = []
         self.closed = False
+        self.aborted = False
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def get_write_buffer_size(self) -> int:
+        return 0
 
     def write(self, data: bytes) -> None:
         self.writes.append(bytes(data))
@@ -134,3 +141,21 @@ def test_an_answer_is_one_write_and_the_interim_continue_is_not_held() -> None:
     assert writes[0] == b"HTTP/1.1 100 Continue\r\n\r\n"  # sent before the client sends its body
     assert [w.split(b"\r\n", 1)[0] for w in writes[1:]] == [b"HTTP/1.1 200 OK", b"HTTP/1.1 200 OK"]
     assert writes[1].endswith(b"\r\n\r\nhello") and writes[2].endswith(b'\r\n\r\n{"ok":true}')
+
+
+def test_the_transport_keeps_the_order_of_every_way_of_writing() -> None:
+    recording = RecordingTransport()
+    transport = HeadHeldTransport(recording)  # type: ignore[arg-type]
+    transport.write(b"head ")
+    assert recording.writes == [] and transport.get_write_buffer_size() == 5
+    transport.writelines([b"body", b"!"])
+    transport.write(b" more")
+    assert recording.writes == [b"head body!", b" more"]
+    transport.arm()
+    transport.write(b"next head")
+    transport.close()  # a held head is written before the close
+    assert recording.writes[-1] == b"next head" and recording.closed
+    transport.arm()
+    transport.write(b"dropped")
+    transport.abort()  # an abort sends nothing more
+    assert recording.writes[-1] == b"next head" and recording.aborted
