@@ -159,6 +159,7 @@ class _RedisProtocol(asyncio.Protocol):
         # (future, deadline on the loop's clock, timeout), in the order the commands were written
         self.waiting: collections.deque[tuple[asyncio.Future[Any], float, float]] = collections.deque()
         self.transport: asyncio.Transport | None = None
+        self.loop: asyncio.AbstractEventLoop  # the connection's, from connection_made on
         self.usable = False
         self.timed_out = False
         self._outgoing: list[bytes] = []  # packed this turn, written together by _flush
