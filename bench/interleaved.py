@@ -18,6 +18,11 @@ redis-server's and wrk's, per request answered. A cost on the hot path shows as 
 which other processes' load barely moves; its share of the whole stack's CPU per request (server + redis-server
 + wrk) is what it costs in req/s when the stack saturates the machine. ``uvicorn=`` is a second plain uvicorn,
 the control: its differences from ``uvicorn`` are the harness's own noise. ``--servers`` picks some of them.
+
+``--baseline CLI`` adds ``baseline``: plain uvicorn served by another checkout's ``skewless`` command (say main's
+venv), loaded in the same rounds, so a change of the hot path is measured against the code before it, paired:
+
+    python bench/interleaved.py --servers floor,uvicorn --baseline /work/main/.venv/bin/skewless
 """
 
 from __future__ import annotations
@@ -52,7 +57,9 @@ CASES = (1, 100)
 
 
 @contextlib.contextmanager
-def servers(redis_url: str, work: Path, chosen: set[str]) -> Iterator[dict[str, tuple[str, dict[str, str], int]]]:
+def servers(
+    redis_url: str, work: Path, chosen: set[str], baseline: str | None = None
+) -> Iterator[dict[str, tuple[str, dict[str, str], int]]]:
     """The chosen servers started: name -> (lookup URL, extra request headers, process group)."""
     import redis as redis_lib
 
@@ -76,6 +83,7 @@ def servers(redis_url: str, work: Path, chosen: set[str]) -> Iterator[dict[str, 
         "granian": ("plain", "granian"),
         "uvicorn+auth": ("auth", "uvicorn"),
         "uvicorn+metrics": ("metrics", "uvicorn"),
+        "baseline": ("plain", "uvicorn"),
     }
     binary = compiled_floor.build() if "floor" in chosen else None
     with contextlib.ExitStack() as stack:
@@ -93,7 +101,8 @@ def servers(redis_url: str, work: Path, chosen: set[str]) -> Iterator[dict[str, 
             if name not in chosen:
                 continue
             port = free_port()
-            command = [str(SKEWLESS_CLI), "serve", "--repo", str(repos[repo]), "--port", str(port)]
+            cli = baseline if name == "baseline" and baseline else str(SKEWLESS_CLI)
+            command = [cli, "serve", "--repo", str(repos[repo]), "--port", str(port)]
             command += ["--workers", "2", "--server", asgi]
             group = stack.enter_context(server(command, port, logfile=work / f"{name}.log"))
             headers = {"Authorization": f"Bearer {TOKEN}"} if repo == "auth" else {}
@@ -145,7 +154,7 @@ class Load:
         return self.server_us + self.redis_us + self.wrk_us
 
 
-def measure(rounds: int, seconds: float, chosen: set[str]) -> dict[str, object]:
+def measure(rounds: int, seconds: float, chosen: set[str], baseline: str | None = None) -> dict[str, object]:
     loads: dict[tuple[str, int], list[Load]] = {}
     with redis_server() as redis_url, tempfile.TemporaryDirectory() as tmp:
         import redis as redis_lib
@@ -155,7 +164,7 @@ def measure(rounds: int, seconds: float, chosen: set[str]) -> dict[str, object]:
         client = redis_lib.Redis.from_url(redis_url)
         redis_group = os.getpgid(int(client.info("server")["process_id"]))
         client.close()
-        with servers(redis_url, Path(tmp), chosen) as started:
+        with servers(redis_url, Path(tmp), chosen, baseline) as started:
             names = list(started)
             for name in names:  # warm-up: the Lua read, the decoders, the JIT of nothing
                 url, headers, _ = started[name]
@@ -230,10 +239,16 @@ def summarize(loads: dict[tuple[str, int], list[Load]]) -> dict[str, object]:
         return round(100 * statistics.median(costs), 1)
 
     for entities in CASES:
-        for name in ("uvicorn", "granian"):
+        for name in ("uvicorn", "granian", "baseline"):
             ratio = paired("floor", name, entities)
             if ratio is not None:
                 out[f"{name} / floor, {entities} entities (%)"] = ratio
+        ratio = paired("baseline", "uvicorn", entities)
+        if ratio is not None:
+            out[f"uvicorn / baseline, {entities} entities (%)"] = ratio
+            out[f"uvicorn - baseline in CPU per request, {entities} entities (%)"] = cpu_cost(
+                "baseline", "uvicorn", entities
+            )
         for name, label in (("uvicorn=", "control"), ("uvicorn+auth", "auth"), ("uvicorn+metrics", "metrics")):
             ratio = paired("uvicorn", name, entities)
             if ratio is not None:
@@ -252,11 +267,12 @@ def main() -> int:
     parser.add_argument(
         "--servers", default=",".join(SERVERS), help=f"a comma-separated subset of {', '.join(SERVERS)}"
     )
+    parser.add_argument("--baseline", help="another checkout's skewless command: adds the server 'baseline'")
     args = parser.parse_args()
-    chosen = set(args.servers.split(","))
-    if not chosen <= set(SERVERS):
+    chosen = set(args.servers.split(",")) | ({"baseline"} if args.baseline else set())
+    if not chosen <= {*SERVERS, "baseline"}:
         parser.error(f"unknown servers {sorted(chosen - set(SERVERS))}: choose among {', '.join(SERVERS)}")
-    print(json.dumps(measure(args.rounds, args.seconds, chosen), indent=1))
+    print(json.dumps(measure(args.rounds, args.seconds, chosen, args.baseline), indent=1))
     return 0
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
 from features.dtypes import from_micros
 from features.plan import FeatureRefPlan, Plan, ViewPlan
@@ -45,8 +45,7 @@ class Publication(Protocol):
         ...
 
 
-@dataclass(frozen=True, slots=True)
-class OnlineValues:
+class OnlineValues(NamedTuple):
     """What the online store holds for one view and a list of entities, column by column, in request order.
 
     ``columns[j][i]`` is requested feature ``j`` of entity ``i`` (None when the store has no row for it);
@@ -54,6 +53,9 @@ class OnlineValues:
     integer times keep the read path free of per-value objects; :attr:`values` and :attr:`event_timestamps`
     give rows and datetimes for tools and tests. Status (present / missing / expired) is derived by the caller
     from the view's TTL, so every reader applies the same rule.
+
+    A named tuple rather than a frozen dataclass: a read makes one per view, and a frozen dataclass's ``__init__``
+    (an ``object.__setattr__`` per field) cost ~1.2 µs more each, ~2% of a one-entity lookup of two views.
     """
 
     view: str

@@ -53,16 +53,27 @@ def check_url(url: str) -> None:
 @contextlib.contextmanager
 def translate_errors(url: str, action: str) -> Iterator[None]:
     """Turn redis and socket errors into :class:`OnlineStoreError` naming the server and what was tried."""
+    try:
+        yield
+    except Exception as exc:
+        translated = translate_error(url, action, exc)
+        if translated is None:
+            raise
+        raise translated from exc
+
+
+def translate_error(url: str, action: str, exc: BaseException) -> OnlineStoreError | None:
+    """The :class:`OnlineStoreError` a redis or socket error ``exc`` becomes (see :func:`translate_errors`); None
+    for any other exception."""
     import redis
     from redis.exceptions import RedisClusterException
 
-    try:
-        yield
-    except (redis.RedisError, RedisClusterException) as exc:  # the latter: a cluster without a slot's primary
+    if isinstance(exc, redis.RedisError | RedisClusterException):  # the latter: a cluster without a slot's primary
         kind = "did not answer in time" if isinstance(exc, redis.TimeoutError) else "failed"
-        raise OnlineStoreError(f"online store at {redact(url)} {kind} while {action}: {exc}") from exc
-    except OSError as exc:
-        raise OnlineStoreError(f"online store at {redact(url)} failed while {action}: {exc}") from exc
+        return OnlineStoreError(f"online store at {redact(url)} {kind} while {action}: {exc}")
+    if isinstance(exc, OSError):
+        return OnlineStoreError(f"online store at {redact(url)} failed while {action}: {exc}")
+    return None
 
 
 def roundtrip(client: redis.Redis, *commands: Sequence[Any], free: list[Any] | None = None) -> list[Any]:

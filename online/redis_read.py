@@ -14,13 +14,16 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import hiredis
 import orjson
 
+from features.dtypes import DType
 from features.plan import ViewPlan
 from features.protocols import OnlineValues
 from online.encoding import encode_entity_keys, rows_decoder
 from online.redis_layout import ViewKeys
 
+_JOINED_FROM = 8  # entities from which mget_command's joins beat hiredis.pack_command (measured: 6-8)
 _DECODER_CACHE = 256  # decoders kept per store; a server asks for a handful of feature selections
 # What a snapshot lacks of the requested features, and the decoder of its rows (see SnapshotDecoders).
 _Decoder = tuple[frozenset[str], Callable[[Sequence[bytes | None]], tuple[list[list[Any]], list[int | None]]]]
@@ -75,6 +78,39 @@ class SnapshotDecoders:
         return decoder
 
 
+class _ReadShape:
+    """What a read's keys depend on besides the entities (each view's key layout, join keys and their types), for
+    one ``requests`` object: a server passes the same prepared lookup's over and over, and working it out per request
+    cost ~2 µs of a 1-entity read."""
+
+    __slots__ = ("key_names", "keyings", "layouts", "online_names", "requests")
+
+    def __init__(self, project: str, requests: Sequence[tuple[ViewPlan, Sequence[str]]], tagged: bool) -> None:
+        self.requests = requests  # kept: its id stays its own while this shape is kept
+        self.online_names = [view.online_name for view, _ in requests]
+        self.layouts = [ViewKeys.of(project, name, tagged) for name in self.online_names]
+        self.key_names = [view.key_names for view, _ in requests]
+        # Each distinct tuple of join keys (views keyed alike share their encoded keys), with the keys' types.
+        keyings: dict[tuple[str, ...], list[DType]] = {}
+        for (view, _), names in zip(requests, self.key_names, strict=True):
+            keyings.setdefault(names, [k.dtype for k in view.join_keys])
+        self.keyings = list(keyings.items())
+
+    @staticmethod
+    def of(project: str, requests: Sequence[tuple[ViewPlan, Sequence[str]]], tagged: bool) -> _ReadShape:
+        key = (id(requests), project, tagged)
+        found = _SHAPES.get(key)
+        if found is None or found.requests is not requests:
+            if len(_SHAPES) >= _SHAPES_KEPT:
+                _SHAPES.clear()
+            found = _SHAPES[key] = _ReadShape(project, requests, tagged)
+        return found
+
+
+_SHAPES: dict[tuple[int, str, bool], _ReadShape] = {}
+_SHAPES_KEPT = 256  # a server reads a handful of feature selections
+
+
 class SnapshotRead:
     """One read's keys and how to turn the ``MGET`` of them (or the Lua read) into snapshots and decoded columns
     (shared by :meth:`RedisOnlineStore.read` and :meth:`RedisOnlineStore.read_async`)."""
@@ -91,33 +127,71 @@ class SnapshotRead:
         self.seen_live = seen_live
         self.requests = requests
         self.count = len(next(iter(entities.values()))) if entities else 0
-        self.layouts = [ViewKeys.of(project, view.online_name, tagged) for view, _ in requests]
-        self.key_names = [view.key_names for view, _ in requests]  # a property building a tuple: asked once
+        shape = _ReadShape.of(project, requests, tagged)
+        self.layouts = shape.layouts
+        self.key_names = shape.key_names
         self.encoded: dict[tuple[str, ...], list[bytes]] = {}  # views keyed alike share their encoded keys
-        for (view, _), key_names in zip(requests, self.key_names, strict=True):
-            if key_names not in self.encoded:
-                columns = [entities[k] for k in key_names]
-                self.encoded[key_names] = encode_entity_keys(columns, [k.dtype for k in view.join_keys])
-        # The versions last seen live, and the names to MGET: each view's version key, then its rows in the
-        # version seen (none for a view seen unpublished). None when a view has not been seen yet (the Lua read
-        # finds its pointer).
+        for key_names, dtypes in shape.keyings:
+            self.encoded[key_names] = encode_entity_keys([entities[k] for k in key_names], dtypes)
+        # The versions last seen live; None when a view has not been seen yet (the Lua read finds its pointer).
         self.seen: list[tuple[bytes | None, bytes | None]] | None = []
-        for view, _ in requests:
-            found = seen_live.get(view.online_name)
+        for name in shape.online_names:
+            found = seen_live.get(name)
             if found is None:
                 self.seen = None
                 break
             self.seen.append(found)
-        self.names: list[bytes | str] | None = None
+        # Per view seen published, the prefix of its row keys in the version seen (None: seen unpublished).
+        self.prefixes: list[bytes | None] = []
         self.rows_at: list[int] = []  # where each view's rows start in the MGET's answer
         if self.seen is not None:
+            at = len(requests)
+            for layout, (version, _features) in zip(self.layouts, self.seen, strict=True):
+                self.rows_at.append(at)
+                if version is None:
+                    self.prefixes.append(None)
+                else:  # b"N", or b"N@C" for a snapshot current at tick C (rows under vN)
+                    self.prefixes.append(layout.data_prefix.encode() + version.partition(b"@")[0] + b":")
+                    at += self.count
+        self._names: list[bytes | str] | None = None
+
+    @property
+    def names(self) -> list[bytes | str] | None:
+        """The names to ``MGET``: each view's version key, then its rows in the version seen (none for a view seen
+        unpublished). None when a view has not been seen yet (the Lua read finds its pointer)."""
+        if self.seen is None:
+            return None
+        if self._names is None:
             names: list[bytes | str] = [layout.version for layout in self.layouts]
-            for key_names, layout, (version, _features) in zip(self.key_names, self.layouts, self.seen, strict=True):
-                self.rows_at.append(len(names))
-                if version is not None:  # b"N", or b"N@C" for a snapshot current at tick C (rows under vN)
-                    prefix = layout.data_prefix.encode() + version.partition(b"@")[0] + b":"
+            for key_names, prefix in zip(self.key_names, self.prefixes, strict=True):
+                if prefix is not None:
                     names.extend([prefix + key for key in self.encoded[key_names]])
-            self.names = names
+            self._names = names
+        return self._names
+
+    def mget_command(self) -> bytes:
+        """``MGET`` of :attr:`names` as the bytes Redis reads (RESP), packed straight from the key prefixes and the
+        encoded keys: for 100 entities of two views ~23 µs, where building the names and ``hiredis.pack_command``
+        took ~41 µs (a tenth of the lookup). Below :data:`_JOINED_FROM` entities hiredis packs faster."""
+        assert self.seen is not None
+        if self.count < _JOINED_FROM:
+            command: tuple[Any, ...] = ("MGET", *(self.names or ()))
+            return hiredis.pack_command(command)
+        total = 1 + len(self.layouts) + self.count * sum(prefix is not None for prefix in self.prefixes)
+        parts = [b"*%d\r\n$4\r\nMGET" % total]
+        for layout in self.layouts:
+            version = layout.version.encode()
+            parts.append(b"\r\n$%d\r\n%b" % (len(version), version))
+        for key_names, prefix in zip(self.key_names, self.prefixes, strict=True):
+            if prefix is not None:
+                keys = self.encoded[key_names]
+                heads = _arg_heads(prefix)
+                joined: list[bytes] = [b""] * (2 * len(keys))
+                joined[0::2] = map(heads.__getitem__, map(len, keys))
+                joined[1::2] = keys
+                parts.append(b"".join(joined))
+        parts.append(b"\r\n")
+        return b"".join(parts)
 
     def snapshots(self, got: list[bytes | None]) -> list[Snapshot] | None:
         """(version, features, rows) per view from the ``MGET``; None when a version moved since it was seen."""
@@ -147,3 +221,29 @@ class SnapshotRead:
             decode(view, tuple(names), version, features, values, self.count)
             for (view, names), (version, features, values) in zip(self.requests, snapshots, strict=True)
         ]
+
+
+class _ArgHeads(dict[int, bytes]):
+    """The start of an ``MGET`` argument ``prefix + key`` in RESP, by the key's length: the end of the argument
+    before (CRLF), the length, CRLF and ``prefix``. Made on first use per length."""
+
+    def __init__(self, prefix: bytes) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def __missing__(self, length: int) -> bytes:
+        head = self[length] = b"\r\n$%d\r\n%b" % (len(self.prefix) + length, self.prefix)
+        return head
+
+
+_ARG_HEADS: dict[bytes, _ArgHeads] = {}
+_ARG_HEADS_KEPT = 1024  # prefixes (a view's version): a few per view between two publications
+
+
+def _arg_heads(prefix: bytes) -> _ArgHeads:
+    found = _ARG_HEADS.get(prefix)
+    if found is None:
+        if len(_ARG_HEADS) >= _ARG_HEADS_KEPT:
+            _ARG_HEADS.clear()
+        found = _ARG_HEADS[prefix] = _ArgHeads(prefix)
+    return found

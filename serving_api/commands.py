@@ -127,9 +127,13 @@ def serve_uvicorn(args: argparse.Namespace) -> int:
     import uvicorn
     from uvicorn.supervisors import Multiprocess
 
+    from serving_api.http_protocol import OneWriteHttpToolsProtocol
+
     config = uvicorn.Config(
         APP_FACTORY,
         factory=True,
+        http=OneWriteHttpToolsProtocol,  # head and body of an answer in one write
+        ws="none",  # no websocket route; and OneWriteHttpToolsProtocol holds writes only HTTP makes
         workers=args.workers,
         log_level="info",
         access_log=args.access_log,

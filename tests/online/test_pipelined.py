@@ -9,6 +9,7 @@ import socket
 import time
 from typing import Any
 
+import hiredis
 import pytest
 import redis
 
@@ -170,3 +171,60 @@ def test_tls_stays_with_the_blocking_client() -> None:
     assert not PipelinedRedis.supports(redis.Redis.from_url("rediss://127.0.0.1:1/0").connection_pool)
     assert PipelinedRedis.supports(redis.Redis.from_url("redis://127.0.0.1:1/0").connection_pool)
     assert PipelinedRedis.supports(redis.Redis.from_url("unix:///tmp/redis.sock").connection_pool)
+
+
+@pytest.mark.parametrize("count", [1, 7, 8, 100])
+def test_the_mget_command_is_what_hiredis_packs(count: int) -> None:
+    """SnapshotRead.mget_command packs the MGET itself from 8 entities on; hiredis is the oracle for every count."""
+    from online.redis_read import SnapshotRead
+
+    composite = make_view("pair", [("a", DType.STRING), ("b", DType.INT64)], [("x", DType.INT64)])
+    requests = [(CARD, ["limit", "tier"]), (MERCHANT, ["risk"]), (composite, ["x"])]
+    entities = {
+        "card_id": [i * 7919 - 50 for i in range(count)],
+        "merchant": [f"m{i}" if i % 3 else f"ü\r\n{'x' * i}" for i in range(count)],
+        "a": [f"a,{i}" for i in range(count)],
+        "b": list(range(count)),
+    }
+    seen: dict[str, tuple[bytes | None, bytes | None]] = {"card": (b"3", b"[]"), "merchant": (None, None)}
+    seen["pair"] = (b"12@1700000000000000", b"[]")
+    read = SnapshotRead("proj", seen, requests, entities)
+    assert read.names is not None and len(read.names) == 3 + 2 * count  # the merchant view is unpublished
+    assert read.mget_command() == hiredis.pack_command(("MGET", *read.names))
+
+
+def test_a_silence_after_answered_commands_still_times_out() -> None:
+    """One timer per connection: a server that answers the first command and then goes silent fails the next one
+    after about its timeout (the timer armed for the first command's deadline moves on to the next's)."""
+    import threading
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        port = listener.getsockname()[1]
+
+        def answer_once() -> None:
+            connection, _ = listener.accept()
+            with connection:
+                connection.recv(1024)
+                connection.sendall(b"+first\r\n")
+                time.sleep(3)  # then silent, the connection open
+
+        threading.Thread(target=answer_once, daemon=True).start()
+
+        async def main() -> tuple[Any, float, type[BaseException]]:
+            kwargs = redis.Redis.from_url(f"redis://127.0.0.1:{port}/0").connection_pool.connection_kwargs
+            pipelined = PipelinedRedis(kwargs, connect_timeout=1, timeout=0.4)
+            first = await pipelined.call("PING")
+            await asyncio.sleep(0.3)  # most of the first command's timeout gone: the next one gets its own
+            started = time.monotonic()
+            try:
+                await pipelined.call("PING")
+            except redis.RedisError as exc:
+                failed: type[BaseException] = type(exc)
+            pipelined.close()
+            return first, time.monotonic() - started, failed
+
+        first, waited, failed = asyncio.run(main())
+    assert first == b"first" and failed is redis.TimeoutError
+    assert 0.35 < waited < 1.5

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import http.client
+import json
 import os
 import socket
 import sys
@@ -71,6 +73,29 @@ def test_serve_and_query_with_the_client(service: str) -> None:
             client.get_features({"card_id": ["x"]}, features=["card:limit"])
         with pytest.raises(InvalidRequestError, match="exactly one"):
             client.get_features({"card_id": [1]})
+
+
+def test_each_answer_arrives_whole_at_the_first_read(service: str) -> None:
+    """Head and body in one write (serving_api.http_protocol): a keep-alive client's first read after each request
+    holds the whole answer; and Python's own HTTP client reads the answers right."""
+    body = b'{"features": ["card:limit"], "entities": {"card_id": [1]}}'
+    request = (
+        b"POST /v1/features HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        b"content-length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    port = int(service.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        for _ in range(20):
+            raw.sendall(request)
+            head, _, rest = raw.recv(65536).partition(b"\r\n\r\n")
+            headers = dict(line.lower().split(b": ", 1) for line in head.split(b"\r\n")[1:])
+            assert head.startswith(b"HTTP/1.1 200") and len(rest) == int(headers[b"content-length"])
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    for _ in range(3):
+        connection.request("POST", "/v1/features", body, {"content-type": "application/json"})
+        answer = connection.getresponse()
+        assert answer.status == 200 and json.loads(answer.read())["features"]["card__limit"]["values"] == [1000.0]
+    connection.close()
 
 
 def test_client_reports_a_service_that_is_not_there() -> None:
