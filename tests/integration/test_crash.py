@@ -93,9 +93,8 @@ def test_killed_runs_leave_stores_before_or_after(tmp_path: Path, redis_url: str
     write_generation(db, 1)
     store = FeatureStore(repo)
     store.apply()
-    # The runs that complete (the first one, the reruns) run in this process, on the test's Spark session: only
-    # the killed runs need a process of their own, and each new process is another JVM to start (~10 s on CI).
-    store.materialize()
+    first = materialize(repo)
+    assert first.wait(timeout=600) == 0, first.stdout.read() if first.stdout else ""
     sample = list(range(0, ENTITIES, 997))
     assert generations_online(store, sample) == {1}
     assert offline_rows(store) == (ENTITIES, {1})
@@ -123,7 +122,8 @@ def test_killed_runs_leave_stores_before_or_after(tmp_path: Path, redis_url: str
     assert generations_online(store, sample) <= {1, 3}  # a run killed mid-update: each entity old or new
     count, generations = offline_rows(store)
     assert generations in ({1}, {1, 2}, {1, 2, 3}) and count == ENTITIES * len(generations)
-    store.materialize()  # the rerun completes the killed run
+    finished = materialize(repo)
+    assert finished.wait(timeout=600) == 0, finished.stdout.read() if finished.stdout else ""
     assert generations_online(store, sample) == {3}
 
     # Run 4 is killed while it writes its changed entities into the live snapshot: some are new, the rest old.
@@ -136,7 +136,8 @@ def test_killed_runs_leave_stores_before_or_after(tmp_path: Path, redis_url: str
     assert generations_online(store, sample) <= {3, 4}
 
     # A rerun completes everything.
-    store.materialize()
+    final = materialize(repo)
+    assert final.wait(timeout=600) == 0, final.stdout.read() if final.stdout else ""
     assert generations_online(store, sample) == {4}
     assert offline_rows(store) == (4 * ENTITIES, {1, 2, 3, 4})
     store.close()
