@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import threading
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_registries: dict[str, Registry] = {}
+_registries: dict[str, tuple[Registry, tuple[int, int] | None]] = {}
 _lock = threading.Lock()
 
 
@@ -93,12 +94,31 @@ def _record(
 
 
 def _registry(config: RepoConfig) -> Registry:
-    """One registry (one SQLAlchemy engine, one connection pool) per URL for the process's runs."""
+    """One registry (one SQLAlchemy engine, one connection pool) per URL for the process's runs (a warm engine's
+    process lives across many). A SQLite file replaced since (deleted and created again: a repository started
+    over) is opened again: a connection to the deleted file can no longer write to it ("attempt to write a
+    readonly database")."""
     url = config.resolved_registry_url()
     with _lock:
-        if url not in _registries:
-            _registries[url] = Registry(url)
-        return _registries[url]
+        cached = _registries.get(url)
+        if cached is not None and cached[1] != _file_identity(url):
+            cached[0].close()
+            cached = None
+        if cached is None:
+            registry = Registry(url)  # creates the file when there is none
+            cached = _registries[url] = (registry, _file_identity(url))
+        return cached[0]
+
+
+def _file_identity(url: str) -> tuple[int, int] | None:
+    """The device and inode of a SQLite registry's file (None: not a file, or none there)."""
+    if not url.startswith("sqlite:///"):
+        return None
+    try:
+        found = os.stat(url[len("sqlite:///") :])
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
 
 
 def baseline(config: RepoConfig, view: ViewPlan, *, start: datetime | None = None, skip: bool = False) -> Baseline:
