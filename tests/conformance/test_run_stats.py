@@ -214,3 +214,20 @@ def test_single_row_all_null_and_empty_runs(offline_engine: Any, postgres_url: s
         assert empty.distinct == (0 if feature.dtype in (DType.STRING, DType.BOOL) else None)
     assert again.stats.published is None  # the online store already served the version: nothing published
     assert RunStats.from_json(again.stats.to_json()) == again.stats
+
+
+def test_spark_counts_more_distinct_values_than_it_keeps_top_values(spark: Any) -> None:
+    """The distinct count comes from the grouping that ranks the top values: it counts every value, not only the
+    :data:`TOP_VALUES` kept (a limit of each column's groups to the top ranks would cap it). Oracle: Python's
+    sets and Counter over the same values."""
+    from offline.spark.stats import spark_stats
+
+    texts = [None if i % 11 == 0 else f"v{i % 437}" for i in range(5_000)]
+    flags = [None if i % 13 == 0 else i % 3 == 0 for i in range(5_000)]
+    frame = spark.createDataFrame(list(zip(texts, flags, strict=True)), "s string, b boolean")
+    stats = spark_stats(frame, [("s", DType.STRING), ("b", DType.BOOL)])
+    for name, values in (("s", texts), ("b", flags)):
+        present = [v for v in values if v is not None]
+        counted = sorted(Counter(present).items(), key=lambda item: (-item[1], item[0]))[:TOP_VALUES]
+        assert stats[name].distinct == len(set(present)) and stats[name].top == tuple(counted), name
+        assert (stats[name].count, stats[name].nulls) == (len(values), len(values) - len(present))
