@@ -587,6 +587,9 @@ class _Translated:
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> Literal[False]:
         if exc is None:
             return False
+        if isinstance(exc, OnlineStoreError):  # already translated (a cluster's or the embedded server's check)
+            self.store._failed()
+            return False
         translated = translate_error(self.store._where, self.action, exc)
         if translated is None:
             return False
