@@ -47,7 +47,6 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
@@ -537,8 +536,8 @@ class LookupDialect(Protocol):
     def inputs(self, request: Any, lookup: Lookup) -> tuple[dict[str, list[Any]], dict[str, Any] | None]:
         """The entity columns and the request data the lookup needs, from the request."""
 
-    def answer(self, request: Any, lookup: Lookup, result: LookupResult) -> Any:
-        """The JSON-ready answer."""
+    def answer(self, request: Any, lookup: Lookup, result: LookupResult) -> bytes:
+        """The answer's JSON body."""
 
 
 class NativeDialect:
@@ -552,8 +551,8 @@ class NativeDialect:
     def inputs(self, request: FeaturesRequest, lookup: Lookup) -> tuple[dict[str, list[Any]], dict[str, Any] | None]:
         return request.entities, request.request_data
 
-    def answer(self, request: FeaturesRequest, lookup: Lookup, result: LookupResult) -> Any:
-        return result.to_dict()
+    def answer(self, request: FeaturesRequest, lookup: Lookup, result: LookupResult) -> bytes:
+        return result.to_json()
 
 
 NATIVE = NativeDialect()
@@ -638,7 +637,7 @@ def lookup_handler(
             )
             if metrics is not None:
                 metrics.served(result)
-            answer = orjson.dumps(dialect.answer(body, lookup, result))
+            answer = dialect.answer(body, lookup, result)
         except Exception as exc:
             return answer_of(_error_answer(exc))
         # A lookup under a contract served side by side (another plan than the live one) is not logged: the audit

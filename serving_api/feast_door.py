@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -102,7 +103,7 @@ class FeastDialect:
         request_data = {name: values for name, values in request.entities.items() if name in fields}
         return entities, request_data
 
-    def answer(self, request: FeastRequest, lookup: Lookup, result: LookupResult) -> dict[str, Any]:
+    def answer(self, request: FeastRequest, lookup: Lookup, result: LookupResult) -> bytes:
         names = [ref.column if request.full_feature_names else ref.feature for ref in lookup.refs]
         if not request.full_feature_names and len(set(names)) < len(names):
             repeated = sorted({n for n in names if names.count(n) > 1})
@@ -129,7 +130,7 @@ class FeastDialect:
         if request.include_feature_view_version_metadata:
             # skewless versions plans, not views: Feast leaves out a version 0, and so does this.
             metadata["feature_view_metadata"] = [{"name": view} for view in dict.fromkeys(r.view for r in lookup.refs)]
-        return {"metadata": metadata, "results": results}
+        return orjson.dumps({"metadata": metadata, "results": results})
 
 
 FEAST = FeastDialect()
