@@ -2,19 +2,30 @@
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from features.dtypes import DType
 from features.errors import EntityKeyError, UnknownNameError
-from features.lookup import EXPIRED, MISSING, PRESENT, OfflineOnlyViewError, iso_from_micros, lookup
+from features.lookup import (
+    EXPIRED,
+    MISSING,
+    PRESENT,
+    FeatureValues,
+    LookupResult,
+    OfflineOnlyViewError,
+    iso_from_micros,
+    lookup,
+)
 from features.plan import ViewPlan
 from features.protocols import OnlineValues
 from online.encoding import to_micros
@@ -229,6 +240,7 @@ def test_to_dict_and_to_pandas(redis_url: str, project: str) -> None:
             },
         },
     }
+    assert result.to_json() == orjson.dumps(answer)  # the HTTP answer's bytes, rendered the fast way
     frame = result.to_pandas()
     assert list(frame.columns) == ["card_id", "card__limit", "card__seen"]
     assert frame["card__limit"].isna().tolist() == [True, True, False, True]
@@ -264,3 +276,76 @@ def test_kept_event_time_texts_are_bounded(monkeypatch: pytest.MonkeyPatch) -> N
         texts = [d.isoformat().replace("+00:00", "Z") for d in expected]
         assert iso_from_micros(micros) == texts
         assert len(lookup_module._ISO_TEXT) <= 50
+
+
+_FLOATS = st.floats(allow_nan=True, allow_infinity=True) | st.sampled_from([0.0, -0.0, 1.0, 1e16, 5e-324, 1.5])
+_VALUES = {
+    DType.INT64: st.integers(-(2**63), 2**63 - 1),
+    DType.FLOAT64: _FLOATS,
+    DType.STRING: st.text(max_size=8),
+    DType.BOOL: st.booleans(),
+    DType.TIMESTAMP: st.datetimes(MIN_TS.replace(tzinfo=None), MAX_TS.replace(tzinfo=None)).map(
+        lambda d: d.replace(tzinfo=UTC)
+    ),
+}
+_MICROS = st.none() | st.sampled_from([0, 1, 10**15, 1_717_243_200_000_000]) | st.integers(-(10**15), 10**15)
+
+
+@st.composite
+def _results(draw: st.DrawFn) -> LookupResult:
+    """A lookup's result as the lookup makes it: per view, statuses and event times shared by its features."""
+    count = draw(st.integers(0, 6))
+    features: dict[str, FeatureValues] = {}
+    for v in range(draw(st.integers(0, 3))):
+        statuses = draw(st.lists(st.sampled_from([PRESENT, MISSING, EXPIRED]), min_size=count, max_size=count))
+        events = draw(st.lists(_MICROS, min_size=count, max_size=count))
+        for f in range(draw(st.integers(1, 3))):
+            dtype = draw(st.sampled_from(list(_VALUES)))
+            values = draw(st.lists(st.none() | _VALUES[dtype], min_size=count, max_size=count))
+            if draw(st.booleans()):  # a feature of its own statuses (an on-demand feature, a missing feature)
+                features[f"v{v}__f{f}"] = FeatureValues(dtype, values, list(statuses), list(events))
+            else:
+                features[f"v{v}__f{f}"] = FeatureValues(dtype, values, statuses, events)
+    keys = draw(st.lists(st.integers(-(2**63), 2**63 - 1) | st.text(max_size=5), min_size=count, max_size=count))
+    return LookupResult(draw(st.none() | st.integers(0, 10)), {"id": keys}, features)
+
+
+def _expected_json(result: LookupResult) -> dict[str, Any]:
+    """The answer as the API documents it, in plain Python (the oracle of LookupResult.to_json)."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, float) and math.isnan(value):
+            return "NaN"
+        if isinstance(value, float) and math.isinf(value):
+            return "Infinity" if value > 0 else "-Infinity"
+        if isinstance(value, datetime):
+            d = value.astimezone(UTC)
+            fraction = f".{d.microsecond:06d}" if d.microsecond else ""
+            return f"{d.year:04d}-{d.month:02d}-{d.day:02d}T{d.hour:02d}:{d.minute:02d}:{d.second:02d}{fraction}Z"
+        return value
+
+    def iso(t: int | None) -> str | None:
+        return None if t is None else plain(datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=t))
+
+    return {
+        "plan_version": result.plan_version,
+        "entities": {k: [plain(v) for v in vs] for k, vs in result.entities.items()},
+        "features": {
+            column: {
+                "values": [plain(v) for v in fv.values],
+                "statuses": list(fv.statuses),
+                "event_timestamps": [iso(t) for t in fv.event_micros],
+            }
+            for column, fv in result.features.items()
+        },
+    }
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(_results())
+def test_json_answer_matches_an_oracle(result: LookupResult) -> None:
+    """The answer's bytes (shared statuses and event times rendered once per view) are exactly those of the
+    JSON-ready dict, and read back as the documented answer (non-finite floats as text, ISO UTC times)."""
+    body = result.to_json()
+    assert body == orjson.dumps(result.to_dict())
+    assert json.loads(body) == _expected_json(result)
