@@ -30,8 +30,6 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
 from features.served_log import raw_line, write_lines
 from serving_api.log_throttle import ThrottledLog
 
@@ -101,7 +99,7 @@ class ServedLog:
         answer: bytes | None = None,
     ) -> None:
         """Log an answered lookup, if sampled and there is room; O(1), never blocks, never raises. ``answer``:
-        the bytes of the native answer (``result.to_dict()`` as JSON) when the service wrote them already."""
+        the bytes of the native answer (``result.to_json()``) when the service wrote them already."""
         self.offered += 1
         rate = self.services.get(service, self.sample_rate) if service is not None else self.sample_rate
         if rate < 1.0 and random.random() >= rate:
@@ -111,7 +109,7 @@ class ServedLog:
             self.dropped += 1
             return
         try:
-            encoded = orjson.dumps(result.to_dict()) if answer is None else answer
+            encoded = result.to_json() if answer is None else answer
             line = raw_line(request_id, result.at_micros, service, encoded, request_data, result.snapshots)
         except Exception as exc:  # a value JSON cannot hold: the lookup is answered, not logged
             self._lost(1, exc)
