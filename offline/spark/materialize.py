@@ -32,7 +32,7 @@ from offline.spark import windows
 from offline.spark.checks import SparkRows
 from offline.spark.jdbc import quote_spark, read_source, read_window, spark_type
 from offline.spark.stats import spark_run_stats, spark_stats
-from offline.spark.tables import prepare_rows, read_table, table_schema, write_rows
+from offline.spark.tables import LATEST, prepare_rows, read_table, table_schema, write_rows
 from offline.spark.translate import SparkTranslator
 from offline.tables import RowCounts, read_through, table_path
 
@@ -58,14 +58,17 @@ def compute_features(view: ViewPlan, source: DataFrame) -> DataFrame:
 
 def latest_rows(view: ViewPlan, table: DataFrame) -> DataFrame:
     """One row per entity: the latest by event_timestamp, then created_timestamp (null created sorts first).
+    Rows that :func:`~offline.spark.tables.prepare_rows` flagged (a table's whole first run) are only filtered.
 
     The columns are exactly what a :class:`~features.protocols.Publication` expects.
     """
 
+    columns = [*view.key_names, *view.feature_names, EVENT_TIMESTAMP, CREATED_TIMESTAMP]
+    if LATEST in table.columns:
+        return table.where(F.col(LATEST)).select(*(F.col(quote_spark(c)) for c in columns))
     order = Window.partitionBy(*(F.col(quote_spark(k)) for k in view.key_names)).orderBy(
         F.col(EVENT_TIMESTAMP).desc(), F.col(CREATED_TIMESTAMP).desc_nulls_last()
     )
-    columns = [*view.key_names, *view.feature_names, EVENT_TIMESTAMP, CREATED_TIMESTAMP]
     return (
         table.withColumn("__rank", F.row_number().over(order))
         .where(F.col("__rank") == 1)

@@ -33,6 +33,10 @@ from offline.tables import STATS_PROPERTY, RowCounts, stats_columns
 
 log = logging.getLogger(__name__)
 
+#: The column :func:`prepare_rows` adds: whether the row is its entity's latest among the rows prepared. Never
+#: written to a table.
+LATEST = "__latest"
+
 
 def table_schema(view: ViewPlan) -> StructType:
     """Join keys, features (plan types), event_timestamp, created_timestamp, published_at."""
@@ -101,8 +105,9 @@ def prepare_rows(view: ViewPlan, computed: DataFrame) -> PreparedRows:
     """Drop rows without keys or event time, and keep one row per (keys, event, created) deterministically.
 
     ``computed`` has the join keys, the features, ``event_timestamp`` and ``created_timestamp``. Among rows
-    sharing a key, the one whose feature values sort first is kept, so every run keeps the same row. Nothing runs
-    yet: the rows are counted (see :meth:`PreparedRows.counts`) by whichever action first reads ``frame``.
+    sharing a key, the one whose feature values sort first is kept, so every run keeps the same row. The column
+    :data:`LATEST` flags each entity's latest row. Nothing runs yet: the rows are counted (see
+    :meth:`PreparedRows.counts`) by whichever action first reads ``frame``.
     """
 
     keys = [*view.key_names, EVENT_TIMESTAMP]
@@ -131,7 +136,17 @@ def prepare_rows(view: ViewPlan, computed: DataFrame) -> PreparedRows:
         & (F.lag(event).over(entity) == event)
         & F.lag(created).over(entity).eqNullSafe(created)
     )
-    deduped = rows.withColumn("__duplicate", duplicate).where(~F.col("__duplicate")).drop("__duplicate")
+    # The entity's latest row, flagged in the same pass: the last row of the entity's sorted rows has its latest
+    # event and created time, and of the rows sharing those only the first is kept. A table's first run publishes
+    # the rows so flagged (offline.spark.materialize.latest_rows) without sorting them again.
+    whole = entity.rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
+    latest = (event == F.last(event).over(whole)) & created.eqNullSafe(F.last(created).over(whole))
+    deduped = (
+        rows.withColumn("__duplicate", duplicate)
+        .withColumn(LATEST, latest)
+        .where(~F.col("__duplicate"))
+        .drop("__duplicate")
+    )
     return PreparedRows(deduped.observe(kept, F.count(F.lit(1)).alias("rows")), view.name, read, kept)
 
 
@@ -144,8 +159,8 @@ class Written:
     rows_written: int
     created_version: int | None = None
     stats: dict[str, FeatureStats] = field(default_factory=dict)  # of the rows written, per feature
-    # With ``keep``, the rows that created the table, still cached: the table's whole content at that version
-    # (the caller unpersists them).
+    # With ``keep``, the rows that created the table, still cached: the table's whole content at that version,
+    # with the column LATEST (the caller unpersists them).
     rows: DataFrame | None = None
 
 
@@ -177,14 +192,15 @@ def write_rows(
 
     features = [(f.name, f.dtype) for f in view.features]
     if delta_rs.latest_version(path) is None:  # no table yet (read from the log's listing: no Spark job)
-        rows = _with_published_at(view, prepared.frame, published_at).persist()
+        rows = _with_published_at(view, prepared.frame, published_at, flagged=True).persist()
         try:
             _, stats = counted_stats(rows, features)  # the one pass over the source; the write reads the cache
             counts = prepared.counts()
             if before_commit is not None:
                 before_commit(counts, stats, rows)
             writer = (
-                rows.write.format("delta")
+                rows.drop(LATEST)
+                .write.format("delta")
                 .mode("errorifexists")
                 .option(STATS_PROPERTY, stats_columns(view))  # options named delta.* become table properties
             )
@@ -253,13 +269,17 @@ def counted_stats(rows: DataFrame, features: list[tuple[str, DType]]) -> tuple[i
     return next(iter(stats.values())).count, stats
 
 
-def _with_published_at(view: ViewPlan, rows: DataFrame, published_at: datetime) -> DataFrame:
-    """``rows`` in the table's column order and types, with ``published_at``."""
+def _with_published_at(view: ViewPlan, rows: DataFrame, published_at: datetime, *, flagged: bool = False) -> DataFrame:
+    """``rows`` in the table's column order and types, with ``published_at``; ``flagged``: and :data:`LATEST`."""
 
     schema = table_schema(view)
+    extra = [F.col(LATEST)] if flagged else []
+    if flagged:
+        schema = T.StructType([*schema.fields, T.StructField(LATEST, T.BooleanType(), True)])
     return rows.select(
-        *(F.col(quote_spark(f.name)).cast(f.dataType) for f in schema.fields if f.name != PUBLISHED_AT),
+        *(F.col(quote_spark(f.name)).cast(f.dataType) for f in schema.fields if f.name not in (PUBLISHED_AT, LATEST)),
         F.lit(published_at).cast("timestamp").alias(PUBLISHED_AT),
+        *extra,
     ).to(schema)
 
 
