@@ -6,10 +6,10 @@ each other: the materialization job receives an :class:`OnlineStore` as an argum
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, cast, runtime_checkable
 
 from features.dtypes import from_micros
 from features.plan import FeatureRefPlan, Plan, ViewPlan
@@ -45,10 +45,35 @@ class Publication(Protocol):
         ...
 
 
+def column_values(column: list[Any] | ColumnText) -> list[Any]:
+    """A read's column as a list of values, decoded when it came as text."""
+    return column.values if type(column) is ColumnText else cast("list[Any]", column)
+
+
+class ColumnText:
+    """One column of a read given as the JSON array text of its values (``b'[1.5,null,"NaN"]'``), exactly what
+    ``orjson.dumps`` writes for the column in an answer: the HTTP answer splices it as it is, and the values are
+    decoded (by ``decode``, once) only for the callers that ask for them (:attr:`values`)."""
+
+    __slots__ = ("_decode", "_values", "text")
+
+    def __init__(self, text: bytes, decode: Callable[[bytes], list[Any]]) -> None:
+        self.text = text
+        self._decode = decode
+        self._values: list[Any] | None = None
+
+    @property
+    def values(self) -> list[Any]:
+        if self._values is None:
+            self._values = self._decode(self.text)
+        return self._values
+
+
 class OnlineValues(NamedTuple):
     """What the online store holds for one view and a list of entities, column by column, in request order.
 
-    ``columns[j][i]`` is requested feature ``j`` of entity ``i`` (None when the store has no row for it);
+    ``columns[j][i]`` is requested feature ``j`` of entity ``i`` (None when the store has no row for it); a
+    column may come as a :class:`ColumnText` (its values as the answer's JSON text), see :func:`column_values`;
     ``event_micros[i]`` the row's event time in microseconds since the epoch, UTC (None: no row). Columns and
     integer times keep the read path free of per-value objects; :attr:`values` and :attr:`event_timestamps`
     give rows and datetimes for tools and tests. Status (present / missing / expired) is derived by the caller
@@ -60,7 +85,7 @@ class OnlineValues(NamedTuple):
 
     view: str
     features: tuple[str, ...]
-    columns: list[list[Any]]
+    columns: list[list[Any] | ColumnText]
     event_micros: list[int | None]
     #: Requested features the live snapshot does not hold (never published, or published from a different
     #: definition: another feature fingerprint). Their values are None and callers report them as missing.
@@ -71,7 +96,8 @@ class OnlineValues(NamedTuple):
     @property
     def values(self) -> list[tuple[Any, ...] | None]:
         """One tuple of the requested features per entity; None where the store has no row."""
-        rows = zip(*self.columns, strict=True) if self.columns else ((),) * len(self.event_micros)
+        columns = [column_values(c) for c in self.columns]
+        rows = zip(*columns, strict=True) if columns else ((),) * len(self.event_micros)
         return [None if t is None else row for row, t in zip(rows, self.event_micros, strict=True)]
 
     @property

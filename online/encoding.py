@@ -24,6 +24,12 @@ from typing import TYPE_CHECKING, Any, cast
 import orjson
 
 from features.dtypes import DType, from_micros, to_micros
+from features.protocols import ColumnText
+
+try:  # the compiled scanner (online/_rowscan.c); without a C compiler at install, the Python decode serves alone
+    from online import _rowscan
+except ImportError:  # pragma: no cover - the test venv builds it (tests/online/test_rowscan.py checks)
+    _rowscan = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -103,19 +109,50 @@ def encode_row(event_ts: int, created_ts: int | None, values: Sequence[Any], dty
     return orjson.dumps(out)
 
 
+_SCANNED_FROM = 4  # rows from which rows_decoder scans them in C (the one-row path below is cheaper alone)
+
+# What rows_decoder's decoders return: the columns (lists of values, or texts decoded on demand) and event times.
+RowsDecoded = tuple[list[list[Any] | ColumnText], list[int | None]]
+
+
 def rows_decoder(
-    dtypes: Sequence[DType], positions: Sequence[int | None]
-) -> Callable[[Sequence[bytes | None]], tuple[list[list[Any]], list[int | None]]]:
+    dtypes: Sequence[DType], positions: Sequence[int | None], *, compiled: bool = True
+) -> Callable[[Sequence[bytes | None]], RowsDecoded]:
     """A decoder of many rows at once, column by column: ``(columns, event_micros)``.
 
     ``positions[i]`` is the index of requested feature ``i`` in the stored row (None: the row does not hold it,
     the value is None); ``dtypes[i]`` its type. ``columns[i]`` holds feature ``i`` of every row (None where
     the row is None, i.e. the store has no row for that entity); ``event_micros`` each row's event time.
 
-    All rows go through one ``orjson.loads`` and one transposition in C: the cost per value stays in C except
-    for timestamp features and float columns holding a non-finite value, which need a conversion.
+    From :data:`_SCANNED_FROM` rows, the compiled scanner (``online/_rowscan.c``; ``compiled=False`` or an
+    install without it: never) cuts each requested column's JSON text out of the rows without making a Python
+    object per value: a column whose text is what the answer writes back comes as a :class:`ColumnText` (the
+    HTTP answer splices it; its values are decoded only when asked), the others (timestamps, integers in a float
+    column) are decoded from their text at once. Rows the scanner does not vouch for as orjson's text (malformed,
+    rows of different widths) go the Python way below, which raises today's errors.
+
+    The Python way: all rows go through one ``orjson.loads`` and one transposition in C: the cost per value stays
+    in C except for timestamp features and float columns holding a non-finite value, which need a conversion.
     """
     offsets = [None if p is None else p + 2 for p in positions]
+    text_decoders = [_column_decoder(dtype) for dtype in dtypes]
+    scanned = [(i, offset) for i, offset in enumerate(offsets) if offset is not None]
+    scan_offsets = tuple(offset for _, offset in scanned)
+    scan_kinds = bytes(_SCAN_KINDS[dtypes[i]] for i, _ in scanned)
+    scan = _rowscan.scan if compiled and _rowscan is not None and len(scanned) <= 64 else None
+
+    def decode_scanned(rows: Sequence[bytes | None]) -> RowsDecoded | None:
+        assert scan is not None
+        found = scan(rows, scan_offsets, scan_kinds)
+        if found is None:
+            return None
+        events, texts, spliceable = found
+        columns: list[list[Any] | ColumnText] = [[None] * len(rows) for _ in offsets]
+        for j, ((i, _), text) in enumerate(zip(scanned, texts, strict=True)):
+            decode_text = text_decoders[i]
+            columns[i] = ColumnText(text, decode_text) if spliceable >> j & 1 else decode_text(text)
+        return columns, events
+
     # A lookup of one entity (the most common) decodes one row: no join, no transposition, values checked alone.
     converts = [
         float_from_json if dtype is DType.FLOAT64 else from_micros if dtype is DType.TIMESTAMP else None
@@ -123,8 +160,10 @@ def rows_decoder(
     ]
     one_row = [(offset, convert) for offset, convert in zip(offsets, converts, strict=True)]
 
-    def decode(rows: Sequence[bytes | None]) -> tuple[list[list[Any]], list[int | None]]:
+    def decode(rows: Sequence[bytes | None]) -> RowsDecoded:
         count = len(rows)
+        if scan is not None and count >= _SCANNED_FROM and (done := decode_scanned(rows)) is not None:
+            return done
         if count == 1:
             (data,) = rows
             if data is None:
@@ -144,7 +183,7 @@ def rows_decoder(
             joined = b",".join(found)
         stored = list(zip(*orjson.loads(b"[" + joined + b"]"), strict=True))
         events: list[Any] = list(stored[0])
-        columns: list[list[Any]] = []
+        columns: list[list[Any] | ColumnText] = []
         for offset, dtype in zip(offsets, dtypes, strict=True):
             if offset is None:
                 columns.append([None] * len(found))
@@ -157,7 +196,7 @@ def rows_decoder(
             columns.append(column)
         if len(found) < count:  # spread the found rows back to their entities, None for the others
             where = [i for i, r in enumerate(rows) if r is not None]
-            columns = [_spread(column, where, count) for column in columns]
+            columns = [_spread(cast("list[Any]", column), where, count) for column in columns]
             events = _spread(events, where, count)
         return columns, events
 
@@ -165,6 +204,31 @@ def rows_decoder(
 
 
 _FLOAT_TYPES = frozenset({float, type(None)})
+# The scanner's name of each type (online/_rowscan.c): which tokens a column of it writes back unchanged.
+_SCAN_KINDS = {
+    DType.INT64: ord("i"),
+    DType.FLOAT64: ord("f"),
+    DType.STRING: ord("s"),
+    DType.BOOL: ord("b"),
+    DType.TIMESTAMP: ord("t"),
+}
+
+
+def _column_decoder(dtype: DType) -> Callable[[bytes], list[Any]]:
+    """How to turn a column's JSON text into its values: the values the Python way gives for the same tokens."""
+    loads = orjson.loads
+    if dtype is DType.FLOAT64:
+
+        def floats(text: bytes) -> list[Any]:
+            column: list[Any] = loads(text)
+            if set(map(type, column)) <= _FLOAT_TYPES:
+                return column
+            return [None if v is None else float_from_json(v) for v in column]
+
+        return floats
+    if dtype is DType.TIMESTAMP:
+        return lambda text: [None if v is None else from_micros(v) for v in loads(text)]
+    return cast("Callable[[bytes], list[Any]]", loads)
 
 
 def _spread(values: Sequence[Any], where: Sequence[int], count: int) -> list[Any]:
@@ -179,7 +243,7 @@ def decode_row(data: bytes, dtypes: Sequence[DType]) -> tuple[int, int | None, t
     tools; readers decode many rows at once with :func:`rows_decoder`)."""
     row = orjson.loads(data)
     columns, _events = rows_decoder(dtypes, range(len(dtypes)))([data])
-    return row[0], row[1], tuple(column[0] for column in columns)
+    return row[0], row[1], tuple(cast("list[Any]", column)[0] for column in columns)
 
 
 # -- Arrow batches ------------------------------------------------------------------------------------------------

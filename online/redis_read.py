@@ -19,14 +19,14 @@ import orjson
 
 from features.dtypes import DType
 from features.plan import ViewPlan
-from features.protocols import OnlineValues
-from online.encoding import encode_entity_keys, rows_decoder
+from features.protocols import ColumnText, OnlineValues
+from online.encoding import RowsDecoded, encode_entity_keys, rows_decoder
 from online.redis_layout import ViewKeys
 
 _JOINED_FROM = 8  # entities from which mget_command's joins beat hiredis.pack_command (measured: 6-8)
 _DECODER_CACHE = 256  # decoders kept per store; a server asks for a handful of feature selections
 # What a snapshot lacks of the requested features, and the decoder of its rows (see SnapshotDecoders).
-_Decoder = tuple[frozenset[str], Callable[[Sequence[bytes | None]], tuple[list[list[Any]], list[int | None]]]]
+_Decoder = tuple[frozenset[str], Callable[[Sequence[bytes | None]], RowsDecoded]]
 # One view's snapshot as read: its version (None: nothing published), the pointer's features, the rows.
 Snapshot = tuple[bytes | None, bytes | None, list[bytes | None]]
 # view -> (version, features) last seen live; (None, None): seen without a live version (not published)
@@ -52,7 +52,8 @@ class SnapshotDecoders:
     ) -> OnlineValues:
         """The requested ``names`` of ``count`` entities from one view's snapshot (all missing when unpublished)."""
         if version is None:
-            return OnlineValues(view.name, names, [[None] * count for _ in names], [None] * count, frozenset(names))
+            empty: list[list[Any] | ColumnText] = [[None] * count for _ in names]
+            return OnlineValues(view.name, names, empty, [None] * count, frozenset(names))
         unavailable, decode = self._decoder(view, names, features or b"[]")
         columns, events = decode(values)
         version, _, confirmed = version.partition(b"@")

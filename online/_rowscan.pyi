@@ -1,0 +1,7 @@
+"""Stored rows scanned into answer columns (online/_rowscan.c; used by online/encoding.py's rows_decoder)."""
+
+from collections.abc import Sequence
+
+def scan(
+    rows: Sequence[bytes | None], offsets: Sequence[int], kinds: bytes, /
+) -> tuple[list[int | None], list[bytes], int] | None: ...
