@@ -104,6 +104,8 @@ scan_number(const unsigned char *s, Py_ssize_t n, Py_ssize_t i, Py_ssize_t *end)
             i++;
         }
         Py_ssize_t e = i;
+        if (i < n && s[i] == '0')
+            return 0; /* orjson writes no leading zero in an exponent */
         while (i < n && is_digit(s[i])) {
             if (i - e < 6)
                 exp_value = exp_value * 10 + (s[i] - '0');
@@ -127,14 +129,29 @@ scan_number(const unsigned char *s, Py_ssize_t n, Py_ssize_t i, Py_ssize_t *end)
         const char *limit = negative ? "9223372036854775808" : "9223372036854775807";
         return memcmp(s + int_start, limit, 19) <= 0 ? T_INT : 0;
     }
+    /* orjson writes the shortest digits that read back as the same double: at most 17 significant ones, no
+       trailing zero in a fraction but the ".0" of a whole number written without an exponent. */
+    Py_ssize_t significant = 0;
+    int leading = 1;
+    for (Py_ssize_t k = int_start; k < i && s[k] != 'e'; k++) {
+        if (s[k] == '.' || (leading && s[k] == '0'))
+            continue;
+        leading = 0;
+        significant++;
+    }
+    if (fraction && s[int_start + int_digits + fraction_digits] == '0') {
+        if (exponent || fraction_digits > 1)
+            return 0;
+        if (significant > 0 && s[int_start] != '0')
+            significant--; /* the ".0" of a whole number */
+    }
+    if (significant > 17)
+        return 0;
     if (exponent) {
         /* orjson's exponent form has one digit before the point; within [-323, 307] the value is a normal or
            subnormal double away from the overflow and the underflow to zero. */
         if (int_digits != 1 || exp_value > 307 || exp_value < -323)
             return 0;
-    }
-    else if (int_digits > 17 || fraction_digits > 25) {
-        return 0; /* orjson writes such a number in exponent form */
     }
     return T_FLOAT;
 }
