@@ -6,7 +6,8 @@ many of them and returns, for each requested element, the JSON array text of tha
 time as a Python int.
 
 It accepts only what orjson writes: no whitespace, scalars only, integers in the int64 range without ``-0``,
-floats in orjson's shapes (a lowercase exponent without ``+``, within the range a double holds), strings in
+floats in orjson's shapes (the shortest digits, a lowercase exponent with or without ``+`` for a positive one as
+the running orjson writes it: ``exponent_plus``; within the range a double holds), strings in
 orjson's escaping (the short escapes, ``\u00XX`` in lowercase for the other control characters, everything else raw,
 valid UTF-8). For such text ``orjson.dumps(orjson.loads(text)) == text``, so the copied text is the answer's.
 Anything else (a malformed row, another writer's text, rows of different widths) returns None and the caller
@@ -63,7 +64,7 @@ is_digit(unsigned char c)
 
 /* A number starting at s[i]: its class, or 0 when it is not one orjson writes. Sets *end past it. */
 static int
-scan_number(const unsigned char *s, Py_ssize_t n, Py_ssize_t i, Py_ssize_t *end)
+scan_number(const unsigned char *s, Py_ssize_t n, Py_ssize_t i, Py_ssize_t *end, int exponent_plus)
 {
     int negative = 0;
     if (s[i] == '-') {
@@ -103,6 +104,14 @@ scan_number(const unsigned char *s, Py_ssize_t n, Py_ssize_t i, Py_ssize_t *end)
             exp_negative = 1;
             i++;
         }
+        else if (i < n && s[i] == '+') {
+            if (!exponent_plus)
+                return 0;
+            i++;
+        }
+        else if (exponent_plus) {
+            return 0; /* this orjson writes a positive exponent with its sign */
+        }
         Py_ssize_t e = i;
         if (i < n && s[i] == '0')
             return 0; /* orjson writes no leading zero in an exponent */
@@ -112,7 +121,7 @@ scan_number(const unsigned char *s, Py_ssize_t n, Py_ssize_t i, Py_ssize_t *end)
             i++;
         }
         if (i == e || i - e > 3)
-            return 0; /* no digits, a '+', or an exponent no double has */
+            return 0; /* no digits, or an exponent no double has */
         if (exp_negative)
             exp_value = -exp_value;
         exponent = 1;
@@ -256,7 +265,7 @@ scan_string(const unsigned char *s, Py_ssize_t n, Py_ssize_t i, Py_ssize_t *end)
 /* The tokens of one row into tokens[0..width); returns the row's width, or -1 when the row is not one orjson
    writes or is wider than capacity. */
 static Py_ssize_t
-scan_row(const unsigned char *s, Py_ssize_t n, Token *tokens, Py_ssize_t capacity)
+scan_row(const unsigned char *s, Py_ssize_t n, Token *tokens, Py_ssize_t capacity, int exponent_plus)
 {
     if (n < 2 || s[0] != '[' || s[n - 1] != ']')
         return -1;
@@ -273,7 +282,7 @@ scan_row(const unsigned char *s, Py_ssize_t n, Token *tokens, Py_ssize_t capacit
             cls = scan_string(s, last, i, &end);
         }
         else if (c == '-' || is_digit(c)) {
-            cls = scan_number(s, last, i, &end);
+            cls = scan_number(s, last, i, &end, exponent_plus);
         }
         else if (c == 'n' && last - i >= 4 && memcmp(s + i, "null", 4) == 0) {
             cls = T_NULL;
@@ -321,7 +330,8 @@ scan(PyObject *module, PyObject *args)
     PyObject *rows_arg, *offsets_arg;
     const char *kinds;
     Py_ssize_t kinds_length;
-    if (!PyArg_ParseTuple(args, "OOy#:scan", &rows_arg, &offsets_arg, &kinds, &kinds_length))
+    int exponent_plus;
+    if (!PyArg_ParseTuple(args, "OOy#p:scan", &rows_arg, &offsets_arg, &kinds, &kinds_length, &exponent_plus))
         return NULL;
     PyObject *rows = PySequence_Fast(rows_arg, "rows must be a sequence");
     if (rows == NULL)
@@ -372,7 +382,7 @@ scan(PyObject *module, PyObject *args)
         if (!PyBytes_Check(row))
             goto fallback;
         Py_ssize_t found = scan_row((const unsigned char *)PyBytes_AS_STRING(row), PyBytes_GET_SIZE(row), row_tokens,
-                                    MAX_WIDTH);
+                                    MAX_WIDTH, exponent_plus);
         if (found < 0 || (width >= 0 && found != width))
             goto fallback; /* not orjson's text, or rows of different widths: the Python path says which */
         width = found;
@@ -454,7 +464,7 @@ done:
 
 static PyMethodDef methods[] = {
     {"scan", scan, METH_VARARGS,
-     "scan(rows, offsets, kinds) -> (event_micros, column_texts, spliceable_mask) | None\n\n"
+     "scan(rows, offsets, kinds, exponent_plus) -> (event_micros, column_texts, spliceable_mask) | None\n\n"
      "The event time of each stored row (None where the row is None) and, per offset, the JSON array text of that "
      "element across the rows (null where the row is None); bit j of the mask is set when column j's text is what "
      "the answer writes for kind kinds[j]. None when a row is not orjson's text: decode the rows in Python then."},

@@ -3,5 +3,5 @@
 from collections.abc import Sequence
 
 def scan(
-    rows: Sequence[bytes | None], offsets: Sequence[int], kinds: bytes, /
+    rows: Sequence[bytes | None], offsets: Sequence[int], kinds: bytes, exponent_plus: bool, /
 ) -> tuple[list[int | None], list[bytes], int] | None: ...

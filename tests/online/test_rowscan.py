@@ -74,8 +74,10 @@ def stores(draw: st.DrawFn) -> tuple[Plan, list[FeatureRefPlan], dict[str, dict[
         view = make_view(f"v{v}", [("id", DType.INT64)], [(f"f{i}", d) for i, d in enumerate(dtypes)], ttl_seconds=TTL)
         views.append(view)
         rows[view.name] = {}
+        # A view with an expired row serves lists (its values are hidden in Python): draw views without too.
+        states = draw(st.sampled_from([["present"], ["present", "missing"], ["present", "missing", "expired"]]))
         for entity in range(count):
-            state = draw(st.sampled_from(["present", "present", "present", "missing", "expired"]))
+            state = draw(st.sampled_from(states))
             if state == "missing":
                 continue
             age = draw(st.integers(0, TTL)) if state == "present" else draw(st.integers(TTL + 1, 10 * TTL))
@@ -212,6 +214,10 @@ def test_malformed_rows_fail_as_in_python(bad: bytes) -> None:
         b'[1,null,-0,"a",1.5]',
         b'[1,null,9223372036854775808,"a",1.5]',  # beyond int64
         b'[1,null,2,"a",5e-324]',  # the scanner leaves the ends of a double's range to Python
+        b'[1,null,2,"a",1e16]',  # one of these two is the running orjson's exponent, the other an older one's
+        b'[1,null,2,"a",1e+16]',
+        b'[1,null,2,"a",1.50]',  # not the shortest digits
+        b'[1,null,2,"a",0.30000000000000004441]',
     ],
 )
 def test_valid_rows_orjson_does_not_write_take_the_python_way(row: bytes) -> None:
