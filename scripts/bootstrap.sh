@@ -21,10 +21,25 @@ java_ok() {
 }
 if [ -n "${JAVA_HOME:-}" ] || java_ok; then java_extra=""; else java_extra="java"; fi
 
+# The compiled row scanner (online/_rowscan.c) needs a C compiler and the Python headers. Without them the install
+# still works (the extension is optional; reads decode in Python); on Debian they are installed when missing.
+headers="$("$python" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')/Python.h"
+build_missing=()
+command -v cc >/dev/null 2>&1 || build_missing+=(build-essential)
+[ -f "$headers" ] || build_missing+=(python3-dev)
+if [ ${#build_missing[@]} -gt 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "== installing Debian packages: ${build_missing[*]}"
+  sudo_cmd=""
+  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${build_missing[@]}" >/dev/null
+fi
+
 want="${extras}${java_extra:+,$java_extra}"
 want="${want#,}"
 stamp=".venv/.skewless-installed"
-fingerprint="$(sha256sum pyproject.toml | cut -c1-16) [${want}]"
+# The C source too: the editable install compiles it into online/, so a change to it needs a reinstall.
+fingerprint="$(cat pyproject.toml online/_rowscan.c | sha256sum | cut -c1-16) [${want}]"
 if [ ! -f "$stamp" ] || ! grep -qxF "$fingerprint" "$stamp"; then
   echo "== installing skewless${want:+[$want]} into .venv (first run downloads Spark; a few minutes)"
   .venv/bin/python -m pip install --quiet --upgrade pip
