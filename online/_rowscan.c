@@ -140,26 +140,24 @@ scan_number(const unsigned char *s, Py_ssize_t n, Py_ssize_t i, Py_ssize_t *end,
     }
     /* orjson writes the shortest digits that read back as the same double: at most 17 significant ones, no
        trailing zero in a fraction but the ".0" of a whole number written without an exponent. */
-    Py_ssize_t significant = 0;
-    int leading = 1;
-    for (Py_ssize_t k = int_start; k < i && s[k] != 'e'; k++) {
-        if (s[k] == '.' || (leading && s[k] == '0'))
-            continue;
-        leading = 0;
-        significant++;
-    }
-    if (fraction && s[int_start + int_digits + fraction_digits] == '0') {
+    const unsigned char *digits = s + int_start + int_digits + 1; /* the fraction's */
+    Py_ssize_t significant = int_digits + fraction_digits;
+    if (fraction && digits[fraction_digits - 1] == '0') {
         if (exponent || fraction_digits > 1)
             return 0;
-        if (significant > 0 && s[int_start] != '0')
-            significant--; /* the ".0" of a whole number */
+        significant--; /* the ".0" of a whole number */
+    }
+    if (s[int_start] == '0') { /* 0.000123: the zeros are no significant digits */
+        significant--;
+        for (Py_ssize_t k = 0; k < fraction_digits && digits[k] == '0'; k++)
+            significant--;
     }
     if (significant > 17)
         return 0;
     if (exponent) {
         /* orjson's exponent form has one digit before the point; within [-323, 307] the value is a normal or
            subnormal double away from the overflow and the underflow to zero. */
-        if (int_digits != 1 || exp_value > 307 || exp_value < -323)
+        if (int_digits != 1 || s[int_start] == '0' || exp_value > 307 || exp_value < -323)
             return 0;
     }
     return T_FLOAT;

@@ -156,10 +156,9 @@ def rows_decoder(
     """
     offsets = [None if p is None else p + 2 for p in positions]
     text_decoders = [_column_decoder(dtype) for dtype in dtypes]
-    scanned = [(i, offset) for i, offset in enumerate(offsets) if offset is not None]
-    scan_offsets = tuple(offset for _, offset in scanned)
-    scan_kinds = bytes(_SCAN_KINDS[dtypes[i]] for i, _ in scanned)
-    usable = compiled and _rowscan is not None and _EXPONENT_PLUS is not None and len(scanned) <= 64
+    scan_offsets = tuple(offset for offset in offsets if offset is not None)
+    scan_kinds = bytes(_SCAN_KINDS[d] for d, offset in zip(dtypes, offsets, strict=True) if offset is not None)
+    usable = compiled and _rowscan is not None and _EXPONENT_PLUS is not None and len(scan_offsets) <= 64
     scan = _rowscan.scan if usable else None
 
     def decode_scanned(rows: Sequence[bytes | None]) -> RowsDecoded | None:
@@ -168,10 +167,15 @@ def rows_decoder(
         if found is None:
             return None
         events, texts, spliceable = found
-        columns: list[list[Any] | ColumnText] = [[None] * len(rows) for _ in offsets]
-        for j, ((i, _), text) in enumerate(zip(scanned, texts, strict=True)):
-            decode_text = text_decoders[i]
-            columns[i] = ColumnText(text, decode_text) if spliceable >> j & 1 else decode_text(text)
+        columns: list[list[Any] | ColumnText] = []
+        j = 0  # the scanned column of each requested feature held by the rows
+        for offset, decode_text in zip(offsets, text_decoders, strict=True):
+            if offset is None:
+                columns.append([None] * len(rows))
+                continue
+            text = texts[j]
+            columns.append(ColumnText(text, decode_text) if spliceable >> j & 1 else decode_text(text))
+            j += 1
         return columns, events
 
     # A lookup of one entity (the most common) decodes one row: no join, no transposition, values checked alone.
