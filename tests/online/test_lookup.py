@@ -310,19 +310,21 @@ def _results(draw: st.DrawFn) -> LookupResult:
     return LookupResult(draw(st.none() | st.integers(0, 10)), {"id": keys}, features)
 
 
+def plain(value: Any) -> Any:
+    """A value as the API documents it, in plain Python: non-finite floats as text, times as ISO-8601 UTC."""
+    if isinstance(value, float) and math.isnan(value):
+        return "NaN"
+    if isinstance(value, float) and math.isinf(value):
+        return "Infinity" if value > 0 else "-Infinity"
+    if isinstance(value, datetime):
+        d = value.astimezone(UTC)
+        fraction = f".{d.microsecond:06d}" if d.microsecond else ""
+        return f"{d.year:04d}-{d.month:02d}-{d.day:02d}T{d.hour:02d}:{d.minute:02d}:{d.second:02d}{fraction}Z"
+    return value
+
+
 def _expected_json(result: LookupResult) -> dict[str, Any]:
     """The answer as the API documents it, in plain Python (the oracle of LookupResult.to_json)."""
-
-    def plain(value: Any) -> Any:
-        if isinstance(value, float) and math.isnan(value):
-            return "NaN"
-        if isinstance(value, float) and math.isinf(value):
-            return "Infinity" if value > 0 else "-Infinity"
-        if isinstance(value, datetime):
-            d = value.astimezone(UTC)
-            fraction = f".{d.microsecond:06d}" if d.microsecond else ""
-            return f"{d.year:04d}-{d.month:02d}-{d.day:02d}T{d.hour:02d}:{d.minute:02d}:{d.second:02d}{fraction}Z"
-        return value
 
     def iso(t: int | None) -> str | None:
         return None if t is None else plain(datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=t))

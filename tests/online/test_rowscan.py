@@ -4,7 +4,6 @@ JSON-ready dict's and a plain-Python oracle's; malformed rows fail as they do in
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -21,6 +20,7 @@ from features.plan import FeatureRefPlan, Plan, ViewPlan
 from features.protocols import ColumnText, OnlineValues, column_values
 from online.encoding import encode_row, rows_decoder
 from tests.online.plans import make_plan, make_view
+from tests.online.test_lookup import plain
 
 NOW = datetime(2024, 6, 1, 12, tzinfo=UTC)
 TTL = 3600
@@ -89,19 +89,6 @@ def stores(draw: st.DrawFn) -> tuple[Plan, list[FeatureRefPlan], dict[str, dict[
     names = [f"{view.name}:{f.name}" for view in views for f in view.features]
     chosen = draw(st.lists(st.sampled_from(names), min_size=1, max_size=len(names), unique=True))
     return plan, plan.resolve_refs(chosen), rows, oracle, count
-
-
-def plain(value: Any) -> Any:
-    """A value as the API documents it: non-finite floats as text, times as ISO-8601 UTC."""
-    if isinstance(value, float) and math.isnan(value):
-        return "NaN"
-    if isinstance(value, float) and math.isinf(value):
-        return "Infinity" if value > 0 else "-Infinity"
-    if isinstance(value, datetime):
-        d = value.astimezone(UTC)
-        fraction = f".{d.microsecond:06d}" if d.microsecond else ""
-        return f"{d.year:04d}-{d.month:02d}-{d.day:02d}T{d.hour:02d}:{d.minute:02d}:{d.second:02d}{fraction}Z"
-    return value
 
 
 def expected_answer(refs: Sequence[FeatureRefPlan], oracle: Mapping[Any, Any], count: int) -> dict[str, Any]:
