@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 import online.encoding as encoding
 from features.dtypes import DType, to_micros
-from features.lookup import Lookup, LookupResult
+from features.lookup import FeatureValues, Lookup, LookupResult
 from features.plan import FeatureRefPlan, Plan, ViewPlan
 from features.protocols import ColumnText, OnlineValues, column_values
 from online.encoding import encode_row, rows_decoder
@@ -158,6 +158,21 @@ def test_columns_the_answer_would_write_differently_are_decoded() -> None:
 GOOD = b'[1,null,2,"a",1.5]'
 
 
+def read(rows: list[bytes | None], types: list[DType], *, compiled: bool) -> tuple[Any, ...]:
+    """What reading the rows gives: the values, the event times and the answer's bytes, or the error raised."""
+    try:
+        columns, events = rows_decoder(types, range(len(types)), compiled=compiled)(rows)
+        present = ["present"] * len(rows)
+        features = {
+            f"v__f{j}": FeatureValues(dtype, column, present, events)
+            for j, (dtype, column) in enumerate(zip(types, columns, strict=True))
+        }
+        answer = LookupResult(None, {"id": list(range(len(rows)))}, features).to_json()
+    except Exception as exc:
+        return ("error", type(exc), str(exc))
+    return ("ok", repr([column_values(c) for c in columns]), events, answer)
+
+
 @pytest.mark.parametrize(
     "bad",
     [
@@ -181,14 +196,7 @@ GOOD = b'[1,null,2,"a",1.5]'
 def test_malformed_rows_fail_as_in_python(bad: bytes) -> None:
     rows = [GOOD, None, bad, GOOD, GOOD]
     types = [DType.INT64, DType.STRING, DType.FLOAT64]
-    outcomes = []
-    for compiled in (True, False):
-        try:
-            columns, events = rows_decoder(types, [0, 1, 2], compiled=compiled)(rows)
-            outcomes.append(("ok", repr([column_values(c) for c in columns]), events))
-        except Exception as exc:
-            outcomes.append(("error", type(exc), str(exc)))
-    assert outcomes[0] == outcomes[1]
+    assert read(rows, types, compiled=True) == read(rows, types, compiled=False)
 
 
 @pytest.mark.parametrize(
@@ -210,7 +218,25 @@ def test_malformed_rows_fail_as_in_python(bad: bytes) -> None:
 def test_valid_rows_orjson_does_not_write_take_the_python_way(row: bytes) -> None:
     rows = [GOOD, row, GOOD, GOOD]
     types = [DType.INT64, DType.STRING, DType.FLOAT64]
-    compiled = rows_decoder(types, [0, 1, 2])(rows)
-    python = rows_decoder(types, [0, 1, 2], compiled=False)(rows)
-    assert repr([column_values(c) for c in compiled[0]]) == repr(python[0]) and compiled[1] == python[1]
-    assert not any(type(c) is ColumnText and b" " in c.text for c in compiled[0])
+    assert read(rows, types, compiled=True) == read(rows, types, compiled=False)
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(
+    st.lists(st.tuples(st.none() | VALUES[DType.INT64], st.none() | _STRINGS, st.none() | _FLOATS), min_size=2),
+    st.data(),
+)
+def test_mangled_rows_read_as_in_python(values: list[tuple[Any, Any, Any]], draw: st.DataObject) -> None:
+    """Rows with bytes replaced, cut or added: the scanner either reads them as the Python decode does or leaves
+    them to it (same values, or the same error)."""
+    types = [DType.INT64, DType.STRING, DType.FLOAT64]
+    rows: list[bytes | None] = [encode_row(i, None, list(v), types) for i, v in enumerate(values)]
+    where = draw.draw(st.integers(0, len(rows) - 1))
+    row = rows[where]
+    assert row is not None
+    start = draw.draw(st.integers(0, len(row)))
+    end = draw.draw(st.integers(start, min(len(row), start + 3)))
+    rows[where] = (
+        row[:start] + draw.draw(st.binary(max_size=3) | st.sampled_from([b",", b'"', b"\\", b"]"])) + row[end:]
+    )
+    assert read(rows, types, compiled=True) == read(rows, types, compiled=False)
