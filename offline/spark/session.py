@@ -23,9 +23,10 @@ import threading
 from collections.abc import Mapping
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from features.errors import JavaNotFoundError, SkewlessError, SparkClusterError
+from offline.spark import start_cache
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -157,7 +158,7 @@ def get_spark(config: RepoConfig | None = None, *, long_lived: bool = False) -> 
             os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         log_file = config.state_dir() / "logs" / "spark.log" if config is not None else None
         try:
-            _session = _build(conf, log_file)
+            _session = _start(conf, log_file)
         except Exception as exc:
             if master.startswith("spark://") and _unregistered(exc):
                 raise SparkClusterError(
@@ -232,6 +233,40 @@ def stop_spark() -> None:
         if _session is not None:
             _session.stop()
             _session = None
+
+
+def _start(conf: dict[str, str], log_file: Path | None) -> SparkSession:
+    """Start the session with what earlier starts left (:mod:`offline.spark.start_cache`): the jars they
+    resolved for ``spark.jars.packages`` (local mode) and the driver JVM's class archive. When the session does
+    not start with them (a jar rebuilt, an archive damaged since), they are forgotten and it starts without."""
+    archive = start_cache.ClassArchive.for_this_java() if _may_share_classes(conf) else None
+    options = archive.java_options() if archive is not None else ""
+    shared = {**conf, "spark.driver.extraJavaOptions": f"{conf.get('spark.driver.extraJavaOptions', '')} {options}"}
+    remembered = start_cache.with_remembered_jars(shared) if conf["spark.master"].startswith("local") else None
+    try:
+        session = _build(remembered or (shared if options else conf), log_file)
+    except Exception as exc:
+        if remembered is None and not options:
+            raise
+        log.warning("Spark did not start with the jars and classes kept from an earlier start (%s); without", exc)
+        start_cache.forget_jars(conf)
+        if archive is not None:
+            archive.forget()
+        archive, remembered = None, None
+        session = _build(conf, log_file)
+    if remembered is None and conf["spark.master"].startswith("local"):
+        start_cache.remember_jars(conf, session.sparkContext.getConf().get("spark.jars", ""))
+    if archive is not None and archive.recording is not None:
+        jvm: Any = session._jvm
+        pid, class_path = jvm.java.lang.ProcessHandle.current().pid(), jvm.System.getProperty("java.class.path")
+        archive.recording_started(pid, class_path)
+    return session
+
+
+def _may_share_classes(conf: Mapping[str, str]) -> bool:
+    """Whether the driver JVM may use skewless's class archive: not when its options choose their own."""
+    options = conf.get("spark.driver.extraJavaOptions", "")
+    return not any(flag in options for flag in ("-Xshare", "SharedArchiveFile", "ArchiveClassesAtExit"))
 
 
 def _build(conf: dict[str, str], log_file: Path | None = None) -> SparkSession:
