@@ -186,8 +186,8 @@ def _new_process_start(cache: Path, work: Path, name: str) -> tuple[dict[str, An
     source = work / "source.db"
     if not source.exists():
         with sqlite3.connect(source) as db:
-            db.execute("create table t (id integer, name text)")
-            db.executemany("insert into t values (?, ?)", [(1, "a"), (2, "b"), (3, "c")])
+            db.execute("create table t (id integer, score real)")
+            db.executemany("insert into t values (?, ?)", [(1, 0.5), (2, 1.5), (3, 2.5)])
     classes = work / f"{name}.classes"
     command = [sys.executable, "-c", NEW_PROCESS, str(cache), str(classes), str(source), str(work / name)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
@@ -214,7 +214,7 @@ def _shared(classes: list[str]) -> int:
 @pytest.mark.spark
 @pytest.mark.slow
 def test_a_new_process_records_the_class_archive_once_then_maps_it_with_the_remembered_jars(tmp_path: Path) -> None:
-    cache, expected_rows = tmp_path / "cache", [[1, "a"], [2, "b"], [3, "c"]]
+    cache, expected_rows = tmp_path / "cache", [[1, 0.5], [2, 1.5], [3, 2.5]]
     first, first_classes = _new_process_start(cache, tmp_path, "first")
     assert first["rows"] == expected_rows
     assert first["packages"] == ",".join(session.jvm_packages())  # resolved by Ivy, then remembered
@@ -234,4 +234,6 @@ def test_a_new_process_records_the_class_archive_once_then_maps_it_with_the_reme
     third, third_classes = _new_process_start(cache, tmp_path, "third")
     assert third["rows"] == expected_rows
     assert _shared(third_classes) == 0
-    assert not archives[0].exists()  # forgotten: the next start records a new one
+    assert not archives[0].exists()  # forgotten: this start records a new one at its exit
+    _wait_for_jvms_of(cache)
+    assert [a.suffix for a in (cache / "cds").glob("*.rec-*")] in ([".jsa", ".json"], [".json", ".jsa"])
