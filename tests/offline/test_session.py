@@ -234,6 +234,5 @@ def test_a_new_process_records_the_class_archive_once_then_maps_it_with_the_reme
     third, third_classes = _new_process_start(cache, tmp_path, "third")
     assert third["rows"] == expected_rows
     assert _shared(third_classes) == 0
-    assert not archives[0].exists()  # forgotten: this start records a new one at its exit
-    _wait_for_jvms_of(cache)
-    assert [a.suffix for a in (cache / "cds").glob("*.rec-*")] in ([".jsa", ".json"], [".json", ".jsa"])
+    # Forgotten (the next start records a new one); this start went without, recording nothing.
+    assert list((cache / "cds").iterdir()) == []
