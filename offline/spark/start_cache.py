@@ -52,6 +52,9 @@ ARCHIVE_LOGGING = "-Xlog:cds*=off -Xlog:cds*=warning:stderr"
 RECORDING_LOGGING = "-Xlog:cds*=off"
 # How long an archive without a recording's marker may be a start still under way, not a leftover.
 ORPHAN_SECONDS = 3600.0
+# An archive no start has used for this long (~175 MB each) belongs to a Java or a Spark since replaced; another
+# environment still using it (a second virtualenv) touches it at every start.
+UNUSED_SECONDS = 14 * 24 * 3600.0
 
 
 def _digest(*parts: str) -> str:
@@ -174,6 +177,7 @@ class ClassArchive:
         try:
             under_way = self._settle()
             if self.archive.exists():
+                os.utime(self.archive)  # in use: see UNUSED_SECONDS
                 return f"-XX:SharedArchiveFile={self.archive} -Xshare:auto {ARCHIVE_LOGGING}"
             if under_way:
                 return ""
@@ -212,6 +216,7 @@ class ClassArchive:
                 continue
             if not self.archive.exists() and archive.exists() and self._maps(archive, class_path):
                 os.replace(archive, self.archive)
+                self._delete_unused()
             archive.unlink(missing_ok=True)
             marker.unlink(missing_ok=True)
         for archive in self.directory.glob(f"{self.key}.rec-*.jsa"):
@@ -219,6 +224,12 @@ class ClassArchive:
             if not archive.with_suffix(".json").exists() and time.time() - archive.stat().st_mtime > ORPHAN_SECONDS:
                 archive.unlink(missing_ok=True)
         return under_way
+
+    def _delete_unused(self) -> None:
+        """Delete the archives of other Java installations or Spark versions that no start used for a while."""
+        for other in self.directory.glob("*.jsa"):
+            if ".rec-" not in other.name and time.time() - other.stat().st_mtime > UNUSED_SECONDS:
+                other.unlink(missing_ok=True)
 
     def _maps(self, archive: Path, class_path: str) -> bool:
         """Whether a JVM with ``class_path`` maps ``archive`` (``-Xshare:on`` exits non-zero when it cannot)."""

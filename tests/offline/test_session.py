@@ -151,6 +151,60 @@ def test_own_class_sharing_options_turn_skewless_archive_off() -> None:
         assert not session._may_share_classes(session.session_conf({"spark.driver.extraJavaOptions": own}))
 
 
+def _fake_java(path: Path, exit_code: int) -> str:
+    """A ``java`` whose probe of an archive succeeds (0) or fails (1, as ``-Xshare:on`` does on a bad one)."""
+    path.write_text(f"#!/bin/sh\nexit {exit_code}\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+def _dead_pid() -> int:
+    import subprocess
+
+    done = subprocess.Popen(["true"])
+    done.wait()
+    return done.pid
+
+
+def test_a_class_archive_is_recorded_by_one_start_and_accepted_once_its_jvm_is_gone(tmp_path: Path) -> None:
+    import os
+
+    java = _fake_java(tmp_path / "java", 0)
+    old = tmp_path / "cache" / "cds" / "0123456789abcdef.jsa"  # another Java's, unused for a month
+    _jar(old)
+    os.utime(old, (time.time() - 30 * 86400,) * 2)
+    recorder = start_cache.ClassArchive(java, tmp_path / "cache")
+    options = recorder.java_options()
+    assert recorder.recording is not None
+    assert options == f"-XX:ArchiveClassesAtExit={recorder.recording} {start_cache.RECORDING_LOGGING}"
+    recorder.recording_started(os.getpid(), "/spark/jars/*")  # a live JVM: still recording
+    other = start_cache.ClassArchive(java, tmp_path / "cache")
+    assert other.java_options() == "" and other.recording is None  # no second recording meanwhile
+    # The JVM exited after writing the archive: the next start probes it, accepts it and maps it.
+    recorder.recording.write_bytes(b"archive")
+    recorder.recording_started(_dead_pid(), "/spark/jars/*")
+    later = start_cache.ClassArchive(java, tmp_path / "cache")
+    assert later.java_options() == f"-XX:SharedArchiveFile={later.archive} -Xshare:auto {start_cache.ARCHIVE_LOGGING}"
+    assert sorted(p.name for p in (tmp_path / "cache" / "cds").iterdir()) == [later.archive.name]  # old one gone
+    assert later.archive.read_bytes() == b"archive"
+
+
+def test_an_archive_that_does_not_map_is_deleted_and_recorded_again(tmp_path: Path) -> None:
+    java = _fake_java(tmp_path / "java", 1)
+    recorder = start_cache.ClassArchive(java, tmp_path)
+    recorder.java_options()
+    assert recorder.recording is not None
+    recorder.recording.write_bytes(b"truncated")
+    recorder.recording_started(_dead_pid(), "/spark/jars/*")
+    again = start_cache.ClassArchive(java, tmp_path)
+    assert again.java_options().startswith("-XX:ArchiveClassesAtExit=")
+    assert list((tmp_path / "cds").iterdir()) == []  # the bad one deleted, the new recording not marked yet
+    # A recording whose JVM died without writing (killed): its marker goes, a new recording starts.
+    again.recording_started(_dead_pid(), "/spark/jars/*")
+    assert start_cache.ClassArchive(java, tmp_path).java_options().startswith("-XX:ArchiveClassesAtExit=")
+    assert list((tmp_path / "cds").iterdir()) == []
+
+
 # A new process's start, as a command runs one: the cache in CACHE, the JVM's class loading logged to CLASSES.
 NEW_PROCESS = """
 import json, sys
