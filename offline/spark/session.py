@@ -241,12 +241,15 @@ def _start(conf: dict[str, str], log_file: Path | None) -> SparkSession:
     not start with them (a jar rebuilt, an archive damaged since), they are forgotten and it starts without."""
     archive = start_cache.ClassArchive.for_this_java() if _may_share_classes(conf) else None
     options = archive.java_options() if archive is not None else ""
-    shared = {**conf, "spark.driver.extraJavaOptions": f"{conf.get('spark.driver.extraJavaOptions', '')} {options}"}
+    own_options = conf.get("spark.driver.extraJavaOptions", "")
+    shared = {**conf, "spark.driver.extraJavaOptions": f"{own_options} {options}".strip()} if options else conf
     remembered = start_cache.with_remembered_jars(shared) if conf["spark.master"].startswith("local") else None
     try:
-        session = _build(remembered or (shared if options else conf), log_file)
+        session = _build(remembered or shared, log_file)
     except Exception as exc:
-        if remembered is None and not options:
+        # Only a JVM that died starting (a damaged archive crashes it) is worth a second try: a session that
+        # failed later (a cluster that does not answer) would fail the same way, after as long again.
+        if (remembered is None and not options) or "JAVA_GATEWAY_EXITED" not in str(exc):
             raise
         log.warning("Spark did not start with the jars and classes kept from an earlier start (%s); without", exc)
         start_cache.forget_jars(conf)

@@ -178,7 +178,9 @@ class ClassArchive:
             under_way = self._settle()
             if self.archive.exists():
                 os.utime(self.archive)  # in use: see UNUSED_SECONDS
-                return f"-XX:SharedArchiveFile={self.archive} -Xshare:auto {ARCHIVE_LOGGING}"
+                # A JVM that crashes mapping it writes its report beside the archive, not into the working directory.
+                crashes = f"-XX:ErrorFile={self.directory / 'hs_err_pid%p.log'}"
+                return f"-XX:SharedArchiveFile={self.archive} -Xshare:auto {crashes} {ARCHIVE_LOGGING}"
             if under_way:
                 return ""
             self.directory.mkdir(parents=True, exist_ok=True)

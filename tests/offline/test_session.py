@@ -184,7 +184,9 @@ def test_a_class_archive_is_recorded_by_one_start_and_accepted_once_its_jvm_is_g
     recorder.recording.write_bytes(b"archive")
     recorder.recording_started(_dead_pid(), "/spark/jars/*")
     later = start_cache.ClassArchive(java, tmp_path / "cache")
-    assert later.java_options() == f"-XX:SharedArchiveFile={later.archive} -Xshare:auto {start_cache.ARCHIVE_LOGGING}"
+    crashes = f"-XX:ErrorFile={later.archive.parent / 'hs_err_pid%p.log'}"
+    mapped = f"-XX:SharedArchiveFile={later.archive} -Xshare:auto {crashes} {start_cache.ARCHIVE_LOGGING}"
+    assert later.java_options() == mapped
     assert sorted(p.name for p in (tmp_path / "cache" / "cds").iterdir()) == [later.archive.name]  # old one gone
     assert later.archive.read_bytes() == b"archive"
 
@@ -288,5 +290,6 @@ def test_a_new_process_records_the_class_archive_once_then_maps_it_with_the_reme
     third, third_classes = _new_process_start(cache, tmp_path, "third")
     assert third["rows"] == expected_rows
     assert _shared(third_classes) == 0
-    # Forgotten (the next start records a new one); this start went without, recording nothing.
-    assert list((cache / "cds").iterdir()) == []
+    # Forgotten (the next start records a new one); this start went without, recording nothing. The crashed
+    # JVM's report is beside where the archive was, not in the working directory.
+    assert [p.name.startswith("hs_err_pid") for p in (cache / "cds").iterdir()] == [True]
