@@ -163,7 +163,9 @@ class ClassArchive:
         jars = spark_jars_dir()
         listing = sorted(f"{jar.name}:{_stamp(jar)}" for jar in jars.glob("*.jar")) if jars.is_dir() else []
         modules = Path(java).parent.parent / "lib" / "modules"  # changes with every build of the JDK
-        self.key = _digest(java, str(_stamp(modules)) if modules.exists() else "", *listing)
+        # The jars' directory too: the JVM checks the class path's paths, so another virtualenv's identical
+        # pyspark needs its own archive.
+        self.key = _digest(java, str(_stamp(modules)) if modules.exists() else "", str(jars.resolve()), *listing)
         self.archive = self.directory / f"{self.key}.jsa"
         self.recording: Path | None = None
 
