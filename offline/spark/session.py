@@ -3,7 +3,8 @@
 The session carries Delta Lake and the SQLite and PostgreSQL JDBC drivers. They resolve from Maven Central
 through Spark's own package resolution (``spark.jars.packages``), cached by ivy between runs; when that fails
 (no ivy access, corporate proxy) the jars are copied once with ``mvn dependency:copy`` into
-``~/.cache/skewless/jars`` and passed as ``spark.jars``.
+``~/.cache/skewless/jars`` and passed as ``spark.jars``. A new process starts faster with what an earlier start
+left (:mod:`offline.spark.start_cache`): the jars Ivy resolved, and a class data sharing archive of the JVM.
 
 >>> spark = get_spark()          # doctest: +SKIP
 >>> spark is get_spark()         # doctest: +SKIP
@@ -23,9 +24,10 @@ import threading
 from collections.abc import Mapping
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from features.errors import JavaNotFoundError, SkewlessError, SparkClusterError
+from offline.spark import start_cache
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -157,7 +159,7 @@ def get_spark(config: RepoConfig | None = None, *, long_lived: bool = False) -> 
             os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         log_file = config.state_dir() / "logs" / "spark.log" if config is not None else None
         try:
-            _session = _build(conf, log_file)
+            _session = _start(conf, log_file)
         except Exception as exc:
             if master.startswith("spark://") and _unregistered(exc):
                 raise SparkClusterError(
@@ -232,6 +234,43 @@ def stop_spark() -> None:
         if _session is not None:
             _session.stop()
             _session = None
+
+
+def _start(conf: dict[str, str], log_file: Path | None) -> SparkSession:
+    """Start the session with what earlier starts left (:mod:`offline.spark.start_cache`): the jars they
+    resolved for ``spark.jars.packages`` (local mode) and the driver JVM's class archive. When the session does
+    not start with them (a jar rebuilt, an archive damaged since), they are forgotten and it starts without."""
+    archive = start_cache.ClassArchive.for_this_java() if _may_share_classes(conf) else None
+    options = archive.java_options() if archive is not None else ""
+    own_options = conf.get("spark.driver.extraJavaOptions", "")
+    shared = {**conf, "spark.driver.extraJavaOptions": f"{own_options} {options}".strip()} if options else conf
+    remembered = start_cache.with_remembered_jars(shared) if conf["spark.master"].startswith("local") else None
+    try:
+        session = _build(remembered or shared, log_file)
+    except Exception as exc:
+        # Only a JVM that died starting (a damaged archive crashes it) is worth a second try: a session that
+        # failed later (a cluster that does not answer) would fail the same way, after as long again.
+        if (remembered is None and not options) or "JAVA_GATEWAY_EXITED" not in str(exc):
+            raise
+        log.warning("Spark did not start with the jars and classes kept from an earlier start (%s); without", exc)
+        start_cache.forget_jars(conf)
+        if archive is not None:
+            archive.forget()
+        archive, remembered = None, None
+        session = _build(conf, log_file)
+    if remembered is None and conf["spark.master"].startswith("local"):
+        start_cache.remember_jars(conf, session.sparkContext.getConf().get("spark.jars", ""))
+    if archive is not None and archive.recording is not None:
+        jvm: Any = session._jvm
+        pid, class_path = jvm.java.lang.ProcessHandle.current().pid(), jvm.System.getProperty("java.class.path")
+        archive.recording_started(pid, class_path)
+    return session
+
+
+def _may_share_classes(conf: Mapping[str, str]) -> bool:
+    """Whether the driver JVM may use skewless's class archive: not when its options choose their own."""
+    options = conf.get("spark.driver.extraJavaOptions", "")
+    return not any(flag in options for flag in ("-Xshare", "SharedArchiveFile", "ArchiveClassesAtExit"))
 
 
 def _build(conf: dict[str, str], log_file: Path | None = None) -> SparkSession:
