@@ -307,8 +307,10 @@ class Lookup:
                 if name in answer.unavailable:
                     features[column] = FeatureValues(dtype, [None] * count, [MISSING] * count, [None] * count)
                     continue
-                if expired:  # an expired row's values are not served
-                    values = column_values(values).copy()
+                if expired and type(values) is ColumnText:  # an expired row's values are not served
+                    values = values.without(expired)
+                elif expired:
+                    values = cast("list[Any]", values).copy()
                     for i in expired:
                         values[i] = None
                 features[column] = FeatureValues(dtype, values, statuses, events)

@@ -53,14 +53,22 @@ def column_values(column: list[Any] | ColumnText) -> list[Any]:
 class ColumnText:
     """One column of a read given as the JSON array text of its values (``b'[1.5,null,"NaN"]'``), exactly what
     ``orjson.dumps`` writes for the column in an answer: the HTTP answer splices it as it is, and the values are
-    decoded (by ``decode``, once) only for the callers that ask for them (:attr:`values`)."""
+    decoded (by ``decode``, once) only for the callers that ask for them (:attr:`values`). ``blank`` gives the
+    text with the values at some indices replaced by null (:meth:`without`)."""
 
-    __slots__ = ("_decode", "_values", "text")
+    __slots__ = ("_blank", "_decode", "_values", "text")
 
-    def __init__(self, text: bytes, decode: Callable[[bytes], list[Any]]) -> None:
+    def __init__(
+        self, text: bytes, decode: Callable[[bytes], list[Any]], blank: Callable[[bytes, list[int]], bytes]
+    ) -> None:
         self.text = text
         self._decode = decode
+        self._blank = blank
         self._values: list[Any] | None = None
+
+    def without(self, indices: list[int]) -> ColumnText:
+        """This column with the values at ``indices`` (increasing) null: an expired row's values are not served."""
+        return ColumnText(self._blank(self.text, indices), self._decode, self._blank)
 
     @property
     def values(self) -> list[Any]:

@@ -460,12 +460,95 @@ done:
     return result;
 }
 
+/* blank(text, indices): a column text from scan with the values at the (increasing) indices replaced by null. */
+static PyObject *
+blank(PyObject *module, PyObject *args)
+{
+    (void)module;
+    const char *text;
+    Py_ssize_t length;
+    PyObject *indices_arg;
+    if (!PyArg_ParseTuple(args, "y#O:blank", &text, &length, &indices_arg))
+        return NULL;
+    PyObject *indices = PySequence_Fast(indices_arg, "indices must be a sequence");
+    if (indices == NULL)
+        return NULL;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(indices);
+    /* At most as long as the text plus 4 bytes per blanked value (a one-byte value becoming null). */
+    PyObject *out = PyBytes_FromStringAndSize(NULL, length + 4 * count);
+    if (out == NULL) {
+        Py_DECREF(indices);
+        return NULL;
+    }
+    char *o = PyBytes_AS_STRING(out);
+    Py_ssize_t i = 1, value = 0, next = 0, wanted = -1;
+    if (length < 2 || text[0] != '[' || text[length - 1] != ']')
+        goto malformed;
+    *o++ = '[';
+    while (i < length - 1) {
+        if (wanted < value && next < count) {
+            wanted = PyLong_AsSsize_t(PySequence_Fast_GET_ITEM(indices, next++));
+            if (wanted == -1 && PyErr_Occurred())
+                goto error;
+            if (wanted < value) {
+                PyErr_SetString(PyExc_ValueError, "indices must increase");
+                goto error;
+            }
+        }
+        Py_ssize_t start = i;
+        if (text[i] == '"') { /* a string: to its closing quote, past escaped characters */
+            for (i++; i < length - 1 && text[i] != '"'; i++) {
+                if (text[i] == '\\')
+                    i++;
+            }
+            i++;
+        }
+        else {
+            while (i < length - 1 && text[i] != ',')
+                i++;
+        }
+        if (value == wanted) {
+            memcpy(o, "null", 4);
+            o += 4;
+        }
+        else {
+            memcpy(o, text + start, i - start);
+            o += i - start;
+        }
+        value++;
+        if (i < length - 1) {
+            if (text[i] != ',')
+                goto malformed;
+            *o++ = ',';
+            i++;
+        }
+    }
+    if (wanted >= value || next < count) {
+        PyErr_SetString(PyExc_IndexError, "an index is beyond the column's values");
+        goto error;
+    }
+    *o++ = ']';
+    Py_DECREF(indices);
+    if (_PyBytes_Resize(&out, o - PyBytes_AS_STRING(out)) < 0)
+        return NULL;
+    return out;
+malformed:
+    PyErr_SetString(PyExc_ValueError, "not a column text of scan()");
+error:
+    Py_DECREF(indices);
+    Py_DECREF(out);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"scan", scan, METH_VARARGS,
      "scan(rows, offsets, kinds, exponent_plus) -> (event_micros, column_texts, spliceable_mask) | None\n\n"
      "The event time of each stored row (None where the row is None) and, per offset, the JSON array text of that "
      "element across the rows (null where the row is None); bit j of the mask is set when column j's text is what "
      "the answer writes for kind kinds[j]. None when a row is not orjson's text: decode the rows in Python then."},
+    {"blank", blank, METH_VARARGS,
+     "blank(text, indices) -> bytes\n\nA column text of scan() with the values at the increasing indices replaced by "
+     "null (an expired row's values are not served)."},
     {NULL, NULL, 0, NULL},
 };
 

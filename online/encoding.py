@@ -160,9 +160,10 @@ def rows_decoder(
     scan_kinds = bytes(_SCAN_KINDS[d] for d, offset in zip(dtypes, offsets, strict=True) if offset is not None)
     usable = compiled and _rowscan is not None and _EXPONENT_PLUS is not None and len(scan_offsets) <= 64
     scan = _rowscan.scan if usable else None
+    blank = _rowscan.blank if usable else None
 
     def decode_scanned(rows: Sequence[bytes | None]) -> RowsDecoded | None:
-        assert scan is not None
+        assert scan is not None and blank is not None
         found = scan(rows, scan_offsets, scan_kinds, bool(_EXPONENT_PLUS))
         if found is None:
             return None
@@ -174,7 +175,7 @@ def rows_decoder(
                 columns.append([None] * len(rows))
                 continue
             text = texts[j]
-            columns.append(ColumnText(text, decode_text) if spliceable >> j & 1 else decode_text(text))
+            columns.append(ColumnText(text, decode_text, blank) if spliceable >> j & 1 else decode_text(text))
             j += 1
         return columns, events
 
