@@ -107,18 +107,11 @@ def local_conf() -> dict[str, str]:
     }
 
 
-# The JIT of a JVM that runs one job and exits: C2, the optimizing compiler, only for what runs hottest. With its
-# default thresholds C2 compiles so much that its threads took more CPU than a cold materialization of the
-# benchmark (2M rows) itself, on the same 2 cores; C1 alone was then ~13% faster end to end. C2's thresholds
-# raised 25x leave it the loops that process rows, whose code runs ~40% faster: the same CPU as C1 alone at 2M
-# rows (58-67 s against 59-63 s, executor CPU 23-28 s against 38-40 s), 27% less at 6M (88 s against 121-132 s;
-# bench/results/2026-12-06-spark-cpu-profile.md). The warm engine, which runs job after job, keeps the defaults.
-ONE_SHOT_JIT = (
-    "-XX:Tier4InvocationThreshold=50000",
-    "-XX:Tier4MinInvocationThreshold=20000",
-    "-XX:Tier4CompileThreshold=60000",
-    "-XX:Tier4BackEdgeThreshold=2000000",
-)
+# The JIT of a JVM that runs one job and exits. C2, the optimizing compiler, pays off over many runs: in one
+# cold materialization of the benchmark (2M rows) its threads took more CPU than the job itself, on the same 2
+# cores. Stopping at C1 made that process ~13% faster end to end (whole process 70-72 s -> 60-63 s); in the
+# warm engine, which runs job after job, C2 is kept: there C1 alone was measured much slower.
+ONE_SHOT_JIT = "-XX:TieredStopAtLevel=1"
 
 
 def session_conf(overrides: Mapping[str, str], *, long_lived: bool = False) -> dict[str, str]:
@@ -130,7 +123,7 @@ def session_conf(overrides: Mapping[str, str], *, long_lived: bool = False) -> d
     if overrides.get("spark.master", conf["spark.master"]).startswith("local"):
         conf.update(local_conf())
         if not long_lived:
-            conf["spark.driver.extraJavaOptions"] += " " + " ".join(ONE_SHOT_JIT)  # local mode: the executors' too
+            conf["spark.driver.extraJavaOptions"] += f" {ONE_SHOT_JIT}"  # local mode: the executors' JVM too
     conf.update(overrides)
     if "spark.jars.packages" in overrides:
         # Packages a user adds (hadoop-aws for s3a://, a DynamoDB log store) come on top of Delta and the JDBC

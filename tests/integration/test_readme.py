@@ -154,9 +154,7 @@ def test_the_spark_cluster_block_configures_the_session(tmp_path: Path) -> None:
     assert conf["spark.sql.shuffle.partitions"] == "64" and conf["spark.driver.memory"] == "1g"
     assert conf["spark.pyspark.python"] == "/opt/skewless/bin/python"
     assert conf["spark.jars.packages"].split(",") == jvm_packages()
-    assert "spark.python.daemon.module" not in conf and not any(
-        flag in conf["spark.driver.extraJavaOptions"] for flag in ONE_SHOT_JIT
-    )
+    assert "spark.python.daemon.module" not in conf and ONE_SHOT_JIT not in conf["spark.driver.extraJavaOptions"]
     assert not set(local_conf()) - {"spark.sql.shuffle.partitions"} & set(conf)
 
 

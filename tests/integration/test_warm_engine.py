@@ -220,7 +220,7 @@ def test_the_engine_s_jvm_keeps_the_optimizing_jit(store: FeatureStore) -> None:
     command_lines = [Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0") for child in children]
     jvms = [line for line in command_lines if any(b"SparkSubmit" in part for part in line)]
     assert len(jvms) == 1  # the engine's Spark, started when the engine started
-    assert not any(flag.encode() in part for flag in ONE_SHOT_JIT for part in jvms[0])
+    assert not any(ONE_SHOT_JIT.encode() in part for part in jvms[0])
     assert any(b"-Duser.timezone=UTC" in part for part in jvms[0])  # the rest of the driver's options stay
 
 
