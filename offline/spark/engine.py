@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from features.checks import Baseline
 from features.config import RepoConfig
 from features.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP
 from offline.datasets import add_on_demand_columns, attach, function_loader, is_spark, view_table
@@ -49,9 +50,10 @@ class SparkEngine:
         self, job: Materialization, online: OnlineStore | None, progress: Progress | None
     ) -> MaterializationResult:
         from offline.spark.materialize import materialize
+        from offline.spark.session import get_spark
 
         return materialize(
-            self.spark,
+            get_spark(self.config, large_run=expects_large_run(job.baseline)),
             self.config,
             job.plan,
             job.view,
@@ -89,6 +91,19 @@ class SparkEngine:
         from offline.spark.session import stop_spark
 
         stop_spark()
+
+
+def expects_large_run(baseline: Baseline) -> bool:
+    """Whether a materialization with ``baseline`` is expected to read at least
+    :data:`~offline.spark.session.LARGE_RUN_ROWS` source rows: the view's last run that read the same kind of
+    window did. With no such run, a run after
+    the cursor is expected small, any other large: a first run or a ``--start`` range reads the whole source or a
+    backfill's worth of it (on a small one, the large run's JIT costs about what C1 alone does)."""
+    from offline.spark.session import LARGE_RUN_ROWS
+
+    if baseline.previous_rows_read is not None:
+        return baseline.previous_rows_read >= LARGE_RUN_ROWS
+    return baseline.read_kind != "since"
 
 
 def _join(spark: SparkSession, manifest: Manifest, entities: Any) -> DataFrame:

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -56,23 +56,30 @@ def compute_features(view: ViewPlan, source: DataFrame) -> DataFrame:
     )
 
 
+def _published_columns(view: ViewPlan) -> list[Column]:
+    """The columns a :class:`~features.protocols.Publication` expects, in its order."""
+    return [F.col(quote_spark(c)) for c in (*view.key_names, *view.feature_names, EVENT_TIMESTAMP, CREATED_TIMESTAMP)]
+
+
+def flagged_latest(view: ViewPlan, rows: DataFrame) -> DataFrame:
+    """The rows that :func:`~offline.spark.tables.prepare_rows` flagged as their entity's latest (``rows`` being
+    the whole table's: its first run), as :func:`latest_rows` gives them, without sorting them again."""
+    return rows.where(F.col(LATEST)).select(*_published_columns(view))
+
+
 def latest_rows(view: ViewPlan, table: DataFrame) -> DataFrame:
     """One row per entity: the latest by event_timestamp, then created_timestamp (null created sorts first).
-    Rows that :func:`~offline.spark.tables.prepare_rows` flagged (a table's whole first run) are only filtered.
 
     The columns are exactly what a :class:`~features.protocols.Publication` expects.
     """
 
-    columns = [*view.key_names, *view.feature_names, EVENT_TIMESTAMP, CREATED_TIMESTAMP]
-    if LATEST in table.columns:
-        return table.where(F.col(LATEST)).select(*(F.col(quote_spark(c)) for c in columns))
     order = Window.partitionBy(*(F.col(quote_spark(k)) for k in view.key_names)).orderBy(
         F.col(EVENT_TIMESTAMP).desc(), F.col(CREATED_TIMESTAMP).desc_nulls_last()
     )
     return (
         table.withColumn("__rank", F.row_number().over(order))
         .where(F.col("__rank") == 1)
-        .select(*(F.col(quote_spark(c)) for c in columns))
+        .select(*_published_columns(view))
     )
 
 
@@ -140,7 +147,8 @@ def materialize(
         )
         source = read.rows
     metadata = incremental.cursor_metadata(incremental.next_cursor(window, read.latest))
-    prepared = prepare_rows(view, compute_features(view, source))
+    # A run that creates the table publishes its own rows, so it flags each entity's latest while deduplicating.
+    prepared = prepare_rows(view, compute_features(view, source), flag_latest=delta_rs.latest_version(path) is None)
     reports: list[CheckReport] = []
 
     def checked(counts: RowCounts, stats: dict[str, FeatureStats], rows: DataFrame) -> None:
@@ -329,15 +337,19 @@ def _write_from_executors(
     """A ``write`` for :func:`offline.publication.published` that stages the latest row per entity at ``version``
     from Spark's executors, and puts the statistics of those rows in ``stats``. With ``files`` (data files of the
     table), only the entities that have a row in them. ``rows``: the table's whole content at ``version``, cached
-    by the run that created the table with them (not read back from Delta)."""
+    by the run that created the table with them (not read back from Delta), each entity's latest flagged."""
 
     def write(publication: Publication) -> int:
-        table = rows if rows is not None else read_table(spark, str(path), version)
-        if files is not None:
-            if not files:
-                return 0
-            table = _rows_of_entities_in(spark, view, path, table, files)
-        latest = latest_rows(view, table).persist()  # published, then described, from one computation
+        if rows is not None:
+            latest = flagged_latest(view, rows)
+        else:
+            table = read_table(spark, str(path), version)
+            if files is not None:
+                if not files:
+                    return 0
+                table = _rows_of_entities_in(spark, view, path, table, files)
+            latest = latest_rows(view, table)
+        latest = latest.persist()  # published, then described, from one computation
         try:
             written = publish(latest, publication)
             stats.update(spark_stats(latest, _features(view), written))

@@ -113,17 +113,32 @@ def local_conf() -> dict[str, str]:
 # warm engine, which runs job after job, C2 is kept: there C1 alone was measured much slower.
 ONE_SHOT_JIT = "-XX:TieredStopAtLevel=1"
 
+# The JIT of a one-shot JVM with a large job (see :data:`LARGE_RUN_ROWS`): C2, but only for code that runs very
+# often (thresholds 25x the defaults), so its compile threads spend their CPU where it pays off. Measured on cold
+# first runs (bench/results/2026-12-06-spark-cpu-profile.md): the same CPU as C1 alone at 2M rows, 27% less at
+# 6M; and 20-30% slower than C1 alone on a rerun of 2M rows that writes nothing (its code stays in C1's profiled
+# tier, slower than C1 alone).
+LARGE_RUN_JIT = (
+    "-XX:Tier4InvocationThreshold=50000 -XX:Tier4MinInvocationThreshold=20000 -XX:Tier4CompileThreshold=60000 "
+    "-XX:Tier4BackEdgeThreshold=2000000"
+)
 
-def session_conf(overrides: Mapping[str, str], *, long_lived: bool = False) -> dict[str, str]:
+#: The source rows a view's run must be expected to read for its process to start with :data:`LARGE_RUN_JIT`.
+#: Between the two measured points: 1M rows per view (C1 alone faster) and 3M (C2 faster).
+LARGE_RUN_ROWS = 3_000_000
+
+
+def session_conf(overrides: Mapping[str, str], *, long_lived: bool = False, large_run: bool = False) -> dict[str, str]:
     """The settings a session starts with: the defaults, the local ones when the master is local, then
     ``overrides`` (``offline.spark`` of ``skewless.yaml``), except that packages in ``spark.jars.packages`` are
-    added to skewless's own. A local session not ``long_lived`` (anything but the warm engine) also gets
-    :data:`ONE_SHOT_JIT`, unless ``overrides`` sets the driver's Java options."""
+    added to skewless's own. A local session not ``long_lived`` (anything but the warm engine) also gets a
+    one-shot JIT, :data:`LARGE_RUN_JIT` when it starts for a ``large_run`` and :data:`ONE_SHOT_JIT` otherwise,
+    unless ``overrides`` sets the driver's Java options."""
     conf = default_conf()
     if overrides.get("spark.master", conf["spark.master"]).startswith("local"):
         conf.update(local_conf())
-        if not long_lived:
-            conf["spark.driver.extraJavaOptions"] += f" {ONE_SHOT_JIT}"  # local mode: the executors' JVM too
+        if not long_lived:  # local mode: the executors' JVM too
+            conf["spark.driver.extraJavaOptions"] += f" {LARGE_RUN_JIT if large_run else ONE_SHOT_JIT}"
     conf.update(overrides)
     if "spark.jars.packages" in overrides:
         # Packages a user adds (hadoop-aws for s3a://, a DynamoDB log store) come on top of Delta and the JDBC
@@ -133,19 +148,22 @@ def session_conf(overrides: Mapping[str, str], *, long_lived: bool = False) -> d
     return conf
 
 
-def get_spark(config: RepoConfig | None = None, *, long_lived: bool = False) -> SparkSession:
+def get_spark(config: RepoConfig | None = None, *, long_lived: bool = False, large_run: bool = False) -> SparkSession:
     """The process's Spark session, created on first use; later calls return the same session.
 
     ``config.resolved_spark_conf()`` overrides the defaults of :func:`default_conf` (and of :func:`local_conf`
     in local mode). ``long_lived``: the session will run many jobs (the warm engine), so its JIT may spend
-    more to compile faster code (see :data:`ONE_SHOT_JIT`). The configuration only applies when the session
-    is created.
+    more to compile faster code (see :data:`ONE_SHOT_JIT`); ``large_run``: the job that starts it is expected to
+    read many rows (see :data:`LARGE_RUN_JIT`). The configuration only applies when the session is created: the
+    first job of a process chooses.
     """
     global _session
     with _lock:
         if _session is not None:
             return _session
-        conf = session_conf(config.resolved_spark_conf() if config is not None else {}, long_lived=long_lived)
+        conf = session_conf(
+            config.resolved_spark_conf() if config is not None else {}, long_lived=long_lived, large_run=large_run
+        )
         ensure_java()
         master = conf["spark.master"]
         check_master(master)

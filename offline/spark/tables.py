@@ -33,8 +33,8 @@ from offline.tables import STATS_PROPERTY, RowCounts, stats_columns
 
 log = logging.getLogger(__name__)
 
-#: The column :func:`prepare_rows` adds: whether the row is its entity's latest among the rows prepared. Never
-#: written to a table.
+#: The column :func:`prepare_rows` adds with ``flag_latest``: whether the row is its entity's latest among the
+#: rows prepared. Never written to a table.
 LATEST = "__latest"
 
 
@@ -78,6 +78,7 @@ class PreparedRows:
     view: str
     read: Observation
     kept: Observation
+    flagged: bool = False  # ``frame`` has the column LATEST
 
     def counts(self) -> RowCounts:
         """The counts of the first action run on ``frame`` (call it after that action)."""
@@ -101,13 +102,14 @@ def _observed(observation: Observation, timeout: float = 120.0) -> dict[str, Any
     return metrics
 
 
-def prepare_rows(view: ViewPlan, computed: DataFrame) -> PreparedRows:
+def prepare_rows(view: ViewPlan, computed: DataFrame, *, flag_latest: bool = False) -> PreparedRows:
     """Drop rows without keys or event time, and keep one row per (keys, event, created) deterministically.
 
     ``computed`` has the join keys, the features, ``event_timestamp`` and ``created_timestamp``. Among rows
-    sharing a key, the one whose feature values sort first is kept, so every run keeps the same row. The column
-    :data:`LATEST` flags each entity's latest row. Nothing runs yet: the rows are counted (see
-    :meth:`PreparedRows.counts`) by whichever action first reads ``frame``.
+    sharing a key, the one whose feature values sort first is kept, so every run keeps the same row.
+    ``flag_latest`` (a run that creates the table, which publishes its own rows): the column :data:`LATEST`
+    flags each entity's latest row. Nothing runs yet: the rows are counted (see :meth:`PreparedRows.counts`) by
+    whichever action first reads ``frame``.
     """
 
     keys = [*view.key_names, EVENT_TIMESTAMP]
@@ -136,18 +138,17 @@ def prepare_rows(view: ViewPlan, computed: DataFrame) -> PreparedRows:
         & (F.lag(event).over(entity) == event)
         & F.lag(created).over(entity).eqNullSafe(created)
     )
-    # The entity's latest row, flagged in the same pass: the last row of the entity's sorted rows has its latest
-    # event and created time, and of the rows sharing those only the first is kept. A table's first run publishes
-    # the rows so flagged (offline.spark.materialize.latest_rows) without sorting them again.
-    whole = entity.rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
-    latest = (event == F.last(event).over(whole)) & created.eqNullSafe(F.last(created).over(whole))
-    deduped = (
-        rows.withColumn("__duplicate", duplicate)
-        .withColumn(LATEST, latest)
-        .where(~F.col("__duplicate"))
-        .drop("__duplicate")
-    )
-    return PreparedRows(deduped.observe(kept, F.count(F.lit(1)).alias("rows")), view.name, read, kept)
+    deduped = rows.withColumn("__duplicate", duplicate)
+    if flag_latest:
+        # The entity's latest row, flagged in the same pass: the last row of the entity's sorted rows has its
+        # latest event and created time, and of the rows sharing those only the first is kept. A table's first
+        # run publishes the rows so flagged (offline.spark.materialize.flagged_latest) without sorting them again.
+        whole = entity.rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
+        deduped = deduped.withColumn(
+            LATEST, (event == F.last(event).over(whole)) & created.eqNullSafe(F.last(created).over(whole))
+        )
+    deduped = deduped.where(~F.col("__duplicate")).drop("__duplicate")
+    return PreparedRows(deduped.observe(kept, F.count(F.lit(1)).alias("rows")), view.name, read, kept, flag_latest)
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,8 +160,8 @@ class Written:
     rows_written: int
     created_version: int | None = None
     stats: dict[str, FeatureStats] = field(default_factory=dict)  # of the rows written, per feature
-    # With ``keep``, the rows that created the table, still cached: the table's whole content at that version,
-    # with the column LATEST (the caller unpersists them).
+    # With ``keep`` and flagged rows, the rows that created the table, still cached: the table's whole content at
+    # that version, with the column LATEST (the caller unpersists them).
     rows: DataFrame | None = None
 
 
@@ -186,20 +187,21 @@ def write_rows(
     ``before_commit`` gets the counts, those statistics and the persisted rows before anything is committed (the
     run's checks: it raises to stop the run). ``metadata`` goes into the commit's ``userMetadata``; ``start`` (every
     row's event time is at or after it) lets the anti-join and the MERGE skip the stored files of older rows.
-    ``keep``: when this call creates the table, its rows stay cached and come back in :attr:`Written.rows`, so
-    that the publication need not read the table back.
+    ``keep``: when this call creates the table with flagged rows (``prepare_rows(flag_latest=True)``), they stay
+    cached and come back in :attr:`Written.rows`, so that the publication need not read the table back.
     """
 
     features = [(f.name, f.dtype) for f in view.features]
     if delta_rs.latest_version(path) is None:  # no table yet (read from the log's listing: no Spark job)
-        rows = _with_published_at(view, prepared.frame, published_at, flagged=True).persist()
+        keep = keep and prepared.flagged
+        rows = _with_published_at(view, prepared.frame, published_at, flagged=prepared.flagged).persist()
         try:
             _, stats = counted_stats(rows, features)  # the one pass over the source; the write reads the cache
             counts = prepared.counts()
             if before_commit is not None:
                 before_commit(counts, stats, rows)
             writer = (
-                rows.drop(LATEST)
+                rows.drop(LATEST)  # when flagged
                 .write.format("delta")
                 .mode("errorifexists")
                 .option(STATS_PROPERTY, stats_columns(view))  # options named delta.* become table properties

@@ -66,6 +66,34 @@ def test_only_a_local_one_shot_session_stops_the_jit_at_c1() -> None:
     assert session.ONE_SHOT_JIT not in cluster["spark.driver.extraJavaOptions"]
     own = session.session_conf({"spark.driver.extraJavaOptions": "-Duser.timezone=UTC -Xss4m"})
     assert own["spark.driver.extraJavaOptions"] == "-Duser.timezone=UTC -Xss4m"  # the user's options win whole
+    large = session.session_conf({}, large_run=True)["spark.driver.extraJavaOptions"].split()
+    assert large == ["-Duser.timezone=UTC", *session.LARGE_RUN_JIT.split()]
+    assert (
+        session.session_conf({}, long_lived=True, large_run=True)["spark.driver.extraJavaOptions"]
+        == "-Duser.timezone=UTC"
+    )
+
+
+@pytest.mark.parametrize(
+    ("kind", "previous", "large"),
+    [
+        (None, None, True),  # a job the registry does not record
+        ("all", None, True),  # a first run reads the whole source
+        ("range", None, True),  # a --start backfill
+        ("ticks", None, True),  # a windowed view's first ticks
+        ("since", None, False),  # the first run after the cursor
+        ("since", session.LARGE_RUN_ROWS, True),  # ... unless runs of its kind read that many
+        ("all", session.LARGE_RUN_ROWS - 1, False),  # a rerun of a whole source smaller than that
+        ("ticks", 10, False),
+    ],
+)
+def test_a_materialization_is_large_by_what_runs_of_its_kind_read(
+    kind: str | None, previous: int | None, large: bool
+) -> None:
+    from features.checks import Baseline
+    from offline.spark.engine import expects_large_run
+
+    assert expects_large_run(Baseline(read_kind=kind, previous_rows_read=previous)) is large
 
 
 def test_java_version_parsing(tmp_path: Path) -> None:

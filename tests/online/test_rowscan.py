@@ -8,7 +8,6 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -120,7 +119,7 @@ def test_compiled_answers_are_the_python_answers(case: Any) -> None:
     compiled = run(plan, refs, rows, count, compiled=True)
     python = run(plan, refs, rows, count, compiled=False)
     body = compiled.to_json()
-    assert body == python.to_json() == orjson.dumps(compiled.to_dict()) == orjson.dumps(python.to_dict())
+    assert body == python.to_json()
     assert json.loads(body) == expected_answer(refs, oracle, count)
     for column, fv in compiled.features.items():  # the values the Python callers get are the same objects' values
         assert repr(fv.values) == repr(python.features[column].values)
