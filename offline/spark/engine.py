@@ -96,9 +96,9 @@ class SparkEngine:
 def expects_large_run(baseline: Baseline) -> bool:
     """Whether a materialization with ``baseline`` is expected to read at least
     :data:`~offline.spark.session.LARGE_RUN_ROWS` source rows: the view's last run that read the same kind of
-    window did. With no such run, a run after
-    the cursor is expected small, any other large: a first run or a ``--start`` range reads the whole source or a
-    backfill's worth of it (on a small one, the large run's JIT costs about what C1 alone does)."""
+    window did. With no such run, a run after the cursor is expected small, any other large: a first run or a
+    ``--start`` range reads the whole source or a backfill's worth of it (a cold first run of 2M rows took the
+    same CPU with either JIT)."""
     from offline.spark.session import LARGE_RUN_ROWS
 
     if baseline.previous_rows_read is not None:
