@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from features.config import RepoConfig
 from features.dtypes import DType
@@ -21,6 +21,9 @@ from features.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP, PUBLISHED_AT, View
 from features.table_stats import table_dir
 from offline import delta_rs
 from offline.sql import quote_spark
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +87,19 @@ def table_columns(view: ViewPlan) -> list[tuple[str, DType]]:
         *((f.name, f.dtype) for f in view.features),
         *((name, DType.TIMESTAMP) for name in (EVENT_TIMESTAMP, CREATED_TIMESTAMP, PUBLISHED_AT)),
     ]
+
+
+def table_rows(view: ViewPlan, rows: pa.Table, published_at: datetime) -> pa.Table:
+    """``rows`` (the join keys, features, event and created time) as the table stores them: its columns in order,
+    as their Arrow types, with ``published_at``. What a commit through delta-rs writes, from either engine."""
+    import pyarrow as pa
+
+    from features.dtypes import arrow_type
+
+    stored = table_columns(view)
+    columns = {name: rows.column(name).cast(arrow_type(dtype)) for name, dtype in stored if name != PUBLISHED_AT}
+    stamp = pa.repeat(pa.scalar(published_at, arrow_type(DType.TIMESTAMP)), rows.num_rows)
+    return pa.table({**columns, PUBLISHED_AT: stamp})
 
 
 def row_columns(view: ViewPlan) -> list[str]:

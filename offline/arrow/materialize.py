@@ -30,7 +30,7 @@ from features.checks import ArrowRows, Baseline, gate
 from features.config import RepoConfig
 from features.dtypes import DType, arrow_type
 from features.errors import MaterializationError
-from features.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP, PUBLISHED_AT, ViewPlan
+from features.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP, ViewPlan
 from features.protocols import MaterializationResult, OnlineStore, Progress
 from features.rows import compute_features
 from features.rows import refusal as rows_refusal
@@ -41,7 +41,15 @@ from offline.arrow.codes import column_codes, micros
 from offline.arrow.join import DELTA_TYPES, read_snapshot
 from offline.errors import conflict_message, is_commit_conflict
 from offline.publication import Published, RunProgress, publish_unless_live, write_from_here
-from offline.tables import STATS_PROPERTY, RowCounts, row_columns, stats_columns, table_columns, table_path
+from offline.tables import (
+    STATS_PROPERTY,
+    RowCounts,
+    row_columns,
+    stats_columns,
+    table_columns,
+    table_path,
+    table_rows,
+)
 
 log = logging.getLogger(__name__)
 
@@ -381,13 +389,7 @@ def _write(
     restated rows are MERGEd by the rule Spark's MERGE follows, the new rows with them."""
     if stored is not None and change.inserts.num_rows == 0 and change.updates.num_rows == 0:
         return None
-    columns = table_columns(view)
-    schema = pa.schema([(name, arrow_type(dtype)) for name, dtype in columns])
-    rows = pa.concat_tables([change.updates, change.inserts])
-    stamp = pa.repeat(pa.scalar(at, arrow_type(DType.TIMESTAMP)), rows.num_rows)
-    data = pa.table(
-        {**{name: rows.column(name).cast(schema.field(name).type) for name in schema.names[:-1]}, PUBLISHED_AT: stamp}
-    )
+    data = table_rows(view, pa.concat_tables([change.updates, change.inserts]), at)
     version = 0 if stored is None else stored.version + 1
     try:
         path.mkdir(parents=True, exist_ok=True)

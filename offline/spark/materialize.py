@@ -18,7 +18,7 @@ from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from features.checks import Baseline, CheckReport, gate
+from features.checks import Baseline, CheckReport, RunRows, gate
 from features.config import RepoConfig
 from features.dtypes import DType
 from features.errors import ChecksFailedError, MaterializationError, SkewlessError
@@ -151,8 +151,8 @@ def materialize(
     prepared = prepare_rows(view, compute_features(view, source), flag_latest=delta_rs.latest_version(path) is None)
     reports: list[CheckReport] = []
 
-    def checked(counts: RowCounts, stats: dict[str, FeatureStats], rows: DataFrame) -> None:
-        reports.append(gate(view, counts.read, stats, SparkRows(rows, view.key_names), baseline))
+    def checked(counts: RowCounts, stats: dict[str, FeatureStats], rows: RunRows) -> None:
+        reports.append(gate(view, counts.read, stats, rows, baseline))
 
     try:
         # One pass over the source: read, compute, drop invalid and duplicate rows, count, write.
@@ -171,11 +171,11 @@ def materialize(
             # Known without asking when this run created the table; else read from the log's listing (Spark's
             # ``history()`` is a job, ~0.25 s).
             version = outcome.created_version if outcome.created_version is not None else delta_rs.latest_version(path)
-    except SkewlessError:
-        raise
     except Exception as exc:  # Spark/JDBC/Delta errors, translated at the boundary
         if is_commit_conflict(exc):  # the commit was refused whole: the table is as the other run left it
             raise MaterializationError(conflict_message(view.name)) from exc
+        if isinstance(exc, SkewlessError):  # already says what went wrong (failed checks, a changed source)
+            raise
         raise MaterializationError(
             f"view '{view.name}': computing or writing the offline table {path} failed (the table is unchanged "
             f"unless its commit completed): {error_summary(exc)}"

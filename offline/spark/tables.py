@@ -22,16 +22,24 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.types import StructType
 
+from features.checks import ArrowRows, RunRows
 from features.dtypes import DType
 from features.errors import MaterializationError
 from features.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP, PUBLISHED_AT, ViewPlan
-from features.run_stats import FeatureStats
+from features.run_stats import FeatureStats, arrow_stats
 from offline import delta_rs
+from offline.spark.checks import SparkRows
 from offline.spark.jdbc import quote_spark, spark_type
 from offline.spark.stats import spark_stats
-from offline.tables import STATS_PROPERTY, RowCounts, stats_columns
+from offline.tables import STATS_PROPERTY, RowCounts, stats_columns, table_rows
 
 log = logging.getLogger(__name__)
+
+#: A run that adds at most this many values (rows times columns, ~tens of MB), new rows only, commits them from
+#: the driver through delta-rs: Spark's MERGE costs ~9 jobs and seconds of Delta's driver work whatever its size
+#: (an incremental run's fixed cost, measured in bench/results/2026-12-06-spark-jobs.md). The bound keeps
+#: table-sized data off the driver; a larger change, or one that restates stored rows, is MERGEd by Spark.
+DRIVER_APPEND_MAX_VALUES = 5_000_000
 
 #: The column :func:`prepare_rows` adds with ``flag_latest``: whether the row is its entity's latest among the
 #: rows prepared. Never written to a table.
@@ -171,7 +179,7 @@ def write_rows(
     view: ViewPlan,
     prepared: PreparedRows,
     published_at: datetime,
-    before_commit: Callable[[RowCounts, dict[str, FeatureStats], DataFrame], None] | None = None,
+    before_commit: Callable[[RowCounts, dict[str, FeatureStats], RunRows], None] | None = None,
     *,
     metadata: str | None = None,
     start: datetime | None = None,
@@ -192,14 +200,15 @@ def write_rows(
     """
 
     features = [(f.name, f.dtype) for f in view.features]
-    if delta_rs.latest_version(path) is None:  # no table yet (read from the log's listing: no Spark job)
+    version = delta_rs.latest_version(path)  # read from the log's listing: no Spark job
+    if version is None:  # no table yet
         keep = keep and prepared.flagged
         rows = _with_published_at(view, prepared.frame, published_at, flagged=prepared.flagged).persist()
         try:
             _, stats = counted_stats(rows, features)  # the one pass over the source; the write reads the cache
             counts = prepared.counts()
             if before_commit is not None:
-                before_commit(counts, stats, rows)
+                before_commit(counts, stats, SparkRows(rows, view.key_names))
             writer = (
                 rows.drop(LATEST)  # when flagged
                 .write.format("delta")
@@ -219,7 +228,7 @@ def write_rows(
 
     # Only what differs from the stored rows goes into the MERGE: a rerun of an unchanged window matches every
     # row here and commits nothing, instead of MERGE-joining and rewriting the whole table.
-    stored = read_table(spark, path)
+    stored = read_table(spark, path, version)  # the version a commit from the driver must follow
     if start is not None:
         stored = stored.where(F.col(EVENT_TIMESTAMP) >= F.lit(start).cast("timestamp"))
     frame = prepared.frame
@@ -245,10 +254,12 @@ def write_rows(
         # counted_stats): a rerun with nothing new stops at this cheap job, without planning that aggregation.
         count = changed.count()
         counts = prepared.counts()
+        inserts_only = not int(_observed(updated).get("rows") or 0)
+        if inserts_only and 0 < count * len(frame.columns) <= DRIVER_APPEND_MAX_VALUES:
+            return _append_from_driver(path, version, view, changed, counts, published_at, before_commit, metadata)
         stats = spark_stats(changed, features, count)
         if before_commit is not None:
-            before_commit(counts, stats, changed)
-        inserts_only = not int(_observed(updated).get("rows") or 0)
+            before_commit(counts, stats, SparkRows(changed, view.key_names))
         written = (
             merge_rows(
                 spark, path, view, changed, published_at, metadata=metadata, start=start, inserts_only=inserts_only
@@ -259,6 +270,29 @@ def write_rows(
     finally:
         changed.unpersist()
     return Written(counts, written, stats=stats)
+
+
+def _append_from_driver(
+    path: Path | str,
+    version: int,
+    view: ViewPlan,
+    changed: DataFrame,
+    counts: RowCounts,
+    published_at: datetime,
+    before_commit: Callable[[RowCounts, dict[str, FeatureStats], RunRows], None] | None,
+    metadata: str | None,
+) -> Written:
+    """Commit ``changed`` (new rows only, persisted, at most :data:`DRIVER_APPEND_MAX_VALUES` values) as the
+    version after ``version`` from this process, through delta-rs, as the Arrow engine commits its appends.
+    Their statistics and checks are computed here too, exactly, from the rows collected."""
+    rows = table_rows(view, changed.toArrow(), published_at)
+    stats = arrow_stats(rows, [(f.name, f.dtype) for f in view.features])
+    if before_commit is not None:
+        before_commit(counts, stats, ArrowRows(rows, view.key_names, EVENT_TIMESTAMP))
+    # Exactly the version after the one the rows were compared with: a commit of another run in between fails
+    # this one whole (no retry), as Spark's MERGE would.
+    delta_rs.append(delta_rs.snapshot(path, version), rows, user_metadata=metadata)
+    return Written(counts, rows.num_rows, stats=stats)
 
 
 def counted_stats(rows: DataFrame, features: list[tuple[str, DType]]) -> tuple[int, dict[str, FeatureStats]]:

@@ -20,7 +20,9 @@ from features.config import RepoConfig
 from features.dtypes import DType
 from features.errors import MaterializationError
 from features.plan import ColumnSpec, ViewPlan
+from offline import delta_rs
 from offline.arrow import materialize as arrow_materialize
+from offline.spark import tables as spark_tables
 from offline.spark.materialize import materialize as spark_materialize
 from offline.spark.tables import read_table
 from offline.tables import table_path
@@ -141,8 +143,19 @@ class Runner:
         }
 
 
-@pytest.fixture(params=["arrow", "spark"])
-def runner(request: pytest.FixtureRequest, spark: Any, postgres_url: str, redis_url: str, tmp_path: Path) -> Any:
+# "spark": new rows few enough are committed from the driver (delta-rs); "spark-merge": by Spark's MERGE, as a
+# larger change is.
+@pytest.fixture(params=["arrow", "spark", "spark-merge"])
+def runner(
+    request: pytest.FixtureRequest,
+    spark: Any,
+    postgres_url: str,
+    redis_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Any:
+    if request.param == "spark-merge":
+        monkeypatch.setattr(spark_tables, "DRIVER_APPEND_MAX_VALUES", 0)
     config = RepoConfig(root=tmp_path, connections={"shop": postgres_url})
     with RedisOnlineStore(redis_url, project=f"inc{uuid.uuid4().hex[:8]}", update_in_place=True) as store:
         yield Runner(request.param, spark, config, store)
@@ -172,6 +185,8 @@ def test_a_rerun_reads_the_unseen_rows_and_publishes_the_changed_entities(runner
     assert "watermark" in again.read_reason and "late_rows 2h" in again.read_reason
     assert runner.table(view) == expected
     assert runner.served(view) == latest
+    commit = delta_rs.commit_info(table_path(runner.config, view), again.offline_version)
+    assert commit is not None and commit["operation"] == ("MERGE" if runner.engine == "spark-merge" else "WRITE")
     before = oracle_latest(oracle_table(pd.DataFrame(first, columns=COLUMNS)))
     changed = {u for u in latest if latest[u] != before.get(u)}
     assert changed == {1, 2, 3, 4}

@@ -442,7 +442,8 @@ def test_a_concurrent_commit_fails_the_spark_run_in_one_line_and_changes_nothing
 ) -> None:
     """Another writer commits to the view's table between this run's read and its commit: Delta refuses the
     commit (ConcurrentAppendException); the run fails with one readable line, nothing of it is in the table
-    or online, and the rerun it asks for completes."""
+    or online, and the rerun it asks for completes. Spark's MERGE (a change too large to commit from the driver)."""
+    monkeypatch.setattr(spark_tables, "DRIVER_APPEND_MAX_VALUES", 0)
     rows = source_rows()
     split = BASE + timedelta(days=1)  # the source's rows span 2.5 days
     config, view, plan, store = small_repo(tmp_path, "race_txn", rows)
@@ -473,3 +474,43 @@ def test_a_concurrent_commit_fails_the_spark_run_in_one_line_and_changes_nothing
     assert again.offline_version == version_before + 2
     assert delta_rows(spark, path) == expected_table(rows, None, None)
     assert live_rows(store, "race_txn") == expected_latest(expected_table(rows, None, None))
+
+
+@pytest.mark.spark
+def test_a_concurrent_commit_fails_a_small_append_from_the_driver_too(
+    spark: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """New rows few enough to commit from the driver (delta-rs, no MERGE): another writer's commit between this
+    run's comparison with the table and its commit fails the run the same way, with nothing of it written."""
+    from deltalake import DeltaTable
+
+    from offline import delta_rs
+
+    rows = source_rows()
+    split = BASE + timedelta(days=1)
+    config, view, plan, store = small_repo(tmp_path, "race_append", rows)
+    materialize(spark, config, plan, view, start=BASE, end=split, online=store)
+    path = table_path(config, view)
+    version_before, live_before = table_version(spark, path), live_rows(store, "race_append")
+    append = delta_rs.append
+
+    def append_after_another_commit(snapshot: Any, data: Any, **options: Any) -> int:
+        DeltaTable(str(path)).update(updates={"amount_x2": "amount_x2"}, predicate="user_id = 1")
+        return append(snapshot, data, **options)
+
+    monkeypatch.setattr(delta_rs, "append", append_after_another_commit)
+    with pytest.raises(MaterializationError) as info:
+        materialize(spark, config, plan, view, start=split, end=None, online=store)
+    assert str(info.value) == (
+        "view 'race_append': another run committed to its table at the same time; nothing of this run was written; "
+        "run again"
+    )
+    assert table_version(spark, path) == version_before + 1  # the other writer's commit, nothing of this run
+    assert delta_rows(spark, path) == expected_table(rows, BASE, split)
+    assert live_rows(store, "race_append") == live_before
+    monkeypatch.undo()
+    again = materialize(spark, config, plan, view, start=split, end=None, online=store)
+    assert again.offline_version == version_before + 2
+    assert delta_rs.commit_info(path, version_before + 2)["operation"] == "WRITE"  # appended, not MERGEd
+    assert delta_rows(spark, path) == expected_table(rows, None, None)
+    assert live_rows(store, "race_append") == expected_latest(expected_table(rows, None, None))
