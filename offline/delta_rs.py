@@ -276,6 +276,18 @@ def newest_metadata_value(path: Path | str, version: int, key: str) -> Any:
 _ADDING_OPERATIONS = ("WRITE", "MERGE", "CREATE TABLE", "CREATE OR REPLACE TABLE", "OPTIMIZE")
 
 
+def rows_in_files(path: Path | str, version: int, files: list[str]) -> int | None:
+    """How many rows the data files ``files`` (relative paths, of the table at ``version``) hold, from the
+    statistics in the log; None when a file is not in that version or its statistics lack the count."""
+    import pyarrow as pa
+
+    adds = pa.table(snapshot(path, version).table.get_add_actions(flatten=True))
+    counts = dict(zip(adds.column("path").to_pylist(), adds.column("num_records").to_pylist(), strict=True))
+    if any(counts.get(f) is None for f in files):
+        return None
+    return sum(int(counts[f]) for f in files)
+
+
 def added_files(path: Path | str, after: int, through: int) -> list[str] | None:
     """The data files (relative paths) the commits ``after < version <= through`` added: every row those commits
     inserted or changed is in one of them. None when a commit of the range is no longer in the log, or changed

@@ -102,11 +102,11 @@ def materialize(
     cursor = incremental.next_cursor(window, _latest(source.column(view.source.cursor_column)))
     rows, counts = prepare_rows(view, source)
     # The stored rows a read row may equal or restate: those of its entities (at or after the window's start).
-    stored_rows = None if stored is None else _stored_rows_of(view, stored, rows, window.start)
+    stored_rows = None if stored is None else stored_rows_of(view, stored, rows, window.start)
     change = (
         Change(rows, rows.slice(0, 0), np.zeros(0, np.int64))
         if stored_rows is None
-        else _compare(view, rows, stored_rows)
+        else compare(view, rows, stored_rows)
     )
     run.read(counts.read)
     log.info("view '%s': read %d source row(s) from '%s' (%s)", view.name, counts.read, view.source.name, window.reason)
@@ -116,7 +116,7 @@ def materialize(
     written_stats = arrow_stats(batch, features)
     # The gate: a blocking check that fails raises here, before anything is committed or published.
     report = gate(view, counts.read, written_stats, ArrowRows(batch, view.key_names, EVENT_TIMESTAMP), baseline)
-    written = _write(view, path, stored, change, datetime.now(UTC), incremental.cursor_metadata(cursor))
+    written = write_change(view, path, stored, change, datetime.now(UTC), incremental.cursor_metadata(cursor))
     version = written if written is not None else (stored.version if stored is not None else None)
     log.info(
         "view '%s': %d row(s) inserted and %d updated in %s (version %s), in Arrow without a JVM",
@@ -140,7 +140,7 @@ def materialize(
             return rows
 
         def latest_changed(files: list[str]) -> pa.Table:
-            rows = _latest_of_files(view, path, version, files)
+            rows = latest_of_files(view, path, version, files)
             latest_stats.update(arrow_stats(rows, features))
             return rows
 
@@ -178,14 +178,14 @@ def _latest(column: pa.ChunkedArray) -> datetime | None:
     return value if isinstance(value, datetime) else None
 
 
-def _stored_rows_of(view: ViewPlan, stored: delta_rs.Snapshot, rows: pa.Table, start: datetime | None) -> pa.Table:
+def stored_rows_of(view: ViewPlan, stored: delta_rs.Snapshot, rows: pa.Table, start: datetime | None) -> pa.Table:
     """The stored rows of the entities of ``rows`` (with an event time at or after ``start``, when given): every
     stored row a read row can have the identity of (keys, event and created time)."""
     event = pc.field(EVENT_TIMESTAMP) >= pa.scalar(start, arrow_type(DType.TIMESTAMP)) if start is not None else None
     return _semi_join(view, read_snapshot(stored, row_columns(view), event), rows)
 
 
-def _latest_of_files(view: ViewPlan, path: Path, version: int, files: list[str]) -> pa.Table:
+def latest_of_files(view: ViewPlan, path: Path, version: int, files: list[str]) -> pa.Table:
     """The latest row at ``version`` of every entity that has a row in ``files`` (data files of the table)."""
     import pyarrow.parquet as pq
 
@@ -330,7 +330,7 @@ class Change:
     replaced: np.ndarray
 
 
-def _compare(view: ViewPlan, rows: pa.Table, stored: pa.Table) -> Change:
+def compare(view: ViewPlan, rows: pa.Table, stored: pa.Table) -> Change:
     """Sort ``rows`` against the stored rows by (keys, event, created). A row whose identity the table does not
     hold is an insert; one it holds with the same values is left out (null equal to null, NaN to NaN, -0.0 to
     0.0, as Spark's anti-join compares); one it holds with other values updates it, as Spark's MERGE does."""
@@ -376,7 +376,7 @@ def latest_rows(view: ViewPlan, table: pa.Table, *, presorted: bool = False) -> 
     return table.select(row_columns(view)).take(order[last_of_key])
 
 
-def _write(
+def write_change(
     view: ViewPlan,
     path: Path,
     stored: delta_rs.Snapshot | None,

@@ -153,6 +153,7 @@ class SourceWindow:
 
     rows: DataFrame
     latest: datetime | None = None
+    count: int | None = None  # how many rows the window holds, when the database was asked before the read
 
 
 def read_window(
@@ -199,8 +200,13 @@ def read_window(
     asked = {} if start is not None and end is not None else {"lo": f"MIN({ts})", "hi": f"MAX({ts})"}
     if latest_of is not None:
         asked["latest"] = f"MAX({quote(latest_of)})"
+    count: int | None = None
     try:
-        found = dict(zip(asked, _timestamps(spark, target, query, asked), strict=True)) if asked else {}
+        if asked:
+            times, count = _window_facts(spark, target, query, asked)
+            found = dict(zip(asked, times, strict=True))
+        else:
+            found = {}
     except Exception as exc:  # Py4J/JDBC errors: translate at the boundary, without the password
         raise SourceUnavailableError(
             f"cannot read the bounds of the window of source '{source.name}' at {redact_url(target.url)}: "
@@ -221,7 +227,7 @@ def read_window(
         )
     frame = reader.load()
     rows = frame.select(*(F.col(quote_spark(c.name)).cast(spark_type(c.dtype)).alias(c.name) for c in source.columns))
-    return SourceWindow(rows, _instant(found.get("latest")))
+    return SourceWindow(rows, _instant(found.get("latest")), count)
 
 
 def _instant(text: str | None) -> datetime | None:
@@ -234,19 +240,24 @@ def _bound_text(value: datetime) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
-def _timestamps(spark: SparkSession, target: JdbcTarget, query: str, aggregates: dict[str, str]) -> list[str | None]:
-    """The timestamp ``aggregates`` (name: SQL) over the rows of ``query``, computed by the database (one small
-    row), as text. They come back formatted by Spark in the session time zone (UTC), never through Python's
-    local zone."""
+def _window_facts(
+    spark: SparkSession, target: JdbcTarget, query: str, aggregates: dict[str, str]
+) -> tuple[list[str | None], int]:
+    """The timestamp ``aggregates`` (name: SQL) over the rows of ``query``, as text, and how many rows it holds,
+    computed by the database (one small row). The timestamps come back formatted by Spark in the session time
+    zone (UTC), never through Python's local zone."""
     pattern = "yyyy-MM-dd HH:mm:ss.SSSSSS"
-    selected = ", ".join(f"{sql} AS {name}" for name, sql in aggregates.items())
+    selected = ", ".join([*(f"{sql} AS {name}" for name, sql in aggregates.items()), "COUNT(*) AS skewless_rows"])
+    schema = ", ".join([*(f"{name} TIMESTAMP" for name in aggregates), "skewless_rows BIGINT"])
     row = (
         spark.read.format("jdbc")
         .options(**target.options())
         .option("dbtable", f"(SELECT {selected} FROM ({query}) AS w) skewless_bounds")
-        .option("customSchema", ", ".join(f"{name} TIMESTAMP" for name in aggregates))
+        .option("customSchema", schema)
         .load()
-        .select(*(F.date_format(name, pattern).alias(name) for name in aggregates))
+        .select(*(F.date_format(name, pattern).alias(name) for name in aggregates), "skewless_rows")
         .first()
     )
-    return [None if row is None else row[name] for name in aggregates]
+    if row is None:
+        return [None for _ in aggregates], 0
+    return [row[name] for name in aggregates], int(row["skewless_rows"] or 0)

@@ -24,17 +24,24 @@ from features.dtypes import DType
 from features.errors import ChecksFailedError, MaterializationError, SkewlessError
 from features.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP, Plan, ViewPlan
 from features.protocols import MaterializationResult, OnlineStore, Progress, Publication, iter_batches
-from features.run_stats import FeatureStats
+from features.run_stats import FeatureStats, arrow_stats
 from offline import delta_rs, incremental
 from offline.errors import conflict_message, error_summary, is_commit_conflict
-from offline.publication import Published, RunProgress, phase, publish_unless_live
+from offline.publication import Published, RunProgress, phase, publish_unless_live, write_from_here
 from offline.spark import windows
 from offline.spark.checks import SparkRows
 from offline.spark.jdbc import quote_spark, read_source, read_window, spark_type
 from offline.spark.stats import spark_run_stats, spark_stats
-from offline.spark.tables import LATEST, prepare_rows, read_table, table_schema, write_rows
+from offline.spark.tables import (
+    LATEST,
+    fits_driver,
+    prepare_rows,
+    read_table,
+    table_schema,
+    write_rows,
+)
 from offline.spark.translate import SparkTranslator
-from offline.tables import RowCounts, read_through, table_path
+from offline.tables import RowCounts, read_through, row_columns, table_path
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -167,6 +174,8 @@ def materialize(
                 metadata=metadata,
                 start=window.start,
                 keep=_cache_is_safe(spark),
+                source_rows=read.count,
+                driver_max_bytes=_driver_max_bytes(config),
             )
             # Known without asking when this run created the table; else read from the log's listing (Spark's
             # ``history()`` is a job, ~0.25 s).
@@ -197,8 +206,8 @@ def materialize(
                 run.counted(_write_from_executors(spark, view, path, version, latest_stats, rows=outcome.rows)),
                 created=outcome.created_version is not None,
                 republish=republish,
-                write_changed=lambda publication, files: run.counted(
-                    _write_from_executors(spark, view, path, version, latest_stats, files=files)
+                write_changed=lambda publication, files: _write_changed(
+                    spark, config, view, path, version, latest_stats, files, run
                 )(publication),
             )
     finally:
@@ -303,8 +312,8 @@ def materialize_windowed(
             republish=republish,
             write_changed=None
             if start is not None
-            else lambda publication, files: run.counted(
-                _write_from_executors(spark, view, path, version, latest_stats, files=files)
+            else lambda publication, files: _write_changed(
+                spark, config, view, path, version, latest_stats, files, run
             )(publication),
             confirmed_at=through,
         )
@@ -358,6 +367,46 @@ def _write_from_executors(
         return written
 
     return write
+
+
+def _write_changed(
+    spark: SparkSession,
+    config: RepoConfig,
+    view: ViewPlan,
+    path: Path,
+    version: int,
+    stats: dict[str, FeatureStats],
+    files: list[str],
+    run: RunProgress,
+) -> Callable[[Publication], int]:
+    """A ``write`` that stages the latest row at ``version`` of each entity with a row in ``files``, and puts
+    their statistics in ``stats``. When those files hold few rows (:func:`~offline.spark.tables.fits_driver`, so
+    at most as many entities) of a table within :func:`_driver_max_bytes`, from the driver, as the Arrow engine
+    publishes them (read through delta-rs: no Delta snapshot, no job, no Python worker in the executors). From
+    the executors otherwise."""
+    from offline.arrow import materialize as arrow
+
+    rows = delta_rs.rows_in_files(path, version, files) if files else None
+    if (
+        rows is None
+        or not fits_driver(rows, len(row_columns(view)))
+        or delta_rs.snapshot(path, version).size > _driver_max_bytes(config)
+    ):
+        return run.counted(_write_from_executors(spark, view, path, version, stats, files=files))
+
+    def latest() -> pa.Table:
+        collected = arrow.latest_of_files(view, path, version, files)
+        stats.update(arrow_stats(collected, _features(view)))
+        return collected
+
+    return write_from_here(latest, run)
+
+
+def _driver_max_bytes(config: RepoConfig) -> int:
+    """The largest table whose rows the driver reads to finish a small change (compare, commit, publish it):
+    ``offline.arrow_join_max_mb``, the bound on what this process reads of a table (0: none, every step stays
+    in Spark)."""
+    return config.arrow_join_max_mb * 2**20
 
 
 def _cache_is_safe(spark: SparkSession) -> bool:

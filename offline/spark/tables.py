@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 from delta.tables import DeltaTable
 from pyspark.sql import Column, DataFrame, Observation, SparkSession, Window
 from pyspark.sql import functions as F
@@ -23,7 +24,7 @@ from pyspark.sql import types as T
 from pyspark.sql.types import StructType
 
 from features.checks import ArrowRows, RunRows
-from features.dtypes import DType
+from features.dtypes import DType, arrow_type
 from features.errors import MaterializationError
 from features.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP, PUBLISHED_AT, ViewPlan
 from features.run_stats import FeatureStats, arrow_stats
@@ -31,15 +32,24 @@ from offline import delta_rs
 from offline.spark.checks import SparkRows
 from offline.spark.jdbc import quote_spark, spark_type
 from offline.spark.stats import spark_stats
-from offline.tables import STATS_PROPERTY, RowCounts, stats_columns, table_rows
+from offline.tables import STATS_PROPERTY, RowCounts, stats_columns, table_columns
 
 log = logging.getLogger(__name__)
 
-#: A run that adds at most this many values (rows times columns, ~tens of MB), new rows only, commits them from
-#: the driver through delta-rs: Spark's MERGE costs ~9 jobs and seconds of Delta's driver work whatever its size
-#: (an incremental run's fixed cost, measured in bench/results/2026-12-06-spark-jobs.md). The bound keeps
-#: table-sized data off the driver; a larger change, or one that restates stored rows, is MERGEd by Spark.
-DRIVER_APPEND_MAX_VALUES = 5_000_000
+#: A run whose window holds at most this many values (source rows times columns, ~tens of MB) onto a table the
+#: driver may read is finished on the driver: compared, committed through delta-rs and published from there,
+#: as the Arrow engine does (see :func:`write_rows`, ``offline.spark.materialize._write_changed``). Opening the
+#: Delta table in Spark, its MERGE and a publication from the executors cost seconds of jobs, Delta's driver work
+#: and cold code in a new process whatever the change's size (bench/results/2026-12-06-spark-jobs.md). The bound
+#: keeps table-sized data off the driver: a larger change is compared, MERGEd and published by Spark.
+DRIVER_MAX_VALUES = 5_000_000
+
+
+def fits_driver(rows: int, columns: int) -> bool:
+    """Whether ``rows`` rows of ``columns`` columns are few enough to handle on the driver
+    (:data:`DRIVER_MAX_VALUES`)."""
+    return rows * columns <= DRIVER_MAX_VALUES
+
 
 #: The column :func:`prepare_rows` adds with ``flag_latest``: whether the row is its entity's latest among the
 #: rows prepared. Never written to a table.
@@ -184,6 +194,8 @@ def write_rows(
     metadata: str | None = None,
     start: datetime | None = None,
     keep: bool = False,
+    source_rows: int | None = None,
+    driver_max_bytes: int = 0,
 ) -> Written:
     """Write the prepared rows into the view's table in one Delta commit.
 
@@ -197,6 +209,9 @@ def write_rows(
     row's event time is at or after it) lets the anti-join and the MERGE skip the stored files of older rows.
     ``keep``: when this call creates the table with flagged rows (``prepare_rows(flag_latest=True)``), they stay
     cached and come back in :attr:`Written.rows`, so that the publication need not read the table back.
+    ``source_rows`` (how many source rows the prepared rows come from, when known before reading them) and
+    ``driver_max_bytes``: onto a table of at most that many bytes, rows few enough (:func:`fits_driver`) are
+    compared and committed from the driver instead (:func:`_write_from_driver`).
     """
 
     features = [(f.name, f.dtype) for f in view.features]
@@ -226,9 +241,16 @@ def write_rows(
         # A table's first commit is version 0.
         return Written(counts, counts.kept, created_version=0, stats=stats, rows=rows if keep else None)
 
+    if source_rows is not None and fits_driver(source_rows, len(prepared.frame.columns)):
+        stored_snapshot = delta_rs.snapshot(path, version)
+        if stored_snapshot.size <= driver_max_bytes:
+            return _write_from_driver(
+                view, Path(path), stored_snapshot, prepared, published_at, before_commit, metadata, start
+            )
+
     # Only what differs from the stored rows goes into the MERGE: a rerun of an unchanged window matches every
     # row here and commits nothing, instead of MERGE-joining and rewriting the whole table.
-    stored = read_table(spark, path, version)  # the version a commit from the driver must follow
+    stored = read_table(spark, path)
     if start is not None:
         stored = stored.where(F.col(EVENT_TIMESTAMP) >= F.lit(start).cast("timestamp"))
     frame = prepared.frame
@@ -254,12 +276,10 @@ def write_rows(
         # counted_stats): a rerun with nothing new stops at this cheap job, without planning that aggregation.
         count = changed.count()
         counts = prepared.counts()
-        inserts_only = not int(_observed(updated).get("rows") or 0)
-        if inserts_only and 0 < count * len(frame.columns) <= DRIVER_APPEND_MAX_VALUES:
-            return _append_from_driver(path, version, view, changed, counts, published_at, before_commit, metadata)
         stats = spark_stats(changed, features, count)
         if before_commit is not None:
             before_commit(counts, stats, SparkRows(changed, view.key_names))
+        inserts_only = not int(_observed(updated).get("rows") or 0)
         written = (
             merge_rows(
                 spark, path, view, changed, published_at, metadata=metadata, start=start, inserts_only=inserts_only
@@ -272,27 +292,40 @@ def write_rows(
     return Written(counts, written, stats=stats)
 
 
-def _append_from_driver(
-    path: Path | str,
-    version: int,
+def _write_from_driver(
     view: ViewPlan,
-    changed: DataFrame,
-    counts: RowCounts,
+    path: Path,
+    stored: delta_rs.Snapshot,
+    prepared: PreparedRows,
     published_at: datetime,
     before_commit: Callable[[RowCounts, dict[str, FeatureStats], RunRows], None] | None,
     metadata: str | None,
+    start: datetime | None,
 ) -> Written:
-    """Commit ``changed`` (new rows only, persisted, at most :data:`DRIVER_APPEND_MAX_VALUES` values) as the
-    version after ``version`` from this process, through delta-rs, as the Arrow engine commits its appends.
-    Their statistics and checks are computed here too, exactly, from the rows collected."""
-    rows = table_rows(view, changed.toArrow(), published_at)
-    stats = arrow_stats(rows, [(f.name, f.dtype) for f in view.features])
+    """Collect the prepared rows (few: see :func:`fits_driver`) and write them onto ``stored`` from the driver, as
+    the Arrow engine writes its rows: compared with the stored rows of their entities (read through delta-rs),
+    new rows appended, restated ones MERGEd, in one commit right after ``stored`` (a commit of another writer in
+    between fails it whole), nothing committed when nothing changed. Their statistics and checks are computed
+    here, exactly. Spark computed the rows; what it no longer does is open the Delta table, compare and MERGE:
+    jobs and Delta's driver work that cost seconds at any size."""
+    from offline.arrow import materialize as arrow
+
+    collected = prepared.frame.toArrow()  # the one Spark job: read, compute, deduplicate
+    counts = prepared.counts()
+    columns = [(name, dtype) for name, dtype in table_columns(view) if name != PUBLISHED_AT]
+    rows = pa.table({name: collected.column(name).cast(arrow_type(dtype)) for name, dtype in columns})
+    change = arrow.compare(view, rows, arrow.stored_rows_of(view, stored, rows, start))
+    written = pa.concat_tables([change.updates, change.inserts])
+    stats = arrow_stats(written, [(f.name, f.dtype) for f in view.features])
     if before_commit is not None:
-        before_commit(counts, stats, ArrowRows(rows, view.key_names, EVENT_TIMESTAMP))
-    # Exactly the version after the one the rows were compared with: a commit of another run in between fails
-    # this one whole (no retry), as Spark's MERGE would.
-    delta_rs.append(delta_rs.snapshot(path, version), rows, user_metadata=metadata)
-    return Written(counts, rows.num_rows, stats=stats)
+        before_commit(counts, stats, ArrowRows(written, view.key_names, EVENT_TIMESTAMP))
+    arrow.write_change(view, path, stored, change, published_at, metadata)
+    log.info(
+        "view '%s': %d row(s) compared with the table and committed from the driver (a small change, through delta-rs)",
+        view.name,
+        rows.num_rows,
+    )
+    return Written(counts, written.num_rows, stats=stats)
 
 
 def counted_stats(rows: DataFrame, features: list[tuple[str, DType]]) -> tuple[int, dict[str, FeatureStats]]:

@@ -143,8 +143,8 @@ class Runner:
         }
 
 
-# "spark": new rows few enough are committed from the driver (delta-rs); "spark-merge": by Spark's MERGE, as a
-# larger change is.
+# "spark": new rows few enough are committed (delta-rs) and published from the driver; "spark-merge": MERGEd by
+# Spark and published from its executors, as a larger change is.
 @pytest.fixture(params=["arrow", "spark", "spark-merge"])
 def runner(
     request: pytest.FixtureRequest,
@@ -155,7 +155,7 @@ def runner(
     monkeypatch: pytest.MonkeyPatch,
 ) -> Any:
     if request.param == "spark-merge":
-        monkeypatch.setattr(spark_tables, "DRIVER_APPEND_MAX_VALUES", 0)
+        monkeypatch.setattr(spark_tables, "DRIVER_MAX_VALUES", 0)
     config = RepoConfig(root=tmp_path, connections={"shop": postgres_url})
     with RedisOnlineStore(redis_url, project=f"inc{uuid.uuid4().hex[:8]}", update_in_place=True) as store:
         yield Runner(request.param, spark, config, store)

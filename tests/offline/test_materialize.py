@@ -443,7 +443,7 @@ def test_a_concurrent_commit_fails_the_spark_run_in_one_line_and_changes_nothing
     """Another writer commits to the view's table between this run's read and its commit: Delta refuses the
     commit (ConcurrentAppendException); the run fails with one readable line, nothing of it is in the table
     or online, and the rerun it asks for completes. Spark's MERGE (a change too large to commit from the driver)."""
-    monkeypatch.setattr(spark_tables, "DRIVER_APPEND_MAX_VALUES", 0)
+    monkeypatch.setattr(spark_tables, "DRIVER_MAX_VALUES", 0)
     rows = source_rows()
     split = BASE + timedelta(days=1)  # the source's rows span 2.5 days
     config, view, plan, store = small_repo(tmp_path, "race_txn", rows)
