@@ -17,11 +17,13 @@ from __future__ import annotations
 import json
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from features import table_stats
+from features.dtypes import TYPE_NAMES, DType, arrow_type
 from features.errors import CommitConflictError, UnsupportedTableError
 
 if TYPE_CHECKING:
@@ -111,6 +113,26 @@ def read(snapshot: Snapshot, schema: pa.Schema, where: pc.Expression | None = No
         return snapshot.table.to_pyarrow_table(columns=schema.names).select(schema.names).cast(schema)
     dataset = snapshot.table.to_pyarrow_dataset()
     return dataset.to_table(columns=schema.names, filter=where).select(schema.names).cast(schema)
+
+
+# Delta's type names of the plan types (the only ones skewless writes).
+DELTA_TYPES = {dtype: TYPE_NAMES[dtype].delta for dtype in DType}
+
+
+def read_snapshot(snapshot: Snapshot, columns: Sequence[str], where: pc.Expression | None = None) -> pa.Table:
+    """``columns`` of the table at the snapshot's version (the rows where ``where`` holds, when given), typed as
+    Spark reads them (timestamps UTC microseconds, whether Spark wrote them as INT96 or INT64)."""
+    import pyarrow as pa
+
+    types = dict(snapshot.columns)
+    missing = [c for c in columns if c not in types]
+    if missing:
+        raise UnsupportedTableError(f"the table has no column(s) {', '.join(missing)}")
+    arrow_types = {name: arrow_type(dtype) for dtype, name in DELTA_TYPES.items()}
+    unread = sorted({types[c] for c in columns if c in types} - set(arrow_types))
+    if unread:
+        raise UnsupportedTableError(f"column types {unread} are not read")
+    return read(snapshot, pa.schema([pa.field(c, arrow_types[types[c]]) for c in columns]), where)
 
 
 def create(path: Path | str, rows: pa.Table, *, configuration: dict[str, str], user_metadata: str | None = None) -> int:

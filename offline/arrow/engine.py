@@ -104,7 +104,7 @@ class ArrowEngine:
         joined: dict[str, pa.ChunkedArray] = {}
         for view in manifest.views:
             try:
-                table = arrow_join.read_snapshot(delta_rs.snapshot(view.path, view.version), table_columns_read(view))
+                table = delta_rs.read_snapshot(delta_rs.snapshot(view.path, view.version), table_columns_read(view))
             except Exception as exc:
                 raise DatasetError(
                     f"cannot read view '{view.name}' at version {view.version} from {view.path}: {exc}"

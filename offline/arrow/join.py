@@ -18,30 +18,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from features.dtypes import TYPE_NAMES, DType, arrow_type, to_micros
-from features.errors import UnsupportedTableError
+from features.dtypes import arrow_type, to_micros
 from features.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP
-from offline import delta_rs
-from offline.arrow.codes import NULL_TIME, key_codes, micros
-from offline.delta_rs import Snapshot
+from offline.codes import NULL_TIME, key_codes, micros
 from offline.tables import ViewTable
-
-# Delta's type names of the plan types (the only ones skewless writes), and the Arrow type each is read as.
-DELTA_TYPES = {dtype: TYPE_NAMES[dtype].delta for dtype in DType}
-_ARROW_TYPES = {name: arrow_type(dtype) for dtype, name in DELTA_TYPES.items()}
-
-
-def read_snapshot(snapshot: Snapshot, columns: Sequence[str], where: pc.Expression | None = None) -> pa.Table:
-    """``columns`` of the table at the snapshot's version (the rows where ``where`` holds, when given), typed as
-    Spark reads them (timestamps UTC microseconds, whether Spark wrote them as INT96 or INT64)."""
-    types = dict(snapshot.columns)
-    missing = [c for c in columns if c not in types]
-    if missing:
-        raise UnsupportedTableError(f"the table has no column(s) {', '.join(missing)}")
-    unread = sorted({types[c] for c in columns if c in types} - set(_ARROW_TYPES))
-    if unread:
-        raise UnsupportedTableError(f"column types {unread} are not read")
-    return delta_rs.read(snapshot, pa.schema([pa.field(c, _ARROW_TYPES[types[c]]) for c in columns]), where)
 
 
 def point_in_time_join(entities: pa.Table, timestamp_column: str, views: Sequence[ViewTable]) -> pa.Table:

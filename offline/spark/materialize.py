@@ -25,7 +25,7 @@ from features.errors import ChecksFailedError, MaterializationError, SkewlessErr
 from features.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP, Plan, ViewPlan
 from features.protocols import MaterializationResult, OnlineStore, Progress, Publication, iter_batches
 from features.run_stats import FeatureStats, arrow_stats
-from offline import delta_rs, incremental
+from offline import changes, delta_rs, incremental
 from offline.errors import conflict_message, error_summary, is_commit_conflict
 from offline.publication import Published, RunProgress, phase, publish_unless_live, write_from_here
 from offline.spark import windows
@@ -384,8 +384,6 @@ def _write_changed(
     at most as many entities) of a table within :func:`_driver_max_bytes`, from the driver, as the Arrow engine
     publishes them (read through delta-rs: no Delta snapshot, no job, no Python worker in the executors). From
     the executors otherwise."""
-    from offline.arrow import materialize as arrow
-
     rows = delta_rs.rows_in_files(path, version, files) if files else None
     if (
         rows is None
@@ -395,7 +393,7 @@ def _write_changed(
         return run.counted(_write_from_executors(spark, view, path, version, stats, files=files))
 
     def latest() -> pa.Table:
-        collected = arrow.latest_of_files(view, path, version, files)
+        collected = changes.latest_of_files(view, path, version, files)
         stats.update(arrow_stats(collected, _features(view)))
         return collected
 

@@ -28,7 +28,7 @@ from features.dtypes import DType, arrow_type
 from features.errors import MaterializationError
 from features.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP, PUBLISHED_AT, ViewPlan
 from features.run_stats import FeatureStats, arrow_stats
-from offline import delta_rs
+from offline import changes, delta_rs
 from offline.spark.checks import SparkRows
 from offline.spark.jdbc import quote_spark, spark_type
 from offline.spark.stats import spark_stats
@@ -308,18 +308,16 @@ def _write_from_driver(
     between fails it whole), nothing committed when nothing changed. Their statistics and checks are computed
     here, exactly. Spark computed the rows; what it no longer does is open the Delta table, compare and MERGE:
     jobs and Delta's driver work that cost seconds at any size."""
-    from offline.arrow import materialize as arrow
-
     collected = prepared.frame.toArrow()  # the one Spark job: read, compute, deduplicate
     counts = prepared.counts()
     columns = [(name, dtype) for name, dtype in table_columns(view) if name != PUBLISHED_AT]
     rows = pa.table({name: collected.column(name).cast(arrow_type(dtype)) for name, dtype in columns})
-    change = arrow.compare(view, rows, arrow.stored_rows_of(view, stored, rows, start))
+    change = changes.compare(view, rows, changes.stored_rows_of(view, stored, rows, start))
     written = pa.concat_tables([change.updates, change.inserts])
     stats = arrow_stats(written, [(f.name, f.dtype) for f in view.features])
     if before_commit is not None:
         before_commit(counts, stats, ArrowRows(written, view.key_names, EVENT_TIMESTAMP))
-    arrow.write_change(view, path, stored, change, published_at, metadata)
+    changes.write_change(view, path, stored, change, published_at, metadata)
     log.info(
         "view '%s': %d row(s) compared with the table and committed from the driver (a small change, through delta-rs)",
         view.name,

@@ -21,7 +21,7 @@ from features.plan import ColumnSpec, ViewPlan
 from offline import delta_rs
 from offline.arrow import materialize as arrow_materialize
 from offline.arrow.engine import ArrowEngine
-from offline.arrow.join import read_snapshot
+from offline.delta_rs import read_snapshot
 from offline.jobs import Materialization
 from offline.router import Router
 from offline.spark.materialize import materialize as spark_materialize

@@ -18,7 +18,7 @@ import pytest
 
 from features.errors import CommitConflictError
 from offline import delta_rs
-from offline.arrow.join import read_snapshot
+from offline.delta_rs import read_snapshot
 from offline.spark.tables import read_table, table_version
 from offline.tables import read_through
 

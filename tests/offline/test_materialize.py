@@ -437,80 +437,62 @@ def _commit_once_while_merging(table: Path, marker: Path) -> Any:
 
 
 @pytest.mark.spark
-def test_a_concurrent_commit_fails_the_spark_run_in_one_line_and_changes_nothing(
-    spark: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("commit", ["spark_merge", "driver_append"])
+def test_a_concurrent_commit_fails_the_run_in_one_line_and_changes_nothing(
+    spark: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, commit: str
 ) -> None:
-    """Another writer commits to the view's table between this run's read and its commit: Delta refuses the
-    commit (ConcurrentAppendException); the run fails with one readable line, nothing of it is in the table
-    or online, and the rerun it asks for completes. Spark's MERGE (a change too large to commit from the driver)."""
-    monkeypatch.setattr(spark_tables, "DRIVER_MAX_VALUES", 0)
-    rows = source_rows()
-    split = BASE + timedelta(days=1)  # the source's rows span 2.5 days
-    config, view, plan, store = small_repo(tmp_path, "race_txn", rows)
-    materialize(spark, config, plan, view, start=BASE, end=split, online=store)
-    path = table_path(config, view)
-    version_before, live_before = table_version(spark, path), live_rows(store, "race_txn")
-    merge = spark_tables.merge_rows
-    udf = _commit_once_while_merging(path, tmp_path / "raced")
-
-    def merge_while_another_commits(
-        spark: Any, path: Any, view: ViewPlan, rows: Any, published_at: Any, **options: Any
-    ) -> int:
-        return merge(spark, path, view, rows.withColumn("user_id", udf(rows["user_id"])), published_at, **options)
-
-    monkeypatch.setattr(spark_tables, "merge_rows", merge_while_another_commits)
-    with pytest.raises(MaterializationError) as info:
-        materialize(spark, config, plan, view, start=split, end=None, online=store)
-    assert str(info.value) == (
-        "view 'race_txn': another run committed to its table at the same time; nothing of this run was written; "
-        "run again"
-    )
-    assert "Concurrent" in type(info.value.__cause__).__name__ + str(info.value.__cause__)  # Delta's refusal
-    assert table_version(spark, path) == version_before + 1  # the other writer's commit, nothing of this run
-    assert delta_rows(spark, path) == expected_table(rows, BASE, split)  # it changed no value
-    assert live_rows(store, "race_txn") == live_before
-    monkeypatch.undo()
-    again = materialize(spark, config, plan, view, start=split, end=None, online=store)
-    assert again.offline_version == version_before + 2
-    assert delta_rows(spark, path) == expected_table(rows, None, None)
-    assert live_rows(store, "race_txn") == expected_latest(expected_table(rows, None, None))
-
-
-@pytest.mark.spark
-def test_a_concurrent_commit_fails_a_small_append_from_the_driver_too(
-    spark: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """New rows few enough to commit from the driver (delta-rs, no MERGE): another writer's commit between this
-    run's comparison with the table and its commit fails the run the same way, with nothing of it written."""
+    """Another writer commits to the view's table between this run's read and its commit; the run fails with one
+    readable line, nothing of it is in the table or online, and the rerun it asks for completes. Both ways a
+    Spark run commits: Spark's MERGE (a change too large for the driver), where Delta refuses the commit
+    (ConcurrentAppendException); and new rows few enough to commit from the driver (delta-rs), whose commit must
+    be the version right after the one compared with."""
     from deltalake import DeltaTable
 
     from offline import delta_rs
 
     rows = source_rows()
-    split = BASE + timedelta(days=1)
-    config, view, plan, store = small_repo(tmp_path, "race_append", rows)
+    split = BASE + timedelta(days=1)  # the source's rows span 2.5 days
+    name = f"race_{commit}"
+    config, view, plan, store = small_repo(tmp_path, name, rows)
     materialize(spark, config, plan, view, start=BASE, end=split, online=store)
     path = table_path(config, view)
-    version_before, live_before = table_version(spark, path), live_rows(store, "race_append")
-    append = delta_rs.append
+    version_before, live_before = table_version(spark, path), live_rows(store, name)
+    if commit == "spark_merge":
+        monkeypatch.setattr(spark_tables, "DRIVER_MAX_VALUES", 0)
+        merge = spark_tables.merge_rows
+        udf = _commit_once_while_merging(path, tmp_path / "raced")
 
-    def append_after_another_commit(snapshot: Any, data: Any, **options: Any) -> int:
-        DeltaTable(str(path)).update(updates={"amount_x2": "amount_x2"}, predicate="user_id = 1")
-        return append(snapshot, data, **options)
+        def merge_while_another_commits(
+            spark: Any, path: Any, view: ViewPlan, rows: Any, published_at: Any, **options: Any
+        ) -> int:
+            return merge(spark, path, view, rows.withColumn("user_id", udf(rows["user_id"])), published_at, **options)
 
-    monkeypatch.setattr(delta_rs, "append", append_after_another_commit)
+        monkeypatch.setattr(spark_tables, "merge_rows", merge_while_another_commits)
+    else:
+        append = delta_rs.append
+
+        def append_after_another_commit(snapshot: Any, data: Any, **options: Any) -> int:
+            DeltaTable(str(path)).update(updates={"amount_x2": "amount_x2"}, predicate="user_id = 1")
+            return append(snapshot, data, **options)
+
+        monkeypatch.setattr(delta_rs, "append", append_after_another_commit)
     with pytest.raises(MaterializationError) as info:
         materialize(spark, config, plan, view, start=split, end=None, online=store)
     assert str(info.value) == (
-        "view 'race_append': another run committed to its table at the same time; nothing of this run was written; "
+        f"view '{name}': another run committed to its table at the same time; nothing of this run was written; "
         "run again"
     )
+    if commit == "spark_merge":
+        assert "Concurrent" in type(info.value.__cause__).__name__ + str(info.value.__cause__)  # Delta's refusal
     assert table_version(spark, path) == version_before + 1  # the other writer's commit, nothing of this run
-    assert delta_rows(spark, path) == expected_table(rows, BASE, split)
-    assert live_rows(store, "race_append") == live_before
+    assert delta_rows(spark, path) == expected_table(rows, BASE, split)  # it changed no value
+    assert live_rows(store, name) == live_before
     monkeypatch.undo()
+    if commit == "spark_merge":
+        monkeypatch.setattr(spark_tables, "DRIVER_MAX_VALUES", 0)
     again = materialize(spark, config, plan, view, start=split, end=None, online=store)
     assert again.offline_version == version_before + 2
-    assert delta_rs.commit_info(path, version_before + 2)["operation"] == "WRITE"  # appended, not MERGEd
+    info_again = delta_rs.commit_info(path, version_before + 2)
+    assert info_again is not None and info_again["operation"] == ("MERGE" if commit == "spark_merge" else "WRITE")
     assert delta_rows(spark, path) == expected_table(rows, None, None)
-    assert live_rows(store, "race_append") == expected_latest(expected_table(rows, None, None))
+    assert live_rows(store, name) == expected_latest(expected_table(rows, None, None))

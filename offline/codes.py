@@ -1,6 +1,7 @@
-"""How the Arrow engine turns key and time columns into NumPy integers, written once for its materialization
-and its point-in-time join: codes equal exactly where the values are, so sorting and grouping by them is
-sorting and grouping by the values' equality."""
+"""How the code that works on Arrow tables in this process turns key and time columns into NumPy integers,
+written once for the Arrow engine's point-in-time join and for the changes to a table (:mod:`offline.changes`):
+codes equal exactly where the values are, so sorting and grouping by them is sorting and grouping by the values'
+equality."""
 
 from __future__ import annotations
 
