@@ -317,11 +317,13 @@ def _write_from_driver(
     stats = arrow_stats(written, [(f.name, f.dtype) for f in view.features])
     if before_commit is not None:
         before_commit(counts, stats, ArrowRows(written, view.key_names, EVENT_TIMESTAMP))
-    changes.write_change(view, path, stored, change, published_at, metadata)
+    committed = changes.write_change(view, path, stored, change, published_at, metadata)
     log.info(
-        "view '%s': %d row(s) compared with the table and committed from the driver (a small change, through delta-rs)",
+        "view '%s': a small change, finished on the driver: %d row(s) compared with the table, %d written (%s)",
         view.name,
         rows.num_rows,
+        written.num_rows,
+        "nothing to commit" if committed is None else f"version {committed}, through delta-rs",
     )
     return Written(counts, written.num_rows, stats=stats)
 
