@@ -166,10 +166,12 @@ def read_window(
     since: datetime | None = None,
     num_partitions: int = DEFAULT_PARTITIONS,
     latest_of: str | None = None,
+    count: bool = False,
 ) -> SourceWindow:
     """:func:`read_source`, and with ``latest_of`` (a timestamp column: a run's cursor) its latest value in the
     window, in the same database query as the window's bounds that partition the read (one Spark job, where
-    asking apart took two)."""
+    asking apart took two); with ``count``, how many rows the window holds, in that query too (when there is
+    one: a window with both ends and no ``latest_of`` asks none, and its count stays None)."""
     target = jdbc_target(url)
     reader = spark.read.format("jdbc").options(**target.options())
     try:
@@ -200,10 +202,10 @@ def read_window(
     asked = {} if start is not None and end is not None else {"lo": f"MIN({ts})", "hi": f"MAX({ts})"}
     if latest_of is not None:
         asked["latest"] = f"MAX({quote(latest_of)})"
-    count: int | None = None
+    counted: int | None = None
     try:
         if asked:
-            times, count = _window_facts(spark, target, query, asked)
+            times, counted = _window_facts(spark, target, query, asked, count=count)
             found = dict(zip(asked, times, strict=True))
         else:
             found = {}
@@ -227,7 +229,7 @@ def read_window(
         )
     frame = reader.load()
     rows = frame.select(*(F.col(quote_spark(c.name)).cast(spark_type(c.dtype)).alias(c.name) for c in source.columns))
-    return SourceWindow(rows, _instant(found.get("latest")), count)
+    return SourceWindow(rows, _instant(found.get("latest")), counted)
 
 
 def _instant(text: str | None) -> datetime | None:
@@ -241,23 +243,28 @@ def _bound_text(value: datetime) -> str:
 
 
 def _window_facts(
-    spark: SparkSession, target: JdbcTarget, query: str, aggregates: dict[str, str]
-) -> tuple[list[str | None], int]:
-    """The timestamp ``aggregates`` (name: SQL) over the rows of ``query``, as text, and how many rows it holds,
-    computed by the database (one small row). The timestamps come back formatted by Spark in the session time
-    zone (UTC), never through Python's local zone."""
+    spark: SparkSession, target: JdbcTarget, query: str, aggregates: dict[str, str], *, count: bool = False
+) -> tuple[list[str | None], int | None]:
+    """The timestamp ``aggregates`` (name: SQL) over the rows of ``query``, as text, and with ``count`` how many
+    rows it holds (None without), computed by the database (one small row). Counting is asked only when wanted:
+    with an index on the time column the bounds come from the index, a count scans the window. The timestamps
+    come back formatted by Spark in the session time zone (UTC), never through Python's local zone."""
     pattern = "yyyy-MM-dd HH:mm:ss.SSSSSS"
-    selected = ", ".join([*(f"{sql} AS {name}" for name, sql in aggregates.items()), "COUNT(*) AS skewless_rows"])
-    schema = ", ".join([*(f"{name} TIMESTAMP" for name in aggregates), "skewless_rows BIGINT"])
+    selected = [f"{sql} AS {name}" for name, sql in aggregates.items()]
+    schema = [f"{name} TIMESTAMP" for name in aggregates]
+    columns = [F.date_format(name, pattern).alias(name) for name in aggregates]
+    if count:
+        selected.append("COUNT(*) AS skewless_rows")
+        schema.append("skewless_rows BIGINT")
+        columns.append(F.col("skewless_rows"))
     row = (
         spark.read.format("jdbc")
         .options(**target.options())
-        .option("dbtable", f"(SELECT {selected} FROM ({query}) AS w) skewless_bounds")
-        .option("customSchema", schema)
+        .option("dbtable", f"(SELECT {', '.join(selected)} FROM ({query}) AS w) skewless_bounds")
+        .option("customSchema", ", ".join(schema))
         .load()
-        .select(*(F.date_format(name, pattern).alias(name) for name in aggregates), "skewless_rows")
+        .select(*columns)
         .first()
     )
-    if row is None:
-        return [None for _ in aggregates], 0
-    return [row[name] for name in aggregates], int(row["skewless_rows"] or 0)
+    rows = (int(row["skewless_rows"] or 0) if row is not None else 0) if count else None
+    return [None if row is None else row[name] for name in aggregates], rows

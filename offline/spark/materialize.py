@@ -147,15 +147,25 @@ def materialize(
     url = config.connection_url(view.source.connection)
     path = table_path(config, view)
     window = incremental.plan_read(view, path, start, end)
+    creating = delta_rs.latest_version(path) is None
     with phase(view, "checking the source schema"):
         # the schema check happens here
         read = read_window(
-            spark, view.source, url, window.start, window.end, since=window.since, latest_of=view.source.cursor_column
+            spark,
+            view.source,
+            url,
+            window.start,
+            window.end,
+            since=window.since,
+            latest_of=view.source.cursor_column,
+            # Whether the driver may finish the change depends on its size (see write_rows); a run that creates
+            # the table never does, so it does not make the database count its rows.
+            count=not creating and _driver_max_bytes(config) > 0,
         )
         source = read.rows
     metadata = incremental.cursor_metadata(incremental.next_cursor(window, read.latest))
     # A run that creates the table publishes its own rows, so it flags each entity's latest while deduplicating.
-    prepared = prepare_rows(view, compute_features(view, source), flag_latest=delta_rs.latest_version(path) is None)
+    prepared = prepare_rows(view, compute_features(view, source), flag_latest=creating)
     reports: list[CheckReport] = []
 
     def checked(counts: RowCounts, stats: dict[str, FeatureStats], rows: RunRows) -> None:
