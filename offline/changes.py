@@ -72,9 +72,20 @@ def compare(view: ViewPlan, rows: pa.Table, stored: pa.Table) -> Change:
 
 def stored_rows_of(view: ViewPlan, stored: delta_rs.Snapshot, rows: pa.Table, start: datetime | None) -> pa.Table:
     """The stored rows of the entities of ``rows`` (with an event time at or after ``start``, when given): every
-    stored row a read row can have the identity of (keys, event and created time)."""
-    event = pc.field(EVENT_TIMESTAMP) >= pa.scalar(start, arrow_type(DType.TIMESTAMP)) if start is not None else None
-    return semi_join(view, read_snapshot(stored, row_columns(view), event), rows)
+    stored row a read row can have the identity of (keys, event and created time).
+
+    Without ``start`` (a source read by its change column) every stored row is a candidate, so the scan also
+    filters on the entities' key values (each key column's: a superset for several keys, made exact by the
+    semi-join): only their rows are held in memory, not the whole table the scan passes through."""
+    if start is not None:
+        where = pc.field(EVENT_TIMESTAMP) >= pa.scalar(start, arrow_type(DType.TIMESTAMP))
+    else:
+        where = None
+        for key in view.join_keys:
+            values = pc.unique(rows.column(key.name)).cast(arrow_type(key.dtype))
+            in_rows = pc.field(key.name).isin(values)
+            where = in_rows if where is None else where & in_rows
+    return semi_join(view, read_snapshot(stored, row_columns(view), where), rows)
 
 
 def latest_rows(view: ViewPlan, table: pa.Table, *, presorted: bool = False) -> pa.Table:
