@@ -24,7 +24,7 @@ from offline import delta_rs
 from offline.codes import column_codes, micros
 from offline.delta_rs import read_snapshot
 from offline.errors import conflict_message, is_commit_conflict
-from offline.tables import STATS_PROPERTY, row_columns, stats_columns, table_columns, table_rows
+from offline.tables import STATS_PROPERTY, RowCounts, row_columns, stats_columns, table_columns, table_rows
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +91,7 @@ def stored_rows_of(view: ViewPlan, stored: delta_rs.Snapshot, rows: pa.Table, st
 def latest_rows(view: ViewPlan, table: pa.Table, *, presorted: bool = False) -> pa.Table:
     """One row per entity: the latest by event time, then created time (null first), as
     :func:`offline.spark.materialize.latest_rows` picks it. ``presorted``: ``table`` is already sorted by keys, event
-    time and created time (what :func:`prepare_rows` returns)."""
+    time and created time (what :func:`deduplicate` returns)."""
     if presorted:
         order = np.arange(table.num_rows)
         same_key = same_as_previous([column_codes(table.column(name))[0] for name in view.key_names], order)
@@ -196,3 +196,50 @@ def same_as_previous(keys: list[np.ndarray], order: np.ndarray) -> np.ndarray:
     if len(order):
         same[0] = False
     return same
+
+
+def deduplicate(view: ViewPlan, computed: pa.Table) -> tuple[pa.Table, RowCounts]:
+    """``computed`` (join keys, features, event and created time) without the rows missing a key or the event
+    time, one row per (keys, event time, created time), sorted by keys and times; and how many rows were dropped
+    and why. Among rows sharing those, the one whose feature values sort first (ascending, nulls first, NaN
+    last, as Spark orders them) is kept; rows equal under that order are equal but for the sign of a zero or a
+    NaN's bits, and either may be kept, in Spark as here (the rule of :func:`offline.spark.tables.prepare_rows`).
+    The Arrow engine's runs, and the tasks of a Spark run that creates a table, deduplicate here."""
+
+    valid = pc.is_valid(computed.column(EVENT_TIMESTAMP))
+    for name in view.key_names:
+        valid = pc.and_(valid, pc.is_valid(computed.column(name)))
+    rows = computed.filter(valid)
+    order, same_key = sort_order(view, [rows])
+    event, created = micros(rows.column(EVENT_TIMESTAMP))[order], micros(rows.column(CREATED_TIMESTAMP))[order]
+    same_identity = same_key & (event == np.roll(event, 1)) & (created == np.roll(created, 1))
+    keep = np.ones(len(order), bool)
+    if same_identity.any():
+        keep = _first_of_each_group(view, rows, order, same_identity)
+    kept = rows.take(order[keep])  # sorted by keys and times: latest_rows(presorted=True) needs no sort
+    return kept, RowCounts(computed.num_rows, computed.num_rows - rows.num_rows, rows.num_rows - kept.num_rows)
+
+
+def _first_of_each_group(view: ViewPlan, rows: pa.Table, order: np.ndarray, same_identity: np.ndarray) -> np.ndarray:
+    """Which sorted rows to keep: every row alone in its group, and the one sorting first in each group."""
+    keep = ~same_identity
+    starts = np.flatnonzero(keep)
+    sizes = np.diff(np.append(starts, len(order)))
+    groups = [(int(s), int(s + n)) for s, n in zip(starts[sizes > 1], sizes[sizes > 1], strict=True)]
+    members = np.concatenate([np.arange(s, e) for s, e in groups])
+    values = [rows.column(name).take(order[members]).to_pylist() for name in view.feature_names]
+    position = {int(m): i for i, m in enumerate(members)}
+    for s, e in groups:
+        best = min(range(s, e), key=lambda m: tuple(_sort_key(column[position[m]]) for column in values))
+        keep[s] = False
+        keep[best] = True
+    return keep
+
+
+def _sort_key(value: object) -> tuple[object, ...]:
+    """Spark's ascending order with nulls first: NaN after every number, -0.0 equal to 0.0."""
+    if value is None:
+        return (0,)
+    if isinstance(value, float) and value != value:
+        return (1, 1, 0.0)
+    return (1, 0, value)

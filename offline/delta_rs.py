@@ -15,6 +15,7 @@ visible (its data file stays unreferenced until a vacuum).
 from __future__ import annotations
 
 import json
+import math
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -145,6 +146,93 @@ def create(path: Path | str, rows: pa.Table, *, configuration: dict[str, str], u
         write_deltalake(
             str(path),
             rows,
+            mode="error",
+            configuration=configuration,
+            commit_properties=_properties(user_metadata),
+        )
+    except DeltaError as exc:
+        raise CommitConflictError(f"creating the Delta table {path} failed (another writer first?): {exc}") from exc
+    return 0
+
+
+@dataclass(frozen=True, slots=True)
+class DataFile:
+    """A Parquet file written into a table's directory, not yet committed: what its ``add`` action says."""
+
+    path: str  # relative to the table's directory
+    size: int
+    modified_ms: int
+    stats: str  # Delta's per-file statistics (JSON)
+
+
+def write_file(directory: Path | str, rows: pa.Table, name: str, stats_columns: Sequence[str]) -> DataFile:
+    """Write ``rows`` (typed as the table stores them) as the Parquet file ``name`` in the table's ``directory``,
+    with the statistics Delta keeps of ``stats_columns`` (as delta-rs writes them: the row count, null counts,
+    and min and max of numbers, short strings and times, times truncated to milliseconds). Nothing is committed:
+    :func:`create_from_files` does that for every task's file at once."""
+    import os
+
+    import pyarrow.parquet as pq
+
+    target = Path(directory) / name
+    pq.write_table(rows, target, compression="snappy")
+    info = os.stat(target)
+    minimum: dict[str, Any] = {}
+    maximum: dict[str, Any] = {}
+    nulls: dict[str, int] = {}
+    for column in stats_columns:
+        values = rows.column(column)
+        nulls[column] = values.null_count
+        low, high = _stat_value(values, "min"), _stat_value(values, "max")
+        if low is not None and high is not None:
+            minimum[column], maximum[column] = low, high
+    stats = {"numRecords": rows.num_rows, "minValues": minimum, "maxValues": maximum, "nullCount": nulls}
+    return DataFile(name, info.st_size, int(info.st_mtime * 1000), json.dumps(stats))
+
+
+# Delta truncates the statistics of longer strings (a prefix, and a marker on the max); such a column's min and max
+# are left out instead, which only makes readers skip no file by that column.
+_STAT_STRING_CHARS = 32
+
+
+def _stat_value(values: pa.ChunkedArray, which: str) -> Any:
+    """The min or max of ``values`` as Delta's statistics write it; None when there is none, or none to write."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    value = (pc.min if which == "min" else pc.max)(values).as_py()
+    if value is None:
+        return None
+    kind = values.type
+    if pa.types.is_timestamp(kind):
+        return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        return value if len(value) <= _STAT_STRING_CHARS else None
+    if pa.types.is_integer(kind) or pa.types.is_floating(kind):
+        return value if not isinstance(value, float) or math.isfinite(value) else None
+    return None
+
+
+def create_from_files(
+    path: Path | str,
+    schema: pa.Schema,
+    files: Sequence[DataFile],
+    *,
+    configuration: dict[str, str],
+    user_metadata: str | None = None,
+) -> int:
+    """Create the table at ``path`` (version 0) from ``files`` already written into its directory
+    (:func:`write_file`), in one commit; :class:`CommitConflictError` when another writer created it first."""
+    from deltalake import Schema
+    from deltalake.exceptions import DeltaError
+    from deltalake.transaction import AddAction, create_table_with_add_actions
+
+    adds = [AddAction(f.path, f.size, {}, f.modified_ms, True, f.stats) for f in files]
+    try:
+        create_table_with_add_actions(
+            str(path),
+            Schema.from_arrow(schema),
+            adds,
             mode="error",
             configuration=configuration,
             commit_properties=_properties(user_metadata),

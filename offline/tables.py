@@ -39,9 +39,23 @@ def table_path(config: RepoConfig, view: ViewPlan) -> Path:
 STATS_PROPERTY = "delta.dataSkippingStatsColumns"
 
 
+def stats_column_names(view: ViewPlan) -> list[str]:
+    """The columns Delta keeps statistics of in ``view``'s table: its keys and times."""
+    return [*view.key_names, EVENT_TIMESTAMP, CREATED_TIMESTAMP, PUBLISHED_AT]
+
+
 def stats_columns(view: ViewPlan) -> str:
     """The value of :data:`STATS_PROPERTY` for ``view``'s table."""
-    return ",".join(quote_spark(c) for c in (*view.key_names, EVENT_TIMESTAMP, CREATED_TIMESTAMP, PUBLISHED_AT))
+    return ",".join(quote_spark(c) for c in stats_column_names(view))
+
+
+def table_arrow_schema(view: ViewPlan) -> pa.Schema:
+    """The table's columns as Arrow types (what :func:`table_rows` gives)."""
+    import pyarrow as pa
+
+    from features.dtypes import arrow_type
+
+    return pa.schema([pa.field(name, arrow_type(dtype)) for name, dtype in table_columns(view)])
 
 
 def commit_time(path: Path | str, version: int) -> datetime | None:

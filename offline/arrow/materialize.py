@@ -27,15 +27,22 @@ import pyarrow.compute as pc
 
 from features.checks import ArrowRows, Baseline, gate
 from features.config import RepoConfig
-from features.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP, ViewPlan
+from features.plan import EVENT_TIMESTAMP, ViewPlan
 from features.protocols import MaterializationResult, OnlineStore, Progress
 from features.rows import compute_features
 from features.rows import refusal as rows_refusal
 from features.run_stats import FeatureStats, RunStats, arrow_stats
 from offline import delta_rs, incremental
 from offline.arrow import source as arrow_source
-from offline.changes import Change, compare, latest_of_files, latest_rows, sort_order, stored_rows_of, write_change
-from offline.codes import micros
+from offline.changes import (
+    Change,
+    compare,
+    deduplicate,
+    latest_of_files,
+    latest_rows,
+    stored_rows_of,
+    write_change,
+)
 from offline.delta_rs import DELTA_TYPES, read_snapshot
 from offline.publication import Published, RunProgress, publish_unless_live, write_from_here
 from offline.tables import (
@@ -204,46 +211,6 @@ def _stored_snapshot(path: Path) -> delta_rs.Snapshot | None:
 
 
 def prepare_rows(view: ViewPlan, source: pa.Table) -> tuple[pa.Table, RowCounts]:
-    """The computed rows without those missing a key or the event time, one per (keys, event time, created
-    time): :func:`offline.tables.prepare_rows`. Among rows sharing those, the one whose feature values sort
-    first (ascending, nulls first, NaN last, as Spark orders them) is kept; rows equal under that order are
-    equal but for the sign of a zero or a NaN's bits, and either may be kept, in Spark as here."""
-
-    computed = compute_features(view, source)
-    valid = pc.is_valid(computed.column(EVENT_TIMESTAMP))
-    for name in view.key_names:
-        valid = pc.and_(valid, pc.is_valid(computed.column(name)))
-    rows = computed.filter(valid)
-    order, same_key = sort_order(view, [rows])
-    event, created = micros(rows.column(EVENT_TIMESTAMP))[order], micros(rows.column(CREATED_TIMESTAMP))[order]
-    same_identity = same_key & (event == np.roll(event, 1)) & (created == np.roll(created, 1))
-    keep = np.ones(len(order), bool)
-    if same_identity.any():
-        keep = _first_of_each_group(view, rows, order, same_identity)
-    kept = rows.take(order[keep])  # sorted by keys and times: latest_rows(presorted=True) needs no sort
-    return kept, RowCounts(source.num_rows, source.num_rows - rows.num_rows, rows.num_rows - kept.num_rows)
-
-
-def _first_of_each_group(view: ViewPlan, rows: pa.Table, order: np.ndarray, same_identity: np.ndarray) -> np.ndarray:
-    """Which sorted rows to keep: every row alone in its group, and the one sorting first in each group."""
-    keep = ~same_identity
-    starts = np.flatnonzero(keep)
-    sizes = np.diff(np.append(starts, len(order)))
-    groups = [(int(s), int(s + n)) for s, n in zip(starts[sizes > 1], sizes[sizes > 1], strict=True)]
-    members = np.concatenate([np.arange(s, e) for s, e in groups])
-    values = [rows.column(name).take(order[members]).to_pylist() for name in view.feature_names]
-    position = {int(m): i for i, m in enumerate(members)}
-    for s, e in groups:
-        best = min(range(s, e), key=lambda m: tuple(_sort_key(column[position[m]]) for column in values))
-        keep[s] = False
-        keep[best] = True
-    return keep
-
-
-def _sort_key(value: object) -> tuple[object, ...]:
-    """Spark's ascending order with nulls first: NaN after every number, -0.0 equal to 0.0."""
-    if value is None:
-        return (0,)
-    if isinstance(value, float) and value != value:
-        return (1, 1, 0.0)
-    return (1, 0, value)
+    """The computed rows of ``source``, deduplicated by the rule both engines share
+    (:func:`offline.changes.deduplicate`), sorted by keys and times."""
+    return deduplicate(view, compute_features(view, source))

@@ -30,10 +30,11 @@ from offline.errors import conflict_message, error_summary, is_commit_conflict
 from offline.publication import Published, RunProgress, phase, publish_unless_live, write_from_here
 from offline.spark import windows
 from offline.spark.checks import SparkRows
+from offline.spark.first_write import Created, create_table
 from offline.spark.jdbc import quote_spark, read_source, read_window, spark_type
 from offline.spark.stats import spark_run_stats, spark_stats
 from offline.spark.tables import (
-    LATEST,
+    Written,
     fits_driver,
     prepare_rows,
     read_table,
@@ -66,12 +67,6 @@ def compute_features(view: ViewPlan, source: DataFrame) -> DataFrame:
 def _published_columns(view: ViewPlan) -> list[Column]:
     """The columns a :class:`~features.protocols.Publication` expects, in its order."""
     return [F.col(quote_spark(c)) for c in (*view.key_names, *view.feature_names, EVENT_TIMESTAMP, CREATED_TIMESTAMP)]
-
-
-def flagged_latest(view: ViewPlan, rows: DataFrame) -> DataFrame:
-    """The rows that :func:`~offline.spark.tables.prepare_rows` flagged as their entity's latest (``rows`` being
-    the whole table's: its first run), as :func:`latest_rows` gives them, without sorting them again."""
-    return rows.where(F.col(LATEST)).select(*_published_columns(view))
 
 
 def latest_rows(view: ViewPlan, table: DataFrame) -> DataFrame:
@@ -164,29 +159,34 @@ def materialize(
         )
         source = read.rows
     metadata = incremental.cursor_metadata(incremental.next_cursor(window, read.latest))
-    # A run that creates the table publishes its own rows, so it flags each entity's latest while deduplicating.
-    prepared = prepare_rows(view, compute_features(view, source), flag_latest=creating)
+    computed = compute_features(view, source)
     reports: list[CheckReport] = []
 
     def checked(counts: RowCounts, stats: dict[str, FeatureStats], rows: RunRows) -> None:
         reports.append(gate(view, counts.read, stats, rows, baseline))
 
+    created: Created | None = None
     try:
         # One pass over the source: read, compute, drop invalid and duplicate rows, count, write.
         with phase(view, "reading the source and writing the offline table"):
-            outcome = write_rows(
-                spark,
-                path,
-                view,
-                prepared,
-                datetime.now(UTC),
-                before_commit=checked,
-                metadata=metadata,
-                start=window.start,
-                keep=_cache_is_safe(spark),
-                source_rows=read.count,
-                driver_max_bytes=_driver_max_bytes(config),
-            )
+            if creating:  # each task prepares and writes its entities' rows; one commit creates the table
+                created = create_table(
+                    spark, path, view, computed, datetime.now(UTC), before_commit=checked, metadata=metadata
+                )
+                outcome = Written(created.counts, created.counts.kept, created_version=0, stats=created.stats)
+            else:
+                outcome = write_rows(
+                    spark,
+                    path,
+                    view,
+                    prepare_rows(view, computed),
+                    datetime.now(UTC),
+                    before_commit=checked,
+                    metadata=metadata,
+                    start=window.start,
+                    source_rows=read.count,
+                    driver_max_bytes=_driver_max_bytes(config),
+                )
             # Known without asking when this run created the table; else read from the log's listing (Spark's
             # ``history()`` is a job, ~0.25 s).
             version = outcome.created_version if outcome.created_version is not None else delta_rs.latest_version(path)
@@ -213,7 +213,7 @@ def materialize(
                 path,
                 version,
                 online,
-                run.counted(_write_from_executors(spark, view, path, version, latest_stats, rows=outcome.rows)),
+                run.counted(_write_from_executors(spark, view, path, version, latest_stats, created=created)),
                 created=outcome.created_version is not None,
                 republish=republish,
                 write_changed=lambda publication, files: _write_changed(
@@ -221,8 +221,8 @@ def materialize(
                 )(publication),
             )
     finally:
-        if outcome.rows is not None:
-            outcome.rows.unpersist()
+        if created is not None:
+            created.discard()
     run.finish()
     return MaterializationResult(
         view=view.name,
@@ -351,16 +351,21 @@ def _write_from_executors(
     version: int,
     stats: dict[str, FeatureStats],
     files: list[str] | None = None,
-    rows: DataFrame | None = None,
+    created: Created | None = None,
 ) -> Callable[[Publication], int]:
     """A ``write`` for :func:`offline.publication.published` that stages the latest row per entity at ``version``
     from Spark's executors, and puts the statistics of those rows in ``stats``. With ``files`` (data files of the
-    table), only the entities that have a row in them. ``rows``: the table's whole content at ``version``, cached
-    by the run that created the table with them (not read back from Delta), each entity's latest flagged."""
+    table), only the entities that have a row in them. ``created``: this run created the table, and its tasks
+    staged each entity's latest row and described them (not read back from Delta)."""
 
     def write(publication: Publication) -> int:
-        if rows is not None:
-            latest = flagged_latest(view, rows)
+        if created is not None:
+            stats.update(created.latest_stats)
+            if not created.latest_files:
+                return 0
+            schema = T.StructType([f for f in table_schema(view).fields if f.name in row_columns(view)])
+            latest = spark.read.schema(schema).parquet(*created.latest_files).select(*_published_columns(view))
+            return publish(latest, publication)
         else:
             table = read_table(spark, str(path), version)
             if files is not None:
@@ -415,13 +420,6 @@ def _driver_max_bytes(config: RepoConfig) -> int:
     ``offline.arrow_join_max_mb``, the bound on what this process reads of a table (0: none, every step stays
     in Spark)."""
     return config.arrow_join_max_mb * 2**20
-
-
-def _cache_is_safe(spark: SparkSession) -> bool:
-    """Whether rows a run cached can stand for the table they were written to until its publication: in local
-    mode, where the cache lives in this process. On a cluster, an executor lost meanwhile takes its cached blocks
-    with it, and Spark would compute them again from the source, which may have changed since the write."""
-    return str(spark.sparkContext.master).startswith("local")
 
 
 def _rows_of_entities_in(

@@ -24,7 +24,7 @@ from pyspark.sql import types as T
 from pyspark.sql.types import StructType
 
 from features.checks import ArrowRows, RunRows
-from features.dtypes import DType, arrow_type
+from features.dtypes import arrow_type
 from features.errors import MaterializationError
 from features.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP, PUBLISHED_AT, ViewPlan
 from features.run_stats import FeatureStats, arrow_stats
@@ -32,7 +32,7 @@ from offline import changes, delta_rs
 from offline.spark.checks import SparkRows
 from offline.spark.jdbc import quote_spark, spark_type
 from offline.spark.stats import spark_stats
-from offline.tables import STATS_PROPERTY, RowCounts, stats_columns, table_columns
+from offline.tables import RowCounts, table_columns
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +49,6 @@ def fits_driver(rows: int, columns: int) -> bool:
     """Whether ``rows`` rows of ``columns`` columns are few enough to handle on the driver
     (:data:`DRIVER_MAX_VALUES`)."""
     return rows * columns <= DRIVER_MAX_VALUES
-
-
-#: The column :func:`prepare_rows` adds with ``flag_latest``: whether the row is its entity's latest among the
-#: rows prepared. Never written to a table.
-LATEST = "__latest"
 
 
 def table_schema(view: ViewPlan) -> StructType:
@@ -96,7 +91,6 @@ class PreparedRows:
     view: str
     read: Observation
     kept: Observation
-    flagged: bool = False  # ``frame`` has the column LATEST
 
     def counts(self) -> RowCounts:
         """The counts of the first action run on ``frame`` (call it after that action)."""
@@ -120,14 +114,13 @@ def _observed(observation: Observation, timeout: float = 120.0) -> dict[str, Any
     return metrics
 
 
-def prepare_rows(view: ViewPlan, computed: DataFrame, *, flag_latest: bool = False) -> PreparedRows:
+def prepare_rows(view: ViewPlan, computed: DataFrame) -> PreparedRows:
     """Drop rows without keys or event time, and keep one row per (keys, event, created) deterministically.
 
     ``computed`` has the join keys, the features, ``event_timestamp`` and ``created_timestamp``. Among rows
-    sharing a key, the one whose feature values sort first is kept, so every run keeps the same row.
-    ``flag_latest`` (a run that creates the table, which publishes its own rows): the column :data:`LATEST`
-    flags each entity's latest row. Nothing runs yet: the rows are counted (see :meth:`PreparedRows.counts`) by
-    whichever action first reads ``frame``.
+    sharing a key, the one whose feature values sort first is kept, so every run keeps the same row (the rule of
+    :func:`offline.changes.deduplicate`, which a run that creates the table follows in its tasks). Nothing runs
+    yet: the rows are counted (see :meth:`PreparedRows.counts`) by whichever action first reads ``frame``.
     """
 
     keys = [*view.key_names, EVENT_TIMESTAMP]
@@ -141,10 +134,9 @@ def prepare_rows(view: ViewPlan, computed: DataFrame, *, flag_latest: bool = Fal
     # Rows sorted per entity by (event time, created time, feature values): the rows sharing keys, event and
     # created time are neighbours, the one whose feature values sort first leading. A row is kept unless the row
     # before it has the same event and created time. Partitioned by the join keys alone, not by the whole
-    # triple: the rows come out clustered by entity, and a first run's rows, cached in that layout, give the
-    # latest row per entity (offline.spark.materialize.latest_rows) without a second shuffle. Not ``row_number()
-    # == 1`` over the triple: for that Spark sorts every partition before the shuffle too (a partial group
-    # limit), which pays off only when groups are large; here nearly every group is one row.
+    # triple (the rows come out clustered by entity). Not ``row_number() == 1`` over the triple: for that Spark
+    # sorts every partition before the shuffle too (a partial group limit), which pays off only when groups are
+    # large; here nearly every group is one row.
     entity = Window.partitionBy(*(F.col(quote_spark(k)) for k in view.key_names)).orderBy(
         F.col(EVENT_TIMESTAMP).asc(),
         F.col(CREATED_TIMESTAMP).asc_nulls_first(),
@@ -157,30 +149,19 @@ def prepare_rows(view: ViewPlan, computed: DataFrame, *, flag_latest: bool = Fal
         & F.lag(created).over(entity).eqNullSafe(created)
     )
     deduped = rows.withColumn("__duplicate", duplicate)
-    if flag_latest:
-        # The entity's latest row, flagged in the same pass: the last row of the entity's sorted rows has its
-        # latest event and created time, and of the rows sharing those only the first is kept. A table's first
-        # run publishes the rows so flagged (offline.spark.materialize.flagged_latest) without sorting them again.
-        whole = entity.rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
-        deduped = deduped.withColumn(
-            LATEST, (event == F.last(event).over(whole)) & created.eqNullSafe(F.last(created).over(whole))
-        )
     deduped = deduped.where(~F.col("__duplicate")).drop("__duplicate")
-    return PreparedRows(deduped.observe(kept, F.count(F.lit(1)).alias("rows")), view.name, read, kept, flag_latest)
+    return PreparedRows(deduped.observe(kept, F.count(F.lit(1)).alias("rows")), view.name, read, kept)
 
 
 @dataclass(frozen=True, slots=True)
 class Written:
-    """What :func:`write_rows` did: the counts of the rows it read, how many it inserted or updated, and the
-    table version it created when it created the table (0; None otherwise: ask :func:`table_version`)."""
+    """What a run's write did: the counts of the rows it read, how many it inserted or updated, and the table
+    version it created when it created the table (0; None otherwise: ask :func:`table_version`)."""
 
     counts: RowCounts
     rows_written: int
     created_version: int | None = None
     stats: dict[str, FeatureStats] = field(default_factory=dict)  # of the rows written, per feature
-    # With ``keep`` and flagged rows, the rows that created the table, still cached: the table's whole content at
-    # that version, with the column LATEST (the caller unpersists them).
-    rows: DataFrame | None = None
 
 
 def write_rows(
@@ -193,22 +174,18 @@ def write_rows(
     *,
     metadata: str | None = None,
     start: datetime | None = None,
-    keep: bool = False,
     source_rows: int | None = None,
     driver_max_bytes: int = 0,
 ) -> Written:
-    """Write the prepared rows into the view's table in one Delta commit.
+    """Write the prepared rows onto the view's existing table in one Delta commit (a run that creates the table
+    writes it in :mod:`offline.spark.first_write`).
 
-    A table that does not exist yet is created with the rows in one plain write (no MERGE: nothing to match
-    against; a concurrent creator makes one of the two fail). Onto an existing table, the rows identical to a
-    stored row are dropped with an anti-join and only the new or changed rows are MERGEd (see
-    :func:`merge_rows`); when none are left there is no commit at all. Either way the source is read once, and
-    the statistics of the rows written (:mod:`offline.spark.stats`) come from the rows persisted for the write.
+    The rows identical to a stored row are dropped with an anti-join and only the new or changed rows are MERGEd
+    (see :func:`merge_rows`); when none are left there is no commit at all. The source is read once, and the
+    statistics of the rows written (:mod:`offline.spark.stats`) come from the rows persisted for the write.
     ``before_commit`` gets the counts, those statistics and the persisted rows before anything is committed (the
     run's checks: it raises to stop the run). ``metadata`` goes into the commit's ``userMetadata``; ``start`` (every
     row's event time is at or after it) lets the anti-join and the MERGE skip the stored files of older rows.
-    ``keep``: when this call creates the table with flagged rows (``prepare_rows(flag_latest=True)``), they stay
-    cached and come back in :attr:`Written.rows`, so that the publication need not read the table back.
     ``source_rows`` (how many source rows the prepared rows come from, when known before reading them) and
     ``driver_max_bytes``: onto a table of at most that many bytes, rows few enough (:func:`fits_driver`) are
     compared and committed from the driver instead (:func:`_write_from_driver`).
@@ -216,30 +193,8 @@ def write_rows(
 
     features = [(f.name, f.dtype) for f in view.features]
     version = delta_rs.latest_version(path)  # read from the log's listing: no Spark job
-    if version is None:  # no table yet
-        keep = keep and prepared.flagged
-        rows = _with_published_at(view, prepared.frame, published_at, flagged=prepared.flagged).persist()
-        try:
-            _, stats = counted_stats(rows, features)  # the one pass over the source; the write reads the cache
-            counts = prepared.counts()
-            if before_commit is not None:
-                before_commit(counts, stats, SparkRows(rows, view.key_names))
-            writer = (
-                rows.drop(LATEST)  # when flagged
-                .write.format("delta")
-                .mode("errorifexists")
-                .option(STATS_PROPERTY, stats_columns(view))  # options named delta.* become table properties
-            )
-            if metadata is not None:
-                writer = writer.option("userMetadata", metadata)
-            writer.save(str(path))
-        except BaseException:
-            rows.unpersist()
-            raise
-        if not keep:
-            rows.unpersist()
-        # A table's first commit is version 0.
-        return Written(counts, counts.kept, created_version=0, stats=stats, rows=rows if keep else None)
+    if version is None:  # a run that creates the table writes it in offline.spark.first_write
+        raise MaterializationError(f"view '{view.name}': no Delta table at {path} to write onto (deleted meanwhile?)")
 
     if source_rows is not None and fits_driver(source_rows, len(prepared.frame.columns)):
         stored_snapshot = delta_rs.snapshot(path, version)
@@ -328,27 +283,13 @@ def _write_from_driver(
     return Written(counts, written.num_rows, stats=stats)
 
 
-def counted_stats(rows: DataFrame, features: list[tuple[str, DType]]) -> tuple[int, dict[str, FeatureStats]]:
-    """The number of ``rows`` (persisted) and their statistics, in one Spark job: the statistics' aggregation
-    counts them too, and fills the cache for the write (a separate ``count()`` first would read every row twice).
-    """
-    if not features:
-        return rows.count(), {}
-    stats = spark_stats(rows, features)
-    return next(iter(stats.values())).count, stats
-
-
-def _with_published_at(view: ViewPlan, rows: DataFrame, published_at: datetime, *, flagged: bool = False) -> DataFrame:
-    """``rows`` in the table's column order and types, with ``published_at``; ``flagged``: and :data:`LATEST`."""
+def _with_published_at(view: ViewPlan, rows: DataFrame, published_at: datetime) -> DataFrame:
+    """``rows`` in the table's column order and types, with ``published_at``."""
 
     schema = table_schema(view)
-    extra = [F.col(LATEST)] if flagged else []
-    if flagged:
-        schema = T.StructType([*schema.fields, T.StructField(LATEST, T.BooleanType(), True)])
     return rows.select(
-        *(F.col(quote_spark(f.name)).cast(f.dataType) for f in schema.fields if f.name not in (PUBLISHED_AT, LATEST)),
+        *(F.col(quote_spark(f.name)).cast(f.dataType) for f in schema.fields if f.name != PUBLISHED_AT),
         F.lit(published_at).cast("timestamp").alias(PUBLISHED_AT),
-        *extra,
     ).to(schema)
 
 

@@ -1,0 +1,227 @@
+"""A Spark run that creates a view's table: Spark reads the source and computes the features, shuffles the rows by
+entity, and each task prepares, describes and writes its entities' rows in Arrow; the driver commits every task's
+file in one Delta commit.
+
+Why not Spark's own window, cache and Parquet writer: a first run was ~11.6 s of CPU per million rows in a warm
+JVM that way (sorted window, cache build, three statistics passes, the Delta write, the publication's scan), and
+the same work in a Python task per partition ~2 s (bench/results/2026-12-07-first-write.md). The task runs the
+code the Arrow engine runs (:func:`offline.changes.deduplicate`, :func:`offline.tables.table_rows`,
+:func:`offline.changes.latest_rows`), so both engines keep the same row by construction.
+
+Each task, for the rows of its entities (``spark.sql.shuffle.partitions`` tasks; a task holds its partition in
+memory, so on a cluster set that many that a partition fits a Python worker):
+
+1. drops rows without keys or event time and keeps one row per (keys, event, created) by the shared rule;
+2. writes them as one Parquet file into the table's directory, with the per-file statistics Delta keeps of the
+   keys and times (:func:`offline.delta_rs.write_file`): not yet part of the table;
+3. describes them and their entities' latest rows in parts that merge (:mod:`features.partial_stats`);
+4. stages each entity's latest row under the table's directory, in ``_skewless_latest_<run>`` (Delta ignores
+   names starting with ``_``), for the publication.
+
+The driver merges the counts and statistics, runs the checks (a failing row-level check reads the written
+files), then creates the table from every file in one commit (:func:`offline.delta_rs.create_from_files`): the
+table appears whole or not at all. A concurrent creator makes one of the two fail. Whatever fails, the files
+this run wrote are removed (a retried task's earlier file is never committed, only left to a vacuum). The caller
+publishes the staged rows after the commit and then removes them (:meth:`Created.discard`).
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import shutil
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import pyarrow as pa
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from features import partial_stats
+from features.checks import RunRows
+from features.dtypes import DType
+from features.plan import ViewPlan
+from features.run_stats import FeatureStats
+from offline import changes, delta_rs
+from offline.spark.checks import SparkRows
+from offline.spark.jdbc import quote_spark
+from offline.spark.stats import spark_stats
+from offline.spark.tables import table_schema
+from offline.tables import (
+    STATS_PROPERTY,
+    RowCounts,
+    stats_column_names,
+    stats_columns,
+    table_arrow_schema,
+    table_rows,
+)
+
+log = logging.getLogger(__name__)
+
+LATEST_DIR_PREFIX = "_skewless_latest_"
+
+
+@dataclass(frozen=True, slots=True)
+class TaskResult:
+    """What one task did with its entities' rows (pickled back to the driver)."""
+
+    counts: RowCounts
+    file: delta_rs.DataFile | None
+    stats: dict[str, partial_stats.StatsPart]
+    latest_stats: dict[str, partial_stats.StatsPart]
+    latest_file: str | None  # in the staging directory
+
+
+@dataclass(frozen=True, slots=True)
+class Created:
+    """The table a run created (version 0), and what its publication needs."""
+
+    counts: RowCounts
+    stats: dict[str, FeatureStats]  # of the rows written
+    latest_stats: dict[str, FeatureStats]  # of each entity's latest row
+    latest_dir: Path  # those rows, staged as Parquet files
+    latest_files: tuple[str, ...]  # named one by one: Spark skips a directory named with a leading "_"
+
+    def discard(self) -> None:
+        """Remove the staged latest rows (after their publication, or when the view publishes nothing)."""
+        shutil.rmtree(self.latest_dir, ignore_errors=True)
+
+
+def create_table(
+    spark: SparkSession,
+    path: Path,
+    view: ViewPlan,
+    computed: DataFrame,
+    published_at: datetime,
+    before_commit: Callable[[RowCounts, dict[str, FeatureStats], RunRows], None] | None = None,
+    *,
+    metadata: str | None = None,
+) -> Created:
+    """Create ``view``'s table at ``path`` from ``computed`` (join keys, features, event and created time of each
+    source row) in one commit; ``before_commit`` gets the counts, the statistics of the rows to write and those
+    rows before anything is committed (the run's checks: it raises to stop the run)."""
+    run = uuid.uuid4().hex
+    staging = path / f"{LATEST_DIR_PREFIX}{run}"
+    staging.mkdir(parents=True, exist_ok=True)
+    features = [(f.name, f.dtype) for f in view.features]
+    keys = [F.col(quote_spark(k)) for k in view.key_names]
+    partitions = int(spark.conf.get("spark.sql.shuffle.partitions") or "4")
+    task = _task(view, str(path), str(staging), published_at, run)
+    results: list[TaskResult] = []
+    try:
+        collected = computed.repartition(partitions, *keys).mapInArrow(task, "result binary").collect()
+        results = [pickle.loads(row["result"]) for row in collected]
+        files = [r.file for r in results if r.file is not None]
+        counts = RowCounts(
+            sum(r.counts.read for r in results),
+            sum(r.counts.null_keys_or_time for r in results),
+            sum(r.counts.duplicates for r in results),
+        )
+        counts.warn(view.name)
+
+        def written() -> DataFrame:
+            return _read_files(spark, view, path, [f.path for f in files])
+
+        def latest() -> DataFrame:
+            return _read_files(spark, view, staging, [r.latest_file for r in results if r.latest_file])
+
+        stats = _merged(features, [r.stats for r in results], written)
+        latest_stats = _merged(features, [r.latest_stats for r in results], latest)
+        if before_commit is not None:
+            before_commit(counts, stats, SparkRows(written(), view.key_names))
+        delta_rs.create_from_files(
+            path,
+            table_arrow_schema(view),
+            files,
+            configuration={STATS_PROPERTY: stats_columns(view)},
+            user_metadata=metadata,
+        )
+    except BaseException:
+        for result in results:
+            if result.file is not None:
+                (path / result.file.path).unlink(missing_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    log.info(
+        "view '%s': created %s from %d file(s) its %d task(s) wrote, %d row(s)",
+        view.name,
+        path,
+        len(files),
+        len(results),
+        counts.kept,
+    )
+    latest_files = tuple(str(staging / r.latest_file) for r in results if r.latest_file)
+    return Created(counts, stats, latest_stats, staging, latest_files)
+
+
+def _task(
+    view: ViewPlan, path: str, staging: str, published_at: datetime, run: str
+) -> Callable[[Iterable[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """The function each task runs on its entities' computed rows (in a Python worker)."""
+
+    def write(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        received = list(batches)
+        features = [(f.name, f.dtype) for f in view.features]
+        computed = pa.Table.from_batches(received) if received else None
+        if computed is None or computed.num_rows == 0:
+            result = TaskResult(RowCounts(0, 0, 0), None, {}, {}, None)
+        else:
+            kept, counts = changes.deduplicate(view, computed)
+            rows = table_rows(view, kept, published_at)  # sorted by keys and times, as deduplicate left them
+            latest = changes.latest_rows(view, rows, presorted=True)
+            name = f"{uuid.uuid4().hex}"
+            data = None
+            latest_file = None
+            if rows.num_rows:
+                data = delta_rs.write_file(
+                    path, rows, f"part-{name}-{run[:8]}-c000.snappy.parquet", stats_column_names(view)
+                )
+                latest_file = f"{name}.parquet"
+                pq.write_table(latest, f"{staging}/{latest_file}")
+            result = TaskResult(
+                counts,
+                data,
+                partial_stats.describe(rows, features),
+                partial_stats.describe(latest, features),
+                latest_file,
+            )
+        yield pa.RecordBatch.from_pydict({"result": pa.array([pickle.dumps(result)], pa.binary())})
+
+    return write
+
+
+def _merged(
+    features: list[tuple[str, DType]],
+    parts: list[dict[str, partial_stats.StatsPart]],
+    rows: Callable[[], DataFrame],
+) -> dict[str, FeatureStats]:
+    """Each feature's statistics merged from the tasks' parts; a string or boolean feature with too many values
+    to send (:data:`features.partial_stats.MAX_VALUE_COUNTS`) is described by Spark over ``rows()``."""
+    parts = [p for p in parts if p]  # a task that had no row describes nothing
+    if not parts:
+        return spark_stats(rows(), features, 0)
+    out: dict[str, FeatureStats] = {}
+    uncounted: list[tuple[str, DType]] = []
+    for name, dtype in features:
+        merged = partial_stats.merge([p[name] for p in parts], dtype)
+        if merged is None:
+            uncounted.append((name, dtype))
+        else:
+            out[name] = merged
+    if uncounted:
+        out.update(spark_stats(rows(), uncounted))
+    return {name: out[name] for name, _ in features}
+
+
+def _read_files(spark: SparkSession, view: ViewPlan, directory: Path, files: list[str]) -> DataFrame:
+    """The rows of Parquet ``files`` in ``directory``, as the table types them (no Spark job to infer a schema)."""
+    schema = table_schema(view)
+    if not files:
+        return spark.createDataFrame([], schema)
+    return spark.read.schema(schema).parquet(*(str(directory / f) for f in files))
