@@ -109,6 +109,7 @@ def create_table(
     features = [(f.name, f.dtype) for f in view.features]
     keys = [F.col(quote_spark(k)) for k in view.key_names]
     partitions = int(spark.conf.get("spark.sql.shuffle.partitions") or "4")
+    computed = _normalized_float_keys(view, computed)
     task = _task(view, str(path), str(staging), published_at, run)
     results: list[TaskResult] = []
     try:
@@ -155,6 +156,21 @@ def create_table(
     )
     latest_files = tuple(str(staging / r.latest_file) for r in results if r.latest_file)
     return Created(counts, stats, latest_stats, staging, latest_files)
+
+
+def _normalized_float_keys(view: ViewPlan, computed: DataFrame) -> DataFrame:
+    """``computed`` with each float key as Spark's grouping compares it (``-0.0`` as ``0.0``, every NaN as one),
+    so that the shuffle and the tasks' grouping by value see the entities Spark's would."""
+    floats = {k.name for k in view.join_keys if k.dtype is DType.FLOAT64}
+    if not floats:
+        return computed
+    columns = []
+    for name in computed.columns:
+        column = F.col(quote_spark(name))
+        if name in floats:
+            column = F.when(F.isnan(column), F.lit(float("nan"))).when(column == 0.0, F.lit(0.0)).otherwise(column)
+        columns.append(column.alias(name))
+    return computed.select(*columns)
 
 
 def _task(
