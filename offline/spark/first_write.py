@@ -111,7 +111,6 @@ def create_table(
     partitions = int(spark.conf.get("spark.sql.shuffle.partitions") or "4")
     computed = _normalized_float_keys(view, computed)
     task = _task(view, str(path), str(staging), published_at, run)
-    results: list[TaskResult] = []
     try:
         collected = computed.repartition(partitions, *keys).mapInArrow(task, "result binary").collect()
         results = [pickle.loads(row["result"]) for row in collected]
@@ -141,9 +140,9 @@ def create_table(
             user_metadata=metadata,
         )
     except BaseException:
-        for result in results:
-            if result.file is not None:
-                (path / result.file.path).unlink(missing_ok=True)
+        # Every file of this run, by its name: a job that failed midway returned no result of the tasks that wrote.
+        for written_file in path.glob(f"part-*-{run}-c000.snappy.parquet"):
+            written_file.unlink(missing_ok=True)
         shutil.rmtree(staging, ignore_errors=True)
         raise
     log.info(
@@ -196,7 +195,7 @@ def _task(
             latest_file = None
             if rows.num_rows:
                 data = delta_rs.write_file(
-                    path, rows, f"part-{name}-{run[:8]}-c000.snappy.parquet", stats_column_names(view)
+                    path, rows, f"part-{name}-{run}-c000.snappy.parquet", stats_column_names(view)
                 )
                 latest_file = f"{name}.parquet"
                 pq.write_table(latest, f"{staging}/{latest_file}")

@@ -112,3 +112,17 @@ def test_a_concurrent_creator_wins_and_this_run_removes_its_files(spark: Any, tm
         create_table(spark, path, VIEW, _computed(spark, _rows()), datetime.now(UTC), before_commit=create_first)
     assert delta_rs.latest_version(path) == 0
     assert _leftovers(path) == ["_delta_log"]  # the other writer's table, and nothing of this run
+
+
+@pytest.mark.spark
+def test_a_task_that_fails_leaves_no_file_of_the_tasks_that_wrote(spark: Any, tmp_path: Path) -> None:
+    path = tmp_path / "table"
+    # One entity's value cannot be stored as the view's float feature: its task fails, the others write first.
+    rows = [(float(i % 8), "1.5" if i != 5 else "not a number", BASE + timedelta(hours=i), None) for i in range(64)]
+    computed = spark.createDataFrame(
+        rows, "k double, v2 string, event_timestamp timestamp, created_timestamp timestamp"
+    ).repartition(1)
+    with pytest.raises(Exception, match=r"not a number|Failed to parse"):
+        create_table(spark, path, VIEW, computed, datetime.now(UTC))
+    assert delta_rs.latest_version(path) is None
+    assert _leftovers(path) == []
