@@ -151,7 +151,7 @@ def create(path: Path | str, rows: pa.Table, *, configuration: dict[str, str], u
             commit_properties=_properties(user_metadata),
         )
     except DeltaError as exc:
-        raise CommitConflictError(f"creating the Delta table {path} failed (another writer first?): {exc}") from exc
+        raise _creation_conflict(path, exc) from exc
     return 0
 
 
@@ -242,7 +242,7 @@ def create_from_files(
             commit_properties=_properties(user_metadata),
         )
     except DeltaError as exc:
-        raise CommitConflictError(f"creating the Delta table {path} failed (another writer first?): {exc}") from exc
+        raise _creation_conflict(path, exc) from exc
     return 0
 
 
@@ -333,6 +333,10 @@ def _writable(snapshot: Snapshot) -> DeltaTable:
     from deltalake import DeltaTable
 
     return DeltaTable(snapshot.path, version=snapshot.version)
+
+
+def _creation_conflict(path: Path | str, exc: Exception) -> CommitConflictError:
+    return CommitConflictError(f"creating the Delta table {path} failed (another writer first?): {exc}")
 
 
 def _conflict(snapshot: Snapshot, exc: Exception) -> CommitConflictError:

@@ -100,6 +100,10 @@ def publish(latest: DataFrame, publication: Publication) -> int:
     return int(row["n"] or 0) if row is not None else 0
 
 
+#: Rows per batch handed to a publication from a staged file (Spark's ``arrow.maxRecordsPerBatch`` default).
+PUBLISH_BATCH_ROWS = 10_000
+
+
 def _publish_files(spark: SparkSession, files: list[str], publication: Publication) -> int:
     """Write the rows of Parquet ``files`` (a first run's staged latest rows, typed as published) through
     ``publication`` from the executors, one task per file reading it with pyarrow: no Spark scan, and no
@@ -111,7 +115,8 @@ def _publish_files(spark: SparkSession, files: list[str], publication: Publicati
         import pyarrow.parquet as pq
 
         for path in paths:
-            yield publication.write(iter_batches(pq.read_table(path).to_batches()))
+            # In batches of Spark's Arrow size: a publication pipelines each batch to the store as it comes.
+            yield publication.write(iter_batches(pq.read_table(path).to_batches(max_chunksize=PUBLISH_BATCH_ROWS)))
 
     return int(sum(spark.sparkContext.parallelize(files, len(files)).mapPartitions(write).collect()))
 
