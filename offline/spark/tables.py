@@ -1,7 +1,7 @@
 """Writing and reading the Delta feature tables in Spark (the layout is :mod:`offline.tables`).
 
-Writes are a single commit, hence atomic: a plain write creates a table, later runs MERGE only the new or
-changed rows, and re-running a window changes nothing.
+Writes are a single commit, hence atomic: a run that creates a table writes it in :mod:`offline.spark.first_write`,
+later runs MERGE only the new or changed rows here, and re-running a window changes nothing.
 """
 
 from __future__ import annotations
