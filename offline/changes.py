@@ -18,12 +18,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from features.dtypes import DType, arrow_type
-from features.errors import MaterializationError
 from features.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP, ViewPlan
 from offline import delta_rs
 from offline.codes import column_codes, micros
 from offline.delta_rs import read_snapshot
-from offline.errors import conflict_message, is_commit_conflict
+from offline.errors import run_failure
 from offline.tables import STATS_PROPERTY, RowCounts, row_columns, stats_columns, table_columns, table_rows
 
 
@@ -150,11 +149,11 @@ def write_change(
             )
         return delta_rs.append(stored, data, user_metadata=metadata)
     except Exception as exc:  # a concurrent commit, a full disk: nothing of this run is visible
-        if is_commit_conflict(exc):
-            raise MaterializationError(conflict_message(view.name)) from exc
-        raise MaterializationError(
+        raise run_failure(
+            view.name,
+            exc,
             f"view '{view.name}': committing version {version} of {path} failed, the table is unchanged (a rerun "
-            f"materializes the window again): {exc}"
+            f"materializes the window again): {exc}",
         ) from exc
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from features.errors import CommitConflictError
+from features.errors import CommitConflictError, MaterializationError
 
 # Delta's optimistic concurrency control: another writer committed after this run read the table. delta-spark
 # raises these (io.delta.exceptions.*, and the Python classes of the same names in delta.exceptions, all under
@@ -55,6 +55,12 @@ def conflict_message(view: str) -> str:
         f"view '{view}': another run committed to its table at the same time; nothing of this run was written; "
         f"run again"
     )
+
+
+def run_failure(view: str, exc: BaseException, detail: str) -> MaterializationError:
+    """The error a run's failed write raises (``from exc``): :func:`conflict_message` when Delta refused its
+    commit because another writer committed first (:func:`is_commit_conflict`), else ``detail``."""
+    return MaterializationError(conflict_message(view) if is_commit_conflict(exc) else detail)
 
 
 def _java_class_names(exc: BaseException) -> set[str]:

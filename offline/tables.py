@@ -110,10 +110,20 @@ def table_rows(view: ViewPlan, rows: pa.Table, published_at: datetime) -> pa.Tab
 
     from features.dtypes import arrow_type
 
-    stored = table_columns(view)
-    columns = {name: rows.column(name).cast(arrow_type(dtype)) for name, dtype in stored if name != PUBLISHED_AT}
     stamp = pa.repeat(pa.scalar(published_at, arrow_type(DType.TIMESTAMP)), rows.num_rows)
-    return pa.table({**columns, PUBLISHED_AT: stamp})
+    return stored_types(view, rows).append_column(PUBLISHED_AT, stamp)
+
+
+def stored_types(view: ViewPlan, rows: pa.Table) -> pa.Table:
+    """``rows``' stored columns but ``published_at`` (join keys, features, event and created time), in the
+    table's order, cast to the Arrow types the table stores."""
+    import pyarrow as pa
+
+    from features.dtypes import arrow_type
+
+    return pa.table(
+        {name: rows.column(name).cast(arrow_type(dtype)) for name, dtype in table_columns(view) if name != PUBLISHED_AT}
+    )
 
 
 def row_columns(view: ViewPlan) -> list[str]:

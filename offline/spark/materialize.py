@@ -21,12 +21,12 @@ from pyspark.sql import types as T
 from features.checks import Baseline, CheckReport, RunRows, gate
 from features.config import RepoConfig
 from features.dtypes import DType
-from features.errors import ChecksFailedError, MaterializationError, SkewlessError
+from features.errors import ChecksFailedError, SkewlessError
 from features.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP, Plan, ViewPlan
 from features.protocols import MaterializationResult, OnlineStore, Progress, Publication, iter_batches
 from features.run_stats import FeatureStats, arrow_stats
 from offline import changes, delta_rs, incremental
-from offline.errors import conflict_message, error_summary, is_commit_conflict
+from offline.errors import error_summary, is_commit_conflict, run_failure
 from offline.publication import Published, RunProgress, phase, publish_unless_live, write_from_here
 from offline.spark import windows
 from offline.spark.checks import SparkRows
@@ -35,7 +35,7 @@ from offline.spark.jdbc import quote_spark, read_source, read_window, spark_type
 from offline.spark.stats import spark_run_stats, spark_stats
 from offline.spark.tables import (
     Written,
-    fits_driver,
+    driver_snapshot,
     prepare_rows,
     read_table,
     table_schema,
@@ -212,13 +212,15 @@ def materialize(
             # ``history()`` is a job, ~0.25 s).
             version = outcome.created_version if outcome.created_version is not None else delta_rs.latest_version(path)
     except Exception as exc:  # Spark/JDBC/Delta errors, translated at the boundary
-        if is_commit_conflict(exc):  # the commit was refused whole: the table is as the other run left it
-            raise MaterializationError(conflict_message(view.name)) from exc
-        if isinstance(exc, SkewlessError):  # already says what went wrong (failed checks, a changed source)
+        # A refused commit (the table is as the other run left it) says "run again"; any other error of skewless's
+        # own already says what went wrong (failed checks, a changed source).
+        if isinstance(exc, SkewlessError) and not is_commit_conflict(exc):
             raise
-        raise MaterializationError(
+        raise run_failure(
+            view.name,
+            exc,
             f"view '{view.name}': computing or writing the offline table {path} failed (the table is unchanged "
-            f"unless its commit completed): {error_summary(exc)}"
+            f"unless its commit completed): {error_summary(exc)}",
         ) from exc
     rows_read, written = outcome.counts.read, outcome.rows_written
     log.info("view '%s': read %d source row(s) from '%s' (%s)", view.name, rows_read, view.source.name, window.reason)
@@ -315,13 +317,12 @@ def materialize_windowed(
             values.unpersist()
         except SkewlessError:
             raise
-        except Exception as exc:
-            if is_commit_conflict(exc):
-                # Tiles already committed are recomputed, to the same values, by the rerun.
-                raise MaterializationError(conflict_message(view.name)) from exc
-            raise MaterializationError(
+        except Exception as exc:  # on a refused commit, tiles already committed are recomputed the same by the rerun
+            raise run_failure(
+                view.name,
+                exc,
                 f"view '{view.name}': computing the windows for the ticks in {span} failed (tables unchanged "
-                f"unless their commits completed; a rerun recomputes the range): {error_summary(exc)}"
+                f"unless their commits completed; a rerun recomputes the range): {error_summary(exc)}",
             ) from exc
         log.info("view '%s': %d value row(s) written for the ticks in %s", view.name, written, span)
     version = delta_rs.latest_version(path)
@@ -412,16 +413,12 @@ def _write_changed(
     run: RunProgress,
 ) -> Callable[[Publication], int]:
     """A ``write`` that stages the latest row at ``version`` of each entity with a row in ``files``, and puts
-    their statistics in ``stats``. When those files hold few rows (:func:`~offline.spark.tables.fits_driver`, so
+    their statistics in ``stats``. When those files hold few rows (:func:`~offline.spark.tables.driver_snapshot`, so
     at most as many entities) of a table within :func:`_driver_max_bytes`, from the driver, as the Arrow engine
     publishes them (read through delta-rs: no Delta snapshot, no job, no Python worker in the executors). From
     the executors otherwise."""
     rows = delta_rs.rows_in_files(path, version, files) if files else None
-    if (
-        rows is None
-        or not fits_driver(rows, len(row_columns(view)))
-        or delta_rs.snapshot(path, version).size > _driver_max_bytes(config)
-    ):
+    if driver_snapshot(path, version, rows, len(row_columns(view)), _driver_max_bytes(config)) is None:
         return run.counted(_write_from_executors(spark, view, path, version, stats, files=files))
 
     def latest() -> pa.Table:

@@ -24,7 +24,6 @@ from pyspark.sql import types as T
 from pyspark.sql.types import StructType
 
 from features.checks import ArrowRows, RunRows
-from features.dtypes import arrow_type
 from features.errors import MaterializationError
 from features.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP, PUBLISHED_AT, ViewPlan
 from features.run_stats import FeatureStats, arrow_stats
@@ -32,7 +31,7 @@ from offline import changes, delta_rs
 from offline.spark.checks import SparkRows
 from offline.spark.jdbc import quote_spark, spark_type
 from offline.spark.stats import spark_stats
-from offline.tables import RowCounts, table_columns
+from offline.tables import RowCounts, stored_types
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +44,17 @@ log = logging.getLogger(__name__)
 DRIVER_MAX_VALUES = 5_000_000
 
 
-def fits_driver(rows: int, columns: int) -> bool:
-    """Whether ``rows`` rows of ``columns`` columns are few enough to handle on the driver
-    (:data:`DRIVER_MAX_VALUES`)."""
-    return rows * columns <= DRIVER_MAX_VALUES
+def driver_snapshot(
+    path: Path | str, version: int, rows: int | None, columns: int, max_bytes: int
+) -> delta_rs.Snapshot | None:
+    """The table's snapshot at ``version`` when a change of ``rows`` rows of ``columns`` columns onto it is
+    finished on the driver: few enough values (:data:`DRIVER_MAX_VALUES`) onto a table of at most ``max_bytes``
+    (what this process may read of one). None when Spark finishes it (``rows`` unknown, too many, or a larger
+    table); the snapshot is loaded only once the rows fit."""
+    if rows is None or rows * columns > DRIVER_MAX_VALUES:
+        return None
+    snapshot = delta_rs.snapshot(path, version)
+    return snapshot if snapshot.size <= max_bytes else None
 
 
 def table_schema(view: ViewPlan) -> StructType:
@@ -187,7 +193,7 @@ def write_rows(
     run's checks: it raises to stop the run). ``metadata`` goes into the commit's ``userMetadata``; ``start`` (every
     row's event time is at or after it) lets the anti-join and the MERGE skip the stored files of older rows.
     ``source_rows`` (how many source rows the prepared rows come from, when known before reading them) and
-    ``driver_max_bytes``: onto a table of at most that many bytes, rows few enough (:func:`fits_driver`) are
+    ``driver_max_bytes``: onto a table of at most that many bytes, rows few enough (:func:`driver_snapshot`) are
     compared and committed from the driver instead (:func:`_write_from_driver`).
     """
 
@@ -196,12 +202,11 @@ def write_rows(
     if version is None:  # a run that creates the table writes it in offline.spark.first_write
         raise MaterializationError(f"view '{view.name}': no Delta table at {path} to write onto (deleted meanwhile?)")
 
-    if source_rows is not None and fits_driver(source_rows, len(prepared.frame.columns)):
-        stored_snapshot = delta_rs.snapshot(path, version)
-        if stored_snapshot.size <= driver_max_bytes:
-            return _write_from_driver(
-                view, Path(path), stored_snapshot, prepared, published_at, before_commit, metadata, start
-            )
+    stored_snapshot = driver_snapshot(path, version, source_rows, len(prepared.frame.columns), driver_max_bytes)
+    if stored_snapshot is not None:
+        return _write_from_driver(
+            view, Path(path), stored_snapshot, prepared, published_at, before_commit, metadata, start
+        )
 
     # Only what differs from the stored rows goes into the MERGE: a rerun of an unchanged window matches every
     # row here and commits nothing, instead of MERGE-joining and rewriting the whole table.
@@ -257,7 +262,7 @@ def _write_from_driver(
     metadata: str | None,
     start: datetime | None,
 ) -> Written:
-    """Collect the prepared rows (few: see :func:`fits_driver`) and write them onto ``stored`` from the driver, as
+    """Collect the prepared rows (few: see :func:`driver_snapshot`) and write them onto ``stored`` from the driver, as
     the Arrow engine writes its rows: compared with the stored rows of their entities (read through delta-rs),
     new rows appended, restated ones MERGEd, in one commit right after ``stored`` (a commit of another writer in
     between fails it whole), nothing committed when nothing changed. Their statistics and checks are computed
@@ -265,8 +270,7 @@ def _write_from_driver(
     jobs and Delta's driver work that cost seconds at any size."""
     collected = prepared.frame.toArrow()  # the one Spark job: read, compute, deduplicate
     counts = prepared.counts()
-    columns = [(name, dtype) for name, dtype in table_columns(view) if name != PUBLISHED_AT]
-    rows = pa.table({name: collected.column(name).cast(arrow_type(dtype)) for name, dtype in columns})
+    rows = stored_types(view, collected)
     change = changes.compare(view, rows, changes.stored_rows_of(view, stored, rows, start))
     written = pa.concat_tables([change.updates, change.inserts])
     stats = arrow_stats(written, [(f.name, f.dtype) for f in view.features])
