@@ -1,6 +1,6 @@
 """The SQL both engines send to a source: its rows in a window of event time.
 
-Spark's JDBC read (:mod:`offline.spark.jdbc`) and the Arrow engine's ADBC read (:mod:`offline.arrow.source`)
+Spark's JDBC read (:mod:`offline.spark.jdbc`) and the Arrow engine's ADBC read (:mod:`offline.adbc_source`)
 send the same text, so both read exactly the same rows.
 """
 

@@ -1,7 +1,7 @@
 """Materializing a view without aggregations in Arrow and NumPy, without a JVM, when its rows fit in memory.
 
 It does what :func:`offline.spark.materialize.materialize` does in Spark, step for step, and writes the same table:
-read the source window (:mod:`offline.arrow.source`), compute the features with the one evaluator of row
+read the source window (:mod:`offline.adbc_source`), compute the features with the one evaluator of row
 expressions (:mod:`features.evaluator`, the one the conformance suite holds to Spark's translation: contract 2),
 drop rows without keys or event time, keep one row per (keys, event time, created time) by the same rule, leave
 out the rows the table already holds, commit the rest in one version (:mod:`offline.delta_rs`: an append, or a
@@ -32,8 +32,7 @@ from features.protocols import MaterializationResult, OnlineStore, Progress
 from features.rows import compute_features
 from features.rows import refusal as rows_refusal
 from features.run_stats import FeatureStats, RunStats, arrow_stats
-from offline import delta_rs, incremental
-from offline.arrow import source as arrow_source
+from offline import adbc_source, delta_rs, incremental
 from offline.changes import (
     Change,
     compare,
@@ -61,13 +60,13 @@ def refusal(config: RepoConfig, view: ViewPlan, start: datetime | None, end: dat
     never the rows themselves."""
     problem = _problem(config, view)
     if problem is None:
-        problem = arrow_source.refusal(config.connection_url(view.source.connection))
+        problem = adbc_source.refusal(config.connection_url(view.source.connection))
     if problem is None:
         problem = _table_problem(config, view, table_path(config, view))
     if problem is None:
-        uri = arrow_source.libpq_uri(config.connection_url(view.source.connection))
+        uri = adbc_source.libpq_uri(config.connection_url(view.source.connection))
         window = incremental.plan_read(view, table_path(config, view), start, end)
-        problem = arrow_source.window_refusal(
+        problem = adbc_source.window_refusal(
             view.source,
             uri,
             window.start,
@@ -98,8 +97,8 @@ def materialize(
     path = table_path(config, view)
     stored = _stored_snapshot(path)
     window = incremental.plan_read(view, path, start, end)
-    uri = arrow_source.libpq_uri(config.connection_url(view.source.connection))
-    source = arrow_source.read_source(view.source, uri, window.start, window.end, window.since)
+    uri = adbc_source.libpq_uri(config.connection_url(view.source.connection))
+    source = adbc_source.read_source(view.source, uri, window.start, window.end, window.since)
     cursor = incremental.next_cursor(window, _latest(source.column(view.source.cursor_column)))
     rows, counts = prepare_rows(view, source)
     # The stored rows a read row may equal or restate: those of its entities (at or after the window's start).

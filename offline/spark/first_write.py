@@ -27,6 +27,7 @@ publishes the staged rows after the commit and then removes them (:meth:`Created
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import pickle
 import shutil
@@ -44,8 +45,9 @@ from features import partial_stats
 from features.checks import RunRows
 from features.dtypes import DType
 from features.plan import ViewPlan
+from features.rows import refusal as rows_refusal
 from features.run_stats import FeatureStats
-from offline import changes, delta_rs
+from offline import adbc_source, changes, delta_rs
 from offline.spark.checks import SparkRows
 from offline.spark.jdbc import quote_spark
 from offline.spark.stats import spark_stats
@@ -73,6 +75,47 @@ class TaskResult:
     stats: dict[str, partial_stats.StatsPart]
     latest_stats: dict[str, partial_stats.StatsPart]
     latest_file: str | None  # in the staging directory
+    latest_read: datetime | None = None  # the latest value of the source's cursor column the task read
+
+
+@dataclass(frozen=True, slots=True)
+class SourceSlices:
+    """A source window the tasks read themselves (PostgreSQL, through ADBC), each one of ``count`` slices of the
+    entities (:func:`offline.adbc_source.entity_slice`)."""
+
+    uri: str  # libpq's
+    start: datetime | None
+    end: datetime | None
+    since: datetime | None
+    count: int
+
+
+def source_slices(
+    spark: SparkSession,
+    url: str,
+    view: ViewPlan,
+    start: datetime | None,
+    end: datetime | None,
+    since: datetime | None = None,
+) -> SourceSlices | str:
+    """How this run's tasks read the window of ``view``'s source at ``url`` themselves, or why Spark's JDBC read
+    reads it instead: a source other than PostgreSQL, a column type or an expression only Spark reads or computes,
+    a key that does not split the source in SQL. Asks the database the window's column types (no row is read)."""
+    problem = adbc_source.refusal(url) or rows_refusal(view)
+    first_key = view.join_keys[0]
+    if problem is None and first_key.dtype not in adbc_source.SLICEABLE_KEYS:
+        problem = f"its first key '{first_key.name}' is a {first_key.dtype.value}, which does not split a source"
+    if problem is not None:
+        return problem
+    uri = adbc_source.libpq_uri(url)
+    problem = adbc_source.window_refusal(view.source, uri, start, end, since=since, max_rows=None)
+    if problem is not None:
+        return problem
+    return SourceSlices(uri, start, end, since, _partitions(spark))
+
+
+def _partitions(spark: SparkSession) -> int:
+    return int(spark.conf.get("spark.sql.shuffle.partitions") or "4")
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,26 +137,31 @@ def create_table(
     spark: SparkSession,
     path: Path,
     view: ViewPlan,
-    computed: DataFrame,
+    rows: DataFrame | SourceSlices,
     published_at: datetime,
     before_commit: Callable[[RowCounts, dict[str, FeatureStats], RunRows], None] | None = None,
     *,
-    metadata: str | None = None,
+    metadata: Callable[[datetime | None], str | None] | None = None,
 ) -> Created:
-    """Create ``view``'s table at ``path`` from ``computed`` (join keys, features, event and created time of each
-    source row) in one commit; ``before_commit`` gets the counts, the statistics of the rows to write and those
-    rows before anything is committed (the run's checks: it raises to stop the run)."""
+    """Create ``view``'s table at ``path`` in one commit from ``rows``: the computed rows (join keys, features,
+    event and created time of each source row), or the slices of the source the tasks read and compute
+    themselves. ``before_commit`` gets the counts, the statistics of the rows to write and those rows before
+    anything is committed (the run's checks: it raises to stop the run); ``metadata`` gives the commit's
+    ``userMetadata`` from the latest value of the source's cursor column the tasks read (None: not read by them).
+    """
     run = uuid.uuid4().hex
     staging = path / f"{LATEST_DIR_PREFIX}{run}"
     staging.mkdir(parents=True, exist_ok=True)
     features = [(f.name, f.dtype) for f in view.features]
-    keys = [F.col(quote_spark(k)) for k in view.key_names]
-    partitions = int(spark.conf.get("spark.sql.shuffle.partitions") or "4")
-    computed = _normalized_float_keys(view, computed)
-    task = _task(view, str(path), str(staging), published_at, run)
     try:
-        collected = computed.repartition(partitions, *keys).mapInArrow(task, "result binary").collect()
-        results = [pickle.loads(row["result"]) for row in collected]
+        if isinstance(rows, SourceSlices):
+            task = _slice_task(view, rows, str(path), str(staging), published_at, run)
+            results = spark.sparkContext.parallelize(range(rows.count), rows.count).map(task).collect()
+        else:
+            keys = [F.col(quote_spark(k)) for k in view.key_names]
+            shuffled = _normalized_float_keys(view, rows).repartition(_partitions(spark), *keys)
+            collected = shuffled.mapInArrow(_task(view, str(path), str(staging), published_at, run), "result binary")
+            results = [pickle.loads(row["result"]) for row in collected.collect()]
         files = [r.file for r in results if r.file is not None]
         counts = RowCounts(
             sum(r.counts.read for r in results),
@@ -137,7 +185,7 @@ def create_table(
             table_arrow_schema(view),
             files,
             configuration={STATS_PROPERTY: stats_columns(view)},
-            user_metadata=metadata,
+            user_metadata=None if metadata is None else metadata(_latest_read(results)),
         )
     except BaseException:
         # Every file of this run, by its name: a job that failed midway returned no result of the tasks that wrote.
@@ -155,6 +203,11 @@ def create_table(
     )
     latest_files = tuple(str(staging / r.latest_file) for r in results if r.latest_file)
     return Created(counts, stats, latest_stats, staging, latest_files)
+
+
+def _latest_read(results: list[TaskResult]) -> datetime | None:
+    read = [r.latest_read for r in results if r.latest_read is not None]
+    return max(read) if read else None
 
 
 def _normalized_float_keys(view: ViewPlan, computed: DataFrame) -> DataFrame:
@@ -175,40 +228,73 @@ def _normalized_float_keys(view: ViewPlan, computed: DataFrame) -> DataFrame:
 def _task(
     view: ViewPlan, path: str, staging: str, published_at: datetime, run: str
 ) -> Callable[[Iterable[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
-    """The function each task runs on its entities' computed rows (in a Python worker)."""
+    """The function each task runs on its entities' computed rows, shuffled to it by Spark (in a Python worker)."""
 
     def write(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
         received = list(batches)
-        features = [(f.name, f.dtype) for f in view.features]
         computed = pa.Table.from_batches(received) if received else None
-        if computed is None or computed.num_rows == 0:
-            result = TaskResult(RowCounts(0, 0, 0), None, {}, {}, None)
-        else:
-            kept, counts = changes.deduplicate(view, computed)
-            rows = table_rows(view, kept, published_at)  # sorted by keys and times, as deduplicate left them
-            latest = changes.latest_rows(view, rows, presorted=True)
-            name = f"{uuid.uuid4().hex}"
-            data = None
-            latest_file = None
-            if rows.num_rows:
-                data = delta_rs.write_file(
-                    path, rows, f"part-{name}-{run}-c000.snappy.parquet", stats_column_names(view)
-                )
-                latest_file = f"{name}.parquet"
-                pq.write_table(latest, f"{staging}/{latest_file}")
-            result = TaskResult(
-                counts,
-                data,
-                partial_stats.describe(rows, features),
-                partial_stats.describe(latest, features),
-                latest_file,
-            )
+        result = _write_rows(view, computed, path, staging, published_at, run)
         yield pa.RecordBatch.from_pydict({"result": pa.array([pickle.dumps(result)], pa.binary())})
 
     return write
+
+
+def _slice_task(
+    view: ViewPlan, slices: SourceSlices, path: str, staging: str, published_at: datetime, run: str
+) -> Callable[[int], TaskResult]:
+    """The function each task runs on its slice of the source: it reads the slice's rows with ADBC and computes
+    their features with the shared evaluator (in a Python worker; no row passes through the JVM)."""
+
+    def write(index: int) -> TaskResult:
+        import pyarrow.compute as pc
+
+        from features.rows import compute_features
+
+        key = view.join_keys[0]
+        source = adbc_source.read_source(
+            view.source,
+            slices.uri,
+            slices.start,
+            slices.end,
+            slices.since,
+            where=adbc_source.entity_slice(key.name, key.dtype, index, slices.count),
+        )
+        latest = pc.max(source.column(view.source.cursor_column)).as_py() if source.num_rows else None
+        result = _write_rows(view, compute_features(view, source), path, staging, published_at, run)
+        return dataclasses.replace(result, latest_read=latest)
+
+    return write
+
+
+def _write_rows(
+    view: ViewPlan, computed: pa.Table | None, path: str, staging: str, published_at: datetime, run: str
+) -> TaskResult:
+    """Deduplicate, write, describe and stage the latest rows of a task's entities (``computed``: their join
+    keys, features, event and created time, as :func:`features.rows.compute_features` gives them)."""
+    import pyarrow.parquet as pq
+
+    features = [(f.name, f.dtype) for f in view.features]
+    if computed is None or computed.num_rows == 0:
+        return TaskResult(RowCounts(0, 0, 0), None, {}, {}, None)
+    kept, counts = changes.deduplicate(view, computed)
+    rows = table_rows(view, kept, published_at)  # sorted by keys and times, as deduplicate left them
+    latest = changes.latest_rows(view, rows, presorted=True)
+    name = f"{uuid.uuid4().hex}"
+    data = None
+    latest_file = None
+    if rows.num_rows:
+        data = delta_rs.write_file(path, rows, f"part-{name}-{run}-c000.snappy.parquet", stats_column_names(view))
+        latest_file = f"{name}.parquet"
+        pq.write_table(latest, f"{staging}/{latest_file}")
+    return TaskResult(
+        counts,
+        data,
+        partial_stats.describe(rows, features),
+        partial_stats.describe(latest, features),
+        latest_file,
+    )
 
 
 def _merged(

@@ -30,7 +30,7 @@ from offline.errors import error_summary, is_commit_conflict, run_failure
 from offline.publication import Published, RunProgress, phase, publish_unless_live, write_from_here
 from offline.spark import windows
 from offline.spark.checks import SparkRows
-from offline.spark.first_write import Created, create_table
+from offline.spark.first_write import Created, SourceSlices, create_table, source_slices
 from offline.spark.jdbc import quote_spark, read_source, read_window, spark_type
 from offline.spark.stats import spark_run_stats, spark_stats
 from offline.spark.tables import (
@@ -164,23 +164,36 @@ def materialize(
     path = table_path(config, view)
     window = incremental.plan_read(view, path, start, end)
     creating = delta_rs.latest_version(path) is None
-    with phase(view, "checking the source schema"):
-        # the schema check happens here
-        read = read_window(
-            spark,
-            view.source,
-            url,
-            window.start,
-            window.end,
-            since=window.since,
-            latest_of=view.source.cursor_column,
-            # Whether the driver may finish the change depends on its size (see write_rows); a run that creates
-            # the table never does, so it does not make the database count its rows.
-            count=not creating and _driver_max_bytes(config) > 0,
-        )
-        source = read.rows
-    metadata = incremental.cursor_metadata(incremental.next_cursor(window, read.latest))
-    computed = compute_features(view, source)
+    # A run that creates the table reads the source in its tasks when it can (first_write.source_slices);
+    # otherwise, and in later runs, Spark's JDBC read reads it.
+    slices = source_slices(spark, url, view, window.start, window.end, window.since) if creating else None
+    rows: DataFrame | SourceSlices
+    if isinstance(slices, SourceSlices):
+        log.info("view '%s': %d task(s) read the source with ADBC, a slice of entities each", view.name, slices.count)
+        rows, latest_known, source_count = slices, None, None
+    else:
+        if slices is not None:
+            log.info("view '%s': Spark's JDBC read reads the source: %s", view.name, slices)
+        with phase(view, "checking the source schema"):
+            # the schema check happens here
+            read = read_window(
+                spark,
+                view.source,
+                url,
+                window.start,
+                window.end,
+                since=window.since,
+                latest_of=view.source.cursor_column,
+                # Whether the driver may finish the change depends on its size (see write_rows); a run that creates
+                # the table never does, so it does not make the database count its rows.
+                count=not creating and _driver_max_bytes(config) > 0,
+            )
+        rows, latest_known, source_count = compute_features(view, read.rows), read.latest, read.count
+
+    def metadata(latest_read: datetime | None = None) -> str | None:
+        """The commit's record of the cursor: the latest value read (told by the tasks, or asked of the database)."""
+        return incremental.cursor_metadata(incremental.next_cursor(window, latest_read or latest_known))
+
     reports: list[CheckReport] = []
 
     def checked(counts: RowCounts, stats: dict[str, FeatureStats], rows: RunRows) -> None:
@@ -192,20 +205,21 @@ def materialize(
         with phase(view, "reading the source and writing the offline table"):
             if creating:  # each task prepares and writes its entities' rows; one commit creates the table
                 created = create_table(
-                    spark, path, view, computed, datetime.now(UTC), before_commit=checked, metadata=metadata
+                    spark, path, view, rows, datetime.now(UTC), before_commit=checked, metadata=metadata
                 )
                 outcome = Written(created.counts, created.counts.kept, created_version=0, stats=created.stats)
             else:
+                assert isinstance(rows, DataFrame)  # tasks read the source only for a run that creates the table
                 outcome = write_rows(
                     spark,
                     path,
                     view,
-                    prepare_rows(view, computed),
+                    prepare_rows(view, rows),
                     datetime.now(UTC),
                     before_commit=checked,
-                    metadata=metadata,
+                    metadata=metadata(),
                     start=window.start,
-                    source_rows=read.count,
+                    source_rows=source_count,
                     driver_max_bytes=_driver_max_bytes(config),
                 )
             # Known without asking when this run created the table; else read from the log's listing (Spark's

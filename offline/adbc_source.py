@@ -1,6 +1,8 @@
 """Reading a PostgreSQL source into Arrow without a JVM (ADBC's libpq driver, ``COPY`` in binary).
 
-The Arrow materialization (:mod:`offline.arrow.materialize`) reads its source rows here. It reads what
+The Arrow materialization (:mod:`offline.arrow.materialize`) reads its source rows here, and so do the tasks of a
+Spark run that creates a table (:mod:`offline.spark.first_write`), each its slice of the entities
+(:func:`entity_slice`). It reads what
 :func:`offline.spark.jdbc.read_source` reads, the same window query, and gives the same values: columns of plain
 types only (integers, floats, booleans, text, timestamps), in a session whose time zone is UTC as Spark's JVM
 is, so naive timestamps are UTC and timestamp bounds compare alike. Whether it reads a source is asked before
@@ -23,7 +25,7 @@ from features.dtypes import DType, arrow_type
 from features.errors import SchemaMismatchError
 from features.plan import SourcePlan
 from features.sources import SourceUnavailableError
-from offline.sql import window_query
+from offline.sql import quote, window_query
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -71,11 +73,11 @@ def window_refusal(
     start: datetime | None,
     end: datetime | None,
     *,
-    max_rows: int,
+    max_rows: int | None,
     since: datetime | None = None,
 ) -> str | None:
     """Why the window of ``source`` is not read here, or None: asks the database for the window's column types
-    (an empty result) and its row count, without fetching a row."""
+    (an empty result) and, unless ``max_rows`` is None, its row count, without fetching a row."""
     import adbc_driver_postgresql.dbapi as adbc
 
     query = window_query(source, start, end, since)
@@ -84,31 +86,69 @@ def window_refusal(
             cursor.execute("SET TIME ZONE 'UTC'")
             cursor.execute(f"SELECT * FROM ({query}) AS skewless_window LIMIT 0")
             schema = cursor.fetch_arrow_table().schema
-            cursor.execute(f"SELECT count(*) FROM ({query}) AS skewless_window")
-            row = cursor.fetchone()
+            row = None
+            if max_rows is not None:  # a count scans the window
+                cursor.execute(f"SELECT count(*) FROM ({query}) AS skewless_window")
+                row = cursor.fetchone()
     except Exception as exc:  # a connection or query problem: Spark reads it and reports it properly
         return f"asking the database about the window with ADBC failed: {' '.join(str(exc).split())[:300]}"
     problem = _types_problem(source, schema)
     if problem is not None:
         return problem
     rows = int(row[0]) if row is not None else 0
-    if rows > max_rows:
+    if max_rows is not None and rows > max_rows:
         return f"the window holds {rows:,} rows, more than {max_rows:,} (offline.arrow_materialize_max_rows)"
     return None
 
 
+#: Key types a run can split its source by in SQL (:func:`entity_slice`): equal values are equal in SQL and in
+#: Arrow. Not floats: -0.0 and 0.0 are one entity to Spark's grouping, two to a hash of their text.
+SLICEABLE_KEYS = (DType.INT64, DType.STRING)
+
+
+def entity_slice(key: str, dtype: DType, index: int, count: int) -> str:
+    """The SQL condition that keeps slice ``index`` of ``count`` of the rows by the value of the key column
+    ``key``: every row of one entity falls in the same slice, and rows without the key in slice 0 (where they
+    are counted and dropped). Integers go by their value modulo a prime first, so ids that share a stride
+    (every id a multiple of 4) still spread over the slices.
+
+    >>> entity_slice("user_id", DType.INT64, 1, 4)
+    '(("user_id" % 1009 + 1009) % 1009 % 4 = 1)'
+    """
+    if dtype not in SLICEABLE_KEYS:
+        valid = ", ".join(t.value for t in SLICEABLE_KEYS)
+        raise ValueError(f"a {dtype.value} key does not split a source (valid: {valid})")
+    column = quote(key)
+    if dtype is DType.INT64:
+        bucket = f"({column} % 1009 + 1009) % 1009 % {count}"
+    else:  # PostgreSQL's hash of text (stable, as its hash indexes rely on), made non-negative
+        bucket = f"(hashtext({column}) & 2147483647) % {count}"
+    condition = f"({bucket} = {index})"
+    return f"({condition} OR {column} IS NULL)" if index == 0 else condition
+
+
 def read_source(
-    source: SourcePlan, uri: str, start: datetime | None, end: datetime | None, since: datetime | None = None
+    source: SourcePlan,
+    uri: str,
+    start: datetime | None,
+    end: datetime | None,
+    since: datetime | None = None,
+    *,
+    where: str | None = None,
 ) -> pa.Table:
     """The source's rows with ``start <= timestamp < end`` (and a change column at or after ``since``, when
-    given) from the database at ``uri`` (:func:`libpq_uri`):
-    exactly the plan's source columns, as their plan types, for a window :func:`window_refusal` accepted."""
+    given; and ``where``, an SQL condition such as :func:`entity_slice`) from the database at ``uri``
+    (:func:`libpq_uri`): exactly the plan's source columns, as their plan types, for a window
+    :func:`window_refusal` accepted."""
     import adbc_driver_postgresql.dbapi as adbc
 
+    query = window_query(source, start, end, since)
+    if where is not None:
+        query = f"SELECT * FROM ({query}) AS skewless_window WHERE {where}"
     try:
         with adbc.connect(uri) as connection, connection.cursor() as cursor:
             cursor.execute("SET TIME ZONE 'UTC'")  # as the JDBC driver in Spark's UTC JVM: same bounds, same values
-            cursor.execute(window_query(source, start, end, since))
+            cursor.execute(query)
             table = cursor.fetch_arrow_table()
     except Exception as exc:
         raise SourceUnavailableError(
