@@ -4,18 +4,22 @@
     python -m bench.spark_steps --scale 0.1 --rounds 1  # a quick look
     python -m bench.spark_steps --conf spark.sql.shuffle.partitions=8   # try a setting
 
-A first run of a view without aggregations reads the source through JDBC and computes the features in Spark,
-then its tasks deduplicate, describe and write each partition of entities in Arrow and one commit creates the
-table (:mod:`offline.spark.first_write`); the staged latest rows are then published from the executors. A later
-run deduplicates in Spark (``prepare_rows``), anti-joins against the table and MERGEs. Spark fuses the steps of a
-pass, so each is measured as the difference between two runs of a longer and a shorter pipeline, the shorter ones
-ending in Spark's ``noop`` sink (which computes every row and writes nothing):
+A first run of a view without aggregations over a PostgreSQL source has its tasks read a slice of the entities
+each with ADBC, compute, deduplicate, describe and write them in Arrow, and one commit creates the table
+(:mod:`offline.spark.first_write`); the staged latest rows are then published from the executors. Over another
+source (SQLite), Spark reads the source through JDBC and computes the features, and its tasks get the rows
+shuffled by entity. A later run deduplicates in Spark (``prepare_rows``), anti-joins against the table and
+MERGEs. Spark fuses the steps of a pass, so each is measured as the difference between two runs of a longer and a
+shorter pipeline, the shorter ones ending in Spark's ``noop`` sink (which computes every row and writes nothing):
 
 - session: starting the session (JVM, Delta and the JDBC drivers);
+- first write, tasks read: :func:`offline.spark.first_write.create_table` onto no table from the source's slices
+  (:func:`~offline.spark.first_write.source_slices`): the tasks' read, features, deduplication, statistics,
+  Parquet files and staged latest rows, and the commit;
 - jdbc read: the source's rows through JDBC (:func:`offline.spark.jdbc.read_source`), partitioned as a run does;
 - features: computing the features (``compute_features``);
-- first write: :func:`offline.spark.first_write.create_table` onto no table, minus the two steps above (the
-  shuffle by entity, the tasks' deduplication, statistics, Parquet files and staged latest rows, the commit);
+- first write: :func:`offline.spark.first_write.create_table` onto no table from Spark's JDBC read, minus the two
+  steps above (the shuffle by entity, the tasks' deduplication, statistics, files and latest rows, the commit);
 - publication: the real publication of those staged rows into an empty Redis (``published``);
 - features + dedup: computing the features and deduplicating in Spark (``prepare_rows``, what a later run does),
   minus the read;
@@ -51,9 +55,18 @@ from bench.run import load_postgres, log, write_skewless_repo  # noqa: E402
 from bench.workload import generate  # noqa: E402
 from tests.servers import postgres_server, redis_server  # noqa: E402
 
-#: The steps of a first run, then those only later runs take.
-FIRST_RUN = ("jdbc read", "features", "first write", "publication")
-STEPS = (*FIRST_RUN, "features + dedup", "statistics", "merge (no change)", "latest rows")
+#: The steps of a first run over PostgreSQL; of one over a source its tasks do not read; then those only later runs
+#: take.
+FIRST_RUN = ("first write, tasks read", "publication")
+JDBC_FIRST_RUN = ("jdbc read", "features", "first write", "publication")
+STEPS = (
+    "first write, tasks read",
+    *JDBC_FIRST_RUN,
+    "features + dedup",
+    "statistics",
+    "merge (no change)",
+    "latest rows",
+)
 
 
 def timed(action: Callable[[], Any]) -> float:
@@ -65,7 +78,7 @@ def timed(action: Callable[[], Any]) -> float:
 def profile_view(spark: Any, store: Any, view: Any, work: Path) -> dict[str, float]:
     """The seconds of each step of :data:`STEPS` for one view (see the module docstring)."""
     from offline.publication import published
-    from offline.spark.first_write import create_table
+    from offline.spark.first_write import SourceSlices, create_table, source_slices
     from offline.spark.jdbc import read_source
     from offline.spark.materialize import _write_from_executors, compute_features, latest_rows
     from offline.spark.stats import spark_stats
@@ -81,6 +94,10 @@ def profile_view(spark: Any, store: Any, view: Any, work: Path) -> dict[str, flo
 
     path = work / view.name
     shutil.rmtree(path, ignore_errors=True)
+    slices = source_slices(spark, url, view, None, None)
+    assert isinstance(slices, SourceSlices), slices
+    tasks_read = timed(lambda: create_table(spark, path, view, slices, datetime.now(UTC)).discard())
+    shutil.rmtree(path)
     read = timed(lambda: noop(read_source(spark, view.source, url)))
     features = timed(lambda: noop(computed()))
     created: list[Any] = []
@@ -98,6 +115,7 @@ def profile_view(spark: Any, store: Any, view: Any, work: Path) -> dict[str, flo
     merge = timed(lambda: write_rows(spark, path, view, prepare_rows(view, computed()), datetime.now(UTC)))
     latest = timed(lambda: noop(latest_rows(view, read_table(spark, str(path), 0))))
     return {
+        "first write, tasks read": tasks_read,
         "jdbc read": read,
         "features": features - read,
         "first write": first - features,
@@ -187,13 +205,14 @@ def render(result: dict[str, Any], date: str) -> str:
             + " | ".join(f"{r['steps'][step]:.1f}" for r in rounds)
             + f" | {rounds[-1]['rows_per_second_per_core'][step]:,.0f} |"
         )
-    lines.append(
-        "| **a first run ("
-        + ", ".join(FIRST_RUN)
-        + ")** | "
-        + " | ".join(f"**{sum(r['steps'][s] for s in FIRST_RUN):.1f}**" for r in rounds)
-        + " | |"
-    )
+    for label, steps in (("a first run", FIRST_RUN), ("a first run after a JDBC read", JDBC_FIRST_RUN)):
+        lines.append(
+            f"| **{label} ("
+            + ", ".join(steps)
+            + ")** | "
+            + " | ".join(f"**{sum(r['steps'][s] for s in steps):.1f}**" for r in rounds)
+            + " | |"
+        )
     return "\n".join(lines) + "\n"
 
 

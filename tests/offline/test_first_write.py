@@ -3,7 +3,9 @@ grouping sees (float keys), and what a failure leaves (nothing), each against pl
 
 from __future__ import annotations
 
+import logging
 import math
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -126,3 +128,96 @@ def test_a_task_that_fails_leaves_no_file_of_the_tasks_that_wrote(spark: Any, tm
         create_table(spark, path, VIEW, computed, datetime.now(UTC))
     assert delta_rs.latest_version(path) is None
     assert _leftovers(path) == []
+
+
+# -- a first run that reads its PostgreSQL source in the tasks (first_write.source_slices) -------------------------
+
+
+def _pg_table(url: str, key_type: str, keys: list[Any]) -> str:
+    import psycopg
+
+    table = f"slices_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"CREATE TABLE {table} (k {key_type}, n BIGINT, ts TIMESTAMP)")
+        with conn.cursor() as cursor:
+            cursor.executemany(f"INSERT INTO {table} VALUES (%s, %s, %s)", [(k, n, BASE) for n, k in enumerate(keys)])
+    return table
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize(
+    ("dtype", "key_type", "keys"),
+    [
+        # ids sharing a stride of 4, negatives, the extremes of int64, and no key
+        (DType.INT64, "BIGINT", [4 * i for i in range(50)] + [-7, -1009, 2**63 - 1, -(2**63), None, None, 13, 13]),
+        (DType.STRING, "TEXT", ["", "a", "A", "ß", "日本", "x" * 300, None, "a", *(f"user-{i}" for i in range(40))]),
+    ],
+)
+def test_entity_slices_split_a_source_into_disjoint_entities(
+    postgres_url: str, dtype: DType, key_type: str, keys: list[Any]
+) -> None:
+    from offline import adbc_source
+
+    table = _pg_table(postgres_url, key_type, keys)
+    view = make_view(
+        "sliced",
+        connection="shop",
+        table=table,
+        keys={"k": dtype},
+        columns={"n": DType.INT64, "ts": DType.TIMESTAMP},
+        features={"n": "n"},
+    )
+    uri = adbc_source.libpq_uri(postgres_url)
+    slices = [
+        adbc_source.read_source(view.source, uri, None, None, where=adbc_source.entity_slice("k", dtype, i, 4))
+        for i in range(4)
+    ]
+    read = [sorted(zip(s.column("k").to_pylist(), s.column("n").to_pylist(), strict=True), key=repr) for s in slices]
+    # Every row in exactly one slice (plain Python: the rows inserted), one entity's rows in one slice, no key in 0.
+    assert sorted((row for rows in read for row in rows), key=repr) == sorted(
+        ((k, n) for n, k in enumerate(keys)), key=repr
+    )
+    owners: dict[Any, set[int]] = {}
+    for index, rows in enumerate(read):
+        for key, _ in rows:
+            owners.setdefault(key, set()).add(index)
+    assert all(len(slices_of) == 1 for slices_of in owners.values())
+    assert owners[None] == {0}
+    assert all(rows for rows in read)  # even ids in a stride of 4 spread over every slice
+
+
+@pytest.mark.postgres
+def test_a_first_run_reads_a_postgres_source_in_its_tasks_and_records_its_cursor(
+    spark: Any, postgres_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The tasks' read (integer key) and Spark's JDBC read (a float key, which does not split in SQL) create the
+    table plain Python expects, and both record the latest event time read as the next run's cursor."""
+    import dataclasses
+
+    from features.config import RepoConfig
+    from features.plan import ColumnSpec
+    from offline import incremental
+    from offline.spark.materialize import materialize
+    from offline.tables import table_path
+    from tests.offline.support import FileOnlineStore, make_plan
+    from tests.offline.test_arrow_materialize import pg_view, write_pg_source
+    from tests.offline.test_materialize import delta_rows, expected_table, source_rows
+
+    table = f"first_{uuid.uuid4().hex[:8]}"
+    rows = source_rows()
+    write_pg_source(postgres_url, table, rows)
+    by_int = pg_view(table, "sliced_txn")
+    by_float = dataclasses.replace(pg_view(table, "jdbc_txn"), join_keys=(ColumnSpec("user_id", DType.FLOAT64),))
+    latest_event = max(r[4] for r in rows if r[4] is not None)
+    for view, read_by in ((by_int, "4 task(s) read the source with ADBC"), (by_float, "Spark's JDBC read reads")):
+        config = RepoConfig(root=tmp_path / view.name, connections={"shop": postgres_url})
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="offline.spark.materialize"):
+            result = materialize(
+                spark, config, make_plan(view), view, start=None, end=None, online=FileOnlineStore(tmp_path / "o")
+            )
+        assert read_by in caplog.text
+        assert result.rows_read == len(rows)
+        path = table_path(config, view)
+        assert delta_rows(spark, path) == expected_table(rows, None, None)
+        assert incremental.read_cursor(path) == latest_event.replace(tzinfo=UTC)
