@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,6 +38,30 @@ def table_path(config: RepoConfig, view: ViewPlan) -> Path:
 # Delta collects min/max statistics only for these columns (a table property, set when write_rows creates the
 # table): the keys and times that reads filter on. Statistics of every feature column were ~7% of the JVM's
 # time writing a table, and no query here uses them.
+#: Where a Spark run that creates a table stages each entity's latest row until its publication
+#: (``<table>/_skewless_latest_<run>/``; Delta ignores names that start with ``_``).
+LATEST_DIR_PREFIX = "_skewless_latest_"
+#: Staged rows older than this were left by a process that died between its commit and the end of its
+#: publication (a run still publishing staged them more recently); a later run removes them.
+ABANDONED_AFTER_SECONDS = 3600
+
+
+def remove_abandoned_staging(view: str, path: Path, now: float | None = None) -> list[str]:
+    """Remove (and log) the staged latest rows (:data:`LATEST_DIR_PREFIX`) in ``view``'s table folder ``path``
+    older than :data:`ABANDONED_AFTER_SECONDS`; returns their names. Nothing reads them: the run after a crash
+    publishes from the table itself. Both engines call it before a run of a table that exists."""
+    if not path.is_dir():
+        return []
+    moment = time.time() if now is None else now
+    removed = []
+    for staged in path.glob(f"{LATEST_DIR_PREFIX}*"):
+        if staged.is_dir() and moment - staged.stat().st_mtime > ABANDONED_AFTER_SECONDS:
+            shutil.rmtree(staged, ignore_errors=True)
+            removed.append(staged.name)
+            log.warning("view '%s': removed %s, left by a first run that did not finish its publication", view, staged)
+    return sorted(removed)
+
+
 STATS_PROPERTY = "delta.dataSkippingStatsColumns"
 
 

@@ -46,6 +46,7 @@ from offline.delta_rs import DELTA_TYPES, read_snapshot
 from offline.publication import Published, RunProgress, publish_unless_live, write_from_here
 from offline.tables import (
     RowCounts,
+    remove_abandoned_staging,
     row_columns,
     table_columns,
     table_path,
@@ -96,6 +97,8 @@ def materialize(
     run.reading()
     path = table_path(config, view)
     stored = _stored_snapshot(path)
+    if stored is not None:
+        remove_abandoned_staging(view.name, path)
     window = incremental.plan_read(view, path, start, end)
     uri = adbc_source.libpq_uri(config.connection_url(view.source.connection))
     source = adbc_source.read_source(view.source, uri, window.start, window.end, window.since)

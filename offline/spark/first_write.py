@@ -1,6 +1,11 @@
-"""A Spark run that creates a view's table: Spark reads the source and computes the features, shuffles the rows by
-entity, and each task prepares, describes and writes its entities' rows in Arrow; the driver commits every task's
-file in one Delta commit.
+"""A Spark run that creates a view's table: each task gets the rows of a slice of the entities, and prepares,
+describes and writes them in Arrow; the driver commits every task's file in one Delta commit.
+
+How a task gets its rows: over a PostgreSQL source (:func:`source_slices` says when), it reads its slice itself
+with ADBC (:func:`offline.adbc_source.entity_slice`) and computes the features with the shared evaluator
+(:func:`features.rows.compute_features`): no row passes through the JVM, whose JDBC read and conversion to Arrow
+cost ~4 µs of CPU per row. Otherwise Spark reads the source through JDBC and computes the features (its
+translation), and shuffles the rows by entity to the tasks.
 
 Why not Spark's own window, cache and Parquet writer: a first run was ~11.6 s of CPU per million rows in a warm
 JVM that way (sorted window, cache build, three statistics passes, the Delta write, the publication's scan), and
@@ -8,15 +13,16 @@ the same work in a Python task per partition ~2 s (bench/results/2026-12-07-firs
 code the Arrow engine runs (:func:`offline.changes.deduplicate`, :func:`offline.tables.table_rows`,
 :func:`offline.changes.latest_rows`), so both engines keep the same row by construction.
 
-Each task, for the rows of its entities (``spark.sql.shuffle.partitions`` tasks; a task holds its partition in
-memory, so on a cluster set that many that a partition fits a Python worker):
+Each task, for the rows of its entities (``spark.sql.shuffle.partitions`` tasks; a task holds its slice in
+memory, so on a cluster set that many that a slice fits a Python worker):
 
 1. drops rows without keys or event time and keeps one row per (keys, event, created) by the shared rule;
 2. writes them as one Parquet file into the table's directory, with the per-file statistics Delta keeps of the
    keys and times (:func:`offline.delta_rs.write_file`): not yet part of the table;
 3. describes them and their entities' latest rows in parts that merge (:mod:`features.partial_stats`);
 4. stages each entity's latest row under the table's directory, in ``_skewless_latest_<run>`` (Delta ignores
-   names starting with ``_``), for the publication.
+   names starting with ``_``), for the publication (a process killed before it ends leaves them: a later run
+   removes them, :func:`offline.tables.remove_abandoned_staging`).
 
 The driver merges the counts and statistics, runs the checks (a failing row-level check reads the written
 files), then creates the table from every file in one commit (:func:`offline.delta_rs.create_from_files`): the
@@ -53,6 +59,7 @@ from offline.spark.jdbc import quote_spark
 from offline.spark.stats import spark_stats
 from offline.spark.tables import table_schema
 from offline.tables import (
+    LATEST_DIR_PREFIX,
     STATS_PROPERTY,
     RowCounts,
     stats_column_names,
@@ -62,8 +69,6 @@ from offline.tables import (
 )
 
 log = logging.getLogger(__name__)
-
-LATEST_DIR_PREFIX = "_skewless_latest_"
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,7 +42,7 @@ from offline.spark.tables import (
     write_rows,
 )
 from offline.spark.translate import SparkTranslator
-from offline.tables import RowCounts, read_through, row_columns, table_path
+from offline.tables import RowCounts, read_through, remove_abandoned_staging, row_columns, table_path
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -164,6 +164,8 @@ def materialize(
     path = table_path(config, view)
     window = incremental.plan_read(view, path, start, end)
     creating = delta_rs.latest_version(path) is None
+    if not creating:
+        remove_abandoned_staging(view.name, path)
     # A run that creates the table reads the source in its tasks when it can (first_write.source_slices);
     # otherwise, and in later runs, Spark's JDBC read reads it.
     slices = source_slices(spark, url, view, window.start, window.end, window.since) if creating else None

@@ -221,3 +221,46 @@ def test_a_first_run_reads_a_postgres_source_in_its_tasks_and_records_its_cursor
         path = table_path(config, view)
         assert delta_rows(spark, path) == expected_table(rows, None, None)
         assert incremental.read_cursor(path) == latest_event.replace(tzinfo=UTC)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("engine", ["spark", "arrow"])
+def test_a_later_run_removes_staged_rows_a_killed_first_run_left(
+    spark: Any, postgres_url: str, tmp_path: Path, engine: str
+) -> None:
+    """Staged latest rows older than an hour are a dead process's (a run still publishing staged them since):
+    the next run of the table removes them, in either engine, and leaves younger ones and the table alone."""
+    import os
+    import time
+
+    from features.config import RepoConfig
+    from offline.arrow.materialize import materialize as arrow_materialize
+    from offline.spark.materialize import materialize as spark_materialize
+    from offline.tables import ABANDONED_AFTER_SECONDS, table_path
+    from tests.offline.support import FileOnlineStore, make_plan
+    from tests.offline.test_arrow_materialize import pg_view, write_pg_source
+    from tests.offline.test_materialize import delta_rows, expected_table, source_rows
+
+    table = f"staged_{uuid.uuid4().hex[:8]}"
+    write_pg_source(postgres_url, table, source_rows())
+    view = pg_view(table, "staged_txn")
+    config = RepoConfig(root=tmp_path, connections={"shop": postgres_url})
+    store = FileOnlineStore(tmp_path / "online")
+
+    def run() -> None:
+        if engine == "spark":
+            spark_materialize(spark, config, make_plan(view), view, start=None, end=None, online=store)
+        else:
+            arrow_materialize(config, view, start=None, end=None, online=store)
+
+    run()
+    path = table_path(config, view)
+    abandoned, recent = path / f"{LATEST_DIR_PREFIX}dead", path / f"{LATEST_DIR_PREFIX}busy"
+    for staged in (abandoned, recent):
+        staged.mkdir()
+        (staged / "rows.parquet").write_bytes(b"x")
+    old = time.time() - ABANDONED_AFTER_SECONDS - 60
+    os.utime(abandoned, (old, old))
+    run()
+    assert not abandoned.exists() and recent.exists()
+    assert delta_rows(spark, path) == expected_table(source_rows(), None, None)
