@@ -74,9 +74,10 @@ EXECUTOR_CORES = 4  # a common executor shape: 4 cores, ~4 GiB per core
 
 def newest(pattern: str, has: str | None = None) -> Path | None:
     """The newest dated results file (``<yyyy-mm-dd>-...``) in bench/results matching ``pattern`` (and containing
-    ``has``); undated files (quick looks such as ``example-small``) are left out."""
+    ``has``); undated files (quick looks such as ``example-small``) are left out. By name without the extension:
+    a later run of the same day carries a suffix (``-2``, ``-sliced``), which sorts after the name alone."""
     dated = (p for p in RESULTS.glob(pattern) if p.name[:4].isdigit())
-    found = sorted(p for p in dated if has is None or has in p.read_text())
+    found = sorted((p for p in dated if has is None or has in p.read_text()), key=lambda p: p.stem)
     return found[-1] if found else None
 
 
@@ -172,7 +173,7 @@ def wide_spark_rates(store: Any, rows: int, work: Path) -> dict[str, Any]:
 def narrow_spark_rates() -> dict[str, Any] | None:
     """Rows per second per core of each step for the benchmark's 5-feature rows, from the newest
     bench/spark_steps.py results (its last round); None when there are none."""
-    path = newest("*-spark-steps.json")
+    path = newest("*-spark-steps*.json")
     if path is None:
         return None
     data = json.loads(path.read_text())

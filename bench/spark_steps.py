@@ -75,8 +75,9 @@ def timed(action: Callable[[], Any]) -> float:
     return time.perf_counter() - began
 
 
-def profile_view(spark: Any, store: Any, view: Any, work: Path) -> dict[str, float]:
-    """The seconds of each step of :data:`STEPS` for one view (see the module docstring)."""
+def profile_view(spark: Any, store: Any, view: Any, work: Path) -> tuple[dict[str, float], int]:
+    """The seconds of each step of :data:`STEPS` for one view (see the module docstring), and how many keys its
+    publication wrote."""
     from offline.publication import published
     from offline.spark.first_write import SourceSlices, create_table, source_slices
     from offline.spark.jdbc import read_source
@@ -103,8 +104,11 @@ def profile_view(spark: Any, store: Any, view: Any, work: Path) -> dict[str, flo
     created: list[Any] = []
     first = timed(lambda: created.append(create_table(spark, path, view, computed(), datetime.now(UTC))))
     online = store.online_store()
+    keys: list[int] = []
     publish = timed(
-        lambda: published(view, 0, online, _write_from_executors(spark, view, path, 0, {}, created=created[0]))
+        lambda: keys.append(
+            published(view, 0, online, _write_from_executors(spark, view, path, 0, {}, created=created[0]))[0]
+        )
     )
     created[0].discard()
     dedup = timed(lambda: noop(prepare_rows(view, computed()).frame))
@@ -114,7 +118,7 @@ def profile_view(spark: Any, store: Any, view: Any, work: Path) -> dict[str, flo
     written.unpersist()
     merge = timed(lambda: write_rows(spark, path, view, prepare_rows(view, computed()), datetime.now(UTC)))
     latest = timed(lambda: noop(latest_rows(view, read_table(spark, str(path), 0))))
-    return {
+    steps = {
         "first write, tasks read": tasks_read,
         "jdbc read": read,
         "features": features - read,
@@ -125,6 +129,7 @@ def profile_view(spark: Any, store: Any, view: Any, work: Path) -> dict[str, flo
         "merge (no change)": merge,
         "latest rows": latest,
     }
+    return steps, keys[0]
 
 
 def measure(scale: float, seed: int, rounds: int, conf: dict[str, str], work: Path) -> dict[str, Any]:
@@ -151,10 +156,10 @@ def measure(scale: float, seed: int, rounds: int, conf: dict[str, str], work: Pa
                     import redis
 
                     redis.Redis.from_url(rd).flushall()
-                    steps = profile_view(spark, store, view, work / "tables")
+                    steps, keys = profile_view(spark, store, view, work / "tables")
                     rows = workload.views[view.name].frame.shape[0]
                     log(f"  round {round_} {view.name}: " + ", ".join(f"{k} {v:.1f} s" for k, v in steps.items()))
-                    results.append({"round": round_, "view": view.name, "rows": rows, "steps": steps})
+                    results.append({"round": round_, "view": view.name, "rows": rows, "keys": keys, "steps": steps})
             stop_spark()
     return {
         "scale": scale,
@@ -168,17 +173,20 @@ def measure(scale: float, seed: int, rounds: int, conf: dict[str, str], work: Pa
 
 
 def per_round(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """Per round: rows (all views) and seconds per step (summed over the views), rows/s per core per step."""
+    """Per round: rows and published keys (all views) and seconds per step (summed over the views), and per step
+    rows/s per core (the publication's: keys/s per core)."""
     rounds: dict[int, dict[str, Any]] = {}
     for entry in result["views"]:
-        total = rounds.setdefault(entry["round"], {"rows": 0, "steps": dict.fromkeys(STEPS, 0.0)})
+        total = rounds.setdefault(entry["round"], {"rows": 0, "keys": 0, "steps": dict.fromkeys(STEPS, 0.0)})
         total["rows"] += entry["rows"]
+        total["keys"] += entry.get("keys", 0)
         for step in STEPS:
             total["steps"][step] += entry["steps"][step]
     out = []
     for number, total in sorted(rounds.items()):
         per_core = {
-            step: total["rows"] / max(seconds, 1e-3) / result["cores"] for step, seconds in total["steps"].items()
+            step: (total["keys"] if step == "publication" else total["rows"]) / max(seconds, 1e-3) / result["cores"]
+            for step, seconds in total["steps"].items()
         }
         out.append({"round": number, **total, "rows_per_second_per_core": per_core})
     return out
@@ -196,7 +204,9 @@ def render(result: dict[str, Any], date: str) -> str:
         f"{result['session_seconds']} s. Each step's seconds summed over the views (bench/spark_steps.py says how "
         "each is isolated); round 1 is a cold JVM, later rounds warm.",
         "",
-        "| step | " + " | ".join(f"round {r['round']} (s)" for r in rounds) + " | rows/s per core (last round) |",
+        "| step | "
+        + " | ".join(f"round {r['round']} (s)" for r in rounds)
+        + " | rows/s per core (last round; the publication's: keys/s) |",
         "| --- | " + " | ".join("---:" for _ in rounds) + " | ---: |",
     ]
     for step in STEPS:

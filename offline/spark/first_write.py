@@ -33,13 +33,12 @@ publishes the staged rows after the commit and then removes them (:meth:`Created
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import pickle
 import shutil
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -88,7 +87,7 @@ class SourceSlices:
     """A source window the tasks read themselves (PostgreSQL, through ADBC), each one of ``count`` slices of the
     entities (:func:`offline.adbc_source.entity_slice`)."""
 
-    uri: str  # libpq's
+    uri: str = field(repr=False)  # libpq's, with the password
     start: datetime | None
     end: datetime | None
     since: datetime | None
@@ -268,7 +267,7 @@ def _slice_task(
         )
         latest = pc.max(source.column(view.source.cursor_column)).as_py() if source.num_rows else None
         result = _write_rows(view, compute_features(view, source), path, staging, published_at, run)
-        return dataclasses.replace(result, latest_read=latest)
+        return replace(result, latest_read=latest)
 
     return write
 
