@@ -101,6 +101,25 @@ def window_refusal(
     return None
 
 
+def estimated_rows(source: SourcePlan, uri: str) -> int | None:
+    """PostgreSQL's estimate of a table source's rows (``pg_class.reltuples``, as of its last ``ANALYZE`` or
+    autovacuum), read without scanning the table; None for a query source, a table never analyzed, or when the
+    database does not answer. Sizes a first run's slices, never what is read."""
+    import adbc_driver_postgresql.dbapi as adbc
+
+    if source.table is None:
+        return None
+    name = ".".join(quote(part) for part in source.table.split("."))
+    literal = "'" + name.replace("'", "''") + "'"
+    try:
+        with adbc.connect(uri) as connection, connection.cursor() as cursor:
+            cursor.execute(f"SELECT reltuples::bigint FROM pg_class WHERE oid = to_regclass({literal})")
+            row = cursor.fetchone()
+    except Exception:  # an estimate is a hint: without it the run takes the configured number of slices
+        return None
+    return int(row[0]) if row is not None and row[0] is not None and row[0] >= 0 else None
+
+
 #: Key types a run can split its source by in SQL (:func:`entity_slice`): equal values are equal in SQL and in
 #: Arrow. Not floats: -0.0 and 0.0 are one entity to Spark's grouping, two to a hash of their text.
 SLICEABLE_KEYS = (DType.INT64, DType.STRING)

@@ -13,8 +13,8 @@ the same work in a Python task per partition ~2 s (bench/results/2026-12-07-firs
 code the Arrow engine runs (:func:`offline.changes.deduplicate`, :func:`offline.tables.table_rows`,
 :func:`offline.changes.latest_rows`), so both engines keep the same row by construction.
 
-Each task, for the rows of its entities (``spark.sql.shuffle.partitions`` tasks; a task holds its slice in
-memory, so on a cluster set that many that a slice fits a Python worker):
+Each task, for the rows of its entities (``spark.sql.shuffle.partitions`` tasks, or more when the source
+table's estimated rows call for it: :func:`slice_count`; a task holds its slice in a Python worker's memory):
 
 1. drops rows without keys or event time and keeps one row per (keys, event, created) by the shared rule;
 2. writes them as one Parquet file into the table's directory, with the per-file statistics Delta keeps of the
@@ -34,6 +34,7 @@ publishes the staged rows after the commit and then removes them (:meth:`Created
 from __future__ import annotations
 
 import logging
+import math
 import pickle
 import shutil
 import uuid
@@ -115,7 +116,25 @@ def source_slices(
     problem = adbc_source.window_refusal(view.source, uri, start, end, since=since, max_rows=None)
     if problem is not None:
         return problem
-    return SourceSlices(uri, start, end, since, _partitions(spark))
+    return SourceSlices(
+        uri, start, end, since, slice_count(view, _partitions(spark), adbc_source.estimated_rows(view.source, uri))
+    )
+
+
+#: Values (rows x columns) a first run's task may hold: ~200 MB as Arrow, a few times that while it
+#: deduplicates and writes, in one Python worker.
+SLICE_VALUES = 25_000_000
+
+
+def slice_count(view: ViewPlan, partitions: int, estimated_rows: int | None) -> int:
+    """How many slices a first run reads: ``spark.sql.shuffle.partitions``, or more when the source's estimated
+    rows would put over :data:`SLICE_VALUES` values in one task (a large table on a machine configured for small
+    runs; the whole table, as a first run usually reads it). 100M rows of 9 columns: 36 slices.
+    """
+    if estimated_rows is None:
+        return partitions
+    columns = len(view.key_names) + len(view.features) + 2  # and event and created time
+    return max(partitions, math.ceil(estimated_rows * columns / SLICE_VALUES))
 
 
 def _partitions(spark: SparkSession) -> int:

@@ -168,9 +168,10 @@ def test_entity_slices_split_a_source_into_disjoint_entities(
         features={"n": "n"},
     )
     uri = adbc_source.libpq_uri(postgres_url)
+    count = 7 if dtype is DType.STRING else 4  # any count splits alike
     slices = [
-        adbc_source.read_source(view.source, uri, None, None, where=adbc_source.entity_slice("k", dtype, i, 4))
-        for i in range(4)
+        adbc_source.read_source(view.source, uri, None, None, where=adbc_source.entity_slice("k", dtype, i, count))
+        for i in range(count)
     ]
     read = [sorted(zip(s.column("k").to_pylist(), s.column("n").to_pylist(), strict=True), key=repr) for s in slices]
     # Every row in exactly one slice (plain Python: the rows inserted), one entity's rows in one slice, no key in 0.
@@ -264,3 +265,45 @@ def test_a_later_run_removes_staged_rows_a_killed_first_run_left(
     run()
     assert not abandoned.exists() and recent.exists()
     assert delta_rows(spark, path) == expected_table(source_rows(), None, None)
+
+
+@pytest.mark.postgres
+def test_the_slices_grow_with_the_estimated_rows_of_a_table(
+    spark: Any, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL's estimate (after ANALYZE) is the table's row count here; none before, none for a query; the
+    slices: the configured count, or enough for SLICE_VALUES values each (plain arithmetic)."""
+    import dataclasses
+
+    import psycopg
+
+    from offline import adbc_source
+    from offline.spark import first_write
+    from offline.spark.first_write import SLICE_VALUES, slice_count
+
+    keys = list(range(3_000))
+    table = _pg_table(postgres_url, "BIGINT", keys)
+    view = make_view(
+        "sized",
+        connection="shop",
+        table=table,
+        keys={"k": DType.INT64},
+        columns={"n": DType.INT64, "ts": DType.TIMESTAMP},
+        features={"n": "n", "n2": "n * 2"},
+    )
+    uri = adbc_source.libpq_uri(postgres_url)
+    assert adbc_source.estimated_rows(view.source, uri) is None  # never analyzed
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f"ANALYZE {table}")
+    assert adbc_source.estimated_rows(view.source, uri) == len(keys)
+    as_query = dataclasses.replace(view.source, table=None, query=f"SELECT * FROM {table}")
+    assert adbc_source.estimated_rows(as_query, uri) is None
+    columns = 1 + 2 + 2  # key, two features, event and created time
+    assert slice_count(view, 4, None) == 4
+    assert slice_count(view, 4, 1_000) == 4
+    rows = 100 * SLICE_VALUES // columns + 1  # just over 100 slices' worth
+    assert slice_count(view, 4, rows) == 101
+    # A run asks the estimate: 3,000 rows of 5 columns over 1,000 values a slice are 15 slices.
+    monkeypatch.setattr(first_write, "SLICE_VALUES", 1_000)
+    slices = first_write.source_slices(spark, postgres_url, view, None, None)
+    assert isinstance(slices, first_write.SourceSlices) and slices.count == 15
