@@ -14,9 +14,13 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from features.plan import ViewPlan
 from offline import delta_rs
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 CURSOR_KEY = "skewless.cursor"
 
@@ -68,6 +72,14 @@ def read_cursor(path: Path | str) -> datetime | None:
         return None if value is None else datetime.fromisoformat(str(value))
     except ValueError:
         return None
+
+
+def latest_time(column: pa.ChunkedArray) -> datetime | None:
+    """The latest timestamp of a column of the rows read (the cursor column), None when it holds none."""
+    import pyarrow.compute as pc
+
+    value = pc.max(column).as_py()
+    return value if isinstance(value, datetime) else None
 
 
 def next_cursor(window: ReadWindow, latest_read: datetime | None) -> datetime | None:

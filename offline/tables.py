@@ -35,9 +35,6 @@ def table_path(config: RepoConfig, view: ViewPlan) -> Path:
     return table_dir(config, view.name, view.storage_fingerprint)
 
 
-# Delta collects min/max statistics only for these columns (a table property, set when write_rows creates the
-# table): the keys and times that reads filter on. Statistics of every feature column were ~7% of the JVM's
-# time writing a table, and no query here uses them.
 #: Where a Spark run that creates a table stages each entity's latest row until its publication
 #: (``<table>/_skewless_latest_<run>/``; Delta ignores names that start with ``_``).
 LATEST_DIR_PREFIX = "_skewless_latest_"
@@ -62,6 +59,9 @@ def remove_abandoned_staging(view: str, path: Path, now: float | None = None) ->
     return sorted(removed)
 
 
+# Delta collects min/max statistics only for these columns (a table property, set when write_rows creates the
+# table): the keys and times that reads filter on. Statistics of every feature column were ~7% of the JVM's
+# time writing a table, and no query here uses them.
 STATS_PROPERTY = "delta.dataSkippingStatsColumns"
 
 

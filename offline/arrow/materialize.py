@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from features.checks import ArrowRows, Baseline, gate
 from features.config import RepoConfig
@@ -102,7 +101,7 @@ def materialize(
     window = incremental.plan_read(view, path, start, end)
     uri = adbc_source.libpq_uri(config.connection_url(view.source.connection))
     source = adbc_source.read_source(view.source, uri, window.start, window.end, window.since)
-    cursor = incremental.next_cursor(window, _latest(source.column(view.source.cursor_column)))
+    cursor = incremental.next_cursor(window, incremental.latest_time(source.column(view.source.cursor_column)))
     rows, counts = prepare_rows(view, source)
     # The stored rows a read row may equal or restate: those of its entities (at or after the window's start).
     stored_rows = None if stored is None else stored_rows_of(view, stored, rows, window.start)
@@ -173,12 +172,6 @@ def materialize(
         read_reason=window.reason,
         published_changed_only=outcome.changed_only,
     )
-
-
-def _latest(column: pa.ChunkedArray) -> datetime | None:
-    """The latest timestamp of ``column`` (None when it holds none)."""
-    value = pc.max(column).as_py()
-    return value if isinstance(value, datetime) else None
 
 
 def _problem(config: RepoConfig, view: ViewPlan) -> str | None:

@@ -53,7 +53,7 @@ from features.dtypes import DType
 from features.plan import ViewPlan
 from features.rows import refusal as rows_refusal
 from features.run_stats import FeatureStats
-from offline import adbc_source, changes, delta_rs
+from offline import adbc_source, changes, delta_rs, incremental
 from offline.spark.checks import SparkRows
 from offline.spark.jdbc import quote_spark
 from offline.spark.stats import spark_stats
@@ -271,8 +271,6 @@ def _slice_task(
     their features with the shared evaluator (in a Python worker; no row passes through the JVM)."""
 
     def write(index: int) -> TaskResult:
-        import pyarrow.compute as pc
-
         from features.rows import compute_features
 
         key = view.join_keys[0]
@@ -284,9 +282,8 @@ def _slice_task(
             slices.since,
             where=adbc_source.entity_slice(key.name, key.dtype, index, slices.count),
         )
-        latest = pc.max(source.column(view.source.cursor_column)).as_py() if source.num_rows else None
         result = _write_rows(view, compute_features(view, source), path, staging, published_at, run)
-        return replace(result, latest_read=latest)
+        return replace(result, latest_read=incremental.latest_time(source.column(view.source.cursor_column)))
 
     return write
 
